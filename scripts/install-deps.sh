@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tandem builds and tests with. Idempotent; run as root on a fresh machine.
+set -euo pipefail
+pkgs=(build-essential cmake ninja-build ccache pkg-config
+      nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libfmt-dev
+      libgtest-dev libgmock-dev libbenchmark-dev
+      clang libclang-rt-14-dev nodejs npm prometheus)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,35 @@
+// tandem: one binary, many subcommands (serve, generate, bench, plan, inspect, logits, tokenize, ...).
+#include <algorithm>
+#include <cstdio>
+
+#include "cli/command.h"
+#include "util/error.h"
+
+namespace tandem::cli {
+std::vector<Command>& command_registry() {
+  static std::vector<Command> commands;
+  return commands;
+}
+}  // namespace tandem::cli
+
+int main(int argc, char** argv) {
+  using namespace tandem;
+  CLI::App app{"tandem: fast, lossless speculative decoding for Gemma 4 and friends"};
+  app.require_subcommand(1);
+  auto& commands = cli::command_registry();
+  std::sort(commands.begin(), commands.end(),
+            [](const cli::Command& a, const cli::Command& b) { return a.name < b.name; });
+  for (auto& c : commands) c.setup(*app.add_subcommand(c.name, c.description));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
