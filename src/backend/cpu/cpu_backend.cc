@@ -1,0 +1,435 @@
+// The CPU backend: every op of backend.h on f32 activations, parallelised over a persistent thread
+// pool. Matmuls go to the ISA-specific kernels of matmul_*.cc; the other ops are memory- or
+// latency-bound and use baseline AVX2 (the binary's minimum ISA) directly.
+//
+// A CpuBackend is used by one caller thread at a time (it owns scratch buffers).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu_features.h"
+#include "backend/cpu/matmul.h"
+#include "backend/cpu/thread_pool.h"
+#include "util/half.h"
+
+namespace tandem {
+namespace {
+
+using cpu::MatmulArgs;
+
+// Element count below which an elementwise op runs on the caller alone: waking the pool costs
+// a few microseconds, about what 16K elements take on one core.
+constexpr int64_t kSerialElems = 16 * 1024;
+
+bool is_float_dtype(DType t) {
+  return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F8_E4M3;
+}
+
+float load_f32(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(p)[i];
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::F8_E4M3: return cpu::kF8E4M3ToF32[static_cast<const uint8_t*>(p)[i]];
+    default: fail("tensor dtype {} is not a float type", dtype_name(t));
+  }
+}
+
+// dst[0:n] = src[0:n] (any float dtype) converted to f32.
+void convert_row(const void* src, DType t, int64_t n, float* dst) {
+  if (t == DType::F32) {
+    std::copy_n(static_cast<const float*>(src), n, dst);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = load_f32(src, t, i);
+}
+
+float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+  float s = hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// y[0:n] += alpha · x[0:n]
+void axpy_row(float alpha, const float* x, float* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+float gelu_tanh(float z) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  return 0.5f * z * (1.0f + std::tanh(kSqrt2OverPi * (z + 0.044715f * z * z * z)));
+}
+
+void check_f32_2d(const TensorView& v, const char* what) {
+  if (v.dtype != DType::F32) fail("{} must be F32, got {}", what, dtype_name(v.dtype));
+  if (v.ndim < 1 || (v.data == nullptr && v.numel() > 0)) fail("{} is empty or has no data", what);
+  if (v.row_stride != 0 && v.row_stride < v.cols()) fail("{} has row_stride {} < cols {}", what, v.row_stride, v.cols());
+}
+
+void check_same_shape(const TensorView& a, const TensorView& b, const char* op) {
+  if (a.rows() != b.rows() || a.cols() != b.cols())
+    fail("{}: shape mismatch [{}, {}] vs [{}, {}]", op, a.rows(), a.cols(), b.rows(), b.cols());
+}
+
+// Pointer to the d floats of head h of token t in a view holding T tokens of n_heads·d floats,
+// seen either as [T, n_heads·d] (possibly strided) or as [T, n_heads, d] / [T·n_heads, d].
+float* head_ptr(const TensorView& v, int64_t T, int64_t t, int64_t h, int64_t d) {
+  const int64_t rows_per_token = v.rows() / T, idx = h * d;
+  return v.row<float>(t * rows_per_token + idx / v.cols()) + idx % v.cols();
+}
+
+void check_heads(const TensorView& v, int64_t T, int64_t n_heads, int64_t d, const char* what) {
+  check_f32_2d(v, what);
+  if (v.numel() != T * n_heads * d || v.rows() % T != 0 || v.cols() % d != 0)
+    fail("{} has shape [{}, {}], expected {} tokens × {} heads × {}", what, v.rows(), v.cols(), T, n_heads, d);
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : pool_(threads) {}
+
+  std::string name() const override {
+    return fmt::format("cpu ({}{}, {} threads)", cpu_isa_name(cpu_isa()),
+                       cpu_has_avx512_bf16() ? ", cpu has avx512-bf16" : "", pool_.size());
+  }
+
+  void matmul(const TensorView& x, const TensorView& w, TensorView& y) override {
+    check_f32_2d(x, "matmul x");
+    check_f32_2d(y, "matmul y");
+    if (!is_float_dtype(w.dtype)) fail("matmul: weight dtype {} is not supported", dtype_name(w.dtype));
+    if (w.ndim != 2 || w.row_stride != 0) fail("matmul: weight must be a dense 2-D [N, K] tensor");
+    const int64_t T = x.rows(), K = x.cols(), N = w.dim(0);
+    if (w.dim(1) != K) fail("matmul: x [{}, {}] does not match weight [{}, {}]", T, K, N, w.dim(1));
+    if (y.rows() != T || y.cols() != N) fail("matmul: y is [{}, {}], expected [{}, {}]", y.rows(), y.cols(), T, N);
+    const MatmulArgs a{x.as<float>(), x.stride(), w.data, w.dtype, y.as<float>(), y.stride(), T, N, K};
+    run_matmul(a);
+  }
+
+  void embed(std::span<const int32_t> ids, const TensorView& table, float scale, TensorView& y) override {
+    check_f32_2d(y, "embed y");
+    if (!is_float_dtype(table.dtype) || table.ndim != 2) fail("embed: table must be a 2-D float tensor");
+    const int64_t V = table.dim(0), H = table.dim(1);
+    if (y.rows() != static_cast<int64_t>(ids.size()) || y.cols() != H)
+      fail("embed: y is [{}, {}], expected [{}, {}]", y.rows(), y.cols(), ids.size(), H);
+    for (int32_t id : ids)
+      if (id < 0 || id >= V) fail("embed: token id {} is outside the vocabulary [0, {})", id, V);
+    const size_t row_bytes = H * dtype_size(table.dtype);
+    for_rows(ids.size(), H, [&](int64_t t) {
+      float* dst = y.row<float>(t);
+      convert_row(static_cast<const char*>(table.data) + ids[t] * row_bytes, table.dtype, H, dst);
+      for (int64_t i = 0; i < H; ++i) dst[i] *= scale;
+    });
+  }
+
+  void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override {
+    check_f32_2d(x, "rms_norm x");
+    check_f32_2d(y, "rms_norm y");
+    check_same_shape(x, y, "rms_norm");
+    const int64_t D = x.cols();
+    const float* w = nullptr;
+    if (weight) {
+      if (!is_float_dtype(weight->dtype) || weight->numel() != D)
+        fail("rms_norm: weight must be a float tensor of {} elements", D);
+      norm_weight_.resize(D);
+      convert_row(weight->data, weight->dtype, D, norm_weight_.data());
+      w = norm_weight_.data();
+    }
+    for_rows(x.rows(), D, [&](int64_t r) {
+      const float* xr = x.row<float>(r);
+      float* yr = y.row<float>(r);
+      const float inv = 1.0f / std::sqrt(dot(xr, xr, D) / static_cast<float>(D) + eps);
+      for (int64_t i = 0; i < D; ++i) yr[i] = w ? xr[i] * inv * w[i] : xr[i] * inv;
+    });
+  }
+
+  void rope(TensorView& x, std::span<const int32_t> positions, std::span<const float> inv_freq) override {
+    const int64_t T = positions.size(), half = inv_freq.size(), d = 2 * half;
+    if (T == 0) return;
+    check_f32_2d(x, "rope x");
+    if (half == 0 || x.numel() % (T * d) != 0) fail("rope: x of {} elements is not {} tokens × heads × {}", x.numel(), T, d);
+    const int64_t n_heads = x.numel() / (T * d);
+    check_heads(x, T, n_heads, d, "rope x");
+    // Angles as PyTorch computes them: freqs = float(pos) · inv_freq in f32, then cos/sin in f32.
+    rope_cos_.resize(T * half);
+    rope_sin_.resize(T * half);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+        rope_cos_[t * half + i] = std::cos(angle);
+        rope_sin_[t * half + i] = std::sin(angle);
+      }
+    }
+    for_rows(T * n_heads, d, [&](int64_t th) {
+      const int64_t t = th / n_heads;
+      float* v = head_ptr(x, T, t, th % n_heads, d);
+      const float* c = &rope_cos_[t * half];
+      const float* s = &rope_sin_[t * half];
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i] + a * s[i];
+      }
+    });
+  }
+
+  void gelu_tanh_mul(const TensorView& gate, const TensorView& up, TensorView& out) override {
+    check_f32_2d(gate, "gelu_tanh_mul gate");
+    check_f32_2d(up, "gelu_tanh_mul up");
+    check_f32_2d(out, "gelu_tanh_mul out");
+    check_same_shape(gate, up, "gelu_tanh_mul");
+    check_same_shape(gate, out, "gelu_tanh_mul");
+    for_chunks(out.rows(), out.cols(), [&](int64_t r, int64_t c0, int64_t c1) {
+      const float* g = gate.row<float>(r);
+      const float* u = up.row<float>(r);
+      float* o = out.row<float>(r);
+      for (int64_t i = c0; i < c1; ++i) o[i] = gelu_tanh(g[i]) * u[i];
+    });
+  }
+
+  void add(const TensorView& a, const TensorView& b, TensorView& y) override {
+    check_f32_2d(a, "add a");
+    check_f32_2d(b, "add b");
+    check_f32_2d(y, "add y");
+    check_same_shape(a, y, "add");
+    check_same_shape(b, y, "add");
+    for_chunks(y.rows(), y.cols(), [&](int64_t r, int64_t c0, int64_t c1) {
+      const float* pa = a.row<float>(r);
+      const float* pb = b.row<float>(r);
+      float* py = y.row<float>(r);
+      for (int64_t i = c0; i < c1; ++i) py[i] = pa[i] + pb[i];
+    });
+  }
+
+  void axpy(float alpha, const TensorView& x, TensorView& y) override {
+    check_f32_2d(x, "axpy x");
+    check_f32_2d(y, "axpy y");
+    check_same_shape(x, y, "axpy");
+    for_chunks(y.rows(), y.cols(), [&](int64_t r, int64_t c0, int64_t c1) {
+      axpy_row(alpha, x.row<float>(r) + c0, y.row<float>(r) + c0, c1 - c0);
+    });
+  }
+
+  void scale(TensorView& x, float s) override {
+    check_f32_2d(x, "scale x");
+    for_chunks(x.rows(), x.cols(), [&](int64_t r, int64_t c0, int64_t c1) {
+      float* p = x.row<float>(r);
+      for (int64_t i = c0; i < c1; ++i) p[i] *= s;
+    });
+  }
+
+  void softcap(TensorView& x, float cap) override {
+    check_f32_2d(x, "softcap x");
+    if (!(cap > 0)) fail("softcap: cap must be positive, got {}", cap);
+    const float inv = 1.0f / cap;
+    for_chunks(x.rows(), x.cols(), [&](int64_t r, int64_t c0, int64_t c1) {
+      float* p = x.row<float>(r);
+      for (int64_t i = c0; i < c1; ++i) p[i] = cap * std::tanh(p[i] * inv);
+    });
+  }
+
+  void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer,
+                std::span<const int64_t> slots) override {
+    const int64_t T = slots.size(), n_kv = layer.n_kv_heads, d = layer.head_dim;
+    if (T == 0) return;
+    check_heads(k, T, n_kv, d, "kv_write k");
+    check_heads(v, T, n_kv, d, "kv_write v");
+    const int64_t n_slots = static_cast<int64_t>(layer.num_blocks) * layer.block_size;
+    for (int64_t slot : slots)
+      if (slot < 0 || slot >= n_slots) fail("kv_write: slot {} is outside the cache's {} slots", slot, n_slots);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t h = 0; h < n_kv; ++h) {
+        const int64_t dst = (slots[t] * n_kv + h) * d;
+        std::copy_n(head_ptr(k, T, t, h, d), d, layer.k + dst);
+        std::copy_n(head_ptr(v, T, t, h, d), d, layer.v + dst);
+      }
+    }
+  }
+
+  void attention(const TensorView& q, const KvLayer& layer, std::span<const AttentionRow> rows, float scale,
+                 TensorView& out) override {
+    const int64_t T = rows.size(), n_kv = layer.n_kv_heads, d = layer.head_dim;
+    if (T == 0) return;
+    if (n_kv <= 0 || d <= 0 || layer.block_size <= 0) fail("attention: KV layer has no heads, head_dim or block_size");
+    check_f32_2d(q, "attention q");
+    if (q.numel() % (T * d) != 0) fail("attention: q of {} elements is not {} rows × heads × {}", q.numel(), T, d);
+    const int64_t n_heads = q.numel() / (T * d);
+    if (n_heads % n_kv != 0) fail("attention: {} query heads are not a multiple of {} KV heads", n_heads, n_kv);
+    check_heads(q, T, n_heads, d, "attention q");
+    check_heads(out, T, n_heads, d, "attention out");
+    const int64_t n_slots = static_cast<int64_t>(layer.num_blocks) * layer.block_size;
+    for (const AttentionRow& row : rows) {
+      if (row.kv_begin < 0 || row.kv_end < row.kv_begin) fail("attention: bad key range [{}, {})", row.kv_begin, row.kv_end);
+      if (row.kv_end > row.kv_begin && !row.block_table) fail("attention: row has keys but no block table");
+    }
+    const int64_t group = n_heads / n_kv;
+    pool_.parallel_for(T * n_heads, [&](int64_t th) {
+      const int64_t t = th / n_heads, h = th % n_heads, kvh = h / group;
+      const AttentionRow& row = rows[t];
+      const float* qv = head_ptr(q, T, t, h, d);
+      float* o = head_ptr(out, T, t, h, d);
+      std::fill_n(o, d, 0.0f);
+      const int64_t len = row.kv_end - row.kv_begin;
+      if (len == 0) return;
+      thread_local std::vector<float> scores;
+      scores.resize(len);
+      const int64_t bs = layer.block_size;
+      auto slot_of = [&](int64_t pos) {
+        const int64_t slot = static_cast<int64_t>(row.block_table[pos / bs]) * bs + pos % bs;
+        return std::clamp<int64_t>(slot, 0, n_slots - 1);  // a corrupt table must not read out of bounds
+      };
+      float max_score = -INFINITY;
+      for (int64_t j = 0; j < len; ++j) {
+        const float* kp = layer.k + (slot_of(row.kv_begin + j) * n_kv + kvh) * d;
+        scores[j] = dot(qv, kp, d) * scale;
+        max_score = std::max(max_score, scores[j]);
+      }
+      float denom = 0;
+      for (int64_t j = 0; j < len; ++j) denom += scores[j] = std::exp(scores[j] - max_score);
+      const float inv = 1.0f / denom;
+      for (int64_t j = 0; j < len; ++j)
+        axpy_row(scores[j] * inv, layer.v + (slot_of(row.kv_begin + j) * n_kv + kvh) * d, o, d);
+    });
+  }
+
+  void moe_route(const TensorView& logits, int k, const TensorView* per_expert_scale, int32_t* expert_ids,
+                 float* expert_weights) override {
+    check_f32_2d(logits, "moe_route logits");
+    const int64_t T = logits.rows(), E = logits.cols();
+    if (k <= 0 || k > E) fail("moe_route: k = {} must be in [1, {}]", k, E);
+    if (per_expert_scale && (per_expert_scale->numel() != E || !is_float_dtype(per_expert_scale->dtype)))
+      fail("moe_route: per_expert_scale must be a float tensor of {} elements", E);
+    std::vector<float> p(E);
+    std::vector<int32_t> order(E);
+    for (int64_t t = 0; t < T; ++t) {
+      const float* l = logits.row<float>(t);
+      const float mx = *std::max_element(l, l + E);
+      float sum = 0;
+      for (int64_t e = 0; e < E; ++e) sum += p[e] = std::exp(l[e] - mx);
+      for (int64_t e = 0; e < E; ++e) p[e] /= sum;
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+      float top_sum = 0;
+      for (int j = 0; j < k; ++j) top_sum += p[order[j]];
+      for (int j = 0; j < k; ++j) {
+        const int32_t e = order[j];
+        expert_ids[t * k + j] = e;
+        expert_weights[t * k + j] =
+            p[e] / top_sum * (per_expert_scale ? load_f32(per_expert_scale->data, per_expert_scale->dtype, e) : 1.0f);
+      }
+    }
+  }
+
+  void moe_experts(const TensorView& x, const int32_t* expert_ids, const float* expert_weights, int k,
+                   const TensorView& gate_up, const TensorView& down, TensorView& y) override {
+    check_f32_2d(x, "moe_experts x");
+    check_f32_2d(y, "moe_experts y");
+    check_same_shape(x, y, "moe_experts");
+    if (gate_up.ndim != 3 || down.ndim != 3 || gate_up.row_stride || down.row_stride)
+      fail("moe_experts: gate_up and down must be dense 3-D tensors");
+    if (!is_float_dtype(gate_up.dtype) || !is_float_dtype(down.dtype)) fail("moe_experts: expert weights must be float");
+    const int64_t T = x.rows(), H = x.cols(), E = gate_up.dim(0), I2 = gate_up.dim(1), I = I2 / 2;
+    if (gate_up.dim(2) != H || I2 % 2 != 0 || down.dim(0) != E || down.dim(1) != H || down.dim(2) != I)
+      fail("moe_experts: gate_up [{}, {}, {}] and down [{}, {}, {}] do not fit H = {}", E, I2, gate_up.dim(2),
+           down.dim(0), down.dim(1), down.dim(2), H);
+    for (int64_t i = 0; i < T * k; ++i)
+      if (expert_ids[i] < 0 || expert_ids[i] >= E) fail("moe_experts: expert id {} outside [0, {})", expert_ids[i], E);
+    for (int64_t t = 0; t < T; ++t) std::fill_n(y.row<float>(t), H, 0.0f);
+
+    // Group the (row, slot) pairs by expert so each expert's weights stream from memory once.
+    std::vector<std::vector<int64_t>> routed(E);
+    for (int64_t i = 0; i < T * k; ++i) routed[expert_ids[i]].push_back(i);
+    const size_t gu_bytes = I2 * H * dtype_size(gate_up.dtype), dn_bytes = H * I * dtype_size(down.dtype);
+    for (int64_t e = 0; e < E; ++e) {
+      const std::vector<int64_t>& pairs = routed[e];
+      const int64_t n = pairs.size();
+      if (n == 0) continue;
+      moe_x_.resize(n * H);
+      moe_gu_.resize(n * I2);
+      moe_act_.resize(n * I);
+      moe_out_.resize(n * H);
+      for (int64_t j = 0; j < n; ++j) std::copy_n(x.row<float>(pairs[j] / k), H, &moe_x_[j * H]);
+      run_matmul({moe_x_.data(), H, static_cast<const char*>(gate_up.data) + e * gu_bytes, gate_up.dtype,
+                  moe_gu_.data(), I2, n, I2, H});
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < I; ++i) moe_act_[j * I + i] = gelu_tanh(moe_gu_[j * I2 + i]) * moe_gu_[j * I2 + I + i];
+      run_matmul({moe_act_.data(), I, static_cast<const char*>(down.data) + e * dn_bytes, down.dtype,
+                  moe_out_.data(), H, n, H, I});
+      for (int64_t j = 0; j < n; ++j) axpy_row(expert_weights[pairs[j]], &moe_out_[j * H], y.row<float>(pairs[j] / k), H);
+    }
+  }
+
+ private:
+  void run_matmul(const MatmulArgs& a) {
+    if (a.T == 0 || a.N == 0) return;
+    auto* tile = cpu_isa() == CpuIsa::kAvx512 ? cpu::matmul_tile_avx512 : cpu::matmul_tile_avx2;
+    // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
+    // dynamic scheduling evens out; rows of x in chunks of 64 so prefill has tasks and a chunk of x
+    // stays in cache while the weight block streams past it.
+    const int64_t per_thread = (a.N + 8 * pool_.size() - 1) / (8 * pool_.size());
+    const int64_t nb = std::clamp<int64_t>((per_thread + 3) / 4 * 4, 16, 512);
+    const int64_t tb = 64;
+    const int64_t n_blocks = (a.N + nb - 1) / nb, t_blocks = (a.T + tb - 1) / tb;
+    pool_.parallel_for(n_blocks * t_blocks, [&](int64_t i) {
+      const int64_t n0 = (i % n_blocks) * nb, t0 = (i / n_blocks) * tb;
+      tile(a, n0, std::min(a.N, n0 + nb), t0, std::min(a.T, t0 + tb));
+    });
+  }
+
+  // fn(r) for each row, in parallel when the work is large enough.
+  template <typename F>
+  void for_rows(int64_t rows, int64_t cols, F&& fn) {
+    if (rows * cols < kSerialElems || rows == 1) {
+      for (int64_t r = 0; r < rows; ++r) fn(r);
+      return;
+    }
+    pool_.parallel_for(rows, fn);
+  }
+
+  // fn(r, c0, c1) over column chunks of each row, so a single long row (logits) is split too.
+  template <typename F>
+  void for_chunks(int64_t rows, int64_t cols, F&& fn) {
+    if (rows * cols < kSerialElems) {
+      for (int64_t r = 0; r < rows; ++r) fn(r, 0, cols);
+      return;
+    }
+    const int64_t chunk = std::max<int64_t>(kSerialElems / 2, 1), per_row = (cols + chunk - 1) / chunk;
+    pool_.parallel_for(rows * per_row, [&](int64_t i) {
+      const int64_t r = i / per_row, c0 = (i % per_row) * chunk;
+      fn(r, c0, std::min(cols, c0 + chunk));
+    });
+  }
+
+  ThreadPool pool_;
+  std::vector<float> norm_weight_, rope_cos_, rope_sin_;
+  std::vector<float> moe_x_, moe_gu_, moe_act_, moe_out_;  // per-expert gathered rows and activations
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::make_unique<CpuBackend>(threads);
+}
+
+}  // namespace tandem

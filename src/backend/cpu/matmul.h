@@ -1,0 +1,54 @@
+// Matmul kernels of the CPU backend, one family per ISA (matmul_avx2.cc, matmul_avx512.cc). The
+// backend splits y into tiles and hands each tile to the kernel of the active ISA.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <limits>
+
+#include "util/dtype.h"
+
+namespace tandem::cpu {
+
+// Distinct element types for the weight formats so kernels can overload on them (bf16 and f16 are
+// both 16-bit patterns).
+struct bf16_t { uint16_t bits; };
+struct f16_t { uint16_t bits; };
+struct f8e4m3_t { uint8_t bits; };
+
+// OCP FP8 E4M3 -> f32 for all 256 codes; the kernels gather from it. (0x7F and 0xFF are NaN.)
+constexpr std::array<float, 256> make_f8e4m3_table() {
+  std::array<float, 256> t{};
+  for (int b = 0; b < 256; ++b) {
+    const int exp = (b >> 3) & 0xF, mant = b & 7;
+    float v;
+    if (exp == 0xF && mant == 7) {
+      v = std::numeric_limits<float>::quiet_NaN();
+    } else {
+      // value = (exp ? 8 + mant : mant) / 8 · 2^(max(exp,1) - 7); every step is exact in f32.
+      v = static_cast<float>(exp ? 8 + mant : mant) / 8.0f;
+      for (int e = exp ? exp : 1; e < 7; ++e) v /= 2.0f;
+      for (int e = 7; e < exp; ++e) v *= 2.0f;
+    }
+    t[b] = (b & 0x80) ? -v : v;
+  }
+  return t;
+}
+inline constexpr std::array<float, 256> kF8E4M3ToF32 = make_f8e4m3_table();
+
+// y[T,N] = x[T,K] · w[N,K]ᵀ with row strides ldx, ldy (w is dense).
+struct MatmulArgs {
+  const float* x;
+  int64_t ldx;
+  const void* w;
+  DType wtype;
+  float* y;
+  int64_t ldy;
+  int64_t T, N, K;
+};
+
+// Computes y[t0:t1, n0:n1]. Each weight row is read once from memory and reused for all rows t of
+// the tile from cache, so verifying k+1 tokens costs about one decode step's weight traffic.
+void matmul_tile_avx2(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1);
+void matmul_tile_avx512(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1);
+
+}  // namespace tandem::cpu

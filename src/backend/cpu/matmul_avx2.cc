@@ -1,0 +1,41 @@
+// AVX2 + FMA + F16C matmul kernels (the binary's baseline ISA, so no target pragma is needed).
+#include <immintrin.h>
+
+#include "backend/cpu/matmul.h"
+#include "util/half.h"
+
+namespace tandem::cpu {
+namespace {
+
+struct V {
+  using F = __m256;
+  static constexpr int kLanes = 8;
+  static constexpr int kMaxAcc = 8;  // 16 ymm registers: 8 accumulators + weights + x
+  static F zero() { return _mm256_setzero_ps(); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(F v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static F load(const bf16_t* p) {  // bf16 is the top half of an f32: widen and shift
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+  }
+  static F load(const f16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static F load(const f8e4m3_t* p) {
+    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_i32gather_ps(kF8E4M3ToF32.data(), idx, 4);
+  }
+};
+
+#include "backend/cpu/matmul_kernels.h"
+
+}  // namespace
+
+void matmul_tile_avx2(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  matmul_tile_any(a, n0, n1, t0, t1);
+}
+
+}  // namespace tandem::cpu

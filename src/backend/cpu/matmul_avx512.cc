@@ -1,0 +1,47 @@
+// AVX-512 (F/BW/VL) matmul kernels. Every header is included before the target pragma so that no
+// inline function shared with other translation units gets compiled with AVX-512 instructions;
+// everything after the pragma has internal linkage and only runs when cpu_isa() says kAvx512.
+#include <immintrin.h>
+
+#include "backend/cpu/matmul.h"
+#include "util/half.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl")
+// GCC 12 flags the deliberately undefined source operand inside its own AVX-512 widening intrinsics.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace tandem::cpu {
+namespace {
+
+struct V {
+  using F = __m512;
+  static constexpr int kLanes = 16;
+  static constexpr int kMaxAcc = 16;  // 32 zmm registers: 16 accumulators + weights + x
+  static F zero() { return _mm512_setzero_ps(); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(F v) { return _mm512_reduce_add_ps(v); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static F load(const bf16_t* p) {  // bf16 is the top half of an f32: widen and shift
+    const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+  }
+  static F load(const f16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static F load(const f8e4m3_t* p) {
+    const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm512_i32gather_ps(idx, kF8E4M3ToF32.data(), 4);
+  }
+};
+
+#include "backend/cpu/matmul_kernels.h"
+
+}  // namespace
+
+void matmul_tile_avx512(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  matmul_tile_any(a, n0, n1, t0, t1);
+}
+
+}  // namespace tandem::cpu
+
+#pragma GCC pop_options

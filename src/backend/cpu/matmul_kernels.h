@@ -1,0 +1,92 @@
+// ISA-generic matmul kernel bodies. Included by matmul_avx2.cc and matmul_avx512.cc inside an
+// anonymous namespace after the ISA's target pragma, with a traits struct V providing:
+//   F            vector of kLanes f32
+//   kLanes       lanes per vector
+//   kMaxAcc      accumulators that fit in registers next to the operands
+//   zero(), fma(a, b, c) = a·b + c, sum(v) (horizontal add)
+//   load(const float*), load(const bf16_t*), load(const f16_t*), load(const f8e4m3_t*) -> F (f32)
+// Weights are widened to f32 in registers and multiplied with f32 x, so the result is exact f32
+// FMA arithmetic whatever the storage dtype (only the summation order differs from a scalar loop).
+// Internal linkage (anonymous namespace) keeps the two instantiations apart under the ODR.
+
+inline float to_f32(float v) { return v; }
+inline float to_f32(bf16_t v) { return bf16_to_f32(v.bits); }
+inline float to_f32(f16_t v) { return f16_to_f32(v.bits); }
+inline float to_f32(f8e4m3_t v) { return kF8E4M3ToF32[v.bits]; }
+
+// y[t·ldy + r] = Σ_k w[r·K + k] · x[t·ldx + k] for r < R, t < TT: R weight rows against TT x rows,
+// R·TT accumulators, each weight vector loaded once and used TT times.
+template <class V, typename WT, int R, int TT>
+inline void tile(const WT* w, int64_t K, const float* x, int64_t ldx, float* y, int64_t ldy) {
+  using F = typename V::F;
+  F acc[R][TT];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) acc[r][t] = V::zero();
+  int64_t k = 0;
+  for (; k + V::kLanes <= K; k += V::kLanes) {
+    F xv[TT];
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) xv[t] = V::load(x + t * ldx + k);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const F wv = V::load(w + r * K + k);
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) acc[r][t] = V::fma(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < TT; ++t) {
+      float s = V::sum(acc[r][t]);
+      for (int64_t kk = k; kk < K; ++kk) s += to_f32(w[r * K + kk]) * x[t * ldx + kk];
+      y[t * ldy + r] = s;
+    }
+  }
+}
+
+// Same as tile, halving R until the accumulators fit in registers.
+template <class V, typename WT, int R, int TT>
+inline void tile_fit(const WT* w, int64_t K, const float* x, int64_t ldx, float* y, int64_t ldy) {
+  if constexpr (R > 1 && R * TT > V::kMaxAcc) {
+    tile_fit<V, WT, R / 2, TT>(w, K, x, ldx, y, ldy);
+    tile_fit<V, WT, R / 2, TT>(w + (R / 2) * K, K, x, ldx, y + R / 2, ldy);
+  } else {
+    tile<V, WT, R, TT>(w, K, x, ldx, y, ldy);
+  }
+}
+
+// R weight rows against x rows [t0, t1), in groups of up to 4 rows of x.
+template <class V, typename WT, int R>
+void rows_block(const WT* w, const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
+  const int64_t K = a.K;
+  int64_t t = t0;
+  for (; t + 4 <= t1; t += 4) tile_fit<V, WT, R, 4>(w, K, a.x + t * a.ldx, a.ldx, a.y + t * a.ldy + n, a.ldy);
+  const float* x = a.x + t * a.ldx;
+  float* y = a.y + t * a.ldy + n;
+  switch (t1 - t) {
+    case 3: tile_fit<V, WT, R, 3>(w, K, x, a.ldx, y, a.ldy); break;
+    case 2: tile_fit<V, WT, R, 2>(w, K, x, a.ldx, y, a.ldy); break;
+    case 1: tile_fit<V, WT, R, 1>(w, K, x, a.ldx, y, a.ldy); break;
+    default: break;
+  }
+}
+
+template <class V, typename WT>
+void matmul_tile(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  const WT* w = static_cast<const WT*>(a.w);
+  constexpr int R = 4;
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) rows_block<V, WT, R>(w + n * a.K, a, n, t0, t1);
+  for (; n < n1; ++n) rows_block<V, WT, 1>(w + n * a.K, a, n, t0, t1);
+}
+
+inline void matmul_tile_any(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  switch (a.wtype) {
+    case DType::F32: return matmul_tile<V, float>(a, n0, n1, t0, t1);
+    case DType::BF16: return matmul_tile<V, bf16_t>(a, n0, n1, t0, t1);
+    case DType::F16: return matmul_tile<V, f16_t>(a, n0, n1, t0, t1);
+    case DType::F8_E4M3: return matmul_tile<V, f8e4m3_t>(a, n0, n1, t0, t1);
+    default: __builtin_unreachable();  // the backend checks the dtype before dispatching
+  }
+}

@@ -1,0 +1,53 @@
+// A small persistent thread pool for the CPU backend: parallel_for(n, fn) runs fn(i) for i in [0, n)
+// on the pool's threads plus the calling thread, pulling indices from a shared atomic counter (so
+// uneven tasks balance themselves), and returns when all are done. Workers spin briefly after each
+// job before sleeping, because a decode step issues hundreds of short ops back to back and a
+// condition-variable wake-up per op would cost more than the op.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+namespace tandem {
+
+class ThreadPool {
+ public:
+  // threads: total parallelism including the caller (>= 1).
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // fn must not throw. Calls from inside a task run serially on that thread (no nested jobs).
+  template <typename F>
+  void parallel_for(int64_t n, F&& fn) {
+    using Fn = std::remove_reference_t<F>;
+    auto call = [](void* ctx, int64_t i) { (*static_cast<Fn*>(ctx))(i); };
+    run(n, call, const_cast<void*>(static_cast<const void*>(&fn)));
+  }
+
+ private:
+  using Call = void (*)(void*, int64_t);
+  void run(int64_t n, Call call, void* ctx);
+  void work();  // pulls indices of the current job until none are left
+  void worker_main();
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable wake_cv_, done_cv_;
+  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};  // bumped once per job
+  std::atomic<int> busy_{0};             // workers still inside the current job
+  std::atomic<int64_t> next_{0};
+  int64_t n_ = 0;
+  Call call_ = nullptr;
+  void* ctx_ = nullptr;
+};
+
+}  // namespace tandem
