@@ -1,0 +1,292 @@
+// The non-matmul ops against float64 references. Tolerances (stated per test) are relative to the
+// scale of the result; they are a few f32 ulps of headroom, far below what a wrong formula gives.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "backend_test_util.h"
+
+namespace tandem::test {
+namespace {
+
+double gelu_tanh_ref(double z) {
+  return 0.5 * z * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (z + 0.044715 * z * z * z)));
+}
+
+TEST(RmsNorm, WeightDtypesNullWeightAliasAndStride) {
+  auto be = make_cpu_backend(2);
+  Rng rng(20);
+  const int64_t R = 5;
+  for (int64_t D : {1, 3, 17, 256, 2816}) {
+    std::vector<const Stored*> weights;
+    std::vector<Stored> ws;
+    for (DType wt : {DType::F32, DType::BF16, DType::F16}) ws.push_back(make_stored(wt, D, rng));
+    for (size_t wi = 0; wi <= ws.size(); ++wi) {
+      Stored* w = wi < ws.size() ? &ws[wi] : nullptr;
+      TensorView wv;
+      if (w) wv = w->view({D});
+      const int64_t ld = D + 3;  // strided input rows
+      std::vector<float> x = rng.normals(R * ld, 3.0f), y(R * D);
+      TensorView xv(DType::F32, x.data(), {R, D});
+      xv.row_stride = ld;
+      TensorView yv(DType::F32, y.data(), {R, D});
+      be->rms_norm(xv, w ? &wv : nullptr, 1e-6f, yv);
+      for (int64_t r = 0; r < R; ++r) {
+        double ss = 0;
+        for (int64_t i = 0; i < D; ++i) ss += static_cast<double>(x[r * ld + i]) * x[r * ld + i];
+        const double inv = 1.0 / std::sqrt(ss / D + 1e-6);
+        for (int64_t i = 0; i < D; ++i) {
+          const double ref = x[r * ld + i] * inv * (w ? w->values[i] : 1.0);
+          ASSERT_NEAR(y[r * D + i], ref, 2e-6 * std::abs(ref) + 1e-7) << "D=" << D << " weight " << wi;
+        }
+      }
+      // In place (x aliases y) gives the same result.
+      std::vector<float> xi(R * D);
+      for (int64_t r = 0; r < R; ++r) std::copy_n(&x[r * ld], D, &xi[r * D]);
+      TensorView xiv(DType::F32, xi.data(), {R, D});
+      be->rms_norm(xiv, w ? &wv : nullptr, 1e-6f, xiv);
+      EXPECT_EQ(xi, y);
+    }
+  }
+}
+
+TEST(Rope, RotateHalfMatchesPytorchAngles) {
+  // PyTorch: freqs = pos · inv_freq in f32, cos/sin of that f32 angle; the reference takes the same
+  // f32 angle and evaluates cos/sin in f64. Bound: 2e-6 · max|x| (f32 cos/sin are within 1 ulp).
+  auto be = make_cpu_backend(2);
+  Rng rng(21);
+  for (int64_t d : {2, 32, 256, 512}) {
+    const int64_t T = 4, H = 3, half = d / 2;
+    std::vector<float> inv_freq(half);
+    for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * i / d);
+    inv_freq[half - 1] = 0.0f;  // proportional RoPE leaves trailing pairs unrotated
+    const int32_t positions[] = {0, 1, 4097, 131071};
+    std::vector<float> x = rng.normals(T * H * d), x0 = x;
+    TensorView xv(DType::F32, x.data(), {T, H, d});
+    be->rope(xv, positions, inv_freq);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < half; ++i) {
+          const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+          const double c = std::cos(static_cast<double>(angle)), s = std::sin(static_cast<double>(angle));
+          const int64_t base = (t * H + h) * d;
+          const double a = x0[base + i], b = x0[base + i + half];
+          ASSERT_NEAR(x[base + i], a * c - b * s, 2e-6 * 5) << "d=" << d << " t=" << t << " i=" << i;
+          ASSERT_NEAR(x[base + i + half], b * c + a * s, 2e-6 * 5);
+          if (inv_freq[i] == 0.0f) {
+            ASSERT_EQ(x[base + i], x0[base + i]);
+          }
+        }
+  }
+}
+
+TEST(Rope, StridedTwoDimensionalView) {
+  // q as the first H·d columns of a fused [T, (H + 2)·d] projection; the rest must stay untouched.
+  auto be = make_cpu_backend(1);
+  Rng rng(22);
+  const int64_t T = 2, H = 2, d = 8, ld = (H + 2) * d;
+  const std::vector<float> inv_freq = {1.0f, 0.1f, 0.01f, 0.001f};
+  const int32_t positions[] = {3, 10};
+  std::vector<float> x = rng.normals(T * ld), x0 = x;
+  TensorView xv(DType::F32, x.data(), {T, H * d});
+  xv.row_stride = ld;
+  be->rope(xv, positions, inv_freq);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < d / 2; ++i) {
+        const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+        const int64_t base = t * ld + h * d;
+        ASSERT_NEAR(x[base + i], x0[base + i] * std::cos(angle) - x0[base + i + d / 2] * std::sin(angle), 1e-5);
+      }
+    for (int64_t i = H * d; i < ld; ++i) ASSERT_EQ(x[t * ld + i], x0[t * ld + i]);
+  }
+}
+
+TEST(GeluTanhMul, StridedHalvesOfFusedGateUp) {
+  // Bound: 2e-6 · |ref| + 1e-7 · |gate · up|. For very negative gate 1 + tanh(·) cancels, so f32
+  // (PyTorch's too) keeps only an absolute ~eps · |gate · up| there.
+  auto be = make_cpu_backend(2);
+  Rng rng(23);
+  for (int64_t I : {1, 7, 100, 9000}) {
+    const int64_t R = 3;
+    std::vector<float> gu = rng.normals(R * 2 * I, 2.0f), out(R * I);
+    TensorView gate(DType::F32, gu.data(), {R, I}), up(DType::F32, gu.data() + I, {R, I});
+    gate.row_stride = up.row_stride = 2 * I;
+    TensorView ov(DType::F32, out.data(), {R, I});
+    be->gelu_tanh_mul(gate, up, ov);
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t i = 0; i < I; ++i) {
+        const double g = gu[r * 2 * I + i], u = gu[r * 2 * I + I + i], ref = gelu_tanh_ref(g) * u;
+        ASSERT_NEAR(out[r * I + i], ref, 2e-6 * std::abs(ref) + 1e-7 * std::abs(g * u)) << "I=" << I;
+      }
+  }
+}
+
+TEST(Elementwise, AddAxpyScaleSoftcap) {
+  // add/axpy/scale are one f32 operation per element: bound 1 ulp-ish (1e-6 relative).
+  // softcap: 2e-6 relative + 1e-7 (f32 tanh).
+  auto be = make_cpu_backend(2);
+  Rng rng(24);
+  for (int64_t n : {1, 5, 1000, 262144 + 3}) {
+    const int64_t R = n > 1000 ? 1 : 3;
+    std::vector<float> a = rng.normals(R * n, 10.0f), b = rng.normals(R * n), y(R * n);
+    TensorView av(DType::F32, a.data(), {R, n}), bv(DType::F32, b.data(), {R, n}), yv(DType::F32, y.data(), {R, n});
+    be->add(av, bv, yv);
+    for (int64_t i = 0; i < R * n; ++i) ASSERT_FLOAT_EQ(y[i], a[i] + b[i]);
+    be->axpy(0.5f, av, yv);
+    for (int64_t i = 0; i < R * n; ++i) ASSERT_NEAR(y[i], 1.5 * a[i] + b[i], 1e-6 * (std::abs(a[i]) * 2 + std::abs(b[i])));
+    std::vector<float> s = a;
+    TensorView sv(DType::F32, s.data(), {R, n});
+    be->scale(sv, -0.25f);
+    for (int64_t i = 0; i < R * n; ++i) ASSERT_EQ(s[i], a[i] * -0.25f);
+    std::vector<float> c = a;
+    TensorView cv(DType::F32, c.data(), {R, n});
+    be->softcap(cv, 30.0f);
+    for (int64_t i = 0; i < R * n; ++i) {
+      const double ref = 30.0 * std::tanh(a[i] / 30.0);
+      ASSERT_NEAR(c[i], ref, 2e-6 * std::abs(ref) + 1e-7) << "n=" << n << " i=" << i;
+    }
+  }
+}
+
+TEST(Elementwise, StridedViewsAndAliasing) {
+  auto be = make_cpu_backend(2);
+  Rng rng(25);
+  const int64_t R = 4, C = 9, ld = 13;
+  std::vector<float> a = rng.normals(R * ld), a0 = a, b = rng.normals(R * C);
+  TensorView av(DType::F32, a.data(), {R, C});
+  av.row_stride = ld;
+  TensorView bv(DType::F32, b.data(), {R, C});
+  be->add(av, bv, av);  // y aliases a
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t i = 0; i < C; ++i) ASSERT_FLOAT_EQ(a[r * ld + i], a0[r * ld + i] + b[r * C + i]);
+    for (int64_t i = C; i < ld; ++i) ASSERT_EQ(a[r * ld + i], a0[r * ld + i]);
+  }
+}
+
+TEST(Embed, AllTableDtypesWithScale) {
+  auto be = make_cpu_backend(2);
+  Rng rng(26);
+  const int64_t V = 50, H = 37;
+  const int32_t ids[] = {0, 49, 7, 7};
+  for (DType dt : kWeightDtypes) {
+    Stored table = make_stored(dt, V * H, rng);
+    std::vector<float> y(4 * H);
+    TensorView yv(DType::F32, y.data(), {4, H});
+    be->embed(ids, table.view({V, H}), 6.5f, yv);
+    for (int t = 0; t < 4; ++t)
+      for (int64_t i = 0; i < H; ++i) ASSERT_FLOAT_EQ(y[t * H + i], static_cast<float>(table.values[ids[t] * H + i]) * 6.5f);
+    const int32_t bad[] = {50};
+    TensorView y1(DType::F32, y.data(), {1, H});
+    EXPECT_THROW(be->embed(bad, table.view({V, H}), 1.0f, y1), Error);
+  }
+}
+
+// Router reference in f64: softmax, top-k (ties to the lower index), renormalise, scale.
+void route_ref(const float* logits, int64_t E, int k, const double* scale, std::vector<int32_t>& ids,
+               std::vector<double>& w) {
+  const double mx = *std::max_element(logits, logits + E);
+  std::vector<double> p(E);
+  double sum = 0;
+  for (int64_t e = 0; e < E; ++e) sum += p[e] = std::exp(logits[e] - mx);
+  for (double& v : p) v /= sum;
+  std::vector<int32_t> order(E);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[a] > p[b]; });
+  double top = 0;
+  for (int j = 0; j < k; ++j) top += p[order[j]];
+  ids.assign(order.begin(), order.begin() + k);
+  w.resize(k);
+  for (int j = 0; j < k; ++j) w[j] = p[ids[j]] / top * (scale ? scale[ids[j]] : 1.0);
+}
+
+TEST(MoeRoute, TopKRenormalisedAndScaledWithTies) {
+  // Weights: 2e-6 relative (f32 exp and divisions).
+  auto be = make_cpu_backend(2);
+  Rng rng(27);
+  const int64_t T = 6, E = 128;
+  const int k = 8;
+  std::vector<float> logits = rng.normals(T * E, 2.0f);
+  logits[1 * E + 5] = logits[1 * E + 90] = 9.0f;  // tie for first place: 5 must come before 90
+  for (int64_t e = 0; e < E; ++e) logits[2 * E + e] = 0.5f;  // all tied: ids 0..k-1
+  Stored scale = make_stored(DType::BF16, E, rng);
+  for (double& v : scale.values) v = std::abs(v);  // keep a plausible positive scale...
+  for (int64_t e = 0; e < E; ++e) {               // ...and store it back
+    const uint16_t h = f32_to_bf16(static_cast<float>(scale.values[e]));
+    std::memcpy(&scale.bytes[e * 2], &h, 2);
+  }
+  for (const Stored* s : {static_cast<const Stored*>(nullptr), static_cast<const Stored*>(&scale)}) {
+    std::vector<int32_t> ids(T * k);
+    std::vector<float> w(T * k);
+    TensorView lv(DType::F32, logits.data(), {T, E});
+    TensorView sv;
+    if (s) sv = TensorView(s->dtype, const_cast<uint8_t*>(s->bytes.data()), {E});
+    be->moe_route(lv, k, s ? &sv : nullptr, ids.data(), w.data());
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int32_t> ref_ids;
+      std::vector<double> ref_w;
+      route_ref(&logits[t * E], E, k, s ? s->values.data() : nullptr, ref_ids, ref_w);
+      for (int j = 0; j < k; ++j) {
+        ASSERT_EQ(ids[t * k + j], ref_ids[j]) << "row " << t << " slot " << j;
+        ASSERT_NEAR(w[t * k + j], ref_w[j], 2e-6 * std::abs(ref_w[j]));
+      }
+    }
+    EXPECT_EQ(ids[1 * k + 0], 5);
+    EXPECT_EQ(ids[1 * k + 1], 90);
+    for (int j = 0; j < k; ++j) EXPECT_EQ(ids[2 * k + j], j);
+  }
+}
+
+TEST(MoeExperts, GroupedExpertsMatchPerRowReference) {
+  // Bound: 1e-5 · Σ|terms| of the final sum (two chained f32 matmuls plus gelu).
+  auto be = make_cpu_backend(2);
+  Rng rng(28);
+  const int64_t T = 7, H = 48, I = 19, E = 5;
+  const int k = 3;
+  for (DType wt : {DType::F32, DType::BF16}) {
+    Stored gate_up = make_stored(wt, E * 2 * I * H, rng, 0.2f);
+    Stored down = make_stored(wt, E * H * I, rng, 0.2f);
+    std::vector<float> x = rng.normals(T * H), y(T * H, 99.0f);
+    std::vector<int32_t> ids(T * k);
+    std::vector<float> w(T * k);
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int32_t> perm(E);
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng.gen());
+      for (int j = 0; j < k; ++j) {
+        ids[t * k + j] = perm[j];
+        w[t * k + j] = rng.uniform(0.1f, 1.0f);
+      }
+    }
+    ids[0] = 2, ids[k] = 2, ids[2 * k] = 2;  // several rows share expert 2
+    TensorView xv(DType::F32, x.data(), {T, H}), yv(DType::F32, y.data(), {T, H});
+    be->moe_experts(xv, ids.data(), w.data(), k, gate_up.view({E, 2 * I, H}), down.view({E, H, I}), yv);
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<double> ref(H, 0.0), mag(H, 0.0);
+      for (int j = 0; j < k; ++j) {
+        const int64_t e = ids[t * k + j];
+        std::vector<double> act(I);
+        for (int64_t i = 0; i < I; ++i) {
+          double g = 0, u = 0;
+          for (int64_t h = 0; h < H; ++h) {
+            g += gate_up.values[(e * 2 * I + i) * H + h] * x[t * H + h];
+            u += gate_up.values[(e * 2 * I + I + i) * H + h] * x[t * H + h];
+          }
+          act[i] = gelu_tanh_ref(g) * u;
+        }
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t i = 0; i < I; ++i) {
+            const double term = w[t * k + j] * down.values[(e * H + h) * I + i] * act[i];
+            ref[h] += term;
+            mag[h] += std::abs(term);
+          }
+      }
+      for (int64_t h = 0; h < H; ++h) ASSERT_NEAR(y[t * H + h], ref[h], 1e-5 * mag[h] + 1e-6) << dtype_name(wt);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tandem::test
