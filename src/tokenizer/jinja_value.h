@@ -1,0 +1,107 @@
+// Value model of the chat-template (Jinja subset) interpreter: a small dynamically typed value with
+// Python semantics, because chat templates are written against Jinja2 running on Python objects
+// (str(), repr(), ==, truthiness, json.dumps all follow Python). Dicts keep insertion order.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace tandem::jinja {
+
+struct Value;
+struct Callable;
+using ValueList = std::vector<Value>;
+
+// Containers nest at most this deep (keeps repr/json/destruction recursion bounded).
+constexpr int kMaxNesting = 512;
+
+enum class Kind { Undefined, None, Bool, Int, Float, String, List, Dict, Namespace, Callable };
+
+// Insertion-ordered mapping (Python dict). Keys are Values (JSON keys are strings).
+struct ValueDict {
+  std::vector<std::pair<Value, Value>> items;
+  const Value* find(const Value& key) const;
+  const Value* find(std::string_view key) const;
+  void set(const Value& key, Value value);
+};
+
+struct Value {
+  Kind kind = Kind::Undefined;
+  bool b = false;
+  bool tuple = false;  // List shown as a Python tuple (dictsort/items pairs)
+  uint16_t nest = 0;   // container nesting depth (bounded by kMaxNesting)
+  int64_t i = 0;
+  double f = 0;
+  std::string s;  // String payload; for Undefined: what was looked up (for error messages)
+  std::shared_ptr<ValueList> list;
+  std::shared_ptr<ValueDict> dict;  // Dict and Namespace (namespace is mutable, shared)
+  std::shared_ptr<Callable> fn;
+
+  Value() = default;
+  static Value undefined(std::string hint = {});
+  static Value none();
+  static Value boolean(bool v);
+  static Value integer(int64_t v);
+  static Value floating(double v);
+  static Value string(std::string v);
+  static Value make_list(ValueList v = {}, bool as_tuple = false);
+  static Value make_dict(ValueDict d = {});
+  static Value make_namespace(ValueDict d = {});
+  static Value callable(std::shared_ptr<Callable> c);
+
+  bool is_undefined() const { return kind == Kind::Undefined; }
+  bool is_none() const { return kind == Kind::None; }
+  bool is_string() const { return kind == Kind::String; }
+  bool is_list() const { return kind == Kind::List; }
+  bool is_dict() const { return kind == Kind::Dict; }
+  bool is_number() const { return kind == Kind::Int || kind == Kind::Float || kind == Kind::Bool; }
+  bool truthy() const;
+};
+
+struct CallArgs {
+  std::vector<Value> pos;
+  std::vector<std::pair<std::string, Value>> kw;
+};
+
+// Builtin function, bound method or macro. The interpreter passes itself as an opaque pointer.
+struct Callable {
+  std::string name;
+  std::function<Value(void* interp, CallArgs& args)> fn;
+};
+
+// --- Python semantics --------------------------------------------------------------------------
+std::string type_name(const Value& v);        // Python type name: 'str', 'list', 'dict', ...
+std::string to_str(const Value& v);           // str(v); Undefined -> ""
+std::string repr(const Value& v);             // repr(v)
+std::string format_float(double v);           // float.__repr__ (shortest round-trip, Python style)
+bool equals(const Value& a, const Value& b);  // Python ==
+// Python <; returns nullopt when the types cannot be ordered (TypeError in Python).
+std::optional<bool> less_than(const Value& a, const Value& b);
+
+struct JsonOptions {
+  std::optional<std::string> indent;  // nullopt: single line
+  std::string item_sep = ", ";
+  std::string key_sep = ": ";
+  bool sort_keys = false;
+  bool ensure_ascii = false;
+};
+// json.dumps; throws std::runtime_error("Object of type X is not JSON serializable").
+std::string to_json(const Value& v, const JsonOptions& opts);
+
+Value from_json(const nlohmann::json& j);
+Value from_json(const nlohmann::ordered_json& j);
+
+// --- UTF-8 helpers (strings are UTF-8; Python indexes by code point) --------------------------
+std::u32string utf8_decode(std::string_view s);
+std::string utf8_encode(std::u32string_view s);
+void utf8_append(std::string& out, char32_t c);
+size_t utf8_length(std::string_view s);
+bool is_py_space(char32_t c);
+
+}  // namespace tandem::jinja
