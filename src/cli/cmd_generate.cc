@@ -1,0 +1,104 @@
+// tandem generate: one request through the engine (plain or speculative), ids or JSON out.
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "cli/common.h"
+#include "engine/engine.h"
+#include "spec/speculative_config.h"
+#include "util/error.h"
+
+namespace tandem::cli {
+namespace {
+
+struct GenerateOptions {
+  std::string model, ids, speculative_config;
+  int max_tokens = 32;
+  bool json = false, trace_spec = false, ignore_eos = false;
+  float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
+  int top_k = 0;
+  int64_t seed = -1;
+  int threads = 0;
+};
+
+void run_generate(const GenerateOptions& o) {
+  auto backend = make_backend(o.threads);
+  auto target = Gemma4Model::load(o.model.empty() ? bundled_model_dir() : o.model, *backend);
+  std::unique_ptr<Proposer> proposer;
+  EngineConfig config;
+  if (!o.speculative_config.empty()) {
+    SpeculativeConfig spec = parse_speculative_config(o.speculative_config);
+    proposer = make_proposer(spec, *target);
+    config.num_speculative_tokens = spec.num_speculative_tokens;
+  }
+  Request request;
+  request.prompt = parse_ids(o.ids);
+  request.max_tokens = o.max_tokens;
+  request.ignore_eos = o.ignore_eos;
+  request.sampling.temperature = o.temperature;
+  request.sampling.top_p = o.top_p;
+  request.sampling.top_k = o.top_k;
+  request.sampling.min_p = o.min_p;
+  if (o.seed >= 0) request.sampling.seed = static_cast<uint64_t>(o.seed);
+  config.max_num_seqs = 1;
+  config.max_model_len = static_cast<int>(request.prompt.size()) + o.max_tokens + 1;
+  config.max_num_batched_tokens = std::max(512, config.max_model_len);
+  config.kv_cache_bytes = target->config().kv_bytes_per_token(4) * (config.max_model_len + 64);
+  Engine engine(*target, std::move(proposer), config);
+  int round = 0;
+  if (o.trace_spec)
+    engine.spec_trace = [&](uint64_t, const std::vector<int32_t>& drafted, int accepted) {
+      std::printf("%s\n", nlohmann::json{{"round", round++}, {"drafted", drafted}, {"accepted", accepted}}.dump().c_str());
+    };
+  std::vector<int32_t> ids;
+  std::string error;
+  const auto t0 = std::chrono::steady_clock::now();
+  engine.submit(request, [&](const RequestOutput& out) {
+    ids.insert(ids.end(), out.tokens.begin(), out.tokens.end());
+    if (out.finish_reason == FinishReason::error) error = out.error;
+  });
+  engine.run_until_idle();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!error.empty()) fail("generation failed: {}", error);
+  if (!o.json) {
+    for (size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? "," : "", ids[i]);
+    std::printf("\n");
+    return;
+  }
+  nlohmann::json j;
+  j["ids"] = ids;
+  j["tokens_per_second"] = seconds > 0 ? ids.size() / seconds : 0.0;
+  if (engine.proposer()) {
+    const SpecStats s = engine.stats().spec;
+    j["spec"] = {{"method", engine.proposer()->method()},
+                 {"num_drafts", s.num_drafts},
+                 {"num_draft_tokens", s.num_draft_tokens},
+                 {"num_accepted_tokens", s.num_accepted_tokens},
+                 {"accepted_per_position", s.accepted_per_position},
+                 {"draft_seconds", s.draft_seconds},
+                 {"verify_seconds", s.verify_seconds}};
+  }
+  std::printf("%s\n", j.dump().c_str());
+}
+
+const RegisterCommand generate_command("generate", "Generate from a prompt (greedy unless --temperature)", [](CLI::App& app) {
+  auto o = std::make_shared<GenerateOptions>();
+  app.add_option("--model", o->model, "Target checkpoint directory (default: the bundled model)");
+  app.add_option("--ids", o->ids, "Prompt token ids, comma-separated")->required();
+  app.add_option("--max-tokens", o->max_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--speculative-config", o->speculative_config, "vLLM-style JSON, e.g. {\"model\": DIR, \"num_speculative_tokens\": 3}");
+  app.add_flag("--json", o->json, "Print {\"ids\": [...], \"tokens_per_second\": x, \"spec\": {...}}");
+  app.add_flag("--trace-spec", o->trace_spec, "Print one JSON line per speculative round");
+  app.add_flag("--ignore-eos", o->ignore_eos, "Do not stop at end-of-sequence tokens");
+  app.add_option("--temperature", o->temperature, "0 = greedy")->check(CLI::Range(0.0, 100.0));
+  app.add_option("--top-p", o->top_p)->check(CLI::Range(0.0, 1.0));
+  app.add_option("--top-k", o->top_k)->check(CLI::NonNegativeNumber);
+  app.add_option("--min-p", o->min_p)->check(CLI::Range(0.0, 1.0));
+  app.add_option("--seed", o->seed, "Sampling seed");
+  app.add_option("--threads", o->threads, "CPU threads (0: all cores)");
+  app.callback([o] { run_generate(*o); });
+});
+
+}  // namespace
+}  // namespace tandem::cli

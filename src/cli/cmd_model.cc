@@ -1,0 +1,114 @@
+// tandem logits / inspect: run or describe a checkpoint directly.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "cli/common.h"
+#include "model/gemma4.h"
+
+namespace tandem::cli {
+namespace {
+
+struct LogitsOptions {
+  std::string model;
+  std::string ids;
+  bool all_positions = false;
+  int threads = 0;
+};
+
+void run_logits(const LogitsOptions& o) {
+  auto backend = make_backend(o.threads);
+  auto model = Gemma4Model::load(o.model.empty() ? bundled_model_dir() : o.model, *backend);
+  const std::vector<int32_t> ids = parse_ids(o.ids);
+  const int32_t n = static_cast<int32_t>(ids.size());
+  KvCache kv(model->config(), (n + 15) / 16, 16);
+  std::vector<int32_t> table;
+  kv.reserve(table, n);
+  ForwardBatch batch;
+  for (int32_t i = 0; i < n; ++i) batch.add(ids[i], i, &table, o.all_positions || i == n - 1);
+  HostTensor hidden, logits;
+  model->forward(batch, kv, &hidden, &logits);
+  const int64_t V = model->config().vocab_size;
+  auto row = [&](int64_t r) { return std::vector<float>(logits.f32() + r * V, logits.f32() + (r + 1) * V); };
+  nlohmann::json out;
+  if (o.all_positions) {
+    out["logits"] = nlohmann::json::array();
+    for (int64_t r = 0; r < n; ++r) out["logits"].push_back(row(r));
+  } else {
+    out["logits"] = row(0);
+  }
+  std::printf("%s\n", out.dump().c_str());
+}
+
+const RegisterCommand logits_command("logits", "Print the logits of a prompt (JSON)", [](CLI::App& app) {
+  auto o = std::make_shared<LogitsOptions>();
+  app.add_option("--model", o->model, "Checkpoint directory (default: the bundled model)");
+  app.add_option("--ids", o->ids, "Prompt token ids, comma-separated")->required();
+  app.add_flag("--all-positions", o->all_positions, "Logits of every position, not only the last");
+  app.add_option("--threads", o->threads, "CPU threads (0: all cores)");
+  app.callback([o] { run_logits(*o); });
+});
+
+void run_inspect(const std::string& dir, bool json_out) {
+  auto backend = make_cpu_backend(1);
+  auto model = Gemma4Model::load(dir, *backend);
+  const ModelConfig& c = model->config();
+  nlohmann::json j;
+  j["architecture"] = c.model_type;
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden;
+  j["num_layers"] = c.n_layers;
+  j["num_attention_heads"] = c.n_heads;
+  j["sliding_window"] = c.sliding_window;
+  j["final_logit_softcapping"] = c.final_softcap;
+  j["tied_embeddings"] = c.tie_embeddings;
+  j["parameters_total"] = model->parameter_count();
+  j["parameters_active_per_token"] = model->active_parameter_count();
+  j["weight_bytes"] = model->weight_bytes();
+  j["kv_cache_bytes_per_token_f32"] = c.kv_bytes_per_token(4);
+  j["kv_cache_bytes_per_token_bf16"] = c.kv_bytes_per_token(2);
+  if (c.moe) j["moe"] = {{"experts", c.num_experts}, {"top_k", c.top_k_experts}, {"intermediate", c.moe_intermediate}};
+  if (c.ple_dim) j["per_layer_embeddings"] = c.ple_dim;
+  j["layers"] = nlohmann::json::array();
+  for (int i = 0; i < c.n_layers; ++i) {
+    const LayerSpec& l = c.layers[i];
+    j["layers"].push_back({{"index", i},
+                           {"type", layer_type_name(l.type)},
+                           {"head_dim", l.head_dim},
+                           {"kv_heads", l.n_kv_heads},
+                           {"k_eq_v", l.k_eq_v},
+                           {"kv_source", l.owns_kv() ? i : l.kv_source},
+                           {"mlp_intermediate", l.intermediate}});
+  }
+  if (json_out) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("%s  %s\n", dir.c_str(), c.model_type.c_str());
+  std::printf("  parameters: %.3f M total, %.3f M active per token; weights %.1f MiB\n",
+              model->parameter_count() / 1e6, model->active_parameter_count() / 1e6, model->weight_bytes() / 1048576.0);
+  std::printf("  vocab %d, hidden %d, %d layers, %d query heads, sliding window %d, soft-cap %g\n", c.vocab_size,
+              c.hidden, c.n_layers, c.n_heads, c.sliding_window, c.final_softcap);
+  if (c.moe) std::printf("  MoE: %d experts, top-%d, width %d (in parallel with the dense MLP)\n", c.num_experts,
+                         c.top_k_experts, c.moe_intermediate);
+  if (c.ple_dim) std::printf("  per-layer embeddings: %d per layer\n", c.ple_dim);
+  std::printf("  KV cache per token: %lld bytes (bf16), %lld bytes (f32, as tandem's CPU backend stores it)\n",
+              static_cast<long long>(c.kv_bytes_per_token(2)), static_cast<long long>(c.kv_bytes_per_token(4)));
+  std::printf("  %-5s %-8s %-8s %-8s %-6s %-9s %s\n", "layer", "type", "head_dim", "kv_heads", "k=v", "kv_from", "mlp");
+  for (int i = 0; i < c.n_layers; ++i) {
+    const LayerSpec& l = c.layers[i];
+    std::printf("  %-5d %-8s %-8d %-8d %-6s %-9d %d\n", i, layer_type_name(l.type), l.head_dim, l.n_kv_heads,
+                l.k_eq_v ? "yes" : "no", l.owns_kv() ? i : l.kv_source, l.intermediate);
+  }
+}
+
+const RegisterCommand inspect_command("inspect", "Describe a checkpoint: layers, parameters, KV bytes", [](CLI::App& app) {
+  auto dir = std::make_shared<std::string>();
+  auto json_out = std::make_shared<bool>(false);
+  app.add_option("model", *dir, "Checkpoint directory")->required();
+  app.add_flag("--json", *json_out, "Print JSON");
+  app.callback([dir, json_out] { run_inspect(*dir, *json_out); });
+});
+
+}  // namespace
+}  // namespace tandem::cli

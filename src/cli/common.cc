@@ -1,0 +1,55 @@
+#include "cli/common.h"
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "util/error.h"
+#include "util/log.h"
+
+namespace tandem::cli {
+
+static std::string models_root() {
+  if (const char* env = std::getenv("TANDEM_MODELS_DIR")) return env;
+  return (std::filesystem::path(TANDEM_SOURCE_DIR) / "models").string();
+}
+
+std::string bundled_model_dir() {
+  const std::string dir = (std::filesystem::path(models_root()) / "tandem-code-demo").string();
+  if (!std::filesystem::is_directory(dir))
+    fail("no model given and the bundled default model is missing at {} (set TANDEM_MODELS_DIR or pass a model directory)",
+         dir);
+  return dir;
+}
+
+std::string bundled_drafter_dir() {
+  return (std::filesystem::path(models_root()) / "tandem-code-demo-assistant").string();
+}
+
+std::vector<int32_t> parse_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t end = text.find(',', i);
+    if (end == std::string::npos) end = text.size();
+    const std::string part = text.substr(i, end - i);
+    try {
+      size_t used = 0;
+      const long v = std::stol(part, &used);
+      if (used != part.size() || v < 0 || v > INT32_MAX) throw std::invalid_argument(part);
+      ids.push_back(static_cast<int32_t>(v));
+    } catch (const std::exception&) {
+      fail("--ids: \"{}\" is not a token id (expected comma-separated non-negative integers)", part);
+    }
+    i = end + 1;
+  }
+  if (ids.empty()) fail("--ids is empty");
+  return ids;
+}
+
+std::unique_ptr<Backend> make_backend(int threads) {
+  auto be = make_cpu_backend(threads);
+  log::info("backend: {}", be->name());
+  return be;
+}
+
+}  // namespace tandem::cli

@@ -1,0 +1,396 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "engine/sampler.h"
+#include "util/error.h"
+#include "util/log.h"
+
+namespace tandem {
+namespace {
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+// One request in flight. Invariant between steps: positions 0..computed-1 have KV in the target
+// cache; tokens[computed..] still have to be run. In decode, exactly the last token (the "bonus",
+// sampled by the target) is pending, and `hidden` holds the target's final-normed hidden state of
+// the row that produced it (position computed-1), which the MTP drafter starts from.
+struct Engine::Sequence {
+  uint64_t id = 0;
+  Request request;
+  OutputCallback callback;
+  Sampler sampler;
+  std::vector<int32_t> tokens;  // prompt + generated
+  int32_t prompt_len = 0;
+  int32_t computed = 0;
+  std::vector<int32_t> table;
+  std::vector<float> hidden;
+  int k = 0;  // speculative tokens per round for this request
+  bool finished = false;
+
+  Sequence(uint64_t id_, Request r, OutputCallback cb, uint64_t seed)
+      : id(id_), request(std::move(r)), callback(std::move(cb)), sampler(request.sampling, seed) {}
+  int generated() const { return static_cast<int>(tokens.size()) - prompt_len; }
+  std::span<const int32_t> output() const { return std::span<const int32_t>(tokens).subspan(prompt_len); }
+  bool decoding() const { return computed == static_cast<int32_t>(tokens.size()) - 1; }
+};
+
+Engine::Engine(Gemma4Model& target, std::unique_ptr<Proposer> proposer, EngineConfig config)
+    : target_(target), proposer_(std::move(proposer)), config_(config) {
+  if (!proposer_) config_.num_speculative_tokens = 0;
+  const int32_t blocks = kv_blocks_for_bytes(target.config(), config_.kv_cache_bytes, config_.block_size);
+  const int32_t needed = (config_.max_model_len + config_.num_speculative_tokens + config_.block_size) /
+                         config_.block_size;
+  if (blocks < needed)
+    fail("the KV cache ({} MiB) holds {} tokens, fewer than one sequence of --max-model-len {} needs; "
+         "raise the KV cache size or lower --max-model-len",
+         config_.kv_cache_bytes >> 20, static_cast<int64_t>(blocks) * config_.block_size, config_.max_model_len);
+  kv_ = std::make_unique<KvCache>(target.config(), blocks, config_.block_size);
+  stats_.spec.accepted_per_position.assign(config_.num_speculative_tokens, 0);
+}
+
+Engine::~Engine() { stop(); }
+
+uint64_t Engine::submit(Request request, OutputCallback callback) {
+  const ModelConfig& c = target_.config();
+  if (request.prompt.empty()) fail("the prompt is empty");
+  for (int32_t t : request.prompt)
+    if (t < 0 || t >= c.vocab_size) fail("prompt token id {} is outside the vocabulary (size {})", t, c.vocab_size);
+  if (request.max_tokens < 1) fail("max_tokens must be at least 1");
+  const int64_t total = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
+  if (total > config_.max_model_len)
+    fail("the prompt ({} tokens) plus max_tokens ({}) exceeds the maximum model length {}", request.prompt.size(),
+         request.max_tokens, config_.max_model_len);
+  if (request.num_speculative_tokens > config_.num_speculative_tokens)
+    fail("num_speculative_tokens {} exceeds the server's configured {}", request.num_speculative_tokens,
+         config_.num_speculative_tokens);
+  std::lock_guard<std::mutex> lock(mutex_);
+  const uint64_t id = next_id_++;
+  const uint64_t seed = request.sampling.seed ? *request.sampling.seed : seed_source_();
+  auto seq = std::make_unique<Sequence>(id, std::move(request), std::move(callback), seed);
+  seq->tokens = seq->request.prompt;
+  seq->prompt_len = static_cast<int32_t>(seq->tokens.size());
+  seq->k = seq->request.num_speculative_tokens < 0 ? config_.num_speculative_tokens
+                                                    : seq->request.num_speculative_tokens;
+  waiting_.push_back(std::move(seq));
+  wake_.notify_one();
+  return id;
+}
+
+void Engine::abort(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  aborted_.push_back(id);
+  wake_.notify_one();
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+void Engine::run_until_idle() {
+  while (step()) {
+  }
+}
+
+void Engine::start() {
+  stop_ = false;
+  thread_ = std::thread([this] { loop(); });
+}
+
+void Engine::stop() {
+  stop_ = true;
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Engine::loop() {
+  while (!stop_) {
+    bool busy = false;
+    try {
+      busy = step();
+    } catch (const std::exception& e) {
+      // A failing step must not take the server down: fail every running request with the error.
+      log::warn("engine step failed: {}", e.what());
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& s : running_) {
+        RequestOutput out;
+        out.id = s->id, out.finished = true, out.finish_reason = FinishReason::error, out.error = e.what();
+        s->callback(out);
+        if (proposer_) proposer_->release(s->id);
+        kv_->release_all(s->table);
+      }
+      running_.clear();
+    }
+    if (!busy) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait_for(lock, std::chrono::milliseconds(50),
+                     [this] { return stop_ || !waiting_.empty() || !aborted_.empty(); });
+    }
+  }
+  // Shutting down: whatever is left is aborted.
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto* list : {&running_}) {
+    for (auto& s : *list) {
+      RequestOutput out;
+      out.id = s->id, out.finished = true, out.finish_reason = FinishReason::abort;
+      s->callback(out);
+    }
+    list->clear();
+  }
+  for (auto& s : waiting_) {
+    RequestOutput out;
+    out.id = s->id, out.finished = true, out.finish_reason = FinishReason::abort;
+    s->callback(out);
+  }
+  waiting_.clear();
+}
+
+bool Engine::step() {
+  const ModelConfig& c = target_.config();
+  const int V = c.vocab_size;
+
+  // 1. Aborts and admission (under the lock; the forward runs without it). Callbacks run after
+  // the lock is released, since a callback may call abort().
+  std::vector<std::pair<OutputCallback, RequestOutput>> aborted_outputs;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto remove = [&](auto& list, uint64_t id) {
+      auto it = std::find_if(list.begin(), list.end(), [&](const auto& s) { return s->id == id; });
+      if (it == list.end()) return;
+      Sequence& s = **it;
+      RequestOutput out;
+      out.id = s.id, out.finished = true, out.finish_reason = FinishReason::abort;
+      out.prompt_tokens = s.prompt_len, out.completion_tokens = s.generated();
+      aborted_outputs.emplace_back(std::move(s.callback), std::move(out));
+      if (proposer_) proposer_->release(s.id);
+      kv_->release_all(s.table);
+      list.erase(it);
+    };
+    for (uint64_t id : aborted_) {
+      remove(running_, id);
+      remove(waiting_, id);
+    }
+    aborted_.clear();
+    // Admit in arrival order while the whole prompt (+1 decode block) fits in free KV blocks.
+    while (!waiting_.empty() && static_cast<int>(running_.size()) < config_.max_num_seqs) {
+      Sequence& s = *waiting_.front();
+      if (!kv_->reserve(s.table, static_cast<int64_t>(s.tokens.size()) + 1)) break;
+      stats_.prompt_tokens += s.prompt_len;
+      running_.push_back(std::move(waiting_.front()));
+      waiting_.pop_front();
+    }
+    stats_.num_running = static_cast<int>(running_.size());
+    stats_.num_waiting = static_cast<int>(waiting_.size());
+    stats_.kv_usage = 1.0 - static_cast<double>(kv_->free_blocks()) / kv_->num_blocks();
+  }
+  for (auto& [callback, out] : aborted_outputs) callback(out);
+  if (running_.empty()) return !aborted_outputs.empty();
+
+  // 2. Drafts for sequences in decode (a round needs KV room for the bonus and k drafts).
+  const double t_draft0 = now_seconds();
+  std::vector<DraftRequest> drafts;
+  std::vector<Sequence*> drafting;
+  for (auto& sp : running_) {
+    Sequence& s = *sp;
+    if (!s.decoding() || s.k <= 0 || !proposer_) continue;
+    const int remaining = s.request.max_tokens - s.generated();
+    const int room = config_.max_model_len - static_cast<int>(s.tokens.size());
+    const int k = std::min({s.k, remaining - 1, room});
+    if (k <= 0 || !kv_->reserve(s.table, s.computed + k + 1)) continue;
+    DraftRequest d;
+    d.seq_id = s.id, d.tokens = &s.tokens, d.committed = s.computed, d.block_table = &s.table, d.k = k;
+    d.target_hidden = s.hidden.empty() ? nullptr : s.hidden.data();
+    drafts.push_back(std::move(d));
+    drafting.push_back(&s);
+  }
+  if (!drafts.empty()) proposer_->propose(drafts, *kv_);
+  const double draft_seconds = now_seconds() - t_draft0;
+
+  // 3. One ragged target batch: decode / verify rows first, then prefill chunks within budget.
+  ForwardBatch batch;
+  struct Span {
+    Sequence* seq;
+    int32_t first_row, n_rows;
+    std::vector<int32_t> drafts;
+    bool outputs;  // the chunk reaches the last token, so its last row(s) produce logits
+  };
+  std::vector<Span> spans;
+  int budget = config_.max_num_batched_tokens;
+  size_t next_draft = 0;
+  std::vector<Sequence*> preempted;
+  for (auto& sp : running_) {
+    Sequence& s = *sp;
+    if (!s.decoding()) continue;
+    const bool has_drafts = next_draft < drafting.size() && drafting[next_draft] == &s;
+    if (!has_drafts && !kv_->reserve(s.table, s.computed + 1)) {
+      preempted.push_back(&s);  // out of KV pages: recompute this sequence later
+      continue;
+    }
+    Span span{&s, batch.size(), 0, {}, true};
+    if (next_draft < drafting.size() && drafting[next_draft] == &s) span.drafts = drafts[next_draft++].drafts;
+    const int32_t p = s.computed;
+    batch.add(s.tokens.back(), p, &s.table, true);
+    for (size_t i = 0; i < span.drafts.size(); ++i) batch.add(span.drafts[i], p + 1 + static_cast<int32_t>(i), &s.table, true);
+    span.n_rows = batch.size() - span.first_row;
+    budget -= span.n_rows;
+    spans.push_back(std::move(span));
+  }
+  for (auto& sp : running_) {
+    Sequence& s = *sp;
+    if (s.decoding() || budget <= 0) continue;
+    const int32_t total = static_cast<int32_t>(s.tokens.size());
+    const int32_t n = std::min(budget, total - s.computed);
+    if (!kv_->reserve(s.table, s.computed + n + 1)) continue;
+    Span span{&s, batch.size(), n, {}, s.computed + n == total};
+    for (int32_t i = 0; i < n; ++i)
+      batch.add(s.tokens[s.computed + i], s.computed + i, &s.table, span.outputs && i == n - 1);
+    budget -= n;
+    spans.push_back(std::move(span));
+  }
+  if (!preempted.empty()) {
+    // Preemption by recomputation: drop the sequence's KV and queue it first; its prompt and
+    // generated tokens are prefilled again when pages free up.
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (Sequence* p : preempted) {
+      auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& s) { return s.get() == p; });
+      kv_->release_all(p->table);
+      p->computed = 0;
+      p->hidden.clear();
+      if (proposer_) proposer_->release(p->id);
+      waiting_.push_front(std::move(*it));
+      running_.erase(it);
+    }
+  }
+  if (spans.empty()) return true;  // everything is waiting on KV room; the next step retries
+
+  const double t_fwd0 = now_seconds();
+  HostTensor hidden, logits;
+  target_.forward(batch, *kv_, &hidden, &logits);
+  const double forward_seconds = now_seconds() - t_fwd0;
+
+  // 4. Accept / sample, emit, retire.
+  std::vector<float> probs;
+  int out_row = 0;  // index into the output rows (hidden / logits)
+  SpecStats spec_delta;
+  spec_delta.accepted_per_position.assign(config_.num_speculative_tokens, 0);
+  uint64_t generated_delta = 0;
+  for (Span& span : spans) {
+    Sequence& s = *span.seq;
+    if (!span.outputs) {  // a prefill chunk that does not reach the end yet
+      s.computed += span.n_rows;
+      continue;
+    }
+    const int n_out = span.drafts.empty() ? 1 : static_cast<int>(span.drafts.size()) + 1;
+    const int row0 = out_row;
+    out_row += n_out;
+    auto row_logits = [&](int i) { return std::span<const float>(logits.f32() + static_cast<int64_t>(row0 + i) * V, V); };
+
+    // Longest accepted prefix of the drafts, then one token from the target (correction or bonus).
+    std::vector<int32_t> emitted;
+    std::vector<int32_t> prefix(s.output().begin(), s.output().end());  // output so far, for penalties
+    int accepted = 0;
+    for (int i = 0; i < n_out; ++i) {
+      const auto lg = row_logits(i);
+      const bool has_draft = i < static_cast<int>(span.drafts.size());
+      int32_t token;
+      if (s.sampler.params().greedy()) {
+        token = s.sampler.argmax(lg, prefix);
+        if (has_draft && token == span.drafts[i]) {
+          ++accepted, emitted.push_back(token), prefix.push_back(token);
+          continue;
+        }
+      } else {
+        // Rejection sampling with a one-hot draft (drafts are greedy): accept d with probability
+        // p(d); on rejection sample from p with d removed. Keeps the target distribution exactly.
+        s.sampler.distribution(lg, prefix, probs);
+        if (has_draft) {
+          const int32_t d = span.drafts[i];
+          if (s.sampler.uniform() < probs[d]) {
+            ++accepted, emitted.push_back(d), prefix.push_back(d);
+            continue;
+          }
+          probs[d] = 0.0f;
+        }
+        token = s.sampler.sample(probs);
+      }
+      emitted.push_back(token);
+      break;
+    }
+    if (!span.drafts.empty()) {
+      spec_delta.num_drafts += 1;
+      spec_delta.num_draft_tokens += span.drafts.size();
+      spec_delta.num_accepted_tokens += accepted;
+      for (int i = 0; i < accepted; ++i) spec_delta.accepted_per_position[i] += 1;
+      if (spec_trace) spec_trace(s.id, span.drafts, accepted);
+    }
+
+    // Commit: KV is valid through the last accepted row; hidden of that row seeds the next draft.
+    const int last_row = static_cast<int>(emitted.size()) - 1;
+    s.computed = span.drafts.empty() ? s.computed + span.n_rows : s.computed + 1 + accepted;
+    s.hidden.assign(hidden.f32() + static_cast<int64_t>(row0 + last_row) * c.hidden,
+                    hidden.f32() + static_cast<int64_t>(row0 + last_row + 1) * c.hidden);
+
+    // Stop rules, applied token by token.
+    RequestOutput out;
+    out.id = s.id;
+    out.prompt_tokens = s.prompt_len;
+    const auto& stops = s.request.stop_token_ids;
+    for (int i = 0; i < static_cast<int>(emitted.size()); ++i) {
+      const int32_t t = emitted[i];
+      s.tokens.push_back(t);
+      out.tokens.push_back(t);
+      if (s.request.sampling.top_logprobs >= 0) {
+        const auto lg = row_logits(i);
+        out.logprobs.push_back(token_logprob(lg, t));
+        out.top_logprobs.push_back(top_logprobs(lg, s.request.sampling.top_logprobs));
+      }
+      const bool eos = !s.request.ignore_eos && std::find(c.eos_ids.begin(), c.eos_ids.end(), t) != c.eos_ids.end();
+      if (eos || std::find(stops.begin(), stops.end(), t) != stops.end()) {
+        out.finish_reason = FinishReason::stop;
+      } else if (s.generated() >= s.request.max_tokens || static_cast<int>(s.tokens.size()) >= config_.max_model_len) {
+        out.finish_reason = FinishReason::length;
+      }
+      if (out.finish_reason != FinishReason::none) break;
+    }
+    generated_delta += out.tokens.size();
+    out.completion_tokens = s.generated();
+    out.finished = out.finish_reason != FinishReason::none;
+    s.finished = out.finished;
+    // Free pages beyond what is committed (rejected drafts).
+    kv_->truncate(s.table, s.computed + 1);
+    s.callback(out);
+  }
+
+  // 5. Retire finished sequences and publish stats.
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = running_.begin(); it != running_.end();) {
+    if ((*it)->finished) {
+      if (proposer_) proposer_->release((*it)->id);
+      kv_->release_all((*it)->table);
+      it = running_.erase(it);
+      ++stats_.requests_finished;
+    } else {
+      ++it;
+    }
+  }
+  stats_.generation_tokens += generated_delta;
+  if (spec_delta.num_drafts) {
+    stats_.spec.num_drafts += spec_delta.num_drafts;
+    stats_.spec.num_draft_tokens += spec_delta.num_draft_tokens;
+    stats_.spec.num_accepted_tokens += spec_delta.num_accepted_tokens;
+    for (size_t i = 0; i < spec_delta.accepted_per_position.size(); ++i)
+      stats_.spec.accepted_per_position[i] += spec_delta.accepted_per_position[i];
+    stats_.spec.draft_seconds += draft_seconds;
+    stats_.spec.verify_seconds += forward_seconds;
+  }
+  stats_.num_running = static_cast<int>(running_.size());
+  stats_.num_waiting = static_cast<int>(waiting_.size());
+  stats_.kv_usage = 1.0 - static_cast<double>(kv_->free_blocks()) / kv_->num_blocks();
+  return true;
+}
+
+}  // namespace tandem

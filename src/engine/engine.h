@@ -1,0 +1,105 @@
+// The engine loop: continuous batching of many sequences into one ragged target step per
+// iteration (prefill chunks, decode tokens and speculative verify blocks side by side), with a
+// proposer drafting between target steps. Thread-safe submit/abort; runs on its own thread for
+// the server, or inline (run_until_idle) for the CLI.
+#pragma once
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "engine/proposer.h"
+#include "engine/request.h"
+#include "model/gemma4.h"
+#include "model/kv_cache.h"
+
+namespace tandem {
+
+struct EngineConfig {
+  int max_num_seqs = 64;
+  int max_num_batched_tokens = 2048;  // target rows per step
+  int max_model_len = 8192;
+  int block_size = 16;
+  int64_t kv_cache_bytes = 256ll << 20;
+  bool enable_prefix_caching = false;
+  int num_speculative_tokens = 0;  // k; 0 disables speculation
+};
+
+// Counters with vLLM's semantics (see docs): one draft = one (request, step) round with drafts.
+struct SpecStats {
+  uint64_t num_drafts = 0;
+  uint64_t num_draft_tokens = 0;
+  uint64_t num_accepted_tokens = 0;
+  std::vector<uint64_t> accepted_per_position;
+  double draft_seconds = 0;
+  double verify_seconds = 0;
+};
+
+struct EngineStats {
+  int num_running = 0;
+  int num_waiting = 0;
+  double kv_usage = 0;  // fraction of KV blocks in use
+  uint64_t prompt_tokens = 0;
+  uint64_t generation_tokens = 0;
+  uint64_t prefix_cache_queries = 0;  // prompt tokens looked up
+  uint64_t prefix_cache_hits = 0;     // prompt tokens found cached
+  uint64_t requests_finished = 0;
+  SpecStats spec;
+};
+
+class Engine {
+ public:
+  Engine(Gemma4Model& target, std::unique_ptr<Proposer> proposer, EngineConfig config);
+  ~Engine();
+
+  // Validates and queues a request; throws tandem::Error for requests that can never run
+  // (prompt longer than max_model_len, empty prompt, token ids outside the vocabulary).
+  uint64_t submit(Request request, OutputCallback callback);
+  void abort(uint64_t id);
+
+  // Inline mode: run steps until no request is left.
+  void run_until_idle();
+  // Background mode.
+  void start();
+  void stop();
+
+  EngineStats stats() const;
+
+  // Optional observer of every speculative round (request id, drafted tokens, accepted count),
+  // called on the engine thread; used by `tandem generate --trace-spec` and tests.
+  std::function<void(uint64_t, const std::vector<int32_t>&, int)> spec_trace;
+  const EngineConfig& config() const { return config_; }
+  Gemma4Model& target() { return target_; }
+  Proposer* proposer() { return proposer_.get(); }
+
+ private:
+  struct Sequence;
+  bool step();  // one scheduling iteration; false when idle
+  void loop();
+
+  Gemma4Model& target_;
+  std::unique_ptr<Proposer> proposer_;
+  EngineConfig config_;
+  std::unique_ptr<KvCache> kv_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;
+  std::vector<uint64_t> aborted_;
+  uint64_t next_id_ = 1;
+  EngineStats stats_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::mt19937_64 seed_source_{std::random_device{}()};
+};
+
+}  // namespace tandem

@@ -1,0 +1,118 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <unordered_map>
+
+namespace tandem {
+
+void Sampler::penalize(std::span<const float> logits, std::span<const int32_t> output_tokens,
+                       std::vector<float>& adjusted) const {
+  adjusted.assign(logits.begin(), logits.end());
+  if (params_.presence_penalty == 0.0f && params_.frequency_penalty == 0.0f) return;
+  std::unordered_map<int32_t, int> counts;
+  for (int32_t t : output_tokens) ++counts[t];
+  for (auto [t, n] : counts)
+    adjusted[t] -= params_.presence_penalty + params_.frequency_penalty * static_cast<float>(n);
+}
+
+int32_t Sampler::argmax(std::span<const float> logits, std::span<const int32_t> output_tokens) {
+  penalize(logits, output_tokens, scratch_);
+  return static_cast<int32_t>(std::max_element(scratch_.begin(), scratch_.end()) - scratch_.begin());
+}
+
+void Sampler::distribution(std::span<const float> logits, std::span<const int32_t> output_tokens,
+                           std::vector<float>& probs) {
+  penalize(logits, output_tokens, probs);
+  const int V = static_cast<int>(probs.size());
+  const float inv_t = 1.0f / std::max(params_.temperature, 1e-6f);
+  const float maxv = *std::max_element(probs.begin(), probs.end());
+  double sum = 0;
+  for (float& p : probs) {
+    p = std::exp((p - maxv) * inv_t);
+    sum += p;
+  }
+  for (float& p : probs) p = static_cast<float>(p / sum);
+  const bool top_k = params_.top_k > 0 && params_.top_k < V;
+  const bool top_p = params_.top_p < 1.0f;
+  if (top_k || top_p) {
+    order_.resize(V);
+    std::iota(order_.begin(), order_.end(), 0);
+    const int keep_k = top_k ? params_.top_k : V;
+    std::partial_sort(order_.begin(), order_.begin() + keep_k, order_.end(), [&](int32_t a, int32_t b) {
+      return probs[a] > probs[b] || (probs[a] == probs[b] && a < b);
+    });
+    int keep = keep_k;
+    if (top_p) {  // smallest prefix whose mass reaches top_p (always at least one token)
+      double mass = 0;
+      for (int i = 0; i < keep_k; ++i) {
+        mass += probs[order_[i]];
+        if (mass >= params_.top_p) {
+          keep = i + 1;
+          break;
+        }
+      }
+    }
+    for (int i = keep; i < V; ++i) probs[order_[i]] = 0.0f;
+  }
+  if (params_.min_p > 0.0f) {
+    const float pmax = *std::max_element(probs.begin(), probs.end());
+    for (float& p : probs)
+      if (p < params_.min_p * pmax) p = 0.0f;
+  }
+  const double total = std::accumulate(probs.begin(), probs.end(), 0.0);
+  for (float& p : probs) p = static_cast<float>(p / total);
+}
+
+int32_t Sampler::sample(std::span<const float> probs) {
+  const double total = std::accumulate(probs.begin(), probs.end(), 0.0);
+  double u = uniform() * total;
+  int32_t last_nonzero = 0;
+  for (size_t i = 0; i < probs.size(); ++i) {
+    if (probs[i] <= 0) continue;
+    last_nonzero = static_cast<int32_t>(i);
+    u -= probs[i];
+    if (u < 0) return last_nonzero;
+  }
+  return last_nonzero;  // rounding left a sliver of mass
+}
+
+namespace {
+double log_sum_exp(std::span<const float> logits) {
+  const float maxv = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l - maxv));
+  return maxv + std::log(sum);
+}
+}  // namespace
+
+float token_logprob(std::span<const float> logits, int32_t token) {
+  return static_cast<float>(logits[token] - log_sum_exp(logits));
+}
+
+std::vector<TokenLogprob> top_logprobs(std::span<const float> logits, int n) {
+  const double lse = log_sum_exp(logits);
+  std::vector<int32_t> ids(logits.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  n = std::min<int>(n, static_cast<int>(ids.size()));
+  std::partial_sort(ids.begin(), ids.begin() + n, ids.end(),
+                    [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  std::vector<TokenLogprob> out;
+  for (int i = 0; i < n; ++i) out.push_back({ids[i], static_cast<float>(logits[ids[i]] - lse)});
+  return out;
+}
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::stop: return "stop";
+    case FinishReason::length: return "length";
+    case FinishReason::abort: return "abort";
+    case FinishReason::error: return "error";
+    case FinishReason::none: break;
+  }
+  return "none";
+}
+
+}  // namespace tandem

@@ -1,0 +1,22 @@
+#include "io/json_file.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "util/error.h"
+
+namespace tandem {
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read {}", path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  try {
+    return nlohmann::json::parse(buffer.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    fail("{}: malformed JSON: {}", path, e.what());
+  }
+}
+
+}  // namespace tandem

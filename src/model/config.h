@@ -1,0 +1,87 @@
+// Model configuration as tandem uses it, parsed from a Hugging Face config.json. Both spellings of a
+// Gemma 4 config are accepted: the published one (global_head_dim, num_global_key_value_heads) and
+// the one transformers 5.17 writes (per_layer_config with per-layer head_dim / num_key_value_heads).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace tandem {
+
+enum class LayerType { sliding, full };
+
+struct RopeSpec {
+  std::string type = "default";  // "default" or "proportional"
+  double theta = 10000.0;
+  double partial_rotary_factor = 1.0;
+  double factor = 1.0;  // optional linear scaling; divides every frequency
+};
+
+// Everything that differs between layers of one model.
+struct LayerSpec {
+  LayerType type = LayerType::sliding;
+  int head_dim = 0;
+  int n_kv_heads = 0;
+  bool k_eq_v = false;        // no v_proj: V is the weightless norm of the raw K projection
+  int kv_source = -1;         // layer whose KV this layer reads; == own index unless KV-shared
+  int intermediate = 0;       // dense MLP width (doubled on KV-shared layers with double-wide MLP)
+  bool owns_kv() const { return kv_source < 0; }
+};
+
+struct ModelConfig {
+  std::string dir;          // checkpoint directory
+  std::string model_type;   // "gemma4", "gemma4_text" or "gemma4_assistant"
+  std::string weight_prefix;  // "model.language_model." or "model."
+
+  int vocab_size = 0;
+  int hidden = 0;
+  int n_layers = 0;
+  int n_heads = 0;
+  double rms_eps = 1e-6;
+  int sliding_window = 0;
+  double final_softcap = 0.0;  // 0: none
+  bool tie_embeddings = true;
+  int max_position = 0;
+  RopeSpec rope_sliding, rope_full;
+  std::vector<LayerSpec> layers;
+
+  // Hybrid MoE FFN (26B-A4B): routed experts in parallel with the dense MLP, in every layer.
+  bool moe = false;
+  int num_experts = 0, top_k_experts = 0, moe_intermediate = 0;
+
+  // Per-layer embeddings (E2B/E4B); 0 disables.
+  int ple_dim = 0;
+  int ple_vocab = 0;
+
+  int bos_id = 2, pad_id = 0;
+  std::vector<int> eos_ids;
+
+  // gemma4_assistant only.
+  int backbone_hidden = 0;
+  bool ordered_embeddings = false;
+  int num_centroids = 0, centroid_top_k = 0;
+
+  bool is_assistant() const { return model_type == "gemma4_assistant"; }
+  const RopeSpec& rope(LayerType t) const { return t == LayerType::full ? rope_full : rope_sliding; }
+  // Last layer of the given type that owns a KV cache (-1 if none): what KV-shared layers and the
+  // assistant drafter read.
+  int last_kv_layer(LayerType t) const;
+  // Bytes of KV cache per token per sequence, F32 storage, counting layers that own KV.
+  int64_t kv_bytes_per_token(int bytes_per_elem = 4) const;
+};
+
+// Reads DIR/config.json. Throws tandem::Error naming the file and field on anything malformed or
+// unsupported (unknown model_type, missing field, inconsistent values).
+ModelConfig load_model_config(const std::string& dir);
+ModelConfig parse_model_config(const nlohmann::json& config, const std::string& dir);
+
+// RoPE inverse frequencies for one layer type, length head_dim / 2 (zeros: pair not rotated), as
+// transformers computes them: default: theta^(-2i/d); proportional: the first
+// int(partial · d / 2) pairs get theta^(-2i/d) (denominator the full head dim), the rest 0.
+std::vector<float> rope_inv_freq(const RopeSpec& rope, int head_dim);
+
+const char* layer_type_name(LayerType t);
+
+}  // namespace tandem

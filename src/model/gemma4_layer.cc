@@ -1,0 +1,148 @@
+#include "model/gemma4_layer.h"
+
+#include <cmath>
+
+#include "util/half.h"
+
+namespace tandem {
+
+float embedding_scale(int width, DType table_dtype) {
+  const float s = std::sqrt(static_cast<float>(width));
+  if (table_dtype == DType::BF16) return round_to_bf16(s);
+  if (table_dtype == DType::F16) return static_cast<float>(static_cast<_Float16>(s));
+  return s;
+}
+
+Gemma4LayerWeights Gemma4LayerWeights::bind(Weights& w, const ModelConfig& c, int layer,
+                                            const std::string& p) {
+  const LayerSpec& l = c.layers[layer];
+  const int64_t H = c.hidden, d = l.head_dim, nh = c.n_heads, nkv = l.n_kv_heads, I = l.intermediate;
+  Gemma4LayerWeights lw;
+  lw.input_norm = w.get(p + "input_layernorm.weight", {H});
+  lw.post_attention_norm = w.get(p + "post_attention_layernorm.weight", {H});
+  lw.pre_ffn_norm = w.get(p + "pre_feedforward_layernorm.weight", {H});
+  lw.post_ffn_norm = w.get(p + "post_feedforward_layernorm.weight", {H});
+  lw.q_proj = w.get(p + "self_attn.q_proj.weight", {nh * d, H});
+  lw.q_norm = w.get(p + "self_attn.q_norm.weight", {d});
+  lw.o_proj = w.get(p + "self_attn.o_proj.weight", {H, nh * d});
+  if (l.owns_kv()) {
+    lw.k_proj = w.get(p + "self_attn.k_proj.weight", {nkv * d, H});
+    lw.k_norm = w.get(p + "self_attn.k_norm.weight", {d});
+    if (!l.k_eq_v) lw.v_proj = w.get(p + "self_attn.v_proj.weight", {nkv * d, H});
+  }
+  lw.gate_proj = w.get(p + "mlp.gate_proj.weight", {I, H});
+  lw.up_proj = w.get(p + "mlp.up_proj.weight", {I, H});
+  lw.down_proj = w.get(p + "mlp.down_proj.weight", {H, I});
+  if (c.moe) {
+    const int64_t E = c.num_experts, Ie = c.moe_intermediate;
+    lw.post_ffn_norm_1 = w.get(p + "post_feedforward_layernorm_1.weight", {H});
+    lw.pre_ffn_norm_2 = w.get(p + "pre_feedforward_layernorm_2.weight", {H});
+    lw.post_ffn_norm_2 = w.get(p + "post_feedforward_layernorm_2.weight", {H});
+    lw.router_proj = w.get(p + "router.proj.weight", {E, H});
+    lw.router_scale = w.get(p + "router.scale", {H});
+    // Older exports keep the experts (and per_expert_scale) under "moe." instead of "experts."/"router.".
+    auto either = [&](const std::string& a, const std::string& b, const std::vector<int64_t>& shape) {
+      if (auto v = w.find(p + a, shape)) return *v;
+      if (auto v = w.find(p + b, shape)) return *v;
+      fail("checkpoint {} has neither {} nor {} (expected shape {})", w.path(), p + a, p + b, shape_string(shape));
+    };
+    lw.per_expert_scale = either("router.per_expert_scale", "moe.per_expert_scale", {E});
+    lw.experts_gate_up = either("experts.gate_up_proj", "moe.gate_up_proj", {E, 2 * Ie, H});
+    lw.experts_down = either("experts.down_proj", "moe.down_proj", {E, H, Ie});
+  }
+  if (c.ple_dim) {
+    const int64_t P = c.ple_dim;
+    lw.ple_gate = w.get(p + "per_layer_input_gate.weight", {P, H});
+    lw.ple_projection = w.get(p + "per_layer_projection.weight", {H, P});
+    lw.ple_post_norm = w.get(p + "post_per_layer_input_norm.weight", {H});
+  }
+  // layer_scalar is a buffer ([1], no ".weight"); transformers initialises it to 1 when absent.
+  if (auto s = w.find(p + "layer_scalar", {1})) lw.layer_scalar = read_scalar(*s);
+  return lw;
+}
+
+void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& spec,
+                          const Gemma4LayerWeights& w, const Gemma4LayerInputs& in, TensorView& x,
+                          Gemma4Scratch& s) {
+  const int64_t T = x.rows(), H = c.hidden, d = spec.head_dim, nh = c.n_heads, nkv = spec.n_kv_heads;
+  const float eps = static_cast<float>(c.rms_eps);
+
+  // Attention: h1 = x + RMS(Attn(RMS(x; input_norm)); post_attention_norm).
+  s.normed.resize(DType::F32, {T, H});
+  be.rms_norm(x, &w.input_norm, eps, s.normed.view());
+  s.q.resize(DType::F32, {T, nh * d});
+  be.matmul(s.normed, w.q_proj, s.q.view());
+  TensorView q_heads = s.q.view().reshaped({T * nh, d});
+  be.rms_norm(q_heads, &w.q_norm, eps, q_heads);
+  TensorView q3 = s.q.view().reshaped({T, nh, d});
+  be.rope(q3, in.positions, in.inv_freq);
+  if (spec.owns_kv()) {
+    s.k.resize(DType::F32, {T, nkv * d});
+    s.v.resize(DType::F32, {T, nkv * d});
+    be.matmul(s.normed, w.k_proj, s.k.view());
+    TensorView k_heads = s.k.view().reshaped({T * nkv, d});
+    TensorView v_heads = s.v.view().reshaped({T * nkv, d});
+    if (spec.k_eq_v) {
+      be.rms_norm(k_heads, nullptr, eps, v_heads);  // V = RMS0(raw K projection): no k_norm, no RoPE
+    } else {
+      be.matmul(s.normed, w.v_proj, s.v.view());
+      be.rms_norm(v_heads, nullptr, eps, v_heads);
+    }
+    be.rms_norm(k_heads, &w.k_norm, eps, k_heads);
+    TensorView k3 = s.k.view().reshaped({T, nkv, d});
+    be.rope(k3, in.positions, in.inv_freq);
+    be.kv_write(k3, s.v.view().reshaped({T, nkv, d}), *in.kv, in.kv_slots);
+  }
+  s.attn.resize(DType::F32, {T, nh * d});
+  be.attention(q3, *in.kv, in.rows, /*scale=*/1.0f, s.attn.view());
+  s.proj.resize(DType::F32, {T, H});
+  be.matmul(s.attn, w.o_proj, s.proj.view());
+  be.rms_norm(s.proj, &w.post_attention_norm, eps, s.proj.view());
+  be.add(x, s.proj, x);
+
+  // Feed-forward: dense GeGLU MLP, plus (MoE models) routed experts reading h1 in parallel.
+  const int64_t I = spec.intermediate;
+  s.ffn_in.resize(DType::F32, {T, H});
+  be.rms_norm(x, &w.pre_ffn_norm, eps, s.ffn_in.view());
+  s.gate.resize(DType::F32, {T, I});
+  s.up.resize(DType::F32, {T, I});
+  be.matmul(s.ffn_in, w.gate_proj, s.gate.view());
+  be.matmul(s.ffn_in, w.up_proj, s.up.view());
+  be.gelu_tanh_mul(s.gate, s.up, s.gate.view());
+  s.ffn_out.resize(DType::F32, {T, H});
+  be.matmul(s.gate, w.down_proj, s.ffn_out.view());
+  if (c.moe) {
+    be.rms_norm(s.ffn_out, &w.post_ffn_norm_1, eps, s.ffn_out.view());
+    // Router input: RMS0(h1) ⊙ scale · H^-½ (h1 itself, not an FFN norm's output).
+    s.moe_in.resize(DType::F32, {T, H});
+    be.rms_norm(x, &w.router_scale, eps, s.moe_in.view());
+    be.scale(s.moe_in.view(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(H))));
+    s.router_logits.resize(DType::F32, {T, c.num_experts});
+    be.matmul(s.moe_in, w.router_proj, s.router_logits.view());
+    s.expert_ids.resize(T * c.top_k_experts);
+    s.expert_weights.resize(T * c.top_k_experts);
+    be.moe_route(s.router_logits, c.top_k_experts, &w.per_expert_scale, s.expert_ids.data(),
+                 s.expert_weights.data());
+    be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());
+    s.moe_out.resize(DType::F32, {T, H});
+    be.moe_experts(s.moe_in, s.expert_ids.data(), s.expert_weights.data(), c.top_k_experts,
+                   w.experts_gate_up, w.experts_down, s.moe_out.view());
+    be.rms_norm(s.moe_out, &w.post_ffn_norm_2, eps, s.moe_out.view());
+    be.add(s.ffn_out, s.moe_out, s.ffn_out.view());
+  }
+  be.rms_norm(s.ffn_out, &w.post_ffn_norm, eps, s.ffn_out.view());
+  be.add(x, s.ffn_out, x);
+
+  // Per-layer embedding residual (E2B/E4B): x += RMS(W_proj (gelu(W_gate x) ⊙ p); norm).
+  if (in.ple_input) {
+    s.ple.resize(DType::F32, {T, c.ple_dim});
+    be.matmul(x, w.ple_gate, s.ple.view());
+    be.gelu_tanh_mul(s.ple, *in.ple_input, s.ple.view());
+    be.matmul(s.ple, w.ple_projection, s.proj.view());
+    be.rms_norm(s.proj, &w.ple_post_norm, eps, s.proj.view());
+    be.add(x, s.proj, x);
+  }
+  if (w.layer_scalar != 1.0f) be.scale(x, w.layer_scalar);
+}
+
+}  // namespace tandem

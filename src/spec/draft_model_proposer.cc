@@ -1,0 +1,61 @@
+#include "spec/draft_model_proposer.h"
+
+#include <algorithm>
+
+namespace tandem {
+
+DraftModelProposer::DraftModelProposer(std::unique_ptr<Gemma4Model> model, int64_t kv_bytes)
+    : model_(std::move(model)) {
+  kv_ = std::make_unique<KvCache>(model_->config(), kv_blocks_for_bytes(model_->config(), kv_bytes, 16), 16);
+}
+
+void DraftModelProposer::release(uint64_t seq_id) {
+  auto it = states_.find(seq_id);
+  if (it == states_.end()) return;
+  kv_->release_all(it->second.table);
+  states_.erase(it);
+}
+
+void DraftModelProposer::propose(std::span<DraftRequest> requests, const KvCache&) {
+  const int V = model_->config().vocab_size;
+  // Step 0: feed every token the drafter has not seen (it may have fed drafts the target
+  // rejected: keep only the common prefix), up to and including the bonus token.
+  ForwardBatch batch;
+  std::vector<DraftRequest*> active;
+  for (DraftRequest& r : requests) {
+    r.drafts.clear();
+    if (r.k <= 0) continue;
+    State& s = states_[r.seq_id];
+    const auto& tokens = *r.tokens;
+    size_t common = 0;
+    while (common < s.fed.size() && common < tokens.size() && s.fed[common] == tokens[common]) ++common;
+    s.fed.resize(common);
+    if (!kv_->reserve(s.table, static_cast<int64_t>(tokens.size()) + r.k)) continue;  // no room: no drafts
+    for (size_t i = common; i < tokens.size(); ++i) {
+      batch.add(tokens[i], static_cast<int32_t>(i), &s.table, i + 1 == tokens.size());
+      s.fed.push_back(tokens[i]);
+    }
+    active.push_back(&r);
+  }
+  HostTensor hidden, logits;
+  for (int step = 0; !active.empty(); ++step) {
+    model_->forward(batch, *kv_, &hidden, &logits);
+    batch.clear();
+    std::vector<DraftRequest*> still;
+    for (size_t a = 0; a < active.size(); ++a) {
+      DraftRequest& r = *active[a];
+      const float* row = logits.f32() + static_cast<int64_t>(a) * V;
+      const int32_t token = static_cast<int32_t>(std::max_element(row, row + V) - row);
+      r.drafts.push_back(token);
+      if (static_cast<int>(r.drafts.size()) < r.k) {
+        State& s = states_[r.seq_id];
+        batch.add(token, static_cast<int32_t>(s.fed.size()), &s.table, true);
+        s.fed.push_back(token);
+        still.push_back(&r);
+      }
+    }
+    active.swap(still);
+  }
+}
+
+}  // namespace tandem

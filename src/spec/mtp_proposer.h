@@ -1,0 +1,25 @@
+// MTP drafting with a gemma4_assistant: k sequential drafter steps per round, all rows of the
+// batch together, position and target-KV view frozen for the round.
+#pragma once
+#include <memory>
+
+#include "engine/proposer.h"
+#include "model/gemma4_assistant.h"
+
+namespace tandem {
+
+class MtpProposer : public Proposer {
+ public:
+  MtpProposer(std::unique_ptr<Gemma4Assistant> assistant, std::vector<int> stop_ids)
+      : assistant_(std::move(assistant)), stop_ids_(std::move(stop_ids)) {}
+  std::string method() const override { return "mtp"; }
+  void propose(std::span<DraftRequest> requests, const KvCache& target_kv) override;
+  Gemma4Assistant& assistant() { return *assistant_; }
+
+ private:
+  std::unique_ptr<Gemma4Assistant> assistant_;
+  std::vector<int> stop_ids_;  // a row stops drafting once it drafts one of these (target EOS ids)
+  HostTensor hidden_a_, hidden_b_;
+};
+
+}  // namespace tandem

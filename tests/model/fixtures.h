@@ -1,0 +1,56 @@
+// Shared helpers for tests that use the committed transformers fixtures (tests/fixtures/).
+#pragma once
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+
+namespace tandem::testing {
+
+inline std::string fixtures_dir() { return std::string(TANDEM_SOURCE_DIR) + "/tests/fixtures"; }
+
+// Target fixtures: directories with a golden.safetensors whose config is not an assistant.
+inline std::vector<std::string> target_fixtures() {
+  std::vector<std::string> out;
+  if (!std::filesystem::exists(fixtures_dir())) return out;
+  for (auto& e : std::filesystem::directory_iterator(fixtures_dir()))
+    if (std::filesystem::exists(e.path() / "golden.safetensors") &&
+        e.path().filename().string().find("assistant") == std::string::npos)
+      out.push_back(e.path().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+template <typename T>
+std::vector<T> tensor_values(const WeightStore& store, const std::string& name) {
+  const TensorInfo& t = store.get(name);
+  const T* p = static_cast<const T*>(t.data);
+  return std::vector<T>(p, p + t.numel());
+}
+
+// ||a - b|| / ||b||
+inline double relative_l2(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Runs a shell command, returning its exit status and stdout+stderr.
+inline int run_command(const std::string& cmd, std::string* output) {
+  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
+  if (!f) return -1;
+  char buf[4096];
+  size_t n;
+  output->clear();
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) output->append(buf, n);
+  const int status = pclose(f);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace tandem::testing
