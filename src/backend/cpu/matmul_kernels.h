@@ -14,6 +14,10 @@ inline float to_f32(bf16_t v) { return bf16_to_f32(v.bits); }
 inline float to_f32(f16_t v) { return f16_to_f32(v.bits); }
 inline float to_f32(f8e4m3_t v) { return kF8E4M3ToF32[v.bits]; }
 
+// How far ahead each weight row stream is prefetched. Runs past a row's end land in the next rows,
+// which are read next anyway.
+constexpr int kPrefetchBytes = 1024;
+
 // y[t·ldy + r] = Σ_k w[r·K + k] · x[t·ldx + k] for r < R, t < TT: R weight rows against TT x rows,
 // R·TT accumulators, each weight vector loaded once and used TT times.
 template <class V, typename WT, int R, int TT>
@@ -31,6 +35,7 @@ inline void tile(const WT* w, int64_t K, const float* x, int64_t ldx, float* y, 
     for (int t = 0; t < TT; ++t) xv[t] = V::load(x + t * ldx + k);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + kPrefetchBytes, _MM_HINT_T0);
       const F wv = V::load(w + r * K + k);
 #pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) acc[r][t] = V::fma(wv, xv[t], acc[r][t]);

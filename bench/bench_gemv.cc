@@ -1,0 +1,148 @@
+// CPU GEMV vs memory bandwidth: measures this machine's read bandwidth with a multi-threaded
+// sum-reduce over 1 GiB (best of N), then the BF16 matmul of the CPU backend for decode-sized row
+// counts, and prints weight GB/s as a share of that bandwidth. A decode step is one pass over all
+// weights, so this share is the decode speed relative to the hardware limit.
+//
+//   bench_gemv [--threads N] [--quick]
+//
+// Weights are cycled through enough copies to total >= 1 GiB, so each call reads from DRAM rather
+// than from the (large, on server parts) last-level cache, as it does in a real decode step.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu_features.h"
+#include "backend/cpu/thread_pool.h"
+#include "backend/tensor.h"
+#include "util/half.h"
+
+namespace tandem {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+struct Aligned {
+  void operator()(void* p) const { std::free(p); }
+};
+std::unique_ptr<char, Aligned> alloc(size_t bytes) {
+  return std::unique_ptr<char, Aligned>(static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+}
+
+// Best-of-reps read bandwidth in GB/s: every thread sums its share of `bytes` with AVX2 loads.
+double read_bandwidth(ThreadPool& pool, size_t bytes, int reps) {
+  auto buf = alloc(bytes);
+  const size_t n = bytes / sizeof(float);
+  float* f = reinterpret_cast<float*>(buf.get());
+  pool.parallel_for(64, [&](int64_t c) {  // first touch spreads pages; values are irrelevant
+    std::fill(f + n / 64 * c, f + n / 64 * (c + 1), 1.0f);
+  });
+  const int64_t chunks = pool.size() * 16;
+  std::vector<float> partial(chunks);
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    pool.parallel_for(chunks, [&](int64_t c) {
+      const float* p = f + n / chunks * c;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (size_t i = 0; i < n / chunks; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
+        a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+      }
+      float out[8];
+      _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+      partial[c] = out[0];
+    });
+    best = std::max(best, bytes / seconds_since(t0) / 1e9);
+  }
+  if (partial[0] < 0) std::puts("");  // keep the sums alive
+  return best;
+}
+
+struct Shape {
+  const char* what;
+  int64_t N, K;
+};
+
+// bf16 weights [N, K], cycled through enough copies to total >= 1 GiB.
+struct WeightSet {
+  WeightSet(const Shape& s) : shape(s), bytes(s.N * s.K * 2) {
+    copies = static_cast<int>(std::max<size_t>(2, ((size_t{1} << 30) + bytes - 1) / bytes));
+    mem = alloc(bytes * copies);
+    uint64_t* p = reinterpret_cast<uint64_t*>(mem.get());
+    const uint64_t pattern = 0x3C003C803D003D80ull;  // four small bf16 values; the data do not matter
+    for (size_t i = 0; i < bytes * copies / 8; ++i) p[i] = pattern;
+  }
+  TensorView view(int c) const { return TensorView(DType::BF16, mem.get() + bytes * c, {shape.N, shape.K}); }
+  Shape shape;
+  size_t bytes;
+  int copies;
+  std::unique_ptr<char, Aligned> mem;
+};
+
+// Best over passes (each pass one call per copy) of weight bytes / time, for T rows of x.
+double gemv_gbps(Backend& be, const WeightSet& w, int64_t T, double seconds_budget) {
+  std::vector<float> x(T * w.shape.K, 0.5f), y(T * w.shape.N);
+  TensorView xv(DType::F32, x.data(), {T, w.shape.K}), yv(DType::F32, y.data(), {T, w.shape.N});
+  for (int c = 0; c < w.copies; ++c) be.matmul(xv, w.view(c), yv);  // warm-up
+  double best = 0;
+  const auto start = Clock::now();
+  while (seconds_since(start) < seconds_budget) {
+    const auto t0 = Clock::now();
+    for (int c = 0; c < w.copies; ++c) be.matmul(xv, w.view(c), yv);
+    best = std::max(best, w.bytes * w.copies / seconds_since(t0) / 1e9);
+  }
+  return best;
+}
+
+int run(int argc, char** argv) {
+  int threads = 0;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--quick")) quick = true;
+  }
+  auto be = make_cpu_backend(threads);
+  const int pool_threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  ThreadPool pool(pool_threads);
+  const double bw = read_bandwidth(pool, size_t{1} << 30, quick ? 3 : 10);
+  std::printf("backend: %s\n", be->name().c_str());
+  std::printf("read bandwidth (1 GiB sum-reduce, %d threads, best of %d): %.1f GB/s\n\n", pool_threads,
+              quick ? 3 : 10, bw);
+  const Shape shapes[] = {
+      {"2816x2816 (square)", 2816, 2816},
+      {"8192x1024 (drafter q_proj)", 8192, 1024},
+      {"262144x1024 (drafter head)", 262144, 1024},
+  };
+  std::printf("%-28s %-7s %3s %9s %8s\n", "bf16 weight [N x K]", "isa", "T", "GB/s", "% bw");
+  for (const Shape& s : shapes) {
+    const WeightSet w(s);
+    std::vector<std::string> isas{"avx2"};
+    if (cpu_best_isa() == CpuIsa::kAvx512) isas.push_back("avx512");
+    for (const std::string& isa : isas) {
+      cpu_force_isa(isa);
+      for (int64_t T : {1, 2, 4, 8}) {
+        const double gbps = gemv_gbps(*be, w, T, quick ? 0.3 : 1.5);
+        std::printf("%-28s %-7s %3ld %9.1f %7.0f%%\n", s.what, isa.c_str(), static_cast<long>(T), gbps, 100 * gbps / bw);
+        std::fflush(stdout);
+      }
+    }
+  }
+  cpu_force_isa("");
+  return 0;
+}
+
+}  // namespace
+}  // namespace tandem
+
+int main(int argc, char** argv) { return tandem::run(argc, argv); }
