@@ -380,9 +380,17 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  void run_matmul(const MatmulArgs& a) {
+  void run_matmul(MatmulArgs a) {
     if (a.T == 0 || a.N == 0) return;
-    auto* tile = cpu_isa() == CpuIsa::kAvx512 ? cpu::matmul_tile_avx512 : cpu::matmul_tile_avx2;
+    const bool avx512 = cpu_isa() == CpuIsa::kAvx512;
+    auto* tile = avx512 ? cpu::matmul_tile_avx512 : cpu::matmul_tile_avx2;
+    if (a.wtype == DType::BF16) {  // T·K floats, negligible next to the N·K weights
+      x_packed_.resize(a.T * a.K);
+      cpu::pack_x_even_odd(a.x, a.ldx, a.T, a.K, avx512 ? cpu::kBf16BlockAvx512 : cpu::kBf16BlockAvx2,
+                           x_packed_.data());
+      a.x = x_packed_.data();
+      a.ldx = a.K;
+    }
     // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
     // dynamic scheduling evens out; rows of x in chunks of 64 so prefill has tasks and a chunk of x
     // stays in cache while the weight block streams past it.
@@ -421,6 +429,7 @@ class CpuBackend final : public Backend {
   }
 
   ThreadPool pool_;
+  std::vector<float> x_packed_;  // x reordered for the BF16 kernels
   std::vector<float> norm_weight_, rope_cos_, rope_sin_;
   std::vector<float> moe_x_, moe_gu_, moe_act_, moe_out_;  // per-expert gathered rows and activations
 };

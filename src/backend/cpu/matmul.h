@@ -35,7 +35,8 @@ constexpr std::array<float, 256> make_f8e4m3_table() {
 }
 inline constexpr std::array<float, 256> kF8E4M3ToF32 = make_f8e4m3_table();
 
-// y[T,N] = x[T,K] · w[N,K]ᵀ with row strides ldx, ldy (w is dense).
+// y[T,N] = x[T,K] · w[N,K]ᵀ with row strides ldx, ldy (w is dense). For BF16 weights x must be
+// packed with pack_x_even_odd for the kernel family's block (kBf16BlockAvx2 / kBf16BlockAvx512).
 struct MatmulArgs {
   const float* x;
   int64_t ldx;
@@ -45,6 +46,27 @@ struct MatmulArgs {
   int64_t ldy;
   int64_t T, N, K;
 };
+
+// Elements per packed block of x for BF16 weights: two vectors' worth of f32 lanes.
+inline constexpr int64_t kBf16BlockAvx2 = 16;
+inline constexpr int64_t kBf16BlockAvx512 = 32;
+
+// out[T, K] (dense) = x[T, K] (row stride ldx) with each whole block of `block` elements reordered to
+// its even-indexed elements followed by its odd-indexed ones; the K % block tail is copied as is.
+// This matches how the BF16 kernels split one load of bf16 pairs into two f32 vectors.
+inline void pack_x_even_odd(const float* x, int64_t ldx, int64_t T, int64_t K, int64_t block, float* out) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* src = x + t * ldx;
+    float* dst = out + t * K;
+    int64_t k = 0;
+    for (; k + block <= K; k += block)
+      for (int64_t i = 0; i < block / 2; ++i) {
+        dst[k + i] = src[k + 2 * i];
+        dst[k + block / 2 + i] = src[k + 2 * i + 1];
+      }
+    for (; k < K; ++k) dst[k] = src[k];
+  }
+}
 
 // Computes y[t0:t1, n0:n1]. Each weight row is read once from memory and reused for all rows t of
 // the tile from cache, so verifying k+1 tokens costs about one decode step's weight traffic.

@@ -1,6 +1,8 @@
 // AVX2 + FMA + F16C matmul kernels (the binary's baseline ISA, so no target pragma is needed).
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "backend/cpu/matmul.h"
 #include "util/half.h"
 
@@ -22,6 +24,11 @@ struct V {
   static F load(const bf16_t* p) {  // bf16 is the top half of an f32: widen and shift
     const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+  }
+  static void load_bf16_pairs(const bf16_t* p, F& even, F& odd) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));  // low half of each 32-bit lane
+    odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
   }
   static F load(const f16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static F load(const f8e4m3_t* p) {

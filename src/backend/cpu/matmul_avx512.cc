@@ -3,6 +3,8 @@
 // everything after the pragma has internal linkage and only runs when cpu_isa() says kAvx512.
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "backend/cpu/matmul.h"
 #include "util/half.h"
 
@@ -26,6 +28,11 @@ struct V {
   static F load(const bf16_t* p) {  // bf16 is the top half of an f32: widen and shift
     const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+  }
+  static void load_bf16_pairs(const bf16_t* p, F& even, F& odd) {
+    const __m512i v = _mm512_loadu_si512(p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));  // low half of each 32-bit lane
+    odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
   }
   static F load(const f16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static F load(const f8e4m3_t* p) {

@@ -4,7 +4,9 @@
 //   kLanes       lanes per vector
 //   kMaxAcc      accumulators that fit in registers next to the operands
 //   zero(), fma(a, b, c) = a·b + c, sum(v) (horizontal add)
-//   load(const float*), load(const bf16_t*), load(const f16_t*), load(const f8e4m3_t*) -> F (f32)
+//   load(const float*), load(const f16_t*), load(const f8e4m3_t*) -> F (f32)
+//   load_bf16_pairs(const bf16_t* p, F& even, F& odd): 2·kLanes bf16 from p as f32, even-indexed
+//     elements in `even`, odd-indexed in `odd` (one load and one shift or mask each: no widening)
 // Weights are widened to f32 in registers and multiplied with f32 x, so the result is exact f32
 // FMA arithmetic whatever the storage dtype (only the summation order differs from a scalar loop).
 // Internal linkage (anonymous namespace) keeps the two instantiations apart under the ODR.
@@ -50,12 +52,60 @@ inline void tile(const WT* w, int64_t K, const float* x, int64_t ldx, float* y, 
   }
 }
 
-// Same as tile, halving R until the accumulators fit in registers.
+// tile for BF16 weights. One vector load holds 2·kLanes bf16 = kLanes (even, odd) pairs; a shift
+// and a mask turn it into two f32 vectors without the widening shuffle (which competes with the FMAs
+// for the same ports once T > 1). x must be packed to match (pack_x_even_odd): per block of
+// 2·kLanes elements, the even-indexed ones first, then the odd-indexed; the K % (2·kLanes) tail is
+// left as is and handled by the scalar loop.
+template <class V, int R, int TT>
+inline void tile_bf16(const bf16_t* w, int64_t K, const float* x, int64_t ldx, float* y, int64_t ldy) {
+  using F = typename V::F;
+  constexpr int kBlock = 2 * V::kLanes;
+  F acc[R][TT];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) acc[r][t] = V::zero();
+  int64_t k = 0;
+  for (; k + kBlock <= K; k += kBlock) {
+    F xe[TT], xo[TT];
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) {
+      xe[t] = V::load(x + t * ldx + k);
+      xo[t] = V::load(x + t * ldx + k + V::kLanes);
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + kPrefetchBytes, _MM_HINT_T0);
+      F we, wo;
+      V::load_bf16_pairs(w + r * K + k, we, wo);
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) {
+        acc[r][t] = V::fma(we, xe[t], acc[r][t]);
+        acc[r][t] = V::fma(wo, xo[t], acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < TT; ++t) {
+      float s = V::sum(acc[r][t]);
+      for (int64_t kk = k; kk < K; ++kk) s += to_f32(w[r * K + kk]) * x[t * ldx + kk];
+      y[t * ldy + r] = s;
+    }
+  }
+}
+
+// Same as tile, splitting the rows of x until the R·TT accumulators fit in registers (each part
+// re-reads the R weight rows from L1, which is cheap; splitting R instead would re-read x and, for
+// BF16, keep more x vectors live than there are registers on AVX2).
 template <class V, typename WT, int R, int TT>
 inline void tile_fit(const WT* w, int64_t K, const float* x, int64_t ldx, float* y, int64_t ldy) {
-  if constexpr (R > 1 && R * TT > V::kMaxAcc) {
-    tile_fit<V, WT, R / 2, TT>(w, K, x, ldx, y, ldy);
-    tile_fit<V, WT, R / 2, TT>(w + (R / 2) * K, K, x, ldx, y + R / 2, ldy);
+  if constexpr (TT > 1 && R * TT > V::kMaxAcc) {
+    constexpr int kHead = TT / 2;
+    tile_fit<V, WT, R, kHead>(w, K, x, ldx, y, ldy);
+    tile_fit<V, WT, R, TT - kHead>(w, K, x + kHead * ldx, ldx, y + kHead * ldy, ldy);
+  } else if constexpr (std::is_same_v<WT, bf16_t>) {
+    tile_bf16<V, R, TT>(w, K, x, ldx, y, ldy);
   } else {
     tile<V, WT, R, TT>(w, K, x, ldx, y, ldy);
   }
