@@ -123,7 +123,7 @@ def make_moe_config():
 def make_e2b_config():
     return Gemma4TextConfig(
         vocab_size=VOCAB,
-        hidden_size=64,
+        hidden_size=80,  # sqrt(80) = 8.944 -> bf16 8.9375: exercises the rounded embed scale
         intermediate_size=48,
         num_hidden_layers=6,
         num_attention_heads=4,
@@ -335,7 +335,7 @@ def check_cached_generate(m, gold):
 
 
 def write_golden(path, tensors):
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -427,7 +427,7 @@ def describe_rope(m):
 TARGET_GEOM = {
     "gemma4-moe": dict(hidden_size=64, num_key_value_heads=2, num_global_key_value_heads=1, head_dim=32,
                        global_head_dim=64, attention_k_eq_v=True, sliding_window=8),
-    "gemma4-e2b": dict(hidden_size=64, num_key_value_heads=1, num_global_key_value_heads=None, head_dim=32,
+    "gemma4-e2b": dict(hidden_size=80, num_key_value_heads=1, num_global_key_value_heads=None, head_dim=32,
                        global_head_dim=64, attention_k_eq_v=False, sliding_window=8),
 }
 
@@ -447,6 +447,16 @@ def distill_assistant(target, asst, seconds, seed):
     opt = torch.optim.AdamW([p for p in a.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     emb = tgt.get_input_embeddings()
+    ordered = bool(a.config.use_ordered_embeddings)
+    captured = {}
+    if ordered:
+        # train the dense tied head + the centroid classifier (cluster of the label)
+        a.config.use_ordered_embeddings = False
+        hook = a.model.norm.register_forward_hook(lambda mod, inp, out: captured.__setitem__("h", out))
+        order = a.masked_embedding.token_ordering.long()
+        per = order.numel() // a.masked_embedding.num_centroids
+        cluster_of = torch.empty_like(order)
+        cluster_of[order] = torch.arange(order.numel(), device=order.device) // per
     t0, step = time.time(), 0
     while time.time() - t0 < seconds:
         T = int(torch.randint(4, 30, (1,), generator=g))
@@ -467,13 +477,20 @@ def distill_assistant(target, asst, seconds, seed):
         for j, w in ((0, 1.0), (1, 0.7)):
             x = torch.cat([emb(seq[:, T + j: T + j + 1]), h], -1)
             o = a(inputs_embeds=x, position_ids=pos, shared_kv_states=skv, attention_mask=mask)
-            loss = loss + w * torch.nn.functional.cross_entropy(o.logits[:, 0].float(), seq[:, T + j + 1])
+            lab = seq[:, T + j + 1]
+            loss = loss + w * torch.nn.functional.cross_entropy(o.logits[:, 0].float(), lab)
+            if ordered:
+                cl = a.masked_embedding.centroids(captured["h"][:, 0])
+                loss = loss + w * torch.nn.functional.cross_entropy(cl.float(), cluster_of[lab])
             h = o.last_hidden_state
         opt.zero_grad()
         loss.backward()
         opt.step()
         step += 1
-    log(f"  distilled {step} steps, last loss {float(loss):.3f}")
+    if ordered:
+        hook.remove()
+        a.config.use_ordered_embeddings = True
+    log(f"  distilled {step} steps, last loss {float(loss.detach()):.3f}")
     a.eval()
     return a
 
@@ -553,41 +570,94 @@ def visible_from_mask(mask, T):
     return (m > -1.0).to(torch.int32).cpu()
 
 
+def sliding_window_of(asst):
+    return asst.config.get_text_config().sliding_window
+
+
+def restrict_sliding(skv, W):
+    """vLLM semantics: the drafter's sliding layers see the last W committed keys only."""
+    out = dict(skv)
+    k, v = skv["sliding_attention"]
+    out["sliding_attention"] = (k[:, :, -W:], v[:, :, -W:])
+    return out
+
+
+def drafter_call(target, asst, tok, h, skv, pos, T):
+    x = torch.cat([target.get_input_embeddings()(torch.tensor([[tok]])), h], -1)
+    L = skv["full_attention"][0].shape[2]
+    o = asst(inputs_embeds=x, position_ids=torch.tensor([[pos]]), shared_kv_states=skv,
+             attention_mask=torch.ones(1, L, dtype=torch.long))
+    return x, o
+
+
 @torch.no_grad()
-def drafter_parity(target, asst, ids, bonus):
-    """one drafter step for prompt ids: query positions p (=T, HF) and p-1 (=T-1, vLLM)."""
+def drafter_parity(target, asst, ids, bonus, pre):
+    """one/two drafter steps for prompt ids. variants: pos_p (HF: query at p = T, HF mask = last W+1 sliding
+    keys), pos_pm1 (query at p-1, HF mask), vllm (query at p-1, sliding keys restricted to the last W)."""
     T = len(ids)
-    ids_t = torch.tensor([ids])
-    logits, hid, skv = target_forward_states(target, ids_t)
+    _, hid, skv = target_forward_states(target, torch.tensor([ids]))
     res = {}
     h = hid[:, -1:, :]
-    e = target.get_input_embeddings()(torch.tensor([[bonus]]))
-    x = torch.cat([e, h], -1)
-    mask = torch.ones(1, T, dtype=torch.long)
-    res["draft.ids"] = torch.tensor(ids, dtype=torch.int32)
-    res["draft.bonus"] = torch.tensor([bonus], dtype=torch.int32)
-    res["draft.hidden"] = h[0, 0].float().contiguous()
-    res["draft.embed"] = e[0, 0].float().contiguous()
-    res["draft.input"] = x[0, 0].float().contiguous()
+    x, _ = drafter_call(target, asst, bonus, h, skv, T, T)
+    res[f"{pre}.ids"] = torch.tensor(ids, dtype=torch.int32)
+    res[f"{pre}.bonus"] = torch.tensor([bonus], dtype=torch.int32)
+    res[f"{pre}.hidden"] = h[0, 0].float().contiguous()
+    res[f"{pre}.embed"] = x[0, 0, : h.shape[-1]].float().contiguous()
+    res[f"{pre}.input"] = x[0, 0].float().contiguous()
     for lt, short in (("sliding_attention", "sliding"), ("full_attention", "full")):
         k, v = skv[lt]
-        res[f"draft.kv.{short}.k"] = k[0].float().contiguous()
-        res[f"draft.kv.{short}.v"] = v[0].float().contiguous()
-    masks = asst.create_attention_masks(asst.pre_projection(x), mask, skv)
-    res["draft.visible.sliding"] = visible_from_mask(masks["sliding_attention"], T)
-    res["draft.visible.full"] = visible_from_mask(masks["full_attention"], T)
-    for tag, pos in (("pos_p", T), ("pos_pm1", T - 1)):
-        o = asst(inputs_embeds=x, position_ids=torch.tensor([[pos]]), shared_kv_states=skv, attention_mask=mask)
-        res[f"draft.{tag}.logits"] = o.logits[0, 0].float().contiguous()
-        res[f"draft.{tag}.post"] = o.last_hidden_state[0, 0].float().contiguous()
+        res[f"{pre}.kv.{short}.k"] = k[0].float().contiguous()
+        res[f"{pre}.kv.{short}.v"] = v[0].float().contiguous()
+    masks = asst.create_attention_masks(asst.pre_projection(x), torch.ones(1, T, dtype=torch.long), skv)
+    res[f"{pre}.visible.sliding"] = visible_from_mask(masks["sliding_attention"], T)
+    res[f"{pre}.visible.full"] = visible_from_mask(masks["full_attention"], T)
+    W = sliding_window_of(asst)
+    for tag, pos, kv in (("pos_p", T, skv), ("pos_pm1", T - 1, skv), ("vllm", T - 1, restrict_sliding(skv, W))):
+        _, o = drafter_call(target, asst, bonus, h, kv, pos, T)
+        res[f"{pre}.{tag}.logits"] = o.logits[0, 0].float().contiguous()
+        res[f"{pre}.{tag}.post"] = o.last_hidden_state[0, 0].float().contiguous()
         d1 = int(o.logits[0, 0].argmax())
-        res[f"draft.{tag}.token"] = torch.tensor([d1], dtype=torch.int32)
-        x2 = torch.cat([target.get_input_embeddings()(torch.tensor([[d1]])), o.last_hidden_state], -1)
-        o2 = asst(inputs_embeds=x2, position_ids=torch.tensor([[pos]]), shared_kv_states=skv, attention_mask=mask)
-        res[f"draft.{tag}.step2.logits"] = o2.logits[0, 0].float().contiguous()
-        res[f"draft.{tag}.step2.post"] = o2.last_hidden_state[0, 0].float().contiguous()
-        res[f"draft.{tag}.step2.token"] = torch.tensor([int(o2.logits[0, 0].argmax())], dtype=torch.int32)
+        res[f"{pre}.{tag}.token"] = torch.tensor([d1], dtype=torch.int32)
+        _, o2 = drafter_call(target, asst, d1, o.last_hidden_state, kv, pos, T)
+        res[f"{pre}.{tag}.step2.logits"] = o2.logits[0, 0].float().contiguous()
+        res[f"{pre}.{tag}.step2.post"] = o2.last_hidden_state[0, 0].float().contiguous()
+        res[f"{pre}.{tag}.step2.token"] = torch.tensor([int(o2.logits[0, 0].argmax())], dtype=torch.int32)
     return res
+
+
+@torch.no_grad()
+def clean_trace(target, asst, ids, greedy, k, variant):
+    """the intended speculative algorithm with transformers' modules: round with p committed tokens
+    (KV 0..p-1, hidden of p-1) and bonus full[p]; drafts are compared with the known greedy output."""
+    full = list(ids) + list(greedy)
+    T = len(ids)
+    W = sliding_window_of(asst)
+    p, rounds, gaps = T, [], []
+    while p - T + 1 < N_NEW:  # tokens emitted so far = p - T + 1 (bonus included)
+        kk = min(k, T + N_NEW - p - 2)
+        _, hid, skv = target_forward_states(target, torch.tensor([full[:p]]))
+        h = hid[:, -1:, :]
+        if variant == "vllm":
+            pos, kv = p - 1, restrict_sliding(skv, W)
+        else:
+            pos, kv = p, skv
+        tok, drafts = full[p], []
+        for _ in range(max(kk, 0)):
+            _, o = drafter_call(target, asst, tok, h, kv, pos, p)
+            top = o.logits[0, 0].float().topk(2).values
+            gaps.append(float(top[0] - top[1]))
+            tok = int(o.logits[0, 0].argmax())
+            h = o.last_hidden_state
+            drafts.append(tok)
+        n = 0
+        for i, d in enumerate(drafts):
+            if full[p + 1 + i] == d:
+                n += 1
+            else:
+                break
+        rounds.append(dict(cur_len=p + 1, drafts=drafts, accepted=n))
+        p += n + 1
+    return rounds, (min(gaps) if gaps else float("inf"))
 
 
 def build_assistant(name, target_name, target, tgold, out_root, seed0, ordered, distill_s):
@@ -596,9 +666,14 @@ def build_assistant(name, target_name, target, tgold, out_root, seed0, ordered, 
         seed = seed0 + attempt
         torch.manual_seed(seed)
         cfg = make_assistant_config(TARGET_GEOM[target_name], ordered)
-        asst = Gemma4AssistantForCausalLM(cfg)
-        randomize(asst, seed)
-        if distill_s > 0:
+        reuse = name in REUSE and attempt == 0 and os.path.exists(os.path.join(d, "model.safetensors"))
+        if reuse:
+            log(f"[{name}] reusing the existing weights in {d}")
+            asst = Gemma4AssistantForCausalLM.from_pretrained(d, dtype=torch.float32)
+        else:
+            asst = Gemma4AssistantForCausalLM(cfg)
+            randomize(asst, seed)
+        if distill_s > 0 and not reuse:
             try:
                 asst = distill_assistant(target, asst, distill_s, seed)
             except Exception:
@@ -639,9 +714,34 @@ def build_assistant(name, target_name, target, tgold, out_root, seed0, ordered, 
         if min_gap < DRAFT_GAP_MIN:
             log(f"[{name}] re-seeding (near tie in drafter)")
             continue
-        res.update(drafter_parity(target, a, PROMPTS[0], int(tgold["greedy.0"][0])))
-        log(f"[{name}] parity: token@p {int(res['draft.pos_p.token'])} token@p-1 {int(res['draft.pos_pm1.token'])} "
-            f"visible sliding {res['draft.visible.sliding'].tolist()} full {res['draft.visible.full'].tolist()}")
+        for variant in ("vllm", "hf"):
+            for i, ids in enumerate(PROMPTS):
+                for k in (1, 3):
+                    rounds, gap = clean_trace(target, a, ids, tgold[f"greedy.{i}"].tolist(), k, variant)
+                    min_gap = min(min_gap, gap)
+                    R = len(rounds)
+                    drafts = torch.full((R, k), -1, dtype=torch.int32)
+                    for r, rr in enumerate(rounds):
+                        if rr["drafts"]:
+                            drafts[r, : len(rr["drafts"])] = torch.tensor(rr["drafts"], dtype=torch.int32)
+                    pre = f"clean.{variant}.k{k}.{i}"
+                    res[f"{pre}.cur_len"] = torch.tensor([r["cur_len"] for r in rounds], dtype=torch.int32)
+                    res[f"{pre}.num_drafts"] = torch.tensor([len(r["drafts"]) for r in rounds], dtype=torch.int32)
+                    res[f"{pre}.drafts"] = drafts
+                    res[f"{pre}.accepted"] = torch.tensor([r["accepted"] for r in rounds], dtype=torch.int32)
+                    acc = sum(r["accepted"] for r in rounds)
+                    nd = sum(len(r["drafts"]) for r in rounds)
+                    log(f"    clean {variant} p{i} k{k}: rounds {R} accepted {acc}/{nd} "
+                        f"per-round {[r['accepted'] for r in rounds]}")
+        if min_gap < DRAFT_GAP_MIN:
+            log(f"[{name}] re-seeding (near tie in clean drafter traces, {min_gap:.3g})")
+            continue
+        res.update(drafter_parity(target, a, PROMPTS[0], int(tgold["greedy.0"][0]), "draft"))
+        res.update(drafter_parity(target, a, PROMPTS[2], int(tgold["greedy.2"][0]), "draft_long"))
+        for pre in ("draft", "draft_long"):
+            log(f"[{name}] parity {pre}: token p {int(res[pre + '.pos_p.token'])} p-1 {int(res[pre + '.pos_pm1.token'])} "
+                f"vllm {int(res[pre + '.vllm.token'])} visible sliding {res[pre + '.visible.sliding'].tolist()} "
+                f"full {res[pre + '.visible.full'].tolist()}")
         write_golden(os.path.join(d, "golden_spec.safetensors"), res)
         with open(os.path.join(d, "target.txt"), "w") as f:
             f.write(target_name + "\n")
@@ -650,6 +750,7 @@ def build_assistant(name, target_name, target, tgold, out_root, seed0, ordered, 
 
 
 PROMPTS = prompts(0)
+REUSE = set()
 
 
 def main():
@@ -657,7 +758,9 @@ def main():
     ap.add_argument("--out", default="tests/fixtures")
     ap.add_argument("--only", default="")
     ap.add_argument("--distill-seconds", type=float, default=30.0)
+    ap.add_argument("--reuse", default="", help="assistant fixtures whose existing weights are kept")
     args = ap.parse_args()
+    REUSE.update(filter(None, args.reuse.split(",")))
     log("torch", torch.__version__, "transformers", transformers.__version__, "device", DEV)
     torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
     only = set(filter(None, args.only.split(",")))
