@@ -166,8 +166,7 @@ void parse_text_config(const json& t, const std::string& file, ModelConfig& c) {
     int src = -1;
     for (int j = first_shared - 1; j >= 0; --j)
       if (c.layers[j].type == c.layers[i].type) { src = j; break; }
-    // For an assistant drafter (all layers shared) the source is in the target; mark with -2.
-    c.layers[i].kv_source = first_shared == 0 ? -2 : src;
+    c.layers[i].kv_source = first_shared == 0 ? LayerSpec::kTargetKv : src;
     if (first_shared > 0 && src < 0)
       fail("{}: KV-shared layer {} ({}) has no earlier {} layer to read KV from", file, i,
            layer_type_name(c.layers[i].type), layer_type_name(c.layers[i].type));
@@ -226,7 +225,7 @@ ModelConfig parse_model_config(const json& j, const std::string& dir) {
         text["num_kv_shared_layers"].get<int>() == 0)
       text["num_kv_shared_layers"] = text.value("num_hidden_layers", 0);
     parse_text_config(text, file, c);
-    if (c.layers.empty() || c.layers[0].kv_source != -2)
+    if (c.layers.empty() || c.layers[0].kv_source != LayerSpec::kTargetKv)
       fail("{}: a gemma4_assistant must share KV in every layer (num_kv_shared_layers = num_hidden_layers)", file);
     if (c.moe || c.ple_dim) fail("{}: a gemma4_assistant cannot have MoE or per-layer embeddings", file);
     c.weight_prefix = "model.";

@@ -25,9 +25,12 @@ struct LayerSpec {
   int head_dim = 0;
   int n_kv_heads = 0;
   bool k_eq_v = false;        // no v_proj: V is the weightless norm of the raw K projection
-  int kv_source = -1;         // layer whose KV this layer reads; == own index unless KV-shared
+  // -1: the layer computes and caches its own K/V; >= 0: it reads that earlier layer's (KV
+  // sharing); kTargetKv: it reads its target model's cache (every layer of an assistant drafter).
+  int kv_source = -1;
   int intermediate = 0;       // dense MLP width (doubled on KV-shared layers with double-wide MLP)
-  bool owns_kv() const { return kv_source < 0; }
+  static constexpr int kTargetKv = -2;
+  bool owns_kv() const { return kv_source == -1; }
 };
 
 struct ModelConfig {
