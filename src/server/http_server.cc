@@ -1,0 +1,727 @@
+#include "server/http_server.h"
+
+#include <httplib.h>
+#include <signal.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cmath>
+#include <deque>
+#include <mutex>
+#include <random>
+
+#include "server/api_error.h"
+#include "server/stop_matcher.h"
+#include "util/error.h"
+#include "util/log.h"
+
+namespace tandem::server {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+double seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+int64_t unix_time() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string random_id(const char* prefix) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return fmt::format("{}{:016x}{:016x}", prefix, rng(), rng());
+}
+
+const char* reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::stop: return "stop";
+    case FinishReason::length: return "length";
+    case FinishReason::abort: return "abort";
+    case FinishReason::error: return "error";
+    default: return "stop";
+  }
+}
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump(body), "application/json");
+}
+
+void send_error(httplib::Response& res, const ApiError& e) { send_json(res, e.status(), e.to_json()); }
+
+double clamp_logprob(float lp) { return std::isfinite(lp) ? lp : -9999.0; }
+
+// ---------------------------------------------------------------------------------------------
+// One HTTP generation request: n × prompts engine requests, their output queue and per-choice
+// text state.
+
+struct LogprobEntry {
+  int32_t token;
+  float logprob;
+  std::vector<TokenLogprob> top;
+};
+
+struct Delta {
+  std::string content, reasoning;
+  std::vector<LogprobEntry> logprobs;
+  bool finished = false;
+};
+
+struct Choice {
+  uint64_t id = 0;
+  bool submitted = false;
+  bool engine_finished = false;  // the engine sent its final output
+  bool abort_sent = false;
+  std::unique_ptr<IncrementalDecoder> decoder, reasoning_decoder;
+  std::unique_ptr<StopMatcher> matcher;
+  bool in_reasoning = false, reasoning_head_done = false;
+  std::string reasoning_head;
+  std::string text, reasoning;
+  std::vector<LogprobEntry> pending_lp, logprobs;
+  int tokens = 0;
+  int prompt_tokens = 0;
+  bool finished = false;
+  std::string finish_reason;
+  json stop_reason = nullptr;
+  std::string error;
+  bool have_first = false;
+  Clock::time_point first_token, last_token;
+};
+
+class Run {
+ public:
+  Run(HttpServer& server, ParsedRequest req, Clock::time_point arrival)
+      : server_(server), service_(server.service()), codec_(server.codec()), req_(std::move(req)),
+        arrival_(arrival), queue_(std::make_shared<Queue>()) {
+    id_ = random_id(req_.chat ? "chatcmpl-" : "cmpl-");
+    created_ = unix_time();
+    eos_ = codec_.eos_ids();
+    if (req_.parse_reasoning) {
+      auto open = codec_.token_id("<|channel>"), close = codec_.token_id("<channel|>");
+      if (open && close) channel_open_ = *open, channel_close_ = *close;
+    }
+    choices_.resize(req_.num_choices());
+    for (int i = 0; i < req_.num_choices(); ++i) {
+      Choice& c = choices_[i];
+      c.decoder = codec_.stream_decoder(req_.skip_special_tokens);
+      c.matcher = std::make_unique<StopMatcher>(req_.stop);
+      c.prompt_tokens = static_cast<int>(req_.prompts[i / req_.n].tokens.size());
+    }
+  }
+
+  ~Run() { abort_all(); }
+
+  void submit() {
+    for (int i = 0; i < req_.num_choices(); ++i) {
+      auto q = queue_;
+      try {
+        choices_[i].id = service_.submit(req_.engine_request(i), [q, i](const RequestOutput& out) {
+          {
+            std::lock_guard<std::mutex> lock(q->mutex);
+            q->events.push_back({i, out, Clock::now()});
+          }
+          q->cv.notify_one();
+        });
+        choices_[i].submitted = true;
+      } catch (const Error& e) {
+        abort_all();
+        throw bad_request(e.what(), req_.chat ? "messages" : "prompt");
+      }
+    }
+  }
+
+  void abort_all() {
+    for (auto& c : choices_)
+      if (c.submitted && !c.engine_finished && !c.abort_sent) {
+        service_.abort(c.id);
+        c.abort_sent = true;
+      }
+  }
+
+  bool done() const {
+    for (const auto& c : choices_)
+      if (!c.finished) return false;
+    return true;
+  }
+
+  // Waits up to `timeout` for outputs and applies them; returns the deltas produced.
+  std::vector<std::pair<int, Delta>> step(std::chrono::milliseconds timeout) {
+    std::deque<Event> events;
+    {
+      std::unique_lock<std::mutex> lock(queue_->mutex);
+      queue_->cv.wait_for(lock, timeout, [&] { return !queue_->events.empty(); });
+      events.swap(queue_->events);
+    }
+    std::vector<std::pair<int, Delta>> deltas;
+    for (auto& ev : events) {
+      Delta d;
+      if (apply(ev, d)) deltas.emplace_back(ev.choice, std::move(d));
+    }
+    return deltas;
+  }
+
+  // Marks unfinished choices finished (after a shutdown or a failed write).
+  void abandon(const char* reason) {
+    abort_all();
+    for (auto& c : choices_)
+      if (!c.finished) finish(c, reason, Clock::now());
+  }
+
+  const ParsedRequest& request() const { return req_; }
+  const std::vector<Choice>& choices() const { return choices_; }
+  const std::string& id() const { return id_; }
+  int64_t created() const { return created_; }
+
+  json usage() const {
+    int prompt = 0, completion = 0;
+    for (const auto& p : req_.prompts) prompt += static_cast<int>(p.tokens.size());
+    for (const auto& c : choices_) completion += c.tokens;
+    return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+  }
+
+  json logprobs_json(const std::vector<LogprobEntry>& entries, size_t text_offset) const {
+    if (req_.chat) {
+      json content = json::array();
+      for (const auto& e : entries) {
+        std::string tok = token_string(e.token);
+        json top = json::array();
+        for (const auto& t : e.top) {
+          std::string s = token_string(t.token);
+          top.push_back({{"token", s}, {"logprob", clamp_logprob(t.logprob)}, {"bytes", bytes_of(s)}});
+        }
+        content.push_back({{"token", tok}, {"logprob", clamp_logprob(e.logprob)}, {"bytes", bytes_of(tok)},
+                           {"top_logprobs", top}});
+      }
+      return {{"content", content}};
+    }
+    json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(),
+         offsets = json::array();
+    size_t offset = text_offset;
+    for (const auto& e : entries) {
+      std::string tok = token_string(e.token);
+      tokens.push_back(tok);
+      token_logprobs.push_back(clamp_logprob(e.logprob));
+      json top = json::object();
+      for (const auto& t : e.top) top[token_string(t.token)] = clamp_logprob(t.logprob);
+      top_logprobs.push_back(top);
+      offsets.push_back(offset);
+      offset += tok.size();
+    }
+    return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top_logprobs},
+            {"text_offset", offsets}};
+  }
+
+ private:
+  struct Event {
+    int choice;
+    RequestOutput out;
+    Clock::time_point time;
+  };
+  struct Queue {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::deque<Event> events;
+  };
+
+  std::string token_string(int32_t id) const {
+    int32_t ids[1] = {id};
+    return codec_.decode(ids, false);
+  }
+  static json bytes_of(const std::string& s) {
+    json b = json::array();
+    for (unsigned char ch : s) b.push_back(static_cast<int>(ch));
+    return b;
+  }
+
+  void finish(Choice& c, const std::string& reason, Clock::time_point t) {
+    c.finished = true;
+    c.finish_reason = reason;
+    double tpot = c.tokens > 1 && c.have_first ? seconds(c.first_token, c.last_token) / (c.tokens - 1) : 0.0;
+    server_.metrics().observe_finished(reason, seconds(arrival_, t), tpot, c.tokens);
+  }
+
+  void emit_content(Choice& c, Delta& d, const StopMatcher::Result& r) {
+    d.content += r.text;
+    c.text += r.text;
+    if (!r.text.empty() || r.matched >= 0) {
+      for (auto& e : c.pending_lp) d.logprobs.push_back(e), c.logprobs.push_back(std::move(e));
+      c.pending_lp.clear();
+    }
+  }
+
+  void emit_reasoning(Choice& c, Delta& d, std::string piece) {
+    if (!c.reasoning_head_done) {
+      static const std::string head = "thought\n";
+      c.reasoning_head += piece;
+      if (c.reasoning_head.size() >= head.size() || head.compare(0, c.reasoning_head.size(), c.reasoning_head) != 0) {
+        c.reasoning_head_done = true;
+        piece = c.reasoning_head.compare(0, head.size(), head) == 0 ? c.reasoning_head.substr(head.size())
+                                                                     : c.reasoning_head;
+        c.reasoning_head.clear();
+      } else {
+        return;
+      }
+    }
+    d.reasoning += piece;
+    c.reasoning += piece;
+  }
+
+  // The channel closed before its "thought\n" header was complete: emit what was held.
+  void end_reasoning_head(Choice& c, Delta& d) {
+    if (c.reasoning_head_done) return;
+    c.reasoning_head_done = true;
+    std::string held = c.reasoning_head == "thought" ? std::string() : c.reasoning_head;
+    c.reasoning_head.clear();
+    d.reasoning += held;
+    c.reasoning += held;
+  }
+
+  bool is_stop_token(int32_t t) const {
+    for (int32_t e : eos_)
+      if (e == t) return true;
+    for (int32_t e : req_.stop_token_ids)
+      if (e == t) return true;
+    return false;
+  }
+
+  // Applies one engine output to its choice; false when it changes nothing visible.
+  bool apply(const Event& ev, Delta& d) {
+    Choice& c = choices_[ev.choice];
+    const RequestOutput& out = ev.out;
+    if (out.finished) c.engine_finished = true;
+    if (c.finished) return false;
+    if (!out.tokens.empty()) {
+      if (!c.have_first) {
+        c.have_first = true, c.first_token = ev.time;
+        server_.metrics().observe_ttft(seconds(arrival_, ev.time));
+      } else {
+        server_.metrics().observe_itl(seconds(c.last_token, ev.time));
+      }
+      c.last_token = ev.time;
+    }
+    for (size_t j = 0; j < out.tokens.size(); ++j) {
+      const int32_t tok = out.tokens[j];
+      c.tokens += 1;
+      const bool last = j + 1 == out.tokens.size();
+      if (out.finished && last && out.finish_reason == FinishReason::stop && is_stop_token(tok)) {
+        if (!eos_.empty() && std::find(eos_.begin(), eos_.end(), tok) == eos_.end()) c.stop_reason = tok;
+        continue;  // the stop token itself is not part of the text
+      }
+      if (channel_open_ >= 0 && tok == channel_open_ && !c.in_reasoning) {
+        c.in_reasoning = true;
+        c.reasoning_decoder = codec_.stream_decoder(true);
+        continue;
+      }
+      if (channel_open_ >= 0 && tok == channel_close_ && c.in_reasoning) {
+        c.in_reasoning = false;
+        emit_reasoning(c, d, c.reasoning_decoder->flush());
+        end_reasoning_head(c, d);
+        continue;
+      }
+      if (c.in_reasoning) {
+        emit_reasoning(c, d, c.reasoning_decoder->push(tok));
+        continue;
+      }
+      LogprobEntry lp{tok, 0.0f, {}};
+      if (req_.logprobs >= 0) {
+        if (j < out.logprobs.size()) lp.logprob = out.logprobs[j];
+        if (j < out.top_logprobs.size()) lp.top = out.top_logprobs[j];
+        c.pending_lp.push_back(std::move(lp));
+      }
+      StopMatcher::Result r = c.matcher->push(c.decoder->push(tok));
+      emit_content(c, d, r);
+      if (r.matched >= 0) {
+        c.stop_reason = req_.stop[r.matched];
+        service_.abort(c.id);
+        c.abort_sent = true;
+        d.finished = true;
+        finish(c, "stop", ev.time);
+        return true;
+      }
+    }
+    if (out.finished) {
+      if (c.in_reasoning) emit_reasoning(c, d, c.reasoning_decoder->flush()), end_reasoning_head(c, d);
+      StopMatcher::Result r = c.matcher->push(c.decoder->flush());
+      emit_content(c, d, r);
+      if (r.matched >= 0) {
+        c.stop_reason = req_.stop[r.matched];
+        finish(c, "stop", ev.time);
+      } else {
+        StopMatcher::Result tail{c.matcher->flush(), -1};
+        emit_content(c, d, tail);
+        if (out.finish_reason == FinishReason::error) c.error = out.error.empty() ? "engine error" : out.error;
+        finish(c, reason_name(out.finish_reason), ev.time);
+      }
+      d.finished = true;
+      return true;
+    }
+    return !d.content.empty() || !d.reasoning.empty();
+  }
+
+  HttpServer& server_;
+  InferenceService& service_;
+  const TextCodec& codec_;
+  ParsedRequest req_;
+  Clock::time_point arrival_;
+  std::shared_ptr<Queue> queue_;
+  std::vector<Choice> choices_;
+  std::vector<int32_t> eos_;
+  int32_t channel_open_ = -1, channel_close_ = -1;
+  std::string id_;
+  int64_t created_ = 0;
+};
+
+
+// ---------------------------------------------------------------------------------------------
+// Response bodies.
+
+json full_response(const Run& run) {
+  const ParsedRequest& req = run.request();
+  json choices = json::array();
+  for (size_t i = 0; i < run.choices().size(); ++i) {
+    const Choice& c = run.choices()[i];
+    json ch = {{"index", i}, {"finish_reason", c.finish_reason}, {"stop_reason", c.stop_reason}};
+    if (req.chat) {
+      json msg = {{"role", "assistant"}, {"content", c.text}};
+      if (!c.reasoning.empty()) msg["reasoning_content"] = c.reasoning;
+      ch["message"] = msg;
+      ch["logprobs"] = req.logprobs >= 0 ? run.logprobs_json(c.logprobs, 0) : json(nullptr);
+    } else {
+      std::string prefix = req.echo ? req.prompts[i / req.n].text : std::string();
+      ch["text"] = prefix + c.text;
+      ch["logprobs"] = req.logprobs >= 0 ? run.logprobs_json(c.logprobs, prefix.size()) : json(nullptr);
+    }
+    choices.push_back(std::move(ch));
+  }
+  return {{"id", run.id()},
+          {"object", req.chat ? "chat.completion" : "text_completion"},
+          {"created", run.created()},
+          {"model", req.model},
+          {"choices", choices},
+          {"usage", run.usage()}};
+}
+
+json chunk_base(const Run& run) {
+  return {{"id", run.id()},
+          {"object", run.request().chat ? "chat.completion.chunk" : "text_completion"},
+          {"created", run.created()},
+          {"model", run.request().model}};
+}
+
+// The SSE chunk for one choice's delta; null when there is nothing to send.
+json delta_chunk(const Run& run, int index, const Delta& d, size_t text_offset) {
+  const ParsedRequest& req = run.request();
+  const Choice& c = run.choices()[index];
+  if (d.content.empty() && d.reasoning.empty() && !d.finished && d.logprobs.empty()) return nullptr;
+  json ch = {{"index", index}};
+  if (req.chat) {
+    json delta = json::object();
+    if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
+    if (!d.content.empty()) delta["content"] = d.content;
+    ch["delta"] = delta;
+    ch["logprobs"] = req.logprobs >= 0 && !d.logprobs.empty() ? run.logprobs_json(d.logprobs, 0) : json(nullptr);
+  } else {
+    ch["text"] = d.content;
+    ch["logprobs"] = req.logprobs >= 0 ? run.logprobs_json(d.logprobs, text_offset) : json(nullptr);
+  }
+  ch["finish_reason"] = d.finished ? json(c.finish_reason) : json(nullptr);
+  if (d.finished) ch["stop_reason"] = c.stop_reason;
+  json chunk = chunk_base(run);
+  chunk["choices"] = json::array({ch});
+  return chunk;
+}
+
+// Runs a streaming generation, writing SSE events through `write`; false when the client went away.
+bool stream_run(HttpServer& server, Run& run, const std::function<bool(const std::string&)>& write,
+                const std::function<bool()>& alive) {
+  const ParsedRequest& req = run.request();
+  const int n = static_cast<int>(run.choices().size());
+  std::vector<size_t> offsets(n, 0);
+  auto send = [&](json chunk) {
+    if (req.include_usage) chunk["usage"] = req.continuous_usage ? run.usage() : json(nullptr);
+    return write(sse_event(dump(chunk)));
+  };
+  // Opening chunks: the assistant role (chat) or the echoed prompt (completions).
+  for (int i = 0; i < n; ++i) {
+    json chunk = chunk_base(run);
+    if (req.chat) {
+      chunk["choices"] = json::array({{{"index", i},
+                                       {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                       {"logprobs", nullptr},
+                                       {"finish_reason", nullptr}}});
+    } else if (req.echo) {
+      const std::string& text = req.prompts[i / req.n].text;
+      offsets[i] = text.size();
+      chunk["choices"] = json::array({{{"index", i}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+    } else {
+      continue;
+    }
+    if (!send(chunk)) return false;
+  }
+  while (!run.done()) {
+    if (server.stopping()) {
+      run.abandon("abort");
+      break;
+    }
+    auto deltas = run.step(std::chrono::milliseconds(100));
+    if (deltas.empty()) {
+      if (!alive()) return false;
+      continue;
+    }
+    for (auto& [i, d] : deltas) {
+      json chunk = delta_chunk(run, i, d, offsets[i]);
+      offsets[i] += d.content.size();
+      if (chunk.is_null()) continue;
+      if (!send(chunk)) return false;
+      const Choice& c = run.choices()[i];
+      if (d.finished && !c.error.empty()) {
+        if (!write(sse_event(dump(ApiError::error_body(c.error, "internal_server_error", "", "engine_error")))))
+          return false;
+      }
+    }
+  }
+  if (req.include_usage) {
+    json chunk = chunk_base(run);
+    chunk["choices"] = json::array();
+    chunk["usage"] = run.usage();
+    if (!write(sse_event(dump(chunk)))) return false;
+  }
+  return write(sse_done());
+}
+
+void check_content_type(const httplib::Request& req) {
+  auto ct = req.get_header_value("Content-Type");
+  if (!ct.empty() && ct.find("json") == std::string::npos && ct.find("text/plain") == std::string::npos)
+    throw ApiError(415, fmt::format("Content-Type must be application/json, got '{}'", ct), "",
+                   "invalid_request_error", "unsupported_media_type");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+HttpServer::HttpServer(InferenceService& service, const TextCodec& codec, ServerOptions options)
+    : service_(service), codec_(codec), options_(std::move(options)), http_(std::make_unique<httplib::Server>()) {
+  if (options_.served_model_names.empty()) options_.served_model_names = {"tandem"};
+  options_.limits.max_model_len = service_.max_model_len();
+  options_.limits.num_speculative_tokens = service_.num_speculative_tokens();
+  routes();
+}
+
+HttpServer::~HttpServer() { shutdown(); }
+
+int HttpServer::bind() {
+  // A client that disconnects makes send() raise SIGPIPE; we want the EPIPE error instead.
+  ::signal(SIGPIPE, SIG_IGN);
+  if (options_.port == 0) {
+    port_ = http_->bind_to_any_port(options_.host);
+  } else {
+    port_ = http_->bind_to_port(options_.host, options_.port) ? options_.port : -1;
+  }
+  if (port_ <= 0) fail("cannot listen on {}:{} (address in use or not available)", options_.host, options_.port);
+  return port_;
+}
+
+void HttpServer::run() {
+  if (port_ <= 0) bind();
+  http_->listen_after_bind();
+}
+
+void HttpServer::shutdown() {
+  if (stopping_.exchange(true)) return;
+  // Handlers notice `stopping_` within 100 ms, abort their engine requests and return; stop()
+  // closes the listening socket, and run() returns once the worker threads have drained.
+  http_->stop();
+}
+
+void HttpServer::routes() {
+  auto& svr = *http_;
+  size_t threads = options_.http_threads > 0 ? static_cast<size_t>(options_.http_threads) : 256;
+  svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  svr.set_payload_max_length(options_.max_body_bytes);
+  svr.set_keep_alive_max_count(1000);
+  svr.set_read_timeout(30, 0);
+  svr.set_write_timeout(30, 0);
+
+  svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (options_.api_key.empty() || req.path.rfind("/v1", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+    const std::string expected = "Bearer " + options_.api_key;
+    if (req.get_header_value("Authorization") == expected) return httplib::Server::HandlerResponse::Unhandled;
+    send_error(res, ApiError(401, "Invalid or missing API key (send 'Authorization: Bearer <key>').", "",
+                             "authentication_error", "invalid_api_key"));
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
+                                                               httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    std::string message;
+    const char* type = "invalid_request_error";
+    switch (res.status) {
+      case 404: message = fmt::format("No route for {} {}", req.method, req.path); break;
+      case 413: message = "Request body is too large"; break;
+      case 400: message = "Malformed HTTP request"; break;
+      default:
+        message = fmt::format("HTTP error {}", res.status);
+        if (res.status >= 500) type = "internal_server_error";
+    }
+    res.set_content(dump(ApiError::error_body(message, type)), "application/json");
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  svr.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown error";
+    try {
+      if (ep) std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    log::warn("request failed: {}", what);
+    send_json(res, 500, ApiError::error_body("Internal server error: " + what, "internal_server_error"));
+  });
+
+  // Every handler: catch everything → JSON error.
+  auto guarded = [this](auto fn) {
+    return [this, fn](const httplib::Request& req, httplib::Response& res) {
+      try {
+        fn(req, res);
+      } catch (const ApiError& e) {
+        send_error(res, e);
+      } catch (const Error& e) {
+        send_error(res, bad_request(e.what()));
+      } catch (const std::exception& e) {
+        log::warn("{} {} failed: {}", req.method, req.path, e.what());
+        send_json(res, 500, ApiError::error_body(std::string("Internal server error: ") + e.what(),
+                                                 "internal_server_error"));
+      }
+    };
+  };
+
+  svr.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.status = 200; });
+
+  svr.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
+            json data = json::array();
+            for (const auto& name : options_.served_model_names)
+              data.push_back({{"id", name},
+                              {"object", "model"},
+                              {"created", unix_time()},
+                              {"owned_by", "tandem"},
+                              {"root", options_.model_root.empty() ? name : options_.model_root},
+                              {"parent", nullptr},
+                              {"max_model_len", options_.limits.max_model_len}});
+            send_json(res, 200, {{"object", "list"}, {"data", data}});
+          }));
+
+  svr.Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& res) {
+            res.set_content(metrics_.render(service_.stats(), options_.served_model_names.front(),
+                                            options_.limits.num_speculative_tokens),
+                            "text/plain; version=0.0.4; charset=utf-8");
+          }));
+
+  svr.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+             json body = parse_body(req.body);
+             resolve_model(body, options_.served_model_names);
+             std::vector<int32_t> tokens;
+             if (body.contains("messages")) {
+               if (!codec_.has_chat_template()) throw bad_request("this model has no chat template", "messages");
+               std::string text;
+               try {
+                 text = codec_.render_chat(chat_template_variables(body, codec_));
+               } catch (const Error& e) {
+                 throw bad_request(fmt::format("the chat template failed: {}", e.what()), "messages");
+               }
+               bool add_special = body.value("add_special_tokens", false);
+               tokens = codec_.encode(text, add_special);
+             } else if (body.contains("prompt") && body["prompt"].is_string()) {
+               auto it = body.find("add_special_tokens");
+               if (it != body.end() && !it->is_boolean())
+                 throw bad_request("'add_special_tokens' must be a boolean", "add_special_tokens");
+               bool add_special = it == body.end() ? true : it->get<bool>();
+               tokens = codec_.encode(body["prompt"].get<std::string>(), add_special);
+             } else {
+               throw bad_request("'prompt' (a string) or 'messages' is required", "prompt");
+             }
+             json out = {{"count", tokens.size()}, {"max_model_len", options_.limits.max_model_len}, {"tokens", tokens}};
+             if (body.value("return_token_strs", false)) {
+               json strs = json::array();
+               for (int32_t t : tokens) {
+                 int32_t one[1] = {t};
+                 strs.push_back(codec_.decode(one, false));
+               }
+               out["token_strs"] = strs;
+             } else {
+               out["token_strs"] = nullptr;
+             }
+             send_json(res, 200, out);
+           }));
+
+  svr.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+             json body = parse_body(req.body);
+             resolve_model(body, options_.served_model_names);
+             if (!body.contains("tokens") || !body["tokens"].is_array())
+               throw bad_request("'tokens' must be a list of token ids", "tokens");
+             std::vector<int32_t> ids;
+             for (const auto& t : body["tokens"]) {
+               if (!t.is_number_integer()) throw bad_request("'tokens' must be a list of token ids", "tokens");
+               int64_t v = t.get<int64_t>();
+               if (v < 0 || v >= codec_.vocab_size())
+                 throw bad_request(fmt::format("token id {} is outside the vocabulary", v), "tokens");
+               ids.push_back(static_cast<int32_t>(v));
+             }
+             send_json(res, 200, {{"prompt", codec_.decode(ids, false)}});
+           }));
+
+  auto generate = [this](bool chat) {
+    return [this, chat](const httplib::Request& hreq, httplib::Response& res) {
+      const auto arrival = Clock::now();
+      check_content_type(hreq);
+      json body = parse_body(hreq.body);
+      ParsedRequest parsed =
+          chat ? parse_chat_request(body, codec_, options_.served_model_names, options_.limits)
+               : parse_completion_request(body, codec_, options_.served_model_names, options_.limits);
+      if (stopping_) throw ApiError(503, "the server is shutting down", "", "service_unavailable");
+      auto run = std::make_shared<Run>(*this, std::move(parsed), arrival);
+      run->submit();
+      if (run->request().stream) {
+        res.set_header("Cache-Control", "no-cache");
+        res.set_chunked_content_provider(
+            "text/event-stream",
+            [this, run](size_t, httplib::DataSink& sink) {
+              bool ok = false;
+              try {
+                ok = stream_run(*this, *run, [&](const std::string& s) { return sink.write(s.data(), s.size()); },
+                                [&] { return sink.is_writable(); });
+              } catch (const std::exception& e) {
+                log::warn("stream failed: {}", e.what());
+              }
+              if (!ok) {
+                run->abandon("abort");
+                return false;
+              }
+              sink.done();
+              return true;
+            },
+            [run](bool) { run->abort_all(); });
+        return;
+      }
+      while (!run->done()) {
+        if (stopping_) {
+          run->abandon("abort");
+          break;
+        }
+        run->step(std::chrono::milliseconds(100));
+      }
+      for (const auto& c : run->choices())
+        if (!c.error.empty()) throw ApiError(500, c.error, "", "internal_server_error", "engine_error");
+      send_json(res, 200, full_response(*run));
+    };
+  };
+  svr.Post("/v1/completions", guarded(generate(false)));
+  svr.Post("/v1/chat/completions", guarded(generate(true)));
+}
+
+}  // namespace tandem::server

@@ -1,0 +1,405 @@
+#include "server/protocol.h"
+
+#include <cmath>
+#include <limits>
+
+#include "server/api_error.h"
+#include "util/error.h"
+
+namespace tandem::server {
+namespace {
+
+using nlohmann::json;
+
+bool present(const json& body, const char* key) {
+  auto it = body.find(key);
+  return it != body.end() && !it->is_null();
+}
+
+double get_number(const json& body, const char* key, double fallback) {
+  if (!present(body, key)) return fallback;
+  const json& v = body.at(key);
+  if (!v.is_number()) throw bad_request(fmt::format("'{}' must be a number", key), key);
+  double d = v.get<double>();
+  if (!std::isfinite(d)) throw bad_request(fmt::format("'{}' must be finite", key), key);
+  return d;
+}
+
+int64_t get_integer(const json& body, const char* key, int64_t fallback) {
+  if (!present(body, key)) return fallback;
+  const json& v = body.at(key);
+  if (v.is_number_integer()) {
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))
+      throw bad_request(fmt::format("'{}' is too large", key), key);
+    return v.get<int64_t>();
+  }
+  if (v.is_number_float()) {
+    double d = v.get<double>();
+    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15) return static_cast<int64_t>(d);
+  }
+  throw bad_request(fmt::format("'{}' must be an integer", key), key);
+}
+
+bool get_bool(const json& body, const char* key, bool fallback) {
+  if (!present(body, key)) return fallback;
+  const json& v = body.at(key);
+  if (!v.is_boolean()) throw bad_request(fmt::format("'{}' must be a boolean", key), key);
+  return v.get<bool>();
+}
+
+void check_range(double v, double lo, double hi, const char* key, const char* what) {
+  if (v < lo || v > hi) throw bad_request(fmt::format("'{}' must be {}, got {}", key, what, v), key);
+}
+
+bool is_token_array(const json& v) {
+  if (!v.is_array() || v.empty()) return false;
+  for (const auto& x : v)
+    if (!x.is_number_integer()) return false;
+  return true;
+}
+
+std::vector<int32_t> token_ids(const json& v, const TextCodec& codec, const char* param) {
+  std::vector<int32_t> ids;
+  ids.reserve(v.size());
+  const int64_t vocab = codec.vocab_size();
+  for (const auto& x : v) {
+    int64_t id = x.get<int64_t>();
+    if (id < 0 || id >= vocab)
+      throw bad_request(fmt::format("token id {} is outside the vocabulary [0, {})", id, vocab), param);
+    ids.push_back(static_cast<int32_t>(id));
+  }
+  return ids;
+}
+
+// Fields shared by completions and chat.
+void parse_common(const json& body, const TextCodec& codec, const Limits& limits, ParsedRequest& r) {
+  SamplingParams& s = r.sampling;
+  s.temperature = static_cast<float>(get_number(body, "temperature", 1.0));
+  check_range(s.temperature, 0.0, 100.0, "temperature", "between 0 and 100");
+  s.top_p = static_cast<float>(get_number(body, "top_p", 1.0));
+  if (!(s.top_p > 0.0f && s.top_p <= 1.0f))
+    throw bad_request(fmt::format("'top_p' must be in (0, 1], got {}", s.top_p), "top_p");
+  int64_t top_k = get_integer(body, "top_k", 0);
+  if (top_k < -1) throw bad_request("'top_k' must be -1 (off), 0 (off) or positive", "top_k");
+  s.top_k = top_k <= 0 ? 0 : static_cast<int>(std::min<int64_t>(top_k, 1 << 30));
+  s.min_p = static_cast<float>(get_number(body, "min_p", 0.0));
+  check_range(s.min_p, 0.0, 1.0, "min_p", "between 0 and 1");
+  s.presence_penalty = static_cast<float>(get_number(body, "presence_penalty", 0.0));
+  check_range(s.presence_penalty, -2.0, 2.0, "presence_penalty", "between -2 and 2");
+  s.frequency_penalty = static_cast<float>(get_number(body, "frequency_penalty", 0.0));
+  check_range(s.frequency_penalty, -2.0, 2.0, "frequency_penalty", "between -2 and 2");
+  if (present(body, "repetition_penalty") && get_number(body, "repetition_penalty", 1.0) != 1.0)
+    throw bad_request("'repetition_penalty' is not supported; use presence_penalty / frequency_penalty",
+                      "repetition_penalty");
+  if (present(body, "seed")) s.seed = static_cast<uint64_t>(get_integer(body, "seed", 0));
+
+  r.n = static_cast<int>(std::clamp<int64_t>(get_integer(body, "n", 1), -1, 1 << 20));
+  if (r.n < 1 || r.n > limits.max_n)
+    throw bad_request(fmt::format("'n' must be between 1 and {}, got {}", limits.max_n, r.n), "n");
+  if (present(body, "best_of") && get_integer(body, "best_of", 1) != r.n &&
+      get_integer(body, "best_of", 1) != 1)
+    throw bad_request("'best_of' is not supported", "best_of");
+  if (present(body, "logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty()))
+    throw bad_request("'logit_bias' is not supported", "logit_bias");
+  if (present(body, "response_format")) {
+    const json& rf = body["response_format"];
+    if (!rf.is_object() || rf.value("type", "text") != "text")
+      throw bad_request("only response_format {\"type\": \"text\"} is supported", "response_format");
+  }
+
+  // Stop strings.
+  if (present(body, "stop")) {
+    const json& stop = body["stop"];
+    if (stop.is_string()) {
+      r.stop.push_back(stop.get<std::string>());
+    } else if (stop.is_array()) {
+      for (const auto& x : stop) {
+        if (!x.is_string()) throw bad_request("'stop' must be a string or a list of strings", "stop");
+        r.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      throw bad_request("'stop' must be a string or a list of strings", "stop");
+    }
+    if (static_cast<int>(r.stop.size()) > limits.max_stop)
+      throw bad_request(fmt::format("at most {} stop strings are allowed, got {}", limits.max_stop,
+                                    r.stop.size()), "stop");
+    for (const auto& s2 : r.stop) {
+      if (s2.empty()) throw bad_request("stop strings must not be empty", "stop");
+      if (static_cast<int>(s2.size()) > limits.max_stop_length)
+        throw bad_request(fmt::format("stop strings must be at most {} bytes", limits.max_stop_length),
+                          "stop");
+    }
+  }
+  if (present(body, "stop_token_ids")) {
+    const json& ids = body["stop_token_ids"];
+    if (!ids.is_array()) throw bad_request("'stop_token_ids' must be a list of integers", "stop_token_ids");
+    for (const auto& x : ids)
+      if (!x.is_number_integer())
+        throw bad_request("'stop_token_ids' must be a list of integers", "stop_token_ids");
+    if (static_cast<int>(ids.size()) > limits.max_stop_token_ids)
+      throw bad_request(fmt::format("at most {} stop token ids are allowed", limits.max_stop_token_ids),
+                        "stop_token_ids");
+    if (!ids.empty()) r.stop_token_ids = token_ids(ids, codec, "stop_token_ids");
+  }
+  r.ignore_eos = get_bool(body, "ignore_eos", false);
+  r.skip_special_tokens = get_bool(body, "skip_special_tokens", true);
+
+  // Streaming.
+  r.stream = get_bool(body, "stream", false);
+  if (present(body, "stream_options")) {
+    const json& so = body["stream_options"];
+    if (!so.is_object()) throw bad_request("'stream_options' must be an object", "stream_options");
+    if (!r.stream) throw bad_request("'stream_options' is only allowed when 'stream' is true", "stream_options");
+    r.include_usage = get_bool(so, "include_usage", false);
+    r.continuous_usage = get_bool(so, "continuous_usage_stats", false);
+  }
+
+  // tandem's per-request speculation override.
+  if (present(body, "speculative")) {
+    const json& sp = body["speculative"];
+    if (!sp.is_object()) throw bad_request("'speculative' must be an object", "speculative");
+    if (present(sp, "num_speculative_tokens")) {
+      int64_t k = get_integer(sp, "num_speculative_tokens", -1);
+      if (k < 0 || k > limits.num_speculative_tokens)
+        throw bad_request(fmt::format("'speculative.num_speculative_tokens' must be between 0 and {} "
+                                      "(the server's configured k), got {}",
+                                      limits.num_speculative_tokens, k),
+                          "speculative.num_speculative_tokens");
+      r.num_speculative_tokens = static_cast<int>(k);
+    }
+  }
+}
+
+// max_tokens against the context: fills the default and rejects prompts that cannot fit.
+void resolve_lengths(const json& body, const Limits& limits, ParsedRequest& r, bool chat) {
+  const char* key = "max_tokens";
+  int64_t max_tokens = -1;
+  if (chat && present(body, "max_completion_tokens")) {
+    key = "max_completion_tokens";
+    max_tokens = get_integer(body, key, -1);
+  } else if (present(body, "max_tokens")) {
+    max_tokens = get_integer(body, key, -1);
+  }
+  if (max_tokens != -1 && max_tokens < 1)
+    throw bad_request(fmt::format("'{}' must be at least 1, got {}", key, max_tokens), key);
+  size_t longest = 0;
+  for (const auto& p : r.prompts) longest = std::max(longest, p.tokens.size());
+  const int64_t len = static_cast<int64_t>(longest);
+  if (len >= limits.max_model_len)
+    throw ApiError(400,
+                   fmt::format("This model's maximum context length is {} tokens, but the prompt has {} "
+                               "tokens. Please shorten the prompt.",
+                               limits.max_model_len, len),
+                   chat ? "messages" : "prompt", "invalid_request_error", "context_length_exceeded");
+  if (max_tokens == -1) {
+    max_tokens = limits.max_model_len - len;
+  } else if (len + max_tokens > limits.max_model_len) {
+    throw ApiError(400,
+                   fmt::format("This model's maximum context length is {} tokens, but {} tokens were "
+                               "requested ({} in the prompt, {} for the completion). Please reduce the "
+                               "prompt or '{}'.",
+                               limits.max_model_len, len + max_tokens, len, max_tokens, key),
+                   key, "invalid_request_error", "context_length_exceeded");
+  }
+  r.max_tokens = static_cast<int>(max_tokens);
+  if (r.num_choices() > limits.max_choices)
+    throw bad_request(fmt::format("at most {} choices (prompts × n) per request, got {}",
+                                  limits.max_choices, r.num_choices()), "n");
+}
+
+std::string message_content(const json& m, size_t index) {
+  auto it = m.find("content");
+  if (it == m.end() || it->is_null()) return {};
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_array()) {
+    std::string text;
+    bool first = true;
+    for (const auto& part : *it) {
+      if (part.is_string()) {  // lenient: a bare string part
+        if (!first) text += "\n";
+        text += part.get<std::string>(), first = false;
+        continue;
+      }
+      if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
+        throw bad_request(fmt::format("messages[{}].content parts must be objects with a 'type'", index),
+                          "messages");
+      const std::string type = part["type"];
+      if (type != "text")
+        throw bad_request(fmt::format("messages[{}]: content part type '{}' is not supported (text only)",
+                                      index, type), "messages");
+      if (!part.contains("text") || !part["text"].is_string())
+        throw bad_request(fmt::format("messages[{}]: a text part needs a string 'text'", index), "messages");
+      if (!first) text += "\n";
+      text += part["text"].get<std::string>(), first = false;
+    }
+    return text;
+  }
+  throw bad_request(fmt::format("messages[{}].content must be a string or a list of content parts", index),
+                    "messages");
+}
+
+}  // namespace
+
+json parse_body(const std::string& text) {
+  json body;
+  try {
+    body = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw bad_request(fmt::format("request body is not valid JSON: {}", e.what()));
+  }
+  if (!body.is_object()) throw bad_request("request body must be a JSON object");
+  return body;
+}
+
+std::string resolve_model(const json& body, const std::vector<std::string>& served_names) {
+  if (!present(body, "model")) return served_names.empty() ? std::string() : served_names.front();
+  if (!body["model"].is_string()) throw bad_request("'model' must be a string", "model");
+  std::string model = body["model"];
+  for (const auto& n : served_names)
+    if (n == model) return model;
+  throw ApiError(404, fmt::format("The model '{}' does not exist.", model), "model",
+                 "invalid_request_error", "model_not_found");
+}
+
+Request ParsedRequest::engine_request(int choice) const {
+  Request req;
+  req.prompt = prompts[choice / n].tokens;
+  req.sampling = sampling;
+  if (sampling.seed && n > 1) req.sampling.seed = *sampling.seed + static_cast<uint64_t>(choice % n);
+  req.sampling.top_logprobs = logprobs;
+  req.max_tokens = max_tokens;
+  req.stop_token_ids = stop_token_ids;
+  req.ignore_eos = ignore_eos;
+  req.num_speculative_tokens = num_speculative_tokens;
+  return req;
+}
+
+ParsedRequest parse_completion_request(const json& body, const TextCodec& codec,
+                                       const std::vector<std::string>& served_names,
+                                       const Limits& limits) {
+  ParsedRequest r;
+  r.chat = false;
+  r.model = resolve_model(body, served_names);
+  parse_common(body, codec, limits, r);
+  r.echo = get_bool(body, "echo", false);
+  if (present(body, "logprobs")) {
+    const json& lp = body["logprobs"];
+    if (lp.is_boolean()) throw bad_request("'logprobs' must be an integer for completions", "logprobs");
+    int64_t n = get_integer(body, "logprobs", -1);
+    if (n < 0 || n > limits.max_logprobs)
+      throw bad_request(fmt::format("'logprobs' must be between 0 and {}", limits.max_logprobs), "logprobs");
+    r.logprobs = static_cast<int>(n);
+  }
+  if (r.echo && r.logprobs >= 0)
+    throw bad_request("'echo' together with 'logprobs' (prompt logprobs) is not supported", "echo");
+
+  if (!body.contains("prompt") || body["prompt"].is_null())
+    throw bad_request("'prompt' is required", "prompt");
+  const json& p = body["prompt"];
+  auto add_text = [&](const std::string& text) {
+    PromptInput in;
+    in.text = text;
+    in.tokens = codec.encode(text, true);
+    if (in.tokens.empty()) throw bad_request("the prompt is empty", "prompt");
+    r.prompts.push_back(std::move(in));
+  };
+  auto add_ids = [&](const json& ids) {
+    PromptInput in;
+    in.tokens = token_ids(ids, codec, "prompt");
+    in.text = codec.decode(in.tokens, false);
+    r.prompts.push_back(std::move(in));
+  };
+  if (p.is_string()) {
+    add_text(p.get<std::string>());
+  } else if (is_token_array(p)) {
+    add_ids(p);
+  } else if (p.is_array() && !p.empty()) {
+    for (const auto& x : p) {
+      if (x.is_string()) add_text(x.get<std::string>());
+      else if (is_token_array(x)) add_ids(x);
+      else
+        throw bad_request("'prompt' must be a string, a list of strings, a list of token ids or a list "
+                          "of token-id lists", "prompt");
+    }
+  } else {
+    throw bad_request("'prompt' must be a string, a list of strings, a list of token ids or a list of "
+                      "token-id lists", "prompt");
+  }
+  resolve_lengths(body, limits, r, false);
+  return r;
+}
+
+json chat_template_variables(const json& body, const TextCodec& codec) {
+  if (!body.contains("messages")) throw bad_request("'messages' is required", "messages");
+  const json& messages = body["messages"];
+  if (!messages.is_array() || messages.empty())
+    throw bad_request("'messages' must be a non-empty list", "messages");
+  json out = json::array();
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const json& m = messages[i];
+    if (!m.is_object()) throw bad_request(fmt::format("messages[{}] must be an object", i), "messages");
+    if (!m.contains("role") || !m["role"].is_string())
+      throw bad_request(fmt::format("messages[{}].role must be a string", i), "messages");
+    std::string role = m["role"];
+    if (role != "system" && role != "developer" && role != "user" && role != "assistant" && role != "tool")
+      throw bad_request(fmt::format("messages[{}].role '{}' is not one of system, developer, user, "
+                                    "assistant, tool", i, role), "messages");
+    json msg = m;  // keep extra keys (tool_calls, name, ...) for the template
+    if (role == "developer") msg["role"] = "system";
+    msg["content"] = message_content(m, i);
+    out.push_back(std::move(msg));
+  }
+  json vars = json::object();
+  if (present(body, "chat_template_kwargs")) {
+    if (!body["chat_template_kwargs"].is_object())
+      throw bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs");
+    for (const auto& [k, v] : body["chat_template_kwargs"].items()) vars[k] = v;
+  }
+  // Top-level template switches some clients send directly.
+  for (const char* k : {"enable_thinking", "reasoning_effort"})
+    if (present(body, k) && !vars.contains(k)) vars[k] = body[k];
+  if (present(body, "tools")) {
+    if (!body["tools"].is_array()) throw bad_request("'tools' must be a list", "tools");
+    vars["tools"] = body["tools"];
+  }
+  vars["messages"] = std::move(out);
+  vars["add_generation_prompt"] = get_bool(body, "add_generation_prompt", true);
+  if (!vars.contains("bos_token")) vars["bos_token"] = codec.bos_token();
+  if (!vars.contains("eos_token")) vars["eos_token"] = codec.eos_token();
+  return vars;
+}
+
+ParsedRequest parse_chat_request(const json& body, const TextCodec& codec,
+                                 const std::vector<std::string>& served_names, const Limits& limits) {
+  ParsedRequest r;
+  r.chat = true;
+  r.model = resolve_model(body, served_names);
+  parse_common(body, codec, limits, r);
+  bool logprobs = get_bool(body, "logprobs", false);
+  int64_t top = get_integer(body, "top_logprobs", 0);
+  if (top < 0 || top > limits.max_logprobs)
+    throw bad_request(fmt::format("'top_logprobs' must be between 0 and {}", limits.max_logprobs),
+                      "top_logprobs");
+  if (present(body, "top_logprobs") && !logprobs && top > 0)
+    throw bad_request("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
+  r.logprobs = logprobs ? static_cast<int>(top) : -1;
+
+  if (!codec.has_chat_template())
+    throw bad_request("this model has no chat template; use /v1/completions", "messages");
+  json vars = chat_template_variables(body, codec);
+  PromptInput in;
+  try {
+    in.text = codec.render_chat(vars);
+  } catch (const Error& e) {
+    throw bad_request(fmt::format("the chat template failed: {}", e.what()), "messages");
+  }
+  // The template emits <bos> itself.
+  in.tokens = codec.encode(in.text, false);
+  if (in.tokens.empty()) throw bad_request("the rendered prompt is empty", "messages");
+  r.prompts.push_back(std::move(in));
+  r.parse_reasoning = true;
+  resolve_lengths(body, limits, r, true);
+  return r;
+}
+
+}  // namespace tandem::server

@@ -1,0 +1,72 @@
+// OpenAI / vLLM request parsing and validation: turns a /v1/completions or /v1/chat/completions
+// JSON body into prompts (token ids) and engine parameters, or throws ApiError (4xx).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/request.h"
+#include "server/service.h"
+
+namespace tandem::server {
+
+struct Limits {
+  int max_model_len = 8192;
+  int max_n = 16;              // choices per prompt
+  int max_choices = 64;        // prompts × n
+  int max_stop = 16;           // stop strings
+  int max_stop_length = 512;   // bytes per stop string
+  int max_stop_token_ids = 64;
+  int max_logprobs = 20;
+  int num_speculative_tokens = 0;  // configured k: per-request overrides must be ≤ this
+};
+
+struct PromptInput {
+  std::vector<int32_t> tokens;
+  std::string text;  // the prompt as text (for echo); decoded when given as ids
+};
+
+struct ParsedRequest {
+  bool chat = false;
+  std::string model;
+  std::vector<PromptInput> prompts;  // completions may carry several; chat always one
+  int n = 1;
+  int max_tokens = 16;
+  SamplingParams sampling;
+  std::vector<std::string> stop;
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  bool skip_special_tokens = true;
+  bool stream = false;
+  bool include_usage = false;       // stream_options.include_usage
+  bool continuous_usage = false;    // stream_options.continuous_usage_stats (vLLM)
+  bool echo = false;                // completions
+  int logprobs = -1;                // alternatives per token; -1: no logprobs
+  int num_speculative_tokens = -1;  // -1: server default
+  bool parse_reasoning = false;     // chat: split a thinking channel into reasoning_content
+
+  // One engine request per (prompt, sample).
+  int num_choices() const { return static_cast<int>(prompts.size()) * n; }
+  Request engine_request(int choice) const;
+};
+
+// `served_names`: accepted values of "model" (an absent "model" means the first).
+ParsedRequest parse_completion_request(const nlohmann::json& body, const TextCodec& codec,
+                                       const std::vector<std::string>& served_names,
+                                       const Limits& limits);
+ParsedRequest parse_chat_request(const nlohmann::json& body, const TextCodec& codec,
+                                 const std::vector<std::string>& served_names, const Limits& limits);
+
+// The chat-template variables of a chat body (messages normalized to string content, tools,
+// add_generation_prompt, chat_template_kwargs and bos/eos tokens). Used by /tokenize too.
+nlohmann::json chat_template_variables(const nlohmann::json& body, const TextCodec& codec);
+
+// Parses the body text; throws ApiError(400) for malformed JSON or a non-object.
+nlohmann::json parse_body(const std::string& text);
+
+// "model" check shared by every endpoint.
+std::string resolve_model(const nlohmann::json& body, const std::vector<std::string>& served_names);
+
+}  // namespace tandem::server

@@ -1,0 +1,286 @@
+// The HTTP layer against a scripted engine (fakes.h) on a loopback port.
+#include "server/http_server.h"
+
+#include <httplib.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "fakes.h"
+
+namespace tandem::server {
+namespace {
+
+using nlohmann::json;
+using testing::ByteCodec;
+using testing::FakeService;
+
+class HttpTest : public ::testing::Test {
+ protected:
+  void start(int step_ms = 1, std::string api_key = {}) {
+    service = std::make_unique<FakeService>(step_ms);
+    ServerOptions o;
+    o.host = "127.0.0.1";
+    o.port = 0;
+    o.served_model_names = {"demo"};
+    o.api_key = api_key;
+    o.max_body_bytes = 64 * 1024;
+    server = std::make_unique<HttpServer>(*service, codec, o);
+    port = server->bind();
+    thread = std::thread([this] { server->run(); });
+  }
+  void TearDown() override {
+    if (server) server->shutdown();
+    if (thread.joinable()) thread.join();
+    server.reset();
+    service.reset();
+  }
+  httplib::Client client() {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(10, 0);
+    return c;
+  }
+  json post(const std::string& path, const json& body, int expect_status = 200) {
+    auto c = client();
+    auto res = c.Post(path.c_str(), body.dump(), "application/json");
+    EXPECT_TRUE(res);
+    if (!res) return {};
+    EXPECT_EQ(res->status, expect_status) << res->body;
+    return json::parse(res->body);
+  }
+  // SSE events (payloads) of a streaming request; checks the framing on the way.
+  std::vector<std::string> stream(const std::string& path, const json& body) {
+    auto c = client();
+    auto res = c.Post(path.c_str(), body.dump(), "application/json");
+    EXPECT_TRUE(res);
+    if (!res) return {};
+    EXPECT_EQ(res->status, 200);
+    EXPECT_NE(res->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+    std::vector<std::string> events;
+    const std::string& b = res->body;
+    size_t pos = 0;
+    while (pos < b.size()) {
+      EXPECT_EQ(b.compare(pos, 6, "data: "), 0) << b.substr(pos);
+      size_t end = b.find("\n\n", pos);
+      EXPECT_NE(end, std::string::npos);
+      if (end == std::string::npos) break;
+      events.push_back(b.substr(pos + 6, end - pos - 6));
+      pos = end + 2;
+    }
+    EXPECT_FALSE(events.empty());
+    if (!events.empty()) EXPECT_EQ(events.back(), "[DONE]");
+    return events;
+  }
+
+  ByteCodec codec;
+  std::unique_ptr<FakeService> service;
+  std::unique_ptr<HttpServer> server;
+  std::thread thread;
+  int port = 0;
+};
+
+TEST_F(HttpTest, ModelsAndHealth) {
+  start();
+  auto c = client();
+  auto h = c.Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  auto m = c.Get("/v1/models");
+  ASSERT_TRUE(m);
+  json j = json::parse(m->body);
+  EXPECT_EQ(j["object"], "list");
+  EXPECT_EQ(j["data"][0]["id"], "demo");
+  EXPECT_EQ(j["data"][0]["max_model_len"], 256);
+}
+
+TEST_F(HttpTest, CompletionNonStreaming) {
+  start();
+  json r = post("/v1/completions", {{"model", "demo"}, {"prompt", "SAY:hello world|"}, {"max_tokens", 50}});
+  EXPECT_EQ(r["object"], "text_completion");
+  EXPECT_EQ(r["choices"][0]["text"], "hello world");
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(r["usage"]["prompt_tokens"], 17);
+  EXPECT_EQ(r["usage"]["completion_tokens"], 12);  // 11 bytes + EOS
+  EXPECT_EQ(r["usage"]["total_tokens"], 29);
+
+  json l = post("/v1/completions", {{"prompt", "go"}, {"max_tokens", 5}, {"echo", true}});
+  EXPECT_EQ(l["choices"][0]["text"], "goabcde");
+  EXPECT_EQ(l["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(l["usage"]["completion_tokens"], 5);
+}
+
+TEST_F(HttpTest, StopStringTruncatesAndAborts) {
+  start(5);
+  json r = post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 100}, {"stop", {"fgh", "zzz"}}});
+  EXPECT_EQ(r["choices"][0]["text"], "abcde");
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(r["choices"][0]["stop_reason"], "fgh");
+  EXPECT_EQ(r["usage"]["completion_tokens"], 8);
+  EXPECT_GE(service->num_aborted(), 1u);
+}
+
+TEST_F(HttpTest, CompletionStreamingWithUsage) {
+  start();
+  auto events = stream("/v1/completions", {{"prompt", "SAY:stream me|"},
+                                           {"max_tokens", 50},
+                                           {"stream", true},
+                                           {"stream_options", {{"include_usage", true}}}});
+  std::string text;
+  std::string finish;
+  json usage;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    json e = json::parse(events[i]);
+    ASSERT_TRUE(e.contains("usage"));
+    if (e["choices"].empty()) {
+      usage = e["usage"];
+      continue;
+    }
+    EXPECT_EQ(e["object"], "text_completion");
+    text += e["choices"][0]["text"].get<std::string>();
+    if (!e["choices"][0]["finish_reason"].is_null()) finish = e["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(text, "stream me");
+  EXPECT_EQ(finish, "stop");
+  EXPECT_EQ(usage["completion_tokens"], 10);
+}
+
+TEST_F(HttpTest, ChatStreamingAndN) {
+  start();
+  auto events = stream("/v1/chat/completions",
+                       {{"messages", {{{"role", "user"}, {"content", "SAY:hi there|"}}}}, {"stream", true}, {"n", 2}});
+  std::map<int, std::string> text;
+  std::map<int, bool> role;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    json e = json::parse(events[i]);
+    EXPECT_EQ(e["object"], "chat.completion.chunk");
+    for (const auto& ch : e["choices"]) {
+      int idx = ch["index"];
+      if (ch["delta"].contains("role")) role[idx] = true;
+      if (ch["delta"].contains("content")) text[idx] += ch["delta"]["content"].get<std::string>();
+    }
+  }
+  EXPECT_TRUE(role[0] && role[1]);
+  EXPECT_EQ(text[0], "hi there");
+  EXPECT_EQ(text[1], "hi there");
+  EXPECT_EQ(service->submitted().size(), 2u);
+}
+
+TEST_F(HttpTest, ChatLogprobs) {
+  start();
+  json r = post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "SAY:ab|"}}}},
+                                         {"logprobs", true}, {"top_logprobs", 2}});
+  EXPECT_EQ(r["choices"][0]["message"]["content"], "ab");
+  auto content = r["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 2u);
+  EXPECT_EQ(content[0]["token"], "a");
+  EXPECT_DOUBLE_EQ(content[0]["logprob"].get<double>(), -0.5);
+  EXPECT_EQ(content[0]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(content[0]["top_logprobs"][1]["token"], "B");
+
+  json c = post("/v1/completions", {{"prompt", "SAY:xy|"}, {"logprobs", 1}});
+  EXPECT_EQ(c["choices"][0]["logprobs"]["tokens"], json({"x", "y"}));
+  EXPECT_EQ(c["choices"][0]["logprobs"]["text_offset"], json({0, 1}));
+  EXPECT_EQ(c["choices"][0]["logprobs"]["top_logprobs"][0].size(), 1u);
+}
+
+TEST_F(HttpTest, SpeculativeOverrideReachesEngine) {
+  start();
+  post("/v1/completions", {{"prompt", "SAY:a|"}, {"speculative", {{"num_speculative_tokens", 0}}}});
+  post("/v1/completions", {{"prompt", "SAY:a|"}});
+  auto sub = service->submitted();
+  ASSERT_EQ(sub.size(), 2u);
+  EXPECT_EQ(sub[0].num_speculative_tokens, 0);
+  EXPECT_EQ(sub[1].num_speculative_tokens, -1);
+}
+
+TEST_F(HttpTest, ErrorsAreOpenAiShaped) {
+  start();
+  auto c = client();
+  auto bad = c.Post("/v1/completions", "{oops", "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400);
+  json e = json::parse(bad->body);
+  EXPECT_EQ(e["error"]["type"], "invalid_request_error");
+  EXPECT_TRUE(e["error"]["message"].is_string());
+
+  json m = post("/v1/chat/completions", {{"model", "nope"}, {"messages", {{{"role", "user"}, {"content", "x"}}}}}, 404);
+  EXPECT_EQ(m["error"]["code"], "model_not_found");
+
+  auto big = c.Post("/v1/completions", std::string(100 * 1024, ' '), "application/json");
+  ASSERT_TRUE(big);
+  EXPECT_EQ(big->status, 413);
+  EXPECT_TRUE(json::parse(big->body).contains("error"));
+
+  auto none = c.Get("/v1/nothing");
+  ASSERT_TRUE(none);
+  EXPECT_EQ(none->status, 404);
+  EXPECT_TRUE(json::parse(none->body).contains("error"));
+}
+
+TEST_F(HttpTest, ApiKey) {
+  start(1, "sekrit");
+  auto c = client();
+  auto no = c.Get("/v1/models");
+  ASSERT_TRUE(no);
+  EXPECT_EQ(no->status, 401);
+  EXPECT_EQ(json::parse(no->body)["error"]["code"], "invalid_api_key");
+  auto wrong = c.Get("/v1/models", {{"Authorization", "Bearer nope"}});
+  EXPECT_EQ(wrong->status, 401);
+  auto ok = c.Get("/v1/models", {{"Authorization", "Bearer sekrit"}});
+  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(c.Get("/health")->status, 200);
+  EXPECT_EQ(c.Get("/metrics")->status, 200);
+}
+
+TEST_F(HttpTest, TokenizeDetokenize) {
+  start();
+  json t = post("/tokenize", {{"prompt", "ab"}});
+  EXPECT_EQ(t["count"], 3);
+  EXPECT_EQ(t["tokens"], json({ByteCodec::kBos, ByteCodec::id_of('a'), ByteCodec::id_of('b')}));
+  EXPECT_EQ(t["max_model_len"], 256);
+  json d = post("/detokenize", {{"tokens", {ByteCodec::id_of('o'), ByteCodec::id_of('k')}}});
+  EXPECT_EQ(d["prompt"], "ok");
+  json chat = post("/tokenize", {{"messages", {{{"role", "user"}, {"content", "q"}}}}});
+  EXPECT_EQ(chat["count"], static_cast<int>(std::string("<bos>user: q\nassistant:").size()) - 4);
+}
+
+TEST_F(HttpTest, ClientDisconnectAbortsStream) {
+  start(5);
+  std::atomic<int> chunks{0};
+  std::thread t([&] {
+    httplib::Client c("127.0.0.1", port);
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = json({{"prompt", "x"}, {"max_tokens", 250}, {"stream", true}}).dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };
+    c.send(req);
+  });
+  t.join();
+  EXPECT_GE(chunks.load(), 3);
+  // The server notices at its next write and aborts; the engine then drops the sequence.
+  for (int i = 0; i < 200 && (service->running() > 0 || service->num_aborted() == 0); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(service->running(), 0);
+  EXPECT_EQ(service->num_aborted(), 1u);
+  std::string metrics = client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("vllm:request_success_total{model_name=\"demo\",finished_reason=\"abort\"} 1"),
+            std::string::npos) << metrics;
+}
+
+TEST_F(HttpTest, ShutdownAbortsInFlight) {
+  start(5);
+  std::thread t([&] {
+    httplib::Client c("127.0.0.1", port);
+    c.Post("/v1/completions", json({{"prompt", "x"}, {"max_tokens", 250}}).dump(), "application/json");
+  });
+  for (int i = 0; i < 200 && service->running() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  server->shutdown();
+  thread.join();
+  t.join();
+  EXPECT_EQ(service->num_aborted(), 1u);
+}
+
+}  // namespace
+}  // namespace tandem::server

@@ -1,0 +1,128 @@
+#include "server/protocol.h"
+
+#include <gtest/gtest.h>
+
+#include "fakes.h"
+#include "server/api_error.h"
+
+namespace tandem::server {
+namespace {
+
+using nlohmann::json;
+using testing::ByteCodec;
+
+class ProtocolTest : public ::testing::Test {
+ protected:
+  ParsedRequest completion(const std::string& body) {
+    return parse_completion_request(json::parse(body), codec, names, limits);
+  }
+  ParsedRequest chat(const std::string& body) { return parse_chat_request(json::parse(body), codec, names, limits); }
+  // The param of the ApiError a body raises ("" if none is raised).
+  std::string error_param(const std::string& body, bool is_chat = false, int* status = nullptr) {
+    try {
+      is_chat ? chat(body) : completion(body);
+    } catch (const ApiError& e) {
+      if (status) *status = e.status();
+      return e.param().empty() ? "<none>" : e.param();
+    }
+    return "";
+  }
+  ByteCodec codec;
+  std::vector<std::string> names = {"demo"};
+  Limits limits = [] {
+    Limits l;
+    l.max_model_len = 64;
+    l.num_speculative_tokens = 3;
+    return l;
+  }();
+};
+
+TEST_F(ProtocolTest, CompletionDefaultsAndFields) {
+  auto r = completion(R"({"model":"demo","prompt":"hi","max_tokens":5,"temperature":0,"seed":7,
+                          "stop":"x","stop_token_ids":[9],"logprobs":2,"top_k":4,"n":2,
+                          "speculative":{"num_speculative_tokens":0}})");
+  ASSERT_EQ(r.prompts.size(), 1u);
+  EXPECT_EQ(r.prompts[0].tokens, (std::vector<int32_t>{ByteCodec::kBos, ByteCodec::id_of('h'), ByteCodec::id_of('i')}));
+  EXPECT_EQ(r.max_tokens, 5);
+  EXPECT_TRUE(r.sampling.greedy());
+  EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
+  EXPECT_EQ(r.stop_token_ids, std::vector<int32_t>{9});
+  EXPECT_EQ(r.logprobs, 2);
+  EXPECT_EQ(r.num_choices(), 2);
+  Request e0 = r.engine_request(0), e1 = r.engine_request(1);
+  EXPECT_EQ(e0.num_speculative_tokens, 0);
+  EXPECT_EQ(e0.sampling.top_logprobs, 2);
+  EXPECT_EQ(e0.sampling.top_k, 4);
+  EXPECT_EQ(*e0.sampling.seed, 7u);
+  EXPECT_EQ(*e1.sampling.seed, 8u);
+}
+
+TEST_F(ProtocolTest, MaxTokensDefaultsToTheRestOfTheContext) {
+  auto r = completion(R"({"prompt":"abc"})");
+  EXPECT_EQ(r.model, "demo");
+  EXPECT_EQ(r.max_tokens, 64 - 4);
+  EXPECT_EQ(r.num_speculative_tokens, -1);
+}
+
+TEST_F(ProtocolTest, PromptForms) {
+  EXPECT_EQ(completion(R"({"prompt":[5,6,7]})").prompts[0].tokens, (std::vector<int32_t>{5, 6, 7}));
+  auto r = completion(R"({"prompt":["a",[8,9]],"n":2})");
+  ASSERT_EQ(r.prompts.size(), 2u);
+  EXPECT_EQ(r.num_choices(), 4);
+  EXPECT_EQ(r.engine_request(3).prompt, (std::vector<int32_t>{8, 9}));
+}
+
+TEST_F(ProtocolTest, ChatRendersTemplateWithoutExtraBos) {
+  auto r = chat(R"({"messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"text","text":"you"}]}],
+                    "max_completion_tokens":3,"logprobs":true,"top_logprobs":2,
+                    "chat_template_kwargs":{"enable_thinking":true}})");
+  const auto& toks = r.prompts[0].tokens;
+  EXPECT_EQ(codec.decode(toks, false), "<bos>user: hi\nyou\n(thinking)assistant:");
+  EXPECT_EQ(std::count(toks.begin(), toks.end(), ByteCodec::kBos), 1);
+  EXPECT_EQ(r.max_tokens, 3);
+  EXPECT_EQ(r.logprobs, 2);
+}
+
+TEST_F(ProtocolTest, Rejections) {
+  int status = 0;
+  EXPECT_EQ(error_param(R"({"prompt":"x","model":"other"})", false, &status), "model");
+  EXPECT_EQ(status, 404);
+  EXPECT_EQ(error_param(R"({"prompt":"x","temperature":-1})"), "temperature");
+  EXPECT_EQ(error_param(R"({"prompt":"x","temperature":"hot"})"), "temperature");
+  EXPECT_EQ(error_param(R"({"prompt":"x","top_p":0})"), "top_p");
+  EXPECT_EQ(error_param(R"({"prompt":"x","top_p":1.5})"), "top_p");
+  EXPECT_EQ(error_param(R"({"prompt":"x","max_tokens":0})"), "max_tokens");
+  EXPECT_EQ(error_param(R"({"prompt":"x","max_tokens":"5"})"), "max_tokens");
+  EXPECT_EQ(error_param(R"({"prompt":"x","max_tokens":100})"), "max_tokens");  // 2 + 100 > 64
+  EXPECT_EQ(error_param(R"({"prompt":"x","n":0})"), "n");
+  EXPECT_EQ(error_param(R"({"prompt":"x","n":17})"), "n");
+  EXPECT_EQ(error_param(R"({"prompt":"x","stop":[1]})"), "stop");
+  EXPECT_EQ(error_param(R"({"prompt":"x","stop":[""]})"), "stop");
+  EXPECT_EQ(error_param(R"({"prompt":"x","stop":["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]})"),
+            "stop");
+  EXPECT_EQ(error_param(R"({"prompt":"x","stop_token_ids":[99999]})"), "stop_token_ids");
+  EXPECT_EQ(error_param(R"({"prompt":"x","logprobs":21})"), "logprobs");
+  EXPECT_EQ(error_param(R"({"prompt":"x","logprobs":true})"), "logprobs");
+  EXPECT_EQ(error_param(R"({"prompt":"x","stream":"yes"})"), "stream");
+  EXPECT_EQ(error_param(R"({"prompt":"x","stream_options":{"include_usage":true}})"), "stream_options");
+  EXPECT_EQ(error_param(R"({"prompt":"x","speculative":{"num_speculative_tokens":4}})"),
+            "speculative.num_speculative_tokens");
+  EXPECT_EQ(error_param(R"({"prompt":42})"), "prompt");
+  EXPECT_EQ(error_param(R"({"prompt":[-1]})"), "prompt");
+  EXPECT_EQ(error_param(R"({})"), "prompt");
+  EXPECT_EQ(error_param(std::string(R"({"prompt":")") + std::string(80, 'a') + "\"}"), "prompt");
+  EXPECT_EQ(error_param(R"({"messages":[]})", true), "messages");
+  EXPECT_EQ(error_param(R"({"messages":[{"role":"wizard","content":"x"}]})", true), "messages");
+  EXPECT_EQ(error_param(R"({"messages":[{"role":"user","content":[{"type":"image_url"}]}]})", true), "messages");
+  EXPECT_EQ(error_param(R"({"messages":[{"role":"user","content":"x"}],"logprobs":"yes"})", true), "logprobs");
+  EXPECT_EQ(error_param(R"({"messages":[{"role":"user","content":"x"}],"top_logprobs":3})", true), "top_logprobs");
+}
+
+TEST_F(ProtocolTest, MalformedBody) {
+  EXPECT_THROW(parse_body("{not json"), ApiError);
+  EXPECT_THROW(parse_body("[1,2]"), ApiError);
+  EXPECT_NO_THROW(parse_body("{}"));
+}
+
+}  // namespace
+}  // namespace tandem::server
