@@ -113,6 +113,19 @@ TEST(Attention, EmptyRangeGivesZeros) {
   for (float o : out) EXPECT_EQ(o, 0.0f);
 }
 
+TEST(Attention, RejectsBlockTableEntriesOutsideTheCache) {
+  auto be = make_cpu_backend(1);
+  Rng rng(15);
+  Paged p = make_cache(2, 4, 1, 32, rng);
+  const int32_t table[] = {1, 2};  // block 2 does not exist
+  const AttentionRow rows[] = {{table, 0, 8}};
+  std::vector<float> q = rng.normals(32), out(32);
+  TensorView qv(DType::F32, q.data(), {1, 1, 32}), ov(DType::F32, out.data(), {1, 32});
+  EXPECT_THROW(be->attention(qv, p.layer, rows, 1.0f, ov), Error);
+  const AttentionRow first_block_only[] = {{table, 0, 4}};  // never touches block 2: fine
+  EXPECT_NO_THROW(be->attention(qv, p.layer, first_block_only, 1.0f, ov));
+}
+
 TEST(Attention, LargeScoresStayFinite) {
   // Scores around 1e4 would overflow exp() without max subtraction.
   auto be = make_cpu_backend(1);

@@ -276,10 +276,15 @@ class CpuBackend final : public Backend {
     if (n_heads % n_kv != 0) fail("attention: {} query heads are not a multiple of {} KV heads", n_heads, n_kv);
     check_heads(q, T, n_heads, d, "attention q");
     check_heads(out, T, n_heads, d, "attention out");
-    const int64_t n_slots = static_cast<int64_t>(layer.num_blocks) * layer.block_size;
+    const int64_t bs = layer.block_size;
     for (const AttentionRow& row : rows) {
       if (row.kv_begin < 0 || row.kv_end < row.kv_begin) fail("attention: bad key range [{}, {})", row.kv_begin, row.kv_end);
-      if (row.kv_end > row.kv_begin && !row.block_table) fail("attention: row has keys but no block table");
+      if (row.kv_end == row.kv_begin) continue;
+      if (!row.block_table) fail("attention: row has keys but no block table");
+      for (int64_t b = row.kv_begin / bs; b <= (row.kv_end - 1) / bs; ++b)
+        if (row.block_table[b] < 0 || row.block_table[b] >= layer.num_blocks)
+          fail("attention: block table entry {} = {} is outside the cache's {} blocks", b, row.block_table[b],
+               layer.num_blocks);
     }
     const int64_t group = n_heads / n_kv;
     pool_.parallel_for(T * n_heads, [&](int64_t th) {
@@ -292,11 +297,7 @@ class CpuBackend final : public Backend {
       if (len == 0) return;
       thread_local std::vector<float> scores;
       scores.resize(len);
-      const int64_t bs = layer.block_size;
-      auto slot_of = [&](int64_t pos) {
-        const int64_t slot = static_cast<int64_t>(row.block_table[pos / bs]) * bs + pos % bs;
-        return std::clamp<int64_t>(slot, 0, n_slots - 1);  // a corrupt table must not read out of bounds
-      };
+      auto slot_of = [&](int64_t pos) { return static_cast<int64_t>(row.block_table[pos / bs]) * bs + pos % bs; };
       float max_score = -INFINITY;
       for (int64_t j = 0; j < len; ++j) {
         const float* kp = layer.k + (slot_of(row.kv_begin + j) * n_kv + kvh) * d;
