@@ -380,12 +380,88 @@ def mistral_cases():
     return c
 
 
+
+
+# Small templates exercising the interpreter feature by feature (rendered with messages=[] unless
+# the variables set them). (name, template source, variables)
+FEATURES = [
+    ("ws_trim_lstrip", "a\n  {% if true %}\n    b\n  {% endif %}\nc\n", {}),
+    ("ws_minus", "a   {%- if true -%}   b   {%- endif -%}   c", {}),
+    ("ws_plus", "a\n  {%+ if true +%}\nb\n{% endif %}", {}),
+    ("ws_comment", "x\n  {# note #}\ny {#- tight -#} z\n{# c #}w", {}),
+    ("ws_var_no_trim", "{{ 'a' }}\n  {{ 'b' }}\n", {}),
+    ("ws_trailing_newlines", "text\n\n", {}),
+    ("ws_crlf", "a\r\n{% if true %}\r\nb\r\n{% endif %}\r\n", {}),
+    ("raw_block", "{% raw %}{{ not rendered }}{% endraw %}|{%- raw -%}  x  {%- endraw -%}|", {}),
+    ("literals", "{{ 1 }} {{ 1.0 }} {{ -0.5 }} {{ 1e3 }} {{ 10/4 }} {{ 7//2 }} {{ -7//2 }} {{ -7 % 3 }} {{ 2**10 }} {{ 2**-1 }} {{ 1_000 }}", {}),
+    ("float_repr", "{{ x }}|{{ y }}|{{ z }}|{{ w }}|{{ 0.1 + 0.2 }}|{{ 1/3 }}|{{ 3.0 * 2 }}", {"x": 1e16, "y": 1.5e-7, "z": 123.456, "w": 1e22}),
+    ("none_bool_print", "{{ none }} {{ true }} {{ false }} {{ x }} [{{ undefined_var }}]", {"x": None}),
+    ("string_escapes", "{{ 'a\\nb\\tc\\\\d\\'e' }}|{{ \"q\\\"x\" }}|{{ '\\u00e9\\x41' }}|{{ 'adj' 'acent' }}", {}),
+    ("concat_tilde", "{{ 'a' ~ 1 ~ none ~ true ~ 1.5 ~ [1] }}", {}),
+    ("repr_containers", "{{ [1, 'a', none, true, 1.5] }} {{ {'k': 'v', 'n': [1, 2]} }} {{ ('t',) }} {{ (1, 2) }} {{ x }}", {"x": {"q": "it's", "d": "say \"hi\"", "both": "'\"", "nl": "a\nb", "u": "é\u2028"}}),
+    ("arith_mixed", "{{ 1 + 2.5 }} {{ true + 1 }} {{ 'ab' * 3 }} {{ [1] * 2 }} {{ [1] + [2] }} {{ 5 - 2 }} {{ 2 * 3.0 }}", {}),
+    ("compare", "{{ 1 < 2 }} {{ 'a' < 'b' }} {{ 1 == 1.0 }} {{ 'a' == 1 }} {{ [1,2] == [1,2] }} {{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ none == none }} {{ x == y }}", {"x": {"a": 1, "b": 2}, "y": {"b": 2, "a": 1}}),
+    ("in_not_in", "{{ 'a' in 'cat' }} {{ 2 in [1,2] }} {{ 'k' in {'k': 1} }} {{ 'z' not in 'cat' }} {{ 1 in [true] }}", {}),
+    ("logic_values", "{{ 0 or 'x' }} {{ 'a' and 'b' }} {{ '' and 'b' }} {{ not [] }} {{ none or [] }}", {}),
+    ("ternary", "{{ 'y' if x else 'n' }} {{ 'y' if not x else 'n' }} [{{ 'only' if false }}]", {"x": [0]}),
+    ("truthiness", "{% for v in [0, 1, '', 'a', [], [0], {}, {'a': 1}, none, 0.0, 0.1] %}{{ 'T' if v else 'F' }}{% endfor %}", {}),
+    ("tests", "{% for v in [1, 1.5, 'a', true, none, [1], {'a': 1}] %}{{ v is number }}{{ v is integer }}{{ v is float }}{{ v is string }}{{ v is boolean }}{{ v is none }}{{ v is sequence }}{{ v is mapping }}{{ v is iterable }}{{ v is defined }};{% endfor %}", {}),
+    ("tests_args", "{{ 6 is divisibleby 3 }} {{ 7 is divisibleby(3) }} {{ 3 is odd }} {{ 4 is even }} {{ 'abc' is lower }} {{ 'ABC' is upper }} {{ 2 is eq 2 }} {{ 1 is lt 2 }} {{ 'a' is in 'abc' }} {{ x is undefined }} {{ none is not none }} {{ true is true }} {{ 0 is false }}", {}),
+    ("filters_str", "{{ ' Hi There ' | trim }}|{{ 'xxhixx' | trim('x') }}|{{ 'hello world-foo (bar) [baz]' | title }}|{{ 'hELLO' | capitalize }}|{{ 'MiX' | lower }}{{ 'MiX' | upper }}|{{ 'aaa' | replace('a', 'b', 2) }}|{{ 'abc' | reverse }}|{{ 'abc' | length }}|{{ 'héllo' | length }}", {}),
+    ("filters_list", "{{ [3, 1, 2] | sort }} {{ ['b', 'A', 'c'] | sort }} {{ ['b', 'A', 'c'] | sort(case_sensitive=true) }} {{ [3,1,2] | sort(reverse=true) }} {{ [1,2,3] | first }} {{ [1,2,3] | last }} {{ [1,2,3] | sum }} {{ [1,2,3] | min }} {{ [1,2,3] | max }} {{ ['a','A','b'] | unique | list }} {{ [1,2,3] | reverse | list }} {{ 'abc' | list }}", {}),
+    ("filters_join_map", "{{ [1, 2, 3] | join(', ') }}|{{ users | map(attribute='name') | join('/') }}|{{ ['a','b'] | map('upper') | list }}|{{ users | map(attribute='age', default=0) | list }}|{{ users | join(',', attribute='name') }}", {"users": [{"name": "ann", "age": 3}, {"name": "bob"}]}),
+    ("filters_select", "{{ users | selectattr('admin') | map(attribute='name') | list }} {{ users | rejectattr('admin') | map(attribute='name') | list }} {{ users | selectattr('role', 'equalto', 'x') | list | length }} {{ [1,2,3,4] | select('odd') | list }} {{ [1,2,3,4] | reject('even') | list }} {{ [0,1,'',none,'a'] | select | list }} {{ users | selectattr('name', 'in', ['bob']) | list | length }}", {"users": [{"name": "ann", "admin": True, "role": "x"}, {"name": "bob", "admin": False, "role": "y"}]}),
+    ("filters_dict", "{% for k, v in d | dictsort %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort(by='value') %}{{ k }};{% endfor %}|{% for k, v in d | dictsort(reverse=true) %}{{ k }};{% endfor %}|{% for k, v in d | items %}{{ k }}{% endfor %}|{% for k, v in d.items() %}{{ k }}{% endfor %}|{{ d.keys() | list }}|{{ d.values() | list }}|{{ d.get('b') }}{{ d.get('zz', 'def') }}{{ d.get('zz') }}", {"d": {"b": 2, "a": 3, "C": 1}}),
+    ("filters_default", "{{ x | default('dx') }} {{ none | default('dn') }} {{ '' | default('de', true) }} {{ y | d('dy') }} {{ z | default(none) }}", {"y": 0}),
+    ("filters_numbers", "{{ '42' | int }} {{ '4.7' | int }} {{ 'x' | int }} {{ 'x' | int(7) }} {{ 3.9 | int }} {{ '2.5' | float }} {{ 2 | float }} {{ -3 | abs }} {{ 2.567 | round(2) }} {{ 2.5 | round }} {{ 3 | round }} {{ 2.1 | round(0, 'ceil') }} {{ 42 | string }} {{ 1.0 | string }}", {}),
+    ("filters_tojson", "{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ x | tojson(sort_keys=true) }}|{{ [] | tojson(indent=2) }}|{{ {} | tojson }}|{{ 'é\"<>&' | tojson }}|{{ x | tojson(separators=(',', ':')) }}", {"x": {"z": [1, 2.0, None, True, "s"], "a": {"n": {}}, "u": "ü\n\u0007"}}),
+    ("filters_indent", "{{ 'a\nb\n\nc' | indent }}|{{ 'a\nb' | indent(2, true) }}|{{ 'a\n\nb' | indent(2, blank=true) }}|{{ 'x\ny' | indent('> ') }}", {}),
+    ("filter_misc", "{{ '<a>' | e }} {{ '<a>' | safe }} {{ 'ab' | center(6) }}|{{ 'a b  c' | wordcount }} {{ x | attr('k') }} {{ [1,2] | count }}", {"x": {"k": "v"}}),
+    ("string_methods", "{{ 'a,b,,c'.split(',') }} {{ ' a  b '.split() }} {{ 'a b c'.split(' ', 1) }} {{ 'a,b,c'.rsplit(',', 1) }} {{ 'xhix'.strip('x') }} {{ '  l'.lstrip() }}|{{ 'r  '.rstrip() }}| {{ 'abc'.startswith('ab') }} {{ 'abc'.endswith(('x', 'c')) }} {{ 'aXa'.replace('a', 'b') }} {{ 'hello world'.title() }} {{ 'abc'.upper() }} {{ 'abcb'.find('b') }} {{ 'abcb'.rfind('b') }} {{ 'abcb'.count('b') }} {{ '-'.join(['x', 'y']) }} {{ '12'.isdigit() }} {{ 'a\nb'.splitlines() }} {{ '{} and {}'.format(1, 'two') }}", {}),
+    ("slicing", "{{ 'hello'[1:] }} {{ 'hello'[:-1] }} {{ 'hello'[::-1] }} {{ 'héllo'[1:3] }} {{ [1,2,3,4,5][1:4] }} {{ [1,2,3,4,5][::2] }} {{ [1,2,3][-1] }} {{ 'abc'[0] }} {{ [1,2,3][5:] }} {{ [1,2,3,4][-2:] }} {{ [1,2,3,4][3:0:-1] }}", {}),
+    ("attr_and_item", "{{ d.a }} {{ d['a'] }} {{ d.missing is defined }} {{ d['missing'] is defined }} {{ l.0 }} {{ l[1] }} {{ l[9] is defined }} {{ d.items is defined }} {{ n.x is defined }}", {"d": {"a": 1}, "l": [10, 20], "n": None}),
+    ("loop_vars", "{% for x in ['a', 'b', 'c'] %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.previtem | default('-') }}{{ loop.nextitem | default('-') }}{{ loop.cycle('o', 'e') }};{% endfor %}", {}),
+    ("loop_else_filter", "{% for x in [] %}x{% else %}empty{% endfor %}|{% for x in [1,2,3,4] if x is even %}{{ x }}{{ loop.index }}{{ loop.length }}{% endfor %}|{% for x in [1] if x > 5 %}x{% else %}none{% endfor %}", {}),
+    ("loop_break_continue", "{% for x in range(10) %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 5 %}{% break %}{% endif %}{{ x }}{% endfor %}", {}),
+    ("loop_unpack_dict_iter", "{% for a, b in [[1, 2], (3, 4)] %}{{ a }}{{ b }}{% endfor %}|{% for k in {'x': 1, 'y': 2} %}{{ k }}{% endfor %}|{% for c in 'hé' %}[{{ c }}]{% endfor %}|{% for x in undefined_thing %}x{% endfor %}", {}),
+    ("loop_scoping", "{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = x + 10 %}{{ x }};{% endfor %}{{ x }}", {}),
+    ("nested_loops", "{% for i in range(3) %}{% for j in range(i) %}{{ i }}{{ j }}{{ loop.index }} {% endfor %}{{ loop.index }}|{% endfor %}", {}),
+    ("range_variants", "{{ range(3) | list }} {{ range(1, 4) | list }} {{ range(10, 0, -3) | list }} {{ range(0) | list }}", {}),
+    ("set_forms", "{% set a, b = 1, 2 %}{{ a }}{{ b }}{% set t = (1, 2) %}{{ t }}{% set c %}block {{ a }}{% endset %}[{{ c }}]{% set ns = namespace(n=0, l=[]) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}{% set ns.l = ns.l + [i] %}{% endfor %}{{ ns.n }}{{ ns.l }}", {}),
+    ("macros", "{% macro greet(name, greeting='Hello', punct='!') %}{{ greeting }}, {{ name }}{{ punct }}{% endmacro %}{{ greet('A') }} {{ greet('B', 'Hi') }} {{ greet('C', punct='?') }} {{ greet(name='D', greeting='Yo') }} [{{ greet() }}]", {}),
+    ("macro_recursion", "{% macro fact(n) %}{% if n <= 1 %}1{% else %}{{ n * (fact(n - 1) | int) }}{% endif %}{% endmacro %}{{ fact(10) }}", {}),
+    ("macro_outer_scope", "{% set g = 'global' %}{% macro m() %}{{ g }}{{ later }}{% endmacro %}{% set later = '+later' %}{{ m() }}", {}),
+    ("call_block", "{% macro wrap(tag) %}<{{ tag }}>{{ caller() }}</{{ tag }}>{% endmacro %}{% call wrap('b') %}inner {{ 1 + 1 }}{% endcall %}", {}),
+    ("filter_block_with", "{% filter upper %}shout {{ 'this' }}{% endfilter %}|{% with a = 1, b = 'x' %}{{ a }}{{ b }}{% endwith %}{{ a is defined }}", {}),
+    ("generation_tag", "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}|{% endfor %}", {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}),
+    ("dict_literal_order", "{% set d = {'z': 1, 'a': 2, 'm': 3} %}{% for k in d %}{{ k }}{% endfor %} {{ d | tojson }} {{ dict(b=1, a=2) }}", {}),
+    ("json_key_order", "{{ tools[0] | tojson }}|{% for k, v in tools[0].function.parameters.properties.items() %}{{ k }},{% endfor %}", {"tools": [{"type": "function", "function": {"name": "n", "parameters": {"type": "object", "properties": {"zeta": {"type": "string"}, "alpha": {"type": "integer"}, "mid": {}}}}}]}),
+    ("unicode_ops", "{{ 'ÉCOLE' | lower }} {{ 'straße' | upper }} {{ 'ñandú' | capitalize }} {{ '日本語' | length }} {{ '日本語'[1] }} {{ '😀x'[0] }} {{ 'naïve café' | title }}", {}),
+    ("whitespace_unicode_trim", "[{{ '\u00a0 x \u3000' | trim }}] [{{ '\u2003y\u2003'.strip() }}]", {}),
+    ("messages_typical", "{{ bos_token }}{% for m in messages %}{% if loop.first and m.role != 'system' %}[no system]{% endif %}<{{ m.role }}>{{ m.content | trim }}</{{ m.role }}>\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}", {"bos_token": "<s>", "messages": [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}], "add_generation_prompt": True}),
+    ("tools_none_default", "{{ tools is none }} {{ tools is defined }} {{ documents is none }} {{ add_generation_prompt }}", {}),
+    ("undefined_ops", "{{ (x | length) }} {{ x | list }} {{ x ~ 'a' }} {{ x is string }} {{ x | trim }}|{{ x | upper }}|{{ x | default([]) | length }}", {}),
+    ("tojson_options", "{{ x | tojson(ensure_ascii=true) }}|{{ x | tojson(indent='\t') }}|{{ messages | tojson }}", {"x": {"é": "😀", "n": [1.5]}, "messages": [{"role": "user", "content": "ü", "n": 2.0}]}),
+    ("strftime_defined", "{{ strftime_now is defined }} {{ raise_exception is defined }} {{ namespace is defined }}", {}),
+    ("nested_macro_calls", "{% macro a(x) %}[{{ b(x) }}]{% endmacro %}{% macro b(x) %}{{ x | upper }}{% endmacro %}{{ a('q') | trim }}{{ a('r') }}", {}),
+    ("error_raise", "{{ raise_exception('custom failure: ' ~ 42) }}", {}),
+    ("error_undefined_attr", "{{ foo.bar }}", {}),
+    ("error_undefined_item_chain", "{{ messages[0]['role'] }}", {"messages": []}),
+    ("error_add_undefined", "{{ x + 1 }}", {}),
+    ("error_str_plus_int", "{{ 'a' + 1 }}", {}),
+    ("error_list_append", "{% set l = [] %}{{ l.append(1) }}", {}),
+    ("error_ns_assign_non_ns", "{% set d = {} %}{% set d.x = 1 %}", {}),
+    ("error_call_missing_method", "{{ [1].startswith('a') }}", {}),
+    ("error_unknown_filter_runtime", "{% if false %}{{ x | nosuchfilter }}{% endif %}ok", {}),
+]
+
 SUITES = {
     "gemma4": ("gemma4.jinja", gemma4_cases),
     "gemma3": ("gemma3.jinja", gemma3_cases),
     "llama3": ("llama3.3.jinja", llama3_cases),
     "qwen3": ("qwen3.jinja", qwen3_cases),
     "mistral": ("mistral-nemo.jinja", mistral_cases),
+    "features": (None, None),
 }
 
 # --------------------------------------------------------------------------------------------
@@ -397,9 +473,16 @@ def transformers_renderer():
     import transformers
     from transformers.utils import chat_template_utils as ctu
 
+    import inspect
+
+    use_render = False
+    if hasattr(ctu, "render_jinja_template"):
+        params = inspect.signature(ctu.render_jinja_template).parameters
+        use_render = "conversations" in params and "chat_template" in params
+
     def render(template, messages, options):
         opts = copy.deepcopy(options)
-        if hasattr(ctu, "render_jinja_template"):
+        if use_render:
             rendered, _ = ctu.render_jinja_template(conversations=[copy.deepcopy(messages)], chat_template=template, **opts)
             return rendered[0]
         compiled = ctu._compile_jinja_template(template)
@@ -410,8 +493,22 @@ def transformers_renderer():
                                add_generation_prompt=agp, **opts)
 
     name = "transformers " + transformers.__version__
-    name += " render_jinja_template" if hasattr(ctu, "render_jinja_template") else " _compile_jinja_template"
+    name += " render_jinja_template" if use_render else " _compile_jinja_template"
     return name, render
+
+
+def dump_environment(path):
+    """Saves the source of transformers' renderer, to check the environment settings we mirror."""
+    import inspect
+    import jinja2
+    import transformers
+    from transformers.utils import chat_template_utils as ctu
+
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"# transformers {transformers.__version__}, jinja2 {jinja2.__version__}\n")
+        for fn in ("_compile_jinja_template", "render_jinja_template"):
+            if hasattr(ctu, fn):
+                f.write(inspect.getsource(getattr(ctu, fn)) + "\n")
 
 
 def replica_renderer():
@@ -447,25 +544,45 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--replica", action="store_true", help="use plain jinja2 instead of transformers")
     ap.add_argument("--only", default="")
+    ap.add_argument("--dump-env", default="", help="write transformers' renderer source here")
     args = ap.parse_args()
     import jinja2
 
     name, render = replica_renderer() if args.replica else transformers_renderer()
+    if args.dump_env and not args.replica:
+        try:
+            dump_environment(args.dump_env)
+        except Exception as e:  # informational only
+            print("could not dump environment:", e)
     os.makedirs(args.out, exist_ok=True)
     total = 0
     for suite, (fname, make) in SUITES.items():
         if args.only and suite != args.only:
             continue
-        with open(os.path.join(TEMPLATES, fname), encoding="utf-8") as f:
-            template = f.read()
         cases = []
-        for case_name, messages, options in make():
-            entry = {"name": case_name, "messages": messages, "options": options}
-            try:
-                entry["expected"] = render(template, messages, options)
-            except jinja2.exceptions.TemplateError as e:
-                entry["error"] = str(e)
-            cases.append(entry)
+        if make is None:  # feature suite: inline templates, messages=[] unless set
+            for case_name, source, variables in FEATURES:
+                opts = dict(variables)
+                messages = opts.pop("messages", [])
+                entry = {"name": case_name, "source": source, "messages": messages, "options": opts}
+                try:
+                    entry["expected"] = render(source, messages, opts)
+                except jinja2.exceptions.TemplateError as e:
+                    entry["error"] = str(e)
+                except Exception as e:  # TypeError etc. surface as plain exceptions in jinja2
+                    entry["error"] = str(e)
+                    entry["error_type"] = type(e).__name__
+                cases.append(entry)
+        else:
+            with open(os.path.join(TEMPLATES, fname), encoding="utf-8") as f:
+                template = f.read()
+            for case_name, messages, options in make():
+                entry = {"name": case_name, "messages": messages, "options": options}
+                try:
+                    entry["expected"] = render(template, messages, options)
+                except jinja2.exceptions.TemplateError as e:
+                    entry["error"] = str(e)
+                cases.append(entry)
         total += len(cases)
         doc = {"template": fname, "renderer": name, "cases": cases}
         with open(os.path.join(args.out, f"templates_{suite}.json"), "w", encoding="utf-8") as f:
