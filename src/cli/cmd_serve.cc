@@ -1,0 +1,248 @@
+// tandem serve: the OpenAI-compatible server, with vLLM's command-line flags.
+//   tandem serve [MODEL_DIR] --host 127.0.0.1 --port 8000 --served-model-name NAME
+//     --max-num-batched-tokens N --max-num-seqs N --max-model-len N --gpu-memory-utilization F
+//     --enable-prefix-caching --enable-chunked-prefill --dtype auto --speculative-config JSON
+//     --api-key KEY --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
+// Without MODEL_DIR it serves the bundled model with its drafter (speculation on, k = 3).
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "cli/command.h"
+#include "cli/common.h"
+#include "engine/engine.h"
+#include "server/adapters.h"
+#include "server/http_server.h"
+#include "spec/speculative_config.h"
+#include "util/error.h"
+#include "util/log.h"
+
+namespace tandem::cli {
+namespace {
+
+struct ServeOptions {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::vector<std::string> served_model_names;
+  int max_num_batched_tokens = 2048;
+  int max_num_seqs = 64;
+  int max_model_len = 0;  // 0: the model's max_position_embeddings, at most 8192
+  double gpu_memory_utilization = 0.9;
+  bool gpu_memory_utilization_set = false;
+  bool enable_prefix_caching = false, no_enable_prefix_caching = false;
+  bool enable_chunked_prefill = false, no_enable_chunked_prefill = false;
+  std::string dtype = "auto";
+  std::string speculative_config;
+  std::string api_key;
+  int threads = 0;
+  std::string kv_cache_memory;
+  double kv_cache_gb = 0;
+  std::string tokenizer;
+  std::string chat_template;
+  int max_body_mb = 8;
+  bool disable_log_requests = false, disable_log_stats = false;
+};
+
+// "123", "512MiB", "2GiB", "1.5G", "4096K" → bytes.
+int64_t parse_bytes(const std::string& text) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    fail("--kv-cache-memory: \"{}\" is not a size (e.g. 536870912, 512MiB, 2GiB)", text);
+  }
+  std::string unit = text.substr(used);
+  for (auto& ch : unit) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  double mult = 1;
+  if (unit.empty() || unit == "b") mult = 1;
+  else if (unit == "k" || unit == "kb" || unit == "kib") mult = 1024.0;
+  else if (unit == "m" || unit == "mb" || unit == "mib") mult = 1024.0 * 1024;
+  else if (unit == "g" || unit == "gb" || unit == "gib") mult = 1024.0 * 1024 * 1024;
+  else fail("--kv-cache-memory: unknown unit \"{}\" in \"{}\" (use B, KiB, MiB or GiB)", unit, text);
+  if (!(v > 0) || !std::isfinite(v)) fail("--kv-cache-memory must be positive, got \"{}\"", text);
+  return static_cast<int64_t>(v * mult);
+}
+
+int64_t mem_available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 0;
+}
+
+void run_serve(ServeOptions o) {
+  // Signals go to a dedicated thread (sigwait); block them before any thread is created.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  const bool bundled = o.model.empty();
+  const std::string model_dir = bundled ? bundled_model_dir() : o.model;
+  if (!std::filesystem::is_directory(model_dir)) fail("model directory {} does not exist", model_dir);
+  if (bundled && o.speculative_config.empty()) {
+    const std::string drafter = bundled_drafter_dir();
+    if (std::filesystem::is_directory(drafter)) {
+      o.speculative_config =
+          nlohmann::json{{"method", "mtp"}, {"model", drafter}, {"num_speculative_tokens", 3}}.dump();
+    } else {
+      log::warn("bundled drafter missing at {}; serving without speculation", drafter);
+    }
+  }
+  std::string name = std::filesystem::path(model_dir).lexically_normal().filename().string();
+  if (name.empty()) name = std::filesystem::path(model_dir).lexically_normal().parent_path().filename().string();
+  if (o.served_model_names.empty()) o.served_model_names = {name};
+
+  auto backend = make_backend(o.threads);
+  auto target = Gemma4Model::load(model_dir, *backend);
+  const ModelConfig& mc = target->config();
+  server::TokenizerCodec codec(Tokenizer::load(o.tokenizer.empty() ? model_dir : o.tokenizer),
+                               o.chat_template.empty() ? std::string() : [&] {
+                                 std::ifstream f(o.chat_template);
+                                 if (!f) fail("--chat-template: cannot read {}", o.chat_template);
+                                 return std::string(std::istreambuf_iterator<char>(f), {});
+                               }());
+
+  EngineConfig config;
+  const int model_max = mc.max_position > 0 ? mc.max_position : 8192;
+  if (o.max_model_len > model_max)
+    fail("--max-model-len {} is larger than the model's max_position_embeddings {}", o.max_model_len, model_max);
+  config.max_model_len = o.max_model_len > 0 ? o.max_model_len : std::min(model_max, 8192);
+  config.max_num_seqs = o.max_num_seqs;
+  config.max_num_batched_tokens = o.max_num_batched_tokens;
+  config.enable_prefix_caching = o.enable_prefix_caching && !o.no_enable_prefix_caching;
+
+  std::unique_ptr<Proposer> proposer;
+  std::string spec_desc = "off";
+  if (!o.speculative_config.empty()) {
+    // Speculative proposer from src/spec (vLLM's --speculative-config JSON).
+    SpeculativeConfig spec = parse_speculative_config(o.speculative_config);
+    proposer = make_proposer(spec, *target);
+    config.num_speculative_tokens = spec.num_speculative_tokens;
+    spec_desc = fmt::format("{} k={}{}", spec.method, spec.num_speculative_tokens,
+                            spec.model.empty() ? "" : " drafter " + spec.model);
+  }
+
+  // KV cache: explicit size, else min(4 GiB, 25% of available memory, what max_num_seqs full-length
+  // sequences need).
+  const int64_t per_token = mc.kv_bytes_per_token(4);
+  int64_t kv_bytes = 0;
+  std::string kv_source;
+  if (!o.kv_cache_memory.empty()) {
+    kv_bytes = parse_bytes(o.kv_cache_memory), kv_source = "--kv-cache-memory";
+  } else if (o.kv_cache_gb > 0) {
+    kv_bytes = static_cast<int64_t>(o.kv_cache_gb * (1ll << 30)), kv_source = "--kv-cache-gb";
+  } else {
+    const int64_t avail = mem_available_bytes();
+    const int64_t want = per_token * (static_cast<int64_t>(config.max_model_len) + 64) * config.max_num_seqs;
+    kv_bytes = std::min<int64_t>(4ll << 30, want);
+    if (avail > 0) kv_bytes = std::min<int64_t>(kv_bytes, avail / 4);
+    kv_bytes = std::max<int64_t>(kv_bytes, per_token * (config.max_model_len + 64));
+    kv_source = "system memory (min of 4 GiB, 25% of available, max-num-seqs full-length sequences)";
+  }
+  config.kv_cache_bytes = kv_bytes;
+
+  if (o.gpu_memory_utilization_set)
+    log::info("--gpu-memory-utilization {} ignored on CPU; KV cache sized from {}: {} MiB", o.gpu_memory_utilization,
+              kv_source, kv_bytes >> 20);
+  else
+    log::info("KV cache sized from {}: {} MiB ({} tokens)", kv_source, kv_bytes >> 20,
+              per_token > 0 ? kv_bytes / per_token : 0);
+  if (o.dtype != "auto" && o.dtype != "float32" && o.dtype != "bfloat16" && o.dtype != "float16" &&
+      o.dtype != "half" && o.dtype != "float" && o.dtype != "bf16")
+    fail("--dtype must be auto, bfloat16, float16 or float32, got \"{}\"", o.dtype);
+  log::info("--dtype {}: on CPU the weights stay in their checkpoint dtype and activations / KV cache are float32",
+            o.dtype);
+  if (o.no_enable_chunked_prefill)
+    log::info("--no-enable-chunked-prefill: ignored, prefill is always chunked by --max-num-batched-tokens {}",
+              config.max_num_batched_tokens);
+  else
+    log::info("chunked prefill on (chunks of at most --max-num-batched-tokens {} rows per step)",
+              config.max_num_batched_tokens);
+  log::info("prefix caching {}", config.enable_prefix_caching ? "requested (--enable-prefix-caching)" : "off");
+
+  Engine engine(*target, std::move(proposer), config);
+  engine.start();
+  server::EngineService service(engine);
+
+  server::ServerOptions so;
+  so.host = o.host;
+  so.port = o.port;
+  so.served_model_names = o.served_model_names;
+  so.model_root = std::filesystem::absolute(model_dir).lexically_normal().string();
+  so.api_key = o.api_key;
+  so.max_body_bytes = static_cast<size_t>(o.max_body_mb) << 20;
+  so.http_threads = std::max(64, 2 * config.max_num_seqs + 32);
+  server::HttpServer http(service, codec, so);
+  const int port = http.bind();
+
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    if (sig == SIGINT || sig == SIGTERM)
+      log::info("{} received: shutting down (aborting in-flight requests)", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    http.shutdown();
+  });
+
+  log::info("tandem serve: model {} as \"{}\", max-model-len {}, max-num-seqs {}, speculation {}", model_dir,
+            o.served_model_names.front(), config.max_model_len, config.max_num_seqs, spec_desc);
+  log::info("listening on http://{}:{} (OpenAI API at http://{}:{}/v1)", o.host, port, o.host, port);
+  http.run();
+  http.shutdown();
+  pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes sigwait if no signal came
+  signal_thread.join();
+  engine.stop();
+  log::info("server stopped");
+}
+
+const RegisterCommand serve_command(
+    "serve", "OpenAI-compatible server (vLLM flags); no MODEL_DIR serves the bundled model with speculation",
+    [](CLI::App& app) {
+      auto o = std::make_shared<ServeOptions>();
+      app.add_option("model", o->model, "Target checkpoint directory (default: the bundled model + drafter)");
+      app.add_option("--host", o->host, "Address to listen on");
+      app.add_option("--port", o->port, "Port (0: any free port)")->check(CLI::Range(0, 65535));
+      app.add_option("--served-model-name", o->served_model_names,
+                     "Model name(s) clients use (default: the directory's name)");
+      app.add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "Target rows per engine step")
+          ->check(CLI::Range(1, 1 << 20));
+      app.add_option("--max-num-seqs", o->max_num_seqs, "Sequences per step")->check(CLI::Range(1, 4096));
+      app.add_option("--max-model-len", o->max_model_len, "Prompt + completion tokens per request")
+          ->check(CLI::Range(1, 1 << 24));
+      app.add_option("--gpu-memory-utilization", o->gpu_memory_utilization, "GPU only; accepted and ignored on CPU")
+          ->check(CLI::Range(0.0, 1.0))
+          ->each([o](const std::string&) { o->gpu_memory_utilization_set = true; });
+      app.add_flag("--enable-prefix-caching", o->enable_prefix_caching, "Reuse KV blocks of repeated prompt prefixes");
+      app.add_flag("--no-enable-prefix-caching", o->no_enable_prefix_caching, "Disable prefix caching");
+      app.add_flag("--enable-chunked-prefill", o->enable_chunked_prefill, "Always on (accepted for vLLM compatibility)");
+      app.add_flag("--no-enable-chunked-prefill", o->no_enable_chunked_prefill, "Accepted; prefill is always chunked");
+      app.add_option("--dtype", o->dtype, "auto|bfloat16|float16|float32 (CPU: weights keep their dtype)");
+      app.add_option("--speculative-config", o->speculative_config,
+                     "JSON, e.g. {\"method\":\"mtp\",\"model\":DIR,\"num_speculative_tokens\":3}");
+      app.add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
+      app.add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+      app.add_option("--kv-cache-memory", o->kv_cache_memory, "KV cache size in bytes (suffixes KiB/MiB/GiB allowed)");
+      app.add_option("--kv-cache-gb", o->kv_cache_gb, "KV cache size in GiB")->check(CLI::PositiveNumber);
+      app.add_option("--tokenizer", o->tokenizer, "Tokenizer directory (default: the model's)");
+      app.add_option("--chat-template", o->chat_template, "Jinja chat template file (default: the model's)");
+      app.add_option("--max-body-mb", o->max_body_mb, "Largest request body in MiB (413 beyond)")
+          ->check(CLI::Range(1, 1024));
+      app.add_flag("--disable-log-requests", o->disable_log_requests, "Accepted for vLLM compatibility");
+      app.add_flag("--disable-log-stats", o->disable_log_stats, "Accepted for vLLM compatibility");
+      app.callback([o] { run_serve(*o); });
+    });
+
+}  // namespace
+}  // namespace tandem::cli
