@@ -124,6 +124,20 @@ TEST(GeluTanhMul, StridedHalvesOfFusedGateUp) {
   }
 }
 
+TEST(GeluTanhMul, ExtremeAndTinyGateValues) {
+  // Far tails (gelu → 0 or → z) and values near zero; bound 2e-6 · |ref| + 1e-30.
+  auto be = make_cpu_backend(1);
+  std::vector<float> g = {-60.0f, -30.0f, -10.0f, -3.0f, -1e-3f, 0.0f, 1e-3f, 1e-20f, 3.0f, 10.0f, 30.0f, 60.0f};
+  std::vector<float> u(g.size(), 1.5f), out(g.size());
+  const int64_t n = g.size();
+  TensorView gv(DType::F32, g.data(), {1, n}), uv(DType::F32, u.data(), {1, n}), ov(DType::F32, out.data(), {1, n});
+  be->gelu_tanh_mul(gv, uv, ov);
+  for (int64_t i = 0; i < n; ++i) {
+    const double ref = gelu_tanh_ref(g[i]) * 1.5;
+    ASSERT_NEAR(out[i], ref, 2e-6 * std::abs(ref) + 1e-30) << "gate " << g[i];
+  }
+}
+
 TEST(Elementwise, AddAxpyScaleSoftcap) {
   // add/axpy/scale are one f32 operation per element: bound 1 ulp-ish (1e-6 relative).
   // softcap: 2e-6 relative + 1e-7 (f32 tanh).

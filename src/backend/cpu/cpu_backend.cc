@@ -14,6 +14,7 @@
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/thread_pool.h"
+#include "backend/cpu/vec_math.h"
 #include "util/half.h"
 
 namespace tandem {
@@ -75,9 +76,39 @@ void axpy_row(float alpha, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
-float gelu_tanh(float z) {
-  constexpr float kSqrt2OverPi = 0.7978845608028654f;
-  return 0.5f * z * (1.0f + std::tanh(kSqrt2OverPi * (z + 0.044715f * z * z * z)));
+// out[i] = gelu_tanh(g[i]) · u[i] for i < n.
+void gelu_tanh_mul_row(const float* g, const float* u, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(cpu::gelu_tanh_avx2(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i)));
+  if (i < n) {  // tail through a padded vector so every element takes the same formula
+    float gt[8] = {}, ut[8] = {}, ot[8];
+    std::copy(g + i, g + n, gt);
+    std::copy(u + i, u + n, ut);
+    gelu_tanh_mul_row(gt, ut, ot, 8);
+    std::copy(ot, ot + (n - i), out + i);
+  }
+}
+
+// s[i] = e^(s[i] - shift) for i < n; returns Σ s[i].
+float exp_shifted_sum(float* s, int64_t n, float shift) {
+  const __m256 vshift = _mm256_set1_ps(shift);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = cpu::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + i), vshift));
+    _mm256_storeu_ps(s + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = hsum(acc);
+  if (i < n) {
+    float tail[8];
+    std::fill_n(tail, 8, -INFINITY);  // e^(-inf - shift) clamps to ~1e-38; only n - i lanes are kept
+    std::copy(s + i, s + n, tail);
+    _mm256_storeu_ps(tail, cpu::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(tail), vshift)));
+    for (int64_t j = 0; j < n - i; ++j) sum += s[i + j] = tail[j];
+  }
+  return sum;
 }
 
 void check_f32_2d(const TensorView& v, const char* what) {
@@ -202,7 +233,7 @@ class CpuBackend final : public Backend {
       const float* g = gate.row<float>(r);
       const float* u = up.row<float>(r);
       float* o = out.row<float>(r);
-      for (int64_t i = c0; i < c1; ++i) o[i] = gelu_tanh(g[i]) * u[i];
+      gelu_tanh_mul_row(g + c0, u + c0, o + c0, c1 - c0);
     });
   }
 
@@ -304,9 +335,7 @@ class CpuBackend final : public Backend {
         scores[j] = dot(qv, kp, d) * scale;
         max_score = std::max(max_score, scores[j]);
       }
-      float denom = 0;
-      for (int64_t j = 0; j < len; ++j) denom += scores[j] = std::exp(scores[j] - max_score);
-      const float inv = 1.0f / denom;
+      const float inv = 1.0f / exp_shifted_sum(scores.data(), len, max_score);
       for (int64_t j = 0; j < len; ++j)
         axpy_row(scores[j] * inv, layer.v + (slot_of(row.kv_begin + j) * n_kv + kvh) * d, o, d);
     });
@@ -372,8 +401,7 @@ class CpuBackend final : public Backend {
       for (int64_t j = 0; j < n; ++j) std::copy_n(x.row<float>(pairs[j] / k), H, &moe_x_[j * H]);
       run_matmul({moe_x_.data(), H, static_cast<const char*>(gate_up.data) + e * gu_bytes, gate_up.dtype,
                   moe_gu_.data(), I2, n, I2, H});
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t i = 0; i < I; ++i) moe_act_[j * I + i] = gelu_tanh(moe_gu_[j * I2 + i]) * moe_gu_[j * I2 + I + i];
+      for (int64_t j = 0; j < n; ++j) gelu_tanh_mul_row(&moe_gu_[j * I2], &moe_gu_[j * I2 + I], &moe_act_[j * I], I);
       run_matmul({moe_act_.data(), I, static_cast<const char*>(down.data) + e * dn_bytes, down.dtype,
                   moe_out_.data(), H, n, H, I});
       for (int64_t j = 0; j < n; ++j) axpy_row(expert_weights[pairs[j]], &moe_out_[j * H], y.row<float>(pairs[j] / k), H);
