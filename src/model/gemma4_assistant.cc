@@ -102,7 +102,10 @@ void Gemma4Assistant::step(std::span<const AssistantRow> rows, const KvCache& ta
     positions_[r] = position_convention == DraftPosition::hf ? p : std::max(0, p - 1);
     const int32_t* table = rows[r].block_table->data();
     rows_full_[r] = {table, 0, p};
-    rows_sliding_[r] = {table, std::max(0, p - c.sliding_window), p};
+    // vLLM: the W keys ending at p-1. transformers' drafter mask (|q - kv| <= W, flipped) shows
+    // the last W+1 committed keys; the hf convention reproduces that too.
+    const int32_t window = c.sliding_window + (position_convention == DraftPosition::hf ? 1 : 0);
+    rows_sliding_[r] = {table, std::max(0, p - window), p};
   }
   for (int i = 0; i < c.n_layers; ++i) {
     const bool full = c.layers[i].type == LayerType::full;

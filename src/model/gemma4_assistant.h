@@ -17,9 +17,10 @@
 
 namespace tandem {
 
-// Which query position the drafter uses within a round (frozen for all k steps): vLLM's
-// convention p-1 (the last token that has KV; tandem's default) or transformers' p (the bonus
-// token's own position).
+// Which query position the drafter uses within a round (frozen for all k steps), and how many
+// committed keys its sliding layers see: vLLM's convention (tandem's default) queries at p-1 (the
+// last token that has KV) over the last W keys; transformers' queries at p (the bonus token's own
+// position) over the last W+1 keys.
 enum class DraftPosition { vllm, hf };
 
 // One drafter query row: a token, the B-wide state it starts from, and the committed target
