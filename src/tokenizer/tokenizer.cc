@@ -1114,7 +1114,11 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
 
     json cfg;
     if (!config_json.empty()) {
-      cfg = json::parse(config_json);
+      try {
+        cfg = json::parse(config_json);
+      } catch (const json::exception& e) {
+        fail("tokenizer_config.json next to {}: invalid JSON: {}", name, e.what());
+      }
       if (!cfg.is_object()) fail("tokenizer_config.json next to {}: top level must be an object", name);
       if (auto it = cfg.find("added_tokens_decoder"); it != cfg.end() && it->is_object()) {
         for (auto e = it->begin(); e != it->end(); ++e) {
