@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <tuple>
 
 #include "engine/sampler.h"
 #include "util/error.h"
@@ -304,18 +305,18 @@ bool Engine::step() {
           continue;
         }
       } else {
-        // Rejection sampling with a one-hot draft (drafts are greedy): accept d with probability
-        // p(d); on rejection sample from p with d removed. Keeps the target distribution exactly.
+        // Rejection sampling against the greedy (one-hot) draft keeps the target distribution.
         s.sampler.distribution(lg, prefix, probs);
         if (has_draft) {
-          const int32_t d = span.drafts[i];
-          if (s.sampler.uniform() < probs[d]) {
-            ++accepted, emitted.push_back(d), prefix.push_back(d);
+          bool ok;
+          std::tie(token, ok) = s.sampler.verify_draft(probs, span.drafts[i]);
+          if (ok) {
+            ++accepted, emitted.push_back(token), prefix.push_back(token);
             continue;
           }
-          probs[d] = 0.0f;
+        } else {
+          token = s.sampler.sample(probs);
         }
-        token = s.sampler.sample(probs);
       }
       emitted.push_back(token);
       break;

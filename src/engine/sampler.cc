@@ -79,6 +79,12 @@ int32_t Sampler::sample(std::span<const float> probs) {
   return last_nonzero;  // rounding left a sliver of mass
 }
 
+std::pair<int32_t, bool> Sampler::verify_draft(std::vector<float>& probs, int32_t draft) {
+  if (uniform() < probs[draft]) return {draft, true};
+  probs[draft] = 0.0f;
+  return {sample(probs), false};
+}
+
 namespace {
 double log_sum_exp(std::span<const float> logits) {
   const float maxv = *std::max_element(logits.begin(), logits.end());

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "engine/request.h"
@@ -29,6 +30,12 @@ class Sampler {
   // Draws a token from probs (need not be normalised).
   int32_t sample(std::span<const float> probs);
   double uniform() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng_); }
+
+  // Speculative verification of one greedily drafted token (a one-hot draft distribution):
+  // accept `draft` with probability probs[draft], else sample from probs with the draft's mass
+  // removed. The returned token is distributed exactly as probs (Leviathan et al. 2023, with
+  // q = one-hot). `probs` is modified on rejection. Returns {token, accepted}.
+  std::pair<int32_t, bool> verify_draft(std::vector<float>& probs, int32_t draft);
 
  private:
   SamplingParams params_;
