@@ -9,6 +9,9 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -80,6 +83,62 @@ int64_t mem_available_bytes() {
     if (key == "MemAvailable:") return kb * 1024;
   return 0;
 }
+
+// Every `interval` while there is activity: throughput, queue, KV usage and speculative acceptance
+// over the interval (the numbers vLLM logs, from the same counters /metrics exports).
+class StatsLogger {
+ public:
+  StatsLogger(Engine& engine, std::chrono::seconds interval) : engine_(engine), interval_(interval) {
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~StatsLogger() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void loop() {
+    EngineStats last = engine_.stats();
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!cv_.wait_for(lock, interval_, [&] { return stop_; })) {
+      const EngineStats now = engine_.stats();
+      const double dt = static_cast<double>(interval_.count());
+      const uint64_t prompt = now.prompt_tokens - last.prompt_tokens;
+      const uint64_t gen = now.generation_tokens - last.generation_tokens;
+      if (prompt || gen || now.num_running || now.num_waiting) {
+        log::info("prompt throughput {:.1f} tok/s, generation throughput {:.1f} tok/s, running {} reqs, waiting {} "
+                  "reqs, KV cache usage {:.1f}%",
+                  prompt / dt, gen / dt, now.num_running, now.num_waiting, 100.0 * now.kv_usage);
+        const uint64_t drafts = now.spec.num_drafts - last.spec.num_drafts;
+        const uint64_t drafted = now.spec.num_draft_tokens - last.spec.num_draft_tokens;
+        const uint64_t accepted = now.spec.num_accepted_tokens - last.spec.num_accepted_tokens;
+        if (drafts > 0) {
+          std::string per_pos;
+          for (size_t i = 0; i < now.spec.accepted_per_position.size(); ++i) {
+            const uint64_t prev = i < last.spec.accepted_per_position.size() ? last.spec.accepted_per_position[i] : 0;
+            per_pos += fmt::format("{}{:.3f}", i ? ", " : "", double(now.spec.accepted_per_position[i] - prev) / drafts);
+          }
+          log::info("speculative decoding: mean acceptance length {:.2f}, accepted {} / drafted {} tokens "
+                    "({:.1f}%), per-position acceptance rate {}",
+                    1.0 + double(accepted) / drafts, accepted, drafted, drafted ? 100.0 * accepted / drafted : 0.0,
+                    per_pos);
+        }
+      }
+      last = now;
+    }
+  }
+
+  Engine& engine_;
+  std::chrono::seconds interval_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
 
 void run_serve(ServeOptions o) {
   // Signals go to a dedicated thread (sigwait); block them before any thread is created.
@@ -196,6 +255,9 @@ void run_serve(ServeOptions o) {
     http.shutdown();
   });
 
+  std::unique_ptr<StatsLogger> stats_logger;
+  if (!o.disable_log_stats) stats_logger = std::make_unique<StatsLogger>(engine, std::chrono::seconds(10));
+
   log::info("tandem serve: model {} as \"{}\", max-model-len {}, max-num-seqs {}, speculation {}", model_dir,
             o.served_model_names.front(), config.max_model_len, config.max_num_seqs, spec_desc);
   log::info("listening on http://{}:{} (OpenAI API at http://{}:{}/v1)", o.host, port, o.host, port);
@@ -203,6 +265,7 @@ void run_serve(ServeOptions o) {
   http.shutdown();
   pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes sigwait if no signal came
   signal_thread.join();
+  stats_logger.reset();
   engine.stop();
   log::info("server stopped");
 }
@@ -240,7 +303,7 @@ const RegisterCommand serve_command(
       app.add_option("--max-body-mb", o->max_body_mb, "Largest request body in MiB (413 beyond)")
           ->check(CLI::Range(1, 1024));
       app.add_flag("--disable-log-requests", o->disable_log_requests, "Accepted for vLLM compatibility");
-      app.add_flag("--disable-log-stats", o->disable_log_stats, "Accepted for vLLM compatibility");
+      app.add_flag("--disable-log-stats", o->disable_log_stats, "No periodic throughput / acceptance log lines");
       app.callback([o] { run_serve(*o); });
     });
 

@@ -494,13 +494,6 @@ bool stream_run(HttpServer& server, Run& run, const std::function<bool(const std
   return write(sse_done());
 }
 
-void check_content_type(const httplib::Request& req) {
-  auto ct = req.get_header_value("Content-Type");
-  if (!ct.empty() && ct.find("json") == std::string::npos && ct.find("text/plain") == std::string::npos)
-    throw ApiError(415, fmt::format("Content-Type must be application/json, got '{}'", ct), "",
-                   "invalid_request_error", "unsupported_media_type");
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -545,6 +538,7 @@ void HttpServer::routes() {
   svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   svr.set_payload_max_length(options_.max_body_bytes);
   svr.set_keep_alive_max_count(1000);
+  svr.set_keep_alive_timeout(2);  // idle keep-alive connections hold a worker; also bounds shutdown time
   svr.set_read_timeout(30, 0);
   svr.set_write_timeout(30, 0);
 
@@ -616,6 +610,20 @@ void HttpServer::routes() {
             send_json(res, 200, {{"object", "list"}, {"data", data}});
           }));
 
+  svr.Get(R"(/v1/models/(.+))", guarded([this](const httplib::Request& req, httplib::Response& res) {
+            const std::string id = req.matches[1];
+            for (const auto& name : options_.served_model_names)
+              if (name == id) {
+                send_json(res, 200, {{"id", name}, {"object", "model"}, {"created", unix_time()},
+                                     {"owned_by", "tandem"},
+                                     {"root", options_.model_root.empty() ? name : options_.model_root},
+                                     {"parent", nullptr}, {"max_model_len", options_.limits.max_model_len}});
+                return;
+              }
+            throw ApiError(404, fmt::format("The model '{}' does not exist.", id), "model", "invalid_request_error",
+                           "model_not_found");
+          }));
+
   svr.Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& res) {
             res.set_content(metrics_.render(service_.stats(), options_.served_model_names.front(),
                                             options_.limits.num_speculative_tokens),
@@ -678,7 +686,6 @@ void HttpServer::routes() {
   auto generate = [this](bool chat) {
     return [this, chat](const httplib::Request& hreq, httplib::Response& res) {
       const auto arrival = Clock::now();
-      check_content_type(hreq);
       json body = parse_body(hreq.body);
       ParsedRequest parsed =
           chat ? parse_chat_request(body, codec_, options_.served_model_names, options_.limits)

@@ -101,7 +101,9 @@ class FakeService : public InferenceService {
     if (at != std::string::npos) {
       auto end = prompt.find('|', at);
       std::string say = prompt.substr(at + 4, end == std::string::npos ? std::string::npos : end - at - 4);
-      for (unsigned char c : say) s.script.push_back(ByteCodec::id_of(c));
+      // \x01 and \x02 in the script stand for the thinking-channel markers.
+      for (unsigned char c : say)
+        s.script.push_back(c == 1 ? ByteCodec::kOpen : c == 2 ? ByteCodec::kClose : ByteCodec::id_of(c));
       s.script.push_back(ByteCodec::kEos);
     }
     seqs_[id] = std::move(s);

@@ -165,6 +165,42 @@ TEST_F(HttpTest, ChatStreamingAndN) {
   EXPECT_EQ(service->submitted().size(), 2u);
 }
 
+TEST_F(HttpTest, ThinkingChannelGoesToReasoningContent) {
+  start();
+  const std::string say = "SAY:\x01thought\nplan it\x02The answer.|";
+  json r = post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", say}}}}});
+  EXPECT_EQ(r["choices"][0]["message"]["reasoning_content"], "plan it");
+  EXPECT_EQ(r["choices"][0]["message"]["content"], "The answer.");
+  auto events = stream("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", say}}}}, {"stream", true}});
+  std::string reasoning, content;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    json e = json::parse(events[i]);
+    for (const auto& ch : e["choices"]) {
+      if (ch["delta"].contains("reasoning_content")) reasoning += ch["delta"]["reasoning_content"].get<std::string>();
+      if (ch["delta"].contains("content")) content += ch["delta"]["content"].get<std::string>();
+    }
+  }
+  EXPECT_EQ(reasoning, "plan it");
+  EXPECT_EQ(content, "The answer.");
+  // Completions keep the raw text (no channel parsing), special tokens skipped.
+  json c = post("/v1/completions", {{"prompt", say}});
+  EXPECT_EQ(c["choices"][0]["text"], "thought\nplan itThe answer.");
+}
+
+TEST_F(HttpTest, ModelRetrieveAndPlainContentType) {
+  start();
+  auto c = client();
+  auto m = c.Get("/v1/models/demo");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(json::parse(m->body)["id"], "demo");
+  EXPECT_EQ(c.Get("/v1/models/other")->status, 404);
+  // curl -d sends application/x-www-form-urlencoded; the body is still JSON.
+  auto r = c.Post("/v1/completions", R"({"prompt":"SAY:ok|"})", "application/x-www-form-urlencoded");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(json::parse(r->body)["choices"][0]["text"], "ok");
+}
+
 TEST_F(HttpTest, ChatLogprobs) {
   start();
   json r = post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "SAY:ab|"}}}},
