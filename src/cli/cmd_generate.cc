@@ -13,7 +13,7 @@ namespace tandem::cli {
 namespace {
 
 struct GenerateOptions {
-  std::string model, ids, speculative_config;
+  std::string model, ids, speculative_config, draft_position, load_format = "safetensors";
   int max_tokens = 32;
   bool json = false, trace_spec = false, ignore_eos = false;
   float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
@@ -24,11 +24,13 @@ struct GenerateOptions {
 
 void run_generate(const GenerateOptions& o) {
   auto backend = make_backend(o.threads);
-  auto target = Gemma4Model::load(o.model.empty() ? bundled_model_dir() : o.model, *backend);
+  auto target = Gemma4Model::load(o.model.empty() ? bundled_model_dir() : o.model, *backend, parse_load_format(o.load_format));
   std::unique_ptr<Proposer> proposer;
   EngineConfig config;
   if (!o.speculative_config.empty()) {
     SpeculativeConfig spec = parse_speculative_config(o.speculative_config);
+    if (!o.draft_position.empty()) spec.draft_position = parse_draft_position(o.draft_position);
+    spec.load_format = parse_load_format(o.load_format);
     proposer = make_proposer(spec, *target);
     config.num_speculative_tokens = spec.num_speculative_tokens;
   }
@@ -88,6 +90,9 @@ const RegisterCommand generate_command("generate", "Generate from a prompt (gree
   app.add_option("--ids", o->ids, "Prompt token ids, comma-separated")->required();
   app.add_option("--max-tokens", o->max_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
   app.add_option("--speculative-config", o->speculative_config, "vLLM-style JSON, e.g. {\"model\": DIR, \"num_speculative_tokens\": 3}");
+  app.add_option("--draft-position", o->draft_position,
+                 "MTP drafter query position: vllm (p-1, last W keys; default) or hf (p, last W+1 keys, as transformers)");
+  app.add_option("--load-format", o->load_format, "safetensors, or dummy (random weights for the config; benchmarks)");
   app.add_flag("--json", o->json, "Print {\"ids\": [...], \"tokens_per_second\": x, \"spec\": {...}}");
   app.add_flag("--trace-spec", o->trace_spec, "Print one JSON line per speculative round");
   app.add_flag("--ignore-eos", o->ignore_eos, "Do not stop at end-of-sequence tokens");

@@ -46,6 +46,18 @@ std::vector<int32_t> parse_ids(const std::string& text) {
   return ids;
 }
 
+LoadFormat parse_load_format(const std::string& name) {
+  if (name == "safetensors" || name == "auto") return LoadFormat::safetensors;
+  if (name == "dummy") return LoadFormat::dummy;
+  fail("--load-format must be safetensors or dummy, got \"{}\"", name);
+}
+
+DraftPosition parse_draft_position(const std::string& name) {
+  if (name == "vllm") return DraftPosition::vllm;
+  if (name == "hf") return DraftPosition::hf;
+  fail("--draft-position must be vllm or hf, got \"{}\"", name);
+}
+
 std::unique_ptr<Backend> make_backend(int threads) {
   auto be = make_cpu_backend(threads);
   log::info("backend: {}", be->name());

@@ -79,7 +79,7 @@ std::unique_ptr<Proposer> make_proposer(SpeculativeConfig& config, Gemma4Model& 
     if (config.method == "draft_model")
       log::info("speculative method draft_model upgraded to mtp: {} is a gemma4_assistant drafter", config.model);
     config.method = "mtp";
-    auto assistant = Gemma4Assistant::load(config.model, target);
+    auto assistant = Gemma4Assistant::load(config.model, target, config.load_format);
     assistant->position_convention = config.draft_position;
     return std::make_unique<MtpProposer>(std::move(assistant), target.config().eos_ids);
   }
@@ -89,7 +89,7 @@ std::unique_ptr<Proposer> make_proposer(SpeculativeConfig& config, Gemma4Model& 
   if (drafter.vocab_size != target.config().vocab_size)
     fail("drafter {} does not fit target {}: vocab_size is {} in the drafter but {} in the target", config.model,
          target.config().dir, drafter.vocab_size, target.config().vocab_size);
-  return std::make_unique<DraftModelProposer>(Gemma4Model::load(drafter, target.backend(), LoadFormat::safetensors));
+  return std::make_unique<DraftModelProposer>(Gemma4Model::load(drafter, target.backend(), config.load_format));
 }
 
 }  // namespace tandem

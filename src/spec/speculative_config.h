@@ -18,6 +18,7 @@ struct SpeculativeConfig {
   int prompt_lookup_min = 1;
   int prompt_lookup_max = 0;
   DraftPosition draft_position = DraftPosition::vllm;
+  LoadFormat load_format = LoadFormat::safetensors;  // set by the caller (dummy for benchmarks), not JSON
 };
 
 // Largest k tandem accepts (drafting more than this is never useful and bounds verify blocks).
