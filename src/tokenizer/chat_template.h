@@ -7,6 +7,12 @@
 //
 // Pass nlohmann::ordered_json where key order matters (it does for templates that print dicts or
 // `tojson` tool schemas): nlohmann::json sorts object keys, Python dicts keep insertion order.
+//
+// Not supported (errors, never silent differences): include/extends/import/block, recursive
+// loops, *args/**kwargs call syntax, macro varargs/kwargs, printf-style '%' on strings and the
+// format/batch/slice/groupby/truncate/urlize filters, storing namespaces or callables in namespace
+// attributes. Known differences: upper/lower/title map ASCII, Latin-1, Greek and Cyrillic only;
+// map/select/reject return lists where Jinja returns generators (only visible when printed raw).
 #pragma once
 #include <nlohmann/json.hpp>
 
