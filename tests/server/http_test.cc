@@ -253,6 +253,38 @@ TEST_F(HttpTest, ErrorsAreOpenAiShaped) {
   EXPECT_TRUE(json::parse(none->body).contains("error"));
 }
 
+// Odd but well-formed-JSON (or not) bodies: always a 4xx with an error object, or a 200; never a
+// 5xx, and the server keeps serving.
+TEST_F(HttpTest, OddBodiesNeverCrash) {
+  start();
+  auto c = client();
+  const char* bodies[] = {
+      R"({"prompt":"x","max_tokens":1e300})", R"({"prompt":"x","max_tokens":-5})", R"({"prompt":"x","seed":-1,"max_tokens":2})",
+      R"({"prompt":[[]]})", R"({"prompt":[]})", R"({"prompt":[1.5]})", R"({"prompt":"x","n":1.5})",
+      R"({"prompt":"x","stop":null,"max_tokens":2})", R"({"prompt":"x","stop":{"a":1}})", R"({"prompt":null})",
+      R"({"prompt":"x","logprobs":-1})", R"({"prompt":"x","top_k":-7})", R"({"prompt":"x","temperature":null,"max_tokens":2})",
+      R"({"prompt":"x","speculative":5})", R"({"prompt":"x","speculative":{"num_speculative_tokens":"2"}})",
+      R"({"prompt":"x","stream_options":[],"stream":true})", R"({"prompt":"x","model":7})",
+      R"({"prompt":"x","max_tokens":18446744073709551615})", "\"just a string\"", "", "null", "{\"prompt\":\"\xff\xfe\"}",
+      R"({"messages":[{"role":"user","content":null}],"max_tokens":2})", R"({"messages":[{"role":"user"}],"max_tokens":2})",
+      R"({"messages":[{"content":"x"}]})", R"({"messages":"hi"})", R"({"messages":[{"role":"user","content":[{"type":"text"}]}]})",
+      R"({"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":[1]})", R"({"messages":[1,2,3]})",
+  };
+  for (const char* b : bodies) {
+    for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+      auto res = c.Post(path, b, "application/json");
+      ASSERT_TRUE(res) << b;
+      EXPECT_TRUE(res->status == 200 || (res->status >= 400 && res->status < 500)) << path << " " << b << " -> "
+                                                                                  << res->status << " " << res->body;
+      if (res->status != 200) {
+        json e = json::parse(res->body);
+        EXPECT_TRUE(e["error"]["message"].is_string()) << res->body;
+      }
+    }
+  }
+  EXPECT_EQ(c.Get("/health")->status, 200);
+}
+
 TEST_F(HttpTest, ApiKey) {
   start(1, "sekrit");
   auto c = client();
