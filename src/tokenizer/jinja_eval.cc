@@ -46,7 +46,7 @@ std::string obj_desc(const Value& v) {
 }
 
 Value undefined_attr(const Value& obj, const std::string& name) {
-  return Value::undefined("'" + obj_desc(obj) + "' has no attribute '" + name + "'");
+  return Value::undefined("'" + obj_desc(obj) + "' has no attribute " + repr(Value::string(name)));
 }
 
 // --- string helpers (code-point aware where Python is) ----------------------------------------
@@ -490,6 +490,9 @@ class Interp {
     const size_t n = items.size();
     for (size_t k = 0; k < n; ++k) {
       count_iteration();
+      // Jinja gives every iteration a fresh scope: a `set` in the body does not carry over.
+      loop_scope = std::make_shared<Scope>();
+      loop_scope->parent = scope;
       assign(loop_scope, st.targets, st.unpack, items[k], st.pos);
       ValueDict loop;
       auto I = [](size_t x) { return Value::integer(static_cast<int64_t>(x)); };
@@ -705,6 +708,11 @@ class Interp {
     return Value::callable(c);
   }
 
+  static bool is_dict_method(const std::string& n) {
+    return n == "items" || n == "keys" || n == "values" || n == "get" || n == "copy" || n == "update" ||
+           n == "pop" || n == "popitem" || n == "clear" || n == "setdefault";
+  }
+
   static bool is_str_method(const std::string& n) {
     static const char* names[] = {"split", "rsplit", "splitlines", "strip", "lstrip", "rstrip", "startswith",
                                   "endswith", "replace", "upper", "lower", "title", "capitalize", "find",
@@ -753,7 +761,7 @@ class Interp {
           if (m.kind == Kind::Callable) return m;
           return undefined_attr(obj, key.s);
         }
-        return Value::undefined("'" + obj_desc(obj) + "' has no attribute " + repr(key));
+        return Value::undefined(obj_desc(obj) + " has no element " + repr(key));
       }
       case Kind::Namespace:
         if (key.is_string()) return get_attr(obj, key.s);
@@ -765,23 +773,23 @@ class Interp {
           if (obj.kind == Kind::List) {
             int64_t n = static_cast<int64_t>(obj.list->size());
             int64_t k = idx < 0 ? idx + n : idx;
-            if (k < 0 || k >= n) return Value::undefined("'" + obj_desc(obj) + "' has no element " + std::to_string(idx));
+            if (k < 0 || k >= n) return Value::undefined(obj_desc(obj) + " has no element " + std::to_string(idx));
             return (*obj.list)[static_cast<size_t>(k)];
           }
           std::u32string u = utf8_decode(obj.s);
           int64_t n = static_cast<int64_t>(u.size());
           int64_t k = idx < 0 ? idx + n : idx;
-          if (k < 0 || k >= n) return Value::undefined("'" + obj_desc(obj) + "' has no element " + std::to_string(idx));
+          if (k < 0 || k >= n) return Value::undefined(obj_desc(obj) + " has no element " + std::to_string(idx));
           std::string s;
           utf8_append(s, u[static_cast<size_t>(k)]);
           return Value::string(std::move(s));
         }
         if (key.is_string()) return get_attr(obj, key.s);
-        return Value::undefined("'" + obj_desc(obj) + "' has no element " + repr(key));
+        return Value::undefined(obj_desc(obj) + " has no element " + repr(key));
       }
       default:
         if (key.is_string()) return get_attr(obj, key.s);
-        return Value::undefined("'" + obj_desc(obj) + "' has no element " + repr(key));
+        return Value::undefined(obj_desc(obj) + " has no element " + repr(key));
     }
   }
 
@@ -1494,8 +1502,21 @@ class Interp {
       precision = std::clamp<int64_t>(precision, -300, 300);
       double m = std::pow(10.0, static_cast<double>(precision));
       double r;
-      if (method == "common") r = std::round(x * m) / m;
-      else if (method == "ceil") r = std::ceil(x * m) / m;
+      if (method == "common") {
+        // Python round(): correctly rounded, ties to even; round(int, n) stays an int for n >= 0.
+        if (v.kind != Kind::Float && precision >= 0) return Value::integer(inum(v));
+        if (!std::isfinite(x)) return Value::floating(x);
+        if (precision >= 0) {
+          char buf[400];
+          std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(precision), x);
+          r = std::strtod(buf, nullptr);
+        } else {
+          r = std::nearbyint(x / std::pow(10.0, static_cast<double>(-precision))) * std::pow(10.0, static_cast<double>(-precision));
+        }
+        if (v.kind != Kind::Float) return Value::integer(static_cast<int64_t>(r));
+        return Value::floating(r);
+      }
+      if (method == "ceil") r = std::ceil(x * m) / m;
       else if (method == "floor") r = std::floor(x * m) / m;
       else throw_msg("method must be common, ceil or floor");
       return Value::floating(r);
@@ -1588,7 +1609,9 @@ class Interp {
       return select_like(name, v, a, scope);
     if (name == "attr") {
       if (a.pos.empty()) throw_msg("attr filter requires a name");
-      return get_attr(v, to_str(a.pos[0]));
+      std::string attr = to_str(a.pos[0]);
+      if (v.kind == Kind::Dict && v.dict->find(attr) && !is_dict_method(attr)) return undefined_attr(v, attr);
+      return get_attr(v, attr);
     }
     if (name == "indent") {
       Value width = arg_or(a, 0, "width", Value::integer(4));
