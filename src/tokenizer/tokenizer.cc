@@ -1000,6 +1000,9 @@ void parse_model(Impl& t, const json& m, const std::string& where) {
     t.vocab[it.key()] = static_cast<int32_t>(id);
     t.max_id = std::max<int32_t>(t.max_id, static_cast<int32_t>(id));
   }
+  // Ids are dense in real vocabularies; a bound keeps a hostile file from allocating gigabytes.
+  if (static_cast<size_t>(t.max_id) > 16 * t.vocab.size() + 65536)
+    fail("{}: vocab id {} is implausibly large for a vocabulary of {} entries", where, t.max_id, t.vocab.size());
   t.vocab_r.assign(t.max_id + 1, std::string());
   t.vocab_r_present.assign(t.max_id + 1, false);
   for (const auto& [tok, id] : t.vocab) {
@@ -1056,7 +1059,8 @@ void parse_model(Impl& t, const json& m, const std::string& where) {
 
 void add_added_token(Impl& t, AddedToken tok) {
   if (t.added_by_content.count(tok.content)) return;
-  if (tok.id < 0 || tok.id > (1 << 30)) fail("{}: added token '{}' has an invalid id", t.name, tok.content);
+  if (tok.id < 0 || static_cast<size_t>(tok.id) > 16 * (t.vocab.size() + t.added.size()) + 65536)
+    fail("{}: added token '{}' has an invalid id {}", t.name, tok.content, tok.id);
   if (t.added_by_id.count(tok.id)) return;
   t.added_by_id[tok.id] = t.added.size();
   t.added_by_content[tok.content] = tok.id;
@@ -1242,9 +1246,16 @@ static bool ends_with_replacement(const std::string& s) {
   return s.size() >= 3 && s.compare(s.size() - 3, 3, "\xEF\xBF\xBD") == 0;
 }
 
+std::string StreamDecoder::decode_window() const {
+  if (anchor_.empty()) return tokenizer_->decode(window_, skip_special_);
+  std::vector<int32_t> ids = anchor_;
+  ids.insert(ids.end(), window_.begin(), window_.end());
+  return tokenizer_->decode(ids, skip_special_);
+}
+
 std::string StreamDecoder::push(int32_t id) {
   window_.push_back(id);
-  std::string text = tokenizer_->decode(window_, skip_special_);
+  std::string text = decode_window();
   if (text.size() <= prefix_.size() || ends_with_replacement(text)) return "";
   std::string out;
   if (text.compare(0, prefix_.size(), prefix_) == 0) {
@@ -1256,15 +1267,22 @@ std::string StreamDecoder::push(int32_t id) {
     while (common < prefix_.size() && prefix_[common] == text[common]) ++common;
     out = text.substr(std::max(common, prefix_.size()));
   }
-  window_.erase(window_.begin(), window_.begin() + static_cast<std::ptrdiff_t>(prefix_ids_));
-  prefix_ids_ = window_.size();
-  prefix_ = tokenizer_->decode(window_, skip_special_);
+  if (anchor_.empty()) {
+    anchor_.swap(window_);
+    window_.clear();
+    prefix_ids_ = 0;
+  } else {
+    window_.erase(window_.begin(), window_.begin() + static_cast<std::ptrdiff_t>(prefix_ids_));
+    prefix_ids_ = window_.size();
+  }
+  prefix_ = decode_window();
   return out;
 }
 
 std::string StreamDecoder::flush() {
-  std::string text = tokenizer_->decode(window_, skip_special_);
+  std::string text = decode_window();
   std::string out = text.size() > prefix_.size() ? text.substr(prefix_.size()) : std::string();
+  anchor_.clear();
   window_.clear();
   prefix_ids_ = 0;
   prefix_.clear();

@@ -54,8 +54,12 @@ class StreamDecoder {
   std::string flush();  // emits whatever is held back (e.g. a trailing invalid byte as U+FFFD)
 
  private:
+  std::string decode_window() const;
   const Tokenizer* tokenizer_;
   bool skip_special_;
+  // Decodes always start with anchor_ (the ids up to the first emitted text), so decoders that
+  // treat the first token specially (Metaspace, Strip) see the same first token as a full decode.
+  std::vector<int32_t> anchor_;
   std::vector<int32_t> window_;  // ids since the last clean boundary
   size_t prefix_ids_ = 0;        // window_[0, prefix_ids_) decode to prefix_
   std::string prefix_;           // text of the window already emitted

@@ -206,6 +206,15 @@ TEST(TokenizerInline, MetaspaceAndDigits) {
   // After an added token the piece does not start the input: no ▁ is prepended.
   EXPECT_EQ(t.encode("<eos>a", false), (std::vector<int32_t>{1, 7}));
   EXPECT_EQ(t.decode(std::vector<int32_t>{16, 12, 8}), "a b");
+  // Streaming must strip the ▁ of the first token only, like decode().
+  for (bool skip : {true, false}) {
+    std::vector<int32_t> ids{1, 16, 12, 8, 16, 1, 16};
+    StreamDecoder sd(t, skip);
+    std::string all;
+    for (int32_t id : ids) all += sd.push(id);
+    all += sd.flush();
+    EXPECT_EQ(all, t.decode(ids, skip)) << skip;
+  }
 }
 
 TEST(TokenizerInline, StreamDecoderHoldsPartialCharacters) {
@@ -472,6 +481,23 @@ TEST(GoldenGemma, SpecialIdsAndConfig) {
   EXPECT_TRUE(t.add_bos_token());
   EXPECT_NE(t.chat_template().find("start_of_turn"), std::string::npos);
   EXPECT_EQ(t.encode("Hello, my dog is cute"), (std::vector<int32_t>{2, 9259, 236764, 1041, 4799, 563, 12864}));
+}
+
+TEST(TokenizeCli, JsonlRoundTrip) {
+  ASSERT_FALSE(fixture_cache().empty());
+  fs::path dir = fs::temp_directory_path() / ("tandem_tok_cli_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "in.jsonl") << "\"Hello, my dog is cute\"\n\"<start_of_turn>user\\n\\u65e5\"\n";
+  std::string tok = (fixture_cache() / "gemma3").string();
+  std::string bin = TANDEM_BINARY;
+  std::string cmd = bin + " tokenize --tokenizer '" + tok + "' --jsonl < '" + (dir / "in.jsonl").string() + "' > '" +
+                    (dir / "ids.jsonl").string() + "' && " + bin + " detokenize --tokenizer '" + tok +
+                    "' --skip-special --jsonl < '" + (dir / "ids.jsonl").string() + "' > '" +
+                    (dir / "out.jsonl").string() + "'";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  EXPECT_EQ(slurp(dir / "ids.jsonl"), "[2,9259,236764,1041,4799,563,12864]\n[2,105,2364,107,237205]\n");
+  EXPECT_EQ(slurp(dir / "out.jsonl"), "\"Hello, my dog is cute\"\n\"user\\n\u65e5\"\n");
+  fs::remove_all(dir);
 }
 
 }  // namespace
