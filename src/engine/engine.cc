@@ -28,6 +28,7 @@ struct Engine::Sequence {
   int32_t prompt_len = 0;
   int32_t computed = 0;
   std::vector<int32_t> table;
+  std::vector<uint64_t> block_hashes;  // chain hashes of the leading full blocks (prefix caching)
   std::vector<float> hidden;
   int k = 0;  // speculative tokens per round for this request
   bool finished = false;
@@ -150,6 +151,34 @@ void Engine::loop() {
   waiting_.clear();
 }
 
+int32_t Engine::match_prefix(Sequence& s) {
+  // Only blocks strictly before the last token: that token must run to produce logits.
+  const int32_t bs = kv_->block_size();
+  const int32_t full = (static_cast<int32_t>(s.tokens.size()) - 1) / bs;
+  uint64_t parent = 0;
+  for (int32_t b = 0; b < full; ++b) {
+    const uint64_t h = block_hash(parent, std::span<const int32_t>(s.tokens).subspan(b * bs, bs));
+    const int32_t block = kv_->lookup(h);
+    if (block < 0) break;
+    s.table.push_back(block);
+    s.block_hashes.push_back(h);
+    parent = h;
+  }
+  return static_cast<int32_t>(s.block_hashes.size()) * bs;
+}
+
+void Engine::publish_blocks(Sequence& s) {
+  if (!config_.enable_prefix_caching) return;
+  const int32_t bs = kv_->block_size();
+  while (static_cast<int32_t>(s.block_hashes.size() + 1) * bs <= s.computed) {
+    const size_t b = s.block_hashes.size();
+    const uint64_t h = block_hash(b ? s.block_hashes.back() : 0,
+                                  std::span<const int32_t>(s.tokens).subspan(b * bs, bs));
+    kv_->publish(s.table[b], h);
+    s.block_hashes.push_back(h);
+  }
+}
+
 bool Engine::step() {
   const ModelConfig& c = target_.config();
   const int V = c.vocab_size;
@@ -179,7 +208,17 @@ bool Engine::step() {
     // Admit in arrival order while the whole prompt (+1 decode block) fits in free KV blocks.
     while (!waiting_.empty() && static_cast<int>(running_.size()) < config_.max_num_seqs) {
       Sequence& s = *waiting_.front();
-      if (!kv_->reserve(s.table, static_cast<int64_t>(s.tokens.size()) + 1)) break;
+      const int32_t matched = config_.enable_prefix_caching ? match_prefix(s) : 0;
+      if (!kv_->reserve(s.table, static_cast<int64_t>(s.tokens.size()) + 1)) {
+        kv_->release_all(s.table);  // give back any matched blocks; retry when pages free up
+        s.block_hashes.clear();
+        break;
+      }
+      s.computed = matched;
+      if (config_.enable_prefix_caching) {
+        stats_.prefix_cache_queries += s.prompt_len;
+        stats_.prefix_cache_hits += std::min(matched, s.prompt_len);
+      }
       stats_.prompt_tokens += s.prompt_len;
       running_.push_back(std::move(waiting_.front()));
       waiting_.pop_front();
@@ -259,6 +298,7 @@ bool Engine::step() {
     for (Sequence* p : preempted) {
       auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& s) { return s.get() == p; });
       kv_->release_all(p->table);
+      p->block_hashes.clear();
       p->computed = 0;
       p->hidden.clear();
       if (proposer_) proposer_->release(p->id);
@@ -283,6 +323,7 @@ bool Engine::step() {
     Sequence& s = *span.seq;
     if (!span.outputs) {  // a prefill chunk that does not reach the end yet
       s.computed += span.n_rows;
+      publish_blocks(s);
       continue;
     }
     const int n_out = span.drafts.empty() ? 1 : static_cast<int>(span.drafts.size()) + 1;
@@ -361,8 +402,9 @@ bool Engine::step() {
     out.completion_tokens = s.generated();
     out.finished = out.finish_reason != FinishReason::none;
     s.finished = out.finished;
-    // Free pages beyond what is committed (rejected drafts).
+    // Free pages beyond what is committed (rejected drafts); offer completed blocks for reuse.
     kv_->truncate(s.table, s.computed + 1);
+    publish_blocks(s);
     s.callback(out);
   }
 

@@ -83,6 +83,8 @@ class Engine {
  private:
   struct Sequence;
   bool step();  // one scheduling iteration; false when idle
+  int32_t match_prefix(Sequence& s);  // prefix cache lookup at admission; returns tokens reused
+  void publish_blocks(Sequence& s);   // publishes the sequence's newly completed blocks
   void loop();
 
   Gemma4Model& target_;

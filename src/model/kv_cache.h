@@ -2,8 +2,16 @@
 // [num_blocks, block_size, n_kv_heads, head_dim] (F32). Sequences own lists of block ids (their
 // block table); position p of a sequence lives in block table[p / block_size], row p % block_size.
 // One table serves every layer, so the drafter reads the target's layers through the same table.
+//
+// Prefix caching: a full block whose tokens are final can be published under a hash of its
+// content and everything before it; a later sequence starting with the same tokens takes the
+// block (reference-counted) instead of recomputing it. Released published blocks stay cached
+// until their pages are needed (least recently released first).
 #pragma once
 #include <cstdint>
+#include <list>
+#include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "backend/backend.h"
@@ -17,15 +25,21 @@ class KvCache {
 
   int32_t block_size() const { return block_size_; }
   int32_t num_blocks() const { return num_blocks_; }
-  int32_t free_blocks() const { return static_cast<int32_t>(free_.size()); }
+  // Blocks not referenced by any sequence (free or merely cached).
+  int32_t free_blocks() const { return static_cast<int32_t>(free_.size() + lru_.size()); }
   int64_t bytes() const { return bytes_; }
 
   // Storage of layer `layer` (for a KV-shared layer: of the layer it reads).
   const KvLayer& layer(int layer) const { return layers_[layer]; }
 
-  // Block allocation. allocate() returns -1 when the pool is exhausted.
+  // Block allocation. allocate() returns -1 when the pool is exhausted; it evicts the least
+  // recently released cached block when no free one is left. release() drops one reference.
   int32_t allocate();
   void release(int32_t block);
+
+  // Prefix cache: publish a full block under `hash`; look one up (taking a reference), or -1.
+  void publish(int32_t block, uint64_t hash);
+  int32_t lookup(uint64_t hash);
 
   // Grows `table` so it covers `tokens` positions; false (table unchanged) if blocks ran out.
   bool reserve(std::vector<int32_t>& table, int64_t tokens);
@@ -45,7 +59,15 @@ class KvCache {
   std::vector<std::vector<float>> storage_;  // K then V per owning layer
   std::vector<KvLayer> layers_;
   std::vector<int32_t> free_;
+  std::vector<int32_t> refs_;
+  std::vector<uint64_t> hash_;  // 0: not published
+  std::unordered_map<uint64_t, int32_t> index_;
+  std::list<int32_t> lru_;  // published blocks with no references, oldest first
+  std::vector<std::list<int32_t>::iterator> lru_pos_;
 };
+
+// Chain hash of one block of tokens following the block with hash `parent` (0 for the first).
+uint64_t block_hash(uint64_t parent, std::span<const int32_t> tokens);
 
 // Blocks a KV cache of `bytes` can hold for this model.
 int32_t kv_blocks_for_bytes(const ModelConfig& config, int64_t bytes, int32_t block_size);
