@@ -1,5 +1,6 @@
 // tandem generate: one request through the engine (plain or speculative), ids or JSON out.
 #include <chrono>
+#include <optional>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -7,13 +8,14 @@
 #include "cli/common.h"
 #include "engine/engine.h"
 #include "spec/speculative_config.h"
+#include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
 namespace tandem::cli {
 namespace {
 
 struct GenerateOptions {
-  std::string model, ids, speculative_config, draft_position, load_format = "safetensors";
+  std::string model, ids, prompt, speculative_config, draft_position, load_format = "safetensors";
   int max_tokens = 32;
   bool json = false, trace_spec = false, ignore_eos = false;
   float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
@@ -24,7 +26,10 @@ struct GenerateOptions {
 
 void run_generate(const GenerateOptions& o) {
   auto backend = make_backend(o.threads);
-  auto target = Gemma4Model::load(o.model.empty() ? bundled_model_dir() : o.model, *backend, parse_load_format(o.load_format));
+  const std::string model_dir = o.model.empty() ? bundled_model_dir() : o.model;
+  auto target = Gemma4Model::load(model_dir, *backend, parse_load_format(o.load_format));
+  std::optional<Tokenizer> tokenizer;
+  if (!o.prompt.empty()) tokenizer = Tokenizer::load(model_dir);
   std::unique_ptr<Proposer> proposer;
   EngineConfig config;
   if (!o.speculative_config.empty()) {
@@ -35,7 +40,8 @@ void run_generate(const GenerateOptions& o) {
     config.num_speculative_tokens = spec.num_speculative_tokens;
   }
   Request request;
-  request.prompt = parse_ids(o.ids);
+  if (o.ids.empty() == o.prompt.empty()) fail("give exactly one of --ids and --prompt");
+  request.prompt = tokenizer ? tokenizer->encode(o.prompt, /*add_special_tokens=*/true) : parse_ids(o.ids);
   request.max_tokens = o.max_tokens;
   request.ignore_eos = o.ignore_eos;
   request.sampling.temperature = o.temperature;
@@ -64,12 +70,17 @@ void run_generate(const GenerateOptions& o) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!error.empty()) fail("generation failed: {}", error);
   if (!o.json) {
-    for (size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? "," : "", ids[i]);
-    std::printf("\n");
+    if (tokenizer) {
+      std::printf("%s%s\n", o.prompt.c_str(), tokenizer->decode(ids, /*skip_special_tokens=*/true).c_str());
+    } else {
+      for (size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? "," : "", ids[i]);
+      std::printf("\n");
+    }
     return;
   }
   nlohmann::json j;
   j["ids"] = ids;
+  if (tokenizer) j["text"] = tokenizer->decode(ids, /*skip_special_tokens=*/true);
   j["tokens_per_second"] = seconds > 0 ? ids.size() / seconds : 0.0;
   if (engine.proposer()) {
     const SpecStats s = engine.stats().spec;
@@ -87,7 +98,8 @@ void run_generate(const GenerateOptions& o) {
 const RegisterCommand generate_command("generate", "Generate from a prompt (greedy unless --temperature)", [](CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
   app.add_option("--model", o->model, "Target checkpoint directory (default: the bundled model)");
-  app.add_option("--ids", o->ids, "Prompt token ids, comma-separated")->required();
+  app.add_option("--ids", o->ids, "Prompt token ids, comma-separated");
+  app.add_option("--prompt", o->prompt, "Prompt text (tokenized with the model's tokenizer.json, <bos> added)");
   app.add_option("--max-tokens", o->max_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
   app.add_option("--speculative-config", o->speculative_config, "vLLM-style JSON, e.g. {\"model\": DIR, \"num_speculative_tokens\": 3}");
   app.add_option("--draft-position", o->draft_position,
