@@ -324,9 +324,9 @@ std::string xml_escape(const std::string& s) {
 
 std::string to_svg(const std::vector<SettingSummary>& rows, const std::string& title, const std::string& subtitle) {
   const int n = std::max<int>(1, static_cast<int>(rows.size()));
-  const double left = 72, right = 24, top = 78, plot_h = 280, bottom = 64;
+  const double left = 72, right = 24, top = 78, plot_h = 280, bottom = 80;
   const double slot = 120;
-  const double width = std::max(480.0, left + right + slot * n);
+  const double width = std::max(520.0, left + right + slot * n);
   const double plot_w = width - left - right;
   const double height = top + plot_h + bottom;
   double ymax = 0;
@@ -408,8 +408,10 @@ std::string to_svg(const std::vector<SettingSummary>& rows, const std::string& t
   o += fmt::format("<line class=\"axis\" x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\"/>\n", left, base_y,
                    left + plot_w, base_y);
   o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"10\" text-anchor=\"middle\" fill=\"#555\">"
-                   "bar: median tok/s; whisker: 95% bootstrap CI of the median; label: speedup vs baseline, "
-                   "draft acceptance rate</text>\n",
+                   "bar: median tok/s \u00b7 whisker: 95% bootstrap CI of the median</text>\n",
+                   width / 2, height - 22);
+  o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"10\" text-anchor=\"middle\" fill=\"#555\">"
+                   "label: speedup vs baseline (k=0), acceptance = accepted / drafted tokens</text>\n",
                    width / 2, height - 8);
   o += "</svg>\n";
   return o;
