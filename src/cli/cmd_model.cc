@@ -49,9 +49,37 @@ const RegisterCommand logits_command("logits", "Print the logits of a prompt (JS
   app.callback([o] { run_logits(*o); });
 });
 
+// A drafter runs only beside its target, so it is described from its config and tensors alone.
+void inspect_assistant(const ModelConfig& c, bool json_out) {
+  const WeightStore store = WeightStore::open(c.dir);
+  int64_t params = 0, bytes = 0;
+  for (const auto& [name, t] : store.tensors()) params += t.numel(), bytes += static_cast<int64_t>(t.nbytes);
+  nlohmann::json j = {{"architecture", c.model_type},
+                      {"hidden_size", c.hidden},
+                      {"backbone_hidden_size", c.backbone_hidden},
+                      {"num_layers", c.n_layers},
+                      {"head", c.ordered_embeddings ? "centroid" : "dense"},
+                      {"parameters_total", params},
+                      {"weight_bytes", bytes}};
+  if (json_out) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("%s  %s (MTP drafter: Q-only layers over its target's KV cache)\n", c.dir.c_str(), c.model_type.c_str());
+  std::printf("  parameters: %.3f M; weights %.1f MiB; width %d, target width %d, %s head%s\n", params / 1e6,
+              bytes / 1048576.0, c.hidden, c.backbone_hidden, c.ordered_embeddings ? "centroid" : "dense",
+              c.ordered_embeddings ? fmt::format(" ({} clusters, top {})", c.num_centroids, c.centroid_top_k).c_str() : "");
+  for (int i = 0; i < c.n_layers; ++i)
+    std::printf("  layer %d: %s, head_dim %d, reads the target's last %s layer (%d KV heads)\n", i,
+                layer_type_name(c.layers[i].type), c.layers[i].head_dim, layer_type_name(c.layers[i].type),
+                c.layers[i].n_kv_heads);
+}
+
 void run_inspect(const std::string& dir, bool json_out) {
+  const ModelConfig config = load_model_config(dir);
+  if (config.is_assistant()) return inspect_assistant(config, json_out);
   auto backend = make_cpu_backend(1);
-  auto model = Gemma4Model::load(dir, *backend);
+  auto model = Gemma4Model::load(config, *backend, LoadFormat::safetensors);
   const ModelConfig& c = model->config();
   nlohmann::json j;
   j["architecture"] = c.model_type;
