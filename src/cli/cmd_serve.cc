@@ -277,8 +277,11 @@ const RegisterCommand serve_command(
       app.add_option("model", o->model, "Target checkpoint directory (default: the bundled model + drafter)");
       app.add_option("--host", o->host, "Address to listen on");
       app.add_option("--port", o->port, "Port (0: any free port)")->check(CLI::Range(0, 65535));
+      // One value per flag (repeat it for aliases), so a MODEL_DIR after it is not taken as a name.
       app.add_option("--served-model-name", o->served_model_names,
-                     "Model name(s) clients use (default: the directory's name)");
+                     "Model name clients use (default: the directory's name); repeat for aliases")
+          ->expected(1)
+          ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
       app.add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "Target rows per engine step")
           ->check(CLI::Range(1, 1 << 20));
       app.add_option("--max-num-seqs", o->max_num_seqs, "Sequences per step")->check(CLI::Range(1, 4096));
