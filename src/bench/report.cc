@@ -81,6 +81,19 @@ SpecCounters SpecCounters::minus(const SpecCounters& before) const {
   return d;
 }
 
+SpecCounters SpecCounters::plus(const SpecCounters& o) const {
+  SpecCounters d = *this;
+  d.num_drafts += o.num_drafts;
+  d.num_draft_tokens += o.num_draft_tokens;
+  d.num_accepted_tokens += o.num_accepted_tokens;
+  if (d.accepted_per_position.size() < o.accepted_per_position.size())
+    d.accepted_per_position.resize(o.accepted_per_position.size(), 0.0);
+  for (size_t i = 0; i < o.accepted_per_position.size(); ++i) d.accepted_per_position[i] += o.accepted_per_position[i];
+  d.draft_seconds += o.draft_seconds;
+  d.verify_seconds += o.verify_seconds;
+  return d;
+}
+
 std::string setting_label(int k) { return k == 0 ? "baseline" : fmt::format("k={}", k); }
 
 SettingSummary summarize(const SettingResult& r) {

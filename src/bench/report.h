@@ -21,6 +21,7 @@ struct SpecCounters {
   double verify_seconds = 0;
 
   SpecCounters minus(const SpecCounters& before) const;  // this - before, position-wise
+  SpecCounters plus(const SpecCounters& other) const;    // this + other, position-wise
 };
 
 struct Iteration {

@@ -54,6 +54,41 @@ std::string step_text(const std::string& label, bool warm, int i, int n, const I
                      it.completion_tokens, it.tokens_per_second());
 }
 
+// Runs the sweep with `run_one(k) -> Iteration` and `counters() -> SpecCounters` (cumulative).
+// Sequential (the report's order): all of a setting's requests, then the next setting, with the
+// counters read around its measured requests. Interleaved: warm-ups first, then round-robin over
+// the settings per iteration, with the counters read around every measured request, so that a
+// drifting machine load affects every setting alike.
+template <class RunOne, class Counters>
+std::vector<SettingResult> drive(const SweepOptions& o, Progress& progress, RunOne&& run_one, Counters&& counters) {
+  std::vector<SettingResult> results(o.ks.size());
+  for (size_t s = 0; s < o.ks.size(); ++s) results[s].k = o.ks[s], results[s].label = label_of(o, s);
+  if (!o.interleave) {
+    for (auto& res : results) {
+      for (int w = 0; w < o.warmup; ++w) progress.step(step_text(res.label, true, w, o.warmup, run_one(res.k)));
+      const SpecCounters before = counters();
+      for (int i = 0; i < o.iterations; ++i) {
+        res.iterations.push_back(run_one(res.k));
+        progress.step(step_text(res.label, false, i, o.iterations, res.iterations.back()));
+      }
+      res.spec = counters().minus(before);
+    }
+    return results;
+  }
+  for (auto& res : results)
+    for (int w = 0; w < o.warmup; ++w) progress.step(step_text(res.label, true, w, o.warmup, run_one(res.k)));
+  for (int i = 0; i < o.iterations; ++i) {
+    for (auto& res : results) {
+      const SpecCounters before = counters();
+      res.iterations.push_back(run_one(res.k));
+      const SpecCounters d = counters().minus(before);
+      progress.step(step_text(res.label, false, i, o.iterations, res.iterations.back()));
+      res.spec = i == 0 ? d : res.spec.plus(d);
+    }
+  }
+  return results;
+}
+
 }  // namespace
 
 std::vector<SettingResult> run_inprocess_sweep(const SweepOptions& o, const InProcessTarget& t, Progress& progress,
@@ -112,20 +147,7 @@ std::vector<SettingResult> run_inprocess_sweep(const SweepOptions& o, const InPr
     return it;
   };
 
-  std::vector<SettingResult> results;
-  for (size_t s = 0; s < o.ks.size(); ++s) {
-    SettingResult res;
-    res.k = o.ks[s];
-    res.label = label_of(o, s);
-    for (int w = 0; w < o.warmup; ++w) progress.step(step_text(res.label, true, w, o.warmup, run_one(res.k)));
-    const SpecCounters before = counters_of(engine.stats().spec);
-    for (int i = 0; i < o.iterations; ++i) {
-      res.iterations.push_back(run_one(res.k));
-      progress.step(step_text(res.label, false, i, o.iterations, res.iterations.back()));
-    }
-    res.spec = counters_of(engine.stats().spec).minus(before);
-    results.push_back(std::move(res));
-  }
+  auto results = drive(o, progress, run_one, [&] { return counters_of(engine.stats().spec); });
   if (meta) {
     (*meta)["mode"] = "in-process";
     (*meta)["model"] = t.model_dir;
@@ -230,20 +252,7 @@ std::vector<SettingResult> run_endpoint_sweep(const SweepOptions& o, const Endpo
     return it;
   };
 
-  std::vector<SettingResult> results;
-  for (size_t s = 0; s < o.ks.size(); ++s) {
-    SettingResult res;
-    res.k = o.ks[s];
-    res.label = label_of(o, s);
-    for (int w = 0; w < o.warmup; ++w) progress.step(step_text(res.label, true, w, o.warmup, run_one(res.k)));
-    const SpecCounters before = scrape();
-    for (int i = 0; i < o.iterations; ++i) {
-      res.iterations.push_back(run_one(res.k));
-      progress.step(step_text(res.label, false, i, o.iterations, res.iterations.back()));
-    }
-    res.spec = scrape().minus(before);
-    results.push_back(std::move(res));
-  }
+  auto results = drive(o, progress, run_one, scrape);
   if (meta) {
     (*meta)["mode"] = "endpoint";
     (*meta)["endpoint"] = url.base + url.prefix;

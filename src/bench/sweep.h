@@ -23,6 +23,7 @@ struct SweepOptions {
   float temperature = 0.0f;
   int64_t seed = 42;  // < 0: none
   bool ignore_eos = true;
+  bool interleave = false;  // round-robin the settings per iteration instead of one setting after another
 };
 
 struct InProcessTarget {

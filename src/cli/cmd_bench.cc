@@ -182,7 +182,7 @@ struct SweepCli {
   int iterations = 5, warmup = 1, max_tokens = 200, threads = 0;
   int64_t seed = 42;
   float temperature = 0.0f;
-  bool settings_from_restarts = false, no_ignore_eos = false, quiet = false;
+  bool settings_from_restarts = false, no_ignore_eos = false, quiet = false, interleave = false;
   double timeout = 600;
 };
 
@@ -207,6 +207,7 @@ void run_sweep(const SweepCli& c) {
   o.labels = split_labels(c.labels);
   o.iterations = c.iterations, o.warmup = c.warmup, o.max_tokens = c.max_tokens;
   o.seed = c.seed, o.temperature = c.temperature, o.ignore_eos = !c.no_ignore_eos;
+  o.interleave = c.interleave;
   if (c.settings_from_restarts) {
     if (c.endpoint.empty()) fail("--settings-from-restarts is for --endpoint sweeps");
     if (o.ks.size() != 1)
@@ -222,6 +223,7 @@ void run_sweep(const SweepCli& c) {
   meta["iterations"] = o.iterations, meta["warmup"] = o.warmup, meta["max_tokens"] = o.max_tokens;
   meta["temperature"] = o.temperature, meta["seed"] = o.seed, meta["ignore_eos"] = o.ignore_eos;
   meta["num_speculative_tokens"] = o.ks;
+  meta["order"] = o.interleave ? "interleaved (round-robin over settings per iteration)" : "sequential (one setting after another)";
   meta["tok_s"] = "completion tokens / wall time of the request (submit to last token, prefill included)";
   meta["ci"] = "95% percentile bootstrap of the median over iterations (10000 resamples, fixed seed)";
   std::vector<bench::SettingResult> results;
@@ -351,6 +353,9 @@ const RegisterCommand bench_command(
       sweep->add_flag("--settings-from-restarts", s->settings_from_restarts,
                       "Do not send the per-request k: the server runs with the k it was started with");
       sweep->add_flag("--no-ignore-eos", s->no_ignore_eos, "Stop at EOS (default: generate max_tokens every time)");
+      sweep->add_flag("--interleave", s->interleave,
+                      "Round-robin the settings per iteration (default: one setting after another, as the report did); "
+                      "fairer on a machine whose load drifts");
       sweep->add_flag("--quiet", s->quiet, "No progress output");
       add_prompt_options(*sweep, s->prompt);
       add_output_options(*sweep, s->out);

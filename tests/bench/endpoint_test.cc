@@ -157,6 +157,34 @@ TEST(EndpointSweep, CountersFromMetricDeltasAndRequestBodies) {
   EXPECT_TRUE(std::isnan(rows[3].draft_share));  // this server does not export drafting time
 }
 
+TEST(EndpointSweep, InterleavedOrderGivesTheSameCounters) {
+  FakeServer server;
+  SweepOptions o;
+  o.ks = {0, 1, 3};
+  o.iterations = 3;
+  o.warmup = 1;
+  o.max_tokens = 4;
+  o.interleave = true;
+  EndpointTarget t;
+  t.url = server.url();
+  t.model = "fake-model";
+  t.prompt = "x";
+  Progress progress(0, false, true);
+  const auto results = run_endpoint_sweep(o, t, progress);
+  const auto bodies = server.bodies();
+  ASSERT_EQ(bodies.size(), 12u);  // warm-ups 0,1,3 then (0,1,3) × 3
+  for (size_t i = 0; i < bodies.size(); ++i)
+    EXPECT_EQ(bodies[i]["speculative"]["num_speculative_tokens"], o.ks[i % 3]) << i;
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[0].spec.num_drafts, 0);
+  EXPECT_EQ(results[1].spec.num_drafts, 12);
+  EXPECT_EQ(results[1].spec.num_accepted_tokens, 9);
+  EXPECT_EQ(results[2].spec.num_drafts, 12);
+  EXPECT_EQ(results[2].spec.num_draft_tokens, 36);
+  EXPECT_EQ(results[2].spec.accepted_per_position, (std::vector<double>{9, 6, 3}));
+  for (const auto& r : results) EXPECT_EQ(r.iterations.size(), 3u);
+}
+
 TEST(EndpointSweep, SettingsFromRestartsSendNoPerRequestK) {
   FakeServer server;
   SweepOptions o;
