@@ -25,6 +25,8 @@ using cpu::MatmulArgs;
 // Element count below which an elementwise op runs on the caller alone: waking the pool costs
 // a few microseconds, about what 16K elements take on one core.
 constexpr int64_t kSerialElems = 16 * 1024;
+// Matmuls below this many multiply-adds (~20-50 us of work) are not worth a thread-pool round trip.
+constexpr int64_t kSerialMacs = 1 << 19;
 
 bool is_float_dtype(DType t) {
   return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F8_E4M3;
@@ -318,7 +320,9 @@ class CpuBackend final : public Backend {
                layer.num_blocks);
     }
     const int64_t group = n_heads / n_kv;
-    pool_.parallel_for(T * n_heads, [&](int64_t th) {
+    int64_t keys = 0;
+    for (const AttentionRow& row : rows) keys += row.kv_end - row.kv_begin;
+    auto head = [&](int64_t th) {
       const int64_t t = th / n_heads, h = th % n_heads, kvh = h / group;
       const AttentionRow& row = rows[t];
       const float* qv = head_ptr(q, T, t, h, d);
@@ -338,7 +342,13 @@ class CpuBackend final : public Backend {
       const float inv = 1.0f / exp_shifted_sum(scores.data(), len, max_score);
       for (int64_t j = 0; j < len; ++j)
         axpy_row(scores[j] * inv, layer.v + (slot_of(row.kv_begin + j) * n_kv + kvh) * d, o, d);
-    });
+    };
+    // Short contexts (decode over a few hundred keys) run on the caller; see kSerialMacs.
+    if (keys * n_heads * d * 2 < kSerialMacs) {
+      for (int64_t th = 0; th < T * n_heads; ++th) head(th);
+      return;
+    }
+    pool_.parallel_for(T * n_heads, head);
   }
 
   void moe_route(const TensorView& logits, int k, const TensorView* per_expert_scale, int32_t* expert_ids,
@@ -427,10 +437,17 @@ class CpuBackend final : public Backend {
     const int64_t nb = std::clamp<int64_t>((per_thread + 3) / 4 * 4, 16, 512);
     const int64_t tb = 64;
     const int64_t n_blocks = (a.N + nb - 1) / nb, t_blocks = (a.T + tb - 1) / tb;
-    pool_.parallel_for(n_blocks * t_blocks, [&](int64_t i) {
+    auto run_tile = [&](int64_t i) {
       const int64_t n0 = (i % n_blocks) * nb, t0 = (i / n_blocks) * tb;
       tile(a, n0, std::min(a.N, n0 + nb), t0, std::min(a.T, t0 + tb));
-    });
+    };
+    // Small products (a few tens of microseconds) run on the caller: waking the pool costs more
+    // than it saves. Same tiles either way, so results do not depend on the path taken.
+    if (a.N * a.K * a.T < kSerialMacs) {
+      for (int64_t i = 0; i < n_blocks * t_blocks; ++i) run_tile(i);
+      return;
+    }
+    pool_.parallel_for(n_blocks * t_blocks, run_tile);
   }
 
   // fn(r) for each row, in parallel when the work is large enough.
