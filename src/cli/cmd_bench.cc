@@ -158,7 +158,13 @@ struct OutputOptions {
 };
 
 void add_output_options(CLI::App& app, OutputOptions& o) {
-  app.add_option("--csv", o.csv, "Write one CSV row per setting to FILE");
+  app.add_option("--csv", o.csv,
+                 "Write one CSV row per setting to FILE. Columns (empty = not applicable): setting, k, iterations, "
+                 "completion_tokens, seconds (summed request wall time), tok_s_median, tok_s_ci95_low, tok_s_ci95_high "
+                 "(bootstrap CI of the median), tok_s_mean, tok_s_stdev, acceptance_rate (accepted/drafted tokens), "
+                 "mean_acceptance_length (1 + accepted/drafts), accept_per_position (';'-separated, accepted_per_pos[i]/drafts), "
+                 "speedup (tok_s_median / the k=0 row's), draft_share, verify_share (of request wall time), num_drafts, "
+                 "num_draft_tokens, num_accepted_tokens");
   app.add_option("--json", o.json_path, "Write the report (summary, raw iterations, counters) as JSON to FILE");
   app.add_option("--chart", o.chart, "Write an SVG bar chart (tok/s per setting, speedup and acceptance) to FILE");
   app.add_option("--title", o.title, "Chart title");
