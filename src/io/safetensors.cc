@@ -95,6 +95,14 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
         fail("{}: tensor {} has {} bytes but shape {} of {} needs {}", path, name, t.nbytes,
              t.shape_string(), dtype_name(t.dtype), t.numel() * dtype_size(t.dtype));
       t.data = base + data_begin + offsets[0];
+      // The format does not promise alignment (the header length is arbitrary). A tensor whose data
+      // is not aligned to its element size is copied once into aligned memory, so kernels and
+      // scalar reads never see a misaligned pointer.
+      if (reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) != 0) {
+        auto& copy = f->aligned_copies_.emplace_back((t.nbytes + 7) / 8);
+        std::memcpy(copy.data(), t.data, t.nbytes);
+        t.data = copy.data();
+      }
       f->tensors_.emplace(name, std::move(t));
     } catch (const json::exception& e) {
       fail("{}: malformed header entry for tensor {}: {}", path, name, e.what());

@@ -38,6 +38,7 @@ class SafetensorsFile {
   size_t size_ = 0;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
+  std::vector<std::vector<uint64_t>> aligned_copies_;  // tensors whose mapped data was misaligned
 };
 
 // All tensors of a checkpoint directory (model.safetensors, or the shards of the index), by name.
