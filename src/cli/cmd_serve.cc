@@ -3,7 +3,7 @@
 //     --max-num-batched-tokens N --max-num-seqs N --max-model-len N --gpu-memory-utilization F
 //     --enable-prefix-caching --enable-chunked-prefill --dtype auto --speculative-config JSON
 //     --api-key KEY --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
-// Without MODEL_DIR it serves the bundled model with its drafter (speculation on, k = 3).
+// Without MODEL_DIR it serves the bundled model with its drafter (speculation on, k = 2).
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -154,8 +154,9 @@ void run_serve(ServeOptions o) {
   if (bundled && o.speculative_config.empty()) {
     const std::string drafter = bundled_drafter_dir();
     if (std::filesystem::is_directory(drafter)) {
+      // k = 2: the fastest setting of the bundled pair in every measured sweep (docs/PERF.md).
       o.speculative_config =
-          nlohmann::json{{"method", "mtp"}, {"model", drafter}, {"num_speculative_tokens", 3}}.dump();
+          nlohmann::json{{"method", "mtp"}, {"model", drafter}, {"num_speculative_tokens", 2}}.dump();
     } else {
       log::warn("bundled drafter missing at {}; serving without speculation", drafter);
     }
