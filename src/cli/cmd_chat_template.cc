@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "cli/common.h"
 #include "tokenizer/chat_template.h"
 #include "util/error.h"
 
@@ -21,17 +22,7 @@ void run_chat_template(const std::string& path, bool jsonl) {
   if (!jsonl) fail("chat-template: only --jsonl input is supported; pass --jsonl");
   ChatTemplateFiles files = load_chat_template_files(path);
   ChatTemplate tmpl = ChatTemplate::parse(files.source);
-  std::string line;
-  size_t lineno = 0;
-  while (std::getline(std::cin, line)) {
-    ++lineno;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::ordered_json obj;
-    try {
-      obj = nlohmann::ordered_json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      fail("stdin line {}: not valid JSON ({})", lineno, e.what());
-    }
+  for_each_stdin_json<nlohmann::ordered_json>([&](const nlohmann::ordered_json& obj, size_t lineno) {
     if (!obj.is_object()) fail("stdin line {}: expected a JSON object with \"messages\"", lineno);
     nlohmann::ordered_json vars = nlohmann::ordered_json::object();
     vars["tools"] = nullptr;
@@ -48,7 +39,7 @@ void run_chat_template(const std::string& path, bool jsonl) {
     }
     std::cout << nlohmann::ordered_json(out).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
               << '\n';
-  }
+  });
   std::cout.flush();
 }
 

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/common.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -59,37 +60,19 @@ void run_tokenize(const TokenizeOptions& o) {
     std::printf("%s\n", dump(json(tok.encode(o.text, add_special))).c_str());
     return;
   }
-  std::string line;
-  size_t lineno = 0;
-  while (std::getline(std::cin, line)) {
-    ++lineno;
-    json j;
-    try {
-      j = json::parse(line);
-    } catch (const json::exception& e) {
-      fail("stdin line {}: not valid JSON ({})", lineno, e.what());
-    }
+  for_each_stdin_json([&](const json& j, size_t lineno) {
     if (!j.is_string()) fail("stdin line {}: expected a JSON string", lineno);
     std::string out = dump(json(tok.encode(j.get_ref<const std::string&>(), add_special)));
     std::fwrite(out.data(), 1, out.size(), stdout);
     std::fputc('\n', stdout);
-  }
+  });
   std::fflush(stdout);
 }
 
 void run_detokenize(const TokenizeOptions& o) {
   Tokenizer tok = Tokenizer::load(o.tokenizer);
-  std::string line;
-  size_t lineno = 0;
   std::vector<int32_t> ids;
-  while (std::getline(std::cin, line)) {
-    ++lineno;
-    json j;
-    try {
-      j = json::parse(line);
-    } catch (const json::exception& e) {
-      fail("stdin line {}: not valid JSON ({})", lineno, e.what());
-    }
+  for_each_stdin_json([&](const json& j, size_t lineno) {
     if (!j.is_array()) fail("stdin line {}: expected a JSON array of token ids", lineno);
     ids.clear();
     for (const auto& v : j) {
@@ -99,7 +82,7 @@ void run_detokenize(const TokenizeOptions& o) {
     std::string out = dump(json(tok.decode(ids, o.skip_special)));
     std::fwrite(out.data(), 1, out.size(), stdout);
     std::fputc('\n', stdout);
-  }
+  });
   std::fflush(stdout);
 }
 

@@ -1,13 +1,16 @@
 // Helpers shared by the CLI subcommands.
 #pragma once
 #include <cstdint>
+#include <iostream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "backend/backend.h"
 #include "model/gemma4_assistant.h"
 #include "model/weights.h"
+#include "util/error.h"
 
 namespace tandem::cli {
 
@@ -21,6 +24,26 @@ std::vector<int32_t> parse_ids(const std::string& text);
 // "safetensors" | "dummy"; "vllm" | "hf".
 LoadFormat parse_load_format(const std::string& name);
 DraftPosition parse_draft_position(const std::string& name);
+
+// The --jsonl input of tokenize / detokenize / chat-template: calls fn(value, line_number) for each
+// non-blank stdin line parsed as Json (nlohmann::json, or ordered_json to keep key order); a line that
+// is not JSON fails naming its number.
+template <typename Json = nlohmann::json, typename F>
+void for_each_stdin_json(F&& fn) {
+  std::string line;
+  size_t lineno = 0;
+  while (std::getline(std::cin, line)) {
+    ++lineno;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    Json value;
+    try {
+      value = Json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      fail("stdin line {}: not valid JSON ({})", lineno, e.what());
+    }
+    fn(value, lineno);
+  }
+}
 
 // A CPU backend with `threads` threads (0: all cores), logged once.
 std::unique_ptr<Backend> make_backend(int threads);
