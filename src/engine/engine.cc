@@ -135,20 +135,16 @@ void Engine::loop() {
   }
   // Shutting down: whatever is left is aborted.
   std::lock_guard<std::mutex> lock(mutex_);
-  for (auto* list : {&running_}) {
-    for (auto& s : *list) {
+  auto abort_all = [](auto& list) {
+    for (auto& s : list) {
       RequestOutput out;
       out.id = s->id, out.finished = true, out.finish_reason = FinishReason::abort;
       s->callback(out);
     }
-    list->clear();
-  }
-  for (auto& s : waiting_) {
-    RequestOutput out;
-    out.id = s->id, out.finished = true, out.finish_reason = FinishReason::abort;
-    s->callback(out);
-  }
-  waiting_.clear();
+    list.clear();
+  };
+  abort_all(running_);
+  abort_all(waiting_);
 }
 
 int32_t Engine::match_prefix(Sequence& s) {
