@@ -117,15 +117,20 @@ void Engine::loop() {
     } catch (const std::exception& e) {
       // A failing step must not take the server down: fail every running request with the error.
       log::warn("engine step failed: {}", e.what());
-      std::lock_guard<std::mutex> lock(mutex_);
-      for (auto& s : running_) {
+      std::vector<std::unique_ptr<Sequence>> failed;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        failed.swap(running_);
+        for (auto& s : failed) {
+          if (proposer_) proposer_->release(s->id);
+          kv_->release_all(s->table);
+        }
+      }
+      for (auto& s : failed) {  // outside the lock: a callback may call abort()
         RequestOutput out;
         out.id = s->id, out.finished = true, out.finish_reason = FinishReason::error, out.error = e.what();
         s->callback(out);
-        if (proposer_) proposer_->release(s->id);
-        kv_->release_all(s->table);
       }
-      running_.clear();
     }
     if (!busy) {
       std::unique_lock<std::mutex> lock(mutex_);
