@@ -517,6 +517,10 @@ int HttpServer::bind() {
     port_ = http_->bind_to_port(options_.host, options_.port) ? options_.port : -1;
   }
   if (port_ <= 0) fail("cannot listen on {}:{} (address in use or not available)", options_.host, options_.port);
+  // Debian's cpp-httplib listens with a backlog of 5: a burst of new connections (64 clients
+  // starting at once) overflows the accept queue and some fail. listen() again on the same socket
+  // raises the backlog (Linux updates it in place).
+  if (listen_socket_ >= 0) ::listen(listen_socket_, SOMAXCONN);
   return port_;
 }
 
@@ -537,6 +541,12 @@ void HttpServer::routes() {
   size_t threads = options_.http_threads > 0 ? static_cast<size_t>(options_.http_threads) : 256;
   svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   svr.set_payload_max_length(options_.max_body_bytes);
+  // cpp-httplib's default socket options (address reuse), plus remembering the listening socket.
+  svr.set_socket_options([this](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listen_socket_ = sock;
+  });
   svr.set_keep_alive_max_count(1000);
   svr.set_keep_alive_timeout(2);  // idle keep-alive connections hold a worker; also bounds shutdown time
   svr.set_read_timeout(30, 0);

@@ -61,6 +61,7 @@ class HttpServer {
   std::unique_ptr<httplib::Server> http_;
   std::atomic<bool> stopping_{false};
   int port_ = 0;
+  int listen_socket_ = -1;  // the listening socket, to raise its backlog after bind
 };
 
 }  // namespace tandem::server
