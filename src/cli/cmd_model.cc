@@ -75,11 +75,11 @@ void inspect_assistant(const ModelConfig& c, bool json_out) {
                 c.layers[i].n_kv_heads);
 }
 
-void run_inspect(const std::string& dir, bool json_out) {
+void run_inspect(const std::string& dir, bool json_out, const std::string& load_format) {
   const ModelConfig config = load_model_config(dir);
   if (config.is_assistant()) return inspect_assistant(config, json_out);
   auto backend = make_cpu_backend(1);
-  auto model = Gemma4Model::load(config, *backend, LoadFormat::safetensors);
+  auto model = Gemma4Model::load(config, *backend, parse_load_format(load_format));
   const ModelConfig& c = model->config();
   nlohmann::json j;
   j["architecture"] = c.model_type;
@@ -133,9 +133,11 @@ void run_inspect(const std::string& dir, bool json_out) {
 const RegisterCommand inspect_command("inspect", "Describe a checkpoint: layers, parameters, KV bytes", [](CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   auto json_out = std::make_shared<bool>(false);
+  auto load_format = std::make_shared<std::string>("safetensors");
   app.add_option("model", *dir, "Checkpoint directory")->required();
   app.add_flag("--json", *json_out, "Print JSON");
-  app.callback([dir, json_out] { run_inspect(*dir, *json_out); });
+  app.add_option("--load-format", *load_format, "safetensors, or dummy (a config.json alone)");
+  app.callback([dir, json_out, load_format] { run_inspect(*dir, *json_out, *load_format); });
 });
 
 }  // namespace
