@@ -53,37 +53,6 @@ struct ServeOptions {
   bool disable_log_requests = false, disable_log_stats = false;
 };
 
-// "123", "512MiB", "2GiB", "1.5G", "4096K" → bytes.
-int64_t parse_bytes(const std::string& text) {
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(text, &used);
-  } catch (const std::exception&) {
-    fail("--kv-cache-memory: \"{}\" is not a size (e.g. 536870912, 512MiB, 2GiB)", text);
-  }
-  std::string unit = text.substr(used);
-  for (auto& ch : unit) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  double mult = 1;
-  if (unit.empty() || unit == "b") mult = 1;
-  else if (unit == "k" || unit == "kb" || unit == "kib") mult = 1024.0;
-  else if (unit == "m" || unit == "mb" || unit == "mib") mult = 1024.0 * 1024;
-  else if (unit == "g" || unit == "gb" || unit == "gib") mult = 1024.0 * 1024 * 1024;
-  else fail("--kv-cache-memory: unknown unit \"{}\" in \"{}\" (use B, KiB, MiB or GiB)", unit, text);
-  if (!(v > 0) || !std::isfinite(v)) fail("--kv-cache-memory must be positive, got \"{}\"", text);
-  return static_cast<int64_t>(v * mult);
-}
-
-int64_t mem_available_bytes() {
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  int64_t kb = 0;
-  std::string unit;
-  while (f >> key >> kb >> unit)
-    if (key == "MemAvailable:") return kb * 1024;
-  return 0;
-}
-
 // Every `interval` while there is activity: throughput, queue, KV usage and speculative acceptance
 // over the interval (the numbers vLLM logs, from the same counters /metrics exports).
 class StatsLogger {
@@ -201,7 +170,7 @@ void run_serve(ServeOptions o) {
   int64_t kv_bytes = 0;
   std::string kv_source;
   if (!o.kv_cache_memory.empty()) {
-    kv_bytes = parse_bytes(o.kv_cache_memory), kv_source = "--kv-cache-memory";
+    kv_bytes = parse_bytes("--kv-cache-memory", o.kv_cache_memory), kv_source = "--kv-cache-memory";
   } else if (o.kv_cache_gb > 0) {
     kv_bytes = static_cast<int64_t>(o.kv_cache_gb * (1ll << 30)), kv_source = "--kv-cache-gb";
   } else {

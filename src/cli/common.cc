@@ -1,6 +1,8 @@
 #include "cli/common.h"
 
+#include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <filesystem>
 
 #include "util/error.h"
@@ -56,6 +58,37 @@ DraftPosition parse_draft_position(const std::string& name) {
   if (name == "vllm") return DraftPosition::vllm;
   if (name == "hf") return DraftPosition::hf;
   fail("--draft-position must be vllm or hf, got \"{}\"", name);
+}
+
+// "123", "512MiB", "2GiB", "1.5G", "4096K" → bytes.
+int64_t parse_bytes(const std::string& flag, const std::string& text) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    fail("{}: \"{}\" is not a size (e.g. 536870912, 512MiB, 2GiB)", flag, text);
+  }
+  std::string unit = text.substr(used);
+  for (auto& ch : unit) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  double mult = 1;
+  if (unit.empty() || unit == "b") mult = 1;
+  else if (unit == "k" || unit == "kb" || unit == "kib") mult = 1024.0;
+  else if (unit == "m" || unit == "mb" || unit == "mib") mult = 1024.0 * 1024;
+  else if (unit == "g" || unit == "gb" || unit == "gib") mult = 1024.0 * 1024 * 1024;
+  else fail("{}: unknown unit \"{}\" in \"{}\" (use B, KiB, MiB or GiB)", flag, unit, text);
+  if (!(v > 0) || !std::isfinite(v)) fail("{} must be positive, got \"{}\"", flag, text);
+  return static_cast<int64_t>(v * mult);
+}
+
+int64_t mem_available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 0;
 }
 
 std::unique_ptr<Backend> make_backend(int threads) {

@@ -45,6 +45,11 @@ void for_each_stdin_json(F&& fn) {
   }
 }
 
+// "123", "512MiB", "2GiB", "1.5G", "4096K" -> bytes; errors name `flag`.
+int64_t parse_bytes(const std::string& flag, const std::string& text);
+// MemAvailable of /proc/meminfo (0 if unknown).
+int64_t mem_available_bytes();
+
 // A CPU backend with `threads` threads (0: all cores), logged once.
 std::unique_ptr<Backend> make_backend(int threads);
 

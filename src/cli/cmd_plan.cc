@@ -1,0 +1,110 @@
+// tandem plan: what fits in memory and why — weights (mmapped, in their stored dtype), the KV cache
+// per token and per sequence, and how many full-length sequences a memory budget holds.
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "cli/common.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "spec/speculative_config.h"
+
+namespace tandem::cli {
+namespace {
+
+struct PlanOptions {
+  std::string model, speculative_config, memory;
+  int max_model_len = 8192, max_num_seqs = 64;
+  bool json = false;
+};
+
+int64_t checkpoint_bytes(const std::string& dir) {
+  const WeightStore store = WeightStore::open(dir);
+  int64_t bytes = 0;
+  for (const auto& [name, t] : store.tensors()) bytes += static_cast<int64_t>(t.nbytes);
+  return bytes;
+}
+
+std::string mib(int64_t bytes) { return fmt::format("{:.1f} MiB", bytes / 1048576.0); }
+
+void run_plan(const PlanOptions& o) {
+  const std::string dir = o.model.empty() ? bundled_model_dir() : o.model;
+  const ModelConfig target = load_model_config(dir);
+  if (target.is_assistant()) fail("{} is a drafter; plan its target and pass the drafter in --speculative-config", dir);
+  const int64_t weights = checkpoint_bytes(dir);
+  int64_t drafter_weights = 0, drafter_kv_per_token = 0;
+  int k = 0;
+  std::string method = "none";
+  if (!o.speculative_config.empty()) {
+    const SpeculativeConfig spec = parse_speculative_config(o.speculative_config);
+    k = spec.num_speculative_tokens;
+    method = spec.method;
+    if (!spec.model.empty()) {
+      const ModelConfig d = load_model_config(spec.model);
+      drafter_weights = checkpoint_bytes(spec.model);
+      if (!d.is_assistant()) drafter_kv_per_token = d.kv_bytes_per_token(4);  // a draft model keeps its own KV
+      else method = "mtp";  // reads the target's KV: no cache of its own
+    }
+  }
+  // The CPU backend keeps K/V in f32; a verify block needs k more positions per sequence.
+  const int64_t kv_per_token = target.kv_bytes_per_token(4) + drafter_kv_per_token;
+  const int64_t per_sequence = kv_per_token * (o.max_model_len + k + 1);
+  const int64_t budget = o.memory.empty() ? mem_available_bytes() : parse_bytes("--memory", o.memory);
+  const int64_t needed = weights + drafter_weights + per_sequence * o.max_num_seqs;
+  const int64_t for_kv = budget - weights - drafter_weights;
+  const int64_t seqs_that_fit = for_kv > 0 ? for_kv / per_sequence : 0;
+  const int64_t len_that_fits =
+      for_kv > 0 ? std::max<int64_t>(0, for_kv / (kv_per_token * o.max_num_seqs) - k - 1) : 0;
+  const bool fits = needed <= budget;
+
+  nlohmann::json j = {{"model", dir},
+                      {"weights_bytes", weights},
+                      {"speculative_method", method},
+                      {"num_speculative_tokens", k},
+                      {"drafter_weights_bytes", drafter_weights},
+                      {"kv_bytes_per_token", kv_per_token},
+                      {"kv_bytes_per_token_bf16", target.kv_bytes_per_token(2)},
+                      {"kv_bytes_per_sequence", per_sequence},
+                      {"max_model_len", o.max_model_len},
+                      {"max_num_seqs", o.max_num_seqs},
+                      {"budget_bytes", budget},
+                      {"needed_bytes", needed},
+                      {"fits", fits},
+                      {"sequences_that_fit", seqs_that_fit},
+                      {"max_model_len_that_fits", len_that_fits}};
+  if (o.json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("%s (%s)\n", dir.c_str(), target.model_type.c_str());
+  std::printf("  weights        %s, mmapped in their stored dtype (pages shared, not copied)\n", mib(weights).c_str());
+  if (!o.speculative_config.empty())
+    std::printf("  drafter        %s, %s, k = %d%s\n", mib(drafter_weights).c_str(), method.c_str(), k,
+                method == "mtp" ? " (reads the target's KV: no cache of its own)" : "");
+  std::printf("  KV cache       %lld bytes/token (f32, as the CPU backend stores it; %lld in bf16)\n",
+              static_cast<long long>(kv_per_token), static_cast<long long>(target.kv_bytes_per_token(2)));
+  std::printf("  per sequence   %s at --max-model-len %d (+%d verify positions)\n", mib(per_sequence).c_str(),
+              o.max_model_len, k + 1);
+  std::printf("  budget         %s (%s)\n", mib(budget).c_str(), o.memory.empty() ? "MemAvailable" : "--memory");
+  std::printf("  needed         %s for --max-num-seqs %d full-length sequences: %s\n", mib(needed).c_str(),
+              o.max_num_seqs, fits ? "fits" : "does NOT fit");
+  if (!fits)
+    std::printf("  to fit         --max-num-seqs %lld at this length, or --max-model-len %lld for %d sequences "
+                "(requests beyond the KV cache wait instead of failing)\n",
+                static_cast<long long>(seqs_that_fit), static_cast<long long>(len_that_fits), o.max_num_seqs);
+}
+
+const RegisterCommand plan_command("plan", "What fits in memory and why (weights, KV cache, sequences)", [](CLI::App& app) {
+  auto o = std::make_shared<PlanOptions>();
+  app.add_option("model", o->model, "Target checkpoint directory (default: the bundled model)");
+  app.add_option("--speculative-config", o->speculative_config, "vLLM-style JSON, as for serve");
+  app.add_option("--max-model-len", o->max_model_len, "Tokens per sequence")->check(CLI::Range(1, 1 << 24));
+  app.add_option("--max-num-seqs", o->max_num_seqs, "Concurrent sequences")->check(CLI::Range(1, 1 << 16));
+  app.add_option("--memory", o->memory, "Memory budget, e.g. 24GiB (default: MemAvailable)");
+  app.add_flag("--json", o->json, "Print JSON");
+  app.callback([o] { run_plan(*o); });
+});
+
+}  // namespace
+}  // namespace tandem::cli

@@ -1,0 +1,41 @@
+// tandem plan: the arithmetic of what fits, through the real command.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "fixtures.h"
+
+namespace tandem {
+namespace {
+
+nlohmann::json plan(const std::string& args) {
+  std::string out;
+  const std::string cmd = std::string(TANDEM_BINARY) + " plan " + testing::fixtures_dir() + "/gemma4-moe --json " + args;
+  EXPECT_EQ(testing::run_command(cmd + " 2>/dev/null", &out), 0) << out;
+  return nlohmann::json::parse(out);
+}
+
+TEST(Plan, CountsWeightsAndKvAndSaysWhatFits) {
+  // gemma4-moe: sliding layers 2 KV heads × 32, full layers 1 × 64 (K=V): per token (f32)
+  // 4 × 2·2·32·4 + 2 × 2·1·64·4 = 2048 + 1024 bytes.
+  const auto small = plan("--max-model-len 100 --max-num-seqs 4 --memory 16MiB");
+  EXPECT_EQ(small["kv_bytes_per_token"], 3072);
+  EXPECT_EQ(small["kv_bytes_per_sequence"], 3072 * 101);
+  EXPECT_GT(small["weights_bytes"].get<int64_t>(), 0);
+  EXPECT_TRUE(small["fits"]);
+  const auto big = plan("--max-model-len 4096 --max-num-seqs 256 --memory 16MiB");
+  EXPECT_FALSE(big["fits"]);
+  const int64_t for_kv = (16 << 20) - big["weights_bytes"].get<int64_t>();
+  EXPECT_EQ(big["sequences_that_fit"], for_kv / (3072 * 4097));
+  EXPECT_LE(big["sequences_that_fit"].get<int64_t>() * 3072 * 4097, for_kv);
+  // An MTP drafter adds its weights but no KV (it reads the target's); k adds verify positions.
+  const auto spec = plan("--max-model-len 100 --memory 16MiB --speculative-config '{\"model\": \"" +
+                         testing::fixtures_dir() + "/gemma4-moe-assistant\", \"num_speculative_tokens\": 3}'");
+  EXPECT_EQ(spec["speculative_method"], "mtp");
+  EXPECT_EQ(spec["kv_bytes_per_token"], 3072);
+  EXPECT_EQ(spec["kv_bytes_per_sequence"], 3072 * 104);
+  EXPECT_GT(spec["drafter_weights_bytes"].get<int64_t>(), 0);
+}
+
+}  // namespace
+}  // namespace tandem
