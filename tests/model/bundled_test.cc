@@ -13,18 +13,6 @@ namespace {
 const std::string kModel = std::string(TANDEM_SOURCE_DIR) + "/models/tandem-code-demo";
 const std::string kDrafter = std::string(TANDEM_SOURCE_DIR) + "/models/tandem-code-demo-assistant";
 
-std::vector<int32_t> generate(Engine& engine, const std::vector<int32_t>& prompt, int n) {
-  Request r;
-  r.prompt = prompt;
-  r.max_tokens = n;
-  r.ignore_eos = true;
-  r.sampling.temperature = 0;
-  std::vector<int32_t> out;
-  engine.submit(r, [&](const RequestOutput& o) { out.insert(out.end(), o.tokens.begin(), o.tokens.end()); });
-  engine.run_until_idle();
-  return out;
-}
-
 TEST(BundledModel, MatchesTransformers) {
   auto backend = make_cpu_backend(2);
   auto model = Gemma4Model::load(kModel, *backend);
@@ -60,7 +48,7 @@ TEST(BundledModel, MatchesTransformers) {
       model->forward(batch, kv, &hidden, &logits);
       EXPECT_LT(testing::relative_l2(logits.f32(), decode.data() + j * V, V), 1e-4) << "decode step " << j;
     }
-    EXPECT_EQ(generate(engine, ids, static_cast<int>(greedy.size())), greedy);
+    EXPECT_EQ(testing::greedy_generate(engine, ids, static_cast<int>(greedy.size())), greedy);
   }
 }
 
@@ -78,7 +66,7 @@ TEST(BundledModel, SpeculativeGreedyEqualsPlain) {
   for (int p = 0; golden.find("ids." + std::to_string(p)); ++p) {
     const auto ids = testing::tensor_values<int32_t>(golden, "ids." + std::to_string(p));
     const auto greedy = testing::tensor_values<int32_t>(golden, "greedy." + std::to_string(p));
-    EXPECT_EQ(generate(engine, ids, static_cast<int>(greedy.size())), greedy) << "prompt " << p;
+    EXPECT_EQ(testing::greedy_generate(engine, ids, static_cast<int>(greedy.size())), greedy) << "prompt " << p;
   }
   const SpecStats s = engine.stats().spec;
   EXPECT_GT(s.num_accepted_tokens, 0u);  // a trained drafter: real acceptance, not ~0

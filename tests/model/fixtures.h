@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/engine.h"
 #include "io/safetensors.h"
 
 namespace tandem::testing {
@@ -39,6 +40,21 @@ inline double relative_l2(const float* a, const float* b, size_t n) {
     den += static_cast<double>(b[i]) * b[i];
   }
   return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Greedy generation of n tokens (EOS ignored) through the engine; k: per-request speculative
+// tokens (-1: the engine's setting).
+inline std::vector<int32_t> greedy_generate(Engine& engine, const std::vector<int32_t>& prompt, int n, int k = -1) {
+  Request r;
+  r.prompt = prompt;
+  r.max_tokens = n;
+  r.ignore_eos = true;
+  r.sampling.temperature = 0;
+  r.num_speculative_tokens = k;
+  std::vector<int32_t> out;
+  engine.submit(r, [&](const RequestOutput& o) { out.insert(out.end(), o.tokens.begin(), o.tokens.end()); });
+  engine.run_until_idle();
+  return out;
 }
 
 // Runs a shell command, returning its exit status and stdout+stderr.

@@ -60,15 +60,7 @@ TEST_P(GoldenTest, GreedyContinuationMatchesTransformers) {
   for (int p = 0; golden.find("ids." + std::to_string(p)); ++p) {
     const auto ids = testing::tensor_values<int32_t>(golden, "ids." + std::to_string(p));
     const auto greedy = testing::tensor_values<int32_t>(golden, "greedy." + std::to_string(p));
-    Request r;
-    r.prompt = ids;
-    r.max_tokens = static_cast<int>(greedy.size());
-    r.ignore_eos = true;
-    r.sampling.temperature = 0;
-    std::vector<int32_t> out;
-    engine.submit(r, [&](const RequestOutput& o) { out.insert(out.end(), o.tokens.begin(), o.tokens.end()); });
-    engine.run_until_idle();
-    EXPECT_EQ(out, greedy) << "prompt " << p;
+    EXPECT_EQ(testing::greedy_generate(engine, ids, static_cast<int>(greedy.size())), greedy) << "prompt " << p;
   }
 }
 

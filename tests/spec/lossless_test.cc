@@ -17,19 +17,6 @@ struct Case {
   std::string spec_json;  // with %K% for k
 };
 
-std::vector<int32_t> generate(Engine& engine, const std::vector<int32_t>& prompt, int n, int k = -1) {
-  Request r;
-  r.prompt = prompt;
-  r.max_tokens = n;
-  r.ignore_eos = true;
-  r.sampling.temperature = 0;
-  r.num_speculative_tokens = k;
-  std::vector<int32_t> out;
-  engine.submit(r, [&](const RequestOutput& o) { out.insert(out.end(), o.tokens.begin(), o.tokens.end()); });
-  engine.run_until_idle();
-  return out;
-}
-
 class Lossless : public ::testing::TestWithParam<Case> {};
 
 TEST_P(Lossless, GreedyOutputEqualsPlainForEveryK) {
@@ -53,8 +40,8 @@ TEST_P(Lossless, GreedyOutputEqualsPlainForEveryK) {
       SCOPED_TRACE("k=" + std::to_string(k) + " prompt " + std::to_string(p));
       const auto prompt = testing::tensor_values<int32_t>(golden, "ids." + std::to_string(p));
       const int n = p == 2 ? 60 : 24;  // 21 + 60 tokens: the 8-token window wraps ten times
-      const auto want = generate(plain, prompt, n);
-      EXPECT_EQ(generate(engine, prompt, n), want);
+      const auto want = testing::greedy_generate(plain, prompt, n);
+      EXPECT_EQ(testing::greedy_generate(engine, prompt, n), want);
     }
     const SpecStats s = engine.stats().spec;
     EXPECT_GT(s.num_drafts, 0u);
@@ -102,7 +89,7 @@ TEST(SpecCounters, TotalsEqualTheSumOverRounds) {
     for (int i = 0; i < a; ++i) ++per_position[i];
   };
   const WeightStore golden = WeightStore::open(dir + "gemma4-moe/golden.safetensors");
-  for (int p = 0; p < 3; ++p) generate(engine, testing::tensor_values<int32_t>(golden, "ids." + std::to_string(p)), 30);
+  for (int p = 0; p < 3; ++p) testing::greedy_generate(engine, testing::tensor_values<int32_t>(golden, "ids." + std::to_string(p)), 30);
   const SpecStats s = engine.stats().spec;
   EXPECT_EQ(s.num_drafts, rounds);
   EXPECT_EQ(s.num_draft_tokens, drafted);
