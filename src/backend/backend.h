@@ -1,59 +1,97 @@
-// The op interface every backend implements (CPU now, CUDA next). Ops work at the level of fused
+// The op interface every backend implements (CPU and CUDA). Ops work at the level of fused
 // transformer steps so the model code reads like the paper and each backend may fuse as it likes.
+//
+// Memory belongs to the backend: every TensorView an op reads or writes lives in memory the backend
+// allocated (or, on the CPU backend, any host memory), including integer inputs such as token ids,
+// positions, KV slots, block tables and expert ids. Model code fills them with one upload per step
+// and reads results back with download; no host pointer crosses an op, so a CUDA step runs with no
+// host round trip between ops.
+//
+// Backends check shapes and dtypes on the host. Integer inputs in device memory cannot be checked
+// there: the CPU backend fails on an id, slot or table entry out of range, the CUDA backend's kernels
+// never read or write out of bounds and give zeros for such rows instead. Model code plans valid
+// inputs on the host, so neither happens in a correct step.
 //
 // Conventions: activations are F32; weights are in their stored dtype (F32, BF16, F16, F8_E4M3) and
 // are never converted up front; every op accumulates in f32. Linear weights are PyTorch-style
-// [out, in], so matmul computes y = x · Wᵀ. Shapes are written beside each argument.
+// [out, in], so matmul computes y = x · Wᵀ. Shapes are written beside each argument. Ops on one
+// backend run in issue order; download() waits for everything issued before it.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <span>
 #include <string>
 
 #include "backend/tensor.h"
 
 namespace tandem {
 
-// One layer's paged KV storage: K and V each [num_blocks, block_size, n_kv_heads, head_dim], F32.
-// A token's slot is block_table[pos / block_size] * block_size + pos % block_size.
+// One layer's paged KV storage: K and V each [num_blocks, block_size, n_kv_heads, head_dim] of
+// `dtype` (F32, or BF16 where the backend supports it). A token's slot is
+// block_table[pos / block_size] * block_size + pos % block_size.
 struct KvLayer {
-  float* k = nullptr;
-  float* v = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
+  DType dtype = DType::F32;
   int32_t num_blocks = 0;
   int32_t block_size = 0;
   int32_t n_kv_heads = 0;
   int32_t head_dim = 0;
 };
 
-// What one query row of an attention op may see: the keys at positions [kv_begin, kv_end) of the
-// sequence whose pages are listed in block_table. Causality, sliding windows and the drafter's
-// frozen view are all expressed through this range, so the op itself knows no masking rules.
-struct AttentionRow {
-  const int32_t* block_table = nullptr;
-  int32_t kv_begin = 0;
-  int32_t kv_end = 0;
+// What each query row of an attention op may see: the keys at positions [kv_begin, kv_end) of the
+// sequence whose pages are listed in row `table` of block_tables. Causality, sliding windows and the
+// drafter's frozen view are all expressed through these ranges, so the op knows no masking rules.
+struct AttentionRows {
+  TensorView ranges;        // [T, 3] I32: (table, kv_begin, kv_end) per query row
+  TensorView block_tables;  // [S, max_blocks] I32: one row per sequence
 };
 
 class Backend {
  public:
   virtual ~Backend() = default;
-  virtual std::string name() const = 0;  // e.g. "cpu (avx512-bf16, 2 threads)"
+  virtual std::string name() const = 0;  // e.g. "cpu (avx512, 2 threads)", "cuda:0 (NVIDIA H200, sm_90)"
+  virtual bool is_host() const = 0;      // true when backend memory is ordinary host memory
 
+  // --- Memory ---
+  // Aligned (256 B) memory of this backend; throws tandem::Error naming the size when none is left.
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void free(void* p) = 0;
+  // host → backend memory (ordered with the ops), and backend → host (waits for pending ops).
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  // Waits until every issued op has finished (a no-op where ops are synchronous).
+  virtual void synchronize() = 0;
+  // Bytes of backend memory currently free and in total (0, 0 where unknown).
+  virtual void memory_info(size_t* free_bytes, size_t* total_bytes) const = 0;
+  // How many times the host has waited for the backend so far (downloads and synchronize()): the
+  // debug counter that shows a step makes exactly one such wait.
+  virtual uint64_t host_syncs() const = 0;
+
+  // --- Data movement ---
+  // dst = src for 2-D views of one dtype (either may have a row stride).
+  virtual void copy(const TensorView& src, TensorView& dst) = 0;
+  // dst[r, :] = src[ids[r], :]   src [N, C] any dtype, ids [R] I32, dst [R, C] of src's dtype.
+  virtual void gather_rows(const TensorView& src, const TensorView& ids, TensorView& dst) = 0;
+  // Fills a BF16 tensor with seeded values center ± half_width, the same on every backend
+  // (element i depends only on seed and i): the weights of --load-format dummy.
+  virtual void fill_dummy(TensorView& t, uint64_t seed, float center, float half_width) = 0;
+
+  // --- Layers ---
   // y[T,N] = x[T,K] · w[N,K]ᵀ.   w: F32/BF16/F16/F8_E4M3, x and y: F32 (y may have a row stride).
   virtual void matmul(const TensorView& x, const TensorView& w, TensorView& y) = 0;
 
-  // y[T,H] = table[ids[t], :] · scale   (table [V,H] in any float dtype).
-  virtual void embed(std::span<const int32_t> ids, const TensorView& table, float scale,
-                     TensorView& y) = 0;
+  // y[T,H] = table[ids[t], :] · scale   (ids [T] I32, table [V,H] in any float dtype).
+  virtual void embed(const TensorView& ids, const TensorView& table, float scale, TensorView& y) = 0;
 
   // Row-wise RMSNorm over the last dim D: y = x · (mean(x²) + eps)^-½ · w.  x, y [R,D] (may alias);
   // weight [D] in any float dtype, or nullptr for the weightless norm (w ≡ 1).
   virtual void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) = 0;
 
   // In-place rotate-half RoPE on x [T, n_heads, d]: pairs (i, i + d/2) rotated by positions[t] ·
-  // inv_freq[i], i < d/2 (inv_freq [d/2] F32; zeros leave a pair unrotated, as proportional RoPE does).
-  virtual void rope(TensorView& x, std::span<const int32_t> positions,
-                    std::span<const float> inv_freq) = 0;
+  // inv_freq[i], i < d/2 (positions [T] I32, inv_freq [d/2] F32; zeros leave a pair unrotated, as
+  // proportional RoPE does).
+  virtual void rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) = 0;
 
   // out[R,I] = gelu_tanh(gate[R,I]) ⊙ up[R,I]   (gate/up may be strided halves of one tensor).
   virtual void gelu_tanh_mul(const TensorView& gate, const TensorView& up, TensorView& out) = 0;
@@ -66,28 +104,102 @@ class Backend {
   // x = cap · tanh(x / cap), in place.
   virtual void softcap(TensorView& x, float cap) = 0;
 
-  // Writes k, v [T, n_kv, d] into the layer's cache at slots[t].
-  virtual void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer,
-                        std::span<const int64_t> slots) = 0;
+  // Writes k, v [T, n_kv, d] into the layer's cache at slots[t] (slots [T] I64).
+  virtual void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slots) = 0;
 
   // out[T, n_heads·d] = softmax(q·Kᵀ · scale) · V per query row t and head h, over the keys that
-  // rows[t] allows; query head h reads KV head h / (n_heads / n_kv). q [T, n_heads, d].
-  virtual void attention(const TensorView& q, const KvLayer& layer, std::span<const AttentionRow> rows,
-                         float scale, TensorView& out) = 0;
+  // rows allows row t; query head h reads KV head h / (n_heads / n_kv). q [T, n_heads, d].
+  virtual void attention(const TensorView& q, const KvLayer& layer, const AttentionRows& rows, float scale,
+                         TensorView& out) = 0;
 
-  // Router: per row of logits [T,E], softmax over all E, take the top-k, renormalise them to sum 1,
-  // then multiply by per_expert_scale[e] (F32/BF16, or nullptr). Ties break toward the lower index.
-  // Writes expert ids [T,k] and weights [T,k].
-  virtual void moe_route(const TensorView& logits, int k, const TensorView* per_expert_scale,
-                         int32_t* expert_ids, float* expert_weights) = 0;
+  // Router: per row of logits [T,E], softmax over all E, take the top-k (k = ids.cols()),
+  // renormalise them to sum 1, then multiply by per_expert_scale[e] (F32/BF16, or nullptr). Ties
+  // break toward the lower index. Writes expert ids [T,k] I32 and weights [T,k] F32.
+  virtual void moe_route(const TensorView& logits, const TensorView* per_expert_scale, TensorView& ids,
+                         TensorView& weights) = 0;
 
   // y[T,H] = Σ_j w[t,j] · down[e] · (gelu_tanh(g) ⊙ u), [g | u] = gate_up[e] · x[t], e = ids[t,j].
-  // gate_up [E, 2I, H] (gate rows first), down [E, H, I]; both any weight dtype.
-  virtual void moe_experts(const TensorView& x, const int32_t* expert_ids, const float* expert_weights,
-                           int k, const TensorView& gate_up, const TensorView& down, TensorView& y) = 0;
+  // gate_up [E, 2I, H] (gate rows first), down [E, H, I]; both any weight dtype. ids [T,k] I32,
+  // weights [T,k] F32 as moe_route writes them.
+  virtual void moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
+                           const TensorView& gate_up, const TensorView& down, TensorView& y) = 0;
+
+  // --- Selection ---
+  // out[r] = labels[r, j*] where j* = argmax_j x[r, j] (x [R,N] F32; labels [R,N] I32, or nullptr
+  // for labels[r, j] = j). Ties go to the lowest label.
+  virtual void argmax_rows(const TensorView& x, const TensorView* labels, TensorView& out) = 0;
+  // out[r, :] = the k = out.cols() column indices of the largest x[r, :], largest first; ties
+  // toward the lower index.   x [R,N] F32, out [R,k] I32.
+  virtual void topk_rows(const TensorView& x, TensorView& out) = 0;
 };
 
 // threads <= 0: one per available core.
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+
+// "cpu", "cuda" or "cuda:N"; "auto" is cuda when this build has CUDA and a GPU is present, else cpu.
+// threads: CPU worker threads (0: all cores). Throws tandem::Error for a device that is not there.
+std::unique_ptr<Backend> make_backend(const std::string& device, int threads = 0);
+// Whether this build has the CUDA backend and sees at least one GPU.
+bool cuda_available();
+
+// An owning allocation of backend memory (move-only).
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend& be, size_t bytes) : be_(&be), bytes_(bytes), p_(bytes ? be.alloc(bytes) : nullptr) {}
+  Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      be_ = o.be_, bytes_ = o.bytes_, p_ = o.p_;
+      o.p_ = nullptr, o.bytes_ = 0;
+    }
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { reset(); }
+
+  void* data() const { return p_; }
+  size_t bytes() const { return bytes_; }
+  void reset() {
+    if (p_) be_->free(p_);
+    p_ = nullptr, bytes_ = 0;
+  }
+
+ private:
+  Backend* be_ = nullptr;
+  size_t bytes_ = 0;
+  void* p_ = nullptr;
+};
+
+// A tensor in backend memory that grows on demand (scratch activations, per-step inputs). Its
+// address changes only when it grows, so a workspace sized once for the largest step is stable.
+class Tensor {
+ public:
+  explicit Tensor(Backend& be) : be_(&be) {}
+
+  // Views `dims` of dtype t, reallocating (contents lost) only when more bytes are needed.
+  TensorView& resize(DType t, std::initializer_list<int64_t> dims) {
+    TensorView v(t, nullptr, dims);
+    if (v.nbytes() > buf_.bytes()) buf_ = Buffer(*be_, (v.nbytes() + 255) / 256 * 256);
+    v.data = buf_.data();
+    view_ = v;
+    return view_;
+  }
+  const TensorView& view() const { return view_; }
+  TensorView& view() { return view_; }
+  operator const TensorView&() const { return view_; }
+  Backend& backend() const { return *be_; }
+
+ private:
+  Backend* be_;
+  Buffer buf_;
+  TensorView view_;
+};
+
+// Copies of a backend tensor's rows to host memory and of host data to a backend tensor.
+HostTensor to_host(Backend& be, const TensorView& t);
+void upload_to(Backend& be, const void* host, TensorView& dst);
 
 }  // namespace tandem

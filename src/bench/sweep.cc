@@ -96,7 +96,7 @@ std::vector<SettingResult> run_inprocess_sweep(const SweepOptions& o, const InPr
   check_options(o);
   if (t.prompt_ids.empty()) fail("the prompt is empty");
   const int kmax = *std::max_element(o.ks.begin(), o.ks.end());
-  auto backend = make_cpu_backend(t.threads);
+  auto backend = make_backend(t.device, t.threads);
   auto target = Gemma4Model::load(t.model_dir, *backend);
   std::unique_ptr<Proposer> proposer;
   std::string method = "none";

@@ -31,6 +31,7 @@ struct InProcessTarget {
   std::string draft_dir;   // needed when some k > 0 (unless method is ngram)
   std::string method;      // "" (draft_model, upgraded to mtp for an assistant drafter), mtp, draft_model, ngram
   int threads = 0;
+  std::string device = "auto";  // cpu, cuda, cuda:N or auto
   std::vector<int32_t> prompt_ids;
 };
 

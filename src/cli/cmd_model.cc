@@ -14,14 +14,15 @@ struct LogitsOptions {
   std::string ids;
   bool all_positions = false;
   int threads = 0;
+  std::string device = "auto";
 };
 
 void run_logits(const LogitsOptions& o) {
-  auto backend = make_backend(o.threads);
+  auto backend = make_logged_backend(o.device, o.threads);
   auto model = Gemma4Model::load(o.model.empty() ? bundled_model_dir() : o.model, *backend);
   const std::vector<int32_t> ids = parse_ids(o.ids);
   const int32_t n = static_cast<int32_t>(ids.size());
-  KvCache kv(model->config(), (n + 15) / 16, 16);
+  KvCache kv(model->backend(), model->config(), (n + 15) / 16, 16);
   std::vector<int32_t> table;
   kv.reserve(table, n);
   ForwardBatch batch;
@@ -45,6 +46,7 @@ const RegisterCommand logits_command("logits", "Print the logits of a prompt (JS
   app.add_option("--model", o->model, "Checkpoint directory (default: the bundled model)");
   app.add_option("--ids", o->ids, "Prompt token ids, comma-separated")->required();
   app.add_flag("--all-positions", o->all_positions, "Logits of every position, not only the last");
+  app.add_option("--device", o->device, kDeviceHelp);
   app.add_option("--threads", o->threads, "CPU threads (0: all cores)");
   app.callback([o] { run_logits(*o); });
 });

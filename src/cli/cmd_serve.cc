@@ -45,6 +45,7 @@ struct ServeOptions {
   std::string speculative_config;
   std::string api_key;
   int threads = 0;
+  std::string device = "auto";
   std::string kv_cache_memory;
   double kv_cache_gb = 0;
   std::string tokenizer;
@@ -109,6 +110,17 @@ class StatsLogger {
   std::thread thread_;
 };
 
+// Backend memory the activations of a step of `tokens` rows with `outputs` output rows take (the
+// model's scratch, logits and the drafter's), so the KV cache is sized from what is left.
+int64_t activation_bytes(const ModelConfig& c, int64_t tokens, int64_t outputs) {
+  int64_t widest = 0;
+  for (const LayerSpec& l : c.layers)
+    widest = std::max<int64_t>(widest, std::max<int64_t>(2 * l.intermediate, int64_t{c.n_heads} * l.head_dim));
+  const int64_t moe = c.moe ? 2 * int64_t{c.moe_intermediate} * c.top_k_experts + c.num_experts : 0;
+  const int64_t per_row = 8 * int64_t{c.hidden} + 3 * widest + 2 * moe;
+  return 4 * (tokens * per_row + 2 * outputs * int64_t{c.vocab_size}) + (512ll << 20);
+}
+
 void run_serve(ServeOptions o) {
   // Signals go to a dedicated thread (sigwait); block them before any thread is created.
   sigset_t signals;
@@ -134,7 +146,18 @@ void run_serve(ServeOptions o) {
   if (name.empty()) name = std::filesystem::path(model_dir).lexically_normal().parent_path().filename().string();
   if (o.served_model_names.empty()) o.served_model_names = {name};
 
-  auto backend = make_backend(o.threads);
+  auto backend = make_logged_backend(o.device, o.threads);
+  const bool gpu = !backend->is_host();
+  size_t gpu_free = 0, gpu_total = 0;
+  backend->memory_info(&gpu_free, &gpu_total);
+  const double gib = 1024.0 * 1024 * 1024;
+  // vLLM's meaning: the fraction of the GPU's total memory this process may use. It cannot be more
+  // than what is free when we start.
+  if (gpu && o.gpu_memory_utilization * gpu_total > gpu_free + (256ull << 20))
+    fail("--gpu-memory-utilization {} asks for {:.1f} GiB of the GPU's {:.1f} GiB, but only {:.1f} GiB are free "
+         "(other processes hold the rest); use --gpu-memory-utilization {:.2f} or less",
+         o.gpu_memory_utilization, o.gpu_memory_utilization * gpu_total / gib, gpu_total / gib, gpu_free / gib,
+         std::floor(100.0 * gpu_free / gpu_total) / 100.0);
   auto target = Gemma4Model::load(model_dir, *backend);
   const ModelConfig& mc = target->config();
   server::TokenizerCodec codec(Tokenizer::load(o.tokenizer.empty() ? model_dir : o.tokenizer),
@@ -164,15 +187,40 @@ void run_serve(ServeOptions o) {
                             spec.model.empty() ? "" : " drafter " + spec.model);
   }
 
-  // KV cache: explicit size, else min(4 GiB, 25% of available memory, what max_num_seqs full-length
-  // sequences need).
-  const int64_t per_token = mc.kv_bytes_per_token(4);
+  // KV cache: explicit size; on a GPU what --gpu-memory-utilization leaves after the weights and the
+  // activations of the largest step; on the CPU min(4 GiB, 25% of available memory, what
+  // max_num_seqs full-length sequences need). bf16 on GPUs, f32 on the CPU.
+  config.kv_dtype = gpu ? DType::BF16 : DType::F32;
+  const int64_t per_token = mc.kv_bytes_per_token(static_cast<int>(dtype_size(config.kv_dtype)));
+  const int64_t one_sequence = per_token * (config.max_model_len + config.num_speculative_tokens + 64);
   int64_t kv_bytes = 0;
   std::string kv_source;
   if (!o.kv_cache_memory.empty()) {
     kv_bytes = parse_bytes("--kv-cache-memory", o.kv_cache_memory), kv_source = "--kv-cache-memory";
   } else if (o.kv_cache_gb > 0) {
     kv_bytes = static_cast<int64_t>(o.kv_cache_gb * (1ll << 30)), kv_source = "--kv-cache-gb";
+  } else if (gpu) {
+    size_t free_now = 0, total = 0;
+    backend->memory_info(&free_now, &total);
+    const int64_t used = static_cast<int64_t>(gpu_free) - static_cast<int64_t>(free_now);  // weights so far
+    const int64_t rows = std::min<int64_t>(config.max_num_batched_tokens,
+                                           int64_t{config.max_num_seqs} * (config.num_speculative_tokens + 1));
+    const int64_t activations = activation_bytes(mc, config.max_num_batched_tokens, rows);
+    const int64_t budget = static_cast<int64_t>(o.gpu_memory_utilization * static_cast<double>(total));
+    kv_bytes = budget - used - activations;
+    if (kv_bytes < one_sequence) {
+      const double need = static_cast<double>(used + activations + one_sequence) / static_cast<double>(total);
+      const int64_t fits = kv_bytes > 0 ? kv_bytes / per_token - config.num_speculative_tokens - 64 : 0;
+      fail("not enough GPU memory for the KV cache: --gpu-memory-utilization {} gives {:.2f} GiB, of which the "
+           "weights take {:.2f} GiB and the activations of a {}-token step {:.2f} GiB, leaving {:.2f} GiB; one sequence "
+           "of --max-model-len {} needs {:.2f} GiB of KV cache. Use --gpu-memory-utilization {:.2f}{}",
+           o.gpu_memory_utilization, budget / gib, used / gib, config.max_num_batched_tokens, activations / gib,
+           std::max<int64_t>(kv_bytes, 0) / gib, config.max_model_len, one_sequence / gib, std::ceil(need * 100) / 100,
+           fits > 0 ? fmt::format(" or --max-model-len {} or less", fits) : std::string());
+    }
+    kv_source = fmt::format("--gpu-memory-utilization {} ({:.2f} GiB of {:.2f} GiB; weights {:.2f} GiB, activations "
+                            "{:.2f} GiB)", o.gpu_memory_utilization, budget / gib, total / gib, used / gib,
+                            activations / gib);
   } else {
     const int64_t avail = mem_available_bytes();
     const int64_t want = per_token * (static_cast<int64_t>(config.max_model_len) + 64) * config.max_num_seqs;
@@ -183,7 +231,7 @@ void run_serve(ServeOptions o) {
   }
   config.kv_cache_bytes = kv_bytes;
 
-  if (o.gpu_memory_utilization_set)
+  if (o.gpu_memory_utilization_set && !gpu)
     log::info("--gpu-memory-utilization {} ignored on CPU; KV cache sized from {}: {} MiB", o.gpu_memory_utilization,
               kv_source, kv_bytes >> 20);
   else
@@ -192,8 +240,12 @@ void run_serve(ServeOptions o) {
   if (o.dtype != "auto" && o.dtype != "float32" && o.dtype != "bfloat16" && o.dtype != "float16" &&
       o.dtype != "half" && o.dtype != "float" && o.dtype != "bf16")
     fail("--dtype must be auto, bfloat16, float16 or float32, got \"{}\"", o.dtype);
-  log::info("--dtype {}: on CPU the weights stay in their checkpoint dtype and activations / KV cache are float32",
-            o.dtype);
+  if (gpu)
+    log::info("--dtype {}: weights stay in their checkpoint dtype, activations are float32, the KV cache bfloat16",
+              o.dtype);
+  else
+    log::info("--dtype {}: on CPU the weights stay in their checkpoint dtype and activations / KV cache are float32",
+              o.dtype);
   if (o.no_enable_chunked_prefill)
     log::info("--no-enable-chunked-prefill: ignored, prefill is always chunked by --max-num-batched-tokens {}",
               config.max_num_batched_tokens);
@@ -257,7 +309,7 @@ const RegisterCommand serve_command(
       app.add_option("--max-num-seqs", o->max_num_seqs, "Sequences per step")->check(CLI::Range(1, 4096));
       app.add_option("--max-model-len", o->max_model_len, "Prompt + completion tokens per request")
           ->check(CLI::Range(1, 1 << 24));
-      app.add_option("--gpu-memory-utilization", o->gpu_memory_utilization, "GPU only; accepted and ignored on CPU")
+      app.add_option("--gpu-memory-utilization", o->gpu_memory_utilization, "Fraction of the GPU's total memory this process may use (vLLM's meaning): the KV cache gets what the weights and activations leave. Ignored on CPU")
           ->check(CLI::Range(0.0, 1.0))
           ->each([o](const std::string&) { o->gpu_memory_utilization_set = true; });
       app.add_flag("--enable-prefix-caching", o->enable_prefix_caching, "Reuse KV blocks of repeated prompt prefixes");
@@ -268,6 +320,7 @@ const RegisterCommand serve_command(
       app.add_option("--speculative-config", o->speculative_config,
                      "JSON, e.g. {\"method\":\"mtp\",\"model\":DIR,\"num_speculative_tokens\":3}");
       app.add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
+      app.add_option("--device", o->device, kDeviceHelp);
       app.add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
       app.add_option("--kv-cache-memory", o->kv_cache_memory, "KV cache size in bytes (suffixes KiB/MiB/GiB allowed)");
       app.add_option("--kv-cache-gb", o->kv_cache_gb, "KV cache size in GiB")->check(CLI::PositiveNumber);

@@ -91,8 +91,8 @@ int64_t mem_available_bytes() {
   return 0;
 }
 
-std::unique_ptr<Backend> make_backend(int threads) {
-  auto be = make_cpu_backend(threads);
+std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads) {
+  auto be = make_backend(device, threads);
   log::info("backend: {}", be->name());
   return be;
 }

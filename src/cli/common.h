@@ -50,7 +50,8 @@ int64_t parse_bytes(const std::string& flag, const std::string& text);
 // MemAvailable of /proc/meminfo (0 if unknown).
 int64_t mem_available_bytes();
 
-// A CPU backend with `threads` threads (0: all cores), logged once.
-std::unique_ptr<Backend> make_backend(int threads);
+// The backend for --device (cpu, cuda, cuda:N, auto) with `threads` CPU threads (0: all cores), logged.
+std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads);
+inline constexpr const char* kDeviceHelp = "cpu, cuda, cuda:N or auto (cuda when a GPU is present)";
 
 }  // namespace tandem::cli

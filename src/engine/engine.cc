@@ -17,8 +17,9 @@ double now_seconds() {
 
 // One request in flight. Invariant between steps: positions 0..computed-1 have KV in the target
 // cache; tokens[computed..] still have to be run. In decode, exactly the last token (the "bonus",
-// sampled by the target) is pending, and `hidden` holds the target's final-normed hidden state of
-// the row that produced it (position computed-1), which the MTP drafter starts from.
+// sampled by the target) is pending, and row `state_row` of the engine's hidden-state table (backend
+// memory) holds the target's final-normed hidden state of the row that produced it (position
+// computed-1), which the MTP drafter starts from.
 struct Engine::Sequence {
   uint64_t id = 0;
   Request request;
@@ -29,7 +30,8 @@ struct Engine::Sequence {
   int32_t computed = 0;
   std::vector<int32_t> table;
   std::vector<uint64_t> block_hashes;  // chain hashes of the leading full blocks (prefix caching)
-  std::vector<float> hidden;
+  int32_t state_row = -1;  // row of hidden_states_ while running
+  bool has_hidden = false;
   int k = 0;  // speculative tokens per round for this request
   bool finished = false;
 
@@ -41,16 +43,20 @@ struct Engine::Sequence {
 };
 
 Engine::Engine(Gemma4Model& target, std::unique_ptr<Proposer> proposer, EngineConfig config)
-    : target_(target), proposer_(std::move(proposer)), config_(config) {
+    : target_(target), proposer_(std::move(proposer)), config_(config), hidden_states_(target.backend()),
+      greedy_(target.backend()) {
   if (!proposer_) config_.num_speculative_tokens = 0;
-  const int32_t blocks = kv_blocks_for_bytes(target.config(), config_.kv_cache_bytes, config_.block_size);
+  const int32_t blocks =
+      kv_blocks_for_bytes(target.config(), config_.kv_cache_bytes, config_.block_size, config_.kv_dtype);
   const int32_t needed = (config_.max_model_len + config_.num_speculative_tokens + config_.block_size) /
                          config_.block_size;
   if (blocks < needed)
     fail("the KV cache ({} MiB) holds {} tokens, fewer than one sequence of --max-model-len {} needs; "
          "raise the KV cache size or lower --max-model-len",
          config_.kv_cache_bytes >> 20, static_cast<int64_t>(blocks) * config_.block_size, config_.max_model_len);
-  kv_ = std::make_unique<KvCache>(target.config(), blocks, config_.block_size);
+  kv_ = std::make_unique<KvCache>(target.backend(), target.config(), blocks, config_.block_size, config_.kv_dtype);
+  hidden_states_.resize(DType::F32, {config_.max_num_seqs, target.config().hidden});
+  for (int32_t r = config_.max_num_seqs - 1; r >= 0; --r) free_state_rows_.push_back(r);
   stats_.spec.accepted_per_position.assign(config_.num_speculative_tokens, 0);
 }
 
@@ -121,10 +127,7 @@ void Engine::loop() {
       {
         std::lock_guard<std::mutex> lock(mutex_);
         failed.swap(running_);
-        for (auto& s : failed) {
-          if (proposer_) proposer_->release(s->id);
-          kv_->release_all(s->table);
-        }
+        for (auto& s : failed) release_resources(*s);
       }
       for (auto& s : failed) {  // outside the lock: a callback may call abort()
         RequestOutput out;
@@ -180,6 +183,14 @@ void Engine::publish_blocks(Sequence& s) {
   }
 }
 
+void Engine::release_resources(Sequence& s) {
+  if (proposer_) proposer_->release(s.id);
+  kv_->release_all(s.table);
+  if (s.state_row >= 0) free_state_rows_.push_back(s.state_row);
+  s.state_row = -1;
+  s.has_hidden = false;
+}
+
 bool Engine::step() {
   const ModelConfig& c = target_.config();
   const int V = c.vocab_size;
@@ -197,8 +208,7 @@ bool Engine::step() {
       out.id = s.id, out.finished = true, out.finish_reason = FinishReason::abort;
       out.prompt_tokens = s.prompt_len, out.completion_tokens = s.generated();
       aborted_outputs.emplace_back(std::move(s.callback), std::move(out));
-      if (proposer_) proposer_->release(s.id);
-      kv_->release_all(s.table);
+      release_resources(s);
       list.erase(it);
     };
     for (uint64_t id : aborted_) {
@@ -221,6 +231,8 @@ bool Engine::step() {
         stats_.prefix_cache_hits += std::min(matched, s.prompt_len);
       }
       stats_.prompt_tokens += s.prompt_len;
+      s.state_row = free_state_rows_.back();
+      free_state_rows_.pop_back();
       running_.push_back(std::move(waiting_.front()));
       waiting_.pop_front();
     }
@@ -244,7 +256,7 @@ bool Engine::step() {
     if (k <= 0 || !kv_->reserve(s.table, s.computed + k + 1)) continue;
     DraftRequest d;
     d.seq_id = s.id, d.tokens = &s.tokens, d.committed = s.computed, d.block_table = &s.table, d.k = k;
-    d.target_hidden = s.hidden.empty() ? nullptr : s.hidden.data();
+    if (s.has_hidden) d.target_hidden = hidden_states_.view().row_slice(s.state_row, s.state_row + 1);
     drafts.push_back(std::move(d));
     drafting.push_back(&s);
   }
@@ -298,11 +310,9 @@ bool Engine::step() {
     std::lock_guard<std::mutex> lock(mutex_);
     for (Sequence* p : preempted) {
       auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& s) { return s.get() == p; });
-      kv_->release_all(p->table);
+      release_resources(*p);
       p->block_hashes.clear();
       p->computed = 0;
-      p->hidden.clear();
-      if (proposer_) proposer_->release(p->id);
       waiting_.push_front(std::move(*it));
       running_.erase(it);
     }
@@ -310,8 +320,23 @@ bool Engine::step() {
   if (spans.empty()) return true;  // everything is waiting on KV room; the next step retries
 
   const double t_fwd0 = now_seconds();
-  HostTensor hidden, logits;
-  target_.forward(batch, *kv_, &hidden, &logits);
+  Backend& be = target_.backend();
+  const ForwardOutput fwd = target_.run(batch, *kv_, true);
+  // Plain greedy rows (no penalties, no logprobs) take the argmax on the backend and only the token
+  // ids cross to the host; anything else needs its rows' logits on the host.
+  const bool device_greedy = std::all_of(spans.begin(), spans.end(), [](const Span& span) {
+    const SamplingParams& p = span.seq->sampler.params();
+    return !span.outputs || (p.greedy() && p.presence_penalty == 0 && p.frequency_penalty == 0 && p.top_logprobs < 0);
+  });
+  HostTensor logits, greedy;
+  if (!fwd.logits.data) {  // only prefill chunks that do not reach their prompt's end
+  } else if (device_greedy) {
+    TensorView& ids = greedy_.resize(DType::I32, {fwd.logits.rows()});
+    be.argmax_rows(fwd.logits, nullptr, ids);
+    greedy = to_host(be, ids);
+  } else {
+    logits = to_host(be, fwd.logits);
+  }
   const double forward_seconds = now_seconds() - t_fwd0;
 
   // 4. Accept / sample, emit, retire.
@@ -337,10 +362,16 @@ bool Engine::step() {
     std::vector<int32_t> prefix(s.output().begin(), s.output().end());  // output so far, for penalties
     int accepted = 0;
     for (int i = 0; i < n_out; ++i) {
-      const auto lg = row_logits(i);
       const bool has_draft = i < static_cast<int>(span.drafts.size());
       int32_t token;
-      if (s.sampler.params().greedy()) {
+      if (device_greedy) {
+        token = greedy.view().as<int32_t>()[row0 + i];
+        if (has_draft && token == span.drafts[i]) {
+          ++accepted, emitted.push_back(token), prefix.push_back(token);
+          continue;
+        }
+      } else if (s.sampler.params().greedy()) {
+        const auto lg = row_logits(i);
         token = s.sampler.argmax(lg, prefix);
         if (has_draft && token == span.drafts[i]) {
           ++accepted, emitted.push_back(token), prefix.push_back(token);
@@ -348,7 +379,7 @@ bool Engine::step() {
         }
       } else {
         // Rejection sampling against the greedy (one-hot) draft keeps the target distribution.
-        s.sampler.distribution(lg, prefix, probs);
+        s.sampler.distribution(row_logits(i), prefix, probs);
         if (has_draft) {
           bool ok;
           std::tie(token, ok) = s.sampler.verify_draft(probs, span.drafts[i]);
@@ -374,8 +405,9 @@ bool Engine::step() {
     // Commit: KV is valid through the last accepted row; hidden of that row seeds the next draft.
     const int last_row = static_cast<int>(emitted.size()) - 1;
     s.computed = span.drafts.empty() ? s.computed + span.n_rows : s.computed + 1 + accepted;
-    s.hidden.assign(hidden.f32() + static_cast<int64_t>(row0 + last_row) * c.hidden,
-                    hidden.f32() + static_cast<int64_t>(row0 + last_row + 1) * c.hidden);
+    TensorView state = hidden_states_.view().row_slice(s.state_row, s.state_row + 1);
+    be.copy(fwd.hidden.row_slice(row0 + last_row, row0 + last_row + 1), state);
+    s.has_hidden = true;
 
     // Stop rules, applied token by token.
     RequestOutput out;
@@ -413,8 +445,7 @@ bool Engine::step() {
   std::lock_guard<std::mutex> lock(mutex_);
   for (auto it = running_.begin(); it != running_.end();) {
     if ((*it)->finished) {
-      if (proposer_) proposer_->release((*it)->id);
-      kv_->release_all((*it)->table);
+      release_resources(**it);
       it = running_.erase(it);
       ++stats_.requests_finished;
     } else {

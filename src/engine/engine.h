@@ -31,6 +31,7 @@ struct EngineConfig {
   int64_t kv_cache_bytes = 256ll << 20;
   bool enable_prefix_caching = false;
   int num_speculative_tokens = 0;  // k; 0 disables speculation
+  DType kv_dtype = DType::F32;     // KV cache element type (BF16 halves its bytes on GPU backends)
 };
 
 // Counters with vLLM's semantics (see docs): one draft = one (request, step) round with drafts.
@@ -85,12 +86,17 @@ class Engine {
   bool step();  // one scheduling iteration; false when idle
   int32_t match_prefix(Sequence& s);  // prefix cache lookup at admission; returns tokens reused
   void publish_blocks(Sequence& s);   // publishes the sequence's newly completed blocks
+  // Gives back what a sequence holds: drafter state, KV pages, its hidden-state row.
+  void release_resources(Sequence& s);
   void loop();
 
   Gemma4Model& target_;
   std::unique_ptr<Proposer> proposer_;
   EngineConfig config_;
   std::unique_ptr<KvCache> kv_;
+  Tensor hidden_states_;                  // [max_num_seqs, H] each running sequence's drafter input
+  std::vector<int32_t> free_state_rows_;  // rows of hidden_states_ not held by a running sequence
+  Tensor greedy_;                         // [R] I32 argmax of the output rows
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "model/step_inputs.h"
 #include "util/error.h"
 
 namespace tandem {
@@ -16,7 +17,7 @@ std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& ba
   if (c.is_assistant())
     fail("{} is a gemma4_assistant drafter; it needs a target (pass it in --speculative-config)", c.dir);
   std::unique_ptr<Gemma4Model> m(new Gemma4Model(c, backend));
-  m->weights_ = Weights::open(c.dir, format);
+  m->weights_ = Weights::open(c.dir, format, backend);
   Weights& w = m->weights_;
   const std::string& p = c.weight_prefix;
   const int64_t V = c.vocab_size, H = c.hidden;
@@ -35,9 +36,11 @@ std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& ba
     m->ple_norm_ = w.get(p + "per_layer_projection_norm.weight", {c.ple_dim});
   }
   // Both layer types' frequencies, sized by the head dim each type uses.
-  for (const auto& l : c.layers) {
-    auto& f = l.type == LayerType::full ? m->inv_freq_full_ : m->inv_freq_sliding_;
-    if (f.empty()) f = rope_inv_freq(c.rope(l.type), l.head_dim);
+  for (LayerType type : {LayerType::sliding, LayerType::full}) {
+    auto l = std::find_if(c.layers.begin(), c.layers.end(), [&](const LayerSpec& s) { return s.type == type; });
+    if (l != c.layers.end())
+      upload_floats(type == LayerType::full ? m->inv_freq_full_ : m->inv_freq_sliding_,
+                    rope_inv_freq(c.rope(type), l->head_dim));
   }
   m->weight_bytes_ = w.bound_bytes();
   m->count_parameters();
@@ -51,11 +54,7 @@ void Gemma4Model::count_parameters() {
   int64_t inactive = 0;
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Gemma4LayerWeights& l = layers_[i];
-    for (const TensorView* t : {&l.input_norm, &l.post_attention_norm, &l.pre_ffn_norm, &l.post_ffn_norm, &l.q_proj,
-                                &l.q_norm, &l.o_proj, &l.k_proj, &l.v_proj, &l.k_norm, &l.gate_proj, &l.up_proj,
-                                &l.down_proj, &l.post_ffn_norm_1, &l.pre_ffn_norm_2, &l.post_ffn_norm_2,
-                                &l.router_proj, &l.router_scale, &l.per_expert_scale, &l.experts_gate_up,
-                                &l.experts_down, &l.ple_gate, &l.ple_projection, &l.ple_post_norm})
+    for (const TensorView* t : l.tensors())
       if (t->data) total += t->numel();
     if (c.moe)  // only top-k of the experts run per token
       inactive += (l.experts_gate_up.numel() + l.experts_down.numel()) / c.num_experts *
@@ -66,12 +65,23 @@ void Gemma4Model::count_parameters() {
   active_parameters_ = total - inactive;
 }
 
-void Gemma4Model::embed(std::span<const int32_t> ids, TensorView& out) {
-  for (int32_t id : ids)
-    if (id < 0 || id >= config_.vocab_size)
-      fail("token id {} is outside the vocabulary of {} (size {})", id, config_.dir, config_.vocab_size);
-  be_.embed(ids, embed_tokens_, embed_scale_, out);
+int64_t Gemma4Model::step_weight_bytes(std::span<const int> experts_per_layer) const {
+  int64_t bytes = static_cast<int64_t>(final_norm_.nbytes() + lm_head_.nbytes());
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Gemma4LayerWeights& l = layers_[i];
+    for (const TensorView* t : l.tensors())
+      if (t->data && t != &l.experts_gate_up && t != &l.experts_down) bytes += static_cast<int64_t>(t->nbytes());
+    if (config_.moe) {
+      const int64_t per_expert = static_cast<int64_t>(l.experts_gate_up.nbytes() + l.experts_down.nbytes()) /
+                                 config_.num_experts;
+      bytes += per_expert * experts_per_layer[i];
+    }
+  }
+  if (config_.ple_dim) bytes += static_cast<int64_t>(ple_projection_.nbytes() + ple_norm_.nbytes());
+  return bytes;
 }
+
+void Gemma4Model::embed(const TensorView& ids, TensorView& out) { be_.embed(ids, embed_tokens_, embed_scale_, out); }
 
 void Gemma4Model::lm_head(const TensorView& hidden, TensorView& logits) {
   be_.matmul(hidden, lm_head_, logits);
@@ -79,42 +89,64 @@ void Gemma4Model::lm_head(const TensorView& hidden, TensorView& logits) {
 }
 
 void Gemma4Model::forward(const ForwardBatch& batch, KvCache& kv, HostTensor* hidden, HostTensor* logits) {
+  const ForwardOutput out = run(batch, kv, logits != nullptr);
+  if (!out.hidden.data) return;
+  if (hidden) *hidden = to_host(be_, out.hidden);
+  if (logits) *logits = to_host(be_, out.logits);
+}
+
+ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want_logits) {
   const ModelConfig& c = config_;
-  const int64_t T = batch.size(), H = c.hidden;
+  const int64_t T = batch.size(), H = c.hidden, R = static_cast<int64_t>(batch.output_rows.size());
   TANDEM_CHECK(T > 0 && batch.positions.size() == static_cast<size_t>(T) &&
                batch.tables.size() == static_cast<size_t>(T));
+  for (int32_t id : batch.tokens)
+    if (id < 0 || id >= c.vocab_size)
+      fail("token id {} is outside the vocabulary of {} (size {})", id, c.dir, c.vocab_size);
 
-  // Which keys each row sees, per layer type, and where its own K/V goes.
-  rows_sliding_.resize(T);
-  rows_full_.resize(T);
-  slots_.resize(T);
-  for (int64_t t = 0; t < T; ++t) {
-    const int32_t pos = batch.positions[t];
-    const int32_t* table = batch.tables[t]->data();
-    TANDEM_CHECK(static_cast<int64_t>(batch.tables[t]->size()) * kv.block_size() > pos);
-    rows_full_[t] = {table, 0, pos + 1};
-    rows_sliding_[t] = {table, std::max(0, pos - c.sliding_window + 1), pos + 1};
-    slots_[t] = kv.slot(*batch.tables[t], pos);
+  // Plan the step on the host: which keys each row sees, per layer type, and where its own K/V goes;
+  // then one upload.
+  inputs_.clear();
+  const std::vector<int32_t> row_table = stage_block_tables(inputs_, batch.tables, &rows_full_.block_tables);
+  std::ranges::copy(batch.tokens, inputs_.add<int32_t>(&tokens_, DType::I32, {T}).begin());
+  std::ranges::copy(batch.positions, inputs_.add<int32_t>(&positions_, DType::I32, {T}).begin());
+  for (const bool full : {true, false}) {
+    std::span<int32_t> ranges = inputs_.add<int32_t>(full ? &rows_full_.ranges : &rows_sliding_.ranges, DType::I32, {T, 3});
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t pos = batch.positions[t];
+      ranges[3 * t] = row_table[t];
+      ranges[3 * t + 1] = full ? 0 : std::max(0, pos - c.sliding_window + 1);
+      ranges[3 * t + 2] = pos + 1;
+    }
   }
-
-  x_.resize(DType::F32, {T, H});
-  embed(batch.tokens, x_.view());
-
-  // Per-layer embeddings: p [T, L, P] = (RMS(x·W_projᵀ · H^-½) + E_ple[id] · √P) · 2^-½.
+  std::span<int64_t> slots = inputs_.add<int64_t>(&slots_, DType::I64, {T});
+  for (int64_t t = 0; t < T; ++t) {
+    TANDEM_CHECK(static_cast<int64_t>(batch.tables[t]->size()) * kv.block_size() > batch.positions[t]);
+    slots[t] = kv.slot(*batch.tables[t], batch.positions[t]);
+  }
+  std::ranges::copy(batch.output_rows, inputs_.add<int32_t>(&output_rows_, DType::I32, {R}).begin());
   const int64_t L = c.n_layers, P = c.ple_dim;
   if (P) {
-    ple_ids_.resize(T);
-    for (int64_t t = 0; t < T; ++t)
-      ple_ids_[t] = batch.tokens[t] < c.ple_vocab ? batch.tokens[t] : c.pad_id;
-    ple_tokens_.resize(DType::F32, {T, L * P});
-    be_.embed(ple_ids_, ple_table_, ple_scale_, ple_tokens_.view());
-    ple_inputs_.resize(DType::F32, {T, L * P});
-    be_.matmul(x_, ple_projection_, ple_inputs_.view());
-    be_.scale(ple_inputs_.view(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(H))));
-    TensorView per_layer = ple_inputs_.view().reshaped({T * L, P});
+    std::span<int32_t> ple_ids = inputs_.add<int32_t>(&ple_ids_, DType::I32, {T});
+    for (int64_t t = 0; t < T; ++t) ple_ids[t] = batch.tokens[t] < c.ple_vocab ? batch.tokens[t] : c.pad_id;
+  }
+  inputs_.upload();
+  rows_sliding_.block_tables = rows_full_.block_tables;
+
+  TensorView& x = x_.resize(DType::F32, {T, H});
+  embed(tokens_, x);
+
+  // Per-layer embeddings: p [T, L, P] = (RMS(x·W_projᵀ · H^-½) + E_ple[id] · √P) · 2^-½.
+  if (P) {
+    TensorView& ple_tokens = ple_tokens_.resize(DType::F32, {T, L * P});
+    be_.embed(ple_ids_, ple_table_, ple_scale_, ple_tokens);
+    TensorView& ple_inputs = ple_inputs_.resize(DType::F32, {T, L * P});
+    be_.matmul(x, ple_projection_, ple_inputs);
+    be_.scale(ple_inputs, static_cast<float>(1.0 / std::sqrt(static_cast<double>(H))));
+    TensorView per_layer = ple_inputs.reshaped({T * L, P});
     be_.rms_norm(per_layer, &ple_norm_, static_cast<float>(c.rms_eps), per_layer);
-    be_.add(ple_inputs_, ple_tokens_, ple_inputs_.view());
-    be_.scale(ple_inputs_.view(), static_cast<float>(1.0 / std::sqrt(2.0)));
+    be_.add(ple_inputs, ple_tokens, ple_inputs);
+    be_.scale(ple_inputs, static_cast<float>(1.0 / std::sqrt(2.0)));
   }
 
   for (int i = 0; i < c.n_layers; ++i) {
@@ -122,29 +154,33 @@ void Gemma4Model::forward(const ForwardBatch& batch, KvCache& kv, HostTensor* hi
     const bool full = spec.type == LayerType::full;
     TensorView ple_view;
     Gemma4LayerInputs in;
-    in.positions = batch.positions;
-    in.rows = full ? rows_full_ : rows_sliding_;
-    if (spec.owns_kv()) in.kv_slots = slots_;
+    in.positions = &positions_;
+    in.rows = full ? &rows_full_ : &rows_sliding_;
+    in.kv_slots = &slots_;
     in.kv = &kv.layer(i);
-    in.inv_freq = full ? inv_freq_full_ : inv_freq_sliding_;
+    in.inv_freq = full ? &inv_freq_full_.view() : &inv_freq_sliding_.view();
     if (P) {  // layer i's slice of p: rows of [T, P] with a stride of L·P
-      ple_view = TensorView(DType::F32, ple_inputs_.f32() + i * P, {T, P});
+      ple_view = TensorView(DType::F32, ple_inputs_.view().as<float>() + i * P, {T, P});
       ple_view.row_stride = L * P;
       in.ple_input = &ple_view;
     }
-    gemma4_layer_forward(be_, c, spec, layers_[i], in, x_.view(), scratch_);
+    gemma4_layer_forward(be_, c, spec, layers_[i], in, x, scratch_);
+    if (routing_record_ && c.moe) {
+      const HostTensor ids = to_host(be_, scratch_.expert_ids);
+      routing_record_->emplace_back(ids.view().as<int32_t>(), ids.view().as<int32_t>() + ids.view().numel());
+    }
   }
 
-  const int64_t R = static_cast<int64_t>(batch.output_rows.size());
-  if (!hidden || R == 0) return;
-  hidden->resize(DType::F32, {R, H});
-  for (int64_t r = 0; r < R; ++r)
-    std::memcpy(hidden->f32() + r * H, x_.f32() + static_cast<int64_t>(batch.output_rows[r]) * H, H * sizeof(float));
-  be_.rms_norm(*hidden, &final_norm_, static_cast<float>(c.rms_eps), hidden->view());
-  if (logits) {
-    logits->resize(DType::F32, {R, c.vocab_size});
-    lm_head(*hidden, logits->view());
+  ForwardOutput out;
+  if (R == 0) return out;
+  out.hidden = hidden_.resize(DType::F32, {R, H});
+  be_.gather_rows(x, output_rows_, out.hidden);
+  be_.rms_norm(out.hidden, &final_norm_, static_cast<float>(c.rms_eps), out.hidden);
+  if (want_logits) {
+    out.logits = logits_.resize(DType::F32, {R, c.vocab_size});
+    lm_head(out.hidden, out.logits);
   }
+  return out;
 }
 
 }  // namespace tandem

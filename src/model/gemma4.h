@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/staged_inputs.h"
 #include "model/config.h"
 #include "model/gemma4_layer.h"
 #include "model/kv_cache.h"
@@ -29,6 +30,12 @@ struct ForwardBatch {
   int32_t size() const { return static_cast<int32_t>(tokens.size()); }
 };
 
+// What a forward leaves in backend memory for its output rows, valid until the model's next forward.
+struct ForwardOutput {
+  TensorView hidden;  // [R, H] final-normed hidden states
+  TensorView logits;  // [R, V] soft-capped logits (no data unless asked for)
+};
+
 class Gemma4Model {
  public:
   static std::unique_ptr<Gemma4Model> load(const std::string& dir, Backend& backend,
@@ -39,21 +46,34 @@ class Gemma4Model {
   Backend& backend() { return be_; }
 
   // Runs every row (writing its K/V into `kv` at its position; the row sees keys [0 or window
-  // start, position] of its sequence). For the output rows, fills `hidden` [R, H] with the
-  // final-normed hidden state and, if non-null, `logits` [R, V] (soft-capped).
+  // start, position] of its sequence), with one upload of the step's inputs and no host round trip.
+  // Returns the output rows' final-normed hidden states and, if want_logits, their logits.
+  ForwardOutput run(const ForwardBatch& batch, KvCache& kv, bool want_logits);
+  // run(), then copies to the host (tools and tests): hidden [R, H], and logits [R, V] if non-null.
   void forward(const ForwardBatch& batch, KvCache& kv, HostTensor* hidden, HostTensor* logits);
 
   // logits [R, V] = soft-cap(hidden [R, H] · headᵀ).
   void lm_head(const TensorView& hidden, TensorView& logits);
-  // out [T, H] = embedding of ids, scaled as the model scales its inputs (what the drafter reads).
-  void embed(std::span<const int32_t> ids, TensorView& out);
+  // out [T, H] = embedding of ids [T] I32 (backend memory), scaled as the model scales its inputs
+  // (what the drafter reads).
+  void embed(const TensorView& ids, TensorView& out);
+
+  // Byte model of one step (`tandem bench step`, `tandem plan`): weight bytes a forward must read when
+  // layer i's rows were routed to experts_per_layer[i] distinct experts (ignored for dense models):
+  // every non-expert weight, that many experts' gate_up + down, the final norm and the head.
+  int64_t step_weight_bytes(std::span<const int> experts_per_layer) const;
+  // While non-null, run() appends each MoE layer's expert ids [T, top_k] here (a host copy per layer:
+  // for measuring, never in a timed step).
+  void record_routing(std::vector<std::vector<int32_t>>* record) { routing_record_ = record; }
 
   int64_t parameter_count() const { return parameters_; }
   int64_t active_parameter_count() const { return active_parameters_; }
   int64_t weight_bytes() const { return weight_bytes_; }
 
  private:
-  Gemma4Model(const ModelConfig& c, Backend& be) : config_(c), be_(be) {}
+  Gemma4Model(const ModelConfig& c, Backend& be)
+      : config_(c), be_(be), inputs_(be), x_(be), hidden_(be), logits_(be), ple_tokens_(be), ple_inputs_(be),
+        scratch_(be), inv_freq_sliding_(be), inv_freq_full_(be) {}
   void count_parameters();
 
   ModelConfig config_;
@@ -62,18 +82,19 @@ class Gemma4Model {
   TensorView embed_tokens_, final_norm_, lm_head_;
   float embed_scale_ = 1.0f;
   std::vector<Gemma4LayerWeights> layers_;
-  std::vector<float> inv_freq_sliding_, inv_freq_full_;
   // Per-layer embeddings.
   TensorView ple_table_, ple_projection_, ple_norm_;
   float ple_scale_ = 1.0f;
   int64_t parameters_ = 0, active_parameters_ = 0, weight_bytes_ = 0;
+  std::vector<std::vector<int32_t>>* routing_record_ = nullptr;
 
-  // Scratch.
-  HostTensor x_, gathered_, ple_tokens_, ple_inputs_;
+  // Per-step inputs (views into one uploaded buffer) and scratch, all in backend memory.
+  StagedInputs inputs_;
+  TensorView tokens_, positions_, slots_, output_rows_, ple_ids_;
+  AttentionRows rows_sliding_, rows_full_;
+  Tensor x_, hidden_, logits_, ple_tokens_, ple_inputs_;
   Gemma4Scratch scratch_;
-  std::vector<AttentionRow> rows_sliding_, rows_full_;
-  std::vector<int64_t> slots_;
-  std::vector<int32_t> ple_ids_;
+  Tensor inv_freq_sliding_, inv_freq_full_;
 };
 
 }  // namespace tandem

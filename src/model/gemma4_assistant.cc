@@ -4,6 +4,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "model/step_inputs.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -37,7 +38,7 @@ std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, G
     a->target_layers_.push_back(src);
     log::info("drafter layer {} ({}) reads target layer {} KV", i, layer_type_name(l.type), src);
   }
-  a->weights_ = Weights::open(dir, format);
+  a->weights_ = Weights::open(dir, format, target.backend());
   Weights& w = a->weights_;
   const int64_t V = c.vocab_size, H = c.hidden, B = c.backbone_hidden;
   a->embed_ = w.get("model.embed_tokens.weight", {V, H});
@@ -46,127 +47,142 @@ std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, G
   a->post_projection_ = w.get("post_projection.weight", {B, H});
   if (c.ordered_embeddings) {
     a->centroids_ = w.get("masked_embedding.centroids.weight", {c.num_centroids, H});
+    if (V % c.num_centroids != 0)
+      fail("drafter {}: vocab_size {} is not a multiple of num_centroids {}", dir, V, c.num_centroids);
+    std::vector<int32_t> ordering(V);
     if (w.dummy()) {
-      a->token_ordering_.resize(V);
-      std::iota(a->token_ordering_.begin(), a->token_ordering_.end(), 0);
+      std::iota(ordering.begin(), ordering.end(), 0);
     } else {
       const TensorInfo* ord = w.info("masked_embedding.token_ordering");
       if (!ord) fail("checkpoint {} has no tensor masked_embedding.token_ordering", dir);
       if (ord->numel() != V || (ord->dtype != DType::I64 && ord->dtype != DType::I32))
         fail("tensor masked_embedding.token_ordering in {} must hold {} I64 ids, has {} {}", ord->file, V,
              ord->shape_string(), dtype_name(ord->dtype));
-      a->token_ordering_.resize(V);
       for (int64_t i = 0; i < V; ++i) {
         const int64_t id = ord->dtype == DType::I64 ? static_cast<const int64_t*>(ord->data)[i]
                                                     : static_cast<const int32_t*>(ord->data)[i];
         if (id < 0 || id >= V) fail("masked_embedding.token_ordering in {} holds id {} outside [0, {})", ord->file, id, V);
-        a->token_ordering_[i] = static_cast<int32_t>(id);
+        ordering[i] = static_cast<int32_t>(id);
       }
     }
+    TensorView& t = a->token_ordering_.resize(DType::I32, {c.num_centroids, V / c.num_centroids});
+    upload_to(target.backend(), ordering.data(), t);
   }
   for (int i = 0; i < c.n_layers; ++i)
     a->layers_.push_back(Gemma4LayerWeights::bind(w, c, i, "model.layers." + std::to_string(i) + "."));
-  for (const auto& l : c.layers) {
-    auto& f = l.type == LayerType::full ? a->inv_freq_full_ : a->inv_freq_sliding_;
-    if (f.empty()) f = rope_inv_freq(c.rope(l.type), l.head_dim);
+  for (LayerType type : {LayerType::sliding, LayerType::full}) {
+    auto l = std::find_if(c.layers.begin(), c.layers.end(), [&](const LayerSpec& s) { return s.type == type; });
+    if (l != c.layers.end())
+      upload_floats(type == LayerType::full ? a->inv_freq_full_ : a->inv_freq_sliding_,
+                    rope_inv_freq(c.rope(type), l->head_dim));
   }
   return a;
 }
 
-void Gemma4Assistant::step(std::span<const AssistantRow> rows, const KvCache& target_kv, HostTensor& next_hidden,
-                           std::vector<int32_t>& tokens, HostTensor* logits) {
+int64_t Gemma4Assistant::step_weight_bytes() const {
+  const ModelConfig& c = config_;
+  int64_t bytes = static_cast<int64_t>(final_norm_.nbytes() + pre_projection_.nbytes() + post_projection_.nbytes());
+  for (const Gemma4LayerWeights& l : layers_)
+    for (const TensorView* t : l.tensors())
+      if (t->data) bytes += static_cast<int64_t>(t->nbytes());
+  if (!c.ordered_embeddings) return bytes + static_cast<int64_t>(embed_.nbytes());
+  const int64_t row_bytes = static_cast<int64_t>(embed_.nbytes()) / c.vocab_size;
+  return bytes + static_cast<int64_t>(centroids_.nbytes()) +
+         row_bytes * c.centroid_top_k * (c.vocab_size / c.num_centroids);
+}
+
+void Gemma4Assistant::begin_round(std::span<const AssistantRow> rows, const KvCache& target_kv) {
+  const int64_t R = static_cast<int64_t>(rows.size());
+  target_kv_ = &target_kv;
+  inputs_.clear();
+  std::vector<const std::vector<int32_t>*> tables(R);
+  for (int64_t r = 0; r < R; ++r) tables[r] = rows[r].block_table;
+  const std::vector<int32_t> row_table = stage_block_tables(inputs_, tables, &rows_full_.block_tables);
+  // Frozen query position and the committed target keys each row may see (each span is filled before
+  // the next add, which may move the staging buffer).
+  const bool hf = position_convention == DraftPosition::hf;
+  std::span<int32_t> positions = inputs_.add<int32_t>(&positions_, DType::I32, {R});
+  for (int64_t r = 0; r < R; ++r) positions[r] = hf ? rows[r].committed : std::max(0, rows[r].committed - 1);
+  // vLLM: the W keys ending at p-1. transformers' drafter mask (|q - kv| <= W, flipped) shows the
+  // last W+1 committed keys; the hf convention reproduces that too.
+  const int32_t window = config_.sliding_window + (hf ? 1 : 0);
+  for (const bool full : {true, false}) {
+    std::span<int32_t> ranges = inputs_.add<int32_t>(full ? &rows_full_.ranges : &rows_sliding_.ranges, DType::I32, {R, 3});
+    for (int64_t r = 0; r < R; ++r) {
+      const int32_t p = rows[r].committed;
+      ranges[3 * r] = row_table[r];
+      ranges[3 * r + 1] = full ? 0 : std::max(0, p - window);
+      ranges[3 * r + 2] = p;
+    }
+  }
+  inputs_.upload();
+  rows_sliding_.block_tables = rows_full_.block_tables;
+}
+
+void Gemma4Assistant::step(const TensorView& tokens, const TensorView& hidden, TensorView& next_hidden,
+                           TensorView& drafts, HostTensor* logits) {
   Backend& be = target_.backend();
   const ModelConfig& c = config_;
-  const int64_t R = static_cast<int64_t>(rows.size()), H = c.hidden, B = c.backbone_hidden, V = c.vocab_size;
+  const int64_t R = tokens.numel(), H = c.hidden, B = c.backbone_hidden, V = c.vocab_size;
   const float eps = static_cast<float>(c.rms_eps);
+  TANDEM_CHECK(target_kv_ && positions_.numel() == R && hidden.rows() == R && next_hidden.rows() == R);
 
   // input [R, 2B] = [target embedding(token) ; hidden] (embedding first).
-  input_.resize(DType::F32, {R, 2 * B});
-  std::vector<int32_t> ids(R);
-  for (int64_t r = 0; r < R; ++r) ids[r] = rows[r].token;
-  TensorView emb = input_.view();
-  emb.shape = {R, B, 0, 0};
-  emb.ndim = 2;
-  emb.row_stride = 2 * B;
-  target_.embed(ids, emb);
-  for (int64_t r = 0; r < R; ++r) std::memcpy(input_.f32() + r * 2 * B + B, rows[r].hidden, B * sizeof(float));
-  x_.resize(DType::F32, {R, H});
-  be.matmul(input_, pre_projection_, x_.view());
+  TensorView& input = input_.resize(DType::F32, {R, 2 * B});
+  TensorView emb(DType::F32, input.data, {R, B}), state(DType::F32, input.as<float>() + B, {R, B});
+  emb.row_stride = state.row_stride = 2 * B;
+  target_.embed(tokens, emb);
+  be.copy(hidden, state);
+  TensorView& x = x_.resize(DType::F32, {R, H});
+  be.matmul(input, pre_projection_, x);
 
-  // Frozen query position and the committed target keys each row may see.
-  positions_.resize(R);
-  rows_sliding_.resize(R);
-  rows_full_.resize(R);
-  for (int64_t r = 0; r < R; ++r) {
-    const int32_t p = rows[r].committed;
-    positions_[r] = position_convention == DraftPosition::hf ? p : std::max(0, p - 1);
-    const int32_t* table = rows[r].block_table->data();
-    rows_full_[r] = {table, 0, p};
-    // vLLM: the W keys ending at p-1. transformers' drafter mask (|q - kv| <= W, flipped) shows
-    // the last W+1 committed keys; the hf convention reproduces that too.
-    const int32_t window = c.sliding_window + (position_convention == DraftPosition::hf ? 1 : 0);
-    rows_sliding_[r] = {table, std::max(0, p - window), p};
-  }
   for (int i = 0; i < c.n_layers; ++i) {
     const bool full = c.layers[i].type == LayerType::full;
     Gemma4LayerInputs in;
-    in.positions = positions_;
-    in.rows = full ? rows_full_ : rows_sliding_;
-    in.kv = &target_kv.layer(target_layers_[i]);
-    in.inv_freq = full ? inv_freq_full_ : inv_freq_sliding_;
-    gemma4_layer_forward(be, c, c.layers[i], layers_[i], in, x_.view(), scratch_);
+    in.positions = &positions_;
+    in.rows = full ? &rows_full_ : &rows_sliding_;
+    in.kv = &target_kv_->layer(target_layers_[i]);
+    in.inv_freq = full ? &inv_freq_full_.view() : &inv_freq_sliding_.view();
+    gemma4_layer_forward(be, c, c.layers[i], layers_[i], in, x, scratch_);
   }
-  normed_.resize(DType::F32, {R, H});
-  be.rms_norm(x_, &final_norm_, eps, normed_.view());
-  next_hidden.resize(DType::F32, {R, B});
-  be.matmul(normed_, post_projection_, next_hidden.view());
+  TensorView& normed = normed_.resize(DType::F32, {R, H});
+  be.rms_norm(x, &final_norm_, eps, normed);
+  be.matmul(normed, post_projection_, next_hidden);
 
-  tokens.resize(R);
   if (!c.ordered_embeddings) {
-    HostTensor local;
-    HostTensor& out = logits ? *logits : local;
-    out.resize(DType::F32, {R, V});
-    be.matmul(normed_, embed_, out.view());
-    for (int64_t r = 0; r < R; ++r) {
-      const float* row = out.f32() + r * V;
-      tokens[r] = static_cast<int32_t>(std::max_element(row, row + V) - row);
-    }
+    TensorView& head = head_logits_.resize(DType::F32, {R, V});
+    be.matmul(normed, embed_, head);
+    be.argmax_rows(head, nullptr, drafts);
+    if (logits) *logits = to_host(be, head);
     return;
   }
   // Centroid head: score clusters, keep the top-k, score only their tokens.
-  const int C = c.num_centroids, K = c.centroid_top_k, per = static_cast<int>(V / C);
-  cluster_scores_.resize(DType::F32, {R, C});
-  be.matmul(normed_, centroids_, cluster_scores_.view());
-  if (logits) logits->resize(DType::F32, {R, V});
-  std::vector<int32_t> clusters(C), candidates(static_cast<size_t>(K) * per);
+  const int64_t C = c.num_centroids, K = c.centroid_top_k, per = V / C, N = K * per;
+  TensorView& scores = cluster_scores_.resize(DType::F32, {R, C});
+  be.matmul(normed, centroids_, scores);
+  TensorView& clusters = clusters_.resize(DType::I32, {R, K});
+  be.topk_rows(scores, clusters);
+  TensorView& candidates = candidates_.resize(DType::I32, {R * K, per});  // token ids, row r's N in a row
+  be.gather_rows(token_ordering_, clusters.reshaped({R * K}), candidates);
+  // The candidates' rows of the tied table, in its stored dtype, scored row by row.
+  TensorView& gathered = gathered_.resize(embed_.dtype, {R * N, H});
+  be.gather_rows(embed_, candidates.reshaped({R * N}), gathered);
+  TensorView& candidate_logits = head_logits_.resize(DType::F32, {R, N});
   for (int64_t r = 0; r < R; ++r) {
-    const float* score = cluster_scores_.f32() + r * C;
-    std::iota(clusters.begin(), clusters.end(), 0);
-    std::partial_sort(clusters.begin(), clusters.begin() + K, clusters.end(),
-                      [&](int32_t a, int32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); });
-    for (int j = 0; j < K; ++j)
-      for (int i = 0; i < per; ++i) candidates[j * per + i] = token_ordering_[clusters[j] * per + i];
-    // Gather the candidates' rows of the tied table (in its stored dtype) and score them at once.
-    const int64_t N = static_cast<int64_t>(candidates.size());
-    const size_t row_bytes = static_cast<size_t>(H) * dtype_size(embed_.dtype);
-    gathered_.resize(embed_.dtype, {N, H});
-    for (int64_t j = 0; j < N; ++j)
-      std::memcpy(static_cast<char*>(gathered_.view().data) + j * row_bytes,
-                  static_cast<const char*>(embed_.data) + static_cast<int64_t>(candidates[j]) * row_bytes, row_bytes);
-    candidate_logits_.resize(DType::F32, {1, N});
-    be.matmul(normed_.view().row_slice(r, r + 1), gathered_, candidate_logits_.view());
-    const float* values = candidate_logits_.f32();
-    int64_t best = 0;
-    for (int64_t j = 1; j < N; ++j)
-      if (values[j] > values[best] || (values[j] == values[best] && candidates[j] < candidates[best])) best = j;
-    const int32_t best_token = candidates[best];
-    tokens[r] = best_token;
-    if (logits) {
-      const float fill = *std::min_element(values, values + N) - 1.0f;
-      float* out = logits->f32() + r * V;
-      std::fill(out, out + V, fill);
-      for (int64_t j = 0; j < N; ++j) out[candidates[j]] = values[j];
-    }
+    TensorView out = candidate_logits.row_slice(r, r + 1);
+    be.matmul(normed.row_slice(r, r + 1), gathered.row_slice(r * N, (r + 1) * N), out);
+  }
+  const TensorView candidate_ids = candidates.reshaped({R, N});
+  be.argmax_rows(candidate_logits, &candidate_ids, drafts);
+  if (!logits) return;
+  const HostTensor values = to_host(be, candidate_logits), ids = to_host(be, candidate_ids);
+  logits->resize(DType::F32, {R, V});
+  for (int64_t r = 0; r < R; ++r) {
+    const float* v = values.f32() + r * N;
+    const int32_t* id = ids.view().as<int32_t>() + r * N;
+    float* out = logits->f32() + r * V;
+    std::fill(out, out + V, *std::min_element(v, v + N) - 1.0f);
+    for (int64_t j = 0; j < N; ++j) out[id[j]] = v[j];
   }
 }
 

@@ -23,12 +23,11 @@ namespace tandem {
 // position) over the last W+1 keys.
 enum class DraftPosition { vllm, hf };
 
-// One drafter query row: a token, the B-wide state it starts from, and the committed target
-// context (positions 0..committed-1 of the sequence with this block table).
+// One drafter query row of a round: the committed target context (positions 0..committed-1 of the
+// sequence with this block table). Its token and B-wide state change every step; its position and
+// key ranges do not.
 struct AssistantRow {
-  int32_t token = 0;
-  const float* hidden = nullptr;  // [B]
-  int32_t committed = 0;          // p
+  int32_t committed = 0;  // p
   const std::vector<int32_t>* block_table = nullptr;
 };
 
@@ -41,33 +40,50 @@ class Gemma4Assistant {
                                                LoadFormat format = LoadFormat::safetensors);
 
   const ModelConfig& config() const { return config_; }
+  Backend& backend() { return target_.backend(); }
   DraftPosition position_convention = DraftPosition::vllm;
 
-  // One draft step for every row: next_hidden [R, B] = post_projection output (the state of the
-  // next step) and the greedy token of each row. If `logits` is non-null it receives the full
-  // [R, V] drafter logits (centroid head: masked entries hold the row's min - 1, as transformers).
-  void step(std::span<const AssistantRow> rows, const KvCache& target_kv, HostTensor& next_hidden,
-            std::vector<int32_t>& tokens, HostTensor* logits = nullptr);
+  // Plans a round for these rows over the target's cache: positions and key ranges are fixed for all
+  // of its steps, so they are uploaded once here.
+  void begin_round(std::span<const AssistantRow> rows, const KvCache& target_kv);
+  // One draft step for every row of the round, all in backend memory: from tokens [R] I32 and
+  // states hidden [R, B], writes next_hidden [R, B] = post_projection output (the state of the next
+  // step) and drafts [R] I32, the greedy token of each row. No host round trip, so a round's k steps
+  // queue back to back. If `logits` is non-null it receives the full [R, V] drafter logits on the
+  // host (centroid head: masked entries hold the row's min - 1, as transformers).
+  void step(const TensorView& tokens, const TensorView& hidden, TensorView& next_hidden, TensorView& drafts,
+            HostTensor* logits = nullptr);
+
+  // Weight bytes one draft step reads: its layers, projections, final norm and head (dense: the whole
+  // tied table; centroid head: the centroids and the top-k clusters' rows).
+  int64_t step_weight_bytes() const;
 
   // Target layer whose cache drafter layer i reads.
   int target_layer(int i) const { return target_layers_[i]; }
 
  private:
-  Gemma4Assistant(const ModelConfig& c, Gemma4Model& t) : config_(c), target_(t) {}
+  Gemma4Assistant(const ModelConfig& c, Gemma4Model& t)
+      : config_(c), target_(t), token_ordering_(t.backend()), inv_freq_sliding_(t.backend()),
+        inv_freq_full_(t.backend()), inputs_(t.backend()), input_(t.backend()), x_(t.backend()),
+        normed_(t.backend()), head_logits_(t.backend()), cluster_scores_(t.backend()), clusters_(t.backend()), candidates_(t.backend()),
+        gathered_(t.backend()), scratch_(t.backend()) {}
 
   ModelConfig config_;
   Gemma4Model& target_;
   Weights weights_;
   TensorView embed_, final_norm_, pre_projection_, post_projection_, centroids_;
-  std::vector<int32_t> token_ordering_;  // [V] (centroid head)
+  Tensor token_ordering_;  // [C, V / C] I32: the tokens of each centroid (centroid head)
   std::vector<Gemma4LayerWeights> layers_;
   std::vector<int> target_layers_;
-  std::vector<float> inv_freq_sliding_, inv_freq_full_;
+  Tensor inv_freq_sliding_, inv_freq_full_;
 
-  HostTensor input_, x_, normed_, cluster_scores_, gathered_, candidate_logits_;
+  // The round's plan (uploaded once by begin_round) and per-step scratch, in backend memory.
+  const KvCache* target_kv_ = nullptr;
+  StagedInputs inputs_;
+  TensorView positions_;
+  AttentionRows rows_sliding_, rows_full_;
+  Tensor input_, x_, normed_, head_logits_, cluster_scores_, clusters_, candidates_, gathered_;
   Gemma4Scratch scratch_;
-  std::vector<AttentionRow> rows_sliding_, rows_full_;
-  std::vector<int32_t> positions_;
 };
 
 }  // namespace tandem

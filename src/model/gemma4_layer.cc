@@ -57,8 +57,16 @@ Gemma4LayerWeights Gemma4LayerWeights::bind(Weights& w, const ModelConfig& c, in
     lw.ple_post_norm = w.get(p + "post_per_layer_input_norm.weight", {H});
   }
   // layer_scalar is a buffer ([1], no ".weight"); transformers initialises it to 1 when absent.
-  if (auto s = w.find(p + "layer_scalar", {1})) lw.layer_scalar = read_scalar(*s);
+  if (auto s = w.find(p + "layer_scalar", {1})) lw.layer_scalar = w.read_scalar(*s);
   return lw;
+}
+
+std::vector<const TensorView*> Gemma4LayerWeights::tensors() const {
+  return {&input_norm,      &post_attention_norm, &pre_ffn_norm,    &post_ffn_norm,    &q_proj,
+          &q_norm,          &o_proj,              &k_proj,          &v_proj,           &k_norm,
+          &gate_proj,       &up_proj,             &down_proj,       &post_ffn_norm_1,  &pre_ffn_norm_2,
+          &post_ffn_norm_2, &router_proj,         &router_scale,    &per_expert_scale, &experts_gate_up,
+          &experts_down,    &ple_gate,            &ple_projection,  &ple_post_norm};
 }
 
 void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& spec,
@@ -75,7 +83,7 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
   TensorView q_heads = s.q.view().reshaped({T * nh, d});
   be.rms_norm(q_heads, &w.q_norm, eps, q_heads);
   TensorView q3 = s.q.view().reshaped({T, nh, d});
-  be.rope(q3, in.positions, in.inv_freq);
+  be.rope(q3, *in.positions, *in.inv_freq);
   if (spec.owns_kv()) {
     s.k.resize(DType::F32, {T, nkv * d});
     s.v.resize(DType::F32, {T, nkv * d});
@@ -90,11 +98,11 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     }
     be.rms_norm(k_heads, &w.k_norm, eps, k_heads);
     TensorView k3 = s.k.view().reshaped({T, nkv, d});
-    be.rope(k3, in.positions, in.inv_freq);
-    be.kv_write(k3, s.v.view().reshaped({T, nkv, d}), *in.kv, in.kv_slots);
+    be.rope(k3, *in.positions, *in.inv_freq);
+    be.kv_write(k3, s.v.view().reshaped({T, nkv, d}), *in.kv, *in.kv_slots);
   }
   s.attn.resize(DType::F32, {T, nh * d});
-  be.attention(q3, *in.kv, in.rows, /*scale=*/1.0f, s.attn.view());
+  be.attention(q3, *in.kv, *in.rows, /*scale=*/1.0f, s.attn.view());
   s.proj.resize(DType::F32, {T, H});
   be.matmul(s.attn, w.o_proj, s.proj.view());
   be.rms_norm(s.proj, &w.post_attention_norm, eps, s.proj.view());
@@ -119,14 +127,12 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     be.scale(s.moe_in.view(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(H))));
     s.router_logits.resize(DType::F32, {T, c.num_experts});
     be.matmul(s.moe_in, w.router_proj, s.router_logits.view());
-    s.expert_ids.resize(T * c.top_k_experts);
-    s.expert_weights.resize(T * c.top_k_experts);
-    be.moe_route(s.router_logits, c.top_k_experts, &w.per_expert_scale, s.expert_ids.data(),
-                 s.expert_weights.data());
+    s.expert_ids.resize(DType::I32, {T, c.top_k_experts});
+    s.expert_weights.resize(DType::F32, {T, c.top_k_experts});
+    be.moe_route(s.router_logits, &w.per_expert_scale, s.expert_ids.view(), s.expert_weights.view());
     be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());
     s.moe_out.resize(DType::F32, {T, H});
-    be.moe_experts(s.moe_in, s.expert_ids.data(), s.expert_weights.data(), c.top_k_experts,
-                   w.experts_gate_up, w.experts_down, s.moe_out.view());
+    be.moe_experts(s.moe_in, s.expert_ids, s.expert_weights, w.experts_gate_up, w.experts_down, s.moe_out.view());
     be.rms_norm(s.moe_out, &w.post_ffn_norm_2, eps, s.moe_out.view());
     be.add(s.ffn_out, s.moe_out, s.ffn_out.view());
   }

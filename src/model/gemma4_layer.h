@@ -25,23 +25,26 @@ struct Gemma4LayerWeights {
 
   // prefix: e.g. "model.language_model.layers.3."
   static Gemma4LayerWeights bind(Weights& w, const ModelConfig& c, int layer, const std::string& prefix);
+  // Every weight tensor of the layer (absent ones have no data).
+  std::vector<const TensorView*> tensors() const;
 };
 
-// Scratch activations, grown on demand and reused across layers and steps.
+// Scratch activations in backend memory, grown on demand and reused across layers and steps.
 struct Gemma4Scratch {
-  HostTensor normed, q, k, v, attn, proj, ffn_in, gate, up, act, ffn_out, moe_in, moe_out, router_logits,
-      ple;
-  std::vector<int32_t> expert_ids;
-  std::vector<float> expert_weights;
+  explicit Gemma4Scratch(Backend& be)
+      : normed(be), q(be), k(be), v(be), attn(be), proj(be), ffn_in(be), gate(be), up(be), ffn_out(be),
+        moe_in(be), moe_out(be), router_logits(be), ple(be), expert_ids(be), expert_weights(be) {}
+  Tensor normed, q, k, v, attn, proj, ffn_in, gate, up, ffn_out, moe_in, moe_out, router_logits, ple;
+  Tensor expert_ids, expert_weights;  // [T, top_k] I32 / F32
 };
 
-// What one layer needs besides its weights and the residual stream.
+// What one layer needs besides its weights and the residual stream (all in backend memory).
 struct Gemma4LayerInputs {
-  std::span<const int32_t> positions;   // RoPE position of each row [T]
-  std::span<const AttentionRow> rows;   // key range of each row, for this layer's type [T]
-  std::span<const int64_t> kv_slots;    // where each row's K/V goes [T]; empty for KV-shared layers
-  const KvLayer* kv = nullptr;          // this layer's cache (the source layer's if shared)
-  std::span<const float> inv_freq;      // RoPE inverse frequencies for this layer's type
+  const TensorView* positions = nullptr;  // [T] I32 RoPE position of each row
+  const AttentionRows* rows = nullptr;    // key range of each row, for this layer's type
+  const TensorView* kv_slots = nullptr;   // [T] I64 where each row's K/V goes; unused on KV-shared layers
+  const KvLayer* kv = nullptr;            // this layer's cache (the source layer's if shared)
+  const TensorView* inv_freq = nullptr;   // [head_dim / 2] F32 RoPE inverse frequencies for this layer's type
   const TensorView* ple_input = nullptr;  // [T, ple_dim] per-layer input, or nullptr
 };
 

@@ -4,20 +4,21 @@
 
 namespace tandem {
 
-KvCache::KvCache(const ModelConfig& config, int32_t num_blocks, int32_t block_size)
+KvCache::KvCache(Backend& be, const ModelConfig& config, int32_t num_blocks, int32_t block_size, DType dtype)
     : block_size_(block_size), num_blocks_(num_blocks) {
   TANDEM_CHECK(block_size > 0 && num_blocks > 0);
   layers_.resize(config.n_layers);
   for (int i = 0; i < config.n_layers; ++i) {
     const LayerSpec& l = config.layers[i];
     if (!l.owns_kv()) continue;
-    const size_t n = static_cast<size_t>(num_blocks) * block_size * l.n_kv_heads * l.head_dim;
-    storage_.emplace_back(n, 0.0f);
-    float* k = storage_.back().data();
-    storage_.emplace_back(n, 0.0f);
-    float* v = storage_.back().data();
-    layers_[i] = KvLayer{k, v, num_blocks, block_size, l.n_kv_heads, l.head_dim};
-    bytes_ += static_cast<int64_t>(2 * n * sizeof(float));
+    // Contents start undefined: a position is always written before any row's key range covers it.
+    const size_t bytes = static_cast<size_t>(num_blocks) * block_size * l.n_kv_heads * l.head_dim * dtype_size(dtype);
+    storage_.emplace_back(be, bytes);
+    void* k = storage_.back().data();
+    storage_.emplace_back(be, bytes);
+    void* v = storage_.back().data();
+    layers_[i] = KvLayer{k, v, dtype, num_blocks, block_size, l.n_kv_heads, l.head_dim};
+    bytes_ += static_cast<int64_t>(2 * bytes);
   }
   for (int i = 0; i < config.n_layers; ++i)
     if (config.layers[i].kv_source >= 0) layers_[i] = layers_[config.layers[i].kv_source];
@@ -104,8 +105,8 @@ void KvCache::truncate(std::vector<int32_t>& table, int64_t tokens) {
   }
 }
 
-int32_t kv_blocks_for_bytes(const ModelConfig& config, int64_t bytes, int32_t block_size) {
-  const int64_t per_block = config.kv_bytes_per_token(4) * block_size;
+int32_t kv_blocks_for_bytes(const ModelConfig& config, int64_t bytes, int32_t block_size, DType dtype) {
+  const int64_t per_block = config.kv_bytes_per_token(static_cast<int>(dtype_size(dtype))) * block_size;
   return per_block > 0 ? static_cast<int32_t>(std::max<int64_t>(1, bytes / per_block)) : 1;
 }
 

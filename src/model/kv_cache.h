@@ -1,5 +1,6 @@
 // Paged KV cache of one model: per KV-owning layer, K and V pools of fixed-size blocks
-// [num_blocks, block_size, n_kv_heads, head_dim] (F32). Sequences own lists of block ids (their
+// [num_blocks, block_size, n_kv_heads, head_dim] in backend memory (F32, or BF16 on backends that
+// support it). Sequences own lists of block ids (their
 // block table); position p of a sequence lives in block table[p / block_size], row p % block_size.
 // One table serves every layer, so the drafter reads the target's layers through the same table.
 //
@@ -21,7 +22,8 @@ namespace tandem {
 
 class KvCache {
  public:
-  KvCache(const ModelConfig& config, int32_t num_blocks, int32_t block_size);
+  KvCache(Backend& be, const ModelConfig& config, int32_t num_blocks, int32_t block_size,
+          DType dtype = DType::F32);
 
   int32_t block_size() const { return block_size_; }
   int32_t num_blocks() const { return num_blocks_; }
@@ -56,7 +58,7 @@ class KvCache {
   int32_t block_size_;
   int32_t num_blocks_;
   int64_t bytes_ = 0;
-  std::vector<std::vector<float>> storage_;  // K then V per owning layer
+  std::vector<Buffer> storage_;  // K then V per owning layer
   std::vector<KvLayer> layers_;
   std::vector<int32_t> free_;
   std::vector<int32_t> refs_;
@@ -69,7 +71,8 @@ class KvCache {
 // Chain hash of one block of tokens following the block with hash `parent` (0 for the first).
 uint64_t block_hash(uint64_t parent, std::span<const int32_t> tokens);
 
-// Blocks a KV cache of `bytes` can hold for this model.
-int32_t kv_blocks_for_bytes(const ModelConfig& config, int64_t bytes, int32_t block_size);
+// Blocks a KV cache of `bytes` can hold for this model with elements of `dtype`.
+int32_t kv_blocks_for_bytes(const ModelConfig& config, int64_t bytes, int32_t block_size,
+                            DType dtype = DType::F32);
 
 }  // namespace tandem

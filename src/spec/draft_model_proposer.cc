@@ -5,8 +5,9 @@
 namespace tandem {
 
 DraftModelProposer::DraftModelProposer(std::unique_ptr<Gemma4Model> model, int64_t kv_bytes)
-    : model_(std::move(model)) {
-  kv_ = std::make_unique<KvCache>(model_->config(), kv_blocks_for_bytes(model_->config(), kv_bytes, 16), 16);
+    : model_(std::move(model)), greedy_(model_->backend()) {
+  kv_ = std::make_unique<KvCache>(model_->backend(), model_->config(),
+                                  kv_blocks_for_bytes(model_->config(), kv_bytes, 16), 16);
 }
 
 void DraftModelProposer::release(uint64_t seq_id) {
@@ -17,7 +18,6 @@ void DraftModelProposer::release(uint64_t seq_id) {
 }
 
 void DraftModelProposer::propose(std::span<DraftRequest> requests, const KvCache&) {
-  const int V = model_->config().vocab_size;
   // Step 0: feed every token the drafter has not seen (it may have fed drafts the target
   // rejected: keep only the common prefix), up to and including the bonus token.
   ForwardBatch batch;
@@ -37,15 +37,17 @@ void DraftModelProposer::propose(std::span<DraftRequest> requests, const KvCache
     }
     active.push_back(&r);
   }
-  HostTensor hidden, logits;
+  Backend& be = model_->backend();
   for (int step = 0; !active.empty(); ++step) {
-    model_->forward(batch, *kv_, &hidden, &logits);
+    const ForwardOutput out = model_->run(batch, *kv_, true);
     batch.clear();
+    TensorView& ids = greedy_.resize(DType::I32, {static_cast<int64_t>(active.size())});
+    be.argmax_rows(out.logits, nullptr, ids);
+    const HostTensor tokens = to_host(be, ids);
     std::vector<DraftRequest*> still;
     for (size_t a = 0; a < active.size(); ++a) {
       DraftRequest& r = *active[a];
-      const float* row = logits.f32() + static_cast<int64_t>(a) * V;
-      const int32_t token = static_cast<int32_t>(std::max_element(row, row + V) - row);
+      const int32_t token = tokens.view().as<int32_t>()[a];
       r.drafts.push_back(token);
       if (static_cast<int>(r.drafts.size()) < r.k) {
         State& s = states_[r.seq_id];

@@ -26,6 +26,7 @@ class DraftModelProposer : public Proposer {
   std::unique_ptr<Gemma4Model> model_;
   std::unique_ptr<KvCache> kv_;
   std::map<uint64_t, State> states_;
+  Tensor greedy_;  // [R] I32 argmax of each step's logits
 };
 
 }  // namespace tandem

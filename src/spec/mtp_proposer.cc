@@ -4,47 +4,57 @@
 
 namespace tandem {
 
+MtpProposer::MtpProposer(std::unique_ptr<Gemma4Assistant> assistant, std::vector<int> stop_ids)
+    : assistant_(std::move(assistant)),
+      stop_ids_(std::move(stop_ids)),
+      tokens_(assistant_->backend()),
+      hidden_a_(assistant_->backend()),
+      hidden_b_(assistant_->backend()),
+      drafts_(assistant_->backend()) {}
+
 void MtpProposer::propose(std::span<DraftRequest> requests, const KvCache& target_kv) {
-  // Rows still drafting, with their index into `requests`; step j feeds each row its previous
-  // draft and the drafter's own projected state.
-  std::vector<size_t> active;
+  // Every drafting row runs all k_max steps of the round (a fixed shape; rows that need fewer drafts
+  // or draft a stop token are trimmed afterwards), so the steps queue on the backend back to back and
+  // the drafts come back with a single download.
+  std::vector<DraftRequest*> active;
   std::vector<AssistantRow> rows;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    requests[i].drafts.clear();
-    if (requests[i].k > 0 && requests[i].target_hidden) active.push_back(i);
+  int k_max = 0;
+  for (DraftRequest& r : requests) {
+    r.drafts.clear();
+    if (r.k <= 0 || !r.target_hidden.data) continue;
+    active.push_back(&r);
+    rows.push_back({r.committed, r.block_table});
+    k_max = std::max(k_max, r.k);
   }
-  const int64_t B = assistant_->config().backbone_hidden;
-  std::vector<int32_t> tokens;
-  HostTensor* state = nullptr;  // [active, B] from the previous step
-  for (int j = 0; !active.empty(); ++j) {
-    rows.clear();
-    for (size_t a = 0; a < active.size(); ++a) {
-      const DraftRequest& r = requests[active[a]];
-      AssistantRow row;
-      row.token = j == 0 ? r.tokens->back() : r.drafts.back();
-      row.hidden = j == 0 ? r.target_hidden : state->f32() + static_cast<int64_t>(a) * B;
-      row.committed = r.committed;
-      row.block_table = r.block_table;
-      rows.push_back(row);
+  if (active.empty()) return;
+  Backend& be = assistant_->backend();
+  const int64_t R = static_cast<int64_t>(active.size()), B = assistant_->config().backbone_hidden;
+  assistant_->begin_round(rows, target_kv);
+  std::vector<int32_t> bonus(R);
+  for (int64_t a = 0; a < R; ++a) bonus[a] = active[a]->tokens->back();
+  upload_to(be, bonus.data(), tokens_.resize(DType::I32, {R}));
+  TensorView* state = &hidden_a_.resize(DType::F32, {R, B});
+  for (int64_t a = 0; a < R; ++a) {
+    TensorView row = state->row_slice(a, a + 1);
+    be.copy(active[a]->target_hidden, row);
+  }
+  TensorView* next = &hidden_b_.resize(DType::F32, {R, B});
+  TensorView& drafts = drafts_.resize(DType::I32, {k_max, R});
+  TensorView step_tokens = tokens_.view();
+  for (int j = 0; j < k_max; ++j) {
+    TensorView out(DType::I32, drafts.as<int32_t>() + j * R, {R});
+    assistant_->step(step_tokens, *state, *next, out);
+    step_tokens = out;  // step j+1 feeds each row its own draft and projected state
+    std::swap(state, next);
+  }
+  const HostTensor host = to_host(be, drafts);
+  for (int64_t a = 0; a < R; ++a) {
+    DraftRequest& r = *active[a];
+    for (int j = 0; j < r.k; ++j) {
+      const int32_t token = host.view().as<int32_t>()[j * R + a];
+      r.drafts.push_back(token);
+      if (std::find(stop_ids_.begin(), stop_ids_.end(), token) != stop_ids_.end()) break;
     }
-    HostTensor& next = (state == &hidden_a_) ? hidden_b_ : hidden_a_;
-    assistant_->step(rows, target_kv, next, tokens);
-    // Keep rows that want more drafts and did not draft a stop token; compact their states.
-    std::vector<size_t> still;
-    int64_t kept = 0;
-    for (size_t a = 0; a < active.size(); ++a) {
-      DraftRequest& r = requests[active[a]];
-      r.drafts.push_back(tokens[a]);
-      const bool stop = std::find(stop_ids_.begin(), stop_ids_.end(), tokens[a]) != stop_ids_.end();
-      if (static_cast<int>(r.drafts.size()) < r.k && !stop) {
-        if (kept != static_cast<int64_t>(a))
-          std::copy(next.f32() + a * B, next.f32() + (a + 1) * B, next.f32() + kept * B);
-        ++kept;
-        still.push_back(active[a]);
-      }
-    }
-    active.swap(still);
-    state = &next;
   }
 }
 

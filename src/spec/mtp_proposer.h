@@ -10,8 +10,7 @@ namespace tandem {
 
 class MtpProposer : public Proposer {
  public:
-  MtpProposer(std::unique_ptr<Gemma4Assistant> assistant, std::vector<int> stop_ids)
-      : assistant_(std::move(assistant)), stop_ids_(std::move(stop_ids)) {}
+  MtpProposer(std::unique_ptr<Gemma4Assistant> assistant, std::vector<int> stop_ids);
   std::string method() const override { return "mtp"; }
   void propose(std::span<DraftRequest> requests, const KvCache& target_kv) override;
   Gemma4Assistant& assistant() { return *assistant_; }
@@ -19,7 +18,8 @@ class MtpProposer : public Proposer {
  private:
   std::unique_ptr<Gemma4Assistant> assistant_;
   std::vector<int> stop_ids_;  // a row stops drafting once it drafts one of these (target EOS ids)
-  HostTensor hidden_a_, hidden_b_;
+  // Backend memory: the round's tokens and states per step (ping-pong) and the drafts [k, R].
+  Tensor tokens_, hidden_a_, hidden_b_, drafts_;
 };
 
 }  // namespace tandem

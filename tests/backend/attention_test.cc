@@ -6,11 +6,39 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <span>
 
 #include "backend_test_util.h"
 
 namespace tandem::test {
 namespace {
+
+// A query row as the tests describe it: a pointer into a host block table and a key range.
+struct AttentionRow {
+  const int32_t* block_table = nullptr;
+  int32_t kv_begin = 0, kv_end = 0;
+};
+
+// Runs the backend's attention on host rows: each row gets its own row of a flat block table holding
+// the blocks its range touches (-1 past them).
+void attend(Backend& be, const TensorView& q, const KvLayer& layer, std::span<const AttentionRow> rows, float scale,
+            TensorView& out) {
+  const int64_t T = rows.size();
+  int64_t max_blocks = 1;
+  for (const AttentionRow& r : rows)
+    if (r.kv_end > r.kv_begin) max_blocks = std::max<int64_t>(max_blocks, (r.kv_end - 1) / layer.block_size + 1);
+  std::vector<int32_t> ranges(3 * T), tables(T * max_blocks, -1);
+  for (int64_t t = 0; t < T; ++t) {
+    ranges[3 * t] = static_cast<int32_t>(t);
+    ranges[3 * t + 1] = rows[t].kv_begin;
+    ranges[3 * t + 2] = rows[t].kv_end;
+    if (rows[t].kv_end > rows[t].kv_begin)
+      std::copy_n(rows[t].block_table, (rows[t].kv_end - 1) / layer.block_size + 1, &tables[t * max_blocks]);
+  }
+  const AttentionRows view{TensorView(DType::I32, ranges.data(), {T, 3}),
+                           TensorView(DType::I32, tables.data(), {T, max_blocks})};
+  be.attention(q, layer, view, scale, out);
+}
 
 struct Paged {
   std::vector<float> k, v;
@@ -22,7 +50,7 @@ Paged make_cache(int32_t num_blocks, int32_t block_size, int32_t n_kv, int32_t d
   const int64_t n = static_cast<int64_t>(num_blocks) * block_size * n_kv * d;
   p.k = rng.normals(n);
   p.v = rng.normals(n);
-  p.layer = {p.k.data(), p.v.data(), num_blocks, block_size, n_kv, d};
+  p.layer = {p.k.data(), p.v.data(), DType::F32, num_blocks, block_size, n_kv, d};
   return p;
 }
 
@@ -42,7 +70,7 @@ std::vector<double> reference(const std::vector<float>& q, const Paged& p, std::
         const int64_t pos = r.kv_begin + j;
         const int64_t slot = static_cast<int64_t>(r.block_table[pos / L.block_size]) * L.block_size + pos % L.block_size;
         double dot = 0;
-        for (int64_t i = 0; i < d; ++i) dot += static_cast<double>(q[(t * n_heads + h) * d + i]) * L.k[(slot * L.n_kv_heads + kvh) * d + i];
+        for (int64_t i = 0; i < d; ++i) dot += static_cast<double>(q[(t * n_heads + h) * d + i]) * p.k[(slot * L.n_kv_heads + kvh) * d + i];
         s[j] = dot * scale;
       }
       const double mx = *std::max_element(s.begin(), s.end());
@@ -51,7 +79,7 @@ std::vector<double> reference(const std::vector<float>& q, const Paged& p, std::
       for (int64_t j = 0; j < len; ++j) {
         const int64_t pos = r.kv_begin + j;
         const int64_t slot = static_cast<int64_t>(r.block_table[pos / L.block_size]) * L.block_size + pos % L.block_size;
-        for (int64_t i = 0; i < d; ++i) out[(t * n_heads + h) * d + i] += s[j] / sum * L.v[(slot * L.n_kv_heads + kvh) * d + i];
+        for (int64_t i = 0; i < d; ++i) out[(t * n_heads + h) * d + i] += s[j] / sum * p.v[(slot * L.n_kv_heads + kvh) * d + i];
       }
     }
   }
@@ -84,7 +112,7 @@ void check_attention(const Config& c, Rng& rng) {
   TensorView qv(DType::F32, q.data(), {T, c.n_heads, c.d});
   TensorView ov(DType::F32, out.data(), {T, c.n_heads * c.d});
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
-  be->attention(qv, p.layer, rows, scale, ov);
+  attend(*be, qv, p.layer, rows, scale, ov);
   const std::vector<double> ref = reference(q, p, rows, c.n_heads, scale);
   const double vmax = std::abs(*std::max_element(p.v.begin(), p.v.end(), [](float a, float b) { return std::abs(a) < std::abs(b); }));
   for (size_t i = 0; i < out.size(); ++i)
@@ -109,7 +137,7 @@ TEST(Attention, EmptyRangeGivesZeros) {
   const AttentionRow rows[] = {{table, 3, 3}, {nullptr, 0, 0}};
   std::vector<float> q = rng.normals(2 * 2 * 32), out(2 * 2 * 32, 1.0f);
   TensorView qv(DType::F32, q.data(), {2, 2, 32}), ov(DType::F32, out.data(), {2, 64});
-  be->attention(qv, p.layer, rows, 0.1f, ov);
+  attend(*be, qv, p.layer, rows, 0.1f, ov);
   for (float o : out) EXPECT_EQ(o, 0.0f);
 }
 
@@ -121,9 +149,9 @@ TEST(Attention, RejectsBlockTableEntriesOutsideTheCache) {
   const AttentionRow rows[] = {{table, 0, 8}};
   std::vector<float> q = rng.normals(32), out(32);
   TensorView qv(DType::F32, q.data(), {1, 1, 32}), ov(DType::F32, out.data(), {1, 32});
-  EXPECT_THROW(be->attention(qv, p.layer, rows, 1.0f, ov), Error);
+  EXPECT_THROW(attend(*be, qv, p.layer, rows, 1.0f, ov), Error);
   const AttentionRow first_block_only[] = {{table, 0, 4}};  // never touches block 2: fine
-  EXPECT_NO_THROW(be->attention(qv, p.layer, first_block_only, 1.0f, ov));
+  EXPECT_NO_THROW(attend(*be, qv, p.layer, first_block_only, 1.0f, ov));
 }
 
 TEST(Attention, LargeScoresStayFinite) {
@@ -136,7 +164,7 @@ TEST(Attention, LargeScoresStayFinite) {
   const AttentionRow rows[] = {{table, 0, 64}};
   std::vector<float> q = rng.normals(32, 30.0f), out(32);
   TensorView qv(DType::F32, q.data(), {1, 1, 32}), ov(DType::F32, out.data(), {1, 32});
-  be->attention(qv, p.layer, rows, 1.0f, ov);
+  attend(*be, qv, p.layer, rows, 1.0f, ov);
   const std::vector<double> ref = reference(q, p, rows, 1, 1.0f);
   for (int i = 0; i < 32; ++i) {
     ASSERT_TRUE(std::isfinite(out[i]));
@@ -157,7 +185,7 @@ TEST(Attention, StridedQueryAndOutput) {
   qv.row_stride = 200;
   TensorView ov(DType::F32, out.data(), {T, H * d});
   ov.row_stride = 150;
-  be->attention(qv, p.layer, rows, 0.2f, ov);
+  attend(*be, qv, p.layer, rows, 0.2f, ov);
   std::vector<float> q_dense(T * H * d);
   for (int64_t t = 0; t < T; ++t) std::copy_n(&qkv[t * 200], H * d, &q_dense[t * H * d]);
   const std::vector<double> ref = reference(q_dense, p, rows, H, 0.2f);
@@ -172,11 +200,11 @@ TEST(KvWrite, WritesEachTokenToItsSlot) {
   Rng rng(14);
   const int32_t n_kv = 2, d = 32;
   std::vector<float> kc(6 * 4 * n_kv * d, 0.0f), vc(kc.size(), 0.0f);
-  const KvLayer layer{kc.data(), vc.data(), 6, 4, n_kv, d};
-  const int64_t slots[] = {21, 0, 7};
+  const KvLayer layer{kc.data(), vc.data(), DType::F32, 6, 4, n_kv, d};
+  int64_t slots[] = {21, 0, 7};
   std::vector<float> k = rng.normals(3 * n_kv * d), v = rng.normals(3 * n_kv * d);
   TensorView kv(DType::F32, k.data(), {3, n_kv, d}), vv(DType::F32, v.data(), {3, n_kv * d});
-  be->kv_write(kv, vv, layer, slots);
+  be->kv_write(kv, vv, layer, TensorView(DType::I64, slots, {3}));
   std::vector<float> k_ref(kc.size(), 0.0f), v_ref(kc.size(), 0.0f);
   for (int t = 0; t < 3; ++t) {
     std::copy_n(&k[t * n_kv * d], n_kv * d, &k_ref[slots[t] * n_kv * d]);
@@ -184,8 +212,8 @@ TEST(KvWrite, WritesEachTokenToItsSlot) {
   }
   EXPECT_EQ(kc, k_ref);
   EXPECT_EQ(vc, v_ref);
-  const int64_t bad[] = {24, 0, 1};
-  EXPECT_THROW(be->kv_write(kv, vv, layer, bad), Error);
+  int64_t bad[] = {24, 0, 1};
+  EXPECT_THROW(be->kv_write(kv, vv, layer, TensorView(DType::I64, bad, {3})), Error);
 }
 
 }  // namespace

@@ -65,7 +65,8 @@ TEST(Rope, RotateHalfMatchesPytorchAngles) {
     const int32_t positions[] = {0, 1, 4097, 131071};
     std::vector<float> x = rng.normals(T * H * d), x0 = x;
     TensorView xv(DType::F32, x.data(), {T, H, d});
-    be->rope(xv, positions, inv_freq);
+    be->rope(xv, TensorView(DType::I32, const_cast<int32_t*>(positions), {T}),
+             TensorView(DType::F32, inv_freq.data(), {half}));
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < H; ++h)
         for (int64_t i = 0; i < half; ++i) {
@@ -92,7 +93,8 @@ TEST(Rope, StridedTwoDimensionalView) {
   std::vector<float> x = rng.normals(T * ld), x0 = x;
   TensorView xv(DType::F32, x.data(), {T, H * d});
   xv.row_stride = ld;
-  be->rope(xv, positions, inv_freq);
+  be->rope(xv, TensorView(DType::I32, const_cast<int32_t*>(positions), {T}),
+           TensorView(DType::F32, const_cast<float*>(inv_freq.data()), {d / 2}));
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < d / 2; ++i) {
@@ -189,12 +191,12 @@ TEST(Embed, AllTableDtypesWithScale) {
     Stored table = make_stored(dt, V * H, rng);
     std::vector<float> y(4 * H);
     TensorView yv(DType::F32, y.data(), {4, H});
-    be->embed(ids, table.view({V, H}), 6.5f, yv);
+    be->embed(TensorView(DType::I32, const_cast<int32_t*>(ids), {4}), table.view({V, H}), 6.5f, yv);
     for (int t = 0; t < 4; ++t)
       for (int64_t i = 0; i < H; ++i) ASSERT_FLOAT_EQ(y[t * H + i], static_cast<float>(table.values[ids[t] * H + i]) * 6.5f);
-    const int32_t bad[] = {50};
+    int32_t bad[] = {50};
     TensorView y1(DType::F32, y.data(), {1, H});
-    EXPECT_THROW(be->embed(bad, table.view({V, H}), 1.0f, y1), Error);
+    EXPECT_THROW(be->embed(TensorView(DType::I32, bad, {1}), table.view({V, H}), 1.0f, y1), Error);
   }
 }
 
@@ -237,7 +239,8 @@ TEST(MoeRoute, TopKRenormalisedAndScaledWithTies) {
     TensorView lv(DType::F32, logits.data(), {T, E});
     TensorView sv;
     if (s) sv = TensorView(s->dtype, const_cast<uint8_t*>(s->bytes.data()), {E});
-    be->moe_route(lv, k, s ? &sv : nullptr, ids.data(), w.data());
+    TensorView iv(DType::I32, ids.data(), {T, k}), wv(DType::F32, w.data(), {T, k});
+    be->moe_route(lv, s ? &sv : nullptr, iv, wv);
     for (int64_t t = 0; t < T; ++t) {
       std::vector<int32_t> ref_ids;
       std::vector<double> ref_w;
@@ -276,7 +279,8 @@ TEST(MoeExperts, GroupedExpertsMatchPerRowReference) {
     }
     ids[0] = 2, ids[k] = 2, ids[2 * k] = 2;  // several rows share expert 2
     TensorView xv(DType::F32, x.data(), {T, H}), yv(DType::F32, y.data(), {T, H});
-    be->moe_experts(xv, ids.data(), w.data(), k, gate_up.view({E, 2 * I, H}), down.view({E, H, I}), yv);
+    be->moe_experts(xv, TensorView(DType::I32, ids.data(), {T, k}), TensorView(DType::F32, w.data(), {T, k}),
+                    gate_up.view({E, 2 * I, H}), down.view({E, H, I}), yv);
     for (int64_t t = 0; t < T; ++t) {
       std::vector<double> ref(H, 0.0), mag(H, 0.0);
       for (int j = 0; j < k; ++j) {

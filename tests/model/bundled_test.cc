@@ -14,7 +14,7 @@ const std::string kModel = std::string(TANDEM_SOURCE_DIR) + "/models/tandem-code
 const std::string kDrafter = std::string(TANDEM_SOURCE_DIR) + "/models/tandem-code-demo-assistant";
 
 TEST(BundledModel, MatchesTransformers) {
-  auto backend = make_cpu_backend(2);
+  auto backend = testing::test_backend(2);
   auto model = Gemma4Model::load(kModel, *backend);
   const WeightStore golden = WeightStore::open(kModel + "/golden.safetensors");
   const int64_t V = model->config().vocab_size;
@@ -31,7 +31,7 @@ TEST(BundledModel, MatchesTransformers) {
     const auto greedy = testing::tensor_values<int32_t>(golden, "greedy." + i);
     const auto decode = testing::tensor_values<float>(golden, "decode_logits." + i);
     const int32_t T = static_cast<int32_t>(ids.size());
-    KvCache kv(model->config(), (T + 64) / 16 + 2, 16);
+    KvCache kv(model->backend(), model->config(), (T + 64) / 16 + 2, 16);
     std::vector<int32_t> table;
     ASSERT_TRUE(kv.reserve(table, T + 16));
     ForwardBatch batch;
@@ -53,7 +53,7 @@ TEST(BundledModel, MatchesTransformers) {
 }
 
 TEST(BundledModel, SpeculativeGreedyEqualsPlain) {
-  auto backend = make_cpu_backend(2);
+  auto backend = testing::test_backend(2);
   auto model = Gemma4Model::load(kModel, *backend);
   const WeightStore golden = WeightStore::open(kModel + "/golden.safetensors");
   EngineConfig config;

@@ -80,12 +80,12 @@ TEST(CheckpointFormats, ShardedMixedDtypesAndLegacyExpertNames) {
   write_safetensors(dir / "model-00002-of-00002.safetensors", shard[1]);
   std::ofstream(dir / "model.safetensors.index.json") << json{{"metadata", json::object()}, {"weight_map", weight_map}}.dump();
 
-  auto backend = make_cpu_backend(1);
+  auto backend = testing::test_backend(1);
   auto original = Gemma4Model::load(src, *backend);
   auto resharded = Gemma4Model::load(dir.string(), *backend);
   const std::vector<int32_t> ids = {2, 40, 41, 300, 7, 9, 123, 88, 17, 250, 3};
   auto run = [&](Gemma4Model& m) {
-    KvCache kv(m.config(), 2, 16);
+    KvCache kv(m.backend(), m.config(), 2, 16);
     std::vector<int32_t> table;
     kv.reserve(table, static_cast<int64_t>(ids.size()));
     ForwardBatch batch;

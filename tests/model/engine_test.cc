@@ -52,7 +52,7 @@ class BatchInvariance : public ::testing::TestWithParam<bool> {};
 TEST_P(BatchInvariance, OutputsDoNotDependOnTheBatch) {
   const bool speculative = GetParam();
   const std::string dir = testing::fixtures_dir() + "/";
-  auto backend = make_cpu_backend(2);
+  auto backend = testing::test_backend(2);
   auto target = Gemma4Model::load(dir + "gemma4-moe", *backend);
   auto make_engine = [&](int max_batched_tokens) {
     EngineConfig config;
@@ -95,7 +95,7 @@ INSTANTIATE_TEST_SUITE_P(Modes, BatchInvariance, ::testing::Values(false, true),
                          [](const auto& info) { return std::string(info.param ? "speculative" : "plain"); });
 
 TEST(Engine, StopsAtStopTokensAndEos) {
-  auto backend = make_cpu_backend(1);
+  auto backend = testing::test_backend(1);
   auto target = Gemma4Model::load(testing::fixtures_dir() + "/gemma4-moe", *backend);
   EngineConfig config;
   config.max_model_len = 128;
@@ -112,7 +112,7 @@ TEST(Engine, StopsAtStopTokensAndEos) {
 }
 
 TEST(Engine, AbortFreesKvAndValidatesRequests) {
-  auto backend = make_cpu_backend(1);
+  auto backend = testing::test_backend(1);
   auto target = Gemma4Model::load(testing::fixtures_dir() + "/gemma4-moe", *backend);
   EngineConfig config;
   config.max_model_len = 64;
@@ -141,7 +141,7 @@ namespace tandem {
 namespace {
 
 TEST(PrefixCaching, ReusesBlocksAndKeepsOutputsIdentical) {
-  auto backend = make_cpu_backend(1);
+  auto backend = testing::test_backend(1);
   auto target = Gemma4Model::load(testing::fixtures_dir() + "/gemma4-moe", *backend);
   EngineConfig config;
   config.max_model_len = 128;
@@ -170,6 +170,41 @@ TEST(PrefixCaching, ReusesBlocksAndKeepsOutputsIdentical) {
   // Concurrent requests sharing blocks.
   const auto together = run_all(cached, requests);
   for (size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(together[i].tokens, run_all(plain, {requests[i]})[0].tokens);
+}
+
+// The host waits for the backend once per plain greedy step (the download of the sampled ids) and
+// once more per speculative step (the download of the round's drafts); nothing inside the forward or
+// the drafter's k steps waits.
+TEST(Engine, HostWaitsOncePerStepPlusOncePerDraftRound) {
+  const std::string dir = testing::fixtures_dir() + "/";
+  auto backend = testing::test_backend(1);
+  auto target = Gemma4Model::load(dir + "gemma4-moe", *backend);
+  Request r = greedy_request({2, 17, 99, 5, 8, 41}, 20);
+  r.sampling.top_logprobs = -1;  // plain greedy: the argmax stays on the backend
+  for (const bool speculative : {false, true}) {
+    SCOPED_TRACE(speculative ? "speculative" : "plain");
+    EngineConfig config;
+    config.max_model_len = 128;
+    config.kv_cache_bytes = 8 << 20;
+    std::unique_ptr<Proposer> proposer;
+    if (speculative) {
+      SpeculativeConfig spec =
+          parse_speculative_config("{\"model\": \"" + dir + "gemma4-moe-assistant\", \"num_speculative_tokens\": 3}");
+      proposer = make_proposer(spec, *target);
+      config.num_speculative_tokens = 3;
+    }
+    Engine engine(*target, std::move(proposer), config);
+    const uint64_t before = backend->host_syncs();
+    const auto out = run_all(engine, {r});
+    const EngineStats s = engine.stats();
+    ASSERT_EQ(out[0].tokens.size(), 20u);
+    // One prefill step samples the first token; a round emits its accepted drafts + 1; steps without
+    // a round (no room left for drafts) emit one token each.
+    const uint64_t rounds = s.spec.num_drafts, plain_steps = 20 - 1 - rounds - s.spec.num_accepted_tokens;
+    const uint64_t steps = 1 + rounds + plain_steps;
+    if (speculative) EXPECT_GT(rounds, 0u);
+    EXPECT_EQ(backend->host_syncs() - before, steps + rounds);
+  }
 }
 
 }  // namespace

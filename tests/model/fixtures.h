@@ -2,6 +2,8 @@
 #pragma once
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -12,6 +14,15 @@
 namespace tandem::testing {
 
 inline std::string fixtures_dir() { return std::string(TANDEM_SOURCE_DIR) + "/tests/fixtures"; }
+
+// The backend model-level tests run on: TANDEM_TEST_DEVICE (cpu, cuda, cuda:N), default cpu, so the
+// same golden, losslessness and engine tests run on the GPU through tools/gpu-check.sh.
+inline std::string test_device() {
+  const char* d = std::getenv("TANDEM_TEST_DEVICE");
+  return d && *d ? d : "cpu";
+}
+inline std::unique_ptr<Backend> test_backend(int threads = 2) { return make_backend(test_device(), threads); }
+inline bool testing_on_gpu() { return test_device() != "cpu"; }
 
 // Target fixtures: directories with a golden.safetensors whose config is not an assistant.
 inline std::vector<std::string> target_fixtures() {

@@ -16,7 +16,7 @@ constexpr double kTolerance = 1e-4;
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenTest, PrefillAndDecodeLogitsMatchTransformers) {
-  auto backend = make_cpu_backend(2);
+  auto backend = testing::test_backend(2);
   auto model = Gemma4Model::load(GetParam(), *backend);
   const WeightStore golden = WeightStore::open(GetParam() + "/golden.safetensors");
   const int64_t V = model->config().vocab_size;
@@ -29,7 +29,7 @@ TEST_P(GoldenTest, PrefillAndDecodeLogitsMatchTransformers) {
     const int32_t T = static_cast<int32_t>(ids.size());
     ASSERT_EQ(prefill.size(), static_cast<size_t>(T * V));
 
-    KvCache kv(model->config(), (T + static_cast<int32_t>(greedy.size()) + 16) / 16 + 1, 16);
+    KvCache kv(model->backend(), model->config(), (T + static_cast<int32_t>(greedy.size()) + 16) / 16 + 1, 16);
     std::vector<int32_t> table;
     ASSERT_TRUE(kv.reserve(table, T + static_cast<int64_t>(greedy.size()) + 1));
     ForwardBatch batch;
@@ -50,7 +50,7 @@ TEST_P(GoldenTest, PrefillAndDecodeLogitsMatchTransformers) {
 }
 
 TEST_P(GoldenTest, GreedyContinuationMatchesTransformers) {
-  auto backend = make_cpu_backend(2);
+  auto backend = testing::test_backend(2);
   auto model = Gemma4Model::load(GetParam(), *backend);
   const WeightStore golden = WeightStore::open(GetParam() + "/golden.safetensors");
   EngineConfig config;

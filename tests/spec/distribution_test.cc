@@ -73,7 +73,7 @@ TEST(VerifyDraft, EmittedTokenFollowsTheTargetDistribution) {
 // through verification) against the exact joint distribution computed from the target.
 void check_engine_joint(float temperature, float top_p) {
   const std::string dir = testing::fixtures_dir() + "/";
-  auto backend = make_cpu_backend(1);
+  auto backend = testing::test_backend(1);
   auto target = Gemma4Model::load(dir + "gemma4-moe", *backend);
   const WeightStore golden = WeightStore::open(dir + "gemma4-moe/golden.safetensors");
   const auto prompt = testing::tensor_values<int32_t>(golden, "ids.1");
@@ -84,7 +84,7 @@ void check_engine_joint(float temperature, float top_p) {
 
   // Exact joint: p(t1) from the prompt, p(t2 | t1) from prompt + t1.
   auto next_distribution = [&](const std::vector<int32_t>& ids) {
-    KvCache kv(target->config(), 4, 16);
+    KvCache kv(target->backend(), target->config(), 4, 16);
     std::vector<int32_t> table;
     kv.reserve(table, static_cast<int64_t>(ids.size()));
     ForwardBatch batch;

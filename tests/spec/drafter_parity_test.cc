@@ -15,6 +15,22 @@ struct Pair {
 
 class DrafterParity : public ::testing::TestWithParam<Pair> {};
 
+// One drafter step for one row from host values (bonus or previous draft, its B-wide state):
+// the post-projection state, the full logits and the greedy token, back on the host.
+int32_t draft_step(Gemma4Assistant& drafter, const KvCache& kv, int32_t token, const float* hidden,
+                   int32_t committed, const std::vector<int32_t>& table, HostTensor& post, HostTensor& logits) {
+  Backend& be = drafter.backend();
+  const int64_t B = drafter.config().backbone_hidden;
+  const AssistantRow row{committed, &table};
+  drafter.begin_round(std::span(&row, 1), kv);
+  Tensor tokens(be), state(be), next(be), drafts(be);
+  upload_to(be, &token, tokens.resize(DType::I32, {1}));
+  upload_to(be, hidden, state.resize(DType::F32, {1, B}));
+  drafter.step(tokens, state, next.resize(DType::F32, {1, B}), drafts.resize(DType::I32, {1}), &logits);
+  post = to_host(be, next);
+  return to_host(be, drafts).view().as<int32_t>()[0];
+}
+
 // Runs the target over `ids` and two drafter steps from (bonus, final-normed hidden at T-1), and
 // compares with transformers' records under `record` (e.g. "draft.pos_p").
 void check_steps(Gemma4Model& target, Gemma4Assistant& drafter, const WeightStore& golden, const std::string& set,
@@ -23,7 +39,7 @@ void check_steps(Gemma4Model& target, Gemma4Assistant& drafter, const WeightStor
   const int32_t bonus = testing::tensor_values<int32_t>(golden, set + ".bonus")[0];
   const int32_t T = static_cast<int32_t>(ids.size());
   const int64_t V = target.config().vocab_size, B = target.config().hidden;
-  KvCache kv(target.config(), 4, 16);
+  KvCache kv(target.backend(), target.config(), 4, 16);
   std::vector<int32_t> table;
   ASSERT_TRUE(kv.reserve(table, T + 1));
   ForwardBatch batch;
@@ -35,27 +51,24 @@ void check_steps(Gemma4Model& target, Gemma4Assistant& drafter, const WeightStor
     SCOPED_TRACE(set + "." + name);
     drafter.position_convention = convention;
     const std::string pre = set + "." + name;
-    AssistantRow row{bonus, hidden.f32(), T, &table};
     HostTensor post, logits;
-    std::vector<int32_t> tokens;
-    drafter.step(std::span(&row, 1), kv, post, tokens, &logits);
+    const int32_t token = draft_step(drafter, kv, bonus, hidden.f32(), T, table, post, logits);
     EXPECT_LT(testing::relative_l2(logits.f32(), testing::tensor_values<float>(golden, pre + ".logits").data(), V), 1e-4);
     EXPECT_LT(testing::relative_l2(post.f32(), testing::tensor_values<float>(golden, pre + ".post").data(), B), 1e-4);
-    EXPECT_EQ(tokens[0], testing::tensor_values<int32_t>(golden, pre + ".token")[0]);
+    EXPECT_EQ(token, testing::tensor_values<int32_t>(golden, pre + ".token")[0]);
     // Step 2: the drafter's own token and projected state, same position and KV view.
-    AssistantRow row2{tokens[0], post.f32(), T, &table};
     HostTensor post2, logits2;
-    drafter.step(std::span(&row2, 1), kv, post2, tokens, &logits2);
+    const int32_t token2 = draft_step(drafter, kv, token, post.f32(), T, table, post2, logits2);
     EXPECT_LT(testing::relative_l2(logits2.f32(), testing::tensor_values<float>(golden, pre + ".step2.logits").data(), V),
               1e-4);
     EXPECT_LT(testing::relative_l2(post2.f32(), testing::tensor_values<float>(golden, pre + ".step2.post").data(), B), 1e-4);
-    EXPECT_EQ(tokens[0], testing::tensor_values<int32_t>(golden, pre + ".step2.token")[0]);
+    EXPECT_EQ(token2, testing::tensor_values<int32_t>(golden, pre + ".step2.token")[0]);
   }
 }
 
 TEST_P(DrafterParity, StepsMatchTransformers) {
   const std::string dir = testing::fixtures_dir() + "/";
-  auto backend = make_cpu_backend(2);
+  auto backend = testing::test_backend(2);
   auto target = Gemma4Model::load(dir + GetParam().target, *backend);
   auto drafter = Gemma4Assistant::load(dir + GetParam().drafter, *target);
   const WeightStore golden = WeightStore::open(dir + GetParam().drafter + "/golden_spec.safetensors");
@@ -74,7 +87,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, DrafterParity,
 
 TEST(DrafterLoad, LogsLayerMappingAndRejectsMismatchedTarget) {
   const std::string dir = testing::fixtures_dir() + "/";
-  auto backend = make_cpu_backend(1);
+  auto backend = testing::test_backend(1);
   auto moe = Gemma4Model::load(dir + "gemma4-moe", *backend);
   auto drafter = Gemma4Assistant::load(dir + "gemma4-moe-assistant", *moe);
   EXPECT_EQ(drafter->target_layer(0), 4);  // last sliding layer of S,S,F,S,S,F

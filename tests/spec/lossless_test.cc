@@ -21,7 +21,7 @@ class Lossless : public ::testing::TestWithParam<Case> {};
 
 TEST_P(Lossless, GreedyOutputEqualsPlainForEveryK) {
   const std::string dir = testing::fixtures_dir() + "/";
-  auto backend = make_cpu_backend(2);
+  auto backend = testing::test_backend(2);
   auto target = Gemma4Model::load(dir + GetParam().target, *backend);
   const WeightStore golden = WeightStore::open(dir + GetParam().target + "/golden.safetensors");
   EngineConfig plain_config;
@@ -72,7 +72,7 @@ INSTANTIATE_TEST_SUITE_P(Proposers, Lossless, ::testing::ValuesIn(kCases),
 // Each round's trace adds up to the counters: totals equal the sum over rounds.
 TEST(SpecCounters, TotalsEqualTheSumOverRounds) {
   const std::string dir = testing::fixtures_dir() + "/";
-  auto backend = make_cpu_backend(2);
+  auto backend = testing::test_backend(2);
   auto target = Gemma4Model::load(dir + "gemma4-moe", *backend);
   SpeculativeConfig spec =
       parse_speculative_config("{\"model\": \"" + dir + "gemma4-moe-assistant\", \"num_speculative_tokens\": 3}");

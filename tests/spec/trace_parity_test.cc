@@ -25,7 +25,7 @@ TEST_P(TraceParity, EveryRoundMatchesTransformers) {
   const std::string drafter_dir = dir + GetParam();
   std::string target_name;
   std::ifstream(drafter_dir + "/target.txt") >> target_name;
-  auto backend = make_cpu_backend(2);
+  auto backend = testing::test_backend(2);
   auto target = Gemma4Model::load(dir + target_name, *backend);
   const WeightStore golden = WeightStore::open(drafter_dir + "/golden_spec.safetensors");
   int checked = 0;

@@ -7,11 +7,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_features.h"
+#include "backend/dummy_values.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/thread_pool.h"
 #include "backend/cpu/vec_math.h"
@@ -131,6 +133,15 @@ float* head_ptr(const TensorView& v, int64_t T, int64_t t, int64_t h, int64_t d)
   return v.row<float>(t * rows_per_token + idx / v.cols()) + idx % v.cols();
 }
 
+// A [n] (or [n, 1]) integer tensor of dtype t, as a host pointer.
+template <typename I>
+const I* check_ints(const TensorView& v, DType t, int64_t n, const char* what) {
+  if (v.dtype != t) fail("{} must be {}, got {}", what, dtype_name(t), dtype_name(v.dtype));
+  if (v.numel() != n) fail("{} has {} elements, expected {}", what, v.numel(), n);
+  if (n > 0 && !v.data) fail("{} has no data", what);
+  return static_cast<const I*>(v.data);
+}
+
 void check_heads(const TensorView& v, int64_t T, int64_t n_heads, int64_t d, const char* what) {
   check_f32_2d(v, what);
   if (v.numel() != T * n_heads * d || v.rows() % T != 0 || v.cols() % d != 0)
@@ -145,6 +156,84 @@ class CpuBackend final : public Backend {
     return fmt::format("cpu ({}{}, {} threads)", cpu_isa_name(cpu_isa()),
                        cpu_has_avx512_bf16() ? ", cpu has avx512-bf16" : "", pool_.size());
   }
+  bool is_host() const override { return true; }
+
+  void* alloc(size_t bytes) override {
+    void* p = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
+    if (!p) fail("out of host memory allocating {} MiB", bytes >> 20);
+    return p;
+  }
+  void free(void* p) override { std::free(p); }
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    ++host_syncs_;
+  }
+  void synchronize() override { ++host_syncs_; }
+  void memory_info(size_t* free_bytes, size_t* total_bytes) const override { *free_bytes = *total_bytes = 0; }
+  uint64_t host_syncs() const override { return host_syncs_; }
+
+  void copy(const TensorView& src, TensorView& dst) override {
+    if (src.dtype != dst.dtype || src.rows() != dst.rows() || src.cols() != dst.cols())
+      fail("copy: {} [{}, {}] into {} [{}, {}]", dtype_name(src.dtype), src.rows(), src.cols(), dtype_name(dst.dtype),
+           dst.rows(), dst.cols());
+    const size_t row_bytes = src.cols() * dtype_size(src.dtype);
+    for (int64_t r = 0; r < src.rows(); ++r) std::memmove(dst.row<char>(0) + r * dst.stride() * dtype_size(dst.dtype),
+                                                          src.row<char>(0) + r * src.stride() * dtype_size(src.dtype),
+                                                          row_bytes);
+  }
+
+  void gather_rows(const TensorView& src, const TensorView& ids, TensorView& dst) override {
+    const int64_t R = dst.rows(), N = src.rows(), C = src.cols();
+    const int32_t* id = check_ints<int32_t>(ids, DType::I32, R, "gather_rows ids");
+    if (dst.dtype != src.dtype || dst.cols() != C)
+      fail("gather_rows: {} [{}, {}] from {} [{}, {}]", dtype_name(dst.dtype), R, dst.cols(), dtype_name(src.dtype), N, C);
+    const size_t es = dtype_size(src.dtype), row_bytes = C * es;
+    for (int64_t r = 0; r < R; ++r) {
+      if (id[r] < 0 || id[r] >= N) fail("gather_rows: row id {} is outside [0, {})", id[r], N);
+      std::memcpy(dst.row<char>(0) + r * dst.stride() * es, src.row<char>(0) + id[r] * src.stride() * es, row_bytes);
+    }
+  }
+
+  void fill_dummy(TensorView& t, uint64_t seed, float center, float half_width) override {
+    if (t.dtype != DType::BF16) fail("fill_dummy: needs a BF16 tensor, got {}", dtype_name(t.dtype));
+    // Element (r, c) of the 2-D view is logical element r·cols + c, whatever the row stride.
+    const int64_t cols = t.cols();
+    for_rows(t.rows(), cols, [&](int64_t r) {
+      uint16_t* p = t.row<uint16_t>(r);
+      for (int64_t c = 0; c < cols; ++c) p[c] = dummy_bf16(seed, r * cols + c, center, half_width);
+    });
+  }
+
+  void argmax_rows(const TensorView& x, const TensorView* labels, TensorView& out) override {
+    check_f32_2d(x, "argmax_rows x");
+    const int64_t R = x.rows(), N = x.cols();
+    const int32_t* lab = labels ? check_ints<int32_t>(*labels, DType::I32, R * N, "argmax_rows labels") : nullptr;
+    int32_t* o = const_cast<int32_t*>(check_ints<int32_t>(out, DType::I32, R, "argmax_rows out"));
+    for (int64_t r = 0; r < R; ++r) {
+      const float* v = x.row<float>(r);
+      auto label = [&](int64_t j) { return lab ? lab[r * N + j] : static_cast<int32_t>(j); };
+      int64_t best = 0;
+      for (int64_t j = 1; j < N; ++j)
+        if (v[j] > v[best] || (v[j] == v[best] && label(j) < label(best))) best = j;
+      o[r] = label(best);
+    }
+  }
+
+  void topk_rows(const TensorView& x, TensorView& out) override {
+    check_f32_2d(x, "topk_rows x");
+    const int64_t R = x.rows(), N = x.cols(), k = out.cols();
+    if (k < 1 || k > N) fail("topk_rows: k = {} must be in [1, {}]", k, N);
+    int32_t* o = const_cast<int32_t*>(check_ints<int32_t>(out, DType::I32, R * k, "topk_rows out"));
+    std::vector<int32_t> order(N);
+    for (int64_t r = 0; r < R; ++r) {
+      const float* v = x.row<float>(r);
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
+      std::copy_n(order.begin(), k, o + r * k);
+    }
+  }
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override {
     check_f32_2d(x, "matmul x");
@@ -158,16 +247,16 @@ class CpuBackend final : public Backend {
     run_matmul(a);
   }
 
-  void embed(std::span<const int32_t> ids, const TensorView& table, float scale, TensorView& y) override {
+  void embed(const TensorView& id_view, const TensorView& table, float scale, TensorView& y) override {
     check_f32_2d(y, "embed y");
     if (!is_float_dtype(table.dtype) || table.ndim != 2) fail("embed: table must be a 2-D float tensor");
-    const int64_t V = table.dim(0), H = table.dim(1);
-    if (y.rows() != static_cast<int64_t>(ids.size()) || y.cols() != H)
-      fail("embed: y is [{}, {}], expected [{}, {}]", y.rows(), y.cols(), ids.size(), H);
-    for (int32_t id : ids)
-      if (id < 0 || id >= V) fail("embed: token id {} is outside the vocabulary [0, {})", id, V);
+    const int64_t V = table.dim(0), H = table.dim(1), T = y.rows();
+    const int32_t* ids = check_ints<int32_t>(id_view, DType::I32, T, "embed ids");
+    if (y.cols() != H) fail("embed: y is [{}, {}], expected [{}, {}]", y.rows(), y.cols(), T, H);
+    for (int64_t t = 0; t < T; ++t)
+      if (ids[t] < 0 || ids[t] >= V) fail("embed: token id {} is outside the vocabulary [0, {})", ids[t], V);
     const size_t row_bytes = H * dtype_size(table.dtype);
-    for_rows(ids.size(), H, [&](int64_t t) {
+    for_rows(T, H, [&](int64_t t) {
       float* dst = y.row<float>(t);
       convert_row(static_cast<const char*>(table.data) + ids[t] * row_bytes, table.dtype, H, dst);
       for (int64_t i = 0; i < H; ++i) dst[i] *= scale;
@@ -195,9 +284,12 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void rope(TensorView& x, std::span<const int32_t> positions, std::span<const float> inv_freq) override {
-    const int64_t T = positions.size(), half = inv_freq.size(), d = 2 * half;
+  void rope(TensorView& x, const TensorView& pos_view, const TensorView& freq_view) override {
+    const int64_t T = pos_view.numel(), half = freq_view.numel(), d = 2 * half;
     if (T == 0) return;
+    const int32_t* positions = check_ints<int32_t>(pos_view, DType::I32, T, "rope positions");
+    if (freq_view.dtype != DType::F32) fail("rope: inv_freq must be F32");
+    const float* inv_freq = freq_view.as<float>();
     check_f32_2d(x, "rope x");
     if (half == 0 || x.numel() % (T * d) != 0) fail("rope: x of {} elements is not {} tokens × heads × {}", x.numel(), T, d);
     const int64_t n_heads = x.numel() / (T * d);
@@ -280,29 +372,41 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer,
-                std::span<const int64_t> slots) override {
-    const int64_t T = slots.size(), n_kv = layer.n_kv_heads, d = layer.head_dim;
+  void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slot_view) override {
+    const int64_t T = slot_view.numel(), n_kv = layer.n_kv_heads, d = layer.head_dim;
     if (T == 0) return;
+    const int64_t* slots = check_ints<int64_t>(slot_view, DType::I64, T, "kv_write slots");
+    if (layer.dtype != DType::F32) fail("kv_write: the CPU backend keeps its KV cache in F32, not {}", dtype_name(layer.dtype));
     check_heads(k, T, n_kv, d, "kv_write k");
     check_heads(v, T, n_kv, d, "kv_write v");
     const int64_t n_slots = static_cast<int64_t>(layer.num_blocks) * layer.block_size;
-    for (int64_t slot : slots)
-      if (slot < 0 || slot >= n_slots) fail("kv_write: slot {} is outside the cache's {} slots", slot, n_slots);
+    for (int64_t t = 0; t < T; ++t)
+      if (slots[t] < 0 || slots[t] >= n_slots) fail("kv_write: slot {} is outside the cache's {} slots", slots[t], n_slots);
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t h = 0; h < n_kv; ++h) {
         const int64_t dst = (slots[t] * n_kv + h) * d;
-        std::copy_n(head_ptr(k, T, t, h, d), d, layer.k + dst);
-        std::copy_n(head_ptr(v, T, t, h, d), d, layer.v + dst);
+        std::copy_n(head_ptr(k, T, t, h, d), d, static_cast<float*>(layer.k) + dst);
+        std::copy_n(head_ptr(v, T, t, h, d), d, static_cast<float*>(layer.v) + dst);
       }
     }
   }
 
-  void attention(const TensorView& q, const KvLayer& layer, std::span<const AttentionRow> rows, float scale,
+  void attention(const TensorView& q, const KvLayer& layer, const AttentionRows& rows, float scale,
                  TensorView& out) override {
-    const int64_t T = rows.size(), n_kv = layer.n_kv_heads, d = layer.head_dim;
+    const int64_t T = rows.ranges.rows(), n_kv = layer.n_kv_heads, d = layer.head_dim;
     if (T == 0) return;
     if (n_kv <= 0 || d <= 0 || layer.block_size <= 0) fail("attention: KV layer has no heads, head_dim or block_size");
+    if (layer.dtype != DType::F32) fail("attention: the CPU backend keeps its KV cache in F32, not {}", dtype_name(layer.dtype));
+    const int32_t* ranges = check_ints<int32_t>(rows.ranges, DType::I32, T * 3, "attention ranges");
+    const int64_t S = rows.block_tables.rows(), max_blocks = rows.block_tables.cols();
+    const int32_t* tables = check_ints<int32_t>(rows.block_tables, DType::I32, S * max_blocks, "attention block_tables");
+    const float* kcache = static_cast<const float*>(layer.k);
+    const float* vcache = static_cast<const float*>(layer.v);
+    struct Row {
+      const int32_t* block_table;
+      int32_t kv_begin, kv_end;
+    };
+    std::vector<Row> row_list(T);
     check_f32_2d(q, "attention q");
     if (q.numel() % (T * d) != 0) fail("attention: q of {} elements is not {} rows × heads × {}", q.numel(), T, d);
     const int64_t n_heads = q.numel() / (T * d);
@@ -310,10 +414,16 @@ class CpuBackend final : public Backend {
     check_heads(q, T, n_heads, d, "attention q");
     check_heads(out, T, n_heads, d, "attention out");
     const int64_t bs = layer.block_size;
-    for (const AttentionRow& row : rows) {
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t seq = ranges[3 * t];
+      Row& row = row_list[t];
+      row = {nullptr, ranges[3 * t + 1], ranges[3 * t + 2]};
       if (row.kv_begin < 0 || row.kv_end < row.kv_begin) fail("attention: bad key range [{}, {})", row.kv_begin, row.kv_end);
       if (row.kv_end == row.kv_begin) continue;
-      if (!row.block_table) fail("attention: row has keys but no block table");
+      if (seq < 0 || seq >= S) fail("attention: row {} names block table {} of {}", t, seq, S);
+      if ((row.kv_end - 1) / bs >= max_blocks)
+        fail("attention: key range [{}, {}) runs past the {} blocks of a block table row", row.kv_begin, row.kv_end, max_blocks);
+      row.block_table = tables + seq * max_blocks;
       for (int64_t b = row.kv_begin / bs; b <= (row.kv_end - 1) / bs; ++b)
         if (row.block_table[b] < 0 || row.block_table[b] >= layer.num_blocks)
           fail("attention: block table entry {} = {} is outside the cache's {} blocks", b, row.block_table[b],
@@ -321,10 +431,10 @@ class CpuBackend final : public Backend {
     }
     const int64_t group = n_heads / n_kv;
     int64_t keys = 0;
-    for (const AttentionRow& row : rows) keys += row.kv_end - row.kv_begin;
+    for (const Row& row : row_list) keys += row.kv_end - row.kv_begin;
     auto head = [&](int64_t th) {
       const int64_t t = th / n_heads, h = th % n_heads, kvh = h / group;
-      const AttentionRow& row = rows[t];
+      const Row& row = row_list[t];
       const float* qv = head_ptr(q, T, t, h, d);
       float* o = head_ptr(out, T, t, h, d);
       std::fill_n(o, d, 0.0f);
@@ -335,13 +445,13 @@ class CpuBackend final : public Backend {
       auto slot_of = [&](int64_t pos) { return static_cast<int64_t>(row.block_table[pos / bs]) * bs + pos % bs; };
       float max_score = -INFINITY;
       for (int64_t j = 0; j < len; ++j) {
-        const float* kp = layer.k + (slot_of(row.kv_begin + j) * n_kv + kvh) * d;
+        const float* kp = kcache + (slot_of(row.kv_begin + j) * n_kv + kvh) * d;
         scores[j] = dot(qv, kp, d) * scale;
         max_score = std::max(max_score, scores[j]);
       }
       const float inv = 1.0f / exp_shifted_sum(scores.data(), len, max_score);
       for (int64_t j = 0; j < len; ++j)
-        axpy_row(scores[j] * inv, layer.v + (slot_of(row.kv_begin + j) * n_kv + kvh) * d, o, d);
+        axpy_row(scores[j] * inv, vcache + (slot_of(row.kv_begin + j) * n_kv + kvh) * d, o, d);
     };
     // Short contexts (decode over a few hundred keys) run on the caller; see kSerialMacs.
     if (keys * n_heads * d * 2 < kSerialMacs) {
@@ -351,11 +461,14 @@ class CpuBackend final : public Backend {
     pool_.parallel_for(T * n_heads, head);
   }
 
-  void moe_route(const TensorView& logits, int k, const TensorView* per_expert_scale, int32_t* expert_ids,
-                 float* expert_weights) override {
+  void moe_route(const TensorView& logits, const TensorView* per_expert_scale, TensorView& ids,
+                 TensorView& weights) override {
     check_f32_2d(logits, "moe_route logits");
-    const int64_t T = logits.rows(), E = logits.cols();
+    const int64_t T = logits.rows(), E = logits.cols(), k = ids.cols();
     if (k <= 0 || k > E) fail("moe_route: k = {} must be in [1, {}]", k, E);
+    int32_t* expert_ids = const_cast<int32_t*>(check_ints<int32_t>(ids, DType::I32, T * k, "moe_route ids"));
+    if (weights.dtype != DType::F32 || weights.numel() != T * k) fail("moe_route: weights must be F32 [{}, {}]", T, k);
+    float* expert_weights = weights.as<float>();
     if (per_expert_scale && (per_expert_scale->numel() != E || !is_float_dtype(per_expert_scale->dtype)))
       fail("moe_route: per_expert_scale must be a float tensor of {} elements", E);
     std::vector<float> p(E);
@@ -380,9 +493,14 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void moe_experts(const TensorView& x, const int32_t* expert_ids, const float* expert_weights, int k,
-                   const TensorView& gate_up, const TensorView& down, TensorView& y) override {
+  void moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights, const TensorView& gate_up,
+                   const TensorView& down, TensorView& y) override {
     check_f32_2d(x, "moe_experts x");
+    const int64_t k = ids.cols();
+    const int32_t* expert_ids = check_ints<int32_t>(ids, DType::I32, x.rows() * k, "moe_experts ids");
+    if (weights.dtype != DType::F32 || weights.numel() != x.rows() * k)
+      fail("moe_experts: weights must be F32 [{}, {}]", x.rows(), k);
+    const float* expert_weights = weights.as<float>();
     check_f32_2d(y, "moe_experts y");
     check_same_shape(x, y, "moe_experts");
     if (gate_up.ndim != 3 || down.ndim != 3 || gate_up.row_stride || down.row_stride)
@@ -475,6 +593,7 @@ class CpuBackend final : public Backend {
   }
 
   ThreadPool pool_;
+  uint64_t host_syncs_ = 0;
   std::vector<float> x_packed_;  // x reordered for the BF16 kernels
   std::vector<float> norm_weight_, rope_cos_, rope_sin_;
   std::vector<float> moe_x_, moe_gu_, moe_act_, moe_out_;  // per-expert gathered rows and activations
