@@ -1,0 +1,191 @@
+// The CUDA backend object: device selection, memory (cudaMalloc, async copies on the backend's one
+// non-blocking stream), synchronisation accounting, and the data-movement ops (copy, gather_rows,
+// fill_dummy). Every op of every file is issued on that one stream with no host synchronisation or
+// allocation in the hot path, so a decode step can later be captured into a CUDA graph.
+#include <fmt/format.h>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/dummy_values.h"
+
+namespace tandem {
+
+using namespace cu;
+
+namespace {
+
+// dst row r = src row ids[r] (raw words of W bytes); rows whose id is outside [0, n_src) are zeroed.
+template <typename W>
+__global__ void gather_rows_kernel(const char* __restrict__ src, int64_t src_pitch, int64_t n_src,
+                                   const int32_t* __restrict__ ids, char* __restrict__ dst, int64_t dst_pitch,
+                                   int64_t rows, int64_t words) {
+  const int64_t n = rows * words;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / words, c = i % words;
+    const int32_t id = ids[r];
+    W v{};
+    if (id >= 0 && id < n_src) v = reinterpret_cast<const W*>(src + id * src_pitch)[c];
+    reinterpret_cast<W*>(dst + r * dst_pitch)[c] = v;
+  }
+}
+
+__global__ void fill_dummy_kernel(uint16_t* __restrict__ p, int64_t ld, int64_t rows, int64_t cols, uint64_t seed,
+                                  float center, float half_width) {
+  const int64_t n = rows * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    p[(i / cols) * ld + i % cols] = dummy_bf16(seed, static_cast<uint64_t>(i), center, half_width);
+}
+
+// Grid size for a grid-stride elementwise loop of n items with 256-thread blocks.
+unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + 255) / 256;
+  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(int device) : device_(device) {
+  TANDEM_CUDA_CHECK(cudaSetDevice(device));
+  cudaDeviceProp prop{};
+  TANDEM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  name_ = fmt::format("cuda:{} ({}, sm_{}{}, {} GiB)", device, prop.name, prop.major, prop.minor,
+                      static_cast<unsigned long long>(prop.totalGlobalMem >> 30));
+  TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+}
+
+CudaBackend::~CudaBackend() {
+  cudaSetDevice(device_);
+  cudaStreamSynchronize(stream_);
+  moe_offsets_.reset(), moe_sorted_.reset(), moe_pos_.reset(), moe_act_.reset(), moe_out_.reset();
+  cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::use_device() const {
+  int cur = -1;
+  TANDEM_CUDA_CHECK(cudaGetDevice(&cur));
+  if (cur != device_) TANDEM_CUDA_CHECK(cudaSetDevice(device_));
+}
+
+void CudaBackend::ensure(Buffer& b, size_t bytes) {
+  if (b.bytes() >= bytes) return;
+  // cudaFree (in reset) waits for the device, so work still reading the old buffer finishes first.
+  b.reset();
+  b = Buffer(*this, (bytes + 255) / 256 * 256);
+}
+
+void* CudaBackend::alloc(size_t bytes) {
+  use_device();
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    fail("out of GPU memory allocating {:.1f} MiB ({:.1f} MiB free of {:.1f} MiB) on {}: {}",
+         bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0, name_, cudaGetErrorString(e));
+  }
+  return p;
+}
+
+void CudaBackend::free(void* p) {
+  if (!p) return;
+  use_device();
+  TANDEM_CUDA_CHECK(cudaFree(p));
+}
+
+void CudaBackend::upload(void* dst, const void* host_src, size_t bytes) {
+  if (bytes == 0) return;
+  use_device();
+  TANDEM_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaBackend::download(void* host_dst, const void* src, size_t bytes) {
+  use_device();
+  if (bytes) TANDEM_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  ++host_syncs_;
+}
+
+void CudaBackend::synchronize() {
+  use_device();
+  TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  ++host_syncs_;
+}
+
+void CudaBackend::memory_info(size_t* free_bytes, size_t* total_bytes) const {
+  use_device();
+  *free_bytes = 0, *total_bytes = 0;
+  TANDEM_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
+void CudaBackend::copy(const TensorView& src, TensorView& dst) {
+  if (src.dtype != dst.dtype) fail("copy: dtype mismatch {} vs {}", dtype_name(src.dtype), dtype_name(dst.dtype));
+  check_2d(src, src.dtype, "copy src");
+  check_2d(dst, dst.dtype, "copy dst");
+  check_same_shape(src, dst, "copy");
+  if (src.numel() == 0) return;
+  use_device();
+  const size_t es = dtype_size(src.dtype);
+  TANDEM_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dst.stride() * es, src.data, src.stride() * es, src.cols() * es,
+                                      src.rows(), cudaMemcpyDeviceToDevice, stream_));
+}
+
+void CudaBackend::gather_rows(const TensorView& src, const TensorView& ids, TensorView& dst) {
+  check_2d(src, src.dtype, "gather_rows src");
+  check_2d(ids, DType::I32, "gather_rows ids");
+  check_2d(dst, src.dtype, "gather_rows dst");
+  const int64_t R = ids.numel();
+  if (dst.rows() != R || dst.cols() != src.cols())
+    fail("gather_rows: dst is [{}, {}], expected [{}, {}]", dst.rows(), dst.cols(), R, src.cols());
+  if (ids.rows() != 1 && ids.row_stride != 0 && ids.row_stride != ids.cols()) fail("gather_rows: ids must be dense");
+  if (R == 0 || src.cols() == 0) return;
+  use_device();
+  const size_t es = dtype_size(src.dtype);
+  const uint64_t row_bytes = src.cols() * es, sp = src.stride() * es, dp = dst.stride() * es;
+  const int a = common_alignment({row_bytes, sp, dp, reinterpret_cast<uint64_t>(src.data),
+                                  reinterpret_cast<uint64_t>(dst.data)});
+  const int64_t words = row_bytes / a;
+  const unsigned grid = grid_for(R * words);
+  auto go = [&](auto word) {
+    using W = decltype(word);
+    gather_rows_kernel<W><<<grid, 256, 0, stream_>>>(static_cast<const char*>(src.data), sp, src.rows(),
+                                                     ids.as<int32_t>(), static_cast<char*>(dst.data), dp, R, words);
+  };
+  switch (a) {
+    case 16: go(uint4{}); break;
+    case 8: go(uint2{}); break;
+    case 4: go(uint32_t{}); break;
+    case 2: go(uint16_t{}); break;
+    default: go(uint8_t{}); break;
+  }
+  TANDEM_CUDA_LAUNCHED("gather_rows_kernel");
+}
+
+void CudaBackend::fill_dummy(TensorView& t, uint64_t seed, float center, float half_width) {
+  check_2d(t, DType::BF16, "fill_dummy tensor");
+  if (t.numel() == 0) return;
+  use_device();
+  fill_dummy_kernel<<<grid_for(t.numel()), 256, 0, stream_>>>(t.as<uint16_t>(), t.stride(), t.rows(), t.cols(), seed,
+                                                               center, half_width);
+  TANDEM_CUDA_LAUNCHED("fill_dummy_kernel");
+}
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  const int n = cuda_device_count();
+  if (device < 0 || device >= n)
+    fail("CUDA device {} is not there ({} CUDA device{} visible)", device, n, n == 1 ? "" : "s");
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace tandem

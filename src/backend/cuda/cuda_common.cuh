@@ -1,0 +1,359 @@
+// Private to the CUDA backend: the CudaBackend class (its ops are defined across the .cu files of
+// this directory, one file per op family), CUDA error checking, host-side argument checks shared by
+// the ops, and the device helpers several kernels share: dtype decoding and the warp dot product
+// whose fixed per-element reduction order makes matmul and moe_experts batch-invariant.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "backend/backend.h"
+#include "util/error.h"
+
+namespace tandem {
+namespace cu {
+
+// --- Error checking ---------------------------------------------------------------------------
+
+inline void check_cuda(cudaError_t e, const char* call, const char* file, int line) {
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear a non-sticky error so the backend stays usable
+    fail("CUDA error {} ({}) in {} at {}:{}", cudaGetErrorName(e), cudaGetErrorString(e), call, file, line);
+  }
+}
+
+}  // namespace cu
+
+#define TANDEM_CUDA_CHECK(call) ::tandem::cu::check_cuda((call), #call, __FILE__, __LINE__)
+// After every kernel launch: launch configuration errors show here, not at the next sync.
+#define TANDEM_CUDA_LAUNCHED(what) ::tandem::cu::check_cuda(cudaGetLastError(), "launch of " what, __FILE__, __LINE__)
+
+namespace cu {
+
+// --- Host-side argument checks (the same rules as the CPU backend) ------------------------------
+
+inline bool is_float_dtype(DType t) {
+  return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F8_E4M3;
+}
+
+inline void check_2d(const TensorView& v, DType want, const char* what) {
+  if (v.dtype != want) fail("{} must be {}, got {}", what, dtype_name(want), dtype_name(v.dtype));
+  if (v.ndim < 1 || (v.data == nullptr && v.numel() > 0)) fail("{} is empty or has no data", what);
+  if (v.row_stride != 0 && v.row_stride < v.cols()) fail("{} has row_stride {} < cols {}", what, v.row_stride, v.cols());
+}
+inline void check_f32_2d(const TensorView& v, const char* what) { check_2d(v, DType::F32, what); }
+
+inline void check_same_shape(const TensorView& a, const TensorView& b, const char* op) {
+  if (a.rows() != b.rows() || a.cols() != b.cols())
+    fail("{}: shape mismatch [{}, {}] vs [{}, {}]", op, a.rows(), a.cols(), b.rows(), b.cols());
+}
+
+inline void check_heads(const TensorView& v, int64_t T, int64_t n_heads, int64_t d, const char* what) {
+  check_f32_2d(v, what);
+  if (v.numel() != T * n_heads * d || v.rows() % T != 0 || v.cols() % d != 0)
+    fail("{} has shape [{}, {}], expected {} tokens × {} heads × {}", what, v.rows(), v.cols(), T, n_heads, d);
+}
+
+// Largest power of two <= 16 dividing every argument (for choosing a vector width).
+inline int common_alignment(std::initializer_list<uint64_t> values) {
+  int a = 16;
+  for (uint64_t v : values)
+    while (a > 1 && v % a != 0) a /= 2;
+  return a;
+}
+
+// --- Views passed to kernels ------------------------------------------------------------------
+
+// A 2-D f32 view [rows, cols] with a row stride.
+struct Mat {
+  float* p;
+  int64_t ld, rows, cols;
+};
+inline Mat mat(const TensorView& v) { return {static_cast<float*>(v.data), v.stride(), v.rows(), v.cols()}; }
+
+// T tokens of n_heads·d floats seen as [T, n_heads·d] (possibly strided) or [T, n_heads, d] /
+// [T·n_heads, d]: the device version of the CPU backend's head_ptr().
+struct HeadView {
+  float* p;
+  int64_t ld, cols, rows_per_token;
+  __device__ float* head(int64_t t, int64_t h, int64_t d) const {
+    const int64_t idx = h * d;
+    return p + (t * rows_per_token + idx / cols) * ld + idx % cols;
+  }
+};
+inline HeadView head_view(const TensorView& v, int64_t T) {
+  return {static_cast<float*>(v.data), v.stride(), v.cols(), v.rows() / T};
+}
+
+// --- Device dtype decoding --------------------------------------------------------------------
+
+enum WType : int { kF32 = 0, kBF16 = 1, kF16 = 2, kF8 = 3 };
+
+inline int wtype_of(DType t) {
+  switch (t) {
+    case DType::F32: return kF32;
+    case DType::BF16: return kBF16;
+    case DType::F16: return kF16;
+    case DType::F8_E4M3: return kF8;
+    default: fail("tensor dtype {} is not a float type", dtype_name(t));
+  }
+}
+
+__device__ __forceinline__ float bf16_bits_to_f32(uint32_t h) { return __uint_as_float(h << 16); }
+__device__ __forceinline__ float f16_bits_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+// OCP FP8 E4M3, exactly as util/half.h (finite only; 0x7F / 0xFF are NaN).
+__device__ __forceinline__ float f8_bits_to_f32(uint32_t b) {
+  const uint32_t sign = (b & 0x80u) << 24, exp = (b >> 3) & 0xFu, mant = b & 0x7u;
+  float v = exp == 0 ? static_cast<float>(mant) * 0.001953125f  // mant · 2^-9, exact
+                     : __uint_as_float(((exp + 120u) << 23) | (mant << 20));
+  if (exp == 0xF && mant == 0x7) v = __uint_as_float(0x7FC00000u);
+  return __uint_as_float(__float_as_uint(v) | sign);
+}
+
+// Round to nearest even, NaN kept quiet: the same bits as util/half.h's f32_to_bf16.
+__device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
+  uint32_t u = __float_as_uint(f);
+  if (f != f) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+template <int WT>
+__device__ __forceinline__ float load_elem(const void* p, int64_t i) {
+  if constexpr (WT == kF32) return static_cast<const float*>(p)[i];
+  else if constexpr (WT == kBF16) return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+  else if constexpr (WT == kF16) return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+  else return f8_bits_to_f32(static_cast<const uint8_t*>(p)[i]);
+}
+
+// Runtime-dtype element load for the small ops (norm weights, embeddings, expert scales).
+__device__ __forceinline__ float load_any(const void* p, int wt, int64_t i) {
+  switch (wt) {
+    case kF32: return load_elem<kF32>(p, i);
+    case kBF16: return load_elem<kBF16>(p, i);
+    case kF16: return load_elem<kF16>(p, i);
+    default: return load_elem<kF8>(p, i);
+  }
+}
+
+template <int WT>
+__host__ __device__ constexpr int64_t welem_bytes() {
+  return WT == kF32 ? 4 : WT == kF8 ? 1 : 2;
+}
+
+// Eight consecutive weights loaded with 16-byte (F32: two, F8: one 8-byte) loads, decoded later so
+// several chunks can be in flight at once.
+template <int WT>
+struct Raw8;
+template <>
+struct Raw8<kF32> {
+  float4 a, b;
+  __device__ void load(const void* w, int64_t chunk) {
+    const float4* p = static_cast<const float4*>(w) + 2 * chunk;
+    a = __ldg(p), b = __ldg(p + 1);
+  }
+  __device__ void decode(float (&f)[8]) const {
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  }
+};
+template <>
+struct Raw8<kBF16> {
+  uint4 r;
+  __device__ void load(const void* w, int64_t chunk) { r = __ldg(static_cast<const uint4*>(w) + chunk); }
+  __device__ void decode(float (&f)[8]) const {
+    const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = __uint_as_float(u[i] << 16);
+      f[2 * i + 1] = __uint_as_float(u[i] & 0xFFFF0000u);
+    }
+  }
+};
+template <>
+struct Raw8<kF16> {
+  uint4 r;
+  __device__ void load(const void* w, int64_t chunk) { r = __ldg(static_cast<const uint4*>(w) + chunk); }
+  __device__ void decode(float (&f)[8]) const {
+    const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = f16_bits_to_f32(static_cast<uint16_t>(u[i] & 0xFFFFu));
+      f[2 * i + 1] = f16_bits_to_f32(static_cast<uint16_t>(u[i] >> 16));
+    }
+  }
+};
+template <>
+struct Raw8<kF8> {
+  uint2 r;
+  __device__ void load(const void* w, int64_t chunk) { r = __ldg(static_cast<const uint2*>(w) + chunk); }
+  __device__ void decode(float (&f)[8]) const {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[i] = f8_bits_to_f32((r.x >> (8 * i)) & 0xFFu);
+      f[4 + i] = f8_bits_to_f32((r.y >> (8 * i)) & 0xFFu);
+    }
+  }
+};
+
+template <bool XVEC>
+__device__ __forceinline__ void load_x8(const float* p, float (&v)[8]) {
+  if constexpr (XVEC) {
+    const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = p[j];
+  }
+}
+
+// --- The batch-invariant warp dot product -------------------------------------------------------
+//
+// acc[m] = lane's partial of x_m · w for m < nrows, where w is one weight row of K elements. The
+// order of the f32 FMAs of lane l is fixed by K and the path alone:
+//   VEC  (K % 8 == 0, w 16-byte aligned): chunks c = l, l + 32, l + 64, ... of 8 elements, each
+//        chunk's elements in order;
+//   else (scalar):                        elements k = l, l + 32, l + 64, ... in order.
+// It never depends on nrows, on the other rows, or on how x is loaded (XVEC only picks 16-byte x
+// loads when every x row is 16-byte aligned). warp_sum() then reduces the lanes in a fixed
+// butterfly, so an output element is bit-identical however the rows are batched.
+template <int WT, bool VEC, bool XVEC, int MT>
+__device__ __forceinline__ void warp_dot(const void* __restrict__ w, int64_t K, const float* const (&xr)[MT],
+                                         int nrows, float (&acc)[MT], int lane) {
+  constexpr int U = 8;  // chunks in flight per lane
+  if constexpr (VEC) {
+    // Every pass issues all of its (predicated) loads before the first use, the last partial pass
+    // included: K = 704 (an expert's down projection) is one memory round trip per lane, not three.
+    // Chunks are still consumed in the order c, c + 32, c + 64, ...
+    const int64_t K8 = K / 8;
+    for (int64_t c = lane; c < K8; c += 32 * U) {
+      Raw8<WT> r[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (c + 32 * u < K8) r[u].load(w, c + 32 * u);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (c + 32 * u < K8) {
+          float wf[8];
+          r[u].decode(wf);
+#pragma unroll
+          for (int m = 0; m < MT; ++m) {
+            if (m < nrows) {
+              float xv[8];
+              load_x8<XVEC>(xr[m] + (c + 32 * u) * 8, xv);
+#pragma unroll
+              for (int j = 0; j < 8; ++j) acc[m] = fmaf(xv[j], wf[j], acc[m]);
+            }
+          }
+        }
+      }
+    }
+  } else {
+    int64_t k = lane;
+    for (; k + 32 * (U - 1) < K; k += 32 * U) {
+      float wv[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) wv[u] = load_elem<WT>(w, k + 32 * u);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+          if (m < nrows) acc[m] = fmaf(xr[m][k + 32 * u], wv[u], acc[m]);
+      }
+    }
+    for (; k < K; k += 32) {
+      const float wv = load_elem<WT>(w, k);
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (m < nrows) acc[m] = fmaf(xr[m][k], wv, acc[m]);
+    }
+  }
+}
+
+// Butterfly sum over the 32 lanes; every lane ends with the same, order-fixed result.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float kAlpha = 0.7978845608028654f;  // √(2/π)
+  return 0.5f * x * (1.0f + tanhf(kAlpha * (x + 0.044715f * x * x * x)));
+}
+
+// Rows per M-tile of the matmul kernels and warps (= output columns) per CTA.
+constexpr int kMatmulRows = 8;
+constexpr int kMatmulWarps = 8;
+
+}  // namespace cu
+
+// --- The backend ------------------------------------------------------------------------------
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device);
+  ~CudaBackend() override;
+
+  std::string name() const override { return name_; }
+  bool is_host() const override { return false; }
+
+  void* alloc(size_t bytes) override;
+  void free(void* p) override;
+  void upload(void* dst, const void* host_src, size_t bytes) override;
+  void download(void* host_dst, const void* src, size_t bytes) override;
+  void synchronize() override;
+  void memory_info(size_t* free_bytes, size_t* total_bytes) const override;
+  uint64_t host_syncs() const override { return host_syncs_; }
+
+  void copy(const TensorView& src, TensorView& dst) override;
+  void gather_rows(const TensorView& src, const TensorView& ids, TensorView& dst) override;
+  void fill_dummy(TensorView& t, uint64_t seed, float center, float half_width) override;
+
+  void matmul(const TensorView& x, const TensorView& w, TensorView& y) override;
+  void embed(const TensorView& ids, const TensorView& table, float scale, TensorView& y) override;
+  void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override;
+  void rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) override;
+  void gelu_tanh_mul(const TensorView& gate, const TensorView& up, TensorView& out) override;
+  void add(const TensorView& a, const TensorView& b, TensorView& y) override;
+  void axpy(float alpha, const TensorView& x, TensorView& y) override;
+  void scale(TensorView& x, float s) override;
+  void softcap(TensorView& x, float cap) override;
+  void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slots) override;
+  void attention(const TensorView& q, const KvLayer& layer, const AttentionRows& rows, float scale,
+                 TensorView& out) override;
+  void moe_route(const TensorView& logits, const TensorView* per_expert_scale, TensorView& ids,
+                 TensorView& weights) override;
+  void moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights, const TensorView& gate_up,
+                   const TensorView& down, TensorView& y) override;
+  void argmax_rows(const TensorView& x, const TensorView* labels, TensorView& out) override;
+  void topk_rows(const TensorView& x, TensorView& out) override;
+
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  // Makes this backend's GPU current on the calling thread (cheap when it already is).
+  void use_device() const;
+  // Grows a scratch buffer to at least `bytes`. Only reallocates when the size increases, so a step
+  // run once at its largest size never allocates again (and can then be captured in a CUDA graph).
+  void ensure(Buffer& b, size_t bytes);
+  // The grouped matmul of moe_experts (defined in moe.cu); also used by matmul-shaped helpers.
+  void launch_matmul(const float* x, int64_t ldx, const void* w, DType wtype, float* y, int64_t ldy, int64_t T,
+                     int64_t N, int64_t K);
+
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  std::string name_;
+  uint64_t host_syncs_ = 0;
+  // moe_experts scratch: offsets [E+1], pairs sorted by expert [T·k], position of each pair in that
+  // order [T·k], activations [T·k, I], expert outputs [T·k, H].
+  Buffer moe_offsets_, moe_sorted_, moe_pos_, moe_act_, moe_out_;
+};
+
+}  // namespace tandem

@@ -1,0 +1,109 @@
+// Elementwise f32 ops on 2-D views with row strides: gelu_tanh_mul, add, axpy, scale, softcap.
+//
+// One grid-stride kernel per op over rows × cols (a view's rows may be strided halves of one
+// tensor, so no op assumes density). They are memory-bound; nothing cleverer is worth it. Inputs
+// and outputs may alias element-for-element (each element is read and written by one thread), so no
+// pointer is __restrict__. Math as on the CPU: tanhf (not an intrinsic), fmaf for axpy.
+#include "backend/cuda/cuda_common.cuh"
+
+namespace tandem {
+
+using namespace cu;
+
+namespace {
+
+unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + 255) / 256;
+  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+template <typename F>
+__device__ __forceinline__ void for_each_elem(int64_t rows, int64_t cols, F&& f) {
+  const int64_t n = rows * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    f(i / cols, i % cols);
+}
+
+__global__ void gelu_tanh_mul_kernel(Mat g, Mat u, Mat o) {
+  for_each_elem(o.rows, o.cols, [&](int64_t r, int64_t c) {
+    o.p[r * o.ld + c] = gelu_tanh(g.p[r * g.ld + c]) * u.p[r * u.ld + c];
+  });
+}
+
+__global__ void add_kernel(Mat a, Mat b, Mat y) {
+  for_each_elem(y.rows, y.cols, [&](int64_t r, int64_t c) { y.p[r * y.ld + c] = a.p[r * a.ld + c] + b.p[r * b.ld + c]; });
+}
+
+__global__ void axpy_kernel(float alpha, Mat x, Mat y) {
+  for_each_elem(y.rows, y.cols, [&](int64_t r, int64_t c) {
+    float* py = y.p + r * y.ld + c;
+    *py = fmaf(alpha, x.p[r * x.ld + c], *py);
+  });
+}
+
+__global__ void scale_kernel(Mat x, float s) {
+  for_each_elem(x.rows, x.cols, [&](int64_t r, int64_t c) { x.p[r * x.ld + c] *= s; });
+}
+
+__global__ void softcap_kernel(Mat x, float cap, float inv) {
+  for_each_elem(x.rows, x.cols, [&](int64_t r, int64_t c) {
+    float* p = x.p + r * x.ld + c;
+    *p = cap * tanhf(*p * inv);
+  });
+}
+
+}  // namespace
+
+void CudaBackend::gelu_tanh_mul(const TensorView& gate, const TensorView& up, TensorView& out) {
+  check_f32_2d(gate, "gelu_tanh_mul gate");
+  check_f32_2d(up, "gelu_tanh_mul up");
+  check_f32_2d(out, "gelu_tanh_mul out");
+  check_same_shape(gate, up, "gelu_tanh_mul");
+  check_same_shape(gate, out, "gelu_tanh_mul");
+  if (out.numel() == 0) return;
+  use_device();
+  gelu_tanh_mul_kernel<<<grid_for(out.numel()), 256, 0, stream_>>>(mat(gate), mat(up), mat(out));
+  TANDEM_CUDA_LAUNCHED("gelu_tanh_mul_kernel");
+}
+
+void CudaBackend::add(const TensorView& a, const TensorView& b, TensorView& y) {
+  check_f32_2d(a, "add a");
+  check_f32_2d(b, "add b");
+  check_f32_2d(y, "add y");
+  check_same_shape(a, y, "add");
+  check_same_shape(b, y, "add");
+  if (y.numel() == 0) return;
+  use_device();
+  add_kernel<<<grid_for(y.numel()), 256, 0, stream_>>>(mat(a), mat(b), mat(y));
+  TANDEM_CUDA_LAUNCHED("add_kernel");
+}
+
+void CudaBackend::axpy(float alpha, const TensorView& x, TensorView& y) {
+  check_f32_2d(x, "axpy x");
+  check_f32_2d(y, "axpy y");
+  check_same_shape(x, y, "axpy");
+  if (y.numel() == 0) return;
+  use_device();
+  axpy_kernel<<<grid_for(y.numel()), 256, 0, stream_>>>(alpha, mat(x), mat(y));
+  TANDEM_CUDA_LAUNCHED("axpy_kernel");
+}
+
+void CudaBackend::scale(TensorView& x, float s) {
+  check_f32_2d(x, "scale x");
+  if (x.numel() == 0) return;
+  use_device();
+  scale_kernel<<<grid_for(x.numel()), 256, 0, stream_>>>(mat(x), s);
+  TANDEM_CUDA_LAUNCHED("scale_kernel");
+}
+
+void CudaBackend::softcap(TensorView& x, float cap) {
+  check_f32_2d(x, "softcap x");
+  if (!(cap > 0)) fail("softcap: cap must be positive, got {}", cap);
+  if (x.numel() == 0) return;
+  use_device();
+  softcap_kernel<<<grid_for(x.numel()), 256, 0, stream_>>>(mat(x), cap, 1.0f / cap);
+  TANDEM_CUDA_LAUNCHED("softcap_kernel");
+}
+
+}  // namespace tandem

@@ -1,0 +1,306 @@
+// Mixture-of-experts ops: moe_route (softmax router + top-k) and moe_experts (the routed FFN).
+//
+// moe_route: one warp per row. Softmax over E in f32 (expf), then k rounds of a warp argmax that
+// take the next element in (probability desc, index asc) order after the previous pick — no
+// per-row storage, so any E works — then renormalise and scale, as the CPU backend does.
+//
+// moe_experts runs entirely on the device in four launches, with no host look at the ids:
+//   1. group: one CTA sorts the T·k (row, slot) pairs by expert with a counting sort (a warp per
+//      expert counts and then places its pairs with ballots, in pair order: stable, deterministic);
+//   2. gate_up: grid (I/8 column tiles, E); a CTA takes one expert and 8 columns, warps loop over
+//      that expert's rows in M-tiles of 8 (experts with no rows exit at once), computing the gate
+//      and up columns with the matmul's warp_dot and writing gelu_tanh(g)·u;
+//   3. down: the same shape over H columns of down[e], writing one output row per pair;
+//   4. combine: y[t] = Σ_j w[t,j]·out[pair(t,j)] in j order.
+// Every value of a row thus goes through the same reduction order whatever else is in the batch.
+#include <climits>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace tandem {
+
+using namespace cu;
+
+namespace {
+
+constexpr int kRouteWarps = 4;
+
+__global__ void __launch_bounds__(kRouteWarps * 32)
+    moe_route_kernel(Mat logits, const void* __restrict__ scale, int scale_wt, int32_t* __restrict__ ids,
+                     int64_t ids_ld, float* __restrict__ wts, int64_t w_ld, int k) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kRouteWarps + warp;
+  if (t >= logits.rows) return;
+  const int64_t E = logits.cols;
+  const float* l = logits.p + t * logits.ld;
+  float mx = -INFINITY;
+  for (int64_t e = lane; e < E; e += 32) mx = fmaxf(mx, l[e]);
+  mx = warp_max(mx);
+  float sum = 0.0f;
+  for (int64_t e = lane; e < E; e += 32) sum += expf(l[e] - mx);
+  sum = warp_sum(sum);
+
+  float prev_p = INFINITY, top_sum = 0.0f;
+  int prev_e = -1;
+  for (int j = 0; j < k; ++j) {
+    float bp = -INFINITY;
+    int be = INT_MAX;
+    for (int64_t e = lane; e < E; e += 32) {
+      const float p = expf(l[e] - mx) / sum;
+      const bool after_prev = p < prev_p || (p == prev_p && e > prev_e);
+      if (after_prev && (p > bp || (p == bp && e < be))) bp = p, be = static_cast<int>(e);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) {
+      const float op = __shfl_xor_sync(0xFFFFFFFFu, bp, o);
+      const int oe = __shfl_xor_sync(0xFFFFFFFFu, be, o);
+      if (op > bp || (op == bp && oe < be)) bp = op, be = oe;
+    }
+    if (be == INT_MAX) be = 0;  // only when the logits hold NaN; keep ids in range
+    if (lane == 0) ids[t * ids_ld + j] = be, wts[t * w_ld + j] = bp;
+    top_sum += bp;
+    prev_p = bp, prev_e = be;
+  }
+  if (lane == 0) {
+    for (int j = 0; j < k; ++j) {
+      const int e = ids[t * ids_ld + j];
+      const float s = scale ? load_any(scale, scale_wt, e) : 1.0f;
+      wts[t * w_ld + j] = wts[t * w_ld + j] / top_sum * s;
+    }
+  }
+}
+
+// One CTA: offsets[e] = first position of expert e in the sorted order (offsets[E] = pairs routed),
+// sorted[pos] = pair index t·k + j, pos_of_pair[pair] = pos (-1 for ids outside [0, E)).
+__global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld, int k, int64_t T, int E,
+                                 int32_t* __restrict__ offsets, int32_t* __restrict__ sorted,
+                                 int32_t* __restrict__ pos_of_pair) {
+  extern __shared__ int32_t s_start[];  // [E]
+  const int64_t P = T * k;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) pos_of_pair[p] = -1;
+  auto id_of = [&](int64_t p) { return p < P ? ids[(p / k) * ids_ld + p % k] : -1; };
+  for (int e = warp; e < E; e += n_warps) {
+    int count = 0;
+    for (int64_t base = 0; base < P; base += 32) count += __popc(__ballot_sync(0xFFFFFFFFu, id_of(base + lane) == e));
+    if (lane == 0) s_start[e] = count;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t off = 0;
+    for (int e = 0; e < E; ++e) {
+      const int32_t c = s_start[e];
+      s_start[e] = off, offsets[e] = off;
+      off += c;
+    }
+    offsets[E] = off;
+  }
+  __syncthreads();
+  const uint32_t lanes_below = (1u << lane) - 1u;
+  for (int e = warp; e < E; e += n_warps) {
+    int32_t pos = s_start[e];
+    for (int64_t base = 0; base < P; base += 32) {
+      const int64_t p = base + lane;
+      const bool mine = id_of(p) == e;
+      const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, mine);
+      if (mine) {
+        const int32_t r = pos + __popc(ballot & lanes_below);
+        sorted[r] = static_cast<int32_t>(p);
+        pos_of_pair[p] = r;
+      }
+      pos += __popc(ballot);
+    }
+  }
+}
+
+// act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]) for the rows of expert e.
+template <int WT, bool VEC, bool XVEC>
+__global__ void __launch_bounds__(kMatmulWarps * 32)
+    moe_gate_up_kernel(const float* __restrict__ x, int64_t ldx, const void* __restrict__ gate_up, int64_t I,
+                       int64_t H, int k, const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
+                       float* __restrict__ act) {
+  const int e = blockIdx.y;
+  const int32_t begin = offsets[e], end = offsets[e + 1];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp;
+  if (begin >= end || c >= I) return;
+  const char* we = static_cast<const char*>(gate_up) + static_cast<int64_t>(e) * 2 * I * H * welem_bytes<WT>();
+  const void* g_row = we + c * H * welem_bytes<WT>();
+  const void* u_row = we + (I + c) * H * welem_bytes<WT>();
+  for (int32_t r0 = begin; r0 < end; r0 += kMatmulRows) {
+    const int nrows = end - r0 < kMatmulRows ? end - r0 : kMatmulRows;
+    const float* xr[kMatmulRows];
+#pragma unroll
+    for (int m = 0; m < kMatmulRows; ++m) xr[m] = x + (sorted[r0 + (m < nrows ? m : 0)] / k) * ldx;
+    float g[kMatmulRows], u[kMatmulRows];
+#pragma unroll
+    for (int m = 0; m < kMatmulRows; ++m) g[m] = 0.0f, u[m] = 0.0f;
+    warp_dot<WT, VEC, XVEC, kMatmulRows>(g_row, H, xr, nrows, g, lane);
+    warp_dot<WT, VEC, XVEC, kMatmulRows>(u_row, H, xr, nrows, u, lane);
+#pragma unroll
+    for (int m = 0; m < kMatmulRows; ++m) {
+      const float gs = warp_sum(g[m]), us = warp_sum(u[m]);
+      if (lane == m && m < nrows) act[(r0 + m) * I + c] = gelu_tanh(gs) * us;
+    }
+  }
+}
+
+// out[pos, n] = down[e][n] · act[pos] for the rows of expert e.
+template <int WT, bool VEC, bool XVEC>
+__global__ void __launch_bounds__(kMatmulWarps * 32)
+    moe_down_kernel(const float* __restrict__ act, const void* __restrict__ down, int64_t I, int64_t H,
+                    const int32_t* __restrict__ offsets, float* __restrict__ out) {
+  const int e = blockIdx.y;
+  const int32_t begin = offsets[e], end = offsets[e + 1];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp;
+  if (begin >= end || n >= H) return;
+  const void* w_row = static_cast<const char*>(down) + (static_cast<int64_t>(e) * H + n) * I * welem_bytes<WT>();
+  for (int32_t r0 = begin; r0 < end; r0 += kMatmulRows) {
+    const int nrows = end - r0 < kMatmulRows ? end - r0 : kMatmulRows;
+    const float* xr[kMatmulRows];
+#pragma unroll
+    for (int m = 0; m < kMatmulRows; ++m) xr[m] = act + static_cast<int64_t>(r0 + (m < nrows ? m : 0)) * I;
+    float acc[kMatmulRows];
+#pragma unroll
+    for (int m = 0; m < kMatmulRows; ++m) acc[m] = 0.0f;
+    warp_dot<WT, VEC, XVEC, kMatmulRows>(w_row, I, xr, nrows, acc, lane);
+#pragma unroll
+    for (int m = 0; m < kMatmulRows; ++m) {
+      const float s = warp_sum(acc[m]);
+      if (lane == m && m < nrows) out[static_cast<int64_t>(r0 + m) * H + n] = s;
+    }
+  }
+}
+
+__global__ void moe_combine_kernel(const float* __restrict__ out, const int32_t* __restrict__ pos_of_pair,
+                                   const float* __restrict__ wts, int64_t w_ld, int k, Mat y) {
+  const int64_t n_all = y.rows * y.cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_all;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / y.cols, n = i % y.cols;
+    float acc = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      const int32_t pos = pos_of_pair[t * k + j];
+      if (pos >= 0) acc = fmaf(wts[t * w_ld + j], out[static_cast<int64_t>(pos) * y.cols + n], acc);
+    }
+    y.p[t * y.ld + n] = acc;
+  }
+}
+
+// Calls f.template operator()<WT, VEC, XVEC>() for the runtime weight type and paths.
+template <typename F>
+void dispatch_weights(int wt, bool vec, bool xvec, F&& f) {
+  auto paths = [&]<int WT>() {
+    if (vec && xvec) f.template operator()<WT, true, true>();
+    else if (vec) f.template operator()<WT, true, false>();
+    else f.template operator()<WT, false, false>();
+  };
+  switch (wt) {
+    case kF32: paths.template operator()<kF32>(); break;
+    case kBF16: paths.template operator()<kBF16>(); break;
+    case kF16: paths.template operator()<kF16>(); break;
+    default: paths.template operator()<kF8>(); break;
+  }
+}
+
+unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + 255) / 256;
+  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+}  // namespace
+
+void CudaBackend::moe_route(const TensorView& logits, const TensorView* per_expert_scale, TensorView& ids,
+                            TensorView& weights) {
+  check_f32_2d(logits, "moe_route logits");
+  check_2d(ids, DType::I32, "moe_route ids");
+  check_f32_2d(weights, "moe_route weights");
+  const int64_t T = logits.rows(), E = logits.cols(), k = ids.cols();
+  if (k <= 0 || k > E) fail("moe_route: k = {} must be in [1, {}]", k, E);
+  if (ids.rows() != T || weights.rows() != T || weights.cols() != k)
+    fail("moe_route: ids [{}, {}] and weights [{}, {}] must both be [{}, {}]", ids.rows(), ids.cols(),
+         weights.rows(), weights.cols(), T, k);
+  if (per_expert_scale && (per_expert_scale->numel() != E || !is_float_dtype(per_expert_scale->dtype)))
+    fail("moe_route: per_expert_scale must be a float tensor of {} elements", E);
+  if (per_expert_scale && per_expert_scale->rows() != 1 && per_expert_scale->stride() != per_expert_scale->cols())
+    fail("moe_route: per_expert_scale must be dense");
+  if (T == 0) return;
+  use_device();
+  const unsigned grid = static_cast<unsigned>((T + kRouteWarps - 1) / kRouteWarps);
+  moe_route_kernel<<<grid, kRouteWarps * 32, 0, stream_>>>(
+      mat(logits), per_expert_scale ? per_expert_scale->data : nullptr,
+      per_expert_scale ? wtype_of(per_expert_scale->dtype) : 0, ids.as<int32_t>(), ids.stride(),
+      weights.as<float>(), weights.stride(), static_cast<int>(k));
+  TANDEM_CUDA_LAUNCHED("moe_route_kernel");
+}
+
+void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
+                              const TensorView& gate_up, const TensorView& down, TensorView& y) {
+  check_f32_2d(x, "moe_experts x");
+  check_f32_2d(y, "moe_experts y");
+  check_same_shape(x, y, "moe_experts");
+  check_2d(ids, DType::I32, "moe_experts ids");
+  check_f32_2d(weights, "moe_experts weights");
+  if (gate_up.ndim != 3 || down.ndim != 3 || gate_up.row_stride || down.row_stride)
+    fail("moe_experts: gate_up and down must be dense 3-D tensors");
+  if (!is_float_dtype(gate_up.dtype) || !is_float_dtype(down.dtype)) fail("moe_experts: expert weights must be float");
+  const int64_t T = x.rows(), H = x.cols(), E = gate_up.dim(0), I2 = gate_up.dim(1), I = I2 / 2, k = ids.cols();
+  if (gate_up.dim(2) != H || I2 % 2 != 0 || down.dim(0) != E || down.dim(1) != H || down.dim(2) != I)
+    fail("moe_experts: gate_up [{}, {}, {}] and down [{}, {}, {}] do not fit H = {}", E, I2, gate_up.dim(2),
+         down.dim(0), down.dim(1), down.dim(2), H);
+  if (ids.rows() != T || weights.rows() != T || weights.cols() != k)
+    fail("moe_experts: ids [{}, {}] and weights [{}, {}] must both be [{}, k]", ids.rows(), ids.cols(),
+         weights.rows(), weights.cols(), T);
+  if (E <= 0 || E > 8192) fail("moe_experts: {} experts is outside what the CUDA backend supports (1..8192)", E);
+  if (T * k > 0x7FFFFFFF / 2) fail("moe_experts: {} rows × {} experts is too many", T, k);
+  if (T == 0 || H == 0) return;
+  use_device();
+  const int64_t P = T * k;
+  // Scratch grows only when a larger step arrives (see ensure()); steady-state steps allocate nothing.
+  ensure(moe_offsets_, (E + 1) * sizeof(int32_t));
+  ensure(moe_sorted_, std::max<int64_t>(P, 1) * sizeof(int32_t));
+  ensure(moe_pos_, std::max<int64_t>(P, 1) * sizeof(int32_t));
+  ensure(moe_act_, std::max<int64_t>(P * I, 1) * sizeof(float));
+  ensure(moe_out_, std::max<int64_t>(P * H, 1) * sizeof(float));
+  auto* offsets = static_cast<int32_t*>(moe_offsets_.data());
+  auto* sorted = static_cast<int32_t*>(moe_sorted_.data());
+  auto* pos = static_cast<int32_t*>(moe_pos_.data());
+  auto* act = static_cast<float*>(moe_act_.data());
+  auto* out = static_cast<float*>(moe_out_.data());
+
+  moe_group_kernel<<<1, 1024, (E + 1) * sizeof(int32_t), stream_>>>(ids.as<int32_t>(), ids.stride(),
+                                                                     static_cast<int>(k), T, static_cast<int>(E),
+                                                                     offsets, sorted, pos);
+  TANDEM_CUDA_LAUNCHED("moe_group_kernel");
+
+  if (P > 0 && I > 0) {
+    const float* xp = x.as<float>();
+    const int64_t ldx = x.stride();
+    const int gu_wt = wtype_of(gate_up.dtype), dn_wt = wtype_of(down.dtype);
+    const bool gu_vec = H % 8 == 0 && reinterpret_cast<uint64_t>(gate_up.data) % (gu_wt == kF8 ? 8 : 16) == 0;
+    const bool gu_xvec = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
+    const dim3 gu_grid(static_cast<unsigned>((I + kMatmulWarps - 1) / kMatmulWarps), static_cast<unsigned>(E));
+    dispatch_weights(gu_wt, gu_vec, gu_xvec, [&]<int WT, bool V, bool XV>() {
+      moe_gate_up_kernel<WT, V, XV><<<gu_grid, kMatmulWarps * 32, 0, stream_>>>(xp, ldx, gate_up.data, I, H,
+                                                                               static_cast<int>(k), offsets, sorted, act);
+    });
+    TANDEM_CUDA_LAUNCHED("moe_gate_up_kernel");
+
+    const bool dn_vec = I % 8 == 0 && reinterpret_cast<uint64_t>(down.data) % (dn_wt == kF8 ? 8 : 16) == 0;
+    const bool dn_xvec = I % 4 == 0;  // act rows are I floats from a 256-byte aligned buffer
+    const dim3 dn_grid(static_cast<unsigned>((H + kMatmulWarps - 1) / kMatmulWarps), static_cast<unsigned>(E));
+    dispatch_weights(dn_wt, dn_vec, dn_xvec, [&]<int WT, bool V, bool XV>() {
+      moe_down_kernel<WT, V, XV><<<dn_grid, kMatmulWarps * 32, 0, stream_>>>(act, down.data, I, H, offsets, out);
+    });
+    TANDEM_CUDA_LAUNCHED("moe_down_kernel");
+  } else if (P > 0) {  // I == 0: every expert outputs zeros
+    TANDEM_CUDA_CHECK(cudaMemsetAsync(out, 0, P * H * sizeof(float), stream_));
+  }
+
+  moe_combine_kernel<<<grid_for(T * H), 256, 0, stream_>>>(out, pos, weights.as<float>(), weights.stride(),
+                                                          static_cast<int>(k), mat(y));
+  TANDEM_CUDA_LAUNCHED("moe_combine_kernel");
+}
+
+}  // namespace tandem

@@ -1,0 +1,122 @@
+// Per-token ops around attention: embed (table rows × scale), rms_norm and rope.
+//
+// rms_norm is one CTA per row (a row is at most a few thousand floats: one read for the sum of
+// squares, a block reduction, one read + write for the scaling; x and y may alias). embed and rope
+// are grid-stride elementwise kernels over (token, element) and (token, head, pair). Math follows
+// the CPU backend: 1/sqrtf (IEEE), angle = float(pos) · inv_freq in f32 then cosf/sinf (the
+// accurate library versions, not the __cosf/__sinf intrinsics). Device ids outside the table give
+// a zero row instead of a read out of bounds.
+#include "backend/cuda/cuda_common.cuh"
+
+namespace tandem {
+
+using namespace cu;
+
+namespace {
+
+constexpr int kNormThreads = 256;
+
+unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + 255) / 256;
+  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+__global__ void embed_kernel(const int32_t* __restrict__ ids, const void* __restrict__ table, int wt, int64_t ld_table,
+                             int64_t V, float scale, Mat y) {
+  const int64_t n = y.rows * y.cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / y.cols, c = i % y.cols;
+    const int32_t id = ids[t];
+    y.p[t * y.ld + c] = id >= 0 && id < V ? load_any(table, wt, id * ld_table + c) * scale : 0.0f;
+  }
+}
+
+__global__ void __launch_bounds__(kNormThreads)
+    rms_norm_kernel(Mat x, const void* w, int wt, float eps, Mat y) {
+  __shared__ float s_part[kNormThreads / 32];
+  const int64_t r = blockIdx.x, D = x.cols;
+  const float* xr = x.p + r * x.ld;
+  float* yr = y.p + r * y.ld;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) s_part[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kNormThreads / 32; ++i) total += s_part[i];
+  const float inv = 1.0f / sqrtf(total / static_cast<float>(D) + eps);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const float v = xr[i] * inv;
+    yr[i] = w ? v * load_any(w, wt, i) : v;
+  }
+}
+
+__global__ void rope_kernel(HeadView x, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
+                            int64_t T, int64_t n_heads, int64_t half) {
+  const int64_t n = T * n_heads * half, d = 2 * half;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / (n_heads * half), h = (i / half) % n_heads, j = i % half;
+    const float angle = static_cast<float>(positions[t]) * inv_freq[j];
+    const float c = cosf(angle), s = sinf(angle);
+    float* v = x.head(t, h, d);
+    const float a = v[j], b = v[j + half];
+    v[j] = a * c - b * s;
+    v[j + half] = b * c + a * s;
+  }
+}
+
+}  // namespace
+
+void CudaBackend::embed(const TensorView& ids, const TensorView& table, float scale, TensorView& y) {
+  check_f32_2d(y, "embed y");
+  check_2d(ids, DType::I32, "embed ids");
+  if (!is_float_dtype(table.dtype) || table.ndim != 2) fail("embed: table must be a 2-D float tensor");
+  const int64_t T = ids.numel(), V = table.dim(0), H = table.dim(1);
+  if (ids.rows() != 1 && ids.stride() != ids.cols()) fail("embed: ids must be dense");
+  if (y.rows() != T || y.cols() != H) fail("embed: y is [{}, {}], expected [{}, {}]", y.rows(), y.cols(), T, H);
+  if (T == 0 || H == 0) return;
+  use_device();
+  embed_kernel<<<grid_for(T * H), 256, 0, stream_>>>(ids.as<int32_t>(), table.data, wtype_of(table.dtype),
+                                                     table.stride(), V, scale, mat(y));
+  TANDEM_CUDA_LAUNCHED("embed_kernel");
+}
+
+void CudaBackend::rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) {
+  check_f32_2d(x, "rms_norm x");
+  check_f32_2d(y, "rms_norm y");
+  check_same_shape(x, y, "rms_norm");
+  const int64_t D = x.cols();
+  if (weight) {
+    if (!is_float_dtype(weight->dtype) || weight->numel() != D)
+      fail("rms_norm: weight must be a float tensor of {} elements", D);
+    if (weight->rows() != 1 && weight->stride() != weight->cols()) fail("rms_norm: weight must be dense");
+  }
+  if (x.rows() == 0 || D == 0) return;
+  if (x.rows() > 0x7FFFFFFF) fail("rms_norm: {} rows is too many for one launch", x.rows());
+  use_device();
+  rms_norm_kernel<<<static_cast<unsigned>(x.rows()), kNormThreads, 0, stream_>>>(
+      mat(x), weight ? weight->data : nullptr, weight ? wtype_of(weight->dtype) : 0, eps, mat(y));
+  TANDEM_CUDA_LAUNCHED("rms_norm_kernel");
+}
+
+void CudaBackend::rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) {
+  check_2d(positions, DType::I32, "rope positions");
+  check_f32_2d(inv_freq, "rope inv_freq");
+  if (positions.rows() != 1 && positions.stride() != positions.cols()) fail("rope: positions must be dense");
+  if (inv_freq.rows() != 1 && inv_freq.stride() != inv_freq.cols()) fail("rope: inv_freq must be dense");
+  const int64_t T = positions.numel(), half = inv_freq.numel(), d = 2 * half;
+  if (T == 0) return;
+  check_f32_2d(x, "rope x");
+  if (half == 0 || x.numel() % (T * d) != 0) fail("rope: x of {} elements is not {} tokens × heads × {}", x.numel(), T, d);
+  const int64_t n_heads = x.numel() / (T * d);
+  check_heads(x, T, n_heads, d, "rope x");
+  use_device();
+  rope_kernel<<<grid_for(T * n_heads * half), 256, 0, stream_>>>(head_view(x, T), positions.as<int32_t>(),
+                                                                 inv_freq.as<float>(), T, n_heads, half);
+  TANDEM_CUDA_LAUNCHED("rope_kernel");
+}
+
+}  // namespace tandem

@@ -1,0 +1,869 @@
+// The CUDA backend against the CPU backend, op by op: fresh random inputs in odd shapes, strided
+// views and every weight dtype; the GPU run gets uploaded copies with its outputs poisoned (NaN
+// bytes) so unwritten elements show. Float outputs must agree to a relative L2 error of 1e-5 (1e-2
+// for a BF16 KV cache, against the CPU on the bf16-rounded K/V); integer and byte outputs exactly.
+// The batch-invariance tests check that matmul, attention and moe_experts give a row bit-identical
+// results alone or inside batches of any size. Every test skips without a CUDA GPU, and this file
+// uses only the backend interface, so it builds without CUDA too.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#include "backend/dummy_values.h"
+#include "backend_test_util.h"
+
+namespace tandem::test {
+namespace {
+
+#define REQUIRE_CUDA() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU"
+
+// A host tensor: raw bytes of a (possibly strided) 2-D view; the gaps between rows hold garbage.
+struct HT {
+  DType dtype = DType::F32;
+  std::array<int64_t, 4> shape{0, 0, 0, 0};
+  int ndim = 0;
+  int64_t row_stride = 0;
+  std::vector<uint8_t> bytes;
+
+  TensorView view() const {
+    TensorView v;
+    v.dtype = dtype, v.data = const_cast<uint8_t*>(bytes.data()), v.shape = shape, v.ndim = ndim;
+    v.row_stride = row_stride;
+    return v;
+  }
+  int64_t rows() const { return view().rows(); }
+  int64_t cols() const { return view().cols(); }
+  int64_t stride() const { return view().stride(); }
+  template <typename T>
+  T& at(int64_t r, int64_t c) {
+    return reinterpret_cast<T*>(bytes.data())[r * stride() + c];
+  }
+  template <typename T>
+  T at(int64_t r, int64_t c) const {
+    return reinterpret_cast<const T*>(bytes.data())[r * stride() + c];
+  }
+};
+
+HT make_ht(DType t, std::initializer_list<int64_t> dims, int64_t row_stride = 0) {
+  HT h;
+  h.dtype = t;
+  for (int64_t d : dims) h.shape[h.ndim++] = d;
+  h.row_stride = row_stride;
+  const int64_t rows = h.rows(), cols = h.cols();
+  const int64_t elems = rows * cols == 0 ? 0 : (rows - 1) * h.stride() + cols;
+  h.bytes.assign(elems * dtype_size(t), 0xCD);
+  return h;
+}
+
+// F32 normals into every element of the view.
+HT rand_f32(std::initializer_list<int64_t> dims, int64_t row_stride, Rng& rng, float sd = 1.0f) {
+  HT h = make_ht(DType::F32, dims, row_stride);
+  for (int64_t r = 0; r < h.rows(); ++r)
+    for (int64_t c = 0; c < h.cols(); ++c) h.at<float>(r, c) = rng.normal(sd);
+  return h;
+}
+
+// A dense tensor of dtype-rounded random values (weights).
+HT rand_stored(DType t, std::initializer_list<int64_t> dims, Rng& rng, float sd = 1.0f) {
+  HT h = make_ht(t, dims);
+  Stored s = make_stored(t, h.rows() * h.cols(), rng, sd);
+  h.bytes = s.bytes;
+  return h;
+}
+
+HT ints(DType t, std::initializer_list<int64_t> dims, const std::vector<int64_t>& values) {
+  HT h = make_ht(t, dims);
+  EXPECT_EQ(static_cast<int64_t>(values.size()), h.rows() * h.cols());
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (t == DType::I32) reinterpret_cast<int32_t*>(h.bytes.data())[i] = static_cast<int32_t>(values[i]);
+    else reinterpret_cast<int64_t*>(h.bytes.data())[i] = values[i];
+  }
+  return h;
+}
+
+// Uploaded copies on the GPU; the buffers live as long as this object (declare it after the backend).
+class Dev {
+ public:
+  explicit Dev(Backend& be) : be_(be) {}
+  TensorView up(const HT& h) {
+    TensorView v = h.view();
+    v.data = buffer(h.bytes.size());
+    be_.upload(v.data, h.bytes.data(), h.bytes.size());
+    return v;
+  }
+  // Same shape as h, every byte 0xFF (NaN for floats, -1 for integers).
+  TensorView poisoned(const HT& h) {
+    std::vector<uint8_t> ff(h.bytes.size(), 0xFF);
+    TensorView v = h.view();
+    v.data = buffer(ff.size());
+    be_.upload(v.data, ff.data(), ff.size());
+    return v;
+  }
+  // The GPU tensor v (laid out as `like`) back on the host.
+  HT down(const TensorView& v, const HT& like) {
+    HT h = like;
+    be_.download(h.bytes.data(), v.data, h.bytes.size());
+    return h;
+  }
+  void* buffer(size_t bytes) {
+    bufs_.emplace_back(be_, std::max<size_t>(bytes, 256));
+    return bufs_.back().data();
+  }
+
+ private:
+  Backend& be_;
+  std::vector<Buffer> bufs_;
+};
+
+// ‖got − want‖ / ‖want‖ over the f32 elements of the view (infinite when got has a NaN).
+double rel_l2(const HT& got, const HT& want) {
+  double num = 0, den = 0;
+  for (int64_t r = 0; r < want.rows(); ++r) {
+    for (int64_t c = 0; c < want.cols(); ++c) {
+      const double g = got.at<float>(r, c), w = want.at<float>(r, c);
+      if (!std::isfinite(g)) return INFINITY;
+      num += (g - w) * (g - w), den += w * w;
+    }
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// Whether the elements of the two views are byte-identical (gaps ignored).
+::testing::AssertionResult same_elements(const HT& got, const HT& want) {
+  const size_t es = dtype_size(want.dtype), row_bytes = want.cols() * es;
+  for (int64_t r = 0; r < want.rows(); ++r) {
+    const uint8_t* g = got.bytes.data() + r * got.stride() * es;
+    const uint8_t* w = want.bytes.data() + r * want.stride() * es;
+    if (std::memcmp(g, w, row_bytes) != 0) {
+      for (size_t i = 0; i < row_bytes; ++i)
+        if (g[i] != w[i])
+          return ::testing::AssertionFailure() << "first difference at row " << r << ", byte " << i << " ("
+                                               << int(g[i]) << " vs " << int(w[i]) << ")";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Rows [r0, r0 + n) of a in rows [s0, s0 + n) of b, bitwise.
+bool same_rows(const HT& a, int64_t r0, const HT& b, int64_t s0, int64_t n) {
+  const size_t es = dtype_size(a.dtype), row_bytes = a.cols() * es;
+  for (int64_t i = 0; i < n; ++i)
+    if (std::memcmp(a.bytes.data() + (r0 + i) * a.stride() * es, b.bytes.data() + (s0 + i) * b.stride() * es,
+                    row_bytes) != 0)
+      return false;
+  return true;
+}
+
+struct Backends {
+  std::unique_ptr<Backend> cpu = make_cpu_backend(2);
+  std::unique_ptr<Backend> gpu = make_backend("cuda");
+};
+
+// --- Basics -------------------------------------------------------------------------------------
+
+TEST(CudaOps, BasicsNameMemoryAndSyncCounting) {
+  REQUIRE_CUDA();
+  Backends b;
+  EXPECT_EQ(b.gpu->name().rfind("cuda:", 0), 0u) << b.gpu->name();
+  EXPECT_FALSE(b.gpu->is_host());
+  size_t free_b = 0, total_b = 0;
+  b.gpu->memory_info(&free_b, &total_b);
+  EXPECT_GT(total_b, 0u);
+  EXPECT_LE(free_b, total_b);
+  Buffer buf(*b.gpu, 1000);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(buf.data()) % 256, 0u);
+  std::vector<uint8_t> src(1000), dst(1000);
+  std::iota(src.begin(), src.end(), 0);
+  const uint64_t before = b.gpu->host_syncs();
+  b.gpu->upload(buf.data(), src.data(), src.size());
+  b.gpu->download(dst.data(), buf.data(), dst.size());
+  EXPECT_EQ(b.gpu->host_syncs(), before + 1);
+  b.gpu->synchronize();
+  EXPECT_EQ(b.gpu->host_syncs(), before + 2);
+  EXPECT_EQ(src, dst);
+  try {
+    Buffer huge(*b.gpu, size_t(1) << 50);
+    FAIL() << "allocating 1 PiB succeeded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("out of GPU memory"), std::string::npos) << e.what();
+  }
+}
+
+// --- Matmul -------------------------------------------------------------------------------------
+
+TEST(CudaOps, MatmulAllDtypesAndShapes) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(101);
+  const std::pair<int64_t, int64_t> kns[] = {{704, 517}, {2112, 131}, {1000, 77}, {37, 45}};
+  for (DType wt : kWeightDtypes) {
+    for (auto [K, N] : kns) {
+      const HT w = rand_stored(wt, {N, K}, rng, 0.5f);
+      for (int64_t T : {1, 3, 5, 17, 64}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(wt) << " T=" << T << " K=" << K << " N=" << N);
+        const HT x = rand_f32({T, K}, T % 2 ? K + 5 : 0, rng);
+        HT y = make_ht(DType::F32, {T, N}, T > 1 ? N + 3 : 0);
+        TensorView yc = y.view();
+        b.cpu->matmul(x.view(), w.view(), yc);
+        Dev d(*b.gpu);
+        TensorView yd = d.poisoned(y);
+        b.gpu->matmul(d.up(x), d.up(w), yd);
+        EXPECT_LT(rel_l2(d.down(yd, y), y), 1e-5);
+      }
+    }
+  }
+}
+
+TEST(CudaOps, MatmulIsBatchInvariant) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(102);
+  const int64_t T = 64;
+  const std::pair<int64_t, int64_t> kns[] = {{704, 517}, {1000, 77}, {2112, 40}};
+  for (DType wt : kWeightDtypes) {
+    for (auto [K, N] : kns) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(wt) << " K=" << K << " N=" << N);
+      const HT x = rand_f32({T, K}, 0, rng), w = rand_stored(wt, {N, K}, rng, 0.5f);
+      Dev d(*b.gpu);
+      const TensorView xd = d.up(x), wd = d.up(w);
+      // Each row alone; odd rows from a copy 4 bytes off 16-byte alignment (the scalar x loads).
+      HT alone = make_ht(DType::F32, {T, N});
+      TensorView ad = d.poisoned(alone);
+      for (int64_t r = 0; r < T; ++r) {
+        TensorView yr = ad.row_slice(r, r + 1);
+        if (r % 2 == 0) {
+          b.gpu->matmul(xd.row_slice(r, r + 1), wd, yr);
+        } else {
+          HT xo = make_ht(DType::F32, {1, K + 1});
+          std::memcpy(xo.bytes.data() + 4, x.bytes.data() + r * K * 4, K * 4);
+          TensorView xv = d.up(xo);
+          TensorView xr(DType::F32, static_cast<float*>(xv.data) + 1, {1, K});
+          b.gpu->matmul(xr, wd, yr);
+        }
+      }
+      alone = d.down(ad, alone);
+      for (int64_t n : {1, 2, 3, 5, 9, 17, 33, 64}) {
+        const int64_t s = (n * 7) % (T - n + 1);
+        HT y = make_ht(DType::F32, {n, N});
+        TensorView yd = d.poisoned(y);
+        b.gpu->matmul(xd.row_slice(s, s + n), wd, yd);
+        y = d.down(yd, y);
+        EXPECT_TRUE(same_rows(y, 0, alone, s, n)) << "batch of " << n << " rows starting at " << s;
+      }
+    }
+  }
+}
+
+// --- Attention ----------------------------------------------------------------------------------
+
+struct AttnCase {
+  int64_t d, n_kv, n_heads, bs;
+};
+
+// A paged cache with random contents and scrambled block tables, in F32 (CPU) and `dtype` (GPU).
+struct PagedCache {
+  int64_t num_blocks = 0, S = 3, max_blocks = 0;
+  HT k32, v32;    // F32 values the CPU sees (bf16-rounded when dtype is BF16)
+  HT kg, vg;      // what the GPU cache holds
+  HT tables;      // [S, max_blocks] I32
+  PagedCache(const AttnCase& c, DType dtype, int64_t max_blocks_, Rng& rng) : max_blocks(max_blocks_) {
+    num_blocks = S * max_blocks + 5;
+    const int64_t n = num_blocks * c.bs * c.n_kv * c.d;
+    k32 = rand_f32({n}, 0, rng), v32 = rand_f32({n}, 0, rng);
+    if (dtype == DType::BF16) {
+      kg = make_ht(DType::BF16, {n}), vg = make_ht(DType::BF16, {n});
+      for (int64_t i = 0; i < n; ++i) {
+        kg.at<uint16_t>(0, i) = f32_to_bf16(k32.at<float>(0, i));
+        vg.at<uint16_t>(0, i) = f32_to_bf16(v32.at<float>(0, i));
+        k32.at<float>(0, i) = bf16_to_f32(kg.at<uint16_t>(0, i));
+        v32.at<float>(0, i) = bf16_to_f32(vg.at<uint16_t>(0, i));
+      }
+    } else {
+      kg = k32, vg = v32;
+    }
+    std::vector<int64_t> perm(num_blocks);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng.gen());
+    perm.resize(S * max_blocks);
+    tables = ints(DType::I32, {S, max_blocks}, perm);
+  }
+  KvLayer layer(const AttnCase& c, DType dtype, void* k, void* v) const {
+    KvLayer l;
+    l.k = k, l.v = v, l.dtype = dtype;
+    l.num_blocks = static_cast<int32_t>(num_blocks), l.block_size = static_cast<int32_t>(c.bs);
+    l.n_kv_heads = static_cast<int32_t>(c.n_kv), l.head_dim = static_cast<int32_t>(c.d);
+    return l;
+  }
+};
+
+// Per-row (table, kv_begin, kv_end): empty ranges, whole sequences and random windows.
+HT random_ranges(int64_t T, int64_t S, int64_t max_len, Rng& rng) {
+  std::vector<int64_t> v;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t table = rng.index(S);
+    int64_t b0, e0;
+    switch (t % 5) {
+      case 0: b0 = e0 = rng.index(max_len); break;        // empty
+      case 1: b0 = 0, e0 = max_len; break;                // the longest range
+      case 2: b0 = 0, e0 = 1 + rng.index(max_len); break;  // causal prefix
+      default:
+        b0 = rng.index(max_len);
+        e0 = b0 + 1 + rng.index(max_len - b0);
+    }
+    v.insert(v.end(), {table, b0, e0});
+  }
+  return ints(DType::I32, {T, 3}, v);
+}
+
+TEST(CudaOps, AttentionPagedGqaHeadDimsAndKvDtypes) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(201);
+  const AttnCase cases[] = {{32, 2, 8, 16}, {256, 1, 4, 8}, {512, 2, 2, 16}, {64, 4, 12, 8}, {96, 1, 2, 16}};
+  for (DType kvt : {DType::F32, DType::BF16}) {
+    for (const AttnCase& c : cases) {
+      const int64_t max_blocks = 300 / c.bs + 1;
+      PagedCache cache(c, kvt, max_blocks, rng);
+      for (int64_t T : {1, 3, 5, 17, 64}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(kvt) << " d=" << c.d << " kv=" << c.n_kv << " heads="
+                                          << c.n_heads << " bs=" << c.bs << " T=" << T);
+        const int64_t W = c.n_heads * c.d;
+        const HT q = rand_f32({T, W}, T % 2 ? W + 7 : 0, rng);
+        const HT ranges = random_ranges(T, cache.S, max_blocks * c.bs, rng);
+        HT out = T % 2 ? make_ht(DType::F32, {T, c.n_heads, c.d}) : make_ht(DType::F32, {T, W}, W + 3);
+        TensorView oc = out.view();
+        const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+        b.cpu->attention(q.view(),
+                         cache.layer(c, DType::F32, cache.k32.bytes.data(), cache.v32.bytes.data()),
+                         AttentionRows{ranges.view(), cache.tables.view()}, scale, oc);
+        Dev d(*b.gpu);
+        const TensorView kd = d.up(cache.kg), vd = d.up(cache.vg);
+        TensorView od = d.poisoned(out);
+        b.gpu->attention(d.up(q), cache.layer(c, kvt, kd.data, vd.data),
+                         AttentionRows{d.up(ranges), d.up(cache.tables)}, scale, od);
+        EXPECT_LT(rel_l2(d.down(od, out), out), kvt == DType::F32 ? 1e-5 : 1e-2);
+      }
+    }
+  }
+}
+
+TEST(CudaOps, AttentionIsBatchInvariant) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(202);
+  const AttnCase c{128, 2, 8, 16};
+  const int64_t T = 64, W = c.n_heads * c.d, max_blocks = 40;
+  for (DType kvt : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(kvt));
+    PagedCache cache(c, kvt, max_blocks, rng);
+    const HT q = rand_f32({T, W}, 0, rng);
+    const HT ranges = random_ranges(T, cache.S, max_blocks * c.bs, rng);
+    Dev d(*b.gpu);
+    const TensorView kd = d.up(cache.kg), vd = d.up(cache.vg), qd = d.up(q), rd = d.up(ranges),
+                     td = d.up(cache.tables);
+    const KvLayer layer = cache.layer(c, kvt, kd.data, vd.data);
+    HT alone = make_ht(DType::F32, {T, W});
+    TensorView ad = d.poisoned(alone);
+    for (int64_t r = 0; r < T; ++r) {
+      TensorView o = ad.row_slice(r, r + 1);
+      b.gpu->attention(qd.row_slice(r, r + 1), layer, AttentionRows{rd.row_slice(r, r + 1), td}, 0.1f, o);
+    }
+    alone = d.down(ad, alone);
+    for (int64_t n : {1, 2, 3, 5, 9, 17, 33, 64}) {
+      const int64_t s = (n * 5) % (T - n + 1);
+      HT y = make_ht(DType::F32, {n, W});
+      TensorView yd = d.poisoned(y);
+      b.gpu->attention(qd.row_slice(s, s + n), layer, AttentionRows{rd.row_slice(s, s + n), td}, 0.1f, yd);
+      y = d.down(yd, y);
+      EXPECT_TRUE(same_rows(y, 0, alone, s, n)) << "batch of " << n << " rows starting at " << s;
+    }
+  }
+}
+
+TEST(CudaOps, KvWriteF32AndBf16) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(203);
+  const AttnCase c{64, 2, 4, 16};
+  for (DType kvt : {DType::F32, DType::BF16}) {
+    for (int64_t T : {1, 5, 17}) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(kvt) << " T=" << T);
+      PagedCache cache(c, kvt, 4, rng);
+      const int64_t W = c.n_kv * c.d, n_slots = cache.num_blocks * c.bs;
+      std::vector<int64_t> slots(n_slots);
+      std::iota(slots.begin(), slots.end(), 0);
+      std::shuffle(slots.begin(), slots.end(), rng.gen());
+      slots.resize(T);
+      const HT sl = ints(DType::I64, {T}, slots);
+      const HT k = rand_f32({T, W}, W + 3, rng), v = rand_f32({T, W}, 0, rng);
+      // Expected cache: the old contents with each token's heads at its slot (bf16-rounded for BF16).
+      HT want_k = cache.kg, want_v = cache.vg;
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t i = 0; i < W; ++i) {
+          const int64_t dst = slots[t] * W + i;
+          if (kvt == DType::F32) {
+            want_k.at<float>(0, dst) = k.at<float>(t, i), want_v.at<float>(0, dst) = v.at<float>(t, i);
+          } else {
+            want_k.at<uint16_t>(0, dst) = f32_to_bf16(k.at<float>(t, i));
+            want_v.at<uint16_t>(0, dst) = f32_to_bf16(v.at<float>(t, i));
+          }
+        }
+      }
+      Dev d(*b.gpu);
+      const TensorView kd = d.up(cache.kg), vd = d.up(cache.vg);
+      b.gpu->kv_write(d.up(k), d.up(v), cache.layer(c, kvt, kd.data, vd.data), d.up(sl));
+      EXPECT_TRUE(same_elements(d.down(kd, cache.kg), want_k));
+      EXPECT_TRUE(same_elements(d.down(vd, cache.vg), want_v));
+      if (kvt == DType::F32) {  // and the CPU backend agrees
+        HT ck = cache.k32, cv = cache.v32;
+        b.cpu->kv_write(k.view(), v.view(), cache.layer(c, DType::F32, ck.bytes.data(), cv.bytes.data()), sl.view());
+        EXPECT_TRUE(same_elements(ck, want_k));
+        EXPECT_TRUE(same_elements(cv, want_v));
+      }
+    }
+  }
+}
+
+// --- MoE ----------------------------------------------------------------------------------------
+
+TEST(CudaOps, MoeRoute) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(301);
+  struct Case {
+    int64_t T, E, k;
+    bool ties;
+  };
+  const Case cases[] = {{1, 16, 4, false}, {5, 16, 4, false}, {17, 16, 4, true}, {64, 16, 4, false},
+                        {9, 128, 8, false}, {3, 40, 3, true},  {33, 16, 16, true}};
+  for (const Case& c : cases) {
+    for (int sc = 0; sc < 3; ++sc) {  // no scale, F32, BF16
+      SCOPED_TRACE(::testing::Message() << "T=" << c.T << " E=" << c.E << " k=" << c.k << " scale=" << sc
+                                        << " ties=" << c.ties);
+      HT logits = rand_f32({c.T, c.E}, c.T % 2 ? c.E + 1 : 0, rng, 2.0f);
+      if (c.ties)  // few distinct values: many equal probabilities, broken toward the lower index
+        for (int64_t t = 0; t < c.T; ++t)
+          for (int64_t e = 0; e < c.E; ++e) logits.at<float>(t, e) = std::round(logits.at<float>(t, e));
+      HT scale = sc == 0 ? HT{} : rand_stored(sc == 1 ? DType::F32 : DType::BF16, {c.E}, rng);
+      for (int64_t e = 0; e < c.E && sc; ++e) {  // positive scales
+        if (sc == 1) scale.at<float>(0, e) = std::abs(scale.at<float>(0, e)) + 0.5f;
+        else scale.at<uint16_t>(0, e) = f32_to_bf16(std::abs(bf16_to_f32(scale.at<uint16_t>(0, e))) + 0.5f);
+      }
+      HT ids = make_ht(DType::I32, {c.T, c.k}), w = make_ht(DType::F32, {c.T, c.k});
+      TensorView ic = ids.view(), wc = w.view();
+      const TensorView sv = scale.view();
+      b.cpu->moe_route(logits.view(), sc ? &sv : nullptr, ic, wc);
+      Dev d(*b.gpu);
+      TensorView id = d.poisoned(ids), wd = d.poisoned(w);
+      const TensorView sd = sc ? d.up(scale) : TensorView{};
+      b.gpu->moe_route(d.up(logits), sc ? &sd : nullptr, id, wd);
+      EXPECT_TRUE(same_elements(d.down(id, ids), ids));
+      EXPECT_LT(rel_l2(d.down(wd, w), w), 1e-5);
+    }
+  }
+}
+
+// ids [T, k]: distinct experts per row; even rows draw from the first 6 experts so rows share them.
+HT random_expert_ids(int64_t T, int64_t E, int64_t k, Rng& rng) {
+  std::vector<int64_t> v;
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int64_t> pool(t % 2 == 0 ? std::min<int64_t>(6, E) : E);
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), rng.gen());
+    v.insert(v.end(), pool.begin(), pool.begin() + k);
+  }
+  return ints(DType::I32, {T, k}, v);
+}
+
+HT random_route_weights(int64_t T, int64_t k, Rng& rng) {
+  HT w = make_ht(DType::F32, {T, k});
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < k; ++j) w.at<float>(t, j) = rng.uniform(0.05f, 1.0f);
+  return w;
+}
+
+TEST(CudaOps, MoeExperts) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(302);
+  const int64_t E = 16, k = 4;
+  const std::pair<int64_t, int64_t> his[] = {{64, 48}, {37, 45}, {96, 40}};
+  const std::pair<DType, DType> dts[] = {{DType::F32, DType::F32},
+                                         {DType::BF16, DType::BF16},
+                                         {DType::F16, DType::F16},
+                                         {DType::F8_E4M3, DType::F8_E4M3},
+                                         {DType::BF16, DType::F8_E4M3}};
+  for (auto [gt, dt] : dts) {
+    for (auto [H, I] : his) {
+      const HT gu = rand_stored(gt, {E, 2 * I, H}, rng, 0.3f), dn = rand_stored(dt, {E, H, I}, rng, 0.3f);
+      for (int64_t T : {1, 3, 17, 64}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(gt) << "/" << dtype_name(dt) << " H=" << H << " I=" << I
+                                          << " T=" << T);
+        const HT x = rand_f32({T, H}, T % 2 ? H + 3 : 0, rng);
+        const HT ids = random_expert_ids(T, E, k, rng), w = random_route_weights(T, k, rng);
+        HT y = make_ht(DType::F32, {T, H}, T > 1 ? H + 1 : 0);
+        TensorView yc = y.view();
+        b.cpu->moe_experts(x.view(), ids.view(), w.view(), gu.view(), dn.view(), yc);
+        Dev d(*b.gpu);
+        TensorView yd = d.poisoned(y);
+        b.gpu->moe_experts(d.up(x), d.up(ids), d.up(w), d.up(gu), d.up(dn), yd);
+        EXPECT_LT(rel_l2(d.down(yd, y), y), 1e-5);
+      }
+    }
+  }
+}
+
+TEST(CudaOps, MoeExpertsIsBatchInvariant) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(303);
+  const int64_t E = 16, k = 4, T = 64, H = 64, I = 48;
+  for (DType wt : {DType::BF16, DType::F8_E4M3, DType::F32}) {
+    SCOPED_TRACE(dtype_name(wt));
+    const HT gu = rand_stored(wt, {E, 2 * I, H}, rng, 0.3f), dn = rand_stored(wt, {E, H, I}, rng, 0.3f);
+    const HT x = rand_f32({T, H}, 0, rng), ids = random_expert_ids(T, E, k, rng), w = random_route_weights(T, k, rng);
+    Dev d(*b.gpu);
+    const TensorView xd = d.up(x), id = d.up(ids), wd = d.up(w), gud = d.up(gu), dnd = d.up(dn);
+    HT alone = make_ht(DType::F32, {T, H});
+    TensorView ad = d.poisoned(alone);
+    for (int64_t r = 0; r < T; ++r) {
+      TensorView o = ad.row_slice(r, r + 1);
+      b.gpu->moe_experts(xd.row_slice(r, r + 1), id.row_slice(r, r + 1), wd.row_slice(r, r + 1), gud, dnd, o);
+    }
+    alone = d.down(ad, alone);
+    for (int64_t n : {1, 2, 3, 5, 9, 17, 33, 64}) {
+      const int64_t s = (n * 3) % (T - n + 1);
+      HT y = make_ht(DType::F32, {n, H});
+      TensorView yd = d.poisoned(y);
+      b.gpu->moe_experts(xd.row_slice(s, s + n), id.row_slice(s, s + n), wd.row_slice(s, s + n), gud, dnd, yd);
+      y = d.down(yd, y);
+      EXPECT_TRUE(same_rows(y, 0, alone, s, n)) << "batch of " << n << " rows starting at " << s;
+    }
+  }
+}
+
+// --- Per-token ops ------------------------------------------------------------------------------
+
+TEST(CudaOps, Embed) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(401);
+  const int64_t V = 1000;
+  for (DType tt : kWeightDtypes) {
+    for (int64_t H : {64, 37}) {
+      const HT table = rand_stored(tt, {V, H}, rng);
+      for (int64_t T : {1, 17}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(tt) << " H=" << H << " T=" << T);
+        std::vector<int64_t> idv(T);
+        for (auto& i : idv) i = rng.index(V);
+        idv[0] = V - 1;
+        const HT ids = ints(DType::I32, {T}, idv);
+        HT y = make_ht(DType::F32, {T, H}, H + 2);
+        TensorView yc = y.view();
+        b.cpu->embed(ids.view(), table.view(), 0.75f, yc);
+        Dev d(*b.gpu);
+        TensorView yd = d.poisoned(y);
+        b.gpu->embed(d.up(ids), d.up(table), 0.75f, yd);
+        EXPECT_LT(rel_l2(d.down(yd, y), y), 1e-6);
+      }
+    }
+  }
+}
+
+TEST(CudaOps, RmsNorm) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(402);
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 2816}, {3, 1000}, {17, 37}, {64, 256}};
+  for (auto [R, D] : shapes) {
+    for (int wi = 0; wi <= 4; ++wi) {  // none, then each weight dtype
+      for (bool in_place : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "R=" << R << " D=" << D << " weight=" << wi << " in_place=" << in_place);
+        const HT x = rand_f32({R, D}, D + 3, rng, 2.0f);
+        const HT w = wi ? rand_stored(kWeightDtypes[wi - 1], {D}, rng) : HT{};
+        const TensorView wv = w.view();
+        HT y = in_place ? x : make_ht(DType::F32, {R, D});
+        TensorView yc = y.view();
+        b.cpu->rms_norm(in_place ? y.view() : x.view(), wi ? &wv : nullptr, 1e-6f, yc);
+        Dev d(*b.gpu);
+        const TensorView wd = wi ? d.up(w) : TensorView{};
+        TensorView xd = d.up(x);
+        TensorView yd = in_place ? xd : d.poisoned(y);
+        b.gpu->rms_norm(xd, wi ? &wd : nullptr, 1e-6f, yd);
+        EXPECT_LT(rel_l2(d.down(yd, y), y), 1e-5);
+      }
+    }
+  }
+}
+
+TEST(CudaOps, Rope) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(403);
+  const std::pair<int64_t, int64_t> hds[] = {{4, 32}, {2, 256}, {3, 64}, {8, 512}};
+  for (auto [n_heads, d] : hds) {
+    for (int64_t T : {1, 5, 17}) {
+      SCOPED_TRACE(::testing::Message() << "heads=" << n_heads << " d=" << d << " T=" << T);
+      const int64_t W = n_heads * d, half = d / 2;
+      HT x = T % 2 ? rand_f32({T, W}, W + 5, rng) : rand_f32({T, n_heads, d}, 0, rng);
+      std::vector<int64_t> pos(T);
+      for (auto& p : pos) p = rng.index(100000);
+      pos[0] = 0;
+      const HT positions = ints(DType::I32, {T}, pos);
+      HT inv = make_ht(DType::F32, {half});
+      for (int64_t i = 0; i < half; ++i)
+        inv.at<float>(0, i) = i % 7 == 3 ? 0.0f : std::pow(10000.0f, -2.0f * i / d);  // zeros: unrotated pairs
+      Dev dev(*b.gpu);
+      TensorView xd = dev.up(x);
+      b.gpu->rope(xd, dev.up(positions), dev.up(inv));
+      TensorView xc = x.view();
+      b.cpu->rope(xc, positions.view(), inv.view());
+      EXPECT_LT(rel_l2(dev.down(xd, x), x), 1e-5);
+    }
+  }
+}
+
+TEST(CudaOps, GeluTanhMulOnStridedHalves) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(404);
+  for (int64_t R : {1, 7}) {
+    for (int64_t I : {37, 1024}) {
+      SCOPED_TRACE(::testing::Message() << "R=" << R << " I=" << I);
+      const HT gu = rand_f32({R, 2 * I}, 2 * I + 3, rng, 2.0f);
+      auto half = [&](const TensorView& v, int64_t off) {
+        TensorView h(DType::F32, static_cast<float*>(v.data) + off, {R, I});
+        h.row_stride = v.stride();
+        return h;
+      };
+      HT out = make_ht(DType::F32, {R, I}, I + 1);
+      TensorView oc = out.view();
+      b.cpu->gelu_tanh_mul(half(gu.view(), 0), half(gu.view(), I), oc);
+      Dev d(*b.gpu);
+      const TensorView gud = d.up(gu);
+      TensorView od = d.poisoned(out);
+      b.gpu->gelu_tanh_mul(half(gud, 0), half(gud, I), od);
+      EXPECT_LT(rel_l2(d.down(od, out), out), 1e-5);
+    }
+  }
+}
+
+TEST(CudaOps, AddAxpyScaleSoftcapStridedAndAliased) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(405);
+  const int64_t R = 5, C = 333;
+  const HT a = rand_f32({R, C}, C + 3, rng), x = rand_f32({R, C}, 0, rng, 20.0f);
+  {  // add into a third tensor, then into its first operand
+    HT y = make_ht(DType::F32, {R, C}, C + 7);
+    TensorView yc = y.view();
+    b.cpu->add(a.view(), x.view(), yc);
+    Dev d(*b.gpu);
+    const TensorView ad = d.up(a), xd = d.up(x);
+    TensorView yd = d.poisoned(y);
+    b.gpu->add(ad, xd, yd);
+    EXPECT_LT(rel_l2(d.down(yd, y), y), 1e-6);
+    TensorView alias = ad;
+    b.gpu->add(ad, xd, alias);
+    EXPECT_LT(rel_l2(d.down(ad, a), y), 1e-6);
+  }
+  auto check_inplace = [&](const char* what, auto&& op) {
+    SCOPED_TRACE(what);
+    HT y = a;
+    TensorView yc = y.view();
+    op(*b.cpu, x.view(), yc);
+    Dev d(*b.gpu);
+    TensorView yd = d.up(a);
+    op(*b.gpu, d.up(x), yd);
+    EXPECT_LT(rel_l2(d.down(yd, a), y), 1e-6);
+  };
+  check_inplace("axpy", [](Backend& be, const TensorView& xv, TensorView& yv) { be.axpy(-0.37f, xv, yv); });
+  check_inplace("scale", [](Backend& be, const TensorView&, TensorView& yv) { be.scale(yv, 1.7f); });
+  check_inplace("softcap", [](Backend& be, const TensorView& xv, TensorView& yv) {
+    be.axpy(1.0f, xv, yv);  // values well past the cap
+    be.softcap(yv, 15.0f);
+  });
+}
+
+// --- Data movement ------------------------------------------------------------------------------
+
+TEST(CudaOps, CopyAnyDtypeStrided) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(501);
+  for (DType t : {DType::F32, DType::BF16, DType::I32, DType::U8, DType::I64}) {
+    SCOPED_TRACE(dtype_name(t));
+    const int64_t R = 9, C = 77;
+    HT src = make_ht(t, {R, C}, C + 3);
+    for (auto& byte : src.bytes) byte = static_cast<uint8_t>(rng.index(256));
+    HT dst = make_ht(t, {R, C}, C + 5);
+    Dev d(*b.gpu);
+    TensorView dd = d.poisoned(dst);
+    b.gpu->copy(d.up(src), dd);
+    EXPECT_TRUE(same_elements(d.down(dd, dst), src));
+  }
+}
+
+TEST(CudaOps, GatherRows) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(502);
+  const std::pair<DType, int64_t> cases[] = {{DType::F32, 33}, {DType::BF16, 64}, {DType::U8, 7}, {DType::I64, 5}};
+  for (auto [t, C] : cases) {
+    SCOPED_TRACE(dtype_name(t));
+    const int64_t N = 50, R = 20;
+    HT src = make_ht(t, {N, C}, t == DType::U8 ? C + 2 : 0);
+    for (auto& byte : src.bytes) byte = static_cast<uint8_t>(rng.index(256));
+    std::vector<int64_t> idv(R);
+    for (auto& i : idv) i = rng.index(N);
+    idv[1] = idv[0];  // repeats
+    const HT ids = ints(DType::I32, {R}, idv);
+    HT want = make_ht(t, {R, C});
+    TensorView wc = want.view();
+    b.cpu->gather_rows(src.view(), ids.view(), wc);
+    Dev d(*b.gpu);
+    TensorView dd = d.poisoned(want);
+    b.gpu->gather_rows(d.up(src), d.up(ids), dd);
+    EXPECT_TRUE(same_elements(d.down(dd, want), want));
+  }
+}
+
+TEST(CudaOps, FillDummyMatchesCpuBytes) {
+  REQUIRE_CUDA();
+  Backends b;
+  for (int64_t stride : {0, 1003}) {
+    HT t = make_ht(DType::BF16, {7, 1000}, stride);
+    TensorView tc = t.view();
+    b.cpu->fill_dummy(tc, 1234, 0.01f, 0.05f);
+    for (int64_t i = 0; i < 7 * 1000; i += 997)
+      EXPECT_EQ(t.at<uint16_t>(i / 1000, i % 1000), dummy_bf16(1234, i, 0.01f, 0.05f));
+    Dev d(*b.gpu);
+    TensorView td = d.poisoned(t);
+    b.gpu->fill_dummy(td, 1234, 0.01f, 0.05f);
+    EXPECT_TRUE(same_elements(d.down(td, t), t));
+  }
+}
+
+// --- Selection ----------------------------------------------------------------------------------
+
+// Normals rounded to quarters: plenty of exact ties.
+HT tied_scores(int64_t R, int64_t N, int64_t stride, Rng& rng) {
+  HT x = make_ht(DType::F32, {R, N}, stride);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < N; ++c) x.at<float>(r, c) = std::round(rng.normal(2.0f) * 4.0f) / 4.0f;
+  return x;
+}
+
+TEST(CudaOps, ArgmaxRows) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(601);
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 262144}, {3, 1000}, {17, 37}, {2, 262147}};
+  for (auto [R, N] : shapes) {
+    for (bool with_labels : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "R=" << R << " N=" << N << " labels=" << with_labels);
+      const HT x = tied_scores(R, N, N % 2 ? N + 1 : 0, rng);
+      HT labels = make_ht(DType::I32, {R, N});
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < N; ++c) labels.at<int32_t>(r, c) = static_cast<int32_t>(rng.index(1000000));
+      const TensorView lv = labels.view();
+      HT out = make_ht(DType::I32, {R});
+      TensorView oc = out.view();
+      b.cpu->argmax_rows(x.view(), with_labels ? &lv : nullptr, oc);
+      Dev d(*b.gpu);
+      const TensorView ld = d.up(labels);
+      TensorView od = d.poisoned(out);
+      b.gpu->argmax_rows(d.up(x), with_labels ? &ld : nullptr, od);
+      EXPECT_TRUE(same_elements(d.down(od, out), out));
+    }
+  }
+}
+
+TEST(CudaOps, TopkRows) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(602);
+  struct Case {
+    int64_t R, N, k;
+  };
+  for (const Case& c : {Case{1, 262144, 64}, Case{3, 1000, 8}, Case{5, 64, 64}, Case{2, 37, 1}, Case{17, 4097, 10}}) {
+    SCOPED_TRACE(::testing::Message() << "R=" << c.R << " N=" << c.N << " k=" << c.k);
+    const HT x = tied_scores(c.R, c.N, c.N % 2 ? c.N + 3 : 0, rng);
+    HT out = make_ht(DType::I32, {c.R, c.k});
+    TensorView oc = out.view();
+    b.cpu->topk_rows(x.view(), oc);
+    Dev d(*b.gpu);
+    TensorView od = d.poisoned(out);
+    b.gpu->topk_rows(d.up(x), od);
+    EXPECT_TRUE(same_elements(d.down(od, out), out));
+  }
+}
+
+// --- Device-side values out of range are skipped, never read or written out of bounds ----------
+
+TEST(CudaOps, BadDeviceIndicesAreHarmless) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(701);
+  Dev d(*b.gpu);
+  {  // embed: ids outside the table give zero rows
+    const HT table = rand_stored(DType::BF16, {10, 16}, rng);
+    const HT ids = ints(DType::I32, {3}, {-1, 10, 2});
+    HT y = make_ht(DType::F32, {3, 16});
+    TensorView yd = d.poisoned(y);
+    b.gpu->embed(d.up(ids), d.up(table), 1.0f, yd);
+    y = d.down(yd, y);
+    for (int64_t c = 0; c < 16; ++c) {
+      EXPECT_EQ(y.at<float>(0, c), 0.0f);
+      EXPECT_EQ(y.at<float>(1, c), 0.0f);
+    }
+    EXPECT_EQ(y.at<float>(2, 3), bf16_to_f32(table.at<uint16_t>(2, 3)));
+  }
+  {  // attention: a table index or block entry outside the cache
+    const AttnCase c{32, 1, 2, 8};
+    PagedCache cache(c, DType::F32, 4, rng);
+    cache.tables.at<int32_t>(0, 1) = 1 << 30;
+    const HT ranges = ints(DType::I32, {3, 3}, {7, 0, 10, 0, 0, 32, -1, 5, 3});
+    const HT q = rand_f32({3, 64}, 0, rng);
+    HT out = make_ht(DType::F32, {3, 64});
+    const TensorView kd = d.up(cache.kg), vd = d.up(cache.vg);
+    TensorView od = d.poisoned(out);
+    b.gpu->attention(d.up(q), cache.layer(c, DType::F32, kd.data, vd.data),
+                     AttentionRows{d.up(ranges), d.up(cache.tables)}, 0.2f, od);
+    out = d.down(od, out);
+    for (int64_t i = 0; i < 64; ++i) {
+      EXPECT_EQ(out.at<float>(0, i), 0.0f);
+      EXPECT_TRUE(std::isfinite(out.at<float>(1, i)));
+      EXPECT_EQ(out.at<float>(2, i), 0.0f);
+    }
+  }
+  {  // kv_write: a slot outside the cache is skipped; moe_experts: an expert outside [0, E) adds nothing
+    const AttnCase c{32, 1, 1, 8};
+    PagedCache cache(c, DType::F32, 2, rng);
+    const HT k = rand_f32({1, 32}, 0, rng);
+    const TensorView kd = d.up(cache.kg), vd = d.up(cache.vg), kk = d.up(k);
+    b.gpu->kv_write(kk, kk, cache.layer(c, DType::F32, kd.data, vd.data), d.up(ints(DType::I64, {1}, {1 << 20})));
+    EXPECT_TRUE(same_elements(d.down(kd, cache.kg), cache.kg));
+
+    const int64_t E = 4, H = 16, I = 8;
+    const HT gu = rand_stored(DType::BF16, {E, 2 * I, H}, rng), dn = rand_stored(DType::BF16, {E, H, I}, rng);
+    const HT x = rand_f32({2, H}, 0, rng), ids = ints(DType::I32, {2, 2}, {-3, 99, 1, 7});
+    const HT w = random_route_weights(2, 2, rng);
+    HT y = make_ht(DType::F32, {2, H});
+    TensorView yd = d.poisoned(y);
+    b.gpu->moe_experts(d.up(x), d.up(ids), d.up(w), d.up(gu), d.up(dn), yd);
+    y = d.down(yd, y);
+    for (int64_t c2 = 0; c2 < H; ++c2) EXPECT_EQ(y.at<float>(0, c2), 0.0f);
+    for (int64_t c2 = 0; c2 < H; ++c2) EXPECT_TRUE(std::isfinite(y.at<float>(1, c2)));
+  }
+  b.gpu->synchronize();  // and the stream is still healthy
+}
+
+}  // namespace
+}  // namespace tandem::test
