@@ -15,6 +15,7 @@
 #include "bench/latency.h"
 #include "bench/progress.h"
 #include "bench/report.h"
+#include "bench/step.h"
 #include "bench/sweep.h"
 #include "cli/command.h"
 #include "cli/common.h"
@@ -186,6 +187,7 @@ struct SweepCli {
   PromptOptions prompt;
   OutputOptions out;
   int iterations = 5, warmup = 1, max_tokens = 200, threads = 0;
+  std::string device = "auto";
   int64_t seed = 42;
   float temperature = 0.0f;
   bool settings_from_restarts = false, no_ignore_eos = false, quiet = false, interleave = false;
@@ -240,6 +242,7 @@ void run_sweep(const SweepCli& c) {
     t.draft_dir = c.draft.empty() && c.method != "ngram" ? bundled_drafter_dir() : c.draft;
     t.method = c.method;
     t.threads = c.threads;
+    t.device = c.device;
     if (!c.prompt.prompt_ids.empty()) {
       t.prompt_ids = parse_ids(c.prompt.prompt_ids);
     } else {
@@ -290,6 +293,26 @@ void run_merge(const MergeCli& c) {
   for (const auto& r : rows) settings.push_back(bench::to_json(r));
   json report = {{"meta", {{"merged_from", c.inputs}, {"date", utc_now()}}}, {"settings", settings}};
   write_outputs(c.out, rows, report, "Speculative decoding sweep", "merged from " + std::to_string(c.inputs.size()) + " runs");
+}
+
+struct StepCli {
+  bench::StepOptions options;
+  std::string tokens = "1,2,3,4,5";
+  std::string load_format = "safetensors";
+  std::string json_path;
+  bool json_stdout = false;
+};
+
+void run_step_cmd(StepCli& c) {
+  c.options.tokens = parse_int_list(c.tokens, "--tokens");
+  c.options.format = parse_load_format(c.load_format);
+  const bench::StepReport report = bench::run_step_bench(c.options);
+  if (c.json_stdout) {
+    std::printf("%s\n", report.to_json().dump(2).c_str());
+  } else {
+    std::printf("%s", report.to_table().c_str());
+  }
+  if (!c.json_path.empty()) std::ofstream(c.json_path) << report.to_json().dump(2) << "\n";
 }
 
 struct LatencyCli {
@@ -353,6 +376,7 @@ const RegisterCommand bench_command(
       sweep->add_option("--seed", s->seed, "Sampling seed (-1: none)")->capture_default_str();
       sweep->add_option("--temperature", s->temperature, "0 = greedy")->capture_default_str();
       sweep->add_option("--threads", s->threads, "CPU threads for the in-process engine (0: all cores)");
+      sweep->add_option("--device", s->device, kDeviceHelp);
       sweep->add_option("--endpoint", s->endpoint, "http://HOST:PORT of an OpenAI-compatible server");
       sweep->add_option("--api-key", s->api_key, "Bearer token for --endpoint");
       sweep->add_option("--timeout", s->timeout, "Per-request timeout in seconds (endpoint)")->capture_default_str();
@@ -366,6 +390,26 @@ const RegisterCommand bench_command(
       add_prompt_options(*sweep, s->prompt);
       add_output_options(*sweep, s->out);
       sweep->callback([s] { run_sweep(*s); });
+
+      auto* step = app.add_subcommand(
+          "step",
+          "Time one target forward of N query tokens per sequence over a cached context (1 = decode, 1+k = verify)\n"
+          "and one drafter step, next to the bytes each must read (weights touched, including the union of the\n"
+          "experts the rows were routed to, plus KV) and the device copy bandwidth measured in the same run.");
+      auto st = std::make_shared<StepCli>();
+      step->add_option("model", st->options.model, "Target checkpoint (or config-only) directory")->required();
+      step->add_option("--speculative-config", st->options.speculative_config, "Drafter, vLLM-style JSON with \"model\"");
+      step->add_option("--load-format", st->load_format, "safetensors, or dummy (random weights for the config)");
+      step->add_option("--device", st->options.device, kDeviceHelp);
+      step->add_option("--kv-cache-dtype", st->options.kv_dtype, "auto (bf16 on GPUs, f32 on CPU), bf16 or f32");
+      step->add_option("--threads", st->options.threads, "CPU threads (0: all cores)");
+      step->add_option("--tokens", st->tokens, "Query tokens per sequence, comma-separated")->capture_default_str();
+      step->add_option("--batch", st->options.batch, "Sequences per step")->check(CLI::Range(1, 4096));
+      step->add_option("--context", st->options.context, "Cached tokens per sequence")->check(CLI::Range(0, 1 << 20));
+      step->add_option("--reps", st->options.reps, "Timed repetitions per setting (median)")->check(CLI::Range(1, 100000));
+      step->add_flag("--json", st->json_stdout, "Print JSON instead of the table");
+      step->add_option("--json-file", st->json_path, "Also write the JSON to FILE");
+      step->callback([st] { run_step_cmd(*st); });
 
       auto* merge = app.add_subcommand("merge", "Merge sweep CSVs (e.g. one per server restart) into one table/CSV/chart");
       auto m = std::make_shared<MergeCli>();
