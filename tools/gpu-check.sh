@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
+# benchmarks. Run through the device tool from the repository root (docs/GPU.md):
+#   tools/gpu-check.sh [build|test|serve|bench|all]...   (default: all)
+# The GPU machine reaches no package registry, so the Debian build dependencies travel as .deb files
+# in .deps/ (tools/fetch-gpu-deps.sh, here) and are unpacked into a private prefix there.
+# The step and sweep results go to $OUT (or out/ when unset), every log into $OUT/logs.tar.gz (the
+# device tool returns at most 8 files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out}
+LOGS=$(mktemp -d)
+mkdir -p "$OUT"
+trap 'tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .' EXIT
+BUILD=${BUILD:-build-gpu}
+DEPS=/tmp/tandem-deps
+phases=("$@")
+[ ${#phases[@]} -eq 0 ] && phases=(all)
+want() { for p in "${phases[@]}"; do [ "$p" = "$1" ] || [ "$p" = all ] && return 0; done; return 1; }
+stamp() { echo "[$(date +%T)] $*"; }
+
+if [ -d .deps ]; then
+  for f in .deps/*.deb; do dpkg -x "$f" "$DEPS"; done
+fi
+if [ -d "$DEPS/usr" ]; then
+  export CMAKE_PREFIX_PATH="$DEPS/usr" PKG_CONFIG_SYSROOT_DIR="$DEPS" PATH="$DEPS/usr/bin:$PATH"
+  export PKG_CONFIG_PATH="$DEPS/usr/lib/x86_64-linux-gnu/pkgconfig:$DEPS/usr/share/pkgconfig"
+  export PKG_CONFIG_LIBDIR="$PKG_CONFIG_PATH"
+  export LD_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  [ -x "$DEPS/usr/bin/pkg-config" ] || ln -sf pkgconf "$DEPS/usr/bin/pkg-config"
+fi
+
+if want build; then
+  stamp "configure + build ($(nproc) cores)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$LOGS/gpu.txt"
+  # Only the GPU's own architecture here: a full CI build compiles sm_80/89/90 + PTX.
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+    >"$LOGS/configure.log" 2>&1 || { tail -40 "$LOGS/configure.log"; exit 1; }
+  ninja -C "$BUILD" >"$LOGS/build.log" 2>&1 || { grep -E "error|Error" "$LOGS/build.log" | head -40; exit 1; }
+  stamp "built"
+fi
+
+if want test; then
+  # The CPU suites as they are, then every model-level suite again with the CUDA backend.
+  stamp "ctest (CPU backend, CUDA op tests)"
+  (cd "$BUILD" && ctest -j 8 --output-on-failure -E "^(tokenizer|bench|server|unit)$") >"$LOGS/ctest-cpu.log" 2>&1 ||
+    { tail -60 "$LOGS/ctest-cpu.log"; echo "CPU ctest failed"; }
+  tail -3 "$LOGS/ctest-cpu.log"
+  stamp "model and spec suites with TANDEM_TEST_DEVICE=cuda"
+  for t in model spec; do
+    TANDEM_TEST_DEVICE=cuda "$BUILD/test_$t" --gtest_brief=1 >"$LOGS/test-$t-cuda.log" 2>&1 ||
+      { tail -40 "$LOGS/test-$t-cuda.log"; echo "test_$t on cuda FAILED"; }
+    tail -2 "$LOGS/test-$t-cuda.log"
+  done
+fi
+
+if want serve; then
+  # The bundled pair on the GPU: CPU and GPU greedy outputs side by side, then the server answering
+  # chat and completions (streaming too) and /metrics, driven by curl (the GPU machine has no Node.js
+  # for the openai-client e2e suite).
+  stamp "generate cpu vs cuda, serve --device cuda"
+  T="$BUILD/tandem"
+  spec='{"model":"models/tandem-code-demo-assistant","num_speculative_tokens":3}'
+  for dev in cpu cuda; do
+    "$T" generate --device $dev --prompt "def fibonacci(n):" --max-tokens 64 --json >"$LOGS/gen-$dev.json" 2>/dev/null
+    "$T" generate --device $dev --prompt "def fibonacci(n):" --max-tokens 64 --json --speculative-config "$spec" \
+      >"$LOGS/gen-$dev-spec.json" 2>/dev/null
+  done
+  python3 - "$LOGS" <<'PY'
+import json, sys
+o = sys.argv[1]
+ids = {n: json.load(open(f"{o}/gen-{n}.json"))["ids"] for n in ("cpu", "cuda", "cpu-spec", "cuda-spec")}
+print("greedy ids equal cpu/cuda/cpu-spec/cuda-spec:", len({tuple(v) for v in ids.values()}) == 1)
+PY
+  "$T" serve --device cuda --port 8411 >"$LOGS/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 60); do curl -sf localhost:8411/health >/dev/null && break; sleep 1; done
+  curl -sf localhost:8411/v1/chat/completions -H 'Content-Type: application/json' \
+    -d '{"model":"tandem-code-demo","messages":[{"role":"user","content":"def add(a, b):"}],"max_tokens":32,"temperature":0}' \
+    | tee "$LOGS/serve-chat.json" | head -c 400; echo
+  curl -sfN localhost:8411/v1/completions -H 'Content-Type: application/json' \
+    -d '{"model":"tandem-code-demo","prompt":"import os","max_tokens":16,"stream":true}' | tail -3
+  curl -sf localhost:8411/metrics | grep -E "^vllm:(spec_decode_num_accepted_tokens_total|generation_tokens_total|num_requests_running)" || true
+  kill -TERM $pid; wait $pid || true
+  tail -3 "$LOGS/serve.log"
+fi
+
+if want bench; then
+  stamp "bench step"
+  T="$BUILD/tandem"
+  "$T" bench step bench/configs/gemma4-26b-a4b --load-format dummy --device cuda --tokens 1,2,3,4,5 --context 512 \
+    --speculative-config '{"model":"bench/configs/gemma4-26b-a4b-assistant","num_speculative_tokens":4}' --json-file "$OUT/step-26b.json" 2>&1 |
+    tee "$LOGS/step-26b.txt"
+  "$T" bench step bench/configs/gemma4-31b --load-format dummy --device cuda --tokens 1,2,3,4,5 --context 512 \
+    --speculative-config '{"model":"bench/configs/gemma4-31b-assistant","num_speculative_tokens":4}' --json-file "$OUT/step-31b.json" 2>&1 |
+    tee "$LOGS/step-31b.txt"
+  stamp "bench sweep (bundled pair)"
+  "$T" bench sweep --device cuda --num-speculative-tokens 0,1,2,3 --iterations 5 --max-tokens 200 --interleave \
+    --quiet --csv "$OUT/sweep-gpu.csv" 2>&1 | tail -8
+fi
+stamp "done"
