@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <set>
 
+#include "backend/op_profiler.h"
 #include "model/gemma4.h"
 #include "model/gemma4_assistant.h"
 #include "model/kv_cache.h"
@@ -58,6 +60,8 @@ double kv_read_bytes(const ModelConfig& c, int batch, int context_keys, int wind
 
 StepReport run_step_bench(const StepOptions& o) {
   auto be = make_backend(o.device, o.threads);
+  std::map<std::string, OpTime> op_times;
+  if (o.profile_ops) be = make_op_profiler(std::move(be), &op_times);
   StepReport report;
   report.backend = be->name();
   report.model = o.model;
@@ -106,12 +110,19 @@ StepReport run_step_bench(const StepOptions& o) {
     row.what = "target";
     row.tokens = n;
     // A step as the engine runs it: forward, greedy argmax of every row, one download.
+    op_times.clear();
     row.median_ms = median_ms(o.reps, [&] {
       const ForwardOutput out = target->run(batch, kv, true);
       TensorView& ids = greedy.resize(DType::I32, {out.logits.rows()});
       be->argmax_rows(out.logits, nullptr, ids);
       to_host(*be, ids);
     });
+    if (o.profile_ops && report.op_profile.empty()) {
+      const double runs = o.reps + 1;  // the warm-up run is profiled too
+      for (const auto& [op, t] : op_times) report.op_profile.push_back({op, {t.seconds * 1e3 / runs, t.calls / runs}});
+      std::sort(report.op_profile.begin(), report.op_profile.end(),
+                [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+    }
     row.weight_bytes = static_cast<double>(target->step_weight_bytes(experts));
     row.kv_bytes = kv_read_bytes(c, o.batch, o.context + n, n - 1, kv_dtype);
     double sum = 0;
@@ -172,6 +183,14 @@ nlohmann::json StepReport::to_json() const {
 
 std::string StepReport::to_table() const {
   std::string out = fmt::format("backend {}; copy bandwidth {:.0f} GB/s (read + write)\n", backend, copy_gbps);
+  if (!op_profile.empty()) {
+    double total = 0;
+    for (const auto& [op, t] : op_profile) total += t.first;
+    out += fmt::format("per-op wall time of one step of the first setting, each op waited for ({:.3f} ms in all):\n", total);
+    out += "| op | ms per step | calls per step | share |\n|---|---:|---:|---:|\n";
+    for (const auto& [op, t] : op_profile)
+      out += fmt::format("| {} | {:.3f} | {:.0f} | {:.1f}% |\n", op, t.first, t.second, 100.0 * t.first / total);
+  }
   out += "| step | tokens/seq | median ms | vs decode | experts/layer | weights GB | KV GB | roofline ms | of copy bw |\n";
   out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   double decode_ms = 0;

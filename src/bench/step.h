@@ -22,6 +22,7 @@ struct StepOptions {
   int batch = 1;
   int context = 512;
   int reps = 20;
+  bool profile_ops = false;  // per-op wall times of the first setting (each op waited for)
 };
 
 struct StepRow {
@@ -36,6 +37,7 @@ struct StepReport {
   std::string backend, model, drafter;
   double copy_gbps = 0;  // device-to-device copy: bytes read + written per second
   std::vector<StepRow> rows;
+  std::vector<std::pair<std::string, std::pair<double, double>>> op_profile;  // op -> (ms, calls) per step
   nlohmann::json to_json() const;
   std::string to_table() const;
 };

@@ -408,6 +408,8 @@ const RegisterCommand bench_command(
       step->add_option("--context", st->options.context, "Cached tokens per sequence")->check(CLI::Range(0, 1 << 20));
       step->add_option("--reps", st->options.reps, "Timed repetitions per setting (median)")->check(CLI::Range(1, 100000));
       step->add_flag("--json", st->json_stdout, "Print JSON instead of the table");
+      step->add_flag("--profile-ops", st->options.profile_ops,
+                     "Also time each op of the first setting's step, waiting for each (slows the step down)");
       step->add_option("--json-file", st->json_path, "Also write the JSON to FILE");
       step->callback([st] { run_step_cmd(*st); });
 
