@@ -6,7 +6,11 @@
 
 #include "cli/command.h"
 #include "cli/common.h"
+#include <filesystem>
+
 #include "io/safetensors.h"
+#include "model/gemma4.h"
+#include "model/gemma4_assistant.h"
 #include "model/config.h"
 #include "spec/speculative_config.h"
 
@@ -14,16 +18,35 @@ namespace tandem::cli {
 namespace {
 
 struct PlanOptions {
-  std::string model, speculative_config, memory;
+  std::string model, speculative_config, memory, device = "cpu";
   int max_model_len = 8192, max_num_seqs = 64;
   bool json = false;
 };
 
+bool has_safetensors(const std::string& dir) {
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().extension() == ".safetensors") return true;
+  return false;
+}
+
+// The checkpoint's tensor bytes; with a config.json alone (nothing downloaded yet), what its tensors
+// take in bf16, from the same shapes the loader binds.
 int64_t checkpoint_bytes(const std::string& dir) {
+  if (!has_safetensors(dir)) {
+    auto backend = make_cpu_backend(1);
+    return Gemma4Model::load(dir, *backend, LoadFormat::meta)->weight_bytes();
+  }
   const WeightStore store = WeightStore::open(dir);
   int64_t bytes = 0;
   for (const auto& [name, t] : store.tensors()) bytes += static_cast<int64_t>(t.nbytes);
   return bytes;
+}
+
+int64_t drafter_bytes(const std::string& dir, const std::string& target_dir) {
+  if (has_safetensors(dir)) return checkpoint_bytes(dir);
+  auto backend = make_cpu_backend(1);
+  auto target = Gemma4Model::load(target_dir, *backend, LoadFormat::meta);
+  return Gemma4Assistant::load(dir, *target, LoadFormat::meta)->weight_bytes();
 }
 
 std::string mib(int64_t bytes) { return fmt::format("{:.1f} MiB", bytes / 1048576.0); }
@@ -42,13 +65,17 @@ void run_plan(const PlanOptions& o) {
     method = spec.method;
     if (!spec.model.empty()) {
       const ModelConfig d = load_model_config(spec.model);
-      drafter_weights = checkpoint_bytes(spec.model);
+      drafter_weights = d.is_assistant() ? drafter_bytes(spec.model, dir) : checkpoint_bytes(spec.model);
       if (!d.is_assistant()) drafter_kv_per_token = d.kv_bytes_per_token(4);  // a draft model keeps its own KV
       else method = "mtp";  // reads the target's KV: no cache of its own
     }
   }
-  // The CPU backend keeps K/V in f32; a verify block needs k more positions per sequence.
-  const int64_t kv_per_token = target.kv_bytes_per_token(4) + drafter_kv_per_token;
+  // The CPU backend keeps K/V in f32, serve on a GPU in bf16; a verify block needs k more positions
+  // per sequence.
+  if (o.device != "cpu" && o.device != "cuda") fail("--device must be cpu or cuda, got \"{}\"", o.device);
+  const int kv_elem = o.device == "cuda" ? 2 : 4;
+  if (drafter_kv_per_token) drafter_kv_per_token = drafter_kv_per_token / 4 * kv_elem;
+  const int64_t kv_per_token = target.kv_bytes_per_token(kv_elem) + drafter_kv_per_token;
   const int64_t per_sequence = kv_per_token * (o.max_model_len + k + 1);
   const int64_t budget = o.memory.empty() ? mem_available_bytes() : parse_bytes("--memory", o.memory);
   const int64_t needed = weights + drafter_weights + per_sequence * o.max_num_seqs;
@@ -78,12 +105,15 @@ void run_plan(const PlanOptions& o) {
     return;
   }
   std::printf("%s (%s)\n", dir.c_str(), target.model_type.c_str());
-  std::printf("  weights        %s, mmapped in their stored dtype (pages shared, not copied)\n", mib(weights).c_str());
+  std::printf("  weights        %s, %s\n", mib(weights).c_str(),
+              !has_safetensors(dir) ? "bf16 from config.json (no safetensors here)"
+              : o.device == "cuda"  ? "uploaded to the GPU in their stored dtype"
+                                    : "mmapped in their stored dtype (pages shared, not copied)");
   if (!o.speculative_config.empty())
     std::printf("  drafter        %s, %s, k = %d%s\n", mib(drafter_weights).c_str(), method.c_str(), k,
                 method == "mtp" ? " (reads the target's KV: no cache of its own)" : "");
-  std::printf("  KV cache       %lld bytes/token (f32, as the CPU backend stores it; %lld in bf16)\n",
-              static_cast<long long>(kv_per_token), static_cast<long long>(target.kv_bytes_per_token(2)));
+  std::printf("  KV cache       %lld bytes/token (%s, as the %s backend stores it)\n", static_cast<long long>(kv_per_token),
+              kv_elem == 2 ? "bf16" : "f32", o.device == "cuda" ? "CUDA" : "CPU");
   std::printf("  per sequence   %s at --max-model-len %d (+%d verify positions)\n", mib(per_sequence).c_str(),
               o.max_model_len, k + 1);
   std::printf("  budget         %s (%s)\n", mib(budget).c_str(), o.memory.empty() ? "MemAvailable" : "--memory");
@@ -102,6 +132,7 @@ const RegisterCommand plan_command("plan", "What fits in memory and why (weights
   app.add_option("--max-model-len", o->max_model_len, "Tokens per sequence")->check(CLI::Range(1, 1 << 24));
   app.add_option("--max-num-seqs", o->max_num_seqs, "Concurrent sequences")->check(CLI::Range(1, 1 << 16));
   app.add_option("--memory", o->memory, "Memory budget, e.g. 24GiB (default: MemAvailable)");
+  app.add_option("--device", o->device, "cpu (f32 KV) or cuda (bf16 KV)");
   app.add_flag("--json", o->json, "Print JSON");
   app.callback([o] { run_plan(*o); });
 });

@@ -57,6 +57,7 @@ class Gemma4Assistant {
   // Weight bytes one draft step reads: its layers, projections, final norm and head (dense: the whole
   // tied table; centroid head: the centroids and the top-k clusters' rows).
   int64_t step_weight_bytes() const;
+  int64_t weight_bytes() const { return weights_.bound_bytes(); }
 
   // Target layer whose cache drafter layer i reads.
   int target_layer(int i) const { return target_layers_[i]; }

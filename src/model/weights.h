@@ -14,7 +14,9 @@
 
 namespace tandem {
 
-enum class LoadFormat { safetensors, dummy };
+// safetensors: the checkpoint's tensors. dummy: seeded pseudo-random bf16 tensors (benchmarks).
+// meta: shapes only, no data and no memory (what a config.json alone implies: `tandem plan`).
+enum class LoadFormat { safetensors, dummy, meta };
 
 class Weights {
  public:
@@ -27,7 +29,7 @@ class Weights {
   std::optional<TensorView> find(const std::string& name, const std::vector<int64_t>& shape);
   // Any shape; for tensors whose shape is read from the checkpoint (e.g. layer_scalar [1]).
   const TensorInfo* info(const std::string& name) const;
-  bool dummy() const { return format_ == LoadFormat::dummy; }
+  bool dummy() const { return format_ != LoadFormat::safetensors; }  // no checkpoint behind the tensors
   const std::string& path() const { return path_; }
   // Total bytes of weights bound so far.
   int64_t bound_bytes() const { return bound_bytes_; }

@@ -37,5 +37,24 @@ TEST(Plan, CountsWeightsAndKvAndSaysWhatFits) {
   EXPECT_GT(spec["drafter_weights_bytes"].get<int64_t>(), 0);
 }
 
+TEST(Plan, WorksFromConfigJsonAlone) {
+  // No safetensors: the weights are what the loader's shapes take in bf16, which for the published
+  // geometries is exactly 2 bytes × the parameter counts in shared/research/gemma4-target.md §6.2.
+  auto plan_config = [](const std::string& dir, const std::string& args) {
+    std::string out;
+    const std::string cmd = std::string(TANDEM_BINARY) + " plan " + std::string(TANDEM_SOURCE_DIR) + "/bench/configs/" +
+                            dir + " --json " + args + " 2>/dev/null";
+    EXPECT_EQ(testing::run_command(cmd, &out), 0) << out;
+    return nlohmann::json::parse(out);
+  };
+  const auto moe = plan_config("gemma4-26b-a4b", "--device cuda --memory 24GiB --max-model-len 8192 --max-num-seqs 4");
+  EXPECT_EQ(moe["weights_bytes"].get<int64_t>(), 2 * 25'233'141'790ll);
+  // bf16 KV on the GPU: 25 sliding layers × 8 KiB + 5 full (K=V) layers × 4 KiB per token (sliding
+  // layers still keep every position).
+  EXPECT_EQ(moe["kv_bytes_per_token"], 25 * 8192 + 5 * 4096);
+  EXPECT_FALSE(moe["fits"]);  // 47 GiB of bf16 weights on a 24 GiB card
+  EXPECT_EQ(plan_config("gemma4-31b", "")["weights_bytes"].get<int64_t>(), 2 * 30'697'345'340ll);
+}
+
 }  // namespace
 }  // namespace tandem
