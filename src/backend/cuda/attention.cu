@@ -1,11 +1,12 @@
 // Paged KV cache ops: kv_write (scatter new K/V rows into their slots, F32 or BF16 with round to
 // nearest even) and attention (softmax(q·Kᵀ·scale)·V over each query row's key range).
 //
-// attention: one CTA of 4 warps per (query row, query head). Lane l holds the d/32 consecutive
+// attention: one CTA of 16 warps per (query row, query head) (a decode step has only n_heads rows of
+// work per layer, so each CTA must spread its keys wide). Lane l holds the d/32 consecutive
 // elements [l·d/32, (l+1)·d/32) of q, K/V rows and the output accumulator, so a warp reads each
 // K/V row with one coalesced sweep. The key range is cut into groups of 4 consecutive keys dealt
 // round-robin to the warps; a warp scores its 4 keys at once (4 independent butterfly sums in
-// flight), then folds them into its online-softmax state (max, sum, acc) in key order. The 4 warp
+// flight), then folds them into its online-softmax state (max, sum, acc) in key order. The warp
 // states are merged in warp order through shared memory. Every step of that order depends only on
 // the row's own key range, never on T or the other rows (batch invariance), and the f32 expf keeps
 // it within rounding of the CPU's two-pass softmax. Device-side inputs are never trusted: a bad
@@ -20,7 +21,7 @@ using namespace cu;
 
 namespace {
 
-constexpr int kAttnWarps = 4;
+constexpr int kAttnWarps = 16;
 constexpr int kKeysPerGroup = 4;
 constexpr int kMaxHeadDim = 512;
 

@@ -71,10 +71,12 @@ __global__ void __launch_bounds__(kRouteWarps * 32)
 }
 
 // One CTA: offsets[e] = first position of expert e in the sorted order (offsets[E] = pairs routed),
-// sorted[pos] = pair index t·k + j, pos_of_pair[pair] = pos (-1 for ids outside [0, E)).
+// sorted[pos] = pair index t·k + j, pos_of_pair[pair] = pos (-1 for ids outside [0, E)), and
+// active[0..n) the experts that got rows, in index order, with n = active[E]: the expert kernels run
+// one CTA row per active expert (at most T·k of them) instead of one per expert, most of them idle.
 __global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld, int k, int64_t T, int E,
                                  int32_t* __restrict__ offsets, int32_t* __restrict__ sorted,
-                                 int32_t* __restrict__ pos_of_pair) {
+                                 int32_t* __restrict__ pos_of_pair, int32_t* __restrict__ active) {
   extern __shared__ int32_t s_start[];  // [E]
   const int64_t P = T * k;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
@@ -87,13 +89,15 @@ __global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    int32_t off = 0;
+    int32_t off = 0, n_active = 0;
     for (int e = 0; e < E; ++e) {
       const int32_t c = s_start[e];
       s_start[e] = off, offsets[e] = off;
       off += c;
+      if (c > 0) active[n_active++] = e;
     }
     offsets[E] = off;
+    active[E] = n_active;
   }
   __syncthreads();
   const uint32_t lanes_below = (1u << lane) - 1u;
@@ -118,8 +122,9 @@ template <int WT, bool VEC, bool XVEC>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
     moe_gate_up_kernel(const float* __restrict__ x, int64_t ldx, const void* __restrict__ gate_up, int64_t I,
                        int64_t H, int k, const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
-                       float* __restrict__ act) {
-  const int e = blockIdx.y;
+                       const int32_t* __restrict__ active, int E, float* __restrict__ act) {
+  if (static_cast<int>(blockIdx.y) >= active[E]) return;
+  const int e = active[blockIdx.y];
   const int32_t begin = offsets[e], end = offsets[e + 1];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp;
@@ -149,8 +154,10 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 template <int WT, bool VEC, bool XVEC>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
     moe_down_kernel(const float* __restrict__ act, const void* __restrict__ down, int64_t I, int64_t H,
-                    const int32_t* __restrict__ offsets, float* __restrict__ out) {
-  const int e = blockIdx.y;
+                    const int32_t* __restrict__ offsets, const int32_t* __restrict__ active, int E,
+                    float* __restrict__ out) {
+  if (static_cast<int>(blockIdx.y) >= active[E]) return;
+  const int e = active[blockIdx.y];
   const int32_t begin = offsets[e], end = offsets[e + 1];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp;
@@ -258,12 +265,14 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
   use_device();
   const int64_t P = T * k;
   // Scratch grows only when a larger step arrives (see ensure()); steady-state steps allocate nothing.
-  ensure(moe_offsets_, (E + 1) * sizeof(int32_t));
+  ensure(moe_offsets_, 2 * (E + 1) * sizeof(int32_t));  // offsets, then the active experts
   ensure(moe_sorted_, std::max<int64_t>(P, 1) * sizeof(int32_t));
   ensure(moe_pos_, std::max<int64_t>(P, 1) * sizeof(int32_t));
   ensure(moe_act_, std::max<int64_t>(P * I, 1) * sizeof(float));
   ensure(moe_out_, std::max<int64_t>(P * H, 1) * sizeof(float));
   auto* offsets = static_cast<int32_t*>(moe_offsets_.data());
+  int32_t* active = offsets + E + 1;
+  const unsigned active_rows = static_cast<unsigned>(std::min<int64_t>(E, P));  // experts that can have rows
   auto* sorted = static_cast<int32_t*>(moe_sorted_.data());
   auto* pos = static_cast<int32_t*>(moe_pos_.data());
   auto* act = static_cast<float*>(moe_act_.data());
@@ -271,7 +280,7 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
 
   moe_group_kernel<<<1, 1024, (E + 1) * sizeof(int32_t), stream_>>>(ids.as<int32_t>(), ids.stride(),
                                                                      static_cast<int>(k), T, static_cast<int>(E),
-                                                                     offsets, sorted, pos);
+                                                                     offsets, sorted, pos, active);
   TANDEM_CUDA_LAUNCHED("moe_group_kernel");
 
   if (P > 0 && I > 0) {
@@ -280,18 +289,20 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     const int gu_wt = wtype_of(gate_up.dtype), dn_wt = wtype_of(down.dtype);
     const bool gu_vec = H % 8 == 0 && reinterpret_cast<uint64_t>(gate_up.data) % (gu_wt == kF8 ? 8 : 16) == 0;
     const bool gu_xvec = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
-    const dim3 gu_grid(static_cast<unsigned>((I + kMatmulWarps - 1) / kMatmulWarps), static_cast<unsigned>(E));
+    const dim3 gu_grid(static_cast<unsigned>((I + kMatmulWarps - 1) / kMatmulWarps), active_rows);
     dispatch_weights(gu_wt, gu_vec, gu_xvec, [&]<int WT, bool V, bool XV>() {
       moe_gate_up_kernel<WT, V, XV><<<gu_grid, kMatmulWarps * 32, 0, stream_>>>(xp, ldx, gate_up.data, I, H,
-                                                                               static_cast<int>(k), offsets, sorted, act);
+                                                                               static_cast<int>(k), offsets, sorted, active,
+                                                                               static_cast<int>(E), act);
     });
     TANDEM_CUDA_LAUNCHED("moe_gate_up_kernel");
 
     const bool dn_vec = I % 8 == 0 && reinterpret_cast<uint64_t>(down.data) % (dn_wt == kF8 ? 8 : 16) == 0;
     const bool dn_xvec = I % 4 == 0;  // act rows are I floats from a 256-byte aligned buffer
-    const dim3 dn_grid(static_cast<unsigned>((H + kMatmulWarps - 1) / kMatmulWarps), static_cast<unsigned>(E));
+    const dim3 dn_grid(static_cast<unsigned>((H + kMatmulWarps - 1) / kMatmulWarps), active_rows);
     dispatch_weights(dn_wt, dn_vec, dn_xvec, [&]<int WT, bool V, bool XV>() {
-      moe_down_kernel<WT, V, XV><<<dn_grid, kMatmulWarps * 32, 0, stream_>>>(act, down.data, I, H, offsets, out);
+      moe_down_kernel<WT, V, XV><<<dn_grid, kMatmulWarps * 32, 0, stream_>>>(act, down.data, I, H, offsets, active,
+                                                                             static_cast<int>(E), out);
     });
     TANDEM_CUDA_LAUNCHED("moe_down_kernel");
   } else if (P > 0) {  // I == 0: every expert outputs zeros
