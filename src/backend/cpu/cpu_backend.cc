@@ -14,6 +14,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/cpu_features.h"
 #include "backend/dummy_values.h"
+#include "backend/op_checks.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/thread_pool.h"
 #include "backend/cpu/vec_math.h"
@@ -29,10 +30,6 @@ using cpu::MatmulArgs;
 constexpr int64_t kSerialElems = 16 * 1024;
 // Matmuls below this many multiply-adds (~20-50 us of work) are not worth a thread-pool round trip.
 constexpr int64_t kSerialMacs = 1 << 19;
-
-bool is_float_dtype(DType t) {
-  return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F8_E4M3;
-}
 
 float load_f32(const void* p, DType t, int64_t i) {
   switch (t) {
@@ -115,17 +112,6 @@ float exp_shifted_sum(float* s, int64_t n, float shift) {
   return sum;
 }
 
-void check_f32_2d(const TensorView& v, const char* what) {
-  if (v.dtype != DType::F32) fail("{} must be F32, got {}", what, dtype_name(v.dtype));
-  if (v.ndim < 1 || (v.data == nullptr && v.numel() > 0)) fail("{} is empty or has no data", what);
-  if (v.row_stride != 0 && v.row_stride < v.cols()) fail("{} has row_stride {} < cols {}", what, v.row_stride, v.cols());
-}
-
-void check_same_shape(const TensorView& a, const TensorView& b, const char* op) {
-  if (a.rows() != b.rows() || a.cols() != b.cols())
-    fail("{}: shape mismatch [{}, {}] vs [{}, {}]", op, a.rows(), a.cols(), b.rows(), b.cols());
-}
-
 // Pointer to the d floats of head h of token t in a view holding T tokens of n_heads·d floats,
 // seen either as [T, n_heads·d] (possibly strided) or as [T, n_heads, d] / [T·n_heads, d].
 float* head_ptr(const TensorView& v, int64_t T, int64_t t, int64_t h, int64_t d) {
@@ -140,12 +126,6 @@ const I* check_ints(const TensorView& v, DType t, int64_t n, const char* what) {
   if (v.numel() != n) fail("{} has {} elements, expected {}", what, v.numel(), n);
   if (n > 0 && !v.data) fail("{} has no data", what);
   return static_cast<const I*>(v.data);
-}
-
-void check_heads(const TensorView& v, int64_t T, int64_t n_heads, int64_t d, const char* what) {
-  check_f32_2d(v, what);
-  if (v.numel() != T * n_heads * d || v.rows() % T != 0 || v.cols() % d != 0)
-    fail("{} has shape [{}, {}], expected {} tokens × {} heads × {}", what, v.rows(), v.cols(), T, n_heads, d);
 }
 
 class CpuBackend final : public Backend {
@@ -236,13 +216,7 @@ class CpuBackend final : public Backend {
   }
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override {
-    check_f32_2d(x, "matmul x");
-    check_f32_2d(y, "matmul y");
-    if (!is_float_dtype(w.dtype)) fail("matmul: weight dtype {} is not supported", dtype_name(w.dtype));
-    if (w.ndim != 2 || w.row_stride != 0) fail("matmul: weight must be a dense 2-D [N, K] tensor");
-    const int64_t T = x.rows(), K = x.cols(), N = w.dim(0);
-    if (w.dim(1) != K) fail("matmul: x [{}, {}] does not match weight [{}, {}]", T, K, N, w.dim(1));
-    if (y.rows() != T || y.cols() != N) fail("matmul: y is [{}, {}], expected [{}, {}]", y.rows(), y.cols(), T, N);
+    const auto [T, N, K] = check_matmul(x, w, y);
     const MatmulArgs a{x.as<float>(), x.stride(), w.data, w.dtype, y.as<float>(), y.stride(), T, N, K};
     run_matmul(a);
   }
@@ -407,12 +381,7 @@ class CpuBackend final : public Backend {
       int32_t kv_begin, kv_end;
     };
     std::vector<Row> row_list(T);
-    check_f32_2d(q, "attention q");
-    if (q.numel() % (T * d) != 0) fail("attention: q of {} elements is not {} rows × heads × {}", q.numel(), T, d);
-    const int64_t n_heads = q.numel() / (T * d);
-    if (n_heads % n_kv != 0) fail("attention: {} query heads are not a multiple of {} KV heads", n_heads, n_kv);
-    check_heads(q, T, n_heads, d, "attention q");
-    check_heads(out, T, n_heads, d, "attention out");
+    const int64_t n_heads = check_attention_heads(q, out, T, n_kv, d);
     const int64_t bs = layer.block_size;
     for (int64_t t = 0; t < T; ++t) {
       const int32_t seq = ranges[3 * t];

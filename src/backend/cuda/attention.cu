@@ -248,12 +248,7 @@ void CudaBackend::attention(const TensorView& q, const KvLayer& layer, const Att
   check_layer(layer, "attention");
   if (d % 32 != 0 || d > kMaxHeadDim)
     fail("attention: head_dim {} is not supported by the CUDA backend (a multiple of 32 up to {})", d, kMaxHeadDim);
-  check_f32_2d(q, "attention q");
-  if (q.numel() % (T * d) != 0) fail("attention: q of {} elements is not {} rows × heads × {}", q.numel(), T, d);
-  const int64_t n_heads = q.numel() / (T * d);
-  if (n_heads % n_kv != 0) fail("attention: {} query heads are not a multiple of {} KV heads", n_heads, n_kv);
-  check_heads(q, T, n_heads, d, "attention q");
-  check_heads(out, T, n_heads, d, "attention out");
+  const int64_t n_heads = check_attention_heads(q, out, T, n_kv, d);
   if (T * n_heads > 0x7FFFFFFF) fail("attention: {} rows × {} heads is too many for one launch", T, n_heads);
   use_device();
   AttnArgs a;

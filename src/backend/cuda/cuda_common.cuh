@@ -10,6 +10,7 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "backend/op_checks.h"
 #include "util/error.h"
 
 namespace tandem {
@@ -34,27 +35,12 @@ namespace cu {
 
 // --- Host-side argument checks (the same rules as the CPU backend) ------------------------------
 
-inline bool is_float_dtype(DType t) {
-  return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F8_E4M3;
-}
-
-inline void check_2d(const TensorView& v, DType want, const char* what) {
-  if (v.dtype != want) fail("{} must be {}, got {}", what, dtype_name(want), dtype_name(v.dtype));
-  if (v.ndim < 1 || (v.data == nullptr && v.numel() > 0)) fail("{} is empty or has no data", what);
-  if (v.row_stride != 0 && v.row_stride < v.cols()) fail("{} has row_stride {} < cols {}", what, v.row_stride, v.cols());
-}
-inline void check_f32_2d(const TensorView& v, const char* what) { check_2d(v, DType::F32, what); }
-
-inline void check_same_shape(const TensorView& a, const TensorView& b, const char* op) {
-  if (a.rows() != b.rows() || a.cols() != b.cols())
-    fail("{}: shape mismatch [{}, {}] vs [{}, {}]", op, a.rows(), a.cols(), b.rows(), b.cols());
-}
-
-inline void check_heads(const TensorView& v, int64_t T, int64_t n_heads, int64_t d, const char* what) {
-  check_f32_2d(v, what);
-  if (v.numel() != T * n_heads * d || v.rows() % T != 0 || v.cols() % d != 0)
-    fail("{} has shape [{}, {}], expected {} tokens × {} heads × {}", what, v.rows(), v.cols(), T, n_heads, d);
-}
+// (shared with the CPU backend: backend/op_checks.h)
+using ::tandem::check_2d;
+using ::tandem::check_f32_2d;
+using ::tandem::check_heads;
+using ::tandem::check_same_shape;
+using ::tandem::is_float_dtype;
 
 // Largest power of two <= 16 dividing every argument (for choosing a vector width).
 inline int common_alignment(std::initializer_list<uint64_t> values) {

@@ -74,13 +74,7 @@ void CudaBackend::launch_matmul(const float* x, int64_t ldx, const void* w, DTyp
 }
 
 void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y) {
-  check_f32_2d(x, "matmul x");
-  check_f32_2d(y, "matmul y");
-  if (!is_float_dtype(w.dtype)) fail("matmul: weight dtype {} is not supported", dtype_name(w.dtype));
-  if (w.ndim != 2 || w.row_stride != 0) fail("matmul: weight must be a dense 2-D [N, K] tensor");
-  const int64_t T = x.rows(), K = x.cols(), N = w.dim(0);
-  if (w.dim(1) != K) fail("matmul: x [{}, {}] does not match weight [{}, {}]", T, K, N, w.dim(1));
-  if (y.rows() != T || y.cols() != N) fail("matmul: y is [{}, {}], expected [{}, {}]", y.rows(), y.cols(), T, N);
+  const auto [T, N, K] = check_matmul(x, w, y);
   use_device();
   launch_matmul(x.as<float>(), x.stride(), w.data, w.dtype, y.as<float>(), y.stride(), T, N, K);
 }

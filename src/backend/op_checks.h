@@ -1,0 +1,61 @@
+// Host-side argument checks shared by every backend: the same shapes, dtypes and strides are
+// accepted or refused, with the same messages, whichever backend runs the op.
+#pragma once
+#include <cstdint>
+
+#include "backend/tensor.h"
+#include "util/error.h"
+
+namespace tandem {
+
+inline bool is_float_dtype(DType t) {
+  return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F8_E4M3;
+}
+
+// A 2-D view of dtype `want` with data (unless empty) and a row stride no shorter than a row.
+inline void check_2d(const TensorView& v, DType want, const char* what) {
+  if (v.dtype != want) fail("{} must be {}, got {}", what, dtype_name(want), dtype_name(v.dtype));
+  if (v.ndim < 1 || (v.data == nullptr && v.numel() > 0)) fail("{} is empty or has no data", what);
+  if (v.row_stride != 0 && v.row_stride < v.cols()) fail("{} has row_stride {} < cols {}", what, v.row_stride, v.cols());
+}
+inline void check_f32_2d(const TensorView& v, const char* what) { check_2d(v, DType::F32, what); }
+
+inline void check_same_shape(const TensorView& a, const TensorView& b, const char* op) {
+  if (a.rows() != b.rows() || a.cols() != b.cols())
+    fail("{}: shape mismatch [{}, {}] vs [{}, {}]", op, a.rows(), a.cols(), b.rows(), b.cols());
+}
+
+// v holds T tokens of n_heads heads of d floats, as [T, n_heads·d] (possibly strided) or [T, n_heads, d].
+inline void check_heads(const TensorView& v, int64_t T, int64_t n_heads, int64_t d, const char* what) {
+  check_f32_2d(v, what);
+  if (v.numel() != T * n_heads * d || v.rows() % T != 0 || v.cols() % d != 0)
+    fail("{} has shape [{}, {}], expected {} tokens × {} heads × {}", what, v.rows(), v.cols(), T, n_heads, d);
+}
+
+struct MatmulDims {
+  int64_t T, N, K;
+};
+// y[T,N] = x[T,K] · w[N,K]ᵀ: x, y F32 (strided), w a dense 2-D float tensor.
+inline MatmulDims check_matmul(const TensorView& x, const TensorView& w, const TensorView& y) {
+  check_f32_2d(x, "matmul x");
+  check_f32_2d(y, "matmul y");
+  if (!is_float_dtype(w.dtype)) fail("matmul: weight dtype {} is not supported", dtype_name(w.dtype));
+  if (w.ndim != 2 || w.row_stride != 0) fail("matmul: weight must be a dense 2-D [N, K] tensor");
+  const int64_t T = x.rows(), K = x.cols(), N = w.dim(0);
+  if (w.dim(1) != K) fail("matmul: x [{}, {}] does not match weight [{}, {}]", T, K, N, w.dim(1));
+  if (y.rows() != T || y.cols() != N) fail("matmul: y is [{}, {}], expected [{}, {}]", y.rows(), y.cols(), T, N);
+  return {T, N, K};
+}
+
+// Attention's q and out for T rows over KV heads of dimension d: returns the number of query heads.
+inline int64_t check_attention_heads(const TensorView& q, const TensorView& out, int64_t T, int64_t n_kv, int64_t d) {
+  check_f32_2d(q, "attention q");
+  if (q.numel() % (T * d) != 0) fail("attention: q of {} elements is not {} rows × heads × {}", q.numel(), T, d);
+  const int64_t n_heads = q.numel() / (T * d);
+  if (n_heads % n_kv != 0) fail("attention: {} query heads are not a multiple of {} KV heads", n_heads, n_kv);
+  check_heads(q, T, n_heads, d, "attention q");
+  check_heads(out, T, n_heads, d, "attention out");
+  return n_heads;
+}
+
+}  // namespace tandem
