@@ -14,12 +14,14 @@ namespace tandem {
 
 class Sampler {
  public:
-  Sampler(const SamplingParams& params, uint64_t seed) : params_(params), rng_(seed) {}
+  // `prompt`: the request's prompt tokens (only kept when repetition_penalty is not 1).
+  Sampler(const SamplingParams& params, uint64_t seed, std::span<const int32_t> prompt = {});
 
   const SamplingParams& params() const { return params_; }
 
-  // Applies presence/frequency penalties (counted over `output_tokens`, as OpenAI defines them)
-  // to a copy of logits [V] in `adjusted`.
+  // Applies, to a copy of logits [V] in `adjusted` and in vLLM's order: the allowed_token_ids mask, logit_bias, the min_tokens
+  // mask of stop ids, repetition_penalty (prompt + output tokens), then presence / frequency
+  // penalties (counted over `output_tokens`, as OpenAI defines them).
   void penalize(std::span<const float> logits, std::span<const int32_t> output_tokens,
                 std::vector<float>& adjusted) const;
   // Greedy choice: argmax of the penalized logits (ties: lowest id).
@@ -42,7 +44,11 @@ class Sampler {
   std::mt19937_64 rng_;
   std::vector<float> scratch_;
   std::vector<int32_t> order_;
+  std::vector<int32_t> prompt_ids_;  // distinct prompt tokens, for repetition_penalty
 };
+
+// The 1-based rank of `token` in logits [V] (1 + the number of strictly larger logits).
+int32_t token_rank(std::span<const float> logits, int32_t token);
 
 // log-softmax of logits [V] at `token`, and the top `n` (token, logprob) pairs.
 float token_logprob(std::span<const float> logits, int32_t token);
