@@ -1,8 +1,9 @@
 // tandem serve: the OpenAI-compatible server, with vLLM's command-line flags.
 //   tandem serve [MODEL_DIR] --host 127.0.0.1 --port 8000 --served-model-name NAME
 //     --max-num-batched-tokens N --max-num-seqs N --max-model-len N --gpu-memory-utilization F
-//     --enable-prefix-caching --enable-chunked-prefill --dtype auto --speculative-config JSON
-//     --api-key KEY --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
+//     --[no-]enable-prefix-caching (on by default) --enable-chunked-prefill --dtype auto
+//     --speculative-config JSON --api-key KEY (or $VLLM_API_KEY) --allowed-origins JSON ...
+//     --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
 // Without MODEL_DIR it serves the bundled model with its drafter (speculation on, k = 2).
 #include <pthread.h>
 #include <signal.h>
