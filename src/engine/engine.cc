@@ -435,7 +435,7 @@ bool Engine::step() {
     out.completion_tokens = s.generated();
     out.finished = out.finish_reason != FinishReason::none;
     s.finished = out.finished;
-    if (out.finished) out.queue_seconds = s.scheduled_at - s.submitted_at, out.scheduled_time = s.scheduled_at;
+    out.queue_seconds = s.scheduled_at - s.submitted_at, out.scheduled_time = s.scheduled_at;
     // Free pages beyond what is committed (rejected drafts); offer completed blocks for reuse.
     kv_->truncate(s.table, s.computed + 1);
     publish_blocks(s);

@@ -70,8 +70,8 @@ struct RequestOutput {
   int cached_prompt_tokens = 0;
   // With the first output of a request with prompt_logprobs >= 0: prompt tokens 1..P-1.
   std::vector<PromptLogprob> prompt_logprobs;
-  // On the final output: seconds from submit to first scheduling, and when that was
-  // (steady_clock seconds); 0 when the request was never scheduled.
+  // Seconds from submit to first scheduling, and when that was (steady_clock seconds); 0 when
+  // the request was never scheduled (e.g. aborted while waiting).
   double queue_seconds = 0;
   double scheduled_time = 0;
 };
