@@ -1,7 +1,9 @@
 #include "server/protocol.h"
 
+#include <charconv>
 #include <cmath>
 #include <limits>
+#include <set>
 
 #include "server/api_error.h"
 #include "util/error.h"
@@ -71,6 +73,79 @@ std::vector<int32_t> token_ids(const json& v, const TextCodec& codec, const char
   return ids;
 }
 
+// vLLM's extra sampling parameters: logit_bias, allowed_token_ids, min_tokens,
+// include_stop_str_in_output, prompt_logprobs, truncate_prompt_tokens (checked here, applied later).
+void parse_extra_sampling(const json& body, const TextCodec& codec, const Limits& limits, ParsedRequest& r) {
+  SamplingParams& s = r.sampling;
+  const int64_t vocab = codec.vocab_size();
+  if (present(body, "logit_bias")) {
+    const json& lb = body["logit_bias"];
+    if (!lb.is_object()) throw bad_request("'logit_bias' must be an object of token id -> bias", "logit_bias");
+    if (static_cast<int64_t>(lb.size()) > limits.max_logit_bias)
+      throw bad_request(fmt::format("at most {} logit_bias entries are allowed", limits.max_logit_bias), "logit_bias");
+    for (const auto& [key, v] : lb.items()) {
+      int64_t id = -1;
+      auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+      if (ec != std::errc() || end != key.data() + key.size() || key.empty())
+        throw bad_request(fmt::format("logit_bias key '{}' is not a token id", key), "logit_bias");
+      if (id < 0 || id >= vocab)
+        throw bad_request(fmt::format("logit_bias token id {} is outside the vocabulary [0, {})", id, vocab),
+                          "logit_bias");
+      if (!v.is_number()) throw bad_request("logit_bias values must be numbers", "logit_bias");
+      double bias = v.get<double>();
+      if (!std::isfinite(bias)) throw bad_request("logit_bias values must be finite", "logit_bias");
+      // Clamped to [-100, 100] as vLLM does (OpenAI's documented range).
+      s.logit_bias.emplace_back(static_cast<int32_t>(id), static_cast<float>(std::clamp(bias, -100.0, 100.0)));
+    }
+  }
+  if (present(body, "allowed_token_ids")) {
+    const json& ids = body["allowed_token_ids"];
+    if (!ids.is_array() || ids.empty())
+      throw bad_request("'allowed_token_ids' must be a non-empty list of token ids", "allowed_token_ids");
+    if (static_cast<int64_t>(ids.size()) > limits.max_allowed_token_ids)
+      throw bad_request(fmt::format("at most {} allowed_token_ids", limits.max_allowed_token_ids), "allowed_token_ids");
+    for (const auto& x : ids)
+      if (!x.is_number_integer()) throw bad_request("'allowed_token_ids' must be a list of integers", "allowed_token_ids");
+    s.allowed_token_ids = token_ids(ids, codec, "allowed_token_ids");
+  }
+  const int64_t min_tokens = get_integer(body, "min_tokens", 0);
+  if (min_tokens < 0) throw bad_request(fmt::format("'min_tokens' must be at least 0, got {}", min_tokens), "min_tokens");
+  s.min_tokens = static_cast<int>(std::min<int64_t>(min_tokens, 1 << 30));  // ≤ max_tokens: resolve_lengths
+  r.include_stop_str_in_output = get_bool(body, "include_stop_str_in_output", false);
+  if (present(body, "prompt_logprobs")) {
+    const int64_t n = get_integer(body, "prompt_logprobs", -1);
+    if (n < 0 || n > limits.max_logprobs)
+      throw bad_request(fmt::format("'prompt_logprobs' must be between 0 and {}, got {}", limits.max_logprobs, n),
+                        "prompt_logprobs");
+    if (get_bool(body, "stream", false))
+      throw bad_request("'prompt_logprobs' is not available when 'stream' is true", "prompt_logprobs");
+    r.prompt_logprobs = static_cast<int>(n);
+    r.return_prompt_logprobs = true;
+  }
+  if (present(body, "truncate_prompt_tokens")) {
+    const int64_t t = get_integer(body, "truncate_prompt_tokens", -1);
+    if (t == 0 || t < -1)
+      throw bad_request("'truncate_prompt_tokens' must be -1 (the maximum model length) or a positive number of tokens",
+                        "truncate_prompt_tokens");
+    if (t > limits.max_model_len)
+      throw bad_request(fmt::format("'truncate_prompt_tokens' ({}) is greater than the maximum model length ({}). "
+                                    "Please select a smaller truncation size.", t, limits.max_model_len),
+                        "truncate_prompt_tokens");
+  }
+}
+
+// truncate_prompt_tokens: keep the last N tokens of each prompt (-1: max_model_len), as vLLM.
+void truncate_prompts(const json& body, const TextCodec& codec, const Limits& limits, ParsedRequest& r) {
+  if (!present(body, "truncate_prompt_tokens")) return;
+  int64_t keep = get_integer(body, "truncate_prompt_tokens", -1);
+  if (keep == -1) keep = limits.max_model_len;
+  for (auto& p : r.prompts) {
+    if (static_cast<int64_t>(p.tokens.size()) <= keep) continue;
+    p.tokens.erase(p.tokens.begin(), p.tokens.end() - keep);
+    p.text = codec.decode(p.tokens, false);
+  }
+}
+
 // Fields shared by completions and chat.
 void parse_common(const json& body, const TextCodec& codec, const Limits& limits, ParsedRequest& r) {
   SamplingParams& s = r.sampling;
@@ -88,19 +163,21 @@ void parse_common(const json& body, const TextCodec& codec, const Limits& limits
   check_range(s.presence_penalty, -2.0, 2.0, "presence_penalty", "between -2 and 2");
   s.frequency_penalty = static_cast<float>(get_number(body, "frequency_penalty", 0.0));
   check_range(s.frequency_penalty, -2.0, 2.0, "frequency_penalty", "between -2 and 2");
-  if (present(body, "repetition_penalty") && get_number(body, "repetition_penalty", 1.0) != 1.0)
-    throw bad_request("'repetition_penalty' is not supported; use presence_penalty / frequency_penalty",
+  s.repetition_penalty = static_cast<float>(get_number(body, "repetition_penalty", 1.0));
+  if (!(s.repetition_penalty > 0.0f) || !std::isfinite(s.repetition_penalty))
+    throw bad_request(fmt::format("'repetition_penalty' must be greater than zero, got {}", s.repetition_penalty),
                       "repetition_penalty");
   if (present(body, "seed")) s.seed = static_cast<uint64_t>(get_integer(body, "seed", 0));
 
   r.n = static_cast<int>(std::clamp<int64_t>(get_integer(body, "n", 1), -1, 1 << 20));
   if (r.n < 1 || r.n > limits.max_n)
     throw bad_request(fmt::format("'n' must be between 1 and {}, got {}", limits.max_n, r.n), "n");
-  if (present(body, "best_of") && get_integer(body, "best_of", 1) != r.n &&
-      get_integer(body, "best_of", 1) != 1)
-    throw bad_request("'best_of' is not supported", "best_of");
-  if (present(body, "logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty()))
-    throw bad_request("'logit_bias' is not supported", "logit_bias");
+  if (present(body, "best_of") && get_integer(body, "best_of", 1) != r.n)
+    throw bad_request(fmt::format("'best_of' must equal 'n' ({}): returning the best of more samples than 'n' is "
+                                  "not supported, got {}", r.n, get_integer(body, "best_of", 1)), "best_of");
+  if (get_bool(body, "use_beam_search", false))
+    throw bad_request("beam search ('use_beam_search') is not supported", "use_beam_search");
+  parse_extra_sampling(body, codec, limits, r);
   if (present(body, "response_format")) {
     const json& rf = body["response_format"];
     if (!rf.is_object() || rf.value("type", "text") != "text")
@@ -182,6 +259,8 @@ void resolve_lengths(const json& body, const Limits& limits, ParsedRequest& r, b
   }
   if (max_tokens != -1 && max_tokens < 1)
     throw bad_request(fmt::format("'{}' must be at least 1, got {}", key, max_tokens), key);
+  if (present(body, key) && max_tokens < 1)  // -1 is "absent" above; vLLM rejects it too
+    throw bad_request(fmt::format("'{}' must be at least 1, got {}", key, max_tokens), key);
   size_t longest = 0;
   for (const auto& p : r.prompts) longest = std::max(longest, p.tokens.size());
   const int64_t len = static_cast<int64_t>(longest);
@@ -202,6 +281,9 @@ void resolve_lengths(const json& body, const Limits& limits, ParsedRequest& r, b
                    key, "invalid_request_error", "context_length_exceeded");
   }
   r.max_tokens = static_cast<int>(max_tokens);
+  if (r.sampling.min_tokens > r.max_tokens)
+    throw bad_request(fmt::format("'min_tokens' must be less than or equal to '{}' ({}), got {}", key, r.max_tokens,
+                                  r.sampling.min_tokens), "min_tokens");
   if (r.num_choices() > limits.max_choices)
     throw bad_request(fmt::format("at most {} choices (prompts × n) per request, got {}",
                                   limits.max_choices, r.num_choices()), "n");
@@ -240,11 +322,90 @@ std::string message_content(const json& m, size_t index) {
 
 }  // namespace
 
+std::vector<std::string> check_fields(const json& body, bool chat) {
+  // Output-changing fields tandem does not implement: 400 unless absent, null or the default.
+  struct Unsupported {
+    const char* name;
+    json fine;  // the one accepted value besides null
+    const char* why;
+  };
+  static const std::vector<Unsupported> common = {
+      {"bad_words", json::array(), "is not supported"},
+      {"logits_processors", json::array(), "is not supported (no custom logits processors)"},
+      {"return_tokens_as_token_ids", false, "is not supported"},
+      {"return_token_ids", false, "is not supported"},
+      {"spaces_between_special_tokens", true, "can only be true"},
+      {"priority", 0, "needs priority scheduling, which tandem does not have"},
+  };
+  static const std::vector<Unsupported> completion_only = {
+      {"suffix", "", "is not supported"},
+      {"prompt_embeds", json::array(), "is not supported"},
+  };
+  static const std::vector<Unsupported> chat_only = {
+      {"echo", false, "is not supported for chat"},
+      {"chat_template", "", "per request is not allowed; start the server with --chat-template"},
+      {"audio", json::object(), "is not supported (text output only)"},
+      {"web_search_options", json::object(), "is not supported"},
+  };
+  auto check = [&](const std::vector<Unsupported>& list) {
+    for (const auto& u : list)
+      if (present(body, u.name) && body[u.name] != u.fine)
+        throw bad_request(fmt::format("'{}' {}", u.name, u.why), u.name);
+  };
+  check(common);
+  check(chat ? chat_only : completion_only);
+  if (chat && present(body, "modalities") && body["modalities"] != json::array({"text"}))
+    throw bad_request("only 'modalities': [\"text\"] is supported", "modalities");
+
+  // Everything tandem reads, or ignores knowingly because it cannot change the output (user,
+  // metadata, cache_salt, ...), plus the tool-calling / structured-output / reasoning fields that
+  // other parts of the server handle. Anything else is ignored with a warning, as vLLM does.
+  static const std::set<std::string> known_common = {
+      "model", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "max_tokens", "n", "seed", "stop",
+      "stream", "stream_options", "temperature", "top_p", "user", "best_of", "use_beam_search", "top_k", "min_p",
+      "repetition_penalty", "length_penalty", "stop_token_ids", "include_stop_str_in_output", "ignore_eos",
+      "min_tokens", "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens",
+      "allowed_token_ids", "prompt_logprobs", "add_special_tokens", "response_format", "guided_json",
+      "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern",
+      "structured_outputs", "priority", "request_id", "logits_processors", "return_tokens_as_token_ids",
+      "return_token_ids", "cache_salt", "kv_transfer_params", "vllm_xargs", "bad_words", "speculative", "metadata",
+      "store", "service_tier"};
+  static const std::set<std::string> known_completion = {"prompt", "echo", "suffix", "prompt_embeds"};
+  static const std::set<std::string> known_chat = {
+      "messages", "top_logprobs", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls",
+      "reasoning_effort", "enable_thinking", "include_reasoning", "echo", "add_generation_prompt",
+      "continue_final_message", "documents", "chat_template", "chat_template_kwargs", "mm_processor_kwargs",
+      "modalities", "audio", "web_search_options", "functions", "function_call"};
+  std::vector<std::string> ignored;
+  for (const auto& [key, v] : body.items())
+    if (!known_common.count(key) && !(chat ? known_chat : known_completion).count(key)) ignored.push_back(key);
+  return ignored;
+}
+
+std::string continue_final_message(const json& body, std::string rendered) {
+  if (!get_bool(body, "continue_final_message", false)) return rendered;
+  const json& messages = body["messages"];  // validated by chat_template_variables
+  std::string content = message_content(messages.back(), messages.size() - 1);
+  // As transformers' apply_chat_template: the final message's content, stripped of surrounding
+  // whitespace, is found last in the rendered chat and everything after it is dropped.
+  const auto first = content.find_first_not_of(" \t\r\n");
+  const auto last = content.find_last_not_of(" \t\r\n");
+  const std::string final_text = first == std::string::npos ? std::string() : content.substr(first, last - first + 1);
+  const auto at = final_text.empty() ? std::string::npos : rendered.rfind(final_text);
+  if (at == std::string::npos)
+    throw bad_request("continue_final_message is set but the final message does not appear in the chat after "
+                      "applying the chat template", "continue_final_message");
+  rendered.resize(at + final_text.size());
+  return rendered;
+}
+
 json parse_body(const std::string& text) {
   json body;
   try {
     body = json::parse(text);
   } catch (const json::parse_error& e) {
+    throw bad_request(fmt::format("request body is not valid JSON: {}", e.what()));
+  } catch (const json::exception& e) {  // e.g. a number that overflows a double (1e400)
     throw bad_request(fmt::format("request body is not valid JSON: {}", e.what()));
   }
   if (!body.is_object()) throw bad_request("request body must be a JSON object");
@@ -271,6 +432,7 @@ Request ParsedRequest::engine_request(int choice) const {
   req.stop_token_ids = stop_token_ids;
   req.ignore_eos = ignore_eos;
   req.num_speculative_tokens = num_speculative_tokens;
+  req.prompt_logprobs = prompt_logprobs;
   return req;
 }
 
@@ -280,6 +442,7 @@ ParsedRequest parse_completion_request(const json& body, const TextCodec& codec,
   ParsedRequest r;
   r.chat = false;
   r.model = resolve_model(body, served_names);
+  r.ignored_fields = check_fields(body, false);
   parse_common(body, codec, limits, r);
   r.echo = get_bool(body, "echo", false);
   if (present(body, "logprobs")) {
@@ -290,8 +453,9 @@ ParsedRequest parse_completion_request(const json& body, const TextCodec& codec,
       throw bad_request(fmt::format("'logprobs' must be between 0 and {}", limits.max_logprobs), "logprobs");
     r.logprobs = static_cast<int>(n);
   }
-  if (r.echo && r.logprobs >= 0)
-    throw bad_request("'echo' together with 'logprobs' (prompt logprobs) is not supported", "echo");
+  // echo + logprobs: the prompt's tokens get logprobs too (vLLM computes prompt logprobs for it).
+  if (r.echo && r.logprobs >= 0) r.prompt_logprobs = std::max(r.prompt_logprobs, r.logprobs);
+  const bool add_special = get_bool(body, "add_special_tokens", true);
 
   if (!body.contains("prompt") || body["prompt"].is_null())
     throw bad_request("'prompt' is required", "prompt");
@@ -299,7 +463,7 @@ ParsedRequest parse_completion_request(const json& body, const TextCodec& codec,
   auto add_text = [&](const std::string& text) {
     PromptInput in;
     in.text = text;
-    in.tokens = codec.encode(text, true);
+    in.tokens = codec.encode(text, add_special);
     if (in.tokens.empty()) throw bad_request("the prompt is empty", "prompt");
     r.prompts.push_back(std::move(in));
   };
@@ -314,6 +478,8 @@ ParsedRequest parse_completion_request(const json& body, const TextCodec& codec,
   } else if (is_token_array(p)) {
     add_ids(p);
   } else if (p.is_array() && !p.empty()) {
+    if (static_cast<int64_t>(p.size()) > limits.max_choices)  // before tokenizing any of them
+      throw bad_request(fmt::format("at most {} prompts per request, got {}", limits.max_choices, p.size()), "prompt");
     for (const auto& x : p) {
       if (x.is_string()) add_text(x.get<std::string>());
       else if (is_token_array(x)) add_ids(x);
@@ -325,6 +491,7 @@ ParsedRequest parse_completion_request(const json& body, const TextCodec& codec,
     throw bad_request("'prompt' must be a string, a list of strings, a list of token ids or a list of "
                       "token-id lists", "prompt");
   }
+  truncate_prompts(body, codec, limits, r);
   resolve_lengths(body, limits, r, false);
   return r;
 }
@@ -362,8 +529,15 @@ json chat_template_variables(const json& body, const TextCodec& codec) {
     if (!body["tools"].is_array()) throw bad_request("'tools' must be a list", "tools");
     vars["tools"] = body["tools"];
   }
+  if (present(body, "documents")) {
+    if (!body["documents"].is_array()) throw bad_request("'documents' must be a list", "documents");
+    vars["documents"] = body["documents"];
+  }
   vars["messages"] = std::move(out);
   vars["add_generation_prompt"] = get_bool(body, "add_generation_prompt", true);
+  if (get_bool(body, "continue_final_message", false) && vars["add_generation_prompt"].get<bool>())
+    throw bad_request("Cannot set both 'continue_final_message' and 'add_generation_prompt' to true (set "
+                      "'add_generation_prompt': false to continue the final message)", "continue_final_message");
   if (!vars.contains("bos_token")) vars["bos_token"] = codec.bos_token();
   if (!vars.contains("eos_token")) vars["eos_token"] = codec.eos_token();
   return vars;
@@ -374,6 +548,7 @@ ParsedRequest parse_chat_request(const json& body, const TextCodec& codec,
   ParsedRequest r;
   r.chat = true;
   r.model = resolve_model(body, served_names);
+  r.ignored_fields = check_fields(body, true);
   parse_common(body, codec, limits, r);
   bool logprobs = get_bool(body, "logprobs", false);
   int64_t top = get_integer(body, "top_logprobs", 0);
@@ -393,11 +568,13 @@ ParsedRequest parse_chat_request(const json& body, const TextCodec& codec,
   } catch (const Error& e) {
     throw bad_request(fmt::format("the chat template failed: {}", e.what()), "messages");
   }
-  // The template emits <bos> itself.
-  in.tokens = codec.encode(in.text, false);
+  in.text = continue_final_message(body, std::move(in.text));
+  // The template emits <bos> itself (vLLM's chat default add_special_tokens is false).
+  in.tokens = codec.encode(in.text, get_bool(body, "add_special_tokens", false));
   if (in.tokens.empty()) throw bad_request("the rendered prompt is empty", "messages");
   r.prompts.push_back(std::move(in));
   r.parse_reasoning = true;
+  truncate_prompts(body, codec, limits, r);
   resolve_lengths(body, limits, r, true);
   return r;
 }

@@ -20,6 +20,8 @@ struct Limits {
   int max_stop_length = 512;   // bytes per stop string
   int max_stop_token_ids = 64;
   int max_logprobs = 20;
+  int max_logit_bias = 1024;       // entries in logit_bias
+  int max_allowed_token_ids = 1 << 16;
   int num_speculative_tokens = 0;  // configured k: per-request overrides must be ≤ this
 };
 
@@ -46,6 +48,10 @@ struct ParsedRequest {
   int logprobs = -1;                // alternatives per token; -1: no logprobs
   int num_speculative_tokens = -1;  // -1: server default
   bool parse_reasoning = false;     // chat: split a thinking channel into reasoning_content
+  bool include_stop_str_in_output = false;  // keep the matched stop string / stop token text
+  int prompt_logprobs = -1;         // engine prompt logprobs: explicit prompt_logprobs or echo + logprobs
+  bool return_prompt_logprobs = false;  // the request set "prompt_logprobs": answer with that field
+  std::vector<std::string> ignored_fields;  // unknown fields (ignored, logged)
 
   // One engine request per (prompt, sample).
   int num_choices() const { return static_cast<int>(prompts.size()) * n; }
@@ -62,6 +68,15 @@ ParsedRequest parse_chat_request(const nlohmann::json& body, const TextCodec& co
 // The chat-template variables of a chat body (messages normalized to string content, tools,
 // add_generation_prompt, chat_template_kwargs and bos/eos tokens). Used by /tokenize too.
 nlohmann::json chat_template_variables(const nlohmann::json& body, const TextCodec& codec);
+
+// continue_final_message (vLLM / transformers): cut the rendered chat right after the final
+// message's content, so the model continues it. Returns `rendered` unchanged when not requested.
+std::string continue_final_message(const nlohmann::json& body, std::string rendered);
+
+// Request fields tandem does not implement and that would change the output: a 400 naming the
+// field when set to anything but its default. Unknown fields are ignored (as vLLM does); their
+// names are returned so the caller can log them.
+std::vector<std::string> check_fields(const nlohmann::json& body, bool chat);
 
 // Parses the body text; throws ApiError(400) for malformed JSON or a non-object.
 nlohmann::json parse_body(const std::string& text);

@@ -353,5 +353,133 @@ TEST_F(HttpTest, ShutdownAbortsInFlight) {
   EXPECT_EQ(service->num_aborted(), 1u);
 }
 
+
+TEST_F(HttpTest, ClientDisconnectAbortsNonStreamingRequest) {
+  start(5);  // 250 tokens at 2 per 5 ms: ~0.6 s unless aborted
+  std::thread t([&] {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(0, 150000);  // hang up after 150 ms without an answer
+    auto res = c.Post("/v1/completions", json({{"prompt", "x"}, {"max_tokens", 250}}).dump(), "application/json");
+    EXPECT_FALSE(res);
+  });
+  t.join();
+  for (int i = 0; i < 200 && (service->running() > 0 || service->num_aborted() == 0); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(service->running(), 0);
+  EXPECT_EQ(service->num_aborted(), 1u);
+  std::string metrics = client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("vllm:request_success_total{model_name=\"demo\",finished_reason=\"abort\"} 1"),
+            std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("vllm:request_success_total{model_name=\"demo\",finished_reason=\"length\"} 0"),
+            std::string::npos) << metrics;
+}
+
+TEST_F(HttpTest, ShutdownEndsStreamWithAbortChunk) {
+  start(20);
+  std::string body;
+  std::thread t([&] {
+    httplib::Client c("127.0.0.1", port);
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    req.body = json({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"max_tokens", 200}, {"stream", true}}).dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) { return body.append(d, n), true; };
+    c.send(req);
+  });
+  for (int i = 0; i < 1000 && service->running() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  server->shutdown();
+  thread.join();
+  t.join();
+  const std::string tail = "data: [DONE]\n\n";
+  ASSERT_GE(body.size(), tail.size());
+  EXPECT_EQ(body.substr(body.size() - tail.size()), tail) << body;
+  const size_t last = body.rfind("data: {", body.size() - tail.size());
+  json chunk = json::parse(body.substr(last + 6, body.size() - tail.size() - last - 8));
+  EXPECT_EQ(chunk["choices"][0]["finish_reason"], "abort") << body;
+}
+
+TEST_F(HttpTest, CorsPreflightAndHeaders) {
+  start(1, "key");
+  auto c = client();
+  auto pre = c.Options("/v1/chat/completions", {{"Origin", "http://app.test"},
+                                                {"Access-Control-Request-Method", "POST"},
+                                                {"Access-Control-Request-Headers", "authorization,content-type"}});
+  ASSERT_TRUE(pre);
+  EXPECT_EQ(pre->status, 200);  // no API key needed for a preflight (vLLM skips OPTIONS too)
+  EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Origin"), "*");
+  EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Headers"), "authorization,content-type");
+  EXPECT_NE(pre->get_header_value("Access-Control-Allow-Methods").find("POST"), std::string::npos);
+  auto get = c.Get("/v1/models", {{"Origin", "http://app.test"}, {"Authorization", "Bearer key"}});
+  EXPECT_EQ(get->status, 200);
+  EXPECT_EQ(get->get_header_value("Access-Control-Allow-Origin"), "*");
+  EXPECT_FALSE(c.Get("/v1/models", {{"Authorization", "Bearer key"}})->has_header("Access-Control-Allow-Origin"));
+}
+
+TEST_F(HttpTest, CorsRestrictedOrigins) {
+  service = std::make_unique<FakeService>(1);
+  ServerOptions o;
+  o.port = 0;
+  o.served_model_names = {"demo"};
+  o.allowed_origins = {"http://good.test"};
+  o.allowed_methods = {"GET", "POST"};
+  o.allowed_headers = {"Authorization"};
+  o.allow_credentials = true;
+  server = std::make_unique<HttpServer>(*service, codec, o);
+  port = server->bind();
+  thread = std::thread([this] { server->run(); });
+  auto c = client();
+  auto ok = c.Options("/v1/models", {{"Origin", "http://good.test"}, {"Access-Control-Request-Method", "GET"},
+                                     {"Access-Control-Request-Headers", "authorization"}});
+  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(ok->get_header_value("Access-Control-Allow-Origin"), "http://good.test");
+  EXPECT_EQ(ok->get_header_value("Access-Control-Allow-Credentials"), "true");
+  EXPECT_EQ(c.Options("/v1/models", {{"Origin", "http://evil.test"}, {"Access-Control-Request-Method", "GET"}})->status,
+            400);
+  EXPECT_EQ(c.Options("/v1/models", {{"Origin", "http://good.test"}, {"Access-Control-Request-Method", "DELETE"}})->status,
+            400);
+  EXPECT_EQ(c.Options("/v1/models", {{"Origin", "http://good.test"}, {"Access-Control-Request-Method", "GET"},
+                                     {"Access-Control-Request-Headers", "x-custom"}})->status,
+            400);
+  auto get = c.Get("/v1/models", {{"Origin", "http://good.test"}});
+  EXPECT_EQ(get->get_header_value("Access-Control-Allow-Origin"), "http://good.test");
+  EXPECT_FALSE(c.Get("/v1/models", {{"Origin", "http://evil.test"}})->has_header("Access-Control-Allow-Origin"));
+}
+
+TEST_F(HttpTest, VersionEndpoint) {
+  start();
+  json v = json::parse(client().Get("/version")->body);
+  EXPECT_TRUE(v["version"].is_string());
+}
+
+TEST_F(HttpTest, IncludeStopStrAndMinTokens) {
+  start();
+  json r = post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 100}, {"stop", {"fgh"}},
+                                    {"include_stop_str_in_output", true}});
+  EXPECT_EQ(r["choices"][0]["text"], "abcdefgh");
+  EXPECT_EQ(r["choices"][0]["stop_reason"], "fgh");
+  // Stop strings are not looked for until min_tokens tokens exist: "cd" at tokens 3-4 is skipped.
+  json m = post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 60}, {"stop", {"cd"}}, {"min_tokens", 10}});
+  EXPECT_EQ(m["choices"][0]["text"], "abcdefghijklmnopqrstuvwxyzab");
+  EXPECT_EQ(m["choices"][0]["finish_reason"], "stop");
+  // The EOS text is kept with include_stop_str_in_output (empty when special tokens are skipped).
+  json e = post("/v1/completions", {{"prompt", "SAY:hi|"}, {"max_tokens", 10}, {"include_stop_str_in_output", true},
+                                    {"skip_special_tokens", false}});
+  EXPECT_EQ(e["choices"][0]["text"], "hi<eos>");
+}
+
+TEST_F(HttpTest, NewVllmMetricsPresent) {
+  start();
+  post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 4}});
+  std::string m = client().Get("/metrics")->body;
+  for (const char* name : {"vllm:num_preemptions_total{", "vllm:gpu_cache_usage_perc{", "vllm:iteration_tokens_total_bucket{",
+                           "vllm:request_queue_time_seconds_bucket{", "vllm:request_prefill_time_seconds_bucket{",
+                           "vllm:request_decode_time_seconds_bucket{", "vllm:request_inference_time_seconds_bucket{"})
+    EXPECT_NE(m.find(name), std::string::npos) << name;
+  EXPECT_NE(m.find("vllm:request_prompt_tokens_count{model_name=\"demo\"} 1\n"), std::string::npos) << m;
+  EXPECT_NE(m.find("vllm:request_generation_tokens_sum{model_name=\"demo\"} 4\n"), std::string::npos) << m;
+}
+
 }  // namespace
 }  // namespace tandem::server
