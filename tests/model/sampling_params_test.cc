@@ -95,7 +95,9 @@ TEST(EngineParams, MinTokensAndPromptLogprobs) {
   }
   ASSERT_GE(got.size(), 5u);
   for (size_t i = 0; i < 5; ++i) EXPECT_NE(got[i], free_run[2]) << i;
-  if (reason == FinishReason::stop) EXPECT_EQ(got.back(), free_run[2]);
+  if (reason == FinishReason::stop) {
+    EXPECT_EQ(got.back(), free_run[2]);
+  }
 
   // Prompt logprobs: token p+1's logprob equals the logprob of that token forced as the first
   // output after prompt[0..p] (allowed_token_ids), computed by an ordinary request. The prompt was
@@ -121,6 +123,73 @@ TEST(EngineParams, MinTokensAndPromptLogprobs) {
     ASSERT_EQ(lp[p].top.size(), 3u);
     EXPECT_EQ(lp[p].top[0].token, f.front().top_logprobs[0][0].token);
     EXPECT_GE(lp[p].rank, 1);
+  }
+}
+
+// Plain greedy steps take the argmax on the backend; every parameter that changes the greedy
+// choice (logit_bias, allowed_token_ids, repetition / presence penalties, min_tokens) must go
+// through the host sampler instead. The same request with top_logprobs (always on the host) is the
+// reference, alone and batched with a plain greedy request (which then also runs on the host).
+TEST(EngineParams, GreedyWithLogitsProcessingMatchesTheHostSampler) {
+  auto backend = testing::test_backend(1);
+  auto target = Gemma4Model::load(testing::fixtures_dir() + "/gemma4-moe", *backend);
+  EngineConfig config;
+  config.max_model_len = 128;
+  config.kv_cache_bytes = 8 << 20;
+  Engine engine(*target, nullptr, config);
+  auto run = [&](std::vector<Request> rs) {
+    std::vector<std::vector<int32_t>> outs(rs.size());
+    for (size_t i = 0; i < rs.size(); ++i)
+      engine.submit(std::move(rs[i]), [&outs, i](const RequestOutput& o) {
+        outs[i].insert(outs[i].end(), o.tokens.begin(), o.tokens.end());
+      });
+    engine.run_until_idle();
+    return outs;
+  };
+  Request base;
+  base.prompt = {2, 9, 17, 33, 40, 41, 42, 43};
+  base.max_tokens = 10;
+  base.sampling.temperature = 0;
+  base.ignore_eos = true;
+  const std::vector<int32_t> plain = run({base})[0];
+  ASSERT_EQ(plain.size(), 10u);
+  const int32_t other = plain[0] == 7 ? 8 : 7;  // a token the plain run does not start with
+
+  std::vector<std::pair<std::string, Request>> cases;
+  Request bias = base;
+  bias.sampling.logit_bias = {{other, 100.0f}};
+  cases.emplace_back("logit_bias", bias);
+  Request allowed = base;
+  allowed.sampling.allowed_token_ids = {other};
+  cases.emplace_back("allowed_token_ids", allowed);
+  Request repetition = base;
+  repetition.sampling.repetition_penalty = 1.8f;
+  cases.emplace_back("repetition_penalty", repetition);
+  Request presence = base;
+  presence.sampling.presence_penalty = 1.5f;
+  cases.emplace_back("presence_penalty", presence);
+  Request min_tokens = base;
+  min_tokens.ignore_eos = false;
+  min_tokens.stop_token_ids = {plain[0]};  // masked while fewer than min_tokens tokens exist
+  min_tokens.sampling.min_tokens = 3;
+  cases.emplace_back("min_tokens", min_tokens);
+
+  for (const auto& [name, r] : cases) {
+    SCOPED_TRACE(name);
+    Request host = r;
+    host.sampling.top_logprobs = 0;
+    const std::vector<int32_t> want = run({host})[0];
+    EXPECT_EQ(run({r})[0], want);
+    const auto together = run({r, base});
+    EXPECT_EQ(together[0], want);
+    EXPECT_EQ(together[1], plain);
+    if (name == "logit_bias" || name == "allowed_token_ids") {
+      EXPECT_EQ(want.front(), other);
+    }
+    if (name == "min_tokens") {
+      ASSERT_FALSE(want.empty());
+      EXPECT_NE(want.front(), plain[0]);
+    }
   }
 }
 
