@@ -3,6 +3,7 @@
 //     --max-num-batched-tokens N --max-num-seqs N --max-model-len N --gpu-memory-utilization F
 //     --enable-prefix-caching --enable-chunked-prefill --dtype auto --speculative-config JSON
 //     --api-key KEY --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
+//     --enable-auto-tool-choice --tool-call-parser gemma4 --reasoning-parser gemma4
 // Without MODEL_DIR it serves the bundled model with its drafter (speculation on, k = 2).
 #include <pthread.h>
 #include <signal.h>
@@ -17,11 +18,15 @@
 #include <fstream>
 #include <thread>
 
+#include <fmt/ranges.h>
+
 #include "cli/command.h"
 #include "cli/common.h"
 #include "engine/engine.h"
 #include "server/adapters.h"
 #include "server/http_server.h"
+#include "server/reasoning_parser.h"
+#include "server/tool_parser.h"
 #include "spec/speculative_config.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -51,6 +56,8 @@ struct ServeOptions {
   std::string chat_template;
   int max_body_mb = 8;
   bool disable_log_requests = false, disable_log_stats = false;
+  bool enable_auto_tool_choice = false;
+  std::string tool_call_parser, reasoning_parser;
 };
 
 // Every `interval` while there is activity: throughput, queue, KV usage and speculative acceptance
@@ -117,6 +124,16 @@ void run_serve(ServeOptions o) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // vLLM's checks of the tool-calling and reasoning flags, before anything loads.
+  if (!o.tool_call_parser.empty() && !server::is_tool_call_parser(o.tool_call_parser))
+    fail("invalid tool call parser: {} (chose from {{ {} }})", o.tool_call_parser,
+         fmt::join(server::tool_call_parser_names(), ", "));
+  if (o.enable_auto_tool_choice && o.tool_call_parser.empty())
+    fail("--enable-auto-tool-choice requires --tool-call-parser");
+  if (!o.reasoning_parser.empty() && !server::is_reasoning_parser(o.reasoning_parser))
+    fail("invalid reasoning parser: {} (chose from {{ {} }})", o.reasoning_parser,
+         fmt::join(server::reasoning_parser_names(), ", "));
+
   const bool bundled = o.model.empty();
   const std::string model_dir = bundled ? bundled_model_dir() : o.model;
   if (!std::filesystem::is_directory(model_dir)) fail("model directory {} does not exist", model_dir);
@@ -143,6 +160,14 @@ void run_serve(ServeOptions o) {
                                  if (!f) fail("--chat-template: cannot read {}", o.chat_template);
                                  return std::string(std::istreambuf_iterator<char>(f), {});
                                }());
+
+  // The parsers read these special tokens; a tokenizer without them cannot produce the format.
+  auto need_tokens = [&](const char* flag, const std::string& name, std::initializer_list<const char*> tokens) {
+    for (const char* t : tokens)
+      if (!codec.token_id(t)) fail("{} {}: the tokenizer has no '{}' token", flag, name, t);
+  };
+  if (!o.tool_call_parser.empty()) need_tokens("--tool-call-parser", o.tool_call_parser, {"<|tool_call>", "<tool_call|>", "<|\"|>"});
+  if (!o.reasoning_parser.empty()) need_tokens("--reasoning-parser", o.reasoning_parser, {"<|channel>", "<channel|>"});
 
   EngineConfig config;
   const int model_max = mc.max_position > 0 ? mc.max_position : 8192;
@@ -214,6 +239,14 @@ void run_serve(ServeOptions o) {
   so.api_key = o.api_key;
   so.max_body_bytes = static_cast<size_t>(o.max_body_mb) << 20;
   so.http_threads = std::max(64, 2 * config.max_num_seqs + 32);
+  so.limits.enable_auto_tool_choice = o.enable_auto_tool_choice;
+  so.limits.tool_call_parser = o.tool_call_parser;
+  so.limits.reasoning_parser = o.reasoning_parser;
+  if (!o.tool_call_parser.empty() || !o.reasoning_parser.empty())
+    log::info("tool calls: {}{}; reasoning parser: {}",
+              o.tool_call_parser.empty() ? std::string("off") : "parser " + o.tool_call_parser,
+              o.enable_auto_tool_choice ? ", auto tool choice on" : "",
+              o.reasoning_parser.empty() ? std::string("off") : o.reasoning_parser);
   server::HttpServer http(service, codec, so);
   const int port = http.bind();
 
@@ -277,6 +310,11 @@ const RegisterCommand serve_command(
           ->check(CLI::Range(1, 1024));
       app.add_flag("--disable-log-requests", o->disable_log_requests, "Accepted for vLLM compatibility");
       app.add_flag("--disable-log-stats", o->disable_log_stats, "No periodic throughput / acceptance log lines");
+      app.add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice,
+                   "Parse tool calls from the output for tool_choice \"auto\" (needs --tool-call-parser)");
+      app.add_option("--tool-call-parser", o->tool_call_parser, "Tool-call format of the model's output: gemma4");
+      app.add_option("--reasoning-parser", o->reasoning_parser,
+                     "Split the model's thinking into reasoning / reasoning_content: gemma4");
       app.callback([o] { run_serve(*o); });
     });
 
