@@ -4,6 +4,7 @@
 //     --[no-]enable-prefix-caching (on by default) --enable-chunked-prefill --dtype auto
 //     --speculative-config JSON --api-key KEY (or $VLLM_API_KEY) --allowed-origins JSON ...
 //     --device cpu|cuda|cuda:N|auto --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
+//     --enable-auto-tool-choice --tool-call-parser gemma4 --reasoning-parser gemma4
 // Without MODEL_DIR it serves the bundled model with its drafter (speculation on, k = 2).
 #include <pthread.h>
 #include <signal.h>
@@ -19,12 +20,16 @@
 #include <optional>
 #include <thread>
 
+#include <fmt/ranges.h>
+
 #include "cli/command.h"
 #include "cli/common.h"
 #include "engine/engine.h"
 #include "model/config.h"
 #include "server/adapters.h"
 #include "server/http_server.h"
+#include "server/reasoning_parser.h"
+#include "server/tool_parser.h"
 #include "spec/speculative_config.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -57,6 +62,8 @@ struct ServeOptions {
   bool disable_log_requests = false, disable_log_stats = false;
   std::string allowed_origins = "[\"*\"]", allowed_methods = "[\"*\"]", allowed_headers = "[\"*\"]";
   bool allow_credentials = false;
+  bool enable_auto_tool_choice = false;
+  std::string tool_call_parser, reasoning_parser;
 };
 
 // vLLM's CORS flags take JSON lists of strings.
@@ -109,6 +116,7 @@ class LateCodec : public server::TextCodec {
   std::string render_chat(const nlohmann::json& v) const override { return c_->render_chat(v); }
   std::string bos_token() const override { return c_->bos_token(); }
   std::string eos_token() const override { return c_->eos_token(); }
+  std::string chat_template_source() const override { return c_->chat_template_source(); }
 
  private:
   const server::TextCodec* c_ = nullptr;
@@ -189,6 +197,16 @@ void run_serve(ServeOptions o) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // vLLM's checks of the tool-calling and reasoning flags, before anything loads.
+  if (!o.tool_call_parser.empty() && !server::is_tool_call_parser(o.tool_call_parser))
+    fail("invalid tool call parser: {} (chose from {{ {} }})", o.tool_call_parser,
+         fmt::join(server::tool_call_parser_names(), ", "));
+  if (o.enable_auto_tool_choice && o.tool_call_parser.empty())
+    fail("--enable-auto-tool-choice requires --tool-call-parser");
+  if (!o.reasoning_parser.empty() && !server::is_reasoning_parser(o.reasoning_parser))
+    fail("invalid reasoning parser: {} (chose from {{ {} }})", o.reasoning_parser,
+         fmt::join(server::reasoning_parser_names(), ", "));
+
   const bool bundled = o.model.empty();
   const std::string model_dir = bundled ? bundled_model_dir() : o.model;
   if (!std::filesystem::is_directory(model_dir)) fail("model directory {} does not exist", model_dir);
@@ -253,11 +271,30 @@ void run_serve(ServeOptions o) {
   so.allowed_methods = json_string_list("--allowed-methods", o.allowed_methods);
   so.allowed_headers = json_string_list("--allowed-headers", o.allowed_headers);
   so.allow_credentials = o.allow_credentials;
+  so.limits.enable_auto_tool_choice = o.enable_auto_tool_choice;
+  so.limits.tool_call_parser = o.tool_call_parser;
+  so.limits.reasoning_parser = o.reasoning_parser;
+  if (!o.tool_call_parser.empty() || !o.reasoning_parser.empty())
+    log::info("tool calls: {}{}; reasoning parser: {}",
+              o.tool_call_parser.empty() ? std::string("off") : "parser " + o.tool_call_parser,
+              o.enable_auto_tool_choice ? ", auto tool choice on" : "",
+              o.reasoning_parser.empty() ? std::string("off") : o.reasoning_parser);
   server::HttpServer http(service, late_codec, so);
   const int port = http.bind();
   log::info("bound {}:{}; loading the model", o.host, port);
 
-  // 3. The backend (the GPU memory check needs it), then the model, tokenizer and drafter.
+  // 3. The tokenizer (the parsers' markers are checked before the weights load), the backend (the
+  // GPU memory check needs it), then the model and drafter.
+  server::TokenizerCodec codec(Tokenizer::load(tokenizer_dir), chat_template_source);
+  late_codec.attach(codec);
+  // The parsers read these special tokens; a tokenizer without them cannot produce the format.
+  auto need_tokens = [&](const char* flag, const std::string& name, std::initializer_list<const char*> tokens) {
+    for (const char* t : tokens)
+      if (!codec.token_id(t)) fail("{} {}: the tokenizer has no '{}' token", flag, name, t);
+  };
+  if (!o.tool_call_parser.empty()) need_tokens("--tool-call-parser", o.tool_call_parser, {"<|tool_call>", "<tool_call|>", "<|\"|>"});
+  if (!o.reasoning_parser.empty()) need_tokens("--reasoning-parser", o.reasoning_parser, {"<|channel>", "<channel|>"});
+
   auto backend = make_logged_backend(o.device, o.threads);
   const bool gpu = !backend->is_host();
   size_t gpu_free = 0, gpu_total = 0;
@@ -271,8 +308,6 @@ void run_serve(ServeOptions o) {
          o.gpu_memory_utilization, o.gpu_memory_utilization * gpu_total / gib, gpu_total / gib, gpu_free / gib,
          std::floor(100.0 * gpu_free / gpu_total) / 100.0);
   auto target = Gemma4Model::load(model_dir, *backend);
-  server::TokenizerCodec codec(Tokenizer::load(tokenizer_dir), chat_template_source);
-  late_codec.attach(codec);
 
   std::unique_ptr<Proposer> proposer;
   std::string spec_desc = "off";
@@ -421,6 +456,11 @@ const RegisterCommand serve_command(
           ->check(CLI::Range(1, 1024));
       app.add_flag("--disable-log-requests", o->disable_log_requests, "Accepted for vLLM compatibility");
       app.add_flag("--disable-log-stats", o->disable_log_stats, "No periodic throughput / acceptance log lines");
+      app.add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice,
+                   "Parse tool calls from the output for tool_choice \"auto\" (needs --tool-call-parser)");
+      app.add_option("--tool-call-parser", o->tool_call_parser, "Tool-call format of the model's output: gemma4");
+      app.add_option("--reasoning-parser", o->reasoning_parser,
+                     "Split the model's thinking into reasoning / reasoning_content: gemma4");
       app.callback([o] { run_serve(*o); });
     });
 

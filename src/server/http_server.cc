@@ -11,7 +11,9 @@
 #include <random>
 
 #include "server/api_error.h"
+#include "server/reasoning_parser.h"
 #include "server/stop_matcher.h"
+#include "server/tool_parser.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/version.h"
@@ -69,6 +71,7 @@ struct LogprobEntry {
 
 struct Delta {
   std::string content, reasoning;
+  std::vector<ToolCallDelta> tool_calls;
   std::vector<LogprobEntry> logprobs;
   bool finished = false;
 };
@@ -78,11 +81,14 @@ struct Choice {
   bool submitted = false;
   bool engine_finished = false;  // the engine sent its final output
   bool abort_sent = false;
-  std::unique_ptr<IncrementalDecoder> decoder, reasoning_decoder;
+  std::unique_ptr<IncrementalDecoder> decoder;
   std::unique_ptr<StopMatcher> matcher;
-  bool in_reasoning = false, reasoning_head_done = false;
-  std::string reasoning_head;
+  // Chat: the text after stop matching goes through the reasoning parser, then its content through
+  // the tool-call parser (vLLM's order).
+  std::unique_ptr<ReasoningParser> reasoning_parser;
+  std::unique_ptr<ToolCallParser> tool_parser;
   std::string text, reasoning;
+  std::vector<ToolCall> tool_calls;
   std::vector<LogprobEntry> pending_lp, logprobs;
   int tokens = 0;
   int prompt_tokens = 0;
@@ -104,14 +110,21 @@ class Run {
     id_ = random_id(req_.chat ? "chatcmpl-" : "cmpl-");
     created_ = unix_time();
     eos_ = codec_.eos_ids();
-    if (req_.parse_reasoning) {
-      auto open = codec_.token_id("<|channel>"), close = codec_.token_id("<channel|>");
-      if (open && close) channel_open_ = *open, channel_close_ = *close;
-    }
+    // The parsers read the channel and tool-call markers, special tokens: keep them in the text
+    // (vLLM's parsers set skip_special_tokens = false too).
+    const bool reasoning = req_.chat && !req_.reasoning_parser.empty();
+    const bool markers = reasoning || req_.tool_output == ToolOutput::parse;
     choices_.resize(req_.num_choices());
     for (int i = 0; i < req_.num_choices(); ++i) {
       Choice& c = choices_[i];
-      c.decoder = codec_.stream_decoder(req_.skip_special_tokens);
+      c.decoder = codec_.stream_decoder(req_.skip_special_tokens && !markers);
+      if (reasoning) c.reasoning_parser = make_reasoning_parser(req_.reasoning_parser);
+      switch (req_.tool_output) {
+        case ToolOutput::none: break;
+        case ToolOutput::parse: c.tool_parser = make_tool_call_parser(req_.tool_call_parser, req_.stream); break;
+        case ToolOutput::named: c.tool_parser = make_named_tool_output(req_.tool_choice_name); break;
+        case ToolOutput::required: c.tool_parser = make_required_tool_output(); break;
+      }
       c.matcher = std::make_unique<StopMatcher>(req_.stop);
       c.prompt_tokens = static_cast<int>(req_.prompts[i / req_.n].tokens.size());
     }
@@ -296,7 +309,7 @@ class Run {
 
   void finish(Choice& c, const std::string& reason, Clock::time_point t) {
     c.finished = true;
-    c.finish_reason = reason;
+    c.finish_reason = c.tool_parser ? c.tool_parser->finish_reason(reason) : reason;
     double tpot = c.tokens > 1 && c.have_first ? seconds(c.first_token, c.last_token) / (c.tokens - 1) : 0.0;
     server_.metrics().observe_finished(reason, seconds(arrival_, t), tpot, c.tokens);
     const double scheduled = c.scheduled_time;
@@ -308,39 +321,37 @@ class Run {
   }
 
   void emit_content(Choice& c, Delta& d, const StopMatcher::Result& r) {
-    d.content += r.text;
-    c.text += r.text;
+    route(c, d, r.text, false);
     if (!r.text.empty() || r.matched >= 0) {
       for (auto& e : c.pending_lp) d.logprobs.push_back(e), c.logprobs.push_back(std::move(e));
       c.pending_lp.clear();
     }
   }
 
-  void emit_reasoning(Choice& c, Delta& d, std::string piece) {
-    if (!c.reasoning_head_done) {
-      static const std::string head = "thought\n";
-      c.reasoning_head += piece;
-      if (c.reasoning_head.size() >= head.size() || head.compare(0, c.reasoning_head.size(), c.reasoning_head) != 0) {
-        c.reasoning_head_done = true;
-        piece = c.reasoning_head.compare(0, head.size(), head) == 0 ? c.reasoning_head.substr(head.size())
-                                                                     : c.reasoning_head;
-        c.reasoning_head.clear();
-      } else {
-        return;
+  // Output text → reasoning, content and tool calls; `last` flushes what the parsers hold.
+  void route(Choice& c, Delta& d, std::string_view text, bool last) {
+    std::string content, reasoning;
+    if (c.reasoning_parser) {
+      c.reasoning_parser->push(text, reasoning, content);
+      if (last) c.reasoning_parser->finish(reasoning, content);
+      d.reasoning += reasoning;
+      c.reasoning += reasoning;
+    } else {
+      content = text;
+    }
+    if (c.tool_parser) {
+      ToolCallParser::Output o;
+      c.tool_parser->push(content, o);
+      if (last) c.tool_parser->finish(o);
+      content = std::move(o.content);
+      for (auto& t : o.calls) {
+        if (t.first()) c.tool_calls.push_back({t.id, t.name, t.arguments});
+        else if (t.index >= 0 && t.index < static_cast<int>(c.tool_calls.size())) c.tool_calls[t.index].arguments += t.arguments;
+        d.tool_calls.push_back(std::move(t));
       }
     }
-    d.reasoning += piece;
-    c.reasoning += piece;
-  }
-
-  // The channel closed before its "thought\n" header was complete: emit what was held.
-  void end_reasoning_head(Choice& c, Delta& d) {
-    if (c.reasoning_head_done) return;
-    c.reasoning_head_done = true;
-    std::string held = c.reasoning_head == "thought" ? std::string() : c.reasoning_head;
-    c.reasoning_head.clear();
-    d.reasoning += held;
-    c.reasoning += held;
+    d.content += content;
+    c.text += content;
   }
 
   bool is_stop_token(int32_t t) const {
@@ -377,21 +388,6 @@ class Run {
         // The stop token itself is not part of the text, unless include_stop_str_in_output.
         if (!req_.include_stop_str_in_output) continue;
       }
-      if (channel_open_ >= 0 && tok == channel_open_ && !c.in_reasoning) {
-        c.in_reasoning = true;
-        c.reasoning_decoder = codec_.stream_decoder(true);
-        continue;
-      }
-      if (channel_open_ >= 0 && tok == channel_close_ && c.in_reasoning) {
-        c.in_reasoning = false;
-        emit_reasoning(c, d, c.reasoning_decoder->flush());
-        end_reasoning_head(c, d);
-        continue;
-      }
-      if (c.in_reasoning) {
-        emit_reasoning(c, d, c.reasoning_decoder->push(tok));
-        continue;
-      }
       LogprobEntry lp{tok, 0.0f, {}};
       if (req_.logprobs >= 0) {
         if (j < out.logprobs.size()) lp.logprob = out.logprobs[j];
@@ -407,28 +403,30 @@ class Run {
         service_.abort(c.id);
         c.abort_sent = true;
         d.finished = true;
+        route(c, d, {}, true);
         finish(c, "stop", ev.time);
         return true;
       }
     }
     if (out.finished) {
-      if (c.in_reasoning) emit_reasoning(c, d, c.reasoning_decoder->flush()), end_reasoning_head(c, d);
       StopMatcher::Result r = c.matcher->push(c.decoder->flush(), c.tokens > req_.sampling.min_tokens);
       if (r.matched >= 0 && req_.include_stop_str_in_output) r.text += req_.stop[r.matched];
       emit_content(c, d, r);
       if (r.matched >= 0) {
         c.stop_reason = req_.stop[r.matched];
+        route(c, d, {}, true);
         finish(c, "stop", ev.time);
       } else {
         StopMatcher::Result tail{c.matcher->flush(), -1};
         emit_content(c, d, tail);
+        route(c, d, {}, true);
         if (out.finish_reason == FinishReason::error) c.error = out.error.empty() ? "engine error" : out.error;
         finish(c, reason_name(out.finish_reason), ev.time);
       }
       d.finished = true;
       return true;
     }
-    return !d.content.empty() || !d.reasoning.empty();
+    return !d.content.empty() || !d.reasoning.empty() || !d.tool_calls.empty();
   }
 
   HttpServer& server_;
@@ -439,7 +437,6 @@ class Run {
   std::shared_ptr<Queue> queue_;
   std::vector<Choice> choices_;
   std::vector<int32_t> eos_;
-  int32_t channel_open_ = -1, channel_close_ = -1;
   std::string id_;
   int64_t created_ = 0;
 };
@@ -456,7 +453,19 @@ json full_response(const Run& run) {
     json ch = {{"index", i}, {"finish_reason", c.finish_reason}, {"stop_reason", c.stop_reason}};
     if (req.chat) {
       json msg = {{"role", "assistant"}, {"content", c.text}};
-      if (!c.reasoning.empty()) msg["reasoning_content"] = c.reasoning;
+      const bool thought = c.reasoning_parser && c.reasoning_parser->saw_reasoning();
+      // vLLM: no content is null after a parser took the text (the constrained forms keep "").
+      if (c.text.empty() && (thought || (!c.tool_calls.empty() && req.tool_output == ToolOutput::parse)))
+        msg["content"] = nullptr;
+      if (c.reasoning_parser) {
+        msg["reasoning"] = thought ? json(c.reasoning) : json(nullptr);
+        msg["reasoning_content"] = msg["reasoning"];
+      }
+      if (req.has_tools || !c.tool_calls.empty()) {
+        json calls = json::array();
+        for (const auto& t : c.tool_calls) calls.push_back(t.to_json());
+        msg["tool_calls"] = std::move(calls);
+      }
       ch["message"] = msg;
       ch["logprobs"] = req.logprobs >= 0 ? run.logprobs_json(c.logprobs, 0) : json(nullptr);
     } else {
@@ -496,12 +505,18 @@ json chunk_base(const Run& run) {
 json delta_chunk(const Run& run, int index, const Delta& d, size_t text_offset) {
   const ParsedRequest& req = run.request();
   const Choice& c = run.choices()[index];
-  if (d.content.empty() && d.reasoning.empty() && !d.finished && d.logprobs.empty()) return nullptr;
+  if (d.content.empty() && d.reasoning.empty() && d.tool_calls.empty() && !d.finished && d.logprobs.empty())
+    return nullptr;
   json ch = {{"index", index}};
   if (req.chat) {
     json delta = json::object();
-    if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
+    if (!d.reasoning.empty()) delta["reasoning"] = delta["reasoning_content"] = d.reasoning;
     if (!d.content.empty()) delta["content"] = d.content;
+    if (!d.tool_calls.empty()) {
+      json calls = json::array();
+      for (const auto& t : d.tool_calls) calls.push_back(t.to_json());
+      delta["tool_calls"] = std::move(calls);
+    }
     ch["delta"] = delta;
     ch["logprobs"] = req.logprobs >= 0 && !d.logprobs.empty() ? run.logprobs_json(d.logprobs, 0) : json(nullptr);
   } else {

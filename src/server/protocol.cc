@@ -13,6 +13,8 @@ namespace {
 
 using nlohmann::json;
 
+std::string dump_compact(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 bool present(const json& body, const char* key) {
   auto it = body.find(key);
   return it != body.end() && !it->is_null();
@@ -178,11 +180,6 @@ void parse_common(const json& body, const TextCodec& codec, const Limits& limits
   if (get_bool(body, "use_beam_search", false))
     throw bad_request("beam search ('use_beam_search') is not supported", "use_beam_search");
   parse_extra_sampling(body, codec, limits, r);
-  if (present(body, "response_format")) {
-    const json& rf = body["response_format"];
-    if (!rf.is_object() || rf.value("type", "text") != "text")
-      throw bad_request("only response_format {\"type\": \"text\"} is supported", "response_format");
-  }
 
   // Stop strings.
   if (present(body, "stop")) {
@@ -320,6 +317,172 @@ std::string message_content(const json& m, size_t index) {
                     "messages");
 }
 
+// An assistant message's tool_calls with each function.arguments as a mapping: OpenAI clients send
+// a JSON string, chat templates (transformers, vLLM) take a mapping (Gemma 4's renders
+// call:NAME{key:value,...} from it; a string would be pasted raw).
+json normalize_tool_calls(const json& calls, size_t index) {
+  if (!calls.is_array())
+    throw bad_request(fmt::format("messages[{}].tool_calls must be a list", index), "messages");
+  json out = json::array();
+  for (size_t j = 0; j < calls.size(); ++j) {
+    const json& c = calls[j];
+    const std::string where = fmt::format("messages[{}].tool_calls[{}]", index, j);
+    if (!c.is_object()) throw bad_request(where + " must be an object", "messages");
+    if (present(c, "type") && c["type"] != "function")
+      throw bad_request(where + ".type must be \"function\"", "messages");
+    if (!c.contains("function") || !c["function"].is_object())
+      throw bad_request(where + ".function must be an object", "messages");
+    const json& f = c["function"];
+    if (!f.contains("name") || !f["name"].is_string())
+      throw bad_request(where + ".function.name must be a string", "messages");
+    json args = json::object();  // absent, null or "": {} as vLLM
+    if (present(f, "arguments")) {
+      const json& a = f["arguments"];
+      if (a.is_string()) {
+        if (!a.get_ref<const std::string&>().empty()) {
+          try {
+            args = json::parse(a.get_ref<const std::string&>());
+          } catch (const json::parse_error& e) {
+            throw bad_request(fmt::format("{}.function.arguments is not valid JSON: {}", where, e.what()), "messages");
+          }
+          if (!args.is_object())
+            throw bad_request(where + ".function.arguments must be a JSON object", "messages");
+        }
+      } else if (a.is_object()) {
+        args = a;
+      } else {
+        throw bad_request(where + ".function.arguments must be a string of JSON", "messages");
+      }
+    }
+    json call = c;
+    call["function"]["arguments"] = std::move(args);
+    out.push_back(std::move(call));
+  }
+  return out;
+}
+
+// Templates that take tool results as a `tool_responses` list ({name, response}) on the message that
+// made the calls (Gemma 4's: it renders <|tool_response>response:NAME{value:...}<tool_response|>
+// right after the calls and lets the model continue) get them there: the role "tool" messages that
+// follow an assistant message with tool_calls move into it, named after the call they answer
+// (tool_call_id; else their "name"; else "unknown", the template's default). Rendered as they
+// come, they would open a "tool" turn, a role the template does not have.
+void attach_tool_responses(json& messages) {
+  json out = json::array();
+  for (size_t i = 0; i < messages.size(); ++i) {
+    json m = messages[i];
+    const bool calls = m["role"] == "assistant" && m.contains("tool_calls") && m["tool_calls"].is_array() &&
+                       !m["tool_calls"].empty() && !m.contains("tool_responses");
+    size_t k = i + 1;
+    if (calls) {
+      json responses = json::array();
+      for (; k < messages.size() && messages[k]["role"] == "tool"; ++k) {
+        const json& t = messages[k];
+        std::string name = t.contains("name") && t["name"].is_string() ? t["name"].get<std::string>() : "";
+        if (t.contains("tool_call_id") && t["tool_call_id"].is_string())
+          for (const auto& tc : m["tool_calls"])
+            if (tc.contains("id") && tc["id"] == t["tool_call_id"]) name = tc["function"]["name"];
+        json r = {{"name", name.empty() ? "unknown" : name}, {"response", t["content"]}};
+        if (t.contains("tool_call_id")) r["tool_call_id"] = t["tool_call_id"];
+        responses.push_back(std::move(r));
+      }
+      if (!responses.empty()) m["tool_responses"] = std::move(responses);
+    }
+    out.push_back(std::move(m));
+    if (calls) i = k - 1;
+  }
+  messages = std::move(out);
+}
+
+void check_tools(const json& tools) {
+  if (!tools.is_array()) throw bad_request("'tools' must be a list", "tools");
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const json& t = tools[i];
+    const std::string where = fmt::format("tools[{}]", i);
+    if (!t.is_object()) throw bad_request(where + " must be an object", "tools");
+    if (present(t, "type") && t["type"] != "function")
+      throw bad_request(where + ".type must be \"function\"", "tools");
+    if (!t.contains("function") || !t["function"].is_object())
+      throw bad_request(where + ".function must be an object", "tools");
+    const json& f = t["function"];
+    if (!f.contains("name") || !f["name"].is_string() || f["name"].get_ref<const std::string&>().empty())
+      throw bad_request(where + ".function.name must be a non-empty string", "tools");
+    if (present(f, "description") && !f["description"].is_string())
+      throw bad_request(where + ".function.description must be a string", "tools");
+    if (present(f, "parameters") && !f["parameters"].is_object())
+      throw bad_request(where + ".function.parameters must be an object (a JSON schema)", "tools");
+  }
+}
+
+json tool_parameters_schema(const json& function) {
+  if (present(function, "parameters") && !function["parameters"].empty()) return function["parameters"];
+  return {{"type", "object"}, {"properties", json::object()}};
+}
+
+// tools + tool_choice, with vLLM's rules and messages (ChatCompletionRequest.check_tool_usage and
+// the serving layer's check of "auto").
+void resolve_tool_choice(const json& body, const Limits& limits, ParsedRequest& r) {
+  if (present(body, "tools")) check_tools(body["tools"]);
+  if (present(body, "parallel_tool_calls") && !body["parallel_tool_calls"].is_boolean())
+    throw bad_request("'parallel_tool_calls' must be a boolean", "parallel_tool_calls");
+  r.has_tools = present(body, "tools");
+  const bool any_tools = r.has_tools && !body["tools"].empty();
+  json choice = present(body, "tool_choice") ? body["tool_choice"] : any_tools ? json("auto") : json(nullptr);
+  if (choice.is_null() || choice == "none") return;
+  if (!r.has_tools) throw bad_request("When using `tool_choice`, `tools` must be set.", "tool_choice");
+  if (choice != "auto" && choice != "required" && !choice.is_object())
+    throw bad_request(fmt::format("Invalid value for `tool_choice`: {}! Only named tools, \"none\", \"auto\" or "
+                                  "\"required\" are supported.",
+                                  choice.is_string() ? choice.get<std::string>() : dump_compact(choice)),
+                      "tool_choice");
+  if (choice == "required" && !any_tools) return;  // OpenAI: behaves as "none"
+  const std::string usage = "Correct usage: `{\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}`";
+  json schema;
+  if (choice.is_object()) {
+    const json function = choice.contains("function") ? choice["function"] : json(nullptr);
+    if (!function.is_object())
+      throw bad_request(fmt::format("Invalid value for `function`: `{}` in `tool_choice`! {}", dump_compact(function), usage),
+                        "tool_choice");
+    if (!function.contains("name"))
+      throw bad_request(fmt::format("Expected field `name` in `function` in `tool_choice`! {}", usage), "tool_choice");
+    const json& name = function["name"];
+    if (!name.is_string() || name.get_ref<const std::string&>().empty())
+      throw bad_request(fmt::format("Invalid `name` in `function`: `{}` in `tool_choice`! {}",
+                                    name.is_string() ? name.get<std::string>() : dump_compact(name), usage),
+                        "tool_choice");
+    for (const auto& t : body["tools"])
+      if (t["function"]["name"] == name) schema = tool_parameters_schema(t["function"]);
+    if (schema.is_null())
+      throw bad_request("The tool specified in `tool_choice` does not match any of the specified `tools`", "tool_choice");
+    r.tool_output = ToolOutput::named;
+    r.tool_choice_name = name.get<std::string>();
+  } else if (choice == "required") {
+    json any_of = json::array(), defs = json::object();
+    for (const auto& t : body["tools"]) {
+      json params = tool_parameters_schema(t["function"]);
+      if (params.contains("$defs") && params["$defs"].is_object()) defs.update(params["$defs"]);
+      any_of.push_back({{"properties", {{"name", {{"type", "string"}, {"enum", {t["function"]["name"]}}}},
+                                        {"parameters", params}}},
+                        {"required", {"name", "parameters"}}});
+    }
+    schema = {{"type", "array"}, {"minItems", 1}, {"items", {{"type", "object"}, {"anyOf", any_of}}}};
+    if (!defs.empty()) schema["$defs"] = defs;
+    r.tool_output = ToolOutput::required;
+  } else {
+    if (!limits.enable_auto_tool_choice || limits.tool_call_parser.empty())
+      throw bad_request("\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set",
+                        "tool_choice");
+    r.tool_output = ToolOutput::parse;
+    r.tool_call_parser = limits.tool_call_parser;
+    return;
+  }
+  if (!attach_tool_choice_constraint(r, schema))
+    throw bad_request(fmt::format("tool_choice {} needs constrained decoding (structured outputs) to force the "
+                                  "output into a tool call, and this server has none yet; use \"auto\"",
+                                  choice.is_string() ? "\"required\"" : "naming a function"),
+                      "tool_choice");
+}
+
 }  // namespace
 
 std::vector<std::string> check_fields(const json& body, bool chat) {
@@ -357,9 +520,27 @@ std::vector<std::string> check_fields(const json& body, bool chat) {
   if (chat && present(body, "modalities") && body["modalities"] != json::array({"text"}))
     throw bad_request("only 'modalities': [\"text\"] is supported", "modalities");
 
-  // Everything tandem reads, or ignores knowingly because it cannot change the output (user,
-  // metadata, cache_salt, ...), plus the tool-calling / structured-output / reasoning fields that
-  // other parts of the server handle. Anything else is ignored with a warning, as vLLM does.
+  // Structured outputs: src/grammar compiles JSON Schema / regex / choice / EBNF into token masks,
+  // but requests are not wired to it yet. Until they are, asking for a constrained output is a 400
+  // naming the field (running it unconstrained would silently break the contract).
+  if (present(body, "response_format")) {
+    const json& rf = body["response_format"];
+    if (!rf.is_object() || (rf.contains("type") && !rf["type"].is_string()))
+      throw bad_request("'response_format' must be an object such as {\"type\": \"text\"}", "response_format");
+    const std::string type = rf.value("type", "text");
+    if (type != "text")
+      throw bad_request(fmt::format("'response_format' of type '{}' (structured outputs) is not supported yet; only "
+                                    "{{\"type\": \"text\"}} is",
+                                    type),
+                        "response_format");
+  }
+  for (const char* k : {"structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+                        "guided_decoding_backend", "guided_whitespace_pattern"})
+    if (present(body, k)) throw bad_request(fmt::format("'{}' (structured outputs) is not supported yet", k), k);
+
+  // Everything tandem reads (tools / tool_choice / parallel_tool_calls: resolve_tool_choice; the
+  // structured-output fields: refused above), or ignores knowingly because it cannot change the
+  // output (user, metadata, cache_salt, ...). Anything else is ignored with a warning, as vLLM does.
   static const std::set<std::string> known_common = {
       "model", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "max_tokens", "n", "seed", "stop",
       "stream", "stream_options", "temperature", "top_p", "user", "best_of", "use_beam_search", "top_k", "min_p",
@@ -420,6 +601,12 @@ std::string resolve_model(const json& body, const std::vector<std::string>& serv
     if (n == model) return model;
   throw ApiError(404, fmt::format("The model '{}' does not exist.", model), "model",
                  "invalid_request_error", "model_not_found");
+}
+
+bool attach_tool_choice_constraint(ParsedRequest& request, const json& schema) {
+  // No grammar engine yet: nothing can enforce `schema`. Attach it to every engine request here.
+  (void)request, (void)schema;
+  return false;
 }
 
 Request ParsedRequest::engine_request(int choice) const {
@@ -511,11 +698,13 @@ json chat_template_variables(const json& body, const TextCodec& codec) {
     if (role != "system" && role != "developer" && role != "user" && role != "assistant" && role != "tool")
       throw bad_request(fmt::format("messages[{}].role '{}' is not one of system, developer, user, "
                                     "assistant, tool", i, role), "messages");
-    json msg = m;  // keep extra keys (tool_calls, name, ...) for the template
+    json msg = m;  // keep extra keys (tool_calls, name, tool_call_id, ...) for the template
     if (role == "developer") msg["role"] = "system";
     msg["content"] = message_content(m, i);
+    if (role == "assistant" && present(m, "tool_calls")) msg["tool_calls"] = normalize_tool_calls(m["tool_calls"], i);
     out.push_back(std::move(msg));
   }
+  if (codec.chat_template_source().find("tool_responses") != std::string::npos) attach_tool_responses(out);
   json vars = json::object();
   if (present(body, "chat_template_kwargs")) {
     if (!body["chat_template_kwargs"].is_object())
@@ -526,8 +715,8 @@ json chat_template_variables(const json& body, const TextCodec& codec) {
   for (const char* k : {"enable_thinking", "reasoning_effort"})
     if (present(body, k) && !vars.contains(k)) vars[k] = body[k];
   if (present(body, "tools")) {
-    if (!body["tools"].is_array()) throw bad_request("'tools' must be a list", "tools");
-    vars["tools"] = body["tools"];
+    check_tools(body["tools"]);
+    vars["tools"] = body["tools"];  // rendered with tool_choice "none" too, as vLLM does
   }
   if (present(body, "documents")) {
     if (!body["documents"].is_array()) throw bad_request("'documents' must be a list", "documents");
@@ -559,6 +748,8 @@ ParsedRequest parse_chat_request(const json& body, const TextCodec& codec,
     throw bad_request("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
   r.logprobs = logprobs ? static_cast<int>(top) : -1;
 
+  resolve_tool_choice(body, limits, r);
+  r.reasoning_parser = limits.reasoning_parser;
   if (!codec.has_chat_template())
     throw bad_request("this model has no chat template; use /v1/completions", "messages");
   json vars = chat_template_variables(body, codec);
@@ -573,7 +764,6 @@ ParsedRequest parse_chat_request(const json& body, const TextCodec& codec,
   in.tokens = codec.encode(in.text, get_bool(body, "add_special_tokens", false));
   if (in.tokens.empty()) throw bad_request("the rendered prompt is empty", "messages");
   r.prompts.push_back(std::move(in));
-  r.parse_reasoning = true;
   truncate_prompts(body, codec, limits, r);
   resolve_lengths(body, limits, r, true);
   return r;

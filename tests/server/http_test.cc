@@ -25,6 +25,7 @@ class HttpTest : public ::testing::Test {
     o.served_model_names = {"demo"};
     o.api_key = api_key;
     o.max_body_bytes = 64 * 1024;
+    o.limits = limits;
     server = std::make_unique<HttpServer>(*service, codec, o);
     port = server->bind();
     thread = std::thread([this] { server->run(); });
@@ -73,6 +74,7 @@ class HttpTest : public ::testing::Test {
   }
 
   ByteCodec codec;
+  Limits limits;  // tool / reasoning parser settings for start()
   std::unique_ptr<FakeService> service;
   std::unique_ptr<HttpServer> server;
   std::thread thread;
@@ -166,17 +168,22 @@ TEST_F(HttpTest, ChatStreamingAndN) {
 }
 
 TEST_F(HttpTest, ThinkingChannelGoesToReasoningContent) {
+  limits.reasoning_parser = "gemma4";
   start();
   const std::string say = "SAY:\x01thought\nplan it\x02The answer.|";
   json r = post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", say}}}}});
   EXPECT_EQ(r["choices"][0]["message"]["reasoning_content"], "plan it");
+  EXPECT_EQ(r["choices"][0]["message"]["reasoning"], "plan it");
   EXPECT_EQ(r["choices"][0]["message"]["content"], "The answer.");
   auto events = stream("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", say}}}}, {"stream", true}});
   std::string reasoning, content;
   for (size_t i = 0; i + 1 < events.size(); ++i) {
     json e = json::parse(events[i]);
     for (const auto& ch : e["choices"]) {
-      if (ch["delta"].contains("reasoning_content")) reasoning += ch["delta"]["reasoning_content"].get<std::string>();
+      if (ch["delta"].contains("reasoning_content")) {
+        reasoning += ch["delta"]["reasoning_content"].get<std::string>();
+        EXPECT_EQ(ch["delta"]["reasoning"], ch["delta"]["reasoning_content"]);
+      }
       if (ch["delta"].contains("content")) content += ch["delta"]["content"].get<std::string>();
     }
   }
@@ -479,6 +486,136 @@ TEST_F(HttpTest, NewVllmMetricsPresent) {
     EXPECT_NE(m.find(name), std::string::npos) << name;
   EXPECT_NE(m.find("vllm:request_prompt_tokens_count{model_name=\"demo\"} 1\n"), std::string::npos) << m;
   EXPECT_NE(m.find("vllm:request_generation_tokens_sum{model_name=\"demo\"} 4\n"), std::string::npos) << m;
+}
+
+}  // namespace
+}  // namespace tandem::server
+
+namespace tandem::server {
+namespace {
+
+const json kWeatherTool = json::parse(R"([{"type":"function","function":{"name":"get_weather",
+    "parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}])");
+
+// Streams a chat request and reassembles content, reasoning and tool calls from the deltas.
+struct StreamedChat {
+  std::string content, reasoning, finish;
+  json tool_calls = json::array();
+};
+
+class HttpToolsTest : public HttpTest {
+ protected:
+  StreamedChat stream_chat(json body) {
+    body["stream"] = true;
+    StreamedChat out;
+    auto events = stream("/v1/chat/completions", body);
+    for (size_t i = 0; i + 1 < events.size(); ++i) {
+      json e = json::parse(events[i]);
+      for (const auto& ch : e["choices"]) {
+        const json& d = ch["delta"];
+        if (d.contains("content")) out.content += d["content"].get<std::string>();
+        if (d.contains("reasoning")) out.reasoning += d["reasoning"].get<std::string>();
+        if (d.contains("tool_calls"))
+          for (const auto& t : d["tool_calls"]) {
+            size_t idx = t["index"];
+            if (t.contains("id")) {
+              EXPECT_EQ(idx, out.tool_calls.size());
+              EXPECT_EQ(t["type"], "function");
+              EXPECT_EQ(t["function"]["arguments"], "");
+              out.tool_calls.push_back({{"id", t["id"]}, {"type", "function"},
+                                        {"function", {{"name", t["function"]["name"]}, {"arguments", ""}}}});
+            } else {
+              EXPECT_LT(idx, out.tool_calls.size());
+              if (idx >= out.tool_calls.size()) continue;
+              std::string a = out.tool_calls[idx]["function"]["arguments"];
+              out.tool_calls[idx]["function"]["arguments"] = a + t["function"]["arguments"].get<std::string>();
+            }
+          }
+        if (!ch["finish_reason"].is_null()) out.finish = ch["finish_reason"];
+      }
+    }
+    return out;
+  }
+};
+
+json chat_body(const std::string& say) {
+  return {{"messages", {{{"role", "user"}, {"content", "SAY:" + say + "|"}}}}, {"tools", kWeatherTool}};
+}
+
+TEST_F(HttpToolsTest, AutoToolChoiceParsesCallsWholeAndStreamed) {
+  limits.enable_auto_tool_choice = true, limits.tool_call_parser = "gemma4";
+  start();
+  // \x03 <|tool_call>, \x04 <tool_call|>, \x05 <|"|> (special tokens of the fake tokenizer).
+  const std::string say = "Checking.\x03" "call:get_weather{city:\x05" "Paris, \"FR\"\x05}\x04\x03" "call:get_weather{city:\x05"
+                          "Zurich\x05}\x04";  // ASCII: the fake decoder streams bytes, not characters
+  json r = post("/v1/chat/completions", chat_body(say));
+  const json& msg = r["choices"][0]["message"];
+  EXPECT_EQ(msg["content"], "Checking.");
+  ASSERT_EQ(msg["tool_calls"].size(), 2u);
+  EXPECT_EQ(msg["tool_calls"][0]["type"], "function");
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Paris, \\\"FR\\\"\"}");
+  EXPECT_EQ(msg["tool_calls"][1]["function"]["arguments"], "{\"city\": \"Zurich\"}");
+  EXPECT_EQ(msg["tool_calls"][0]["id"].get<std::string>().rfind("chatcmpl-tool-", 0), 0u);
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "tool_calls");
+
+  StreamedChat s = stream_chat(chat_body(say));
+  EXPECT_EQ(s.content, "Checking.");
+  EXPECT_EQ(s.finish, "tool_calls");
+  ASSERT_EQ(s.tool_calls.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(s.tool_calls[i]["function"]["name"], msg["tool_calls"][i]["function"]["name"]);
+    EXPECT_EQ(s.tool_calls[i]["function"]["arguments"], msg["tool_calls"][i]["function"]["arguments"]);
+  }
+
+  // No call: plain content, finish_reason stop, an empty tool_calls list.
+  json plain = post("/v1/chat/completions", chat_body("just text"));
+  EXPECT_EQ(plain["choices"][0]["message"]["content"], "just text");
+  EXPECT_EQ(plain["choices"][0]["message"]["tool_calls"], json::array());
+  EXPECT_EQ(plain["choices"][0]["finish_reason"], "stop");
+
+  // tool_choice "none": nothing is parsed (and the markers, special tokens, are skipped).
+  json body = chat_body(say);
+  body["tool_choice"] = "none";
+  json none = post("/v1/chat/completions", body);
+  EXPECT_EQ(none["choices"][0]["message"]["tool_calls"], json::array());
+  EXPECT_EQ(none["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(none["choices"][0]["message"]["content"],
+            "Checking.call:get_weather{city:Paris, \"FR\"}call:get_weather{city:Zurich}");
+}
+
+TEST_F(HttpToolsTest, ReasoningThenToolCall) {
+  limits.enable_auto_tool_choice = true, limits.tool_call_parser = "gemma4", limits.reasoning_parser = "gemma4";
+  start();
+  const std::string say = "\x01thought\nI need the weather.\x02\x03" "call:get_weather{city:\x05Oslo\x05}\x04";
+  json r = post("/v1/chat/completions", chat_body(say));
+  const json& msg = r["choices"][0]["message"];
+  EXPECT_EQ(msg["reasoning"], "I need the weather.");
+  EXPECT_EQ(msg["reasoning_content"], "I need the weather.");
+  EXPECT_TRUE(msg["content"].is_null());
+  ASSERT_EQ(msg["tool_calls"].size(), 1u);
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Oslo\"}");
+  StreamedChat s = stream_chat(chat_body(say));
+  EXPECT_EQ(s.reasoning, "I need the weather.");
+  EXPECT_EQ(s.content, "");
+  ASSERT_EQ(s.tool_calls.size(), 1u);
+  EXPECT_EQ(s.tool_calls[0]["function"]["arguments"], "{\"city\": \"Oslo\"}");
+  EXPECT_EQ(s.finish, "tool_calls");
+}
+
+TEST_F(HttpToolsTest, ToolsNeedTheServerFlagsForAuto) {
+  start();
+  json r = post("/v1/chat/completions", chat_body("x"), 400);
+  EXPECT_EQ(r["error"]["message"],
+            "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set");
+  EXPECT_EQ(r["error"]["param"], "tool_choice");
+  json body = chat_body("fine");
+  body["tool_choice"] = "none";
+  EXPECT_EQ(post("/v1/chat/completions", body)["choices"][0]["message"]["content"], "fine");
+  // Without a reasoning parser the channel is not split (vLLM): its markers are special tokens.
+  json t = post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "SAY:\x01thought\nhm\x02ok|"}}}}});
+  EXPECT_EQ(t["choices"][0]["message"]["content"], "thought\nhmok");
+  EXPECT_FALSE(t["choices"][0]["message"].contains("reasoning_content"));
 }
 
 }  // namespace

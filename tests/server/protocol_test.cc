@@ -210,6 +210,46 @@ TEST_F(ProtocolTest, VllmParameterRejections) {
   EXPECT_EQ(error_param(many + "]}"), "prompt");
 }
 
+// Structured outputs are not wired to the grammar engine yet: every way of asking for them is a
+// 400 naming the field ("not supported yet"), never silently ignored; text output stays accepted.
+TEST_F(ProtocolTest, StructuredOutputsAreRefusedUntilWired) {
+  auto message = [&](const std::string& body, bool is_chat) {
+    try {
+      is_chat ? chat(body) : completion(body);
+    } catch (const ApiError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string chat_head = R"({"messages":[{"role":"user","content":"x"}],"max_tokens":2,)";
+  const std::string completion_head = R"({"prompt":"x","max_tokens":2,)";
+  for (const bool is_chat : {false, true}) {
+    SCOPED_TRACE(is_chat ? "chat" : "completions");
+    const std::string head = is_chat ? chat_head : completion_head;
+    for (const std::string field : {R"("response_format":{"type":"json_object"})",
+                                    R"("response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}})",
+                                    R"("response_format":{"type":"structural_tag"})"}) {
+      EXPECT_EQ(error_param(head + field + "}", is_chat), "response_format") << field;
+      EXPECT_NE(message(head + field + "}", is_chat).find("not supported yet"), std::string::npos) << field;
+    }
+    EXPECT_EQ(error_param(head + R"("response_format":"json"})", is_chat), "response_format");
+    for (const std::string name : {"structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                                   "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern"}) {
+      const std::string value = name == "structured_outputs" ? R"({"json":{"type":"object"}})"
+                                : name == "guided_choice"    ? R"(["a","b"])"
+                                : name == "guided_json"      ? R"({"type":"object"})"
+                                                             : R"("x")";
+      const std::string body = head + "\"" + name + "\":" + value + "}";
+      EXPECT_EQ(error_param(body, is_chat), name);
+      EXPECT_NE(message(body, is_chat).find("not supported yet"), std::string::npos) << name;
+      EXPECT_EQ(error_param(head + "\"" + name + "\":null}", is_chat), "") << name;
+    }
+    EXPECT_EQ(error_param(head + R"("response_format":{"type":"text"}})", is_chat), "");
+    EXPECT_EQ(error_param(head + R"("response_format":{}})", is_chat), "");
+    EXPECT_EQ(error_param(head + R"("response_format":null})", is_chat), "");
+  }
+}
+
 TEST_F(ProtocolTest, NumberOverflowIsABadRequest) {
   try {
     parse_body(R"({"prompt":"x","foo":1e400})");
