@@ -1220,7 +1220,7 @@ std::string Tokenizer::token_text(int32_t id) const {
 std::string Tokenizer::token_bytes(int32_t id) const {
   const std::string* t = impl_->token_of(id);
   if (!t) return {};
-  if (impl_->added_by_id.count(id)) return *t;
+  if (is_special(id)) return *t;
   std::string s = *t;
   if (!impl_->has_decoder) return s;
   for (const auto& d : impl_->decoders) {

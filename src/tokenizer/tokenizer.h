@@ -30,7 +30,7 @@ class Tokenizer {
   std::string token_text(int32_t id) const;  // "" for an unknown id
   // The raw bytes token `id` contributes in the middle of a decoded text: byte-fallback tokens
   // are their byte, byte-level tokens their bytes, the Metaspace / Replace characters are
-  // spaces; no UTF-8 validation (a token may hold part of a character). Added tokens: their
+  // spaces; no UTF-8 validation (a token may hold part of a character). Special tokens: their
   // content. Start-of-text decoder steps (Strip, Metaspace's first-token rule) are not applied.
   // "" for an unknown id. Used by grammar-constrained decoding (src/grammar).
   std::string token_bytes(int32_t id) const;
