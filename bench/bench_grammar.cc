@@ -152,6 +152,8 @@ int main(int argc, char** argv) {
   compact.compact = true;
   run("  (compact whitespace)", [&] { return compile_json_schema(kToolSchema, vocab, compact); }, {kToolDocs[1]}, tok, reps);
   run("json_object", [&] { return compile_json_object(vocab); }, kToolDocs, tok, reps);
+  run("string maxLength 64", [&] { return compile_json_schema(R"({"type":"string","maxLength":64})", vocab); },
+      {R"("A short answer, with \"quotes\" and ünïcödé.")"}, tok, reps);
   run("regex (date-time)", [&] { return compile_regex(R"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)", vocab); },
       {"2025-03-14T09:26:53Z"}, tok, reps);
   fmt::print("\ntimes in microseconds per token unless noted; mask = fill_next_token_bitmask over {} tokens\n", vocab->size());

@@ -16,6 +16,10 @@
 #include "grammar/matcher.h"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -271,24 +275,68 @@ struct CompiledGrammar::Impl {
 
 namespace {
 
-void build_entry(const Pda& pda, const Vocabulary::Impl& v, int32_t node, StackPool& pool, Stepper& stepper,
-                 std::vector<std::vector<int32_t>>& L, MaskEntry& out) {
+// Per-thread state of the cache walks. The pool is kept across walks, so the memo of single-leaf
+// transitions (frame, byte) -> next leaves, which is most of a walk, is shared by all of them.
+struct WalkContext {
+  explicit WalkContext(const Pda& pda) : stepper(pda) {}
+  StackPool pool;
+  Stepper stepper;
+  std::vector<std::vector<int32_t>> L;
+  struct Step {
+    uint32_t begin, end;  // into arena
+    bool sentinel;
+  };
+  std::vector<int32_t> memo;  // frame * 256 + byte -> index into steps, -1 unknown
+  std::vector<Step> steps;
+  std::vector<int32_t> arena, scratch;
+  static constexpr size_t kMaxMemoFrames = 1 << 16;
+
+  // Advances the one-leaf state {leaf} by b into out; returns the sentinel flag.
+  bool advance_one(int32_t leaf, uint8_t b, std::vector<int32_t>& out) {
+    if (static_cast<size_t>(leaf) >= kMaxMemoFrames) {
+      StepFlags f;
+      scratch.assign(1, leaf);
+      stepper.advance(pool, scratch, b, out, f);
+      return f.sentinel;
+    }
+    const size_t key = static_cast<size_t>(leaf) * 256 + b;
+    if (key >= memo.size()) memo.resize(std::max(key + 1, memo.size() * 2), -1);
+    if (memo[key] < 0) {
+      StepFlags f;
+      scratch.assign(1, leaf);
+      stepper.advance(pool, scratch, b, out, f);
+      memo[key] = static_cast<int32_t>(steps.size());
+      steps.push_back({static_cast<uint32_t>(arena.size()), static_cast<uint32_t>(arena.size() + out.size()), f.sentinel});
+      arena.insert(arena.end(), out.begin(), out.end());
+      return f.sentinel;
+    }
+    const Step& st = steps[memo[key]];
+    out.assign(arena.begin() + st.begin, arena.begin() + st.end);
+    return st.sentinel;
+  }
+};
+
+void build_entry(const Pda& pda, const Vocabulary::Impl& v, int32_t node, WalkContext& cx, MaskEntry& out) {
   const auto& follow = pda.follow[pda.nodes[node].rule];
   const int32_t V = static_cast<int32_t>(v.tokens.size());
-  pool.clear();
   const size_t D = v.max_depth + 1;
+  auto& L = cx.L;
   if (L.size() < D) L.resize(D);
   std::vector<char> S(D, 0), U(D, 0);
-  L[0].assign(1, pool.intern(node, kSentinel));
+  L[0].assign(1, cx.pool.intern(node, kSentinel));
   std::vector<int32_t> accepted;
   const auto& trie = v.trie;
   const int32_t T = static_cast<int32_t>(trie.size());
   for (int32_t i = 1; i < T;) {
     const auto& tn = trie[i];
     const int32_t d = tn.depth;
-    StepFlags f;
-    stepper.advance(pool, L[d - 1], tn.byte, L[d], f);
-    S[d] = f.sentinel;
+    if (L[d - 1].size() == 1) {
+      S[d] = cx.advance_one(L[d - 1][0], tn.byte, L[d]);
+    } else {
+      StepFlags f;
+      cx.stepper.advance(cx.pool, L[d - 1], tn.byte, L[d], f);
+      S[d] = f.sentinel;
+    }
     U[d] = U[d - 1] || (S[d - 1] && follow.test(tn.byte));
     const bool alive = !L[d].empty();
     if (tn.own) {
@@ -325,15 +373,37 @@ CompiledGrammar compile(const Grammar& grammar, std::shared_ptr<const Vocabulary
   impl->pda = detail::build_pda(grammar);
   const Pda& pda = impl->pda;
   impl->entry_of.assign(pda.nodes.size(), -1);
-  StackPool pool;
-  Stepper stepper(pda);
-  std::vector<std::vector<int32_t>> L;
+  std::vector<int32_t> todo;
   for (size_t x = 0; x < pda.nodes.size(); ++x) {
     if (pda.nodes[x].byte_begin == pda.nodes[x].byte_end) continue;
-    impl->entry_of[x] = static_cast<int32_t>(impl->entries.size());
-    impl->entries.emplace_back();
-    build_entry(pda, impl->vocab->impl(), static_cast<int32_t>(x), pool, stepper, L, impl->entries.back());
+    impl->entry_of[x] = static_cast<int32_t>(todo.size());
+    todo.push_back(static_cast<int32_t>(x));
   }
+  impl->entries.resize(todo.size());
+  // Walks are independent: spread them over threads (each with its own pool and memo).
+  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const size_t n_threads = std::min<size_t>({hw, 16, (todo.size() + 7) / 8});
+  std::atomic<size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto work = [&] {
+    try {
+      WalkContext cx(pda);
+      for (size_t k; (k = next.fetch_add(1)) < todo.size();)
+        build_entry(pda, impl->vocab->impl(), todo[k], cx, impl->entries[k]);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      error = std::current_exception();
+    }
+  };
+  if (n_threads <= 1) {
+    work();
+  } else {
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < n_threads; ++t) threads.emplace_back(work);
+    for (auto& t : threads) t.join();
+  }
+  if (error) std::rethrow_exception(error);
   impl->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return CompiledGrammar(std::move(impl));
 }
