@@ -196,8 +196,8 @@ class SchemaConverter {
     if (type == "integer") return integer();
     if (type == "number") return number();
     if (type == "string") return string_schema(s, path);
-    if (type == "array") return memo_rule(path + "|array|" + s.dump(), "array", [&] { return array_schema(s, path); });
-    if (type == "object") return memo_rule(path + "|object|" + s.dump(), "object", [&] { return object_schema(s, path); });
+    if (type == "array") return memo_rule("array|" + s.dump(), "array", [&] { return array_schema(s, path); });
+    if (type == "object") return memo_rule("object|" + s.dump(), "object", [&] { return object_schema(s, path); });
     error(path, fmt::format("unknown type '{}'", type));
   }
 

@@ -289,7 +289,7 @@ struct WalkContext {
   std::vector<int32_t> memo;  // frame * 256 + byte -> index into steps, -1 unknown
   std::vector<Step> steps;
   std::vector<int32_t> arena, scratch;
-  static constexpr size_t kMaxMemoFrames = 1 << 16;
+  static constexpr size_t kMaxMemoFrames = 1 << 14;  // memo up to 16 MiB per thread
 
   // Advances the one-leaf state {leaf} by b into out; returns the sentinel flag.
   bool advance_one(int32_t leaf, uint8_t b, std::vector<int32_t>& out) {
