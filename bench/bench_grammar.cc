@@ -121,7 +121,7 @@ void run(const std::string& label, const std::function<CompiledGrammar()>& make,
       }
     }
   }
-  fmt::print("| {:<22} | {:>9.1f} | {:>6} | {:>6} | {:>8.1f} | {:>6} | {:>8.1f} | {:>8.1f} | {:>8.1f} | {:>8.1f} |\n", label,
+  fmt::print("| {:<22} | {:>10.1f} | {:>6} | {:>6} | {:>8.1f} | {:>6} | {:>8.1f} | {:>8.1f} | {:>8.1f} | {:>8.1f} |\n", label,
              compile_ms[1], g->num_states(), g->num_cached_states(), g->cache_bytes() / 1048576.0, tokens / reps,
              mask.pct(0.5), mask.pct(0.99), mask.mean(), accept.pct(0.5));
 }
@@ -142,9 +142,9 @@ int main(int argc, char** argv) {
   double t2 = now();
   fmt::print("tokenizer {}: {} tokens, load {:.2f} s, grammar vocabulary + trie {:.0f} ms\n\n", dir, vocab->size(), t1 - t0,
              (t2 - t1) * 1e3);
-  fmt::print("| {:<22} | {:>9} | {:>6} | {:>6} | {:>8} | {:>6} | {:>8} | {:>8} | {:>8} | {:>8} |\n", "grammar", "compile ms",
+  fmt::print("| {:<22} | {:>10} | {:>6} | {:>6} | {:>8} | {:>6} | {:>8} | {:>8} | {:>8} | {:>8} |\n", "grammar", "compile ms",
              "states", "cached", "cache MB", "tokens", "mask p50", "mask p99", "mask avg", "accept");
-  fmt::print("|{:-<24}|{:->11}|{:->8}|{:->8}|{:->10}|{:->8}|{:->10}|{:->10}|{:->10}|{:->10}|\n", "", "", "", "", "", "", "", "",
+  fmt::print("|{:-<24}|{:->12}|{:->8}|{:->8}|{:->10}|{:->8}|{:->10}|{:->10}|{:->10}|{:->10}|\n", "", "", "", "", "", "", "", "",
              "", "");
   const int reps = 3;
   run("tool-call JSON schema", [&] { return compile_json_schema(kToolSchema, vocab); }, kToolDocs, tok, reps);
