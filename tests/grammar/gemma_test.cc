@@ -1,6 +1,6 @@
-// The real 262k-token Gemma 3 vocabulary (byte fallback, whitespace-run tokens, tokens spanning
-// JSON punctuation). Uses the tokenizer fixture of tests/tokenizer/fetch_tokenizers.sh (npm);
-// skipped when it is not available offline.
+// Real vocabularies: Gemma 3, 262k tokens (byte fallback, whitespace-run tokens, tokens spanning
+// JSON punctuation), and Qwen 3 (byte-level BPE). Uses the tokenizer fixtures of
+// tests/tokenizer/fetch_tokenizers.sh (npm); skipped when they are not available offline.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -18,18 +18,20 @@ namespace {
 namespace fs = std::filesystem;
 using namespace testing;
 
+std::optional<Tokenizer> load_fixture(const std::string& name) {
+  const fs::path source = TANDEM_SOURCE_DIR;
+  const char* env = std::getenv("TANDEM_TOKENIZER_CACHE");
+  const fs::path cache = env ? fs::path(env) : source / ".cache" / "tokenizers";
+  if (!fs::exists(cache / name / "tokenizer.json")) {
+    std::string cmd = "bash '" + (source / "tests/tokenizer/fetch_tokenizers.sh").string() + "' '" + cache.string() +
+                      "' >/dev/null 2>&1";
+    if (std::system(cmd.c_str()) != 0 || !fs::exists(cache / name / "tokenizer.json")) return std::nullopt;
+  }
+  return Tokenizer::load((cache / name).string());
+}
+
 const Tokenizer* gemma() {
-  static std::optional<Tokenizer> tok = []() -> std::optional<Tokenizer> {
-    const fs::path source = TANDEM_SOURCE_DIR;
-    const char* env = std::getenv("TANDEM_TOKENIZER_CACHE");
-    const fs::path cache = env ? fs::path(env) : source / ".cache" / "tokenizers";
-    if (!fs::exists(cache / "gemma3" / "tokenizer.json")) {
-      std::string cmd = "bash '" + (source / "tests/tokenizer/fetch_tokenizers.sh").string() + "' '" + cache.string() +
-                        "' >/dev/null 2>&1";
-      if (std::system(cmd.c_str()) != 0 || !fs::exists(cache / "gemma3" / "tokenizer.json")) return std::nullopt;
-    }
-    return Tokenizer::load((cache / "gemma3").string());
-  }();
+  static std::optional<Tokenizer> tok = load_fixture("gemma3");
   return tok ? &*tok : nullptr;
 }
 
@@ -76,6 +78,27 @@ TEST(Gemma, CanonicalEncodingIsAllowedAndMasksMatchBruteForce) {
   EXPECT_TRUE(m.can_terminate());
   auto fast = fast_mask(m);
   EXPECT_EQ(allowed_ids(fast, V), gemma_vocab()->stop_ids());
+}
+
+// A byte-level BPE vocabulary (Qwen 3): tokens are bytes mapped to code points, some hold part of
+// a UTF-8 character.
+TEST(Qwen3, ByteLevelVocabularyWalksCanonicalEncoding) {
+  static std::optional<Tokenizer> qwen = load_fixture("qwen3");
+  if (!qwen) GTEST_SKIP() << "Qwen 3 tokenizer not available (tests/tokenizer/fetch_tokenizers.sh)";
+  auto vocab = Vocabulary::from_tokenizer(*qwen);
+  EXPECT_EQ(vocab->token(*qwen->token_id("Ġthe")), " the");
+  EXPECT_EQ(vocab->token(*qwen->token_id("Ċ")), "\n");
+  auto g = compile_json_schema(kSchema, vocab);
+  const std::string doc = "{\"name\":\"get_weather\",\"args\":{\"city\":\"東京 🗼\",\"tags\":[\"ü\"]}}";
+  auto ids = qwen->encode(doc, false);
+  GrammarMatcher m(g);
+  std::vector<uint32_t> w(vocab->bitmask_words());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    m.fill_next_token_bitmask(w.data());
+    ASSERT_TRUE(bitmask_allows(w.data(), ids[i])) << "token " << i << " '" << qwen->token_text(ids[i]) << "'";
+    ASSERT_TRUE(m.accept_token(ids[i]));
+  }
+  EXPECT_TRUE(m.can_terminate());
 }
 
 TEST(Gemma, SampledOutputsAreValid) {
