@@ -1,8 +1,10 @@
 // tandem serve: the OpenAI-compatible server, with vLLM's command-line flags.
 //   tandem serve [MODEL_DIR] --host 127.0.0.1 --port 8000 --served-model-name NAME
 //     --max-num-batched-tokens N --max-num-seqs N --max-model-len N --gpu-memory-utilization F
-//     --enable-prefix-caching --enable-chunked-prefill --dtype auto --speculative-config JSON
-//     --api-key KEY --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
+//     --[no-]enable-prefix-caching (on by default) --enable-chunked-prefill --dtype auto
+//     --speculative-config JSON --api-key KEY (or $VLLM_API_KEY) --allowed-origins JSON ...
+//     --device cpu|cuda|cuda:N|auto --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
+//     --enable-auto-tool-choice --tool-call-parser gemma4 --reasoning-parser gemma4
 // Without MODEL_DIR it serves the bundled model with its drafter (speculation on, k = 2).
 #include <pthread.h>
 #include <signal.h>
@@ -15,13 +17,19 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
+
+#include <fmt/ranges.h>
 
 #include "cli/command.h"
 #include "cli/common.h"
 #include "engine/engine.h"
+#include "model/config.h"
 #include "server/adapters.h"
 #include "server/http_server.h"
+#include "server/reasoning_parser.h"
+#include "server/tool_parser.h"
 #include "spec/speculative_config.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -39,7 +47,7 @@ struct ServeOptions {
   int max_model_len = 0;  // 0: the model's max_position_embeddings, at most 8192
   double gpu_memory_utilization = 0.9;
   bool gpu_memory_utilization_set = false;
-  bool enable_prefix_caching = false, no_enable_prefix_caching = false;
+  bool enable_prefix_caching = false, no_enable_prefix_caching = false;  // on unless --no-enable-prefix-caching
   bool enable_chunked_prefill = false, no_enable_chunked_prefill = false;
   std::string dtype = "auto";
   std::string speculative_config;
@@ -50,8 +58,68 @@ struct ServeOptions {
   double kv_cache_gb = 0;
   std::string tokenizer;
   std::string chat_template;
-  int max_body_mb = 8;
+  int max_body_mb = 0;  // 0: from --max-model-len (see below)
   bool disable_log_requests = false, disable_log_stats = false;
+  std::string allowed_origins = "[\"*\"]", allowed_methods = "[\"*\"]", allowed_headers = "[\"*\"]";
+  bool allow_credentials = false;
+  bool enable_auto_tool_choice = false;
+  std::string tool_call_parser, reasoning_parser;
+};
+
+// vLLM's CORS flags take JSON lists of strings.
+std::vector<std::string> json_string_list(const char* flag, const std::string& text) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const std::exception& e) {
+    fail("{} must be a JSON list of strings, e.g. '[\"*\"]': {}", flag, e.what());
+  }
+  if (!j.is_array()) fail("{} must be a JSON list of strings, e.g. '[\"*\"]'", flag);
+  std::vector<std::string> out;
+  for (const auto& x : j) {
+    if (!x.is_string()) fail("{} must be a JSON list of strings, e.g. '[\"*\"]'", flag);
+    out.push_back(x.get<std::string>());
+  }
+  return out;
+}
+
+// The server binds its port before the model loads (so a busy port fails at once); until the
+// engine and tokenizer exist these stand in for them. The server only calls submit / abort /
+// stats and the codec once run() serves, which is after attach().
+class LateService : public server::InferenceService {
+ public:
+  LateService(int max_model_len, int k) : max_model_len_(max_model_len), k_(k) {}
+  void attach(Engine& engine) { engine_ = &engine; }
+  uint64_t submit(Request r, OutputCallback cb) override { return engine_->submit(std::move(r), std::move(cb)); }
+  void abort(uint64_t id) override { engine_->abort(id); }
+  EngineStats stats() const override { return engine_ ? engine_->stats() : EngineStats{}; }
+  int max_model_len() const override { return max_model_len_; }
+  int num_speculative_tokens() const override { return k_; }
+
+ private:
+  Engine* engine_ = nullptr;
+  int max_model_len_, k_;
+};
+
+class LateCodec : public server::TextCodec {
+ public:
+  void attach(const server::TextCodec& codec) { c_ = &codec; }
+  std::vector<int32_t> encode(std::string_view t, bool special) const override { return c_->encode(t, special); }
+  std::string decode(std::span<const int32_t> ids, bool skip) const override { return c_->decode(ids, skip); }
+  std::unique_ptr<server::IncrementalDecoder> stream_decoder(bool skip) const override {
+    return c_->stream_decoder(skip);
+  }
+  std::optional<int32_t> token_id(std::string_view t) const override { return c_->token_id(t); }
+  std::vector<int32_t> eos_ids() const override { return c_->eos_ids(); }
+  int32_t vocab_size() const override { return c_->vocab_size(); }
+  bool has_chat_template() const override { return c_->has_chat_template(); }
+  std::string render_chat(const nlohmann::json& v) const override { return c_->render_chat(v); }
+  std::string bos_token() const override { return c_->bos_token(); }
+  std::string eos_token() const override { return c_->eos_token(); }
+  std::string chat_template_source() const override { return c_->chat_template_source(); }
+
+ private:
+  const server::TextCodec* c_ = nullptr;
 };
 
 // Every `interval` while there is activity: throughput, queue, KV usage and speculative acceptance
@@ -129,6 +197,16 @@ void run_serve(ServeOptions o) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // vLLM's checks of the tool-calling and reasoning flags, before anything loads.
+  if (!o.tool_call_parser.empty() && !server::is_tool_call_parser(o.tool_call_parser))
+    fail("invalid tool call parser: {} (chose from {{ {} }})", o.tool_call_parser,
+         fmt::join(server::tool_call_parser_names(), ", "));
+  if (o.enable_auto_tool_choice && o.tool_call_parser.empty())
+    fail("--enable-auto-tool-choice requires --tool-call-parser");
+  if (!o.reasoning_parser.empty() && !server::is_reasoning_parser(o.reasoning_parser))
+    fail("invalid reasoning parser: {} (chose from {{ {} }})", o.reasoning_parser,
+         fmt::join(server::reasoning_parser_names(), ", "));
+
   const bool bundled = o.model.empty();
   const std::string model_dir = bundled ? bundled_model_dir() : o.model;
   if (!std::filesystem::is_directory(model_dir)) fail("model directory {} does not exist", model_dir);
@@ -146,6 +224,77 @@ void run_serve(ServeOptions o) {
   if (name.empty()) name = std::filesystem::path(model_dir).lexically_normal().parent_path().filename().string();
   if (o.served_model_names.empty()) o.served_model_names = {name};
 
+  // 1. Everything that can be checked without the weights, so a wrong flag fails within a second.
+  if (o.dtype != "auto" && o.dtype != "float32" && o.dtype != "bfloat16" && o.dtype != "float16" &&
+      o.dtype != "half" && o.dtype != "float" && o.dtype != "bf16")
+    fail("--dtype must be auto, bfloat16, float16 or float32, got \"{}\"", o.dtype);
+  const ModelConfig mc = load_model_config(model_dir);
+  std::optional<SpeculativeConfig> spec;
+  if (!o.speculative_config.empty()) spec = parse_speculative_config(o.speculative_config);
+  std::string chat_template_source;
+  if (!o.chat_template.empty()) {
+    std::ifstream f(o.chat_template);
+    if (!f) fail("--chat-template: cannot read {}", o.chat_template);
+    chat_template_source.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  const std::string tokenizer_dir = o.tokenizer.empty() ? model_dir : o.tokenizer;
+  if (!std::filesystem::is_directory(tokenizer_dir)) fail("--tokenizer: directory {} does not exist", tokenizer_dir);
+  if (!o.kv_cache_memory.empty()) parse_bytes("--kv-cache-memory", o.kv_cache_memory);
+  if (o.api_key.empty())
+    if (const char* env = std::getenv("VLLM_API_KEY"); env && *env) o.api_key = env;  // as vLLM
+
+  EngineConfig config;
+  const int model_max = mc.max_position > 0 ? mc.max_position : 8192;
+  if (o.max_model_len > model_max)
+    fail("--max-model-len {} is larger than the model's max_position_embeddings {}", o.max_model_len, model_max);
+  config.max_model_len = o.max_model_len > 0 ? o.max_model_len : std::min(model_max, 8192);
+  config.max_num_seqs = o.max_num_seqs;
+  config.max_num_batched_tokens = o.max_num_batched_tokens;
+  // vLLM's default: prefix caching on; --no-enable-prefix-caching turns it off.
+  config.enable_prefix_caching = !o.no_enable_prefix_caching;
+
+  // 2. Bind the port before loading anything large (vLLM does the same): a busy port fails now.
+  LateService service(config.max_model_len, spec ? spec->num_speculative_tokens : 0);
+  LateCodec late_codec;
+  server::ServerOptions so;
+  so.host = o.host;
+  so.port = o.port;
+  so.served_model_names = o.served_model_names;
+  so.model_root = std::filesystem::absolute(model_dir).lexically_normal().string();
+  so.api_key = o.api_key;
+  // Bodies over the limit get 413 from the Content-Length, before they are read. The default
+  // allows 128 bytes per token of context (1 MiB at 8192 tokens), far more than a prompt that fits.
+  so.max_body_bytes = o.max_body_mb > 0 ? static_cast<size_t>(o.max_body_mb) << 20
+                                        : std::max<size_t>(1u << 20, static_cast<size_t>(config.max_model_len) * 128);
+  so.http_threads = std::max(64, 2 * config.max_num_seqs + 32);
+  so.allowed_origins = json_string_list("--allowed-origins", o.allowed_origins);
+  so.allowed_methods = json_string_list("--allowed-methods", o.allowed_methods);
+  so.allowed_headers = json_string_list("--allowed-headers", o.allowed_headers);
+  so.allow_credentials = o.allow_credentials;
+  so.limits.enable_auto_tool_choice = o.enable_auto_tool_choice;
+  so.limits.tool_call_parser = o.tool_call_parser;
+  so.limits.reasoning_parser = o.reasoning_parser;
+  if (!o.tool_call_parser.empty() || !o.reasoning_parser.empty())
+    log::info("tool calls: {}{}; reasoning parser: {}",
+              o.tool_call_parser.empty() ? std::string("off") : "parser " + o.tool_call_parser,
+              o.enable_auto_tool_choice ? ", auto tool choice on" : "",
+              o.reasoning_parser.empty() ? std::string("off") : o.reasoning_parser);
+  server::HttpServer http(service, late_codec, so);
+  const int port = http.bind();
+  log::info("bound {}:{}; loading the model", o.host, port);
+
+  // 3. The tokenizer (the parsers' markers are checked before the weights load), the backend (the
+  // GPU memory check needs it), then the model and drafter.
+  server::TokenizerCodec codec(Tokenizer::load(tokenizer_dir), chat_template_source);
+  late_codec.attach(codec);
+  // The parsers read these special tokens; a tokenizer without them cannot produce the format.
+  auto need_tokens = [&](const char* flag, const std::string& name, std::initializer_list<const char*> tokens) {
+    for (const char* t : tokens)
+      if (!codec.token_id(t)) fail("{} {}: the tokenizer has no '{}' token", flag, name, t);
+  };
+  if (!o.tool_call_parser.empty()) need_tokens("--tool-call-parser", o.tool_call_parser, {"<|tool_call>", "<tool_call|>", "<|\"|>"});
+  if (!o.reasoning_parser.empty()) need_tokens("--reasoning-parser", o.reasoning_parser, {"<|channel>", "<channel|>"});
+
   auto backend = make_logged_backend(o.device, o.threads);
   const bool gpu = !backend->is_host();
   size_t gpu_free = 0, gpu_total = 0;
@@ -159,32 +308,15 @@ void run_serve(ServeOptions o) {
          o.gpu_memory_utilization, o.gpu_memory_utilization * gpu_total / gib, gpu_total / gib, gpu_free / gib,
          std::floor(100.0 * gpu_free / gpu_total) / 100.0);
   auto target = Gemma4Model::load(model_dir, *backend);
-  const ModelConfig& mc = target->config();
-  server::TokenizerCodec codec(Tokenizer::load(o.tokenizer.empty() ? model_dir : o.tokenizer),
-                               o.chat_template.empty() ? std::string() : [&] {
-                                 std::ifstream f(o.chat_template);
-                                 if (!f) fail("--chat-template: cannot read {}", o.chat_template);
-                                 return std::string(std::istreambuf_iterator<char>(f), {});
-                               }());
-
-  EngineConfig config;
-  const int model_max = mc.max_position > 0 ? mc.max_position : 8192;
-  if (o.max_model_len > model_max)
-    fail("--max-model-len {} is larger than the model's max_position_embeddings {}", o.max_model_len, model_max);
-  config.max_model_len = o.max_model_len > 0 ? o.max_model_len : std::min(model_max, 8192);
-  config.max_num_seqs = o.max_num_seqs;
-  config.max_num_batched_tokens = o.max_num_batched_tokens;
-  config.enable_prefix_caching = o.enable_prefix_caching && !o.no_enable_prefix_caching;
 
   std::unique_ptr<Proposer> proposer;
   std::string spec_desc = "off";
-  if (!o.speculative_config.empty()) {
+  if (spec) {
     // Speculative proposer from src/spec (vLLM's --speculative-config JSON).
-    SpeculativeConfig spec = parse_speculative_config(o.speculative_config);
-    proposer = make_proposer(spec, *target);
-    config.num_speculative_tokens = spec.num_speculative_tokens;
-    spec_desc = fmt::format("{} k={}{}", spec.method, spec.num_speculative_tokens,
-                            spec.model.empty() ? "" : " drafter " + spec.model);
+    proposer = make_proposer(*spec, *target);
+    config.num_speculative_tokens = spec->num_speculative_tokens;
+    spec_desc = fmt::format("{} k={}{}", spec->method, spec->num_speculative_tokens,
+                            spec->model.empty() ? "" : " drafter " + spec->model);
   }
 
   // KV cache: explicit size; on a GPU what --gpu-memory-utilization leaves after the weights and the
@@ -237,9 +369,6 @@ void run_serve(ServeOptions o) {
   else
     log::info("KV cache sized from {}: {} MiB ({} tokens)", kv_source, kv_bytes >> 20,
               per_token > 0 ? kv_bytes / per_token : 0);
-  if (o.dtype != "auto" && o.dtype != "float32" && o.dtype != "bfloat16" && o.dtype != "float16" &&
-      o.dtype != "half" && o.dtype != "float" && o.dtype != "bf16")
-    fail("--dtype must be auto, bfloat16, float16 or float32, got \"{}\"", o.dtype);
   if (gpu)
     log::info("--dtype {}: weights stay in their checkpoint dtype, activations are float32, the KV cache bfloat16",
               o.dtype);
@@ -252,22 +381,11 @@ void run_serve(ServeOptions o) {
   else
     log::info("chunked prefill on (chunks of at most --max-num-batched-tokens {} rows per step)",
               config.max_num_batched_tokens);
-  log::info("prefix caching {}", config.enable_prefix_caching ? "requested (--enable-prefix-caching)" : "off");
+  log::info("prefix caching {}", config.enable_prefix_caching ? "on (--no-enable-prefix-caching turns it off)" : "off");
 
   Engine engine(*target, std::move(proposer), config);
   engine.start();
-  server::EngineService service(engine);
-
-  server::ServerOptions so;
-  so.host = o.host;
-  so.port = o.port;
-  so.served_model_names = o.served_model_names;
-  so.model_root = std::filesystem::absolute(model_dir).lexically_normal().string();
-  so.api_key = o.api_key;
-  so.max_body_bytes = static_cast<size_t>(o.max_body_mb) << 20;
-  so.http_threads = std::max(64, 2 * config.max_num_seqs + 32);
-  server::HttpServer http(service, codec, so);
-  const int port = http.bind();
+  service.attach(engine);
 
   std::thread signal_thread([&] {
     int sig = 0;
@@ -312,24 +430,37 @@ const RegisterCommand serve_command(
       app.add_option("--gpu-memory-utilization", o->gpu_memory_utilization, "Fraction of the GPU's total memory this process may use (vLLM's meaning): the KV cache gets what the weights and activations leave. Ignored on CPU")
           ->check(CLI::Range(0.0, 1.0))
           ->each([o](const std::string&) { o->gpu_memory_utilization_set = true; });
-      app.add_flag("--enable-prefix-caching", o->enable_prefix_caching, "Reuse KV blocks of repeated prompt prefixes");
+      app.add_flag("--enable-prefix-caching", o->enable_prefix_caching,
+                   "Reuse KV blocks of repeated prompt prefixes (the default, as in vLLM)");
       app.add_flag("--no-enable-prefix-caching", o->no_enable_prefix_caching, "Disable prefix caching");
       app.add_flag("--enable-chunked-prefill", o->enable_chunked_prefill, "Always on (accepted for vLLM compatibility)");
       app.add_flag("--no-enable-chunked-prefill", o->no_enable_chunked_prefill, "Accepted; prefill is always chunked");
       app.add_option("--dtype", o->dtype, "auto|bfloat16|float16|float32 (CPU: weights keep their dtype)");
       app.add_option("--speculative-config", o->speculative_config,
                      "JSON, e.g. {\"method\":\"mtp\",\"model\":DIR,\"num_speculative_tokens\":3}");
-      app.add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
+      app.add_option("--api-key", o->api_key,
+                     "Require 'Authorization: Bearer KEY' on /v1/* (default: $VLLM_API_KEY when set)");
+      app.add_option("--allowed-origins", o->allowed_origins, "CORS: JSON list of allowed origins (default [\"*\"])");
+      app.add_option("--allowed-methods", o->allowed_methods, "CORS: JSON list of allowed methods (default [\"*\"])");
+      app.add_option("--allowed-headers", o->allowed_headers, "CORS: JSON list of allowed headers (default [\"*\"])");
+      app.add_flag("--allow-credentials", o->allow_credentials, "CORS: allow credentials");
       app.add_option("--device", o->device, kDeviceHelp);
       app.add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
       app.add_option("--kv-cache-memory", o->kv_cache_memory, "KV cache size in bytes (suffixes KiB/MiB/GiB allowed)");
       app.add_option("--kv-cache-gb", o->kv_cache_gb, "KV cache size in GiB")->check(CLI::PositiveNumber);
       app.add_option("--tokenizer", o->tokenizer, "Tokenizer directory (default: the model's)");
       app.add_option("--chat-template", o->chat_template, "Jinja chat template file (default: the model's)");
-      app.add_option("--max-body-mb", o->max_body_mb, "Largest request body in MiB (413 beyond)")
+      app.add_option("--max-body-mb", o->max_body_mb,
+                     "Largest request body in MiB, 413 beyond (default: 128 bytes per token of --max-model-len, "
+                     "at least 1 MiB)")
           ->check(CLI::Range(1, 1024));
       app.add_flag("--disable-log-requests", o->disable_log_requests, "Accepted for vLLM compatibility");
       app.add_flag("--disable-log-stats", o->disable_log_stats, "No periodic throughput / acceptance log lines");
+      app.add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice,
+                   "Parse tool calls from the output for tool_choice \"auto\" (needs --tool-call-parser)");
+      app.add_option("--tool-call-parser", o->tool_call_parser, "Tool-call format of the model's output: gemma4");
+      app.add_option("--reasoning-parser", o->reasoning_parser,
+                     "Split the model's thinking into reasoning / reasoning_content: gemma4");
       app.callback([o] { run_serve(*o); });
     });
 

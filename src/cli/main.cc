@@ -4,6 +4,7 @@
 
 #include "cli/command.h"
 #include "util/error.h"
+#include "util/version.h"
 
 namespace tandem::cli {
 std::vector<Command>& command_registry() {
@@ -15,6 +16,7 @@ std::vector<Command>& command_registry() {
 int main(int argc, char** argv) {
   using namespace tandem;
   CLI::App app{"tandem: fast, lossless speculative decoding for Gemma 4 and friends"};
+  app.set_version_flag("--version", std::string("tandem ") + kVersion);
   app.require_subcommand(1);
   auto& commands = cli::command_registry();
   std::sort(commands.begin(), commands.end(),

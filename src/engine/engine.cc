@@ -34,9 +34,13 @@ struct Engine::Sequence {
   bool has_hidden = false;
   int k = 0;  // speculative tokens per round for this request
   bool finished = false;
+  double submitted_at = 0, scheduled_at = 0;  // now_seconds(); scheduled_at: first admission
+  std::vector<PromptLogprob> prompt_lp;       // prompt_logprobs collected so far (positions 1..)
+  bool prompt_lp_sent = false;
 
   Sequence(uint64_t id_, Request r, OutputCallback cb, uint64_t seed)
-      : id(id_), request(std::move(r)), callback(std::move(cb)), sampler(request.sampling, seed) {}
+      : id(id_), request(std::move(r)), callback(std::move(cb)), sampler(request.sampling, seed, request.prompt) {}
+  bool wants_prompt_logprobs() const { return request.prompt_logprobs >= 0 && !prompt_lp_sent; }
   int generated() const { return static_cast<int>(tokens.size()) - prompt_len; }
   std::span<const int32_t> output() const { return std::span<const int32_t>(tokens).subspan(prompt_len); }
   bool decoding() const { return computed == static_cast<int32_t>(tokens.size()) - 1; }
@@ -75,11 +79,17 @@ uint64_t Engine::submit(Request request, OutputCallback callback) {
   if (request.num_speculative_tokens > config_.num_speculative_tokens)
     fail("num_speculative_tokens {} exceeds the server's configured {}", request.num_speculative_tokens,
          config_.num_speculative_tokens);
+  if (request.sampling.min_tokens > 0) {  // vLLM masks EOS (unless ignore_eos) and stop_token_ids
+    auto& ids = request.sampling.min_tokens_stop_ids;
+    if (!request.ignore_eos) ids = c.eos_ids;
+    ids.insert(ids.end(), request.stop_token_ids.begin(), request.stop_token_ids.end());
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   const uint64_t id = next_id_++;
   const uint64_t seed = request.sampling.seed ? *request.sampling.seed : seed_source_();
   auto seq = std::make_unique<Sequence>(id, std::move(request), std::move(callback), seed);
   seq->tokens = seq->request.prompt;
+  seq->submitted_at = now_seconds();
   seq->prompt_len = static_cast<int32_t>(seq->tokens.size());
   seq->k = seq->request.num_speculative_tokens < 0 ? config_.num_speculative_tokens
                                                     : seq->request.num_speculative_tokens;
@@ -207,6 +217,7 @@ bool Engine::step() {
       RequestOutput out;
       out.id = s.id, out.finished = true, out.finish_reason = FinishReason::abort;
       out.prompt_tokens = s.prompt_len, out.completion_tokens = s.generated();
+      if (s.scheduled_at > 0) out.queue_seconds = s.scheduled_at - s.submitted_at, out.scheduled_time = s.scheduled_at;
       aborted_outputs.emplace_back(std::move(s.callback), std::move(out));
       release_resources(s);
       list.erase(it);
@@ -219,13 +230,15 @@ bool Engine::step() {
     // Admit in arrival order while the whole prompt (+1 decode block) fits in free KV blocks.
     while (!waiting_.empty() && static_cast<int>(running_.size()) < config_.max_num_seqs) {
       Sequence& s = *waiting_.front();
-      const int32_t matched = config_.enable_prefix_caching ? match_prefix(s) : 0;
+      // Prompt logprobs need logits at every prompt position: no prefix cache reads for those.
+      const int32_t matched = config_.enable_prefix_caching && !s.wants_prompt_logprobs() ? match_prefix(s) : 0;
       if (!kv_->reserve(s.table, static_cast<int64_t>(s.tokens.size()) + 1)) {
         kv_->release_all(s.table);  // give back any matched blocks; retry when pages free up
         s.block_hashes.clear();
         break;
       }
       s.computed = matched;
+      if (s.scheduled_at == 0) s.scheduled_at = now_seconds();
       if (config_.enable_prefix_caching) {
         stats_.prefix_cache_queries += s.prompt_len;
         stats_.prefix_cache_hits += std::min(matched, s.prompt_len);
@@ -270,11 +283,13 @@ bool Engine::step() {
     int32_t first_row, n_rows;
     std::vector<int32_t> drafts;
     bool outputs;  // the chunk reaches the last token, so its last row(s) produce logits
+    int32_t prompt_lp_rows = 0;  // leading output rows that only serve prompt_logprobs
   };
   std::vector<Span> spans;
   int budget = config_.max_num_batched_tokens;
   size_t next_draft = 0;
   std::vector<Sequence*> preempted;
+  int prefill_rows = 0;
   for (auto& sp : running_) {
     Sequence& s = *sp;
     if (!s.decoding()) continue;
@@ -299,9 +314,12 @@ bool Engine::step() {
     const int32_t n = std::min(budget, total - s.computed);
     if (!kv_->reserve(s.table, s.computed + n + 1)) continue;
     Span span{&s, batch.size(), n, {}, s.computed + n == total};
+    const bool all_rows = s.wants_prompt_logprobs();
+    if (all_rows) span.prompt_lp_rows = span.outputs ? n - 1 : n;
     for (int32_t i = 0; i < n; ++i)
-      batch.add(s.tokens[s.computed + i], s.computed + i, &s.table, span.outputs && i == n - 1);
+      batch.add(s.tokens[s.computed + i], s.computed + i, &s.table, all_rows || (span.outputs && i == n - 1));
     budget -= n;
+    prefill_rows += n;
     spans.push_back(std::move(span));
   }
   if (!preempted.empty()) {
@@ -309,6 +327,10 @@ bool Engine::step() {
     // generated tokens are prefilled again when pages free up.
     std::lock_guard<std::mutex> lock(mutex_);
     for (Sequence* p : preempted) {
+      ++stats_.num_preemptions;
+      log::warn("request {} preempted (recompute): not enough KV cache space; {} preemptions so far. Raise the KV "
+                "cache size or lower --max-num-seqs",
+                p->id, stats_.num_preemptions);
       auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& s) { return s.get() == p; });
       release_resources(*p);
       p->block_hashes.clear();
@@ -322,11 +344,16 @@ bool Engine::step() {
   const double t_fwd0 = now_seconds();
   Backend& be = target_.backend();
   const ForwardOutput fwd = target_.run(batch, *kv_, true);
-  // Plain greedy rows (no penalties, no logprobs) take the argmax on the backend and only the token
-  // ids cross to the host; anything else needs its rows' logits on the host.
+  // Plain greedy rows (greedy, and Sampler::argmax would be the raw argmax: no penalties, bias,
+  // allowed_token_ids or min_tokens mask; no logprobs, no prompt logprobs) take the argmax on the
+  // backend and only the token ids cross to the host; anything else needs its rows' logits on the
+  // host. Prompt-logprob rows are output rows even in chunks that do not reach the prompt's end.
   const bool device_greedy = std::all_of(spans.begin(), spans.end(), [](const Span& span) {
-    const SamplingParams& p = span.seq->sampler.params();
-    return !span.outputs || (p.greedy() && p.presence_penalty == 0 && p.frequency_penalty == 0 && p.top_logprobs < 0);
+    if (span.prompt_lp_rows > 0) return false;
+    if (!span.outputs) return true;
+    const Sampler& sampler = span.seq->sampler;
+    const SamplingParams& p = sampler.params();
+    return p.greedy() && p.top_logprobs < 0 && sampler.leaves_logits(span.seq->generated());
   });
   HostTensor logits, greedy;
   if (!fwd.logits.data) {  // only prefill chunks that do not reach their prompt's end
@@ -347,6 +374,14 @@ bool Engine::step() {
   uint64_t generated_delta = 0;
   for (Span& span : spans) {
     Sequence& s = *span.seq;
+    for (int i = 0; i < span.prompt_lp_rows; ++i) {  // row at position p predicts prompt token p + 1
+      const int32_t p = s.computed + i;
+      if (p + 1 >= s.prompt_len || static_cast<int32_t>(s.prompt_lp.size()) != p) continue;
+      const auto lg = std::span<const float>(logits.f32() + static_cast<int64_t>(out_row + i) * V, V);
+      const int32_t t = s.tokens[p + 1];
+      s.prompt_lp.push_back({t, token_logprob(lg, t), token_rank(lg, t), top_logprobs(lg, s.request.prompt_logprobs)});
+    }
+    out_row += span.prompt_lp_rows;
     if (!span.outputs) {  // a prefill chunk that does not reach the end yet
       s.computed += span.n_rows;
       publish_blocks(s);
@@ -424,17 +459,20 @@ bool Engine::step() {
         out.top_logprobs.push_back(top_logprobs(lg, s.request.sampling.top_logprobs));
       }
       const bool eos = !s.request.ignore_eos && std::find(c.eos_ids.begin(), c.eos_ids.end(), t) != c.eos_ids.end();
-      if (eos || std::find(stops.begin(), stops.end(), t) != stops.end()) {
+      const bool may_stop = s.generated() >= s.request.sampling.min_tokens;
+      if (may_stop && (eos || std::find(stops.begin(), stops.end(), t) != stops.end())) {
         out.finish_reason = FinishReason::stop;
       } else if (s.generated() >= s.request.max_tokens || static_cast<int>(s.tokens.size()) >= config_.max_model_len) {
         out.finish_reason = FinishReason::length;
       }
       if (out.finish_reason != FinishReason::none) break;
     }
+    if (s.wants_prompt_logprobs()) out.prompt_logprobs = std::move(s.prompt_lp), s.prompt_lp_sent = true;
     generated_delta += out.tokens.size();
     out.completion_tokens = s.generated();
     out.finished = out.finish_reason != FinishReason::none;
     s.finished = out.finished;
+    out.queue_seconds = s.scheduled_at - s.submitted_at, out.scheduled_time = s.scheduled_at;
     // Free pages beyond what is committed (rejected drafts); offer completed blocks for reuse.
     kv_->truncate(s.table, s.computed + 1);
     publish_blocks(s);
@@ -453,6 +491,7 @@ bool Engine::step() {
     }
   }
   stats_.generation_tokens += generated_delta;
+  stats_.iteration_tokens.observe(static_cast<double>(prefill_rows + generated_delta));
   if (spec_delta.num_drafts) {
     stats_.spec.num_drafts += spec_delta.num_drafts;
     stats_.spec.num_draft_tokens += spec_delta.num_draft_tokens;

@@ -44,6 +44,20 @@ struct SpecStats {
   double verify_seconds = 0;
 };
 
+// Cumulative histogram data (per-bucket counts, last bucket +Inf) for /metrics.
+struct StatHistogram {
+  std::vector<double> bounds;
+  std::vector<uint64_t> counts;  // bounds.size() + 1
+  double sum = 0;
+  uint64_t count = 0;
+  void observe(double v) {
+    if (counts.size() != bounds.size() + 1) counts.assign(bounds.size() + 1, 0);
+    size_t i = 0;
+    while (i < bounds.size() && v > bounds[i]) ++i;
+    counts[i] += 1, sum += v, count += 1;
+  }
+};
+
 struct EngineStats {
   int num_running = 0;
   int num_waiting = 0;
@@ -53,6 +67,9 @@ struct EngineStats {
   uint64_t prefix_cache_queries = 0;  // prompt tokens looked up
   uint64_t prefix_cache_hits = 0;     // prompt tokens found cached
   uint64_t requests_finished = 0;
+  uint64_t num_preemptions = 0;     // sequences preempted (recomputed later) for lack of KV pages
+  // Tokens per engine step (prefill rows + generated tokens), vLLM's iteration_tokens_total.
+  StatHistogram iteration_tokens{{1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384}, {}};
   SpecStats spec;
 };
 

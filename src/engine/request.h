@@ -4,6 +4,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tandem {
@@ -17,6 +18,12 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;
   std::optional<uint64_t> seed;  // absent: a fresh random seed per request
   int top_logprobs = -1;         // -1: no logprobs; 0..20: logprob of the chosen token + this many alternatives
+  // vLLM's extra sampling parameters.
+  float repetition_penalty = 1.0f;  // logits of tokens in prompt + output: / penalty if > 0, else × penalty
+  std::vector<std::pair<int32_t, float>> logit_bias;  // (token, bias) added to the logits
+  std::vector<int32_t> allowed_token_ids;             // non-empty: every other token is masked
+  int min_tokens = 0;                // EOS / stop token ids are masked until this many tokens are generated
+  std::vector<int32_t> min_tokens_stop_ids;  // set by Engine::submit: the ids masked below min_tokens
 
   bool greedy() const { return temperature <= 0.0f; }
 };
@@ -28,6 +35,7 @@ struct Request {
   std::vector<int32_t> stop_token_ids;  // besides the model's EOS ids
   bool ignore_eos = false;
   int num_speculative_tokens = -1;  // -1: the engine's configured k; 0: no speculation; else ≤ k
+  int prompt_logprobs = -1;  // -1: none; else logprob of each prompt token (from the second) + this many top
 };
 
 enum class FinishReason { none, stop, length, abort, error };
@@ -36,6 +44,15 @@ const char* finish_reason_name(FinishReason r);
 struct TokenLogprob {
   int32_t token;
   float logprob;
+};
+
+// The logprob of one prompt token given the tokens before it, its rank (1 = most likely) and the
+// most likely alternatives at that position.
+struct PromptLogprob {
+  int32_t token;
+  float logprob;
+  int32_t rank;
+  std::vector<TokenLogprob> top;
 };
 
 // Emitted after every engine step that produced tokens for a request (speculative rounds may emit
@@ -51,6 +68,12 @@ struct RequestOutput {
   int prompt_tokens = 0;
   int completion_tokens = 0;  // total so far
   int cached_prompt_tokens = 0;
+  // With the first output of a request with prompt_logprobs >= 0: prompt tokens 1..P-1.
+  std::vector<PromptLogprob> prompt_logprobs;
+  // Seconds from submit to first scheduling, and when that was (steady_clock seconds); 0 when
+  // the request was never scheduled (e.g. aborted while waiting).
+  double queue_seconds = 0;
+  double scheduled_time = 0;
 };
 
 // Called on the engine thread; must not block for long and must not call back into the engine

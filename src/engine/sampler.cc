@@ -8,9 +8,49 @@
 
 namespace tandem {
 
+Sampler::Sampler(const SamplingParams& params, uint64_t seed, std::span<const int32_t> prompt)
+    : params_(params), rng_(seed) {
+  if (params_.repetition_penalty != 1.0f) {
+    prompt_ids_.assign(prompt.begin(), prompt.end());
+    std::sort(prompt_ids_.begin(), prompt_ids_.end());
+    prompt_ids_.erase(std::unique(prompt_ids_.begin(), prompt_ids_.end()), prompt_ids_.end());
+  }
+}
+
 void Sampler::penalize(std::span<const float> logits, std::span<const int32_t> output_tokens,
                        std::vector<float>& adjusted) const {
   adjusted.assign(logits.begin(), logits.end());
+  const int64_t V = static_cast<int64_t>(adjusted.size());
+  if (!params_.allowed_token_ids.empty()) {
+    std::vector<float> kept(params_.allowed_token_ids.size());
+    for (size_t i = 0; i < kept.size(); ++i) {
+      const int32_t t = params_.allowed_token_ids[i];
+      kept[i] = t >= 0 && t < V ? adjusted[t] : 0.0f;
+    }
+    std::fill(adjusted.begin(), adjusted.end(), -std::numeric_limits<float>::infinity());
+    for (size_t i = 0; i < kept.size(); ++i) {
+      const int32_t t = params_.allowed_token_ids[i];
+      if (t >= 0 && t < V) adjusted[t] = kept[i];
+    }
+  }
+  for (const auto& [t, bias] : params_.logit_bias)
+    if (t >= 0 && t < V) adjusted[t] += bias;
+  if (static_cast<int64_t>(output_tokens.size()) < params_.min_tokens)
+    for (int32_t t : params_.min_tokens_stop_ids)
+      if (t >= 0 && t < V) adjusted[t] = -std::numeric_limits<float>::infinity();
+  if (params_.repetition_penalty != 1.0f) {
+    const float r = params_.repetition_penalty;
+    auto apply = [&](int32_t t) {
+      float& l = adjusted[t];
+      l = l > 0.0f ? l / r : l * r;
+    };
+    for (int32_t t : prompt_ids_) apply(t);
+    std::vector<int32_t> out(output_tokens.begin(), output_tokens.end());
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    for (int32_t t : out)
+      if (!std::binary_search(prompt_ids_.begin(), prompt_ids_.end(), t)) apply(t);
+  }
   if (params_.presence_penalty == 0.0f && params_.frequency_penalty == 0.0f) return;
   std::unordered_map<int32_t, int> counts;
   for (int32_t t : output_tokens) ++counts[t];
@@ -96,6 +136,13 @@ double log_sum_exp(std::span<const float> logits) {
 
 float token_logprob(std::span<const float> logits, int32_t token) {
   return static_cast<float>(logits[token] - log_sum_exp(logits));
+}
+
+int32_t token_rank(std::span<const float> logits, int32_t token) {
+  const float v = logits[token];
+  int32_t larger = 0;
+  for (float l : logits) larger += l > v;
+  return larger + 1;
 }
 
 std::vector<TokenLogprob> top_logprobs(std::span<const float> logits, int n) {

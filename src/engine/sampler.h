@@ -14,14 +14,25 @@ namespace tandem {
 
 class Sampler {
  public:
-  Sampler(const SamplingParams& params, uint64_t seed) : params_(params), rng_(seed) {}
+  // `prompt`: the request's prompt tokens (only kept when repetition_penalty is not 1).
+  Sampler(const SamplingParams& params, uint64_t seed, std::span<const int32_t> prompt = {});
 
   const SamplingParams& params() const { return params_; }
 
-  // Applies presence/frequency penalties (counted over `output_tokens`, as OpenAI defines them)
-  // to a copy of logits [V] in `adjusted`.
+  // Applies, to a copy of logits [V] in `adjusted` and in vLLM's order: the allowed_token_ids mask, logit_bias, the min_tokens
+  // mask of stop ids, repetition_penalty (prompt + output tokens), then presence / frequency
+  // penalties (counted over `output_tokens`, as OpenAI defines them).
   void penalize(std::span<const float> logits, std::span<const int32_t> output_tokens,
                 std::vector<float>& adjusted) const;
+  // True when penalize() returns the logits unchanged for every output of at least `n_output`
+  // tokens: no allowed_token_ids, logit_bias, repetition / presence / frequency penalty, and no
+  // min_tokens mask left to apply. A greedy choice is then the raw argmax (a backend can take it).
+  bool leaves_logits(int64_t n_output) const {
+    const SamplingParams& p = params_;
+    return p.allowed_token_ids.empty() && p.logit_bias.empty() && p.repetition_penalty == 1.0f &&
+           p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f &&
+           (n_output >= p.min_tokens || p.min_tokens_stop_ids.empty());
+  }
   // Greedy choice: argmax of the penalized logits (ties: lowest id).
   int32_t argmax(std::span<const float> logits, std::span<const int32_t> output_tokens);
   // probs [V] = the sampling distribution (zeros outside top-k / top-p / min-p). Not for greedy.
@@ -42,7 +53,11 @@ class Sampler {
   std::mt19937_64 rng_;
   std::vector<float> scratch_;
   std::vector<int32_t> order_;
+  std::vector<int32_t> prompt_ids_;  // distinct prompt tokens, for repetition_penalty
 };
+
+// The 1-based rank of `token` in logits [V] (1 + the number of strictly larger logits).
+int32_t token_rank(std::span<const float> logits, int32_t token);
 
 // log-softmax of logits [V] at `token`, and the top `n` (token, logprob) pairs.
 float token_logprob(std::span<const float> logits, int32_t token);

@@ -45,6 +45,7 @@ class TokenizerCodec : public TextCodec {
   std::string render_chat(const nlohmann::json& variables) const override;
   std::string bos_token() const override { return tokenizer_.bos_token(); }
   std::string eos_token() const override { return tokenizer_.eos_token(); }
+  std::string chat_template_source() const override { return template_ ? template_->source() : std::string(); }
 
   const Tokenizer& tokenizer() const { return tokenizer_; }
 

@@ -11,9 +11,12 @@
 #include <random>
 
 #include "server/api_error.h"
+#include "server/reasoning_parser.h"
 #include "server/stop_matcher.h"
+#include "server/tool_parser.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/version.h"
 
 namespace tandem::server {
 namespace {
@@ -68,6 +71,7 @@ struct LogprobEntry {
 
 struct Delta {
   std::string content, reasoning;
+  std::vector<ToolCallDelta> tool_calls;
   std::vector<LogprobEntry> logprobs;
   bool finished = false;
 };
@@ -77,11 +81,14 @@ struct Choice {
   bool submitted = false;
   bool engine_finished = false;  // the engine sent its final output
   bool abort_sent = false;
-  std::unique_ptr<IncrementalDecoder> decoder, reasoning_decoder;
+  std::unique_ptr<IncrementalDecoder> decoder;
   std::unique_ptr<StopMatcher> matcher;
-  bool in_reasoning = false, reasoning_head_done = false;
-  std::string reasoning_head;
+  // Chat: the text after stop matching goes through the reasoning parser, then its content through
+  // the tool-call parser (vLLM's order).
+  std::unique_ptr<ReasoningParser> reasoning_parser;
+  std::unique_ptr<ToolCallParser> tool_parser;
   std::string text, reasoning;
+  std::vector<ToolCall> tool_calls;
   std::vector<LogprobEntry> pending_lp, logprobs;
   int tokens = 0;
   int prompt_tokens = 0;
@@ -91,6 +98,8 @@ struct Choice {
   std::string error;
   bool have_first = false;
   Clock::time_point first_token, last_token;
+  std::vector<PromptLogprob> prompt_lp;  // prompt_logprobs / echo + logprobs
+  double queue_seconds = -1, scheduled_time = 0;  // from the engine
 };
 
 class Run {
@@ -101,14 +110,21 @@ class Run {
     id_ = random_id(req_.chat ? "chatcmpl-" : "cmpl-");
     created_ = unix_time();
     eos_ = codec_.eos_ids();
-    if (req_.parse_reasoning) {
-      auto open = codec_.token_id("<|channel>"), close = codec_.token_id("<channel|>");
-      if (open && close) channel_open_ = *open, channel_close_ = *close;
-    }
+    // The parsers read the channel and tool-call markers, special tokens: keep them in the text
+    // (vLLM's parsers set skip_special_tokens = false too).
+    const bool reasoning = req_.chat && !req_.reasoning_parser.empty();
+    const bool markers = reasoning || req_.tool_output == ToolOutput::parse;
     choices_.resize(req_.num_choices());
     for (int i = 0; i < req_.num_choices(); ++i) {
       Choice& c = choices_[i];
-      c.decoder = codec_.stream_decoder(req_.skip_special_tokens);
+      c.decoder = codec_.stream_decoder(req_.skip_special_tokens && !markers);
+      if (reasoning) c.reasoning_parser = make_reasoning_parser(req_.reasoning_parser);
+      switch (req_.tool_output) {
+        case ToolOutput::none: break;
+        case ToolOutput::parse: c.tool_parser = make_tool_call_parser(req_.tool_call_parser, req_.stream); break;
+        case ToolOutput::named: c.tool_parser = make_named_tool_output(req_.tool_choice_name); break;
+        case ToolOutput::required: c.tool_parser = make_required_tool_output(); break;
+      }
       c.matcher = std::make_unique<StopMatcher>(req_.stop);
       c.prompt_tokens = static_cast<int>(req_.prompts[i / req_.n].tokens.size());
     }
@@ -216,6 +232,59 @@ class Run {
             {"text_offset", offsets}};
   }
 
+  // vLLM's prompt_logprobs field: null for the first prompt token, then per token a dict of token
+  // id -> {logprob, rank, decoded_token} holding the prompt token and the top alternatives.
+  json prompt_logprobs_json(int index) const {
+    const Choice& c = choices_[index];
+    json out = json::array({nullptr});
+    for (const auto& e : c.prompt_lp) {
+      json d = json::object();
+      d[std::to_string(e.token)] = {{"logprob", clamp_logprob(e.logprob)}, {"rank", e.rank},
+                                    {"decoded_token", token_string(e.token)}};
+      for (size_t k = 0; k < e.top.size(); ++k) {
+        const std::string key = std::to_string(e.top[k].token);
+        if (!d.contains(key))
+          d[key] = {{"logprob", clamp_logprob(e.top[k].logprob)}, {"rank", static_cast<int>(k) + 1},
+                    {"decoded_token", token_string(e.top[k].token)}};
+      }
+      out.push_back(std::move(d));
+    }
+    return out;
+  }
+
+  // Completions echo + logprobs: the prompt tokens' part of "logprobs" (first token null), text
+  // offsets from 0; `end_offset` is where the completion's offsets continue.
+  json echo_logprobs_json(int index, size_t& end_offset) const {
+    const Choice& c = choices_[index];
+    const std::vector<int32_t>& prompt = req_.prompts[index / req_.n].tokens;
+    json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(),
+         offsets = json::array();
+    size_t offset = 0;
+    for (size_t j = 0; j < prompt.size(); ++j) {
+      std::string tok = token_string(prompt[j]);
+      tokens.push_back(tok);
+      offsets.push_back(offset);
+      offset += tok.size();
+      if (j == 0 || j - 1 >= c.prompt_lp.size()) {
+        token_logprobs.push_back(nullptr), top_logprobs.push_back(nullptr);
+        continue;
+      }
+      const PromptLogprob& e = c.prompt_lp[j - 1];
+      token_logprobs.push_back(clamp_logprob(e.logprob));
+      json top = json::object();
+      for (const auto& t : e.top) top[token_string(t.token)] = clamp_logprob(t.logprob);
+      top_logprobs.push_back(std::move(top));
+    }
+    end_offset = offset;
+    return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top_logprobs},
+            {"text_offset", offsets}};
+  }
+
+  static void append_logprobs(json& head, const json& tail) {
+    for (const char* k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
+      for (const auto& v : tail[k]) head[k].push_back(v);
+  }
+
  private:
   struct Event {
     int choice;
@@ -240,45 +309,49 @@ class Run {
 
   void finish(Choice& c, const std::string& reason, Clock::time_point t) {
     c.finished = true;
-    c.finish_reason = reason;
+    c.finish_reason = c.tool_parser ? c.tool_parser->finish_reason(reason) : reason;
     double tpot = c.tokens > 1 && c.have_first ? seconds(c.first_token, c.last_token) / (c.tokens - 1) : 0.0;
     server_.metrics().observe_finished(reason, seconds(arrival_, t), tpot, c.tokens);
+    const double scheduled = c.scheduled_time;
+    auto since_epoch = [](Clock::time_point p) { return std::chrono::duration<double>(p.time_since_epoch()).count(); };
+    const double prefill = c.have_first && scheduled > 0 ? since_epoch(c.first_token) - scheduled : -1;
+    const double decode = c.have_first ? seconds(c.first_token, c.last_token) : -1;
+    const double inference = c.have_first && scheduled > 0 ? since_epoch(c.last_token) - scheduled : -1;
+    server_.metrics().observe_request(c.queue_seconds, prefill, decode, inference, c.prompt_tokens, c.tokens);
   }
 
   void emit_content(Choice& c, Delta& d, const StopMatcher::Result& r) {
-    d.content += r.text;
-    c.text += r.text;
+    route(c, d, r.text, false);
     if (!r.text.empty() || r.matched >= 0) {
       for (auto& e : c.pending_lp) d.logprobs.push_back(e), c.logprobs.push_back(std::move(e));
       c.pending_lp.clear();
     }
   }
 
-  void emit_reasoning(Choice& c, Delta& d, std::string piece) {
-    if (!c.reasoning_head_done) {
-      static const std::string head = "thought\n";
-      c.reasoning_head += piece;
-      if (c.reasoning_head.size() >= head.size() || head.compare(0, c.reasoning_head.size(), c.reasoning_head) != 0) {
-        c.reasoning_head_done = true;
-        piece = c.reasoning_head.compare(0, head.size(), head) == 0 ? c.reasoning_head.substr(head.size())
-                                                                     : c.reasoning_head;
-        c.reasoning_head.clear();
-      } else {
-        return;
+  // Output text → reasoning, content and tool calls; `last` flushes what the parsers hold.
+  void route(Choice& c, Delta& d, std::string_view text, bool last) {
+    std::string content, reasoning;
+    if (c.reasoning_parser) {
+      c.reasoning_parser->push(text, reasoning, content);
+      if (last) c.reasoning_parser->finish(reasoning, content);
+      d.reasoning += reasoning;
+      c.reasoning += reasoning;
+    } else {
+      content = text;
+    }
+    if (c.tool_parser) {
+      ToolCallParser::Output o;
+      c.tool_parser->push(content, o);
+      if (last) c.tool_parser->finish(o);
+      content = std::move(o.content);
+      for (auto& t : o.calls) {
+        if (t.first()) c.tool_calls.push_back({t.id, t.name, t.arguments});
+        else if (t.index >= 0 && t.index < static_cast<int>(c.tool_calls.size())) c.tool_calls[t.index].arguments += t.arguments;
+        d.tool_calls.push_back(std::move(t));
       }
     }
-    d.reasoning += piece;
-    c.reasoning += piece;
-  }
-
-  // The channel closed before its "thought\n" header was complete: emit what was held.
-  void end_reasoning_head(Choice& c, Delta& d) {
-    if (c.reasoning_head_done) return;
-    c.reasoning_head_done = true;
-    std::string held = c.reasoning_head == "thought" ? std::string() : c.reasoning_head;
-    c.reasoning_head.clear();
-    d.reasoning += held;
-    c.reasoning += held;
+    d.content += content;
+    c.text += content;
   }
 
   bool is_stop_token(int32_t t) const {
@@ -295,6 +368,8 @@ class Run {
     const RequestOutput& out = ev.out;
     if (out.finished) c.engine_finished = true;
     if (c.finished) return false;
+    if (!out.prompt_logprobs.empty()) c.prompt_lp = out.prompt_logprobs;
+    if (out.scheduled_time > 0) c.queue_seconds = out.queue_seconds, c.scheduled_time = out.scheduled_time;
     if (!out.tokens.empty()) {
       if (!c.have_first) {
         c.have_first = true, c.first_token = ev.time;
@@ -310,22 +385,8 @@ class Run {
       const bool last = j + 1 == out.tokens.size();
       if (out.finished && last && out.finish_reason == FinishReason::stop && is_stop_token(tok)) {
         if (!eos_.empty() && std::find(eos_.begin(), eos_.end(), tok) == eos_.end()) c.stop_reason = tok;
-        continue;  // the stop token itself is not part of the text
-      }
-      if (channel_open_ >= 0 && tok == channel_open_ && !c.in_reasoning) {
-        c.in_reasoning = true;
-        c.reasoning_decoder = codec_.stream_decoder(true);
-        continue;
-      }
-      if (channel_open_ >= 0 && tok == channel_close_ && c.in_reasoning) {
-        c.in_reasoning = false;
-        emit_reasoning(c, d, c.reasoning_decoder->flush());
-        end_reasoning_head(c, d);
-        continue;
-      }
-      if (c.in_reasoning) {
-        emit_reasoning(c, d, c.reasoning_decoder->push(tok));
-        continue;
+        // The stop token itself is not part of the text, unless include_stop_str_in_output.
+        if (!req_.include_stop_str_in_output) continue;
       }
       LogprobEntry lp{tok, 0.0f, {}};
       if (req_.logprobs >= 0) {
@@ -333,34 +394,39 @@ class Run {
         if (j < out.top_logprobs.size()) lp.top = out.top_logprobs[j];
         c.pending_lp.push_back(std::move(lp));
       }
-      StopMatcher::Result r = c.matcher->push(c.decoder->push(tok));
+      // Stop strings are only looked for once more than min_tokens tokens exist (vLLM).
+      StopMatcher::Result r = c.matcher->push(c.decoder->push(tok), c.tokens > req_.sampling.min_tokens);
+      if (r.matched >= 0 && req_.include_stop_str_in_output) r.text += req_.stop[r.matched];
       emit_content(c, d, r);
       if (r.matched >= 0) {
         c.stop_reason = req_.stop[r.matched];
         service_.abort(c.id);
         c.abort_sent = true;
         d.finished = true;
+        route(c, d, {}, true);
         finish(c, "stop", ev.time);
         return true;
       }
     }
     if (out.finished) {
-      if (c.in_reasoning) emit_reasoning(c, d, c.reasoning_decoder->flush()), end_reasoning_head(c, d);
-      StopMatcher::Result r = c.matcher->push(c.decoder->flush());
+      StopMatcher::Result r = c.matcher->push(c.decoder->flush(), c.tokens > req_.sampling.min_tokens);
+      if (r.matched >= 0 && req_.include_stop_str_in_output) r.text += req_.stop[r.matched];
       emit_content(c, d, r);
       if (r.matched >= 0) {
         c.stop_reason = req_.stop[r.matched];
+        route(c, d, {}, true);
         finish(c, "stop", ev.time);
       } else {
         StopMatcher::Result tail{c.matcher->flush(), -1};
         emit_content(c, d, tail);
+        route(c, d, {}, true);
         if (out.finish_reason == FinishReason::error) c.error = out.error.empty() ? "engine error" : out.error;
         finish(c, reason_name(out.finish_reason), ev.time);
       }
       d.finished = true;
       return true;
     }
-    return !d.content.empty() || !d.reasoning.empty();
+    return !d.content.empty() || !d.reasoning.empty() || !d.tool_calls.empty();
   }
 
   HttpServer& server_;
@@ -371,7 +437,6 @@ class Run {
   std::shared_ptr<Queue> queue_;
   std::vector<Choice> choices_;
   std::vector<int32_t> eos_;
-  int32_t channel_open_ = -1, channel_close_ = -1;
   std::string id_;
   int64_t created_ = 0;
 };
@@ -388,22 +453,45 @@ json full_response(const Run& run) {
     json ch = {{"index", i}, {"finish_reason", c.finish_reason}, {"stop_reason", c.stop_reason}};
     if (req.chat) {
       json msg = {{"role", "assistant"}, {"content", c.text}};
-      if (!c.reasoning.empty()) msg["reasoning_content"] = c.reasoning;
+      const bool thought = c.reasoning_parser && c.reasoning_parser->saw_reasoning();
+      // vLLM: no content is null after a parser took the text (the constrained forms keep "").
+      if (c.text.empty() && (thought || (!c.tool_calls.empty() && req.tool_output == ToolOutput::parse)))
+        msg["content"] = nullptr;
+      if (c.reasoning_parser) {
+        msg["reasoning"] = thought ? json(c.reasoning) : json(nullptr);
+        msg["reasoning_content"] = msg["reasoning"];
+      }
+      if (req.has_tools || !c.tool_calls.empty()) {
+        json calls = json::array();
+        for (const auto& t : c.tool_calls) calls.push_back(t.to_json());
+        msg["tool_calls"] = std::move(calls);
+      }
       ch["message"] = msg;
       ch["logprobs"] = req.logprobs >= 0 ? run.logprobs_json(c.logprobs, 0) : json(nullptr);
     } else {
       std::string prefix = req.echo ? req.prompts[i / req.n].text : std::string();
       ch["text"] = prefix + c.text;
-      ch["logprobs"] = req.logprobs >= 0 ? run.logprobs_json(c.logprobs, prefix.size()) : json(nullptr);
+      if (req.echo && req.logprobs >= 0) {
+        size_t end = 0;
+        json lp = run.echo_logprobs_json(static_cast<int>(i), end);
+        Run::append_logprobs(lp, run.logprobs_json(c.logprobs, end));
+        ch["logprobs"] = std::move(lp);
+      } else {
+        ch["logprobs"] = req.logprobs >= 0 ? run.logprobs_json(c.logprobs, prefix.size()) : json(nullptr);
+      }
+      if (req.return_prompt_logprobs) ch["prompt_logprobs"] = run.prompt_logprobs_json(static_cast<int>(i));
     }
     choices.push_back(std::move(ch));
   }
-  return {{"id", run.id()},
-          {"object", req.chat ? "chat.completion" : "text_completion"},
-          {"created", run.created()},
-          {"model", req.model},
-          {"choices", choices},
-          {"usage", run.usage()}};
+  json out = {{"id", run.id()},
+              {"object", req.chat ? "chat.completion" : "text_completion"},
+              {"created", run.created()},
+              {"model", req.model},
+              {"choices", choices},
+              {"usage", run.usage()}};
+  // vLLM puts a chat request's prompt logprobs at the top level.
+  if (req.chat && req.return_prompt_logprobs) out["prompt_logprobs"] = run.prompt_logprobs_json(0);
+  return out;
 }
 
 json chunk_base(const Run& run) {
@@ -417,12 +505,18 @@ json chunk_base(const Run& run) {
 json delta_chunk(const Run& run, int index, const Delta& d, size_t text_offset) {
   const ParsedRequest& req = run.request();
   const Choice& c = run.choices()[index];
-  if (d.content.empty() && d.reasoning.empty() && !d.finished && d.logprobs.empty()) return nullptr;
+  if (d.content.empty() && d.reasoning.empty() && d.tool_calls.empty() && !d.finished && d.logprobs.empty())
+    return nullptr;
   json ch = {{"index", index}};
   if (req.chat) {
     json delta = json::object();
-    if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
+    if (!d.reasoning.empty()) delta["reasoning"] = delta["reasoning_content"] = d.reasoning;
     if (!d.content.empty()) delta["content"] = d.content;
+    if (!d.tool_calls.empty()) {
+      json calls = json::array();
+      for (const auto& t : d.tool_calls) calls.push_back(t.to_json());
+      delta["tool_calls"] = std::move(calls);
+    }
     ch["delta"] = delta;
     ch["logprobs"] = req.logprobs >= 0 && !d.logprobs.empty() ? run.logprobs_json(d.logprobs, 0) : json(nullptr);
   } else {
@@ -442,6 +536,8 @@ bool stream_run(HttpServer& server, Run& run, const std::function<bool(const std
   const ParsedRequest& req = run.request();
   const int n = static_cast<int>(run.choices().size());
   std::vector<size_t> offsets(n, 0);
+  // echo + logprobs: the echoed prompt goes out with the first delta, which brings its logprobs.
+  std::vector<bool> echo_pending(n, !req.chat && req.echo && req.logprobs >= 0);
   auto send = [&](json chunk) {
     if (req.include_usage) chunk["usage"] = req.continuous_usage ? run.usage() : json(nullptr);
     return write(sse_event(dump(chunk)));
@@ -454,7 +550,7 @@ bool stream_run(HttpServer& server, Run& run, const std::function<bool(const std
                                        {"delta", {{"role", "assistant"}, {"content", ""}}},
                                        {"logprobs", nullptr},
                                        {"finish_reason", nullptr}}});
-    } else if (req.echo) {
+    } else if (req.echo && !echo_pending[i]) {
       const std::string& text = req.prompts[i / req.n].text;
       offsets[i] = text.size();
       chunk["choices"] = json::array({{{"index", i}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
@@ -465,7 +561,17 @@ bool stream_run(HttpServer& server, Run& run, const std::function<bool(const std
   }
   while (!run.done()) {
     if (server.stopping()) {
+      // Shutdown: each unfinished choice gets a last chunk with finish_reason "abort", so the
+      // client can tell a cut stream from a complete one.
+      std::vector<int> open;
+      for (int i = 0; i < n; ++i)
+        if (!run.choices()[i].finished) open.push_back(i);
       run.abandon("abort");
+      for (int i : open) {
+        Delta d;
+        d.finished = true;
+        if (!send(delta_chunk(run, i, d, offsets[i]))) return false;
+      }
       break;
     }
     auto deltas = run.step(std::chrono::milliseconds(100));
@@ -474,8 +580,21 @@ bool stream_run(HttpServer& server, Run& run, const std::function<bool(const std
       continue;
     }
     for (auto& [i, d] : deltas) {
+      json echo_lp;
+      if (echo_pending[i]) offsets[i] = 0, echo_lp = run.echo_logprobs_json(i, offsets[i]);
       json chunk = delta_chunk(run, i, d, offsets[i]);
       offsets[i] += d.content.size();
+      if (echo_pending[i]) {
+        echo_pending[i] = false;
+        if (chunk.is_null()) {
+          chunk = chunk_base(run);
+          chunk["choices"] = json::array({{{"index", i}, {"text", ""}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+        }
+        json& ch = chunk["choices"][0];
+        ch["text"] = req.prompts[i / req.n].text + ch["text"].get<std::string>();
+        if (ch["logprobs"].is_object()) Run::append_logprobs(echo_lp, ch["logprobs"]);
+        ch["logprobs"] = std::move(echo_lp);
+      }
       if (chunk.is_null()) continue;
       if (!send(chunk)) return false;
       const Choice& c = run.choices()[i];
@@ -503,6 +622,7 @@ HttpServer::HttpServer(InferenceService& service, const TextCodec& codec, Server
   if (options_.served_model_names.empty()) options_.served_model_names = {"tandem"};
   options_.limits.max_model_len = service_.max_model_len();
   options_.limits.num_speculative_tokens = service_.num_speculative_tokens();
+  metrics_.set_max_model_len(options_.limits.max_model_len);
   routes();
 }
 
@@ -536,6 +656,68 @@ void HttpServer::shutdown() {
   http_->stop();
 }
 
+namespace {
+bool cors_all(const std::vector<std::string>& list) {
+  return std::find(list.begin(), list.end(), "*") != list.end();
+}
+bool cors_allowed(const std::vector<std::string>& list, const std::string& value) {
+  return cors_all(list) || std::find(list.begin(), list.end(), value) != list.end();
+}
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+httplib::Server::HandlerResponse cors_preflight(const ServerOptions& options_, const httplib::Request& req,
+                                                httplib::Response& res) {
+  const std::string origin = req.get_header_value("Origin");
+  const std::string method = req.get_header_value("Access-Control-Request-Method");
+  const std::string requested = req.get_header_value("Access-Control-Request-Headers");
+  std::string failure;
+  if (!cors_allowed(options_.allowed_origins, origin)) failure = "origin";
+  else if (!cors_allowed(options_.allowed_methods, method)) failure = "method";
+  std::vector<std::string> allowed_headers;  // lower-cased, plus the CORS-safelisted ones
+  for (const auto& h : options_.allowed_headers) allowed_headers.push_back(lower(h));
+  for (const char* h : {"accept", "accept-language", "content-language", "content-type"}) allowed_headers.push_back(h);
+  if (failure.empty() && !cors_all(options_.allowed_headers) && !requested.empty()) {
+    size_t pos = 0;
+    while (pos <= requested.size()) {
+      size_t end = requested.find(',', pos);
+      if (end == std::string::npos) end = requested.size();
+      std::string h = requested.substr(pos, end - pos);
+      h.erase(0, h.find_first_not_of(" \t"));
+      h.erase(h.find_last_not_of(" \t") + 1);
+      if (!h.empty() && std::find(allowed_headers.begin(), allowed_headers.end(), lower(h)) == allowed_headers.end())
+        failure = "headers";
+      pos = end + 1;
+    }
+  }
+  if (cors_all(options_.allowed_origins) && !options_.allow_credentials) {
+    res.set_header("Access-Control-Allow-Origin", "*");
+  } else if (failure != "origin") {
+    res.set_header("Access-Control-Allow-Origin", origin);
+    res.set_header("Vary", "Origin");
+  }
+  res.set_header("Access-Control-Allow-Methods", cors_all(options_.allowed_methods)
+                                                    ? std::string("DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT")
+                                                    : fmt::format("{}", fmt::join(options_.allowed_methods, ", ")));
+  res.set_header("Access-Control-Max-Age", "600");
+  if (cors_all(options_.allowed_headers) && !requested.empty())
+    res.set_header("Access-Control-Allow-Headers", requested);
+  else if (!cors_all(options_.allowed_headers))
+    res.set_header("Access-Control-Allow-Headers", fmt::format("{}", fmt::join(allowed_headers, ", ")));
+  if (options_.allow_credentials) res.set_header("Access-Control-Allow-Credentials", "true");
+  if (failure.empty()) {
+    res.status = 200;
+    res.set_content("OK", "text/plain; charset=utf-8");
+  } else {
+    res.status = 400;
+    res.set_content("Disallowed CORS " + failure, "text/plain; charset=utf-8");
+  }
+  return httplib::Server::HandlerResponse::Handled;
+}
+}  // namespace
+
 void HttpServer::routes() {
   auto& svr = *http_;
   size_t threads = options_.http_threads > 0 ? static_cast<size_t>(options_.http_threads) : 256;
@@ -552,7 +734,25 @@ void HttpServer::routes() {
   svr.set_read_timeout(30, 0);
   svr.set_write_timeout(30, 0);
 
+  // CORS, as vLLM's (Starlette's) CORSMiddleware with --allowed-origins / --allowed-methods /
+  // --allowed-headers / --allow-credentials: preflight OPTIONS requests are answered here (before
+  // authentication, as vLLM skips OPTIONS there), other responses get the headers afterwards.
+  svr.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    const std::string origin = req.get_header_value("Origin");
+    if (origin.empty() || req.method == "OPTIONS") return;
+    if (cors_all(options_.allowed_origins) && !options_.allow_credentials) {
+      res.set_header("Access-Control-Allow-Origin", "*");
+    } else if (cors_allowed(options_.allowed_origins, origin)) {
+      res.set_header("Access-Control-Allow-Origin", origin);
+      res.set_header("Vary", "Origin");
+    }
+    if (options_.allow_credentials) res.set_header("Access-Control-Allow-Credentials", "true");
+  });
+  svr.Options(R"(.*)", [](const httplib::Request&, httplib::Response& res) { res.status = 405; });
+
   svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (req.method == "OPTIONS" && req.has_header("Origin") && req.has_header("Access-Control-Request-Method"))
+      return cors_preflight(options_, req, res);
     if (options_.api_key.empty() || req.path.rfind("/v1", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
     const std::string expected = "Bearer " + options_.api_key;
     if (req.get_header_value("Authorization") == expected) return httplib::Server::HandlerResponse::Unhandled;
@@ -606,6 +806,7 @@ void HttpServer::routes() {
   };
 
   svr.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.status = 200; });
+  svr.Get("/version", [](const httplib::Request&, httplib::Response& res) { send_json(res, 200, {{"version", kVersion}}); });
 
   svr.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
             json data = json::array();
@@ -700,6 +901,8 @@ void HttpServer::routes() {
       ParsedRequest parsed =
           chat ? parse_chat_request(body, codec_, options_.served_model_names, options_.limits)
                : parse_completion_request(body, codec_, options_.served_model_names, options_.limits);
+      if (!parsed.ignored_fields.empty())  // vLLM ignores unknown fields with a warning too
+        log::warn("{} {}: ignored unknown field(s): {}", hreq.method, hreq.path, fmt::join(parsed.ignored_fields, ", "));
       if (stopping_) throw ApiError(503, "the server is shutting down", "", "service_unavailable");
       auto run = std::make_shared<Run>(*this, std::move(parsed), arrival);
       run->submit();
@@ -725,16 +928,36 @@ void HttpServer::routes() {
             [run](bool) { run->abort_all(); });
         return;
       }
-      while (!run->done()) {
-        if (stopping_) {
-          run->abandon("abort");
-          break;
-        }
-        run->step(std::chrono::milliseconds(100));
-      }
-      for (const auto& c : run->choices())
-        if (!c.error.empty()) throw ApiError(500, c.error, "", "internal_server_error", "engine_error");
-      send_json(res, 200, full_response(*run));
+      // Non-streaming: the JSON body is written by a content provider once generation is done, so
+      // that while it runs the connection is watched (DataSink::is_writable sees a closed socket)
+      // and a client that hangs up aborts its engine requests, as vLLM does.
+      res.set_chunked_content_provider(
+          "application/json",
+          [this, run](size_t, httplib::DataSink& sink) {
+            while (!run->done()) {
+              if (stopping_) {
+                run->abandon("abort");
+                break;
+              }
+              run->step(std::chrono::milliseconds(100));
+              if (!sink.is_writable()) {
+                run->abandon("abort");
+                return false;
+              }
+            }
+            for (const auto& c : run->choices())
+              if (!c.error.empty()) {
+                // The 200 status is already sent: end the connection without completing the body,
+                // so the client sees a failed request rather than a truncated success.
+                log::warn("request {} failed in the engine: {}", run->id(), c.error);
+                return false;
+              }
+            const std::string body = dump(full_response(*run));
+            if (!sink.write(body.data(), body.size())) return false;
+            sink.done();
+            return true;
+          },
+          [run](bool) { run->abort_all(); });
     };
   };
   svr.Post("/v1/completions", guarded(generate(false)));

@@ -27,6 +27,11 @@ struct ServerOptions {
   std::string model_root;  // reported as "root" in /v1/models
   std::string api_key;     // empty: no authentication
   size_t max_body_bytes = 8u << 20;
+  // CORS (vLLM's --allowed-origins / --allowed-methods / --allowed-headers / --allow-credentials).
+  std::vector<std::string> allowed_origins = {"*"};
+  std::vector<std::string> allowed_methods = {"*"};
+  std::vector<std::string> allowed_headers = {"*"};
+  bool allow_credentials = false;
   int http_threads = 0;    // 0: enough for max_num_seqs streams plus headroom
   Limits limits;
 };

@@ -69,6 +69,32 @@ void Exposition::histogram(const std::string& name, const std::string& help, con
   out_ += name + "_count" + format_labels(labels) + " " + format_value(static_cast<double>(h.count())) + "\n";
 }
 
+void Exposition::histogram(const std::string& name, const std::string& help, const Labels& labels,
+                           const StatHistogram& sh) {
+  header(name, help, "histogram");
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i <= sh.bounds.size(); ++i) {
+    cumulative += i < sh.counts.size() ? sh.counts[i] : 0;
+    Labels l = labels;
+    l.emplace_back("le", i < sh.bounds.size() ? format_value(sh.bounds[i]) : "+Inf");
+    out_ += name + "_bucket" + format_labels(l) + " " + format_value(static_cast<double>(cumulative)) + "\n";
+  }
+  out_ += name + "_sum" + format_labels(labels) + " " + format_value(sh.sum) + "\n";
+  out_ += name + "_count" + format_labels(labels) + " " + format_value(static_cast<double>(sh.count)) + "\n";
+}
+
+namespace {
+// vLLM's build_1_2_5_buckets: 1, 2, 5, 10, 20, 50, ... up to `max`.
+std::vector<double> buckets_1_2_5(double max) {
+  std::vector<double> b;
+  for (double e = 1; b.empty() || b.back() < max; e *= 10)
+    for (double m : {1.0, 2.0, 5.0})
+      if (m * e <= max) b.push_back(m * e);
+      else return b;
+  return b;
+}
+}  // namespace
+
 ServerMetrics::ServerMetrics()
     : ttft_({0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
              10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0}),
@@ -76,7 +102,9 @@ ServerMetrics::ServerMetrics()
             20.0, 40.0, 80.0}),
       tpot_(itl_.bounds()),
       e2e_({0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
-            240.0, 480.0, 960.0, 1920.0, 7680.0}) {
+            240.0, 480.0, 960.0, 1920.0, 7680.0}),
+      queue_(e2e_.bounds()), prefill_(e2e_.bounds()), decode_(e2e_.bounds()), inference_(e2e_.bounds()),
+      prompt_tokens_(buckets_1_2_5(8192)), generation_tokens_(buckets_1_2_5(8192)) {
   for (const char* r : {"stop", "length", "abort"}) finished_[r] = 0;
 }
 
@@ -97,6 +125,23 @@ void ServerMetrics::observe_finished(const std::string& reason, double e2e, doub
   if (completion_tokens > 1) tpot_.observe(tpot);
 }
 
+void ServerMetrics::observe_request(double queue, double prefill, double decode, double inference,
+                                    int prompt_tokens, int generation_tokens) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (queue >= 0) queue_.observe(queue);
+  if (prefill >= 0) prefill_.observe(prefill);
+  if (decode >= 0) decode_.observe(decode);
+  if (inference >= 0) inference_.observe(inference);
+  prompt_tokens_.observe(prompt_tokens);
+  generation_tokens_.observe(generation_tokens);
+}
+
+void ServerMetrics::set_max_model_len(int max_model_len) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  prompt_tokens_ = Histogram(buckets_1_2_5(std::max(max_model_len, 1)));
+  generation_tokens_ = Histogram(buckets_1_2_5(std::max(max_model_len, 1)));
+}
+
 std::string ServerMetrics::render(const EngineStats& st, const std::string& model_name, int k) const {
   const Labels m = {{"model_name", model_name}};
   auto one = [&](double v) { return std::vector<std::pair<Labels, double>>{{m, v}}; };
@@ -104,6 +149,10 @@ std::string ServerMetrics::render(const EngineStats& st, const std::string& mode
   e.gauge("vllm:num_requests_running", "Number of requests in model execution batches.", one(st.num_running));
   e.gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", one(st.num_waiting));
   e.gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", one(st.kv_usage));
+  e.gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (vLLM V0 name; same value as vllm:kv_cache_usage_perc).",
+          one(st.kv_usage));
+  e.counter("vllm:num_preemptions_total", "Cumulative number of preemptions from the engine.",
+            one(double(st.num_preemptions)));
   e.counter("vllm:prompt_tokens_total", "Number of prefill tokens processed.", one(double(st.prompt_tokens)));
   e.counter("vllm:generation_tokens_total", "Number of generation tokens processed.",
             one(double(st.generation_tokens)));
@@ -146,6 +195,16 @@ std::string ServerMetrics::render(const EngineStats& st, const std::string& mode
   e.histogram("vllm:time_per_output_token_seconds",
               "Histogram of time per output token in seconds (per request mean).", m, tpot_);
   e.histogram("vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.", m, e2e_);
+  e.histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", m, queue_);
+  e.histogram("vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.", m,
+              inference_);
+  e.histogram("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.", m,
+              prefill_);
+  e.histogram("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", m, decode_);
+  e.histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.", m, prompt_tokens_);
+  e.histogram("vllm:request_generation_tokens", "Number of generation tokens processed.", m, generation_tokens_);
+  e.histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", m,
+              st.iteration_tokens);
   return e.text();
 }
 

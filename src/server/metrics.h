@@ -40,6 +40,8 @@ class Exposition {
              const std::vector<std::pair<Labels, double>>& samples);
   void histogram(const std::string& name, const std::string& help, const Labels& labels,
                  const Histogram& h);
+  void histogram(const std::string& name, const std::string& help, const Labels& labels,
+                 const StatHistogram& h);
   const std::string& text() const { return out_; }
 
   static std::string format_value(double v);
@@ -58,12 +60,19 @@ class ServerMetrics {
   // A finished request (one choice): e2e latency, time per output token and why it ended.
   void observe_finished(const std::string& reason, double e2e_seconds, double tpot_seconds,
                         int completion_tokens);
+  // vLLM's per-request phase times (queued → scheduled → first token → last token) and sizes.
+  // A negative time is not observed (the phase never happened).
+  void observe_request(double queue_seconds, double prefill_seconds, double decode_seconds,
+                       double inference_seconds, int prompt_tokens, int generation_tokens);
+  // Token-count histogram buckets follow the context length (1, 2, 5, 10, ... ≤ max_model_len).
+  void set_max_model_len(int max_model_len);
   std::string render(const EngineStats& stats, const std::string& model_name,
                      int num_speculative_tokens) const;
 
  private:
   mutable std::mutex mutex_;
   Histogram ttft_, itl_, tpot_, e2e_;
+  Histogram queue_, prefill_, decode_, inference_, prompt_tokens_, generation_tokens_;
   std::map<std::string, uint64_t> finished_;
 };
 

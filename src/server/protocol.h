@@ -20,7 +20,22 @@ struct Limits {
   int max_stop_length = 512;   // bytes per stop string
   int max_stop_token_ids = 64;
   int max_logprobs = 20;
+  int max_logit_bias = 1024;       // entries in logit_bias
+  int max_allowed_token_ids = 1 << 16;
   int num_speculative_tokens = 0;  // configured k: per-request overrides must be ≤ this
+  // Tool calling and reasoning, as vLLM's --enable-auto-tool-choice, --tool-call-parser NAME and
+  // --reasoning-parser NAME (empty: none).
+  bool enable_auto_tool_choice = false;
+  std::string tool_call_parser;
+  std::string reasoning_parser;
+};
+
+// How a chat request's output is read for tool calls (from tools + tool_choice).
+enum class ToolOutput {
+  none,      // no tools, or tool_choice "none": all text is content
+  parse,     // tool_choice "auto": the --tool-call-parser extracts calls from the text
+  named,     // tool_choice {"type":"function","function":{"name":...}}: the output is its arguments
+  required,  // tool_choice "required": the output is a JSON list of {"name", "parameters"}
 };
 
 struct PromptInput {
@@ -45,7 +60,15 @@ struct ParsedRequest {
   bool echo = false;                // completions
   int logprobs = -1;                // alternatives per token; -1: no logprobs
   int num_speculative_tokens = -1;  // -1: server default
-  bool parse_reasoning = false;     // chat: split a thinking channel into reasoning_content
+  std::string reasoning_parser;     // chat with --reasoning-parser: splits thinking into reasoning
+  bool has_tools = false;           // chat: 'tools' given (the message then carries tool_calls)
+  ToolOutput tool_output = ToolOutput::none;
+  std::string tool_call_parser;     // ToolOutput::parse
+  std::string tool_choice_name;     // ToolOutput::named
+  bool include_stop_str_in_output = false;  // keep the matched stop string / stop token text
+  int prompt_logprobs = -1;         // engine prompt logprobs: explicit prompt_logprobs or echo + logprobs
+  bool return_prompt_logprobs = false;  // the request set "prompt_logprobs": answer with that field
+  std::vector<std::string> ignored_fields;  // unknown fields (ignored, logged)
 
   // One engine request per (prompt, sample).
   int num_choices() const { return static_cast<int>(prompts.size()) * n; }
@@ -62,6 +85,23 @@ ParsedRequest parse_chat_request(const nlohmann::json& body, const TextCodec& co
 // The chat-template variables of a chat body (messages normalized to string content, tools,
 // add_generation_prompt, chat_template_kwargs and bos/eos tokens). Used by /tokenize too.
 nlohmann::json chat_template_variables(const nlohmann::json& body, const TextCodec& codec);
+
+// continue_final_message (vLLM / transformers): cut the rendered chat right after the final
+// message's content, so the model continues it. Returns `rendered` unchanged when not requested.
+std::string continue_final_message(const nlohmann::json& body, std::string rendered);
+
+// Request fields tandem does not implement and that would change the output: a 400 naming the
+// field when set to anything but its default. Unknown fields are ignored (as vLLM does); their
+// names are returned so the caller can log them.
+std::vector<std::string> check_fields(const nlohmann::json& body, bool chat);
+
+// THE constrained-decoding hook of tool_choice "required" and named functions. vLLM enforces them
+// with structured outputs: the output must follow `schema` (built as vLLM's
+// _get_json_schema_from_tool does: the named function's parameters, or a non-empty array of
+// {"name": <a tool name>, "parameters": <its parameters>}). Attach the constraint to the request's
+// engine requests here and return true. tandem has no grammar engine yet, so it returns false and
+// parse_chat_request refuses the request (400) rather than run it unconstrained.
+bool attach_tool_choice_constraint(ParsedRequest& request, const nlohmann::json& schema);
 
 // Parses the body text; throws ApiError(400) for malformed JSON or a non-object.
 nlohmann::json parse_body(const std::string& text);

@@ -52,6 +52,9 @@ class TextCodec {
   virtual std::string render_chat(const nlohmann::json& variables) const = 0;
   virtual std::string bos_token() const = 0;
   virtual std::string eos_token() const = 0;
+  // The chat template's source, when known: request handling reads from it how the template takes
+  // tool results (a `tool_responses` list on a message, as Gemma 4's does).
+  virtual std::string chat_template_source() const { return {}; }
 };
 
 }  // namespace tandem::server

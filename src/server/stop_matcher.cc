@@ -43,6 +43,14 @@ StopMatcher::Result StopMatcher::push(const std::string& text) {
   return r;
 }
 
+StopMatcher::Result StopMatcher::push(const std::string& text, bool check) {
+  if (check || stopped_) return push(text);
+  Result r;
+  held_ += text;
+  r.text.swap(held_);
+  return r;
+}
+
 std::string StopMatcher::flush() {
   std::string out;
   if (!stopped_) out.swap(held_);

@@ -16,6 +16,9 @@ class StopMatcher {
   };
   // Appends newly decoded text. After a match, further pushes return nothing.
   Result push(const std::string& text);
+  // With check == false (before min_tokens are generated, as vLLM) the text is not matched: what
+  // is held back and the new text are released as they are.
+  Result push(const std::string& text, bool check);
   // End of generation: whatever is held back can no longer be a stop string.
   std::string flush();
 

@@ -1217,6 +1217,41 @@ std::string Tokenizer::token_text(int32_t id) const {
   const std::string* t = impl_->token_of(id);
   return t ? *t : std::string();
 }
+std::string Tokenizer::token_bytes(int32_t id) const {
+  const std::string* t = impl_->token_of(id);
+  if (!t) return {};
+  if (is_special(id)) return *t;
+  std::string s = *t;
+  if (!impl_->has_decoder) return s;
+  for (const auto& d : impl_->decoders) {
+    switch (d.kind) {
+      case DecStep::kReplace: replace_all(s, d.a, d.b); break;
+      case DecStep::kMetaspace: replace_all(s, d.a, " "); break;
+      case DecStep::kByteFallback:
+        if (s.size() == 6 && s.compare(0, 3, "<0x") == 0 && s[5] == '>') {
+          int v = Impl::parse_hex2(s[3], s[4]);
+          if (v >= 0) s.assign(1, static_cast<char>(v));
+        }
+        break;
+      case DecStep::kByteLevel: {
+        const auto& bl = byte_level();
+        std::string bytes;
+        size_t n;
+        bool ok = true;
+        for (size_t i = 0; i < s.size() && ok; i += n) {
+          auto it = bl.cp_to_byte.find(unicode::decode(s, i, &n));
+          if (it == bl.cp_to_byte.end()) ok = false;
+          else bytes.push_back(static_cast<char>(it->second));
+        }
+        if (ok) s = std::move(bytes);
+        break;
+      }
+      case DecStep::kFuse:
+      case DecStep::kStrip: break;
+    }
+  }
+  return s;
+}
 int32_t Tokenizer::vocab_size() const { return impl_->max_id + 1; }
 std::optional<int32_t> Tokenizer::token_id(std::string_view token) const {
   auto a = impl_->added_by_content.find(token);

@@ -28,6 +28,12 @@ class Tokenizer {
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
 
   std::string token_text(int32_t id) const;  // "" for an unknown id
+  // The raw bytes token `id` contributes in the middle of a decoded text: byte-fallback tokens
+  // are their byte, byte-level tokens their bytes, the Metaspace / Replace characters are
+  // spaces; no UTF-8 validation (a token may hold part of a character). Special tokens: their
+  // content. Start-of-text decoder steps (Strip, Metaspace's first-token rule) are not applied.
+  // "" for an unknown id. Used by grammar-constrained decoding (src/grammar).
+  std::string token_bytes(int32_t id) const;
   int32_t vocab_size() const;                // 1 + the largest id (model vocab and added tokens)
   std::optional<int32_t> token_id(std::string_view token) const;
   int32_t bos_id() const;                    // -1 if unknown

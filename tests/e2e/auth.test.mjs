@@ -4,6 +4,17 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { startServer } from './server.mjs';
 
+test('VLLM_API_KEY in the environment is honoured like --api-key', async () => {
+  const server = await startServer([], { env: { VLLM_API_KEY: 'env-secret' } });
+  try {
+    await assert.rejects(server.client({ apiKey: 'wrong' }).models.list(), (e) => e.status === 401);
+    const models = await server.client({ apiKey: 'env-secret' }).models.list();
+    assert.equal(models.data.length, 1);
+  } finally {
+    assert.equal(await server.stop(), 0);
+  }
+});
+
 test('--api-key: Bearer required on /v1/*, health and metrics stay open', async () => {
   const server = await startServer(['--api-key', 'tandem-secret']);
   try {
@@ -24,7 +35,7 @@ test('--api-key: Bearer required on /v1/*, health and metrics stay open', async 
   }
 });
 
-test('SIGTERM during a stream: the stream ends and the server exits 0', async () => {
+test('SIGTERM during a stream: the stream ends with finish_reason abort and the server exits 0', async () => {
   const server = await startServer(['--no-enable-prefix-caching']);
   const client = server.client();
   const stream = await client.completions.create({
@@ -32,17 +43,23 @@ test('SIGTERM during a stream: the stream ends and the server exits 0', async ()
   });
   let chunks = 0;
   let stopped = null;
+  let finish = null;
+  let done = false;
   const reading = (async () => {
     try {
       for await (const chunk of stream) {
         if (++chunks === 3) stopped = server.stop();
+        for (const c of chunk.choices) finish = c.finish_reason ?? finish;
       }
+      done = true;  // the client saw [DONE]
     } catch {}
   })();
   await reading;
   const code = await stopped;
   assert.equal(code, 0);
   assert.ok(chunks >= 3);
+  assert.equal(finish, 'abort', 'the last chunk says the stream was cut');
+  assert.ok(done, 'the stream ends with [DONE]');
   assert.match(server.log(), /SIGTERM received/);
   assert.match(server.log(), /server stopped/);
 });

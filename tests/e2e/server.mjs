@@ -7,9 +7,10 @@ if (!BINARY) throw new Error('set TANDEM_BINARY to the tandem executable (tests/
 
 // Starts the server with extra flags; resolves once it listens. With no model argument it serves
 // the bundled model with its drafter (speculation on, k = 3).
-export async function startServer(args = [], { timeoutMs = 60000 } = {}) {
+export async function startServer(args = [], { timeoutMs = 60000, env } = {}) {
   const proc = spawn(BINARY, ['serve', '--host', '127.0.0.1', '--port', '0', ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
+    env: env ? { ...process.env, ...env } : process.env,
   });
   let log = '';
   const url = await new Promise((resolve, reject) => {

@@ -13,10 +13,12 @@
 
 namespace tandem::server::testing {
 
-// Ids: 0 <pad>, 1 <eos>, 2 <bos>, 3 <|channel>, 4 <channel|>, 5 + byte.
+// Ids: 0 <pad>, 1 <eos>, 2 <bos>, 3 <|channel>, 4 <channel|>, 5 + byte, then the tool-call markers
+// <|tool_call>, <tool_call|>, <|"|> (special tokens like Gemma 4's).
 class ByteCodec : public TextCodec {
  public:
   static constexpr int32_t kEos = 1, kBos = 2, kOpen = 3, kClose = 4, kBase = 5;
+  static constexpr int32_t kCallOpen = kBase + 256, kCallClose = kBase + 257, kQuote = kBase + 258;
   static int32_t id_of(unsigned char c) { return kBase + c; }
 
   std::vector<int32_t> encode(std::string_view text, bool add_special) const override {
@@ -35,6 +37,9 @@ class ByteCodec : public TextCodec {
       else if (!skip_special && id == kBos) s += "<bos>";
       else if (!skip_special && id == kOpen) s += "<|channel>";
       else if (!skip_special && id == kClose) s += "<channel|>";
+      else if (!skip_special && id == kCallOpen) s += "<|tool_call>";
+      else if (!skip_special && id == kCallClose) s += "<tool_call|>";
+      else if (!skip_special && id == kQuote) s += "<|\"|>";
     }
     return s;
   }
@@ -55,10 +60,13 @@ class ByteCodec : public TextCodec {
   std::optional<int32_t> token_id(std::string_view t) const override {
     if (t == "<|channel>") return kOpen;
     if (t == "<channel|>") return kClose;
+    if (t == "<|tool_call>") return kCallOpen;
+    if (t == "<tool_call|>") return kCallClose;
+    if (t == "<|\"|>") return kQuote;
     return std::nullopt;
   }
   std::vector<int32_t> eos_ids() const override { return {kEos}; }
-  int32_t vocab_size() const override { return kBase + 256; }
+  int32_t vocab_size() const override { return kBase + 259; }
   bool has_chat_template() const override { return true; }
   std::string render_chat(const nlohmann::json& v) const override {
     std::string s = v["bos_token"].get<std::string>();
@@ -96,14 +104,20 @@ class FakeService : public InferenceService {
     s.req = r, s.cb = std::move(cb);
     std::string prompt;
     for (int32_t t : r.prompt)
-      if (t >= ByteCodec::kBase) prompt += static_cast<char>(t - ByteCodec::kBase);
+      if (t >= ByteCodec::kBase && t < ByteCodec::kBase + 256) prompt += static_cast<char>(t - ByteCodec::kBase);
     auto at = prompt.find("SAY:");
     if (at != std::string::npos) {
       auto end = prompt.find('|', at);
       std::string say = prompt.substr(at + 4, end == std::string::npos ? std::string::npos : end - at - 4);
-      // \x01 and \x02 in the script stand for the thinking-channel markers.
+      // \x01 and \x02 in the script stand for the thinking-channel markers, \x03 \x04 \x05 for
+      // <|tool_call>, <tool_call|> and <|"|>.
       for (unsigned char c : say)
-        s.script.push_back(c == 1 ? ByteCodec::kOpen : c == 2 ? ByteCodec::kClose : ByteCodec::id_of(c));
+        s.script.push_back(c == 1   ? ByteCodec::kOpen
+                           : c == 2 ? ByteCodec::kClose
+                           : c == 3 ? ByteCodec::kCallOpen
+                           : c == 4 ? ByteCodec::kCallClose
+                           : c == 5 ? ByteCodec::kQuote
+                                    : ByteCodec::id_of(c));
       s.script.push_back(ByteCodec::kEos);
     }
     seqs_[id] = std::move(s);

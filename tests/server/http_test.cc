@@ -25,6 +25,7 @@ class HttpTest : public ::testing::Test {
     o.served_model_names = {"demo"};
     o.api_key = api_key;
     o.max_body_bytes = 64 * 1024;
+    o.limits = limits;
     server = std::make_unique<HttpServer>(*service, codec, o);
     port = server->bind();
     thread = std::thread([this] { server->run(); });
@@ -73,6 +74,7 @@ class HttpTest : public ::testing::Test {
   }
 
   ByteCodec codec;
+  Limits limits;  // tool / reasoning parser settings for start()
   std::unique_ptr<FakeService> service;
   std::unique_ptr<HttpServer> server;
   std::thread thread;
@@ -166,17 +168,22 @@ TEST_F(HttpTest, ChatStreamingAndN) {
 }
 
 TEST_F(HttpTest, ThinkingChannelGoesToReasoningContent) {
+  limits.reasoning_parser = "gemma4";
   start();
   const std::string say = "SAY:\x01thought\nplan it\x02The answer.|";
   json r = post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", say}}}}});
   EXPECT_EQ(r["choices"][0]["message"]["reasoning_content"], "plan it");
+  EXPECT_EQ(r["choices"][0]["message"]["reasoning"], "plan it");
   EXPECT_EQ(r["choices"][0]["message"]["content"], "The answer.");
   auto events = stream("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", say}}}}, {"stream", true}});
   std::string reasoning, content;
   for (size_t i = 0; i + 1 < events.size(); ++i) {
     json e = json::parse(events[i]);
     for (const auto& ch : e["choices"]) {
-      if (ch["delta"].contains("reasoning_content")) reasoning += ch["delta"]["reasoning_content"].get<std::string>();
+      if (ch["delta"].contains("reasoning_content")) {
+        reasoning += ch["delta"]["reasoning_content"].get<std::string>();
+        EXPECT_EQ(ch["delta"]["reasoning"], ch["delta"]["reasoning_content"]);
+      }
       if (ch["delta"].contains("content")) content += ch["delta"]["content"].get<std::string>();
     }
   }
@@ -351,6 +358,264 @@ TEST_F(HttpTest, ShutdownAbortsInFlight) {
   thread.join();
   t.join();
   EXPECT_EQ(service->num_aborted(), 1u);
+}
+
+
+TEST_F(HttpTest, ClientDisconnectAbortsNonStreamingRequest) {
+  start(5);  // 250 tokens at 2 per 5 ms: ~0.6 s unless aborted
+  std::thread t([&] {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(0, 150000);  // hang up after 150 ms without an answer
+    auto res = c.Post("/v1/completions", json({{"prompt", "x"}, {"max_tokens", 250}}).dump(), "application/json");
+    EXPECT_FALSE(res);
+  });
+  t.join();
+  for (int i = 0; i < 200 && (service->running() > 0 || service->num_aborted() == 0); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(service->running(), 0);
+  EXPECT_EQ(service->num_aborted(), 1u);
+  std::string metrics = client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("vllm:request_success_total{model_name=\"demo\",finished_reason=\"abort\"} 1"),
+            std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("vllm:request_success_total{model_name=\"demo\",finished_reason=\"length\"} 0"),
+            std::string::npos) << metrics;
+}
+
+TEST_F(HttpTest, ShutdownEndsStreamWithAbortChunk) {
+  start(20);
+  std::string body;
+  std::thread t([&] {
+    httplib::Client c("127.0.0.1", port);
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    req.body = json({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"max_tokens", 200}, {"stream", true}}).dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) { return body.append(d, n), true; };
+    c.send(req);
+  });
+  for (int i = 0; i < 1000 && service->running() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  server->shutdown();
+  thread.join();
+  t.join();
+  const std::string tail = "data: [DONE]\n\n";
+  ASSERT_GE(body.size(), tail.size());
+  EXPECT_EQ(body.substr(body.size() - tail.size()), tail) << body;
+  const size_t last = body.rfind("data: {", body.size() - tail.size());
+  json chunk = json::parse(body.substr(last + 6, body.size() - tail.size() - last - 8));
+  EXPECT_EQ(chunk["choices"][0]["finish_reason"], "abort") << body;
+}
+
+TEST_F(HttpTest, CorsPreflightAndHeaders) {
+  start(1, "key");
+  auto c = client();
+  auto pre = c.Options("/v1/chat/completions", {{"Origin", "http://app.test"},
+                                                {"Access-Control-Request-Method", "POST"},
+                                                {"Access-Control-Request-Headers", "authorization,content-type"}});
+  ASSERT_TRUE(pre);
+  EXPECT_EQ(pre->status, 200);  // no API key needed for a preflight (vLLM skips OPTIONS too)
+  EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Origin"), "*");
+  EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Headers"), "authorization,content-type");
+  EXPECT_NE(pre->get_header_value("Access-Control-Allow-Methods").find("POST"), std::string::npos);
+  auto get = c.Get("/v1/models", {{"Origin", "http://app.test"}, {"Authorization", "Bearer key"}});
+  EXPECT_EQ(get->status, 200);
+  EXPECT_EQ(get->get_header_value("Access-Control-Allow-Origin"), "*");
+  EXPECT_FALSE(c.Get("/v1/models", {{"Authorization", "Bearer key"}})->has_header("Access-Control-Allow-Origin"));
+}
+
+TEST_F(HttpTest, CorsRestrictedOrigins) {
+  service = std::make_unique<FakeService>(1);
+  ServerOptions o;
+  o.port = 0;
+  o.served_model_names = {"demo"};
+  o.allowed_origins = {"http://good.test"};
+  o.allowed_methods = {"GET", "POST"};
+  o.allowed_headers = {"Authorization"};
+  o.allow_credentials = true;
+  server = std::make_unique<HttpServer>(*service, codec, o);
+  port = server->bind();
+  thread = std::thread([this] { server->run(); });
+  auto c = client();
+  auto ok = c.Options("/v1/models", {{"Origin", "http://good.test"}, {"Access-Control-Request-Method", "GET"},
+                                     {"Access-Control-Request-Headers", "authorization"}});
+  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(ok->get_header_value("Access-Control-Allow-Origin"), "http://good.test");
+  EXPECT_EQ(ok->get_header_value("Access-Control-Allow-Credentials"), "true");
+  EXPECT_EQ(c.Options("/v1/models", {{"Origin", "http://evil.test"}, {"Access-Control-Request-Method", "GET"}})->status,
+            400);
+  EXPECT_EQ(c.Options("/v1/models", {{"Origin", "http://good.test"}, {"Access-Control-Request-Method", "DELETE"}})->status,
+            400);
+  EXPECT_EQ(c.Options("/v1/models", {{"Origin", "http://good.test"}, {"Access-Control-Request-Method", "GET"},
+                                     {"Access-Control-Request-Headers", "x-custom"}})->status,
+            400);
+  auto get = c.Get("/v1/models", {{"Origin", "http://good.test"}});
+  EXPECT_EQ(get->get_header_value("Access-Control-Allow-Origin"), "http://good.test");
+  EXPECT_FALSE(c.Get("/v1/models", {{"Origin", "http://evil.test"}})->has_header("Access-Control-Allow-Origin"));
+}
+
+TEST_F(HttpTest, VersionEndpoint) {
+  start();
+  json v = json::parse(client().Get("/version")->body);
+  EXPECT_TRUE(v["version"].is_string());
+}
+
+TEST_F(HttpTest, IncludeStopStrAndMinTokens) {
+  start();
+  json r = post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 100}, {"stop", {"fgh"}},
+                                    {"include_stop_str_in_output", true}});
+  EXPECT_EQ(r["choices"][0]["text"], "abcdefgh");
+  EXPECT_EQ(r["choices"][0]["stop_reason"], "fgh");
+  // Stop strings are not looked for until min_tokens tokens exist: "cd" at tokens 3-4 is skipped.
+  json m = post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 60}, {"stop", {"cd"}}, {"min_tokens", 10}});
+  EXPECT_EQ(m["choices"][0]["text"], "abcdefghijklmnopqrstuvwxyzab");
+  EXPECT_EQ(m["choices"][0]["finish_reason"], "stop");
+  // The EOS text is kept with include_stop_str_in_output (empty when special tokens are skipped).
+  json e = post("/v1/completions", {{"prompt", "SAY:hi|"}, {"max_tokens", 10}, {"include_stop_str_in_output", true},
+                                    {"skip_special_tokens", false}});
+  EXPECT_EQ(e["choices"][0]["text"], "hi<eos>");
+}
+
+TEST_F(HttpTest, NewVllmMetricsPresent) {
+  start();
+  post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 4}});
+  std::string m = client().Get("/metrics")->body;
+  for (const char* name : {"vllm:num_preemptions_total{", "vllm:gpu_cache_usage_perc{", "vllm:iteration_tokens_total_bucket{",
+                           "vllm:request_queue_time_seconds_bucket{", "vllm:request_prefill_time_seconds_bucket{",
+                           "vllm:request_decode_time_seconds_bucket{", "vllm:request_inference_time_seconds_bucket{"})
+    EXPECT_NE(m.find(name), std::string::npos) << name;
+  EXPECT_NE(m.find("vllm:request_prompt_tokens_count{model_name=\"demo\"} 1\n"), std::string::npos) << m;
+  EXPECT_NE(m.find("vllm:request_generation_tokens_sum{model_name=\"demo\"} 4\n"), std::string::npos) << m;
+}
+
+}  // namespace
+}  // namespace tandem::server
+
+namespace tandem::server {
+namespace {
+
+const json kWeatherTool = json::parse(R"([{"type":"function","function":{"name":"get_weather",
+    "parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}])");
+
+// Streams a chat request and reassembles content, reasoning and tool calls from the deltas.
+struct StreamedChat {
+  std::string content, reasoning, finish;
+  json tool_calls = json::array();
+};
+
+class HttpToolsTest : public HttpTest {
+ protected:
+  StreamedChat stream_chat(json body) {
+    body["stream"] = true;
+    StreamedChat out;
+    auto events = stream("/v1/chat/completions", body);
+    for (size_t i = 0; i + 1 < events.size(); ++i) {
+      json e = json::parse(events[i]);
+      for (const auto& ch : e["choices"]) {
+        const json& d = ch["delta"];
+        if (d.contains("content")) out.content += d["content"].get<std::string>();
+        if (d.contains("reasoning")) out.reasoning += d["reasoning"].get<std::string>();
+        if (d.contains("tool_calls"))
+          for (const auto& t : d["tool_calls"]) {
+            size_t idx = t["index"];
+            if (t.contains("id")) {
+              EXPECT_EQ(idx, out.tool_calls.size());
+              EXPECT_EQ(t["type"], "function");
+              EXPECT_EQ(t["function"]["arguments"], "");
+              out.tool_calls.push_back({{"id", t["id"]}, {"type", "function"},
+                                        {"function", {{"name", t["function"]["name"]}, {"arguments", ""}}}});
+            } else {
+              EXPECT_LT(idx, out.tool_calls.size());
+              if (idx >= out.tool_calls.size()) continue;
+              std::string a = out.tool_calls[idx]["function"]["arguments"];
+              out.tool_calls[idx]["function"]["arguments"] = a + t["function"]["arguments"].get<std::string>();
+            }
+          }
+        if (!ch["finish_reason"].is_null()) out.finish = ch["finish_reason"];
+      }
+    }
+    return out;
+  }
+};
+
+json chat_body(const std::string& say) {
+  return {{"messages", {{{"role", "user"}, {"content", "SAY:" + say + "|"}}}}, {"tools", kWeatherTool}};
+}
+
+TEST_F(HttpToolsTest, AutoToolChoiceParsesCallsWholeAndStreamed) {
+  limits.enable_auto_tool_choice = true, limits.tool_call_parser = "gemma4";
+  start();
+  // \x03 <|tool_call>, \x04 <tool_call|>, \x05 <|"|> (special tokens of the fake tokenizer).
+  const std::string say = "Checking.\x03" "call:get_weather{city:\x05" "Paris, \"FR\"\x05}\x04\x03" "call:get_weather{city:\x05"
+                          "Zurich\x05}\x04";  // ASCII: the fake decoder streams bytes, not characters
+  json r = post("/v1/chat/completions", chat_body(say));
+  const json& msg = r["choices"][0]["message"];
+  EXPECT_EQ(msg["content"], "Checking.");
+  ASSERT_EQ(msg["tool_calls"].size(), 2u);
+  EXPECT_EQ(msg["tool_calls"][0]["type"], "function");
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Paris, \\\"FR\\\"\"}");
+  EXPECT_EQ(msg["tool_calls"][1]["function"]["arguments"], "{\"city\": \"Zurich\"}");
+  EXPECT_EQ(msg["tool_calls"][0]["id"].get<std::string>().rfind("chatcmpl-tool-", 0), 0u);
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "tool_calls");
+
+  StreamedChat s = stream_chat(chat_body(say));
+  EXPECT_EQ(s.content, "Checking.");
+  EXPECT_EQ(s.finish, "tool_calls");
+  ASSERT_EQ(s.tool_calls.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(s.tool_calls[i]["function"]["name"], msg["tool_calls"][i]["function"]["name"]);
+    EXPECT_EQ(s.tool_calls[i]["function"]["arguments"], msg["tool_calls"][i]["function"]["arguments"]);
+  }
+
+  // No call: plain content, finish_reason stop, an empty tool_calls list.
+  json plain = post("/v1/chat/completions", chat_body("just text"));
+  EXPECT_EQ(plain["choices"][0]["message"]["content"], "just text");
+  EXPECT_EQ(plain["choices"][0]["message"]["tool_calls"], json::array());
+  EXPECT_EQ(plain["choices"][0]["finish_reason"], "stop");
+
+  // tool_choice "none": nothing is parsed (and the markers, special tokens, are skipped).
+  json body = chat_body(say);
+  body["tool_choice"] = "none";
+  json none = post("/v1/chat/completions", body);
+  EXPECT_EQ(none["choices"][0]["message"]["tool_calls"], json::array());
+  EXPECT_EQ(none["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(none["choices"][0]["message"]["content"],
+            "Checking.call:get_weather{city:Paris, \"FR\"}call:get_weather{city:Zurich}");
+}
+
+TEST_F(HttpToolsTest, ReasoningThenToolCall) {
+  limits.enable_auto_tool_choice = true, limits.tool_call_parser = "gemma4", limits.reasoning_parser = "gemma4";
+  start();
+  const std::string say = "\x01thought\nI need the weather.\x02\x03" "call:get_weather{city:\x05Oslo\x05}\x04";
+  json r = post("/v1/chat/completions", chat_body(say));
+  const json& msg = r["choices"][0]["message"];
+  EXPECT_EQ(msg["reasoning"], "I need the weather.");
+  EXPECT_EQ(msg["reasoning_content"], "I need the weather.");
+  EXPECT_TRUE(msg["content"].is_null());
+  ASSERT_EQ(msg["tool_calls"].size(), 1u);
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Oslo\"}");
+  StreamedChat s = stream_chat(chat_body(say));
+  EXPECT_EQ(s.reasoning, "I need the weather.");
+  EXPECT_EQ(s.content, "");
+  ASSERT_EQ(s.tool_calls.size(), 1u);
+  EXPECT_EQ(s.tool_calls[0]["function"]["arguments"], "{\"city\": \"Oslo\"}");
+  EXPECT_EQ(s.finish, "tool_calls");
+}
+
+TEST_F(HttpToolsTest, ToolsNeedTheServerFlagsForAuto) {
+  start();
+  json r = post("/v1/chat/completions", chat_body("x"), 400);
+  EXPECT_EQ(r["error"]["message"],
+            "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set");
+  EXPECT_EQ(r["error"]["param"], "tool_choice");
+  json body = chat_body("fine");
+  body["tool_choice"] = "none";
+  EXPECT_EQ(post("/v1/chat/completions", body)["choices"][0]["message"]["content"], "fine");
+  // Without a reasoning parser the channel is not split (vLLM): its markers are special tokens.
+  json t = post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "SAY:\x01thought\nhm\x02ok|"}}}}});
+  EXPECT_EQ(t["choices"][0]["message"]["content"], "thought\nhmok");
+  EXPECT_FALSE(t["choices"][0]["message"].contains("reasoning_content"));
 }
 
 }  // namespace

@@ -126,3 +126,138 @@ TEST_F(ProtocolTest, MalformedBody) {
 
 }  // namespace
 }  // namespace tandem::server
+
+namespace tandem::server {
+namespace {
+
+TEST_F(ProtocolTest, VllmExtraParameters) {
+  auto r = completion(R"({"prompt":"hi","max_tokens":8,"min_tokens":3,"repetition_penalty":1.3,
+                          "logit_bias":{"7":150,"9":-2.5},"include_stop_str_in_output":true,"prompt_logprobs":2,
+                          "allowed_token_ids":[7,9,11],"best_of":1,"use_beam_search":false,"user":"u"})");
+  Request e = r.engine_request(0);
+  EXPECT_EQ(e.sampling.min_tokens, 3);
+  EXPECT_FLOAT_EQ(e.sampling.repetition_penalty, 1.3f);
+  ASSERT_EQ(e.sampling.logit_bias.size(), 2u);
+  EXPECT_EQ(e.sampling.logit_bias[0], (std::pair<int32_t, float>{7, 100.0f}));  // clamped like vLLM
+  EXPECT_EQ(e.sampling.allowed_token_ids, (std::vector<int32_t>{7, 9, 11}));
+  EXPECT_EQ(e.prompt_logprobs, 2);
+  EXPECT_TRUE(r.include_stop_str_in_output);
+  EXPECT_TRUE(r.return_prompt_logprobs);
+  EXPECT_TRUE(r.ignored_fields.empty());
+
+  // echo + logprobs asks the engine for prompt logprobs.
+  auto echo = completion(R"({"prompt":"hi","max_tokens":2,"echo":true,"logprobs":1})");
+  EXPECT_EQ(echo.engine_request(0).prompt_logprobs, 1);
+  EXPECT_FALSE(echo.return_prompt_logprobs);
+
+  // truncate_prompt_tokens keeps the last N tokens.
+  auto t = completion(R"({"prompt":"abcdef","max_tokens":2,"truncate_prompt_tokens":3,"echo":true})");
+  EXPECT_EQ(t.prompts[0].tokens, (std::vector<int32_t>{ByteCodec::id_of('d'), ByteCodec::id_of('e'), ByteCodec::id_of('f')}));
+  EXPECT_EQ(t.prompts[0].text, "def");
+  // add_special_tokens false: no BOS.
+  EXPECT_EQ(completion(R"({"prompt":"ab","add_special_tokens":false})").prompts[0].tokens.size(), 2u);
+
+  // Unknown fields are ignored and reported.
+  auto u = completion(R"({"prompt":"x","max_tokens":2,"frobnicate":1,"cache_salt":"s"})");
+  EXPECT_EQ(u.ignored_fields, std::vector<std::string>{"frobnicate"});
+}
+
+TEST_F(ProtocolTest, ChatTemplateFlags) {
+  auto no_gen = chat(R"({"messages":[{"role":"user","content":"hi"}],"add_generation_prompt":false})");
+  EXPECT_EQ(codec.decode(no_gen.prompts[0].tokens, false), "<bos>user: hi\n");
+  auto cont = chat(R"({"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"Sure, "}],
+                       "add_generation_prompt":false,"continue_final_message":true})");
+  EXPECT_EQ(codec.decode(cont.prompts[0].tokens, false), "<bos>user: hi\nassistant: Sure,");
+  EXPECT_EQ(error_param(R"({"messages":[{"role":"user","content":"hi"}],"continue_final_message":true})", true),
+            "continue_final_message");  // add_generation_prompt defaults to true: both set (vLLM: 400)
+}
+
+TEST_F(ProtocolTest, VllmParameterRejections) {
+  EXPECT_EQ(error_param(R"({"prompt":"x","max_tokens":-1})"), "max_tokens");
+  EXPECT_EQ(error_param(R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":-1})", true),
+            "max_completion_tokens");
+  EXPECT_EQ(error_param(R"({"messages":[{"role":"user","content":"x"}],"max_tokens":-1})", true), "max_tokens");
+  EXPECT_EQ(error_param(R"({"prompt":"x","best_of":2})"), "best_of");
+  EXPECT_EQ(error_param(R"({"prompt":"x","best_of":1,"n":2})"), "best_of");
+  EXPECT_EQ(error_param(R"({"prompt":"x","best_of":2,"n":2,"max_tokens":2})"), "");
+  EXPECT_EQ(error_param(R"({"prompt":"x","use_beam_search":true})"), "use_beam_search");
+  EXPECT_EQ(error_param(R"({"prompt":"x","repetition_penalty":0})"), "repetition_penalty");
+  EXPECT_EQ(error_param(R"({"prompt":"x","repetition_penalty":-1})"), "repetition_penalty");
+  EXPECT_EQ(error_param(R"({"prompt":"x","logit_bias":{"abc":1}})"), "logit_bias");
+  EXPECT_EQ(error_param(R"({"prompt":"x","logit_bias":{"99999":1}})"), "logit_bias");
+  EXPECT_EQ(error_param(R"({"prompt":"x","logit_bias":{"5":"high"}})"), "logit_bias");
+  EXPECT_EQ(error_param(R"({"prompt":"x","logit_bias":[1]})"), "logit_bias");
+  EXPECT_EQ(error_param(R"({"prompt":"x","min_tokens":-1})"), "min_tokens");
+  EXPECT_EQ(error_param(R"({"prompt":"x","min_tokens":5,"max_tokens":4})"), "min_tokens");
+  EXPECT_EQ(error_param(R"({"prompt":"x","prompt_logprobs":21})"), "prompt_logprobs");
+  EXPECT_EQ(error_param(R"({"prompt":"x","prompt_logprobs":-1})"), "prompt_logprobs");
+  EXPECT_EQ(error_param(R"({"prompt":"x","prompt_logprobs":1,"stream":true})"), "prompt_logprobs");
+  EXPECT_EQ(error_param(R"({"prompt":"x","truncate_prompt_tokens":0})"), "truncate_prompt_tokens");
+  EXPECT_EQ(error_param(R"({"prompt":"x","truncate_prompt_tokens":65})"), "truncate_prompt_tokens");
+  EXPECT_EQ(error_param(R"({"prompt":"x","allowed_token_ids":[]})"), "allowed_token_ids");
+  EXPECT_EQ(error_param(R"({"prompt":"x","suffix":"end"})"), "suffix");
+  EXPECT_EQ(error_param(R"({"prompt":"x","suffix":null,"max_tokens":2})"), "");
+  EXPECT_EQ(error_param(R"({"prompt":"x","bad_words":["a"]})"), "bad_words");
+  EXPECT_EQ(error_param(R"({"prompt":"x","spaces_between_special_tokens":false})"), "spaces_between_special_tokens");
+  EXPECT_EQ(error_param(R"({"prompt":"x","priority":1})"), "priority");
+  EXPECT_EQ(error_param(R"({"messages":[{"role":"user","content":"x"}],"echo":true})", true), "echo");
+  EXPECT_EQ(error_param(R"({"messages":[{"role":"user","content":"x"}],"chat_template":"{{x}}"})", true),
+            "chat_template");
+  EXPECT_EQ(error_param(R"({"prompt":[1,2,3],"max_tokens":2,)"
+                        R"("x":0})"), "");
+  std::string many = R"({"prompt":[)";
+  for (int i = 0; i < 65; ++i) many += std::string(i ? "," : "") + "\"a\"";
+  EXPECT_EQ(error_param(many + "]}"), "prompt");
+}
+
+// Structured outputs are not wired to the grammar engine yet: every way of asking for them is a
+// 400 naming the field ("not supported yet"), never silently ignored; text output stays accepted.
+TEST_F(ProtocolTest, StructuredOutputsAreRefusedUntilWired) {
+  auto message = [&](const std::string& body, bool is_chat) {
+    try {
+      is_chat ? chat(body) : completion(body);
+    } catch (const ApiError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string chat_head = R"({"messages":[{"role":"user","content":"x"}],"max_tokens":2,)";
+  const std::string completion_head = R"({"prompt":"x","max_tokens":2,)";
+  for (const bool is_chat : {false, true}) {
+    SCOPED_TRACE(is_chat ? "chat" : "completions");
+    const std::string head = is_chat ? chat_head : completion_head;
+    for (const std::string field : {R"("response_format":{"type":"json_object"})",
+                                    R"("response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}})",
+                                    R"("response_format":{"type":"structural_tag"})"}) {
+      EXPECT_EQ(error_param(head + field + "}", is_chat), "response_format") << field;
+      EXPECT_NE(message(head + field + "}", is_chat).find("not supported yet"), std::string::npos) << field;
+    }
+    EXPECT_EQ(error_param(head + R"("response_format":"json"})", is_chat), "response_format");
+    for (const std::string name : {"structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                                   "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern"}) {
+      const std::string value = name == "structured_outputs" ? R"({"json":{"type":"object"}})"
+                                : name == "guided_choice"    ? R"(["a","b"])"
+                                : name == "guided_json"      ? R"({"type":"object"})"
+                                                             : R"("x")";
+      const std::string body = head + "\"" + name + "\":" + value + "}";
+      EXPECT_EQ(error_param(body, is_chat), name);
+      EXPECT_NE(message(body, is_chat).find("not supported yet"), std::string::npos) << name;
+      EXPECT_EQ(error_param(head + "\"" + name + "\":null}", is_chat), "") << name;
+    }
+    EXPECT_EQ(error_param(head + R"("response_format":{"type":"text"}})", is_chat), "");
+    EXPECT_EQ(error_param(head + R"("response_format":{}})", is_chat), "");
+    EXPECT_EQ(error_param(head + R"("response_format":null})", is_chat), "");
+  }
+}
+
+TEST_F(ProtocolTest, NumberOverflowIsABadRequest) {
+  try {
+    parse_body(R"({"prompt":"x","foo":1e400})");
+    FAIL() << "no error";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+  }
+}
+
+}  // namespace
+}  // namespace tandem::server
