@@ -51,7 +51,9 @@ TEST_P(Lossless, GreedyOutputEqualsPlainForEveryK) {
     for (int i = 1; i < k; ++i) EXPECT_LE(s.accepted_per_position[i], s.accepted_per_position[i - 1]);
     EXPECT_EQ(std::accumulate(s.accepted_per_position.begin(), s.accepted_per_position.end(), uint64_t{0}),
               s.num_accepted_tokens);
-    if (spec.method != "ngram") EXPECT_LE(s.accepted_per_position[0], s.num_drafts);
+    if (spec.method != "ngram") {
+      EXPECT_LE(s.accepted_per_position[0], s.num_drafts);
+    }
   }
 }
 
