@@ -19,6 +19,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -45,6 +46,14 @@ struct KvLayer {
 struct AttentionRows {
   TensorView ranges;        // [T, 3] I32: (table, kv_begin, kv_end) per query row
   TensorView block_tables;  // [S, max_blocks] I32: one row per sequence
+  // No row's range is longer than this (a sliding window); 0: only the table's width bounds them.
+  // Lets a backend size its launch without looking at the ranges.
+  int64_t max_keys = 0;
+};
+
+// What Backend::run_recorded keeps between calls for one step shape (a CUDA graph on the CUDA backend).
+struct Recording {
+  virtual ~Recording() = default;
 };
 
 class Backend {
@@ -67,6 +76,21 @@ class Backend {
   // How many times the host has waited for the backend so far (downloads and synchronize()): the
   // debug counter that shows a step makes exactly one such wait.
   virtual uint64_t host_syncs() const = 0;
+
+  // --- Recorded steps (CUDA graphs) ---
+  // Runs `issue` (a function that issues ops), or replays the ops it issued in an earlier call with the
+  // same `recording`. The caller keeps one recording per step shape: a replay is right only when
+  // `issue` would issue the same ops with the same host-side arguments (shapes, scalars, views) and
+  // reads its inputs from backend memory. The backend re-records after any alloc() or free(), so a
+  // tensor that grew is seen at its new address; the first call after such a change runs `issue`
+  // directly (letting scratch grow), the next one records. Ops inside must not wait for the host
+  // (download(), synchronize()). The CPU backend, and any backend with recording off, just runs `issue`.
+  virtual void run_recorded(std::unique_ptr<Recording>& recording, const std::function<void()>& issue) {
+    (void)recording;
+    issue();
+  }
+  // Turns recording on or off (vLLM's --enforce-eager turns it off); on by default where supported.
+  virtual void set_recording(bool on) { (void)on; }
 
   // --- Data movement ---
   // dst = src for 2-D views of one dtype (either may have a row stride).

@@ -16,6 +16,7 @@ struct StepOptions {
   std::string speculative_config;  // optional drafter: {"model": DIR, ...}
   LoadFormat format = LoadFormat::safetensors;
   std::string device = "auto";
+  bool enforce_eager = false;  // no CUDA graphs
   std::string kv_dtype = "auto";  // auto: bf16 on GPUs, f32 on the CPU
   int threads = 0;
   std::vector<int> tokens = {1, 2, 3, 4, 5};

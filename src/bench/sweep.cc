@@ -97,6 +97,7 @@ std::vector<SettingResult> run_inprocess_sweep(const SweepOptions& o, const InPr
   if (t.prompt_ids.empty()) fail("the prompt is empty");
   const int kmax = *std::max_element(o.ks.begin(), o.ks.end());
   auto backend = make_backend(t.device, t.threads);
+  backend->set_recording(!t.enforce_eager);
   auto target = Gemma4Model::load(t.model_dir, *backend);
   std::unique_ptr<Proposer> proposer;
   std::string method = "none";

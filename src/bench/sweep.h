@@ -32,6 +32,7 @@ struct InProcessTarget {
   std::string method;      // "" (draft_model, upgraded to mtp for an assistant drafter), mtp, draft_model, ngram
   int threads = 0;
   std::string device = "auto";  // cpu, cuda, cuda:N or auto
+  bool enforce_eager = false;   // no CUDA graphs
   std::vector<int32_t> prompt_ids;
 };
 

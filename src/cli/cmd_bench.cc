@@ -188,6 +188,7 @@ struct SweepCli {
   OutputOptions out;
   int iterations = 5, warmup = 1, max_tokens = 200, threads = 0;
   std::string device = "auto";
+  bool enforce_eager = false;
   int64_t seed = 42;
   float temperature = 0.0f;
   bool settings_from_restarts = false, no_ignore_eos = false, quiet = false, interleave = false;
@@ -243,6 +244,7 @@ void run_sweep(const SweepCli& c) {
     t.method = c.method;
     t.threads = c.threads;
     t.device = c.device;
+    t.enforce_eager = c.enforce_eager;
     if (!c.prompt.prompt_ids.empty()) {
       t.prompt_ids = parse_ids(c.prompt.prompt_ids);
     } else {
@@ -377,6 +379,7 @@ const RegisterCommand bench_command(
       sweep->add_option("--temperature", s->temperature, "0 = greedy")->capture_default_str();
       sweep->add_option("--threads", s->threads, "CPU threads for the in-process engine (0: all cores)");
       sweep->add_option("--device", s->device, kDeviceHelp);
+      sweep->add_flag("--enforce-eager", s->enforce_eager, kEagerHelp);
       sweep->add_option("--endpoint", s->endpoint, "http://HOST:PORT of an OpenAI-compatible server");
       sweep->add_option("--api-key", s->api_key, "Bearer token for --endpoint");
       sweep->add_option("--timeout", s->timeout, "Per-request timeout in seconds (endpoint)")->capture_default_str();
@@ -401,6 +404,7 @@ const RegisterCommand bench_command(
       step->add_option("--speculative-config", st->options.speculative_config, "Drafter, vLLM-style JSON with \"model\"");
       step->add_option("--load-format", st->load_format, "safetensors, or dummy (random weights for the config)");
       step->add_option("--device", st->options.device, kDeviceHelp);
+      step->add_flag("--enforce-eager", st->options.enforce_eager, kEagerHelp);
       step->add_option("--kv-cache-dtype", st->options.kv_dtype, "auto (bf16 on GPUs, f32 on CPU), bf16 or f32");
       step->add_option("--threads", st->options.threads, "CPU threads (0: all cores)");
       step->add_option("--tokens", st->tokens, "Query tokens per sequence, comma-separated")->capture_default_str();

@@ -23,10 +23,11 @@ struct GenerateOptions {
   int64_t seed = -1;
   int threads = 0;
   std::string device = "auto";
+  bool enforce_eager = false;
 };
 
 void run_generate(const GenerateOptions& o) {
-  auto backend = make_logged_backend(o.device, o.threads);
+  auto backend = make_logged_backend(o.device, o.threads, o.enforce_eager);
   const std::string model_dir = o.model.empty() ? bundled_model_dir() : o.model;
   auto target = Gemma4Model::load(model_dir, *backend, parse_load_format(o.load_format));
   std::optional<Tokenizer> tokenizer;
@@ -115,6 +116,7 @@ const RegisterCommand generate_command("generate", "Generate from a prompt (gree
   app.add_option("--min-p", o->min_p)->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", o->seed, "Sampling seed");
   app.add_option("--device", o->device, kDeviceHelp);
+  app.add_flag("--enforce-eager", o->enforce_eager, kEagerHelp);
   app.add_option("--threads", o->threads, "CPU threads (0: all cores)");
   app.callback([o] { run_generate(*o); });
 });

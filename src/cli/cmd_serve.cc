@@ -54,6 +54,7 @@ struct ServeOptions {
   std::string api_key;
   int threads = 0;
   std::string device = "auto";
+  bool enforce_eager = false;
   std::string kv_cache_memory;
   double kv_cache_gb = 0;
   std::string tokenizer;
@@ -295,7 +296,7 @@ void run_serve(ServeOptions o) {
   if (!o.tool_call_parser.empty()) need_tokens("--tool-call-parser", o.tool_call_parser, {"<|tool_call>", "<tool_call|>", "<|\"|>"});
   if (!o.reasoning_parser.empty()) need_tokens("--reasoning-parser", o.reasoning_parser, {"<|channel>", "<channel|>"});
 
-  auto backend = make_logged_backend(o.device, o.threads);
+  auto backend = make_logged_backend(o.device, o.threads, o.enforce_eager);
   const bool gpu = !backend->is_host();
   size_t gpu_free = 0, gpu_total = 0;
   backend->memory_info(&gpu_free, &gpu_total);
@@ -445,6 +446,7 @@ const RegisterCommand serve_command(
       app.add_option("--allowed-headers", o->allowed_headers, "CORS: JSON list of allowed headers (default [\"*\"])");
       app.add_flag("--allow-credentials", o->allow_credentials, "CORS: allow credentials");
       app.add_option("--device", o->device, kDeviceHelp);
+      app.add_flag("--enforce-eager", o->enforce_eager, kEagerHelp);
       app.add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
       app.add_option("--kv-cache-memory", o->kv_cache_memory, "KV cache size in bytes (suffixes KiB/MiB/GiB allowed)");
       app.add_option("--kv-cache-gb", o->kv_cache_gb, "KV cache size in GiB")->check(CLI::PositiveNumber);

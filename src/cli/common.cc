@@ -91,8 +91,9 @@ int64_t mem_available_bytes() {
   return 0;
 }
 
-std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads) {
+std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads, bool enforce_eager) {
   auto be = make_backend(device, threads);
+  be->set_recording(!enforce_eager);
   log::info("backend: {}", be->name());
   return be;
 }

@@ -51,7 +51,8 @@ int64_t parse_bytes(const std::string& flag, const std::string& text);
 int64_t mem_available_bytes();
 
 // The backend for --device (cpu, cuda, cuda:N, auto) with `threads` CPU threads (0: all cores), logged.
-std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads);
+std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads, bool enforce_eager = false);
 inline constexpr const char* kDeviceHelp = "cpu, cuda, cuda:N or auto (cuda when a GPU is present)";
+inline constexpr const char* kEagerHelp = "Issue every op of every step instead of replaying recorded CUDA graphs";
 
 }  // namespace tandem::cli

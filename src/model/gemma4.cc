@@ -125,15 +125,30 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
     slots[t] = kv.slot(*batch.tables[t], batch.positions[t]);
   }
   std::ranges::copy(batch.output_rows, inputs_.add<int32_t>(&output_rows_, DType::I32, {R}).begin());
-  const int64_t L = c.n_layers, P = c.ple_dim;
-  if (P) {
+  if (c.ple_dim) {
     std::span<int32_t> ple_ids = inputs_.add<int32_t>(&ple_ids_, DType::I32, {T});
     for (int64_t t = 0; t < T; ++t) ple_ids[t] = batch.tokens[t] < c.ple_vocab ? batch.tokens[t] : c.pad_id;
   }
   inputs_.upload();
   rows_sliding_.block_tables = rows_full_.block_tables;
+  rows_sliding_.max_keys = c.sliding_window;
+  kv_ = &kv;
 
-  TensorView& x = x_.resize(DType::F32, {T, H});
+  // Everything below depends on the host only through these shapes, so a step of a shape seen before
+  // replays as one recorded sequence (a CUDA graph) instead of ~30 launches per layer.
+  ForwardOutput out;
+  if (R > 0) out.hidden = hidden_.resize(DType::F32, {R, H});
+  if (R > 0 && want_logits) out.logits = logits_.resize(DType::F32, {R, c.vocab_size});
+  const std::vector<int64_t> shape{T, R, want_logits, rows_full_.block_tables.dim(0), rows_full_.block_tables.dim(1),
+                                   reinterpret_cast<intptr_t>(kv.layer(0).k)};
+  recordings_.run(be_, shape, T, /*record=*/!routing_record_, [&] { issue_layers(T, out); });
+  return out;
+}
+
+void Gemma4Model::issue_layers(int64_t T, const ForwardOutput& out) {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden, L = c.n_layers, P = c.ple_dim;
+  TensorView& x = x_.resize(DType::F32, {T, H});  // [T, H] residual stream
   embed(tokens_, x);
 
   // Per-layer embeddings: p [T, L, P] = (RMS(x·W_projᵀ · H^-½) + E_ple[id] · √P) · 2^-½.
@@ -157,7 +172,7 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
     in.positions = &positions_;
     in.rows = full ? &rows_full_ : &rows_sliding_;
     in.kv_slots = &slots_;
-    in.kv = &kv.layer(i);
+    in.kv = &kv_->layer(i);
     in.inv_freq = full ? &inv_freq_full_.view() : &inv_freq_sliding_.view();
     if (P) {  // layer i's slice of p: rows of [T, P] with a stride of L·P
       ple_view = TensorView(DType::F32, ple_inputs_.view().as<float>() + i * P, {T, P});
@@ -171,16 +186,11 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
     }
   }
 
-  ForwardOutput out;
-  if (R == 0) return out;
-  out.hidden = hidden_.resize(DType::F32, {R, H});
-  be_.gather_rows(x, output_rows_, out.hidden);
-  be_.rms_norm(out.hidden, &final_norm_, static_cast<float>(c.rms_eps), out.hidden);
-  if (want_logits) {
-    out.logits = logits_.resize(DType::F32, {R, c.vocab_size});
-    lm_head(out.hidden, out.logits);
-  }
-  return out;
+  if (!out.hidden.data) return;
+  TensorView hidden = out.hidden, logits = out.logits;
+  be_.gather_rows(x, output_rows_, hidden);  // [R, H]
+  be_.rms_norm(hidden, &final_norm_, static_cast<float>(c.rms_eps), hidden);
+  if (logits.data) lm_head(hidden, logits);  // [R, V]
 }
 
 }  // namespace tandem

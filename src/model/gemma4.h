@@ -8,6 +8,7 @@
 
 #include "backend/backend.h"
 #include "backend/staged_inputs.h"
+#include "backend/step_recordings.h"
 #include "model/config.h"
 #include "model/gemma4_layer.h"
 #include "model/kv_cache.h"
@@ -75,6 +76,8 @@ class Gemma4Model {
       : config_(c), be_(be), inputs_(be), x_(be), hidden_(be), logits_(be), ple_tokens_(be), ple_inputs_(be),
         scratch_(be), inv_freq_sliding_(be), inv_freq_full_(be) {}
   void count_parameters();
+  // The recorded part of run(): embedding, layers, final norm and head of the staged step.
+  void issue_layers(int64_t T, const ForwardOutput& out);
 
   ModelConfig config_;
   Backend& be_;
@@ -95,6 +98,8 @@ class Gemma4Model {
   Tensor x_, hidden_, logits_, ple_tokens_, ple_inputs_;
   Gemma4Scratch scratch_;
   Tensor inv_freq_sliding_, inv_freq_full_;
+  KvCache* kv_ = nullptr;  // the staged step's cache
+  StepRecordings recordings_;
 };
 
 }  // namespace tandem

@@ -117,6 +117,27 @@ void Gemma4Assistant::begin_round(std::span<const AssistantRow> rows, const KvCa
   }
   inputs_.upload();
   rows_sliding_.block_tables = rows_full_.block_tables;
+  rows_sliding_.max_keys = window;
+}
+
+void Gemma4Assistant::draft(const TensorView& tokens, TensorView& state, TensorView& spare, TensorView& drafts) {
+  const int64_t k = drafts.rows(), R = drafts.cols();
+  TANDEM_CHECK(tokens.numel() == R && state.rows() == R && spare.rows() == R && target_kv_);
+  // Every input of the k steps is in backend memory at an address that is stable for this shape.
+  const std::vector<int64_t> shape{R, k, rows_full_.block_tables.dim(0), rows_full_.block_tables.dim(1),
+                                   reinterpret_cast<intptr_t>(target_kv_), reinterpret_cast<intptr_t>(tokens.data),
+                                   reinterpret_cast<intptr_t>(state.data), reinterpret_cast<intptr_t>(spare.data),
+                                   reinterpret_cast<intptr_t>(drafts.data)};
+  recordings_.run(target_.backend(), shape, R, /*record=*/true, [&] {
+    TensorView step_tokens = tokens;
+    TensorView *in = &state, *out = &spare;
+    for (int64_t j = 0; j < k; ++j) {
+      TensorView row_drafts(DType::I32, drafts.as<int32_t>() + j * R, {R});
+      step(step_tokens, *in, *out, row_drafts);
+      step_tokens = row_drafts;  // step j+1 feeds each row its own draft and projected state
+      std::swap(in, out);
+    }
+  });
 }
 
 void Gemma4Assistant::step(const TensorView& tokens, const TensorView& hidden, TensorView& next_hidden,

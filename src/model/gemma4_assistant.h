@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/step_recordings.h"
 #include "model/config.h"
 #include "model/gemma4.h"
 #include "model/gemma4_layer.h"
@@ -53,6 +54,10 @@ class Gemma4Assistant {
   // host (centroid head: masked entries hold the row's min - 1, as transformers).
   void step(const TensorView& tokens, const TensorView& hidden, TensorView& next_hidden, TensorView& drafts,
             HostTensor* logits = nullptr);
+  // The round's k = drafts.rows() steps: step j reads the drafts and states of step j-1 (step 0: tokens
+  // [R] and state [R, B]); writes drafts [k, R]. `state` and `spare` [R, B] are overwritten. A round of
+  // a shape seen before replays as one recorded sequence of ops (a CUDA graph).
+  void draft(const TensorView& tokens, TensorView& state, TensorView& spare, TensorView& drafts);
 
   // Weight bytes one draft step reads: its layers, projections, final norm and head (dense: the whole
   // tied table; centroid head: the centroids and the top-k clusters' rows).
@@ -85,6 +90,7 @@ class Gemma4Assistant {
   AttentionRows rows_sliding_, rows_full_;
   Tensor input_, x_, normed_, head_logits_, cluster_scores_, clusters_, candidates_, gathered_;
   Gemma4Scratch scratch_;
+  StepRecordings recordings_;
 };
 
 }  // namespace tandem

@@ -1,6 +1,7 @@
 #include "model/step_inputs.h"
 
 #include <algorithm>
+#include <bit>
 #include <unordered_map>
 
 namespace tandem {
@@ -19,7 +20,10 @@ std::vector<int32_t> stage_block_tables(StagedInputs& in, std::span<const std::v
     }
     row_table[r] = it->second;
   }
-  const int64_t S = std::max<int64_t>(1, static_cast<int64_t>(tables.size())), M = static_cast<int64_t>(max_blocks);
+  // The width is rounded up to a power of two so that a growing context changes the step's shape (and
+  // needs a new recorded step) only at every doubling.
+  const int64_t S = std::max<int64_t>(1, static_cast<int64_t>(tables.size())),
+                M = static_cast<int64_t>(std::bit_ceil(max_blocks));
   std::span<int32_t> flat = in.add<int32_t>(view, DType::I32, {S, M});
   std::fill(flat.begin(), flat.end(), -1);  // past a table's end: never inside a row's key range
   for (size_t s = 0; s < tables.size(); ++s) std::copy(tables[s]->begin(), tables[s]->end(), flat.begin() + s * M);

@@ -9,7 +9,8 @@
 
 namespace tandem {
 
-// Stages the distinct tables among row_tables into *view and returns, per row, its table's index.
+// Stages the distinct tables among row_tables into *view ([S, bit_ceil(longest)], padded with -1) and
+// returns, per row, its table's index.
 std::vector<int32_t> stage_block_tables(StagedInputs& in, std::span<const std::vector<int32_t>* const> row_tables,
                                         TensorView* view);
 

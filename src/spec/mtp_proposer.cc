@@ -33,20 +33,14 @@ void MtpProposer::propose(std::span<DraftRequest> requests, const KvCache& targe
   std::vector<int32_t> bonus(R);
   for (int64_t a = 0; a < R; ++a) bonus[a] = active[a]->tokens->back();
   upload_to(be, bonus.data(), tokens_.resize(DType::I32, {R}));
-  TensorView* state = &hidden_a_.resize(DType::F32, {R, B});
+  TensorView& state = hidden_a_.resize(DType::F32, {R, B});
   for (int64_t a = 0; a < R; ++a) {
-    TensorView row = state->row_slice(a, a + 1);
+    TensorView row = state.row_slice(a, a + 1);
     be.copy(active[a]->target_hidden, row);
   }
-  TensorView* next = &hidden_b_.resize(DType::F32, {R, B});
+  TensorView& spare = hidden_b_.resize(DType::F32, {R, B});
   TensorView& drafts = drafts_.resize(DType::I32, {k_max, R});
-  TensorView step_tokens = tokens_.view();
-  for (int j = 0; j < k_max; ++j) {
-    TensorView out(DType::I32, drafts.as<int32_t>() + j * R, {R});
-    assistant_->step(step_tokens, *state, *next, out);
-    step_tokens = out;  // step j+1 feeds each row its own draft and projected state
-    std::swap(state, next);
-  }
+  assistant_->draft(tokens_.view(), state, spare, drafts);
   const HostTensor host = to_host(be, drafts);
   for (int64_t a = 0; a < R; ++a) {
     DraftRequest& r = *active[a];

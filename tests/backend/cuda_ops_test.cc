@@ -195,6 +195,72 @@ TEST(CudaOps, BasicsNameMemoryAndSyncCounting) {
   }
 }
 
+// --- Recorded steps (CUDA graphs) ---------------------------------------------------------------
+
+// A recorded step runs directly once, is captured the next time, then replays without calling its
+// issue function, reading new inputs each time; an allocation makes it run directly and record again.
+TEST(CudaOps, RecordedStepsReplayNewInputsAndReRecordAfterAlloc) {
+  REQUIRE_CUDA();
+  Backends b;
+  Backend& be = *b.gpu;
+  Tensor x(be), y(be);
+  TensorView& xv = x.resize(DType::F32, {3, 100});
+  TensorView& yv = y.resize(DType::F32, {3, 100});
+  std::unique_ptr<Recording> rec;
+  int issued = 0;
+  auto issue = [&] {
+    ++issued;
+    be.add(xv, xv, yv);
+    be.scale(yv, 3.0f);  // y = 6x
+  };
+  std::vector<float> in(300), out(300);
+  auto step = [&](int round) {
+    for (int i = 0; i < 300; ++i) in[i] = static_cast<float>(i * (round + 1) % 17) - 8.0f;
+    upload_to(be, in.data(), xv);
+    be.run_recorded(rec, issue);
+    be.download(out.data(), yv.data, out.size() * sizeof(float));
+    for (int i = 0; i < 300; ++i) ASSERT_EQ(out[i], 6.0f * in[i]) << "round " << round << " element " << i;
+  };
+  const int expected_issued[] = {1, 2, 2, 2, 3, 4, 4};
+  for (int round = 0; round < 7; ++round) {
+    if (round == 4) {
+      Buffer moved(be, 1024);  // an alloc + free: buffers may have moved
+    }
+    step(round);
+    EXPECT_EQ(issued, expected_issued[round]) << "round " << round;
+  }
+  be.set_recording(false);
+  step(7);
+  EXPECT_EQ(issued, 5);
+}
+
+// A step that waits for the host cannot be recorded: a clear error, and the backend stays usable.
+TEST(CudaOps, RecordedStepMayNotWaitForTheHost) {
+  REQUIRE_CUDA();
+  Backends b;
+  Backend& be = *b.gpu;
+  Tensor x(be);
+  TensorView& xv = x.resize(DType::F32, {1, 8});
+  std::vector<float> host(8, 1.0f);
+  upload_to(be, host.data(), xv);
+  std::unique_ptr<Recording> rec;
+  auto issue = [&] {
+    be.scale(xv, 2.0f);
+    be.download(host.data(), xv.data, sizeof(float) * 8);
+  };
+  be.run_recorded(rec, issue);  // the direct run may wait
+  EXPECT_EQ(host[0], 2.0f);
+  try {
+    be.run_recorded(rec, issue);
+    FAIL() << "a download inside a recording was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("inside a recorded step"), std::string::npos) << e.what();
+  }
+  be.scale(xv, 2.0f);
+  be.download(host.data(), xv.data, sizeof(float) * 8);
+  EXPECT_EQ(host[0], 4.0f);  // the failed capture executed nothing
+}
+
 // --- Matmul -------------------------------------------------------------------------------------
 
 TEST(CudaOps, MatmulAllDtypesAndShapes) {

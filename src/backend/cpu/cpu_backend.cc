@@ -388,6 +388,9 @@ class CpuBackend final : public Backend {
       Row& row = row_list[t];
       row = {nullptr, ranges[3 * t + 1], ranges[3 * t + 2]};
       if (row.kv_begin < 0 || row.kv_end < row.kv_begin) fail("attention: bad key range [{}, {})", row.kv_begin, row.kv_end);
+      if (rows.max_keys > 0 && row.kv_end - row.kv_begin > rows.max_keys)
+        fail("attention: key range [{}, {}) is longer than the step's bound of {} keys", row.kv_begin, row.kv_end,
+             rows.max_keys);
       if (row.kv_end == row.kv_begin) continue;
       if (seq < 0 || seq >= S) fail("attention: row {} names block table {} of {}", t, seq, S);
       if ((row.kv_end - 1) / bs >= max_blocks)

@@ -11,6 +11,7 @@
 // the row's own key range, never on T or the other rows (batch invariance), and the f32 expf keeps
 // it within rounding of the CPU's two-pass softmax. Device-side inputs are never trusted: a bad
 // table index or key range gives a zero row, a block-table entry outside the cache skips its keys.
+#include <algorithm>
 #include <cmath>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -23,7 +24,12 @@ namespace {
 
 constexpr int kAttnWarps = 16;
 constexpr int kKeysPerGroup = 4;
+constexpr int kChunkKeys = kAttnWarps * kKeysPerGroup;  // 64: one group of 4 keys per warp
 constexpr int kMaxHeadDim = 512;
+// Split path while a launch has fewer (row, head) pairs than this per SM (2 CTAs of 512 threads fit
+// one SM), and its chunk states fit this workspace.
+constexpr int64_t kSplitRowsPerSm = 2;
+constexpr size_t kMaxChunkStateBytes = size_t(256) << 20;
 
 template <int KVT>  // 0: F32, 1: BF16
 __global__ void kv_write_kernel(HeadView k, HeadView v, const int64_t* __restrict__ slots, void* kc, void* vc,
@@ -103,107 +109,239 @@ struct AttnArgs {
   const int32_t* tables;
   int64_t tables_ld, n_tables, max_blocks;
   int64_t n_heads, n_kv, group, num_blocks, bs;
+  int64_t max_chunks;  // chunks per row the launch covers (split path: gridDim.y)
   float scale;
+  float* chunks;  // split path: per (row, head, chunk) state [m, l, acc[D]]
 };
 
-template <int EPL, int KVT>
-__global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttnArgs a) {
-  constexpr int D = 32 * EPL;
-  constexpr int KG = kKeysPerGroup;
-  __shared__ float s_acc[kAttnWarps][D];
-  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, kvh = h / a.group;
+// The row's usable key range: [kv_begin, kv_begin + len) of block-table row `table`.
+struct RowRange {
+  int64_t kv_begin, len;
+  const int32_t* bt;
+};
 
+__device__ __forceinline__ RowRange row_range(const AttnArgs& a, int64_t t) {
   const int32_t* rr = a.ranges + t * a.ranges_ld;
   const int32_t table = rr[0];
   const int64_t kv_begin = rr[1];
   int64_t kv_end = rr[2];
   if (kv_end > a.max_blocks * a.bs) kv_end = a.max_blocks * a.bs;  // keys past the table's end do not exist
+  if (kv_end > kv_begin + a.max_chunks * kChunkKeys) kv_end = kv_begin + a.max_chunks * kChunkKeys;
   const bool ok = table >= 0 && table < a.n_tables && kv_begin >= 0 && kv_end > kv_begin;
-  const int64_t len = ok ? kv_end - kv_begin : 0;
-  const int32_t* bt = a.tables + (ok ? table : 0) * a.tables_ld;
+  return {kv_begin, ok ? kv_end - kv_begin : 0, a.tables + (ok ? table : 0) * a.tables_ld};
+}
 
-  float q[EPL], acc[EPL];
-  const float* qp = a.q.head(t, h, D) + lane * EPL;
-#pragma unroll
-  for (int i = 0; i < EPL; ++i) q[i] = qp[i], acc[i] = 0.0f;
-  float m = -INFINITY, l = 0.0f;
+__device__ __forceinline__ int64_t chunks_of(int64_t len) { return (len + kChunkKeys - 1) / kChunkKeys; }
+
+// Folds the state (mc, lc, ac) of the next chunk into the running state (m, l, acc): the one
+// combination step of the canonical order, shared by both paths so that they agree bit for bit.
+__device__ __forceinline__ void fold(float& m, float& l, float& acc, float mc, float lc, float ac) {
+  const float mn = fmaxf(m, mc);
+  const float fa = m == -INFINITY ? 0.0f : expf(m - mn), fc = mc == -INFINITY ? 0.0f : expf(mc - mn);
+  acc = fmaf(ac, fc, acc * fa);
+  l = fmaf(lc, fc, l * fa);
+  m = mn;
+}
+
+// Shared memory of one CTA: each warp's state for its 4 keys, then the chunk's merged state.
+template <int D>
+struct ChunkSmem {
+  float acc[kAttnWarps][D];
+  float m[kAttnWarps], l[kAttnWarps];
+};
+
+// The state of chunk c of the row (keys [c·64, c·64 + 64) of its range): warp w scores keys
+// 4w..4w+3 of the chunk (4 independent butterfly sums in flight), takes their softmax state
+// (max, sum, Σ p·v), and the 16 warp states are merged in warp order. On return (after a barrier)
+// the chunk's max is *mc, its sum *lc, and thread i's share of Σ p·v is in ac[i] for elements
+// i = threadIdx.x + j·blockDim.x.
+template <int EPL, int KVT>
+__device__ __forceinline__ void chunk_state(const AttnArgs& a, const RowRange& r, int64_t c, int64_t kvh,
+                                            const float (&q)[EPL], ChunkSmem<32 * EPL>& sm, float& mc, float& lc,
+                                            float (&ac)[(32 * EPL + kAttnWarps * 32 - 1) / (kAttnWarps * 32)]) {
+  constexpr int D = 32 * EPL;
+  constexpr int KG = kKeysPerGroup;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t head_off = kvh * D + lane * EPL;
-
-  for (int64_t g0 = static_cast<int64_t>(warp) * KG; g0 < len; g0 += kAttnWarps * KG) {
-    int64_t row[KG];  // element offset of the key's (slot, kv head) row part, or -1
-    float s[KG];
+  int64_t row[KG];  // element offset of the key's (slot, kv head) row part, or -1
+  float s[KG];
 #pragma unroll
-    for (int u = 0; u < KG; ++u) {
-      row[u] = -1;
-      const int64_t j = g0 + u;
-      if (j < len) {
-        const int64_t pos = kv_begin + j;
-        const int32_t blk = bt[pos / a.bs];
-        if (blk >= 0 && blk < a.num_blocks) row[u] = ((blk * a.bs + pos % a.bs) * a.n_kv) * D + head_off;
-      }
-      float part = 0.0f;
-      if (row[u] >= 0) {
-        float kf[EPL];
-        load_part<EPL, KVT>(a.k, row[u], kf);
-#pragma unroll
-        for (int i = 0; i < EPL; ++i) part = fmaf(q[i], kf[i], part);
-      }
-      s[u] = part;
+  for (int u = 0; u < KG; ++u) {
+    row[u] = -1;
+    const int64_t j = c * kChunkKeys + warp * KG + u;
+    if (j < r.len) {
+      const int64_t pos = r.kv_begin + j;
+      const int32_t blk = r.bt[pos / a.bs];
+      if (blk >= 0 && blk < a.num_blocks) row[u] = ((blk * a.bs + pos % a.bs) * a.n_kv) * D + head_off;
     }
+    float part = 0.0f;
+    if (row[u] >= 0) {
+      float kf[EPL];
+      load_part<EPL, KVT>(a.k, row[u], kf);
 #pragma unroll
-    for (int u = 0; u < KG; ++u) s[u] = row[u] >= 0 ? warp_sum(s[u]) * a.scale : -INFINITY;
-    float m_new = m;
-#pragma unroll
-    for (int u = 0; u < KG; ++u) m_new = fmaxf(m_new, s[u]);
-    if (m_new == -INFINITY) continue;  // no valid key yet
-    const float corr = expf(m - m_new);
-    l *= corr;
-#pragma unroll
-    for (int i = 0; i < EPL; ++i) acc[i] *= corr;
-#pragma unroll
-    for (int u = 0; u < KG; ++u) {
-      if (row[u] < 0) continue;
-      const float p = expf(s[u] - m_new);
-      l += p;
-      float vf[EPL];
-      load_part<EPL, KVT>(a.v, row[u], vf);
-#pragma unroll
-      for (int i = 0; i < EPL; ++i) acc[i] = fmaf(p, vf[i], acc[i]);
+      for (int i = 0; i < EPL; ++i) part = fmaf(q[i], kf[i], part);
     }
-    m = m_new;
+    s[u] = part;
   }
-
-  if (lane == 0) s_m[warp] = m, s_l[warp] = l;
+  float m = -INFINITY;
 #pragma unroll
-  for (int i = 0; i < EPL; ++i) s_acc[warp][lane * EPL + i] = acc[i];
+  for (int u = 0; u < KG; ++u) {
+    s[u] = row[u] >= 0 ? warp_sum(s[u]) * a.scale : -INFINITY;
+    m = fmaxf(m, s[u]);
+  }
+  float l = 0.0f, acc[EPL];
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) acc[i] = 0.0f;
+#pragma unroll
+  for (int u = 0; u < KG; ++u) {
+    if (row[u] < 0) continue;
+    const float p = expf(s[u] - m);
+    l += p;
+    float vf[EPL];
+    load_part<EPL, KVT>(a.v, row[u], vf);
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) acc[i] = fmaf(p, vf[i], acc[i]);
+  }
+  __syncthreads();  // the previous chunk's readers are done with sm
+  if (lane == 0) sm.m[warp] = m, sm.l[warp] = l;
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) sm.acc[warp][lane * EPL + i] = acc[i];
   __syncthreads();
   float M = -INFINITY;
 #pragma unroll
-  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, s_m[w]);
+  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm.m[w]);
   float f[kAttnWarps], L = 0.0f;
 #pragma unroll
   for (int w = 0; w < kAttnWarps; ++w) {
-    f[w] = s_m[w] == -INFINITY ? 0.0f : expf(s_m[w] - M);
-    L = fmaf(s_l[w], f[w], L);
+    f[w] = sm.m[w] == -INFINITY ? 0.0f : expf(sm.m[w] - M);
+    L = fmaf(sm.l[w], f[w], L);
   }
-  float* op = a.out.head(t, h, D);
-  for (int i = threadIdx.x; i < D; i += blockDim.x) {
-    float o = 0.0f;
-    if (M != -INFINITY) {
+  mc = M, lc = L;
+  constexpr int PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
 #pragma unroll
-      for (int w = 0; w < kAttnWarps; ++w) o = fmaf(s_acc[w][i], f[w], o);
-      o = o / L;
+  for (int j = 0; j < PER; ++j) {
+    const int i = threadIdx.x + j * kAttnWarps * 32;
+    float o = 0.0f;
+    if (i < D) {
+#pragma unroll
+      for (int w = 0; w < kAttnWarps; ++w) o = fmaf(sm.acc[w][i], f[w], o);
     }
-    op[i] = o;
+    ac[j] = o;
   }
 }
 
 template <int EPL>
-void launch_attention(const AttnArgs& a, bool bf16, int64_t blocks, cudaStream_t stream) {
-  if (bf16) attention_kernel<EPL, 1><<<static_cast<unsigned>(blocks), kAttnWarps * 32, 0, stream>>>(a);
-  else attention_kernel<EPL, 0><<<static_cast<unsigned>(blocks), kAttnWarps * 32, 0, stream>>>(a);
+__device__ __forceinline__ void load_q(const AttnArgs& a, int64_t t, int64_t h, float (&q)[EPL]) {
+  const float* qp = a.q.head(t, h, 32 * EPL) + (threadIdx.x % 32) * EPL;
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) q[i] = qp[i];
+}
+
+// Writes the row's output acc / l (zeros for a row with no keys).
+template <int D, int PER>
+__device__ __forceinline__ void write_out(const AttnArgs& a, int64_t t, int64_t h, float l, const float (&acc)[PER]) {
+  float* op = a.out.head(t, h, D);
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int i = threadIdx.x + j * kAttnWarps * 32;
+    if (i < D) op[i] = l > 0.0f ? acc[j] / l : 0.0f;
+  }
+}
+
+// Whole-row path: one CTA per (row, head) folds its chunks in order.
+template <int EPL, int KVT>
+__global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttnArgs a) {
+  constexpr int D = 32 * EPL, PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
+  __shared__ ChunkSmem<D> sm;
+  const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads;
+  const RowRange r = row_range(a, t);
+  float q[EPL];
+  load_q(a, t, h, q);
+  float m = -INFINITY, l = 0.0f, acc[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) acc[j] = 0.0f;
+  for (int64_t c = 0; c < chunks_of(r.len); ++c) {
+    float mc, lc, ac[PER];
+    chunk_state<EPL, KVT>(a, r, c, h / a.group, q, sm, mc, lc, ac);
+    float mm = m, ll = l;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) mm = m, ll = l, fold(mm, ll, acc[j], mc, lc, ac[j]);
+    m = mm, l = ll;
+  }
+  write_out<D, PER>(a, t, h, l, acc);
+}
+
+// Split path, step 1: one CTA per (row, head, chunk) (flash-decoding: a decode step has only
+// n_heads rows of work per layer). A row of one chunk writes its output; longer rows leave their
+// chunk states for attention_combine_kernel.
+template <int EPL, int KVT>
+__global__ void __launch_bounds__(kAttnWarps * 32) attention_chunk_kernel(AttnArgs a) {
+  constexpr int D = 32 * EPL, PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
+  __shared__ ChunkSmem<D> sm;
+  const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, c = blockIdx.y;
+  const RowRange r = row_range(a, t);
+  const int64_t n = chunks_of(r.len);
+  if (c >= (n > 0 ? n : 1)) return;
+  float q[EPL];
+  load_q(a, t, h, q);
+  float mc = -INFINITY, lc = 0.0f, ac[PER];
+  if (n > 0) chunk_state<EPL, KVT>(a, r, c, h / a.group, q, sm, mc, lc, ac);
+  if (n <= 1) {  // the whole row: fold into the empty state, as the whole-row path does
+    float m = -INFINITY, l = 0.0f, acc[PER];
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      acc[j] = 0.0f, m = -INFINITY, l = 0.0f;
+      if (n > 0) fold(m, l, acc[j], mc, lc, ac[j]);
+    }
+    write_out<D, PER>(a, t, h, l, acc);
+    return;
+  }
+  float* st = a.chunks + ((t * a.n_heads + h) * a.max_chunks + c) * (D + 2);
+  if (threadIdx.x == 0) st[0] = mc, st[1] = lc;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int i = threadIdx.x + j * kAttnWarps * 32;
+    if (i < D) st[2 + i] = ac[j];
+  }
+}
+
+// Split path, step 2: folds a row's chunk states in chunk order (rows of more than one chunk).
+template <int D>
+__global__ void __launch_bounds__(kAttnWarps * 32) attention_combine_kernel(AttnArgs a) {
+  constexpr int PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
+  const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads;
+  const int64_t n = chunks_of(row_range(a, t).len);
+  if (n <= 1) return;
+  const float* st = a.chunks + (t * a.n_heads + h) * a.max_chunks * (D + 2);
+  float m = -INFINITY, l = 0.0f, acc[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) acc[j] = 0.0f;
+  for (int64_t c = 0; c < n; ++c, st += D + 2) {
+    const float mc = st[0], lc = st[1];
+    float mm = m, ll = l;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int i = threadIdx.x + j * kAttnWarps * 32;
+      mm = m, ll = l;
+      fold(mm, ll, acc[j], mc, lc, i < D ? st[2 + i] : 0.0f);
+    }
+    m = mm, l = ll;
+  }
+  write_out<D, PER>(a, t, h, l, acc);
+}
+
+template <int EPL>
+void launch_attention(const AttnArgs& a, bool bf16, int64_t rows, bool split, cudaStream_t stream) {
+  constexpr int threads = kAttnWarps * 32;
+  if (!split) {
+    if (bf16) attention_kernel<EPL, 1><<<static_cast<unsigned>(rows), threads, 0, stream>>>(a);
+    else attention_kernel<EPL, 0><<<static_cast<unsigned>(rows), threads, 0, stream>>>(a);
+    return;
+  }
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(a.max_chunks));
+  if (bf16) attention_chunk_kernel<EPL, 1><<<grid, threads, 0, stream>>>(a);
+  else attention_chunk_kernel<EPL, 0><<<grid, threads, 0, stream>>>(a);
+  if (a.max_chunks > 1) attention_combine_kernel<32 * EPL><<<static_cast<unsigned>(rows), threads, 0, stream>>>(a);
 }
 
 void check_layer(const KvLayer& layer, const char* op) {
@@ -268,11 +406,24 @@ void CudaBackend::attention(const TensorView& q, const KvLayer& layer, const Att
   a.num_blocks = layer.num_blocks;
   a.bs = layer.block_size;
   a.scale = scale;
+  // A launch covers the chunks of the longest range the rows may have: the table's width, or the
+  // caller's bound (a sliding window).
+  const int64_t table_keys = a.max_blocks * a.bs,
+                max_keys = rows.max_keys > 0 ? std::min<int64_t>(rows.max_keys, table_keys) : table_keys;
+  a.max_chunks = std::max<int64_t>(1, (max_keys + kChunkKeys - 1) / kChunkKeys);
   const bool bf16 = layer.dtype == DType::BF16;
   const int64_t blocks = T * n_heads;
+  const size_t state_bytes = static_cast<size_t>(blocks * a.max_chunks * (d + 2)) * sizeof(float);
+  const bool split = blocks < kSplitRowsPerSm * sm_count_ && state_bytes <= kMaxChunkStateBytes &&
+                     a.max_chunks <= 65535;
+  a.chunks = nullptr;
+  if (split && a.max_chunks > 1) {
+    ensure(attn_chunks_, state_bytes);
+    a.chunks = static_cast<float*>(attn_chunks_.data());
+  }
   switch (d / 32) {
 #define TANDEM_ATTN_CASE(E) \
-  case E: launch_attention<E>(a, bf16, blocks, stream_); break;
+  case E: launch_attention<E>(a, bf16, blocks, split, stream_); break;
     TANDEM_ATTN_CASE(1) TANDEM_ATTN_CASE(2) TANDEM_ATTN_CASE(3) TANDEM_ATTN_CASE(4)
     TANDEM_ATTN_CASE(5) TANDEM_ATTN_CASE(6) TANDEM_ATTN_CASE(7) TANDEM_ATTN_CASE(8)
     TANDEM_ATTN_CASE(9) TANDEM_ATTN_CASE(10) TANDEM_ATTN_CASE(11) TANDEM_ATTN_CASE(12)

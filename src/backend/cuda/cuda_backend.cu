@@ -52,6 +52,7 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   TANDEM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   name_ = fmt::format("cuda:{} ({}, sm_{}{}, {} GiB)", device, prop.name, prop.major, prop.minor,
                       static_cast<unsigned long long>(prop.totalGlobalMem >> 30));
+  sm_count_ = prop.multiProcessorCount;
   TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 }
 
@@ -59,6 +60,7 @@ CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
   cudaStreamSynchronize(stream_);
   moe_offsets_.reset(), moe_sorted_.reset(), moe_pos_.reset(), moe_act_.reset(), moe_out_.reset();
+  attn_chunks_.reset();
   cudaStreamDestroy(stream_);
 }
 
@@ -77,6 +79,7 @@ void CudaBackend::ensure(Buffer& b, size_t bytes) {
 
 void* CudaBackend::alloc(size_t bytes) {
   use_device();
+  ++memory_epoch_;
   void* p = nullptr;
   const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
   if (e != cudaSuccess) {
@@ -92,17 +95,21 @@ void* CudaBackend::alloc(size_t bytes) {
 void CudaBackend::free(void* p) {
   if (!p) return;
   use_device();
+  if (capturing_) fail("free() while recording a CUDA graph (a step changed its buffers without a warm-up run)");
+  ++memory_epoch_;
   TANDEM_CUDA_CHECK(cudaFree(p));
 }
 
 void CudaBackend::upload(void* dst, const void* host_src, size_t bytes) {
   if (bytes == 0) return;
   use_device();
+  if (capturing_) fail("upload() inside a recorded step: a step's inputs are uploaded before it runs");
   TANDEM_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
 }
 
 void CudaBackend::download(void* host_dst, const void* src, size_t bytes) {
   use_device();
+  if (capturing_) fail("download() inside a recorded step: a recorded step may not wait for the host");
   if (bytes) TANDEM_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
   TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   ++host_syncs_;
@@ -110,8 +117,66 @@ void CudaBackend::download(void* host_dst, const void* src, size_t bytes) {
 
 void CudaBackend::synchronize() {
   use_device();
+  if (capturing_) fail("synchronize() inside a recorded step: a recorded step may not wait for the host");
   TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   ++host_syncs_;
+}
+
+namespace {
+
+// One captured step: its instantiated graph and the memory layout it was captured in.
+struct CudaRecording final : Recording {
+  cudaGraphExec_t exec = nullptr;
+  uint64_t epoch = ~0ull;  // memory epoch of the last direct run or capture
+  ~CudaRecording() override {
+    if (exec) cudaGraphExecDestroy(exec);
+  }
+};
+
+}  // namespace
+
+void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std::function<void()>& issue) {
+  if (!recording_on_ || capturing_) return issue();
+  use_device();
+  if (!recording) recording = std::make_unique<CudaRecording>();
+  auto& r = static_cast<CudaRecording&>(*recording);
+  if (r.exec && r.epoch == memory_epoch_) {
+    TANDEM_CUDA_CHECK(cudaGraphLaunch(r.exec, stream_));
+    return;
+  }
+  if (r.exec) TANDEM_CUDA_CHECK(cudaGraphExecDestroy(r.exec)), r.exec = nullptr;
+  if (r.epoch != memory_epoch_) {
+    // First run in this memory layout: issue directly, so any scratch the step needs grows now.
+    issue();
+    r.epoch = memory_epoch_;
+    return;
+  }
+  // Same layout as the last direct run: capture. Nothing is executed while capturing, so the graph is
+  // launched at the end (or, if capturing failed, the step is issued directly).
+  TANDEM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  capturing_ = true;
+  cudaGraph_t graph = nullptr;
+  try {
+    issue();
+  } catch (...) {
+    capturing_ = false;
+    cudaStreamEndCapture(stream_, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    throw;
+  }
+  capturing_ = false;
+  cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+  if (e == cudaSuccess) e = cudaGraphInstantiate(&r.exec, graph, 0);
+  if (graph) cudaGraphDestroy(graph);
+  if (e != cudaSuccess || r.epoch != memory_epoch_) {  // e.g. an allocation while capturing
+    cudaGetLastError();
+    if (r.exec) cudaGraphExecDestroy(r.exec), r.exec = nullptr;
+    r.epoch = memory_epoch_;
+    issue();
+    return;
+  }
+  TANDEM_CUDA_CHECK(cudaGraphLaunch(r.exec, stream_));
 }
 
 void CudaBackend::memory_info(size_t* free_bytes, size_t* total_bytes) const {

@@ -274,9 +274,40 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + tanhf(kAlpha * (x + 0.044715f * x * x * x)));
 }
 
-// Rows per M-tile of the matmul kernels and warps (= output columns) per CTA.
+// Rows per M-tile of the matmul kernels (at most) and warps (= output columns) per CTA.
 constexpr int kMatmulRows = 8;
 constexpr int kMatmulWarps = 8;
+
+// M-tile height for steps of at most `rows` rows per weight: the smallest of 1, 2, 4, 8 that holds
+// them. A decode step's tile of 1 keeps a warp's registers (and so the CTAs an SM holds, and the loads
+// in flight) far above an 8-row tile's; warp_dot's order makes every height give the same bits.
+inline int matmul_tile_rows(int64_t rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : kMatmulRows; }
+
+// Calls f.template operator()<WT, VEC, XVEC, MT>() for the runtime weight type, load paths and tile
+// height (the unaligned paths only with the full tile: they serve odd shapes, not the hot loop).
+template <typename F>
+void dispatch_matmul(int wt, bool vec, bool xvec, int mt, F&& f) {
+  auto paths = [&]<int WT>() {
+    if (vec && xvec) {
+      switch (mt) {
+        case 1: f.template operator()<WT, true, true, 1>(); break;
+        case 2: f.template operator()<WT, true, true, 2>(); break;
+        case 4: f.template operator()<WT, true, true, 4>(); break;
+        default: f.template operator()<WT, true, true, kMatmulRows>(); break;
+      }
+    } else if (vec) {
+      f.template operator()<WT, true, false, kMatmulRows>();
+    } else {
+      f.template operator()<WT, false, false, kMatmulRows>();
+    }
+  };
+  switch (wt) {
+    case kF32: paths.template operator()<kF32>(); break;
+    case kBF16: paths.template operator()<kBF16>(); break;
+    case kF16: paths.template operator()<kF16>(); break;
+    default: paths.template operator()<kF8>(); break;
+  }
+}
 
 }  // namespace cu
 
@@ -297,6 +328,8 @@ class CudaBackend final : public Backend {
   void synchronize() override;
   void memory_info(size_t* free_bytes, size_t* total_bytes) const override;
   uint64_t host_syncs() const override { return host_syncs_; }
+  void run_recorded(std::unique_ptr<Recording>& recording, const std::function<void()>& issue) override;
+  void set_recording(bool on) override { recording_on_ = on; }
 
   void copy(const TensorView& src, TensorView& dst) override;
   void gather_rows(const TensorView& src, const TensorView& ids, TensorView& dst) override;
@@ -337,9 +370,16 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   std::string name_;
   uint64_t host_syncs_ = 0;
+  // CUDA graphs: recordings are valid for one memory layout, which every alloc() / free() changes.
+  bool recording_on_ = true;
+  bool capturing_ = false;
+  uint64_t memory_epoch_ = 0;
   // moe_experts scratch: offsets [E+1], pairs sorted by expert [T·k], position of each pair in that
   // order [T·k], activations [T·k, I], expert outputs [T·k, H].
   Buffer moe_offsets_, moe_sorted_, moe_pos_, moe_act_, moe_out_;
+  // attention's split path: per (row, head, chunk) softmax states.
+  Buffer attn_chunks_;
+  int64_t sm_count_ = 0;
 };
 
 }  // namespace tandem

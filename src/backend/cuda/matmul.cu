@@ -1,9 +1,9 @@
 // matmul y[T,N] = x[T,K] · w[N,K]ᵀ on CUDA cores: f32 activations, weights in their stored dtype
 // (F32/BF16/F16/F8_E4M3) widened to f32 in registers, f32 FMA accumulation.
 //
-// Shape: each warp owns one output column n and loops over an M-tile of up to 8 rows of x, so each
-// weight byte is read once per M-tile; a CTA is 8 warps (8 columns), the grid is (N/8) × (T/8), which
-// at T = 1 is N/8 CTAs — enough to cover every SM for any real layer. Lanes stream the weight row
+// Shape: each warp owns one output column n and an M-tile of 1, 2, 4 or 8 rows of x (the smallest that
+// holds T, up to 8), so each weight byte is read once per M-tile; a CTA is 8 warps (8 columns), the
+// grid is (N/8) × (T/tile), which at T = 1 is N/8 CTAs — enough to cover every SM for any real layer. Lanes stream the weight row
 // with 16-byte loads, 8 chunks per lane in flight. This one kernel family serves every T: the reduction
 // order of an output element (see warp_dot in cuda_common.cuh) depends only on K and the weight
 // row, never on T or the other rows, which lossless speculative decoding under batching relies on.
@@ -16,40 +16,28 @@ using namespace cu;
 
 namespace {
 
-template <int WT, bool VEC, bool XVEC>
+template <int WT, bool VEC, bool XVEC, int MT>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
     matmul_kernel(const float* __restrict__ x, int64_t ldx, const void* __restrict__ w, float* __restrict__ y,
                   int64_t ldy, int64_t T, int64_t N, int64_t K) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp;
   if (n >= N) return;
-  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * kMatmulRows;
-  const int nrows = static_cast<int>(T - t0 < kMatmulRows ? T - t0 : kMatmulRows);
-  const float* xr[kMatmulRows];
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * MT;
+  const int nrows = static_cast<int>(T - t0 < MT ? T - t0 : MT);
+  const float* xr[MT];
 #pragma unroll
-  for (int m = 0; m < kMatmulRows; ++m) xr[m] = x + (t0 + (m < nrows ? m : 0)) * ldx;
-  float acc[kMatmulRows];
+  for (int m = 0; m < MT; ++m) xr[m] = x + (t0 + (m < nrows ? m : 0)) * ldx;
+  float acc[MT];
 #pragma unroll
-  for (int m = 0; m < kMatmulRows; ++m) acc[m] = 0.0f;
+  for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
   const void* wrow = static_cast<const char*>(w) + n * K * welem_bytes<WT>();
-  warp_dot<WT, VEC, XVEC, kMatmulRows>(wrow, K, xr, nrows, acc, lane);
+  warp_dot<WT, VEC, XVEC, MT>(wrow, K, xr, nrows, acc, lane);
 #pragma unroll
-  for (int m = 0; m < kMatmulRows; ++m) {
+  for (int m = 0; m < MT; ++m) {
     const float s = warp_sum(acc[m]);
     if (lane == m && m < nrows) y[(t0 + m) * ldy + n] = s;
   }
-}
-
-template <int WT>
-void launch(const float* x, int64_t ldx, const void* w, float* y, int64_t ldy, int64_t T, int64_t N, int64_t K,
-            bool vec, bool xvec, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((N + kMatmulWarps - 1) / kMatmulWarps),
-                  static_cast<unsigned>((T + kMatmulRows - 1) / kMatmulRows));
-  const int threads = kMatmulWarps * 32;
-  if (vec && xvec) matmul_kernel<WT, true, true><<<grid, threads, 0, stream>>>(x, ldx, w, y, ldy, T, N, K);
-  else if (vec) matmul_kernel<WT, true, false><<<grid, threads, 0, stream>>>(x, ldx, w, y, ldy, T, N, K);
-  else matmul_kernel<WT, false, false><<<grid, threads, 0, stream>>>(x, ldx, w, y, ldy, T, N, K);
-  TANDEM_CUDA_LAUNCHED("matmul_kernel");
 }
 
 }  // namespace
@@ -65,12 +53,12 @@ void CudaBackend::launch_matmul(const float* x, int64_t ldx, const void* w, DTyp
   const uint64_t walign = wt == kF8 ? 8 : 16;
   const bool vec = K % 8 == 0 && reinterpret_cast<uint64_t>(w) % walign == 0;
   const bool xvec = reinterpret_cast<uint64_t>(x) % 16 == 0 && ldx % 4 == 0;
-  switch (wt) {
-    case kF32: launch<kF32>(x, ldx, w, y, ldy, T, N, K, vec, xvec, stream_); break;
-    case kBF16: launch<kBF16>(x, ldx, w, y, ldy, T, N, K, vec, xvec, stream_); break;
-    case kF16: launch<kF16>(x, ldx, w, y, ldy, T, N, K, vec, xvec, stream_); break;
-    default: launch<kF8>(x, ldx, w, y, ldy, T, N, K, vec, xvec, stream_); break;
-  }
+  const int mt = matmul_tile_rows(T);
+  dispatch_matmul(wt, vec, xvec, mt, [&]<int WT, bool V, bool XV, int MT>() {
+    const dim3 grid(static_cast<unsigned>((N + kMatmulWarps - 1) / kMatmulWarps), static_cast<unsigned>((T + MT - 1) / MT));
+    matmul_kernel<WT, V, XV, MT><<<grid, kMatmulWarps * 32, 0, stream_>>>(x, ldx, w, y, ldy, T, N, K);
+  });
+  TANDEM_CUDA_LAUNCHED("matmul_kernel");
 }
 
 void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y) {

@@ -8,7 +8,7 @@
 //   1. group: one CTA sorts the T·k (row, slot) pairs by expert with a counting sort (a warp per
 //      expert counts and then places its pairs with ballots, in pair order: stable, deterministic);
 //   2. gate_up: grid (I/8 column tiles, E); a CTA takes one expert and 8 columns, warps loop over
-//      that expert's rows in M-tiles of 8 (experts with no rows exit at once), computing the gate
+//      that expert's rows in M-tiles of up to 8 (experts with no rows exit at once), computing the gate
 //      and up columns with the matmul's warp_dot and writing gelu_tanh(g)·u;
 //   3. down: the same shape over H columns of down[e], writing one output row per pair;
 //   4. combine: y[t] = Σ_j w[t,j]·out[pair(t,j)] in j order.
@@ -61,12 +61,13 @@ __global__ void __launch_bounds__(kRouteWarps * 32)
     top_sum += bp;
     prev_p = bp, prev_e = be;
   }
-  if (lane == 0) {
-    for (int j = 0; j < k; ++j) {
-      const int e = ids[t * ids_ld + j];
-      const float s = scale ? load_any(scale, scale_wt, e) : 1.0f;
-      wts[t * w_ld + j] = wts[t * w_ld + j] / top_sum * s;
-    }
+  // Renormalise and scale the k picks in parallel, one lane each (a serial loop would wait for two
+  // dependent loads per pick).
+  __syncwarp();
+  for (int j = lane; j < k; j += 32) {
+    const int e = ids[t * ids_ld + j];
+    const float s = scale ? load_any(scale, scale_wt, e) : 1.0f;
+    wts[t * w_ld + j] = wts[t * w_ld + j] / top_sum * s;
   }
 }
 
@@ -88,16 +89,26 @@ __global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld
     if (lane == 0) s_start[e] = count;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (warp == 0) {  // exclusive scan of the counts (and of the non-empty experts), 32 experts at a time
     int32_t off = 0, n_active = 0;
-    for (int e = 0; e < E; ++e) {
-      const int32_t c = s_start[e];
-      s_start[e] = off, offsets[e] = off;
-      off += c;
-      if (c > 0) active[n_active++] = e;
+    for (int e0 = 0; e0 < E; e0 += 32) {
+      const int e = e0 + lane;
+      const int32_t c = e < E ? s_start[e] : 0;
+      int32_t incl = c;
+#pragma unroll
+      for (int o = 1; o < 32; o *= 2) {
+        const int32_t n = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+        if (lane >= o) incl += n;
+      }
+      const uint32_t nonempty = __ballot_sync(0xFFFFFFFFu, c > 0);
+      if (e < E) {
+        s_start[e] = off + incl - c, offsets[e] = off + incl - c;
+        if (c > 0) active[n_active + __popc(nonempty & ((1u << lane) - 1u))] = e;
+      }
+      off += __shfl_sync(0xFFFFFFFFu, incl, 31);
+      n_active += __popc(nonempty);
     }
-    offsets[E] = off;
-    active[E] = n_active;
+    if (lane == 0) offsets[E] = off, active[E] = n_active;
   }
   __syncthreads();
   const uint32_t lanes_below = (1u << lane) - 1u;
@@ -118,7 +129,7 @@ __global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld
 }
 
 // act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]) for the rows of expert e.
-template <int WT, bool VEC, bool XVEC>
+template <int WT, bool VEC, bool XVEC, int MT>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
     moe_gate_up_kernel(const float* __restrict__ x, int64_t ldx, const void* __restrict__ gate_up, int64_t I,
                        int64_t H, int k, const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
@@ -132,18 +143,18 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
   const char* we = static_cast<const char*>(gate_up) + static_cast<int64_t>(e) * 2 * I * H * welem_bytes<WT>();
   const void* g_row = we + c * H * welem_bytes<WT>();
   const void* u_row = we + (I + c) * H * welem_bytes<WT>();
-  for (int32_t r0 = begin; r0 < end; r0 += kMatmulRows) {
-    const int nrows = end - r0 < kMatmulRows ? end - r0 : kMatmulRows;
-    const float* xr[kMatmulRows];
+  for (int32_t r0 = begin; r0 < end; r0 += MT) {
+    const int nrows = end - r0 < MT ? end - r0 : MT;
+    const float* xr[MT];
 #pragma unroll
-    for (int m = 0; m < kMatmulRows; ++m) xr[m] = x + (sorted[r0 + (m < nrows ? m : 0)] / k) * ldx;
-    float g[kMatmulRows], u[kMatmulRows];
+    for (int m = 0; m < MT; ++m) xr[m] = x + (sorted[r0 + (m < nrows ? m : 0)] / k) * ldx;
+    float g[MT], u[MT];
 #pragma unroll
-    for (int m = 0; m < kMatmulRows; ++m) g[m] = 0.0f, u[m] = 0.0f;
-    warp_dot<WT, VEC, XVEC, kMatmulRows>(g_row, H, xr, nrows, g, lane);
-    warp_dot<WT, VEC, XVEC, kMatmulRows>(u_row, H, xr, nrows, u, lane);
+    for (int m = 0; m < MT; ++m) g[m] = 0.0f, u[m] = 0.0f;
+    warp_dot<WT, VEC, XVEC, MT>(g_row, H, xr, nrows, g, lane);
+    warp_dot<WT, VEC, XVEC, MT>(u_row, H, xr, nrows, u, lane);
 #pragma unroll
-    for (int m = 0; m < kMatmulRows; ++m) {
+    for (int m = 0; m < MT; ++m) {
       const float gs = warp_sum(g[m]), us = warp_sum(u[m]);
       if (lane == m && m < nrows) act[(r0 + m) * I + c] = gelu_tanh(gs) * us;
     }
@@ -151,7 +162,7 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 }
 
 // out[pos, n] = down[e][n] · act[pos] for the rows of expert e.
-template <int WT, bool VEC, bool XVEC>
+template <int WT, bool VEC, bool XVEC, int MT>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
     moe_down_kernel(const float* __restrict__ act, const void* __restrict__ down, int64_t I, int64_t H,
                     const int32_t* __restrict__ offsets, const int32_t* __restrict__ active, int E,
@@ -163,17 +174,17 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp;
   if (begin >= end || n >= H) return;
   const void* w_row = static_cast<const char*>(down) + (static_cast<int64_t>(e) * H + n) * I * welem_bytes<WT>();
-  for (int32_t r0 = begin; r0 < end; r0 += kMatmulRows) {
-    const int nrows = end - r0 < kMatmulRows ? end - r0 : kMatmulRows;
-    const float* xr[kMatmulRows];
+  for (int32_t r0 = begin; r0 < end; r0 += MT) {
+    const int nrows = end - r0 < MT ? end - r0 : MT;
+    const float* xr[MT];
 #pragma unroll
-    for (int m = 0; m < kMatmulRows; ++m) xr[m] = act + static_cast<int64_t>(r0 + (m < nrows ? m : 0)) * I;
-    float acc[kMatmulRows];
+    for (int m = 0; m < MT; ++m) xr[m] = act + static_cast<int64_t>(r0 + (m < nrows ? m : 0)) * I;
+    float acc[MT];
 #pragma unroll
-    for (int m = 0; m < kMatmulRows; ++m) acc[m] = 0.0f;
-    warp_dot<WT, VEC, XVEC, kMatmulRows>(w_row, I, xr, nrows, acc, lane);
+    for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
+    warp_dot<WT, VEC, XVEC, MT>(w_row, I, xr, nrows, acc, lane);
 #pragma unroll
-    for (int m = 0; m < kMatmulRows; ++m) {
+    for (int m = 0; m < MT; ++m) {
       const float s = warp_sum(acc[m]);
       if (lane == m && m < nrows) out[static_cast<int64_t>(r0 + m) * H + n] = s;
     }
@@ -192,22 +203,6 @@ __global__ void moe_combine_kernel(const float* __restrict__ out, const int32_t*
       if (pos >= 0) acc = fmaf(wts[t * w_ld + j], out[static_cast<int64_t>(pos) * y.cols + n], acc);
     }
     y.p[t * y.ld + n] = acc;
-  }
-}
-
-// Calls f.template operator()<WT, VEC, XVEC>() for the runtime weight type and paths.
-template <typename F>
-void dispatch_weights(int wt, bool vec, bool xvec, F&& f) {
-  auto paths = [&]<int WT>() {
-    if (vec && xvec) f.template operator()<WT, true, true>();
-    else if (vec) f.template operator()<WT, true, false>();
-    else f.template operator()<WT, false, false>();
-  };
-  switch (wt) {
-    case kF32: paths.template operator()<kF32>(); break;
-    case kBF16: paths.template operator()<kBF16>(); break;
-    case kF16: paths.template operator()<kF16>(); break;
-    default: paths.template operator()<kF8>(); break;
   }
 }
 
@@ -290,8 +285,10 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     const bool gu_vec = H % 8 == 0 && reinterpret_cast<uint64_t>(gate_up.data) % (gu_wt == kF8 ? 8 : 16) == 0;
     const bool gu_xvec = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
     const dim3 gu_grid(static_cast<unsigned>((I + kMatmulWarps - 1) / kMatmulWarps), active_rows);
-    dispatch_weights(gu_wt, gu_vec, gu_xvec, [&]<int WT, bool V, bool XV>() {
-      moe_gate_up_kernel<WT, V, XV><<<gu_grid, kMatmulWarps * 32, 0, stream_>>>(xp, ldx, gate_up.data, I, H,
+    // An expert has at most T rows (a row picks it once), which bounds the tile height.
+    const int mt = matmul_tile_rows(T);
+    dispatch_matmul(gu_wt, gu_vec, gu_xvec, mt, [&]<int WT, bool V, bool XV, int MT>() {
+      moe_gate_up_kernel<WT, V, XV, MT><<<gu_grid, kMatmulWarps * 32, 0, stream_>>>(xp, ldx, gate_up.data, I, H,
                                                                                static_cast<int>(k), offsets, sorted, active,
                                                                                static_cast<int>(E), act);
     });
@@ -300,8 +297,8 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     const bool dn_vec = I % 8 == 0 && reinterpret_cast<uint64_t>(down.data) % (dn_wt == kF8 ? 8 : 16) == 0;
     const bool dn_xvec = I % 4 == 0;  // act rows are I floats from a 256-byte aligned buffer
     const dim3 dn_grid(static_cast<unsigned>((H + kMatmulWarps - 1) / kMatmulWarps), active_rows);
-    dispatch_weights(dn_wt, dn_vec, dn_xvec, [&]<int WT, bool V, bool XV>() {
-      moe_down_kernel<WT, V, XV><<<dn_grid, kMatmulWarps * 32, 0, stream_>>>(act, down.data, I, H, offsets, active,
+    dispatch_matmul(dn_wt, dn_vec, dn_xvec, mt, [&]<int WT, bool V, bool XV, int MT>() {
+      moe_down_kernel<WT, V, XV, MT><<<dn_grid, kMatmulWarps * 32, 0, stream_>>>(act, down.data, I, H, offsets, active,
                                                                              static_cast<int>(E), out);
     });
     TANDEM_CUDA_LAUNCHED("moe_down_kernel");

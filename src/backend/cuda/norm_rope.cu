@@ -1,11 +1,15 @@
 // Per-token ops around attention: embed (table rows × scale), rms_norm and rope.
 //
-// rms_norm is one CTA per row (a row is at most a few thousand floats: one read for the sum of
-// squares, a block reduction, one read + write for the scaling; x and y may alias). embed and rope
+// rms_norm is one CTA per row, sized so that each thread holds at most PER elements of the row in
+// registers: the row is read once, with every load issued before the first use (a loop that summed
+// as it loaded would wait one memory latency per element a thread owns), reduced across the CTA,
+// scaled and written (x and y may alias). embed and rope
 // are grid-stride elementwise kernels over (token, element) and (token, head, pair). Math follows
 // the CPU backend: 1/sqrtf (IEEE), angle = float(pos) · inv_freq in f32 then cosf/sinf (the
 // accurate library versions, not the __cosf/__sinf intrinsics). Device ids outside the table give
 // a zero row instead of a read out of bounds.
+#include <algorithm>
+
 #include "backend/cuda/cuda_common.cuh"
 
 namespace tandem {
@@ -14,7 +18,6 @@ using namespace cu;
 
 namespace {
 
-constexpr int kNormThreads = 256;
 
 unsigned grid_for(int64_t n) {
   const int64_t blocks = (n + 255) / 256;
@@ -32,24 +35,35 @@ __global__ void embed_kernel(const int32_t* __restrict__ ids, const void* __rest
   }
 }
 
-__global__ void __launch_bounds__(kNormThreads)
-    rms_norm_kernel(Mat x, const void* w, int wt, float eps, Mat y) {
-  __shared__ float s_part[kNormThreads / 32];
+template <int PER>
+__global__ void __launch_bounds__(1024) rms_norm_kernel(Mat x, const void* w, int wt, float eps, Mat y) {
+  __shared__ float s_part[32];
   const int64_t r = blockIdx.x, D = x.cols;
   const float* xr = x.p + r * x.ld;
   float* yr = y.p + r * y.ld;
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) s_part[threadIdx.x / 32] = ss;
-  __syncthreads();
-  float total = 0.0f;
+  float v[PER], ww[PER];
 #pragma unroll
-  for (int i = 0; i < kNormThreads / 32; ++i) total += s_part[i];
-  const float inv = 1.0f / sqrtf(total / static_cast<float>(D) + eps);
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-    const float v = xr[i] * inv;
-    yr[i] = w ? v * load_any(w, wt, i) : v;
+  for (int j = 0; j < PER; ++j) {
+    const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+    v[j] = i < D ? xr[i] : 0.0f;
+    ww[j] = w && i < D ? load_any(w, wt, i) : 1.0f;
+  }
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) ss = fmaf(v[j], v[j], ss);
+  ss = warp_sum(ss);
+  const int warps = blockDim.x / 32;
+  if (warps > 1) {
+    if (threadIdx.x % 32 == 0) s_part[threadIdx.x / 32] = ss;
+    __syncthreads();
+    ss = 0.0f;
+    for (int i = 0; i < warps; ++i) ss += s_part[i];
+  }
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+    if (i < D) yr[i] = w ? v[j] * inv * ww[j] : v[j] * inv;
   }
 }
 
@@ -96,9 +110,16 @@ void CudaBackend::rms_norm(const TensorView& x, const TensorView* weight, float 
   }
   if (x.rows() == 0 || D == 0) return;
   if (x.rows() > 0x7FFFFFFF) fail("rms_norm: {} rows is too many for one launch", x.rows());
+  // Threads per row: a multiple of 32 giving each at most 8 elements (32 beyond 8192 columns).
+  const int per = D <= 8 * 1024 ? 8 : 32;
+  if (D > per * 1024) fail("rms_norm: rows of {} elements are longer than the CUDA backend's {}", D, 32 * 1024);
+  const unsigned threads = static_cast<unsigned>(std::max<int64_t>(32, (D + per * 32 - 1) / (per * 32) * 32));
   use_device();
-  rms_norm_kernel<<<static_cast<unsigned>(x.rows()), kNormThreads, 0, stream_>>>(
-      mat(x), weight ? weight->data : nullptr, weight ? wtype_of(weight->dtype) : 0, eps, mat(y));
+  const void* wp = weight ? weight->data : nullptr;
+  const int wt = weight ? wtype_of(weight->dtype) : 0;
+  const unsigned rows = static_cast<unsigned>(x.rows());
+  if (per == 8) rms_norm_kernel<8><<<rows, threads, 0, stream_>>>(mat(x), wp, wt, eps, mat(y));
+  else rms_norm_kernel<32><<<rows, threads, 0, stream_>>>(mat(x), wp, wt, eps, mat(y));
   TANDEM_CUDA_LAUNCHED("rms_norm_kernel");
 }
 
