@@ -98,6 +98,9 @@ void Engine::commit_grammar(Sequence& s, const GrammarRound& round, const std::v
   for (int32_t t : emitted) {
     if (!s.grammar_active) {
       s.grammar_active = t == s.request.sampling.grammar_after_token;
+    } else if (m.is_terminated()) {
+      // A stop token ended the match and the request goes on (ignore_eos): the mask allows only
+      // stop tokens from here, and the matcher has nothing left to track.
     } else if (!m.accept_token(t)) {  // every row was sampled under its mask
       fail("internal error: request {} sampled token {}, which its grammar forbids", s.id, t);
     }

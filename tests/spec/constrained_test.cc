@@ -234,6 +234,44 @@ TEST(Constrained, SpeculativeGreedyEqualsPlainGreedy) {
   }
 }
 
+// Preemption (recompute) keeps a sequence's matcher: constrained outputs, greedy and seeded
+// sampling, are the same when requests are preempted as when each runs alone.
+TEST(Constrained, PreemptedSequencesResumeTheirGrammar) {
+  Bundled& b = bundled();
+  EngineConfig config;
+  config.max_model_len = 64;
+  config.block_size = 16;
+  // Room for five blocks: one full-length sequence, not four growing ones.
+  config.kv_cache_bytes = b.model->config().kv_bytes_per_token(4) * 16 * 5;
+  const auto gs = grammars();
+  std::vector<Request> requests;
+  for (int i = 0; i < 4; ++i) {
+    Request r = constrained(b.prompt(kPrompts[i % 3]), gs[i % 2 == 0 ? 0 : 4].second, 48, i < 2 ? 0.0f : 1.0f, 40 + i);
+    r.ignore_eos = true;  // every request runs its 48 tokens, so the KV pressure is certain
+    requests.push_back(r);
+  }
+  std::vector<Output> alone;
+  {
+    Engine engine(*b.model, nullptr, config);
+    for (const auto& r : requests) alone.push_back(run(engine, {r})[0]);
+    EXPECT_EQ(engine.stats().num_preemptions, 0u);
+  }
+  Engine engine(*b.model, nullptr, config);
+  const auto together = run(engine, requests);
+  EXPECT_GT(engine.stats().num_preemptions, 0u);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << "request " << i;
+    GrammarMatcher m(*requests[i].sampling.grammar);
+    const auto& eos = b.model->config().eos_ids;
+    for (int32_t t : together[i].tokens) {
+      if (m.is_terminated())  // ignore_eos: once the match is complete only stop tokens follow
+        EXPECT_NE(std::find(eos.begin(), eos.end(), t), eos.end()) << "request " << i;
+      else
+        ASSERT_TRUE(m.accept_token(t)) << "request " << i;
+    }
+  }
+}
+
 // A grammar that starts after a token (the end of the reasoning): free before it, constrained after.
 TEST(Constrained, GrammarAfterTokenLeavesTheReasoningFree) {
   auto engine = bundled().engine();
@@ -250,6 +288,25 @@ TEST(Constrained, GrammarAfterTokenLeavesTheReasoningFree) {
   ASSERT_FALSE(o.tokens.empty());
   EXPECT_EQ(o.tokens[0], first);
   expect_matches(choice, Output{{o.tokens.begin() + 1, o.tokens.end()}, o.reason}, "after the first token");
+}
+
+// ignore_eos: the output runs to max_tokens; after the match only stop tokens are allowed.
+TEST(Constrained, IgnoreEosContinuesWithStopTokensAfterTheMatch) {
+  const auto gs = grammars();
+  const auto& eos = bundled().model->config().eos_ids;
+  for (const char* spec : {"", "mtp"}) {
+    auto engine = spec[0] ? bundled().engine(spec_cases(3)[0].json, 3) : bundled().engine();
+    Request r = constrained(bundled().prompt(kPrompts[1]), gs[3].second, 16, 0.0f);
+    r.ignore_eos = true;
+    const Output o = run(*engine, {r})[0];
+    EXPECT_EQ(o.reason, FinishReason::length);
+    ASSERT_EQ(o.tokens.size(), 16u);
+    GrammarMatcher m(gs[3].second);
+    size_t i = 0;
+    while (i < o.tokens.size() && !m.is_terminated()) ASSERT_TRUE(m.accept_token(o.tokens[i++])) << spec;
+    EXPECT_TRUE(m.is_terminated()) << spec;
+    for (; i < o.tokens.size(); ++i) EXPECT_NE(std::find(eos.begin(), eos.end(), o.tokens[i]), eos.end()) << spec;
+  }
 }
 
 TEST(Constrained, RejectsMismatchedVocabularyAndConflictingMasks) {
