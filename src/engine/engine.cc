@@ -354,7 +354,7 @@ bool Engine::step() {
     std::vector<int32_t> drafts;
     bool outputs;  // the chunk reaches the last token, so its last row(s) produce logits
     int32_t prompt_lp_rows = 0;  // leading output rows that only serve prompt_logprobs
-    GrammarRound grammar;        // structured outputs: the token mask of each output row
+    GrammarRound grammar = {};   // structured outputs: the token mask of each output row
   };
   std::vector<Span> spans;
   int budget = config_.max_num_batched_tokens;
