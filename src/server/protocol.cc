@@ -495,18 +495,23 @@ void resolve_tool_choice(const json& body, const Limits& limits, const TextCodec
 }
 
 // The output constraint of a request (response_format, structured_outputs, guided_*), compiled and
-// attached. Chat: with a reasoning parser the grammar applies after the reasoning, as vLLM does:
-// from the token that closes it, unless the prompt closed it already (Gemma 4's template ends a
-// prompt with thinking off with an empty channel).
+// attached.
 void resolve_structured_output(const nlohmann::ordered_json& body, const TextCodec& codec, ParsedRequest& r) {
   std::optional<GrammarSpec> spec = parse_structured_output(body);
   if (!spec) return;
   if (r.tool_output == ToolOutput::named || r.tool_output == ToolOutput::required)
     throw bad_request("You can only either use constraints for structured outputs or tools, not both.", spec->field);
   attach_grammar(r, *spec, codec);
-  if (r.reasoning_parser.empty() || prompt_ends_reasoning(r.reasoning_parser, r.prompts.front().text)) return;
+}
+
+// Chat with a reasoning parser: the grammar (of any constraint, tool calls included) applies after
+// the reasoning, as vLLM does: from the token that closes it, unless the rendered prompt closed it
+// already (Gemma 4's template ends a prompt with thinking off with an empty channel).
+void constrain_after_reasoning(const TextCodec& codec, ParsedRequest& r) {
+  if (!r.sampling.grammar || r.reasoning_parser.empty()) return;
+  if (prompt_ends_reasoning(r.reasoning_parser, r.prompts.front().text)) return;
   const auto end = codec.token_id(reasoning_end_marker(r.reasoning_parser));
-  if (!end) throw bad_request("the tokenizer has no token that ends the reasoning", spec->field);
+  if (!end) throw bad_request("structured outputs: the tokenizer has no token that ends the reasoning", "messages");
   r.sampling.grammar_after_token = *end;
 }
 
@@ -773,6 +778,7 @@ ParsedRequest parse_chat_request(const nlohmann::ordered_json& ordered, const Te
   truncate_prompts(body, codec, limits, r);
   resolve_lengths(body, limits, r, true);
   resolve_structured_output(ordered, codec, r);
+  constrain_after_reasoning(codec, r);
   return r;
 }
 

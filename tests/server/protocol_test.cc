@@ -318,6 +318,10 @@ TEST_F(ProtocolTest, StructuredOutputsStartAfterTheReasoning) {
   ParsedRequest closed = chat(R"({"messages":[{"role":"user","content":"<|turn>model\n<|channel>thought\n<channel|>"}],)"
                               R"("add_generation_prompt":false,"max_tokens":2,"guided_choice":["a"]})");
   EXPECT_EQ(closed.sampling.grammar_after_token, -1);
+  // tool_choice "required" / named too.
+  ParsedRequest tools = chat(R"({"messages":[{"role":"user","content":"x"}],"max_tokens":2,"tool_choice":"required",)"
+                             R"("tools":[{"type":"function","function":{"name":"f"}}]})");
+  EXPECT_EQ(tools.sampling.grammar_after_token, ByteCodec::kClose);
   limits.reasoning_parser.clear();
   EXPECT_EQ(chat(body + "}").sampling.grammar_after_token, -1);
 }
