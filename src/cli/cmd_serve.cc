@@ -118,6 +118,7 @@ class LateCodec : public server::TextCodec {
   std::string bos_token() const override { return c_->bos_token(); }
   std::string eos_token() const override { return c_->eos_token(); }
   std::string chat_template_source() const override { return c_->chat_template_source(); }
+  server::GrammarCompiler* grammar_compiler() const override { return c_->grammar_compiler(); }
 
  private:
   const server::TextCodec* c_ = nullptr;
@@ -309,6 +310,9 @@ void run_serve(ServeOptions o) {
          o.gpu_memory_utilization, o.gpu_memory_utilization * gpu_total / gib, gpu_total / gib, gpu_free / gib,
          std::floor(100.0 * gpu_free / gpu_total) / 100.0);
   auto target = Gemma4Model::load(model_dir, *backend);
+  // The engine stops on the model's EOS ids; the server reads them (stop tokens are not text) and
+  // compiles structured outputs over the model's logits width with them.
+  codec.set_model(target->config().vocab_size, target->config().eos_ids);
 
   std::unique_ptr<Proposer> proposer;
   std::string spec_desc = "off";

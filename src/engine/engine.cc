@@ -37,14 +37,75 @@ struct Engine::Sequence {
   double submitted_at = 0, scheduled_at = 0;  // now_seconds(); scheduled_at: first admission
   std::vector<PromptLogprob> prompt_lp;       // prompt_logprobs collected so far (positions 1..)
   bool prompt_lp_sent = false;
+  // Structured outputs: the matcher's state is that of the committed output (it lives with the
+  // sequence, so a preempted sequence resumes where it was). grammar_active: the grammar applies
+  // to the next token (false until the request's grammar_after_token has been generated).
+  std::optional<grammar::GrammarMatcher> matcher;
+  bool grammar_active = false;
 
   Sequence(uint64_t id_, Request r, OutputCallback cb, uint64_t seed)
-      : id(id_), request(std::move(r)), callback(std::move(cb)), sampler(request.sampling, seed, request.prompt) {}
+      : id(id_), request(std::move(r)), callback(std::move(cb)), sampler(request.sampling, seed, request.prompt) {
+    if (request.sampling.grammar) {
+      matcher.emplace(*request.sampling.grammar);
+      grammar_active = request.sampling.grammar_after_token < 0;
+    }
+  }
   bool wants_prompt_logprobs() const { return request.prompt_logprobs >= 0 && !prompt_lp_sent; }
   int generated() const { return static_cast<int>(tokens.size()) - prompt_len; }
   std::span<const int32_t> output() const { return std::span<const int32_t>(tokens).subspan(prompt_len); }
   bool decoding() const { return computed == static_cast<int32_t>(tokens.size()) - 1; }
 };
+
+// Structured outputs, one round of one sequence: the token mask of each output row and how many
+// drafts were advanced into the matcher to compute them.
+struct Engine::GrammarRound {
+  int words = 0;                // bitmask words per row
+  std::vector<uint32_t> masks;  // [rows][words]
+  std::vector<char> masked;     // per row: the grammar applies to the token sampled there
+  int accepted_drafts = 0;
+  const uint32_t* mask(int row) const {
+    return row < static_cast<int>(masked.size()) && masked[row] ? masks.data() + static_cast<size_t>(row) * words
+                                                                 : nullptr;
+  }
+};
+
+Engine::GrammarRound Engine::check_drafts(Sequence& s, std::vector<int32_t>& drafts) {
+  GrammarRound r;
+  grammar::GrammarMatcher& m = *s.matcher;
+  r.words = m.grammar().vocabulary().bitmask_words();
+  const int32_t after = s.request.sampling.grammar_after_token;
+  bool active = s.grammar_active;
+  for (size_t i = 0;; ++i) {
+    r.masked.push_back(active);
+    r.masks.resize(r.masked.size() * r.words);
+    if (active) m.fill_next_token_bitmask(r.masks.data() + i * r.words);
+    if (i == drafts.size()) break;
+    if (!active) {
+      active = drafts[i] == after;
+    } else if (m.accept_token(drafts[i])) {
+      ++r.accepted_drafts;
+    } else {  // forbidden: row i samples the correction under the mask just filled
+      drafts.resize(i);
+      break;
+    }
+  }
+  return r;
+}
+
+void Engine::commit_grammar(Sequence& s, const GrammarRound& round, const std::vector<int32_t>& emitted) {
+  grammar::GrammarMatcher& m = *s.matcher;
+  m.rollback(round.accepted_drafts);
+  for (int32_t t : emitted) {
+    if (!s.grammar_active) {
+      s.grammar_active = t == s.request.sampling.grammar_after_token;
+    } else if (m.is_terminated()) {
+      // A stop token ended the match and the request goes on (ignore_eos): the mask allows only
+      // stop tokens from here, and the matcher has nothing left to track.
+    } else if (!m.accept_token(t)) {  // every row was sampled under its mask
+      fail("internal error: request {} sampled token {}, which its grammar forbids", s.id, t);
+    }
+  }
+}
 
 Engine::Engine(Gemma4Model& target, std::unique_ptr<Proposer> proposer, EngineConfig config)
     : target_(target), proposer_(std::move(proposer)), config_(config), hidden_states_(target.backend()),
@@ -79,6 +140,15 @@ uint64_t Engine::submit(Request request, OutputCallback callback) {
   if (request.num_speculative_tokens > config_.num_speculative_tokens)
     fail("num_speculative_tokens {} exceeds the server's configured {}", request.num_speculative_tokens,
          config_.num_speculative_tokens);
+  if (const auto& g = request.sampling.grammar) {
+    if (g->vocabulary().size() != c.vocab_size)
+      fail("the grammar was compiled for a vocabulary of {} tokens, the model's has {}", g->vocabulary().size(),
+           c.vocab_size);
+    // Both would mask tokens the grammar may need (a stop token where the grammar must end, or
+    // every token it allows): the row could be left with nothing to sample.
+    if (!request.sampling.allowed_token_ids.empty()) fail("allowed_token_ids cannot be combined with a grammar");
+    if (request.sampling.min_tokens > 0) fail("min_tokens cannot be combined with a grammar");
+  }
   if (request.sampling.min_tokens > 0) {  // vLLM masks EOS (unless ignore_eos) and stop_token_ids
     auto& ids = request.sampling.min_tokens_stop_ids;
     if (!request.ignore_eos) ids = c.eos_ids;
@@ -284,6 +354,7 @@ bool Engine::step() {
     std::vector<int32_t> drafts;
     bool outputs;  // the chunk reaches the last token, so its last row(s) produce logits
     int32_t prompt_lp_rows = 0;  // leading output rows that only serve prompt_logprobs
+    GrammarRound grammar = {};   // structured outputs: the token mask of each output row
   };
   std::vector<Span> spans;
   int budget = config_.max_num_batched_tokens;
@@ -300,6 +371,7 @@ bool Engine::step() {
     }
     Span span{&s, batch.size(), 0, {}, true};
     if (next_draft < drafting.size() && drafting[next_draft] == &s) span.drafts = drafts[next_draft++].drafts;
+    if (s.matcher) span.grammar = check_drafts(s, span.drafts);
     const int32_t p = s.computed;
     batch.add(s.tokens.back(), p, &s.table, true);
     for (size_t i = 0; i < span.drafts.size(); ++i) batch.add(span.drafts[i], p + 1 + static_cast<int32_t>(i), &s.table, true);
@@ -314,6 +386,7 @@ bool Engine::step() {
     const int32_t n = std::min(budget, total - s.computed);
     if (!kv_->reserve(s.table, s.computed + n + 1)) continue;
     Span span{&s, batch.size(), n, {}, s.computed + n == total};
+    if (s.matcher && span.outputs) span.grammar = check_drafts(s, span.drafts);
     const bool all_rows = s.wants_prompt_logprobs();
     if (all_rows) span.prompt_lp_rows = span.outputs ? n - 1 : n;
     for (int32_t i = 0; i < n; ++i)
@@ -344,8 +417,8 @@ bool Engine::step() {
   const double t_fwd0 = now_seconds();
   Backend& be = target_.backend();
   const ForwardOutput fwd = target_.run(batch, *kv_, true);
-  // Plain greedy rows (greedy, and Sampler::argmax would be the raw argmax: no penalties, bias,
-  // allowed_token_ids or min_tokens mask; no logprobs, no prompt logprobs) take the argmax on the
+  // Plain greedy rows (greedy, and Sampler::argmax would be the raw argmax: no grammar, penalties,
+  // bias, allowed_token_ids or min_tokens mask; no logprobs, no prompt logprobs) take the argmax on the
   // backend and only the token ids cross to the host; anything else needs its rows' logits on the
   // host. Prompt-logprob rows are output rows even in chunks that do not reach the prompt's end.
   const bool device_greedy = std::all_of(spans.begin(), spans.end(), [](const Span& span) {
@@ -391,6 +464,7 @@ bool Engine::step() {
     const int row0 = out_row;
     out_row += n_out;
     auto row_logits = [&](int i) { return std::span<const float>(logits.f32() + static_cast<int64_t>(row0 + i) * V, V); };
+    auto row_mask = [&](int i) { return span.grammar.mask(i); };
 
     // Longest accepted prefix of the drafts, then one token from the target (correction or bonus).
     std::vector<int32_t> emitted;
@@ -407,14 +481,14 @@ bool Engine::step() {
         }
       } else if (s.sampler.params().greedy()) {
         const auto lg = row_logits(i);
-        token = s.sampler.argmax(lg, prefix);
+        token = s.sampler.argmax(lg, prefix, row_mask(i));
         if (has_draft && token == span.drafts[i]) {
           ++accepted, emitted.push_back(token), prefix.push_back(token);
           continue;
         }
       } else {
         // Rejection sampling against the greedy (one-hot) draft keeps the target distribution.
-        s.sampler.distribution(row_logits(i), prefix, probs);
+        s.sampler.distribution(row_logits(i), prefix, probs, row_mask(i));
         if (has_draft) {
           bool ok;
           std::tie(token, ok) = s.sampler.verify_draft(probs, span.drafts[i]);
@@ -436,6 +510,7 @@ bool Engine::step() {
       for (int i = 0; i < accepted; ++i) spec_delta.accepted_per_position[i] += 1;
       if (spec_trace) spec_trace(s.id, span.drafts, accepted);
     }
+    if (s.matcher) commit_grammar(s, span.grammar, emitted);
 
     // Commit: KV is valid through the last accepted row; hidden of that row seeds the next draft.
     const int last_row = static_cast<int>(emitted.size()) - 1;

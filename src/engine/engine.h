@@ -100,7 +100,14 @@ class Engine {
 
  private:
   struct Sequence;
+  struct GrammarRound;
   bool step();  // one scheduling iteration; false when idle
+  // Structured outputs. check_drafts: the token mask of each output row of a sequence's round
+  // (the matcher advanced through the drafts before that row); `drafts` is cut at the first one
+  // the grammar forbids. commit_grammar: the matcher back to the committed output, then through
+  // the tokens the round emitted.
+  GrammarRound check_drafts(Sequence& s, std::vector<int32_t>& drafts);
+  void commit_grammar(Sequence& s, const GrammarRound& round, const std::vector<int32_t>& emitted);
   int32_t match_prefix(Sequence& s);  // prefix cache lookup at admission; returns tokens reused
   void publish_blocks(Sequence& s);   // publishes the sequence's newly completed blocks
   // Gives back what a sequence holds: drafter state, KV pages, its hidden-state row.

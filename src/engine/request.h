@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "grammar/matcher.h"
+
 namespace tandem {
 
 struct SamplingParams {
@@ -24,6 +26,14 @@ struct SamplingParams {
   std::vector<int32_t> allowed_token_ids;             // non-empty: every other token is masked
   int min_tokens = 0;                // EOS / stop token ids are masked until this many tokens are generated
   std::vector<int32_t> min_tokens_stop_ids;  // set by Engine::submit: the ids masked below min_tokens
+  // Structured outputs (vLLM's SamplingParams.structured_outputs): every output token must keep
+  // the output a prefix of a match of this grammar, and a stop token is allowed only where it
+  // matches whole. Compiled over the model's vocabulary (Engine::submit checks its width).
+  std::optional<grammar::CompiledGrammar> grammar;
+  // -1: the grammar applies from the first output token. Otherwise it applies to the tokens after
+  // the first output token equal to this id (the end of the reasoning, for a request whose output
+  // starts with reasoning: vLLM constrains only what follows it).
+  int32_t grammar_after_token = -1;
 
   bool greedy() const { return temperature <= 0.0f; }
 };

@@ -18,9 +18,10 @@ Sampler::Sampler(const SamplingParams& params, uint64_t seed, std::span<const in
 }
 
 void Sampler::penalize(std::span<const float> logits, std::span<const int32_t> output_tokens,
-                       std::vector<float>& adjusted) const {
+                       std::vector<float>& adjusted, const uint32_t* grammar_mask) const {
   adjusted.assign(logits.begin(), logits.end());
   const int64_t V = static_cast<int64_t>(adjusted.size());
+  if (grammar_mask) grammar::apply_token_bitmask(adjusted, grammar_mask, params_.grammar->vocabulary().size());
   if (!params_.allowed_token_ids.empty()) {
     std::vector<float> kept(params_.allowed_token_ids.size());
     for (size_t i = 0; i < kept.size(); ++i) {
@@ -58,14 +59,15 @@ void Sampler::penalize(std::span<const float> logits, std::span<const int32_t> o
     adjusted[t] -= params_.presence_penalty + params_.frequency_penalty * static_cast<float>(n);
 }
 
-int32_t Sampler::argmax(std::span<const float> logits, std::span<const int32_t> output_tokens) {
-  penalize(logits, output_tokens, scratch_);
+int32_t Sampler::argmax(std::span<const float> logits, std::span<const int32_t> output_tokens,
+                        const uint32_t* grammar_mask) {
+  penalize(logits, output_tokens, scratch_, grammar_mask);
   return static_cast<int32_t>(std::max_element(scratch_.begin(), scratch_.end()) - scratch_.begin());
 }
 
 void Sampler::distribution(std::span<const float> logits, std::span<const int32_t> output_tokens,
-                           std::vector<float>& probs) {
-  penalize(logits, output_tokens, probs);
+                           std::vector<float>& probs, const uint32_t* grammar_mask) {
+  penalize(logits, output_tokens, probs, grammar_mask);
   const int V = static_cast<int>(probs.size());
   const float inv_t = 1.0f / std::max(params_.temperature, 1e-6f);
   const float maxv = *std::max_element(probs.begin(), probs.end());

@@ -19,25 +19,29 @@ class Sampler {
 
   const SamplingParams& params() const { return params_; }
 
-  // Applies, to a copy of logits [V] in `adjusted` and in vLLM's order: the allowed_token_ids mask, logit_bias, the min_tokens
-  // mask of stop ids, repetition_penalty (prompt + output tokens), then presence / frequency
-  // penalties (counted over `output_tokens`, as OpenAI defines them).
+  // Applies, to a copy of logits [V] in `adjusted` and in vLLM's order: the grammar's token mask
+  // (`grammar_mask`, a bitmask from GrammarMatcher::fill_next_token_bitmask; null: none), the
+  // allowed_token_ids mask, logit_bias, the min_tokens mask of stop ids, repetition_penalty (prompt
+  // + output tokens), then presence / frequency penalties (counted over `output_tokens`, as OpenAI
+  // defines them).
   void penalize(std::span<const float> logits, std::span<const int32_t> output_tokens,
-                std::vector<float>& adjusted) const;
+                std::vector<float>& adjusted, const uint32_t* grammar_mask = nullptr) const;
   // True when penalize() returns the logits unchanged for every output of at least `n_output`
-  // tokens: no allowed_token_ids, logit_bias, repetition / presence / frequency penalty, and no
-  // min_tokens mask left to apply. A greedy choice is then the raw argmax (a backend can take it).
+  // tokens: no grammar, allowed_token_ids, logit_bias, repetition / presence / frequency penalty,
+  // and no min_tokens mask left to apply. A greedy choice is then the raw argmax (a backend can
+  // take it).
   bool leaves_logits(int64_t n_output) const {
     const SamplingParams& p = params_;
-    return p.allowed_token_ids.empty() && p.logit_bias.empty() && p.repetition_penalty == 1.0f &&
+    return !p.grammar && p.allowed_token_ids.empty() && p.logit_bias.empty() && p.repetition_penalty == 1.0f &&
            p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f &&
            (n_output >= p.min_tokens || p.min_tokens_stop_ids.empty());
   }
   // Greedy choice: argmax of the penalized logits (ties: lowest id).
-  int32_t argmax(std::span<const float> logits, std::span<const int32_t> output_tokens);
+  int32_t argmax(std::span<const float> logits, std::span<const int32_t> output_tokens,
+                 const uint32_t* grammar_mask = nullptr);
   // probs [V] = the sampling distribution (zeros outside top-k / top-p / min-p). Not for greedy.
   void distribution(std::span<const float> logits, std::span<const int32_t> output_tokens,
-                    std::vector<float>& probs);
+                    std::vector<float>& probs, const uint32_t* grammar_mask = nullptr);
   // Draws a token from probs (need not be normalised).
   int32_t sample(std::span<const float> probs);
   double uniform() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng_); }

@@ -107,4 +107,18 @@ Grammar grammar_from_json_schema(const nlohmann::ordered_json& schema, const Jso
 // response_format json_object: any JSON object.
 Grammar grammar_json_object(const JsonSchemaOptions& options = {});
 
+// Gemma 4 tool calls (tool_choice "required" / a named function), in the syntax of its chat
+// template: `<|tool_call>call:NAME{key:value,...}<tool_call|>`, one call (several = false) or one
+// or more back to back, NAME one of `tools`, the arguments following that tool's `parameters` (an
+// object JSON schema, the subset above) written as the template's format_argument writes them:
+// keys bare (or between <|"|> when they have other characters) and in sorted order, strings between
+// <|"|> with nothing escaped (never containing <|"|>; with minLength / maxLength, no '<' at all),
+// numbers, true / false / null, no whitespace. Only declared properties are written (extra ones are
+// never generated). A `pattern` / `format` string is matched as written between the delimiters.
+struct ToolCallSchema {
+  std::string name;
+  nlohmann::ordered_json parameters;
+};
+Grammar grammar_gemma4_tool_calls(std::span<const ToolCallSchema> tools, bool several);
+
 }  // namespace tandem::grammar

@@ -2,8 +2,13 @@
 // of the object or array that holds them, so most token masks are decided inside one rule (few
 // context-dependent tokens); objects, arrays, $refs and bounded-length strings become rules,
 // memoized by their schema text.
+//
+// The same converter writes values in Gemma 4's tool-call argument syntax (Syntax::kGemma4), for
+// tool_choice "required" / named: see grammar_gemma4_tool_calls in grammar.h.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cctype>
 #include <functional>
 #include <map>
 #include <set>
@@ -35,19 +40,58 @@ const std::map<std::string, std::string> kFormats = {
     {"ipv4", R"(((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))"},
 };
 
+// Gemma 4's string delimiter (a special token; the grammar matches its text).
+constexpr std::string_view kGemmaQuote = "<|\"|>";
+
+// A key Gemma 4's chat template writes bare and its tool-call parser reads back as written.
+bool gemma_bare_key(std::string_view key) {
+  if (key.empty()) return false;
+  for (unsigned char c : key)
+    if (!(std::isalnum(c) || c == '_' || c == '-' || c == '.' || c >= 0x80)) return false;
+  return true;
+}
+
 class SchemaConverter {
  public:
-  SchemaConverter(const ojson& root, const JsonSchemaOptions& o) : root_(root), compact_(o.compact) {}
+  enum class Syntax { kJson, kGemma4 };
+  SchemaConverter(const ojson& root, const JsonSchemaOptions& o, Syntax syntax = Syntax::kJson)
+      : root_(&root), compact_(o.compact || syntax == Syntax::kGemma4), gemma_(syntax == Syntax::kGemma4) {}
 
   Grammar run() {
     int32_t r = g_.add_rule("root");
-    g_.set_body(r, value(root_, "#"));
+    g_.set_body(r, value(*root_, "#"));
     g_.set_root(r);
     return std::move(g_);
   }
   Grammar any_object() {
     int32_t r = g_.add_rule("root");
     g_.set_body(r, g_.ref(any_object_rule()));
+    g_.set_root(r);
+    return std::move(g_);
+  }
+  // Gemma 4 tool calls: each `<|tool_call>call:NAME{arguments}<tool_call|>`, the arguments an
+  // object of the tool's parameter schema (its own root for $ref).
+  Grammar tool_calls(std::span<const ToolCallSchema> tools, bool several) {
+    std::vector<int32_t> calls;
+    for (const auto& t : tools) {
+      if (t.name.empty() || !std::all_of(t.name.begin(), t.name.end(), [](char c) {
+            return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' ||
+                   static_cast<unsigned char>(c) >= 0x80;
+          }))
+        fail("tool name '{}' cannot be written in a Gemma 4 tool call (letters, digits, '_', '-', '.' only)", t.name);
+      if (!t.parameters.is_object() || (t.parameters.contains("type") && t.parameters["type"] != "object"))
+        fail("json_schema: the parameters of tool '{}' must be an object schema (\"type\": \"object\")", t.name);
+      root_ = &t.parameters;
+      refs_.clear(), memo_.clear();  // both depend on the root a $ref resolves against
+      ojson params = t.parameters;  // untyped: still an object
+      params["type"] = "object";
+      const int32_t args = value(params, "#");
+      calls.push_back(g_.sequence({lit("<|tool_call>call:" + t.name), args, lit("<tool_call|>")}));
+    }
+    int32_t call = g_.add_rule("call");
+    g_.set_body(call, g_.choice(std::move(calls)));
+    int32_t r = g_.add_rule("root");
+    g_.set_body(r, several ? g_.plus(g_.ref(call)) : g_.ref(call));
     g_.set_root(r);
     return std::move(g_);
   }
@@ -75,7 +119,67 @@ class SchemaConverter {
     return char_;
   }
   int32_t string(int32_t min = 0, int32_t max = Grammar::kUnbounded) {
+    if (gemma_) {
+      // Between <|"|> delimiters with nothing escaped, so the text must not contain the
+      // delimiter. Bounded lengths count code points of a class without '<' (simple to count).
+      const bool free = min == 0 && max == Grammar::kUnbounded;
+      return g_.sequence({lit(kGemmaQuote), free ? g_.ref(gemma_text_rule()) : g_.repeat(g_.char_class({{'<', '<'}}, true), min, max),
+                          lit(kGemmaQuote)});
+    }
     return g_.sequence({lit("\""), g_.repeat(string_char(), min, max), lit("\"")});
+  }
+  // Any text without the substring <|"|>: the states of a matcher for it (how much of the
+  // delimiter the text ends with), each a rule that may end or read one more character.
+  int32_t gemma_text_rule() {
+    if (gemma_text_ >= 0) return gemma_text_;
+    std::vector<int32_t> state(5);
+    for (auto& r : state) r = g_.add_rule("text");
+    gemma_text_ = state[0];
+    const std::string_view d = kGemmaQuote;
+    for (size_t k = 0; k < state.size(); ++k) {
+      // After k matched bytes of the delimiter: '<' restarts it (state 1), its next byte advances
+      // (the last one is forbidden), anything else goes back to state 0.
+      std::vector<int32_t> alts{g_.empty(), g_.sequence({lit("<"), g_.ref(state[1])})};
+      detail::Ranges other = {{'<', '<'}};
+      if (k > 0) {
+        other.push_back({static_cast<uint8_t>(d[k]), static_cast<uint8_t>(d[k])});
+        std::sort(other.begin(), other.end());
+        if (k + 1 < d.size()) alts.push_back(g_.sequence({lit(d.substr(k, 1)), g_.ref(state[k + 1])}));
+      }
+      alts.push_back(g_.sequence({g_.char_class(other, true), g_.ref(state[0])}));
+      g_.set_body(state[k], g_.choice(std::move(alts)));
+    }
+    return gemma_text_;
+  }
+  // A JSON value written as Gemma 4's template writes it (format_argument): strings delimited,
+  // keys bare (sorted, as its dictsort), no whitespace.
+  std::string literal(const ojson& v, const std::string& path) {
+    if (!gemma_) return v.dump();
+    if (v.is_string()) {
+      const std::string& t = v.get_ref<const std::string&>();
+      if (t.find(kGemmaQuote) != std::string::npos) error(path, "a string containing <|\"|> cannot be written in a Gemma 4 tool call");
+      return fmt::format("{}{}{}", kGemmaQuote, t, kGemmaQuote);
+    }
+    if (v.is_array()) {
+      std::string out = "[";
+      for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + literal(v[i], path);
+      return out + "]";
+    }
+    if (v.is_object()) {
+      std::vector<std::string> keys;
+      for (auto it = v.begin(); it != v.end(); ++it) keys.push_back(it.key());
+      std::sort(keys.begin(), keys.end());
+      std::string out = "{";
+      for (size_t i = 0; i < keys.size(); ++i) out += (i ? "," : "") + key_text(keys[i], path) + ":" + literal(v[keys[i]], path);
+      return out + "}";
+    }
+    return v.dump();
+  }
+  // An object key as written before its ':'.
+  std::string key_text(const std::string& name, const std::string& path) {
+    if (!gemma_) return ojson(name).dump();
+    if (gemma_bare_key(name)) return name;
+    return literal(ojson(name), path);
   }
   int32_t number() {
     return add_regex(g_, R"(-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?)", false);
@@ -94,7 +198,9 @@ class SchemaConverter {
   int32_t any_object_rule() {
     if (any_object_ >= 0) return any_object_;
     any_object_ = g_.add_rule("object");
-    int32_t member = g_.sequence({string(), ws(), lit(":"), ws(), g_.ref(any_value_rule())});
+    // Gemma 4: bare keys of the characters its template writes bare.
+    int32_t key = gemma_ ? g_.plus(g_.char_class({{'0', '9'}, {'A', 'Z'}, {'a', 'z'}, {'_', '_'}, {'-', '.'}})) : string();
+    int32_t member = g_.sequence({key, ws(), lit(":"), ws(), g_.ref(any_value_rule())});
     g_.set_body(any_object_, g_.sequence({lit("{"), ws(), g_.optional(g_.sequence({member, g_.star(g_.sequence({ws(), lit(","), ws(), member}))})), ws(), lit("}")}));
     return any_object_;
   }
@@ -102,7 +208,7 @@ class SchemaConverter {
   const ojson& resolve(const std::string& ref, const std::string& path) {
     if (ref.empty() || ref[0] != '#') error(path, fmt::format("$ref '{}' is not supported (only local references '#/...')", ref));
     try {
-      return root_.at(ojson::json_pointer(ref.substr(1)));
+      return root_->at(ojson::json_pointer(ref.substr(1)));
     } catch (const std::exception&) {
       error(path, fmt::format("$ref '{}' does not resolve", ref));
     }
@@ -160,12 +266,12 @@ class SchemaConverter {
       for (size_t i = 0; i < list.size(); ++i) alts.push_back(value(list[i], fmt::format("{}/{}/{}", path, key, i)));
       return g_.choice(std::move(alts));
     }
-    if (s.contains("const")) return lit(s["const"].dump());
+    if (s.contains("const")) return lit(literal(s["const"], path));
     if (s.contains("enum")) {
       const ojson& list = s["enum"];
       if (!list.is_array() || list.empty()) error(path, "'enum' must be a non-empty array");
       std::vector<int32_t> alts;
-      for (const auto& v : list) alts.push_back(lit(v.dump()));
+      for (const auto& v : list) alts.push_back(lit(literal(v, path)));
       return g_.choice(std::move(alts));
     }
     std::vector<std::string> types;
@@ -218,6 +324,8 @@ class SchemaConverter {
         re = f->second;
       }
       try {
+        if (gemma_)  // the text as it is between the delimiters (nothing escaped)
+          return memo_rule("pattern|" + re, "string", [&] { return g_.sequence({lit(kGemmaQuote), add_regex(g_, re, false), lit(kGemmaQuote)}); });
         return memo_rule("pattern|" + re, "string", [&] { return g_.sequence({lit("\""), add_regex(g_, re, true), lit("\"")}); });
       } catch (const Error& e) {
         error(path, fmt::format("pattern: {}", e.what()));
@@ -267,7 +375,7 @@ class SchemaConverter {
       }
     }
     auto member = [&](const std::string& name, int32_t v) {
-      return g_.sequence({lit(ojson(name).dump()), ws(), lit(":"), ws(), v});
+      return g_.sequence({lit(key_text(name, path)), ws(), lit(":"), ws(), v});
     };
     std::vector<Prop> props;
     std::set<std::string> names;
@@ -284,9 +392,12 @@ class SchemaConverter {
         props.push_back({r, member(r, g_.ref(any_value_rule())), true});
       }
     }
+    // Gemma 4 (dictsort in its template): members in key order.
+    if (gemma_) std::stable_sort(props.begin(), props.end(), [](const Prop& a, const Prop& b) { return a.name < b.name; });
     int32_t extra = -1;  // an additional member: a key not among `names`, then a value
     const ojson* ap = s.contains("additionalProperties") ? &s["additionalProperties"] : nullptr;
-    if (!ap || !ap->is_boolean() || ap->get<bool>()) {
+    // Gemma 4: only the declared properties are written (valid whatever additionalProperties says).
+    if (!gemma_ && (!ap || !ap->is_boolean() || ap->get<bool>())) {
       int32_t v = (!ap || ap->is_boolean()) ? g_.ref(any_value_rule()) : value(*ap, path + "/additionalProperties");
       extra = g_.sequence({other_key(names), ws(), lit(":"), ws(), v});
     }
@@ -379,10 +490,10 @@ class SchemaConverter {
     return g_.ref(rule);
   }
 
-  const ojson& root_;
-  bool compact_;
+  const ojson* root_;
+  bool compact_, gemma_;
   Grammar g_;
-  int32_t char_ = -1, any_value_ = -1, any_object_ = -1;
+  int32_t char_ = -1, any_value_ = -1, any_object_ = -1, gemma_text_ = -1;
   std::map<std::string, int32_t> refs_, memo_;
 };
 
@@ -400,6 +511,12 @@ Grammar grammar_from_json_schema(std::string_view schema_json, const JsonSchemaO
     fail("json_schema: the schema is not valid JSON: {}", e.what());
   }
   return grammar_from_json_schema(schema, options);
+}
+
+Grammar grammar_gemma4_tool_calls(std::span<const ToolCallSchema> tools, bool several) {
+  if (tools.empty()) fail("grammar_gemma4_tool_calls: no tools");
+  static const nlohmann::ordered_json kEmpty = nlohmann::ordered_json::object();
+  return SchemaConverter(kEmpty, {}, SchemaConverter::Syntax::kGemma4).tool_calls(tools, several);
 }
 
 Grammar grammar_json_object(const JsonSchemaOptions& options) {

@@ -24,6 +24,11 @@ std::unique_ptr<IncrementalDecoder> TokenizerCodec::stream_decoder(bool skip_spe
   return std::make_unique<StreamDecoderAdapter>(tokenizer_, skip_special_tokens);
 }
 
+void TokenizerCodec::set_model(int32_t logits_width, std::vector<int32_t> eos_ids) {
+  model_eos_ = eos_ids;
+  grammar_ = GrammarCompiler::from_tokenizer(tokenizer_, logits_width, std::move(eos_ids));
+}
+
 std::string TokenizerCodec::render_chat(const nlohmann::json& variables) const {
   if (!template_) fail("this model has no chat template");
   nlohmann::json vars = variables;

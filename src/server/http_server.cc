@@ -113,7 +113,7 @@ class Run {
     // The parsers read the channel and tool-call markers, special tokens: keep them in the text
     // (vLLM's parsers set skip_special_tokens = false too).
     const bool reasoning = req_.chat && !req_.reasoning_parser.empty();
-    const bool markers = reasoning || req_.tool_output == ToolOutput::parse;
+    const bool markers = reasoning || req_.tool_output != ToolOutput::none;
     choices_.resize(req_.num_choices());
     for (int i = 0; i < req_.num_choices(); ++i) {
       Choice& c = choices_[i];
@@ -122,8 +122,8 @@ class Run {
       switch (req_.tool_output) {
         case ToolOutput::none: break;
         case ToolOutput::parse: c.tool_parser = make_tool_call_parser(req_.tool_call_parser, req_.stream); break;
-        case ToolOutput::named: c.tool_parser = make_named_tool_output(req_.tool_choice_name); break;
-        case ToolOutput::required: c.tool_parser = make_required_tool_output(); break;
+        case ToolOutput::named: c.tool_parser = make_forced_tool_output(false, req_.stream); break;
+        case ToolOutput::required: c.tool_parser = make_forced_tool_output(true, req_.stream); break;
       }
       c.matcher = std::make_unique<StopMatcher>(req_.stop);
       c.prompt_tokens = static_cast<int>(req_.prompts[i / req_.n].tokens.size());
@@ -897,7 +897,7 @@ void HttpServer::routes() {
   auto generate = [this](bool chat) {
     return [this, chat](const httplib::Request& hreq, httplib::Response& res) {
       const auto arrival = Clock::now();
-      json body = parse_body(hreq.body);
+      const nlohmann::ordered_json body = parse_body(hreq.body);
       ParsedRequest parsed =
           chat ? parse_chat_request(body, codec_, options_.served_model_names, options_.limits)
                : parse_completion_request(body, codec_, options_.served_model_names, options_.limits);

@@ -6,6 +6,8 @@
 #include <set>
 
 #include "server/api_error.h"
+#include "server/reasoning_parser.h"
+#include "server/structured_output.h"
 #include "util/error.h"
 
 namespace tandem::server {
@@ -419,9 +421,25 @@ json tool_parameters_schema(const json& function) {
   return {{"type", "object"}, {"properties", json::object()}};
 }
 
+// Compiles `spec` over the model's vocabulary and attaches it to the request's sampling.
+void attach_grammar(ParsedRequest& r, const GrammarSpec& spec, const TextCodec& codec) {
+  GrammarCompiler* compiler = codec.grammar_compiler();
+  if (!compiler) throw bad_request("structured outputs are not available on this server", spec.field);
+  // Both mask tokens the grammar may need (the stop token where it must end; what it allows).
+  if (r.sampling.min_tokens > 0)
+    throw bad_request(fmt::format("'min_tokens' cannot be combined with '{}' (the grammar decides where the output ends)",
+                                  spec.field), "min_tokens");
+  if (!r.sampling.allowed_token_ids.empty())
+    throw bad_request(fmt::format("'allowed_token_ids' cannot be combined with '{}'", spec.field), "allowed_token_ids");
+  r.sampling.grammar = compiler->compile(spec);
+}
+
 // tools + tool_choice, with vLLM's rules and messages (ChatCompletionRequest.check_tool_usage and
-// the serving layer's check of "auto").
-void resolve_tool_choice(const json& body, const Limits& limits, ParsedRequest& r) {
+// the serving layer's check of "auto"). "required" and a named function are enforced as vLLM does,
+// by constrained decoding, in Gemma 4's own call syntax: the output is `<|tool_call>call:NAME{...}
+// <tool_call|>` (one call of the named function; one or more calls for "required", exactly one with
+// parallel_tool_calls false), the arguments following the tool's parameter schema.
+void resolve_tool_choice(const json& body, const Limits& limits, const TextCodec& codec, ParsedRequest& r) {
   if (present(body, "tools")) check_tools(body["tools"]);
   if (present(body, "parallel_tool_calls") && !body["parallel_tool_calls"].is_boolean())
     throw bad_request("'parallel_tool_calls' must be a boolean", "parallel_tool_calls");
@@ -437,7 +455,10 @@ void resolve_tool_choice(const json& body, const Limits& limits, ParsedRequest& 
                       "tool_choice");
   if (choice == "required" && !any_tools) return;  // OpenAI: behaves as "none"
   const std::string usage = "Correct usage: `{\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}`";
-  json schema;
+  json tools = json::array();  // the callable tools: {"name", "parameters"}
+  GrammarSpec spec;
+  spec.kind = GrammarSpec::Kind::tool_calls;
+  spec.field = "tool_choice";
   if (choice.is_object()) {
     const json function = choice.contains("function") ? choice["function"] : json(nullptr);
     if (!function.is_object())
@@ -451,22 +472,15 @@ void resolve_tool_choice(const json& body, const Limits& limits, ParsedRequest& 
                                     name.is_string() ? name.get<std::string>() : dump_compact(name), usage),
                         "tool_choice");
     for (const auto& t : body["tools"])
-      if (t["function"]["name"] == name) schema = tool_parameters_schema(t["function"]);
-    if (schema.is_null())
+      if (t["function"]["name"] == name && tools.empty())
+        tools.push_back({{"name", name}, {"parameters", tool_parameters_schema(t["function"])}});
+    if (tools.empty())
       throw bad_request("The tool specified in `tool_choice` does not match any of the specified `tools`", "tool_choice");
     r.tool_output = ToolOutput::named;
-    r.tool_choice_name = name.get<std::string>();
   } else if (choice == "required") {
-    json any_of = json::array(), defs = json::object();
-    for (const auto& t : body["tools"]) {
-      json params = tool_parameters_schema(t["function"]);
-      if (params.contains("$defs") && params["$defs"].is_object()) defs.update(params["$defs"]);
-      any_of.push_back({{"properties", {{"name", {{"type", "string"}, {"enum", {t["function"]["name"]}}}},
-                                        {"parameters", params}}},
-                        {"required", {"name", "parameters"}}});
-    }
-    schema = {{"type", "array"}, {"minItems", 1}, {"items", {{"type", "object"}, {"anyOf", any_of}}}};
-    if (!defs.empty()) schema["$defs"] = defs;
+    for (const auto& t : body["tools"])
+      tools.push_back({{"name", t["function"]["name"]}, {"parameters", tool_parameters_schema(t["function"])}});
+    spec.several = body.value("parallel_tool_calls", true);
     r.tool_output = ToolOutput::required;
   } else {
     if (!limits.enable_auto_tool_choice || limits.tool_call_parser.empty())
@@ -476,11 +490,29 @@ void resolve_tool_choice(const json& body, const Limits& limits, ParsedRequest& 
     r.tool_call_parser = limits.tool_call_parser;
     return;
   }
-  if (!attach_tool_choice_constraint(r, schema))
-    throw bad_request(fmt::format("tool_choice {} needs constrained decoding (structured outputs) to force the "
-                                  "output into a tool call, and this server has none yet; use \"auto\"",
-                                  choice.is_string() ? "\"required\"" : "naming a function"),
-                      "tool_choice");
+  spec.text = tools.dump();
+  attach_grammar(r, spec, codec);
+}
+
+// The output constraint of a request (response_format, structured_outputs, guided_*), compiled and
+// attached.
+void resolve_structured_output(const nlohmann::ordered_json& body, const TextCodec& codec, ParsedRequest& r) {
+  std::optional<GrammarSpec> spec = parse_structured_output(body);
+  if (!spec) return;
+  if (r.tool_output == ToolOutput::named || r.tool_output == ToolOutput::required)
+    throw bad_request("You can only either use constraints for structured outputs or tools, not both.", spec->field);
+  attach_grammar(r, *spec, codec);
+}
+
+// Chat with a reasoning parser: the grammar (of any constraint, tool calls included) applies after
+// the reasoning, as vLLM does: from the token that closes it, unless the rendered prompt closed it
+// already (Gemma 4's template ends a prompt with thinking off with an empty channel).
+void constrain_after_reasoning(const TextCodec& codec, ParsedRequest& r) {
+  if (!r.sampling.grammar || r.reasoning_parser.empty()) return;
+  if (prompt_ends_reasoning(r.reasoning_parser, r.prompts.front().text)) return;
+  const auto end = codec.token_id(reasoning_end_marker(r.reasoning_parser));
+  if (!end) throw bad_request("structured outputs: the tokenizer has no token that ends the reasoning", "messages");
+  r.sampling.grammar_after_token = *end;
 }
 
 }  // namespace
@@ -520,26 +552,8 @@ std::vector<std::string> check_fields(const json& body, bool chat) {
   if (chat && present(body, "modalities") && body["modalities"] != json::array({"text"}))
     throw bad_request("only 'modalities': [\"text\"] is supported", "modalities");
 
-  // Structured outputs: src/grammar compiles JSON Schema / regex / choice / EBNF into token masks,
-  // but requests are not wired to it yet. Until they are, asking for a constrained output is a 400
-  // naming the field (running it unconstrained would silently break the contract).
-  if (present(body, "response_format")) {
-    const json& rf = body["response_format"];
-    if (!rf.is_object() || (rf.contains("type") && !rf["type"].is_string()))
-      throw bad_request("'response_format' must be an object such as {\"type\": \"text\"}", "response_format");
-    const std::string type = rf.value("type", "text");
-    if (type != "text")
-      throw bad_request(fmt::format("'response_format' of type '{}' (structured outputs) is not supported yet; only "
-                                    "{{\"type\": \"text\"}} is",
-                                    type),
-                        "response_format");
-  }
-  for (const char* k : {"structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
-                        "guided_decoding_backend", "guided_whitespace_pattern"})
-    if (present(body, k)) throw bad_request(fmt::format("'{}' (structured outputs) is not supported yet", k), k);
-
   // Everything tandem reads (tools / tool_choice / parallel_tool_calls: resolve_tool_choice; the
-  // structured-output fields: refused above), or ignores knowingly because it cannot change the
+  // structured-output fields: parse_structured_output), or ignores knowingly because it cannot change the
   // output (user, metadata, cache_salt, ...). Anything else is ignored with a warning, as vLLM does.
   static const std::set<std::string> known_common = {
       "model", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "max_tokens", "n", "seed", "stop",
@@ -580,10 +594,10 @@ std::string continue_final_message(const json& body, std::string rendered) {
   return rendered;
 }
 
-json parse_body(const std::string& text) {
-  json body;
+nlohmann::ordered_json parse_body(const std::string& text) {
+  nlohmann::ordered_json body;
   try {
-    body = json::parse(text);
+    body = nlohmann::ordered_json::parse(text);
   } catch (const json::parse_error& e) {
     throw bad_request(fmt::format("request body is not valid JSON: {}", e.what()));
   } catch (const json::exception& e) {  // e.g. a number that overflows a double (1e400)
@@ -603,12 +617,6 @@ std::string resolve_model(const json& body, const std::vector<std::string>& serv
                  "invalid_request_error", "model_not_found");
 }
 
-bool attach_tool_choice_constraint(ParsedRequest& request, const json& schema) {
-  // No grammar engine yet: nothing can enforce `schema`. Attach it to every engine request here.
-  (void)request, (void)schema;
-  return false;
-}
-
 Request ParsedRequest::engine_request(int choice) const {
   Request req;
   req.prompt = prompts[choice / n].tokens;
@@ -623,9 +631,10 @@ Request ParsedRequest::engine_request(int choice) const {
   return req;
 }
 
-ParsedRequest parse_completion_request(const json& body, const TextCodec& codec,
+ParsedRequest parse_completion_request(const nlohmann::ordered_json& ordered, const TextCodec& codec,
                                        const std::vector<std::string>& served_names,
                                        const Limits& limits) {
+  const json body = ordered;
   ParsedRequest r;
   r.chat = false;
   r.model = resolve_model(body, served_names);
@@ -680,6 +689,7 @@ ParsedRequest parse_completion_request(const json& body, const TextCodec& codec,
   }
   truncate_prompts(body, codec, limits, r);
   resolve_lengths(body, limits, r, false);
+  resolve_structured_output(ordered, codec, r);
   return r;
 }
 
@@ -732,8 +742,9 @@ json chat_template_variables(const json& body, const TextCodec& codec) {
   return vars;
 }
 
-ParsedRequest parse_chat_request(const json& body, const TextCodec& codec,
+ParsedRequest parse_chat_request(const nlohmann::ordered_json& ordered, const TextCodec& codec,
                                  const std::vector<std::string>& served_names, const Limits& limits) {
+  const json body = ordered;
   ParsedRequest r;
   r.chat = true;
   r.model = resolve_model(body, served_names);
@@ -748,7 +759,7 @@ ParsedRequest parse_chat_request(const json& body, const TextCodec& codec,
     throw bad_request("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
   r.logprobs = logprobs ? static_cast<int>(top) : -1;
 
-  resolve_tool_choice(body, limits, r);
+  resolve_tool_choice(body, limits, codec, r);
   r.reasoning_parser = limits.reasoning_parser;
   if (!codec.has_chat_template())
     throw bad_request("this model has no chat template; use /v1/completions", "messages");
@@ -766,6 +777,8 @@ ParsedRequest parse_chat_request(const json& body, const TextCodec& codec,
   r.prompts.push_back(std::move(in));
   truncate_prompts(body, codec, limits, r);
   resolve_lengths(body, limits, r, true);
+  resolve_structured_output(ordered, codec, r);
+  constrain_after_reasoning(codec, r);
   return r;
 }
 

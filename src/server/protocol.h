@@ -34,8 +34,8 @@ struct Limits {
 enum class ToolOutput {
   none,      // no tools, or tool_choice "none": all text is content
   parse,     // tool_choice "auto": the --tool-call-parser extracts calls from the text
-  named,     // tool_choice {"type":"function","function":{"name":...}}: the output is its arguments
-  required,  // tool_choice "required": the output is a JSON list of {"name", "parameters"}
+  named,     // tool_choice {"type":"function","function":{"name":...}}: one Gemma 4 call of it, constrained
+  required,  // tool_choice "required": one or more Gemma 4 tool calls, constrained
 };
 
 struct PromptInput {
@@ -64,7 +64,6 @@ struct ParsedRequest {
   bool has_tools = false;           // chat: 'tools' given (the message then carries tool_calls)
   ToolOutput tool_output = ToolOutput::none;
   std::string tool_call_parser;     // ToolOutput::parse
-  std::string tool_choice_name;     // ToolOutput::named
   bool include_stop_str_in_output = false;  // keep the matched stop string / stop token text
   int prompt_logprobs = -1;         // engine prompt logprobs: explicit prompt_logprobs or echo + logprobs
   bool return_prompt_logprobs = false;  // the request set "prompt_logprobs": answer with that field
@@ -75,11 +74,12 @@ struct ParsedRequest {
   Request engine_request(int choice) const;
 };
 
-// `served_names`: accepted values of "model" (an absent "model" means the first).
-ParsedRequest parse_completion_request(const nlohmann::json& body, const TextCodec& codec,
+// `served_names`: accepted values of "model" (an absent "model" means the first). The body keeps
+// the client's key order: a JSON schema's property order is the order the output writes them in.
+ParsedRequest parse_completion_request(const nlohmann::ordered_json& body, const TextCodec& codec,
                                        const std::vector<std::string>& served_names,
                                        const Limits& limits);
-ParsedRequest parse_chat_request(const nlohmann::json& body, const TextCodec& codec,
+ParsedRequest parse_chat_request(const nlohmann::ordered_json& body, const TextCodec& codec,
                                  const std::vector<std::string>& served_names, const Limits& limits);
 
 // The chat-template variables of a chat body (messages normalized to string content, tools,
@@ -95,16 +95,9 @@ std::string continue_final_message(const nlohmann::json& body, std::string rende
 // names are returned so the caller can log them.
 std::vector<std::string> check_fields(const nlohmann::json& body, bool chat);
 
-// THE constrained-decoding hook of tool_choice "required" and named functions. vLLM enforces them
-// with structured outputs: the output must follow `schema` (built as vLLM's
-// _get_json_schema_from_tool does: the named function's parameters, or a non-empty array of
-// {"name": <a tool name>, "parameters": <its parameters>}). Attach the constraint to the request's
-// engine requests here and return true. tandem has no grammar engine yet, so it returns false and
-// parse_chat_request refuses the request (400) rather than run it unconstrained.
-bool attach_tool_choice_constraint(ParsedRequest& request, const nlohmann::json& schema);
-
-// Parses the body text; throws ApiError(400) for malformed JSON or a non-object.
-nlohmann::json parse_body(const std::string& text);
+// Parses the body text (keys in the client's order); throws ApiError(400) for malformed JSON or a
+// non-object.
+nlohmann::ordered_json parse_body(const std::string& text);
 
 // "model" check shared by every endpoint.
 std::string resolve_model(const nlohmann::json& body, const std::vector<std::string>& served_names);

@@ -96,6 +96,19 @@ std::unique_ptr<ReasoningParser> make_reasoning_parser(const std::string& name) 
   fail("invalid reasoning parser: {} (chose from {{ {} }})", name, fmt::join(reasoning_parser_names(), ", "));
 }
 
+std::string reasoning_end_marker(const std::string& name) {
+  if (name == "gemma4") return std::string(kClose);
+  fail("invalid reasoning parser: {}", name);
+}
+
+bool prompt_ends_reasoning(const std::string& name, std::string_view prompt) {
+  if (name != "gemma4") fail("invalid reasoning parser: {}", name);
+  // The model's turn starts at the last <|turn>; a channel already closed in it (the template's
+  // empty channel when thinking is off) leaves no reasoning to the output.
+  const size_t turn = prompt.rfind("<|turn>");
+  return prompt.find(kClose, turn == std::string_view::npos ? 0 : turn) != std::string_view::npos;
+}
+
 ReasoningSplit split_reasoning(ReasoningParser& parser, std::string_view text) {
   std::string reasoning, content;
   parser.push(text, reasoning, content);

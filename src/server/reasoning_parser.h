@@ -35,6 +35,12 @@ bool is_reasoning_parser(const std::string& name);
 // Throws tandem::Error for an unknown name.
 std::unique_ptr<ReasoningParser> make_reasoning_parser(const std::string& name);
 
+// Structured outputs under a reasoning parser constrain only what follows the reasoning (as vLLM
+// does): the special token that ends it, and whether the rendered `prompt` has ended it already
+// (then the whole output is constrained). Throw tandem::Error for an unknown name.
+std::string reasoning_end_marker(const std::string& name);
+bool prompt_ends_reasoning(const std::string& name, std::string_view prompt);
+
 struct ReasoningSplit {
   std::optional<std::string> reasoning;  // none when the output has no channel
   std::string content;

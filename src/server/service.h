@@ -18,6 +18,8 @@
 
 namespace tandem::server {
 
+class GrammarCompiler;
+
 class InferenceService {
  public:
   virtual ~InferenceService() = default;
@@ -55,6 +57,9 @@ class TextCodec {
   // The chat template's source, when known: request handling reads from it how the template takes
   // tool results (a `tool_responses` list on a message, as Gemma 4's does).
   virtual std::string chat_template_source() const { return {}; }
+  // Structured outputs: compiles output constraints over the model's vocabulary (server/
+  // structured_output.h); null when the server has none, and constrained requests are refused.
+  virtual GrammarCompiler* grammar_compiler() const { return nullptr; }
 };
 
 }  // namespace tandem::server

@@ -497,71 +497,30 @@ class Gemma4ToolParser final : public ToolCallParser {
 };
 
 // ---------------------------------------------------------------------------------------------
-// tool_choice named / required: the output of constrained decoding, as vLLM reads it.
+// tool_choice named / "required": constrained decoding writes Gemma 4 tool calls, which the Gemma 4
+// parser reads back; only finish_reason differs (vLLM's rules).
 
-class NamedToolOutput final : public ToolCallParser {
+class ForcedToolOutput final : public ToolCallParser {
  public:
-  explicit NamedToolOutput(std::string name) : name_(std::move(name)) {}
+  ForcedToolOutput(bool required, bool streaming) : parser_(streaming), required_(required) {}
   void push(std::string_view text, Output& out) override {
-    start(out);
-    if (!text.empty()) {
-      ToolCallDelta d;
-      d.arguments = std::string(text);
-      out.calls.push_back(std::move(d));
-    }
+    parser_.push(text, out);
+    note(out);
   }
-  void finish(Output& out) override { start(out); }
-  std::string finish_reason(const std::string& engine_reason) const override { return engine_reason; }
-
- private:
-  void start(Output& out) {
-    if (started_) return;
-    started_ = true;
-    ToolCallDelta d;
-    d.id = make_tool_call_id();
-    d.name = name_;
-    out.calls.push_back(std::move(d));
-  }
-  std::string name_;
-  bool started_ = false;
-};
-
-class RequiredToolOutput final : public ToolCallParser {
- public:
-  void push(std::string_view text, Output&) override { text_.append(text); }
   void finish(Output& out) override {
-    ordered_json list = ordered_json::parse(text_, nullptr, false);
-    bool ok = list.is_array() && !list.empty();
-    if (ok)
-      for (const auto& c : list)
-        if (!c.is_object() || !c.contains("name") || !c["name"].is_string() ||
-            (c.contains("parameters") && !c["parameters"].is_object() && !c["parameters"].is_null()))
-          ok = false;
-    if (!ok) {
-      out.content += text_;
-      return;
-    }
-    int index = 0;
-    for (const auto& c : list) {
-      ToolCallDelta d;
-      d.index = index++;
-      d.id = make_tool_call_id();
-      d.name = c["name"].get<std::string>();
-      out.calls.push_back(d);
-      ToolCallDelta a;
-      a.index = d.index;
-      a.arguments = python_json_dumps(c.contains("parameters") && c["parameters"].is_object()
-                                          ? c["parameters"] : ordered_json::object());
-      out.calls.push_back(std::move(a));
-    }
-    called_ = true;
+    parser_.finish(out);
+    note(out);
   }
   std::string finish_reason(const std::string& engine_reason) const override {
-    return called_ && engine_reason == "stop" ? "tool_calls" : engine_reason;
+    return required_ && called_ && engine_reason == "stop" ? "tool_calls" : engine_reason;
   }
 
  private:
-  std::string text_;
+  void note(const Output& out) {
+    for (const auto& d : out.calls) called_ |= d.first();
+  }
+  Gemma4ToolParser parser_;
+  bool required_;
   bool called_ = false;
 };
 
@@ -598,11 +557,9 @@ std::unique_ptr<ToolCallParser> make_tool_call_parser(const std::string& name, b
   fail("invalid tool call parser: {} (chose from {{ {} }})", name, fmt::join(tool_call_parser_names(), ", "));
 }
 
-std::unique_ptr<ToolCallParser> make_named_tool_output(const std::string& name) {
-  return std::make_unique<NamedToolOutput>(name);
+std::unique_ptr<ToolCallParser> make_forced_tool_output(bool required, bool streaming) {
+  return std::make_unique<ForcedToolOutput>(required, streaming);
 }
-
-std::unique_ptr<ToolCallParser> make_required_tool_output() { return std::make_unique<RequiredToolOutput>(); }
 
 ToolParseResult parse_tool_output(ToolCallParser& parser, std::string_view text) {
   ToolCallParser::Output out;

@@ -72,13 +72,12 @@ bool is_tool_call_parser(const std::string& name);
 // Throws tandem::Error for an unknown name.
 std::unique_ptr<ToolCallParser> make_tool_call_parser(const std::string& name, bool streaming);
 
-// Output handling of tool_choice {"type":"function","function":{"name":NAME}} (vLLM): the whole
-// output is the arguments of one call of NAME; content is "" and finish_reason stays the engine's.
-std::unique_ptr<ToolCallParser> make_named_tool_output(const std::string& name);
-// Output handling of tool_choice "required" (vLLM): the output is a JSON list of
-// {"name": ..., "parameters": {...}}, one call each; finish_reason "tool_calls" on "stop". Output
-// that is not such a list (possible only without the constraint) stays content.
-std::unique_ptr<ToolCallParser> make_required_tool_output();
+// Output handling of tool_choice {"type":"function","function":{"name":NAME}} (required = false)
+// and "required": constrained decoding makes the output Gemma 4 tool calls (one call of NAME, or
+// one or more calls; see grammar_gemma4_tool_calls), read as the gemma4 parser reads them.
+// finish_reason as vLLM's: the engine's for a named function; "tool_calls" for "required" when the
+// output stopped with calls.
+std::unique_ptr<ToolCallParser> make_forced_tool_output(bool required, bool streaming);
 
 // Whole-output parse with `parser` (a fresh one): the calls and the remaining content.
 ToolParseResult parse_tool_output(ToolCallParser& parser, std::string_view text);

@@ -1,8 +1,9 @@
 // Tool calling and reasoning flags through the official openai client against `tandem serve` on the
-// bundled model. The bundled model was not trained for tools (it never emits a call), so these tests
-// check the request handling: tools and tool_choice accepted or rejected as vLLM does, a history with
-// tool calls and tool results rendered (Gemma 4's markers in the prompt) and answered, and the shape
-// of the responses. Parsing of calls is covered by tests/server (tool_parser_test, http_test).
+// bundled model. The bundled model was not trained for tools (it never emits a call on its own), so
+// these tests check the request handling: tools and tool_choice accepted or rejected as vLLM does, a
+// history with tool calls and tool results rendered (Gemma 4's markers in the prompt) and answered,
+// and the shape of the responses; tool_choice "required" / named force calls by constrained decoding,
+// and those come back parsed. Parsing of calls is covered by tests/server (tool_parser_test, http_test).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -131,17 +132,111 @@ test('tool_choice: invalid values and unknown functions get vLLM-style 400s', as
   await rejects400({ tools: [{ type: 'function', function: {} }] }, /tools\[0\]\.function\.name/);
 });
 
-test('tool_choice required / named: refused until constrained decoding exists (not run unconstrained)', async () => {
-  await rejects400({ tools, tool_choice: 'required' }, /"required" needs constrained decoding/);
-  await rejects400(
-    { tools, tool_choice: { type: 'function', function: { name: 'get_weather' } } },
-    /naming a function needs constrained decoding/,
-  );
-  // "required" with no tools is "none" (OpenAI), so it runs.
+// Tools whose arguments are bounded (strings with maxLength, enums, booleans): the untrained model
+// spells forever inside an unbounded string or number, but bounded arguments always close.
+const boundedTools = [
+  {
+    type: 'function',
+    function: {
+      name: 'get_weather',
+      parameters: {
+        type: 'object',
+        properties: { city: { type: 'string', maxLength: 12 }, unit: { type: 'string', enum: ['C', 'F'] } },
+        required: ['city'],
+      },
+    },
+  },
+  {
+    type: 'function',
+    function: {
+      name: 'get_forecast',
+      parameters: {
+        type: 'object',
+        properties: { city: { type: 'string', maxLength: 16 }, hourly: { type: 'boolean' } },
+        required: ['city', 'hourly'],
+      },
+    },
+  },
+  { type: 'function', function: { name: 'get_time', parameters: { type: 'object', properties: {} } } },
+];
+
+// The arguments against the tool's schema (the subset used here): required keys, declared types.
+function checkArguments(args, parameters) {
+  for (const key of parameters.required ?? []) assert.ok(key in args, `missing ${key} in ${JSON.stringify(args)}`);
+  for (const [key, value] of Object.entries(args)) {
+    const p = parameters.properties[key];
+    assert.ok(p, `undeclared ${key}`);
+    assert.equal(typeof value, p.type, `${key}: ${JSON.stringify(value)}`);
+    if (p.maxLength !== undefined) assert.ok([...value].length <= p.maxLength, `${key}: ${value}`);
+    if (p.enum) assert.ok(p.enum.includes(value), `${key}: ${value}`);
+  }
+}
+
+test('tool_choice named: constrained decoding returns a parsed call whose arguments follow the schema', async () => {
+  for (const stream of [false, true]) {
+    for (const temperature of [0, 1]) {
+      const body = {
+        model, messages: [{ role: 'user', content: 'What is the weather in Paris?' }], tools: boundedTools,
+        max_tokens: 96, temperature, seed: 5, tool_choice: { type: 'function', function: { name: 'get_weather' } },
+      };
+      let calls, finish, content;
+      if (!stream) {
+        const r = await client.chat.completions.create(body);
+        calls = r.choices[0].message.tool_calls, finish = r.choices[0].finish_reason, content = r.choices[0].message.content;
+      } else {
+        calls = [], finish = null, content = '';
+        for await (const chunk of await client.chat.completions.create({ ...body, stream: true })) {
+          for (const c of chunk.choices) {
+            content += c.delta.content ?? '';
+            for (const t of c.delta.tool_calls ?? []) {
+              if (t.id) calls[t.index] = { id: t.id, type: t.type, function: { name: t.function.name, arguments: '' } };
+              calls[t.index].function.arguments += t.function?.arguments ?? '';
+            }
+            if (c.finish_reason) finish = c.finish_reason;
+          }
+        }
+      }
+      assert.equal(finish, 'stop', 'vLLM keeps the engine finish_reason for a named function');
+      assert.equal(calls.length, 1, JSON.stringify(calls));
+      assert.equal(content ?? '', '');
+      assert.equal(calls[0].function.name, 'get_weather');
+      assert.match(calls[0].id, /^chatcmpl-tool-/);
+      checkArguments(JSON.parse(calls[0].function.arguments), boundedTools[0].function.parameters);
+    }
+  }
+});
+
+test('tool_choice required: parsed calls of the given tools, finish_reason tool_calls', async () => {
+  for (const parallel_tool_calls of [undefined, false]) {
+    for (const temperature of [0, 1]) {
+      const r = await client.chat.completions.create({
+        model, messages: [{ role: 'user', content: 'Forecast for Oslo?' }], tools: boundedTools, tool_choice: 'required',
+        parallel_tool_calls, max_tokens: 128, temperature, seed: 9,
+      });
+      const c = r.choices[0];
+      assert.ok(c.message.tool_calls.length >= 1, JSON.stringify(c));
+      // One call always ends; several may run to max_tokens (then the complete calls are returned).
+      if (parallel_tool_calls === false) {
+        assert.equal(c.message.tool_calls.length, 1);
+        assert.equal(c.finish_reason, 'tool_calls', JSON.stringify(c));
+      } else {
+        assert.ok(['tool_calls', 'length'].includes(c.finish_reason), JSON.stringify(c));
+      }
+      for (const call of c.message.tool_calls) {
+        const tool = boundedTools.find((t) => t.function.name === call.function.name);
+        assert.ok(tool, call.function.name);
+        checkArguments(JSON.parse(call.function.arguments), tool.function.parameters);
+      }
+    }
+  }
+  // "required" with no tools is "none" (OpenAI), so it runs unconstrained.
   const r = await client.chat.completions.create({
     model, messages: [{ role: 'user', content: 'hi' }], tools: [], tool_choice: 'required', max_tokens: 4,
   });
   assert.equal(r.choices.length, 1);
+  // With another output constraint: vLLM's 400.
+  await rejects400({ tools, tool_choice: 'required', response_format: { type: 'json_object' } },
+    /either use constraints for structured outputs or tools, not both/);
 });
 
 test('history with tool calls and tool results renders with Gemma 4 markers and is answered', async () => {

@@ -239,5 +239,57 @@ TEST(JsonSchema, UnsupportedKeywordsAreNamed) {
   EXPECT_TRUE(full_match(g, "3"));
 }
 
+// Gemma 4 tool calls: <|tool_call>call:NAME{args}<tool_call|>, the arguments in its template's
+// syntax (bare sorted keys, strings between <|"|> with nothing escaped, no whitespace).
+CompiledGrammar tool_calls(const std::string& tools_json, bool several) {
+  std::vector<ToolCallSchema> tools;
+  for (const auto& t : nlohmann::ordered_json::parse(tools_json)) tools.push_back({t["name"], t["parameters"]});
+  return compile(grammar_gemma4_tool_calls(tools, several), byte_vocab());
+}
+
+TEST(Gemma4ToolCalls, ArgumentsFollowTheSchemaInTheTemplateSyntax) {
+  const std::string tools = R"([
+    {"name": "get_weather", "parameters": {"type": "object", "properties": {
+       "unit": {"enum": ["C", "F"]}, "city": {"type": "string"}, "days": {"type": "integer"},
+       "at": {"type": "object", "properties": {"lat": {"type": "number"}}, "required": ["lat"]},
+       "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 2},
+       "odd key": {"type": "boolean"}, "note": {"type": ["string", "null"]}},
+     "required": ["city"]}},
+    {"name": "get_time", "parameters": {"type": "object", "properties": {}}}])";
+  auto one = tool_calls(tools, false);
+  const std::string q = "<|\"|>";
+  EXPECT_TRUE(full_match(one, "<|tool_call>call:get_weather{city:" + q + "Paris" + q + "}<tool_call|>"));
+  EXPECT_TRUE(full_match(one, "<|tool_call>call:get_time{}<tool_call|>"));
+  // Sorted keys (the template's dictsort), each type in its spelling; a key with a space is quoted.
+  EXPECT_TRUE(full_match(one, "<|tool_call>call:get_weather{at:{lat:-1.5},city:" + q + "a,b}\"{" + q + ",days:3," +
+                                  "note:null," + q + "odd key" + q + ":true,tags:[" + q + "x>y" + q + "],unit:" + q + "C" + q +
+                                  "}<tool_call|>"));
+  EXPECT_FALSE(full_match(one, "<|tool_call>call:get_weather{days:3,city:" + q + "P" + q + "}<tool_call|>"));  // order
+  EXPECT_FALSE(full_match(one, "<|tool_call>call:get_weather{days:3}<tool_call|>"));         // city required
+  EXPECT_FALSE(full_match(one, "<|tool_call>call:get_weather{city:\"Paris\"}<tool_call|>"));  // JSON quotes
+  EXPECT_FALSE(full_match(one, "<|tool_call>call:get_weather{city:" + q + "P" + q + ",unit:" + q + "K" + q + "}<tool_call|>"));
+  EXPECT_FALSE(full_match(one, "<|tool_call>call:get_weather{city:" + q + "P" + q + ",tags:[" + q + "abcd" + q + "]}<tool_call|>"));
+  EXPECT_FALSE(full_match(one, "<|tool_call>call:get_weather{city: " + q + "P" + q + "}<tool_call|>"));  // whitespace
+  EXPECT_FALSE(full_match(one, "<|tool_call>call:get_time{}<tool_call|><|tool_call>call:get_time{}<tool_call|>"));
+  // A string never contains the delimiter: the first <|"|> ends it.
+  EXPECT_FALSE(full_match(one, "<|tool_call>call:get_weather{city:" + q + "a" + q + "b" + q + "}<tool_call|>"));
+  EXPECT_TRUE(full_match(one, "<|tool_call>call:get_weather{city:" + q + "<|\"|<<|" + q + "}<tool_call|>"));
+  auto several = tool_calls(tools, true);
+  EXPECT_TRUE(full_match(several, "<|tool_call>call:get_time{}<tool_call|><|tool_call>call:get_time{}<tool_call|>"));
+  EXPECT_FALSE(full_match(several, ""));
+  EXPECT_FALSE(full_match(several, "<|tool_call>call:get_date{}<tool_call|>"));
+}
+
+TEST(Gemma4ToolCalls, ErrorsNameTheProblem) {
+  EXPECT_NE(error_of([] { tool_calls(R"([{"name": "a b", "parameters": {"type": "object"}}])", false); }).find("a b"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { tool_calls(R"([{"name": "f", "parameters": {"type": "array"}}])", false); }).find("object"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { tool_calls(R"([{"name": "f", "parameters": {"type": "object", "properties":
+                                        {"x": {"type": "string", "uniqueItems": true}}}}])", false); })
+                .find("uniqueItems"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace tandem::grammar

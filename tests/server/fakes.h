@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "server/service.h"
+#include "server/structured_output.h"
 #include "util/error.h"
 
 namespace tandem::server::testing {
@@ -77,6 +78,24 @@ class ByteCodec : public TextCodec {
   }
   std::string bos_token() const override { return "<bos>"; }
   std::string eos_token() const override { return "<eos>"; }
+  // Grammars over these ids: one byte per token, the markers by their text (tool calls only).
+  GrammarCompiler* grammar_compiler() const override {
+    std::call_once(grammar_once_, [this] {
+      std::vector<std::string> bytes(vocab_size());
+      for (int c = 0; c < 256; ++c) bytes[id_of(static_cast<unsigned char>(c))] = std::string(1, static_cast<char>(c));
+      bytes[kEos] = "<eos>", bytes[kBos] = "<bos>", bytes[kOpen] = "<|channel>", bytes[kClose] = "<channel|>";
+      bytes[kCallOpen] = "<|tool_call>", bytes[kCallClose] = "<tool_call|>", bytes[kQuote] = "<|\"|>";
+      grammar_ = std::make_unique<GrammarCompiler>(
+          std::move(bytes), std::vector<int32_t>{kEos},
+          std::vector<int32_t>{0, kBos, kOpen, kClose, kCallOpen, kCallClose, kQuote},
+          std::vector<int32_t>{kCallOpen, kCallClose, kQuote});
+    });
+    return grammar_.get();
+  }
+
+ private:
+  mutable std::once_flag grammar_once_;
+  mutable std::unique_ptr<GrammarCompiler> grammar_;
 };
 
 // Generates, for a prompt containing "SAY:<text>|", the bytes of <text> then EOS; otherwise the

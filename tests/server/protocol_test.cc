@@ -4,6 +4,7 @@
 
 #include "fakes.h"
 #include "server/api_error.h"
+#include "grammar/matcher.h"
 
 namespace tandem::server {
 namespace {
@@ -210,9 +211,10 @@ TEST_F(ProtocolTest, VllmParameterRejections) {
   EXPECT_EQ(error_param(many + "]}"), "prompt");
 }
 
-// Structured outputs are not wired to the grammar engine yet: every way of asking for them is a
-// 400 naming the field ("not supported yet"), never silently ignored; text output stays accepted.
-TEST_F(ProtocolTest, StructuredOutputsAreRefusedUntilWired) {
+// Structured outputs: every spelling vLLM accepts (response_format, structured_outputs, the older
+// guided_*) compiles to a grammar attached to the engine request; malformed or unsupported ones are a
+// 400 naming the field.
+TEST_F(ProtocolTest, StructuredOutputSpellingsAttachAGrammar) {
   auto message = [&](const std::string& body, bool is_chat) {
     try {
       is_chat ? chat(body) : completion(body);
@@ -221,33 +223,107 @@ TEST_F(ProtocolTest, StructuredOutputsAreRefusedUntilWired) {
     }
     return std::string();
   };
+  // Whether `text` (plus the stop token) is what the request's grammar accepts whole.
+  auto accepts = [&](const ParsedRequest& r, const std::string& text) {
+    grammar::GrammarMatcher m(*r.engine_request(0).sampling.grammar);
+    for (unsigned char c : text)
+      if (!m.accept_token(ByteCodec::id_of(c))) return false;
+    return m.accept_token(ByteCodec::kEos);
+  };
   const std::string chat_head = R"({"messages":[{"role":"user","content":"x"}],"max_tokens":2,)";
   const std::string completion_head = R"({"prompt":"x","max_tokens":2,)";
   for (const bool is_chat : {false, true}) {
     SCOPED_TRACE(is_chat ? "chat" : "completions");
     const std::string head = is_chat ? chat_head : completion_head;
-    for (const std::string field : {R"("response_format":{"type":"json_object"})",
-                                    R"("response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}})",
-                                    R"("response_format":{"type":"structural_tag"})"}) {
-      EXPECT_EQ(error_param(head + field + "}", is_chat), "response_format") << field;
-      EXPECT_NE(message(head + field + "}", is_chat).find("not supported yet"), std::string::npos) << field;
+    auto parse = [&](const std::string& field) { return is_chat ? chat(head + field + "}") : completion(head + field + "}"); };
+    struct Case {
+      std::string field, good, bad;
+    };
+    const Case cases[] = {
+        {R"("response_format":{"type":"json_object"})", R"({"a": [1, {}]})", "[1]"},
+        {R"("response_format":{"type":"json_schema","json_schema":{"name":"x","strict":true,"schema":{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"],"additionalProperties":false}}})",
+         R"({"n": 12})", R"({"n": "12"})"},
+        {R"("structured_outputs":{"json":{"enum":["yes","no"]}})", R"("yes")", R"("maybe")"},
+        {R"("structured_outputs":{"json":"{\"type\":\"boolean\"}"})", "true", "1"},
+        {R"("structured_outputs":{"json":{"type":"object"},"disable_any_whitespace":true})", R"({"a":1})", R"({"a": 1})"},
+        {R"("structured_outputs":{"json":{"type":"object","properties":{"a":{"type":"integer"}}},"disable_additional_properties":true})",
+         R"({"a": 1})", R"({"a": 1, "b": 2})"},
+        {R"("structured_outputs":{"regex":"[a-c]+\\d"})", "abca7", "abcd7"},
+        {R"("structured_outputs":{"choice":["red","green"]})", "green", "blue"},
+        {R"("structured_outputs":{"grammar":"root ::= \"x\" [0-9]*"})", "x42", "y42"},
+        {R"("structured_outputs":{"json_object":true})", "{}", "[]"},
+        {R"("guided_json":{"type":"array","items":{"type":"null"},"maxItems":1})", "[null]", "[null, null]"},
+        {R"("guided_regex":"(ab)+")", "abab", "aba"},
+        {R"("guided_choice":["a b","c"])", "a b", "a"},
+        {R"("guided_grammar":"root ::= [xy]+","guided_decoding_backend":"xgrammar")", "xyx", "xyz"},
+    };
+    for (const auto& c : cases) {
+      const ParsedRequest r = parse(c.field);
+      ASSERT_TRUE(r.sampling.grammar.has_value()) << c.field;
+      EXPECT_EQ(r.sampling.grammar_after_token, -1) << c.field;
+      EXPECT_TRUE(accepts(r, c.good)) << c.field << " " << c.good;
+      EXPECT_FALSE(accepts(r, c.bad)) << c.field << " " << c.bad;
     }
-    EXPECT_EQ(error_param(head + R"("response_format":"json"})", is_chat), "response_format");
-    for (const std::string name : {"structured_outputs", "guided_json", "guided_regex", "guided_choice",
-                                   "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern"}) {
-      const std::string value = name == "structured_outputs" ? R"({"json":{"type":"object"}})"
-                                : name == "guided_choice"    ? R"(["a","b"])"
-                                : name == "guided_json"      ? R"({"type":"object"})"
-                                                             : R"("x")";
-      const std::string body = head + "\"" + name + "\":" + value + "}";
-      EXPECT_EQ(error_param(body, is_chat), name);
-      EXPECT_NE(message(body, is_chat).find("not supported yet"), std::string::npos) << name;
-      EXPECT_EQ(error_param(head + "\"" + name + "\":null}", is_chat), "") << name;
-    }
-    EXPECT_EQ(error_param(head + R"("response_format":{"type":"text"}})", is_chat), "");
-    EXPECT_EQ(error_param(head + R"("response_format":{}})", is_chat), "");
-    EXPECT_EQ(error_param(head + R"("response_format":null})", is_chat), "");
+    // Bad constraints: 400 naming the field.
+    const std::pair<std::string, std::string> bad[] = {
+        {R"("response_format":"json")", "response_format"},
+        {R"("response_format":{"type":"xml"})", "response_format"},
+        {R"("response_format":{"type":"structural_tag"})", "response_format"},
+        {R"("response_format":{"type":"json_schema"})", "response_format"},
+        {R"("response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object","uniqueItems":true}}})",
+         "response_format"},
+        {R"("structured_outputs":{"json":{"type":"strnig"}})", "structured_outputs.json"},
+        {R"("structured_outputs":{"json":"{not json"})", "structured_outputs.json"},
+        {R"("structured_outputs":{"regex":"(a"})", "structured_outputs.regex"},
+        {R"("structured_outputs":{"regex":"a","choice":["a"]})", "structured_outputs"},
+        {R"("structured_outputs":{"choice":[]})", "structured_outputs.choice"},
+        {R"("structured_outputs":{"grammar":"root ::= undefined_rule"})", "structured_outputs.grammar"},
+        {R"("structured_outputs":{"whitespace_pattern":" "})", "structured_outputs"},
+        {R"("structured_outputs":{"structural_tag":"{}"})", "structured_outputs"},
+        {R"("structured_outputs":{"jsn":{}})", "structured_outputs"},
+        {R"("structured_outputs":"json")", "structured_outputs"},
+        {R"("guided_json":{"type":"object","allOf":[]})", "guided_json"},
+        {R"("guided_regex":"a\\1")", "guided_regex"},
+        {R"("guided_choice":"a")", "guided_choice"},
+        {R"("guided_grammar":"rot ::= \"a\"")", "guided_grammar"},
+        {R"("guided_whitespace_pattern":" ")", "guided_whitespace_pattern"},
+        {R"("guided_regex":"a","guided_choice":["a"])", "guided_choice"},
+        {R"("response_format":{"type":"json_object"},"guided_regex":"a")", "guided_regex"},
+        {R"("guided_regex":"a","min_tokens":1)", "min_tokens"},
+        {R"("guided_regex":"a","allowed_token_ids":[5])", "allowed_token_ids"},
+    };
+    for (const auto& [field, param] : bad) EXPECT_EQ(error_param(head + field + "}", is_chat), param) << field;
+    EXPECT_NE(message(head + R"("guided_json":{"type":"object","allOf":[]}})", is_chat).find("allOf"), std::string::npos);
+    // No constraint.
+    for (const std::string field : {R"("response_format":{"type":"text"})", R"("response_format":{})",
+                                    R"("response_format":null)", R"("structured_outputs":null)", R"("guided_json":null)",
+                                    R"("structured_outputs":{})"})
+      EXPECT_FALSE(parse(field).sampling.grammar.has_value()) << field;
   }
+  // Compiled once per distinct constraint.
+  const size_t before = codec.grammar_compiler()->cached();
+  completion(completion_head + R"("guided_regex":"zz+q"})");
+  completion(completion_head + R"("guided_regex":"zz+q"})");
+  EXPECT_EQ(codec.grammar_compiler()->cached(), before + 1);
+}
+
+// With a reasoning parser the grammar applies after the reasoning (vLLM): from <channel|> on,
+// unless the prompt already closed the channel (thinking off).
+TEST_F(ProtocolTest, StructuredOutputsStartAfterTheReasoning) {
+  limits.reasoning_parser = "gemma4";
+  const std::string body = R"({"messages":[{"role":"user","content":"x"}],"max_tokens":2,"guided_choice":["a"])";
+  ParsedRequest thinking = chat(body + "}");
+  EXPECT_EQ(thinking.sampling.grammar_after_token, ByteCodec::kClose);
+  // The fake template renders "(thinking)" only; a prompt whose model turn closes the channel:
+  ParsedRequest closed = chat(R"({"messages":[{"role":"user","content":"<|turn>model\n<|channel>thought\n<channel|>"}],)"
+                              R"("add_generation_prompt":false,"max_tokens":2,"guided_choice":["a"]})");
+  EXPECT_EQ(closed.sampling.grammar_after_token, -1);
+  // tool_choice "required" / named too.
+  ParsedRequest tools = chat(R"({"messages":[{"role":"user","content":"x"}],"max_tokens":2,"tool_choice":"required",)"
+                             R"("tools":[{"type":"function","function":{"name":"f"}}]})");
+  EXPECT_EQ(tools.sampling.grammar_after_token, ByteCodec::kClose);
+  limits.reasoning_parser.clear();
+  EXPECT_EQ(chat(body + "}").sampling.grammar_after_token, -1);
 }
 
 TEST_F(ProtocolTest, NumberOverflowIsABadRequest) {

@@ -260,9 +260,9 @@ TEST(Gemma4ToolParser, RandomInputNeverBreaksTheInvariants) {
   }
 }
 
-TEST(ToolChoiceOutput, NamedFunctionTakesTheWholeOutputAsArguments) {
-  auto p = make_named_tool_output("get_weather");
-  ToolParseResult r = parse_tool_output(*p, R"({"city": "Paris"})");
+TEST(ToolChoiceOutput, NamedFunctionReadsTheGemmaCallAndKeepsTheEngineReason) {
+  auto p = make_forced_tool_output(false, false);
+  ToolParseResult r = parse_tool_output(*p, "<|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>}<tool_call|>");
   ASSERT_EQ(r.tool_calls.size(), 1u);
   EXPECT_EQ(r.tool_calls[0].name, "get_weather");
   EXPECT_EQ(r.tool_calls[0].arguments, R"({"city": "Paris"})");
@@ -270,18 +270,19 @@ TEST(ToolChoiceOutput, NamedFunctionTakesTheWholeOutputAsArguments) {
   EXPECT_EQ(p->finish_reason("stop"), "stop");  // vLLM keeps the engine's reason here
 }
 
-TEST(ToolChoiceOutput, RequiredReadsAJsonListOfCalls) {
-  auto p = make_required_tool_output();
-  ToolParseResult r =
-      parse_tool_output(*p, R"([{"name":"a","parameters":{"x":1,"y":"é"}},{"name":"b","parameters":{}}])");
+TEST(ToolChoiceOutput, RequiredReadsSeveralCallsAndEndsWithToolCalls) {
+  auto p = make_forced_tool_output(true, false);
+  ToolParseResult r = parse_tool_output(
+      *p, "<|tool_call>call:a{x:1,y:<|\"|>é<|\"|>}<tool_call|><|tool_call>call:b{}<tool_call|>");
   ASSERT_EQ(r.tool_calls.size(), 2u);
   EXPECT_EQ(r.tool_calls[0].arguments, R"({"x": 1, "y": "é"})");
   EXPECT_EQ(r.tool_calls[1].name, "b");
   EXPECT_EQ(p->finish_reason("stop"), "tool_calls");
-  auto q = make_required_tool_output();
-  ToolParseResult bad = parse_tool_output(*q, "not json");
-  EXPECT_TRUE(bad.tool_calls.empty());
-  EXPECT_EQ(bad.content, "not json");
+  EXPECT_EQ(p->finish_reason("length"), "length");
+  auto q = make_forced_tool_output(true, false);
+  ToolParseResult none = parse_tool_output(*q, "no call");  // possible only without the constraint
+  EXPECT_TRUE(none.tool_calls.empty());
+  EXPECT_EQ(none.content, "no call");
   EXPECT_EQ(q->finish_reason("stop"), "stop");
 }
 

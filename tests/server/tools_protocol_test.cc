@@ -9,6 +9,8 @@
 #include "server/adapters.h"
 #include "server/api_error.h"
 #include "server/protocol.h"
+#include "server/tool_parser.h"
+#include "grammar/matcher.h"
 
 namespace tandem::server {
 namespace {
@@ -93,16 +95,63 @@ TEST_F(ToolsProtocolTest, InvalidToolChoiceIsRejectedInVllmWords) {
   EXPECT_NE(error({{"tools", kTools}, {"parallel_tool_calls", "yes"}}), "");
 }
 
-TEST_F(ToolsProtocolTest, RequiredAndNamedNeedTheConstraintHook) {
-  // Valid requests; tandem has no grammar engine, so attach_tool_choice_constraint() refuses them.
-  std::string named = error({{"tools", kTools}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}}});
-  EXPECT_NE(named.find("needs constrained decoding"), std::string::npos) << named;
-  std::string required = error({{"tools", kTools}, {"tool_choice", "required"}});
-  EXPECT_NE(required.find("\"required\" needs constrained decoding"), std::string::npos) << required;
+// tool_choice "required" / named: constrained to Gemma 4 tool calls whose arguments follow the
+// tool's schema (checked through the attached grammar on the fake byte-level vocabulary, where the
+// markers are single special tokens as in Gemma 4's tokenizer).
+TEST_F(ToolsProtocolTest, RequiredAndNamedConstrainTheOutputToGemmaToolCalls) {
+  // Whether the output (\x03 \x04 \x05: <|tool_call>, <tool_call|>, <|"|>) then the stop token is
+  // what the request's grammar accepts.
+  auto accepts = [](const ParsedRequest& r, const std::string& out) {
+    grammar::GrammarMatcher m(*r.engine_request(0).sampling.grammar);
+    for (unsigned char c : out) {
+      const int32_t id = c == 3 ? ByteCodec::kCallOpen : c == 4 ? ByteCodec::kCallClose : c == 5 ? ByteCodec::kQuote
+                                                                                       : ByteCodec::id_of(c);
+      if (!m.accept_token(id)) return false;
+    }
+    return m.accept_token(ByteCodec::kEos);
+  };
+  const std::string paris = "\x03" "call:get_weather{city:\x05Paris\x05}\x04";
+  const std::string time = "\x03" "call:get_time{}\x04";
+  ParsedRequest named =
+      chat({{"tools", kTools}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}});
+  EXPECT_EQ(named.tool_output, ToolOutput::named);
+  EXPECT_TRUE(accepts(named, paris));
+  EXPECT_TRUE(accepts(named, "\x03" "call:get_weather{city:\x05" "a\"b}<|\"|\x05}\x04"));  // raw text up to <|"|>
+  EXPECT_TRUE(accepts(named, "<|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>}<tool_call|>"));  // as text
+  EXPECT_FALSE(accepts(named, time));                                              // another tool
+  EXPECT_FALSE(accepts(named, paris + paris));                                     // one call only
+  EXPECT_FALSE(accepts(named, "\x03" "call:get_weather{}\x04"));                   // city is required
+  EXPECT_FALSE(accepts(named, "\x03" "call:get_weather{city:3}\x04"));             // not a string
+  EXPECT_FALSE(accepts(named, "\x03" "call:get_weather{city:\x05Paris\x05,x:1}\x04"));  // undeclared
+  EXPECT_FALSE(accepts(named, "Sure! " + paris));                                  // no text around it
+  ParsedRequest required = chat({{"tools", kTools}, {"tool_choice", "required"}});
+  EXPECT_EQ(required.tool_output, ToolOutput::required);
+  EXPECT_TRUE(accepts(required, paris));
+  EXPECT_TRUE(accepts(required, time + paris));  // parallel calls
+  EXPECT_FALSE(accepts(required, ""));           // at least one call
+  EXPECT_FALSE(accepts(required, "\x03" "call:get_date{}\x04"));
+  ParsedRequest single = chat({{"tools", kTools}, {"tool_choice", "required"}, {"parallel_tool_calls", false}});
+  EXPECT_TRUE(accepts(single, time));
+  EXPECT_FALSE(accepts(single, time + paris));
+  // The output of such a request is read by the Gemma 4 parser: whole and streamed, it gives the call.
+  auto p = make_forced_tool_output(false, false);
+  ToolParseResult parsed = parse_tool_output(*p, "<|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>}<tool_call|>");
+  ASSERT_EQ(parsed.tool_calls.size(), 1u);
+  EXPECT_EQ(json::parse(parsed.tool_calls[0].arguments), json({{"city", "Paris"}}));
   // "required" with an empty tool list behaves as "none" (OpenAI).
   EXPECT_EQ(chat({{"tools", json::array()}, {"tool_choice", "required"}}).tool_output, ToolOutput::none);
-  ParsedRequest r;
-  EXPECT_FALSE(attach_tool_choice_constraint(r, json::object()));
+  EXPECT_FALSE(chat({{"tools", json::array()}, {"tool_choice", "required"}}).sampling.grammar.has_value());
+  // Not together with another output constraint (vLLM's rule and message).
+  EXPECT_EQ(error({{"tools", kTools}, {"tool_choice", "required"}, {"guided_choice", {"a"}}}),
+            "You can only either use constraints for structured outputs or tools, not both.");
+  // A parameter schema the grammar cannot express is a 400 naming tool_choice.
+  json odd = kTools;
+  odd[0]["function"]["parameters"]["properties"]["city"]["uniqueItems"] = true;
+  std::string e = error({{"tools", odd}, {"tool_choice", "required"}});
+  EXPECT_NE(e.find("'tool_choice'"), std::string::npos) << e;
+  EXPECT_NE(e.find("uniqueItems"), std::string::npos) << e;
+  // tool_choice "auto" is not constrained.
+  EXPECT_FALSE(chat({{"tools", kTools}, {"tool_choice", "auto"}}).sampling.grammar.has_value());
 }
 
 TEST_F(ToolsProtocolTest, AssistantToolCallArgumentsMustBeJson) {

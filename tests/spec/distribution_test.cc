@@ -10,6 +10,7 @@
 #include "../model/fixtures.h"
 #include "engine/engine.h"
 #include "engine/sampler.h"
+#include "grammar/matcher.h"
 #include "spec/speculative_config.h"
 
 namespace tandem {
@@ -70,8 +71,11 @@ TEST(VerifyDraft, EmittedTokenFollowsTheTargetDistribution) {
 }
 
 // End to end through the engine: (t1, t2) of a 3-token generation with k = 1 (t2 always goes
-// through verification) against the exact joint distribution computed from the target.
-void check_engine_joint(float temperature, float top_p) {
+// through verification, unless a grammar cuts the draft) against the exact joint distribution
+// computed from the target. With `constrained`, under a grammar over a made-up vocabulary (token t
+// spells the letter 'a' + t % 8; the output must match [a-d][a-g]+): the joint is then that of the
+// masked rows, drafts the grammar forbids are cut, and the others are verified against masked rows.
+void check_engine_joint(float temperature, float top_p, bool constrained = false) {
   const std::string dir = testing::fixtures_dir() + "/";
   auto backend = testing::test_backend(1);
   auto target = Gemma4Model::load(dir + "gemma4-moe", *backend);
@@ -81,9 +85,25 @@ void check_engine_joint(float temperature, float top_p) {
   SamplingParams params;
   params.temperature = temperature;
   params.top_p = top_p;
+  if (constrained) {
+    std::vector<std::string> letters(V);
+    for (int t = 0; t < V; ++t) letters[t] = std::string(1, static_cast<char>('a' + t % 8));
+    auto vocab = std::make_shared<const grammar::Vocabulary>(std::move(letters), target->config().eos_ids);
+    params.grammar = grammar::compile_regex("[a-d][a-g]+", vocab);
+  }
+  // The mask after `output` (null without a grammar).
+  std::vector<uint32_t> mask;
+  auto mask_after = [&](const std::vector<int32_t>& output) -> const uint32_t* {
+    if (!constrained) return nullptr;
+    grammar::GrammarMatcher m(*params.grammar);
+    for (int32_t t : output) EXPECT_TRUE(m.accept_token(t));
+    mask.assign(params.grammar->vocabulary().bitmask_words(), 0);
+    m.fill_next_token_bitmask(mask.data());
+    return mask.data();
+  };
 
   // Exact joint: p(t1) from the prompt, p(t2 | t1) from prompt + t1.
-  auto next_distribution = [&](const std::vector<int32_t>& ids) {
+  auto next_distribution = [&](const std::vector<int32_t>& ids, const std::vector<int32_t>& output) {
     KvCache kv(target->backend(), target->config(), 4, 16);
     std::vector<int32_t> table;
     kv.reserve(table, static_cast<int64_t>(ids.size()));
@@ -93,16 +113,16 @@ void check_engine_joint(float temperature, float top_p) {
     target->forward(batch, kv, &hidden, &logits);
     Sampler s(params, 0);
     std::vector<float> probs;
-    s.distribution(std::span<const float>(logits.f32(), V), {}, probs);
+    s.distribution(std::span<const float>(logits.f32(), V), {}, probs, mask_after(output));
     return probs;
   };
   std::map<std::pair<int32_t, int32_t>, double> expected;
-  const auto p1 = next_distribution(prompt);
+  const auto p1 = next_distribution(prompt, {});
   for (int32_t t1 = 0; t1 < V; ++t1) {
     if (p1[t1] < 1e-4) continue;
     auto ids = prompt;
     ids.push_back(t1);
-    const auto p2 = next_distribution(ids);
+    const auto p2 = next_distribution(ids, {t1});
     for (int32_t t2 = 0; t2 < V; ++t2)
       if (p1[t1] * p2[t2] > 1e-6) expected[{t1, t2}] = p1[t1] * p2[t2];
   }
@@ -129,12 +149,19 @@ void check_engine_joint(float temperature, float top_p) {
     ASSERT_EQ(out.size(), 3u);
     ++observed[{out[0], out[1]}];
   }
-  EXPECT_EQ(engine.stats().spec.num_drafts, static_cast<uint64_t>(n));
+  const SpecStats st = engine.stats().spec;
+  if (constrained) {  // some drafts are cut by the grammar, the others verified
+    EXPECT_GT(st.num_drafts, static_cast<uint64_t>(n / 10));
+    EXPECT_LT(st.num_drafts, static_cast<uint64_t>(n));
+  } else {
+    EXPECT_EQ(st.num_drafts, static_cast<uint64_t>(n));
+  }
   expect_fits(observed, expected, n);
 }
 
 TEST(SpeculativeSampling, MatchesTargetAtTemperatureOne) { check_engine_joint(1.0f, 1.0f); }
 TEST(SpeculativeSampling, MatchesTargetWithTopP) { check_engine_joint(1.0f, 0.95f); }
+TEST(SpeculativeSampling, MatchesTheMaskedTargetUnderAGrammar) { check_engine_joint(1.0f, 1.0f, true); }
 
 }  // namespace
 }  // namespace tandem
