@@ -63,11 +63,23 @@ double clamp_logprob(float lp) { return std::isfinite(lp) ? lp : -9999.0; }
 // One HTTP generation request: n × prompts engine requests, their output queue and per-choice
 // text state.
 
+// One output token on its way to the client: its logprobs (when requested) and, for
+// stream_options.tandem_spec_trace, how it was produced. Entries wait with the text they belong to
+// (held back by stop matching) and go out in the chunk that carries it.
 struct LogprobEntry {
   int32_t token;
   float logprob;
   std::vector<TokenLogprob> top;
+  const char* kind = "target";  // "draft" (accepted), "bonus", "correction", or "target" (no drafts)
+  int round = 0;                // the choice's engine step that produced it (0: after prefill)
+  int position = 0;             // its index among that step's tokens
 };
+
+const char* token_kind(const RequestOutput& out, size_t j) {
+  if (out.num_draft_tokens == 0) return "target";
+  if (static_cast<int>(j) < out.num_accepted_draft_tokens) return "draft";
+  return out.num_accepted_draft_tokens == out.num_draft_tokens ? "bonus" : "correction";
+}
 
 struct Delta {
   std::string content, reasoning;
@@ -91,6 +103,7 @@ struct Choice {
   std::vector<ToolCall> tool_calls;
   std::vector<LogprobEntry> pending_lp, logprobs;
   int tokens = 0;
+  int rounds = 0;  // engine outputs with tokens so far
   int prompt_tokens = 0;
   bool finished = false;
   std::string finish_reason;
@@ -280,6 +293,17 @@ class Run {
             {"text_offset", offsets}};
   }
 
+  // stream_options.tandem_spec_trace: one entry per token of the chunk, in order.
+  json spec_trace_json(const std::vector<LogprobEntry>& entries) const {
+    json out = json::array();
+    for (const auto& e : entries) {
+      json t = {{"token", token_string(e.token)}, {"kind", e.kind}, {"round", e.round}, {"position", e.position}};
+      if (req_.logprobs >= 0) t["logprob"] = clamp_logprob(e.logprob);
+      out.push_back(std::move(t));
+    }
+    return out;
+  }
+
   static void append_logprobs(json& head, const json& tail) {
     for (const char* k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
       for (const auto& v : tail[k]) head[k].push_back(v);
@@ -379,6 +403,7 @@ class Run {
       }
       c.last_token = ev.time;
     }
+    const int round = out.tokens.empty() ? c.rounds : c.rounds++;
     for (size_t j = 0; j < out.tokens.size(); ++j) {
       const int32_t tok = out.tokens[j];
       c.tokens += 1;
@@ -388,8 +413,8 @@ class Run {
         // The stop token itself is not part of the text, unless include_stop_str_in_output.
         if (!req_.include_stop_str_in_output) continue;
       }
-      LogprobEntry lp{tok, 0.0f, {}};
-      if (req_.logprobs >= 0) {
+      if (req_.logprobs >= 0 || req_.spec_trace) {
+        LogprobEntry lp{tok, 0.0f, {}, token_kind(out, j), round, static_cast<int>(j)};
         if (j < out.logprobs.size()) lp.logprob = out.logprobs[j];
         if (j < out.top_logprobs.size()) lp.top = out.top_logprobs[j];
         c.pending_lp.push_back(std::move(lp));
@@ -525,6 +550,7 @@ json delta_chunk(const Run& run, int index, const Delta& d, size_t text_offset) 
   }
   ch["finish_reason"] = d.finished ? json(c.finish_reason) : json(nullptr);
   if (d.finished) ch["stop_reason"] = c.stop_reason;
+  if (req.spec_trace) ch["tandem_spec_trace"] = run.spec_trace_json(d.logprobs);
   json chunk = chunk_base(run);
   chunk["choices"] = json::array({ch});
   return chunk;
