@@ -14,6 +14,7 @@
 #include "server/reasoning_parser.h"
 #include "server/stop_matcher.h"
 #include "server/tool_parser.h"
+#include "server/web_ui.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/version.h"
@@ -779,7 +780,8 @@ void HttpServer::routes() {
   svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (req.method == "OPTIONS" && req.has_header("Origin") && req.has_header("Access-Control-Request-Method"))
       return cors_preflight(options_, req, res);
-    if (options_.api_key.empty() || req.path.rfind("/v1", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+    const bool guarded_path = req.path.rfind("/v1", 0) == 0 || req.path.rfind("/tandem/", 0) == 0;
+    if (options_.api_key.empty() || !guarded_path) return httplib::Server::HandlerResponse::Unhandled;
     const std::string expected = "Bearer " + options_.api_key;
     if (req.get_header_value("Authorization") == expected) return httplib::Server::HandlerResponse::Unhandled;
     send_error(res, ApiError(401, "Invalid or missing API key (send 'Authorization: Bearer <key>').", "",
@@ -988,6 +990,30 @@ void HttpServer::routes() {
   };
   svr.Post("/v1/completions", guarded(generate(false)));
   svr.Post("/v1/chat/completions", guarded(generate(true)));
+
+  if (options_.sweep)
+    svr.Post("/tandem/sweep", guarded([this](const httplib::Request& req, httplib::Response& res) {
+               send_json(res, 200, options_.sweep(parse_body(req.body)));
+             }));
+
+  // The web page is public (it asks for the API key and sends it on /v1 calls). Everything it
+  // loads comes from here: the CSP forbids other origins, inline scripts and inline styles.
+  if (options_.web_ui)
+    for (const WebAsset& a : web_assets()) {
+      std::string pattern;  // cpp-httplib routes are regular expressions
+      for (char ch : a.path) {
+        if (ch == '.') pattern += '\\';
+        pattern += ch;
+      }
+      svr.Get(pattern, [&a](const httplib::Request&, httplib::Response& res) {
+        res.set_header("Content-Security-Policy",
+                       "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                       "frame-ancestors 'none'");
+        res.set_header("X-Content-Type-Options", "nosniff");
+        res.set_header("Cache-Control", "no-cache");
+        res.set_content(a.body.data(), a.body.size(), std::string(a.content_type));
+      });
+    }
 }
 
 }  // namespace tandem::server

@@ -8,6 +8,8 @@
 #include <thread>
 
 #include "fakes.h"
+#include "server/api_error.h"
+#include "server/web_ui.h"
 
 namespace tandem::server {
 namespace {
@@ -367,6 +369,59 @@ TEST_F(HttpTest, SpecTraceIsOptInAndOnlyAddsItsField) {
   json first = json::parse(events.front())["choices"][0]["tandem_spec_trace"][0];
   EXPECT_EQ(first, json({{"token", "a"}, {"kind", "target"}, {"round", 0}, {"position", 0}}));
   post("/v1/completions", {{"prompt", "x"}, {"stream", true}, {"stream_options", {{"tandem_spec_trace", 1}}}}, 400);
+}
+
+TEST_F(HttpTest, WebPageIsPublicWithCsp) {
+  if (web_assets().empty()) GTEST_SKIP() << "built without the web page (TANDEM_WEB_UI=OFF)";
+  start(1, "sekrit");
+  auto c = client();
+  auto page = c.Get("/");
+  ASSERT_TRUE(page);
+  EXPECT_EQ(page->status, 200);
+  EXPECT_NE(page->get_header_value("Content-Type").find("text/html"), std::string::npos);
+  EXPECT_EQ(page->get_header_value("Content-Security-Policy").rfind("default-src 'self';", 0), 0u);
+  EXPECT_NE(page->body.find("app.js"), std::string::npos);
+  auto js = c.Get("/app.js");
+  ASSERT_TRUE(js);
+  EXPECT_EQ(js->status, 200);
+  EXPECT_NE(js->get_header_value("Content-Type").find("javascript"), std::string::npos);
+  EXPECT_EQ(c.Get("/appXjs")->status, 404);  // the '.' of a path is not a regex wildcard
+}
+
+TEST_F(HttpTest, NoWebUiServesNoPage) {
+  configure = [](ServerOptions& o) { o.web_ui = false; };
+  start();
+  auto c = client();
+  EXPECT_EQ(c.Get("/")->status, 404);
+  EXPECT_EQ(c.Get("/v1/models")->status, 200);
+}
+
+TEST_F(HttpTest, SweepRouteIsPluggedInAndNeedsTheKey) {
+  json seen;
+  configure = [&](ServerOptions& o) {
+    o.sweep = [&](const json& body) {
+      if (!body.contains("ks")) throw bad_request("'ks' is required", "ks");
+      seen = body;
+      return json{{"settings", json::array()}};
+    };
+  };
+  start(1, "sekrit");
+  auto c = client();
+  httplib::Headers key = {{"Authorization", "Bearer sekrit"}};
+  EXPECT_EQ(c.Post("/tandem/sweep", R"({"ks":[0]})", "application/json")->status, 401);
+  auto ok = c.Post("/tandem/sweep", key, R"({"ks":[0,1]})", "application/json");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(seen["ks"], json({0, 1}));
+  auto bad = c.Post("/tandem/sweep", key, R"({})", "application/json");
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_EQ(json::parse(bad->body)["error"]["param"], "ks");
+  EXPECT_EQ(c.Post("/tandem/sweep", key, "[1,", "application/json")->status, 400);
+}
+
+TEST_F(HttpTest, NoSweepWithoutHandler) {
+  start();
+  EXPECT_EQ(client().Post("/tandem/sweep", "{}", "application/json")->status, 404);
 }
 
 TEST_F(HttpTest, TokenizeDetokenize) {
