@@ -221,11 +221,13 @@ nlohmann::json run_web_sweep(const nlohmann::json& body, const std::string& url,
     o.ks.push_back(k.get<int>());
   }
   std::vector<std::string> prompts;
-  if (body.contains("prompts") && body["prompts"].is_array())
-    for (const auto& p : body["prompts"])
-      if (p.is_string() && !p.get<std::string>().empty()) prompts.push_back(p.get<std::string>());
-  if (prompts.empty() || prompts.size() > 8 || prompts.size() != body["prompts"].size())
-    throw bad_request("'prompts' must be a list of 1..8 non-empty strings", "prompts");
+  const auto bad_prompts = [] { return bad_request("'prompts' must be a list of 1..8 non-empty strings", "prompts"); };
+  if (!body.contains("prompts") || !body["prompts"].is_array()) throw bad_prompts();
+  for (const auto& p : body["prompts"]) {
+    if (!p.is_string() || p.get<std::string>().empty()) throw bad_prompts();
+    prompts.push_back(p.get<std::string>());
+  }
+  if (prompts.empty() || prompts.size() > 8) throw bad_prompts();
 
   // One sweep at a time: concurrent ones would measure each other.
   static std::mutex running;

@@ -165,6 +165,27 @@ test('a short sweep draws one point per setting', async () => {
   await page.click('#tab-chat');
 });
 
+test('bad sweep requests are 400s naming the field, and the server carries on', async () => {
+  const post = (body) =>
+    fetch(`${server.url}/tandem/sweep`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+  for (const [body, param] of [
+    ['{}', 'ks'],
+    ['{"ks":[0,3],"prompts":["x"]}', 'ks'],  // the server's k is 2
+    ['{"ks":[0,1.5],"prompts":["x"]}', 'ks'],
+    ['{"ks":[0,1]}', 'prompts'],
+    ['{"ks":[0,1],"prompts":"x"}', 'prompts'],
+    ['{"ks":[0,1],"prompts":["x",""]}', 'prompts'],
+    ['{"ks":[0,1],"prompts":["x"],"iterations":0}', 'iterations'],
+    ['{"ks":[0,1],"prompts":["x"],"max_tokens":"9"}', 'max_tokens'],
+  ]) {
+    const res = await post(body);
+    assert.equal(res.status, 400, body);
+    assert.equal((await res.json()).error.param, param, body);
+  }
+  assert.equal((await post('[1,')).status, 400);
+  assert.equal((await fetch(`${server.url}/health`)).status, 200);
+});
+
 test('at 360 px wide nothing scrolls sideways', async () => {
   await page.setViewport({ width: 360, height: 780, deviceScaleFactor: 1 });
   await page.reload({ waitUntil: 'load' });
