@@ -1,8 +1,8 @@
-// Bundles the page into OUT_DIR: index.html, app.js (src/app.js and its npm imports, minified) and
-// app.css. CMake embeds these files into the binary (cmake/embed_assets.cmake).
+// Bundles the page into OUT_DIR: index.html, app.js (src/app.js and its npm imports, minified),
+// app.css and licenses.txt. CMake embeds these files into the binary (cmake/embed_assets.cmake).
 //   node build.mjs OUT_DIR
 import { build } from 'esbuild';
-import { copyFileSync, mkdirSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -23,8 +23,15 @@ await build({
   logLevel: 'warning',
 });
 copyFileSync(join(here, 'src/index.html'), join(out, 'index.html'));
+// The bundled packages' licenses ask for their notices to travel with the code: served as
+// /licenses.txt and linked from the page.
+const notices = [
+  ['marked', 'node_modules/marked/LICENSE'],
+  ['highlight.js', 'node_modules/highlight.js/LICENSE'],
+].map(([name, path]) => `${name}\n${'='.repeat(name.length)}\n\n${readFileSync(join(here, path), 'utf8').trim()}\n`);
+writeFileSync(join(out, 'licenses.txt'), `Third-party code in this page\n\n${notices.join('\n')}`);
 
 // The issue's budget for the whole page: keep it small (every byte is in the binary).
-const total = ['index.html', 'app.js', 'app.css'].reduce((n, f) => n + statSync(join(out, f)).size, 0);
+const total = ['index.html', 'app.js', 'app.css', 'licenses.txt'].reduce((n, f) => n + statSync(join(out, f)).size, 0);
 if (total > 300 * 1024) throw new Error(`the page is ${total} bytes, over the 300 KB budget`);
 console.log(`web page: ${total} bytes`);

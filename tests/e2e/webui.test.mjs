@@ -89,6 +89,9 @@ test('the page loads from the binary, with a CSP, and finds the model and its me
   const res = await page.goto(server.url, { waitUntil: 'load' });
   assert.equal(res.status(), 200);
   assert.match(res.headers()['content-security-policy'], /^default-src 'self';/);
+  const licenses = await fetch(new URL(await page.$eval('a[href="licenses.txt"]', (a) => a.href)));
+  assert.equal(licenses.status, 200);
+  assert.match(await licenses.text(), /marked[\s\S]*highlight\.js/);
   await page.waitForFunction(() => document.querySelector('#model').textContent === 'model: demo');
   await page.waitForFunction(() => document.querySelectorAll('#positions .pos').length > 0);
   await page.waitForFunction(() => document.querySelector('#spec-k').max !== '');
