@@ -4,9 +4,10 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build ccache pkg-config
       nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libfmt-dev
       libgtest-dev libgmock-dev libbenchmark-dev
-      clang libclang-rt-14-dev prometheus)
+      clang libclang-rt-14-dev prometheus
+      chromium)  # the web page's browser test (tests/e2e/webui.test.mjs, puppeteer-core)
 missing=()
-# Node.js + npm for the e2e tests: any installation will do (some images ship them outside Debian's
+# Node.js + npm for the web page's bundle (web/) and the e2e tests: any installation will do (some images ship them outside Debian's
 # packages, and Debian's npm then conflicts), so only install them when the commands are absent.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then missing+=(nodejs npm); fi
 for p in "${pkgs[@]}"; do

@@ -4,7 +4,7 @@
 //     --[no-]enable-prefix-caching (on by default) --enable-chunked-prefill --dtype auto
 //     --speculative-config JSON --api-key KEY (or $VLLM_API_KEY) --allowed-origins JSON ...
 //     --device cpu|cuda|cuda:N|auto --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
-//     --enable-auto-tool-choice --tool-call-parser gemma4 --reasoning-parser gemma4
+//     --enable-auto-tool-choice --tool-call-parser gemma4 --reasoning-parser gemma4 --no-web-ui
 // Without MODEL_DIR it serves the bundled model with its drafter (speculation on, k = 2).
 #include <pthread.h>
 #include <signal.h>
@@ -22,11 +22,15 @@
 
 #include <fmt/ranges.h>
 
+#include "bench/progress.h"
+#include "bench/report.h"
+#include "bench/sweep.h"
 #include "cli/command.h"
 #include "cli/common.h"
 #include "engine/engine.h"
 #include "model/config.h"
 #include "server/adapters.h"
+#include "server/api_error.h"
 #include "server/http_server.h"
 #include "server/reasoning_parser.h"
 #include "server/tool_parser.h"
@@ -61,6 +65,7 @@ struct ServeOptions {
   std::string chat_template;
   int max_body_mb = 0;  // 0: from --max-model-len (see below)
   bool disable_log_requests = false, disable_log_stats = false;
+  bool no_web_ui = false;
   std::string allowed_origins = "[\"*\"]", allowed_methods = "[\"*\"]", allowed_headers = "[\"*\"]";
   bool allow_credentials = false;
   bool enable_auto_tool_choice = false;
@@ -191,6 +196,76 @@ int64_t activation_bytes(const ModelConfig& c, int64_t tokens, int64_t outputs) 
   return 4 * (tokens * per_row + 2 * outputs * int64_t{c.vocab_size}) + (512ll << 20);
 }
 
+// POST /tandem/sweep, for the web page's sweep tab: `tandem bench sweep --endpoint`'s code, run
+// against this server over loopback HTTP (the same requests, /metrics counters and statistics),
+// once per prompt; each setting's iterations and counters are pooled over the prompts. Body:
+// {"ks": [0, 1, 2], "prompts": ["..."], "iterations": 3, "max_tokens": 64, "warmup": 1}.
+nlohmann::json run_web_sweep(const nlohmann::json& body, const std::string& url, const std::string& model,
+                             const std::string& api_key, int configured_k) {
+  using server::bad_request;
+  auto integer = [&](const char* key, int fallback, int lo, int hi) {
+    if (!body.contains(key)) return fallback;
+    const auto& v = body[key];
+    if (!v.is_number_integer() || v.get<int64_t>() < lo || v.get<int64_t>() > hi)
+      throw bad_request(fmt::format("'{}' must be an integer in {}..{}", key, lo, hi), key);
+    return v.get<int>();
+  };
+  bench::SweepOptions o;
+  o.iterations = integer("iterations", 3, 1, 20);
+  o.warmup = integer("warmup", 1, 0, 5);
+  o.max_tokens = integer("max_tokens", 64, 1, 2048);
+  o.ks.clear();
+  if (!body.contains("ks") || !body["ks"].is_array() || body["ks"].empty() || body["ks"].size() > 17)
+    throw bad_request("'ks' must be a list of 1..17 settings (0 = baseline)", "ks");
+  for (const auto& k : body["ks"]) {
+    if (!k.is_number_integer() || k.get<int64_t>() < 0 || k.get<int64_t>() > configured_k)
+      throw bad_request(fmt::format("each of 'ks' must be an integer in 0..{} (the server's k)", configured_k), "ks");
+    o.ks.push_back(k.get<int>());
+  }
+  std::vector<std::string> prompts;
+  const auto bad_prompts = [] { return bad_request("'prompts' must be a list of 1..8 non-empty strings", "prompts"); };
+  if (!body.contains("prompts") || !body["prompts"].is_array()) throw bad_prompts();
+  for (const auto& p : body["prompts"]) {
+    if (!p.is_string() || p.get<std::string>().empty()) throw bad_prompts();
+    prompts.push_back(p.get<std::string>());
+  }
+  if (prompts.empty() || prompts.size() > 8) throw bad_prompts();
+
+  // One sweep at a time: concurrent ones would measure each other.
+  static std::mutex running;
+  std::unique_lock<std::mutex> lock(running, std::try_to_lock);
+  if (!lock.owns_lock()) throw server::ApiError(409, "a sweep is already running", "", "conflict");
+
+  bench::EndpointTarget t;
+  t.url = url, t.model = model, t.api_key = api_key;
+  bench::Progress progress(0, false, /*quiet=*/true);
+  std::vector<bench::SettingResult> pooled;
+  nlohmann::json meta;
+  try {
+    for (const auto& p : prompts) {
+      t.prompt = p;
+      auto results = bench::run_endpoint_sweep(o, t, progress, &meta);
+      if (pooled.empty()) {
+        pooled = std::move(results);
+        continue;
+      }
+      for (size_t i = 0; i < results.size(); ++i) {
+        auto& its = pooled[i].iterations;
+        its.insert(its.end(), results[i].iterations.begin(), results[i].iterations.end());
+        pooled[i].spec = pooled[i].spec.plus(results[i].spec);
+      }
+    }
+  } catch (const Error& e) {
+    throw server::ApiError(500, fmt::format("the sweep failed: {}", e.what()), "", "internal_server_error");
+  }
+  meta["prompts"] = prompts;
+  meta["iterations_per_prompt"] = o.iterations;
+  meta["max_tokens"] = o.max_tokens;
+  auto rows = bench::summarize(pooled);
+  bench::compute_speedups(rows);
+  return bench::to_json(meta, pooled, rows);
+}
+
 void run_serve(ServeOptions o) {
   // Signals go to a dedicated thread (sigwait); block them before any thread is created.
   sigset_t signals;
@@ -273,6 +348,19 @@ void run_serve(ServeOptions o) {
   so.allowed_methods = json_string_list("--allowed-methods", o.allowed_methods);
   so.allowed_headers = json_string_list("--allowed-headers", o.allowed_headers);
   so.allow_credentials = o.allow_credentials;
+  so.web_ui = !o.no_web_ui;
+  // The sweep calls this server back through its own port, known once bound (below).
+  int bound_port = 0;
+  if (spec) {
+    const std::string loopback = o.host == "0.0.0.0" || o.host.empty() ? "127.0.0.1"
+                                 : o.host == "::"                      ? "[::1]"
+                                 : o.host.find(':') != std::string::npos ? "[" + o.host + "]"
+                                                                         : o.host;
+    so.sweep = [&bound_port, loopback, model = o.served_model_names.front(), key = o.api_key,
+                k = spec->num_speculative_tokens](const nlohmann::json& body) {
+      return run_web_sweep(body, fmt::format("http://{}:{}", loopback, bound_port), model, key, k);
+    };
+  }
   so.limits.enable_auto_tool_choice = o.enable_auto_tool_choice;
   so.limits.tool_call_parser = o.tool_call_parser;
   so.limits.reasoning_parser = o.reasoning_parser;
@@ -283,6 +371,7 @@ void run_serve(ServeOptions o) {
               o.reasoning_parser.empty() ? std::string("off") : o.reasoning_parser);
   server::HttpServer http(service, late_codec, so);
   const int port = http.bind();
+  bound_port = port;
   log::info("bound {}:{}; loading the model", o.host, port);
 
   // 3. The tokenizer (the parsers' markers are checked before the weights load), the backend (the
@@ -462,6 +551,7 @@ const RegisterCommand serve_command(
           ->check(CLI::Range(1, 1024));
       app.add_flag("--disable-log-requests", o->disable_log_requests, "Accepted for vLLM compatibility");
       app.add_flag("--disable-log-stats", o->disable_log_stats, "No periodic throughput / acceptance log lines");
+      app.add_flag("--no-web-ui", o->no_web_ui, "Do not serve the web page at / (the API is unchanged)");
       app.add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice,
                    "Parse tool calls from the output for tool_choice \"auto\" (needs --tool-call-parser)");
       app.add_option("--tool-call-parser", o->tool_call_parser, "Tool-call format of the model's output: gemma4");

@@ -523,6 +523,8 @@ bool Engine::step() {
     RequestOutput out;
     out.id = s.id;
     out.prompt_tokens = s.prompt_len;
+    out.num_draft_tokens = static_cast<int>(span.drafts.size());
+    out.num_accepted_draft_tokens = accepted;
     const auto& stops = s.request.stop_token_ids;
     for (int i = 0; i < static_cast<int>(emitted.size()); ++i) {
       const int32_t t = emitted[i];

@@ -75,6 +75,12 @@ struct RequestOutput {
   bool finished = false;
   FinishReason finish_reason = FinishReason::none;
   std::string error;  // when finish_reason == error
+  // The speculative round behind `tokens` (what Engine::spec_trace reports): how many drafts the
+  // target verified and how many it accepted. The first `num_accepted_draft_tokens` of `tokens`
+  // are accepted drafts; a token after them is the target's own (a correction when a draft was
+  // rejected, the bonus when all were accepted). Both 0 for a step without drafts.
+  int num_draft_tokens = 0;
+  int num_accepted_draft_tokens = 0;
   int prompt_tokens = 0;
   int completion_tokens = 0;  // total so far
   int cached_prompt_tokens = 0;

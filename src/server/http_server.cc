@@ -14,6 +14,7 @@
 #include "server/reasoning_parser.h"
 #include "server/stop_matcher.h"
 #include "server/tool_parser.h"
+#include "server/web_ui.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/version.h"
@@ -63,11 +64,23 @@ double clamp_logprob(float lp) { return std::isfinite(lp) ? lp : -9999.0; }
 // One HTTP generation request: n × prompts engine requests, their output queue and per-choice
 // text state.
 
+// One output token on its way to the client: its logprobs (when requested) and, for
+// stream_options.tandem_spec_trace, how it was produced. Entries wait with the text they belong to
+// (held back by stop matching) and go out in the chunk that carries it.
 struct LogprobEntry {
   int32_t token;
   float logprob;
   std::vector<TokenLogprob> top;
+  const char* kind = "target";  // "draft" (accepted), "bonus", "correction", or "target" (no drafts)
+  int round = 0;                // the choice's engine step that produced it (0: after prefill)
+  int position = 0;             // its index among that step's tokens
 };
+
+const char* token_kind(const RequestOutput& out, size_t j) {
+  if (out.num_draft_tokens == 0) return "target";
+  if (static_cast<int>(j) < out.num_accepted_draft_tokens) return "draft";
+  return out.num_accepted_draft_tokens == out.num_draft_tokens ? "bonus" : "correction";
+}
 
 struct Delta {
   std::string content, reasoning;
@@ -91,6 +104,7 @@ struct Choice {
   std::vector<ToolCall> tool_calls;
   std::vector<LogprobEntry> pending_lp, logprobs;
   int tokens = 0;
+  int rounds = 0;  // engine outputs with tokens so far
   int prompt_tokens = 0;
   bool finished = false;
   std::string finish_reason;
@@ -280,6 +294,17 @@ class Run {
             {"text_offset", offsets}};
   }
 
+  // stream_options.tandem_spec_trace: one entry per token of the chunk, in order.
+  json spec_trace_json(const std::vector<LogprobEntry>& entries) const {
+    json out = json::array();
+    for (const auto& e : entries) {
+      json t = {{"token", token_string(e.token)}, {"kind", e.kind}, {"round", e.round}, {"position", e.position}};
+      if (req_.logprobs >= 0) t["logprob"] = clamp_logprob(e.logprob);
+      out.push_back(std::move(t));
+    }
+    return out;
+  }
+
   static void append_logprobs(json& head, const json& tail) {
     for (const char* k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
       for (const auto& v : tail[k]) head[k].push_back(v);
@@ -379,6 +404,7 @@ class Run {
       }
       c.last_token = ev.time;
     }
+    const int round = out.tokens.empty() ? c.rounds : c.rounds++;
     for (size_t j = 0; j < out.tokens.size(); ++j) {
       const int32_t tok = out.tokens[j];
       c.tokens += 1;
@@ -388,8 +414,8 @@ class Run {
         // The stop token itself is not part of the text, unless include_stop_str_in_output.
         if (!req_.include_stop_str_in_output) continue;
       }
-      LogprobEntry lp{tok, 0.0f, {}};
-      if (req_.logprobs >= 0) {
+      if (req_.logprobs >= 0 || req_.spec_trace) {
+        LogprobEntry lp{tok, 0.0f, {}, token_kind(out, j), round, static_cast<int>(j)};
         if (j < out.logprobs.size()) lp.logprob = out.logprobs[j];
         if (j < out.top_logprobs.size()) lp.top = out.top_logprobs[j];
         c.pending_lp.push_back(std::move(lp));
@@ -525,6 +551,7 @@ json delta_chunk(const Run& run, int index, const Delta& d, size_t text_offset) 
   }
   ch["finish_reason"] = d.finished ? json(c.finish_reason) : json(nullptr);
   if (d.finished) ch["stop_reason"] = c.stop_reason;
+  if (req.spec_trace) ch["tandem_spec_trace"] = run.spec_trace_json(d.logprobs);
   json chunk = chunk_base(run);
   chunk["choices"] = json::array({ch});
   return chunk;
@@ -753,7 +780,8 @@ void HttpServer::routes() {
   svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (req.method == "OPTIONS" && req.has_header("Origin") && req.has_header("Access-Control-Request-Method"))
       return cors_preflight(options_, req, res);
-    if (options_.api_key.empty() || req.path.rfind("/v1", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+    const bool guarded_path = req.path.rfind("/v1", 0) == 0 || req.path.rfind("/tandem/", 0) == 0;
+    if (options_.api_key.empty() || !guarded_path) return httplib::Server::HandlerResponse::Unhandled;
     const std::string expected = "Bearer " + options_.api_key;
     if (req.get_header_value("Authorization") == expected) return httplib::Server::HandlerResponse::Unhandled;
     send_error(res, ApiError(401, "Invalid or missing API key (send 'Authorization: Bearer <key>').", "",
@@ -962,6 +990,30 @@ void HttpServer::routes() {
   };
   svr.Post("/v1/completions", guarded(generate(false)));
   svr.Post("/v1/chat/completions", guarded(generate(true)));
+
+  if (options_.sweep)
+    svr.Post("/tandem/sweep", guarded([this](const httplib::Request& req, httplib::Response& res) {
+               send_json(res, 200, options_.sweep(parse_body(req.body)));
+             }));
+
+  // The web page is public (it asks for the API key and sends it on /v1 calls). Everything it
+  // loads comes from here: the CSP forbids other origins, inline scripts and inline styles.
+  if (options_.web_ui)
+    for (const WebAsset& a : web_assets()) {
+      std::string pattern;  // cpp-httplib routes are regular expressions
+      for (char ch : a.path) {
+        if (ch == '.') pattern += '\\';
+        pattern += ch;
+      }
+      svr.Get(pattern, [&a](const httplib::Request&, httplib::Response& res) {
+        res.set_header("Content-Security-Policy",
+                       "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                       "frame-ancestors 'none'");
+        res.set_header("X-Content-Type-Options", "nosniff");
+        res.set_header("Cache-Control", "no-cache");
+        res.set_content(a.body.data(), a.body.size(), std::string(a.content_type));
+      });
+    }
 }
 
 }  // namespace tandem::server

@@ -1,11 +1,15 @@
 // The OpenAI-compatible HTTP server (cpp-httplib, one thread per connection from a pool):
 //   GET  /v1/models, /health, /metrics
 //   POST /v1/completions, /v1/chat/completions (JSON or SSE streaming), /tokenize, /detokenize
+//   GET  / and its assets (the built-in web page, web_ui.h), POST /tandem/sweep (when set)
 // Each HTTP request becomes one engine request per choice; outputs arrive on the engine thread,
 // are queued, and are detokenized / stop-matched / serialized on the connection's thread.
 #pragma once
+#include <nlohmann/json.hpp>
+
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +37,11 @@ struct ServerOptions {
   std::vector<std::string> allowed_headers = {"*"};
   bool allow_credentials = false;
   int http_threads = 0;    // 0: enough for max_num_seqs streams plus headroom
+  bool web_ui = true;      // serve the built-in page at / (when the build has one)
+  // POST /tandem/sweep: the speculative sweep of `tandem bench sweep --endpoint`, run against this
+  // server for the web page. The CLI plugs it in (src/bench sits above this layer); it gets the
+  // request body and returns the report JSON, throwing ApiError for a bad request. Unset: 404.
+  std::function<nlohmann::json(const nlohmann::json&)> sweep;
   Limits limits;
 };
 

@@ -228,6 +228,7 @@ void parse_common(const json& body, const TextCodec& codec, const Limits& limits
     if (!r.stream) throw bad_request("'stream_options' is only allowed when 'stream' is true", "stream_options");
     r.include_usage = get_bool(so, "include_usage", false);
     r.continuous_usage = get_bool(so, "continuous_usage_stats", false);
+    r.spec_trace = get_bool(so, "tandem_spec_trace", false);
   }
 
   // tandem's per-request speculation override.

@@ -57,6 +57,7 @@ struct ParsedRequest {
   bool stream = false;
   bool include_usage = false;       // stream_options.include_usage
   bool continuous_usage = false;    // stream_options.continuous_usage_stats (vLLM)
+  bool spec_trace = false;          // stream_options.tandem_spec_trace (tandem): per-token provenance
   bool echo = false;                // completions
   int logprobs = -1;                // alternatives per token; -1: no logprobs
   int num_speculative_tokens = -1;  // -1: server default

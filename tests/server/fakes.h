@@ -100,7 +100,8 @@ class ByteCodec : public TextCodec {
 
 // Generates, for a prompt containing "SAY:<text>|", the bytes of <text> then EOS; otherwise the
 // letters "abcdefghijklmnopqrstuvwxyz" repeated until max_tokens. Two tokens per step (like a
-// speculative round), one step every `step_ms`.
+// speculative round: after the first step, reported as an accepted draft and a correction), one
+// step every `step_ms`.
 class FakeService : public InferenceService {
  public:
   explicit FakeService(int step_ms = 1, int k = 3) : step_ms_(step_ms), k_(k) {
@@ -194,6 +195,9 @@ class FakeService : public InferenceService {
           out.finished = true, out.finish_reason = FinishReason::abort;
         } else {
           if (s.produced == 0) prompt_tokens_ += s.req.prompt.size();
+          // A speculative round after the first step: two drafts, the first accepted, so the two
+          // tokens are an accepted draft and the target's correction.
+          if (s.produced > 0) out.num_draft_tokens = 2, out.num_accepted_draft_tokens = 1;
           for (int j = 0; j < 2 && !out.finished; ++j) {
             int32_t t = s.script.empty() ? ByteCodec::id_of('a' + s.produced % 26) : s.script[s.produced];
             out.tokens.push_back(t);

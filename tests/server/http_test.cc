@@ -4,9 +4,12 @@
 #include <httplib.h>
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <thread>
 
 #include "fakes.h"
+#include "server/api_error.h"
+#include "server/web_ui.h"
 
 namespace tandem::server {
 namespace {
@@ -26,6 +29,7 @@ class HttpTest : public ::testing::Test {
     o.api_key = api_key;
     o.max_body_bytes = 64 * 1024;
     o.limits = limits;
+    if (configure) configure(o);
     server = std::make_unique<HttpServer>(*service, codec, o);
     port = server->bind();
     thread = std::thread([this] { server->run(); });
@@ -75,6 +79,7 @@ class HttpTest : public ::testing::Test {
 
   ByteCodec codec;
   Limits limits;  // tool / reasoning parser settings for start()
+  std::function<void(ServerOptions&)> configure;  // further options for start()
   std::unique_ptr<FakeService> service;
   std::unique_ptr<HttpServer> server;
   std::thread thread;
@@ -305,6 +310,118 @@ TEST_F(HttpTest, ApiKey) {
   EXPECT_EQ(ok->status, 200);
   EXPECT_EQ(c.Get("/health")->status, 200);
   EXPECT_EQ(c.Get("/metrics")->status, 200);
+}
+
+// Chunks of a stream with the per-request parts (id, created) blanked, for comparing two streams.
+std::vector<json> comparable(const std::vector<std::string>& events) {
+  std::vector<json> out;
+  for (const auto& e : events) {
+    if (e == "[DONE]") continue;
+    json j = json::parse(e);
+    j["id"] = "", j["created"] = 0;
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+TEST_F(HttpTest, SpecTraceIsOptInAndOnlyAddsItsField) {
+  start();
+  for (bool chat : {true, false}) {
+    json body = {{"max_tokens", 7}, {"stream", true}, {"logprobs", chat ? json(true) : json(1)}};
+    if (chat) body["messages"] = {{{"role", "user"}, {"content", "x"}}};
+    else body["prompt"] = "x";
+    const std::string path = chat ? "/v1/chat/completions" : "/v1/completions";
+    auto plain = stream(path, body);
+    for (const auto& e : plain) EXPECT_EQ(e.find("tandem_spec_trace"), std::string::npos) << e;
+    body["stream_options"] = {{"tandem_spec_trace", false}, {"include_usage", true}};
+    auto off = stream(path, body);
+    body["stream_options"]["tandem_spec_trace"] = true;
+    auto on = stream(path, body);
+    for (const auto& e : off) EXPECT_EQ(e.find("tandem_spec_trace"), std::string::npos) << e;
+
+    // Without the trace field, the traced stream is the untraced one, chunk for chunk.
+    auto a = comparable(off), b = comparable(on);
+    ASSERT_EQ(a.size(), b.size());
+    std::vector<json> trace;
+    for (size_t i = 0; i < b.size(); ++i) {
+      for (auto& ch : b[i]["choices"]) {
+        if (!ch.contains("tandem_spec_trace")) continue;
+        for (auto& t : ch["tandem_spec_trace"]) trace.push_back(t);
+        ch.erase("tandem_spec_trace");
+      }
+      EXPECT_EQ(a[i], b[i]);
+    }
+    // The fake engine: 2 tokens after prefill (no drafts), then rounds of an accepted draft and a
+    // correction; max_tokens 7 ends the fourth step after its first token.
+    const std::vector<std::string> kinds = {"target", "target", "draft", "correction", "draft", "correction", "draft"};
+    ASSERT_EQ(trace.size(), kinds.size());
+    for (size_t i = 0; i < trace.size(); ++i) {
+      EXPECT_EQ(trace[i]["kind"], kinds[i]) << i;
+      EXPECT_EQ(trace[i]["round"], static_cast<int>(i / 2)) << i;
+      EXPECT_EQ(trace[i]["position"], static_cast<int>(i % 2)) << i;
+      EXPECT_EQ(trace[i]["token"], std::string(1, static_cast<char>('a' + i)));
+      EXPECT_EQ(trace[i]["logprob"], -0.5);
+    }
+  }
+  // Without logprobs the entries carry no logprob; a non-boolean option is a 400.
+  auto events = stream("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"stream", true},
+                                           {"stream_options", {{"tandem_spec_trace", true}}}});
+  json first = json::parse(events.front())["choices"][0]["tandem_spec_trace"][0];
+  EXPECT_EQ(first, json({{"token", "a"}, {"kind", "target"}, {"round", 0}, {"position", 0}}));
+  post("/v1/completions", {{"prompt", "x"}, {"stream", true}, {"stream_options", {{"tandem_spec_trace", 1}}}}, 400);
+}
+
+TEST_F(HttpTest, WebPageIsPublicWithCsp) {
+  if (web_assets().empty()) GTEST_SKIP() << "built without the web page (TANDEM_WEB_UI=OFF)";
+  start(1, "sekrit");
+  auto c = client();
+  auto page = c.Get("/");
+  ASSERT_TRUE(page);
+  EXPECT_EQ(page->status, 200);
+  EXPECT_NE(page->get_header_value("Content-Type").find("text/html"), std::string::npos);
+  EXPECT_EQ(page->get_header_value("Content-Security-Policy").rfind("default-src 'self';", 0), 0u);
+  EXPECT_NE(page->body.find("app.js"), std::string::npos);
+  auto js = c.Get("/app.js");
+  ASSERT_TRUE(js);
+  EXPECT_EQ(js->status, 200);
+  EXPECT_NE(js->get_header_value("Content-Type").find("javascript"), std::string::npos);
+  EXPECT_EQ(c.Get("/appXjs")->status, 404);  // the '.' of a path is not a regex wildcard
+}
+
+TEST_F(HttpTest, NoWebUiServesNoPage) {
+  configure = [](ServerOptions& o) { o.web_ui = false; };
+  start();
+  auto c = client();
+  EXPECT_EQ(c.Get("/")->status, 404);
+  EXPECT_EQ(c.Get("/v1/models")->status, 200);
+}
+
+TEST_F(HttpTest, SweepRouteIsPluggedInAndNeedsTheKey) {
+  json seen;
+  configure = [&](ServerOptions& o) {
+    o.sweep = [&](const json& body) {
+      if (!body.contains("ks")) throw bad_request("'ks' is required", "ks");
+      seen = body;
+      return json{{"settings", json::array()}};
+    };
+  };
+  start(1, "sekrit");
+  auto c = client();
+  httplib::Headers key = {{"Authorization", "Bearer sekrit"}};
+  EXPECT_EQ(c.Post("/tandem/sweep", R"({"ks":[0]})", "application/json")->status, 401);
+  auto ok = c.Post("/tandem/sweep", key, R"({"ks":[0,1]})", "application/json");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(seen["ks"], json({0, 1}));
+  auto bad = c.Post("/tandem/sweep", key, R"({})", "application/json");
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_EQ(json::parse(bad->body)["error"]["param"], "ks");
+  EXPECT_EQ(c.Post("/tandem/sweep", key, "[1,", "application/json")->status, 400);
+}
+
+TEST_F(HttpTest, NoSweepWithoutHandler) {
+  start();
+  EXPECT_EQ(client().Post("/tandem/sweep", "{}", "application/json")->status, 404);
 }
 
 TEST_F(HttpTest, TokenizeDetokenize) {
