@@ -18,7 +18,6 @@ back with an independent unpacker and compared bit for bit with the values the g
 """
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
