@@ -48,6 +48,11 @@ struct V {
   }
   static I bytes(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
   static F cvt(I v) { return _mm256_cvtepi32_ps(v); }
+  static I and_(I v, int m) { return _mm256_and_si256(v, _mm256_set1_epi32(m)); }
+  static I shl(I v, int n) { return _mm256_slli_epi32(v, n); }
+  static I or_(I a, I b) { return _mm256_or_si256(a, b); }
+  static F as_float(I v) { return _mm256_castsi256_ps(v); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F lut16(I idx, const float* table) { return _mm256_i32gather_ps(table, idx, 4); }
 };
 

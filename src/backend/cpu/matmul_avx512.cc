@@ -50,6 +50,11 @@ struct V {
   }
   static I bytes(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static F cvt(I v) { return _mm512_cvtepi32_ps(v); }
+  static I and_(I v, int m) { return _mm512_and_si512(v, _mm512_set1_epi32(m)); }
+  static I shl(I v, int n) { return _mm512_slli_epi32(v, n); }
+  static I or_(I a, I b) { return _mm512_or_si512(a, b); }
+  static F as_float(I v) { return _mm512_castsi512_ps(v); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F lut16(I idx, const float* table) { return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(table)); }
 };
 

@@ -9,6 +9,7 @@
 //   nibbles(const uint8_t* p) -> I: the kLanes 4-bit codes in p[0 .. kLanes/2) (low nibble first)
 //   bytes(const uint8_t* p) -> I: the kLanes bytes p[0 .. kLanes) zero-extended
 //   cvt(I) -> F, lut16(I, const float* table) -> F: table[i] per lane (i < 16)
+//   and_(I, int), shl(I, int), or_(I, I), as_float(I) (bit cast), mul(F, F), set1(float)
 //   load_bf16_pairs(const bf16_t* p, F& even, F& odd): 2·kLanes bf16 from p as f32, even-indexed
 //     elements in `even`, odd-indexed in `odd` (one load and one shift or mask each: no widening)
 // Weights are widened to f32 in registers and multiplied with f32 x, so the result is exact f32
@@ -160,7 +161,15 @@ inline typename V::F code_values(const uint8_t* row, int64_t j) {
   if constexpr (C == QuantCode::kU4) return V::cvt(V::nibbles(row + j / 2));
   if constexpr (C == QuantCode::kE2M1) return V::lut16(V::nibbles(row + j / 2), kE2M1ToF32.data());
   if constexpr (C == QuantCode::kU8) return V::cvt(V::bytes(row + j));
-  if constexpr (C == QuantCode::kF8E4M3) return V::load(reinterpret_cast<const f8e4m3_t*>(row + j));
+  if constexpr (C == QuantCode::kF8E4M3) {
+    // E4M3 bits s eeee mmm moved to f32 bits 31 and 26..20 give 2^(e - 127) · 1.mmm (or the f32
+    // subnormal 2^-126 · 0.mmm); times 2^120 that is the E4M3 value exactly, in three integer ops
+    // and one multiply instead of a table gather. (The NaN codes 0x7F / 0xFF, which quantizers never
+    // write, come out as ±480.)
+    const auto b = V::bytes(row + j);
+    return V::mul(V::as_float(V::or_(V::shl(V::and_(b, 0x80), 24), V::shl(V::and_(b, 0x7F), 20))),
+                  V::set1(0x1p120f));
+  }
 }
 
 inline float scale_at(const TensorView& s, int64_t i) {
