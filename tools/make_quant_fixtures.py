@@ -175,11 +175,9 @@ def verify_packers():
         fail(f"awq_pack nibbles {nib.tolist()} do not reorder to {u.tolist()} with AWQ_REVERSE_ORDER")
     if not torch.equal(awq_unpack(w, 8), u):
         fail("awq_unpack(awq_pack(u)) != u")
-    # GPTQ qweight [K/8, N]: K packed along dim 0 with the compressed-tensors bit order (vLLM feeds
-    # CT weight_packed transposed to gptq_marlin_repack unchanged), without the +8 offset.
-    q = torch.randint(0, 16, (5, 16))
-    if not torch.equal(gptq_pack_k(q), pack_last(q, 4).t().contiguous()):
-        fail("gptq qweight is not the transposed compressed-tensors packing")
+    # GPTQ v1 stores zero - 1: a symmetric 4-bit checkpoint's qzeros words are all 0x77777777.
+    if int(pack_last(torch.full((1, 8), 8 - 1), 4)[0, 0]) != 0x77777777:
+        fail("GPTQ v1 symmetric zero word is not 0x77777777")
     log("packers agree with the published vectors")
 
 
