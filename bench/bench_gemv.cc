@@ -1,9 +1,11 @@
 // CPU GEMV vs memory bandwidth: measures this machine's read bandwidth with a multi-threaded
-// sum-reduce over 1 GiB (best of N), then the BF16 matmul of the CPU backend for decode-sized row
-// counts, and prints weight GB/s as a share of that bandwidth. A decode step is one pass over all
-// weights, so this share is the decode speed relative to the hardware limit.
+// sum-reduce over 1 GiB (best of N), then the matmul of the CPU backend for decode-sized row counts
+// with BF16 weights and quantized ones (int4 group 32 with bf16 scales, as compressed-tensors W4A16
+// checkpoints store them; FP8 E4M3 with per-channel scales), and prints weight GB/s (codes and
+// scales) as a share of that bandwidth. A decode step is one pass over all weights, so this share is
+// the decode speed relative to the hardware limit.
 //
-//   bench_gemv [--threads N] [--quick]
+//   bench_gemv [--threads N] [--quick] [--only bf16|int4|fp8]
 //
 // Weights are cycled through enough copies to total >= 1 GiB, so each call reads from DRAM rather
 // than from the (large, on server parts) last-level cache, as it does in a real decode step.
@@ -74,20 +76,43 @@ struct Shape {
   int64_t N, K;
 };
 
-// bf16 weights [N, K], cycled through enough copies to total >= 1 GiB.
+enum class Kind { bf16, int4_g32, fp8_channel };
+const char* kind_name(Kind k) { return k == Kind::bf16 ? "bf16" : k == Kind::int4_g32 ? "int4 g32" : "fp8 channel"; }
+
+// Weights [N, K] of one kind, cycled through enough copies to total >= 1 GiB. A quantized copy is
+// its codes followed by its bf16 scales.
 struct WeightSet {
-  WeightSet(const Shape& s) : shape(s), bytes(s.N * s.K * 2) {
+  WeightSet(const Shape& s, Kind k) : shape(s), kind(k) {
+    code_bytes = k == Kind::bf16 ? s.N * s.K * 2 : k == Kind::int4_g32 ? s.N * s.K / 2 : s.N * s.K;
+    const int64_t groups = k == Kind::int4_g32 ? s.N * (s.K / 32) : k == Kind::fp8_channel ? s.N : 0;
+    bytes = code_bytes + groups * 2;
     copies = static_cast<int>(std::max<size_t>(2, ((size_t{1} << 30) + bytes - 1) / bytes));
     mem = alloc(bytes * copies);
     uint64_t* p = reinterpret_cast<uint64_t*>(mem.get());
-    const uint64_t pattern = 0x3C003C803D003D80ull;  // four small bf16 values; the data do not matter
+    // Small values in every kind (four bf16 values; int4 codes 0..8; FP8 codes below 2): the data do
+    // not matter for the speed, only that they are finite.
+    const uint64_t pattern = k == Kind::bf16 ? 0x3C003C803D003D80ull : 0x3430343034303430ull;
     for (size_t i = 0; i < bytes * copies / 8; ++i) p[i] = pattern;
+    params.resize(copies);
+    for (int c = 0; c < copies && k != Kind::bf16; ++c) {
+      QuantParams& q = params[c];
+      q.code = k == Kind::int4_g32 ? QuantCode::kU4 : QuantCode::kF8E4M3;
+      q.group = k == Kind::int4_g32 ? 32 : s.K;
+      q.scales = TensorView(DType::BF16, mem.get() + bytes * c + code_bytes, {s.N, groups / s.N});
+    }
   }
-  TensorView view(int c) const { return TensorView(DType::BF16, mem.get() + bytes * c, {shape.N, shape.K}); }
+  TensorView view(int c) const {
+    if (kind == Kind::bf16) return TensorView(DType::BF16, mem.get() + bytes * c, {shape.N, shape.K});
+    TensorView v(DType::U8, mem.get() + bytes * c, {shape.N, shape.K});
+    v.quant = &params[c];
+    return v;
+  }
   Shape shape;
-  size_t bytes;
+  Kind kind;
+  size_t code_bytes, bytes;
   int copies;
   std::unique_ptr<char, Aligned> mem;
+  std::vector<QuantParams> params;
 };
 
 // Best over passes (each pass one call per copy) of weight bytes / time, for T rows of x.
@@ -108,9 +133,11 @@ double gemv_gbps(Backend& be, const WeightSet& w, int64_t T, double seconds_budg
 int run(int argc, char** argv) {
   int threads = 0;
   bool quick = false;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
   }
   auto be = make_cpu_backend(threads);
   const int pool_threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -124,16 +151,19 @@ int run(int argc, char** argv) {
       {"8192x1024 (drafter q_proj)", 8192, 1024},
       {"262144x1024 (drafter head)", 262144, 1024},
   };
-  std::printf("%-28s %-7s %3s %9s %8s\n", "bf16 weight [N x K]", "isa", "T", "GB/s", "% bw");
+  std::printf("%-12s %-28s %-7s %3s %9s %8s\n", "weights", "[N x K]", "isa", "T", "GB/s", "% bw");
+  for (Kind kind : {Kind::bf16, Kind::int4_g32, Kind::fp8_channel})
   for (const Shape& s : shapes) {
-    const WeightSet w(s);
+    if (!only.empty() && only != (kind == Kind::bf16 ? "bf16" : kind == Kind::int4_g32 ? "int4" : "fp8")) continue;
+    const WeightSet w(s, kind);
     std::vector<std::string> isas{"avx2"};
     if (cpu_best_isa() == CpuIsa::kAvx512) isas.push_back("avx512");
     for (const std::string& isa : isas) {
       cpu_force_isa(isa);
       for (int64_t T : {1, 2, 4, 8}) {
         const double gbps = gemv_gbps(*be, w, T, quick ? 0.3 : 1.5);
-        std::printf("%-28s %-7s %3ld %9.1f %7.0f%%\n", s.what, isa.c_str(), static_cast<long>(T), gbps, 100 * gbps / bw);
+        std::printf("%-12s %-28s %-7s %3ld %9.1f %7.0f%%\n", kind_name(kind), s.what, isa.c_str(),
+                    static_cast<long>(T), gbps, 100 * gbps / bw);
         std::fflush(stdout);
       }
     }

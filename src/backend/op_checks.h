@@ -32,14 +32,41 @@ inline void check_heads(const TensorView& v, int64_t T, int64_t n_heads, int64_t
     fail("{} has shape [{}, {}], expected {} tokens × {} heads × {}", what, v.rows(), v.cols(), T, n_heads, d);
 }
 
+// A quantized weight of logical shape [.., N, K] (2-D, or 3-D stacked experts): its scales, zeros
+// and permutation have the shapes QuantParams documents.
+inline void check_quant_weight(const TensorView& w, const char* what) {
+  const QuantParams& q = *w.quant;
+  if (w.dtype != DType::U8 || w.row_stride != 0 || (w.ndim != 2 && w.ndim != 3))
+    fail("{}: a quantized weight must be dense U8 codes of 2 or 3 dims", what);
+  const int64_t rows = w.rows(), K = w.cols();
+  if (q.group <= 0) fail("{}: quantization group {} must be positive", what, q.group);
+  if (quant_code_bits(q.code) == 4 && (K % 2 != 0 || q.group % 2 != 0))
+    fail("{}: 4-bit codes need an even K and group, got K = {}, group = {}", what, K, q.group);
+  const int64_t G = q.groups(K);
+  const DType st = q.scales.dtype;
+  if ((st != DType::F32 && st != DType::BF16 && st != DType::F16) || q.scales.numel() != rows * G)
+    fail("{}: scales must be F32/BF16/F16 with {} x {} elements", what, rows, G);
+  if (q.zeros.data && (q.zeros.dtype != DType::U8 || q.zeros.numel() != rows * G))
+    fail("{}: zeros must be U8 with {} x {} elements", what, rows, G);
+  const int64_t perms = w.ndim == 3 ? w.dim(0) : 1;
+  if (q.k_perm.data && (q.k_perm.dtype != DType::I32 || q.k_perm.numel() != perms * K))
+    fail("{}: k_perm must be I32 with {} x {} elements", what, perms, K);
+}
+
 struct MatmulDims {
   int64_t T, N, K;
 };
-// y[T,N] = x[T,K] · w[N,K]ᵀ: x, y F32 (strided), w a dense 2-D float tensor.
-inline MatmulDims check_matmul(const TensorView& x, const TensorView& w, const TensorView& y) {
+// y[T,N] = x[T,K] · w[N,K]ᵀ: x, y F32 (strided), w a dense 2-D float tensor, or a quantized one
+// where the backend says it runs those (quant_ok).
+inline MatmulDims check_matmul(const TensorView& x, const TensorView& w, const TensorView& y, bool quant_ok = false) {
   check_f32_2d(x, "matmul x");
   check_f32_2d(y, "matmul y");
-  if (!is_float_dtype(w.dtype)) fail("matmul: weight dtype {} is not supported", dtype_name(w.dtype));
+  if (w.quant) {
+    if (!quant_ok) fail("matmul: this backend does not run quantized weights");
+    check_quant_weight(w, "matmul");
+  } else if (!is_float_dtype(w.dtype)) {
+    fail("matmul: weight dtype {} is not supported", dtype_name(w.dtype));
+  }
   if (w.ndim != 2 || w.row_stride != 0) fail("matmul: weight must be a dense 2-D [N, K] tensor");
   const int64_t T = x.rows(), K = x.cols(), N = w.dim(0);
   if (w.dim(1) != K) fail("matmul: x [{}, {}] does not match weight [{}, {}]", T, K, N, w.dim(1));

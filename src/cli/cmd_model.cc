@@ -94,7 +94,8 @@ void run_inspect(const std::string& dir, bool json_out, const std::string& load_
   j["tied_embeddings"] = c.tie_embeddings;
   j["parameters_total"] = model->parameter_count();
   j["parameters_active_per_token"] = model->active_parameter_count();
-  j["weight_bytes"] = model->weight_bytes();
+  j["weight_bytes"] = model->weight_bytes();  // quantized weights: codes, scales and zeros as loaded
+  j["quantization"] = c.quant.describe();
   j["kv_cache_bytes_per_token_f32"] = c.kv_bytes_per_token(4);
   j["kv_cache_bytes_per_token_bf16"] = c.kv_bytes_per_token(2);
   if (c.moe) j["moe"] = {{"experts", c.num_experts}, {"top_k", c.top_k_experts}, {"intermediate", c.moe_intermediate}};
@@ -122,6 +123,7 @@ void run_inspect(const std::string& dir, bool json_out, const std::string& load_
   if (c.moe) std::printf("  MoE: %d experts, top-%d, width %d (in parallel with the dense MLP)\n", c.num_experts,
                          c.top_k_experts, c.moe_intermediate);
   if (c.ple_dim) std::printf("  per-layer embeddings: %d per layer\n", c.ple_dim);
+  if (c.quant.quantized()) std::printf("  quantization: %s\n", c.quant.describe().c_str());
   std::printf("  KV cache per token: %lld bytes (bf16), %lld bytes (f32, as tandem's CPU backend stores it)\n",
               static_cast<long long>(c.kv_bytes_per_token(2)), static_cast<long long>(c.kv_bytes_per_token(4)));
   std::printf("  %-5s %-8s %-8s %-8s %-6s %-9s %s\n", "layer", "type", "head_dim", "kv_heads", "k=v", "kv_from", "mlp");

@@ -30,7 +30,8 @@ bool has_safetensors(const std::string& dir) {
 }
 
 // The checkpoint's tensor bytes; with a config.json alone (nothing downloaded yet), what its tensors
-// take in bf16, from the same shapes the loader binds.
+// take in bf16 (quantized linears: in the form the loader keeps them), from the same shapes the
+// loader binds.
 int64_t checkpoint_bytes(const std::string& dir) {
   if (!has_safetensors(dir)) {
     auto backend = make_cpu_backend(1);
@@ -105,10 +106,14 @@ void run_plan(const PlanOptions& o) {
     return;
   }
   std::printf("%s (%s)\n", dir.c_str(), target.model_type.c_str());
+  const std::string from_config =
+      target.quant.quantized() ? "from config.json (no safetensors here): " + target.quant.describe() + ", the rest bf16"
+                               : "bf16 from config.json (no safetensors here)";
   std::printf("  weights        %s, %s\n", mib(weights).c_str(),
-              !has_safetensors(dir) ? "bf16 from config.json (no safetensors here)"
-              : o.device == "cuda"  ? "uploaded to the GPU in their stored dtype"
-                                    : "mmapped in their stored dtype (pages shared, not copied)");
+              !has_safetensors(dir) ? from_config.c_str()
+              : o.device == "cuda"        ? "uploaded to the GPU in their stored dtype"
+              : target.quant.quantized() ? "quantized linears rewritten at load (copied), the rest mmapped"
+                                         : "mmapped in their stored dtype (pages shared, not copied)");
   if (!o.speculative_config.empty())
     std::printf("  drafter        %s, %s, k = %d%s\n", mib(drafter_weights).c_str(), method.c_str(), k,
                 method == "mtp" ? " (reads the target's KV: no cache of its own)" : "");

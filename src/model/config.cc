@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "io/json_file.h"
+#include "model/quant.h"
 #include "util/error.h"
 
 namespace tandem {
@@ -204,6 +205,8 @@ ModelConfig parse_model_config(const json& j, const std::string& dir) {
   ModelConfig c;
   c.dir = dir;
   c.model_type = rd.get<std::string>("model_type");
+  if (j.contains("quantization_config") && !j["quantization_config"].is_null())
+    c.quant = parse_quant_config(j["quantization_config"], file);
   if (c.model_type == "gemma4") {
     if (!j.contains("text_config") || !j["text_config"].is_object())
       fail("{}: model_type gemma4 needs a text_config object", file);

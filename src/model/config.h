@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/quant.h"
+
 namespace tandem {
 
 enum class LayerType { sliding, full };
@@ -49,6 +51,7 @@ struct ModelConfig {
   int max_position = 0;
   RopeSpec rope_sliding, rope_full;
   std::vector<LayerSpec> layers;
+  QuantConfig quant;  // quantization_config; method none for a plain checkpoint
 
   // Hybrid MoE FFN (26B-A4B): routed experts in parallel with the dense MLP, in every layer.
   bool moe = false;

@@ -17,14 +17,16 @@ std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& ba
   if (c.is_assistant())
     fail("{} is a gemma4_assistant drafter; it needs a target (pass it in --speculative-config)", c.dir);
   std::unique_ptr<Gemma4Model> m(new Gemma4Model(c, backend));
-  m->weights_ = Weights::open(c.dir, format, backend);
+  m->weights_ = Weights::open(c.dir, format, backend, c.quant);
   Weights& w = m->weights_;
   const std::string& p = c.weight_prefix;
   const int64_t V = c.vocab_size, H = c.hidden;
   m->embed_tokens_ = w.get(p + "embed_tokens.weight", {V, H});
   m->embed_scale_ = embedding_scale(c.hidden, m->embed_tokens_.dtype);
   m->final_norm_ = w.get(p + "norm.weight", {H});
-  auto head = c.tie_embeddings ? std::nullopt : w.find("lm_head.weight", {V, H});
+  std::optional<TensorView> head;
+  if (!c.tie_embeddings && w.quant().quantizes("lm_head")) head = w.linear("lm_head", V, H);
+  else if (!c.tie_embeddings) head = w.find("lm_head.weight", {V, H});
   m->lm_head_ = head ? *head : m->embed_tokens_;
   for (int i = 0; i < c.n_layers; ++i)
     m->layers_.push_back(Gemma4LayerWeights::bind(w, c, i, p + "layers." + std::to_string(i) + "."));
@@ -32,7 +34,7 @@ std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& ba
     const int64_t LP = static_cast<int64_t>(c.n_layers) * c.ple_dim;
     m->ple_table_ = w.get(p + "embed_tokens_per_layer.weight", {c.ple_vocab, LP});
     m->ple_scale_ = embedding_scale(c.ple_dim, m->ple_table_.dtype);
-    m->ple_projection_ = w.get(p + "per_layer_model_projection.weight", {LP, H});
+    m->ple_projection_ = w.linear(p + "per_layer_model_projection", LP, H);
     m->ple_norm_ = w.get(p + "per_layer_projection_norm.weight", {c.ple_dim});
   }
   // Both layer types' frequencies, sized by the head dim each type uses.
@@ -66,18 +68,18 @@ void Gemma4Model::count_parameters() {
 }
 
 int64_t Gemma4Model::step_weight_bytes(std::span<const int> experts_per_layer) const {
-  int64_t bytes = static_cast<int64_t>(final_norm_.nbytes() + lm_head_.nbytes());
+  int64_t bytes = static_cast<int64_t>(final_norm_.nbytes() + stored_bytes(lm_head_));
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Gemma4LayerWeights& l = layers_[i];
     for (const TensorView* t : l.tensors())
-      if (t->data && t != &l.experts_gate_up && t != &l.experts_down) bytes += static_cast<int64_t>(t->nbytes());
+      if (t->data && t != &l.experts_gate_up && t != &l.experts_down) bytes += static_cast<int64_t>(stored_bytes(*t));
     if (config_.moe) {
-      const int64_t per_expert = static_cast<int64_t>(l.experts_gate_up.nbytes() + l.experts_down.nbytes()) /
+      const int64_t per_expert = static_cast<int64_t>(stored_bytes(l.experts_gate_up) + stored_bytes(l.experts_down)) /
                                  config_.num_experts;
       bytes += per_expert * experts_per_layer[i];
     }
   }
-  if (config_.ple_dim) bytes += static_cast<int64_t>(ple_projection_.nbytes() + ple_norm_.nbytes());
+  if (config_.ple_dim) bytes += static_cast<int64_t>(stored_bytes(ple_projection_) + ple_norm_.nbytes());
   return bytes;
 }
 

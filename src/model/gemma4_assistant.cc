@@ -38,13 +38,13 @@ std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, G
     a->target_layers_.push_back(src);
     log::info("drafter layer {} ({}) reads target layer {} KV", i, layer_type_name(l.type), src);
   }
-  a->weights_ = Weights::open(dir, format, target.backend());
+  a->weights_ = Weights::open(dir, format, target.backend(), c.quant);
   Weights& w = a->weights_;
   const int64_t V = c.vocab_size, H = c.hidden, B = c.backbone_hidden;
   a->embed_ = w.get("model.embed_tokens.weight", {V, H});
   a->final_norm_ = w.get("model.norm.weight", {H});
-  a->pre_projection_ = w.get("pre_projection.weight", {H, 2 * B});
-  a->post_projection_ = w.get("post_projection.weight", {B, H});
+  a->pre_projection_ = w.linear("pre_projection", H, 2 * B);
+  a->post_projection_ = w.linear("post_projection", B, H);
   if (c.ordered_embeddings) {
     a->centroids_ = w.get("masked_embedding.centroids.weight", {c.num_centroids, H});
     if (V % c.num_centroids != 0)

@@ -22,23 +22,23 @@ Gemma4LayerWeights Gemma4LayerWeights::bind(Weights& w, const ModelConfig& c, in
   lw.post_attention_norm = w.get(p + "post_attention_layernorm.weight", {H});
   lw.pre_ffn_norm = w.get(p + "pre_feedforward_layernorm.weight", {H});
   lw.post_ffn_norm = w.get(p + "post_feedforward_layernorm.weight", {H});
-  lw.q_proj = w.get(p + "self_attn.q_proj.weight", {nh * d, H});
+  lw.q_proj = w.linear(p + "self_attn.q_proj", nh * d, H);
   lw.q_norm = w.get(p + "self_attn.q_norm.weight", {d});
-  lw.o_proj = w.get(p + "self_attn.o_proj.weight", {H, nh * d});
+  lw.o_proj = w.linear(p + "self_attn.o_proj", H, nh * d);
   if (l.owns_kv()) {
-    lw.k_proj = w.get(p + "self_attn.k_proj.weight", {nkv * d, H});
+    lw.k_proj = w.linear(p + "self_attn.k_proj", nkv * d, H);
     lw.k_norm = w.get(p + "self_attn.k_norm.weight", {d});
-    if (!l.k_eq_v) lw.v_proj = w.get(p + "self_attn.v_proj.weight", {nkv * d, H});
+    if (!l.k_eq_v) lw.v_proj = w.linear(p + "self_attn.v_proj", nkv * d, H);
   }
-  lw.gate_proj = w.get(p + "mlp.gate_proj.weight", {I, H});
-  lw.up_proj = w.get(p + "mlp.up_proj.weight", {I, H});
-  lw.down_proj = w.get(p + "mlp.down_proj.weight", {H, I});
+  lw.gate_proj = w.linear(p + "mlp.gate_proj", I, H);
+  lw.up_proj = w.linear(p + "mlp.up_proj", I, H);
+  lw.down_proj = w.linear(p + "mlp.down_proj", H, I);
   if (c.moe) {
     const int64_t E = c.num_experts, Ie = c.moe_intermediate;
     lw.post_ffn_norm_1 = w.get(p + "post_feedforward_layernorm_1.weight", {H});
     lw.pre_ffn_norm_2 = w.get(p + "pre_feedforward_layernorm_2.weight", {H});
     lw.post_ffn_norm_2 = w.get(p + "post_feedforward_layernorm_2.weight", {H});
-    lw.router_proj = w.get(p + "router.proj.weight", {E, H});
+    lw.router_proj = w.linear(p + "router.proj", E, H);
     lw.router_scale = w.get(p + "router.scale", {H});
     // Older exports keep the experts (and per_expert_scale) under "moe." instead of "experts."/"router.".
     auto either = [&](const std::string& a, const std::string& b, const std::vector<int64_t>& shape) {
@@ -47,13 +47,20 @@ Gemma4LayerWeights Gemma4LayerWeights::bind(Weights& w, const ModelConfig& c, in
       fail("checkpoint {} has neither {} nor {} (expected shape {})", w.path(), p + a, p + b, shape_string(shape));
     };
     lw.per_expert_scale = either("router.per_expert_scale", "moe.per_expert_scale", {E});
-    lw.experts_gate_up = either("experts.gate_up_proj", "moe.gate_up_proj", {E, 2 * Ie, H});
-    lw.experts_down = either("experts.down_proj", "moe.down_proj", {E, H, Ie});
+    // Experts: the fused bf16 parameters, or a quantized checkpoint's fused or per-expert linears.
+    auto experts = [&](const std::string& fused, const std::vector<std::string>& parts, int64_t N, int64_t K) {
+      for (const char* dir : {"experts", "moe"})
+        if (auto v = w.find_experts(p + dir, fused, parts, E, N, K)) return *v;
+      fail("checkpoint {} has neither {} nor {} (expected shape {})", w.path(), p + "experts." + fused,
+           p + "moe." + fused, shape_string({E, N, K}));
+    };
+    lw.experts_gate_up = experts("gate_up_proj", {"gate_proj", "up_proj"}, 2 * Ie, H);
+    lw.experts_down = experts("down_proj", {"down_proj"}, H, Ie);
   }
   if (c.ple_dim) {
     const int64_t P = c.ple_dim;
-    lw.ple_gate = w.get(p + "per_layer_input_gate.weight", {P, H});
-    lw.ple_projection = w.get(p + "per_layer_projection.weight", {H, P});
+    lw.ple_gate = w.linear(p + "per_layer_input_gate", P, H);
+    lw.ple_projection = w.linear(p + "per_layer_projection", H, P);
     lw.ple_post_norm = w.get(p + "post_per_layer_input_norm.weight", {H});
   }
   // layer_scalar is a buffer ([1], no ".weight"); transformers initialises it to 1 when absent.

@@ -7,9 +7,10 @@
 
 namespace tandem {
 
-Weights Weights::open(const std::string& dir, LoadFormat format, Backend& be) {
+Weights Weights::open(const std::string& dir, LoadFormat format, Backend& be, const QuantConfig& quant) {
   Weights w;
   w.be_ = &be;
+  w.quant_ = quant;
   w.path_ = dir;
   w.format_ = format;
   if (format == LoadFormat::safetensors) w.store_ = std::make_shared<WeightStore>(WeightStore::open(dir));
@@ -36,8 +37,7 @@ std::optional<TensorView> Weights::find(const std::string& name, const std::vect
     for (size_t i = 0; i < shape.size(); ++i) v.shape[i] = shape[i];
     auto buffer = std::make_shared<Buffer>(*be_, v.nbytes());
     v.data = buffer->data();
-    seed_ = seed_ * 6364136223846793005ull + 1442695040888963407ull;
-    be_->fill_dummy(v, seed_, near_one ? 1.0f : 0.0f, near_one ? 0.1f : 0.05f);
+    be_->fill_dummy(v, next_seed(), near_one ? 1.0f : 0.0f, near_one ? 0.1f : 0.05f);
     owned_.push_back(std::move(buffer));
     bound_bytes_ += static_cast<int64_t>(v.nbytes());
     return v;
@@ -66,6 +66,106 @@ std::optional<TensorView> Weights::find(const std::string& name, const std::vect
     owned_.push_back(std::move(buffer));
   }
   return v;
+}
+
+uint64_t Weights::next_seed() {
+  seed_ = seed_ * 6364136223846793005ull + 1442695040888963407ull;
+  return seed_;
+}
+
+TensorView Weights::bind_quant(const HostQuantWeight& h, std::initializer_list<int64_t> shape) {
+  auto q = std::make_shared<QuantParams>();
+  q->code = h.code;
+  q->group = h.group;
+  const int64_t G = (h.K + h.group - 1) / h.group;
+  // One buffer per part, uploaded once (on the CPU backend simply copied: the canonical form is a
+  // rewrite of the checkpoint's tensors, so it cannot stay in the mmapped file).
+  auto place = [&](const void* src, size_t bytes) -> void* {
+    if (bytes == 0) return nullptr;
+    auto buffer = std::make_shared<Buffer>(*be_, bytes);
+    be_->upload(buffer->data(), src, bytes);
+    void* p = buffer->data();
+    owned_.push_back(std::move(buffer));
+    return p;
+  };
+  q->scales = TensorView(h.scale_dtype, place(h.scales.data(), h.scales.size()), {h.rows, G});
+  if (!h.zeros.empty()) q->zeros = TensorView(DType::U8, place(h.zeros.data(), h.zeros.size()), {h.rows, G});
+  if (!h.k_perm.empty())
+    q->k_perm = TensorView(DType::I32, place(h.k_perm.data(), h.k_perm.size() * 4),
+                           {static_cast<int64_t>(h.k_perm.size()) / h.K, h.K});
+  TensorView v(DType::U8, place(h.codes.data(), h.codes.size()), shape);
+  v.quant = q.get();
+  quant_params_.push_back(std::move(q));
+  bound_bytes_ += static_cast<int64_t>(h.bytes());
+  return v;
+}
+
+// Shapes only (tandem plan): the view a loaded weight of the config's format would have, without
+// data, so its bytes are counted like a loaded one's.
+TensorView Weights::meta_quant(std::initializer_list<int64_t> shape) {
+  TensorView v(DType::U8, nullptr, shape);
+  const int64_t rows = v.rows(), K = v.cols();
+  auto q = std::make_shared<QuantParams>();
+  q->code = quant_.code();
+  q->group = quant_.method == QuantConfig::Method::ct_fp8 || quant_.group == 0 ? K : quant_.group;
+  const int64_t G = q->groups(K);
+  // Scales as the readers keep them: f32 for NVFP4 (FP8 scale / global scale), else 16-bit as
+  // stored (bf16 for compressed-tensors, f16 for AutoAWQ / GPTQ).
+  q->scales = TensorView(quant_.method == QuantConfig::Method::ct_nvfp4 ? DType::F32 : DType::BF16, nullptr, {rows, G});
+  const bool zeros = quant_.method == QuantConfig::Method::awq || quant_.method == QuantConfig::Method::gptq ||
+                     (quant_.method == QuantConfig::Method::ct_int && !quant_.symmetric);
+  if (zeros) q->zeros = TensorView(DType::U8, nullptr, {rows, G});
+  if (quant_.actorder) q->k_perm = TensorView(DType::I32, nullptr, {v.ndim == 3 ? v.dim(0) : 1, K});
+  v.quant = q.get();
+  quant_params_.push_back(std::move(q));
+  bound_bytes_ += static_cast<int64_t>(stored_bytes(v));
+  return v;
+}
+
+TensorView Weights::linear(const std::string& module, int64_t N, int64_t K) {
+  if (!quant_.quantizes(module)) return get(module + ".weight", {N, K});
+  if (format_ == LoadFormat::meta) return meta_quant({N, K});
+  if (format_ == LoadFormat::dummy) return bind_quant(dummy_quant_weight(quant_, N, K, next_seed()), {N, K});
+  if (!has_quant_linear(*store_, quant_, module))
+    fail("checkpoint {} has no quantized tensors for {} ({}; the module is not in its ignore list)", path_, module,
+         quant_.describe());
+  return bind_quant(read_quant_linear(*store_, quant_, module, N, K), {N, K});
+}
+
+std::optional<TensorView> Weights::find_experts(const std::string& dir, const std::string& fused,
+                                                const std::vector<std::string>& parts, int64_t E, int64_t N,
+                                                int64_t K) {
+  const std::string first = dir + ".0." + parts.front();
+  if (!quant_.quantizes(first)) return find(dir + "." + fused, {E, N, K});
+  if (format_ == LoadFormat::meta) return meta_quant({E, N, K});
+  if (format_ == LoadFormat::dummy) return bind_quant(dummy_quant_weight(quant_, E * N, K, next_seed()), {E, N, K});
+  if (has_quant_linear(*store_, quant_, dir + "." + fused, /*fused=*/true))
+    return bind_quant(read_quant_linear(*store_, quant_, dir + "." + fused, N, K, E, /*fused=*/true), {E, N, K});
+  if (!has_quant_linear(*store_, quant_, first)) return std::nullopt;
+  const int64_t part_rows = N / static_cast<int64_t>(parts.size());
+  HostQuantWeight all;
+  for (int64_t e = 0; e < E; ++e) {
+    HostQuantWeight expert;
+    for (const std::string& part : parts) {
+      const std::string module = dir + "." + std::to_string(e) + "." + part;
+      HostQuantWeight w = read_quant_linear(*store_, quant_, module, part_rows, K);
+      if (expert.rows == 0) {
+        expert = std::move(w);
+        continue;
+      }
+      // The parts of one expert share its input, so they must share a column permutation too.
+      if (w.k_perm != expert.k_perm)
+        fail("{}: its act-order permutation differs from {}'s, so they cannot be fused", module,
+             dir + "." + std::to_string(e) + "." + parts.front());
+      std::vector<int32_t> perm = std::move(expert.k_perm);
+      expert.k_perm.clear();
+      w.k_perm.clear();
+      expert.append_rows(w, module);
+      expert.k_perm = std::move(perm);
+    }
+    all.append_rows(expert, dir + "." + std::to_string(e));
+  }
+  return bind_quant(all, {E, N, K});
 }
 
 TensorView Weights::get(const std::string& name, const std::vector<int64_t>& shape) {

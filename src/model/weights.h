@@ -11,6 +11,7 @@
 
 #include "backend/backend.h"
 #include "io/safetensors.h"
+#include "model/quant.h"
 
 namespace tandem {
 
@@ -20,13 +21,25 @@ enum class LoadFormat { safetensors, dummy, meta };
 
 class Weights {
  public:
-  static Weights open(const std::string& dir, LoadFormat format, Backend& be);
+  // quant: the checkpoint's quantization_config (none for a plain checkpoint); with dummy / meta it
+  // decides what the generated or counted linear weights look like.
+  static Weights open(const std::string& dir, LoadFormat format, Backend& be, const QuantConfig& quant = {});
 
   // The tensor `name` with exactly `shape`; throws tandem::Error naming the file and tensor if it is
   // missing or has another shape.
   TensorView get(const std::string& name, const std::vector<int64_t>& shape);
   // As get(), but returns nullopt when absent (optional tensors such as lm_head.weight).
   std::optional<TensorView> find(const std::string& name, const std::vector<int64_t>& shape);
+  // The weight of linear layer `module` ([N, K], PyTorch [out, in]): quantized (TensorView::quant)
+  // when the quantization config covers the module, else module + ".weight" as get() binds it.
+  TensorView linear(const std::string& module, int64_t N, int64_t K);
+  // Stacked expert weights [E, N, K] under `dir` (e.g. "...layers.0.experts"): the fused parameter
+  // dir.fused (bf16, or quantized with compressed-tensors suffixes fused + "_packed", ...), or, for a
+  // quantized checkpoint, the per-expert linears dir.e.part for each e and part, whose rows are
+  // stacked in the order of `parts` (gate then up). nullopt when neither is present.
+  std::optional<TensorView> find_experts(const std::string& dir, const std::string& fused,
+                                         const std::vector<std::string>& parts, int64_t E, int64_t N, int64_t K);
+  const QuantConfig& quant() const { return quant_; }
   // Any shape; for tensors whose shape is read from the checkpoint (e.g. layer_scalar [1]).
   const TensorInfo* info(const std::string& name) const;
   bool dummy() const { return format_ != LoadFormat::safetensors; }  // no checkpoint behind the tensors
@@ -42,7 +55,14 @@ class Weights {
   LoadFormat format_ = LoadFormat::safetensors;
   Backend* be_ = nullptr;
   std::shared_ptr<WeightStore> store_;
+  // A canonical quantized weight on the host, uploaded (or, for meta, only described) as a view.
+  TensorView bind_quant(const HostQuantWeight& h, std::initializer_list<int64_t> shape);
+  TensorView meta_quant(std::initializer_list<int64_t> shape);
+  uint64_t next_seed();
+
+  QuantConfig quant_;
   std::vector<std::shared_ptr<Buffer>> owned_;  // uploaded or generated tensors
+  std::vector<std::shared_ptr<QuantParams>> quant_params_;  // behind the quantized views (stable addresses)
   uint64_t seed_ = 0x9E3779B97F4A7C15ull;
   int64_t bound_bytes_ = 0;
 };

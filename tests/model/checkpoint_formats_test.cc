@@ -15,27 +15,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct OutTensor {
-  std::string name;
-  DType dtype;
-  std::vector<int64_t> shape;
-  std::string bytes;
-};
-
-void write_safetensors(const fs::path& path, const std::vector<OutTensor>& tensors) {
-  json header = json::object();
-  uint64_t offset = 0;
-  for (const auto& t : tensors) {
-    header[t.name] = {{"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
-    offset += t.bytes.size();
-  }
-  const std::string h = header.dump();
-  const uint64_t n = h.size();
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(&n), 8);
-  out << h;
-  for (const auto& t : tensors) out << t.bytes;
-}
+using testing::OutTensor;
+using testing::write_safetensors;
 
 // BF16 -> F32 is exact, so a checkpoint with some tensors widened must give the same logits.
 OutTensor widen_to_f32(const TensorInfo& t, const std::string& name) {

@@ -5,8 +5,11 @@
 #include <cstdlib>
 #include <memory>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
 #include "io/safetensors.h"
@@ -32,6 +35,18 @@ inline std::vector<std::string> target_fixtures() {
     if (std::filesystem::exists(e.path() / "golden.safetensors") &&
         e.path().filename().string().find("assistant") == std::string::npos)
       out.push_back(e.path().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Quantized target fixtures (tests/fixtures/quant/*, made by tools/make_quant_fixtures.py): empty
+// when that directory has not been generated yet.
+inline std::string quant_fixtures_dir() { return fixtures_dir() + "/quant"; }
+inline std::vector<std::string> quant_fixtures() {
+  std::vector<std::string> out;
+  if (!std::filesystem::exists(quant_fixtures_dir())) return out;
+  for (auto& e : std::filesystem::directory_iterator(quant_fixtures_dir()))
+    if (std::filesystem::exists(e.path() / "golden.safetensors")) out.push_back(e.path().string());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -66,6 +81,29 @@ inline std::vector<int32_t> greedy_generate(Engine& engine, const std::vector<in
   engine.submit(r, [&](const RequestOutput& o) { out.insert(out.end(), o.tokens.begin(), o.tokens.end()); });
   engine.run_until_idle();
   return out;
+}
+
+// A tensor to write into a test checkpoint.
+struct OutTensor {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+inline void write_safetensors(const std::filesystem::path& path, const std::vector<OutTensor>& tensors) {
+  nlohmann::json header = nlohmann::json::object();
+  uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    header[t.name] = {{"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
+    offset += t.bytes.size();
+  }
+  const std::string h = header.dump();
+  const uint64_t n = h.size();
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out << h;
+  for (const auto& t : tensors) out << t.bytes;
 }
 
 // Runs a shell command, returning its exit status and stdout+stderr.

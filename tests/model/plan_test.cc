@@ -56,5 +56,23 @@ TEST(Plan, WorksFromConfigJsonAlone) {
   EXPECT_EQ(plan_config("gemma4-31b", "")["weights_bytes"].get<int64_t>(), 2 * 30'697'345'340ll);
 }
 
+TEST(Plan, CountsPackedBytesOfAnInt4Checkpoint) {
+  // The report's case: int4 (compressed-tensors W4A16, group 32, bf16 scales) 26B-A4B + bf16
+  // assistant, k = 2, on a 24 GiB card. Quantized linears take 4 + 16/32 bits per weight; the
+  // embedding / head (1.48 GB), router and norms stay bf16: about 15.3 GB in all
+  // (shared/research/quant-formats.md §5.2).
+  std::string out;
+  const std::string configs = std::string(TANDEM_SOURCE_DIR) + "/bench/configs/";
+  const std::string cmd = std::string(TANDEM_BINARY) + " plan " + configs + "gemma4-26b-a4b-w4a16 --json --device cuda " +
+                          "--memory 24GiB --max-model-len 8192 --max-num-seqs 4 --speculative-config '{\"model\": \"" +
+                          configs + "gemma4-26b-a4b-assistant\", \"num_speculative_tokens\": 2}' 2>/dev/null";
+  ASSERT_EQ(testing::run_command(cmd, &out), 0) << out;
+  const auto p = nlohmann::json::parse(out.substr(out.find("\n{") + 1));  // after the drafter's load log
+  const int64_t weights = p["weights_bytes"].get<int64_t>();
+  EXPECT_GT(weights, 15'000'000'000ll);
+  EXPECT_LT(weights, 15'600'000'000ll);
+  EXPECT_TRUE(p["fits"]) << out;
+}
+
 }  // namespace
 }  // namespace tandem

@@ -216,9 +216,8 @@ class CpuBackend final : public Backend {
   }
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override {
-    const auto [T, N, K] = check_matmul(x, w, y);
-    const MatmulArgs a{x.as<float>(), x.stride(), w.data, w.dtype, y.as<float>(), y.stride(), T, N, K};
-    run_matmul(a);
+    const auto [T, N, K] = check_matmul(x, w, y, /*quant_ok=*/true);
+    run_matmul({x.as<float>(), x.stride(), w.data, w.dtype, y.as<float>(), y.stride(), T, N, K, w.quant});
   }
 
   void embed(const TensorView& id_view, const TensorView& table, float scale, TensorView& y) override {
@@ -477,7 +476,10 @@ class CpuBackend final : public Backend {
     check_same_shape(x, y, "moe_experts");
     if (gate_up.ndim != 3 || down.ndim != 3 || gate_up.row_stride || down.row_stride)
       fail("moe_experts: gate_up and down must be dense 3-D tensors");
-    if (!is_float_dtype(gate_up.dtype) || !is_float_dtype(down.dtype)) fail("moe_experts: expert weights must be float");
+    for (const TensorView* w : {&gate_up, &down}) {
+      if (w->quant) check_quant_weight(*w, "moe_experts");
+      else if (!is_float_dtype(w->dtype)) fail("moe_experts: expert weights must be float or quantized");
+    }
     const int64_t T = x.rows(), H = x.cols(), E = gate_up.dim(0), I2 = gate_up.dim(1), I = I2 / 2;
     if (gate_up.dim(2) != H || I2 % 2 != 0 || down.dim(0) != E || down.dim(1) != H || down.dim(2) != I)
       fail("moe_experts: gate_up [{}, {}, {}] and down [{}, {}, {}] do not fit H = {}", E, I2, gate_up.dim(2),
@@ -489,7 +491,7 @@ class CpuBackend final : public Backend {
     // Group the (row, slot) pairs by expert so each expert's weights stream from memory once.
     std::vector<std::vector<int64_t>> routed(E);
     for (int64_t i = 0; i < T * k; ++i) routed[expert_ids[i]].push_back(i);
-    const size_t gu_bytes = I2 * H * dtype_size(gate_up.dtype), dn_bytes = H * I * dtype_size(down.dtype);
+    const size_t gu_bytes = gate_up.nbytes() / E, dn_bytes = down.nbytes() / E;
     for (int64_t e = 0; e < E; ++e) {
       const std::vector<int64_t>& pairs = routed[e];
       const int64_t n = pairs.size();
@@ -499,21 +501,47 @@ class CpuBackend final : public Backend {
       moe_act_.resize(n * I);
       moe_out_.resize(n * H);
       for (int64_t j = 0; j < n; ++j) std::copy_n(x.row<float>(pairs[j] / k), H, &moe_x_[j * H]);
+      QuantParams gu_q, dn_q;  // expert e's slice of a stacked quantized weight
       run_matmul({moe_x_.data(), H, static_cast<const char*>(gate_up.data) + e * gu_bytes, gate_up.dtype,
-                  moe_gu_.data(), I2, n, I2, H});
+                  moe_gu_.data(), I2, n, I2, H, expert_quant(gate_up, e, gu_q)});
       for (int64_t j = 0; j < n; ++j) gelu_tanh_mul_row(&moe_gu_[j * I2], &moe_gu_[j * I2 + I], &moe_act_[j * I], I);
       run_matmul({moe_act_.data(), I, static_cast<const char*>(down.data) + e * dn_bytes, down.dtype,
-                  moe_out_.data(), H, n, H, I});
+                  moe_out_.data(), H, n, H, I, expert_quant(down, e, dn_q)});
       for (int64_t j = 0; j < n; ++j) axpy_row(expert_weights[pairs[j]], &moe_out_[j * H], y.row<float>(pairs[j] / k), H);
     }
   }
 
  private:
+  // Expert e's part of the stacked weight w [E, N, K] as a 2-D quantized weight in `out`, or nullptr
+  // when w is not quantized.
+  static const QuantParams* expert_quant(const TensorView& w, int64_t e, QuantParams& out) {
+    if (!w.quant) return nullptr;
+    const QuantParams& q = *w.quant;
+    const int64_t rows = w.dim(1), groups = q.groups(w.dim(2));
+    out = q;
+    auto slice = [&](TensorView& v, int64_t per_expert) {
+      if (v.data) v.data = static_cast<char*>(v.data) + e * per_expert * dtype_size(v.dtype);
+    };
+    slice(out.scales, rows * groups);
+    slice(out.zeros, rows * groups);
+    slice(out.k_perm, w.dim(2));
+    return &out;
+  }
+
   void run_matmul(MatmulArgs a) {
     if (a.T == 0 || a.N == 0) return;
     const bool avx512 = cpu_isa() == CpuIsa::kAvx512;
     auto* tile = avx512 ? cpu::matmul_tile_avx512 : cpu::matmul_tile_avx2;
-    if (a.wtype == DType::BF16) {  // T·K floats, negligible next to the N·K weights
+    if (a.q && a.q->k_perm.data) {  // act-order weights: column j multiplies x[k_perm[j]]
+      const int32_t* perm = a.q->k_perm.as<int32_t>();
+      for (int64_t j = 0; j < a.K; ++j)
+        if (perm[j] < 0 || perm[j] >= a.K) fail("matmul: k_perm entry {} is outside [0, {})", perm[j], a.K);
+      x_perm_.resize(a.T * a.K);
+      for (int64_t t = 0; t < a.T; ++t)
+        for (int64_t j = 0; j < a.K; ++j) x_perm_[t * a.K + j] = a.x[t * a.ldx + perm[j]];
+      a.x = x_perm_.data();
+      a.ldx = a.K;
+    } else if (a.wtype == DType::BF16 && !a.q) {  // T·K floats, negligible next to the N·K weights
       x_packed_.resize(a.T * a.K);
       cpu::pack_x_even_odd(a.x, a.ldx, a.T, a.K, avx512 ? cpu::kBf16BlockAvx512 : cpu::kBf16BlockAvx2,
                            x_packed_.data());
@@ -567,6 +595,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   uint64_t host_syncs_ = 0;
   std::vector<float> x_packed_;  // x reordered for the BF16 kernels
+  std::vector<float> x_perm_;    // x permuted for act-order quantized weights
   std::vector<float> norm_weight_, rope_cos_, rope_sin_;
   std::vector<float> moe_x_, moe_gu_, moe_act_, moe_out_;  // per-expert gathered rows and activations
 };

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "backend/tensor.h"
 #include "util/dtype.h"
 
 namespace tandem::cpu {
@@ -35,8 +36,14 @@ constexpr std::array<float, 256> make_f8e4m3_table() {
 }
 inline constexpr std::array<float, 256> kF8E4M3ToF32 = make_f8e4m3_table();
 
+// FP4 E2M1 -> f32 for the 16 codes (bit 3 is the sign).
+inline constexpr std::array<float, 16> kE2M1ToF32 = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                                                     -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
 // y[T,N] = x[T,K] · w[N,K]ᵀ with row strides ldx, ldy (w is dense). For BF16 weights x must be
 // packed with pack_x_even_odd for the kernel family's block (kBf16BlockAvx2 / kBf16BlockAvx512).
+// With q set, w holds the packed codes of a quantized weight (wtype is then ignored) whose scales
+// and zeros q describes; x must already be permuted by q->k_perm (the kernels ignore it).
 struct MatmulArgs {
   const float* x;
   int64_t ldx;
@@ -45,6 +52,7 @@ struct MatmulArgs {
   float* y;
   int64_t ldy;
   int64_t T, N, K;
+  const QuantParams* q = nullptr;
 };
 
 // Elements per packed block of x for BF16 weights: two vectors' worth of f32 lanes.

@@ -1,6 +1,8 @@
 // AVX2 + FMA + F16C matmul kernels (the binary's baseline ISA, so no target pragma is needed).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "backend/cpu/matmul.h"
@@ -35,6 +37,23 @@ struct V {
     const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
     return _mm256_i32gather_ps(kF8E4M3ToF32.data(), idx, 4);
   }
+  using I = __m256i;
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static I nibbles(const uint8_t* p) {  // 4 bytes -> 8 codes, low nibble first
+    int32_t word;
+    std::memcpy(&word, p, 4);
+    const __m128i b = _mm_cvtsi32_si128(word), m = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    return _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+  }
+  static I bytes(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+  static F cvt(I v) { return _mm256_cvtepi32_ps(v); }
+  static I and_(I v, int m) { return _mm256_and_si256(v, _mm256_set1_epi32(m)); }
+  static I shl(I v, int n) { return _mm256_slli_epi32(v, n); }
+  static I or_(I a, I b) { return _mm256_or_si256(a, b); }
+  static F as_float(I v) { return _mm256_castsi256_ps(v); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F lut16(I idx, const float* table) { return _mm256_i32gather_ps(table, idx, 4); }
 };
 
 #include "backend/cpu/matmul_kernels.h"

@@ -3,6 +3,8 @@
 // everything after the pragma has internal linkage and only runs when cpu_isa() says kAvx512.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "backend/cpu/matmul.h"
@@ -39,6 +41,21 @@ struct V {
     const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm512_i32gather_ps(idx, kF8E4M3ToF32.data(), 4);
   }
+  using I = __m512i;
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static I nibbles(const uint8_t* p) {  // 8 bytes -> 16 codes, low nibble first
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), m = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    return _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+  }
+  static I bytes(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static F cvt(I v) { return _mm512_cvtepi32_ps(v); }
+  static I and_(I v, int m) { return _mm512_and_si512(v, _mm512_set1_epi32(m)); }
+  static I shl(I v, int n) { return _mm512_slli_epi32(v, n); }
+  static I or_(I a, I b) { return _mm512_or_si512(a, b); }
+  static F as_float(I v) { return _mm512_castsi512_ps(v); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F lut16(I idx, const float* table) { return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(table)); }
 };
 
 #include "backend/cpu/matmul_kernels.h"

@@ -5,6 +5,11 @@
 //   kMaxAcc      accumulators that fit in registers next to the operands
 //   zero(), fma(a, b, c) = a·b + c, sum(v) (horizontal add)
 //   load(const float*), load(const f16_t*), load(const f8e4m3_t*) -> F (f32)
+//   I            vector of kLanes int32
+//   nibbles(const uint8_t* p) -> I: the kLanes 4-bit codes in p[0 .. kLanes/2) (low nibble first)
+//   bytes(const uint8_t* p) -> I: the kLanes bytes p[0 .. kLanes) zero-extended
+//   cvt(I) -> F, lut16(I, const float* table) -> F: table[i] per lane (i < 16)
+//   and_(I, int), shl(I, int), or_(I, I), as_float(I) (bit cast), mul(F, F), set1(float)
 //   load_bf16_pairs(const bf16_t* p, F& even, F& odd): 2·kLanes bf16 from p as f32, even-indexed
 //     elements in `even`, odd-indexed in `odd` (one load and one shift or mask each: no widening)
 // Weights are widened to f32 in registers and multiplied with f32 x, so the result is exact f32
@@ -136,7 +141,135 @@ void matmul_tile(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_
   for (; n < n1; ++n) rows_block<V, WT, 1>(w + n * a.K, a, n, t0, t1);
 }
 
+// --- Quantized weights (QuantParams): w = (value(code) - zero) · scale, formed in registers as one
+// FMA, value · scale + (-zero · scale), per kLanes codes and then used for every row of x. Groups
+// hold whole vectors when group % kLanes == 0 (every format tandem loads); other elements go
+// through the scalar path.
+
+// The value of code j of a packed row.
+template <QuantCode C>
+inline float code_value(const uint8_t* row, int64_t j) {
+  if constexpr (C == QuantCode::kU4) return static_cast<float>((row[j / 2] >> (4 * (j % 2))) & 15);
+  if constexpr (C == QuantCode::kE2M1) return kE2M1ToF32[(row[j / 2] >> (4 * (j % 2))) & 15];
+  if constexpr (C == QuantCode::kU8) return static_cast<float>(row[j]);
+  if constexpr (C == QuantCode::kF8E4M3) return kF8E4M3ToF32[row[j]];
+}
+
+// Codes j .. j + kLanes of a packed row as f32 values (j even for 4-bit codes).
+template <class V, QuantCode C>
+inline typename V::F code_values(const uint8_t* row, int64_t j) {
+  if constexpr (C == QuantCode::kU4) return V::cvt(V::nibbles(row + j / 2));
+  if constexpr (C == QuantCode::kE2M1) return V::lut16(V::nibbles(row + j / 2), kE2M1ToF32.data());
+  if constexpr (C == QuantCode::kU8) return V::cvt(V::bytes(row + j));
+  if constexpr (C == QuantCode::kF8E4M3) {
+    // E4M3 bits s eeee mmm moved to f32 bits 31 and 26..20 give 2^(e - 127) · 1.mmm (or the f32
+    // subnormal 2^-126 · 0.mmm); times 2^120 that is the E4M3 value exactly, in three integer ops
+    // and one multiply instead of a table gather. (The NaN codes 0x7F / 0xFF, which quantizers never
+    // write, come out as ±480.)
+    const auto b = V::bytes(row + j);
+    return V::mul(V::as_float(V::or_(V::shl(V::and_(b, 0x80), 24), V::shl(V::and_(b, 0x7F), 20))),
+                  V::set1(0x1p120f));
+  }
+}
+
+inline float scale_at(const TensorView& s, int64_t i) {
+  switch (s.dtype) {
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(s.data)[i]);
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(s.data)[i]);
+    default: return static_cast<const float*>(s.data)[i];
+  }
+}
+
+// y[t·ldy + r] = Σ_j W[n + r, j] · x[t·ldx + j] for r < R, t < TT.
+template <class V, QuantCode C, int R, int TT>
+inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y) {
+  using F = typename V::F;
+  const QuantParams& q = *a.q;
+  const int64_t K = a.K, G = q.group, n_groups = q.groups(K);
+  const int64_t row_bytes = K * quant_code_bits(C) / 8;
+  const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
+  const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
+  F acc[R][TT];
+  float rest[R][TT] = {};
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) acc[r][t] = V::zero();
+  for (int64_t g = 0; g < n_groups; ++g) {
+    const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
+    float s[R], zs[R];
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = (n + r) * n_groups + g;
+      s[r] = scale_at(q.scales, i);
+      zs[r] = -static_cast<float>(zeros ? zeros[i] : quant_default_zero(C)) * s[r];
+    }
+    int64_t k = k0;
+    for (; k + V::kLanes <= k1; k += V::kLanes) {
+      F xv[TT];
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) xv[t] = V::load(x + t * a.ldx + k);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* wr = w + r * row_bytes;
+        _mm_prefetch(reinterpret_cast<const char*>(wr + k * quant_code_bits(C) / 8) + kPrefetchBytes, _MM_HINT_T0);
+        const F wv = V::fma(code_values<V, C>(wr, k), V::set1(s[r]), V::set1(zs[r]));
+#pragma GCC unroll 16
+        for (int t = 0; t < TT; ++t) acc[r][t] = V::fma(wv, xv[t], acc[r][t]);
+      }
+    }
+    for (; k < k1; ++k)
+      for (int r = 0; r < R; ++r) {
+        const float wk = code_value<C>(w + r * row_bytes, k) * s[r] + zs[r];
+        for (int t = 0; t < TT; ++t) rest[r][t] += wk * x[t * a.ldx + k];
+      }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = V::sum(acc[r][t]) + rest[r][t];
+}
+
+// tile_quant over TT rows of x, split until the accumulators fit in registers.
+template <class V, QuantCode C, int R, int TT>
+inline void tile_quant_fit(const MatmulArgs& a, int64_t n, const float* x, float* y) {
+  if constexpr (TT > 1 && R * TT > V::kMaxAcc) {
+    constexpr int kHead = TT / 2;
+    tile_quant_fit<V, C, R, kHead>(a, n, x, y);
+    tile_quant_fit<V, C, R, TT - kHead>(a, n, x + kHead * a.ldx, y + kHead * a.ldy);
+  } else {
+    tile_quant<V, C, R, TT>(a, n, x, y);
+  }
+}
+
+template <class V, QuantCode C, int R>
+void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
+  int64_t t = t0;
+  for (; t + 4 <= t1; t += 4) tile_quant_fit<V, C, R, 4>(a, n, a.x + t * a.ldx, a.y + t * a.ldy + n);
+  const float* x = a.x + t * a.ldx;
+  float* y = a.y + t * a.ldy + n;
+  switch (t1 - t) {
+    case 3: tile_quant_fit<V, C, R, 3>(a, n, x, y); break;
+    case 2: tile_quant_fit<V, C, R, 2>(a, n, x, y); break;
+    case 1: tile_quant_fit<V, C, R, 1>(a, n, x, y); break;
+    default: break;
+  }
+}
+
+template <class V, QuantCode C>
+void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  constexpr int R = 4;
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) rows_block_quant<V, C, R>(a, n, t0, t1);
+  for (; n < n1; ++n) rows_block_quant<V, C, 1>(a, n, t0, t1);
+}
+
 inline void matmul_tile_any(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  if (a.q) {
+    switch (a.q->code) {
+      case QuantCode::kU4: return matmul_tile_quant<V, QuantCode::kU4>(a, n0, n1, t0, t1);
+      case QuantCode::kU8: return matmul_tile_quant<V, QuantCode::kU8>(a, n0, n1, t0, t1);
+      case QuantCode::kE2M1: return matmul_tile_quant<V, QuantCode::kE2M1>(a, n0, n1, t0, t1);
+      case QuantCode::kF8E4M3: return matmul_tile_quant<V, QuantCode::kF8E4M3>(a, n0, n1, t0, t1);
+    }
+  }
   switch (a.wtype) {
     case DType::F32: return matmul_tile<V, float>(a, n0, n1, t0, t1);
     case DType::BF16: return matmul_tile<V, bf16_t>(a, n0, n1, t0, t1);
