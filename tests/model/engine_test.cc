@@ -202,7 +202,9 @@ TEST(Engine, HostWaitsOncePerStepPlusOncePerDraftRound) {
     // a round (no room left for drafts) emit one token each.
     const uint64_t rounds = s.spec.num_drafts, plain_steps = 20 - 1 - rounds - s.spec.num_accepted_tokens;
     const uint64_t steps = 1 + rounds + plain_steps;
-    if (speculative) EXPECT_GT(rounds, 0u);
+    if (speculative) {
+      EXPECT_GT(rounds, 0u);
+    }
     EXPECT_EQ(backend->host_syncs() - before, steps + rounds);
   }
 }

@@ -73,7 +73,9 @@ class HttpTest : public ::testing::Test {
       pos = end + 2;
     }
     EXPECT_FALSE(events.empty());
-    if (!events.empty()) EXPECT_EQ(events.back(), "[DONE]");
+    if (!events.empty()) {
+      EXPECT_EQ(events.back(), "[DONE]");
+    }
     return events;
   }
 
@@ -467,7 +469,9 @@ TEST_F(HttpTest, ShutdownAbortsInFlight) {
     httplib::Client c("127.0.0.1", port);
     auto res = c.Post("/v1/completions", json({{"prompt", "x"}, {"max_tokens", 250}}).dump(), "application/json");
     // The in-flight request is answered (finish_reason "abort"), not dropped.
-    if (res) EXPECT_EQ(json::parse(res->body)["choices"][0]["finish_reason"], "abort");
+    if (res) {
+      EXPECT_EQ(json::parse(res->body)["choices"][0]["finish_reason"], "abort");
+    }
   });
   for (int i = 0; i < 1000 && service->running() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   ASSERT_EQ(service->running(), 1);

@@ -207,7 +207,7 @@ TEST(Gemma4ToolParser, MalformedOutputStaysContent) {
     // Streamed: the head errors stay content; a call announced before its arguments broke is closed
     // as valid JSON.
     ToolParseResult s = parse_streamed({text});
-    for (const auto& c : s.tool_calls) EXPECT_NO_THROW((void)json::parse(c.arguments)) << text << " → " << c.arguments;
+    for (const auto& c : s.tool_calls) EXPECT_TRUE(json::accept(c.arguments)) << text << " → " << c.arguments;
     for (size_t i = 0; i <= text.size(); ++i) {
       std::string_view v(text);
       ToolParseResult split = parse_streamed({v.substr(0, i), v.substr(i)});
