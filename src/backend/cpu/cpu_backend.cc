@@ -25,11 +25,14 @@ namespace {
 
 using cpu::MatmulArgs;
 
-// Element count below which an elementwise op runs on the caller alone: waking the pool costs
-// a few microseconds, about what 16K elements take on one core.
+// Element count below which an elementwise op runs on the caller alone: a pool round trip costs
+// about a microsecond while the workers poll (thread_pool.h), about what 16K elements take on one core.
 constexpr int64_t kSerialElems = 16 * 1024;
-// Matmuls below this many multiply-adds (~20-50 us of work) are not worth a thread-pool round trip.
-constexpr int64_t kSerialMacs = 1 << 19;
+// Matmuls and attention below this many multiply-adds (a few microseconds) run on the caller alone.
+constexpr int64_t kSerialMacs = 1 << 16;
+// Smallest share of a matmul's weights one task reads: a task's dispatch costs a few hundred
+// nanoseconds (an atomic shared between cores), so a task should stream for much longer.
+constexpr int64_t kMinTaskWeightBytes = 32 * 1024;
 
 float load_f32(const void* p, DType t, int64_t i) {
   switch (t) {
@@ -649,10 +652,12 @@ class CpuBackend final : public Backend {
       a.ldx = a.K;
     }
     // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
-    // dynamic scheduling evens out; rows of x in chunks of 64 so prefill has tasks and a chunk of x
-    // stays in cache while the weight block streams past it.
+    // dynamic scheduling evens out, each reading at least kMinTaskWeightBytes; rows of x in chunks of
+    // 64 so prefill has tasks and a chunk of x stays in cache while the weight block streams past it.
     const int64_t per_thread = (a.N + 8 * pool_.size() - 1) / (8 * pool_.size());
-    const int64_t nb = std::clamp<int64_t>((per_thread + 3) / 4 * 4, 16, 512);
+    const int64_t row_bytes = std::max<int64_t>(1, a.K * (a.q ? quant_code_bits(a.q->code) : 8 * dtype_size(a.wtype)) / 8);
+    const int64_t min_rows = std::min<int64_t>(512, (kMinTaskWeightBytes / row_bytes + 3) / 4 * 4);
+    const int64_t nb = std::clamp<int64_t>((per_thread + 3) / 4 * 4, std::max<int64_t>(min_rows, 4), 512);
     const int64_t tb = 64;
     const int64_t n_blocks = (a.N + nb - 1) / nb, t_blocks = (a.T + tb - 1) / tb;
     auto run_tile = [&](int64_t i) {
