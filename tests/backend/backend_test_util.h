@@ -84,7 +84,8 @@ inline constexpr DType kWeightDtypes[] = {DType::F32, DType::BF16, DType::F16, D
 // The kernel families this CPU can run; tests loop over all of them.
 inline std::vector<std::string> available_isas() {
   std::vector<std::string> isas{"avx2"};
-  if (cpu_best_isa() == CpuIsa::kAvx512) isas.push_back("avx512");
+  if (cpu_best_isa() != CpuIsa::kAvx2) isas.push_back("avx512");
+  if (cpu_has_avx512_bf16()) isas.push_back("avx512-bf16");
   return isas;
 }
 
