@@ -91,20 +91,6 @@ __m256 load8_bf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
 
-// dot() with b in bf16, in the same order.
-float dot(const float* a, const uint16_t* b, int64_t n) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8_bf16(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load8_bf16(b + i + 8), acc1);
-  }
-  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8_bf16(b + i), acc0);
-  float s = hsum(_mm256_add_ps(acc0, acc1));
-  for (; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
-  return s;
-}
-
 // y[0:n] += alpha · x[0:n]
 void axpy_row(float alpha, const float* x, float* y, int64_t n) {
   const __m256 va = _mm256_set1_ps(alpha);
@@ -113,12 +99,29 @@ void axpy_row(float alpha, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// axpy_row with x in bf16.
-void axpy_row(float alpha, const uint16_t* x, float* y, int64_t n) {
-  const __m256 va = _mm256_set1_ps(alpha);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load8_bf16(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += alpha * bf16_to_f32(x[i]);
+__m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+__m256 load8(const uint16_t* p) { return load8_bf16(p); }
+float to_f32(float v) { return v; }
+float to_f32(uint16_t v) { return bf16_to_f32(v); }
+
+// s[i] = q · key_i over n elements, for 8 keys (f32 or bf16 rows) at once: q is loaded once for all
+// of them and the 8 sums are reduced together. Attention computes every score through this, so a
+// score does not depend on which keys share its group of 8.
+template <typename KT>
+void dot8(const float* q, const KT* const* keys, int64_t n, float* s) {
+  __m256 acc[8];
+  for (__m256& a : acc) a = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + k);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(qv, load8(keys[i] + k), acc[i]);
+  }
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+  _mm256_storeu_ps(s, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
+  for (; k < n; ++k)
+    for (int i = 0; i < 8; ++i) s[i] += q[k] * to_f32(keys[i][k]);
 }
 
 // dst[0:n] = src[0:n] rounded to bf16 (nearest even, as torch casts).
@@ -481,43 +484,67 @@ class CpuBackend final : public Backend {
     for (const Row& row : row_list) keys += row.kv_end - row.kv_begin;
     // One task per (query row, KV head): the query heads that share a KV head read each key and value
     // row once between them. Per query head the arithmetic is the same whatever the group size or
-    // the rows batched together (dot, softmax, then the values in key order).
+    // the rows batched together (dot8, softmax, then the values in key order).
     auto attend_kv_head = [&](const auto* kcache, const auto* vcache, int64_t task) {
       const int64_t t = task / n_kv, kvh = task % n_kv;
       const Row& row = row_list[t];
       const int64_t len = row.kv_end - row.kv_begin;
-      for (int64_t g = 0; g < group; ++g) std::fill_n(head_ptr(out, T, t, kvh * group + g, d), d, 0.0f);
-      if (len == 0) return;
+      if (len == 0) {
+        for (int64_t g = 0; g < group; ++g) std::fill_n(head_ptr(out, T, t, kvh * group + g, d), d, 0.0f);
+        return;
+      }
       thread_local std::vector<float> scratch;
       thread_local std::vector<float*> heads;  // [group] query heads, then [group] output heads
-      scratch.resize(group * (len + 1));
-      float* scores = scratch.data();  // [group, len]
-      float* inv = scores + group * len;  // [group]: 1 / Σ e^(score - max)
+      thread_local std::vector<int64_t> offsets;  // of each key's (and value's) row in the cache
+      scratch.resize(group * (len + 8));
+      float* scores = scratch.data();  // [group, len + 7]: one row per query head
+      const int64_t ld = len + 7;
       heads.resize(2 * group);
       for (int64_t g = 0; g < group; ++g) {
         heads[g] = head_ptr(q, T, t, kvh * group + g, d);
         heads[group + g] = head_ptr(out, T, t, kvh * group + g, d);
       }
-      // Key and value rows of KV head kvh in key order, a block at a time.
-      auto for_keys = [&](auto&& fn) {
-        for (int64_t pos = row.kv_begin; pos < row.kv_end;) {
-          const int64_t block_end = std::min<int64_t>(row.kv_end, (pos / bs + 1) * bs);
-          const int64_t base = static_cast<int64_t>(row.block_table[pos / bs]) * bs - pos / bs * bs;
-          for (; pos < block_end; ++pos) fn(pos - row.kv_begin, ((base + pos) * n_kv + kvh) * d);
-        }
-      };
-      for_keys([&](int64_t j, int64_t off) {
-        for (int64_t g = 0; g < group; ++g)
-          scores[g * len + j] = dot(heads[g], kcache + off, d) * scale;
-      });
-      for (int64_t g = 0; g < group; ++g) {
-        float* sg = &scores[g * len];
-        inv[g] = 1.0f / exp_shifted_sum(sg, len, *std::max_element(sg, sg + len));
+      // Rows of KV head kvh in key order, walked a cache block at a time.
+      offsets.resize(len);
+      for (int64_t pos = row.kv_begin; pos < row.kv_end;) {
+        const int64_t block_end = std::min<int64_t>(row.kv_end, (pos / bs + 1) * bs);
+        const int64_t base = static_cast<int64_t>(row.block_table[pos / bs]) * bs - pos / bs * bs;
+        for (; pos < block_end; ++pos) offsets[pos - row.kv_begin] = ((base + pos) * n_kv + kvh) * d;
       }
-      for_keys([&](int64_t j, int64_t off) {
-        for (int64_t g = 0; g < group; ++g)
-          axpy_row(scores[g * len + j] * inv[g], vcache + off, heads[group + g], d);
-      });
+      // Scores, 8 keys at a time (a last partial group repeats key 0; its extra scores are dropped).
+      for (int64_t j0 = 0; j0 < len; j0 += 8) {
+        decltype(kcache) keys[8];
+        for (int i = 0; i < 8; ++i) keys[i] = kcache + offsets[j0 + i < len ? j0 + i : 0];
+        for (int64_t g = 0; g < group; ++g) {
+          float* sg = scores + g * ld + j0;
+          dot8(heads[g], keys, d, sg);
+          for (int i = 0; i < 8; ++i) sg[i] *= scale;
+        }
+      }
+      // Softmax weights, then out = Σ_j p_j · v_j in key order, 64 output columns in registers at a time.
+      for (int64_t g = 0; g < group; ++g) {
+        float* p = scores + g * ld;
+        const float inv = 1.0f / exp_shifted_sum(p, len, *std::max_element(p, p + len));
+        for (int64_t j = 0; j < len; ++j) p[j] *= inv;
+        float* o = heads[group + g];
+        int64_t c = 0;
+        for (; c + 64 <= d; c += 64) {
+          __m256 acc[8];
+          for (__m256& a : acc) a = _mm256_setzero_ps();
+          for (int64_t j = 0; j < len; ++j) {
+            const __m256 pj = _mm256_set1_ps(p[j]);
+            const auto* v = vcache + offsets[j] + c;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(pj, load8(v + 8 * i), acc[i]);
+          }
+          for (int i = 0; i < 8; ++i) _mm256_storeu_ps(o + c + 8 * i, acc[i]);
+        }
+        for (; c < d; ++c) {  // head dims that are not a multiple of 64, column by column
+          float acc = 0.0f;
+          for (int64_t j = 0; j < len; ++j) acc = std::fma(p[j], to_f32(vcache[offsets[j] + c]), acc);
+          o[c] = acc;
+        }
+      }
     };
     auto kv_head = [&](int64_t task) {
       if (layer.dtype == DType::BF16)
