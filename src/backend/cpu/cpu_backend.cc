@@ -216,7 +216,7 @@ class CpuBackend final : public Backend {
   }
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override {
-    const auto [T, N, K] = check_matmul(x, w, y, /*quant_ok=*/true);
+    const auto [T, N, K] = check_matmul(x, w, y);
     run_matmul({x.as<float>(), x.stride(), w.data, w.dtype, y.as<float>(), y.stride(), T, N, K, w.quant});
   }
 
