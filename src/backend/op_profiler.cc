@@ -31,11 +31,18 @@ class OpProfiler final : public Backend {
     // Split by weight shape: the head, the experts and the projections behave differently.
     timed(fmt::format("matmul [{}, {}] x {} rows", w.dim(0), w.dim(1), x.rows()), [&] { be_->matmul(x, w, y); });
   }
+  void matmul_gelu_glu(const TensorView& x, const TensorView& g, const TensorView& u, TensorView& o) override {
+    timed(fmt::format("matmul_gelu_glu [{}, {}] x {} rows", g.dim(0), g.dim(1), x.rows()),
+          [&] { be_->matmul_gelu_glu(x, g, u, o); });
+  }
   void embed(const TensorView& ids, const TensorView& t, float s, TensorView& y) override {
     timed("embed", [&] { be_->embed(ids, t, s, y); });
   }
   void rms_norm(const TensorView& x, const TensorView* w, float eps, TensorView& y) override {
     timed("rms_norm", [&] { be_->rms_norm(x, w, eps, y); });
+  }
+  void rms_norm_add(const TensorView& y, const TensorView* w, float eps, TensorView& x) override {
+    timed("rms_norm_add", [&] { be_->rms_norm_add(y, w, eps, x); });
   }
   void rope(TensorView& x, const TensorView& p, const TensorView& f) override { timed("rope", [&] { be_->rope(x, p, f); }); }
   void gelu_tanh_mul(const TensorView& g, const TensorView& u, TensorView& o) override {

@@ -52,6 +52,36 @@ TEST(RmsNorm, WeightDtypesNullWeightAliasAndStride) {
   }
 }
 
+// rms_norm_add: x += RMS(y) · w against float64, y untouched, strided rows on both sides.
+TEST(RmsNorm, AddResidualForm) {
+  auto be = make_cpu_backend(2);
+  Rng rng(21);
+  const int64_t R = 4;
+  for (int64_t D : {3, 256, 2816}) {
+    Stored w = make_stored(DType::BF16, D, rng);
+    const TensorView wv = w.view({D});
+    for (bool weighted : {false, true}) {
+      const int64_t ld = D + 5;
+      std::vector<float> y = rng.normals(R * ld, 3.0f), x = rng.normals(R * ld, 1.0f);
+      const std::vector<float> y0 = y, x0 = x;
+      TensorView yv(DType::F32, y.data(), {R, D}), xv(DType::F32, x.data(), {R, D});
+      yv.row_stride = xv.row_stride = ld;
+      be->rms_norm_add(yv, weighted ? &wv : nullptr, 1e-6f, xv);
+      EXPECT_EQ(y, y0);
+      for (int64_t r = 0; r < R; ++r) {
+        double ss = 0;
+        for (int64_t i = 0; i < D; ++i) ss += static_cast<double>(y[r * ld + i]) * y[r * ld + i];
+        const double inv = 1.0 / std::sqrt(ss / D + 1e-6);
+        for (int64_t i = 0; i < D; ++i) {
+          const double ref = x0[r * ld + i] + y[r * ld + i] * inv * (weighted ? w.values[i] : 1.0);
+          ASSERT_NEAR(x[r * ld + i], ref, 4e-6 * (std::abs(ref) + std::abs(y[r * ld + i] * inv)) + 1e-7) << "D=" << D;
+        }
+        for (int64_t i = D; i < ld; ++i) ASSERT_EQ(x[r * ld + i], x0[r * ld + i]) << "gap written";
+      }
+    }
+  }
+}
+
 TEST(Rope, RotateHalfMatchesPytorchAngles) {
   // PyTorch: freqs = pos · inv_freq in f32, cos/sin of that f32 angle; the reference takes the same
   // f32 angle and evaluates cos/sin in f64. Bound: 2e-6 · max|x| (f32 cos/sin are within 1 ulp).

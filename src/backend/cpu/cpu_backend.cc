@@ -236,24 +236,45 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) override {
+    check_f32_2d(out, "matmul_gelu_glu out");
+    glu_up_.resize(DType::F32, {out.rows(), out.cols()});
+    TensorView u = glu_up_.view();
+    matmul(x, gate, out);
+    matmul(x, up, u);
+    gelu_tanh_mul(out, u, out);
+  }
+
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override {
-    check_f32_2d(x, "rms_norm x");
-    check_f32_2d(y, "rms_norm y");
-    check_same_shape(x, y, "rms_norm");
-    const int64_t D = x.cols();
+    rms_norm_rows(x, weight, eps, y, "rms_norm", /*add=*/false);
+  }
+
+  void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) override {
+    rms_norm_rows(y, weight, eps, x, "rms_norm_add", /*add=*/true);
+  }
+
+  // out = RMS(in) · w, or with add out += RMS(in) · w.
+  void rms_norm_rows(const TensorView& in, const TensorView* weight, float eps, TensorView& out, const char* op,
+                     bool add) {
+    check_f32_2d(in, "rms_norm input");
+    check_f32_2d(out, "rms_norm output");
+    check_same_shape(in, out, op);
+    const int64_t D = in.cols();
     const float* w = nullptr;
     if (weight) {
-      if (!is_float_dtype(weight->dtype) || weight->numel() != D)
-        fail("rms_norm: weight must be a float tensor of {} elements", D);
+      if (!is_float_dtype(weight->dtype) || weight->numel() != D) fail("{}: weight must be a float tensor of {} elements", op, D);
       norm_weight_.resize(D);
       convert_row(weight->data, weight->dtype, D, norm_weight_.data());
       w = norm_weight_.data();
     }
-    for_rows(x.rows(), D, [&](int64_t r) {
-      const float* xr = x.row<float>(r);
-      float* yr = y.row<float>(r);
+    for_rows(in.rows(), D, [&](int64_t r) {
+      const float* xr = in.row<float>(r);
+      float* yr = out.row<float>(r);
       const float inv = 1.0f / std::sqrt(dot(xr, xr, D) / static_cast<float>(D) + eps);
-      for (int64_t i = 0; i < D; ++i) yr[i] = w ? xr[i] * inv * w[i] : xr[i] * inv;
+      for (int64_t i = 0; i < D; ++i) {
+        const float v = w ? xr[i] * inv * w[i] : xr[i] * inv;
+        yr[i] = add ? yr[i] + v : v;
+      }
     });
   }
 
@@ -596,6 +617,7 @@ class CpuBackend final : public Backend {
   uint64_t host_syncs_ = 0;
   std::vector<float> x_packed_;  // x reordered for the BF16 kernels
   std::vector<float> x_perm_;    // x permuted for act-order quantized weights
+  HostTensor glu_up_;            // matmul_gelu_glu's up projection
   std::vector<float> norm_weight_, rope_cos_, rope_sin_;
   std::vector<float> moe_x_, moe_gu_, moe_act_, moe_out_;  // per-expert gathered rows and activations
 };

@@ -310,8 +310,10 @@ class CudaBackend final : public Backend {
   void fill_dummy(TensorView& t, uint64_t seed, float center, float half_width) override;
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override;
+  void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) override;
   void embed(const TensorView& ids, const TensorView& table, float scale, TensorView& y) override;
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override;
+  void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) override;
   void rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) override;
   void gelu_tanh_mul(const TensorView& gate, const TensorView& up, TensorView& out) override;
   void add(const TensorView& a, const TensorView& b, TensorView& y) override;
@@ -333,6 +335,9 @@ class CudaBackend final : public Backend {
  private:
   // Makes this backend's GPU current on the calling thread (cheap when it already is).
   void use_device() const;
+  // rms_norm (add false) and rms_norm_add (add true): out (+)= RMS(in) · weight.
+  void launch_rms_norm(const TensorView& in, const TensorView* weight, float eps, TensorView& out, const char* op,
+                       bool add);
   // Grows a scratch buffer to at least `bytes`. Only reallocates when the size increases, so a step
   // run once at its largest size never allocates again (and can then be captured in a CUDA graph).
   void ensure(Buffer& b, size_t bytes);
@@ -351,6 +356,8 @@ class CudaBackend final : public Backend {
   // x gathered into an act-order quantized weight's column order (matmul: [T, K]; moe_experts: one
   // row per routed pair).
   Buffer permuted_x_;
+  // matmul_gelu_glu's up projection when it cannot fuse.
+  Buffer glu_up_;
   // attention's split path: per (row, head, chunk) softmax states.
   Buffer attn_chunks_;
   int64_t sm_count_ = 0;

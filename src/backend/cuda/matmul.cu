@@ -48,6 +48,40 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
     }
 }
 
+// out[t, c] = gelu_tanh(gate[c] · x[t]) · (up[c] · x[t]): matmul_kernel over two weights of one
+// layout, with the same dot products (so the same bits as matmul, matmul, gelu_tanh_mul).
+template <class Rows, int MT>
+__global__ void __launch_bounds__(kMatmulWarps * 32)
+    matmul_glu_kernel(const float* __restrict__ x, int64_t ldx, Rows gate, Rows up, float* __restrict__ out,
+                      int64_t ldo, int64_t T, int64_t I) {
+  constexpr int R = Rows::kRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp) * R;
+  if (n0 >= I) return;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * MT;
+  const int nrows = static_cast<int>(T - t0 < MT ? T - t0 : MT);
+  const float* xr[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) xr[m] = x + (t0 + (m < nrows ? m : 0)) * ldx;
+  int64_t rows[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) rows[i] = n0 + i < I ? n0 + i : I - 1;
+  float g[R][MT], u[R][MT];
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) g[i][m] = 0.0f, u[i][m] = 0.0f;
+  gate.template dot<MT>(rows, xr, nrows, g, lane);
+  up.template dot<MT>(rows, xr, nrows, u, lane);
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const float gs = warp_sum(g[i][m]), us = warp_sum(u[i][m]);
+      if (lane == m && m < nrows && n0 + i < I) out[(t0 + m) * ldo + n0 + i] = gelu_tanh(gs) * us;
+    }
+}
+
 // dst[t, j] = x[t, perm[j]]: x in an act-order quantized weight's column order.
 __global__ void permute_cols_kernel(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ perm,
                                     int64_t T, int64_t K, float* __restrict__ dst) {
@@ -87,6 +121,36 @@ void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y
         <<<grid, kMatmulWarps * 32, 0, stream_>>>(xp, ldx, rows, y.as<float>(), y.stride(), T, N);
   });
   TANDEM_CUDA_LAUNCHED("matmul_kernel");
+}
+
+}  // namespace tandem
+
+namespace tandem {
+
+void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) {
+  const auto [T, I, K] = check_matmul(x, gate, out);
+  check_matmul(x, up, out);
+  use_device();
+  if (T == 0 || I == 0) return;
+  if (!same_rows_layout(gate, up)) {  // quantized, or two different layouts: the three ops
+    ensure(glu_up_, T * I * sizeof(float));
+    TensorView u(DType::F32, glu_up_.data(), {T, I});
+    matmul(x, gate, out);
+    matmul(x, up, u);
+    gelu_tanh_mul(out, u, out);
+    return;
+  }
+  const bool x_aligned = reinterpret_cast<uint64_t>(x.data) % 16 == 0 && x.stride() % 4 == 0;
+  dispatch_weight_rows(gate, K, x_aligned, matmul_tile_rows(T), [&]<int MT>(const auto& rows) {
+    using Rows = std::decay_t<decltype(rows)>;
+    const int64_t per_cta = kMatmulWarps * Rows::kRows;
+    const dim3 grid(static_cast<unsigned>((I + per_cta - 1) / per_cta), static_cast<unsigned>((T + MT - 1) / MT));
+    if constexpr (requires { rows.rebound(up); })  // FloatRows: same_rows_layout held
+      matmul_glu_kernel<Rows, MT><<<grid, kMatmulWarps * 32, 0, stream_>>>(x.as<float>(), x.stride(), rows,
+                                                                           rows.rebound(up), out.as<float>(),
+                                                                           out.stride(), T, I);
+  });
+  TANDEM_CUDA_LAUNCHED("matmul_glu_kernel");
 }
 
 }  // namespace tandem

@@ -23,6 +23,9 @@ struct FloatRows {
   const void* w;
   int64_t K;
 
+  // The same rows of another weight of the same layout (same_rows_layout).
+  FloatRows rebound(const TensorView& other) const { return {other.data, K}; }
+
   template <int MT>
   __device__ __forceinline__ void dot(const int64_t (&r)[kRows], const float* const (&xr)[MT], int nrows,
                                       float (&acc)[kRows][MT], int lane) const {
@@ -149,18 +152,10 @@ struct QuantRows {
       return;
     }
     const int64_t n_chunks = K / kCodesPerChunk;
-    // Double-buffered: the next chunks' loads are issued before this chunk's math, so a lane waits
-    // for memory once per row, not once per chunk (a 4-bit row of 2816 codes is only 3 chunks per lane).
-    auto load_chunks = [&](int64_t c, uint4 (&raw)[kRows]) {
+    for (int64_t c = lane; c < n_chunks; c += 32) {
+      uint4 raw[kRows];
 #pragma unroll
       for (int i = 0; i < kRows; ++i) raw[i] = __ldg(reinterpret_cast<const uint4*>(codes + r[i] * row_bytes) + c);
-    };
-    uint4 raw[kRows], next[kRows];
-    if (lane < n_chunks) load_chunks(lane, next);
-    for (int64_t c = lane; c < n_chunks; c += 32) {
-#pragma unroll
-      for (int i = 0; i < kRows; ++i) raw[i] = next[i];
-      if (c + 32 < n_chunks) load_chunks(c + 32, next);
       float scale[kRows], offset[kRows];
 #pragma unroll
       for (int s = 0; s < kSpans; ++s) {
@@ -201,6 +196,14 @@ struct QuantRows {
 };
 
 // --- Dispatch ------------------------------------------------------------------------------------
+
+// Whether float weight b's rows can be read with a's FloatRows rebound to b (FloatRows::rebound): the
+// same dtype, width and load path (alignment). Quantized weights never are: two QuantRows dots in one
+// kernel need more registers than the quantized kernels are tuned for.
+inline bool same_rows_layout(const TensorView& a, const TensorView& b) {
+  return !a.quant && !b.quant && a.dtype == b.dtype && a.ndim == b.ndim && a.cols() == b.cols() &&
+         (reinterpret_cast<uint64_t>(a.data) % 16 == 0) == (reinterpret_cast<uint64_t>(b.data) % 16 == 0);
+}
 
 // Calls f.template operator()<MT>(rows) with the Rows object for weight w (row length K; a quantized
 // weight's parameters from w.quant, whose k_perm the caller has applied to x) and the tile height mt
