@@ -5,7 +5,7 @@
 // scales) as a share of that bandwidth. A decode step is one pass over all weights, so this share is
 // the decode speed relative to the hardware limit.
 //
-//   bench_gemv [--threads N] [--quick] [--only bf16|int4|fp8]
+//   bench_gemv [--threads N] [--quick] [--only bf16|int4|fp8] [--rows 1,2,4,8] [--shape NxK]
 //
 // Weights are cycled through enough copies to total >= 1 GiB, so each call reads from DRAM rather
 // than from the (large, on server parts) last-level cache, as it does in a real decode step.
@@ -134,10 +134,33 @@ int run(int argc, char** argv) {
   int threads = 0;
   bool quick = false;
   std::string only;
+  std::vector<int64_t> rows{1, 2, 4, 8};
+  std::vector<Shape> shapes{
+      {"2816x2816 (square)", 2816, 2816},
+      {"8192x1024 (drafter q_proj)", 8192, 1024},
+      {"262144x1024 (drafter head)", 262144, 1024},
+  };
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--quick")) quick = true;
-    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+    if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) {
+      threads = std::atoi(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--quick")) {
+      quick = true;
+    } else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) {
+      only = argv[++i];
+    } else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) {
+      rows.clear();
+      for (const char* p = argv[++i]; *p; p += *p == ',') rows.push_back(std::strtol(p, const_cast<char**>(&p), 10));
+    } else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) {
+      long n = 0, k = 0;
+      if (std::sscanf(argv[++i], "%ldx%ld", &n, &k) != 2 || n <= 0 || k <= 0) {
+        std::fprintf(stderr, "--shape wants NxK, e.g. 2048x768\n");
+        return 2;
+      }
+      shapes = {{argv[i], n, k}};
+    } else {
+      std::fprintf(stderr, "unknown argument %s\n", argv[i]);
+      return 2;
+    }
   }
   auto be = make_cpu_backend(threads);
   const int pool_threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -146,11 +169,6 @@ int run(int argc, char** argv) {
   std::printf("backend: %s\n", be->name().c_str());
   std::printf("read bandwidth (1 GiB sum-reduce, %d threads, best of %d): %.1f GB/s\n\n", pool_threads,
               quick ? 3 : 10, bw);
-  const Shape shapes[] = {
-      {"2816x2816 (square)", 2816, 2816},
-      {"8192x1024 (drafter q_proj)", 8192, 1024},
-      {"262144x1024 (drafter head)", 262144, 1024},
-  };
   std::printf("%-12s %-28s %-7s %3s %9s %8s\n", "weights", "[N x K]", "isa", "T", "GB/s", "% bw");
   for (Kind kind : {Kind::bf16, Kind::int4_g32, Kind::fp8_channel})
   for (const Shape& s : shapes) {
@@ -160,7 +178,7 @@ int run(int argc, char** argv) {
     if (cpu_best_isa() == CpuIsa::kAvx512) isas.push_back("avx512");
     for (const std::string& isa : isas) {
       cpu_force_isa(isa);
-      for (int64_t T : {1, 2, 4, 8}) {
+      for (int64_t T : rows) {
         const double gbps = gemv_gbps(*be, w, T, quick ? 0.3 : 1.5);
         std::printf("%-12s %-28s %-7s %3ld %9.1f %7.0f%%\n", kind_name(kind), s.what, isa.c_str(),
                     static_cast<long>(T), gbps, 100 * gbps / bw);

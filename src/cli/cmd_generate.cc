@@ -63,13 +63,20 @@ void run_generate(const GenerateOptions& o) {
     };
   std::vector<int32_t> ids;
   std::string error;
-  const auto t0 = std::chrono::steady_clock::now();
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point t0 = Clock::now();
+  Clock::time_point t_first, t_last;  // when the first tokens (the prefill's) and the last ones arrived
+  size_t first_tokens = 0;
   engine.submit(request, [&](const RequestOutput& out) {
+    if (!out.tokens.empty()) {
+      t_last = Clock::now();
+      if (ids.empty()) t_first = t_last, first_tokens = out.tokens.size();
+    }
     ids.insert(ids.end(), out.tokens.begin(), out.tokens.end());
     if (out.finish_reason == FinishReason::error) error = out.error;
   });
   engine.run_until_idle();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (!error.empty()) fail("generation failed: {}", error);
   if (!o.json) {
     if (tokenizer) {
@@ -84,6 +91,12 @@ void run_generate(const GenerateOptions& o) {
   j["ids"] = ids;
   if (tokenizer) j["text"] = tokenizer->decode(ids, /*skip_special_tokens=*/true);
   j["tokens_per_second"] = seconds > 0 ? ids.size() / seconds : 0.0;
+  if (!ids.empty()) {
+    // Prefill (submit to the first token) and decode (the tokens after it, over the time after it).
+    j["prefill_seconds"] = std::chrono::duration<double>(t_first - t0).count();
+    j["decode_tokens"] = ids.size() - first_tokens;
+    j["decode_seconds"] = std::chrono::duration<double>(t_last - t_first).count();
+  }
   if (engine.proposer()) {
     const SpecStats s = engine.stats().spec;
     j["spec"] = {{"method", engine.proposer()->method()},
@@ -107,7 +120,9 @@ const RegisterCommand generate_command("generate", "Generate from a prompt (gree
   app.add_option("--draft-position", o->draft_position,
                  "MTP drafter query position: vllm (p-1, last W keys; default) or hf (p, last W+1 keys, as transformers)");
   app.add_option("--load-format", o->load_format, "safetensors, or dummy (random weights for the config; benchmarks)");
-  app.add_flag("--json", o->json, "Print {\"ids\": [...], \"tokens_per_second\": x, \"spec\": {...}}");
+  app.add_flag("--json", o->json,
+               "Print {\"ids\": [...], \"tokens_per_second\": x, \"prefill_seconds\": x, \"decode_tokens\": n, "
+               "\"decode_seconds\": x, \"spec\": {...}}");
   app.add_flag("--trace-spec", o->trace_spec, "Print one JSON line per speculative round");
   app.add_flag("--ignore-eos", o->ignore_eos, "Do not stop at end-of-sequence tokens");
   app.add_option("--temperature", o->temperature, "0 = greedy")->check(CLI::Range(0.0, 100.0));

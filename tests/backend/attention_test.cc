@@ -40,17 +40,32 @@ void attend(Backend& be, const TensorView& q, const KvLayer& layer, std::span<co
   be.attention(q, layer, view, scale, out);
 }
 
+// A cache of random K/V. k and v hold the values as the op sees them (bf16-rounded for a BF16 cache,
+// whose elements are in k16 / v16).
 struct Paged {
   std::vector<float> k, v;
+  std::vector<uint16_t> k16, v16;
   KvLayer layer;
 };
 
-Paged make_cache(int32_t num_blocks, int32_t block_size, int32_t n_kv, int32_t d, Rng& rng) {
+Paged make_cache(int32_t num_blocks, int32_t block_size, int32_t n_kv, int32_t d, Rng& rng,
+                 DType dtype = DType::F32) {
   Paged p;
   const int64_t n = static_cast<int64_t>(num_blocks) * block_size * n_kv * d;
   p.k = rng.normals(n);
   p.v = rng.normals(n);
-  p.layer = {p.k.data(), p.v.data(), DType::F32, num_blocks, block_size, n_kv, d};
+  p.layer = {p.k.data(), p.v.data(), dtype, num_blocks, block_size, n_kv, d};
+  if (dtype == DType::BF16) {
+    for (std::vector<float>* f : {&p.k, &p.v}) {
+      std::vector<uint16_t>& h = f == &p.k ? p.k16 : p.v16;
+      for (float& x : *f) {
+        h.push_back(f32_to_bf16(x));
+        x = bf16_to_f32(h.back());
+      }
+    }
+    p.layer.k = p.k16.data();
+    p.layer.v = p.v16.data();
+  }
   return p;
 }
 
@@ -91,11 +106,11 @@ struct Config {
   int64_t n_heads;
 };
 
-void check_attention(const Config& c, Rng& rng) {
+void check_attention(const Config& c, Rng& rng, DType dtype) {
   auto be = make_cpu_backend(2);
   const int32_t max_len = 300, blocks_per_seq = (max_len + c.block_size - 1) / c.block_size;
   const int32_t num_blocks = 2 * blocks_per_seq;  // two sequences share the pool
-  Paged p = make_cache(num_blocks, c.block_size, c.n_kv, c.d, rng);
+  Paged p = make_cache(num_blocks, c.block_size, c.n_kv, c.d, rng, dtype);
   // Sequences get scrambled, interleaved pages so a slot computed from the wrong block would show.
   std::vector<int32_t> perm(num_blocks);
   std::iota(perm.begin(), perm.end(), 0);
@@ -116,7 +131,7 @@ void check_attention(const Config& c, Rng& rng) {
   const std::vector<double> ref = reference(q, p, rows, c.n_heads, scale);
   const double vmax = std::abs(*std::max_element(p.v.begin(), p.v.end(), [](float a, float b) { return std::abs(a) < std::abs(b); }));
   for (size_t i = 0; i < out.size(); ++i)
-    ASSERT_NEAR(out[i], ref[i], 1e-5 * vmax) << "block_size=" << c.block_size << " n_kv=" << c.n_kv << " d=" << c.d
+    ASSERT_NEAR(out[i], ref[i], 1e-5 * vmax) << dtype_name(dtype) << " block_size=" << c.block_size << " n_kv=" << c.n_kv << " d=" << c.d
                                              << " heads=" << c.n_heads << " row " << i / (c.n_heads * c.d);
 }
 
@@ -126,7 +141,32 @@ TEST(Attention, BlockSizesGqaRatiosHeadDims) {
       {1, 1, 32, 1},  {16, 2, 32, 4}, {16, 1, 256, 8}, {32, 4, 256, 4},
       {7, 2, 512, 8}, {64, 1, 512, 2}, {16, 8, 32, 8},
   };
-  for (const Config& c : configs) check_attention(c, rng);
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (const Config& c : configs) check_attention(c, rng, dtype);
+}
+
+// A query row's output is the same bits whether it is attended alone or with other rows (greedy
+// losslessness under batching rests on this), for both cache dtypes and grouped query heads.
+TEST(Attention, RowResultIndependentOfBatch) {
+  auto be = make_cpu_backend(2);
+  Rng rng(15);
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    const int32_t n_kv = 2, d = 64, block_size = 16, n_heads = 8;
+    Paged p = make_cache(40, block_size, n_kv, d, rng, dtype);
+    std::vector<int32_t> table(40);
+    std::iota(table.begin(), table.end(), 0);
+    std::vector<AttentionRow> rows;
+    for (int32_t end : {3, 40, 200, 640}) rows.push_back({table.data(), 0, end});
+    const int64_t T = rows.size();
+    std::vector<float> q = rng.normals(T * n_heads * d), all(T * n_heads * d), one(n_heads * d);
+    TensorView qv(DType::F32, q.data(), {T, n_heads, d}), av(DType::F32, all.data(), {T, n_heads * d});
+    attend(*be, qv, p.layer, rows, 0.125f, av);
+    for (int64_t t = 0; t < T; ++t) {
+      TensorView q1(DType::F32, &q[t * n_heads * d], {1, n_heads, d}), o1(DType::F32, one.data(), {1, n_heads * d});
+      attend(*be, q1, p.layer, std::span(&rows[t], 1), 0.125f, o1);
+      ASSERT_TRUE(std::equal(one.begin(), one.end(), &all[t * n_heads * d])) << dtype_name(dtype) << " row " << t;
+    }
+  }
 }
 
 TEST(Attention, EmptyRangeGivesZeros) {
@@ -214,6 +254,15 @@ TEST(KvWrite, WritesEachTokenToItsSlot) {
   EXPECT_EQ(vc, v_ref);
   int64_t bad[] = {24, 0, 1};
   EXPECT_THROW(be->kv_write(kv, vv, layer, TensorView(DType::I64, bad, {3})), Error);
+
+  // A BF16 cache holds each element rounded to nearest even.
+  std::vector<uint16_t> kc16(kc.size(), 0), vc16(kc.size(), 0);
+  const KvLayer layer16{kc16.data(), vc16.data(), DType::BF16, 6, 4, n_kv, d};
+  be->kv_write(kv, vv, layer16, TensorView(DType::I64, slots, {3}));
+  for (size_t i = 0; i < kc.size(); ++i) {
+    ASSERT_EQ(kc16[i], f32_to_bf16(k_ref[i])) << i;
+    ASSERT_EQ(vc16[i], f32_to_bf16(v_ref[i])) << i;
+  }
 }
 
 }  // namespace

@@ -25,11 +25,14 @@ namespace {
 
 using cpu::MatmulArgs;
 
-// Element count below which an elementwise op runs on the caller alone: waking the pool costs
-// a few microseconds, about what 16K elements take on one core.
+// Element count below which an elementwise op runs on the caller alone: a pool round trip costs
+// about a microsecond while the workers poll (thread_pool.h), about what 16K elements take on one core.
 constexpr int64_t kSerialElems = 16 * 1024;
-// Matmuls below this many multiply-adds (~20-50 us of work) are not worth a thread-pool round trip.
-constexpr int64_t kSerialMacs = 1 << 19;
+// Matmuls and attention below this many multiply-adds (a few microseconds) run on the caller alone.
+constexpr int64_t kSerialMacs = 1 << 16;
+// Smallest share of a matmul's weights one task reads: a task's dispatch costs a few hundred
+// nanoseconds (an atomic shared between cores), so a task should stream for much longer.
+constexpr int64_t kMinTaskWeightBytes = 32 * 1024;
 
 float load_f32(const void* p, DType t, int64_t i) {
   switch (t) {
@@ -48,6 +51,19 @@ void convert_row(const void* src, DType t, int64_t n, float* dst) {
     return;
   }
   for (int64_t i = 0; i < n; ++i) dst[i] = load_f32(src, t, i);
+}
+
+// Elements [i, i + 8) of a float vector of dtype t (F32, BF16 or F16) as f32.
+__m256 load8_f32(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::BF16: {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case DType::F16:
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
+    default: return _mm256_loadu_ps(static_cast<const float*>(p) + i);
+  }
 }
 
 float hsum(__m256 v) {
@@ -69,12 +85,44 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// 8 bf16 at p as f32.
+__m256 load8_bf16(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+
+// dot() with b in bf16, in the same order.
+float dot(const float* a, const uint16_t* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8_bf16(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load8_bf16(b + i + 8), acc1);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8_bf16(b + i), acc0);
+  float s = hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
+  return s;
+}
+
 // y[0:n] += alpha · x[0:n]
 void axpy_row(float alpha, const float* x, float* y, int64_t n) {
   const __m256 va = _mm256_set1_ps(alpha);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// axpy_row with x in bf16.
+void axpy_row(float alpha, const uint16_t* x, float* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load8_bf16(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * bf16_to_f32(x[i]);
+}
+
+// dst[0:n] = src[0:n] rounded to bf16 (nearest even, as torch casts).
+void round_row_bf16(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
 }
 
 // out[i] = gelu_tanh(g[i]) · u[i] for i < n.
@@ -260,20 +308,34 @@ class CpuBackend final : public Backend {
     check_f32_2d(out, "rms_norm output");
     check_same_shape(in, out, op);
     const int64_t D = in.cols();
-    const float* w = nullptr;
+    const void* w = nullptr;
+    DType wt = DType::F32;
     if (weight) {
       if (!is_float_dtype(weight->dtype) || weight->numel() != D) fail("{}: weight must be a float tensor of {} elements", op, D);
-      norm_weight_.resize(D);
-      convert_row(weight->data, weight->dtype, D, norm_weight_.data());
-      w = norm_weight_.data();
+      w = weight->data;
+      wt = weight->dtype;
+      if (wt != DType::F32 && wt != DType::BF16 && wt != DType::F16) {  // read through load8_f32 as f32
+        norm_weight_.resize(D);
+        convert_row(weight->data, weight->dtype, D, norm_weight_.data());
+        w = norm_weight_.data();
+        wt = DType::F32;
+      }
     }
     for_rows(in.rows(), D, [&](int64_t r) {
       const float* xr = in.row<float>(r);
       float* yr = out.row<float>(r);
       const float inv = 1.0f / std::sqrt(dot(xr, xr, D) / static_cast<float>(D) + eps);
-      for (int64_t i = 0; i < D; ++i) {
-        const float v = w ? xr[i] * inv * w[i] : xr[i] * inv;
-        yr[i] = add ? yr[i] + v : v;
+      // out = (x · inv) · w, rounded as the scalar expression would be (then + out with add).
+      const __m256 vinv = _mm256_set1_ps(inv);
+      int64_t i = 0;
+      for (; i + 8 <= D; i += 8) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv);
+        const __m256 n = w ? _mm256_mul_ps(v, load8_f32(w, wt, i)) : v;
+        _mm256_storeu_ps(yr + i, add ? _mm256_add_ps(_mm256_loadu_ps(yr + i), n) : n);
+      }
+      for (; i < D; ++i) {
+        const float n = w ? xr[i] * inv * load_f32(w, wt, i) : xr[i] * inv;
+        yr[i] = add ? yr[i] + n : n;
       }
     });
   }
@@ -362,7 +424,16 @@ class CpuBackend final : public Backend {
     const float inv = 1.0f / cap;
     for_chunks(x.rows(), x.cols(), [&](int64_t r, int64_t c0, int64_t c1) {
       float* p = x.row<float>(r);
-      for (int64_t i = c0; i < c1; ++i) p[i] = cap * std::tanh(p[i] * inv);
+      const __m256 vinv = _mm256_set1_ps(inv), vcap = _mm256_set1_ps(cap);
+      int64_t i = c0;
+      for (; i + 8 <= c1; i += 8)
+        _mm256_storeu_ps(p + i, _mm256_mul_ps(vcap, cpu::tanh_avx2(_mm256_mul_ps(_mm256_loadu_ps(p + i), vinv))));
+      if (i < c1) {  // tail through a padded vector so every element takes the same formula
+        float t[8] = {};
+        std::copy(p + i, p + c1, t);
+        _mm256_storeu_ps(t, _mm256_mul_ps(vcap, cpu::tanh_avx2(_mm256_mul_ps(_mm256_loadu_ps(t), vinv))));
+        std::copy(t, t + (c1 - i), p + i);
+      }
     });
   }
 
@@ -370,7 +441,7 @@ class CpuBackend final : public Backend {
     const int64_t T = slot_view.numel(), n_kv = layer.n_kv_heads, d = layer.head_dim;
     if (T == 0) return;
     const int64_t* slots = check_ints<int64_t>(slot_view, DType::I64, T, "kv_write slots");
-    if (layer.dtype != DType::F32) fail("kv_write: the CPU backend keeps its KV cache in F32, not {}", dtype_name(layer.dtype));
+    check_kv_dtype(layer, "kv_write");
     check_heads(k, T, n_kv, d, "kv_write k");
     check_heads(v, T, n_kv, d, "kv_write v");
     const int64_t n_slots = static_cast<int64_t>(layer.num_blocks) * layer.block_size;
@@ -379,8 +450,13 @@ class CpuBackend final : public Backend {
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t h = 0; h < n_kv; ++h) {
         const int64_t dst = (slots[t] * n_kv + h) * d;
-        std::copy_n(head_ptr(k, T, t, h, d), d, static_cast<float*>(layer.k) + dst);
-        std::copy_n(head_ptr(v, T, t, h, d), d, static_cast<float*>(layer.v) + dst);
+        if (layer.dtype == DType::BF16) {
+          round_row_bf16(head_ptr(k, T, t, h, d), static_cast<uint16_t*>(layer.k) + dst, d);
+          round_row_bf16(head_ptr(v, T, t, h, d), static_cast<uint16_t*>(layer.v) + dst, d);
+        } else {
+          std::copy_n(head_ptr(k, T, t, h, d), d, static_cast<float*>(layer.k) + dst);
+          std::copy_n(head_ptr(v, T, t, h, d), d, static_cast<float*>(layer.v) + dst);
+        }
       }
     }
   }
@@ -390,12 +466,10 @@ class CpuBackend final : public Backend {
     const int64_t T = rows.ranges.rows(), n_kv = layer.n_kv_heads, d = layer.head_dim;
     if (T == 0) return;
     if (n_kv <= 0 || d <= 0 || layer.block_size <= 0) fail("attention: KV layer has no heads, head_dim or block_size");
-    if (layer.dtype != DType::F32) fail("attention: the CPU backend keeps its KV cache in F32, not {}", dtype_name(layer.dtype));
+    check_kv_dtype(layer, "attention");
     const int32_t* ranges = check_ints<int32_t>(rows.ranges, DType::I32, T * 3, "attention ranges");
     const int64_t S = rows.block_tables.rows(), max_blocks = rows.block_tables.cols();
     const int32_t* tables = check_ints<int32_t>(rows.block_tables, DType::I32, S * max_blocks, "attention block_tables");
-    const float* kcache = static_cast<const float*>(layer.k);
-    const float* vcache = static_cast<const float*>(layer.v);
     struct Row {
       const int32_t* block_table;
       int32_t kv_begin, kv_end;
@@ -424,33 +498,58 @@ class CpuBackend final : public Backend {
     const int64_t group = n_heads / n_kv;
     int64_t keys = 0;
     for (const Row& row : row_list) keys += row.kv_end - row.kv_begin;
-    auto head = [&](int64_t th) {
-      const int64_t t = th / n_heads, h = th % n_heads, kvh = h / group;
+    // One task per (query row, KV head): the query heads that share a KV head read each key and value
+    // row once between them. Per query head the arithmetic is the same whatever the group size or
+    // the rows batched together (dot, softmax, then the values in key order).
+    auto attend_kv_head = [&](const auto* kcache, const auto* vcache, int64_t task) {
+      const int64_t t = task / n_kv, kvh = task % n_kv;
       const Row& row = row_list[t];
-      const float* qv = head_ptr(q, T, t, h, d);
-      float* o = head_ptr(out, T, t, h, d);
-      std::fill_n(o, d, 0.0f);
       const int64_t len = row.kv_end - row.kv_begin;
+      for (int64_t g = 0; g < group; ++g) std::fill_n(head_ptr(out, T, t, kvh * group + g, d), d, 0.0f);
       if (len == 0) return;
-      thread_local std::vector<float> scores;
-      scores.resize(len);
-      auto slot_of = [&](int64_t pos) { return static_cast<int64_t>(row.block_table[pos / bs]) * bs + pos % bs; };
-      float max_score = -INFINITY;
-      for (int64_t j = 0; j < len; ++j) {
-        const float* kp = kcache + (slot_of(row.kv_begin + j) * n_kv + kvh) * d;
-        scores[j] = dot(qv, kp, d) * scale;
-        max_score = std::max(max_score, scores[j]);
+      thread_local std::vector<float> scratch;
+      thread_local std::vector<float*> heads;  // [group] query heads, then [group] output heads
+      scratch.resize(group * (len + 1));
+      float* scores = scratch.data();  // [group, len]
+      float* inv = scores + group * len;  // [group]: 1 / Σ e^(score - max)
+      heads.resize(2 * group);
+      for (int64_t g = 0; g < group; ++g) {
+        heads[g] = head_ptr(q, T, t, kvh * group + g, d);
+        heads[group + g] = head_ptr(out, T, t, kvh * group + g, d);
       }
-      const float inv = 1.0f / exp_shifted_sum(scores.data(), len, max_score);
-      for (int64_t j = 0; j < len; ++j)
-        axpy_row(scores[j] * inv, vcache + (slot_of(row.kv_begin + j) * n_kv + kvh) * d, o, d);
+      // Key and value rows of KV head kvh in key order, a block at a time.
+      auto for_keys = [&](auto&& fn) {
+        for (int64_t pos = row.kv_begin; pos < row.kv_end;) {
+          const int64_t block_end = std::min<int64_t>(row.kv_end, (pos / bs + 1) * bs);
+          const int64_t base = static_cast<int64_t>(row.block_table[pos / bs]) * bs - pos / bs * bs;
+          for (; pos < block_end; ++pos) fn(pos - row.kv_begin, ((base + pos) * n_kv + kvh) * d);
+        }
+      };
+      for_keys([&](int64_t j, int64_t off) {
+        for (int64_t g = 0; g < group; ++g)
+          scores[g * len + j] = dot(heads[g], kcache + off, d) * scale;
+      });
+      for (int64_t g = 0; g < group; ++g) {
+        float* sg = &scores[g * len];
+        inv[g] = 1.0f / exp_shifted_sum(sg, len, *std::max_element(sg, sg + len));
+      }
+      for_keys([&](int64_t j, int64_t off) {
+        for (int64_t g = 0; g < group; ++g)
+          axpy_row(scores[g * len + j] * inv[g], vcache + off, heads[group + g], d);
+      });
+    };
+    auto kv_head = [&](int64_t task) {
+      if (layer.dtype == DType::BF16)
+        attend_kv_head(static_cast<const uint16_t*>(layer.k), static_cast<const uint16_t*>(layer.v), task);
+      else
+        attend_kv_head(static_cast<const float*>(layer.k), static_cast<const float*>(layer.v), task);
     };
     // Short contexts (decode over a few hundred keys) run on the caller; see kSerialMacs.
     if (keys * n_heads * d * 2 < kSerialMacs) {
-      for (int64_t th = 0; th < T * n_heads; ++th) head(th);
+      for (int64_t task = 0; task < T * n_kv; ++task) kv_head(task);
       return;
     }
-    pool_.parallel_for(T * n_heads, head);
+    pool_.parallel_for(T * n_kv, kv_head);
   }
 
   void moe_route(const TensorView& logits, const TensorView* per_expert_scale, TensorView& ids,
@@ -533,6 +632,11 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  static void check_kv_dtype(const KvLayer& layer, const char* op) {
+    if (layer.dtype != DType::F32 && layer.dtype != DType::BF16)
+      fail("{}: the CPU backend keeps its KV cache in F32 or BF16, not {}", op, dtype_name(layer.dtype));
+  }
+
   // Expert e's part of the stacked weight w [E, N, K] as a 2-D quantized weight in `out`, or nullptr
   // when w is not quantized.
   static const QuantParams* expert_quant(const TensorView& w, int64_t e, QuantParams& out) {
@@ -570,10 +674,12 @@ class CpuBackend final : public Backend {
       a.ldx = a.K;
     }
     // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
-    // dynamic scheduling evens out; rows of x in chunks of 64 so prefill has tasks and a chunk of x
-    // stays in cache while the weight block streams past it.
+    // dynamic scheduling evens out, each reading at least kMinTaskWeightBytes; rows of x in chunks of
+    // 64 so prefill has tasks and a chunk of x stays in cache while the weight block streams past it.
     const int64_t per_thread = (a.N + 8 * pool_.size() - 1) / (8 * pool_.size());
-    const int64_t nb = std::clamp<int64_t>((per_thread + 3) / 4 * 4, 16, 512);
+    const int64_t row_bytes = std::max<int64_t>(1, a.K * (a.q ? quant_code_bits(a.q->code) : 8 * dtype_size(a.wtype)) / 8);
+    const int64_t min_rows = std::min<int64_t>(512, (kMinTaskWeightBytes / row_bytes + 3) / 4 * 4);
+    const int64_t nb = std::clamp<int64_t>((per_thread + 3) / 4 * 4, std::max<int64_t>(min_rows, 4), 512);
     const int64_t tb = 64;
     const int64_t n_blocks = (a.N + nb - 1) / nb, t_blocks = (a.T + tb - 1) / tb;
     auto run_tile = [&](int64_t i) {

@@ -25,6 +25,7 @@ struct V {
   static constexpr int kMaxAcc = 16;  // 32 zmm registers: 16 accumulators + weights + x
   static F zero() { return _mm512_setzero_ps(); }
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static float sum(F v) { return _mm512_reduce_add_ps(v); }
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static F load(const bf16_t* p) {  // bf16 is the top half of an f32: widen and shift

@@ -3,7 +3,7 @@
 //   F            vector of kLanes f32
 //   kLanes       lanes per vector
 //   kMaxAcc      accumulators that fit in registers next to the operands
-//   zero(), fma(a, b, c) = a·b + c, sum(v) (horizontal add)
+//   zero(), fma(a, b, c) = a·b + c, add(a, b), sum(v) (horizontal add)
 //   load(const float*), load(const f16_t*), load(const f8e4m3_t*) -> F (f32)
 //   I            vector of kLanes int32
 //   nibbles(const uint8_t* p) -> I: the kLanes 4-bit codes in p[0 .. kLanes/2) (low nibble first)
@@ -21,9 +21,10 @@ inline float to_f32(bf16_t v) { return bf16_to_f32(v.bits); }
 inline float to_f32(f16_t v) { return f16_to_f32(v.bits); }
 inline float to_f32(f8e4m3_t v) { return kF8E4M3ToF32[v.bits]; }
 
-// How far ahead each weight row stream is prefetched. Runs past a row's end land in the next rows,
-// which are read next anyway.
-constexpr int kPrefetchBytes = 1024;
+// How far ahead each weight row stream is prefetched: far enough that the lines are in flight before
+// the loads need them, whatever the out-of-order window covers. Runs past a row's end land in the
+// next rows, which are read next anyway.
+constexpr int kPrefetchBytes = 2048;
 
 // y[t·ldy + r] = Σ_k w[r·K + k] · x[t·ldx + k] for r < R, t < TT: R weight rows against TT x rows,
 // R·TT accumulators, each weight vector loaded once and used TT times.
@@ -62,15 +63,21 @@ inline void tile(const WT* w, int64_t K, const float* x, int64_t ldx, float* y, 
 // for the same ports once T > 1). x must be packed to match (pack_x_even_odd): per block of
 // 2·kLanes elements, the even-indexed ones first, then the odd-indexed; the K % (2·kLanes) tail is
 // left as is and handled by the scalar loop.
+//
+// Each output has two accumulators, one for the even-indexed elements and one for the odd, added
+// at the end. Two dependency chains per output let a single weight row stream at full speed, so a
+// decode step (T = 1) can walk the weight rows one after another (R = 1), the access pattern the
+// hardware prefetchers follow best. Every output is the same sequence of operations whatever R and
+// TT are, so a row's result never depends on which rows of x were batched with it.
 template <class V, int R, int TT>
 inline void tile_bf16(const bf16_t* w, int64_t K, const float* x, int64_t ldx, float* y, int64_t ldy) {
   using F = typename V::F;
   constexpr int kBlock = 2 * V::kLanes;
-  F acc[R][TT];
+  F acc_e[R][TT], acc_o[R][TT];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int t = 0; t < TT; ++t) acc[r][t] = V::zero();
+    for (int t = 0; t < TT; ++t) acc_e[r][t] = acc_o[r][t] = V::zero();
   int64_t k = 0;
   for (; k + kBlock <= K; k += kBlock) {
     F xe[TT], xo[TT];
@@ -86,14 +93,14 @@ inline void tile_bf16(const bf16_t* w, int64_t K, const float* x, int64_t ldx, f
       V::load_bf16_pairs(w + r * K + k, we, wo);
 #pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) {
-        acc[r][t] = V::fma(we, xe[t], acc[r][t]);
-        acc[r][t] = V::fma(wo, xo[t], acc[r][t]);
+        acc_e[r][t] = V::fma(we, xe[t], acc_e[r][t]);
+        acc_o[r][t] = V::fma(wo, xo[t], acc_o[r][t]);
       }
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < TT; ++t) {
-      float s = V::sum(acc[r][t]);
+      float s = V::sum(V::add(acc_e[r][t], acc_o[r][t]));
       for (int64_t kk = k; kk < K; ++kk) s += to_f32(w[r * K + kk]) * x[t * ldx + kk];
       y[t * ldy + r] = s;
     }
@@ -105,7 +112,8 @@ inline void tile_bf16(const bf16_t* w, int64_t K, const float* x, int64_t ldx, f
 // BF16, keep more x vectors live than there are registers on AVX2).
 template <class V, typename WT, int R, int TT>
 inline void tile_fit(const WT* w, int64_t K, const float* x, int64_t ldx, float* y, int64_t ldy) {
-  if constexpr (TT > 1 && R * TT > V::kMaxAcc) {
+  constexpr int kAccPerOutput = std::is_same_v<WT, bf16_t> ? 2 : 1;
+  if constexpr (TT > 1 && R * TT * kAccPerOutput > V::kMaxAcc) {
     constexpr int kHead = TT / 2;
     tile_fit<V, WT, R, kHead>(w, K, x, ldx, y, ldy);
     tile_fit<V, WT, R, TT - kHead>(w, K, x + kHead * ldx, ldx, y + kHead * ldy, ldy);
@@ -132,12 +140,14 @@ void rows_block(const WT* w, const MatmulArgs& a, int64_t n, int64_t t0, int64_t
   }
 }
 
+// Groups of 4 weight rows, each group reused from L1 by every row of x; a BF16 decode step (one row
+// of x) walks the weight rows one after another instead (see tile_bf16).
 template <class V, typename WT>
 void matmul_tile(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
   const WT* w = static_cast<const WT*>(a.w);
-  constexpr int R = 4;
   int64_t n = n0;
-  for (; n + R <= n1; n += R) rows_block<V, WT, R>(w + n * a.K, a, n, t0, t1);
+  if (!std::is_same_v<WT, bf16_t> || t1 - t0 > 4)
+    for (; n + 4 <= n1; n += 4) rows_block<V, WT, 4>(w + n * a.K, a, n, t0, t1);
   for (; n < n1; ++n) rows_block<V, WT, 1>(w + n * a.K, a, n, t0, t1);
 }
 

@@ -1,8 +1,12 @@
 // A small persistent thread pool for the CPU backend: parallel_for(n, fn) runs fn(i) for i in [0, n)
 // on the pool's threads plus the calling thread, pulling indices from a shared atomic counter (so
-// uneven tasks balance themselves), and returns when all are done. Workers spin briefly after each
-// job before sleeping, because a decode step issues hundreds of short ops back to back and a
-// condition-variable wake-up per op would cost more than the op.
+// uneven tasks balance themselves), and returns when all are done.
+//
+// A decode step issues a parallel job every few microseconds, and waking a sleeping thread costs
+// several microseconds more (tens on a busy virtual machine), so after each job the workers poll for
+// the next one for a while (kSpin in thread_pool.cc) before they sleep; a job then reaches them in
+// the time one cache line takes to move between cores. The caller only takes the mutex and makes a
+// system call when a worker is actually asleep.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -41,8 +45,10 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable wake_cv_, done_cv_;
-  bool stop_ = false;
+  std::atomic<bool> stop_{false};
   std::atomic<uint64_t> generation_{0};  // bumped once per job
+  std::atomic<int> sleepers_{0};         // workers blocked (or about to block) on wake_cv_
+  std::atomic<bool> caller_waiting_{false};  // the caller blocks on done_cv_
   std::atomic<int> busy_{0};             // workers still inside the current job
   std::atomic<int64_t> next_{0};
   int64_t n_ = 0;

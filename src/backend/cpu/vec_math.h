@@ -34,4 +34,24 @@ inline __m256 gelu_tanh_avx2(__m256 z) {
   return _mm256_div_ps(z, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
+// tanh(u) for 8 lanes, within 4 f32 ulp: the odd Taylor series to u^13 for |u| < 0.4 (the next
+// term is below 2e-9 relative there), else 1 - 2 / (1 + e^(2|u|)), with the sign of u put back.
+// NaN stays NaN.
+inline __m256 tanh_avx2(__m256 u) {
+  const __m256 sign = _mm256_and_ps(u, _mm256_set1_ps(-0.0f));
+  const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), u);
+  const __m256 a2 = _mm256_mul_ps(a, a);
+  __m256 p = _mm256_set1_ps(21844.0f / 6081075.0f);
+  p = _mm256_fmadd_ps(p, a2, _mm256_set1_ps(-1382.0f / 155925.0f));
+  p = _mm256_fmadd_ps(p, a2, _mm256_set1_ps(62.0f / 2835.0f));
+  p = _mm256_fmadd_ps(p, a2, _mm256_set1_ps(-17.0f / 315.0f));
+  p = _mm256_fmadd_ps(p, a2, _mm256_set1_ps(2.0f / 15.0f));
+  p = _mm256_fmadd_ps(p, a2, _mm256_set1_ps(-1.0f / 3.0f));
+  const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, a2), a, a);
+  const __m256 e = exp_avx2(_mm256_add_ps(a, a));
+  const __m256 large = _mm256_sub_ps(_mm256_set1_ps(1.0f), _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e)));
+  const __m256 t = _mm256_blendv_ps(large, small, _mm256_cmp_ps(a, _mm256_set1_ps(0.4f), _CMP_LT_OQ));
+  return _mm256_blendv_ps(_mm256_or_ps(t, sign), u, _mm256_cmp_ps(u, u, _CMP_UNORD_Q));
+}
+
 }  // namespace tandem::cpu
