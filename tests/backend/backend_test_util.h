@@ -84,7 +84,8 @@ inline constexpr DType kWeightDtypes[] = {DType::F32, DType::BF16, DType::F16, D
 // The kernel families this CPU can run; tests loop over all of them.
 inline std::vector<std::string> available_isas() {
   std::vector<std::string> isas{"avx2"};
-  if (cpu_best_isa() == CpuIsa::kAvx512) isas.push_back("avx512");
+  if (cpu_best_isa() != CpuIsa::kAvx2) isas.push_back("avx512");
+  if (cpu_has_avx512_bf16()) isas.push_back("avx512-bf16");
   return isas;
 }
 
@@ -93,6 +94,17 @@ class ForceIsa {
  public:
   explicit ForceIsa(const std::string& isa) { cpu_force_isa(isa); }
   ~ForceIsa() { cpu_force_isa(""); }
+};
+
+// The CPU backend's exact kernels (every product in f32) for the scope of a test that uses the CPU as
+// the reference for another backend: the best exact family, "avx512" where the default would be the
+// approximate "avx512-bf16".
+class ExactCpuKernels {
+ public:
+  ExactCpuKernels() : force_(cpu_best_isa() == CpuIsa::kAvx2 ? "avx2" : "avx512") {}
+
+ private:
+  ForceIsa force_;
 };
 
 }  // namespace tandem::test

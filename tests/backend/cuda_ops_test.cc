@@ -161,6 +161,7 @@ bool same_rows(const HT& a, int64_t r0, const HT& b, int64_t s0, int64_t n) {
 }
 
 struct Backends {
+  ExactCpuKernels exact;  // the reference computes every product in f32
   std::unique_ptr<Backend> cpu = make_cpu_backend(2);
   std::unique_ptr<Backend> gpu = make_backend("cuda");
 };

@@ -231,6 +231,7 @@ double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
 // group of 16 with K = 712 exercise the scalar path's odd shapes too.
 TEST(QuantMatmul, CudaMatchesCpu) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
+  ExactCpuKernels exact;
   auto cpu = make_cpu_backend(2);
   auto gpu = make_backend("cuda");
   Rng rng(21);
@@ -258,6 +259,7 @@ TEST(QuantMatmul, CudaMatchesCpu) {
 
 TEST(QuantMatmul, CudaMoeExpertsMatchCpu) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
+  ExactCpuKernels exact;
   auto cpu = make_cpu_backend(2);
   auto gpu = make_backend("cuda");
   Rng rng(22);

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/cpu_features.h"
 #include "engine/engine.h"
 #include "io/safetensors.h"
 
@@ -26,6 +27,16 @@ inline std::string test_device() {
 }
 inline std::unique_ptr<Backend> test_backend(int threads = 2) { return make_backend(test_device(), threads); }
 inline bool testing_on_gpu() { return test_device() != "cpu"; }
+
+// For its lifetime, the CPU backend computes every product exactly in f32 (the AVX-512 or AVX2
+// kernels, not avx512-bf16's split activations): for tests whose claim is f32 exactness.
+class ExactCpuKernels {
+ public:
+  ExactCpuKernels() { cpu_force_isa(cpu_best_isa() == CpuIsa::kAvx2 ? "avx2" : "avx512"); }
+  ~ExactCpuKernels() { cpu_force_isa(""); }
+  ExactCpuKernels(const ExactCpuKernels&) = delete;
+  ExactCpuKernels& operator=(const ExactCpuKernels&) = delete;
+};
 
 // Target fixtures: directories with a golden.safetensors whose config is not an assistant.
 inline std::vector<std::string> target_fixtures() {

@@ -1,7 +1,8 @@
 // Every target fixture against transformers (tests/fixtures/*/golden.safetensors, made by
 // tools/make_fixtures.py): prefill logits of every position, then teacher-forced decode steps
 // along transformers' greedy continuation, each within 1e-4 relative L2 (f32 compute on bf16
-// weights); and the engine's own greedy continuation must equal transformers' token for token.
+// weights), with the CPU's default kernels and with its exact-f32 ones; and the engine's own greedy
+// continuation must equal transformers' token for token.
 // The quantized fixtures (tests/fixtures/quant/*) run the same checks against transformers on
 // their dequantized weights.
 #include <gtest/gtest.h>
@@ -17,10 +18,10 @@ constexpr double kTolerance = 1e-4;
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(GoldenTest, PrefillAndDecodeLogitsMatchTransformers) {
+void check_logits(const std::string& dir) {
   auto backend = testing::test_backend(2);
-  auto model = Gemma4Model::load(GetParam(), *backend);
-  const WeightStore golden = WeightStore::open(GetParam() + "/golden.safetensors");
+  auto model = Gemma4Model::load(dir, *backend);
+  const WeightStore golden = WeightStore::open(dir + "/golden.safetensors");
   const int64_t V = model->config().vocab_size;
   for (int p = 0; golden.find("ids." + std::to_string(p)); ++p) {
     SCOPED_TRACE("prompt " + std::to_string(p));
@@ -49,6 +50,13 @@ TEST_P(GoldenTest, PrefillAndDecodeLogitsMatchTransformers) {
       EXPECT_LT(testing::relative_l2(logits.f32(), decode.data() + j * V, V), kTolerance) << "decode step " << j;
     }
   }
+}
+
+TEST_P(GoldenTest, PrefillAndDecodeLogitsMatchTransformers) { check_logits(GetParam()); }
+
+TEST_P(GoldenTest, PrefillAndDecodeLogitsMatchTransformersExactKernels) {
+  const testing::ExactCpuKernels exact;
+  check_logits(GetParam());
 }
 
 TEST_P(GoldenTest, GreedyContinuationMatchesTransformers) {

@@ -28,8 +28,9 @@ using cpu::MatmulArgs;
 // Element count below which an elementwise op runs on the caller alone: a pool round trip costs
 // about a microsecond while the workers poll (thread_pool.h), about what 16K elements take on one core.
 constexpr int64_t kSerialElems = 16 * 1024;
-// Matmuls and attention below this many multiply-adds (a few microseconds) run on the caller alone.
-constexpr int64_t kSerialMacs = 1 << 16;
+// Matmuls and attention below this many multiply-adds (~10 us on one core) run on the caller alone:
+// splitting them saves less than the few microseconds two pool round trips cost on a virtual machine.
+constexpr int64_t kSerialMacs = 1 << 18;
 // Smallest share of a matmul's weights one task reads: a task's dispatch costs a few hundred
 // nanoseconds (an atomic shared between cores), so a task should stream for much longer.
 constexpr int64_t kMinTaskWeightBytes = 32 * 1024;
@@ -181,8 +182,10 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int threads) : pool_(threads) {}
 
   std::string name() const override {
-    return fmt::format("cpu ({}{}, {} threads)", cpu_isa_name(cpu_isa()),
-                       cpu_has_avx512_bf16() ? ", cpu has avx512-bf16" : "", pool_.size());
+    const CpuIsa isa = cpu_isa();
+    return fmt::format("cpu ({}{}, {} threads)", cpu_isa_name(isa),
+                       isa != CpuIsa::kAvx512Bf16 && cpu_has_avx512_bf16() ? ", cpu has avx512-bf16" : "",
+                       pool_.size());
   }
   bool is_host() const override { return true; }
 
@@ -611,24 +614,46 @@ class CpuBackend final : public Backend {
     // Group the (row, slot) pairs by expert so each expert's weights stream from memory once.
     std::vector<std::vector<int64_t>> routed(E);
     for (int64_t i = 0; i < T * k; ++i) routed[expert_ids[i]].push_back(i);
+    struct Active {
+      int64_t e, out;  // expert, first row of its output in moe_out_
+    };
+    std::vector<Active> active;
+    int64_t rows = 0;
+    for (int64_t e = 0; e < E; ++e)
+      if (!routed[e].empty()) active.push_back({e, rows}), rows += static_cast<int64_t>(routed[e].size());
+    moe_out_.resize(rows * H);
     const size_t gu_bytes = gate_up.nbytes() / E, dn_bytes = down.nbytes() / E;
-    for (int64_t e = 0; e < E; ++e) {
+    // Expert a's rows through gate_up, GeGLU and down into its part of moe_out_.
+    auto expert = [&](int64_t a) {
+      const int64_t e = active[a].e;
       const std::vector<int64_t>& pairs = routed[e];
-      const int64_t n = pairs.size();
-      if (n == 0) continue;
-      moe_x_.resize(n * H);
-      moe_gu_.resize(n * I2);
-      moe_act_.resize(n * I);
-      moe_out_.resize(n * H);
-      for (int64_t j = 0; j < n; ++j) std::copy_n(x.row<float>(pairs[j] / k), H, &moe_x_[j * H]);
+      const int64_t n = static_cast<int64_t>(pairs.size());
+      thread_local std::vector<float> xs, gu, act;
+      xs.resize(n * H);
+      gu.resize(n * I2);
+      act.resize(n * I);
+      for (int64_t j = 0; j < n; ++j) std::copy_n(x.row<float>(pairs[j] / k), H, &xs[j * H]);
       QuantParams gu_q, dn_q;  // expert e's slice of a stacked quantized weight
-      run_matmul({moe_x_.data(), H, static_cast<const char*>(gate_up.data) + e * gu_bytes, gate_up.dtype,
-                  moe_gu_.data(), I2, n, I2, H, expert_quant(gate_up, e, gu_q)});
-      for (int64_t j = 0; j < n; ++j) gelu_tanh_mul_row(&moe_gu_[j * I2], &moe_gu_[j * I2 + I], &moe_act_[j * I], I);
-      run_matmul({moe_act_.data(), I, static_cast<const char*>(down.data) + e * dn_bytes, down.dtype,
-                  moe_out_.data(), H, n, H, I, expert_quant(down, e, dn_q)});
-      for (int64_t j = 0; j < n; ++j) axpy_row(expert_weights[pairs[j]], &moe_out_[j * H], y.row<float>(pairs[j] / k), H);
+      run_matmul({xs.data(), H, static_cast<const char*>(gate_up.data) + e * gu_bytes, gate_up.dtype, gu.data(), I2, n,
+                  I2, H, expert_quant(gate_up, e, gu_q)});
+      for (int64_t j = 0; j < n; ++j) gelu_tanh_mul_row(&gu[j * I2], &gu[j * I2 + I], &act[j * I], I);
+      run_matmul({act.data(), I, static_cast<const char*>(down.data) + e * dn_bytes, down.dtype,
+                  &moe_out_[active[a].out * H], H, n, H, I, expert_quant(down, e, dn_q)});
+    };
+    // With an expert for every thread, one task per expert (its matmuls then run on that thread) is
+    // one pool round trip instead of two per expert; otherwise the experts' matmuls are split.
+    const int64_t macs = rows * (I2 * H + H * I);
+    if (static_cast<int64_t>(active.size()) >= pool_.size() && macs >= kSerialMacs) {
+      pool_.parallel_for(static_cast<int64_t>(active.size()), expert);
+    } else {
+      for (int64_t a = 0; a < static_cast<int64_t>(active.size()); ++a) expert(a);
     }
+    // Weighted sum in expert order, the same whichever path computed the experts.
+    for (const Active& a : active)
+      for (size_t j = 0; j < routed[a.e].size(); ++j) {
+        const int64_t pair = routed[a.e][j];
+        axpy_row(expert_weights[pair], &moe_out_[(a.out + static_cast<int64_t>(j)) * H], y.row<float>(pair / k), H);
+      }
   }
 
  private:
@@ -655,22 +680,38 @@ class CpuBackend final : public Backend {
 
   void run_matmul(MatmulArgs a) {
     if (a.T == 0 || a.N == 0) return;
-    const bool avx512 = cpu_isa() == CpuIsa::kAvx512;
+    const CpuIsa isa = cpu_isa();
+    const bool avx512 = isa != CpuIsa::kAvx2;
     auto* tile = avx512 ? cpu::matmul_tile_avx512 : cpu::matmul_tile_avx2;
+    // Per thread: moe_experts runs matmuls on several pool threads at once.
+    thread_local struct {
+      std::vector<float> x_packed;   // x reordered for the exact BF16 kernels
+      std::vector<uint16_t> x_split;  // x as two bf16 terms for the avx512-bf16 kernels
+      std::vector<float> x_perm;     // x permuted for act-order quantized weights
+    } scratch;
     if (a.q && a.q->k_perm.data) {  // act-order weights: column j multiplies x[k_perm[j]]
       const int32_t* perm = a.q->k_perm.as<int32_t>();
       for (int64_t j = 0; j < a.K; ++j)
         if (perm[j] < 0 || perm[j] >= a.K) fail("matmul: k_perm entry {} is outside [0, {})", perm[j], a.K);
-      x_perm_.resize(a.T * a.K);
+      std::vector<float>& x_perm = scratch.x_perm;
+      x_perm.resize(a.T * a.K);
       for (int64_t t = 0; t < a.T; ++t)
-        for (int64_t j = 0; j < a.K; ++j) x_perm_[t * a.K + j] = a.x[t * a.ldx + perm[j]];
-      a.x = x_perm_.data();
+        for (int64_t j = 0; j < a.K; ++j) x_perm[t * a.K + j] = a.x[t * a.ldx + perm[j]];
+      a.x = x_perm.data();
       a.ldx = a.K;
-    } else if (a.wtype == DType::BF16 && !a.q) {  // T·K floats, negligible next to the N·K weights
-      x_packed_.resize(a.T * a.K);
+    }
+    if (a.wtype == DType::BF16 && !a.q && isa == CpuIsa::kAvx512Bf16) {
+      scratch.x_split.resize(a.T * 2 * a.K);
+      cpu::split_x_bf16(a.x, a.ldx, a.T, a.K, scratch.x_split.data());
+      a.xs = scratch.x_split.data();
+      a.ldxs = 2 * a.K;
+      tile = cpu::matmul_tile_avx512_bf16;
+    } else if ((a.wtype == DType::BF16 && !a.q) || (a.q && cpu::quant_uses_table(*a.q, a.K, avx512 ? 16 : 8))) {
+      // T·K floats, negligible next to the N·K weights.
+      scratch.x_packed.resize(a.T * a.K);
       cpu::pack_x_even_odd(a.x, a.ldx, a.T, a.K, avx512 ? cpu::kBf16BlockAvx512 : cpu::kBf16BlockAvx2,
-                           x_packed_.data());
-      a.x = x_packed_.data();
+                           scratch.x_packed.data());
+      a.x = scratch.x_packed.data();
       a.ldx = a.K;
     }
     // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
@@ -721,11 +762,9 @@ class CpuBackend final : public Backend {
 
   ThreadPool pool_;
   uint64_t host_syncs_ = 0;
-  std::vector<float> x_packed_;  // x reordered for the BF16 kernels
-  std::vector<float> x_perm_;    // x permuted for act-order quantized weights
-  HostTensor glu_up_;            // matmul_gelu_glu's up projection
+  HostTensor glu_up_;  // matmul_gelu_glu's up projection
   std::vector<float> norm_weight_, rope_cos_, rope_sin_;
-  std::vector<float> moe_x_, moe_gu_, moe_act_, moe_out_;  // per-expert gathered rows and activations
+  std::vector<float> moe_out_;  // the routed experts' outputs, expert after expert
 };
 
 }  // namespace

@@ -41,7 +41,8 @@ inline constexpr std::array<float, 16> kE2M1ToF32 = {0.0f,  0.5f,  1.0f,  1.5f, 
                                                      -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
 // y[T,N] = x[T,K] · w[N,K]ᵀ with row strides ldx, ldy (w is dense). For BF16 weights x must be
-// packed with pack_x_even_odd for the kernel family's block (kBf16BlockAvx2 / kBf16BlockAvx512).
+// packed with pack_x_even_odd for the kernel family's block (kBf16BlockAvx2 / kBf16BlockAvx512), or,
+// for matmul_tile_avx512_bf16, given as xs (split_x_bf16's rows, ldxs apart) instead of x.
 // With q set, w holds the packed codes of a quantized weight (wtype is then ignored) whose scales
 // and zeros q describes; x must already be permuted by q->k_perm (the kernels ignore it).
 struct MatmulArgs {
@@ -53,6 +54,8 @@ struct MatmulArgs {
   int64_t ldy;
   int64_t T, N, K;
   const QuantParams* q = nullptr;
+  const uint16_t* xs = nullptr;
+  int64_t ldxs = 0;
 };
 
 // Elements per packed block of x for BF16 weights: two vectors' worth of f32 lanes.
@@ -76,9 +79,22 @@ inline void pack_x_even_odd(const float* x, int64_t ldx, int64_t T, int64_t K, i
   }
 }
 
+// Whether the quantized kernels with `lanes` f32 lanes take their 16-entry table path for q and K
+// (4-bit codes, AVX-512, groups and rows of whole 32-element blocks); x must then be packed with
+// pack_x_even_odd for block kBf16BlockAvx512, as for BF16 weights.
+inline bool quant_uses_table(const QuantParams& q, int64_t K, int lanes) {
+  return quant_code_bits(q.code) == 4 && lanes == 16 && q.group % 32 == 0 && K % 32 == 0;
+}
+
 // Computes y[t0:t1, n0:n1]. Each weight row is read once from memory and reused for all rows t of
 // the tile from cache, so verifying k+1 tokens costs about one decode step's weight traffic.
 void matmul_tile_avx2(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1);
 void matmul_tile_avx512(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1);
+
+// The avx512-bf16 family, for BF16 weights only (matmul_avx512bf16.cc): out row t (2·K bf16) =
+// hi[K] then lo[K] with hi = bf16(x), lo = bf16(x - hi), both rounded to nearest even; the tile
+// reads a.xs instead of a.x.
+void split_x_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out);
+void matmul_tile_avx512_bf16(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1);
 
 }  // namespace tandem::cpu

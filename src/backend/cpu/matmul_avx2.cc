@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "backend/cpu/matmul.h"
 #include "util/half.h"
@@ -51,6 +52,8 @@ struct V {
   static F cvt(I v) { return _mm256_cvtepi32_ps(v); }
   static I and_(I v, int m) { return _mm256_and_si256(v, _mm256_set1_epi32(m)); }
   static I shl(I v, int n) { return _mm256_slli_epi32(v, n); }
+  static I shr(I v, int n) { return _mm256_srli_epi32(v, n); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
   static I or_(I a, I b) { return _mm256_or_si256(a, b); }
   static F as_float(I v) { return _mm256_castsi256_ps(v); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "backend/cpu/matmul.h"
 #include "util/half.h"
@@ -53,6 +54,9 @@ struct V {
   static F cvt(I v) { return _mm512_cvtepi32_ps(v); }
   static I and_(I v, int m) { return _mm512_and_si512(v, _mm512_set1_epi32(m)); }
   static I shl(I v, int n) { return _mm512_slli_epi32(v, n); }
+  static I shr(I v, int n) { return _mm512_srli_epi32(v, n); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F lut(I idx, F table) { return _mm512_permutexvar_ps(idx, table); }
   static I or_(I a, I b) { return _mm512_or_si512(a, b); }
   static F as_float(I v) { return _mm512_castsi512_ps(v); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }

@@ -9,7 +9,8 @@
 //   nibbles(const uint8_t* p) -> I: the kLanes 4-bit codes in p[0 .. kLanes/2) (low nibble first)
 //   bytes(const uint8_t* p) -> I: the kLanes bytes p[0 .. kLanes) zero-extended
 //   cvt(I) -> F, lut16(I, const float* table) -> F: table[i] per lane (i < 16)
-//   and_(I, int), shl(I, int), or_(I, I), as_float(I) (bit cast), mul(F, F), set1(float)
+//   and_(I, int), shl(I, int), shr(I, int), or_(I, I), as_float(I) (bit cast), mul(F, F), set1(float)
+//   store(float*, F); with 16 lanes also lut(I idx, F table) -> F: table[idx & 15] per lane
 //   load_bf16_pairs(const bf16_t* p, F& even, F& odd): 2·kLanes bf16 from p as f32, even-indexed
 //     elements in `even`, odd-indexed in `odd` (one load and one shift or mask each: no widening)
 // Weights are widened to f32 in registers and multiplied with f32 x, so the result is exact f32
@@ -146,7 +147,7 @@ template <class V, typename WT>
 void matmul_tile(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
   const WT* w = static_cast<const WT*>(a.w);
   int64_t n = n0;
-  if (!std::is_same_v<WT, bf16_t> || t1 - t0 > 4)
+  if (!std::is_same_v<WT, bf16_t> || t1 - t0 > 1)
     for (; n + 4 <= n1; n += 4) rows_block<V, WT, 4>(w + n * a.K, a, n, t0, t1);
   for (; n < n1; ++n) rows_block<V, WT, 1>(w + n * a.K, a, n, t0, t1);
 }
@@ -190,7 +191,40 @@ inline float scale_at(const TensorView& s, int64_t i) {
   }
 }
 
+// The scales s and zero terms zs = -zero · s of rows [n, n + R), [R][n_groups] each, converted a
+// vector of groups at a time (one dtype switch per tile instead of one per group and row).
+template <class V, QuantCode C, int R>
+inline void group_scales(const QuantParams& q, int64_t n, int64_t n_groups, float* s, float* zs) {
+  const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
+  for (int r = 0; r < R; ++r) {
+    const int64_t base = (n + r) * n_groups;
+    float* sr = s + r * n_groups;
+    float* zr = zs + r * n_groups;
+    int64_t g = 0;
+    for (; g + V::kLanes <= n_groups; g += V::kLanes) {
+      typename V::F sv;
+      switch (q.scales.dtype) {
+        case DType::BF16: sv = V::load(static_cast<const bf16_t*>(q.scales.data) + base + g); break;
+        case DType::F16: sv = V::load(static_cast<const f16_t*>(q.scales.data) + base + g); break;
+        default: sv = V::load(static_cast<const float*>(q.scales.data) + base + g); break;
+      }
+      const typename V::F zv = zeros ? V::cvt(V::bytes(zeros + base + g)) : V::set1(quant_default_zero(C));
+      V::store(sr + g, sv);
+      V::store(zr + g, V::mul(V::mul(zv, V::set1(-1.0f)), sv));
+    }
+    for (; g < n_groups; ++g) {
+      sr[g] = scale_at(q.scales, base + g);
+      zr[g] = -static_cast<float>(zeros ? zeros[base + g] : quant_default_zero(C)) * sr[g];
+    }
+  }
+}
+
 // y[t·ldy + r] = Σ_j W[n + r, j] · x[t·ldx + j] for r < R, t < TT.
+//
+// 4-bit codes on AVX-512 (quant_uses_table): per group and row a 16-lane register holds the
+// dequantized value of each code, value(c) · s + zs, formed by the same FMA as below; a permute by
+// the low or high nibbles of 16 bytes then yields the even- and odd-indexed weights of a 32-element
+// block, which meet x packed even/odd. Three vector instructions per 16 weights instead of eight.
 template <class V, QuantCode C, int R, int TT>
 inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y) {
   using F = typename V::F;
@@ -198,21 +232,55 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
   const int64_t K = a.K, G = q.group, n_groups = q.groups(K);
   const int64_t row_bytes = K * quant_code_bits(C) / 8;
   const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
-  const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
-  F acc[R][TT];
+  thread_local std::vector<float> scale_buf;
+  scale_buf.resize(2 * R * n_groups);
+  float* const s = scale_buf.data();
+  float* const zs = s + R * n_groups;
+  group_scales<V, C, R>(q, n, n_groups, s, zs);
+  F acc[R][TT], acc_o[R][TT];
   float rest[R][TT] = {};
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int t = 0; t < TT; ++t) acc[r][t] = V::zero();
+    for (int t = 0; t < TT; ++t) acc[r][t] = acc_o[r][t] = V::zero();
+  if constexpr (quant_code_bits(C) == 4 && V::kLanes == 16) {
+    if (quant_uses_table(q, K, V::kLanes)) {
+      alignas(64) float values[16];
+      for (int c = 0; c < 16; ++c) values[c] = C == QuantCode::kU4 ? static_cast<float>(c) : kE2M1ToF32[c];
+      const F vals = V::load(values);
+      for (int64_t g = 0; g < n_groups; ++g) {
+        F table[R];
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) table[r] = V::fma(vals, V::set1(s[r * n_groups + g]), V::set1(zs[r * n_groups + g]));
+        for (int64_t k = g * G, k1 = std::min(K, k + G); k < k1; k += 32) {
+          F xe[TT], xo[TT];
+#pragma GCC unroll 16
+          for (int t = 0; t < TT; ++t) {
+            xe[t] = V::load(x + t * a.ldx + k);
+            xo[t] = V::load(x + t * a.ldx + k + 16);
+          }
+#pragma GCC unroll 16
+          for (int r = 0; r < R; ++r) {
+            const uint8_t* wr = w + r * row_bytes + k / 2;
+            _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes, _MM_HINT_T0);
+            const auto codes = V::bytes(wr);
+            const F we = V::lut(codes, table[r]);
+            const F wo = V::lut(V::shr(codes, 4), table[r]);
+#pragma GCC unroll 16
+            for (int t = 0; t < TT; ++t) {
+              acc[r][t] = V::fma(we, xe[t], acc[r][t]);
+              acc_o[r][t] = V::fma(wo, xo[t], acc_o[r][t]);
+            }
+          }
+        }
+      }
+      for (int r = 0; r < R; ++r)
+        for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = V::sum(V::add(acc[r][t], acc_o[r][t]));
+      return;
+    }
+  }
   for (int64_t g = 0; g < n_groups; ++g) {
     const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
-    float s[R], zs[R];
-    for (int r = 0; r < R; ++r) {
-      const int64_t i = (n + r) * n_groups + g;
-      s[r] = scale_at(q.scales, i);
-      zs[r] = -static_cast<float>(zeros ? zeros[i] : quant_default_zero(C)) * s[r];
-    }
     int64_t k = k0;
     for (; k + V::kLanes <= k1; k += V::kLanes) {
       F xv[TT];
@@ -222,14 +290,14 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
       for (int r = 0; r < R; ++r) {
         const uint8_t* wr = w + r * row_bytes;
         _mm_prefetch(reinterpret_cast<const char*>(wr + k * quant_code_bits(C) / 8) + kPrefetchBytes, _MM_HINT_T0);
-        const F wv = V::fma(code_values<V, C>(wr, k), V::set1(s[r]), V::set1(zs[r]));
+        const F wv = V::fma(code_values<V, C>(wr, k), V::set1(s[r * n_groups + g]), V::set1(zs[r * n_groups + g]));
 #pragma GCC unroll 16
         for (int t = 0; t < TT; ++t) acc[r][t] = V::fma(wv, xv[t], acc[r][t]);
       }
     }
     for (; k < k1; ++k)
       for (int r = 0; r < R; ++r) {
-        const float wk = code_value<C>(w + r * row_bytes, k) * s[r] + zs[r];
+        const float wk = code_value<C>(w + r * row_bytes, k) * s[r * n_groups + g] + zs[r * n_groups + g];
         for (int t = 0; t < TT; ++t) rest[r][t] += wk * x[t * a.ldx + k];
       }
   }
@@ -240,7 +308,9 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
 // tile_quant over TT rows of x, split until the accumulators fit in registers.
 template <class V, QuantCode C, int R, int TT>
 inline void tile_quant_fit(const MatmulArgs& a, int64_t n, const float* x, float* y) {
-  if constexpr (TT > 1 && R * TT > V::kMaxAcc) {
+  // Two accumulators per output on the table path (even and odd weights), one otherwise.
+  constexpr int kAccPerOutput = quant_code_bits(C) == 4 && V::kLanes == 16 ? 2 : 1;
+  if constexpr (TT > 1 && R * TT * kAccPerOutput > V::kMaxAcc) {
     constexpr int kHead = TT / 2;
     tile_quant_fit<V, C, R, kHead>(a, n, x, y);
     tile_quant_fit<V, C, R, TT - kHead>(a, n, x + kHead * a.ldx, y + kHead * a.ldy);
@@ -263,11 +333,13 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
   }
 }
 
+// As matmul_tile: a decode step walks the weight rows one after another, more rows of x share each
+// group of 4 weight rows.
 template <class V, QuantCode C>
 void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-  constexpr int R = 4;
   int64_t n = n0;
-  for (; n + R <= n1; n += R) rows_block_quant<V, C, R>(a, n, t0, t1);
+  if (t1 - t0 > 1)
+    for (; n + 4 <= n1; n += 4) rows_block_quant<V, C, 4>(a, n, t0, t1);
   for (; n < n1; ++n) rows_block_quant<V, C, 1>(a, n, t0, t1);
 }
 
