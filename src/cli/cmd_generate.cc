@@ -59,7 +59,7 @@ void run_generate(const GenerateOptions& o) {
     for (const std::string& path : o.images) images.push_back(prepare_image(c, read_file_bytes(path), budget));
     vision = Gemma4Vision::load(c, *backend, parse_load_format(o.load_format));
   }
-  if (c.vision) {
+  if (c.takes_images()) {
     const std::vector<int32_t> ids = request.prompt;
     expand_image_placeholders(c, ids, images, request);
   }

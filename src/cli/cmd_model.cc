@@ -37,7 +37,7 @@ void run_logits(const LogitsOptions& o) {
     for (const std::string& path : o.images) images.push_back(prepare_image(c, read_file_bytes(path), budget));
     vision = Gemma4Vision::load(c, *backend);
   }
-  if (c.vision) expand_image_placeholders(c, parse_ids(o.ids), images, prompt);
+  if (c.takes_images()) expand_image_placeholders(c, parse_ids(o.ids), images, prompt);
   else prompt.prompt = parse_ids(o.ids);
   const std::vector<int32_t>& ids = prompt.prompt;
   const int32_t n = static_cast<int32_t>(ids.size());

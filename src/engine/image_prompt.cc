@@ -28,7 +28,7 @@ void expand_image_placeholders(const ModelConfig& c, std::span<const int32_t> id
 }
 
 int image_soft_token_budget(const ModelConfig& c, int requested) {
-  if (!c.vision) fail("{} has no vision tower", c.dir);
+  if (!c.takes_images()) fail("{} takes no images (no vision tower, or its image tokens lie outside the vocabulary)", c.dir);
   const int budget = requested ? requested : c.vision->default_soft_tokens;
   if (!vision::is_soft_token_budget(budget))
     fail("max_soft_tokens must be one of 70, 140, 280, 560, 1120 (the Gemma 4 processor's budgets), got {}", budget);
@@ -37,7 +37,7 @@ int image_soft_token_budget(const ModelConfig& c, int requested) {
 
 std::shared_ptr<const vision::PatchImage> prepare_image(const ModelConfig& c, std::span<const uint8_t> bytes, int budget,
                                                         const vision::DecodeLimits& limits) {
-  if (!c.vision) fail("{} has no vision tower: it takes no images", c.dir);
+  if (!c.takes_images()) fail("{} takes no images (no vision tower, or its image tokens lie outside the vocabulary)", c.dir);
   const vision::RgbImage rgb = vision::decode_image(bytes, limits);
   return std::make_shared<const vision::PatchImage>(
       vision::preprocess_image(rgb, c.vision->patch_size, c.vision->pooling_kernel, budget));

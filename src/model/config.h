@@ -92,6 +92,9 @@ struct ModelConfig {
   int num_centroids = 0, centroid_top_k = 0;
 
   bool is_assistant() const { return model_type == "gemma4_assistant"; }
+  // A vision tower whose image marker tokens lie inside the vocabulary (test checkpoints may carry a
+  // tower with the real ids in a tiny vocabulary: those take no images).
+  bool takes_images() const;
   const RopeSpec& rope(LayerType t) const { return t == LayerType::full ? rope_full : rope_sliding; }
   // Last layer of the given type that owns a KV cache (-1 if none): what KV-shared layers and the
   // assistant drafter read.

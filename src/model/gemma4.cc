@@ -135,11 +135,11 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
     const bool bidirectional = full ? c.image_bidirectional_full : c.image_bidirectional_sliding;
     std::span<int32_t> ranges = inputs_.add<int32_t>(full ? &rows_full_.ranges : &rows_sliding_.ranges, DType::I32, {T, 3});
     for (int64_t t = 0; t < T; ++t) {
-      const int32_t pos = batch.positions[t];
+      const KeyRange r = key_range(batch.positions[t], full ? 0 : c.sliding_window, batch.block_end[t], bidirectional);
       ranges[3 * t] = row_table[t];
-      ranges[3 * t + 1] = full ? 0 : std::max(0, pos - c.sliding_window + 1);
-      ranges[3 * t + 2] = bidirectional ? std::max(pos + 1, batch.block_end[t]) : pos + 1;
-      if (!full) longest_sliding = std::max(longest_sliding, ranges[3 * t + 2] - ranges[3 * t + 1]);
+      ranges[3 * t + 1] = r.begin;
+      ranges[3 * t + 2] = r.end;
+      if (!full) longest_sliding = std::max(longest_sliding, r.end - r.begin);
     }
   }
   std::span<int64_t> slots = inputs_.add<int64_t>(&slots_, DType::I64, {T});

@@ -1,6 +1,7 @@
 // The Gemma 4 text model (target): gemma4 (multimodal wrapper, text under model.language_model.)
 // and gemma4_text (Gemma4ForCausalLM, text under model.). Vision/audio towers are not loaded.
 #pragma once
+#include <algorithm>
 #include <memory>
 #include <span>
 #include <string>
@@ -42,6 +43,17 @@ struct ForwardBatch {
   }
   int32_t size() const { return static_cast<int32_t>(tokens.size()); }
 };
+
+// The keys [begin, end) of its sequence a row at `position` attends to on one layer: causal, from
+// position − window + 1 on sliding layers (window 0: full layers, from 0), and — for a row inside an
+// image block (block_end > 0) on a layer type made bidirectional for images — on to the block's end.
+struct KeyRange {
+  int32_t begin = 0, end = 0;
+};
+inline KeyRange key_range(int32_t position, int32_t window, int32_t block_end, bool bidirectional) {
+  const int32_t begin = window > 0 ? std::max(0, position - window + 1) : 0;
+  return {begin, bidirectional ? std::max(position + 1, block_end) : position + 1};
+}
 
 // What a forward leaves in backend memory for its output rows, valid until the model's next forward.
 struct ForwardOutput {

@@ -28,6 +28,9 @@ VisionLinear Gemma4Vision::bind_linear(Weights& w, const std::string& module, in
 
 std::unique_ptr<Gemma4Vision> Gemma4Vision::load(const ModelConfig& c, Backend& backend, LoadFormat format) {
   if (!c.vision) fail("{} has no vision_config: this model takes no images", c.dir);
+  if (!c.takes_images())
+    fail("{}: the image marker token ids (boi {}, eoi {}, image {}) lie outside the vocabulary of {}: this model "
+         "takes no images", c.dir, c.boi_id, c.eoi_id, c.image_token_id, c.vocab_size);
   // Every Gemma 4 tower has as many KV heads as heads; the 2-D RoPE plan below relies on it.
   if (c.vision->n_kv_heads != c.vision->n_heads)
     fail("{}: a vision tower with {} KV heads for {} heads is not supported", c.dir, c.vision->n_kv_heads,

@@ -132,6 +132,13 @@ void png_fatal(png_structp png, png_const_charp message) {
 void png_warning_ignored(png_structp, png_const_charp) {}
 
 RgbImage decode_png(std::span<const uint8_t> bytes, const DecodeLimits& limits) {
+  // The size from the IHDR chunk (always first, at byte 16), checked before libpng reads further.
+  if (bytes.size() >= 24 && std::memcmp(bytes.data() + 12, "IHDR", 4) == 0) {
+    auto be32 = [&](size_t at) {
+      return (uint32_t{bytes[at]} << 24) | (uint32_t{bytes[at + 1]} << 16) | (uint32_t{bytes[at + 2]} << 8) | bytes[at + 3];
+    };
+    check_size("PNG", be32(16), be32(20), limits);
+  }
   auto reader = std::make_unique<PngReader>();
   reader->bytes = bytes;
   auto img = std::make_unique<RgbImage>();
