@@ -12,8 +12,10 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
+#include "backend/op_profiler.h"
 #include "bench/latency.h"
 #include "bench/progress.h"
 #include "bench/report.h"
@@ -334,11 +336,13 @@ struct LatencyCli {
 struct VisionCli {
   std::string model, image, load_format = "safetensors", device = "auto";
   int max_soft_tokens = 0, reps = 3, threads = 0, width = 1024, height = 768;
-  bool json = false;
+  bool json = false, profile_ops = false;
 };
 
 void run_vision_cmd(const VisionCli& c) {
   auto backend = make_logged_backend(c.device, c.threads);
+  std::map<std::string, OpTime> op_times;
+  if (c.profile_ops) backend = make_op_profiler(std::move(backend), &op_times);
   const ModelConfig config = load_model_config(c.model);
   const int budget = image_soft_token_budget(config, c.max_soft_tokens);
   const auto t_load = std::chrono::steady_clock::now();
@@ -388,10 +392,15 @@ void run_vision_cmd(const VisionCli& c) {
                       {"preprocess_seconds_median", median(pre)},
                       {"encode_seconds_median", median(enc)},
                       {"encode_seconds", enc}};
+  if (c.profile_ops) {  // per image: the reps (each profiled) averaged
+    for (const auto& [op, t] : op_times) j["op_ms_per_image"][op] = t.seconds * 1e3 / c.reps;
+  }
   if (c.json) {
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
+  if (c.profile_ops)
+    for (const auto& [op, t] : op_times) std::printf("  %-14s %10.1f ms per image\n", op.c_str(), t.seconds * 1e3 / c.reps);
   std::printf("%s on %s: %d patches -> %d soft tokens; preprocess %.1f ms, encode %.3f s (median of %d)\n",
               j["image"].get<std::string>().c_str(), backend->name().c_str(), img->num_patches(), img->soft_tokens(),
               1e3 * median(pre), median(enc), c.reps);
@@ -507,6 +516,7 @@ const RegisterCommand bench_command(
       vis->add_option("--device", v->device, kDeviceHelp);
       vis->add_option("--threads", v->threads, "CPU threads (0: all cores)");
       vis->add_flag("--json", v->json, "Print JSON");
+      vis->add_flag("--profile-ops", v->profile_ops, "Also time each op (waiting for each; slows the encode down)");
       vis->callback([v] { run_vision_cmd(*v); });
 
       auto* latency = app.add_subcommand(

@@ -104,6 +104,11 @@ void run_generate(const GenerateOptions& o) {
   j["ids"] = ids;
   if (tokenizer) j["text"] = tokenizer->decode(ids, /*skip_special_tokens=*/true);
   j["tokens_per_second"] = seconds > 0 ? ids.size() / seconds : 0.0;
+  if (!request.images.empty()) {
+    const EngineStats s = engine.stats();
+    j["images"] = {{"encoded", s.mm_images_encoded}, {"encode_seconds", s.mm_encode_seconds},
+                   {"prompt_tokens", request.prompt.size()}};
+  }
   if (engine.proposer()) {
     const SpecStats s = engine.stats().spec;
     j["spec"] = {{"method", engine.proposer()->method()},
