@@ -96,7 +96,8 @@ ImageFlags parse_image_flags(const ServeOptions& o) {
     return j;
   };
   if (!o.limit_mm_per_prompt.empty()) {
-    for (const auto& [k, v] : object("--limit-mm-per-prompt", o.limit_mm_per_prompt).items()) {
+    const nlohmann::json limits = object("--limit-mm-per-prompt", o.limit_mm_per_prompt);
+    for (const auto& [k, v] : limits.items()) {
       if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > 1000000)
         fail("--limit-mm-per-prompt: \"{}\" must be a count, got {}", k, v.dump());
       if (k == "image") f.max_images = v.get<int>();
@@ -107,7 +108,8 @@ ImageFlags parse_image_flags(const ServeOptions& o) {
     }
   }
   if (!o.mm_processor_kwargs.empty()) {
-    for (const auto& [k, v] : object("--mm-processor-kwargs", o.mm_processor_kwargs).items()) {
+    const nlohmann::json kwargs = object("--mm-processor-kwargs", o.mm_processor_kwargs);
+    for (const auto& [k, v] : kwargs.items()) {
       if (k != "max_soft_tokens") fail("--mm-processor-kwargs: only max_soft_tokens is supported, got \"{}\"", k);
       if (!v.is_number_integer() || !vision::is_soft_token_budget(v.get<int>()))
         fail("--mm-processor-kwargs: max_soft_tokens must be one of 70, 140, 280, 560, 1120, got {}", v.dump());

@@ -270,6 +270,8 @@ ModelConfig parse_model_config(const json& j, const std::string& dir) {
     c.boi_id = rd.get<int>("boi_token_id", c.boi_id);
     c.eoi_id = rd.get<int>("eoi_token_id", c.eoi_id);
     c.image_token_id = rd.get<int>("image_token_id", c.image_token_id);
+    c.video_token_id = rd.get<int>("video_token_id", 258884);
+    c.audio_token_id = rd.get<int>("audio_token_id", 258881);
   } else if (c.model_type == "gemma4_text") {
     parse_text_config(j, file, c);
     c.weight_prefix = "model.";

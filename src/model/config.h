@@ -83,6 +83,9 @@ struct ModelConfig {
   // (use_bidirectional_attention "vision"; transformers 5.17 applies it to sliding layers only).
   std::optional<VisionConfig> vision;
   int boi_id = 255999, eoi_id = 258882, image_token_id = 258880;
+  // gemma4 (the multimodal wrapper) embeds these placeholder ids as the pad token wherever they occur
+  // (transformers' multimodal mask); -1 elsewhere.
+  int video_token_id = -1, audio_token_id = -1;
   bool has_audio = false;  // audio_config present (E2B/E4B); audio input is not supported
   bool image_bidirectional_sliding = false, image_bidirectional_full = false;
 

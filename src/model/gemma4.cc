@@ -126,7 +126,13 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
   // then one upload.
   inputs_.clear();
   const std::vector<int32_t> row_table = stage_block_tables(inputs_, batch.tables, &rows_full_.block_tables);
-  std::ranges::copy(batch.tokens, inputs_.add<int32_t>(&tokens_, DType::I32, {T}).begin());
+  // transformers' Gemma4Model looks video and audio placeholders up as the pad token (their rows
+  // would take encoder features; tandem takes neither modality, so a generated one stays a pad).
+  std::span<int32_t> tokens = inputs_.add<int32_t>(&tokens_, DType::I32, {T});
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t id = batch.tokens[t];
+    tokens[t] = id == c.video_token_id || id == c.audio_token_id ? c.pad_id : id;
+  }
   std::ranges::copy(batch.positions, inputs_.add<int32_t>(&positions_, DType::I32, {T}).begin());
   // Causal (and windowed on sliding layers); a row inside an image block also sees the block's
   // later rows on the layer types made bidirectional (transformers' block overlay).
@@ -150,7 +156,10 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
   std::ranges::copy(batch.output_rows, inputs_.add<int32_t>(&output_rows_, DType::I32, {R}).begin());
   if (c.ple_dim) {
     std::span<int32_t> ple_ids = inputs_.add<int32_t>(&ple_ids_, DType::I32, {T});
-    for (int64_t t = 0; t < T; ++t) ple_ids[t] = batch.tokens[t] < c.ple_vocab ? batch.tokens[t] : c.pad_id;
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t id = batch.tokens[t];
+      ple_ids[t] = id < c.ple_vocab && id != c.video_token_id && id != c.audio_token_id ? id : c.pad_id;
+    }
     for (const EmbedOverride& e : batch.embeds)  // image rows take the pad token's per-layer embedding
       std::fill_n(ple_ids.begin() + e.row, e.features.rows(), c.pad_id);
   }

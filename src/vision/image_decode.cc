@@ -32,12 +32,10 @@ void check_size(const char* format, int64_t width, int64_t height, const DecodeL
          limits.max_pixels);
 }
 
-// RGBA rows → RGB on white (transformers' convert_to_rgb of an image with an alpha channel).
-void composite_rgba(const uint8_t* rgba, int64_t pixels, uint8_t* rgb) {
-  for (int64_t i = 0; i < pixels; ++i) {
-    const uint8_t a = rgba[4 * i + 3];
-    for (int c = 0; c < 3; ++c) rgb[3 * i + c] = composite_on_white(rgba[4 * i + c], a);
-  }
+// RGBA → RGB by dropping alpha: Pillow's convert("RGB"), which transformers' convert_to_rgb applies.
+void drop_alpha(const uint8_t* rgba, int64_t pixels, uint8_t* rgb) {
+  for (int64_t i = 0; i < pixels; ++i)
+    for (int c = 0; c < 3; ++c) rgb[3 * i + c] = rgba[4 * i + c];
 }
 
 // The decoders below use C libraries that report errors by longjmp. Everything they write goes to
@@ -189,7 +187,7 @@ RgbImage decode_png(std::span<const uint8_t> bytes, const DecodeLimits& limits) 
       img->rgb[i] = static_cast<uint8_t>(v > 255 ? 255 : v);
     }
   } else if (channels == 4) {
-    composite_rgba(buffer->data(), w * h, img->rgb.data());
+    drop_alpha(buffer->data(), w * h, img->rgb.data());
   } else {
     std::memcpy(img->rgb.data(), buffer->data(), img->rgb.size());
   }
@@ -257,7 +255,7 @@ RgbImage decode_gif(std::span<const uint8_t> bytes, const DecodeLimits& limits) 
       for (int y = 0; y < d.Height; ++y) read_line(y);
     }
     // The first frame on the logical screen; outside it, the transparent index if there is one,
-    // else the background colour. Transparent pixels become white (composited, alpha 0).
+    // else the background colour. Transparency is dropped: every index shows its palette colour.
     const int fill = transparent >= 0 ? transparent : gif->SBackGroundColor;
     RgbImage img;
     img.width = W, img.height = H;
@@ -267,9 +265,7 @@ RgbImage decode_gif(std::span<const uint8_t> bytes, const DecodeLimits& limits) 
         const bool inside = x >= d.Left && x < d.Left + d.Width && y >= d.Top && y < d.Top + d.Height;
         const int i = inside ? index[static_cast<size_t>(y - d.Top) * d.Width + (x - d.Left)] : fill;
         uint8_t* out = &img.rgb[(static_cast<size_t>(y) * W + x) * 3];
-        if (i == transparent) {
-          out[0] = out[1] = out[2] = 255;
-        } else if (i < map->ColorCount) {
+        if (i < map->ColorCount) {
           out[0] = map->Colors[i].Red, out[1] = map->Colors[i].Green, out[2] = map->Colors[i].Blue;
         } else {
           out[0] = out[1] = out[2] = 0;  // an index past the colour table (Pillow's palette is zero there)
@@ -301,13 +297,13 @@ RgbImage decode_webp(std::span<const uint8_t> bytes, const DecodeLimits& limits)
     int timestamp = 0;
     if (!dec || !WebPAnimDecoderGetNext(dec.get(), &frame, &timestamp))
       fail("the animated WebP data is corrupt or truncated");
-    composite_rgba(frame, pixels, img.rgb.data());
+    drop_alpha(frame, pixels, img.rgb.data());
     return img;
   }
   if (f.has_alpha) {
     std::unique_ptr<uint8_t, void (*)(void*)> rgba(WebPDecodeRGBA(bytes.data(), bytes.size(), nullptr, nullptr), WebPFree);
     if (!rgba) fail("the WebP data is corrupt or truncated");
-    composite_rgba(rgba.get(), pixels, img.rgb.data());
+    drop_alpha(rgba.get(), pixels, img.rgb.data());
   } else if (!WebPDecodeRGBInto(bytes.data(), bytes.size(), img.rgb.data(), img.rgb.size(), f.width * 3)) {
     fail("the WebP data is corrupt or truncated");
   }
@@ -329,17 +325,6 @@ bool starts_with(std::span<const uint8_t> b, std::initializer_list<uint8_t> magi
 }
 
 }  // namespace
-
-uint8_t composite_on_white(uint8_t value, uint8_t a) {
-  if (a == 0) return 255;
-  // Pillow's AlphaComposite.c with dst = (255, 255, 255, 255): PRECISION_BITS 7, SHIFTFORDIV255.
-  const uint32_t blend = 255u * (255u - a);
-  const uint32_t outa255 = a * 255u + blend;
-  const uint32_t coef1 = a * 255u * 255u * 128u / outa255;
-  const uint32_t coef2 = 255u * 128u - coef1;
-  const uint32_t tmp = value * coef1 + 255u * coef2 + (0x80u << 7);
-  return static_cast<uint8_t>((((tmp >> 8) + tmp) >> 8) >> 7);
-}
 
 std::vector<std::string> image_formats() {
   std::vector<std::string> f;

@@ -1,8 +1,8 @@
 // Image files to RGB pixels, as the Hugging Face Gemma 4 processor sees them: JPEG (libjpeg-turbo),
 // PNG (libpng), GIF (giflib, first frame) and WebP (libwebp, first frame of an animation), decoded
-// with the libraries' default settings (what Pillow uses), then converted to RGB as transformers'
-// convert_to_rgb does: an alpha channel is composited onto white with Pillow's alpha_composite
-// arithmetic, grey is replicated. EXIF orientation is not applied (neither Pillow nor transformers do).
+// with the libraries' default settings (what Pillow uses), then converted to RGB as transformers 5.17's
+// convert_to_rgb does (Pillow's convert("RGB")): an alpha channel or a transparent colour is dropped,
+// not composited; grey is replicated. EXIF orientation is not applied (neither Pillow nor transformers do).
 #pragma once
 #include <cstdint>
 #include <span>
@@ -29,9 +29,5 @@ std::vector<std::string> image_formats();
 // message meant for the client on anything it cannot use: empty or unknown data, a format this
 // build has no decoder for, truncated or corrupt data, a zero-sized or too large image.
 RgbImage decode_image(std::span<const uint8_t> bytes, const DecodeLimits& limits = {});
-
-// Pillow's alpha_composite of one RGBA pixel over opaque white, channel by channel (7-bit precision
-// coefficients, rounded divisions by 255): what convert_to_rgb gives for a pixel with alpha `a`.
-uint8_t composite_on_white(uint8_t value, uint8_t a);
 
 }  // namespace tandem::vision
