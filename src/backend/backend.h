@@ -135,6 +135,13 @@ class Backend {
   // x = cap · tanh(x / cap), in place.
   virtual void softcap(TensorView& x, float cap) = 0;
 
+  // x = min(max(x, lo), hi), in place (the vision tower's clipped linears; ±inf bounds pass x through).
+  virtual void clamp(TensorView& x, float lo, float hi) = 0;
+
+  // y[r, i] = (x[r, i] − bias[i]) · scale[i]   x, y [R, D] F32 (may alias); bias, scale [D] any float
+  // dtype (the vision tower's standardize).
+  virtual void standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) = 0;
+
   // Writes k, v [T, n_kv, d] into the layer's cache at slots[t] (slots [T] I64).
   virtual void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slots) = 0;
 

@@ -52,6 +52,10 @@ class OpProfiler final : public Backend {
   void axpy(float a, const TensorView& x, TensorView& y) override { timed("axpy", [&] { be_->axpy(a, x, y); }); }
   void scale(TensorView& x, float s) override { timed("scale", [&] { be_->scale(x, s); }); }
   void softcap(TensorView& x, float c) override { timed("softcap", [&] { be_->softcap(x, c); }); }
+  void clamp(TensorView& x, float lo, float hi) override { timed("clamp", [&] { be_->clamp(x, lo, hi); }); }
+  void standardize(const TensorView& x, const TensorView& b, const TensorView& s, TensorView& y) override {
+    timed("standardize", [&] { be_->standardize(x, b, s, y); });
+  }
   void kv_write(const TensorView& k, const TensorView& v, const KvLayer& l, const TensorView& s) override {
     timed("kv_write", [&] { be_->kv_write(k, v, l, s); });
   }

@@ -811,6 +811,38 @@ TEST(CudaOps, AddAxpyScaleSoftcapStridedAndAliased) {
   });
 }
 
+TEST(CudaOps, ClampAndStandardize) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(406);
+  const int64_t R = 6, C = 1152;
+  const HT x = rand_f32({R, C}, C + 3, rng, 3.0f);
+  for (auto [lo, hi] : {std::pair{-1.0f, 0.5f}, std::pair{-INFINITY, INFINITY}}) {
+    HT y = x;
+    TensorView yc = y.view();
+    b.cpu->clamp(yc, lo, hi);
+    Dev d(*b.gpu);
+    TensorView yd = d.up(x);
+    b.gpu->clamp(yd, lo, hi);
+    EXPECT_TRUE(same_elements(d.down(yd, x), y));  // min/max are exact
+  }
+  for (int wi = 0; wi < 3; ++wi) {
+    SCOPED_TRACE(::testing::Message() << "weight dtype " << dtype_name(kWeightDtypes[wi]));
+    const HT bias = rand_stored(kWeightDtypes[wi], {C}, rng), scale = rand_stored(kWeightDtypes[wi], {C}, rng);
+    HT y = make_ht(DType::F32, {R, C});
+    TensorView yc = y.view();
+    b.cpu->standardize(x.view(), bias.view(), scale.view(), yc);
+    Dev d(*b.gpu);
+    const TensorView bd = d.up(bias), sd = d.up(scale);
+    TensorView yd = d.poisoned(y);
+    b.gpu->standardize(d.up(x), bd, sd, yd);
+    EXPECT_TRUE(same_elements(d.down(yd, y), y));  // one subtraction and one product per element
+    TensorView xd = d.up(x);
+    b.gpu->standardize(xd, bd, sd, xd);  // in place
+    EXPECT_LT(rel_l2(d.down(xd, x), y), 1e-7);
+  }
+}
+
 // --- Data movement ------------------------------------------------------------------------------
 
 TEST(CudaOps, CopyAnyDtypeStrided) {

@@ -212,6 +212,57 @@ TEST(Elementwise, StridedViewsAndAliasing) {
   }
 }
 
+TEST(Elementwise, ClampBoundsInfinityAndStride) {
+  auto be = make_cpu_backend(2);
+  Rng rng(26);
+  const int64_t R = 3, C = 1000, ld = 1003;
+  std::vector<float> x = rng.normals(R * ld, 4.0f), x0 = x;
+  TensorView xv(DType::F32, x.data(), {R, C});
+  xv.row_stride = ld;
+  be->clamp(xv, -1.5f, 0.25f);
+  int clamped = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t i = 0; i < C; ++i) {
+      const float v = x0[r * ld + i];
+      ASSERT_EQ(x[r * ld + i], std::min(std::max(v, -1.5f), 0.25f));
+      clamped += v < -1.5f || v > 0.25f;
+    }
+    for (int64_t i = C; i < ld; ++i) ASSERT_EQ(x[r * ld + i], x0[r * ld + i]);  // the gaps are untouched
+  }
+  EXPECT_GT(clamped, C);  // both bounds were exercised on many elements
+  std::vector<float> y = x0;
+  TensorView yv(DType::F32, y.data(), {R, ld});
+  be->clamp(yv, -INFINITY, INFINITY);  // the bounds of an unclipped ClippableLinear
+  EXPECT_EQ(y, x0);
+  EXPECT_THROW(be->clamp(yv, 1.0f, -1.0f), Error);
+}
+
+TEST(Standardize, WeightDtypesStrideAndAlias) {
+  // One subtraction and one multiplication per element in f32: exact against the same f32 sequence.
+  auto be = make_cpu_backend(2);
+  Rng rng(27);
+  for (int64_t D : {1, 7, 1152}) {
+    for (DType wt : {DType::F32, DType::BF16, DType::F16}) {
+      Stored bias = make_stored(wt, D, rng), scale = make_stored(wt, D, rng);
+      const int64_t R = 4, ld = D + 5;
+      std::vector<float> x = rng.normals(R * ld, 3.0f), y(R * D);
+      TensorView xv(DType::F32, x.data(), {R, D});
+      xv.row_stride = ld;
+      TensorView yv(DType::F32, y.data(), {R, D});
+      be->standardize(xv, bias.view({D}), scale.view({D}), yv);
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t i = 0; i < D; ++i) {
+          const float want = (x[r * ld + i] - static_cast<float>(bias.values[i])) * static_cast<float>(scale.values[i]);
+          ASSERT_EQ(y[r * D + i], want) << "D=" << D << " dtype " << dtype_name(wt);
+        }
+      be->standardize(xv, bias.view({D}), scale.view({D}), xv);  // in place
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t i = 0; i < D; ++i) ASSERT_EQ(x[r * ld + i], y[r * D + i]);
+      EXPECT_THROW(be->standardize(xv, bias.view({D}), make_stored(wt, D + 1, rng).view({D + 1}), yv), Error);
+    }
+  }
+}
+
 TEST(Embed, AllTableDtypesWithScale) {
   auto be = make_cpu_backend(2);
   Rng rng(26);

@@ -440,6 +440,34 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void clamp(TensorView& x, float lo, float hi) override {
+    check_f32_2d(x, "clamp x");
+    if (!(lo <= hi)) fail("clamp: bounds [{}, {}] are empty", lo, hi);
+    for_chunks(x.rows(), x.cols(), [&](int64_t r, int64_t c0, int64_t c1) {
+      float* p = x.row<float>(r);
+      for (int64_t i = c0; i < c1; ++i) p[i] = std::min(std::max(p[i], lo), hi);
+    });
+  }
+
+  void standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) override {
+    check_f32_2d(x, "standardize x");
+    check_f32_2d(y, "standardize y");
+    check_same_shape(x, y, "standardize");
+    const int64_t D = x.cols();
+    for (const TensorView* t : {&bias, &scale})
+      if (!is_float_dtype(t->dtype) || t->numel() != D)
+        fail("standardize: bias and scale must be float tensors of {} elements", D);
+    std_bias_.resize(D);
+    std_scale_.resize(D);
+    convert_row(bias.data, bias.dtype, D, std_bias_.data());
+    convert_row(scale.data, scale.dtype, D, std_scale_.data());
+    for_rows(x.rows(), D, [&](int64_t r) {
+      const float* xr = x.row<float>(r);
+      float* yr = y.row<float>(r);
+      for (int64_t i = 0; i < D; ++i) yr[i] = (xr[i] - std_bias_[i]) * std_scale_[i];
+    });
+  }
+
   void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slot_view) override {
     const int64_t T = slot_view.numel(), n_kv = layer.n_kv_heads, d = layer.head_dim;
     if (T == 0) return;
@@ -763,7 +791,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   uint64_t host_syncs_ = 0;
   HostTensor glu_up_;  // matmul_gelu_glu's up projection
-  std::vector<float> norm_weight_, rope_cos_, rope_sin_;
+  std::vector<float> norm_weight_, rope_cos_, rope_sin_, std_bias_, std_scale_;
   std::vector<float> moe_out_;  // the routed experts' outputs, expert after expert
 };
 

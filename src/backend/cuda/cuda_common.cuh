@@ -320,6 +320,8 @@ class CudaBackend final : public Backend {
   void axpy(float alpha, const TensorView& x, TensorView& y) override;
   void scale(TensorView& x, float s) override;
   void softcap(TensorView& x, float cap) override;
+  void clamp(TensorView& x, float lo, float hi) override;
+  void standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) override;
   void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slots) override;
   void attention(const TensorView& q, const KvLayer& layer, const AttentionRows& rows, float scale,
                  TensorView& out) override;
