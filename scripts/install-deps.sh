@@ -3,6 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build ccache pkg-config
       nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libfmt-dev
+      libjpeg62-turbo-dev libpng-dev libgif-dev libwebp-dev  # image decoders (src/vision/)
       libgtest-dev libgmock-dev libbenchmark-dev
       clang libclang-rt-14-dev prometheus
       chromium)  # the web page's browser test (tests/e2e/webui.test.mjs, puppeteer-core)

@@ -105,12 +105,19 @@ class Backend {
   // y[T,N] = x[T,K] · w[N,K]ᵀ.   w: F32/BF16/F16/F8_E4M3, x and y: F32 (y may have a row stride).
   virtual void matmul(const TensorView& x, const TensorView& w, TensorView& y) = 0;
 
+  // The GeGLU MLP's first half: out[T,I] = gelu_tanh(x · gateᵀ) ⊙ (x · upᵀ), gate and up [I,K] of
+  // any weight dtype (quantized too). The same values as matmul, matmul and gelu_tanh_mul, in one op.
+  virtual void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) = 0;
+
   // y[T,H] = table[ids[t], :] · scale   (ids [T] I32, table [V,H] in any float dtype).
   virtual void embed(const TensorView& ids, const TensorView& table, float scale, TensorView& y) = 0;
 
   // Row-wise RMSNorm over the last dim D: y = x · (mean(x²) + eps)^-½ · w.  x, y [R,D] (may alias);
   // weight [D] in any float dtype, or nullptr for the weightless norm (w ≡ 1).
   virtual void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) = 0;
+  // The sandwich norm's residual step: x += y · (mean(y²) + eps)^-½ · w, row-wise (y, x [R,D]; y is
+  // not written). One op instead of rms_norm + add: a decode step has three per layer.
+  virtual void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) = 0;
 
   // In-place rotate-half RoPE on x [T, n_heads, d]: pairs (i, i + d/2) rotated by positions[t] ·
   // inv_freq[i], i < d/2 (positions [T] I32, inv_freq [d/2] F32; zeros leave a pair unrotated, as
@@ -127,6 +134,13 @@ class Backend {
 
   // x = cap · tanh(x / cap), in place.
   virtual void softcap(TensorView& x, float cap) = 0;
+
+  // x = min(max(x, lo), hi), in place (the vision tower's clipped linears; ±inf bounds pass x through).
+  virtual void clamp(TensorView& x, float lo, float hi) = 0;
+
+  // y[r, i] = (x[r, i] − bias[i]) · scale[i]   x, y [R, D] F32 (may alias); bias, scale [D] any float
+  // dtype (the vision tower's standardize).
+  virtual void standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) = 0;
 
   // Writes k, v [T, n_kv, d] into the layer's cache at slots[t] (slots [T] I64).
   virtual void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slots) = 0;

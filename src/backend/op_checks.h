@@ -56,13 +56,11 @@ inline void check_quant_weight(const TensorView& w, const char* what) {
 struct MatmulDims {
   int64_t T, N, K;
 };
-// y[T,N] = x[T,K] · w[N,K]ᵀ: x, y F32 (strided), w a dense 2-D float tensor, or a quantized one
-// where the backend says it runs those (quant_ok).
-inline MatmulDims check_matmul(const TensorView& x, const TensorView& w, const TensorView& y, bool quant_ok = false) {
+// y[T,N] = x[T,K] · w[N,K]ᵀ: x, y F32 (strided), w a dense 2-D float tensor or a quantized one.
+inline MatmulDims check_matmul(const TensorView& x, const TensorView& w, const TensorView& y) {
   check_f32_2d(x, "matmul x");
   check_f32_2d(y, "matmul y");
   if (w.quant) {
-    if (!quant_ok) fail("matmul: this backend does not run quantized weights");
     check_quant_weight(w, "matmul");
   } else if (!is_float_dtype(w.dtype)) {
     fail("matmul: weight dtype {} is not supported", dtype_name(w.dtype));

@@ -31,11 +31,18 @@ class OpProfiler final : public Backend {
     // Split by weight shape: the head, the experts and the projections behave differently.
     timed(fmt::format("matmul [{}, {}] x {} rows", w.dim(0), w.dim(1), x.rows()), [&] { be_->matmul(x, w, y); });
   }
+  void matmul_gelu_glu(const TensorView& x, const TensorView& g, const TensorView& u, TensorView& o) override {
+    timed(fmt::format("matmul_gelu_glu [{}, {}] x {} rows", g.dim(0), g.dim(1), x.rows()),
+          [&] { be_->matmul_gelu_glu(x, g, u, o); });
+  }
   void embed(const TensorView& ids, const TensorView& t, float s, TensorView& y) override {
     timed("embed", [&] { be_->embed(ids, t, s, y); });
   }
   void rms_norm(const TensorView& x, const TensorView* w, float eps, TensorView& y) override {
     timed("rms_norm", [&] { be_->rms_norm(x, w, eps, y); });
+  }
+  void rms_norm_add(const TensorView& y, const TensorView* w, float eps, TensorView& x) override {
+    timed("rms_norm_add", [&] { be_->rms_norm_add(y, w, eps, x); });
   }
   void rope(TensorView& x, const TensorView& p, const TensorView& f) override { timed("rope", [&] { be_->rope(x, p, f); }); }
   void gelu_tanh_mul(const TensorView& g, const TensorView& u, TensorView& o) override {
@@ -45,6 +52,10 @@ class OpProfiler final : public Backend {
   void axpy(float a, const TensorView& x, TensorView& y) override { timed("axpy", [&] { be_->axpy(a, x, y); }); }
   void scale(TensorView& x, float s) override { timed("scale", [&] { be_->scale(x, s); }); }
   void softcap(TensorView& x, float c) override { timed("softcap", [&] { be_->softcap(x, c); }); }
+  void clamp(TensorView& x, float lo, float hi) override { timed("clamp", [&] { be_->clamp(x, lo, hi); }); }
+  void standardize(const TensorView& x, const TensorView& b, const TensorView& s, TensorView& y) override {
+    timed("standardize", [&] { be_->standardize(x, b, s, y); });
+  }
   void kv_write(const TensorView& k, const TensorView& v, const KvLayer& l, const TensorView& s) override {
     timed("kv_write", [&] { be_->kv_write(k, v, l, s); });
   }

@@ -4,14 +4,18 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
+#include "backend/op_profiler.h"
 #include "bench/latency.h"
 #include "bench/progress.h"
 #include "bench/report.h"
@@ -19,6 +23,8 @@
 #include "bench/sweep.h"
 #include "cli/command.h"
 #include "cli/common.h"
+#include "engine/image_prompt.h"
+#include "model/gemma4_vision.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -326,6 +332,80 @@ struct LatencyCli {
   bool quiet = false, no_ignore_eos = false;
 };
 
+// tandem bench vision: the vision tower's encode time for one image (preprocessing timed apart).
+struct VisionCli {
+  std::string model, image, load_format = "safetensors", device = "auto";
+  int max_soft_tokens = 0, reps = 3, threads = 0, width = 1024, height = 768;
+  bool json = false, profile_ops = false;
+};
+
+void run_vision_cmd(const VisionCli& c) {
+  auto backend = make_logged_backend(c.device, c.threads);
+  std::map<std::string, OpTime> op_times;
+  if (c.profile_ops) backend = make_op_profiler(std::move(backend), &op_times);
+  const ModelConfig config = load_model_config(c.model);
+  const int budget = image_soft_token_budget(config, c.max_soft_tokens);
+  const auto t_load = std::chrono::steady_clock::now();
+  auto tower = Gemma4Vision::load(config, *backend, parse_load_format(c.load_format));
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+  // The image: a file, or a smooth synthetic picture of --width × --height (its content does not
+  // change the work, only its size, through the resize).
+  vision::RgbImage rgb;
+  std::vector<uint8_t> bytes;
+  if (!c.image.empty()) bytes = read_file_bytes(c.image);
+  std::vector<double> pre, enc;
+  std::shared_ptr<const vision::PatchImage> img;
+  for (int r = 0; r < c.reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!c.image.empty()) {
+      img = prepare_image(config, bytes, budget);
+    } else {
+      rgb.width = c.width, rgb.height = c.height;
+      rgb.rgb.resize(static_cast<size_t>(c.width) * c.height * 3);
+      for (size_t i = 0; i < rgb.rgb.size(); ++i) rgb.rgb[i] = static_cast<uint8_t>((i * 7 + i / 3 / c.width * 13) & 255);
+      img = std::make_shared<const vision::PatchImage>(
+          vision::preprocess_image(rgb, config.vision->patch_size, config.vision->pooling_kernel, budget));
+    }
+    const auto t1 = std::chrono::steady_clock::now();
+    Tensor features(*backend);
+    TensorView& f = features.resize(DType::F32, {img->soft_tokens(), config.hidden});
+    tower->encode(*img, f);
+    backend->synchronize();
+    const auto t2 = std::chrono::steady_clock::now();
+    pre.push_back(std::chrono::duration<double>(t1 - t0).count());
+    enc.push_back(std::chrono::duration<double>(t2 - t1).count());
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  nlohmann::json j = {{"model", c.model},
+                      {"backend", backend->name()},
+                      {"load_format", c.load_format},
+                      {"vision_parameters", tower->parameter_count()},
+                      {"image", c.image.empty() ? fmt::format("synthetic {}x{}", c.width, c.height) : c.image},
+                      {"max_soft_tokens", budget},
+                      {"patches", img->num_patches()},
+                      {"soft_tokens", img->soft_tokens()},
+                      {"reps", c.reps},
+                      {"load_seconds", load_s},
+                      {"preprocess_seconds_median", median(pre)},
+                      {"encode_seconds_median", median(enc)},
+                      {"encode_seconds", enc}};
+  if (c.profile_ops) {  // per image: the reps (each profiled) averaged
+    for (const auto& [op, t] : op_times) j["op_ms_per_image"][op] = t.seconds * 1e3 / c.reps;
+  }
+  if (c.json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  if (c.profile_ops)
+    for (const auto& [op, t] : op_times) std::printf("  %-14s %10.1f ms per image\n", op.c_str(), t.seconds * 1e3 / c.reps);
+  std::printf("%s on %s: %d patches -> %d soft tokens; preprocess %.1f ms, encode %.3f s (median of %d)\n",
+              j["image"].get<std::string>().c_str(), backend->name().c_str(), img->num_patches(), img->soft_tokens(),
+              1e3 * median(pre), median(enc), c.reps);
+}
+
 void run_latency_cmd(const LatencyCli& c) {
   bench::LatencyOptions o;
   o.url = c.endpoint;
@@ -422,6 +502,22 @@ const RegisterCommand bench_command(
       merge->add_option("inputs", m->inputs, "CSV files written by tandem bench sweep --csv")->required()->check(CLI::ExistingFile);
       add_output_options(*merge, m->out);
       merge->callback([m] { run_merge(*m); });
+
+      auto* vis = app.add_subcommand(
+          "vision", "Time the vision tower on one image (decode + resize + patchify timed apart from the encode)");
+      auto v = std::make_shared<VisionCli>();
+      vis->add_option("model", v->model, "Checkpoint (or config-only) directory with a vision_config")->required();
+      vis->add_option("--load-format", v->load_format, "safetensors, or dummy (random weights for the config)");
+      vis->add_option("--image", v->image, "Image file (default: a synthetic --width x --height picture)");
+      vis->add_option("--width", v->width, "Synthetic image width")->check(CLI::Range(1, 1 << 14));
+      vis->add_option("--height", v->height, "Synthetic image height")->check(CLI::Range(1, 1 << 14));
+      vis->add_option("--max-soft-tokens", v->max_soft_tokens, "70, 140, 280, 560 or 1120 (default: the model's)");
+      vis->add_option("--reps", v->reps, "Timed repetitions (median)")->check(CLI::Range(1, 1000));
+      vis->add_option("--device", v->device, kDeviceHelp);
+      vis->add_option("--threads", v->threads, "CPU threads (0: all cores)");
+      vis->add_flag("--json", v->json, "Print JSON");
+      vis->add_flag("--profile-ops", v->profile_ops, "Also time each op (waiting for each; slows the encode down)");
+      vis->callback([v] { run_vision_cmd(*v); });
 
       auto* latency = app.add_subcommand(
           "latency", "Streaming latency per concurrency level: TTFT, inter-chunk latency, TPOT, throughput (p50/p90/p99)");

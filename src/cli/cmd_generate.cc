@@ -7,6 +7,8 @@
 #include "cli/command.h"
 #include "cli/common.h"
 #include "engine/engine.h"
+#include "engine/image_prompt.h"
+#include "model/gemma4_vision.h"
 #include "spec/speculative_config.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
@@ -16,6 +18,9 @@ namespace {
 
 struct GenerateOptions {
   std::string model, ids, prompt, speculative_config, draft_position, load_format = "safetensors";
+  std::vector<std::string> images;
+  int max_soft_tokens = 0;
+  std::string image_attention = "auto";
   int max_tokens = 32;
   bool json = false, trace_spec = false, ignore_eos = false;
   float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
@@ -31,6 +36,7 @@ void run_generate(const GenerateOptions& o) {
   auto backend = make_logged_backend(o.device, o.threads, o.enforce_eager);
   const std::string model_dir = o.model.empty() ? bundled_model_dir() : o.model;
   auto target = Gemma4Model::load(model_dir, *backend, parse_load_format(o.load_format));
+  apply_image_attention(o.image_attention, *target);
   std::optional<Tokenizer> tokenizer;
   if (!o.prompt.empty()) tokenizer = Tokenizer::load(model_dir);
   std::unique_ptr<Proposer> proposer;
@@ -45,6 +51,19 @@ void run_generate(const GenerateOptions& o) {
   Request request;
   if (o.ids.empty() == o.prompt.empty()) fail("give exactly one of --ids and --prompt");
   request.prompt = tokenizer ? tokenizer->encode(o.prompt, /*add_special_tokens=*/true) : parse_ids(o.ids);
+  // Images: each image_token_id of the prompt expands to <|image> + N placeholders + <image|>.
+  std::unique_ptr<Gemma4Vision> vision;
+  const ModelConfig& c = target->config();
+  std::vector<std::shared_ptr<const vision::PatchImage>> images;
+  if (!o.images.empty()) {
+    const int budget = image_soft_token_budget(c, o.max_soft_tokens);
+    for (const std::string& path : o.images) images.push_back(prepare_image(c, read_file_bytes(path), budget));
+    vision = Gemma4Vision::load(c, *backend, parse_load_format(o.load_format));
+  }
+  if (c.takes_images()) {
+    const std::vector<int32_t> ids = request.prompt;
+    expand_image_placeholders(c, ids, images, request);
+  }
   request.max_tokens = o.max_tokens;
   request.ignore_eos = o.ignore_eos;
   request.sampling.temperature = o.temperature;
@@ -59,6 +78,7 @@ void run_generate(const GenerateOptions& o) {
   config.kv_cache_bytes =
       target->config().kv_bytes_per_token(static_cast<int>(dtype_size(config.kv_dtype))) * (config.max_model_len + 64);
   Engine engine(*target, std::move(proposer), config);
+  engine.set_vision(vision.get());
   int round = 0;
   if (o.trace_spec)
     engine.spec_trace = [&](uint64_t, const std::vector<int32_t>& drafted, int accepted) {
@@ -100,6 +120,11 @@ void run_generate(const GenerateOptions& o) {
     j["decode_tokens"] = ids.size() - first_tokens;
     j["decode_seconds"] = std::chrono::duration<double>(t_last - t_first).count();
   }
+  if (!request.images.empty()) {
+    const EngineStats s = engine.stats();
+    j["images"] = {{"encoded", s.mm_images_encoded}, {"encode_seconds", s.mm_encode_seconds},
+                   {"prompt_tokens", request.prompt.size()}};
+  }
   if (engine.proposer()) {
     const SpecStats s = engine.stats().spec;
     j["spec"] = {{"method", engine.proposer()->method()},
@@ -118,6 +143,11 @@ const RegisterCommand generate_command("generate", "Generate from a prompt (gree
   app.add_option("--model", o->model, "Target checkpoint directory (default: the bundled model)");
   app.add_option("--ids", o->ids, "Prompt token ids, comma-separated");
   app.add_option("--prompt", o->prompt, "Prompt text (tokenized with the model's tokenizer.json, <bos> added)");
+  app.add_option("--image", o->images,
+                 "Image file (JPEG, PNG, GIF, WebP) for the next image_token_id of the prompt; repeatable, in order");
+  app.add_option("--max-soft-tokens", o->max_soft_tokens,
+                 "Soft tokens per image: 70, 140, 280, 560 or 1120 (default: the model's, 280)");
+  app.add_option("--image-attention", o->image_attention, kImageAttentionHelp);
   app.add_option("--max-tokens", o->max_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
   app.add_option("--speculative-config", o->speculative_config, "vLLM-style JSON, e.g. {\"model\": DIR, \"num_speculative_tokens\": 3}");
   app.add_option("--draft-position", o->draft_position,

@@ -4,7 +4,9 @@
 
 #include "cli/command.h"
 #include "cli/common.h"
+#include "engine/image_prompt.h"
 #include "model/gemma4.h"
+#include "model/gemma4_vision.h"
 
 namespace tandem::cli {
 namespace {
@@ -12,6 +14,9 @@ namespace {
 struct LogitsOptions {
   std::string model;
   std::string ids;
+  std::vector<std::string> images;
+  int max_soft_tokens = 0;
+  std::string image_attention = "auto";
   bool all_positions = false;
   int threads = 0;
   std::string device = "auto";
@@ -20,13 +25,39 @@ struct LogitsOptions {
 void run_logits(const LogitsOptions& o) {
   auto backend = make_logged_backend(o.device, o.threads);
   auto model = Gemma4Model::load(o.model.empty() ? bundled_model_dir() : o.model, *backend);
-  const std::vector<int32_t> ids = parse_ids(o.ids);
+  apply_image_attention(o.image_attention, *model);
+  const ModelConfig& c = model->config();
+  // Images: each image_token_id of --ids becomes <|image> + N placeholders + <image|>, whose rows
+  // take the vision tower's features.
+  Request prompt;
+  std::unique_ptr<Gemma4Vision> vision;
+  std::vector<std::shared_ptr<const vision::PatchImage>> images;
+  if (!o.images.empty()) {
+    const int budget = image_soft_token_budget(c, o.max_soft_tokens);
+    for (const std::string& path : o.images) images.push_back(prepare_image(c, read_file_bytes(path), budget));
+    vision = Gemma4Vision::load(c, *backend);
+  }
+  if (c.takes_images()) expand_image_placeholders(c, parse_ids(o.ids), images, prompt);
+  else prompt.prompt = parse_ids(o.ids);
+  const std::vector<int32_t>& ids = prompt.prompt;
   const int32_t n = static_cast<int32_t>(ids.size());
   KvCache kv(model->backend(), model->config(), (n + 15) / 16, 16);
   std::vector<int32_t> table;
   kv.reserve(table, n);
   ForwardBatch batch;
-  for (int32_t i = 0; i < n; ++i) batch.add(ids[i], i, &table, o.all_positions || i == n - 1);
+  for (int32_t i = 0; i < n; ++i) {
+    int32_t block_end = 0;
+    for (const ImageInput& im : prompt.images)
+      if (i >= im.offset && i < im.end()) block_end = im.end();
+    batch.add(ids[i], i, &table, o.all_positions || i == n - 1, block_end);
+  }
+  std::vector<Tensor> features;
+  for (const ImageInput& im : prompt.images) {
+    features.emplace_back(*backend);
+    TensorView& f = features.back().resize(DType::F32, {im.image->soft_tokens(), c.hidden});
+    vision->encode(*im.image, f);
+    batch.embeds.push_back({im.offset, f});
+  }
   HostTensor hidden, logits;
   model->forward(batch, kv, &hidden, &logits);
   const int64_t V = model->config().vocab_size;
@@ -44,7 +75,11 @@ void run_logits(const LogitsOptions& o) {
 const RegisterCommand logits_command("logits", "Print the logits of a prompt (JSON)", [](CLI::App& app) {
   auto o = std::make_shared<LogitsOptions>();
   app.add_option("--model", o->model, "Checkpoint directory (default: the bundled model)");
-  app.add_option("--ids", o->ids, "Prompt token ids, comma-separated")->required();
+  app.add_option("--ids", o->ids, "Prompt token ids, comma-separated (one image_token_id per --image)")->required();
+  app.add_option("--image", o->images, "Image file (JPEG, PNG, GIF, WebP); repeatable, in prompt order");
+  app.add_option("--max-soft-tokens", o->max_soft_tokens,
+                 "Soft tokens per image: 70, 140, 280, 560 or 1120 (default: the model's, 280)");
+  app.add_option("--image-attention", o->image_attention, kImageAttentionHelp);
   app.add_flag("--all-positions", o->all_positions, "Logits of every position, not only the last");
   app.add_option("--device", o->device, kDeviceHelp);
   app.add_option("--threads", o->threads, "CPU threads (0: all cores)");

@@ -9,7 +9,9 @@
 #include <filesystem>
 
 #include "io/safetensors.h"
+#include "engine/image_prompt.h"
 #include "model/gemma4.h"
+#include "model/gemma4_vision.h"
 #include "model/gemma4_assistant.h"
 #include "model/config.h"
 #include "spec/speculative_config.h"
@@ -20,6 +22,7 @@ namespace {
 struct PlanOptions {
   std::string model, speculative_config, memory, device = "cpu";
   int max_model_len = 8192, max_num_seqs = 64;
+  int max_num_batched_tokens = 2048, max_soft_tokens = 0;
   bool json = false;
 };
 
@@ -56,7 +59,32 @@ void run_plan(const PlanOptions& o) {
   const std::string dir = o.model.empty() ? bundled_model_dir() : o.model;
   const ModelConfig target = load_model_config(dir);
   if (target.is_assistant()) fail("{} is a drafter; plan its target and pass the drafter in --speculative-config", dir);
-  const int64_t weights = checkpoint_bytes(dir);
+  int64_t weights = checkpoint_bytes(dir);
+  // Images: the tower's weights (in the checkpoint's bytes already when its safetensors are here),
+  // what encoding one image takes, and whether one image's soft tokens fit a step.
+  nlohmann::json vision_json;
+  int64_t vision_activations = 0;
+  if (target.takes_images()) {
+    auto backend = make_cpu_backend(1);
+    const auto tower = Gemma4Vision::load(target, *backend, LoadFormat::meta);
+    const VisionConfig& v = *target.vision;
+    const int soft = image_soft_token_budget(target, o.max_soft_tokens);
+    const int64_t patches = int64_t{soft} * v.pooling_kernel * v.pooling_kernel;
+    const int64_t padded = (v.head_dim + 31) / 32 * 32;
+    vision_activations = 4 * (patches * (3LL * v.patch_size * v.patch_size + 9LL * v.hidden + 3LL * v.n_heads * v.head_dim +
+                                         4LL * v.n_heads * padded + 2LL * v.intermediate) +
+                              int64_t{o.max_num_batched_tokens} * target.hidden);
+    if (!has_safetensors(dir)) weights += tower->weight_bytes();
+    vision_json = {{"weights_bytes", tower->weight_bytes()},
+                   {"parameters", tower->parameter_count()},
+                   {"soft_tokens_per_image", soft},
+                   {"patches_per_image", patches},
+                   {"encoder_activation_bytes", vision_activations},
+                   {"max_num_batched_tokens", o.max_num_batched_tokens},
+                   {"image_fits_step", o.max_num_batched_tokens >= soft},
+                   {"min_max_num_batched_tokens", soft},
+                   {"vllm_encoder_budget_tokens", std::max(soft, 32 * (70 + 2 + 6))}};
+  }
   int64_t drafter_weights = 0, drafter_kv_per_token = 0;
   int k = 0;
   std::string method = "none";
@@ -79,8 +107,8 @@ void run_plan(const PlanOptions& o) {
   const int64_t kv_per_token = target.kv_bytes_per_token(kv_elem) + drafter_kv_per_token;
   const int64_t per_sequence = kv_per_token * (o.max_model_len + k + 1);
   const int64_t budget = o.memory.empty() ? mem_available_bytes() : parse_bytes("--memory", o.memory);
-  const int64_t needed = weights + drafter_weights + per_sequence * o.max_num_seqs;
-  const int64_t for_kv = budget - weights - drafter_weights;
+  const int64_t needed = weights + drafter_weights + vision_activations + per_sequence * o.max_num_seqs;
+  const int64_t for_kv = budget - weights - drafter_weights - vision_activations;
   const int64_t seqs_that_fit = for_kv > 0 ? for_kv / per_sequence : 0;
   const int64_t len_that_fits =
       for_kv > 0 ? std::max<int64_t>(0, for_kv / (kv_per_token * o.max_num_seqs) - k - 1) : 0;
@@ -101,6 +129,7 @@ void run_plan(const PlanOptions& o) {
                       {"fits", fits},
                       {"sequences_that_fit", seqs_that_fit},
                       {"max_model_len_that_fits", len_that_fits}};
+  if (target.takes_images()) j["vision"] = vision_json;
   if (o.json) {
     std::printf("%s\n", j.dump(2).c_str());
     return;
@@ -121,6 +150,20 @@ void run_plan(const PlanOptions& o) {
               kv_elem == 2 ? "bf16" : "f32", o.device == "cuda" ? "CUDA" : "CPU");
   std::printf("  per sequence   %s at --max-model-len %d (+%d verify positions)\n", mib(per_sequence).c_str(),
               o.max_model_len, k + 1);
+  if (target.takes_images()) {
+    const int soft = vision_json["soft_tokens_per_image"];
+    std::printf("  images         vision tower %s (%.1f M parameters, %s); %d soft tokens per image from %lld patches; "
+                "encoding one takes %s of activations (and the encoder cache)\n",
+                mib(vision_json["weights_bytes"]).c_str(), vision_json["parameters"].get<int64_t>() / 1e6,
+                has_safetensors(dir) ? "counted in the weights above" : "added to the weights above", soft,
+                static_cast<long long>(vision_json["patches_per_image"].get<int64_t>()), mib(vision_activations).c_str());
+    std::printf("  step budget    an image's %d soft tokens attend to each other, so they prefill in one step: "
+                "--max-num-batched-tokens %d %s\n",
+                soft, o.max_num_batched_tokens,
+                o.max_num_batched_tokens >= soft ? "holds one" : fmt::format("is too small, use {} or more", soft).c_str());
+    std::printf("                 (vLLM's encoder budget for Gemma 4 also counts a video, 32 frames x (70 + 2 + 6) = 2496 "
+                "tokens, and so refuses --max-num-batched-tokens below 2496; tandem takes no video)\n");
+  }
   std::printf("  budget         %s (%s)\n", mib(budget).c_str(), o.memory.empty() ? "MemAvailable" : "--memory");
   std::printf("  needed         %s for --max-num-seqs %d full-length sequences: %s\n", mib(needed).c_str(),
               o.max_num_seqs, fits ? "fits" : "does NOT fit");
@@ -138,6 +181,9 @@ const RegisterCommand plan_command("plan", "What fits in memory and why (weights
   app.add_option("--max-num-seqs", o->max_num_seqs, "Concurrent sequences")->check(CLI::Range(1, 1 << 16));
   app.add_option("--memory", o->memory, "Memory budget, e.g. 24GiB (default: MemAvailable)");
   app.add_option("--device", o->device, "cpu (f32 KV) or cuda (bf16 KV)");
+  app.add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "Rows per engine step, as for serve")
+      ->check(CLI::Range(1, 1 << 24));
+  app.add_option("--max-soft-tokens", o->max_soft_tokens, "Soft tokens per image (70, 140, 280, 560, 1120; default 280)");
   app.add_flag("--json", o->json, "Print JSON");
   app.callback([o] { run_plan(*o); });
 });

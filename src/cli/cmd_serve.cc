@@ -29,6 +29,8 @@
 #include "cli/command.h"
 #include "cli/common.h"
 #include "engine/engine.h"
+#include "engine/image_prompt.h"
+#include "model/gemma4_vision.h"
 #include "model/config.h"
 #include "server/adapters.h"
 #include "server/api_error.h"
@@ -72,7 +74,54 @@ struct ServeOptions {
   bool allow_credentials = false;
   bool enable_auto_tool_choice = false;
   std::string tool_call_parser, reasoning_parser;
+  std::string limit_mm_per_prompt, allowed_local_media_path, mm_processor_kwargs;
+  std::string image_attention = "auto";
 };
+
+// Images (vLLM's flags): the per-prompt limit ('{"image": N}'; video and audio are not taken, so
+// they may only be 0) and the processor's soft-token budget ('{"max_soft_tokens": N}').
+struct ImageFlags {
+  int max_images = 999;  // vLLM's default per modality
+  int soft_tokens = 0;   // 0: the model's default
+};
+
+ImageFlags parse_image_flags(const ServeOptions& o) {
+  ImageFlags f;
+  auto object = [](const char* flag, const std::string& text) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const std::exception& e) {
+      fail("{} must be a JSON object: {}", flag, e.what());
+    }
+    if (!j.is_object()) fail("{} must be a JSON object", flag);
+    return j;
+  };
+  if (!o.limit_mm_per_prompt.empty()) {
+    const nlohmann::json limits = object("--limit-mm-per-prompt", o.limit_mm_per_prompt);
+    for (const auto& [k, v] : limits.items()) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > 1000000)
+        fail("--limit-mm-per-prompt: \"{}\" must be a count, got {}", k, v.dump());
+      if (k == "image") f.max_images = v.get<int>();
+      else if ((k == "video" || k == "audio") && v.get<int>() > 0)
+        fail("--limit-mm-per-prompt: tandem takes no {} input; only \"image\" may be above 0", k);
+      else if (k != "video" && k != "audio")
+        fail("--limit-mm-per-prompt: unknown modality \"{}\" (image, video, audio)", k);
+    }
+  }
+  if (!o.mm_processor_kwargs.empty()) {
+    const nlohmann::json kwargs = object("--mm-processor-kwargs", o.mm_processor_kwargs);
+    for (const auto& [k, v] : kwargs.items()) {
+      if (k != "max_soft_tokens") fail("--mm-processor-kwargs: only max_soft_tokens is supported, got \"{}\"", k);
+      if (!v.is_number_integer() || !vision::is_soft_token_budget(v.get<int>()))
+        fail("--mm-processor-kwargs: max_soft_tokens must be one of 70, 140, 280, 560, 1120, got {}", v.dump());
+      f.soft_tokens = v.get<int>();
+    }
+  }
+  if (!o.allowed_local_media_path.empty() && !std::filesystem::is_directory(o.allowed_local_media_path))
+    fail("--allowed-local-media-path {} is not a directory", o.allowed_local_media_path);
+  return f;
+}
 
 // vLLM's CORS flags take JSON lists of strings.
 std::vector<std::string> json_string_list(const char* flag, const std::string& text) {
@@ -198,6 +247,18 @@ int64_t activation_bytes(const ModelConfig& c, int64_t tokens, int64_t outputs) 
   return 4 * (tokens * per_row + 2 * outputs * int64_t{c.vocab_size}) + (512ll << 20);
 }
 
+// Backend memory the vision tower needs besides its weights: the activations of encoding one image
+// of `soft_tokens` (pool² · soft_tokens patches; q, k, v, attention, MLP and residual buffers, the
+// heads padded to a multiple of 32 for the CUDA kernel) and the encoder cache (a step's rows of
+// features).
+int64_t vision_activation_bytes(const ModelConfig& c, int64_t soft_tokens, int64_t step_tokens) {
+  const VisionConfig& v = *c.vision;
+  const int64_t n = soft_tokens * v.pooling_kernel * v.pooling_kernel, padded = (v.head_dim + 31) / 32 * 32;
+  const int64_t per_patch = 3LL * v.patch_size * v.patch_size + 9LL * v.hidden + 3LL * v.n_heads * v.head_dim +
+                            4LL * v.n_heads * padded + 2LL * v.intermediate;
+  return 4 * (n * per_patch + step_tokens * c.hidden);
+}
+
 // POST /tandem/sweep, for the web page's sweep tab: `tandem bench sweep --endpoint`'s code, run
 // against this server over loopback HTTP (the same requests, /metrics counters and statistics),
 // once per prompt; each setting's iterations and counters are pooled over the prompts. Body:
@@ -308,6 +369,18 @@ void run_serve(ServeOptions o) {
       o.dtype != "half" && o.dtype != "float" && o.dtype != "bf16")
     fail("--dtype must be auto, bfloat16, float16 or float32, got \"{}\"", o.dtype);
   const ModelConfig mc = load_model_config(model_dir);
+  const ImageFlags image_flags = parse_image_flags(o);
+  // Images need the whole block of one image's soft tokens in one step (its rows attend to each
+  // other), so the step budget must hold one. vLLM makes the same check with its encoder budget,
+  // which for Gemma 4 also counts a video (32 frames × (70 + 2 + 6) = 2496 tokens); tandem takes no
+  // video, so only the image budget counts.
+  const bool images = mc.takes_images() && image_flags.max_images > 0;
+  const int image_tokens = images ? image_soft_token_budget(mc, image_flags.soft_tokens) : 0;
+  if (images && o.max_num_batched_tokens < image_tokens)
+    fail("--max-num-batched-tokens {} cannot hold one image: the {} soft tokens of an image are prefilled in one step. "
+         "Raise --max-num-batched-tokens to {} or more, lower --mm-processor-kwargs '{{\"max_soft_tokens\": N}}', or "
+         "take no images with --limit-mm-per-prompt '{{\"image\": 0}}'",
+         o.max_num_batched_tokens, image_tokens, image_tokens);
   std::optional<SpeculativeConfig> spec;
   if (!o.speculative_config.empty()) spec = parse_speculative_config(o.speculative_config);
   std::string chat_template_source;
@@ -343,8 +416,10 @@ void run_serve(ServeOptions o) {
   so.api_key = o.api_key;
   // Bodies over the limit get 413 from the Content-Length, before they are read. The default
   // allows 128 bytes per token of context (1 MiB at 8192 tokens), far more than a prompt that fits.
+  // With images on, at least 64 MiB: base64 image data is far larger than the tokens it becomes.
   so.max_body_bytes = o.max_body_mb > 0 ? static_cast<size_t>(o.max_body_mb) << 20
-                                        : std::max<size_t>(1u << 20, static_cast<size_t>(config.max_model_len) * 128);
+                                        : std::max<size_t>(images ? 64u << 20 : 1u << 20,
+                                                           static_cast<size_t>(config.max_model_len) * 128);
   so.http_threads = std::max(64, 2 * config.max_num_seqs + 32);
   so.allowed_origins = json_string_list("--allowed-origins", o.allowed_origins);
   so.allowed_methods = json_string_list("--allowed-methods", o.allowed_methods);
@@ -362,6 +437,12 @@ void run_serve(ServeOptions o) {
                 k = spec->num_speculative_tokens](const nlohmann::json& body) {
       return run_web_sweep(body, fmt::format("http://{}:{}", loopback, bound_port), model, key, k);
     };
+  }
+  if (images) {
+    so.limits.images.model = &mc;
+    so.limits.images.max_images = image_flags.max_images;
+    so.limits.images.soft_tokens = image_tokens;
+    so.limits.images.allowed_local_media_path = o.allowed_local_media_path;
   }
   so.limits.enable_auto_tool_choice = o.enable_auto_tool_choice;
   so.limits.tool_call_parser = o.tool_call_parser;
@@ -401,6 +482,22 @@ void run_serve(ServeOptions o) {
          o.gpu_memory_utilization, o.gpu_memory_utilization * gpu_total / gib, gpu_total / gib, gpu_free / gib,
          std::floor(100.0 * gpu_free / gpu_total) / 100.0);
   auto target = Gemma4Model::load(model_dir, *backend);
+  apply_image_attention(o.image_attention, *target);
+  std::unique_ptr<Gemma4Vision> vision;
+  if (images) {
+    vision = Gemma4Vision::load(mc, *backend);
+    log::info("images: vision tower loaded ({:.1f} M parameters, {} MiB); {} soft tokens per image (of a step's "
+              "--max-num-batched-tokens {}), at most {} per prompt; image-block attention on {} layers",
+              vision->parameter_count() / 1e6, vision->weight_bytes() >> 20, image_tokens, o.max_num_batched_tokens,
+              image_flags.max_images,
+              target->config().image_bidirectional_sliding && target->config().image_bidirectional_full ? "all"
+              : target->config().image_bidirectional_sliding                                       ? "sliding"
+              : target->config().image_bidirectional_full                                          ? "full"
+                                                                                                    : "no");
+  } else if (mc.vision) {
+    log::info("images: off ({})", mc.takes_images() ? "--limit-mm-per-prompt allows none"
+                                                    : "the image marker token ids lie outside the vocabulary");
+  }
   // The engine stops on the model's EOS ids; the server reads them (stop tokens are not text) and
   // compiles structured outputs over the model's logits width with them.
   codec.set_model(target->config().vocab_size, target->config().eos_ids);
@@ -433,7 +530,8 @@ void run_serve(ServeOptions o) {
     const int64_t used = static_cast<int64_t>(gpu_free) - static_cast<int64_t>(free_now);  // weights so far
     const int64_t rows = std::min<int64_t>(config.max_num_batched_tokens,
                                            int64_t{config.max_num_seqs} * (config.num_speculative_tokens + 1));
-    const int64_t activations = activation_bytes(mc, config.max_num_batched_tokens, rows);
+    const int64_t activations = activation_bytes(mc, config.max_num_batched_tokens, rows) +
+                                (images ? vision_activation_bytes(mc, image_tokens, config.max_num_batched_tokens) : 0);
     const int64_t budget = static_cast<int64_t>(o.gpu_memory_utilization * static_cast<double>(total));
     kv_bytes = budget - used - activations;
     if (kv_bytes < one_sequence) {
@@ -480,6 +578,7 @@ void run_serve(ServeOptions o) {
   log::info("prefix caching {}", config.enable_prefix_caching ? "on (--no-enable-prefix-caching turns it off)" : "off");
 
   Engine engine(*target, std::move(proposer), config);
+  engine.set_vision(vision.get());
   engine.start();
   service.attach(engine);
 
@@ -558,6 +657,13 @@ const RegisterCommand serve_command(
       app.add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice,
                    "Parse tool calls from the output for tool_choice \"auto\" (needs --tool-call-parser)");
       app.add_option("--tool-call-parser", o->tool_call_parser, "Tool-call format of the model's output: gemma4");
+      app.add_option("--limit-mm-per-prompt", o->limit_mm_per_prompt,
+                     "Images per prompt, vLLM's JSON: '{\"image\": N}' (default 999; 0 turns images off)");
+      app.add_option("--allowed-local-media-path", o->allowed_local_media_path,
+                     "Directory whose files file:// image URLs may name (default: file:// URLs are refused)");
+      app.add_option("--mm-processor-kwargs", o->mm_processor_kwargs,
+                     "Image processor settings, vLLM's JSON: '{\"max_soft_tokens\": 70|140|280|560|1120}' (default 280)");
+      app.add_option("--image-attention", o->image_attention, kImageAttentionHelp);
       app.add_option("--reasoning-parser", o->reasoning_parser,
                      "Split the model's thinking into reasoning / reasoning_content: gemma4");
       app.callback([o] { run_serve(*o); });

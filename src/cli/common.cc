@@ -2,9 +2,11 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <fstream>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
+#include "model/gemma4.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -103,6 +105,21 @@ std::unique_ptr<Backend> make_logged_backend(const std::string& device, int thre
   be->set_recording(!enforce_eager);
   log::info("backend: {}", be->name());
   return be;
+}
+
+std::vector<uint8_t> read_file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail("cannot read {}", path);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) fail("error reading {}", path);
+  return bytes;
+}
+
+void apply_image_attention(const std::string& mode, Gemma4Model& model) {
+  if (mode == "auto") return;
+  if (mode != "sliding" && mode != "full" && mode != "all" && mode != "none")
+    fail("--image-attention must be auto, sliding, full, all or none, got \"{}\"", mode);
+  model.set_image_attention(mode == "sliding" || mode == "all", mode == "full" || mode == "all");
 }
 
 }  // namespace tandem::cli

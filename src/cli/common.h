@@ -12,6 +12,10 @@
 #include "model/weights.h"
 #include "util/error.h"
 
+namespace tandem {
+class Gemma4Model;
+}
+
 namespace tandem::cli {
 
 // The bundled default model and its drafter (models/ in the source tree, or $TANDEM_MODELS_DIR).
@@ -49,6 +53,16 @@ void for_each_stdin_json(F&& fn) {
 int64_t parse_bytes(const std::string& flag, const std::string& text);
 // MemAvailable of /proc/meminfo (0 if unknown).
 int64_t mem_available_bytes();
+
+// The bytes of a file; throws tandem::Error naming it when it cannot be read.
+std::vector<uint8_t> read_file_bytes(const std::string& path);
+
+// --image-attention: which layer types let a row inside an image block see the rest of the block.
+// "auto" keeps the model's (transformers') choice; "sliding", "full", "all" or "none" override it.
+inline constexpr const char* kImageAttentionHelp =
+    "Layer types whose image-block rows see their whole block: auto (as transformers: sliding layers when "
+    "use_bidirectional_attention is \"vision\"), sliding, full, all or none";
+void apply_image_attention(const std::string& mode, Gemma4Model& model);
 
 // The backend for --device (cpu, cuda, cuda:N, auto) with `threads` CPU threads (0: all cores), logged.
 std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads, bool enforce_eager = false);

@@ -133,6 +133,23 @@ uint64_t Engine::submit(Request request, OutputCallback callback) {
   for (int32_t t : request.prompt)
     if (t < 0 || t >= c.vocab_size) fail("prompt token id {} is outside the vocabulary (size {})", t, c.vocab_size);
   if (request.max_tokens < 1) fail("max_tokens must be at least 1");
+  int32_t image_end = 0;
+  for (const ImageInput& im : request.images) {
+    if (!vision_) fail("this model takes no images (it has no vision tower, or images are not enabled)");
+    if (!im.image) fail("an image of the request has no pixels");
+    const int32_t n = im.image->soft_tokens();
+    if (im.offset < image_end || im.offset < 0 || static_cast<int64_t>(im.offset) + n > static_cast<int64_t>(request.prompt.size()))
+      fail("image placeholders [{}, {}) are out of order or outside the prompt of {} tokens", im.offset, im.offset + n,
+           request.prompt.size());
+    for (int32_t i = im.offset; i < im.offset + n; ++i)
+      if (request.prompt[i] != c.image_token_id)
+        fail("prompt position {} should hold the image token {} but holds {}", i, c.image_token_id, request.prompt[i]);
+    // The rows of one image block attend to each other, so they are prefilled in one step.
+    if (n > config_.max_num_batched_tokens)
+      fail("an image of {} soft tokens must be prefilled in one step, but --max-num-batched-tokens is {}; raise it to "
+           "at least {}", n, config_.max_num_batched_tokens, n);
+    image_end = im.offset + n;
+  }
   const int64_t total = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
   if (total > config_.max_model_len)
     fail("the prompt ({} tokens) plus max_tokens ({}) exceeds the maximum model length {}", request.prompt.size(),
@@ -235,13 +252,50 @@ void Engine::loop() {
   abort_all(waiting_);
 }
 
+uint64_t Engine::image_hash_extra(const Sequence& s, int32_t b) const {
+  const int32_t bs = kv_->block_size();
+  uint64_t h = 0;
+  for (const ImageInput& im : s.request.images)
+    if (im.offset < (b + 1) * bs && im.end() > b * bs)
+      h = (h ^ im.image->hash) * 0x100000001b3ull + static_cast<uint64_t>(im.offset - b * bs + (1 << 20));
+  return h;
+}
+
+int32_t Engine::fit_image_blocks(const Sequence& s, int32_t n) const {
+  for (const ImageInput& im : s.request.images) {
+    const int32_t end = s.computed + n;
+    if (s.computed < im.end() && end > im.offset && end < im.end())  // would split this block
+      n = im.offset > s.computed ? im.offset - s.computed : 0;
+  }
+  return n;
+}
+
+const TensorView& Engine::image_features(const ImageInput& image) {
+  const uint64_t h = image.image->hash;
+  for (auto it = encoder_cache_.begin(); it != encoder_cache_.end(); ++it)
+    if (it->hash == h) {
+      encoder_cache_.splice(encoder_cache_.begin(), encoder_cache_, it);
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++stats_.mm_encoder_cache_hits;
+      return encoder_cache_.front().features.view();
+    }
+  const double t0 = now_seconds();
+  encoder_cache_.push_front({h, Tensor(target_.backend())});
+  TensorView& f = encoder_cache_.front().features.resize(DType::F32, {image.image->soft_tokens(), target_.config().hidden});
+  vision_->encode(*image.image, f);
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++stats_.mm_images_encoded;
+  stats_.mm_encode_seconds += now_seconds() - t0;
+  return f;
+}
+
 int32_t Engine::match_prefix(Sequence& s) {
   // Only blocks strictly before the last token: that token must run to produce logits.
   const int32_t bs = kv_->block_size();
   const int32_t full = (static_cast<int32_t>(s.tokens.size()) - 1) / bs;
   uint64_t parent = 0;
   for (int32_t b = 0; b < full; ++b) {
-    const uint64_t h = block_hash(parent, std::span<const int32_t>(s.tokens).subspan(b * bs, bs));
+    const uint64_t h = block_hash(parent, std::span<const int32_t>(s.tokens).subspan(b * bs, bs), image_hash_extra(s, b));
     const int32_t block = kv_->lookup(h);
     if (block < 0) break;
     s.table.push_back(block);
@@ -256,8 +310,8 @@ void Engine::publish_blocks(Sequence& s) {
   const int32_t bs = kv_->block_size();
   while (static_cast<int32_t>(s.block_hashes.size() + 1) * bs <= s.computed) {
     const size_t b = s.block_hashes.size();
-    const uint64_t h = block_hash(b ? s.block_hashes.back() : 0,
-                                  std::span<const int32_t>(s.tokens).subspan(b * bs, bs));
+    const uint64_t h = block_hash(b ? s.block_hashes.back() : 0, std::span<const int32_t>(s.tokens).subspan(b * bs, bs),
+                                  image_hash_extra(s, static_cast<int32_t>(b)));
     kv_->publish(s.table[b], h);
     s.block_hashes.push_back(h);
   }
@@ -325,6 +379,12 @@ bool Engine::step() {
   }
   for (auto& [callback, out] : aborted_outputs) callback(out);
   if (running_.empty()) return !aborted_outputs.empty();
+  // Trim the encoder cache (no step holds views of it now).
+  int64_t cached_rows = 0;
+  for (auto it = encoder_cache_.begin(); it != encoder_cache_.end();) {
+    const int64_t rows = cached_rows += it->features.view().rows();
+    it = rows > config_.max_num_batched_tokens && it != encoder_cache_.begin() ? encoder_cache_.erase(it) : std::next(it);
+  }
 
   // 2. Drafts for sequences in decode (a round needs KV room for the bonus and k drafts).
   const double t_draft0 = now_seconds();
@@ -383,14 +443,25 @@ bool Engine::step() {
     Sequence& s = *sp;
     if (s.decoding() || budget <= 0) continue;
     const int32_t total = static_cast<int32_t>(s.tokens.size());
-    const int32_t n = std::min(budget, total - s.computed);
-    if (!kv_->reserve(s.table, s.computed + n + 1)) continue;
+    const int32_t n = fit_image_blocks(s, std::min(budget, total - s.computed));
+    if (n <= 0 || !kv_->reserve(s.table, s.computed + n + 1)) continue;
     Span span{&s, batch.size(), n, {}, s.computed + n == total};
     if (s.matcher && span.outputs) span.grammar = check_drafts(s, span.drafts);
     const bool all_rows = s.wants_prompt_logprobs();
     if (all_rows) span.prompt_lp_rows = span.outputs ? n - 1 : n;
-    for (int32_t i = 0; i < n; ++i)
-      batch.add(s.tokens[s.computed + i], s.computed + i, &s.table, all_rows || (span.outputs && i == n - 1));
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t p = s.computed + i;
+      int32_t block_end = 0;
+      for (const ImageInput& im : s.request.images)
+        if (p >= im.offset && p < im.end()) block_end = im.end();
+      batch.add(s.tokens[p], p, &s.table, all_rows || (span.outputs && i == n - 1), block_end);
+    }
+    for (const ImageInput& im : s.request.images) {  // the chunk's image rows take the image's features
+      const int32_t r0 = std::max(im.offset, s.computed), r1 = std::min(im.end(), s.computed + n);
+      if (r0 < r1)
+        batch.embeds.push_back({span.first_row + (r0 - s.computed),
+                                image_features(im).row_slice(r0 - im.offset, r1 - im.offset)});
+    }
     budget -= n;
     prefill_rows += n;
     spans.push_back(std::move(span));

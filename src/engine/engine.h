@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -19,6 +20,7 @@
 #include "engine/proposer.h"
 #include "engine/request.h"
 #include "model/gemma4.h"
+#include "model/gemma4_vision.h"
 #include "model/kv_cache.h"
 
 namespace tandem {
@@ -68,6 +70,9 @@ struct EngineStats {
   uint64_t prefix_cache_hits = 0;     // prompt tokens found cached
   uint64_t requests_finished = 0;
   uint64_t num_preemptions = 0;     // sequences preempted (recomputed later) for lack of KV pages
+  uint64_t mm_images_encoded = 0;   // images run through the vision tower
+  uint64_t mm_encoder_cache_hits = 0;  // images whose features were still cached (same pixels)
+  double mm_encode_seconds = 0;     // host-observed time in the vision tower
   // Tokens per engine step (prefill rows + generated tokens), vLLM's iteration_tokens_total.
   StatHistogram iteration_tokens{{1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384}, {}};
   SpecStats spec;
@@ -91,6 +96,10 @@ class Engine {
 
   EngineStats stats() const;
 
+  // The vision tower, for requests with images (without one, submit refuses them).
+  void set_vision(Gemma4Vision* vision) { vision_ = vision; }
+  Gemma4Vision* vision() { return vision_; }
+
   // Optional observer of every speculative round (request id, drafted tokens, accepted count),
   // called on the engine thread; used by `tandem generate --trace-spec` and tests.
   std::function<void(uint64_t, const std::vector<int32_t>&, int)> spec_trace;
@@ -109,18 +118,32 @@ class Engine {
   GrammarRound check_drafts(Sequence& s, std::vector<int32_t>& drafts);
   void commit_grammar(Sequence& s, const GrammarRound& round, const std::vector<int32_t>& emitted);
   int32_t match_prefix(Sequence& s);  // prefix cache lookup at admission; returns tokens reused
+  // What block b's hash must add to its tokens: the images whose placeholders fall in it.
+  uint64_t image_hash_extra(const Sequence& s, int32_t b) const;
+  // The largest prefill chunk from s.computed of at most n rows that splits no image block (0: none).
+  int32_t fit_image_blocks(const Sequence& s, int32_t n) const;
+  // The features of an image (backend memory), from the encoder cache or encoded now.
+  const TensorView& image_features(const ImageInput& image);
   void publish_blocks(Sequence& s);   // publishes the sequence's newly completed blocks
   // Gives back what a sequence holds: drafter state, KV pages, its hidden-state row.
   void release_resources(Sequence& s);
   void loop();
 
   Gemma4Model& target_;
+  Gemma4Vision* vision_ = nullptr;
   std::unique_ptr<Proposer> proposer_;
   EngineConfig config_;
   std::unique_ptr<KvCache> kv_;
   Tensor hidden_states_;                  // [max_num_seqs, H] each running sequence's drafter input
   std::vector<int32_t> free_state_rows_;  // rows of hidden_states_ not held by a running sequence
   Tensor greedy_;                         // [R] I32 argmax of the output rows
+  // Encoder cache (vLLM's): features of recent images by pixel hash, most recently used first,
+  // trimmed to max_num_batched_tokens rows between steps (never while a step holds views of it).
+  struct EncodedImage {
+    uint64_t hash;
+    Tensor features;
+  };
+  std::list<EncodedImage> encoder_cache_;
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;

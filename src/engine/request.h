@@ -2,12 +2,14 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "grammar/matcher.h"
+#include "vision/image_preprocess.h"
 
 namespace tandem {
 
@@ -38,8 +40,17 @@ struct SamplingParams {
   bool greedy() const { return temperature <= 0.0f; }
 };
 
+// An image of a prompt: its placeholders are prompt[offset, offset + soft tokens), all the model's
+// image_token_id (the prompt already holds <|image> before and <image|> after them).
+struct ImageInput {
+  int32_t offset = 0;
+  std::shared_ptr<const vision::PatchImage> image;
+  int32_t end() const { return offset + image->soft_tokens(); }
+};
+
 struct Request {
   std::vector<int32_t> prompt;
+  std::vector<ImageInput> images;  // in prompt order, not overlapping
   SamplingParams sampling;
   int max_tokens = 16;
   std::vector<int32_t> stop_token_ids;  // besides the model's EOS ids

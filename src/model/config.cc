@@ -12,6 +12,12 @@ using nlohmann::json;
 
 const char* layer_type_name(LayerType t) { return t == LayerType::full ? "full" : "sliding"; }
 
+bool ModelConfig::takes_images() const {
+  for (int id : {boi_id, eoi_id, image_token_id})
+    if (id < 0 || id >= vocab_size) return false;
+  return vision.has_value();
+}
+
 int ModelConfig::last_kv_layer(LayerType t) const {
   for (int i = n_layers - 1; i >= 0; --i)
     if (layers[i].type == t && layers[i].owns_kv()) return i;
@@ -98,6 +104,10 @@ void parse_text_config(const json& t, const std::string& file, ModelConfig& c) {
                          ? t["use_bidirectional_attention"].get<std::string>()
                          : "";
   if (bidir == "all") fail("{}: use_bidirectional_attention=\"all\" (embedding models) is not supported", file);
+  // What transformers 5.17 does with "vision" (create_masks_for_generate): the image-block overlay on
+  // sliding layers; full layers stay causal. --image-attention can change it per layer type.
+  c.image_bidirectional_sliding = bidir == "vision";
+  c.image_bidirectional_full = false;
   if (c.vocab_size <= 0 || c.hidden <= 0 || c.n_layers <= 0 || c.n_heads <= 0)
     fail("{}: vocab_size, hidden_size, num_hidden_layers and num_attention_heads must be positive", file);
 
@@ -196,6 +206,44 @@ void parse_text_config(const json& t, const std::string& file, ModelConfig& c) {
   }
 }
 
+VisionConfig parse_vision_config(const json& v, const std::string& file) {
+  if (!v.is_object()) fail("{}: vision_config must be an object", file);
+  Reader rd{v, file};
+  VisionConfig c;
+  c.hidden = rd.get<int>("hidden_size");
+  c.n_layers = rd.get<int>("num_hidden_layers");
+  c.n_heads = rd.get<int>("num_attention_heads");
+  c.n_kv_heads = rd.get<int>("num_key_value_heads", c.n_heads);
+  c.head_dim = rd.get<int>("head_dim", c.n_heads > 0 ? c.hidden / c.n_heads : 0);
+  c.intermediate = rd.get<int>("intermediate_size");
+  c.patch_size = rd.get<int>("patch_size", 16);
+  c.pooling_kernel = rd.get<int>("pooling_kernel_size", 3);
+  c.position_embedding_size = rd.get<int>("position_embedding_size", 10240);
+  c.rms_eps = rd.get<double>("rms_norm_eps", 1e-6);
+  c.standardize = rd.get<bool>("standardize", false);
+  c.clipped_linears = rd.get<bool>("use_clipped_linears", false);
+  c.default_soft_tokens = rd.get<int>("default_output_length", 280);
+  const std::string act = rd.get<std::string>("hidden_activation", "gelu_pytorch_tanh");
+  if (act != "gelu_pytorch_tanh")
+    fail("{}: vision_config.hidden_activation \"{}\" is not supported (gelu_pytorch_tanh)", file, act);
+  if (rd.get<bool>("attention_bias", false)) fail("{}: vision_config.attention_bias=true is not supported", file);
+  if (v.contains("rope_parameters") && v["rope_parameters"].is_object()) {
+    Reader rp{v["rope_parameters"], file};
+    // transformers writes "default" or "axial"; both are the per-axis RoPE of the vision tower.
+    const std::string type = rp.get<std::string>("rope_type", "default");
+    if (type != "default" && type != "axial")
+      fail("{}: vision_config.rope_parameters.rope_type \"{}\" is not supported (default, axial)", file, type);
+    c.rope_theta = rp.get<double>("rope_theta", 100.0);
+  }
+  // Each head is two halves (x, y), each rotated NeoX-style: the head dim must split into 4.
+  if (c.hidden <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.n_heads % c.n_kv_heads ||
+      c.head_dim <= 0 || c.head_dim % 4 || c.intermediate <= 0 || c.patch_size <= 0 || c.pooling_kernel <= 0 ||
+      c.position_embedding_size <= 0 || c.rope_theta <= 0 || c.default_soft_tokens <= 0)
+    fail("{}: vision_config has out-of-range values (sizes must be positive, head_dim a multiple of 4, the KV "
+         "heads must divide the heads)", file);
+  return c;
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const json& j, const std::string& dir) {
@@ -216,6 +264,14 @@ ModelConfig parse_model_config(const json& j, const std::string& dir) {
     if (j.contains("eos_token_id") && !j["eos_token_id"].is_null())
       c.eos_ids = j["eos_token_id"].is_array() ? rd.get<std::vector<int>>("eos_token_id")
                                                : std::vector<int>{rd.get<int>("eos_token_id")};
+    if (j.contains("vision_config") && !j["vision_config"].is_null())
+      c.vision = parse_vision_config(j["vision_config"], file);
+    c.has_audio = j.contains("audio_config") && !j["audio_config"].is_null();
+    c.boi_id = rd.get<int>("boi_token_id", c.boi_id);
+    c.eoi_id = rd.get<int>("eoi_token_id", c.eoi_id);
+    c.image_token_id = rd.get<int>("image_token_id", c.image_token_id);
+    c.video_token_id = rd.get<int>("video_token_id", 258884);
+    c.audio_token_id = rd.get<int>("audio_token_id", 258881);
   } else if (c.model_type == "gemma4_text") {
     parse_text_config(j, file, c);
     c.weight_prefix = "model.";

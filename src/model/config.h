@@ -3,6 +3,7 @@
 // the one transformers 5.17 writes (per_layer_config with per-layer head_dim / num_key_value_heads).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,19 @@ struct LayerSpec {
   bool owns_kv() const { return kv_source == -1; }
 };
 
+// Gemma 4's vision tower (vision_config of a gemma4 checkpoint) and how its images enter the prompt.
+struct VisionConfig {
+  int hidden = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, intermediate = 0;
+  int patch_size = 16;
+  int pooling_kernel = 3;              // k: k×k patches average into one soft token
+  int position_embedding_size = 10240;  // rows of each of the x and y position tables
+  double rms_eps = 1e-6;
+  double rope_theta = 100.0;
+  bool standardize = false;      // (h − std_bias) · std_scale after pooling (26B/31B)
+  bool clipped_linears = false;  // every linear clamps its input and output (E2B/E4B)
+  int default_soft_tokens = 280;  // soft tokens per image when nothing else is asked for
+};
+
 struct ModelConfig {
   std::string dir;          // checkpoint directory
   std::string model_type;   // "gemma4", "gemma4_text" or "gemma4_assistant"
@@ -64,12 +78,26 @@ struct ModelConfig {
   int bos_id = 2, pad_id = 0;
   std::vector<int> eos_ids;
 
+  // Images (gemma4 with a vision_config): the tower, the prompt's marker tokens, and which layer
+  // types let a row inside an image block also see the later rows of its block
+  // (use_bidirectional_attention "vision"; transformers 5.17 applies it to sliding layers only).
+  std::optional<VisionConfig> vision;
+  int boi_id = 255999, eoi_id = 258882, image_token_id = 258880;
+  // gemma4 (the multimodal wrapper) embeds these placeholder ids as the pad token wherever they occur
+  // (transformers' multimodal mask); -1 elsewhere.
+  int video_token_id = -1, audio_token_id = -1;
+  bool has_audio = false;  // audio_config present (E2B/E4B); audio input is not supported
+  bool image_bidirectional_sliding = false, image_bidirectional_full = false;
+
   // gemma4_assistant only.
   int backbone_hidden = 0;
   bool ordered_embeddings = false;
   int num_centroids = 0, centroid_top_k = 0;
 
   bool is_assistant() const { return model_type == "gemma4_assistant"; }
+  // A vision tower whose image marker tokens lie inside the vocabulary (test checkpoints may carry a
+  // tower with the real ids in a tiny vocabulary: those take no images).
+  bool takes_images() const;
   const RopeSpec& rope(LayerType t) const { return t == LayerType::full ? rope_full : rope_sliding; }
   // Last layer of the given type that owns a KV cache (-1 if none): what KV-shared layers and the
   // assistant drafter read.

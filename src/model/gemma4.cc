@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <unordered_map>
 
 #include "model/step_inputs.h"
 #include "util/error.h"
@@ -105,20 +106,46 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
   for (int32_t id : batch.tokens)
     if (id < 0 || id >= c.vocab_size)
       fail("token id {} is outside the vocabulary of {} (size {})", id, c.dir, c.vocab_size);
+  TANDEM_CHECK(batch.block_end.size() == static_cast<size_t>(T));
+  for (const EmbedOverride& e : batch.embeds)
+    if (e.row < 0 || e.row + e.features.rows() > T || e.features.cols() != H || e.features.dtype != DType::F32)
+      fail("image features [{}, {}] at row {} do not fit a batch of {} rows of width {}", e.features.rows(),
+           e.features.cols(), e.row, T, H);
+  // An image block's later rows must be in this batch: their K/V is written before any row reads it.
+  std::unordered_map<const std::vector<int32_t>*, int32_t> last_position;
+  for (int64_t t = 0; t < T; ++t) {
+    int32_t& m = last_position.try_emplace(batch.tables[t], -1).first->second;
+    m = std::max(m, batch.positions[t]);
+  }
+  for (int64_t t = 0; t < T; ++t)
+    if (batch.block_end[t] > last_position[batch.tables[t]] + 1)
+      fail("row {} (position {}) is in an image block ending at {}, but the batch stops at position {}", t,
+           batch.positions[t], batch.block_end[t], last_position[batch.tables[t]]);
 
   // Plan the step on the host: which keys each row sees, per layer type, and where its own K/V goes;
   // then one upload.
   inputs_.clear();
   const std::vector<int32_t> row_table = stage_block_tables(inputs_, batch.tables, &rows_full_.block_tables);
-  std::ranges::copy(batch.tokens, inputs_.add<int32_t>(&tokens_, DType::I32, {T}).begin());
+  // transformers' Gemma4Model looks video and audio placeholders up as the pad token (their rows
+  // would take encoder features; tandem takes neither modality, so a generated one stays a pad).
+  std::span<int32_t> tokens = inputs_.add<int32_t>(&tokens_, DType::I32, {T});
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t id = batch.tokens[t];
+    tokens[t] = id == c.video_token_id || id == c.audio_token_id ? c.pad_id : id;
+  }
   std::ranges::copy(batch.positions, inputs_.add<int32_t>(&positions_, DType::I32, {T}).begin());
+  // Causal (and windowed on sliding layers); a row inside an image block also sees the block's
+  // later rows on the layer types made bidirectional (transformers' block overlay).
+  int32_t longest_sliding = c.sliding_window;
   for (const bool full : {true, false}) {
+    const bool bidirectional = full ? c.image_bidirectional_full : c.image_bidirectional_sliding;
     std::span<int32_t> ranges = inputs_.add<int32_t>(full ? &rows_full_.ranges : &rows_sliding_.ranges, DType::I32, {T, 3});
     for (int64_t t = 0; t < T; ++t) {
-      const int32_t pos = batch.positions[t];
+      const KeyRange r = key_range(batch.positions[t], full ? 0 : c.sliding_window, batch.block_end[t], bidirectional);
       ranges[3 * t] = row_table[t];
-      ranges[3 * t + 1] = full ? 0 : std::max(0, pos - c.sliding_window + 1);
-      ranges[3 * t + 2] = pos + 1;
+      ranges[3 * t + 1] = r.begin;
+      ranges[3 * t + 2] = r.end;
+      if (!full) longest_sliding = std::max(longest_sliding, r.end - r.begin);
     }
   }
   std::span<int64_t> slots = inputs_.add<int64_t>(&slots_, DType::I64, {T});
@@ -129,12 +156,18 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
   std::ranges::copy(batch.output_rows, inputs_.add<int32_t>(&output_rows_, DType::I32, {R}).begin());
   if (c.ple_dim) {
     std::span<int32_t> ple_ids = inputs_.add<int32_t>(&ple_ids_, DType::I32, {T});
-    for (int64_t t = 0; t < T; ++t) ple_ids[t] = batch.tokens[t] < c.ple_vocab ? batch.tokens[t] : c.pad_id;
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t id = batch.tokens[t];
+      ple_ids[t] = id < c.ple_vocab && id != c.video_token_id && id != c.audio_token_id ? id : c.pad_id;
+    }
+    for (const EmbedOverride& e : batch.embeds)  // image rows take the pad token's per-layer embedding
+      std::fill_n(ple_ids.begin() + e.row, e.features.rows(), c.pad_id);
   }
   inputs_.upload();
   rows_sliding_.block_tables = rows_full_.block_tables;
-  rows_sliding_.max_keys = c.sliding_window;
+  rows_sliding_.max_keys = longest_sliding;
   kv_ = &kv;
+  embeds_ = &batch.embeds;
 
   // Everything below depends on the host only through these shapes, so a step of a shape seen before
   // replays as one recorded sequence (a CUDA graph) instead of ~30 launches per layer.
@@ -143,7 +176,8 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
   if (R > 0 && want_logits) out.logits = logits_.resize(DType::F32, {R, c.vocab_size});
   const std::vector<int64_t> shape{T, R, want_logits, rows_full_.block_tables.dim(0), rows_full_.block_tables.dim(1),
                                    reinterpret_cast<intptr_t>(kv.layer(0).k)};
-  recordings_.run(be_, shape, T, /*record=*/!routing_record_, [&] { issue_layers(T, out); });
+  // Steps with image rows run directly: their features live wherever the encoder put them.
+  recordings_.run(be_, shape, T, /*record=*/!routing_record_ && batch.embeds.empty(), [&] { issue_layers(T, out); });
   return out;
 }
 
@@ -152,6 +186,10 @@ void Gemma4Model::issue_layers(int64_t T, const ForwardOutput& out) {
   const int64_t H = c.hidden, L = c.n_layers, P = c.ple_dim;
   TensorView& x = x_.resize(DType::F32, {T, H});  // [T, H] residual stream
   embed(tokens_, x);
+  for (const EmbedOverride& e : *embeds_) {  // image rows: the projected vision features, unscaled
+    TensorView rows = x.row_slice(e.row, e.row + e.features.rows());
+    be_.copy(e.features, rows);
+  }
 
   // Per-layer embeddings: p [T, L, P] = (RMS(x·W_projᵀ · H^-½) + E_ple[id] · √P) · 2^-½.
   if (P) {

@@ -1,6 +1,7 @@
 // The Gemma 4 text model (target): gemma4 (multimodal wrapper, text under model.language_model.)
 // and gemma4_text (Gemma4ForCausalLM, text under model.). Vision/audio towers are not loaded.
 #pragma once
+#include <algorithm>
 #include <memory>
 #include <span>
 #include <string>
@@ -16,20 +17,43 @@
 
 namespace tandem {
 
+// Rows [row, row + features.rows()) of a batch whose input embeddings are image features (the
+// <|image|> placeholders of a prompt): they replace the token embeddings, unscaled.
+struct EmbedOverride {
+  int32_t row = 0;
+  TensorView features;  // [n, H] F32, backend memory
+};
+
 // A ragged batch: prefill chunks, decode tokens and verify blocks are all just rows.
 struct ForwardBatch {
   std::vector<int32_t> tokens;                      // [T]
   std::vector<int32_t> positions;                   // [T] position of each row in its sequence
   std::vector<const std::vector<int32_t>*> tables;  // [T] block table of each row's sequence
   std::vector<int32_t> output_rows;                 // rows whose hidden state / logits are wanted
+  // [T] for a row inside an image block: the position just past the block (the row also sees the
+  // block's later rows on the layer types the model makes bidirectional); 0 for other rows. All
+  // rows of such a block are in the same batch.
+  std::vector<int32_t> block_end;
+  std::vector<EmbedOverride> embeds;
 
-  void clear() { tokens.clear(), positions.clear(), tables.clear(), output_rows.clear(); }
-  void add(int32_t token, int32_t position, const std::vector<int32_t>* table, bool output) {
+  void clear() { tokens.clear(), positions.clear(), tables.clear(), output_rows.clear(), block_end.clear(), embeds.clear(); }
+  void add(int32_t token, int32_t position, const std::vector<int32_t>* table, bool output, int32_t image_block_end = 0) {
     if (output) output_rows.push_back(static_cast<int32_t>(tokens.size()));
-    tokens.push_back(token), positions.push_back(position), tables.push_back(table);
+    tokens.push_back(token), positions.push_back(position), tables.push_back(table), block_end.push_back(image_block_end);
   }
   int32_t size() const { return static_cast<int32_t>(tokens.size()); }
 };
+
+// The keys [begin, end) of its sequence a row at `position` attends to on one layer: causal, from
+// position − window + 1 on sliding layers (window 0: full layers, from 0), and — for a row inside an
+// image block (block_end > 0) on a layer type made bidirectional for images — on to the block's end.
+struct KeyRange {
+  int32_t begin = 0, end = 0;
+};
+inline KeyRange key_range(int32_t position, int32_t window, int32_t block_end, bool bidirectional) {
+  const int32_t begin = window > 0 ? std::max(0, position - window + 1) : 0;
+  return {begin, bidirectional ? std::max(position + 1, block_end) : position + 1};
+}
 
 // What a forward leaves in backend memory for its output rows, valid until the model's next forward.
 struct ForwardOutput {
@@ -67,6 +91,12 @@ class Gemma4Model {
   // for measuring, never in a timed step).
   void record_routing(std::vector<std::vector<int32_t>>* record) { routing_record_ = record; }
 
+  // Which layer types let an image-block row see the rest of its block (defaults from the config:
+  // transformers' behaviour; `tandem --image-attention` changes it).
+  void set_image_attention(bool sliding, bool full) {
+    config_.image_bidirectional_sliding = sliding, config_.image_bidirectional_full = full;
+  }
+
   int64_t parameter_count() const { return parameters_; }
   int64_t active_parameter_count() const { return active_parameters_; }
   int64_t weight_bytes() const { return weight_bytes_; }
@@ -99,6 +129,7 @@ class Gemma4Model {
   Gemma4Scratch scratch_;
   Tensor inv_freq_sliding_, inv_freq_full_;
   KvCache* kv_ = nullptr;  // the staged step's cache
+  const std::vector<EmbedOverride>* embeds_ = nullptr;  // the staged step's image rows
   StepRecordings recordings_;
 };
 

@@ -112,18 +112,14 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
   be.attention(q3, *in.kv, *in.rows, /*scale=*/1.0f, s.attn.view());
   s.proj.resize(DType::F32, {T, H});
   be.matmul(s.attn, w.o_proj, s.proj.view());
-  be.rms_norm(s.proj, &w.post_attention_norm, eps, s.proj.view());
-  be.add(x, s.proj, x);
+  be.rms_norm_add(s.proj, &w.post_attention_norm, eps, x);
 
   // Feed-forward: dense GeGLU MLP, plus (MoE models) routed experts reading h1 in parallel.
   const int64_t I = spec.intermediate;
   s.ffn_in.resize(DType::F32, {T, H});
   be.rms_norm(x, &w.pre_ffn_norm, eps, s.ffn_in.view());
   s.gate.resize(DType::F32, {T, I});
-  s.up.resize(DType::F32, {T, I});
-  be.matmul(s.ffn_in, w.gate_proj, s.gate.view());
-  be.matmul(s.ffn_in, w.up_proj, s.up.view());
-  be.gelu_tanh_mul(s.gate, s.up, s.gate.view());
+  be.matmul_gelu_glu(s.ffn_in, w.gate_proj, w.up_proj, s.gate.view());
   s.ffn_out.resize(DType::F32, {T, H});
   be.matmul(s.gate, w.down_proj, s.ffn_out.view());
   if (c.moe) {
@@ -140,11 +136,9 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());
     s.moe_out.resize(DType::F32, {T, H});
     be.moe_experts(s.moe_in, s.expert_ids, s.expert_weights, w.experts_gate_up, w.experts_down, s.moe_out.view());
-    be.rms_norm(s.moe_out, &w.post_ffn_norm_2, eps, s.moe_out.view());
-    be.add(s.ffn_out, s.moe_out, s.ffn_out.view());
+    be.rms_norm_add(s.moe_out, &w.post_ffn_norm_2, eps, s.ffn_out.view());
   }
-  be.rms_norm(s.ffn_out, &w.post_ffn_norm, eps, s.ffn_out.view());
-  be.add(x, s.ffn_out, x);
+  be.rms_norm_add(s.ffn_out, &w.post_ffn_norm, eps, x);
 
   // Per-layer embedding residual (E2B/E4B): x += RMS(W_proj (gelu(W_gate x) ⊙ p); norm).
   if (in.ple_input) {
@@ -152,8 +146,7 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     be.matmul(x, w.ple_gate, s.ple.view());
     be.gelu_tanh_mul(s.ple, *in.ple_input, s.ple.view());
     be.matmul(s.ple, w.ple_projection, s.proj.view());
-    be.rms_norm(s.proj, &w.ple_post_norm, eps, s.proj.view());
-    be.add(x, s.proj, x);
+    be.rms_norm_add(s.proj, &w.ple_post_norm, eps, x);
   }
   if (w.layer_scalar != 1.0f) be.scale(x, w.layer_scalar);
 }

@@ -32,9 +32,9 @@ struct Gemma4LayerWeights {
 // Scratch activations in backend memory, grown on demand and reused across layers and steps.
 struct Gemma4Scratch {
   explicit Gemma4Scratch(Backend& be)
-      : normed(be), q(be), k(be), v(be), attn(be), proj(be), ffn_in(be), gate(be), up(be), ffn_out(be),
+      : normed(be), q(be), k(be), v(be), attn(be), proj(be), ffn_in(be), gate(be), ffn_out(be),
         moe_in(be), moe_out(be), router_logits(be), ple(be), expert_ids(be), expert_weights(be) {}
-  Tensor normed, q, k, v, attn, proj, ffn_in, gate, up, ffn_out, moe_in, moe_out, router_logits, ple;
+  Tensor normed, q, k, v, attn, proj, ffn_in, gate, ffn_out, moe_in, moe_out, router_logits, ple;
   Tensor expert_ids, expert_weights;  // [T, top_k] I32 / F32
 };
 

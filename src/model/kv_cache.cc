@@ -71,7 +71,7 @@ int32_t KvCache::lookup(uint64_t hash) {
   return b;
 }
 
-uint64_t block_hash(uint64_t parent, std::span<const int32_t> tokens) {
+uint64_t block_hash(uint64_t parent, std::span<const int32_t> tokens, uint64_t extra) {
   // splitmix64 over the parent hash and each token; never 0 (0 means "not published").
   auto mix = [](uint64_t x) {
     x += 0x9E3779B97F4A7C15ull;
@@ -81,6 +81,7 @@ uint64_t block_hash(uint64_t parent, std::span<const int32_t> tokens) {
   };
   uint64_t h = mix(parent ^ 0x5DEECE66Dull);
   for (int32_t t : tokens) h = mix(h ^ static_cast<uint32_t>(t));
+  if (extra) h = mix(h ^ extra);
   return h ? h : 1;
 }
 

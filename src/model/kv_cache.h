@@ -69,7 +69,9 @@ class KvCache {
 };
 
 // Chain hash of one block of tokens following the block with hash `parent` (0 for the first).
-uint64_t block_hash(uint64_t parent, std::span<const int32_t> tokens);
+// `extra` (0: none) folds in what the tokens do not say: the content of images whose placeholder
+// tokens fall in the block, so blocks of different images never share a hash.
+uint64_t block_hash(uint64_t parent, std::span<const int32_t> tokens, uint64_t extra = 0);
 
 // Blocks a KV cache of `bytes` can hold for this model with elements of `dtype`.
 int32_t kv_blocks_for_bytes(const ModelConfig& config, int64_t bytes, int32_t block_size,

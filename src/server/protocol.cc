@@ -1,10 +1,12 @@
 #include "server/protocol.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <limits>
 #include <set>
 
+#include "engine/image_prompt.h"
 #include "server/api_error.h"
 #include "server/reasoning_parser.h"
 #include "server/structured_output.h"
@@ -289,35 +291,105 @@ void resolve_lengths(const json& body, const Limits& limits, ParsedRequest& r, b
                                   limits.max_choices, r.num_choices()), "n");
 }
 
-std::string message_content(const json& m, size_t index) {
+// A message's content for the chat template: its text (string content, or text parts joined by
+// newlines) when it has no images; with images, the list of its parts in order, {"type": "text",
+// "text": ...} and {"type": "image"} (what Gemma 4's template renders as <|image|>), each image's URL
+// appended to *image_urls. With image_urls null, image parts are only checked.
+json message_content(const json& m, size_t index, std::vector<std::string>* image_urls = nullptr) {
   auto it = m.find("content");
-  if (it == m.end() || it->is_null()) return {};
+  if (it == m.end() || it->is_null()) return std::string();
   if (it->is_string()) return it->get<std::string>();
-  if (it->is_array()) {
-    std::string text;
-    bool first = true;
-    for (const auto& part : *it) {
-      if (part.is_string()) {  // lenient: a bare string part
-        if (!first) text += "\n";
-        text += part.get<std::string>(), first = false;
-        continue;
-      }
-      if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
-        throw bad_request(fmt::format("messages[{}].content parts must be objects with a 'type'", index),
-                          "messages");
-      const std::string type = part["type"];
-      if (type != "text")
-        throw bad_request(fmt::format("messages[{}]: content part type '{}' is not supported (text only)",
-                                      index, type), "messages");
+  if (!it->is_array())
+    throw bad_request(fmt::format("messages[{}].content must be a string or a list of content parts", index),
+                      "messages");
+  std::string text;
+  json parts = json::array();
+  bool first = true, images = false;
+  for (const auto& part : *it) {
+    if (part.is_string()) {  // lenient: a bare string part
+      if (!first) text += "\n";
+      text += part.get<std::string>(), first = false;
+      parts.push_back({{"type", "text"}, {"text", part}});
+      continue;
+    }
+    if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
+      throw bad_request(fmt::format("messages[{}].content parts must be objects with a 'type'", index), "messages");
+    const std::string type = part["type"];
+    if (type == "text") {
       if (!part.contains("text") || !part["text"].is_string())
         throw bad_request(fmt::format("messages[{}]: a text part needs a string 'text'", index), "messages");
       if (!first) text += "\n";
       text += part["text"].get<std::string>(), first = false;
+      parts.push_back({{"type", "text"}, {"text", part["text"]}});
+    } else if (type == "image_url") {
+      const json* url = nullptr;
+      if (auto iu = part.find("image_url"); iu != part.end()) {
+        if (iu->is_string()) url = &*iu;
+        else if (iu->is_object() && iu->contains("url") && (*iu)["url"].is_string()) url = &(*iu)["url"];
+      }
+      if (!url)
+        throw bad_request(fmt::format("messages[{}]: an image_url part needs 'image_url': {{'url': ...}}", index),
+                          "messages");
+      const std::string role = m.value("role", "");
+      if (role != "user" && role != "assistant")
+        throw bad_request(fmt::format("messages[{}]: images are accepted in user and assistant messages, not in a "
+                                      "'{}' message", index, role), "messages");
+      images = true;
+      if (image_urls) image_urls->push_back(url->get<std::string>());
+      parts.push_back({{"type", "image"}});
+    } else if (type == "input_audio" || type == "audio_url") {
+      throw bad_request(fmt::format("messages[{}]: audio input is not supported (this server takes text and images)",
+                                    index), "messages");
+    } else if (type == "video_url") {
+      throw bad_request(fmt::format("messages[{}]: video input is not supported (this server takes text and images)",
+                                    index), "messages");
+    } else {
+      throw bad_request(fmt::format("messages[{}]: content part type '{}' is not supported (text, image_url)",
+                                    index, type), "messages");
     }
-    return text;
   }
-  throw bad_request(fmt::format("messages[{}].content must be a string or a list of content parts", index),
-                    "messages");
+  if (images) return parts;
+  return text;
+}
+
+// The text of a message (its image parts contribute none).
+std::string message_text(const json& m, size_t index) {
+  const json c = message_content(m, index);
+  if (c.is_string()) return c.get<std::string>();
+  std::string text;
+  bool first = true;
+  for (const json& part : c)
+    if (part["type"] == "text") {
+      if (!first) text += "\n";
+      text += part["text"].get<std::string>(), first = false;
+    }
+  return text;
+}
+
+// The images of a chat prompt: loaded, preprocessed, and their <|image|> placeholders expanded to
+// <|image> + N × <|image|> + <image|> as the processor does.
+void resolve_images(const json& body, const std::vector<std::string>& urls, const ImageOptions& o, PromptInput& in) {
+  const ModelConfig* model = o.model;
+  size_t placeholders = 0;
+  if (model) placeholders = std::ranges::count(in.tokens, model->image_token_id);
+  if (urls.empty() && placeholders == 0) return;
+  if (!urls.empty() && !model)
+    throw bad_request("this model does not take images (it has no vision tower, or --limit-mm-per-prompt allows none)",
+                      "messages");
+  if (static_cast<int64_t>(urls.size()) > o.max_images)
+    throw bad_request(fmt::format("at most {} image{} per prompt (--limit-mm-per-prompt), got {}", o.max_images,
+                                  o.max_images == 1 ? "" : "s", urls.size()), "messages");
+  if (placeholders != urls.size())
+    throw bad_request(fmt::format("the rendered prompt holds {} image placeholders for {} images (does the text "
+                                  "contain a literal image token?)", placeholders, urls.size()), "messages");
+  if (present(body, "truncate_prompt_tokens"))
+    throw bad_request("'truncate_prompt_tokens' cannot be combined with images", "truncate_prompt_tokens");
+  std::vector<std::shared_ptr<const vision::PatchImage>> images;
+  for (size_t i = 0; i < urls.size(); ++i) images.push_back(prepare_request_image(image_url_bytes(urls[i], o), i, o));
+  Request expanded;
+  expand_image_placeholders(*model, in.tokens, images, expanded);
+  in.tokens = std::move(expanded.prompt);
+  in.images = std::move(expanded.images);
 }
 
 // An assistant message's tool_calls with each function.arguments as a mapping: OpenAI clients send
@@ -581,7 +653,7 @@ std::vector<std::string> check_fields(const json& body, bool chat) {
 std::string continue_final_message(const json& body, std::string rendered) {
   if (!get_bool(body, "continue_final_message", false)) return rendered;
   const json& messages = body["messages"];  // validated by chat_template_variables
-  std::string content = message_content(messages.back(), messages.size() - 1);
+  std::string content = message_text(messages.back(), messages.size() - 1);
   // As transformers' apply_chat_template: the final message's content, stripped of surrounding
   // whitespace, is found last in the rendered chat and everything after it is dropped.
   const auto first = content.find_first_not_of(" \t\r\n");
@@ -621,6 +693,7 @@ std::string resolve_model(const json& body, const std::vector<std::string>& serv
 Request ParsedRequest::engine_request(int choice) const {
   Request req;
   req.prompt = prompts[choice / n].tokens;
+  req.images = prompts[choice / n].images;
   req.sampling = sampling;
   if (sampling.seed && n > 1) req.sampling.seed = *sampling.seed + static_cast<uint64_t>(choice % n);
   req.sampling.top_logprobs = logprobs;
@@ -694,7 +767,7 @@ ParsedRequest parse_completion_request(const nlohmann::ordered_json& ordered, co
   return r;
 }
 
-json chat_template_variables(const json& body, const TextCodec& codec) {
+json chat_template_variables(const json& body, const TextCodec& codec, std::vector<std::string>* image_urls) {
   if (!body.contains("messages")) throw bad_request("'messages' is required", "messages");
   const json& messages = body["messages"];
   if (!messages.is_array() || messages.empty())
@@ -711,7 +784,7 @@ json chat_template_variables(const json& body, const TextCodec& codec) {
                                     "assistant, tool", i, role), "messages");
     json msg = m;  // keep extra keys (tool_calls, name, tool_call_id, ...) for the template
     if (role == "developer") msg["role"] = "system";
-    msg["content"] = message_content(m, i);
+    msg["content"] = message_content(m, i, image_urls);
     if (role == "assistant" && present(m, "tool_calls")) msg["tool_calls"] = normalize_tool_calls(m["tool_calls"], i);
     out.push_back(std::move(msg));
   }
@@ -764,7 +837,8 @@ ParsedRequest parse_chat_request(const nlohmann::ordered_json& ordered, const Te
   r.reasoning_parser = limits.reasoning_parser;
   if (!codec.has_chat_template())
     throw bad_request("this model has no chat template; use /v1/completions", "messages");
-  json vars = chat_template_variables(body, codec);
+  std::vector<std::string> image_urls;
+  json vars = chat_template_variables(body, codec, &image_urls);
   PromptInput in;
   try {
     in.text = codec.render_chat(vars);
@@ -775,6 +849,7 @@ ParsedRequest parse_chat_request(const nlohmann::ordered_json& ordered, const Te
   // The template emits <bos> itself (vLLM's chat default add_special_tokens is false).
   in.tokens = codec.encode(in.text, get_bool(body, "add_special_tokens", false));
   if (in.tokens.empty()) throw bad_request("the rendered prompt is empty", "messages");
+  resolve_images(body, image_urls, limits.images, in);
   r.prompts.push_back(std::move(in));
   truncate_prompts(body, codec, limits, r);
   resolve_lengths(body, limits, r, true);

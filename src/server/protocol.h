@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/request.h"
+#include "server/image_input.h"
 #include "server/service.h"
 
 namespace tandem::server {
@@ -28,6 +29,8 @@ struct Limits {
   bool enable_auto_tool_choice = false;
   std::string tool_call_parser;
   std::string reasoning_parser;
+  // Chat image_url parts (a model with a vision tower; otherwise they are refused).
+  ImageOptions images;
 };
 
 // How a chat request's output is read for tool calls (from tools + tool_choice).
@@ -41,6 +44,7 @@ enum class ToolOutput {
 struct PromptInput {
   std::vector<int32_t> tokens;
   std::string text;  // the prompt as text (for echo); decoded when given as ids
+  std::vector<ImageInput> images;  // chat: the images behind the expanded <|image|> placeholders of `tokens`
 };
 
 struct ParsedRequest {
@@ -83,9 +87,12 @@ ParsedRequest parse_completion_request(const nlohmann::ordered_json& body, const
 ParsedRequest parse_chat_request(const nlohmann::ordered_json& body, const TextCodec& codec,
                                  const std::vector<std::string>& served_names, const Limits& limits);
 
-// The chat-template variables of a chat body (messages normalized to string content, tools,
-// add_generation_prompt, chat_template_kwargs and bos/eos tokens). Used by /tokenize too.
-nlohmann::json chat_template_variables(const nlohmann::json& body, const TextCodec& codec);
+// The chat-template variables of a chat body (messages normalized to string content, or to a list of
+// text and {"type": "image"} parts when they hold images; tools, add_generation_prompt,
+// chat_template_kwargs and bos/eos tokens). The URLs of the image parts, in prompt order, go to
+// *image_urls when given. Used by /tokenize too (whose images stay single placeholders).
+nlohmann::json chat_template_variables(const nlohmann::json& body, const TextCodec& codec,
+                                       std::vector<std::string>* image_urls = nullptr);
 
 // continue_final_message (vLLM / transformers): cut the rendered chat right after the final
 // message's content, so the model continues it. Returns `rendered` unchanged when not requested.

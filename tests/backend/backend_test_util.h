@@ -96,4 +96,15 @@ class ForceIsa {
   ~ForceIsa() { cpu_force_isa(""); }
 };
 
+// The CPU backend's exact kernels (every product in f32) for the scope of a test that uses the CPU as
+// the reference for another backend: the best exact family, "avx512" where the default would be the
+// approximate "avx512-bf16".
+class ExactCpuKernels {
+ public:
+  ExactCpuKernels() : force_(cpu_best_isa() == CpuIsa::kAvx2 ? "avx2" : "avx512") {}
+
+ private:
+  ForceIsa force_;
+};
+
 }  // namespace tandem::test

@@ -161,6 +161,7 @@ bool same_rows(const HT& a, int64_t r0, const HT& b, int64_t s0, int64_t n) {
 }
 
 struct Backends {
+  ExactCpuKernels exact;  // the reference computes every product in f32
   std::unique_ptr<Backend> cpu = make_cpu_backend(2);
   std::unique_ptr<Backend> gpu = make_backend("cuda");
 };
@@ -281,6 +282,36 @@ TEST(CudaOps, MatmulAllDtypesAndShapes) {
         TensorView yd = d.poisoned(y);
         b.gpu->matmul(d.up(x), d.up(w), yd);
         EXPECT_LT(rel_l2(d.down(yd, y), y), 1e-5);
+      }
+    }
+  }
+}
+
+// The fused GeGLU against the CPU, and bit-identical to the CUDA backend's own three-op composition.
+TEST(CudaOps, MatmulGeluGlu) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(104);
+  const std::pair<int64_t, int64_t> kis[] = {{2816, 2112}, {704, 517}, {37, 45}};
+  for (DType wt : kWeightDtypes) {
+    for (auto [K, I] : kis) {
+      const HT g = rand_stored(wt, {I, K}, rng, 0.5f), u = rand_stored(wt, {I, K}, rng, 0.5f);
+      for (int64_t T : {1, 3, 9}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(wt) << " T=" << T << " K=" << K << " I=" << I);
+        const HT x = rand_f32({T, K}, T == 3 ? K + 1 : 0, rng, 0.1f);
+        HT y = make_ht(DType::F32, {T, I});
+        TensorView yc = y.view();
+        b.cpu->matmul_gelu_glu(x.view(), g.view(), u.view(), yc);
+        Dev d(*b.gpu);
+        const TensorView xd = d.up(x), gd = d.up(g), ud = d.up(u);
+        TensorView yd = d.poisoned(y), gate = d.poisoned(y), up = d.poisoned(y);
+        b.gpu->matmul_gelu_glu(xd, gd, ud, yd);
+        const HT got = d.down(yd, y);
+        EXPECT_LT(rel_l2(got, y), 1e-5);
+        b.gpu->matmul(xd, gd, gate);
+        b.gpu->matmul(xd, ud, up);
+        b.gpu->gelu_tanh_mul(gate, up, gate);
+        EXPECT_TRUE(same_elements(got, d.down(gate, y)));
       }
     }
   }
@@ -668,6 +699,29 @@ TEST(CudaOps, RmsNorm) {
   }
 }
 
+TEST(CudaOps, RmsNormAdd) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(403);
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 2816}, {3, 1000}, {17, 37}, {2, 10000}};
+  for (auto [R, D] : shapes) {
+    for (int wi = 0; wi <= 4; ++wi) {  // none, then each weight dtype
+      SCOPED_TRACE(::testing::Message() << "R=" << R << " D=" << D << " weight=" << wi);
+      const HT y = rand_f32({R, D}, D + 3, rng, 2.0f);
+      HT x = rand_f32({R, D}, R > 1 ? D + 1 : 0, rng);
+      const HT w = wi ? rand_stored(kWeightDtypes[wi - 1], {D}, rng) : HT{};
+      const TensorView wv = w.view();
+      Dev d(*b.gpu);
+      const TensorView wd = wi ? d.up(w) : TensorView{};
+      TensorView xd = d.up(x);
+      TensorView xc = x.view();
+      b.cpu->rms_norm_add(y.view(), wi ? &wv : nullptr, 1e-6f, xc);
+      b.gpu->rms_norm_add(d.up(y), wi ? &wd : nullptr, 1e-6f, xd);
+      EXPECT_LT(rel_l2(d.down(xd, x), x), 1e-5);
+    }
+  }
+}
+
 TEST(CudaOps, Rope) {
   REQUIRE_CUDA();
   Backends b;
@@ -755,6 +809,38 @@ TEST(CudaOps, AddAxpyScaleSoftcapStridedAndAliased) {
     be.axpy(1.0f, xv, yv);  // values well past the cap
     be.softcap(yv, 15.0f);
   });
+}
+
+TEST(CudaOps, ClampAndStandardize) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(406);
+  const int64_t R = 6, C = 1152;
+  const HT x = rand_f32({R, C}, C + 3, rng, 3.0f);
+  for (auto [lo, hi] : {std::pair{-1.0f, 0.5f}, std::pair{-INFINITY, INFINITY}}) {
+    HT y = x;
+    TensorView yc = y.view();
+    b.cpu->clamp(yc, lo, hi);
+    Dev d(*b.gpu);
+    TensorView yd = d.up(x);
+    b.gpu->clamp(yd, lo, hi);
+    EXPECT_TRUE(same_elements(d.down(yd, x), y));  // min/max are exact
+  }
+  for (int wi = 0; wi < 3; ++wi) {
+    SCOPED_TRACE(::testing::Message() << "weight dtype " << dtype_name(kWeightDtypes[wi]));
+    const HT bias = rand_stored(kWeightDtypes[wi], {C}, rng), scale = rand_stored(kWeightDtypes[wi], {C}, rng);
+    HT y = make_ht(DType::F32, {R, C});
+    TensorView yc = y.view();
+    b.cpu->standardize(x.view(), bias.view(), scale.view(), yc);
+    Dev d(*b.gpu);
+    const TensorView bd = d.up(bias), sd = d.up(scale);
+    TensorView yd = d.poisoned(y);
+    b.gpu->standardize(d.up(x), bd, sd, yd);
+    EXPECT_TRUE(same_elements(d.down(yd, y), y));  // one subtraction and one product per element
+    TensorView xd = d.up(x);
+    b.gpu->standardize(xd, bd, sd, xd);  // in place
+    EXPECT_LT(rel_l2(d.down(xd, x), y), 1e-7);
+  }
 }
 
 // --- Data movement ------------------------------------------------------------------------------

@@ -110,6 +110,24 @@ TEST(Matmul, Avx2AndAvx512Agree) {
   }
 }
 
+// matmul_gelu_glu is the composition it replaces: matmul, matmul, gelu_tanh_mul, bit for bit.
+TEST(Matmul, GeluGluIsTheComposition) {
+  auto be = make_cpu_backend(2);
+  Rng rng(31);
+  for (DType wt : {DType::BF16, DType::F32}) {
+    const int64_t T = 5, I = 37, K = 96;
+    Stored g = make_stored(wt, I * K, rng), u = make_stored(wt, I * K, rng);
+    std::vector<float> x = rng.normals(T * K), fused(T * I), gate(T * I), up(T * I);
+    TensorView xv(DType::F32, x.data(), {T, K}), fv(DType::F32, fused.data(), {T, I}),
+        gv(DType::F32, gate.data(), {T, I}), uv(DType::F32, up.data(), {T, I});
+    be->matmul_gelu_glu(xv, g.view({I, K}), u.view({I, K}), fv);
+    be->matmul(xv, g.view({I, K}), gv);
+    be->matmul(xv, u.view({I, K}), uv);
+    be->gelu_tanh_mul(gv, uv, gv);
+    EXPECT_EQ(fused, gate) << dtype_name(wt);
+  }
+}
+
 // A row's result is the same bits whatever other rows share its call (speculative verify blocks and
 // batched requests rest on this), in every kernel family, for every weight dtype and thread count.
 TEST(Matmul, RowResultIndependentOfBatch) {

@@ -52,6 +52,36 @@ TEST(RmsNorm, WeightDtypesNullWeightAliasAndStride) {
   }
 }
 
+// rms_norm_add: x += RMS(y) · w against float64, y untouched, strided rows on both sides.
+TEST(RmsNorm, AddResidualForm) {
+  auto be = make_cpu_backend(2);
+  Rng rng(21);
+  const int64_t R = 4;
+  for (int64_t D : {3, 256, 2816}) {
+    Stored w = make_stored(DType::BF16, D, rng);
+    const TensorView wv = w.view({D});
+    for (bool weighted : {false, true}) {
+      const int64_t ld = D + 5;
+      std::vector<float> y = rng.normals(R * ld, 3.0f), x = rng.normals(R * ld, 1.0f);
+      const std::vector<float> y0 = y, x0 = x;
+      TensorView yv(DType::F32, y.data(), {R, D}), xv(DType::F32, x.data(), {R, D});
+      yv.row_stride = xv.row_stride = ld;
+      be->rms_norm_add(yv, weighted ? &wv : nullptr, 1e-6f, xv);
+      EXPECT_EQ(y, y0);
+      for (int64_t r = 0; r < R; ++r) {
+        double ss = 0;
+        for (int64_t i = 0; i < D; ++i) ss += static_cast<double>(y[r * ld + i]) * y[r * ld + i];
+        const double inv = 1.0 / std::sqrt(ss / D + 1e-6);
+        for (int64_t i = 0; i < D; ++i) {
+          const double ref = x0[r * ld + i] + y[r * ld + i] * inv * (weighted ? w.values[i] : 1.0);
+          ASSERT_NEAR(x[r * ld + i], ref, 4e-6 * (std::abs(ref) + std::abs(y[r * ld + i] * inv)) + 1e-7) << "D=" << D;
+        }
+        for (int64_t i = D; i < ld; ++i) ASSERT_EQ(x[r * ld + i], x0[r * ld + i]) << "gap written";
+      }
+    }
+  }
+}
+
 TEST(Rope, RotateHalfMatchesPytorchAngles) {
   // PyTorch: freqs = pos · inv_freq in f32, cos/sin of that f32 angle; the reference takes the same
   // f32 angle and evaluates cos/sin in f64. Bound: 2e-6 · max|x| (f32 cos/sin are within 1 ulp).
@@ -179,6 +209,57 @@ TEST(Elementwise, StridedViewsAndAliasing) {
   for (int64_t r = 0; r < R; ++r) {
     for (int64_t i = 0; i < C; ++i) ASSERT_FLOAT_EQ(a[r * ld + i], a0[r * ld + i] + b[r * C + i]);
     for (int64_t i = C; i < ld; ++i) ASSERT_EQ(a[r * ld + i], a0[r * ld + i]);
+  }
+}
+
+TEST(Elementwise, ClampBoundsInfinityAndStride) {
+  auto be = make_cpu_backend(2);
+  Rng rng(26);
+  const int64_t R = 3, C = 1000, ld = 1003;
+  std::vector<float> x = rng.normals(R * ld, 4.0f), x0 = x;
+  TensorView xv(DType::F32, x.data(), {R, C});
+  xv.row_stride = ld;
+  be->clamp(xv, -1.5f, 0.25f);
+  int clamped = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t i = 0; i < C; ++i) {
+      const float v = x0[r * ld + i];
+      ASSERT_EQ(x[r * ld + i], std::min(std::max(v, -1.5f), 0.25f));
+      clamped += v < -1.5f || v > 0.25f;
+    }
+    for (int64_t i = C; i < ld; ++i) ASSERT_EQ(x[r * ld + i], x0[r * ld + i]);  // the gaps are untouched
+  }
+  EXPECT_GT(clamped, C);  // both bounds were exercised on many elements
+  std::vector<float> y = x0;
+  TensorView yv(DType::F32, y.data(), {R, ld});
+  be->clamp(yv, -INFINITY, INFINITY);  // the bounds of an unclipped ClippableLinear
+  EXPECT_EQ(y, x0);
+  EXPECT_THROW(be->clamp(yv, 1.0f, -1.0f), Error);
+}
+
+TEST(Standardize, WeightDtypesStrideAndAlias) {
+  // One subtraction and one multiplication per element in f32: exact against the same f32 sequence.
+  auto be = make_cpu_backend(2);
+  Rng rng(27);
+  for (int64_t D : {1, 7, 1152}) {
+    for (DType wt : {DType::F32, DType::BF16, DType::F16}) {
+      Stored bias = make_stored(wt, D, rng), scale = make_stored(wt, D, rng);
+      const int64_t R = 4, ld = D + 5;
+      std::vector<float> x = rng.normals(R * ld, 3.0f), y(R * D);
+      TensorView xv(DType::F32, x.data(), {R, D});
+      xv.row_stride = ld;
+      TensorView yv(DType::F32, y.data(), {R, D});
+      be->standardize(xv, bias.view({D}), scale.view({D}), yv);
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t i = 0; i < D; ++i) {
+          const float want = (x[r * ld + i] - static_cast<float>(bias.values[i])) * static_cast<float>(scale.values[i]);
+          ASSERT_EQ(y[r * D + i], want) << "D=" << D << " dtype " << dtype_name(wt);
+        }
+      be->standardize(xv, bias.view({D}), scale.view({D}), xv);  // in place
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t i = 0; i < D; ++i) ASSERT_EQ(x[r * ld + i], y[r * D + i]);
+      EXPECT_THROW(be->standardize(xv, bias.view({D}), make_stored(wt, D + 1, rng).view({D + 1}), yv), Error);
+    }
   }
 }
 

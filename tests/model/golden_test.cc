@@ -16,13 +16,7 @@ namespace {
 
 constexpr double kTolerance = 1e-4;
 
-class GoldenTest : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    if (GetParam().find("/quant/") != std::string::npos && testing::testing_on_gpu())
-      GTEST_SKIP() << "the CUDA backend has no quantized-weight kernels yet";
-  }
-};
+class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
 void check_logits(const std::string& dir) {
   auto backend = testing::test_backend(2);

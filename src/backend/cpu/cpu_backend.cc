@@ -270,7 +270,7 @@ class CpuBackend final : public Backend {
   }
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override {
-    const auto [T, N, K] = check_matmul(x, w, y, /*quant_ok=*/true);
+    const auto [T, N, K] = check_matmul(x, w, y);
     run_matmul({x.as<float>(), x.stride(), w.data, w.dtype, y.as<float>(), y.stride(), T, N, K, w.quant});
   }
 
@@ -290,16 +290,34 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) override {
+    check_f32_2d(out, "matmul_gelu_glu out");
+    glu_up_.resize(DType::F32, {out.rows(), out.cols()});
+    TensorView u = glu_up_.view();
+    matmul(x, gate, out);
+    matmul(x, up, u);
+    gelu_tanh_mul(out, u, out);
+  }
+
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override {
-    check_f32_2d(x, "rms_norm x");
-    check_f32_2d(y, "rms_norm y");
-    check_same_shape(x, y, "rms_norm");
-    const int64_t D = x.cols();
+    rms_norm_rows(x, weight, eps, y, "rms_norm", /*add=*/false);
+  }
+
+  void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) override {
+    rms_norm_rows(y, weight, eps, x, "rms_norm_add", /*add=*/true);
+  }
+
+  // out = RMS(in) · w, or with add out += RMS(in) · w.
+  void rms_norm_rows(const TensorView& in, const TensorView* weight, float eps, TensorView& out, const char* op,
+                     bool add) {
+    check_f32_2d(in, "rms_norm input");
+    check_f32_2d(out, "rms_norm output");
+    check_same_shape(in, out, op);
+    const int64_t D = in.cols();
     const void* w = nullptr;
     DType wt = DType::F32;
     if (weight) {
-      if (!is_float_dtype(weight->dtype) || weight->numel() != D)
-        fail("rms_norm: weight must be a float tensor of {} elements", D);
+      if (!is_float_dtype(weight->dtype) || weight->numel() != D) fail("{}: weight must be a float tensor of {} elements", op, D);
       w = weight->data;
       wt = weight->dtype;
       if (wt != DType::F32 && wt != DType::BF16 && wt != DType::F16) {  // read through load8_f32 as f32
@@ -309,18 +327,22 @@ class CpuBackend final : public Backend {
         wt = DType::F32;
       }
     }
-    for_rows(x.rows(), D, [&](int64_t r) {
-      const float* xr = x.row<float>(r);
-      float* yr = y.row<float>(r);
+    for_rows(in.rows(), D, [&](int64_t r) {
+      const float* xr = in.row<float>(r);
+      float* yr = out.row<float>(r);
       const float inv = 1.0f / std::sqrt(dot(xr, xr, D) / static_cast<float>(D) + eps);
-      // y = (x · inv) · w, rounded as the scalar expression would be.
+      // out = (x · inv) · w, rounded as the scalar expression would be (then + out with add).
       const __m256 vinv = _mm256_set1_ps(inv);
       int64_t i = 0;
       for (; i + 8 <= D; i += 8) {
         const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv);
-        _mm256_storeu_ps(yr + i, w ? _mm256_mul_ps(v, load8_f32(w, wt, i)) : v);
+        const __m256 n = w ? _mm256_mul_ps(v, load8_f32(w, wt, i)) : v;
+        _mm256_storeu_ps(yr + i, add ? _mm256_add_ps(_mm256_loadu_ps(yr + i), n) : n);
       }
-      for (; i < D; ++i) yr[i] = w ? xr[i] * inv * load_f32(w, wt, i) : xr[i] * inv;
+      for (; i < D; ++i) {
+        const float n = w ? xr[i] * inv * load_f32(w, wt, i) : xr[i] * inv;
+        yr[i] = add ? yr[i] + n : n;
+      }
     });
   }
 
@@ -418,6 +440,34 @@ class CpuBackend final : public Backend {
         _mm256_storeu_ps(t, _mm256_mul_ps(vcap, cpu::tanh_avx2(_mm256_mul_ps(_mm256_loadu_ps(t), vinv))));
         std::copy(t, t + (c1 - i), p + i);
       }
+    });
+  }
+
+  void clamp(TensorView& x, float lo, float hi) override {
+    check_f32_2d(x, "clamp x");
+    if (!(lo <= hi)) fail("clamp: bounds [{}, {}] are empty", lo, hi);
+    for_chunks(x.rows(), x.cols(), [&](int64_t r, int64_t c0, int64_t c1) {
+      float* p = x.row<float>(r);
+      for (int64_t i = c0; i < c1; ++i) p[i] = std::min(std::max(p[i], lo), hi);
+    });
+  }
+
+  void standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) override {
+    check_f32_2d(x, "standardize x");
+    check_f32_2d(y, "standardize y");
+    check_same_shape(x, y, "standardize");
+    const int64_t D = x.cols();
+    for (const TensorView* t : {&bias, &scale})
+      if (!is_float_dtype(t->dtype) || t->numel() != D)
+        fail("standardize: bias and scale must be float tensors of {} elements", D);
+    std_bias_.resize(D);
+    std_scale_.resize(D);
+    convert_row(bias.data, bias.dtype, D, std_bias_.data());
+    convert_row(scale.data, scale.dtype, D, std_scale_.data());
+    for_rows(x.rows(), D, [&](int64_t r) {
+      const float* xr = x.row<float>(r);
+      float* yr = y.row<float>(r);
+      for (int64_t i = 0; i < D; ++i) yr[i] = (xr[i] - std_bias_[i]) * std_scale_[i];
     });
   }
 
@@ -767,7 +817,8 @@ class CpuBackend final : public Backend {
 
   ThreadPool pool_;
   uint64_t host_syncs_ = 0;
-  std::vector<float> norm_weight_, rope_cos_, rope_sin_;
+  HostTensor glu_up_;  // matmul_gelu_glu's up projection
+  std::vector<float> norm_weight_, rope_cos_, rope_sin_, std_bias_, std_scale_;
   std::vector<float> moe_out_;  // the routed experts' outputs, expert after expert
 };
 

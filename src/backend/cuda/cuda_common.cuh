@@ -283,32 +283,6 @@ constexpr int kMatmulWarps = 8;
 // in flight) far above an 8-row tile's; warp_dot's order makes every height give the same bits.
 inline int matmul_tile_rows(int64_t rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : kMatmulRows; }
 
-// Calls f.template operator()<WT, VEC, XVEC, MT>() for the runtime weight type, load paths and tile
-// height (the unaligned paths only with the full tile: they serve odd shapes, not the hot loop).
-template <typename F>
-void dispatch_matmul(int wt, bool vec, bool xvec, int mt, F&& f) {
-  auto paths = [&]<int WT>() {
-    if (vec && xvec) {
-      switch (mt) {
-        case 1: f.template operator()<WT, true, true, 1>(); break;
-        case 2: f.template operator()<WT, true, true, 2>(); break;
-        case 4: f.template operator()<WT, true, true, 4>(); break;
-        default: f.template operator()<WT, true, true, kMatmulRows>(); break;
-      }
-    } else if (vec) {
-      f.template operator()<WT, true, false, kMatmulRows>();
-    } else {
-      f.template operator()<WT, false, false, kMatmulRows>();
-    }
-  };
-  switch (wt) {
-    case kF32: paths.template operator()<kF32>(); break;
-    case kBF16: paths.template operator()<kBF16>(); break;
-    case kF16: paths.template operator()<kF16>(); break;
-    default: paths.template operator()<kF8>(); break;
-  }
-}
-
 }  // namespace cu
 
 // --- The backend ------------------------------------------------------------------------------
@@ -336,14 +310,18 @@ class CudaBackend final : public Backend {
   void fill_dummy(TensorView& t, uint64_t seed, float center, float half_width) override;
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override;
+  void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) override;
   void embed(const TensorView& ids, const TensorView& table, float scale, TensorView& y) override;
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override;
+  void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) override;
   void rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) override;
   void gelu_tanh_mul(const TensorView& gate, const TensorView& up, TensorView& out) override;
   void add(const TensorView& a, const TensorView& b, TensorView& y) override;
   void axpy(float alpha, const TensorView& x, TensorView& y) override;
   void scale(TensorView& x, float s) override;
   void softcap(TensorView& x, float cap) override;
+  void clamp(TensorView& x, float lo, float hi) override;
+  void standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) override;
   void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slots) override;
   void attention(const TensorView& q, const KvLayer& layer, const AttentionRows& rows, float scale,
                  TensorView& out) override;
@@ -359,12 +337,12 @@ class CudaBackend final : public Backend {
  private:
   // Makes this backend's GPU current on the calling thread (cheap when it already is).
   void use_device() const;
+  // rms_norm (add false) and rms_norm_add (add true): out (+)= RMS(in) · weight.
+  void launch_rms_norm(const TensorView& in, const TensorView* weight, float eps, TensorView& out, const char* op,
+                       bool add);
   // Grows a scratch buffer to at least `bytes`. Only reallocates when the size increases, so a step
   // run once at its largest size never allocates again (and can then be captured in a CUDA graph).
   void ensure(Buffer& b, size_t bytes);
-  // The grouped matmul of moe_experts (defined in moe.cu); also used by matmul-shaped helpers.
-  void launch_matmul(const float* x, int64_t ldx, const void* w, DType wtype, float* y, int64_t ldy, int64_t T,
-                     int64_t N, int64_t K);
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -377,6 +355,11 @@ class CudaBackend final : public Backend {
   // moe_experts scratch: offsets [E+1], pairs sorted by expert [T·k], position of each pair in that
   // order [T·k], activations [T·k, I], expert outputs [T·k, H].
   Buffer moe_offsets_, moe_sorted_, moe_pos_, moe_act_, moe_out_;
+  // x gathered into an act-order quantized weight's column order (matmul: [T, K]; moe_experts: one
+  // row per routed pair).
+  Buffer permuted_x_;
+  // matmul_gelu_glu's up projection when it cannot fuse.
+  Buffer glu_up_;
   // attention's split path: per (row, head, chunk) softmax states.
   Buffer attn_chunks_;
   int64_t sm_count_ = 0;

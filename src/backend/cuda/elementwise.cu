@@ -1,4 +1,5 @@
-// Elementwise f32 ops on 2-D views with row strides: gelu_tanh_mul, add, axpy, scale, softcap.
+// Elementwise f32 ops on 2-D views with row strides: gelu_tanh_mul, add, axpy, scale, softcap, clamp,
+// standardize.
 //
 // One grid-stride kernel per op over rows × cols (a view's rows may be strided halves of one
 // tensor, so no op assumes density). They are memory-bound; nothing cleverer is worth it. Inputs
@@ -53,6 +54,19 @@ __global__ void softcap_kernel(Mat x, float cap, float inv) {
   });
 }
 
+__global__ void clamp_kernel(Mat x, float lo, float hi) {
+  for_each_elem(x.rows, x.cols, [&](int64_t r, int64_t c) {
+    float* p = x.p + r * x.ld + c;
+    *p = fminf(fmaxf(*p, lo), hi);
+  });
+}
+
+__global__ void standardize_kernel(Mat x, const void* bias, const void* scale, int wt_bias, int wt_scale, Mat y) {
+  for_each_elem(y.rows, y.cols, [&](int64_t r, int64_t c) {
+    y.p[r * y.ld + c] = (x.p[r * x.ld + c] - load_any(bias, wt_bias, c)) * load_any(scale, wt_scale, c);
+  });
+}
+
 }  // namespace
 
 void CudaBackend::gelu_tanh_mul(const TensorView& gate, const TensorView& up, TensorView& out) {
@@ -104,6 +118,29 @@ void CudaBackend::softcap(TensorView& x, float cap) {
   use_device();
   softcap_kernel<<<grid_for(x.numel()), 256, 0, stream_>>>(mat(x), cap, 1.0f / cap);
   TANDEM_CUDA_LAUNCHED("softcap_kernel");
+}
+
+void CudaBackend::clamp(TensorView& x, float lo, float hi) {
+  check_f32_2d(x, "clamp x");
+  if (!(lo <= hi)) fail("clamp: bounds [{}, {}] are empty", lo, hi);
+  if (x.numel() == 0) return;
+  use_device();
+  clamp_kernel<<<grid_for(x.numel()), 256, 0, stream_>>>(mat(x), lo, hi);
+  TANDEM_CUDA_LAUNCHED("clamp_kernel");
+}
+
+void CudaBackend::standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) {
+  check_f32_2d(x, "standardize x");
+  check_f32_2d(y, "standardize y");
+  check_same_shape(x, y, "standardize");
+  for (const TensorView* t : {&bias, &scale})
+    if (!is_float_dtype(t->dtype) || t->numel() != x.cols())
+      fail("standardize: bias and scale must be float tensors of {} elements", x.cols());
+  if (y.numel() == 0) return;
+  use_device();
+  standardize_kernel<<<grid_for(y.numel()), 256, 0, stream_>>>(mat(x), bias.data, scale.data, wtype_of(bias.dtype),
+                                                               wtype_of(scale.dtype), mat(y));
+  TANDEM_CUDA_LAUNCHED("standardize_kernel");
 }
 
 }  // namespace tandem

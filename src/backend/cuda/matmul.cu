@@ -1,14 +1,15 @@
 // matmul y[T,N] = x[T,K] · w[N,K]ᵀ on CUDA cores: f32 activations, weights in their stored dtype
-// (F32/BF16/F16/F8_E4M3) widened to f32 in registers, f32 FMA accumulation.
+// (F32/BF16/F16/F8_E4M3) widened to f32 in registers, or quantized (QuantParams) and decoded in
+// registers (weight_rows.cuh), f32 FMA accumulation.
 //
-// Shape: each warp owns one output column n and an M-tile of 1, 2, 4 or 8 rows of x (the smallest that
-// holds T, up to 8), so each weight byte is read once per M-tile; a CTA is 8 warps (8 columns), the
-// grid is (N/8) × (T/tile), which at T = 1 is N/8 CTAs — enough to cover every SM for any real layer. Lanes stream the weight row
-// with 16-byte loads, 8 chunks per lane in flight. This one kernel family serves every T: the reduction
+// Shape: each warp owns Rows::kRows output columns (1 for float weights, 4 for quantized ones) and an
+// M-tile of 1, 2, 4 or 8 rows of x (the smallest that holds T, up to 8), so each weight byte is read
+// once per M-tile; a CTA is 8 warps, the grid is (N / (8 · kRows)) × (T / tile), which at T = 1 covers
+// every SM for any real layer. Lanes stream the weight rows with 16-byte loads. This one kernel family serves every T: the reduction
 // order of an output element (see warp_dot in cuda_common.cuh) depends only on K and the weight
 // row, never on T or the other rows, which lossless speculative decoding under batching relies on.
 // At T = 1 it is bandwidth-bound; at large T it is FFMA-bound (no tensor cores in this pass).
-#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/weight_rows.cuh"
 
 namespace tandem {
 
@@ -16,55 +17,140 @@ using namespace cu;
 
 namespace {
 
-template <int WT, bool VEC, bool XVEC, int MT>
+template <class Rows, int MT>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
-    matmul_kernel(const float* __restrict__ x, int64_t ldx, const void* __restrict__ w, float* __restrict__ y,
-                  int64_t ldy, int64_t T, int64_t N, int64_t K) {
+    matmul_kernel(const float* __restrict__ x, int64_t ldx, Rows w, float* __restrict__ y, int64_t ldy, int64_t T,
+                  int64_t N) {
+  constexpr int R = Rows::kRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp;
-  if (n >= N) return;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp) * R;
+  if (n0 >= N) return;
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * MT;
   const int nrows = static_cast<int>(T - t0 < MT ? T - t0 : MT);
   const float* xr[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) xr[m] = x + (t0 + (m < nrows ? m : 0)) * ldx;
-  float acc[MT];
+  int64_t rows[R];
 #pragma unroll
-  for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
-  const void* wrow = static_cast<const char*>(w) + n * K * welem_bytes<WT>();
-  warp_dot<WT, VEC, XVEC, MT>(wrow, K, xr, nrows, acc, lane);
+  for (int i = 0; i < R; ++i) rows[i] = n0 + i < N ? n0 + i : N - 1;  // a tail recomputes the last row
+  float acc[R][MT];
 #pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    const float s = warp_sum(acc[m]);
-    if (lane == m && m < nrows) y[(t0 + m) * ldy + n] = s;
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[i][m] = 0.0f;
+  w.template dot<MT>(rows, xr, nrows, acc, lane);
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const float s = warp_sum(acc[i][m]);
+      if (lane == m && m < nrows && n0 + i < N) y[(t0 + m) * ldy + n0 + i] = s;
+    }
+}
+
+// out[t, c] = gelu_tanh(gate[c] · x[t]) · (up[c] · x[t]): matmul_kernel over two weights of one
+// layout, with the same dot products (so the same bits as matmul, matmul, gelu_tanh_mul).
+template <class Rows, int MT>
+__global__ void __launch_bounds__(kMatmulWarps * 32)
+    matmul_glu_kernel(const float* __restrict__ x, int64_t ldx, Rows gate, Rows up, float* __restrict__ out,
+                      int64_t ldo, int64_t T, int64_t I) {
+  constexpr int R = Rows::kRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp) * R;
+  if (n0 >= I) return;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * MT;
+  const int nrows = static_cast<int>(T - t0 < MT ? T - t0 : MT);
+  const float* xr[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) xr[m] = x + (t0 + (m < nrows ? m : 0)) * ldx;
+  int64_t rows[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) rows[i] = n0 + i < I ? n0 + i : I - 1;
+  float g[R][MT], u[R][MT];
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) g[i][m] = 0.0f, u[i][m] = 0.0f;
+  gate.template dot<MT>(rows, xr, nrows, g, lane);
+  up.template dot<MT>(rows, xr, nrows, u, lane);
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const float gs = warp_sum(g[i][m]), us = warp_sum(u[i][m]);
+      if (lane == m && m < nrows && n0 + i < I) out[(t0 + m) * ldo + n0 + i] = gelu_tanh(gs) * us;
+    }
+}
+
+// dst[t, j] = x[t, perm[j]]: x in an act-order quantized weight's column order.
+__global__ void permute_cols_kernel(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ perm,
+                                    int64_t T, int64_t K, float* __restrict__ dst) {
+  const int64_t n = T * K;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / K, j = i % K;
+    dst[i] = x[t * ldx + perm[j]];
   }
 }
 
 }  // namespace
 
-void CudaBackend::launch_matmul(const float* x, int64_t ldx, const void* w, DType wtype, float* y, int64_t ldy,
-                                int64_t T, int64_t N, int64_t K) {
+void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y) {
+  const auto [T, N, K] = check_matmul(x, w, y);
+  use_device();
   if (T == 0 || N == 0) return;
   if ((T + kMatmulRows - 1) / kMatmulRows > 65535) fail("matmul: {} rows is more than one launch takes", T);
   if ((N + kMatmulWarps - 1) / kMatmulWarps > 0x7FFFFFFF) fail("matmul: {} columns is too many", N);
-  const int wt = wtype_of(wtype);
-  // The 8-element path needs every weight row aligned for its 16-byte (F8: 8-byte) loads; the choice
-  // depends only on the weight, so a given weight always takes the same path whatever the batch.
-  const uint64_t walign = wt == kF8 ? 8 : 16;
-  const bool vec = K % 8 == 0 && reinterpret_cast<uint64_t>(w) % walign == 0;
-  const bool xvec = reinterpret_cast<uint64_t>(x) % 16 == 0 && ldx % 4 == 0;
-  const int mt = matmul_tile_rows(T);
-  dispatch_matmul(wt, vec, xvec, mt, [&]<int WT, bool V, bool XV, int MT>() {
-    const dim3 grid(static_cast<unsigned>((N + kMatmulWarps - 1) / kMatmulWarps), static_cast<unsigned>((T + MT - 1) / MT));
-    matmul_kernel<WT, V, XV, MT><<<grid, kMatmulWarps * 32, 0, stream_>>>(x, ldx, w, y, ldy, T, N, K);
+  const float* xp = x.as<float>();
+  int64_t ldx = x.stride();
+  if (w.quant && w.quant->k_perm.data) {  // act order: gather x into the weight's column order first
+    ensure(permuted_x_, T * K * sizeof(float));
+    auto* px = static_cast<float*>(permuted_x_.data());
+    const int64_t blocks = std::min<int64_t>((T * K + 255) / 256, 65536);
+    permute_cols_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream_>>>(
+        xp, ldx, w.quant->k_perm.as<int32_t>(), T, K, px);
+    TANDEM_CUDA_LAUNCHED("permute_cols_kernel");
+    xp = px, ldx = K;
+  }
+  const bool x_aligned = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
+  dispatch_weight_rows(w, K, x_aligned, matmul_tile_rows(T), [&]<int MT>(const auto& rows) {
+    using Rows = std::decay_t<decltype(rows)>;
+    const int64_t per_cta = kMatmulWarps * Rows::kRows;
+    const dim3 grid(static_cast<unsigned>((N + per_cta - 1) / per_cta), static_cast<unsigned>((T + MT - 1) / MT));
+    matmul_kernel<Rows, MT>
+        <<<grid, kMatmulWarps * 32, 0, stream_>>>(xp, ldx, rows, y.as<float>(), y.stride(), T, N);
   });
   TANDEM_CUDA_LAUNCHED("matmul_kernel");
 }
 
-void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y) {
-  const auto [T, N, K] = check_matmul(x, w, y);
+}  // namespace tandem
+
+namespace tandem {
+
+void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) {
+  const auto [T, I, K] = check_matmul(x, gate, out);
+  check_matmul(x, up, out);
   use_device();
-  launch_matmul(x.as<float>(), x.stride(), w.data, w.dtype, y.as<float>(), y.stride(), T, N, K);
+  if (T == 0 || I == 0) return;
+  if (!same_rows_layout(gate, up)) {  // quantized, or two different layouts: the three ops
+    ensure(glu_up_, T * I * sizeof(float));
+    TensorView u(DType::F32, glu_up_.data(), {T, I});
+    matmul(x, gate, out);
+    matmul(x, up, u);
+    gelu_tanh_mul(out, u, out);
+    return;
+  }
+  const bool x_aligned = reinterpret_cast<uint64_t>(x.data) % 16 == 0 && x.stride() % 4 == 0;
+  dispatch_weight_rows(gate, K, x_aligned, matmul_tile_rows(T), [&]<int MT>(const auto& rows) {
+    using Rows = std::decay_t<decltype(rows)>;
+    const int64_t per_cta = kMatmulWarps * Rows::kRows;
+    const dim3 grid(static_cast<unsigned>((I + per_cta - 1) / per_cta), static_cast<unsigned>((T + MT - 1) / MT));
+    if constexpr (requires { rows.rebound(up); })  // FloatRows: same_rows_layout held
+      matmul_glu_kernel<Rows, MT><<<grid, kMatmulWarps * 32, 0, stream_>>>(x.as<float>(), x.stride(), rows,
+                                                                           rows.rebound(up), out.as<float>(),
+                                                                           out.stride(), T, I);
+  });
+  TANDEM_CUDA_LAUNCHED("matmul_glu_kernel");
 }
 
 }  // namespace tandem

@@ -15,7 +15,7 @@
 // Every value of a row thus goes through the same reduction order whatever else is in the batch.
 #include <climits>
 
-#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/weight_rows.cuh"
 
 namespace tandem {
 
@@ -128,66 +128,115 @@ __global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld
   }
 }
 
-// act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]) for the rows of expert e.
-template <int WT, bool VEC, bool XVEC, int MT>
+// Output columns of moe_gate_up_kernel per warp: a gate row and an up row each.
+__host__ __device__ constexpr int gate_up_columns_per_warp(int rows_per_dot) { return rows_per_dot >= 2 ? rows_per_dot / 2 : 1; }
+
+// act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]) for the rows of expert e
+// (gate_up: rows of the stacked [E, 2I, H] weight, gate rows before up rows).
+// x rows are those of the routed tokens (x[sorted[pos] / k]), or with k == 0 one per pair (x[pos]:
+// gathered through an act-order permutation).
+template <class Rows, int MT>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
-    moe_gate_up_kernel(const float* __restrict__ x, int64_t ldx, const void* __restrict__ gate_up, int64_t I,
-                       int64_t H, int k, const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
+    moe_gate_up_kernel(const float* __restrict__ x, int64_t ldx, Rows gate_up, int64_t I, int k,
+                       const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
                        const int32_t* __restrict__ active, int E, float* __restrict__ act) {
+  constexpr int R = Rows::kRows, C = gate_up_columns_per_warp(R);
   if (static_cast<int>(blockIdx.y) >= active[E]) return;
   const int e = active[blockIdx.y];
   const int32_t begin = offsets[e], end = offsets[e + 1];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp;
-  if (begin >= end || c >= I) return;
-  const char* we = static_cast<const char*>(gate_up) + static_cast<int64_t>(e) * 2 * I * H * welem_bytes<WT>();
-  const void* g_row = we + c * H * welem_bytes<WT>();
-  const void* u_row = we + (I + c) * H * welem_bytes<WT>();
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp) * C;
+  if (begin >= end || c0 >= I) return;
+  // With R >= 2 rows per dot, one dot takes the gate rows of C columns and their up rows together
+  // (every x value loaded serves both); with R = 1, a dot each.
+  int64_t rows[2 * C];
+#pragma unroll
+  for (int i = 0; i < C; ++i) {
+    rows[i] = static_cast<int64_t>(e) * 2 * I + (c0 + i < I ? c0 + i : I - 1);  // a tail recomputes the last column
+    rows[C + i] = rows[i] + I;
+  }
   for (int32_t r0 = begin; r0 < end; r0 += MT) {
     const int nrows = end - r0 < MT ? end - r0 : MT;
     const float* xr[MT];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) xr[m] = x + (sorted[r0 + (m < nrows ? m : 0)] / k) * ldx;
-    float g[MT], u[MT];
-#pragma unroll
-    for (int m = 0; m < MT; ++m) g[m] = 0.0f, u[m] = 0.0f;
-    warp_dot<WT, VEC, XVEC, MT>(g_row, H, xr, nrows, g, lane);
-    warp_dot<WT, VEC, XVEC, MT>(u_row, H, xr, nrows, u, lane);
-#pragma unroll
     for (int m = 0; m < MT; ++m) {
-      const float gs = warp_sum(g[m]), us = warp_sum(u[m]);
-      if (lane == m && m < nrows) act[(r0 + m) * I + c] = gelu_tanh(gs) * us;
+      const int32_t pos = r0 + (m < nrows ? m : 0);
+      xr[m] = x + (k ? sorted[pos] / k : pos) * ldx;
     }
+    float acc[2 * C][MT];
+#pragma unroll
+    for (int i = 0; i < 2 * C; ++i)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[i][m] = 0.0f;
+    if constexpr (R == 2 * C) {
+      gate_up.template dot<MT>(rows, xr, nrows, acc, lane);
+    } else {
+      static_assert(R == 1 && C == 1);
+      gate_up.template dot<MT>(reinterpret_cast<const int64_t(&)[1]>(rows[0]), xr, nrows,
+                               reinterpret_cast<float(&)[1][MT]>(acc[0]), lane);
+      gate_up.template dot<MT>(reinterpret_cast<const int64_t(&)[1]>(rows[1]), xr, nrows,
+                               reinterpret_cast<float(&)[1][MT]>(acc[1]), lane);
+    }
+#pragma unroll
+    for (int i = 0; i < C; ++i)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const float gs = warp_sum(acc[i][m]), us = warp_sum(acc[C + i][m]);
+        if (lane == m && m < nrows && c0 + i < I) act[(r0 + m) * I + c0 + i] = gelu_tanh(gs) * us;
+      }
   }
 }
 
-// out[pos, n] = down[e][n] · act[pos] for the rows of expert e.
-template <int WT, bool VEC, bool XVEC, int MT>
+// out[pos, n] = down[e][n] · act[pos] for the rows of expert e (down: rows of the stacked [E, H, I] weight).
+template <class Rows, int MT>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
-    moe_down_kernel(const float* __restrict__ act, const void* __restrict__ down, int64_t I, int64_t H,
-                    const int32_t* __restrict__ offsets, const int32_t* __restrict__ active, int E,
-                    float* __restrict__ out) {
+    moe_down_kernel(const float* __restrict__ act, Rows down, int64_t I, int64_t H, const int32_t* __restrict__ offsets,
+                    const int32_t* __restrict__ active, int E, float* __restrict__ out) {
+  constexpr int R = Rows::kRows;
   if (static_cast<int>(blockIdx.y) >= active[E]) return;
   const int e = active[blockIdx.y];
   const int32_t begin = offsets[e], end = offsets[e + 1];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp;
-  if (begin >= end || n >= H) return;
-  const void* w_row = static_cast<const char*>(down) + (static_cast<int64_t>(e) * H + n) * I * welem_bytes<WT>();
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp) * R;
+  if (begin >= end || n0 >= H) return;
+  int64_t w_rows[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) w_rows[i] = static_cast<int64_t>(e) * H + (n0 + i < H ? n0 + i : H - 1);
   for (int32_t r0 = begin; r0 < end; r0 += MT) {
     const int nrows = end - r0 < MT ? end - r0 : MT;
     const float* xr[MT];
 #pragma unroll
     for (int m = 0; m < MT; ++m) xr[m] = act + static_cast<int64_t>(r0 + (m < nrows ? m : 0)) * I;
-    float acc[MT];
+    float acc[R][MT];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
-    warp_dot<WT, VEC, XVEC, MT>(w_row, I, xr, nrows, acc, lane);
+    for (int i = 0; i < R; ++i)
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      const float s = warp_sum(acc[m]);
-      if (lane == m && m < nrows) out[static_cast<int64_t>(r0 + m) * H + n] = s;
-    }
+      for (int m = 0; m < MT; ++m) acc[i][m] = 0.0f;
+    down.template dot<MT>(w_rows, xr, nrows, acc, lane);
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const float s = warp_sum(acc[i][m]);
+        if (lane == m && m < nrows && n0 + i < H) out[static_cast<int64_t>(r0 + m) * H + n0 + i] = s;
+      }
+  }
+}
+
+// dst[pos, j] = src[row(pos), perm[e, j]] for the pairs of each active expert e, with row(pos) =
+// sorted[pos] / k (the routed token) or, with k == 0, pos: a row in expert e's act-order column order.
+__global__ void moe_permute_kernel(const float* __restrict__ src, int64_t ld, int k, const int32_t* __restrict__ perm,
+                                   int64_t K, const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
+                                   const int32_t* __restrict__ active, int E, float* __restrict__ dst) {
+  if (static_cast<int>(blockIdx.y) >= active[E]) return;
+  const int e = active[blockIdx.y];
+  const int32_t begin = offsets[e], end = offsets[e + 1];
+  const int32_t* pe = perm + static_cast<int64_t>(e) * K;
+  for (int32_t pos = begin; pos < end; ++pos) {
+    const float* s = src + (k ? sorted[pos] / k : pos) * ld;
+    for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < K;
+         j += static_cast<int64_t>(gridDim.x) * blockDim.x)
+      dst[static_cast<int64_t>(pos) * K + j] = s[pe[j]];
   }
 }
 
@@ -246,7 +295,10 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
   check_f32_2d(weights, "moe_experts weights");
   if (gate_up.ndim != 3 || down.ndim != 3 || gate_up.row_stride || down.row_stride)
     fail("moe_experts: gate_up and down must be dense 3-D tensors");
-  if (!is_float_dtype(gate_up.dtype) || !is_float_dtype(down.dtype)) fail("moe_experts: expert weights must be float");
+  for (const TensorView* w : {&gate_up, &down}) {
+    if (w->quant) check_quant_weight(*w, "moe_experts");
+    else if (!is_float_dtype(w->dtype)) fail("moe_experts: expert weights must be float or quantized");
+  }
   const int64_t T = x.rows(), H = x.cols(), E = gate_up.dim(0), I2 = gate_up.dim(1), I = I2 / 2, k = ids.cols();
   if (gate_up.dim(2) != H || I2 % 2 != 0 || down.dim(0) != E || down.dim(1) != H || down.dim(2) != I)
     fail("moe_experts: gate_up [{}, {}, {}] and down [{}, {}, {}] do not fit H = {}", E, I2, gate_up.dim(2),
@@ -279,27 +331,48 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
   TANDEM_CUDA_LAUNCHED("moe_group_kernel");
 
   if (P > 0 && I > 0) {
-    const float* xp = x.as<float>();
-    const int64_t ldx = x.stride();
-    const int gu_wt = wtype_of(gate_up.dtype), dn_wt = wtype_of(down.dtype);
-    const bool gu_vec = H % 8 == 0 && reinterpret_cast<uint64_t>(gate_up.data) % (gu_wt == kF8 ? 8 : 16) == 0;
-    const bool gu_xvec = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
-    const dim3 gu_grid(static_cast<unsigned>((I + kMatmulWarps - 1) / kMatmulWarps), active_rows);
     // An expert has at most T rows (a row picks it once), which bounds the tile height.
     const int mt = matmul_tile_rows(T);
-    dispatch_matmul(gu_wt, gu_vec, gu_xvec, mt, [&]<int WT, bool V, bool XV, int MT>() {
-      moe_gate_up_kernel<WT, V, XV, MT><<<gu_grid, kMatmulWarps * 32, 0, stream_>>>(xp, ldx, gate_up.data, I, H,
-                                                                               static_cast<int>(k), offsets, sorted, active,
-                                                                               static_cast<int>(E), act);
+    const unsigned perm_blocks = 4;  // column blocks of 256 per active expert in moe_permute_kernel
+    const int32_t* gu_perm = gate_up.quant ? gate_up.quant->k_perm.as<int32_t>() : nullptr;
+    const int32_t* dn_perm = down.quant ? down.quant->k_perm.as<int32_t>() : nullptr;
+    if (gu_perm || dn_perm) ensure(permuted_x_, P * std::max(H, I) * sizeof(float));
+    auto* px = static_cast<float*>(permuted_x_.data());
+
+    const float* xp = x.as<float>();
+    int64_t ldx = x.stride();
+    int x_k = static_cast<int>(k);  // x rows are the routed tokens' rows
+    if (gu_perm) {
+      moe_permute_kernel<<<dim3(perm_blocks, active_rows), 256, 0, stream_>>>(
+          xp, ldx, x_k, gu_perm, H, offsets, sorted, active, static_cast<int>(E), px);
+      TANDEM_CUDA_LAUNCHED("moe_permute_kernel");
+      xp = px, ldx = H, x_k = 0;  // now one row per pair
+    }
+    const bool gu_xvec = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
+    // Columns per CTA: 8 warps of Rows::kRows each.
+    auto grid_over = [&](int64_t cols, int rows_per_warp) {
+      const int64_t per_cta = kMatmulWarps * rows_per_warp;
+      return dim3(static_cast<unsigned>((cols + per_cta - 1) / per_cta), active_rows);
+    };
+    dispatch_weight_rows(gate_up, H, gu_xvec, mt, [&]<int MT>(const auto& rows) {
+      using Rows = std::decay_t<decltype(rows)>;
+      moe_gate_up_kernel<Rows, MT><<<grid_over(I, gate_up_columns_per_warp(Rows::kRows)), kMatmulWarps * 32, 0, stream_>>>(
+          xp, ldx, rows, I, x_k, offsets, sorted, active, static_cast<int>(E), act);
     });
     TANDEM_CUDA_LAUNCHED("moe_gate_up_kernel");
 
-    const bool dn_vec = I % 8 == 0 && reinterpret_cast<uint64_t>(down.data) % (dn_wt == kF8 ? 8 : 16) == 0;
+    const float* ap = act;
+    if (dn_perm) {
+      moe_permute_kernel<<<dim3(perm_blocks, active_rows), 256, 0, stream_>>>(
+          act, I, 0, dn_perm, I, offsets, sorted, active, static_cast<int>(E), px);
+      TANDEM_CUDA_LAUNCHED("moe_permute_kernel");
+      ap = px;
+    }
     const bool dn_xvec = I % 4 == 0;  // act rows are I floats from a 256-byte aligned buffer
-    const dim3 dn_grid(static_cast<unsigned>((H + kMatmulWarps - 1) / kMatmulWarps), active_rows);
-    dispatch_matmul(dn_wt, dn_vec, dn_xvec, mt, [&]<int WT, bool V, bool XV, int MT>() {
-      moe_down_kernel<WT, V, XV, MT><<<dn_grid, kMatmulWarps * 32, 0, stream_>>>(act, down.data, I, H, offsets, active,
-                                                                             static_cast<int>(E), out);
+    dispatch_weight_rows(down, I, dn_xvec, mt, [&]<int MT>(const auto& rows) {
+      using Rows = std::decay_t<decltype(rows)>;
+      moe_down_kernel<Rows, MT><<<grid_over(H, Rows::kRows), kMatmulWarps * 32, 0, stream_>>>(
+          ap, rows, I, H, offsets, active, static_cast<int>(E), out);
     });
     TANDEM_CUDA_LAUNCHED("moe_down_kernel");
   } else if (P > 0) {  // I == 0: every expert outputs zeros

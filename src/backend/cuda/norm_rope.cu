@@ -1,4 +1,5 @@
-// Per-token ops around attention: embed (table rows × scale), rms_norm and rope.
+// Per-token ops around attention: embed (table rows × scale), rms_norm (and rms_norm_add, the
+// residual form) and rope.
 //
 // rms_norm is one CTA per row, sized so that each thread holds at most PER elements of the row in
 // registers: the row is read once, with every load issued before the first use (a loop that summed
@@ -35,7 +36,8 @@ __global__ void embed_kernel(const int32_t* __restrict__ ids, const void* __rest
   }
 }
 
-template <int PER>
+// y = RMS(x) · w, or with ADD y += RMS(x) · w (rms_norm_add).
+template <int PER, bool ADD>
 __global__ void __launch_bounds__(1024) rms_norm_kernel(Mat x, const void* w, int wt, float eps, Mat y) {
   __shared__ float s_part[32];
   const int64_t r = blockIdx.x, D = x.cols;
@@ -63,7 +65,10 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(Mat x, const void* w, in
 #pragma unroll
   for (int j = 0; j < PER; ++j) {
     const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
-    if (i < D) yr[i] = w ? v[j] * inv * ww[j] : v[j] * inv;
+    if (i < D) {
+      const float n = w ? v[j] * inv * ww[j] : v[j] * inv;
+      yr[i] = ADD ? yr[i] + n : n;
+    }
   }
 }
 
@@ -99,27 +104,38 @@ void CudaBackend::embed(const TensorView& ids, const TensorView& table, float sc
 }
 
 void CudaBackend::rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) {
-  check_f32_2d(x, "rms_norm x");
-  check_f32_2d(y, "rms_norm y");
-  check_same_shape(x, y, "rms_norm");
-  const int64_t D = x.cols();
+  launch_rms_norm(x, weight, eps, y, "rms_norm", /*add=*/false);
+}
+
+void CudaBackend::rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) {
+  launch_rms_norm(y, weight, eps, x, "rms_norm_add", /*add=*/true);
+}
+
+void CudaBackend::launch_rms_norm(const TensorView& in, const TensorView* weight, float eps, TensorView& out,
+                                  const char* op, bool add) {
+  check_f32_2d(in, "rms_norm input");
+  check_f32_2d(out, "rms_norm output");
+  check_same_shape(in, out, op);
+  const int64_t D = in.cols();
   if (weight) {
-    if (!is_float_dtype(weight->dtype) || weight->numel() != D)
-      fail("rms_norm: weight must be a float tensor of {} elements", D);
-    if (weight->rows() != 1 && weight->stride() != weight->cols()) fail("rms_norm: weight must be dense");
+    if (!is_float_dtype(weight->dtype) || weight->numel() != D) fail("{}: weight must be a float tensor of {} elements", op, D);
+    if (weight->rows() != 1 && weight->stride() != weight->cols()) fail("{}: weight must be dense", op);
   }
-  if (x.rows() == 0 || D == 0) return;
-  if (x.rows() > 0x7FFFFFFF) fail("rms_norm: {} rows is too many for one launch", x.rows());
+  if (in.rows() == 0 || D == 0) return;
+  if (in.rows() > 0x7FFFFFFF) fail("{}: {} rows is too many for one launch", op, in.rows());
   // Threads per row: a multiple of 32 giving each at most 8 elements (32 beyond 8192 columns).
   const int per = D <= 8 * 1024 ? 8 : 32;
-  if (D > per * 1024) fail("rms_norm: rows of {} elements are longer than the CUDA backend's {}", D, 32 * 1024);
+  if (D > per * 1024) fail("{}: rows of {} elements are longer than the CUDA backend's {}", op, D, 32 * 1024);
   const unsigned threads = static_cast<unsigned>(std::max<int64_t>(32, (D + per * 32 - 1) / (per * 32) * 32));
   use_device();
   const void* wp = weight ? weight->data : nullptr;
   const int wt = weight ? wtype_of(weight->dtype) : 0;
-  const unsigned rows = static_cast<unsigned>(x.rows());
-  if (per == 8) rms_norm_kernel<8><<<rows, threads, 0, stream_>>>(mat(x), wp, wt, eps, mat(y));
-  else rms_norm_kernel<32><<<rows, threads, 0, stream_>>>(mat(x), wp, wt, eps, mat(y));
+  const unsigned rows = static_cast<unsigned>(in.rows());
+  auto launch = [&]<int PER, bool ADD>() {
+    rms_norm_kernel<PER, ADD><<<rows, threads, 0, stream_>>>(mat(in), wp, wt, eps, mat(out));
+  };
+  if (per == 8) add ? launch.template operator()<8, true>() : launch.template operator()<8, false>();
+  else add ? launch.template operator()<32, true>() : launch.template operator()<32, false>();
   TANDEM_CUDA_LAUNCHED("rms_norm_kernel");
 }
 
