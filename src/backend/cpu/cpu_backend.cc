@@ -290,13 +290,38 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // One parallel job: each tile computes its columns of gate and up and applies GeGLU to them, instead
+  // of three ops with a pool round trip each. Per element the same arithmetic as the composition.
   void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) override {
     check_f32_2d(out, "matmul_gelu_glu out");
     glu_up_.resize(DType::F32, {out.rows(), out.cols()});
     TensorView u = glu_up_.view();
-    matmul(x, gate, out);
-    matmul(x, up, u);
-    gelu_tanh_mul(out, u, out);
+    const auto [T, N, K] = check_matmul(x, gate, out);
+    check_matmul(x, up, u);
+    if (T == 0 || N == 0) return;
+    MatmulArgs ag{x.as<float>(), x.stride(), gate.data, gate.dtype, out.as<float>(), out.stride(), T, N, K, gate.quant};
+    MatmulArgs au{x.as<float>(), x.stride(), up.data, up.dtype, u.as<float>(), u.stride(), T, N, K, up.quant};
+    // Whether x is prepared the same way for both weights (prepare_matmul depends only on these).
+    const bool same_format =
+        gate.dtype == up.dtype && !gate.quant == !up.quant &&
+        (!gate.quant || (gate.quant->code == up.quant->code && gate.quant->group == up.quant->group &&
+                         !gate.quant->k_perm.data && !up.quant->k_perm.data));
+    if (!same_format) {  // run them one after the other
+      run_matmul(ag);
+      run_matmul(au);
+      gelu_tanh_mul(out, u, out);
+      return;
+    }
+    const TileFn tile = prepare_matmul(ag);  // x prepared once, for both weights
+    au.x = ag.x, au.ldx = ag.ldx, au.xs = ag.xs, au.ldxs = ag.ldxs;
+    for_tiles(T, N, 2 * weight_row_bytes(ag), 2 * N * K * T, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+      tile(ag, n0, n1, t0, t1);
+      tile(au, n0, n1, t0, t1);
+      for (int64_t t = t0; t < t1; ++t) {
+        float* o = out.row<float>(t);
+        gelu_tanh_mul_row(o + n0, u.row<float>(t) + n0, o + n0, n1 - n0);
+      }
+    });
   }
 
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override {
@@ -733,12 +758,15 @@ class CpuBackend final : public Backend {
     return &out;
   }
 
-  void run_matmul(MatmulArgs a) {
-    if (a.T == 0 || a.N == 0) return;
+  using TileFn = void (*)(const MatmulArgs&, int64_t, int64_t, int64_t, int64_t);
+
+  // Chooses the kernel family for a and rewrites x as that family wants it (permuted for act-order
+  // weights, packed even/odd, or split into two bf16 terms), in this thread's scratch: moe_experts runs
+  // matmuls on several pool threads at once. The returned args stay valid until the thread's next call.
+  static TileFn prepare_matmul(MatmulArgs& a) {
     const CpuIsa isa = cpu_isa();
     const bool avx512 = isa != CpuIsa::kAvx2;
-    auto* tile = avx512 ? cpu::matmul_tile_avx512 : cpu::matmul_tile_avx2;
-    // Per thread: moe_experts runs matmuls on several pool threads at once.
+    TileFn tile = avx512 ? cpu::matmul_tile_avx512 : cpu::matmul_tile_avx2;
     thread_local struct {
       std::vector<float> x_packed;   // x reordered for the exact BF16 kernels
       std::vector<uint16_t> x_split;  // x as two bf16 terms for the avx512-bf16 kernels
@@ -769,26 +797,42 @@ class CpuBackend final : public Backend {
       a.x = scratch.x_packed.data();
       a.ldx = a.K;
     }
-    // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
-    // dynamic scheduling evens out, each reading at least kMinTaskWeightBytes; rows of x in chunks of
-    // 64 so prefill has tasks and a chunk of x stays in cache while the weight block streams past it.
-    const int64_t per_thread = (a.N + 8 * pool_.size() - 1) / (8 * pool_.size());
-    const int64_t row_bytes = std::max<int64_t>(1, a.K * (a.q ? quant_code_bits(a.q->code) : 8 * dtype_size(a.wtype)) / 8);
-    const int64_t min_rows = std::min<int64_t>(512, (kMinTaskWeightBytes / row_bytes + 3) / 4 * 4);
+    return tile;
+  }
+
+  // Runs fn(n0, n1, t0, t1) over tiles of an [T, N] output whose rows of weights are row_bytes long.
+  // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
+  // dynamic scheduling evens out, each reading at least kMinTaskWeightBytes; rows of x in chunks of 64
+  // so prefill has tasks and a chunk of x stays in cache while the weight block streams past it. Small
+  // products (under kSerialMacs) run on the caller; the tiles are the same either way, so results do
+  // not depend on the path taken.
+  template <typename F>
+  void for_tiles(int64_t T, int64_t N, int64_t row_bytes, int64_t macs, F&& fn) {
+    const int64_t per_thread = (N + 8 * pool_.size() - 1) / (8 * pool_.size());
+    const int64_t min_rows = std::min<int64_t>(512, (kMinTaskWeightBytes / std::max<int64_t>(row_bytes, 1) + 3) / 4 * 4);
     const int64_t nb = std::clamp<int64_t>((per_thread + 3) / 4 * 4, std::max<int64_t>(min_rows, 4), 512);
     const int64_t tb = 64;
-    const int64_t n_blocks = (a.N + nb - 1) / nb, t_blocks = (a.T + tb - 1) / tb;
+    const int64_t n_blocks = (N + nb - 1) / nb, t_blocks = (T + tb - 1) / tb;
     auto run_tile = [&](int64_t i) {
       const int64_t n0 = (i % n_blocks) * nb, t0 = (i / n_blocks) * tb;
-      tile(a, n0, std::min(a.N, n0 + nb), t0, std::min(a.T, t0 + tb));
+      fn(n0, std::min(N, n0 + nb), t0, std::min(T, t0 + tb));
     };
-    // Small products (a few tens of microseconds) run on the caller: waking the pool costs more
-    // than it saves. Same tiles either way, so results do not depend on the path taken.
-    if (a.N * a.K * a.T < kSerialMacs) {
+    if (macs < kSerialMacs) {
       for (int64_t i = 0; i < n_blocks * t_blocks; ++i) run_tile(i);
       return;
     }
     pool_.parallel_for(n_blocks * t_blocks, run_tile);
+  }
+
+  static int64_t weight_row_bytes(const MatmulArgs& a) {
+    return a.K * (a.q ? quant_code_bits(a.q->code) : 8 * static_cast<int64_t>(dtype_size(a.wtype))) / 8;
+  }
+
+  void run_matmul(MatmulArgs a) {
+    if (a.T == 0 || a.N == 0) return;
+    const TileFn tile = prepare_matmul(a);
+    for_tiles(a.T, a.N, weight_row_bytes(a), a.N * a.K * a.T,
+              [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) { tile(a, n0, n1, t0, t1); });
   }
 
   // fn(r) for each row, in parallel when the work is large enough.
