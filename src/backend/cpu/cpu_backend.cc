@@ -835,14 +835,19 @@ class CpuBackend final : public Backend {
               [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) { tile(a, n0, n1, t0, t1); });
   }
 
-  // fn(r) for each row, in parallel when the work is large enough.
+  // fn(r) for each row, in parallel when the work is large enough, in tasks of whole rows holding at
+  // least kSerialElems / 2 elements: each task is claimed through one atomic that the cores share, so a
+  // task of one short row would cost more to hand out than to run.
   template <typename F>
   void for_rows(int64_t rows, int64_t cols, F&& fn) {
     if (rows * cols < kSerialElems || rows == 1) {
       for (int64_t r = 0; r < rows; ++r) fn(r);
       return;
     }
-    pool_.parallel_for(rows, fn);
+    const int64_t per_task = std::max<int64_t>(1, kSerialElems / 2 / std::max<int64_t>(cols, 1));
+    pool_.parallel_for((rows + per_task - 1) / per_task, [&](int64_t i) {
+      for (int64_t r = i * per_task; r < std::min(rows, (i + 1) * per_task); ++r) fn(r);
+    });
   }
 
   // fn(r, c0, c1) over column chunks of each row, so a single long row (logits) is split too.
