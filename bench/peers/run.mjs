@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { ctQuantize } from './ct_quant.mjs';
 import { convert, writeSafetensors } from './gguf.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -136,6 +137,19 @@ function randomCheckpoint(configDir, outDir) {
   return outDir;
 }
 
+// tandem's int8 / int4 inputs: the same weights as compressed-tensors W8A16 / W4A16 checkpoints.
+function ctCheckpoints(name, dir, work) {
+  const out = {};
+  for (const bits of [8, 4]) {
+    out[bits] = path.join(work, 'ct', `${name}-int${bits}`);
+    if (!fs.existsSync(path.join(out[bits], 'model.safetensors'))) {
+      log(`quantizing ${dir} to compressed-tensors int${bits}`);
+      ctQuantize(dir, out[bits], bits);
+    }
+  }
+  return out;
+}
+
 function ggufs(llama, name, dir, work) {
   const base = path.join(work, 'gguf', name);
   fs.mkdirSync(path.dirname(base), { recursive: true });
@@ -162,8 +176,8 @@ function promptIds(model, text, n) {
 
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length ? (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2 : NaN; };
 
-function tandemRun(model, threads, ids, nGen, extra = []) {
-  const args = ['generate', '--model', model.dir, '--ids', ids.join(','), '--max-tokens', String(nGen), '--ignore-eos',
+function tandemRun(model, threads, ids, nGen, extra = [], dir = model.dir) {
+  const args = ['generate', '--model', dir, '--ids', ids.join(','), '--max-tokens', String(nGen), '--ignore-eos',
                 '--threads', String(threads), '--json', ...extra];
   const j = JSON.parse(run(opts.tandem, args, { timed: true }).trim().split('\n').pop());
   return { prefill: j.prefill_seconds, decodeRate: j.decode_tokens / j.decode_seconds, ids: j.ids, spec: j.spec };
@@ -210,6 +224,7 @@ function main() {
     const dir = path.join(REPO, 'models/tandem-code-demo'), draft = path.join(REPO, 'models/tandem-code-demo-assistant');
     const m = { name: 'bundled 13M', dir, draft, tokenizer: true, vocab: 8192 };
     m.gguf = ggufs(llama, 'tandem-code-demo', dir, opts.work);
+    m.ct = ctCheckpoints('tandem-code-demo', dir, opts.work);
     m.draftGguf = path.join(opts.work, 'gguf/tandem-code-demo-assistant-bf16.gguf');
     if (!fs.existsSync(m.draftGguf)) convert(draft, m.draftGguf);
     models.push(m);
@@ -218,6 +233,7 @@ function main() {
     const dir = randomCheckpoint(path.join(REPO, 'bench/configs/dummy-100m'), path.join(opts.work, 'dummy-100m'));
     const m = { name: '100M config (random weights)', dir, tokenizer: false, vocab: 32768 };
     m.gguf = ggufs(llama, 'dummy-100m', dir, opts.work);
+    m.ct = ctCheckpoints('dummy-100m', dir, opts.work);
     models.push(m);
   }
   for (const m of models) {
@@ -228,7 +244,9 @@ function main() {
   const engines = [
     { key: 'tandem bf16', run: (m, th, ids, n) => tandemRun(m, th, ids, n) },
     { key: 'llama.cpp BF16', run: (m, th, ids, n) => llamaRun(llama, m.gguf.bf16, th, ids, n) },
+    { key: 'tandem int8', run: (m, th, ids, n) => tandemRun(m, th, ids, n, [], m.ct[8]) },
     { key: 'llama.cpp Q8_0', run: (m, th, ids, n) => llamaRun(llama, m.gguf.q8_0, th, ids, n) },
+    { key: 'tandem int4', run: (m, th, ids, n) => tandemRun(m, th, ids, n, [], m.ct[4]) },
     { key: 'llama.cpp Q4_0', run: (m, th, ids, n) => llamaRun(llama, m.gguf.q4_0, th, ids, n) },
   ];
   const res = {};  // `${model}|${threads}|${mode}|${engine}` -> [values]
@@ -302,7 +320,7 @@ function report({ llama, models, res, ids, loads, spec, started }) {
   lines.push(`Load average (1 min) over the runs: min ${Math.min(...loads).toFixed(2)}, median ${median(loads).toFixed(2)}, max ${Math.max(...loads).toFixed(2)}${opts.priority ? '; every timed run at raised priority (--priority: own autogroup and nice -10)' : ''}.`);
   lines.push(`Medians of ${opts.rounds} interleaved rounds. Decode: ${opts.decodeTokens} greedy tokens after a 32-token prompt, tokens / second after the first token. Prefill: a ${opts.prefillTokens}-token prompt, prompt tokens / time to the first token.`);
   lines.push('');
-  const heads = ['tandem bf16', 'llama.cpp BF16', 'llama.cpp Q8_0', 'llama.cpp Q4_0'];
+  const heads = ['tandem bf16', 'llama.cpp BF16', 'tandem int8', 'llama.cpp Q8_0', 'tandem int4', 'llama.cpp Q4_0'];
   for (const mode of ['decode', 'prefill']) {
     lines.push(`| ${mode} tok/s | ${heads.join(' | ')} |`);
     lines.push(`|---|${heads.map(() => '---:').join('|')}|`);

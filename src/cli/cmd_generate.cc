@@ -28,6 +28,7 @@ struct GenerateOptions {
   int64_t seed = -1;
   int threads = 0;
   std::string device = "auto";
+  std::string kv_cache_dtype = "auto";
   bool enforce_eager = false;
 };
 
@@ -73,7 +74,9 @@ void run_generate(const GenerateOptions& o) {
   config.max_num_seqs = 1;
   config.max_model_len = static_cast<int>(request.prompt.size()) + o.max_tokens + 1;
   config.max_num_batched_tokens = std::max(512, config.max_model_len);
-  config.kv_cache_bytes = target->config().kv_bytes_per_token(4) * (config.max_model_len + 64);
+  config.kv_dtype = parse_kv_cache_dtype(o.kv_cache_dtype, *backend);
+  config.kv_cache_bytes =
+      target->config().kv_bytes_per_token(static_cast<int>(dtype_size(config.kv_dtype))) * (config.max_model_len + 64);
   Engine engine(*target, std::move(proposer), config);
   engine.set_vision(vision.get());
   int round = 0;
@@ -163,6 +166,7 @@ const RegisterCommand generate_command("generate", "Generate from a prompt (gree
   app.add_option("--device", o->device, kDeviceHelp);
   app.add_flag("--enforce-eager", o->enforce_eager, kEagerHelp);
   app.add_option("--threads", o->threads, "CPU threads (0: all cores)");
+  app.add_option("--kv-cache-dtype", o->kv_cache_dtype, kKvDtypeHelp);
   app.callback([o] { run_generate(*o); });
 });
 

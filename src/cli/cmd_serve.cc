@@ -4,6 +4,7 @@
 //     --[no-]enable-prefix-caching (on by default) --enable-chunked-prefill --dtype auto
 //     --speculative-config JSON --api-key KEY (or $VLLM_API_KEY) --allowed-origins JSON ...
 //     --device cpu|cuda|cuda:N|auto --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
+//     --kv-cache-dtype auto|bf16|f32
 //     --enable-auto-tool-choice --tool-call-parser gemma4 --reasoning-parser gemma4 --no-web-ui
 // Without MODEL_DIR it serves the bundled model with its drafter (speculation on, k = 2).
 #include <pthread.h>
@@ -63,6 +64,7 @@ struct ServeOptions {
   bool enforce_eager = false;
   std::string kv_cache_memory;
   double kv_cache_gb = 0;
+  std::string kv_cache_dtype = "auto";
   std::string tokenizer;
   std::string chat_template;
   int max_body_mb = 0;  // 0: from --max-model-len (see below)
@@ -512,8 +514,8 @@ void run_serve(ServeOptions o) {
 
   // KV cache: explicit size; on a GPU what --gpu-memory-utilization leaves after the weights and the
   // activations of the largest step; on the CPU min(4 GiB, 25% of available memory, what
-  // max_num_seqs full-length sequences need). bf16 on GPUs, f32 on the CPU.
-  config.kv_dtype = gpu ? DType::BF16 : DType::F32;
+  // max_num_seqs full-length sequences need). --kv-cache-dtype: bf16 on GPUs, f32 on the CPU by default.
+  config.kv_dtype = parse_kv_cache_dtype(o.kv_cache_dtype, *backend);
   const int64_t per_token = mc.kv_bytes_per_token(static_cast<int>(dtype_size(config.kv_dtype)));
   const int64_t one_sequence = per_token * (config.max_model_len + config.num_speculative_tokens + 64);
   int64_t kv_bytes = 0;
@@ -642,6 +644,7 @@ const RegisterCommand serve_command(
       app.add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
       app.add_option("--kv-cache-memory", o->kv_cache_memory, "KV cache size in bytes (suffixes KiB/MiB/GiB allowed)");
       app.add_option("--kv-cache-gb", o->kv_cache_gb, "KV cache size in GiB")->check(CLI::PositiveNumber);
+      app.add_option("--kv-cache-dtype", o->kv_cache_dtype, kKvDtypeHelp);
       app.add_option("--tokenizer", o->tokenizer, "Tokenizer directory (default: the model's)");
       app.add_option("--chat-template", o->chat_template, "Jinja chat template file (default: the model's)");
       app.add_option("--max-body-mb", o->max_body_mb,

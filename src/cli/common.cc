@@ -93,6 +93,13 @@ int64_t mem_available_bytes() {
   return 0;
 }
 
+DType parse_kv_cache_dtype(const std::string& text, const Backend& backend) {
+  if (text == "auto") return backend.is_host() ? DType::F32 : DType::BF16;
+  if (text == "bf16") return DType::BF16;
+  if (text == "f32") return DType::F32;
+  fail("--kv-cache-dtype must be auto, bf16 or f32, got \"{}\"", text);
+}
+
 std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads, bool enforce_eager) {
   auto be = make_backend(device, threads);
   be->set_recording(!enforce_eager);

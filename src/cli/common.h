@@ -67,6 +67,11 @@ void apply_image_attention(const std::string& mode, Gemma4Model& model);
 // The backend for --device (cpu, cuda, cuda:N, auto) with `threads` CPU threads (0: all cores), logged.
 std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads, bool enforce_eager = false);
 inline constexpr const char* kDeviceHelp = "cpu, cuda, cuda:N or auto (cuda when a GPU is present)";
+
+// --kv-cache-dtype: "auto" (bf16 on GPUs; f32 on the CPU, where bf16 keys and values move logits by up
+// to 1e-2 relative L2 from transformers, see docs/PERF.md), "bf16" or "f32".
+DType parse_kv_cache_dtype(const std::string& text, const Backend& backend);
+inline constexpr const char* kKvDtypeHelp = "auto (bf16 on GPUs, f32 on the CPU), bf16 or f32";
 inline constexpr const char* kEagerHelp = "Issue every op of every step instead of replaying recorded CUDA graphs";
 
 }  // namespace tandem::cli

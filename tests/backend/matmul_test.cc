@@ -110,21 +110,26 @@ TEST(Matmul, Avx2AndAvx512Agree) {
   }
 }
 
-// matmul_gelu_glu is the composition it replaces: matmul, matmul, gelu_tanh_mul, bit for bit.
+// matmul_gelu_glu is the composition it replaces: matmul, matmul, gelu_tanh_mul, bit for bit, in
+// every kernel family, on the caller alone and split over the pool.
 TEST(Matmul, GeluGluIsTheComposition) {
   auto be = make_cpu_backend(2);
   Rng rng(31);
-  for (DType wt : {DType::BF16, DType::F32}) {
-    const int64_t T = 5, I = 37, K = 96;
-    Stored g = make_stored(wt, I * K, rng), u = make_stored(wt, I * K, rng);
-    std::vector<float> x = rng.normals(T * K), fused(T * I), gate(T * I), up(T * I);
-    TensorView xv(DType::F32, x.data(), {T, K}), fv(DType::F32, fused.data(), {T, I}),
-        gv(DType::F32, gate.data(), {T, I}), uv(DType::F32, up.data(), {T, I});
-    be->matmul_gelu_glu(xv, g.view({I, K}), u.view({I, K}), fv);
-    be->matmul(xv, g.view({I, K}), gv);
-    be->matmul(xv, u.view({I, K}), uv);
-    be->gelu_tanh_mul(gv, uv, gv);
-    EXPECT_EQ(fused, gate) << dtype_name(wt);
+  for (const std::string& isa : available_isas()) {
+    ForceIsa force(isa);
+    for (DType wt : {DType::BF16, DType::F32})
+      for (Case c : {Case{5, 37, 96}, Case{3, 1100, 512}}) {
+        const int64_t T = c.T, I = c.N, K = c.K;
+        Stored g = make_stored(wt, I * K, rng), u = make_stored(wt, I * K, rng);
+        std::vector<float> x = rng.normals(T * K), fused(T * I), gate(T * I), up(T * I);
+        TensorView xv(DType::F32, x.data(), {T, K}), fv(DType::F32, fused.data(), {T, I}),
+            gv(DType::F32, gate.data(), {T, I}), uv(DType::F32, up.data(), {T, I});
+        be->matmul_gelu_glu(xv, g.view({I, K}), u.view({I, K}), fv);
+        be->matmul(xv, g.view({I, K}), gv);
+        be->matmul(xv, u.view({I, K}), uv);
+        be->gelu_tanh_mul(gv, uv, gv);
+        EXPECT_EQ(fused, gate) << isa << " " << dtype_name(wt) << " I=" << I;
+      }
   }
 }
 

@@ -46,6 +46,30 @@ TEST(ThreadPool, WorkersShareTheJob) {
   EXPECT_EQ(arrived.load(), 2);
 }
 
+// Workers that keep finishing far behind the caller (as when other processes take their core) make
+// the pool run jobs on the caller alone for a while; every index still runs exactly once.
+TEST(ThreadPool, RunsOnTheCallerWhenWorkersAreLate) {
+  ThreadPool pool(2);
+  const std::thread::id caller = std::this_thread::get_id();
+  auto job = [&](bool late_worker) {
+    std::vector<std::atomic<int>> hits(64);
+    std::atomic<bool> worker_ran{false};
+    pool.parallel_for(64, [&](int64_t i) {
+      if (std::this_thread::get_id() != caller) {
+        worker_ran = true;
+        if (late_worker) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // lost its core
+      }
+      hits[i].fetch_add(1);
+    });
+    for (auto& h : hits) EXPECT_EQ(h.load(), 1);
+    return worker_ran.load();
+  };
+  EXPECT_FALSE(pool.running_solo());
+  for (int j = 0; j < 400 && !pool.running_solo(); ++j) job(true);
+  ASSERT_TRUE(pool.running_solo()) << "jobs kept going to the late worker";
+  EXPECT_FALSE(job(false));  // now the caller runs every task
+}
+
 TEST(ThreadPool, NestedCallsRunSerially) {
   ThreadPool pool(2);
   std::vector<std::atomic<int>> hits(8 * 8);

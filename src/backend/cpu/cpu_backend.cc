@@ -91,20 +91,6 @@ __m256 load8_bf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
 
-// dot() with b in bf16, in the same order.
-float dot(const float* a, const uint16_t* b, int64_t n) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8_bf16(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load8_bf16(b + i + 8), acc1);
-  }
-  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8_bf16(b + i), acc0);
-  float s = hsum(_mm256_add_ps(acc0, acc1));
-  for (; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
-  return s;
-}
-
 // y[0:n] += alpha · x[0:n]
 void axpy_row(float alpha, const float* x, float* y, int64_t n) {
   const __m256 va = _mm256_set1_ps(alpha);
@@ -113,12 +99,29 @@ void axpy_row(float alpha, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// axpy_row with x in bf16.
-void axpy_row(float alpha, const uint16_t* x, float* y, int64_t n) {
-  const __m256 va = _mm256_set1_ps(alpha);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load8_bf16(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += alpha * bf16_to_f32(x[i]);
+__m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+__m256 load8(const uint16_t* p) { return load8_bf16(p); }
+float to_f32(float v) { return v; }
+float to_f32(uint16_t v) { return bf16_to_f32(v); }
+
+// s[i] = q · key_i over n elements, for 8 keys (f32 or bf16 rows) at once: q is loaded once for all
+// of them and the 8 sums are reduced together. Attention computes every score through this, so a
+// score does not depend on which keys share its group of 8.
+template <typename KT>
+void dot8(const float* q, const KT* const* keys, int64_t n, float* s) {
+  __m256 acc[8];
+  for (__m256& a : acc) a = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + k);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(qv, load8(keys[i] + k), acc[i]);
+  }
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+  _mm256_storeu_ps(s, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
+  for (; k < n; ++k)
+    for (int i = 0; i < 8; ++i) s[i] += q[k] * to_f32(keys[i][k]);
 }
 
 // dst[0:n] = src[0:n] rounded to bf16 (nearest even, as torch casts).
@@ -287,13 +290,38 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // One parallel job: each tile computes its columns of gate and up and applies GeGLU to them, instead
+  // of three ops with a pool round trip each. Per element the same arithmetic as the composition.
   void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) override {
     check_f32_2d(out, "matmul_gelu_glu out");
     glu_up_.resize(DType::F32, {out.rows(), out.cols()});
     TensorView u = glu_up_.view();
-    matmul(x, gate, out);
-    matmul(x, up, u);
-    gelu_tanh_mul(out, u, out);
+    const auto [T, N, K] = check_matmul(x, gate, out);
+    check_matmul(x, up, u);
+    if (T == 0 || N == 0) return;
+    MatmulArgs ag{x.as<float>(), x.stride(), gate.data, gate.dtype, out.as<float>(), out.stride(), T, N, K, gate.quant};
+    MatmulArgs au{x.as<float>(), x.stride(), up.data, up.dtype, u.as<float>(), u.stride(), T, N, K, up.quant};
+    // Whether x is prepared the same way for both weights (prepare_matmul depends only on these).
+    const bool same_format =
+        gate.dtype == up.dtype && !gate.quant == !up.quant &&
+        (!gate.quant || (gate.quant->code == up.quant->code && gate.quant->group == up.quant->group &&
+                         !gate.quant->k_perm.data && !up.quant->k_perm.data));
+    if (!same_format) {  // run them one after the other
+      run_matmul(ag);
+      run_matmul(au);
+      gelu_tanh_mul(out, u, out);
+      return;
+    }
+    const TileFn tile = prepare_matmul(ag);  // x prepared once, for both weights
+    au.x = ag.x, au.ldx = ag.ldx, au.xs = ag.xs, au.ldxs = ag.ldxs;
+    for_tiles(T, N, 2 * weight_row_bytes(ag), 2 * N * K * T, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+      tile(ag, n0, n1, t0, t1);
+      tile(au, n0, n1, t0, t1);
+      for (int64_t t = t0; t < t1; ++t) {
+        float* o = out.row<float>(t);
+        gelu_tanh_mul_row(o + n0, u.row<float>(t) + n0, o + n0, n1 - n0);
+      }
+    });
   }
 
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override {
@@ -531,43 +559,67 @@ class CpuBackend final : public Backend {
     for (const Row& row : row_list) keys += row.kv_end - row.kv_begin;
     // One task per (query row, KV head): the query heads that share a KV head read each key and value
     // row once between them. Per query head the arithmetic is the same whatever the group size or
-    // the rows batched together (dot, softmax, then the values in key order).
+    // the rows batched together (dot8, softmax, then the values in key order).
     auto attend_kv_head = [&](const auto* kcache, const auto* vcache, int64_t task) {
       const int64_t t = task / n_kv, kvh = task % n_kv;
       const Row& row = row_list[t];
       const int64_t len = row.kv_end - row.kv_begin;
-      for (int64_t g = 0; g < group; ++g) std::fill_n(head_ptr(out, T, t, kvh * group + g, d), d, 0.0f);
-      if (len == 0) return;
+      if (len == 0) {
+        for (int64_t g = 0; g < group; ++g) std::fill_n(head_ptr(out, T, t, kvh * group + g, d), d, 0.0f);
+        return;
+      }
       thread_local std::vector<float> scratch;
       thread_local std::vector<float*> heads;  // [group] query heads, then [group] output heads
-      scratch.resize(group * (len + 1));
-      float* scores = scratch.data();  // [group, len]
-      float* inv = scores + group * len;  // [group]: 1 / Σ e^(score - max)
+      thread_local std::vector<int64_t> offsets;  // of each key's (and value's) row in the cache
+      scratch.resize(group * (len + 8));
+      float* scores = scratch.data();  // [group, len + 7]: one row per query head
+      const int64_t ld = len + 7;
       heads.resize(2 * group);
       for (int64_t g = 0; g < group; ++g) {
         heads[g] = head_ptr(q, T, t, kvh * group + g, d);
         heads[group + g] = head_ptr(out, T, t, kvh * group + g, d);
       }
-      // Key and value rows of KV head kvh in key order, a block at a time.
-      auto for_keys = [&](auto&& fn) {
-        for (int64_t pos = row.kv_begin; pos < row.kv_end;) {
-          const int64_t block_end = std::min<int64_t>(row.kv_end, (pos / bs + 1) * bs);
-          const int64_t base = static_cast<int64_t>(row.block_table[pos / bs]) * bs - pos / bs * bs;
-          for (; pos < block_end; ++pos) fn(pos - row.kv_begin, ((base + pos) * n_kv + kvh) * d);
-        }
-      };
-      for_keys([&](int64_t j, int64_t off) {
-        for (int64_t g = 0; g < group; ++g)
-          scores[g * len + j] = dot(heads[g], kcache + off, d) * scale;
-      });
-      for (int64_t g = 0; g < group; ++g) {
-        float* sg = &scores[g * len];
-        inv[g] = 1.0f / exp_shifted_sum(sg, len, *std::max_element(sg, sg + len));
+      // Rows of KV head kvh in key order, walked a cache block at a time.
+      offsets.resize(len);
+      for (int64_t pos = row.kv_begin; pos < row.kv_end;) {
+        const int64_t block_end = std::min<int64_t>(row.kv_end, (pos / bs + 1) * bs);
+        const int64_t base = static_cast<int64_t>(row.block_table[pos / bs]) * bs - pos / bs * bs;
+        for (; pos < block_end; ++pos) offsets[pos - row.kv_begin] = ((base + pos) * n_kv + kvh) * d;
       }
-      for_keys([&](int64_t j, int64_t off) {
-        for (int64_t g = 0; g < group; ++g)
-          axpy_row(scores[g * len + j] * inv[g], vcache + off, heads[group + g], d);
-      });
+      // Scores, 8 keys at a time (a last partial group repeats key 0; its extra scores are dropped).
+      for (int64_t j0 = 0; j0 < len; j0 += 8) {
+        decltype(kcache) keys[8];
+        for (int i = 0; i < 8; ++i) keys[i] = kcache + offsets[j0 + i < len ? j0 + i : 0];
+        for (int64_t g = 0; g < group; ++g) {
+          float* sg = scores + g * ld + j0;
+          dot8(heads[g], keys, d, sg);
+          for (int i = 0; i < 8; ++i) sg[i] *= scale;
+        }
+      }
+      // Softmax weights, then out = Σ_j p_j · v_j in key order, 64 output columns in registers at a time.
+      for (int64_t g = 0; g < group; ++g) {
+        float* p = scores + g * ld;
+        const float inv = 1.0f / exp_shifted_sum(p, len, *std::max_element(p, p + len));
+        for (int64_t j = 0; j < len; ++j) p[j] *= inv;
+        float* o = heads[group + g];
+        int64_t c = 0;
+        for (; c + 64 <= d; c += 64) {
+          __m256 acc[8];
+          for (__m256& a : acc) a = _mm256_setzero_ps();
+          for (int64_t j = 0; j < len; ++j) {
+            const __m256 pj = _mm256_set1_ps(p[j]);
+            const auto* v = vcache + offsets[j] + c;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(pj, load8(v + 8 * i), acc[i]);
+          }
+          for (int i = 0; i < 8; ++i) _mm256_storeu_ps(o + c + 8 * i, acc[i]);
+        }
+        for (; c < d; ++c) {  // head dims that are not a multiple of 64, column by column
+          float acc = 0.0f;
+          for (int64_t j = 0; j < len; ++j) acc = std::fma(p[j], to_f32(vcache[offsets[j] + c]), acc);
+          o[c] = acc;
+        }
+      }
     };
     auto kv_head = [&](int64_t task) {
       if (layer.dtype == DType::BF16)
@@ -706,12 +758,15 @@ class CpuBackend final : public Backend {
     return &out;
   }
 
-  void run_matmul(MatmulArgs a) {
-    if (a.T == 0 || a.N == 0) return;
+  using TileFn = void (*)(const MatmulArgs&, int64_t, int64_t, int64_t, int64_t);
+
+  // Chooses the kernel family for a and rewrites x as that family wants it (permuted for act-order
+  // weights, packed even/odd, or split into two bf16 terms), in this thread's scratch: moe_experts runs
+  // matmuls on several pool threads at once. The returned args stay valid until the thread's next call.
+  static TileFn prepare_matmul(MatmulArgs& a) {
     const CpuIsa isa = cpu_isa();
     const bool avx512 = isa != CpuIsa::kAvx2;
-    auto* tile = avx512 ? cpu::matmul_tile_avx512 : cpu::matmul_tile_avx2;
-    // Per thread: moe_experts runs matmuls on several pool threads at once.
+    TileFn tile = avx512 ? cpu::matmul_tile_avx512 : cpu::matmul_tile_avx2;
     thread_local struct {
       std::vector<float> x_packed;   // x reordered for the exact BF16 kernels
       std::vector<uint16_t> x_split;  // x as two bf16 terms for the avx512-bf16 kernels
@@ -742,36 +797,57 @@ class CpuBackend final : public Backend {
       a.x = scratch.x_packed.data();
       a.ldx = a.K;
     }
-    // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
-    // dynamic scheduling evens out, each reading at least kMinTaskWeightBytes; rows of x in chunks of
-    // 64 so prefill has tasks and a chunk of x stays in cache while the weight block streams past it.
-    const int64_t per_thread = (a.N + 8 * pool_.size() - 1) / (8 * pool_.size());
-    const int64_t row_bytes = std::max<int64_t>(1, a.K * (a.q ? quant_code_bits(a.q->code) : 8 * dtype_size(a.wtype)) / 8);
-    const int64_t min_rows = std::min<int64_t>(512, (kMinTaskWeightBytes / row_bytes + 3) / 4 * 4);
+    return tile;
+  }
+
+  // Runs fn(n0, n1, t0, t1) over tiles of an [T, N] output whose rows of weights are row_bytes long.
+  // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
+  // dynamic scheduling evens out, each reading at least kMinTaskWeightBytes; rows of x in chunks of 64
+  // so prefill has tasks and a chunk of x stays in cache while the weight block streams past it. Small
+  // products (under kSerialMacs) run on the caller; the tiles are the same either way, so results do
+  // not depend on the path taken.
+  template <typename F>
+  void for_tiles(int64_t T, int64_t N, int64_t row_bytes, int64_t macs, F&& fn) {
+    const int64_t per_thread = (N + 8 * pool_.size() - 1) / (8 * pool_.size());
+    const int64_t min_rows = std::min<int64_t>(512, (kMinTaskWeightBytes / std::max<int64_t>(row_bytes, 1) + 3) / 4 * 4);
     const int64_t nb = std::clamp<int64_t>((per_thread + 3) / 4 * 4, std::max<int64_t>(min_rows, 4), 512);
     const int64_t tb = 64;
-    const int64_t n_blocks = (a.N + nb - 1) / nb, t_blocks = (a.T + tb - 1) / tb;
+    const int64_t n_blocks = (N + nb - 1) / nb, t_blocks = (T + tb - 1) / tb;
     auto run_tile = [&](int64_t i) {
       const int64_t n0 = (i % n_blocks) * nb, t0 = (i / n_blocks) * tb;
-      tile(a, n0, std::min(a.N, n0 + nb), t0, std::min(a.T, t0 + tb));
+      fn(n0, std::min(N, n0 + nb), t0, std::min(T, t0 + tb));
     };
-    // Small products (a few tens of microseconds) run on the caller: waking the pool costs more
-    // than it saves. Same tiles either way, so results do not depend on the path taken.
-    if (a.N * a.K * a.T < kSerialMacs) {
+    if (macs < kSerialMacs) {
       for (int64_t i = 0; i < n_blocks * t_blocks; ++i) run_tile(i);
       return;
     }
     pool_.parallel_for(n_blocks * t_blocks, run_tile);
   }
 
-  // fn(r) for each row, in parallel when the work is large enough.
+  static int64_t weight_row_bytes(const MatmulArgs& a) {
+    return a.K * (a.q ? quant_code_bits(a.q->code) : 8 * static_cast<int64_t>(dtype_size(a.wtype))) / 8;
+  }
+
+  void run_matmul(MatmulArgs a) {
+    if (a.T == 0 || a.N == 0) return;
+    const TileFn tile = prepare_matmul(a);
+    for_tiles(a.T, a.N, weight_row_bytes(a), a.N * a.K * a.T,
+              [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) { tile(a, n0, n1, t0, t1); });
+  }
+
+  // fn(r) for each row, in parallel when the work is large enough, in tasks of whole rows holding at
+  // least kSerialElems / 2 elements: each task is claimed through one atomic that the cores share, so a
+  // task of one short row would cost more to hand out than to run.
   template <typename F>
   void for_rows(int64_t rows, int64_t cols, F&& fn) {
     if (rows * cols < kSerialElems || rows == 1) {
       for (int64_t r = 0; r < rows; ++r) fn(r);
       return;
     }
-    pool_.parallel_for(rows, fn);
+    const int64_t per_task = std::max<int64_t>(1, kSerialElems / 2 / std::max<int64_t>(cols, 1));
+    pool_.parallel_for((rows + per_task - 1) / per_task, [&](int64_t i) {
+      for (int64_t r = i * per_task; r < std::min(rows, (i + 1) * per_task); ++r) fn(r);
+    });
   }
 
   // fn(r, c0, c1) over column chunks of each row, so a single long row (logits) is split too.

@@ -141,14 +141,17 @@ void rows_block(const WT* w, const MatmulArgs& a, int64_t n, int64_t t0, int64_t
   }
 }
 
-// Groups of 4 weight rows, each group reused from L1 by every row of x; a BF16 decode step (one row
-// of x) walks the weight rows one after another instead (see tile_bf16).
+// Groups of weight rows, each group reused from L1 by every row of x: 4 rows, or for BF16 as many as
+// leave room for two rows of x per group (4 with AVX-512, 2 with AVX2), so each widened weight
+// vector serves at least two rows. A BF16 decode step (one row of x) walks the weight rows one after
+// another instead (see tile_bf16).
 template <class V, typename WT>
 void matmul_tile(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
   const WT* w = static_cast<const WT*>(a.w);
+  constexpr int R = std::is_same_v<WT, bf16_t> ? V::kMaxAcc / 4 : 4;
   int64_t n = n0;
   if (!std::is_same_v<WT, bf16_t> || t1 - t0 > 1)
-    for (; n + 4 <= n1; n += 4) rows_block<V, WT, 4>(w + n * a.K, a, n, t0, t1);
+    for (; n + R <= n1; n += R) rows_block<V, WT, R>(w + n * a.K, a, n, t0, t1);
   for (; n < n1; ++n) rows_block<V, WT, 1>(w + n * a.K, a, n, t0, t1);
 }
 

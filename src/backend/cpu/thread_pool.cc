@@ -20,6 +20,14 @@ constexpr auto kWorkerSpin = std::chrono::microseconds(2000);
 // within microseconds of it, unless the OS has taken their core away for a time slice.
 constexpr auto kCallerSpin = std::chrono::microseconds(200);
 
+// The contention guard (thread_pool.h): a job is late when the caller, out of tasks, waits longer for
+// the workers than it spent on tasks itself (plus kLateSlack); when more than kMaxLate of kWindow jobs
+// are late, the jobs of the next kSolo run on the caller alone.
+constexpr int kWindow = 64;
+constexpr int kMaxLate = 16;
+constexpr auto kLateSlack = std::chrono::microseconds(20);
+constexpr auto kSolo = std::chrono::milliseconds(50);
+
 // How long a poll uses the core alone before it also yields it between polls: the thread it waits
 // for may be queued on the same core (the OS places new and woken threads where it likes, and the
 // machine may have fewer free cores than the pool has threads).
@@ -62,7 +70,8 @@ void ThreadPool::work() {
 
 void ThreadPool::run(int64_t n, Call call, void* ctx) {
   if (n <= 0) return;
-  if (n == 1 || workers_.empty() || t_in_pool_task) {
+  const Clock::time_point start = n > 1 && !workers_.empty() && !t_in_pool_task ? Clock::now() : Clock::time_point{};
+  if (n == 1 || workers_.empty() || t_in_pool_task || start < solo_until_) {
     for (int64_t i = 0; i < n; ++i) call(ctx, i);
     return;
   }
@@ -79,14 +88,22 @@ void ThreadPool::run(int64_t n, Call call, void* ctx) {
   t_in_pool_task = true;
   work();
   t_in_pool_task = false;
+  const Clock::time_point own_done = Clock::now();
   auto done = [&] { return busy_.load(std::memory_order_acquire) == 0; };
-  if (spin_until(done, kCallerSpin)) return;
-  caller_waiting_.store(true);
-  {
-    std::unique_lock lk(mu_);
-    done_cv_.wait(lk, done);
+  if (!spin_until(done, kCallerSpin)) {
+    caller_waiting_.store(true);
+    {
+      std::unique_lock lk(mu_);
+      done_cv_.wait(lk, done);
+    }
+    caller_waiting_.store(false);
   }
-  caller_waiting_.store(false);
+  const Clock::time_point end = Clock::now();
+  if (end - own_done > (own_done - start) + kLateSlack) ++window_late_;
+  if (++window_jobs_ == kWindow) {
+    if (window_late_ > kMaxLate) solo_until_ = end + kSolo;
+    window_jobs_ = window_late_ = 0;
+  }
 }
 
 void ThreadPool::worker_main() {

@@ -7,8 +7,14 @@
 // the next one for a while (kSpin in thread_pool.cc) before they sleep; a job then reaches them in
 // the time one cache line takes to move between cores. The caller only takes the mutex and makes a
 // system call when a worker is actually asleep.
+//
+// On a machine whose cores other processes also want, a worker can lose its core in the middle of a
+// task, and the caller then waits a time slice for it: parallel becomes slower than serial. The pool
+// notices (most jobs of a window ending with the caller waiting longer than it worked) and runs jobs on
+// the caller alone for a while before trying again. Which thread runs a task never changes a result.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -27,6 +33,8 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
+  // Whether jobs run on the caller alone now (the contention guard above).
+  bool running_solo() const { return std::chrono::steady_clock::now() < solo_until_; }
 
   // fn must not throw. Calls from inside a task run serially on that thread (no nested jobs).
   template <typename F>
@@ -43,6 +51,10 @@ class ThreadPool {
   void worker_main();
 
   std::vector<std::thread> workers_;
+  // Contention guard (run() is called by one thread at a time): jobs and late jobs of the current
+  // window, and until when jobs run on the caller alone.
+  int window_jobs_ = 0, window_late_ = 0;
+  std::chrono::steady_clock::time_point solo_until_{};
   std::mutex mu_;
   std::condition_variable wake_cv_, done_cv_;
   std::atomic<bool> stop_{false};
