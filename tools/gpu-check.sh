@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|serve|bench|all]...   (default: all)
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|all]...   (default: all)
 # The GPU machine reaches no package registry, so the Debian build dependencies travel as .deb files
 # in .deps/ (tools/fetch-gpu-deps.sh, here) and are unpacked into a private prefix there.
 # The step and sweep results go to $OUT (or out/ when unset), every log into $OUT/logs.tar.gz (the
@@ -28,6 +28,9 @@ if [ -d "$DEPS/usr" ]; then
   export PKG_CONFIG_LIBDIR="$PKG_CONFIG_PATH"
   export LD_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   [ -x "$DEPS/usr/bin/pkg-config" ] || ln -sf pkgconf "$DEPS/usr/bin/pkg-config"
+  # Headers of the multiarch directory (jconfig.h, which sets JPEG_LIB_VERSION) from the prefix too:
+  # the GPU machine's own libjpeg-turbo8 headers there would otherwise pair with .deps' libjpeg62.
+  export CPATH="$DEPS/usr/include/x86_64-linux-gnu"
 fi
 
 if want build; then
@@ -53,6 +56,27 @@ if want test; then
       { tail -40 "$LOGS/test-$t-cuda.log"; echo "test_$t on cuda FAILED"; }
     tail -2 "$LOGS/test-$t-cuda.log"
   done
+fi
+
+# The e2e suite's Node.js travels in two parts (.e2e/part-aa, .e2e/part-ab: tools/fetch-gpu-deps.sh) in
+# consecutive calls to a warm machine; each call keeps the parts it brought in /tmp until both are there.
+mkdir -p /tmp/tandem-e2e
+for f in .e2e/part-*; do [ -f "$f" ] && cp "$f" /tmp/tandem-e2e/; done
+if want e2e; then
+  # The openai-client end-to-end suite (tests/e2e, all but the web page's browser test) against
+  # `tandem serve --device cuda`.
+  stamp "e2e (openai client) against serve --device cuda"
+  rm -rf /tmp/tandem-e2e/node
+  mkdir -p /tmp/tandem-e2e/node
+  if cat /tmp/tandem-e2e/part-* 2>/dev/null | xz -dc 2>/dev/null | tar -C /tmp/tandem-e2e/node -xf - 2>/dev/null; then
+    rm -rf tests/e2e/node_modules && cp -r /tmp/tandem-e2e/node/node_modules tests/e2e/
+    (cd tests/e2e && TANDEM_BINARY="$(realpath "../../$BUILD/tandem")" TANDEM_E2E_DEVICE=cuda \
+      /tmp/tandem-e2e/node/bin/node --test --test-concurrency=1 $(ls *.test.mjs | grep -v webui)) \
+      >"$LOGS/e2e-cuda.log" 2>&1 || { grep -E "^not ok|Error" "$LOGS/e2e-cuda.log" | head -30; echo "e2e on cuda FAILED"; }
+    grep -E "^# (tests|pass|fail|skipped)" "$LOGS/e2e-cuda.log"
+  else
+    echo "e2e skipped: Node.js is incomplete here (carry .e2e/part-aa and .e2e/part-ab in consecutive calls)"
+  fi
 fi
 
 if want serve; then
@@ -102,6 +126,12 @@ if want bench; then
   # The decode and verify k=2 steps again with every op issued from the host (no CUDA graphs).
   "$T" bench step bench/configs/gemma4-26b-a4b --load-format dummy --device cuda --tokens 1,3 --context 512 \
     --enforce-eager --json-file "$OUT/step-26b-eager.json" 2>&1 | tee "$LOGS/step-26b-eager.txt"
+  # The same decode / verify steps with every kernel an ordinary stream-ordered launch (no
+  # programmatic dependent launch), for the A/B in docs/PERF.md.
+  TANDEM_CUDA_PDL=0 "$T" bench step bench/configs/gemma4-26b-a4b --load-format dummy --device cuda --tokens 1,2,3,4,5 \
+    --context 512 --json-file "$OUT/step-26b-nopdl.json" 2>&1 | tee "$LOGS/step-26b-nopdl.txt"
+  stamp "bench vision (26B vision tower, one image)"
+  "$T" bench vision bench/configs/gemma4-26b-a4b-vision --load-format dummy --device cuda 2>&1 | tee "$LOGS/vision.txt"
   stamp "bench sweep (bundled pair)"
   "$T" bench sweep --device cuda --num-speculative-tokens 0,1,2,3 --iterations 5 --max-tokens 200 --interleave \
     --quiet --csv "$OUT/sweep-gpu.csv" 2>&1 | tail -8

@@ -6,9 +6,11 @@ export const BINARY = process.env.TANDEM_BINARY;
 if (!BINARY) throw new Error('set TANDEM_BINARY to the tandem executable (tests/e2e/run.sh does)');
 
 // Starts the server with extra flags; resolves once it listens. With no model argument it serves
-// the bundled model with its drafter (speculation on, k = 3).
+// the bundled model with its drafter (speculation on, k = 3). $TANDEM_E2E_DEVICE (cpu, cuda) pins
+// the backend; unset, serve picks its default (cuda when a GPU is present).
+const DEVICE = process.env.TANDEM_E2E_DEVICE ? ['--device', process.env.TANDEM_E2E_DEVICE] : [];
 export async function startServer(args = [], { timeoutMs = 60000, env } = {}) {
-  const proc = spawn(BINARY, ['serve', '--host', '127.0.0.1', '--port', '0', ...args], {
+  const proc = spawn(BINARY, ['serve', '--host', '127.0.0.1', '--port', '0', ...DEVICE, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: env ? { ...process.env, ...env } : process.env,
   });

@@ -34,6 +34,7 @@ constexpr size_t kMaxChunkStateBytes = size_t(256) << 20;
 template <int KVT>  // 0: F32, 1: BF16
 __global__ void kv_write_kernel(HeadView k, HeadView v, const int64_t* __restrict__ slots, void* kc, void* vc,
                                 int64_t T, int64_t n_kv, int64_t d, int64_t n_slots) {
+  begin_kernel();
   const int64_t n = T * n_kv * d;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -251,6 +252,7 @@ __device__ __forceinline__ void write_out(const AttnArgs& a, int64_t t, int64_t 
 // Whole-row path: one CTA per (row, head) folds its chunks in order.
 template <int EPL, int KVT>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttnArgs a) {
+  begin_kernel();
   constexpr int D = 32 * EPL, PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
   __shared__ ChunkSmem<D> sm;
   const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads;
@@ -276,6 +278,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttnArgs a) 
 // chunk states for attention_combine_kernel.
 template <int EPL, int KVT>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_chunk_kernel(AttnArgs a) {
+  begin_kernel();
   constexpr int D = 32 * EPL, PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
   __shared__ ChunkSmem<D> sm;
   const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, c = blockIdx.y;
@@ -308,6 +311,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_chunk_kernel(AttnAr
 // Split path, step 2: folds a row's chunk states in chunk order (rows of more than one chunk).
 template <int D>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_combine_kernel(AttnArgs a) {
+  begin_kernel();
   constexpr int PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
   const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads;
   const int64_t n = chunks_of(row_range(a, t).len);
@@ -331,17 +335,23 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_combine_kernel(Attn
 }
 
 template <int EPL>
-void launch_attention(const AttnArgs& a, bool bf16, int64_t rows, bool split, cudaStream_t stream) {
+void launch_attention(CudaBackend& be, const AttnArgs& a, bool bf16, int64_t rows, bool split) {
   constexpr int threads = kAttnWarps * 32;
   if (!split) {
-    if (bf16) attention_kernel<EPL, 1><<<static_cast<unsigned>(rows), threads, 0, stream>>>(a);
-    else attention_kernel<EPL, 0><<<static_cast<unsigned>(rows), threads, 0, stream>>>(a);
+    if (bf16)
+      be.launch("attention_kernel", attention_kernel<EPL, 1>, static_cast<unsigned>(rows), threads, 0, a);
+    else
+      be.launch("attention_kernel", attention_kernel<EPL, 0>, static_cast<unsigned>(rows), threads, 0, a);
     return;
   }
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(a.max_chunks));
-  if (bf16) attention_chunk_kernel<EPL, 1><<<grid, threads, 0, stream>>>(a);
-  else attention_chunk_kernel<EPL, 0><<<grid, threads, 0, stream>>>(a);
-  if (a.max_chunks > 1) attention_combine_kernel<32 * EPL><<<static_cast<unsigned>(rows), threads, 0, stream>>>(a);
+  if (bf16)
+    be.launch("attention_chunk_kernel", attention_chunk_kernel<EPL, 1>, grid, threads, 0, a);
+  else
+    be.launch("attention_chunk_kernel", attention_chunk_kernel<EPL, 0>, grid, threads, 0, a);
+  if (a.max_chunks > 1)
+    be.launch("attention_combine_kernel", attention_combine_kernel<32 * EPL>, static_cast<unsigned>(rows), threads, 0,
+              a);
 }
 
 void check_layer(const KvLayer& layer, const char* op) {
@@ -368,12 +378,11 @@ void CudaBackend::kv_write(const TensorView& k, const TensorView& v, const KvLay
   const int64_t n = T * n_kv * d, n_slots = static_cast<int64_t>(layer.num_blocks) * layer.block_size;
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
   if (layer.dtype == DType::F32)
-    kv_write_kernel<0><<<grid, 256, 0, stream_>>>(head_view(k, T), head_view(v, T), slots.as<int64_t>(), layer.k,
-                                                  layer.v, T, n_kv, d, n_slots);
+    launch("kv_write_kernel", kv_write_kernel<0>, grid, 256, 0, head_view(k, T), head_view(v, T), slots.as<int64_t>(),
+           layer.k, layer.v, T, n_kv, d, n_slots);
   else
-    kv_write_kernel<1><<<grid, 256, 0, stream_>>>(head_view(k, T), head_view(v, T), slots.as<int64_t>(), layer.k,
-                                                  layer.v, T, n_kv, d, n_slots);
-  TANDEM_CUDA_LAUNCHED("kv_write_kernel");
+    launch("kv_write_kernel", kv_write_kernel<1>, grid, 256, 0, head_view(k, T), head_view(v, T), slots.as<int64_t>(),
+           layer.k, layer.v, T, n_kv, d, n_slots);
 }
 
 void CudaBackend::attention(const TensorView& q, const KvLayer& layer, const AttentionRows& rows, float scale,
@@ -422,15 +431,16 @@ void CudaBackend::attention(const TensorView& q, const KvLayer& layer, const Att
     a.chunks = static_cast<float*>(attn_chunks_.data());
   }
   switch (d / 32) {
-#define TANDEM_ATTN_CASE(E) \
-  case E: launch_attention<E>(a, bf16, blocks, split, stream_); break;
+#define TANDEM_ATTN_CASE(E)                             \
+  case E:                                               \
+    launch_attention<E>(*this, a, bf16, blocks, split); \
+    break;
     TANDEM_ATTN_CASE(1) TANDEM_ATTN_CASE(2) TANDEM_ATTN_CASE(3) TANDEM_ATTN_CASE(4)
     TANDEM_ATTN_CASE(5) TANDEM_ATTN_CASE(6) TANDEM_ATTN_CASE(7) TANDEM_ATTN_CASE(8)
     TANDEM_ATTN_CASE(9) TANDEM_ATTN_CASE(10) TANDEM_ATTN_CASE(11) TANDEM_ATTN_CASE(12)
     TANDEM_ATTN_CASE(13) TANDEM_ATTN_CASE(14) TANDEM_ATTN_CASE(15) TANDEM_ATTN_CASE(16)
 #undef TANDEM_ATTN_CASE
   }
-  TANDEM_CUDA_LAUNCHED("attention_kernel");
 }
 
 }  // namespace tandem

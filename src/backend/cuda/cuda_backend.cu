@@ -19,6 +19,7 @@ template <typename W>
 __global__ void gather_rows_kernel(const char* __restrict__ src, int64_t src_pitch, int64_t n_src,
                                    const int32_t* __restrict__ ids, char* __restrict__ dst, int64_t dst_pitch,
                                    int64_t rows, int64_t words) {
+  begin_kernel();
   const int64_t n = rows * words;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -32,6 +33,7 @@ __global__ void gather_rows_kernel(const char* __restrict__ src, int64_t src_pit
 
 __global__ void fill_dummy_kernel(uint16_t* __restrict__ p, int64_t ld, int64_t rows, int64_t cols, uint64_t seed,
                                   float center, float half_width) {
+  begin_kernel();
   const int64_t n = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -53,6 +55,8 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   name_ = fmt::format("cuda:{} ({}, sm_{}{}, {} GiB)", device, prop.name, prop.major, prop.minor,
                       static_cast<unsigned long long>(prop.totalGlobalMem >> 30));
   sm_count_ = prop.multiProcessorCount;
+  const char* pdl = std::getenv("TANDEM_CUDA_PDL");
+  pdl_ = prop.major >= 9 && !(pdl && std::string(pdl) == "0");
   TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 }
 
@@ -215,8 +219,8 @@ void CudaBackend::gather_rows(const TensorView& src, const TensorView& ids, Tens
   const unsigned grid = grid_for(R * words);
   auto go = [&](auto word) {
     using W = decltype(word);
-    gather_rows_kernel<W><<<grid, 256, 0, stream_>>>(static_cast<const char*>(src.data), sp, src.rows(),
-                                                     ids.as<int32_t>(), static_cast<char*>(dst.data), dp, R, words);
+    launch("gather_rows_kernel", gather_rows_kernel<W>, grid, 256, 0, static_cast<const char*>(src.data), sp,
+           src.rows(), ids.as<int32_t>(), static_cast<char*>(dst.data), dp, R, words);
   };
   switch (a) {
     case 16: go(uint4{}); break;
@@ -225,16 +229,14 @@ void CudaBackend::gather_rows(const TensorView& src, const TensorView& ids, Tens
     case 2: go(uint16_t{}); break;
     default: go(uint8_t{}); break;
   }
-  TANDEM_CUDA_LAUNCHED("gather_rows_kernel");
 }
 
 void CudaBackend::fill_dummy(TensorView& t, uint64_t seed, float center, float half_width) {
   check_2d(t, DType::BF16, "fill_dummy tensor");
   if (t.numel() == 0) return;
   use_device();
-  fill_dummy_kernel<<<grid_for(t.numel()), 256, 0, stream_>>>(t.as<uint16_t>(), t.stride(), t.rows(), t.cols(), seed,
-                                                               center, half_width);
-  TANDEM_CUDA_LAUNCHED("fill_dummy_kernel");
+  launch("fill_dummy_kernel", fill_dummy_kernel, grid_for(t.numel()), 256, 0, t.as<uint16_t>(), t.stride(), t.rows(),
+         t.cols(), seed, center, half_width);
 }
 
 int cuda_device_count() {

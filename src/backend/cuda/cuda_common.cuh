@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "backend/backend.h"
 #include "backend/op_checks.h"
@@ -28,8 +29,6 @@ inline void check_cuda(cudaError_t e, const char* call, const char* file, int li
 }  // namespace cu
 
 #define TANDEM_CUDA_CHECK(call) ::tandem::cu::check_cuda((call), #call, __FILE__, __LINE__)
-// After every kernel launch: launch configuration errors show here, not at the next sync.
-#define TANDEM_CUDA_LAUNCHED(what) ::tandem::cu::check_cuda(cudaGetLastError(), "launch of " what, __FILE__, __LINE__)
 
 namespace cu {
 
@@ -274,6 +273,33 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + tanhf(kAlpha * (x + 0.044715f * x * x * x)));
 }
 
+// --- Programmatic dependent launch ----------------------------------------------------------------
+//
+// On sm_90+ every kernel of this backend is launched with programmatic stream serialization
+// (CudaBackend::launch), so its CTAs may be scheduled while the previous kernel's last CTAs still
+// run, instead of after a full drain and a fresh launch: a decode step is ~900 kernels, most of them
+// a few microseconds long. Every such kernel must call begin_kernel() in every thread before it
+// reads or writes anything the previous kernels may touch: it waits until the previous kernel has
+// completed and its writes are visible, then lets the next kernel launch. Because every kernel
+// waits, completion stays ordered (kernel n + 1 never overtakes kernel n − 1). Only reads of data
+// no kernel writes (weights: prefetch_l2) may come before it. Kernels launched with <<<>>> are
+// ordinary stream-ordered launches and need nothing.
+__device__ __forceinline__ void begin_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Asks L2 to fetch the 128-byte line holding p (no register result, so no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// Prefetches `bytes` from p into L2, the lanes of a warp taking every 32nd line.
+__device__ __forceinline__ void prefetch_l2_span(const void* p, int64_t bytes, int lane) {
+  for (int64_t o = static_cast<int64_t>(lane) * 128; o < bytes; o += 32 * 128)
+    prefetch_l2(static_cast<const char*>(p) + o);
+}
+
 // Rows per M-tile of the matmul kernels (at most) and warps (= output columns) per CTA.
 constexpr int kMatmulRows = 8;
 constexpr int kMatmulWarps = 8;
@@ -334,6 +360,20 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream() const { return stream_; }
 
+  // Launches kernel<<<grid, block, smem>>>(args...) on this backend's stream, as a programmatic
+  // dependent launch where the GPU supports it (begin_kernel(); TANDEM_CUDA_PDL=0 turns it off, for
+  // measuring). Launch configuration errors show here, naming `what`, not at the next sync.
+  template <typename... Params, typename... Args>
+  void launch(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = smem, config.stream = stream_;
+    config.attrs = &attr, config.numAttrs = pdl_ ? 1 : 0;
+    cu::check_cuda(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), what, __FILE__, __LINE__);
+  }
+
  private:
   // Makes this backend's GPU current on the calling thread (cheap when it already is).
   void use_device() const;
@@ -363,6 +403,7 @@ class CudaBackend final : public Backend {
   // attention's split path: per (row, head, chunk) softmax states.
   Buffer attn_chunks_;
   int64_t sm_count_ = 0;
+  bool pdl_ = false;  // programmatic dependent launch (sm_90+)
 };
 
 }  // namespace tandem

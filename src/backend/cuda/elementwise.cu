@@ -27,16 +27,19 @@ __device__ __forceinline__ void for_each_elem(int64_t rows, int64_t cols, F&& f)
 }
 
 __global__ void gelu_tanh_mul_kernel(Mat g, Mat u, Mat o) {
+  begin_kernel();
   for_each_elem(o.rows, o.cols, [&](int64_t r, int64_t c) {
     o.p[r * o.ld + c] = gelu_tanh(g.p[r * g.ld + c]) * u.p[r * u.ld + c];
   });
 }
 
 __global__ void add_kernel(Mat a, Mat b, Mat y) {
+  begin_kernel();
   for_each_elem(y.rows, y.cols, [&](int64_t r, int64_t c) { y.p[r * y.ld + c] = a.p[r * a.ld + c] + b.p[r * b.ld + c]; });
 }
 
 __global__ void axpy_kernel(float alpha, Mat x, Mat y) {
+  begin_kernel();
   for_each_elem(y.rows, y.cols, [&](int64_t r, int64_t c) {
     float* py = y.p + r * y.ld + c;
     *py = fmaf(alpha, x.p[r * x.ld + c], *py);
@@ -44,10 +47,12 @@ __global__ void axpy_kernel(float alpha, Mat x, Mat y) {
 }
 
 __global__ void scale_kernel(Mat x, float s) {
+  begin_kernel();
   for_each_elem(x.rows, x.cols, [&](int64_t r, int64_t c) { x.p[r * x.ld + c] *= s; });
 }
 
 __global__ void softcap_kernel(Mat x, float cap, float inv) {
+  begin_kernel();
   for_each_elem(x.rows, x.cols, [&](int64_t r, int64_t c) {
     float* p = x.p + r * x.ld + c;
     *p = cap * tanhf(*p * inv);
@@ -55,6 +60,7 @@ __global__ void softcap_kernel(Mat x, float cap, float inv) {
 }
 
 __global__ void clamp_kernel(Mat x, float lo, float hi) {
+  begin_kernel();
   for_each_elem(x.rows, x.cols, [&](int64_t r, int64_t c) {
     float* p = x.p + r * x.ld + c;
     *p = fminf(fmaxf(*p, lo), hi);
@@ -62,6 +68,7 @@ __global__ void clamp_kernel(Mat x, float lo, float hi) {
 }
 
 __global__ void standardize_kernel(Mat x, const void* bias, const void* scale, int wt_bias, int wt_scale, Mat y) {
+  begin_kernel();
   for_each_elem(y.rows, y.cols, [&](int64_t r, int64_t c) {
     y.p[r * y.ld + c] = (x.p[r * x.ld + c] - load_any(bias, wt_bias, c)) * load_any(scale, wt_scale, c);
   });
@@ -77,8 +84,7 @@ void CudaBackend::gelu_tanh_mul(const TensorView& gate, const TensorView& up, Te
   check_same_shape(gate, out, "gelu_tanh_mul");
   if (out.numel() == 0) return;
   use_device();
-  gelu_tanh_mul_kernel<<<grid_for(out.numel()), 256, 0, stream_>>>(mat(gate), mat(up), mat(out));
-  TANDEM_CUDA_LAUNCHED("gelu_tanh_mul_kernel");
+  launch("gelu_tanh_mul_kernel", gelu_tanh_mul_kernel, grid_for(out.numel()), 256, 0, mat(gate), mat(up), mat(out));
 }
 
 void CudaBackend::add(const TensorView& a, const TensorView& b, TensorView& y) {
@@ -89,8 +95,7 @@ void CudaBackend::add(const TensorView& a, const TensorView& b, TensorView& y) {
   check_same_shape(b, y, "add");
   if (y.numel() == 0) return;
   use_device();
-  add_kernel<<<grid_for(y.numel()), 256, 0, stream_>>>(mat(a), mat(b), mat(y));
-  TANDEM_CUDA_LAUNCHED("add_kernel");
+  launch("add_kernel", add_kernel, grid_for(y.numel()), 256, 0, mat(a), mat(b), mat(y));
 }
 
 void CudaBackend::axpy(float alpha, const TensorView& x, TensorView& y) {
@@ -99,16 +104,14 @@ void CudaBackend::axpy(float alpha, const TensorView& x, TensorView& y) {
   check_same_shape(x, y, "axpy");
   if (y.numel() == 0) return;
   use_device();
-  axpy_kernel<<<grid_for(y.numel()), 256, 0, stream_>>>(alpha, mat(x), mat(y));
-  TANDEM_CUDA_LAUNCHED("axpy_kernel");
+  launch("axpy_kernel", axpy_kernel, grid_for(y.numel()), 256, 0, alpha, mat(x), mat(y));
 }
 
 void CudaBackend::scale(TensorView& x, float s) {
   check_f32_2d(x, "scale x");
   if (x.numel() == 0) return;
   use_device();
-  scale_kernel<<<grid_for(x.numel()), 256, 0, stream_>>>(mat(x), s);
-  TANDEM_CUDA_LAUNCHED("scale_kernel");
+  launch("scale_kernel", scale_kernel, grid_for(x.numel()), 256, 0, mat(x), s);
 }
 
 void CudaBackend::softcap(TensorView& x, float cap) {
@@ -116,8 +119,7 @@ void CudaBackend::softcap(TensorView& x, float cap) {
   if (!(cap > 0)) fail("softcap: cap must be positive, got {}", cap);
   if (x.numel() == 0) return;
   use_device();
-  softcap_kernel<<<grid_for(x.numel()), 256, 0, stream_>>>(mat(x), cap, 1.0f / cap);
-  TANDEM_CUDA_LAUNCHED("softcap_kernel");
+  launch("softcap_kernel", softcap_kernel, grid_for(x.numel()), 256, 0, mat(x), cap, 1.0f / cap);
 }
 
 void CudaBackend::clamp(TensorView& x, float lo, float hi) {
@@ -125,8 +127,7 @@ void CudaBackend::clamp(TensorView& x, float lo, float hi) {
   if (!(lo <= hi)) fail("clamp: bounds [{}, {}] are empty", lo, hi);
   if (x.numel() == 0) return;
   use_device();
-  clamp_kernel<<<grid_for(x.numel()), 256, 0, stream_>>>(mat(x), lo, hi);
-  TANDEM_CUDA_LAUNCHED("clamp_kernel");
+  launch("clamp_kernel", clamp_kernel, grid_for(x.numel()), 256, 0, mat(x), lo, hi);
 }
 
 void CudaBackend::standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) {
@@ -138,9 +139,8 @@ void CudaBackend::standardize(const TensorView& x, const TensorView& bias, const
       fail("standardize: bias and scale must be float tensors of {} elements", x.cols());
   if (y.numel() == 0) return;
   use_device();
-  standardize_kernel<<<grid_for(y.numel()), 256, 0, stream_>>>(mat(x), bias.data, scale.data, wtype_of(bias.dtype),
-                                                               wtype_of(scale.dtype), mat(y));
-  TANDEM_CUDA_LAUNCHED("standardize_kernel");
+  launch("standardize_kernel", standardize_kernel, grid_for(y.numel()), 256, 0, mat(x), bias.data, scale.data,
+         wtype_of(bias.dtype), wtype_of(scale.dtype), mat(y));
 }
 
 }  // namespace tandem

@@ -5,10 +5,12 @@
 // Shape: each warp owns Rows::kRows output columns (1 for float weights, 4 for quantized ones) and an
 // M-tile of 1, 2, 4 or 8 rows of x (the smallest that holds T, up to 8), so each weight byte is read
 // once per M-tile; a CTA is 8 warps, the grid is (N / (8 · kRows)) × (T / tile), which at T = 1 covers
-// every SM for any real layer. Lanes stream the weight rows with 16-byte loads. This one kernel family serves every T: the reduction
-// order of an output element (see warp_dot in cuda_common.cuh) depends only on K and the weight
-// row, never on T or the other rows, which lossless speculative decoding under batching relies on.
-// At T = 1 it is bandwidth-bound; at large T it is FFMA-bound (no tensor cores in this pass).
+// every SM for any real layer. Lanes stream the weight rows with 16-byte loads. This one kernel family serves every T:
+// the reduction order of an output element (see warp_dot in cuda_common.cuh) depends only on K and the weight row,
+// never on T or the other rows, which lossless speculative decoding under batching relies on. At T = 1 it is
+// bandwidth-bound; at large T it is FFMA-bound (no tensor cores in this pass). A warp asks L2 for its weight rows
+// before begin_kernel(), so under programmatic dependent launch the weight stream starts while the previous kernel (a
+// norm, the attention) is still finishing.
 #include "backend/cuda/weight_rows.cuh"
 
 namespace tandem {
@@ -24,15 +26,17 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
   constexpr int R = Rows::kRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp) * R;
+  int64_t rows[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) rows[i] = n0 + i < N ? n0 + i : N - 1;  // a tail recomputes the last row
+  if (n0 < N && blockIdx.y == 0) w.prefetch(rows, lane);              // weights only: before the previous kernel ends
+  begin_kernel();
   if (n0 >= N) return;
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * MT;
   const int nrows = static_cast<int>(T - t0 < MT ? T - t0 : MT);
   const float* xr[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) xr[m] = x + (t0 + (m < nrows ? m : 0)) * ldx;
-  int64_t rows[R];
-#pragma unroll
-  for (int i = 0; i < R; ++i) rows[i] = n0 + i < N ? n0 + i : N - 1;  // a tail recomputes the last row
   float acc[R][MT];
 #pragma unroll
   for (int i = 0; i < R; ++i)
@@ -57,15 +61,17 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
   constexpr int R = Rows::kRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp) * R;
+  int64_t rows[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) rows[i] = n0 + i < I ? n0 + i : I - 1;
+  if (n0 < I && blockIdx.y == 0) gate.prefetch(rows, lane), up.prefetch(rows, lane);
+  begin_kernel();
   if (n0 >= I) return;
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * MT;
   const int nrows = static_cast<int>(T - t0 < MT ? T - t0 : MT);
   const float* xr[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) xr[m] = x + (t0 + (m < nrows ? m : 0)) * ldx;
-  int64_t rows[R];
-#pragma unroll
-  for (int i = 0; i < R; ++i) rows[i] = n0 + i < I ? n0 + i : I - 1;
   float g[R][MT], u[R][MT];
 #pragma unroll
   for (int i = 0; i < R; ++i)
@@ -85,6 +91,7 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 // dst[t, j] = x[t, perm[j]]: x in an act-order quantized weight's column order.
 __global__ void permute_cols_kernel(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ perm,
                                     int64_t T, int64_t K, float* __restrict__ dst) {
+  begin_kernel();
   const int64_t n = T * K;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -107,9 +114,8 @@ void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y
     ensure(permuted_x_, T * K * sizeof(float));
     auto* px = static_cast<float*>(permuted_x_.data());
     const int64_t blocks = std::min<int64_t>((T * K + 255) / 256, 65536);
-    permute_cols_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream_>>>(
-        xp, ldx, w.quant->k_perm.as<int32_t>(), T, K, px);
-    TANDEM_CUDA_LAUNCHED("permute_cols_kernel");
+    launch("permute_cols_kernel", permute_cols_kernel, static_cast<unsigned>(blocks), 256, 0, xp, ldx,
+           w.quant->k_perm.as<int32_t>(), T, K, px);
     xp = px, ldx = K;
   }
   const bool x_aligned = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
@@ -117,10 +123,9 @@ void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y
     using Rows = std::decay_t<decltype(rows)>;
     const int64_t per_cta = kMatmulWarps * Rows::kRows;
     const dim3 grid(static_cast<unsigned>((N + per_cta - 1) / per_cta), static_cast<unsigned>((T + MT - 1) / MT));
-    matmul_kernel<Rows, MT>
-        <<<grid, kMatmulWarps * 32, 0, stream_>>>(xp, ldx, rows, y.as<float>(), y.stride(), T, N);
+    launch("matmul_kernel", matmul_kernel<Rows, MT>, grid, kMatmulWarps * 32, 0, xp, ldx, rows, y.as<float>(),
+           y.stride(), T, N);
   });
-  TANDEM_CUDA_LAUNCHED("matmul_kernel");
 }
 
 }  // namespace tandem
@@ -146,11 +151,9 @@ void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, c
     const int64_t per_cta = kMatmulWarps * Rows::kRows;
     const dim3 grid(static_cast<unsigned>((I + per_cta - 1) / per_cta), static_cast<unsigned>((T + MT - 1) / MT));
     if constexpr (requires { rows.rebound(up); })  // FloatRows: same_rows_layout held
-      matmul_glu_kernel<Rows, MT><<<grid, kMatmulWarps * 32, 0, stream_>>>(x.as<float>(), x.stride(), rows,
-                                                                           rows.rebound(up), out.as<float>(),
-                                                                           out.stride(), T, I);
+      launch("matmul_glu_kernel", matmul_glu_kernel<Rows, MT>, grid, kMatmulWarps * 32, 0, x.as<float>(), x.stride(),
+             rows, rows.rebound(up), out.as<float>(), out.stride(), T, I);
   });
-  TANDEM_CUDA_LAUNCHED("matmul_glu_kernel");
 }
 
 }  // namespace tandem

@@ -28,6 +28,7 @@ constexpr int kRouteWarps = 4;
 __global__ void __launch_bounds__(kRouteWarps * 32)
     moe_route_kernel(Mat logits, const void* __restrict__ scale, int scale_wt, int32_t* __restrict__ ids,
                      int64_t ids_ld, float* __restrict__ wts, int64_t w_ld, int k) {
+  begin_kernel();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kRouteWarps + warp;
   if (t >= logits.rows) return;
@@ -78,6 +79,7 @@ __global__ void __launch_bounds__(kRouteWarps * 32)
 __global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld, int k, int64_t T, int E,
                                  int32_t* __restrict__ offsets, int32_t* __restrict__ sorted,
                                  int32_t* __restrict__ pos_of_pair, int32_t* __restrict__ active) {
+  begin_kernel();
   extern __shared__ int32_t s_start[];  // [E]
   const int64_t P = T * k;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
@@ -140,6 +142,7 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
     moe_gate_up_kernel(const float* __restrict__ x, int64_t ldx, Rows gate_up, int64_t I, int k,
                        const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
                        const int32_t* __restrict__ active, int E, float* __restrict__ act) {
+  begin_kernel();
   constexpr int R = Rows::kRows, C = gate_up_columns_per_warp(R);
   if (static_cast<int>(blockIdx.y) >= active[E]) return;
   const int e = active[blockIdx.y];
@@ -192,6 +195,7 @@ template <class Rows, int MT>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
     moe_down_kernel(const float* __restrict__ act, Rows down, int64_t I, int64_t H, const int32_t* __restrict__ offsets,
                     const int32_t* __restrict__ active, int E, float* __restrict__ out) {
+  begin_kernel();
   constexpr int R = Rows::kRows;
   if (static_cast<int>(blockIdx.y) >= active[E]) return;
   const int e = active[blockIdx.y];
@@ -228,6 +232,7 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 __global__ void moe_permute_kernel(const float* __restrict__ src, int64_t ld, int k, const int32_t* __restrict__ perm,
                                    int64_t K, const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
                                    const int32_t* __restrict__ active, int E, float* __restrict__ dst) {
+  begin_kernel();
   if (static_cast<int>(blockIdx.y) >= active[E]) return;
   const int e = active[blockIdx.y];
   const int32_t begin = offsets[e], end = offsets[e + 1];
@@ -242,6 +247,7 @@ __global__ void moe_permute_kernel(const float* __restrict__ src, int64_t ld, in
 
 __global__ void moe_combine_kernel(const float* __restrict__ out, const int32_t* __restrict__ pos_of_pair,
                                    const float* __restrict__ wts, int64_t w_ld, int k, Mat y) {
+  begin_kernel();
   const int64_t n_all = y.rows * y.cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_all;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -279,11 +285,9 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView* per_expe
   if (T == 0) return;
   use_device();
   const unsigned grid = static_cast<unsigned>((T + kRouteWarps - 1) / kRouteWarps);
-  moe_route_kernel<<<grid, kRouteWarps * 32, 0, stream_>>>(
-      mat(logits), per_expert_scale ? per_expert_scale->data : nullptr,
-      per_expert_scale ? wtype_of(per_expert_scale->dtype) : 0, ids.as<int32_t>(), ids.stride(),
-      weights.as<float>(), weights.stride(), static_cast<int>(k));
-  TANDEM_CUDA_LAUNCHED("moe_route_kernel");
+  launch("moe_route_kernel", moe_route_kernel, grid, kRouteWarps * 32, 0, mat(logits),
+         per_expert_scale ? per_expert_scale->data : nullptr, per_expert_scale ? wtype_of(per_expert_scale->dtype) : 0,
+         ids.as<int32_t>(), ids.stride(), weights.as<float>(), weights.stride(), static_cast<int>(k));
 }
 
 void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
@@ -325,10 +329,8 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
   auto* act = static_cast<float*>(moe_act_.data());
   auto* out = static_cast<float*>(moe_out_.data());
 
-  moe_group_kernel<<<1, 1024, (E + 1) * sizeof(int32_t), stream_>>>(ids.as<int32_t>(), ids.stride(),
-                                                                     static_cast<int>(k), T, static_cast<int>(E),
-                                                                     offsets, sorted, pos, active);
-  TANDEM_CUDA_LAUNCHED("moe_group_kernel");
+  launch("moe_group_kernel", moe_group_kernel, 1, 1024, (E + 1) * sizeof(int32_t), ids.as<int32_t>(), ids.stride(),
+         static_cast<int>(k), T, static_cast<int>(E), offsets, sorted, pos, active);
 
   if (P > 0 && I > 0) {
     // An expert has at most T rows (a row picks it once), which bounds the tile height.
@@ -343,9 +345,8 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     int64_t ldx = x.stride();
     int x_k = static_cast<int>(k);  // x rows are the routed tokens' rows
     if (gu_perm) {
-      moe_permute_kernel<<<dim3(perm_blocks, active_rows), 256, 0, stream_>>>(
-          xp, ldx, x_k, gu_perm, H, offsets, sorted, active, static_cast<int>(E), px);
-      TANDEM_CUDA_LAUNCHED("moe_permute_kernel");
+      launch("moe_permute_kernel", moe_permute_kernel, dim3(perm_blocks, active_rows), 256, 0, xp, ldx, x_k, gu_perm, H,
+             offsets, sorted, active, static_cast<int>(E), px);
       xp = px, ldx = H, x_k = 0;  // now one row per pair
     }
     const bool gu_xvec = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
@@ -356,32 +357,28 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     };
     dispatch_weight_rows(gate_up, H, gu_xvec, mt, [&]<int MT>(const auto& rows) {
       using Rows = std::decay_t<decltype(rows)>;
-      moe_gate_up_kernel<Rows, MT><<<grid_over(I, gate_up_columns_per_warp(Rows::kRows)), kMatmulWarps * 32, 0, stream_>>>(
-          xp, ldx, rows, I, x_k, offsets, sorted, active, static_cast<int>(E), act);
+      launch("moe_gate_up_kernel", moe_gate_up_kernel<Rows, MT>, grid_over(I, gate_up_columns_per_warp(Rows::kRows)),
+             kMatmulWarps * 32, 0, xp, ldx, rows, I, x_k, offsets, sorted, active, static_cast<int>(E), act);
     });
-    TANDEM_CUDA_LAUNCHED("moe_gate_up_kernel");
 
     const float* ap = act;
     if (dn_perm) {
-      moe_permute_kernel<<<dim3(perm_blocks, active_rows), 256, 0, stream_>>>(
-          act, I, 0, dn_perm, I, offsets, sorted, active, static_cast<int>(E), px);
-      TANDEM_CUDA_LAUNCHED("moe_permute_kernel");
+      launch("moe_permute_kernel", moe_permute_kernel, dim3(perm_blocks, active_rows), 256, 0, act, I, 0, dn_perm, I,
+             offsets, sorted, active, static_cast<int>(E), px);
       ap = px;
     }
     const bool dn_xvec = I % 4 == 0;  // act rows are I floats from a 256-byte aligned buffer
     dispatch_weight_rows(down, I, dn_xvec, mt, [&]<int MT>(const auto& rows) {
       using Rows = std::decay_t<decltype(rows)>;
-      moe_down_kernel<Rows, MT><<<grid_over(H, Rows::kRows), kMatmulWarps * 32, 0, stream_>>>(
-          ap, rows, I, H, offsets, active, static_cast<int>(E), out);
+      launch("moe_down_kernel", moe_down_kernel<Rows, MT>, grid_over(H, Rows::kRows), kMatmulWarps * 32, 0, ap, rows, I,
+             H, offsets, active, static_cast<int>(E), out);
     });
-    TANDEM_CUDA_LAUNCHED("moe_down_kernel");
   } else if (P > 0) {  // I == 0: every expert outputs zeros
     TANDEM_CUDA_CHECK(cudaMemsetAsync(out, 0, P * H * sizeof(float), stream_));
   }
 
-  moe_combine_kernel<<<grid_for(T * H), 256, 0, stream_>>>(out, pos, weights.as<float>(), weights.stride(),
-                                                          static_cast<int>(k), mat(y));
-  TANDEM_CUDA_LAUNCHED("moe_combine_kernel");
+  launch("moe_combine_kernel", moe_combine_kernel, grid_for(T * H), 256, 0, out, pos, weights.as<float>(),
+         weights.stride(), static_cast<int>(k), mat(y));
 }
 
 }  // namespace tandem

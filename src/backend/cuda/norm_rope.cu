@@ -27,6 +27,7 @@ unsigned grid_for(int64_t n) {
 
 __global__ void embed_kernel(const int32_t* __restrict__ ids, const void* __restrict__ table, int wt, int64_t ld_table,
                              int64_t V, float scale, Mat y) {
+  begin_kernel();
   const int64_t n = y.rows * y.cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -39,6 +40,7 @@ __global__ void embed_kernel(const int32_t* __restrict__ ids, const void* __rest
 // y = RMS(x) · w, or with ADD y += RMS(x) · w (rms_norm_add).
 template <int PER, bool ADD>
 __global__ void __launch_bounds__(1024) rms_norm_kernel(Mat x, const void* w, int wt, float eps, Mat y) {
+  begin_kernel();
   __shared__ float s_part[32];
   const int64_t r = blockIdx.x, D = x.cols;
   const float* xr = x.p + r * x.ld;
@@ -74,6 +76,7 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(Mat x, const void* w, in
 
 __global__ void rope_kernel(HeadView x, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
                             int64_t T, int64_t n_heads, int64_t half) {
+  begin_kernel();
   const int64_t n = T * n_heads * half, d = 2 * half;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -98,9 +101,8 @@ void CudaBackend::embed(const TensorView& ids, const TensorView& table, float sc
   if (y.rows() != T || y.cols() != H) fail("embed: y is [{}, {}], expected [{}, {}]", y.rows(), y.cols(), T, H);
   if (T == 0 || H == 0) return;
   use_device();
-  embed_kernel<<<grid_for(T * H), 256, 0, stream_>>>(ids.as<int32_t>(), table.data, wtype_of(table.dtype),
-                                                     table.stride(), V, scale, mat(y));
-  TANDEM_CUDA_LAUNCHED("embed_kernel");
+  launch("embed_kernel", embed_kernel, grid_for(T * H), 256, 0, ids.as<int32_t>(), table.data, wtype_of(table.dtype),
+         table.stride(), V, scale, mat(y));
 }
 
 void CudaBackend::rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) {
@@ -132,11 +134,11 @@ void CudaBackend::launch_rms_norm(const TensorView& in, const TensorView* weight
   const int wt = weight ? wtype_of(weight->dtype) : 0;
   const unsigned rows = static_cast<unsigned>(in.rows());
   auto launch = [&]<int PER, bool ADD>() {
-    rms_norm_kernel<PER, ADD><<<rows, threads, 0, stream_>>>(mat(in), wp, wt, eps, mat(out));
+    launch("rms_norm_kernel", rms_norm_kernel<PER, ADD>, rows, threads, 0, mat(in), wp, wt, eps, mat(out));
   };
   if (per == 8) add ? launch.template operator()<8, true>() : launch.template operator()<8, false>();
-  else add ? launch.template operator()<32, true>() : launch.template operator()<32, false>();
-  TANDEM_CUDA_LAUNCHED("rms_norm_kernel");
+  else
+    add ? launch.template operator()<32, true>() : launch.template operator()<32, false>();
 }
 
 void CudaBackend::rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) {
@@ -151,9 +153,8 @@ void CudaBackend::rope(TensorView& x, const TensorView& positions, const TensorV
   const int64_t n_heads = x.numel() / (T * d);
   check_heads(x, T, n_heads, d, "rope x");
   use_device();
-  rope_kernel<<<grid_for(T * n_heads * half), 256, 0, stream_>>>(head_view(x, T), positions.as<int32_t>(),
-                                                                 inv_freq.as<float>(), T, n_heads, half);
-  TANDEM_CUDA_LAUNCHED("rope_kernel");
+  launch("rope_kernel", rope_kernel, grid_for(T * n_heads * half), 256, 0, head_view(x, T), positions.as<int32_t>(),
+         inv_freq.as<float>(), T, n_heads, half);
 }
 
 }  // namespace tandem

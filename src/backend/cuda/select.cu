@@ -66,6 +66,7 @@ __device__ __forceinline__ void scan_row(const float* xr, int64_t N, F&& f) {
 template <bool VEC>
 __global__ void __launch_bounds__(kSelectThreads)
     argmax_kernel(Mat x, const int32_t* __restrict__ labels, int64_t lab_ld, int32_t* __restrict__ out) {
+  begin_kernel();
   const int64_t r = blockIdx.x;
   const float* xr = x.p + r * x.ld;
   const int32_t* lr = labels ? labels + r * lab_ld : nullptr;
@@ -82,6 +83,7 @@ __global__ void __launch_bounds__(kSelectThreads)
 template <bool VEC>
 __global__ void __launch_bounds__(kSelectThreads)
     topk_kernel(Mat x, int k, int32_t* __restrict__ out, int64_t out_ld) {
+  begin_kernel();
   const int64_t r = blockIdx.x;
   const float* xr = x.p + r * x.ld;
   float pv = INFINITY;
@@ -120,9 +122,12 @@ void CudaBackend::argmax_rows(const TensorView& x, const TensorView* labels, Ten
   const bool vec = reinterpret_cast<uint64_t>(x.data) % 16 == 0 && x.stride() % 4 == 0;
   const int32_t* lp = labels ? labels->as<int32_t>() : nullptr;
   const int64_t lld = labels ? labels->stride() : 0;
-  if (vec) argmax_kernel<true><<<static_cast<unsigned>(R), kSelectThreads, 0, stream_>>>(mat(x), lp, lld, out.as<int32_t>());
-  else argmax_kernel<false><<<static_cast<unsigned>(R), kSelectThreads, 0, stream_>>>(mat(x), lp, lld, out.as<int32_t>());
-  TANDEM_CUDA_LAUNCHED("argmax_kernel");
+  if (vec)
+    launch("argmax_kernel", argmax_kernel<true>, static_cast<unsigned>(R), kSelectThreads, 0, mat(x), lp, lld,
+           out.as<int32_t>());
+  else
+    launch("argmax_kernel", argmax_kernel<false>, static_cast<unsigned>(R), kSelectThreads, 0, mat(x), lp, lld,
+           out.as<int32_t>());
 }
 
 void CudaBackend::topk_rows(const TensorView& x, TensorView& out) {
@@ -135,9 +140,12 @@ void CudaBackend::topk_rows(const TensorView& x, TensorView& out) {
   if (N > INT_MAX || R > 0x7FFFFFFF) fail("topk_rows: [{}, {}] is too large", R, N);
   use_device();
   const bool vec = reinterpret_cast<uint64_t>(x.data) % 16 == 0 && x.stride() % 4 == 0;
-  if (vec) topk_kernel<true><<<static_cast<unsigned>(R), kSelectThreads, 0, stream_>>>(mat(x), static_cast<int>(k), out.as<int32_t>(), out.stride());
-  else topk_kernel<false><<<static_cast<unsigned>(R), kSelectThreads, 0, stream_>>>(mat(x), static_cast<int>(k), out.as<int32_t>(), out.stride());
-  TANDEM_CUDA_LAUNCHED("topk_kernel");
+  if (vec)
+    launch("topk_kernel", topk_kernel<true>, static_cast<unsigned>(R), kSelectThreads, 0, mat(x), static_cast<int>(k),
+           out.as<int32_t>(), out.stride());
+  else
+    launch("topk_kernel", topk_kernel<false>, static_cast<unsigned>(R), kSelectThreads, 0, mat(x), static_cast<int>(k),
+           out.as<int32_t>(), out.stride());
 }
 
 }  // namespace tandem
