@@ -208,9 +208,13 @@ test('a non-streaming request whose client disconnects is aborted', async () => 
     { model, prompt: 'def worker():\n', max_tokens: 480, ignore_eos: true, ...greedy },
     { signal: controller.signal },
   );
-  // 480 tokens take ~450 ms on the bundled model with main's device-resident decode; hang up well
-  // before that (the server notices within one 100 ms step) so the request is surely still running.
-  setTimeout(() => controller.abort(), 150);
+  // Hang up as soon as the request is running: 480 tokens take ~450 ms on the CPU but far less on a
+  // GPU, so a fixed delay would either come too late there or before the request is scheduled.
+  for (let i = 0; i < 400; i++) {
+    if (parseMetrics((await metrics(server.url)).text)[m('vllm:num_requests_running')] > 0) break;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  controller.abort();
   await assert.rejects(pending, (e) => e instanceof OpenAI.APIUserAbortError || e.name === 'AbortError');
   let after;
   for (let i = 0; i < 50; i++) {

@@ -7,8 +7,12 @@ if (!BINARY) throw new Error('set TANDEM_BINARY to the tandem executable (tests/
 
 // Starts the server with extra flags; resolves once it listens. With no model argument it serves
 // the bundled model with its drafter (speculation on, k = 3). $TANDEM_E2E_DEVICE (cpu, cuda) pins
-// the backend; unset, serve picks its default (cuda when a GPU is present).
-const DEVICE = process.env.TANDEM_E2E_DEVICE ? ['--device', process.env.TANDEM_E2E_DEVICE] : [];
+// the backend; unset, serve picks its default (cuda when a GPU is present). On a GPU each server
+// takes a fifth of its memory, not vLLM's default 0.9: some tests run a second server beside the first.
+const DEVICE = process.env.TANDEM_E2E_DEVICE
+  ? ['--device', process.env.TANDEM_E2E_DEVICE,
+     ...(process.env.TANDEM_E2E_DEVICE === 'cuda' ? ['--gpu-memory-utilization', '0.2'] : [])]
+  : [];
 export async function startServer(args = [], { timeoutMs = 60000, env } = {}) {
   const proc = spawn(BINARY, ['serve', '--host', '127.0.0.1', '--port', '0', ...DEVICE, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],

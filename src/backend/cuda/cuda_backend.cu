@@ -4,6 +4,8 @@
 // allocation in the hot path, so a decode step can later be captured into a CUDA graph.
 #include <fmt/format.h>
 
+#include <cstdlib>
+
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/dummy_values.h"

@@ -5,12 +5,10 @@
 // Shape: each warp owns Rows::kRows output columns (1 for float weights, 4 for quantized ones) and an
 // M-tile of 1, 2, 4 or 8 rows of x (the smallest that holds T, up to 8), so each weight byte is read
 // once per M-tile; a CTA is 8 warps, the grid is (N / (8 · kRows)) × (T / tile), which at T = 1 covers
-// every SM for any real layer. Lanes stream the weight rows with 16-byte loads. This one kernel family serves every T:
-// the reduction order of an output element (see warp_dot in cuda_common.cuh) depends only on K and the weight row,
-// never on T or the other rows, which lossless speculative decoding under batching relies on. At T = 1 it is
-// bandwidth-bound; at large T it is FFMA-bound (no tensor cores in this pass). A warp asks L2 for its weight rows
-// before begin_kernel(), so under programmatic dependent launch the weight stream starts while the previous kernel (a
-// norm, the attention) is still finishing.
+// every SM for any real layer. Lanes stream the weight rows with 16-byte loads. This one kernel family serves every T: the reduction
+// order of an output element (see warp_dot in cuda_common.cuh) depends only on K and the weight
+// row, never on T or the other rows, which lossless speculative decoding under batching relies on.
+// At T = 1 it is bandwidth-bound; at large T it is FFMA-bound (no tensor cores in this pass).
 #include "backend/cuda/weight_rows.cuh"
 
 namespace tandem {
@@ -23,20 +21,19 @@ template <class Rows, int MT>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
     matmul_kernel(const float* __restrict__ x, int64_t ldx, Rows w, float* __restrict__ y, int64_t ldy, int64_t T,
                   int64_t N) {
+  begin_kernel();
   constexpr int R = Rows::kRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp) * R;
-  int64_t rows[R];
-#pragma unroll
-  for (int i = 0; i < R; ++i) rows[i] = n0 + i < N ? n0 + i : N - 1;  // a tail recomputes the last row
-  if (n0 < N && blockIdx.y == 0) w.prefetch(rows, lane);              // weights only: before the previous kernel ends
-  begin_kernel();
   if (n0 >= N) return;
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * MT;
   const int nrows = static_cast<int>(T - t0 < MT ? T - t0 : MT);
   const float* xr[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) xr[m] = x + (t0 + (m < nrows ? m : 0)) * ldx;
+  int64_t rows[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) rows[i] = n0 + i < N ? n0 + i : N - 1;  // a tail recomputes the last row
   float acc[R][MT];
 #pragma unroll
   for (int i = 0; i < R; ++i)
@@ -58,20 +55,19 @@ template <class Rows, int MT>
 __global__ void __launch_bounds__(kMatmulWarps * 32)
     matmul_glu_kernel(const float* __restrict__ x, int64_t ldx, Rows gate, Rows up, float* __restrict__ out,
                       int64_t ldo, int64_t T, int64_t I) {
+  begin_kernel();
   constexpr int R = Rows::kRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kMatmulWarps + warp) * R;
-  int64_t rows[R];
-#pragma unroll
-  for (int i = 0; i < R; ++i) rows[i] = n0 + i < I ? n0 + i : I - 1;
-  if (n0 < I && blockIdx.y == 0) gate.prefetch(rows, lane), up.prefetch(rows, lane);
-  begin_kernel();
   if (n0 >= I) return;
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * MT;
   const int nrows = static_cast<int>(T - t0 < MT ? T - t0 : MT);
   const float* xr[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) xr[m] = x + (t0 + (m < nrows ? m : 0)) * ldx;
+  int64_t rows[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) rows[i] = n0 + i < I ? n0 + i : I - 1;
   float g[R][MT], u[R][MT];
 #pragma unroll
   for (int i = 0; i < R; ++i)

@@ -133,12 +133,11 @@ void CudaBackend::launch_rms_norm(const TensorView& in, const TensorView* weight
   const void* wp = weight ? weight->data : nullptr;
   const int wt = weight ? wtype_of(weight->dtype) : 0;
   const unsigned rows = static_cast<unsigned>(in.rows());
-  auto launch = [&]<int PER, bool ADD>() {
+  auto go = [&]<int PER, bool ADD>() {
     launch("rms_norm_kernel", rms_norm_kernel<PER, ADD>, rows, threads, 0, mat(in), wp, wt, eps, mat(out));
   };
-  if (per == 8) add ? launch.template operator()<8, true>() : launch.template operator()<8, false>();
-  else
-    add ? launch.template operator()<32, true>() : launch.template operator()<32, false>();
+  if (per == 8) add ? go.template operator()<8, true>() : go.template operator()<8, false>();
+  else add ? go.template operator()<32, true>() : go.template operator()<32, false>();
 }
 
 void CudaBackend::rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) {

@@ -14,9 +14,8 @@ namespace tandem {
 namespace cu {
 
 // Rows types provide kRows (weight rows a warp computes together, reusing each x value it loads
-// for all of them), dot<MT>(r[kRows], xr[MT], nrows, acc[kRows][MT], lane), which adds lane
-// partials of x_m · W[r_i] to acc[i][m], and prefetch(r, lane), which asks L2 for those rows' bytes
-// (issued before begin_kernel(), while the previous kernel may still run).
+// for all of them) and dot<MT>(r[kRows], xr[MT], nrows, acc[kRows][MT], lane), which adds lane
+// partials of x_m · W[r_i] to acc[i][m].
 
 template <int WT, bool VEC, bool XVEC>
 struct FloatRows {
@@ -26,10 +25,6 @@ struct FloatRows {
 
   // The same rows of another weight of the same layout (same_rows_layout).
   FloatRows rebound(const TensorView& other) const { return {other.data, K}; }
-
-  __device__ __forceinline__ void prefetch(const int64_t (&r)[kRows], int lane) const {
-    prefetch_l2_span(static_cast<const char*>(w) + r[0] * K * welem_bytes<WT>(), K * welem_bytes<WT>(), lane);
-  }
 
   template <int MT>
   __device__ __forceinline__ void dot(const int64_t (&r)[kRows], const float* const (&xr)[MT], int nrows,
@@ -132,12 +127,6 @@ struct QuantRows {
   __device__ __forceinline__ int64_t group_of(int64_t k) const { return group_shift >= 0 ? k >> group_shift : k / group; }
   __device__ __forceinline__ float zero_at(int64_t i) const {
     return zeros ? static_cast<float>(__ldg(zeros + i)) : default_zero;
-  }
-
-  __device__ __forceinline__ void prefetch(const int64_t (&r)[kRows], int lane) const {
-    const int64_t row_bytes = K * qcode_bits<CODE>() / 8;
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) prefetch_l2_span(codes + r[i] * row_bytes, row_bytes, lane);
   }
 
   template <int MT>
