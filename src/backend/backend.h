@@ -169,6 +169,15 @@ class Backend {
   // out[r, :] = the k = out.cols() column indices of the largest x[r, :], largest first; ties
   // toward the lower index.   x [R,N] F32, out [R,k] I32.
   virtual void topk_rows(const TensorView& x, TensorView& out) = 0;
+  // Samples one token per row of logits [R,V] F32 as backend/sampling.h defines it (temperature,
+  // top-k, top-p, min-p, then the draw or the acceptance test of a draft), so only token ids leave
+  // the backend. params [R,4] F32 (sampling::RowParams: temperature, top_k, top_p, min_p; temperature
+  // <= 0 is greedy), uniforms [R,2] F32 in [0, 1), multiples of 2^-24, drawn by the caller from each
+  // request's own RNG; drafts [R] I32 (-1: none). out [R] I32: the draft itself when accepted, else
+  // a token drawn from the distribution with the draft removed. V < 2^23. The CPU and CUDA backends
+  // give the same tokens for the same inputs.
+  virtual void sample_rows(const TensorView& logits, const TensorView& params, const TensorView& uniforms,
+                           const TensorView& drafts, TensorView& out) = 0;
 };
 
 // threads <= 0: one per available core.

@@ -53,6 +53,27 @@ inline void check_quant_weight(const TensorView& w, const char* what) {
     fail("{}: k_perm must be I32 with {} x {} elements", what, perms, K);
 }
 
+// sample_rows: logits [R,V] F32, params [R,4] F32, uniforms [R,2] F32 (rows may be strided), drafts
+// and out R dense I32 values. Returns R.
+inline int64_t check_sample_rows(const TensorView& logits, const TensorView& params, const TensorView& uniforms,
+                                 const TensorView& drafts, const TensorView& out) {
+  check_f32_2d(logits, "sample_rows logits");
+  check_f32_2d(params, "sample_rows params");
+  check_f32_2d(uniforms, "sample_rows uniforms");
+  const int64_t R = logits.rows(), V = logits.cols();
+  if (params.rows() != R || params.cols() != 4) fail("sample_rows: params are [{}, {}], expected [{}, 4]", params.rows(), params.cols(), R);
+  if (uniforms.rows() != R || uniforms.cols() != 2)
+    fail("sample_rows: uniforms are [{}, {}], expected [{}, 2]", uniforms.rows(), uniforms.cols(), R);
+  for (const TensorView* v : {&drafts, &out}) {
+    const char* what = v == &out ? "sample_rows out" : "sample_rows drafts";
+    check_2d(*v, DType::I32, what);
+    if (v->numel() != R || (v->rows() != 1 && v->stride() != v->cols()))
+      fail("{} must be {} dense I32 values, got [{}, {}]", what, R, v->rows(), v->cols());
+  }
+  if (R > 0 && (V < 1 || V >= (int64_t{1} << 23))) fail("sample_rows: the vocabulary size {} is not in [1, 2^23)", V);
+  return R;
+}
+
 struct MatmulDims {
   int64_t T, N, K;
 };

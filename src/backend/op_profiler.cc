@@ -73,6 +73,10 @@ class OpProfiler final : public Backend {
     timed("argmax_rows", [&] { be_->argmax_rows(x, l, o); });
   }
   void topk_rows(const TensorView& x, TensorView& o) override { timed("topk_rows", [&] { be_->topk_rows(x, o); }); }
+  void sample_rows(const TensorView& l, const TensorView& p, const TensorView& u, const TensorView& d,
+                   TensorView& o) override {
+    timed("sample_rows", [&] { be_->sample_rows(l, p, u, d, o); });
+  }
 
  private:
   template <typename F>

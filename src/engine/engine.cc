@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <tuple>
 
 #include "engine/sampler.h"
 #include "util/error.h"
@@ -109,7 +108,7 @@ void Engine::commit_grammar(Sequence& s, const GrammarRound& round, const std::v
 
 Engine::Engine(Gemma4Model& target, std::unique_ptr<Proposer> proposer, EngineConfig config)
     : target_(target), proposer_(std::move(proposer)), config_(config), hidden_states_(target.backend()),
-      greedy_(target.backend()) {
+      tokens_(target.backend()), sample_inputs_(target.backend()), sample_drafts_(target.backend()) {
   if (!proposer_) config_.num_speculative_tokens = 0;
   const int32_t blocks =
       kv_blocks_for_bytes(target.config(), config_.kv_cache_bytes, config_.block_size, config_.kv_dtype);
@@ -488,30 +487,59 @@ bool Engine::step() {
   const double t_fwd0 = now_seconds();
   Backend& be = target_.backend();
   const ForwardOutput fwd = target_.run(batch, *kv_, true);
-  // Plain greedy rows (greedy, and Sampler::argmax would be the raw argmax: no grammar, penalties,
-  // bias, allowed_token_ids or min_tokens mask; no logprobs, no prompt logprobs) take the argmax on the
-  // backend and only the token ids cross to the host; anything else needs its rows' logits on the
-  // host. Prompt-logprob rows are output rows even in chunks that do not reach the prompt's end.
-  const bool device_greedy = std::all_of(spans.begin(), spans.end(), [](const Span& span) {
+  // Rows whose sampler leaves the logits as they are (no grammar, penalties, bias,
+  // allowed_token_ids or min_tokens mask) and that want no logprobs or prompt logprobs are sampled on
+  // the backend (argmax_rows when all of them are greedy, else sample_rows), and only their token ids
+  // cross to the host. The logits of the whole batch come to the host only when some other row
+  // needs them there. Prompt-logprob rows are output rows even in chunks that do not reach the
+  // prompt's end. Every output row draws its two uniforms first, whichever path samples it.
+  auto on_backend = [](const Span& span) {
     if (span.prompt_lp_rows > 0) return false;
-    if (!span.outputs) return true;
     const Sampler& sampler = span.seq->sampler;
-    const SamplingParams& p = sampler.params();
-    return p.greedy() && p.top_logprobs < 0 && sampler.leaves_logits(span.seq->generated());
-  });
-  HostTensor logits, greedy;
-  if (!fwd.logits.data) {  // only prefill chunks that do not reach their prompt's end
-  } else if (device_greedy) {
-    TensorView& ids = greedy_.resize(DType::I32, {fwd.logits.rows()});
-    be.argmax_rows(fwd.logits, nullptr, ids);
-    greedy = to_host(be, ids);
-  } else {
-    logits = to_host(be, fwd.logits);
+    return sampler.params().top_logprobs < 0 && sampler.leaves_logits(span.seq->generated());
+  };
+  const int64_t n_rows = fwd.logits.data ? fwd.logits.rows() : 0;
+  std::vector<float> sample_inputs(n_rows * 6, 0.0f);  // rows no sampled span owns stay greedy
+  std::vector<int32_t> sample_drafts(n_rows, -1);
+  bool any_backend = false, any_sampled = false, any_host = false;
+  for (int64_t row = 0; Span& span : spans) {
+    row += span.prompt_lp_rows;
+    if (!span.outputs) continue;
+    Sequence& s = *span.seq;
+    const bool backend_rows = on_backend(span);
+    any_backend |= backend_rows, any_host |= !backend_rows;
+    any_sampled |= backend_rows && !s.sampler.params().greedy();
+    const int n_out = static_cast<int>(span.drafts.size()) + 1;
+    for (int i = 0; i < n_out; ++i, ++row) {
+      const sampling::RowParams p = s.sampler.row_params();
+      const auto u = s.sampler.uniforms();
+      float* in = &sample_inputs[row * 6];
+      in[0] = p.temperature, in[1] = p.top_k, in[2] = p.top_p, in[3] = p.min_p, in[4] = u[0], in[5] = u[1];
+      if (i < static_cast<int>(span.drafts.size())) sample_drafts[row] = span.drafts[i];
+    }
   }
+  any_host |= std::any_of(spans.begin(), spans.end(), [](const Span& span) { return span.prompt_lp_rows > 0; });
+  HostTensor logits, backend_tokens;
+  if (n_rows > 0 && any_backend) {
+    TensorView& out = tokens_.resize(DType::I32, {n_rows});
+    if (!any_sampled) {
+      be.argmax_rows(fwd.logits, nullptr, out);
+    } else {
+      TensorView& in = sample_inputs_.resize(DType::F32, {n_rows, 6});
+      TensorView& drafts = sample_drafts_.resize(DType::I32, {n_rows});
+      upload_to(be, sample_inputs.data(), in);
+      upload_to(be, sample_drafts.data(), drafts);
+      TensorView params(DType::F32, in.data, {n_rows, sampling::kParamCols});
+      TensorView uniforms(DType::F32, in.as<float>() + sampling::kParamCols, {n_rows, sampling::kUniforms});
+      params.row_stride = uniforms.row_stride = 6;
+      be.sample_rows(fwd.logits, params, uniforms, drafts, out);
+    }
+    backend_tokens = to_host(be, out);
+  }
+  if (n_rows > 0 && any_host) logits = to_host(be, fwd.logits);
   const double forward_seconds = now_seconds() - t_fwd0;
 
   // 4. Accept / sample, emit, retire.
-  std::vector<float> probs;
   int out_row = 0;  // index into the output rows (hidden / logits)
   SpecStats spec_delta;
   spec_delta.accepted_per_position.assign(config_.num_speculative_tokens, 0);
@@ -541,35 +569,24 @@ bool Engine::step() {
     std::vector<int32_t> emitted;
     std::vector<int32_t> prefix(s.output().begin(), s.output().end());  // output so far, for penalties
     int accepted = 0;
+    const bool backend_rows = on_backend(span);
     for (int i = 0; i < n_out; ++i) {
       const bool has_draft = i < static_cast<int>(span.drafts.size());
+      const int32_t draft = has_draft ? span.drafts[i] : -1;
       int32_t token;
-      if (device_greedy) {
-        token = greedy.view().as<int32_t>()[row0 + i];
-        if (has_draft && token == span.drafts[i]) {
-          ++accepted, emitted.push_back(token), prefix.push_back(token);
-          continue;
-        }
+      if (backend_rows) {
+        token = backend_tokens.view().as<int32_t>()[row0 + i];
       } else if (s.sampler.params().greedy()) {
-        const auto lg = row_logits(i);
-        token = s.sampler.argmax(lg, prefix, row_mask(i));
-        if (has_draft && token == span.drafts[i]) {
-          ++accepted, emitted.push_back(token), prefix.push_back(token);
-          continue;
-        }
+        token = s.sampler.argmax(row_logits(i), prefix, row_mask(i));
       } else {
-        // Rejection sampling against the greedy (one-hot) draft keeps the target distribution.
-        s.sampler.distribution(row_logits(i), prefix, probs, row_mask(i));
-        if (has_draft) {
-          bool ok;
-          std::tie(token, ok) = s.sampler.verify_draft(probs, span.drafts[i]);
-          if (ok) {
-            ++accepted, emitted.push_back(token), prefix.push_back(token);
-            continue;
-          }
-        } else {
-          token = s.sampler.sample(probs);
-        }
+        const float* in = &sample_inputs[(row0 + i) * 6];
+        token = s.sampler.sample(row_logits(i), prefix, draft, {in[4], in[5]}, row_mask(i));
+      }
+      // Either way the token is the draft exactly when the draft is accepted (a rejected draft's
+      // mass is removed before the draw).
+      if (has_draft && token == draft) {
+        ++accepted, emitted.push_back(token), prefix.push_back(token);
+        continue;
       }
       emitted.push_back(token);
       break;

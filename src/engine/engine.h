@@ -136,7 +136,9 @@ class Engine {
   std::unique_ptr<KvCache> kv_;
   Tensor hidden_states_;                  // [max_num_seqs, H] each running sequence's drafter input
   std::vector<int32_t> free_state_rows_;  // rows of hidden_states_ not held by a running sequence
-  Tensor greedy_;                         // [R] I32 argmax of the output rows
+  Tensor tokens_;                         // [R] I32 the token the backend picked for each output row
+  Tensor sample_inputs_;                  // [R, 6] F32 sample_rows' params (4 columns) and uniforms (2)
+  Tensor sample_drafts_;                  // [R] I32 sample_rows' drafts
   // Encoder cache (vLLM's): features of recent images by pixel hash, most recently used first,
   // trimmed to max_num_batched_tokens rows between steps (never while a step holds views of it).
   struct EncodedImage {

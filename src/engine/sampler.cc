@@ -67,64 +67,23 @@ int32_t Sampler::argmax(std::span<const float> logits, std::span<const int32_t> 
 
 void Sampler::distribution(std::span<const float> logits, std::span<const int32_t> output_tokens,
                            std::vector<float>& probs, const uint32_t* grammar_mask) {
-  penalize(logits, output_tokens, probs, grammar_mask);
-  const int V = static_cast<int>(probs.size());
-  const float inv_t = 1.0f / std::max(params_.temperature, 1e-6f);
-  const float maxv = *std::max_element(probs.begin(), probs.end());
-  double sum = 0;
-  for (float& p : probs) {
-    p = std::exp((p - maxv) * inv_t);
-    sum += p;
-  }
-  for (float& p : probs) p = static_cast<float>(p / sum);
-  const bool top_k = params_.top_k > 0 && params_.top_k < V;
-  const bool top_p = params_.top_p < 1.0f;
-  if (top_k || top_p) {
-    order_.resize(V);
-    std::iota(order_.begin(), order_.end(), 0);
-    const int keep_k = top_k ? params_.top_k : V;
-    std::partial_sort(order_.begin(), order_.begin() + keep_k, order_.end(), [&](int32_t a, int32_t b) {
-      return probs[a] > probs[b] || (probs[a] == probs[b] && a < b);
-    });
-    int keep = keep_k;
-    if (top_p) {  // smallest prefix whose mass reaches top_p (always at least one token)
-      double mass = 0;
-      for (int i = 0; i < keep_k; ++i) {
-        mass += probs[order_[i]];
-        if (mass >= params_.top_p) {
-          keep = i + 1;
-          break;
-        }
-      }
-    }
-    for (int i = keep; i < V; ++i) probs[order_[i]] = 0.0f;
-  }
-  if (params_.min_p > 0.0f) {
-    const float pmax = *std::max_element(probs.begin(), probs.end());
-    for (float& p : probs)
-      if (p < params_.min_p * pmax) p = 0.0f;
-  }
-  const double total = std::accumulate(probs.begin(), probs.end(), 0.0);
-  for (float& p : probs) p = static_cast<float>(p / total);
+  penalize(logits, output_tokens, scratch_, grammar_mask);
+  const double total = static_cast<double>(sampling::kept_masses(scratch_, row_params(), sampling_));
+  probs.resize(scratch_.size());
+  for (size_t i = 0; i < probs.size(); ++i) probs[i] = static_cast<float>(static_cast<double>(sampling_.w[i]) / total);
 }
 
-int32_t Sampler::sample(std::span<const float> probs) {
-  const double total = std::accumulate(probs.begin(), probs.end(), 0.0);
-  double u = uniform() * total;
-  int32_t last_nonzero = 0;
-  for (size_t i = 0; i < probs.size(); ++i) {
-    if (probs[i] <= 0) continue;
-    last_nonzero = static_cast<int32_t>(i);
-    u -= probs[i];
-    if (u < 0) return last_nonzero;
-  }
-  return last_nonzero;  // rounding left a sliver of mass
+std::array<float, sampling::kUniforms> Sampler::uniforms() {
+  std::array<float, sampling::kUniforms> u;
+  static_assert(sampling::kUniformBits == 24);
+  for (float& x : u) x = static_cast<float>(rng_() >> (64 - sampling::kUniformBits)) * 0x1p-24f;
+  return u;
 }
 
-std::pair<int32_t, bool> Sampler::verify_draft(std::vector<float>& probs, int32_t draft) {
-  if (uniform() < probs[draft]) return {draft, true};
-  probs[draft] = 0.0f;
-  return {sample(probs), false};
+int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> output_tokens, int32_t draft,
+                        const std::array<float, sampling::kUniforms>& u, const uint32_t* grammar_mask) {
+  penalize(logits, output_tokens, scratch_, grammar_mask);
+  return sampling::sample_row(scratch_, row_params(), u.data(), draft, sampling_);
 }
 
 namespace {

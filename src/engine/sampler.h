@@ -1,13 +1,16 @@
-// Turns one row of target logits into the distribution a request samples from (penalties,
-// temperature, top-k, top-p, min-p), and draws from it with the request's own RNG so seeded
-// requests are reproducible whatever else is in the batch.
+// Turns one row of target logits into the distribution a request samples from (penalties, then
+// temperature, top-k, top-p, min-p as backend/sampling.h defines them, the same code the backends'
+// sample_rows op runs), and draws from it with the request's own RNG so seeded requests are
+// reproducible whatever else is in the batch.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <random>
 #include <span>
 #include <utility>
 #include <vector>
 
+#include "backend/sampling.h"
 #include "engine/request.h"
 
 namespace tandem {
@@ -39,24 +42,32 @@ class Sampler {
   // Greedy choice: argmax of the penalized logits (ties: lowest id).
   int32_t argmax(std::span<const float> logits, std::span<const int32_t> output_tokens,
                  const uint32_t* grammar_mask = nullptr);
-  // probs [V] = the sampling distribution (zeros outside top-k / top-p / min-p). Not for greedy.
+  // probs [V] = the sampling distribution after penalize(): the normalised masses that
+  // backend/sampling.h keeps (zeros outside top-k / top-p / min-p). Not for greedy.
   void distribution(std::span<const float> logits, std::span<const int32_t> output_tokens,
                     std::vector<float>& probs, const uint32_t* grammar_mask = nullptr);
-  // Draws a token from probs (need not be normalised).
-  int32_t sample(std::span<const float> probs);
-  double uniform() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng_); }
-
-  // Speculative verification of one greedily drafted token (a one-hot draft distribution):
-  // accept `draft` with probability probs[draft], else sample from probs with the draft's mass
-  // removed. The returned token is distributed exactly as probs (Leviathan et al. 2023, with
-  // q = one-hot). `probs` is modified on rejection. Returns {token, accepted}.
-  std::pair<int32_t, bool> verify_draft(std::vector<float>& probs, int32_t draft);
+  // The two uniforms of one output row, from this request's RNG. Every output row of a request
+  // takes exactly two (sampling::kUniforms), whether it samples on the host or the backend, has a
+  // draft or not, and whether or not an earlier row of its round was rejected: the RNG's position
+  // then depends only on the request's own rows, so a seeded request gives the same tokens
+  // whatever else is in the batch and whichever path runs it.
+  std::array<float, sampling::kUniforms> uniforms();
+  // The token of one output row, on the host: penalize(), then backend/sampling.h with `u` (the
+  // row's uniforms()). With a draft (>= 0), the draft itself when accepted (speculative rejection
+  // sampling against a greedy, i.e. one-hot, draft: the result is distributed exactly as the
+  // target), else a token drawn with the draft's mass removed. Not for greedy.
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> output_tokens, int32_t draft,
+                 const std::array<float, sampling::kUniforms>& u, const uint32_t* grammar_mask = nullptr);
+  // The parameters of the backend's sample_rows op (temperature <= 0: greedy).
+  sampling::RowParams row_params() const {
+    return {params_.temperature, static_cast<float>(params_.top_k), params_.top_p, params_.min_p};
+  }
 
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::vector<float> scratch_;
-  std::vector<int32_t> order_;
+  sampling::Scratch sampling_;
   std::vector<int32_t> prompt_ids_;  // distinct prompt tokens, for repetition_penalty
 };
 

@@ -957,6 +957,69 @@ TEST(CudaOps, TopkRows) {
   }
 }
 
+// Exactly the CPU backend's tokens: both compute e with the same float operations
+// (sampling::exp_nonpositive) and every mass and sum in integers (backend/sampling.h), so no
+// uniform is "near a boundary" for one backend only. Rows of Gemma 4's vocabulary and odd sizes,
+// tied logits, greedy, tiny temperatures, top-k from 1 to past V, top-p from 1 down to tiny, min-p,
+// drafts (none, the argmax, random, out of range on the GPU side only) and params / uniforms as
+// strided column slices of one buffer (as the engine uploads them).
+TEST(CudaOps, SampleRowsMatchesCpuTokens) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(603);
+  for (const int64_t V : {int64_t{262144}, int64_t{1000}, int64_t{37}, int64_t{4097}}) {
+    std::vector<std::array<float, 4>> grid;
+    for (float t : {0.0f, 1e-7f, 0.6f, 1.0f, 1.5f})
+      for (float k : {0.0f, 1.0f, 3.0f, 64.0f, static_cast<float>(V - 1), static_cast<float>(V)})
+        for (float tp : {1.0f, 0.95f, 0.3f, 1e-6f})
+          for (float mp : {0.0f, 0.05f}) grid.push_back({t, k, tp, mp});
+    // Big rows: a sample of the grid (each row is 1 MB); small rows: all of it.
+    const int64_t R = V > 10000 ? 48 : static_cast<int64_t>(grid.size());
+    SCOPED_TRACE(::testing::Message() << "V=" << V << " R=" << R);
+    const HT x = tied_scores(R, V, V % 2 ? V + 1 : 0, rng);
+    HT in = make_ht(DType::F32, {R, 6});
+    HT drafts = make_ht(DType::I32, {R});
+    for (int64_t r = 0; r < R; ++r) {
+      const auto& g = grid[V > 10000 ? rng.index(static_cast<int64_t>(grid.size())) : r];
+      for (int c = 0; c < 4; ++c) in.at<float>(r, c) = g[c];
+      for (int c = 4; c < 6; ++c) in.at<float>(r, c) = static_cast<float>(rng.gen()() >> 40) * 0x1p-24f;
+      int32_t argmax = 0;
+      for (int64_t j = 1; j < V; ++j)
+        if (x.at<float>(r, j) > x.at<float>(r, argmax)) argmax = static_cast<int32_t>(j);
+      drafts.at<int32_t>(0, r) = r % 3 == 0 ? -1 : r % 3 == 1 ? argmax : static_cast<int32_t>(rng.index(V));
+    }
+    auto column_views = [](const TensorView& all, TensorView& params, TensorView& uniforms) {
+      params = TensorView(DType::F32, all.data, {all.rows(), 4});
+      uniforms = TensorView(DType::F32, static_cast<float*>(all.data) + 4, {all.rows(), 2});
+      params.row_stride = uniforms.row_stride = 6;
+    };
+    HT out = make_ht(DType::I32, {R});
+    TensorView oc = out.view(), pc, uc;
+    column_views(in.view(), pc, uc);
+    b.cpu->sample_rows(x.view(), pc, uc, drafts.view(), oc);
+    Dev d(*b.gpu);
+    TensorView od = d.poisoned(out), pd, ud;
+    column_views(d.up(in), pd, ud);
+    b.gpu->sample_rows(d.up(x), pd, ud, d.up(drafts), od);
+    const HT got = d.down(od, out);
+    for (int64_t r = 0; r < R; ++r)
+      EXPECT_EQ(got.at<int32_t>(0, r), out.at<int32_t>(0, r))
+          << "row " << r << ": t=" << in.at<float>(r, 0) << " k=" << in.at<float>(r, 1) << " p=" << in.at<float>(r, 2)
+          << " min_p=" << in.at<float>(r, 3) << " draft=" << drafts.at<int32_t>(0, r);
+    // Out-of-range drafts on the device count as none (the CPU backend refuses them).
+    HT bad = drafts;
+    for (int64_t r = 0; r < R; ++r) bad.at<int32_t>(0, r) = r % 2 ? static_cast<int32_t>(V) : -5;
+    HT none = drafts;
+    for (int64_t r = 0; r < R; ++r) none.at<int32_t>(0, r) = -1;
+    TensorView on = none.view();
+    HT want = out;
+    TensorView ow = want.view();
+    b.cpu->sample_rows(x.view(), pc, uc, on, ow);
+    b.gpu->sample_rows(d.up(x), pd, ud, d.up(bad), od);
+    EXPECT_TRUE(same_elements(d.down(od, out), want));
+  }
+}
+
 // --- Device-side values out of range are skipped, never read or written out of bounds ----------
 
 TEST(CudaOps, BadDeviceIndicesAreHarmless) {

@@ -2,7 +2,9 @@
 // repetition_penalty) and in the engine (min_tokens stop rule, prompt logprobs, preemption count).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "engine/engine.h"
 #include "engine/sampler.h"
@@ -40,6 +42,42 @@ TEST(SamplerParams, LogitBiasAllowedIdsAndMinTokens) {
   const std::vector<int32_t> one = {0}, two = {0, 0};
   EXPECT_EQ(min_tokens.argmax(logits, one), 2);  // 1 output token < 2: EOS masked
   EXPECT_EQ(min_tokens.argmax(logits, two), 1);  // 2 output tokens: allowed again
+}
+
+// The host Sampler and the CPU backend's sample_rows op are one algorithm (backend/sampling.h): for
+// the same logits, parameters, uniforms and draft they give the same token, over parameter
+// combinations (temperature incl. tiny, top_k 0 / 1 / V, top_p 1 / tiny, min_p) and tied logits.
+TEST(SamplerParams, HostSamplerAndCpuSampleRowsGiveTheSameTokens) {
+  auto be = make_cpu_backend(2);
+  std::mt19937_64 gen(21);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  const int V = 2000;
+  int rows = 0, accepted = 0;
+  for (float t : {1e-7f, 0.5f, 1.0f, 1.6f})
+    for (int k : {0, 1, 7, 64, V - 1, V})
+      for (float tp : {1.0f, 0.9f, 1e-6f})
+        for (float mp : {0.0f, 0.1f}) {
+          SamplingParams p;
+          p.temperature = t, p.top_k = k, p.top_p = tp, p.min_p = mp;
+          Sampler sampler(p, 1000 + rows);
+          std::vector<float> logits(V);
+          for (float& l : logits) l = std::round(normal(gen) * 4.0f) / 4.0f;  // ties
+          const int32_t argmax = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+          for (int32_t draft : {-1, argmax, static_cast<int32_t>(gen() % V)}) {
+            const auto u = sampler.uniforms();
+            const int32_t host = sampler.sample(logits, {}, draft, u);
+            const sampling::RowParams rp = sampler.row_params();
+            float params[4] = {rp.temperature, rp.top_k, rp.top_p, rp.min_p}, uniforms[2] = {u[0], u[1]};
+            int32_t d = draft, out = -7;
+            TensorView lv(DType::F32, logits.data(), {1, V}), pv(DType::F32, params, {1, 4}),
+                uv(DType::F32, uniforms, {1, 2}), dv(DType::I32, &d, {1}), ov(DType::I32, &out, {1});
+            be->sample_rows(lv, pv, uv, dv, ov);
+            EXPECT_EQ(out, host) << "t=" << t << " k=" << k << " top_p=" << tp << " min_p=" << mp << " draft=" << draft;
+            ++rows, accepted += draft >= 0 && host == draft;
+          }
+        }
+  EXPECT_EQ(rows, 432);
+  EXPECT_GT(accepted, rows / 6);  // the argmax drafts are accepted often
 }
 
 TEST(SamplerParams, RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogits) {

@@ -15,6 +15,7 @@
 #include "backend/cpu/cpu_features.h"
 #include "backend/dummy_values.h"
 #include "backend/op_checks.h"
+#include "backend/sampling.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/thread_pool.h"
 #include "backend/cpu/vec_math.h"
@@ -267,6 +268,23 @@ class CpuBackend final : public Backend {
                         [&](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
       std::copy_n(order.begin(), k, o + r * k);
     }
+  }
+
+  // Row by row through the host reference of backend/sampling.cc (the host Sampler runs the same code).
+  void sample_rows(const TensorView& logits, const TensorView& params, const TensorView& uniforms,
+                   const TensorView& drafts, TensorView& out) override {
+    const int64_t R = check_sample_rows(logits, params, uniforms, drafts, out), V = logits.cols();
+    const int32_t* d = drafts.as<int32_t>();
+    int32_t* o = out.as<int32_t>();
+    for (int64_t r = 0; r < R; ++r)
+      if (d[r] < -1 || d[r] >= V) fail("sample_rows: draft {} is outside [-1, {})", d[r], V);
+    for_rows(R, V, [&](int64_t r) {
+      const float* p = params.row<float>(r);
+      const sampling::RowParams rp{p[0], p[1], p[2], p[3]};
+      sampling::Scratch scratch;
+      o[r] = sampling::sample_row(std::span<const float>(logits.row<float>(r), V), rp, uniforms.row<float>(r),
+                                  d[r] < 0 ? -1 : d[r], scratch);
+    });
   }
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override {

@@ -349,6 +349,8 @@ class CudaBackend final : public Backend {
                    const TensorView& down, TensorView& y) override;
   void argmax_rows(const TensorView& x, const TensorView* labels, TensorView& out) override;
   void topk_rows(const TensorView& x, TensorView& out) override;
+  void sample_rows(const TensorView& logits, const TensorView& params, const TensorView& uniforms,
+                   const TensorView& drafts, TensorView& out) override;
 
   cudaStream_t stream() const { return stream_; }
 
