@@ -84,11 +84,12 @@ StepReport run_step_bench(const StepOptions& o) {
   // Prefill `context` tokens per sequence once; every timed step then reads that context.
   const int max_tokens = *std::max_element(o.tokens.begin(), o.tokens.end());
   const int32_t block = 16, per_seq = (o.context + max_tokens + block) / block + 1;
-  KvCache kv(*be, c, per_seq * o.batch, block, kv_dtype);
-  std::vector<std::vector<int32_t>> tables(o.batch);
+  const int64_t blocks = static_cast<int64_t>(per_seq) * o.batch;
+  KvCache kv(*be, c, {blocks, blocks}, block, kv_dtype);
+  std::vector<BlockTables> tables(o.batch);
   ForwardBatch batch;
   for (int s = 0; s < o.batch; ++s) {
-    TANDEM_CHECK(kv.reserve(tables[s], o.context + max_tokens));
+    TANDEM_CHECK(kv.reserve(tables[s], 0, o.context + max_tokens));
     for (int i = 0; i < o.context; ++i) batch.add((i * 7919 + 13 * s + 1) % c.vocab_size, i, &tables[s], i == o.context - 1);
   }
   if (o.context > 0) target->run(batch, kv, false);

@@ -75,8 +75,11 @@ void run_generate(const GenerateOptions& o) {
   config.max_model_len = static_cast<int>(request.prompt.size()) + o.max_tokens + 1;
   config.max_num_batched_tokens = std::max(512, config.max_model_len);
   config.kv_dtype = parse_kv_cache_dtype(o.kv_cache_dtype, *backend);
-  config.kv_cache_bytes =
-      target->config().kv_bytes_per_token(static_cast<int>(dtype_size(config.kv_dtype))) * (config.max_model_len + 64);
+  // One sequence: every position on full layers, the window (and a step) on sliding layers.
+  const KvSizing sizing = kv_sizing(target->config(), config.block_size, config.kv_dtype);
+  config.kv_cache_bytes = sizing.bytes(sizing.blocks_for(
+      1, config.max_model_len + config.num_speculative_tokens + 1,
+      sizing.sliding_working_set(1, config.max_num_batched_tokens, config.num_speculative_tokens)));
   Engine engine(*target, std::move(proposer), config);
   engine.set_vision(vision.get());
   int round = 0;

@@ -41,15 +41,16 @@ void run_logits(const LogitsOptions& o) {
   else prompt.prompt = parse_ids(o.ids);
   const std::vector<int32_t>& ids = prompt.prompt;
   const int32_t n = static_cast<int32_t>(ids.size());
-  KvCache kv(model->backend(), model->config(), (n + 15) / 16, 16);
-  std::vector<int32_t> table;
-  kv.reserve(table, n);
+  const int64_t blocks = (n + 15) / 16;
+  KvCache kv(model->backend(), model->config(), {blocks, blocks}, 16);
+  BlockTables tables;
+  kv.reserve(tables, 0, n);
   ForwardBatch batch;
   for (int32_t i = 0; i < n; ++i) {
     int32_t block_end = 0;
     for (const ImageInput& im : prompt.images)
       if (i >= im.offset && i < im.end()) block_end = im.end();
-    batch.add(ids[i], i, &table, o.all_positions || i == n - 1, block_end);
+    batch.add(ids[i], i, &tables, o.all_positions || i == n - 1, block_end);
   }
   std::vector<Tensor> features;
   for (const ImageInput& im : prompt.images) {
@@ -159,8 +160,13 @@ void run_inspect(const std::string& dir, bool json_out, const std::string& load_
                          c.top_k_experts, c.moe_intermediate);
   if (c.ple_dim) std::printf("  per-layer embeddings: %d per layer\n", c.ple_dim);
   if (c.quant.quantized()) std::printf("  quantization: %s\n", c.quant.describe().c_str());
-  std::printf("  KV cache per token: %lld bytes (bf16), %lld bytes (f32, as tandem's CPU backend stores it)\n",
+  std::printf("  KV cache per position, all layers: %lld bytes (bf16), %lld bytes (f32, as tandem's CPU backend stores it)\n",
               static_cast<long long>(c.kv_bytes_per_token(2)), static_cast<long long>(c.kv_bytes_per_token(4)));
+  const KvSizing kv = kv_sizing(c, 16, DType::BF16);
+  if (kv.keep > 0)
+    std::printf("  of which full layers %lld bytes (bf16) for every position; sliding layers keep only the last %d "
+                "positions of a sequence\n",
+                static_cast<long long>(kv.full_block_bytes / kv.block_size), kv.keep);
   std::printf("  %-5s %-8s %-8s %-8s %-6s %-9s %s\n", "layer", "type", "head_dim", "kv_heads", "k=v", "kv_from", "mlp");
   for (int i = 0; i < c.n_layers; ++i) {
     const LayerSpec& l = c.layers[i];

@@ -14,6 +14,7 @@
 #include "model/gemma4_vision.h"
 #include "model/gemma4_assistant.h"
 #include "model/config.h"
+#include "model/kv_cache.h"
 #include "spec/speculative_config.h"
 
 namespace tandem::cli {
@@ -54,6 +55,18 @@ int64_t drafter_bytes(const std::string& dir, const std::string& target_dir) {
 }
 
 std::string mib(int64_t bytes) { return fmt::format("{:.1f} MiB", bytes / 1048576.0); }
+
+// The largest n in [0, hi] with fits(n) (fits is monotone: true up to some n, false after).
+template <typename F>
+int64_t largest(int64_t hi, F fits) {
+  int64_t lo = 0;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
 
 void run_plan(const PlanOptions& o) {
   const std::string dir = o.model.empty() ? bundled_model_dir() : o.model;
@@ -104,14 +117,34 @@ void run_plan(const PlanOptions& o) {
   if (o.device != "cpu" && o.device != "cuda") fail("--device must be cpu or cuda, got \"{}\"", o.device);
   const int kv_elem = o.device == "cuda" ? 2 : 4;
   if (drafter_kv_per_token) drafter_kv_per_token = drafter_kv_per_token / 4 * kv_elem;
-  const int64_t kv_per_token = target.kv_bytes_per_token(kv_elem) + drafter_kv_per_token;
-  const int64_t per_sequence = kv_per_token * (o.max_model_len + k + 1);
+  // The engine's KV cache (blocks of 16): full layers keep every position, sliding layers the window
+  // of each running sequence plus the rows of one step (kv_cache.h).
+  const KvSizing sizing = kv_sizing(target, 16, kv_elem == 2 ? DType::BF16 : DType::F32);
+  const int64_t positions = int64_t{o.max_model_len} + k + 1;
+  auto kv_bytes = [&](int64_t seqs, int64_t pos) {
+    const int64_t cap = sizing.sliding_working_set(seqs, o.max_num_batched_tokens, k);
+    return sizing.bytes(sizing.blocks_for(seqs, pos, cap)) + drafter_kv_per_token * pos * seqs;
+  };
+  const int64_t full_per_token = sizing.full_block_bytes / sizing.block_size + drafter_kv_per_token;
+  const int64_t sliding_per_token = sizing.sliding_block_bytes / sizing.block_size;
+  // What one sequence of --max-model-len holds: every position on full layers, its window on sliding ones.
+  const int64_t sliding_window_bytes = sizing.bytes({0, sizing.sliding_working_set(1, 0, k)});
+  const int64_t per_sequence =
+      sizing.bytes(sizing.blocks_for(1, positions, sizing.sliding_working_set(1, 0, k))) + drafter_kv_per_token * positions;
+  const int64_t step_bytes = sizing.bytes({0, sizing.sliding_working_set(0, o.max_num_batched_tokens, k)});
+  const int64_t kv_needed = kv_bytes(o.max_num_seqs, positions);
   const int64_t budget = o.memory.empty() ? mem_available_bytes() : parse_bytes("--memory", o.memory);
-  const int64_t needed = weights + drafter_weights + vision_activations + per_sequence * o.max_num_seqs;
+  const int64_t needed = weights + drafter_weights + vision_activations + kv_needed;
   const int64_t for_kv = budget - weights - drafter_weights - vision_activations;
-  const int64_t seqs_that_fit = for_kv > 0 ? for_kv / per_sequence : 0;
+  const int64_t seqs_that_fit =
+      for_kv > 0 ? largest(for_kv / std::max<int64_t>(1, full_per_token * positions) + 1,
+                           [&](int64_t n) { return kv_bytes(n, positions) <= for_kv; })
+                 : 0;
   const int64_t len_that_fits =
-      for_kv > 0 ? std::max<int64_t>(0, for_kv / (kv_per_token * o.max_num_seqs) - k - 1) : 0;
+      for_kv > 0 ? std::max<int64_t>(0, largest(for_kv / std::max<int64_t>(1, full_per_token * o.max_num_seqs) + 1,
+                                                [&](int64_t p) { return kv_bytes(o.max_num_seqs, p) <= for_kv; }) -
+                                            k - 1)
+                 : 0;
   const bool fits = needed <= budget;
 
   nlohmann::json j = {{"model", dir},
@@ -119,9 +152,14 @@ void run_plan(const PlanOptions& o) {
                       {"speculative_method", method},
                       {"num_speculative_tokens", k},
                       {"drafter_weights_bytes", drafter_weights},
-                      {"kv_bytes_per_token", kv_per_token},
-                      {"kv_bytes_per_token_bf16", target.kv_bytes_per_token(2)},
+                      {"kv_bytes_per_token", full_per_token},
+                      {"kv_bytes_per_token_bf16", kv_sizing(target, 16, DType::BF16).full_block_bytes / 16},
+                      {"kv_sliding_bytes_per_token", sliding_per_token},
+                      {"kv_sliding_positions_kept", sizing.keep},
+                      {"kv_sliding_bytes_per_sequence", sliding_window_bytes},
+                      {"kv_sliding_bytes_per_step", step_bytes},
                       {"kv_bytes_per_sequence", per_sequence},
+                      {"kv_bytes_needed", kv_needed},
                       {"max_model_len", o.max_model_len},
                       {"max_num_seqs", o.max_num_seqs},
                       {"budget_bytes", budget},
@@ -146,8 +184,14 @@ void run_plan(const PlanOptions& o) {
   if (!o.speculative_config.empty())
     std::printf("  drafter        %s, %s, k = %d%s\n", mib(drafter_weights).c_str(), method.c_str(), k,
                 method == "mtp" ? " (reads the target's KV: no cache of its own)" : "");
-  std::printf("  KV cache       %lld bytes/token (%s, as the %s backend stores it)\n", static_cast<long long>(kv_per_token),
+  std::printf("  KV cache       %lld bytes/token%s (%s, as the %s backend stores it)\n",
+              static_cast<long long>(full_per_token), sizing.keep > 0 ? " on full layers" : "",
               kv_elem == 2 ? "bf16" : "f32", o.device == "cuda" ? "CUDA" : "CPU");
+  if (sizing.keep > 0)
+    std::printf("                 + sliding layers (%lld bytes/token) keep only the last %d positions: %s per sequence, "
+                "+ %s for a step's --max-num-batched-tokens %d rows\n",
+                static_cast<long long>(sliding_per_token), sizing.keep, mib(sliding_window_bytes).c_str(),
+                mib(step_bytes).c_str(), o.max_num_batched_tokens);
   std::printf("  per sequence   %s at --max-model-len %d (+%d verify positions)\n", mib(per_sequence).c_str(),
               o.max_model_len, k + 1);
   if (target.takes_images()) {

@@ -516,8 +516,16 @@ void run_serve(ServeOptions o) {
   // activations of the largest step; on the CPU min(4 GiB, 25% of available memory, what
   // max_num_seqs full-length sequences need). --kv-cache-dtype: bf16 on GPUs, f32 on the CPU by default.
   config.kv_dtype = parse_kv_cache_dtype(o.kv_cache_dtype, *backend);
-  const int64_t per_token = mc.kv_bytes_per_token(static_cast<int>(dtype_size(config.kv_dtype)));
-  const int64_t one_sequence = per_token * (config.max_model_len + config.num_speculative_tokens + 64);
+  // Full layers keep every position; sliding layers only the window of each running sequence (the
+  // engine's split of the cache, kv_cache.h).
+  const KvSizing sizing = kv_sizing(mc, config.block_size, config.kv_dtype);
+  const int k = config.num_speculative_tokens;
+  const int64_t sliding_cap =
+      sizing.sliding_working_set(config.max_num_seqs, config.max_num_batched_tokens, k);
+  auto kv_bytes_for = [&](int64_t seqs) {
+    return sizing.bytes(sizing.blocks_for(seqs, int64_t{config.max_model_len} + k + 1, sliding_cap));
+  };
+  const int64_t one_sequence = kv_bytes_for(1);
   int64_t kv_bytes = 0;
   std::string kv_source;
   if (!o.kv_cache_memory.empty()) {
@@ -536,7 +544,7 @@ void run_serve(ServeOptions o) {
     kv_bytes = budget - used - activations;
     if (kv_bytes < one_sequence) {
       const double need = static_cast<double>(used + activations + one_sequence) / static_cast<double>(total);
-      const int64_t fits = kv_bytes > 0 ? kv_bytes / per_token - config.num_speculative_tokens - 64 : 0;
+      const int64_t fits = sizing.max_positions(1, kv_bytes, sliding_cap) - k - 1;
       fail("not enough GPU memory for the KV cache: --gpu-memory-utilization {} gives {:.2f} GiB, of which the "
            "weights take {:.2f} GiB and the activations of a {}-token step {:.2f} GiB, leaving {:.2f} GiB; one sequence "
            "of --max-model-len {} needs {:.2f} GiB of KV cache. Use --gpu-memory-utilization {:.2f}{}",
@@ -549,10 +557,9 @@ void run_serve(ServeOptions o) {
                             activations / gib);
   } else {
     const int64_t avail = mem_available_bytes();
-    const int64_t want = per_token * (static_cast<int64_t>(config.max_model_len) + 64) * config.max_num_seqs;
-    kv_bytes = std::min<int64_t>(4ll << 30, want);
+    kv_bytes = std::min<int64_t>(4ll << 30, kv_bytes_for(config.max_num_seqs));
     if (avail > 0) kv_bytes = std::min<int64_t>(kv_bytes, avail / 4);
-    kv_bytes = std::max<int64_t>(kv_bytes, per_token * (config.max_model_len + 64));
+    kv_bytes = std::max<int64_t>(kv_bytes, one_sequence);
     kv_source = "system memory (min of 4 GiB, 25% of available, max-num-seqs full-length sequences)";
   }
   config.kv_cache_bytes = kv_bytes;
@@ -561,8 +568,20 @@ void run_serve(ServeOptions o) {
     log::info("--gpu-memory-utilization {} ignored on CPU; KV cache sized from {}: {} MiB", o.gpu_memory_utilization,
               kv_source, kv_bytes >> 20);
   else
-    log::info("KV cache sized from {}: {} MiB ({} tokens)", kv_source, kv_bytes >> 20,
-              per_token > 0 ? kv_bytes / per_token : 0);
+    log::info("KV cache sized from {}: {} MiB", kv_source, kv_bytes >> 20);
+  const KvBlocks kv_blocks = sizing.split(kv_bytes, sliding_cap);
+  if (sizing.keep > 0)
+    log::info("KV cache: {} tokens of full-layer KV ({} bytes/token), sliding layers {} MiB ({} bytes/token for the "
+              "last {} positions of each sequence: {} blocks of {}{})",
+              kv_blocks.full * config.block_size, sizing.full_block_bytes / config.block_size,
+              sizing.bytes({0, kv_blocks.sliding}) >> 20, sizing.sliding_block_bytes / config.block_size, sizing.keep,
+              kv_blocks.sliding, config.block_size,
+              kv_blocks.sliding == kv_blocks.full ? ", as many as the full layers: the windows of --max-num-seqs "
+                                                    "sequences would need more"
+                                                  : "");
+  else
+    log::info("KV cache: {} tokens ({} bytes/token)", kv_blocks.full * config.block_size,
+              sizing.full_block_bytes / config.block_size);
   if (gpu)
     log::info("--dtype {}: weights stay in their checkpoint dtype, activations are float32, the KV cache bfloat16",
               o.dtype);

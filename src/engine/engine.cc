@@ -27,7 +27,7 @@ struct Engine::Sequence {
   std::vector<int32_t> tokens;  // prompt + generated
   int32_t prompt_len = 0;
   int32_t computed = 0;
-  std::vector<int32_t> table;
+  BlockTables tables;
   std::vector<uint64_t> block_hashes;  // chain hashes of the leading full blocks (prefix caching)
   int32_t state_row = -1;  // row of hidden_states_ while running
   bool has_hidden = false;
@@ -110,14 +110,17 @@ Engine::Engine(Gemma4Model& target, std::unique_ptr<Proposer> proposer, EngineCo
     : target_(target), proposer_(std::move(proposer)), config_(config), hidden_states_(target.backend()),
       tokens_(target.backend()), sample_inputs_(target.backend()), sample_drafts_(target.backend()) {
   if (!proposer_) config_.num_speculative_tokens = 0;
-  const int32_t blocks =
-      kv_blocks_for_bytes(target.config(), config_.kv_cache_bytes, config_.block_size, config_.kv_dtype);
-  const int32_t needed = (config_.max_model_len + config_.num_speculative_tokens + config_.block_size) /
+  // The sliding group gets what max_num_seqs sequences can hold at once; the full group the rest.
+  const KvSizing sizing = kv_sizing(target.config(), config_.block_size, config_.kv_dtype);
+  const KvBlocks blocks = sizing.split(
+      config_.kv_cache_bytes,
+      sizing.sliding_working_set(config_.max_num_seqs, config_.max_num_batched_tokens, config_.num_speculative_tokens));
+  const int64_t needed = (config_.max_model_len + config_.num_speculative_tokens + config_.block_size) /
                          config_.block_size;
-  if (blocks < needed)
+  if (blocks.full < needed)
     fail("the KV cache ({} MiB) holds {} tokens, fewer than one sequence of --max-model-len {} needs; "
          "raise the KV cache size or lower --max-model-len",
-         config_.kv_cache_bytes >> 20, static_cast<int64_t>(blocks) * config_.block_size, config_.max_model_len);
+         config_.kv_cache_bytes >> 20, blocks.full * config_.block_size, config_.max_model_len);
   kv_ = std::make_unique<KvCache>(target.backend(), target.config(), blocks, config_.block_size, config_.kv_dtype);
   hidden_states_.resize(DType::F32, {config_.max_num_seqs, target.config().hidden});
   for (int32_t r = config_.max_num_seqs - 1; r >= 0; --r) free_state_rows_.push_back(r);
@@ -292,16 +295,13 @@ int32_t Engine::match_prefix(Sequence& s) {
   // Only blocks strictly before the last token: that token must run to produce logits.
   const int32_t bs = kv_->block_size();
   const int32_t full = (static_cast<int32_t>(s.tokens.size()) - 1) / bs;
-  uint64_t parent = 0;
-  for (int32_t b = 0; b < full; ++b) {
-    const uint64_t h = block_hash(parent, std::span<const int32_t>(s.tokens).subspan(b * bs, bs), image_hash_extra(s, b));
-    const int32_t block = kv_->lookup(h);
-    if (block < 0) break;
-    s.table.push_back(block);
-    s.block_hashes.push_back(h);
-    parent = h;
-  }
-  return static_cast<int32_t>(s.block_hashes.size()) * bs;
+  std::vector<uint64_t> hashes;
+  for (int32_t b = 0; b < full; ++b)
+    hashes.push_back(block_hash(b ? hashes.back() : 0, std::span<const int32_t>(s.tokens).subspan(b * bs, bs),
+                                image_hash_extra(s, b)));
+  const int64_t taken = kv_->lookup(hashes, s.tables);
+  s.block_hashes.assign(hashes.begin(), hashes.begin() + taken);
+  return static_cast<int32_t>(taken) * bs;
 }
 
 void Engine::publish_blocks(Sequence& s) {
@@ -311,14 +311,19 @@ void Engine::publish_blocks(Sequence& s) {
     const size_t b = s.block_hashes.size();
     const uint64_t h = block_hash(b ? s.block_hashes.back() : 0, std::span<const int32_t>(s.tokens).subspan(b * bs, bs),
                                   image_hash_extra(s, static_cast<int32_t>(b)));
-    kv_->publish(s.table[b], h);
+    kv_->publish(s.tables, static_cast<int64_t>(b), h);
     s.block_hashes.push_back(h);
   }
 }
 
+void Engine::commit_kv(Sequence& s) {
+  publish_blocks(s);
+  kv_->release_behind(s.tables, s.computed);
+}
+
 void Engine::release_resources(Sequence& s) {
   if (proposer_) proposer_->release(s.id);
-  kv_->release_all(s.table);
+  kv_->release_all(s.tables);
   if (s.state_row >= 0) free_state_rows_.push_back(s.state_row);
   s.state_row = -1;
   s.has_hidden = false;
@@ -355,8 +360,9 @@ bool Engine::step() {
       Sequence& s = *waiting_.front();
       // Prompt logprobs need logits at every prompt position: no prefix cache reads for those.
       const int32_t matched = config_.enable_prefix_caching && !s.wants_prompt_logprobs() ? match_prefix(s) : 0;
-      if (!kv_->reserve(s.table, static_cast<int64_t>(s.tokens.size()) + 1)) {
-        kv_->release_all(s.table);  // give back any matched blocks; retry when pages free up
+      // The full group holds the whole prompt from here; the sliding group is reserved chunk by chunk.
+      if (!kv_->reserve_full(s.tables, static_cast<int64_t>(s.tokens.size()) + 1)) {
+        kv_->release_all(s.tables);  // give back any matched blocks; retry when pages free up
         s.block_hashes.clear();
         break;
       }
@@ -374,7 +380,7 @@ bool Engine::step() {
     }
     stats_.num_running = static_cast<int>(running_.size());
     stats_.num_waiting = static_cast<int>(waiting_.size());
-    stats_.kv_usage = 1.0 - static_cast<double>(kv_->free_blocks()) / kv_->num_blocks();
+    stats_.kv_usage = kv_->usage();
   }
   for (auto& [callback, out] : aborted_outputs) callback(out);
   if (running_.empty()) return !aborted_outputs.empty();
@@ -395,9 +401,9 @@ bool Engine::step() {
     const int remaining = s.request.max_tokens - s.generated();
     const int room = config_.max_model_len - static_cast<int>(s.tokens.size());
     const int k = std::min({s.k, remaining - 1, room});
-    if (k <= 0 || !kv_->reserve(s.table, s.computed + k + 1)) continue;
+    if (k <= 0 || !kv_->reserve(s.tables, s.computed, s.computed + k + 1)) continue;
     DraftRequest d;
-    d.seq_id = s.id, d.tokens = &s.tokens, d.committed = s.computed, d.block_table = &s.table, d.k = k;
+    d.seq_id = s.id, d.tokens = &s.tokens, d.committed = s.computed, d.tables = &s.tables, d.k = k;
     if (s.has_hidden) d.target_hidden = hidden_states_.view().row_slice(s.state_row, s.state_row + 1);
     drafts.push_back(std::move(d));
     drafting.push_back(&s);
@@ -424,7 +430,7 @@ bool Engine::step() {
     Sequence& s = *sp;
     if (!s.decoding()) continue;
     const bool has_drafts = next_draft < drafting.size() && drafting[next_draft] == &s;
-    if (!has_drafts && !kv_->reserve(s.table, s.computed + 1)) {
+    if (!has_drafts && !kv_->reserve(s.tables, s.computed, s.computed + 1)) {
       preempted.push_back(&s);  // out of KV pages: recompute this sequence later
       continue;
     }
@@ -432,8 +438,8 @@ bool Engine::step() {
     if (next_draft < drafting.size() && drafting[next_draft] == &s) span.drafts = drafts[next_draft++].drafts;
     if (s.matcher) span.grammar = check_drafts(s, span.drafts);
     const int32_t p = s.computed;
-    batch.add(s.tokens.back(), p, &s.table, true);
-    for (size_t i = 0; i < span.drafts.size(); ++i) batch.add(span.drafts[i], p + 1 + static_cast<int32_t>(i), &s.table, true);
+    batch.add(s.tokens.back(), p, &s.tables, true);
+    for (size_t i = 0; i < span.drafts.size(); ++i) batch.add(span.drafts[i], p + 1 + static_cast<int32_t>(i), &s.tables, true);
     span.n_rows = batch.size() - span.first_row;
     budget -= span.n_rows;
     spans.push_back(std::move(span));
@@ -443,7 +449,7 @@ bool Engine::step() {
     if (s.decoding() || budget <= 0) continue;
     const int32_t total = static_cast<int32_t>(s.tokens.size());
     const int32_t n = fit_image_blocks(s, std::min(budget, total - s.computed));
-    if (n <= 0 || !kv_->reserve(s.table, s.computed + n + 1)) continue;
+    if (n <= 0 || !kv_->reserve(s.tables, s.computed, s.computed + n + 1)) continue;
     Span span{&s, batch.size(), n, {}, s.computed + n == total};
     if (s.matcher && span.outputs) span.grammar = check_drafts(s, span.drafts);
     const bool all_rows = s.wants_prompt_logprobs();
@@ -453,7 +459,7 @@ bool Engine::step() {
       int32_t block_end = 0;
       for (const ImageInput& im : s.request.images)
         if (p >= im.offset && p < im.end()) block_end = im.end();
-      batch.add(s.tokens[p], p, &s.table, all_rows || (span.outputs && i == n - 1), block_end);
+      batch.add(s.tokens[p], p, &s.tables, all_rows || (span.outputs && i == n - 1), block_end);
     }
     for (const ImageInput& im : s.request.images) {  // the chunk's image rows take the image's features
       const int32_t r0 = std::max(im.offset, s.computed), r1 = std::min(im.end(), s.computed + n);
@@ -556,7 +562,7 @@ bool Engine::step() {
     out_row += span.prompt_lp_rows;
     if (!span.outputs) {  // a prefill chunk that does not reach the end yet
       s.computed += span.n_rows;
-      publish_blocks(s);
+      commit_kv(s);
       continue;
     }
     const int n_out = span.drafts.empty() ? 1 : static_cast<int>(span.drafts.size()) + 1;
@@ -638,9 +644,10 @@ bool Engine::step() {
     out.finished = out.finish_reason != FinishReason::none;
     s.finished = out.finished;
     out.queue_seconds = s.scheduled_at - s.submitted_at, out.scheduled_time = s.scheduled_at;
-    // Free pages beyond what is committed (rejected drafts); offer completed blocks for reuse.
-    kv_->truncate(s.table, s.computed + 1);
-    publish_blocks(s);
+    // Free pages beyond what is committed (rejected drafts) and behind the window; offer completed
+    // blocks for reuse.
+    kv_->truncate(s.tables, s.computed + 1);
+    commit_kv(s);
     s.callback(out);
   }
 
@@ -668,7 +675,7 @@ bool Engine::step() {
   }
   stats_.num_running = static_cast<int>(running_.size());
   stats_.num_waiting = static_cast<int>(waiting_.size());
-  stats_.kv_usage = 1.0 - static_cast<double>(kv_->free_blocks()) / kv_->num_blocks();
+  stats_.kv_usage = kv_->usage();
   return true;
 }
 

@@ -63,7 +63,7 @@ struct StatHistogram {
 struct EngineStats {
   int num_running = 0;
   int num_waiting = 0;
-  double kv_usage = 0;  // fraction of KV blocks in use
+  double kv_usage = 0;  // fraction of the KV cache's bytes in use
   uint64_t prompt_tokens = 0;
   uint64_t generation_tokens = 0;
   uint64_t prefix_cache_queries = 0;  // prompt tokens looked up
@@ -106,6 +106,8 @@ class Engine {
   const EngineConfig& config() const { return config_; }
   Gemma4Model& target() { return target_; }
   Proposer* proposer() { return proposer_.get(); }
+  // The target's KV cache (read it between steps: from an output callback, or in inline mode).
+  const KvCache& kv_cache() const { return *kv_; }
 
  private:
   struct Sequence;
@@ -125,6 +127,8 @@ class Engine {
   // The features of an image (backend memory), from the encoder cache or encoded now.
   const TensorView& image_features(const ImageInput& image);
   void publish_blocks(Sequence& s);   // publishes the sequence's newly completed blocks
+  // After s.computed advanced: publishes completed blocks, releases sliding blocks behind the window.
+  void commit_kv(Sequence& s);
   // Gives back what a sequence holds: drafter state, KV pages, its hidden-state row.
   void release_resources(Sequence& s);
   void loop();

@@ -14,7 +14,7 @@ struct DraftRequest {
   uint64_t seq_id = 0;
   const std::vector<int32_t>* tokens = nullptr;       // prompt + generated; back() is the bonus token
   int32_t committed = 0;                              // p: positions 0..p-1 have target KV (= tokens.size() - 1)
-  const std::vector<int32_t>* block_table = nullptr;  // the sequence's target KV pages
+  const BlockTables* tables = nullptr;                // the sequence's target KV pages
   TensorView target_hidden;                           // [1, H] target final-normed hidden at position p-1
                                                       // (backend memory; no data when unknown)
   int k = 0;                                          // drafts wanted

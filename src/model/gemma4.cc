@@ -112,7 +112,7 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
       fail("image features [{}, {}] at row {} do not fit a batch of {} rows of width {}", e.features.rows(),
            e.features.cols(), e.row, T, H);
   // An image block's later rows must be in this batch: their K/V is written before any row reads it.
-  std::unordered_map<const std::vector<int32_t>*, int32_t> last_position;
+  std::unordered_map<const BlockTables*, int32_t> last_position;
   for (int64_t t = 0; t < T; ++t) {
     int32_t& m = last_position.try_emplace(batch.tables[t], -1).first->second;
     m = std::max(m, batch.positions[t]);
@@ -122,10 +122,21 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
       fail("row {} (position {}) is in an image block ending at {}, but the batch stops at position {}", t,
            batch.positions[t], batch.block_end[t], last_position[batch.tables[t]]);
 
-  // Plan the step on the host: which keys each row sees, per layer type, and where its own K/V goes;
-  // then one upload.
+  // Plan the step on the host: which keys each row sees, per layer type, and where its own K/V goes
+  // in each KV group; then one upload. Sliding layers read their group's table (the full one when the
+  // cache has no sliding group).
   inputs_.clear();
-  const std::vector<int32_t> row_table = stage_block_tables(inputs_, batch.tables, &rows_full_.block_tables);
+  const KvGroup sliding_group = kv.group(LayerType::sliding);
+  auto group_tables = [&](KvGroup g) {
+    std::vector<const std::vector<int32_t>*> tables(T);
+    for (int64_t t = 0; t < T; ++t) tables[t] = &(*batch.tables[t])[g];
+    return tables;
+  };
+  const std::vector<int32_t> full_row_table =
+      stage_block_tables(inputs_, group_tables(KvGroup::full), &rows_full_.block_tables);
+  const std::vector<int32_t> sliding_row_table =
+      sliding_group == KvGroup::full ? full_row_table
+                                     : stage_block_tables(inputs_, group_tables(sliding_group), &rows_sliding_.block_tables);
   // transformers' Gemma4Model looks video and audio placeholders up as the pad token (their rows
   // would take encoder features; tandem takes neither modality, so a generated one stays a pad).
   std::span<int32_t> tokens = inputs_.add<int32_t>(&tokens_, DType::I32, {T});
@@ -139,6 +150,7 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
   int32_t longest_sliding = c.sliding_window;
   for (const bool full : {true, false}) {
     const bool bidirectional = full ? c.image_bidirectional_full : c.image_bidirectional_sliding;
+    const std::vector<int32_t>& row_table = full ? full_row_table : sliding_row_table;
     std::span<int32_t> ranges = inputs_.add<int32_t>(full ? &rows_full_.ranges : &rows_sliding_.ranges, DType::I32, {T, 3});
     for (int64_t t = 0; t < T; ++t) {
       const KeyRange r = key_range(batch.positions[t], full ? 0 : c.sliding_window, batch.block_end[t], bidirectional);
@@ -148,10 +160,16 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
       if (!full) longest_sliding = std::max(longest_sliding, r.end - r.begin);
     }
   }
-  std::span<int64_t> slots = inputs_.add<int64_t>(&slots_, DType::I64, {T});
-  for (int64_t t = 0; t < T; ++t) {
-    TANDEM_CHECK(static_cast<int64_t>(batch.tables[t]->size()) * kv.block_size() > batch.positions[t]);
-    slots[t] = kv.slot(*batch.tables[t], batch.positions[t]);
+  // Each row's K/V slot in each group (the sliding group's block of a row's position is always held).
+  for (const KvGroup g : {KvGroup::full, KvGroup::sliding}) {
+    if (g == KvGroup::sliding && !kv.has_sliding()) break;
+    std::span<int64_t> slots = inputs_.add<int64_t>(g == KvGroup::full ? &slots_full_ : &slots_sliding_, DType::I64, {T});
+    for (int64_t t = 0; t < T; ++t) {
+      const std::vector<int32_t>& table = (*batch.tables[t])[g];
+      const int32_t p = batch.positions[t];
+      TANDEM_CHECK(static_cast<int64_t>(table.size()) * kv.block_size() > p && table[p / kv.block_size()] >= 0);
+      slots[t] = kv.slot(*batch.tables[t], g, p);
+    }
   }
   std::ranges::copy(batch.output_rows, inputs_.add<int32_t>(&output_rows_, DType::I32, {R}).begin());
   if (c.ple_dim) {
@@ -164,7 +182,7 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
       std::fill_n(ple_ids.begin() + e.row, e.features.rows(), c.pad_id);
   }
   inputs_.upload();
-  rows_sliding_.block_tables = rows_full_.block_tables;
+  if (sliding_group == KvGroup::full) rows_sliding_.block_tables = rows_full_.block_tables;
   rows_sliding_.max_keys = longest_sliding;
   kv_ = &kv;
   embeds_ = &batch.embeds;
@@ -174,7 +192,12 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
   ForwardOutput out;
   if (R > 0) out.hidden = hidden_.resize(DType::F32, {R, H});
   if (R > 0 && want_logits) out.logits = logits_.resize(DType::F32, {R, c.vocab_size});
-  const std::vector<int64_t> shape{T, R, want_logits, rows_full_.block_tables.dim(0), rows_full_.block_tables.dim(1),
+  const std::vector<int64_t> shape{T,
+                                   R,
+                                   want_logits,
+                                   rows_full_.block_tables.dim(0),
+                                   rows_full_.block_tables.dim(1),
+                                   rows_sliding_.block_tables.dim(1),
                                    reinterpret_cast<intptr_t>(kv.layer(0).k)};
   // Steps with image rows run directly: their features live wherever the encoder put them.
   recordings_.run(be_, shape, T, /*record=*/!routing_record_ && batch.embeds.empty(), [&] { issue_layers(T, out); });
@@ -211,7 +234,7 @@ void Gemma4Model::issue_layers(int64_t T, const ForwardOutput& out) {
     Gemma4LayerInputs in;
     in.positions = &positions_;
     in.rows = full ? &rows_full_ : &rows_sliding_;
-    in.kv_slots = &slots_;
+    in.kv_slots = kv_->group(spec.type) == KvGroup::full ? &slots_full_ : &slots_sliding_;
     in.kv = &kv_->layer(i);
     in.inv_freq = full ? &inv_freq_full_.view() : &inv_freq_sliding_.view();
     if (P) {  // layer i's slice of p: rows of [T, P] with a stride of L·P

@@ -28,7 +28,7 @@ struct EmbedOverride {
 struct ForwardBatch {
   std::vector<int32_t> tokens;                      // [T]
   std::vector<int32_t> positions;                   // [T] position of each row in its sequence
-  std::vector<const std::vector<int32_t>*> tables;  // [T] block table of each row's sequence
+  std::vector<const BlockTables*> tables;           // [T] block tables of each row's sequence
   std::vector<int32_t> output_rows;                 // rows whose hidden state / logits are wanted
   // [T] for a row inside an image block: the position just past the block (the row also sees the
   // block's later rows on the layer types the model makes bidirectional); 0 for other rows. All
@@ -37,7 +37,7 @@ struct ForwardBatch {
   std::vector<EmbedOverride> embeds;
 
   void clear() { tokens.clear(), positions.clear(), tables.clear(), output_rows.clear(), block_end.clear(), embeds.clear(); }
-  void add(int32_t token, int32_t position, const std::vector<int32_t>* table, bool output, int32_t image_block_end = 0) {
+  void add(int32_t token, int32_t position, const BlockTables* table, bool output, int32_t image_block_end = 0) {
     if (output) output_rows.push_back(static_cast<int32_t>(tokens.size()));
     tokens.push_back(token), positions.push_back(position), tables.push_back(table), block_end.push_back(image_block_end);
   }
@@ -123,7 +123,7 @@ class Gemma4Model {
 
   // Per-step inputs (views into one uploaded buffer) and scratch, all in backend memory.
   StagedInputs inputs_;
-  TensorView tokens_, positions_, slots_, output_rows_, ple_ids_;
+  TensorView tokens_, positions_, slots_full_, slots_sliding_, output_rows_, ple_ids_;
   AttentionRows rows_sliding_, rows_full_;
   Tensor x_, hidden_, logits_, ple_tokens_, ple_inputs_;
   Gemma4Scratch scratch_;

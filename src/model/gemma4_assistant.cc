@@ -22,6 +22,10 @@ std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, G
   };
   if (c.backbone_hidden != t.hidden) mismatch("backbone_hidden_size (target hidden_size)", c.backbone_hidden, t.hidden);
   if (c.vocab_size != t.vocab_size) mismatch("vocab_size", c.vocab_size, t.vocab_size);
+  // The target's cache keeps only the window before each sequence's next position on its sliding
+  // layers: the drafter's sliding layers may look no further back.
+  const bool sliding = std::any_of(c.layers.begin(), c.layers.end(), [](const LayerSpec& l) { return l.type == LayerType::sliding; });
+  if (sliding && c.sliding_window > t.sliding_window) mismatch("sliding_window", c.sliding_window, t.sliding_window);
   std::unique_ptr<Gemma4Assistant> a(new Gemma4Assistant(c, target));
   // Each drafter layer reads the last KV-owning target layer of its own attention type.
   for (int i = 0; i < c.n_layers; ++i) {
@@ -95,9 +99,18 @@ void Gemma4Assistant::begin_round(std::span<const AssistantRow> rows, const KvCa
   const int64_t R = static_cast<int64_t>(rows.size());
   target_kv_ = &target_kv;
   inputs_.clear();
-  std::vector<const std::vector<int32_t>*> tables(R);
-  for (int64_t r = 0; r < R; ++r) tables[r] = rows[r].block_table;
-  const std::vector<int32_t> row_table = stage_block_tables(inputs_, tables, &rows_full_.block_tables);
+  // The target's tables of each group its layers read (sliding layers: the target's sliding group).
+  const KvGroup sliding_group = target_kv.group(LayerType::sliding);
+  auto group_tables = [&](KvGroup g) {
+    std::vector<const std::vector<int32_t>*> tables(R);
+    for (int64_t r = 0; r < R; ++r) tables[r] = &(*rows[r].tables)[g];
+    return tables;
+  };
+  const std::vector<int32_t> full_row_table =
+      stage_block_tables(inputs_, group_tables(KvGroup::full), &rows_full_.block_tables);
+  const std::vector<int32_t> sliding_row_table =
+      sliding_group == KvGroup::full ? full_row_table
+                                     : stage_block_tables(inputs_, group_tables(sliding_group), &rows_sliding_.block_tables);
   // Frozen query position and the committed target keys each row may see (each span is filled before
   // the next add, which may move the staging buffer).
   const bool hf = position_convention == DraftPosition::hf;
@@ -106,17 +119,18 @@ void Gemma4Assistant::begin_round(std::span<const AssistantRow> rows, const KvCa
   // vLLM: the W keys ending at p-1. transformers' drafter mask (|q - kv| <= W, flipped) shows the
   // last W+1 committed keys; the hf convention reproduces that too.
   const int32_t window = config_.sliding_window + (hf ? 1 : 0);
+  TANDEM_CHECK(!target_kv.has_sliding() || window <= target_kv.keep());
   for (const bool full : {true, false}) {
     std::span<int32_t> ranges = inputs_.add<int32_t>(full ? &rows_full_.ranges : &rows_sliding_.ranges, DType::I32, {R, 3});
     for (int64_t r = 0; r < R; ++r) {
       const int32_t p = rows[r].committed;
-      ranges[3 * r] = row_table[r];
+      ranges[3 * r] = full ? full_row_table[r] : sliding_row_table[r];
       ranges[3 * r + 1] = full ? 0 : std::max(0, p - window);
       ranges[3 * r + 2] = p;
     }
   }
   inputs_.upload();
-  rows_sliding_.block_tables = rows_full_.block_tables;
+  if (sliding_group == KvGroup::full) rows_sliding_.block_tables = rows_full_.block_tables;
   rows_sliding_.max_keys = window;
 }
 
@@ -125,7 +139,7 @@ void Gemma4Assistant::draft(const TensorView& tokens, TensorView& state, TensorV
   TANDEM_CHECK(tokens.numel() == R && state.rows() == R && spare.rows() == R && target_kv_);
   // Every input of the k steps is in backend memory at an address that is stable for this shape.
   const std::vector<int64_t> shape{R, k, rows_full_.block_tables.dim(0), rows_full_.block_tables.dim(1),
-                                   reinterpret_cast<intptr_t>(target_kv_), reinterpret_cast<intptr_t>(tokens.data),
+                                   rows_sliding_.block_tables.dim(1), reinterpret_cast<intptr_t>(target_kv_), reinterpret_cast<intptr_t>(tokens.data),
                                    reinterpret_cast<intptr_t>(state.data), reinterpret_cast<intptr_t>(spare.data),
                                    reinterpret_cast<intptr_t>(drafts.data)};
   recordings_.run(target_.backend(), shape, R, /*record=*/true, [&] {

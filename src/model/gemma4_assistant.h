@@ -25,11 +25,11 @@ namespace tandem {
 enum class DraftPosition { vllm, hf };
 
 // One drafter query row of a round: the committed target context (positions 0..committed-1 of the
-// sequence with this block table). Its token and B-wide state change every step; its position and
+// sequence with these block tables). Its token and B-wide state change every step; its position and
 // key ranges do not.
 struct AssistantRow {
   int32_t committed = 0;  // p
-  const std::vector<int32_t>* block_table = nullptr;
+  const BlockTables* tables = nullptr;
 };
 
 class Gemma4Assistant {

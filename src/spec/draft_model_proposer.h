@@ -20,7 +20,7 @@ class DraftModelProposer : public Proposer {
 
  private:
   struct State {
-    std::vector<int32_t> table;
+    BlockTables tables;
     std::vector<int32_t> fed;  // tokens whose KV the drafter holds, in order
   };
   std::unique_ptr<Gemma4Model> model_;

@@ -23,7 +23,7 @@ void MtpProposer::propose(std::span<DraftRequest> requests, const KvCache& targe
     r.drafts.clear();
     if (r.k <= 0 || !r.target_hidden.data) continue;
     active.push_back(&r);
-    rows.push_back({r.committed, r.block_table});
+    rows.push_back({r.committed, r.tables});
     k_max = std::max(k_max, r.k);
   }
   if (active.empty()) return;

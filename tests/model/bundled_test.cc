@@ -31,9 +31,10 @@ TEST(BundledModel, MatchesTransformers) {
     const auto greedy = testing::tensor_values<int32_t>(golden, "greedy." + i);
     const auto decode = testing::tensor_values<float>(golden, "decode_logits." + i);
     const int32_t T = static_cast<int32_t>(ids.size());
-    KvCache kv(model->backend(), model->config(), (T + 64) / 16 + 2, 16);
-    std::vector<int32_t> table;
-    ASSERT_TRUE(kv.reserve(table, T + 16));
+    const int64_t blocks = (T + 64) / 16 + 2;
+    KvCache kv(model->backend(), model->config(), {blocks, blocks}, 16);
+    BlockTables table;
+    ASSERT_TRUE(kv.reserve(table, 0, T + 16));
     ForwardBatch batch;
     for (int32_t t = 0; t < T; ++t)
       batch.add(ids[t], t, &table, std::find(positions.begin(), positions.end(), t) != positions.end());

@@ -67,9 +67,9 @@ TEST(CheckpointFormats, ShardedMixedDtypesAndLegacyExpertNames) {
   auto resharded = Gemma4Model::load(dir.string(), *backend);
   const std::vector<int32_t> ids = {2, 40, 41, 300, 7, 9, 123, 88, 17, 250, 3};
   auto run = [&](Gemma4Model& m) {
-    KvCache kv(m.backend(), m.config(), 2, 16);
-    std::vector<int32_t> table;
-    kv.reserve(table, static_cast<int64_t>(ids.size()));
+    KvCache kv(m.backend(), m.config(), {2, 2}, 16);
+    BlockTables table;
+    kv.reserve(table, 0, static_cast<int64_t>(ids.size()));
     ForwardBatch batch;
     for (size_t t = 0; t < ids.size(); ++t) batch.add(ids[t], static_cast<int32_t>(t), &table, true);
     HostTensor hidden, logits;

@@ -172,6 +172,73 @@ TEST(PrefixCaching, ReusesBlocksAndKeepsOutputsIdentical) {
   for (size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(together[i].tokens, run_all(plain, {requests[i]})[0].tokens);
 }
 
+// Greedy decoding straight through the model over a cache that keeps every position (the tables are
+// reserved from position 0, so nothing is released): the path without a sliding group.
+std::vector<int32_t> greedy_keeping_everything(Gemma4Model& m, const std::vector<int32_t>& prompt, int n) {
+  const int64_t total = static_cast<int64_t>(prompt.size()) + n, blocks = (total + 3) / 4;
+  KvCache kv(m.backend(), m.config(), {blocks, blocks}, 4);
+  BlockTables t;
+  EXPECT_TRUE(kv.reserve(t, 0, total));
+  ForwardBatch batch;
+  for (size_t i = 0; i < prompt.size(); ++i) batch.add(prompt[i], static_cast<int32_t>(i), &t, i + 1 == prompt.size());
+  std::vector<int32_t> out;
+  for (int j = 0; j < n; ++j) {
+    HostTensor logits;
+    m.forward(batch, kv, nullptr, &logits);
+    const float* row = logits.f32();
+    out.push_back(static_cast<int32_t>(std::max_element(row, row + m.config().vocab_size) - row));
+    batch.clear();
+    batch.add(out.back(), static_cast<int32_t>(prompt.size()) + j, &t, true);
+  }
+  return out;
+}
+
+// A sequence many windows long holds only the window's sliding blocks (+ the block of its next
+// position), and its output is what keeping every position gives, with and without speculation.
+TEST(Engine, SlidingLayersKeepOnlyTheWindow) {
+  const std::string dir = testing::fixtures_dir() + "/";
+  auto backend = testing::test_backend(1);
+  auto target = Gemma4Model::load(dir + "gemma4-moe", *backend);  // window 8
+  std::vector<int32_t> prompt = {2};
+  for (int i = 0; i < 29; ++i) prompt.push_back((i * 37 + 11) % 500 + 5);
+  const int n = 70;
+  const std::vector<int32_t> expected = greedy_keeping_everything(*target, prompt, n);
+  for (const bool speculative : {false, true}) {
+    SCOPED_TRACE(speculative ? "mtp k=3" : "plain");
+    EngineConfig config;
+    config.max_model_len = 128;
+    config.max_num_seqs = 2;
+    config.max_num_batched_tokens = 64;
+    config.block_size = 4;
+    config.kv_cache_bytes = 8 << 20;
+    std::unique_ptr<Proposer> proposer;
+    if (speculative) {
+      SpeculativeConfig spec =
+          parse_speculative_config("{\"model\": \"" + dir + "gemma4-moe-assistant\", \"num_speculative_tokens\": 3}");
+      proposer = make_proposer(spec, *target);
+      config.num_speculative_tokens = 3;
+    }
+    Engine engine(*target, std::move(proposer), config);
+    const KvCache& kv = engine.kv_cache();
+    // The sliding group got its working set: per sequence ceil(10 / 4) + ceil((k + 1) / 4) + 2 blocks, + 64 / 4.
+    EXPECT_EQ(kv.num_blocks(KvGroup::sliding), 2 * (3 + 1 + 2) + 16);
+    std::vector<int32_t> tokens;
+    int most_held = 0;
+    engine.submit(greedy_request(prompt, n), [&](const RequestOutput& o) {
+      tokens.insert(tokens.end(), o.tokens.begin(), o.tokens.end());
+      most_held = std::max(most_held, kv.num_blocks(KvGroup::sliding) - kv.free_blocks(KvGroup::sliding));
+    });
+    engine.run_until_idle();
+    EXPECT_EQ(tokens, expected);
+    // The 9 positions kept before the next one and that one's block: at most ceil(10 / 4) + 1 blocks.
+    EXPECT_LE(most_held, 4);
+    EXPECT_GE(most_held, 3);
+    if (speculative) {
+      EXPECT_GT(engine.stats().spec.num_accepted_tokens, 0u);
+    }
+  }
+}
+
 // The host waits for the backend once per plain greedy step (the download of the sampled ids) and
 // once more per speculative step (the download of the round's drafts); nothing inside the forward or
 // the drafter's k steps waits.

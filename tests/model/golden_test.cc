@@ -32,9 +32,10 @@ void check_logits(const std::string& dir) {
     const int32_t T = static_cast<int32_t>(ids.size());
     ASSERT_EQ(prefill.size(), static_cast<size_t>(T * V));
 
-    KvCache kv(model->backend(), model->config(), (T + static_cast<int32_t>(greedy.size()) + 16) / 16 + 1, 16);
-    std::vector<int32_t> table;
-    ASSERT_TRUE(kv.reserve(table, T + static_cast<int64_t>(greedy.size()) + 1));
+    const int64_t blocks = (T + static_cast<int64_t>(greedy.size()) + 16) / 16 + 1;
+    KvCache kv(model->backend(), model->config(), {blocks, blocks}, 16);
+    BlockTables table;
+    ASSERT_TRUE(kv.reserve(table, 0, T + static_cast<int64_t>(greedy.size()) + 1));
     ForwardBatch batch;
     for (int32_t i = 0; i < T; ++i) batch.add(ids[i], i, &table, true);
     HostTensor hidden, logits;

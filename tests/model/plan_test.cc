@@ -16,24 +16,37 @@ nlohmann::json plan(const std::string& args) {
 }
 
 TEST(Plan, CountsWeightsAndKvAndSaysWhatFits) {
-  // gemma4-moe: sliding layers 2 KV heads × 32, full layers 1 × 64 (K=V): per token (f32)
-  // 4 × 2·2·32·4 + 2 × 2·1·64·4 = 2048 + 1024 bytes.
+  // gemma4-moe: sliding layers 2 KV heads × 32, full layers 1 × 64 (K=V), window 8. Per token (f32):
+  // full layers 2 × 2·1·64·4 = 1024 bytes for every position; sliding layers 4 × 2·2·32·4 = 2048
+  // bytes for the positions they keep. In blocks of 16 (16 KiB and 32 KiB): a sequence of 100 (+1
+  // verify position) takes 7 full blocks and, on sliding layers, its working set of ceil(10 / 16) +
+  // ceil(1 / 16) + 2 = 4 blocks.
   const auto small = plan("--max-model-len 100 --max-num-seqs 4 --memory 16MiB");
-  EXPECT_EQ(small["kv_bytes_per_token"], 3072);
-  EXPECT_EQ(small["kv_bytes_per_sequence"], 3072 * 101);
+  EXPECT_EQ(small["kv_bytes_per_token"], 1024);
+  EXPECT_EQ(small["kv_sliding_bytes_per_token"], 2048);
+  EXPECT_EQ(small["kv_sliding_positions_kept"], 9);
+  EXPECT_EQ(small["kv_sliding_bytes_per_sequence"], 4 * 16 * 2048);
+  EXPECT_EQ(small["kv_bytes_per_sequence"], 7 * 16 * 1024 + 4 * 16 * 2048);
+  // 4 such sequences are shorter than the sliding working set of 4 sequences (4 · 4 blocks + 2048 / 16
+  // for a step), so their sliding layers keep every position: 28 blocks of each group.
+  EXPECT_EQ(small["kv_bytes_needed"], 28 * 16 * (1024 + 2048));
   EXPECT_GT(small["weights_bytes"].get<int64_t>(), 0);
   EXPECT_TRUE(small["fits"]);
   const auto big = plan("--max-model-len 4096 --max-num-seqs 256 --memory 16MiB");
   EXPECT_FALSE(big["fits"]);
+  // 4097 positions: 257 full blocks per sequence; 4 sliding blocks per sequence + 128 for a step.
   const int64_t for_kv = (16 << 20) - big["weights_bytes"].get<int64_t>();
-  EXPECT_EQ(big["sequences_that_fit"], for_kv / (3072 * 4097));
-  EXPECT_LE(big["sequences_that_fit"].get<int64_t>() * 3072 * 4097, for_kv);
+  const int64_t per_sequence = 257 * 16 * 1024 + 4 * 16 * 2048, step = 128 * 16 * 2048;
+  EXPECT_EQ(big["sequences_that_fit"], for_kv >= step ? (for_kv - step) / per_sequence : 0);
   // An MTP drafter adds its weights but no KV (it reads the target's); k adds verify positions.
   const auto spec = plan("--max-model-len 100 --memory 16MiB --speculative-config '{\"model\": \"" +
                          testing::fixtures_dir() + "/gemma4-moe-assistant\", \"num_speculative_tokens\": 3}'");
   EXPECT_EQ(spec["speculative_method"], "mtp");
-  EXPECT_EQ(spec["kv_bytes_per_token"], 3072);
-  EXPECT_EQ(spec["kv_bytes_per_sequence"], 3072 * 104);
+  EXPECT_EQ(spec["kv_bytes_per_token"], 1024);
+  EXPECT_EQ(spec["kv_bytes_per_sequence"], 7 * 16 * 1024 + 4 * 16 * 2048);  // 104 positions: still 7 blocks
+  const auto spec_long = plan("--max-model-len 109 --memory 16MiB --speculative-config '{\"model\": \"" +
+                              testing::fixtures_dir() + "/gemma4-moe-assistant\", \"num_speculative_tokens\": 3}'");
+  EXPECT_EQ(spec_long["kv_bytes_per_sequence"], 8 * 16 * 1024 + 4 * 16 * 2048);  // 113 positions: 8 blocks
   EXPECT_GT(spec["drafter_weights_bytes"].get<int64_t>(), 0);
 }
 
@@ -49,9 +62,13 @@ TEST(Plan, WorksFromConfigJsonAlone) {
   };
   const auto moe = plan_config("gemma4-26b-a4b", "--device cuda --memory 24GiB --max-model-len 8192 --max-num-seqs 4");
   EXPECT_EQ(moe["weights_bytes"].get<int64_t>(), 2 * 25'233'141'790ll);
-  // bf16 KV on the GPU: 25 sliding layers × 8 KiB + 5 full (K=V) layers × 4 KiB per token (sliding
-  // layers still keep every position).
-  EXPECT_EQ(moe["kv_bytes_per_token"], 25 * 8192 + 5 * 4096);
+  // bf16 KV on the GPU: 5 full (K=V) layers × 4 KiB per token for every position; 25 sliding layers ×
+  // 8 KiB per position for the last 1025 positions of each sequence: 68 blocks of 16 (1025 + 1 kept
+  // positions in 65, a verify block in 1, 2 for block boundaries), 212.5 MiB.
+  EXPECT_EQ(moe["kv_bytes_per_token"], 5 * 4096);
+  EXPECT_EQ(moe["kv_sliding_bytes_per_token"], 25 * 8192);
+  EXPECT_EQ(moe["kv_sliding_positions_kept"], 1025);
+  EXPECT_EQ(moe["kv_sliding_bytes_per_sequence"], 68 * 16 * 25 * 8192);
   EXPECT_FALSE(moe["fits"]);  // 47 GiB of bf16 weights on a 24 GiB card
   EXPECT_EQ(plan_config("gemma4-31b", "")["weights_bytes"].get<int64_t>(), 2 * 30'697'345'340ll);
 }

@@ -67,9 +67,9 @@ std::vector<float> last_logits(const std::string& dir, const std::vector<int32_t
   auto backend = make_cpu_backend(2);
   auto model = Gemma4Model::load(dir, *backend);
   const int32_t T = static_cast<int32_t>(ids.size());
-  KvCache kv(model->backend(), model->config(), T / 16 + 2, 16);
-  std::vector<int32_t> table;
-  EXPECT_TRUE(kv.reserve(table, T));
+  KvCache kv(model->backend(), model->config(), {T / 16 + 2, T / 16 + 2}, 16);
+  BlockTables table;
+  EXPECT_TRUE(kv.reserve(table, 0, T));
   ForwardBatch batch;
   for (int32_t i = 0; i < T; ++i) batch.add(ids[i], i, &table, true);
   HostTensor hidden, logits;

@@ -224,9 +224,9 @@ TEST_P(VisionGolden, PromptLogitsMatchTransformers) {
     SCOPED_TRACE("prompt " + p);
     const Request r = prompt(p);
     const int32_t T = static_cast<int32_t>(r.prompt.size());
-    KvCache kv(model_->backend(), model_->config(), T / 16 + 2, 16);
-    std::vector<int32_t> table;
-    ASSERT_TRUE(kv.reserve(table, T));
+    KvCache kv(model_->backend(), model_->config(), {T / 16 + 2, T / 16 + 2}, 16);
+    BlockTables table;
+    ASSERT_TRUE(kv.reserve(table, 0, T));
     ForwardBatch batch;
     for (int32_t i = 0; i < T; ++i) {
       int32_t block_end = 0;

@@ -105,9 +105,9 @@ void check_engine_joint(float temperature, float top_p, bool constrained = false
 
   // Exact joint: p(t1) from the prompt, p(t2 | t1) from prompt + t1.
   auto next_distribution = [&](const std::vector<int32_t>& ids, const std::vector<int32_t>& output) {
-    KvCache kv(target->backend(), target->config(), 4, 16);
-    std::vector<int32_t> table;
-    kv.reserve(table, static_cast<int64_t>(ids.size()));
+    KvCache kv(target->backend(), target->config(), {4, 4}, 16);
+    BlockTables table;
+    kv.reserve(table, 0, static_cast<int64_t>(ids.size()));
     ForwardBatch batch;
     for (size_t i = 0; i < ids.size(); ++i) batch.add(ids[i], static_cast<int32_t>(i), &table, i + 1 == ids.size());
     HostTensor hidden, logits;

@@ -18,7 +18,7 @@ class DrafterParity : public ::testing::TestWithParam<Pair> {};
 // One drafter step for one row from host values (bonus or previous draft, its B-wide state):
 // the post-projection state, the full logits and the greedy token, back on the host.
 int32_t draft_step(Gemma4Assistant& drafter, const KvCache& kv, int32_t token, const float* hidden,
-                   int32_t committed, const std::vector<int32_t>& table, HostTensor& post, HostTensor& logits) {
+                   int32_t committed, const BlockTables& table, HostTensor& post, HostTensor& logits) {
   Backend& be = drafter.backend();
   const int64_t B = drafter.config().backbone_hidden;
   const AssistantRow row{committed, &table};
@@ -39,9 +39,9 @@ void check_steps(Gemma4Model& target, Gemma4Assistant& drafter, const WeightStor
   const int32_t bonus = testing::tensor_values<int32_t>(golden, set + ".bonus")[0];
   const int32_t T = static_cast<int32_t>(ids.size());
   const int64_t V = target.config().vocab_size, B = target.config().hidden;
-  KvCache kv(target.backend(), target.config(), 4, 16);
-  std::vector<int32_t> table;
-  ASSERT_TRUE(kv.reserve(table, T + 1));
+  KvCache kv(target.backend(), target.config(), {4, 4}, 16);
+  BlockTables table;
+  ASSERT_TRUE(kv.reserve(table, 0, T + 1));
   ForwardBatch batch;
   for (int32_t i = 0; i < T; ++i) batch.add(ids[i], i, &table, i == T - 1);
   HostTensor hidden;

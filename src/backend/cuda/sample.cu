@@ -157,6 +157,7 @@ __device__ uint32_t select_key(const Row& row, In in_set, W weight, u64 target, 
 __global__ void __launch_bounds__(kSampleThreads)
     sample_kernel(Mat logits, const float* __restrict__ params, int64_t p_ld, const float* __restrict__ uniforms,
                   int64_t u_ld, const int32_t* __restrict__ drafts, int32_t* __restrict__ out) {
+  begin_kernel();
   const int64_t r = blockIdx.x, V = logits.cols;
   const float* pr = params + r * p_ld;
   const sampling::RowParams p{pr[0], pr[1], pr[2], pr[3]};
@@ -224,10 +225,8 @@ void CudaBackend::sample_rows(const TensorView& logits, const TensorView& params
   if (R == 0) return;
   if (R > 0x7FFFFFFF) fail("sample_rows: {} rows are too many", R);
   use_device();
-  sample_kernel<<<static_cast<unsigned>(R), kSampleThreads, 0, stream_>>>(
-      mat(logits), params.as<float>(), params.stride(), uniforms.as<float>(), uniforms.stride(), drafts.as<int32_t>(),
-      out.as<int32_t>());
-  TANDEM_CUDA_LAUNCHED("sample_kernel");
+  launch("sample_kernel", sample_kernel, static_cast<unsigned>(R), kSampleThreads, 0, mat(logits), params.as<float>(),
+         params.stride(), uniforms.as<float>(), uniforms.stride(), drafts.as<int32_t>(), out.as<int32_t>());
 }
 
 }  // namespace tandem
