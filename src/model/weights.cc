@@ -7,6 +7,7 @@
 
 #include "util/error.h"
 #include "util/half.h"
+#include "util/log.h"
 
 namespace tandem {
 
@@ -16,6 +17,7 @@ Weights Weights::open(const std::string& dir, LoadFormat format, Backend& be, co
     fail("{} is already quantized ({}); --quantization quantizes bf16 / f16 / f32 checkpoints only (drop it, or "
          "use the unquantized checkpoint)",
          dir, quant.describe());
+  if (online.active()) log::info("{}: quantizing at load, {}", dir, online.describe());
   Weights w;
   w.be_ = &be;
   w.quant_ = quant;
