@@ -4,6 +4,8 @@ in models/tandem-code-demo/golden.safetensors (ids.0..2; held-out files, see DAT
 
 Runs `tandem generate` per prompt, k and temperature; sums vLLM-style counters over prompts and
 seeds and prints a Markdown table. Usage: tools/bundled_acceptance.py [build/tandem] [--tokens 200]
+[--ks 1,2,3] [--quantization int4|int8|fp8 [--quantize-lm-head]] [--drafter-quantization int4|int8|fp8
+[--drafter-quantize-lm-head]] (the target's and the drafter's quantization at load).
 """
 import json
 import struct
@@ -11,7 +13,21 @@ import subprocess
 import sys
 
 tandem = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else "build/tandem"
-tokens = int(sys.argv[sys.argv.index("--tokens") + 1]) if "--tokens" in sys.argv else 200
+
+
+def option(name, default):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+tokens = int(option("--tokens", 200))
+ks = [int(k) for k in option("--ks", "1,2,3").split(",")]
+target_flags = ["--quantization", option("--quantization", "none")]
+if "--quantize-lm-head" in sys.argv:
+    target_flags.append("--quantize-lm-head")
+drafter_quant = {}
+if "--drafter-quantization" in sys.argv:
+    drafter_quant["quantization"] = option("--drafter-quantization", None)
+    drafter_quant["quantize_lm_head"] = "--drafter-quantize-lm-head" in sys.argv
 model = "models/tandem-code-demo"
 drafter = "models/tandem-code-demo-assistant"
 
@@ -33,14 +49,15 @@ def prompts(path):
 
 rows = []
 for temperature, seeds in ((0.0, [0]), (0.7, [1, 2, 3])):
-    for k in (1, 2, 3):
+    for k in ks:
         drafts = drafted = accepted = 0
         per_pos = [0] * k
         for ids in prompts(f"{model}/golden.safetensors"):
             for seed in seeds:
                 cmd = [tandem, "generate", "--model", model, "--ids", ",".join(map(str, ids)), "--max-tokens", str(tokens),
                        "--ignore-eos", "--json", "--temperature", str(temperature), "--seed", str(seed),
-                       "--speculative-config", json.dumps({"model": drafter, "num_speculative_tokens": k})]
+                       "--speculative-config", json.dumps({"model": drafter, "num_speculative_tokens": k, **drafter_quant})
+                       ] + target_flags
                 spec = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])["spec"]
                 drafts += spec["num_drafts"]
                 drafted += spec["num_draft_tokens"]

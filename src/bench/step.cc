@@ -66,16 +66,17 @@ StepReport run_step_bench(const StepOptions& o) {
   StepReport report;
   report.backend = be->name();
   report.model = o.model;
+  report.quantization = o.quantization.describe();
   const DType kv_dtype = o.kv_dtype == "bf16" || (o.kv_dtype == "auto" && !be->is_host()) ? DType::BF16 : DType::F32;
   if (o.kv_dtype != "auto" && o.kv_dtype != "bf16" && o.kv_dtype != "f32")
     fail("--kv-cache-dtype must be auto, bf16 or f32, got \"{}\"", o.kv_dtype);
-  auto target = Gemma4Model::load(o.model, *be, o.format);
+  auto target = Gemma4Model::load(o.model, *be, o.format, o.quantization);
   const ModelConfig& c = target->config();
   std::unique_ptr<Gemma4Assistant> drafter;
   if (!o.speculative_config.empty()) {
     SpeculativeConfig spec = parse_speculative_config(o.speculative_config);
     if (spec.model.empty()) fail("bench step: --speculative-config needs a drafter \"model\"");
-    drafter = Gemma4Assistant::load(spec.model, *target, o.format);
+    drafter = Gemma4Assistant::load(spec.model, *target, o.format, spec.quantization);
     drafter->position_convention = spec.draft_position;
     report.drafter = spec.model;
   }
@@ -169,7 +170,11 @@ StepReport run_step_bench(const StepOptions& o) {
 }
 
 nlohmann::json StepReport::to_json() const {
-  nlohmann::json j{{"backend", backend}, {"model", model}, {"drafter", drafter}, {"copy_gbps", copy_gbps}};
+  nlohmann::json j{{"backend", backend},
+                   {"model", model},
+                   {"drafter", drafter},
+                   {"quantization", quantization},
+                   {"copy_gbps", copy_gbps}};
   for (const StepRow& r : rows) {
     const double bytes = r.weight_bytes + r.kv_bytes;
     j["steps"].push_back({{"what", r.what},
@@ -186,6 +191,7 @@ nlohmann::json StepReport::to_json() const {
 
 std::string StepReport::to_table() const {
   std::string out = fmt::format("backend {}; copy bandwidth {:.0f} GB/s (read + write)\n", backend, copy_gbps);
+  if (quantization != "none") out += fmt::format("quantized at load: {}\n", quantization);
   if (!op_profile.empty()) {
     double total = 0;
     for (const auto& [op, t] : op_profile) total += t.first;

@@ -15,6 +15,7 @@ struct StepOptions {
   std::string model;               // target checkpoint directory (or a config-only directory with dummy)
   std::string speculative_config;  // optional drafter: {"model": DIR, ...}
   LoadFormat format = LoadFormat::safetensors;
+  OnlineQuant quantization;  // --quantization of the target (the drafter's: its speculative config's)
   std::string device = "auto";
   bool enforce_eager = false;  // no CUDA graphs
   std::string kv_dtype = "auto";  // auto: bf16 on GPUs, f32 on the CPU
@@ -36,6 +37,7 @@ struct StepRow {
 
 struct StepReport {
   std::string backend, model, drafter;
+  std::string quantization = "none";  // --quantization of the target, as loaded
   double copy_gbps = 0;  // device-to-device copy: bytes read + written per second
   std::vector<StepRow> rows;
   std::vector<std::pair<std::string, std::pair<double, double>>> op_profile;  // op -> (ms, calls) per step

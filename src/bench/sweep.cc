@@ -98,7 +98,7 @@ std::vector<SettingResult> run_inprocess_sweep(const SweepOptions& o, const InPr
   const int kmax = *std::max_element(o.ks.begin(), o.ks.end());
   auto backend = make_backend(t.device, t.threads);
   backend->set_recording(!t.enforce_eager);
-  auto target = Gemma4Model::load(t.model_dir, *backend);
+  auto target = Gemma4Model::load(t.model_dir, *backend, LoadFormat::safetensors, t.quantization);
   std::unique_ptr<Proposer> proposer;
   std::string method = "none";
   if (kmax > 0) {

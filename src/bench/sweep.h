@@ -11,6 +11,7 @@
 
 #include "bench/progress.h"
 #include "bench/report.h"
+#include "model/online_quant.h"
 
 namespace tandem::bench {
 
@@ -33,6 +34,7 @@ struct InProcessTarget {
   int threads = 0;
   std::string device = "auto";  // cpu, cuda, cuda:N or auto
   bool enforce_eager = false;   // no CUDA graphs
+  OnlineQuant quantization;     // --quantization of the target
   std::vector<int32_t> prompt_ids;
 };
 

@@ -198,6 +198,7 @@ struct SweepCli {
   int64_t seed = 42;
   float temperature = 0.0f;
   bool settings_from_restarts = false, no_ignore_eos = false, quiet = false, interleave = false;
+  QuantizationOptions quantization;
   double timeout = 600;
 };
 
@@ -251,6 +252,7 @@ void run_sweep(const SweepCli& c) {
     t.threads = c.threads;
     t.device = c.device;
     t.enforce_eager = c.enforce_eager;
+    t.quantization = c.quantization.parse();
     if (!c.prompt.prompt_ids.empty()) {
       t.prompt_ids = parse_ids(c.prompt.prompt_ids);
     } else {
@@ -265,6 +267,8 @@ void run_sweep(const SweepCli& c) {
                               load_average()));
     results = bench::run_inprocess_sweep(o, t, progress, &meta);
   } else {
+    if (c.quantization.parse().active())
+      fail("--quantization applies to the in-process engine; start the server with it instead");
     bench::EndpointTarget t;
     t.url = c.endpoint;
     t.model = c.model.empty() ? first_served_model(c.endpoint, c.api_key) : c.model;
@@ -307,6 +311,7 @@ struct StepCli {
   bench::StepOptions options;
   std::string tokens = "1,2,3,4,5";
   std::string load_format = "safetensors";
+  QuantizationOptions quantization;
   std::string json_path;
   bool json_stdout = false;
 };
@@ -314,6 +319,7 @@ struct StepCli {
 void run_step_cmd(StepCli& c) {
   c.options.tokens = parse_int_list(c.tokens, "--tokens");
   c.options.format = parse_load_format(c.load_format);
+  c.options.quantization = c.quantization.parse();
   const bench::StepReport report = bench::run_step_bench(c.options);
   if (c.json_stdout) {
     std::printf("%s\n", report.to_json().dump(2).c_str());
@@ -460,6 +466,7 @@ const RegisterCommand bench_command(
       sweep->add_option("--threads", s->threads, "CPU threads for the in-process engine (0: all cores)");
       sweep->add_option("--device", s->device, kDeviceHelp);
       sweep->add_flag("--enforce-eager", s->enforce_eager, kEagerHelp);
+      s->quantization.add_to(*sweep);
       sweep->add_option("--endpoint", s->endpoint, "http://HOST:PORT of an OpenAI-compatible server");
       sweep->add_option("--api-key", s->api_key, "Bearer token for --endpoint");
       sweep->add_option("--timeout", s->timeout, "Per-request timeout in seconds (endpoint)")->capture_default_str();
@@ -483,6 +490,7 @@ const RegisterCommand bench_command(
       step->add_option("model", st->options.model, "Target checkpoint (or config-only) directory")->required();
       step->add_option("--speculative-config", st->options.speculative_config, "Drafter, vLLM-style JSON with \"model\"");
       step->add_option("--load-format", st->load_format, "safetensors, or dummy (random weights for the config)");
+      st->quantization.add_to(*step);
       step->add_option("--device", st->options.device, kDeviceHelp);
       step->add_flag("--enforce-eager", st->options.enforce_eager, kEagerHelp);
       step->add_option("--kv-cache-dtype", st->options.kv_dtype, "auto (bf16 on GPUs, f32 on CPU), bf16 or f32");

@@ -30,12 +30,13 @@ struct GenerateOptions {
   std::string device = "auto";
   std::string kv_cache_dtype = "auto";
   bool enforce_eager = false;
+  QuantizationOptions quantization;
 };
 
 void run_generate(const GenerateOptions& o) {
   auto backend = make_logged_backend(o.device, o.threads, o.enforce_eager);
   const std::string model_dir = o.model.empty() ? bundled_model_dir() : o.model;
-  auto target = Gemma4Model::load(model_dir, *backend, parse_load_format(o.load_format));
+  auto target = Gemma4Model::load(model_dir, *backend, parse_load_format(o.load_format), o.quantization.parse());
   apply_image_attention(o.image_attention, *target);
   std::optional<Tokenizer> tokenizer;
   if (!o.prompt.empty()) tokenizer = Tokenizer::load(model_dir);
@@ -156,6 +157,7 @@ const RegisterCommand generate_command("generate", "Generate from a prompt (gree
   app.add_option("--draft-position", o->draft_position,
                  "MTP drafter query position: vllm (p-1, last W keys; default) or hf (p, last W+1 keys, as transformers)");
   app.add_option("--load-format", o->load_format, "safetensors, or dummy (random weights for the config; benchmarks)");
+  o->quantization.add_to(app);
   app.add_flag("--json", o->json,
                "Print {\"ids\": [...], \"tokens_per_second\": x, \"prefill_seconds\": x, \"decode_tokens\": n, "
                "\"decode_seconds\": x, \"spec\": {...}}");

@@ -20,11 +20,13 @@ struct LogitsOptions {
   bool all_positions = false;
   int threads = 0;
   std::string device = "auto";
+  QuantizationOptions quantization;
 };
 
 void run_logits(const LogitsOptions& o) {
   auto backend = make_logged_backend(o.device, o.threads);
-  auto model = Gemma4Model::load(o.model.empty() ? bundled_model_dir() : o.model, *backend);
+  auto model = Gemma4Model::load(o.model.empty() ? bundled_model_dir() : o.model, *backend, LoadFormat::safetensors,
+                                 o.quantization.parse());
   apply_image_attention(o.image_attention, *model);
   const ModelConfig& c = model->config();
   // Images: each image_token_id of --ids becomes <|image> + N placeholders + <image|>, whose rows
@@ -77,6 +79,7 @@ const RegisterCommand logits_command("logits", "Print the logits of a prompt (JS
   auto o = std::make_shared<LogitsOptions>();
   app.add_option("--model", o->model, "Checkpoint directory (default: the bundled model)");
   app.add_option("--ids", o->ids, "Prompt token ids, comma-separated (one image_token_id per --image)")->required();
+  o->quantization.add_to(app);
   app.add_option("--image", o->images, "Image file (JPEG, PNG, GIF, WebP); repeatable, in prompt order");
   app.add_option("--max-soft-tokens", o->max_soft_tokens,
                  "Soft tokens per image: 70, 140, 280, 560 or 1120 (default: the model's, 280)");

@@ -25,6 +25,7 @@ struct PlanOptions {
   int max_model_len = 8192, max_num_seqs = 64;
   int max_num_batched_tokens = 2048, max_soft_tokens = 0;
   bool json = false;
+  QuantizationOptions quantization;
 };
 
 bool has_safetensors(const std::string& dir) {
@@ -33,13 +34,13 @@ bool has_safetensors(const std::string& dir) {
   return false;
 }
 
-// The checkpoint's tensor bytes; with a config.json alone (nothing downloaded yet), what its tensors
-// take in bf16 (quantized linears: in the form the loader keeps them), from the same shapes the
-// loader binds.
-int64_t checkpoint_bytes(const std::string& dir) {
-  if (!has_safetensors(dir)) {
+// The checkpoint's tensor bytes; with a config.json alone (nothing downloaded yet) or --quantization,
+// what its tensors take as loaded (bf16; quantized linears in the form the loader keeps them), from
+// the same shapes the loader binds.
+int64_t checkpoint_bytes(const std::string& dir, const OnlineQuant& online = {}) {
+  if (!has_safetensors(dir) || online.active()) {
     auto backend = make_cpu_backend(1);
-    return Gemma4Model::load(dir, *backend, LoadFormat::meta)->weight_bytes();
+    return Gemma4Model::load(dir, *backend, LoadFormat::meta, online)->weight_bytes();
   }
   const WeightStore store = WeightStore::open(dir);
   int64_t bytes = 0;
@@ -47,11 +48,11 @@ int64_t checkpoint_bytes(const std::string& dir) {
   return bytes;
 }
 
-int64_t drafter_bytes(const std::string& dir, const std::string& target_dir) {
-  if (has_safetensors(dir)) return checkpoint_bytes(dir);
+int64_t drafter_bytes(const std::string& dir, const std::string& target_dir, const OnlineQuant& online) {
+  if (has_safetensors(dir) && !online.active()) return checkpoint_bytes(dir);
   auto backend = make_cpu_backend(1);
   auto target = Gemma4Model::load(target_dir, *backend, LoadFormat::meta);
-  return Gemma4Assistant::load(dir, *target, LoadFormat::meta)->weight_bytes();
+  return Gemma4Assistant::load(dir, *target, LoadFormat::meta, online)->weight_bytes();
 }
 
 std::string mib(int64_t bytes) { return fmt::format("{:.1f} MiB", bytes / 1048576.0); }
@@ -72,7 +73,9 @@ void run_plan(const PlanOptions& o) {
   const std::string dir = o.model.empty() ? bundled_model_dir() : o.model;
   const ModelConfig target = load_model_config(dir);
   if (target.is_assistant()) fail("{} is a drafter; plan its target and pass the drafter in --speculative-config", dir);
-  int64_t weights = checkpoint_bytes(dir);
+  const OnlineQuant online = o.quantization.parse();
+  const bool counted = !has_safetensors(dir) || online.active();  // weights from config.json's shapes
+  int64_t weights = checkpoint_bytes(dir, online);
   // Images: the tower's weights (in the checkpoint's bytes already when its safetensors are here),
   // what encoding one image takes, and whether one image's soft tokens fit a step.
   nlohmann::json vision_json;
@@ -87,7 +90,7 @@ void run_plan(const PlanOptions& o) {
     vision_activations = 4 * (patches * (3LL * v.patch_size * v.patch_size + 9LL * v.hidden + 3LL * v.n_heads * v.head_dim +
                                          4LL * v.n_heads * padded + 2LL * v.intermediate) +
                               int64_t{o.max_num_batched_tokens} * target.hidden);
-    if (!has_safetensors(dir)) weights += tower->weight_bytes();
+    if (counted) weights += tower->weight_bytes();
     vision_json = {{"weights_bytes", tower->weight_bytes()},
                    {"parameters", tower->parameter_count()},
                    {"soft_tokens_per_image", soft},
@@ -107,7 +110,8 @@ void run_plan(const PlanOptions& o) {
     method = spec.method;
     if (!spec.model.empty()) {
       const ModelConfig d = load_model_config(spec.model);
-      drafter_weights = d.is_assistant() ? drafter_bytes(spec.model, dir) : checkpoint_bytes(spec.model);
+      drafter_weights = d.is_assistant() ? drafter_bytes(spec.model, dir, spec.quantization)
+                                         : checkpoint_bytes(spec.model, spec.quantization);
       if (!d.is_assistant()) drafter_kv_per_token = d.kv_bytes_per_token(4);  // a draft model keeps its own KV
       else method = "mtp";  // reads the target's KV: no cache of its own
     }
@@ -174,10 +178,11 @@ void run_plan(const PlanOptions& o) {
   }
   std::printf("%s (%s)\n", dir.c_str(), target.model_type.c_str());
   const std::string from_config =
-      target.quant.quantized() ? "from config.json (no safetensors here): " + target.quant.describe() + ", the rest bf16"
-                               : "bf16 from config.json (no safetensors here)";
+      online.active()          ? "as loaded: " + online.describe() + " (--quantization), the rest as stored"
+      : target.quant.quantized() ? "from config.json (no safetensors here): " + target.quant.describe() + ", the rest bf16"
+                                 : "bf16 from config.json (no safetensors here)";
   std::printf("  weights        %s, %s\n", mib(weights).c_str(),
-              !has_safetensors(dir) ? from_config.c_str()
+              counted ? from_config.c_str()
               : o.device == "cuda"        ? "uploaded to the GPU in their stored dtype"
               : target.quant.quantized() ? "quantized linears rewritten at load (copied), the rest mmapped"
                                          : "mmapped in their stored dtype (pages shared, not copied)");
@@ -199,7 +204,7 @@ void run_plan(const PlanOptions& o) {
     std::printf("  images         vision tower %s (%.1f M parameters, %s); %d soft tokens per image from %lld patches; "
                 "encoding one takes %s of activations (and the encoder cache)\n",
                 mib(vision_json["weights_bytes"]).c_str(), vision_json["parameters"].get<int64_t>() / 1e6,
-                has_safetensors(dir) ? "counted in the weights above" : "added to the weights above", soft,
+                counted ? "added to the weights above" : "counted in the weights above", soft,
                 static_cast<long long>(vision_json["patches_per_image"].get<int64_t>()), mib(vision_activations).c_str());
     std::printf("  step budget    an image's %d soft tokens attend to each other, so they prefill in one step: "
                 "--max-num-batched-tokens %d %s\n",
@@ -225,6 +230,7 @@ const RegisterCommand plan_command("plan", "What fits in memory and why (weights
   app.add_option("--max-num-seqs", o->max_num_seqs, "Concurrent sequences")->check(CLI::Range(1, 1 << 16));
   app.add_option("--memory", o->memory, "Memory budget, e.g. 24GiB (default: MemAvailable)");
   app.add_option("--device", o->device, "cpu (f32 KV) or cuda (bf16 KV)");
+  o->quantization.add_to(app);
   app.add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "Rows per engine step, as for serve")
       ->check(CLI::Range(1, 1 << 24));
   app.add_option("--max-soft-tokens", o->max_soft_tokens, "Soft tokens per image (70, 140, 280, 560, 1120; default 280)");

@@ -76,6 +76,7 @@ struct ServeOptions {
   std::string tool_call_parser, reasoning_parser;
   std::string limit_mm_per_prompt, allowed_local_media_path, mm_processor_kwargs;
   std::string image_attention = "auto";
+  QuantizationOptions quantization;
 };
 
 // Images (vLLM's flags): the per-prompt limit ('{"image": N}'; video and audio are not taken, so
@@ -481,7 +482,7 @@ void run_serve(ServeOptions o) {
          "(other processes hold the rest); use --gpu-memory-utilization {:.2f} or less",
          o.gpu_memory_utilization, o.gpu_memory_utilization * gpu_total / gib, gpu_total / gib, gpu_free / gib,
          std::floor(100.0 * gpu_free / gpu_total) / 100.0);
-  auto target = Gemma4Model::load(model_dir, *backend);
+  auto target = Gemma4Model::load(model_dir, *backend, LoadFormat::safetensors, o.quantization.parse());
   apply_image_attention(o.image_attention, *target);
   std::unique_ptr<Gemma4Vision> vision;
   if (images) {
@@ -659,6 +660,7 @@ const RegisterCommand serve_command(
       app.add_option("--allowed-headers", o->allowed_headers, "CORS: JSON list of allowed headers (default [\"*\"])");
       app.add_flag("--allow-credentials", o->allow_credentials, "CORS: allow credentials");
       app.add_option("--device", o->device, kDeviceHelp);
+      o->quantization.add_to(app);
       app.add_flag("--enforce-eager", o->enforce_eager, kEagerHelp);
       app.add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
       app.add_option("--kv-cache-memory", o->kv_cache_memory, "KV cache size in bytes (suffixes KiB/MiB/GiB allowed)");

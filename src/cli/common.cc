@@ -1,5 +1,7 @@
 #include "cli/common.h"
 
+#include <CLI/CLI.hpp>
+
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -49,6 +51,18 @@ std::vector<int32_t> parse_ids(const std::string& text) {
   if (ids.empty()) fail("--ids is empty");
   return ids;
 }
+
+void QuantizationOptions::add_to(CLI::App& app) {
+  app.add_option("--quantization,-q", method,
+                 "Quantize a bf16 checkpoint's decoder-layer linears and MoE experts at load: none (as stored), "
+                 "int4 or int8 (symmetric, group 128), fp8 (E4M3, per channel); refused for a quantized checkpoint")
+      ->capture_default_str();
+  app.add_flag("--quantize-lm-head", lm_head,
+               "With --quantization: give the head matmul a quantized copy of the (tied) head; the embedding "
+               "lookup keeps the bf16 table");
+}
+
+OnlineQuant QuantizationOptions::parse() const { return parse_online_quant(method, lm_head, "--quantization"); }
 
 LoadFormat parse_load_format(const std::string& name) {
   if (name == "safetensors" || name == "auto") return LoadFormat::safetensors;

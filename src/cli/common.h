@@ -12,6 +12,9 @@
 #include "model/weights.h"
 #include "util/error.h"
 
+namespace CLI {
+class App;
+}
 namespace tandem {
 class Gemma4Model;
 }
@@ -24,6 +27,15 @@ std::string bundled_drafter_dir();
 
 // "2,17,99" -> {2, 17, 99}; throws tandem::Error on anything else.
 std::vector<int32_t> parse_ids(const std::string& text);
+
+// --quantization none|int4|int8|fp8 and --quantize-lm-head, shared by every command that loads a
+// model: a bf16 checkpoint's linears quantized at load (docs/DESIGN.md, "Online quantization").
+struct QuantizationOptions {
+  std::string method = "none";
+  bool lm_head = false;
+  void add_to(CLI::App& app);
+  OnlineQuant parse() const;
+};
 
 // "safetensors" | "dummy"; "vllm" | "hf".
 LoadFormat parse_load_format(const std::string& name);

@@ -10,15 +10,17 @@
 
 namespace tandem {
 
-std::unique_ptr<Gemma4Model> Gemma4Model::load(const std::string& dir, Backend& backend, LoadFormat format) {
-  return load(load_model_config(dir), backend, format);
+std::unique_ptr<Gemma4Model> Gemma4Model::load(const std::string& dir, Backend& backend, LoadFormat format,
+                                               const OnlineQuant& online) {
+  return load(load_model_config(dir), backend, format, online);
 }
 
-std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& backend, LoadFormat format) {
+std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& backend, LoadFormat format,
+                                               const OnlineQuant& online) {
   if (c.is_assistant())
     fail("{} is a gemma4_assistant drafter; it needs a target (pass it in --speculative-config)", c.dir);
   std::unique_ptr<Gemma4Model> m(new Gemma4Model(c, backend));
-  m->weights_ = Weights::open(c.dir, format, backend, c.quant);
+  m->weights_ = Weights::open(c.dir, format, backend, c.quant, online);
   Weights& w = m->weights_;
   const std::string& p = c.weight_prefix;
   const int64_t V = c.vocab_size, H = c.hidden;
@@ -27,7 +29,12 @@ std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& ba
   m->final_norm_ = w.get(p + "norm.weight", {H});
   std::optional<TensorView> head;
   if (!c.tie_embeddings && w.quant().quantizes("lm_head")) head = w.linear("lm_head", V, H);
+  else if (!c.tie_embeddings && w.online().quantizes("lm_head") && (w.dummy() || w.info("lm_head.weight")))
+    head = w.linear("lm_head", V, H);
   else if (!c.tie_embeddings) head = w.find("lm_head.weight", {V, H});
+  m->own_head_ = head.has_value();
+  // --quantize-lm-head on a tied head: a quantized copy for the head matmul; the lookup keeps bf16.
+  if (!head && w.online().quantizes("lm_head")) head = w.quantized_copy(p + "embed_tokens.weight", m->embed_tokens_);
   m->lm_head_ = head ? *head : m->embed_tokens_;
   for (int i = 0; i < c.n_layers; ++i)
     m->layers_.push_back(Gemma4LayerWeights::bind(w, c, i, p + "layers." + std::to_string(i) + "."));
@@ -53,7 +60,7 @@ std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& ba
 void Gemma4Model::count_parameters() {
   const ModelConfig& c = config_;
   int64_t total = static_cast<int64_t>(c.vocab_size) * c.hidden + c.hidden;  // embedding + final norm
-  if (lm_head_.data != embed_tokens_.data) total += static_cast<int64_t>(c.vocab_size) * c.hidden;
+  if (own_head_) total += static_cast<int64_t>(c.vocab_size) * c.hidden;
   int64_t inactive = 0;
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Gemma4LayerWeights& l = layers_[i];

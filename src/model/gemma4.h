@@ -63,9 +63,11 @@ struct ForwardOutput {
 
 class Gemma4Model {
  public:
+  // online: --quantization (and --quantize-lm-head), applied at load to a bf16 checkpoint.
   static std::unique_ptr<Gemma4Model> load(const std::string& dir, Backend& backend,
-                                           LoadFormat format = LoadFormat::safetensors);
-  static std::unique_ptr<Gemma4Model> load(const ModelConfig& config, Backend& backend, LoadFormat format);
+                                           LoadFormat format = LoadFormat::safetensors, const OnlineQuant& online = {});
+  static std::unique_ptr<Gemma4Model> load(const ModelConfig& config, Backend& backend, LoadFormat format,
+                                           const OnlineQuant& online = {});
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() { return be_; }
@@ -119,6 +121,7 @@ class Gemma4Model {
   TensorView ple_table_, ple_projection_, ple_norm_;
   float ple_scale_ = 1.0f;
   int64_t parameters_ = 0, active_parameters_ = 0, weight_bytes_ = 0;
+  bool own_head_ = false;  // an untied lm_head.weight (not the embedding, nor a quantized copy of it)
   std::vector<std::vector<int32_t>>* routing_record_ = nullptr;
 
   // Per-step inputs (views into one uploaded buffer) and scratch, all in backend memory.

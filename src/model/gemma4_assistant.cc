@@ -11,7 +11,7 @@
 namespace tandem {
 
 std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, Gemma4Model& target,
-                                                        LoadFormat format) {
+                                                        LoadFormat format, const OnlineQuant& online) {
   ModelConfig c = load_model_config(dir);
   const ModelConfig& t = target.config();
   if (!c.is_assistant())
@@ -42,10 +42,15 @@ std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, G
     a->target_layers_.push_back(src);
     log::info("drafter layer {} ({}) reads target layer {} KV", i, layer_type_name(l.type), src);
   }
-  a->weights_ = Weights::open(dir, format, target.backend(), c.quant);
+  if (online.lm_head && c.ordered_embeddings)
+    fail("drafter {}: quantize_lm_head needs the full head; this drafter scores centroids, then gathers rows of "
+         "its bf16 table",
+         dir);
+  a->weights_ = Weights::open(dir, format, target.backend(), c.quant, online);
   Weights& w = a->weights_;
   const int64_t V = c.vocab_size, H = c.hidden, B = c.backbone_hidden;
   a->embed_ = w.get("model.embed_tokens.weight", {V, H});
+  a->head_ = online.lm_head ? w.quantized_copy("model.embed_tokens.weight", a->embed_) : a->embed_;
   a->final_norm_ = w.get("model.norm.weight", {H});
   a->pre_projection_ = w.linear("pre_projection", H, 2 * B);
   a->post_projection_ = w.linear("post_projection", B, H);
@@ -85,11 +90,12 @@ std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, G
 
 int64_t Gemma4Assistant::step_weight_bytes() const {
   const ModelConfig& c = config_;
-  int64_t bytes = static_cast<int64_t>(final_norm_.nbytes() + pre_projection_.nbytes() + post_projection_.nbytes());
+  int64_t bytes = static_cast<int64_t>(final_norm_.nbytes() + stored_bytes(pre_projection_) +
+                                       stored_bytes(post_projection_));
   for (const Gemma4LayerWeights& l : layers_)
     for (const TensorView* t : l.tensors())
-      if (t->data) bytes += static_cast<int64_t>(t->nbytes());
-  if (!c.ordered_embeddings) return bytes + static_cast<int64_t>(embed_.nbytes());
+      if (t->data) bytes += static_cast<int64_t>(stored_bytes(*t));
+  if (!c.ordered_embeddings) return bytes + static_cast<int64_t>(stored_bytes(head_));
   const int64_t row_bytes = static_cast<int64_t>(embed_.nbytes()) / c.vocab_size;
   return bytes + static_cast<int64_t>(centroids_.nbytes()) +
          row_bytes * c.centroid_top_k * (c.vocab_size / c.num_centroids);
@@ -186,7 +192,7 @@ void Gemma4Assistant::step(const TensorView& tokens, const TensorView& hidden, T
 
   if (!c.ordered_embeddings) {
     TensorView& head = head_logits_.resize(DType::F32, {R, V});
-    be.matmul(normed, embed_, head);
+    be.matmul(normed, head_, head);
     be.argmax_rows(head, nullptr, drafts);
     if (logits) *logits = to_host(be, head);
     return;

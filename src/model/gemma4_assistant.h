@@ -37,8 +37,11 @@ class Gemma4Assistant {
   // Loads DIR as a drafter for `target` and checks that the pair fits (backbone width, vocabulary,
   // head dims and KV heads per layer type); a mismatch fails naming the field, both values and
   // both directories. Logs which target layer each drafter layer reads.
+  // online: speculative_config's "quantization" (and "quantize_lm_head": a quantized copy of the tied
+  // table for the head matmul), applied at load to a bf16 drafter.
   static std::unique_ptr<Gemma4Assistant> load(const std::string& dir, Gemma4Model& target,
-                                               LoadFormat format = LoadFormat::safetensors);
+                                               LoadFormat format = LoadFormat::safetensors,
+                                               const OnlineQuant& online = {});
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() { return target_.backend(); }
@@ -78,6 +81,7 @@ class Gemma4Assistant {
   Gemma4Model& target_;
   Weights weights_;
   TensorView embed_, final_norm_, pre_projection_, post_projection_, centroids_;
+  TensorView head_;  // the full head's weight: embed_, or its quantized copy
   Tensor token_ordering_;  // [C, V / C] I32: the tokens of each centroid (centroid head)
   std::vector<Gemma4LayerWeights> layers_;
   std::vector<int> target_layers_;

@@ -11,6 +11,7 @@
 
 #include "backend/backend.h"
 #include "io/safetensors.h"
+#include "model/online_quant.h"
 #include "model/quant.h"
 
 namespace tandem {
@@ -22,8 +23,11 @@ enum class LoadFormat { safetensors, dummy, meta };
 class Weights {
  public:
   // quant: the checkpoint's quantization_config (none for a plain checkpoint); with dummy / meta it
-  // decides what the generated or counted linear weights look like.
-  static Weights open(const std::string& dir, LoadFormat format, Backend& be, const QuantConfig& quant = {});
+  // decides what the generated or counted linear weights look like. online: --quantization, which
+  // quantizes the linears it covers at load (dummy: generates them, then quantizes them); refused
+  // for a checkpoint that is already quantized.
+  static Weights open(const std::string& dir, LoadFormat format, Backend& be, const QuantConfig& quant = {},
+                      const OnlineQuant& online = {});
 
   // The tensor `name` with exactly `shape`; throws tandem::Error naming the file and tensor if it is
   // missing or has another shape.
@@ -31,8 +35,12 @@ class Weights {
   // As get(), but returns nullopt when absent (optional tensors such as lm_head.weight).
   std::optional<TensorView> find(const std::string& name, const std::vector<int64_t>& shape);
   // The weight of linear layer `module` ([N, K], PyTorch [out, in]): quantized (TensorView::quant)
-  // when the quantization config covers the module, else module + ".weight" as get() binds it.
+  // when the checkpoint's quantization config or --quantization covers the module, else
+  // module + ".weight" as get() binds it.
   TensorView linear(const std::string& module, int64_t N, int64_t K);
+  // A quantized copy ([N, K], --quantization's format) of the bf16 tensor `name` already bound as
+  // `bound` (a tied embedding serving as the head: the lookup keeps the bf16 table).
+  TensorView quantized_copy(const std::string& name, const TensorView& bound);
   // Stacked expert weights [E, N, K] under `dir` (e.g. "...layers.0.experts"): the fused parameter
   // dir.fused (bf16, or quantized with compressed-tensors suffixes fused + "_packed", ...), or, for a
   // quantized checkpoint, the per-expert linears dir.e.part for each e and part, whose rows are
@@ -40,6 +48,7 @@ class Weights {
   std::optional<TensorView> find_experts(const std::string& dir, const std::string& fused,
                                          const std::vector<std::string>& parts, int64_t E, int64_t N, int64_t K);
   const QuantConfig& quant() const { return quant_; }
+  const OnlineQuant& online() const { return online_; }
   // Any shape; for tensors whose shape is read from the checkpoint (e.g. layer_scalar [1]).
   const TensorInfo* info(const std::string& name) const;
   bool dummy() const { return format_ != LoadFormat::safetensors; }  // no checkpoint behind the tensors
@@ -57,10 +66,20 @@ class Weights {
   std::shared_ptr<WeightStore> store_;
   // A canonical quantized weight on the host, uploaded (or, for meta, only described) as a view.
   TensorView bind_quant(const HostQuantWeight& h, std::initializer_list<int64_t> shape);
-  TensorView meta_quant(std::initializer_list<int64_t> shape);
+  TensorView meta_quant(std::initializer_list<int64_t> shape, QuantCode code, int64_t group, DType scale_dtype,
+                        bool zeros, bool k_perm);
+  TensorView meta_quant(std::initializer_list<int64_t> shape);         // in the checkpoint's format
+  TensorView meta_online(std::initializer_list<int64_t> shape);        // in --quantization's format
+  // The bf16 tensor `name` [rows, K] quantized on the host (read from the mapped file, or generated
+  // as --load-format dummy would and dropped once quantized), bound with `shape`.
+  TensorView quantize_tensor(const std::string& name, std::initializer_list<int64_t> shape);
+  // Seeded dummy values of `name` in backend memory (what find() binds for --load-format dummy).
+  std::pair<TensorView, std::shared_ptr<Buffer>> generate_dummy(const std::string& name,
+                                                               const std::vector<int64_t>& shape);
   uint64_t next_seed();
 
   QuantConfig quant_;
+  OnlineQuant online_;
   std::vector<std::shared_ptr<Buffer>> owned_;  // uploaded or generated tensors
   std::vector<std::shared_ptr<QuantParams>> quant_params_;  // behind the quantized views (stable addresses)
   uint64_t seed_ = 0x9E3779B97F4A7C15ull;

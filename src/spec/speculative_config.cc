@@ -21,12 +21,14 @@ SpeculativeConfig parse_speculative_config(const std::string& text) {
   }
   if (!j.is_object()) fail("--speculative-config must be a JSON object");
   SpeculativeConfig c;
-  static const char* known[] = {"method", "model", "num_speculative_tokens", "prompt_lookup_min",
-                                "prompt_lookup_max", "draft_tensor_parallel_size", "draft_position"};
+  static const char* known[] = {"method",          "model",          "num_speculative_tokens",
+                                "prompt_lookup_min", "prompt_lookup_max", "draft_tensor_parallel_size",
+                                "draft_position",  "quantization",   "quantize_lm_head"};
   for (auto& [key, value] : j.items()) {
     if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return key == k; }) == std::end(known))
       fail("--speculative-config: unknown key \"{}\" (accepted: method, model, num_speculative_tokens, "
-           "prompt_lookup_min, prompt_lookup_max, draft_tensor_parallel_size, draft_position)",
+           "prompt_lookup_min, prompt_lookup_max, draft_tensor_parallel_size, draft_position, quantization, "
+           "quantize_lm_head)",
            key);
   }
   auto get_int = [&](const char* key, int fallback) {
@@ -55,7 +57,14 @@ SpeculativeConfig parse_speculative_config(const std::string& text) {
   if (pos == "hf") c.draft_position = DraftPosition::hf;
   else if (!pos.empty() && pos != "vllm")
     fail("--speculative-config: draft_position must be \"vllm\" or \"hf\", got \"{}\"", pos);
+  // vLLM's "quantization" (null: as stored); tandem quantizes a bf16 drafter at load with it.
+  const std::string quant = j.contains("quantization") && j["quantization"].is_null() ? "" : get_string("quantization");
+  if (j.contains("quantize_lm_head") && !j["quantize_lm_head"].is_boolean())
+    fail("--speculative-config: \"quantize_lm_head\" must be true or false, got {}", j["quantize_lm_head"].dump());
+  c.quantization = parse_online_quant(quant, j.value("quantize_lm_head", false),
+                                      "--speculative-config \"quantization\"");
   if (c.method == "ngram") {
+    if (c.quantization.active()) fail("--speculative-config: method ngram has no drafter to quantize");
     c.prompt_lookup_max = get_int("prompt_lookup_max", 0);
     c.prompt_lookup_min = get_int("prompt_lookup_min", c.prompt_lookup_max);
     if (c.prompt_lookup_max < 1) fail("--speculative-config: ngram needs prompt_lookup_max >= 1");
@@ -79,7 +88,7 @@ std::unique_ptr<Proposer> make_proposer(SpeculativeConfig& config, Gemma4Model& 
     if (config.method == "draft_model")
       log::info("speculative method draft_model upgraded to mtp: {} is a gemma4_assistant drafter", config.model);
     config.method = "mtp";
-    auto assistant = Gemma4Assistant::load(config.model, target, config.load_format);
+    auto assistant = Gemma4Assistant::load(config.model, target, config.load_format, config.quantization);
     assistant->position_convention = config.draft_position;
     return std::make_unique<MtpProposer>(std::move(assistant), target.config().eos_ids);
   }
@@ -89,7 +98,8 @@ std::unique_ptr<Proposer> make_proposer(SpeculativeConfig& config, Gemma4Model& 
   if (drafter.vocab_size != target.config().vocab_size)
     fail("drafter {} does not fit target {}: vocab_size is {} in the drafter but {} in the target", config.model,
          target.config().dir, drafter.vocab_size, target.config().vocab_size);
-  return std::make_unique<DraftModelProposer>(Gemma4Model::load(drafter, target.backend(), config.load_format));
+  return std::make_unique<DraftModelProposer>(
+      Gemma4Model::load(drafter, target.backend(), config.load_format, config.quantization));
 }
 
 }  // namespace tandem

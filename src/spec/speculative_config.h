@@ -1,6 +1,8 @@
 // --speculative-config, as vLLM accepts it: {"method": "draft_model"|"mtp"|"ngram", "model": DIR,
-// "num_speculative_tokens": k, "prompt_lookup_min": n, "prompt_lookup_max": n}, plus tandem's
-// "draft_position": "vllm" (default, query at p-1) | "hf" (transformers' p).
+// "num_speculative_tokens": k, "prompt_lookup_min": n, "prompt_lookup_max": n, "quantization":
+// "int4"|"int8"|"fp8"|null}, plus tandem's "draft_position": "vllm" (default, query at p-1) | "hf"
+// (transformers' p) and "quantize_lm_head": true (the drafter's head, as --quantize-lm-head for the
+// target). As in vLLM the drafter does not follow the target's --quantization.
 #pragma once
 #include <memory>
 #include <string>
@@ -18,6 +20,7 @@ struct SpeculativeConfig {
   int prompt_lookup_min = 1;
   int prompt_lookup_max = 0;
   DraftPosition draft_position = DraftPosition::vllm;
+  OnlineQuant quantization;  // of a bf16 drafter at load (none: as stored)
   LoadFormat load_format = LoadFormat::safetensors;  // set by the caller (dummy for benchmarks), not JSON
 };
 

@@ -15,6 +15,8 @@ namespace {
 struct Case {
   std::string target;
   std::string spec_json;  // with %K% for k
+  std::string quantization = "none";  // the target's --quantization (plain and speculative alike)
+  bool quantize_lm_head = false;
 };
 
 class Lossless : public ::testing::TestWithParam<Case> {};
@@ -22,7 +24,8 @@ class Lossless : public ::testing::TestWithParam<Case> {};
 TEST_P(Lossless, GreedyOutputEqualsPlainForEveryK) {
   const std::string dir = testing::fixtures_dir() + "/";
   auto backend = testing::test_backend(2);
-  auto target = Gemma4Model::load(dir + GetParam().target, *backend);
+  auto target = Gemma4Model::load(dir + GetParam().target, *backend, LoadFormat::safetensors,
+                                  parse_online_quant(GetParam().quantization, GetParam().quantize_lm_head, "quantization"));
   const WeightStore golden = WeightStore::open(dir + GetParam().target + "/golden.safetensors");
   EngineConfig plain_config;
   plain_config.max_model_len = 128;
@@ -65,8 +68,18 @@ const Case kCases[] = {
     {"gemma4-moe", "{\"method\": \"draft_model\", \"model\": \"%DIR%gemma4-e2b\", \"num_speculative_tokens\": %K%}"},
     {"gemma4-e2b", "{\"method\": \"ngram\", \"prompt_lookup_min\": 1, \"prompt_lookup_max\": 3, "
                    "\"num_speculative_tokens\": %K%}"},
+    // Quantized at load: an int4 target with an int4 head copy, drafted by an int8 drafter with an
+    // int8 head; the target's verify still decides, so greedy output equals the int4 target's own.
+    {"gemma4-moe",
+     "{\"model\": \"%DIR%gemma4-moe-assistant\", \"num_speculative_tokens\": %K%, \"quantization\": \"int8\", "
+     "\"quantize_lm_head\": true}",
+     "int4", true},
+    {"gemma4-moe", "{\"method\": \"draft_model\", \"model\": \"%DIR%gemma4-e2b\", \"num_speculative_tokens\": %K%, "
+                   "\"quantization\": \"fp8\"}",
+     "fp8", false},
 };
-const char* const kCaseNames[] = {"mtp_dense", "mtp_centroid", "mtp_hf_position", "draft_model", "ngram"};
+const char* const kCaseNames[] = {"mtp_dense",        "mtp_centroid",          "mtp_hf_position", "draft_model", "ngram",
+                                  "mtp_int4_target", "draft_model_fp8_target"};
 
 INSTANTIATE_TEST_SUITE_P(Proposers, Lossless, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(kCaseNames[info.index]); });
