@@ -162,9 +162,10 @@ const std::string kModel = std::string(TANDEM_SOURCE_DIR) + "/models/tandem-code
 // Logits [T, V] of every position of `ids`, and the final-normed hidden states [T, H].
 void forward_all(Gemma4Model& m, const std::vector<int32_t>& ids, HostTensor& hidden, HostTensor& logits) {
   const int32_t T = static_cast<int32_t>(ids.size());
-  KvCache kv(m.backend(), m.config(), (T + 15) / 16 + 1, 16);
-  std::vector<int32_t> table;
-  ASSERT_TRUE(kv.reserve(table, T));
+  const int32_t blocks = (T + 15) / 16 + 1;
+  KvCache kv(m.backend(), m.config(), {blocks, blocks}, 16);
+  BlockTables table;
+  ASSERT_TRUE(kv.reserve(table, 0, T));
   ForwardBatch batch;
   for (int32_t t = 0; t < T; ++t) batch.add(ids[t], t, &table, true);
   m.forward(batch, kv, &hidden, &logits);
