@@ -94,6 +94,34 @@ inline MatmulDims check_matmul(const TensorView& x, const TensorView& w, const T
 }
 
 // Attention's q and out for T rows over KV heads of dimension d: returns the number of query heads.
+// moe_experts' arguments, the same rules on every backend: x and y F32 [T, H], ids I32 and weights F32
+// [T, k], gate_up [E, 2I, H] and down [E, H, I] dense 3-D tensors, float or quantized.
+struct MoeDims {
+  int64_t T, H, E, I, k;
+};
+inline MoeDims check_moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
+                                 const TensorView& gate_up, const TensorView& down, const TensorView& y) {
+  check_f32_2d(x, "moe_experts x");
+  check_f32_2d(y, "moe_experts y");
+  check_same_shape(x, y, "moe_experts");
+  check_2d(ids, DType::I32, "moe_experts ids");
+  check_f32_2d(weights, "moe_experts weights");
+  if (gate_up.ndim != 3 || down.ndim != 3 || gate_up.row_stride || down.row_stride)
+    fail("moe_experts: gate_up and down must be dense 3-D tensors");
+  for (const TensorView* w : {&gate_up, &down}) {
+    if (w->quant) check_quant_weight(*w, "moe_experts");
+    else if (!is_float_dtype(w->dtype)) fail("moe_experts: expert weights must be float or quantized");
+  }
+  const int64_t T = x.rows(), H = x.cols(), E = gate_up.dim(0), I2 = gate_up.dim(1), k = ids.cols();
+  if (gate_up.dim(2) != H || I2 % 2 != 0 || down.dim(0) != E || down.dim(1) != H || down.dim(2) != I2 / 2)
+    fail("moe_experts: gate_up [{}, {}, {}] and down [{}, {}, {}] do not fit H = {}", E, I2, gate_up.dim(2),
+         down.dim(0), down.dim(1), down.dim(2), H);
+  if (ids.rows() != T || weights.rows() != T || weights.cols() != k)
+    fail("moe_experts: ids [{}, {}] and weights [{}, {}] must both be [{}, k]", ids.rows(), ids.cols(),
+         weights.rows(), weights.cols(), T);
+  return {T, H, E, I2 / 2, k};
+}
+
 inline int64_t check_attention_heads(const TensorView& q, const TensorView& out, int64_t T, int64_t n_kv, int64_t d) {
   check_f32_2d(q, "attention q");
   if (q.numel() % (T * d) != 0) fail("attention: q of {} elements is not {} rows × heads × {}", q.numel(), T, d);

@@ -687,24 +687,13 @@ class CpuBackend final : public Backend {
 
   void moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights, const TensorView& gate_up,
                    const TensorView& down, TensorView& y) override {
-    check_f32_2d(x, "moe_experts x");
-    const int64_t k = ids.cols();
-    const int32_t* expert_ids = check_ints<int32_t>(ids, DType::I32, x.rows() * k, "moe_experts ids");
-    if (weights.dtype != DType::F32 || weights.numel() != x.rows() * k)
-      fail("moe_experts: weights must be F32 [{}, {}]", x.rows(), k);
+    const MoeDims dims = check_moe_experts(x, ids, weights, gate_up, down, y);
+    const int64_t T = dims.T, H = dims.H, E = dims.E, I = dims.I, k = dims.k;
+    const int64_t I2 = 2 * I;
+    // Read as flat [T·k] arrays below.
+    if (ids.stride() != k || weights.stride() != k) fail("moe_experts: ids and weights must be dense [{}, {}]", T, k);
+    const int32_t* expert_ids = ids.as<int32_t>();
     const float* expert_weights = weights.as<float>();
-    check_f32_2d(y, "moe_experts y");
-    check_same_shape(x, y, "moe_experts");
-    if (gate_up.ndim != 3 || down.ndim != 3 || gate_up.row_stride || down.row_stride)
-      fail("moe_experts: gate_up and down must be dense 3-D tensors");
-    for (const TensorView* w : {&gate_up, &down}) {
-      if (w->quant) check_quant_weight(*w, "moe_experts");
-      else if (!is_float_dtype(w->dtype)) fail("moe_experts: expert weights must be float or quantized");
-    }
-    const int64_t T = x.rows(), H = x.cols(), E = gate_up.dim(0), I2 = gate_up.dim(1), I = I2 / 2;
-    if (gate_up.dim(2) != H || I2 % 2 != 0 || down.dim(0) != E || down.dim(1) != H || down.dim(2) != I)
-      fail("moe_experts: gate_up [{}, {}, {}] and down [{}, {}, {}] do not fit H = {}", E, I2, gate_up.dim(2),
-           down.dim(0), down.dim(1), down.dim(2), H);
     for (int64_t i = 0; i < T * k; ++i)
       if (expert_ids[i] < 0 || expert_ids[i] >= E) fail("moe_experts: expert id {} outside [0, {})", expert_ids[i], E);
     for (int64_t t = 0; t < T; ++t) std::fill_n(y.row<float>(t), H, 0.0f);

@@ -292,24 +292,8 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView* per_expe
 
 void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
                               const TensorView& gate_up, const TensorView& down, TensorView& y) {
-  check_f32_2d(x, "moe_experts x");
-  check_f32_2d(y, "moe_experts y");
-  check_same_shape(x, y, "moe_experts");
-  check_2d(ids, DType::I32, "moe_experts ids");
-  check_f32_2d(weights, "moe_experts weights");
-  if (gate_up.ndim != 3 || down.ndim != 3 || gate_up.row_stride || down.row_stride)
-    fail("moe_experts: gate_up and down must be dense 3-D tensors");
-  for (const TensorView* w : {&gate_up, &down}) {
-    if (w->quant) check_quant_weight(*w, "moe_experts");
-    else if (!is_float_dtype(w->dtype)) fail("moe_experts: expert weights must be float or quantized");
-  }
-  const int64_t T = x.rows(), H = x.cols(), E = gate_up.dim(0), I2 = gate_up.dim(1), I = I2 / 2, k = ids.cols();
-  if (gate_up.dim(2) != H || I2 % 2 != 0 || down.dim(0) != E || down.dim(1) != H || down.dim(2) != I)
-    fail("moe_experts: gate_up [{}, {}, {}] and down [{}, {}, {}] do not fit H = {}", E, I2, gate_up.dim(2),
-         down.dim(0), down.dim(1), down.dim(2), H);
-  if (ids.rows() != T || weights.rows() != T || weights.cols() != k)
-    fail("moe_experts: ids [{}, {}] and weights [{}, {}] must both be [{}, k]", ids.rows(), ids.cols(),
-         weights.rows(), weights.cols(), T);
+  const MoeDims dims = check_moe_experts(x, ids, weights, gate_up, down, y);
+  const int64_t T = dims.T, H = dims.H, E = dims.E, I = dims.I, k = dims.k;
   if (E <= 0 || E > 8192) fail("moe_experts: {} experts is outside what the CUDA backend supports (1..8192)", E);
   if (T * k > 0x7FFFFFFF / 2) fail("moe_experts: {} rows × {} experts is too many", T, k);
   if (T == 0 || H == 0) return;
