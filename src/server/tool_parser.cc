@@ -8,6 +8,7 @@
 
 #include <fmt/ranges.h>
 
+#include "tokenizer/jinja_value.h"
 #include "util/error.h"
 
 namespace tandem::server {
@@ -28,27 +29,9 @@ size_t partial_suffix(std::string_view s, std::string_view marker) {
   return 0;
 }
 
-// The inside of a JSON string literal, as json.dumps(ensure_ascii=False) writes it.
-void append_escaped(std::string& out, std::string_view s) {
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (c < 0x20) out += fmt::format("\\u{:04x}", c);
-        else out += static_cast<char>(c);
-    }
-  }
-}
-
 std::string json_quoted(std::string_view s) {
   std::string out = "\"";
-  append_escaped(out, s);
+  jinja::append_json_escaped(out, s, false);
   out += '"';
   return out;
 }
@@ -289,7 +272,7 @@ class Gemma4ToolParser final : public ToolCallParser {
   }
   void emit_escaped(std::string_view s) {
     std::string e;
-    append_escaped(e, s);
+    jinja::append_json_escaped(e, s, false);
     if (!e.empty()) emit(e);
   }
   // The ", " before a key or array element that is not the first.

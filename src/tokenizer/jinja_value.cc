@@ -405,34 +405,43 @@ std::optional<bool> less_than(const Value& a, const Value& b) {
 }
 
 // --- json.dumps --------------------------------------------------------------------------------
+void append_json_escaped(std::string& out, std::string_view s, bool ensure_ascii) {
+  auto escape = [&](char32_t c) {
+    switch (c) {
+      case '"': out += "\\\""; return true;
+      case '\\': out += "\\\\"; return true;
+      case '\n': out += "\\n"; return true;
+      case '\r': out += "\\r"; return true;
+      case '\t': out += "\\t"; return true;
+      case '\b': out += "\\b"; return true;
+      case '\f': out += "\\f"; return true;
+      default: break;
+    }
+    char buf[16];
+    if (c >= 0x10000) {  // only with ensure_ascii: the byte path below never passes non-ASCII here
+      const char32_t v = c - 0x10000;
+      std::snprintf(buf, sizeof buf, "\\u%04x\\u%04x", static_cast<unsigned>(0xD800 | (v >> 10)),
+                    static_cast<unsigned>(0xDC00 | (v & 0x3FF)));
+    } else if (c < 0x20 || (ensure_ascii && c > 0x7E)) {
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
+    } else {
+      return false;
+    }
+    out += buf;
+    return true;
+  };
+  if (ensure_ascii) {
+    for (char32_t c : utf8_decode(s))
+      if (!escape(c)) out += static_cast<char>(c);
+    return;
+  }
+  for (unsigned char c : s)  // quotes, backslash and control characters are single bytes in UTF-8
+    if (c >= 0x80 || !escape(c)) out += static_cast<char>(c);
+}
+
 static void json_string(std::string& out, const std::string& s, bool ensure_ascii) {
   out += '"';
-  for (char32_t c : utf8_decode(s)) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default: {
-        char buf[16];
-        if (c < 0x20 || (ensure_ascii && c > 0x7E)) {
-          if (c >= 0x10000) {
-            char32_t v = c - 0x10000;
-            std::snprintf(buf, sizeof buf, "\\u%04x\\u%04x", static_cast<unsigned>(0xD800 | (v >> 10)),
-                          static_cast<unsigned>(0xDC00 | (v & 0x3FF)));
-          } else {
-            std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
-          }
-          out += buf;
-        } else {
-          utf8_append(out, c);
-        }
-      }
-    }
-  }
+  append_json_escaped(out, s, ensure_ascii);
   out += '"';
 }
 

@@ -93,6 +93,11 @@ struct JsonOptions {
 };
 // json.dumps; throws std::runtime_error("Object of type X is not JSON serializable").
 std::string to_json(const Value& v, const JsonOptions& opts);
+// Appends s as the inside of a JSON string literal, as Python's json.dumps writes it: '"', '\\' and the
+// control characters escaped; with ensure_ascii every non-ASCII code point as \uXXXX (a surrogate pair
+// above U+FFFF), else the UTF-8 bytes as they are, byte by byte, so a character split across two calls
+// (a streamed chunk) stays intact.
+void append_json_escaped(std::string& out, std::string_view s, bool ensure_ascii);
 
 Value from_json(const nlohmann::json& j);
 Value from_json(const nlohmann::ordered_json& j);
