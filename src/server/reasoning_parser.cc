@@ -2,6 +2,7 @@
 
 #include <fmt/ranges.h>
 
+#include "server/stop_matcher.h"
 #include "util/error.h"
 
 namespace tandem::server {
@@ -10,12 +11,6 @@ namespace {
 constexpr std::string_view kOpen = "<|channel>";
 constexpr std::string_view kClose = "<channel|>";
 constexpr std::string_view kLabel = "thought\n";
-
-size_t partial_suffix(std::string_view s, std::string_view marker) {
-  for (size_t n = std::min(s.size(), marker.size() - 1); n > 0; --n)
-    if (s.substr(s.size() - n) == marker.substr(0, n)) return n;
-  return 0;
-}
 
 class Gemma4ReasoningParser final : public ReasoningParser {
  public:

@@ -29,15 +29,7 @@ StopMatcher::Result StopMatcher::push(const std::string& text) {
   }
   // Hold back the longest suffix that is a proper prefix of some stop string.
   size_t keep = 0;
-  for (const auto& s : stops_) {
-    size_t max_len = std::min(held_.size(), s.size() - 1);
-    for (size_t len = max_len; len > keep; --len) {
-      if (held_.compare(held_.size() - len, len, s, 0, len) == 0) {
-        keep = len;
-        break;
-      }
-    }
-  }
+  for (const auto& s : stops_) keep = std::max(keep, partial_suffix(held_, s));
   r.text = held_.substr(0, held_.size() - keep);
   held_.erase(0, held_.size() - keep);
   return r;

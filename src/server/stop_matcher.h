@@ -1,10 +1,21 @@
 // Stop strings over streamed text: text that could still turn into a stop string is held back
 // until it either completes one (the output is cut before it) or can no longer match.
 #pragma once
+#include <algorithm>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace tandem::server {
+
+// Length of the longest suffix of `text` that is a proper prefix of `marker`: how much streamed text
+// must be held back because the next chunk could complete `marker` (stop strings, and the reasoning
+// and tool-call parsers' delimiters).
+inline size_t partial_suffix(std::string_view text, std::string_view marker) {
+  for (size_t n = std::min(text.size(), marker.empty() ? 0 : marker.size() - 1); n > 0; --n)
+    if (text.substr(text.size() - n) == marker.substr(0, n)) return n;
+  return 0;
+}
 
 class StopMatcher {
  public:

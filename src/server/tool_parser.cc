@@ -8,6 +8,7 @@
 
 #include <fmt/ranges.h>
 
+#include "server/stop_matcher.h"
 #include "tokenizer/jinja_value.h"
 #include "util/error.h"
 
@@ -21,13 +22,6 @@ constexpr std::string_view kCallOpen = "<|tool_call>";
 constexpr std::string_view kCallClose = "<tool_call|>";
 constexpr std::string_view kQuote = "<|\"|>";
 constexpr std::string_view kCallPrefix = "call:";
-
-// Length of the longest suffix of `s` that is a proper prefix of `marker` (a marker split by a delta).
-size_t partial_suffix(std::string_view s, std::string_view marker) {
-  for (size_t n = std::min(s.size(), marker.size() - 1); n > 0; --n)
-    if (s.substr(s.size() - n) == marker.substr(0, n)) return n;
-  return 0;
-}
 
 std::string json_quoted(std::string_view s) {
   std::string out = "\"";
