@@ -319,7 +319,8 @@ bool starts_with(std::span<const uint8_t> b, std::initializer_list<uint8_t> magi
   return true;
 }
 
-[[noreturn]] void not_built(const char* format) {
+// Unused in a build that has every decoder library.
+[[noreturn, maybe_unused]] void not_built(const char* format) {
   fail("this build of tandem has no {} decoder (it was built without its library; see scripts/install-deps.sh)",
        format);
 }
