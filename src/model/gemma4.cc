@@ -134,16 +134,8 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
   // cache has no sliding group).
   inputs_.clear();
   const KvGroup sliding_group = kv.group(LayerType::sliding);
-  auto group_tables = [&](KvGroup g) {
-    std::vector<const std::vector<int32_t>*> tables(T);
-    for (int64_t t = 0; t < T; ++t) tables[t] = &(*batch.tables[t])[g];
-    return tables;
-  };
-  const std::vector<int32_t> full_row_table =
-      stage_block_tables(inputs_, group_tables(KvGroup::full), &rows_full_.block_tables);
-  const std::vector<int32_t> sliding_row_table =
-      sliding_group == KvGroup::full ? full_row_table
-                                     : stage_block_tables(inputs_, group_tables(sliding_group), &rows_sliding_.block_tables);
+  const GroupTableIndices table_index = stage_group_block_tables(inputs_, batch.tables, sliding_group,
+                                                                &rows_full_.block_tables, &rows_sliding_.block_tables);
   // transformers' Gemma4Model looks video and audio placeholders up as the pad token (their rows
   // would take encoder features; tandem takes neither modality, so a generated one stays a pad).
   std::span<int32_t> tokens = inputs_.add<int32_t>(&tokens_, DType::I32, {T});
@@ -157,7 +149,7 @@ ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want
   int32_t longest_sliding = c.sliding_window;
   for (const bool full : {true, false}) {
     const bool bidirectional = full ? c.image_bidirectional_full : c.image_bidirectional_sliding;
-    const std::vector<int32_t>& row_table = full ? full_row_table : sliding_row_table;
+    const std::vector<int32_t>& row_table = full ? table_index.full : table_index.sliding;
     std::span<int32_t> ranges = inputs_.add<int32_t>(full ? &rows_full_.ranges : &rows_sliding_.ranges, DType::I32, {T, 3});
     for (int64_t t = 0; t < T; ++t) {
       const KeyRange r = key_range(batch.positions[t], full ? 0 : c.sliding_window, batch.block_end[t], bidirectional);

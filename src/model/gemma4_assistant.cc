@@ -107,16 +107,10 @@ void Gemma4Assistant::begin_round(std::span<const AssistantRow> rows, const KvCa
   inputs_.clear();
   // The target's tables of each group its layers read (sliding layers: the target's sliding group).
   const KvGroup sliding_group = target_kv.group(LayerType::sliding);
-  auto group_tables = [&](KvGroup g) {
-    std::vector<const std::vector<int32_t>*> tables(R);
-    for (int64_t r = 0; r < R; ++r) tables[r] = &(*rows[r].tables)[g];
-    return tables;
-  };
-  const std::vector<int32_t> full_row_table =
-      stage_block_tables(inputs_, group_tables(KvGroup::full), &rows_full_.block_tables);
-  const std::vector<int32_t> sliding_row_table =
-      sliding_group == KvGroup::full ? full_row_table
-                                     : stage_block_tables(inputs_, group_tables(sliding_group), &rows_sliding_.block_tables);
+  std::vector<const BlockTables*> row_tables(R);
+  for (int64_t r = 0; r < R; ++r) row_tables[r] = rows[r].tables;
+  const GroupTableIndices table_index = stage_group_block_tables(inputs_, row_tables, sliding_group,
+                                                                &rows_full_.block_tables, &rows_sliding_.block_tables);
   // Frozen query position and the committed target keys each row may see (each span is filled before
   // the next add, which may move the staging buffer).
   const bool hf = position_convention == DraftPosition::hf;
@@ -130,7 +124,7 @@ void Gemma4Assistant::begin_round(std::span<const AssistantRow> rows, const KvCa
     std::span<int32_t> ranges = inputs_.add<int32_t>(full ? &rows_full_.ranges : &rows_sliding_.ranges, DType::I32, {R, 3});
     for (int64_t r = 0; r < R; ++r) {
       const int32_t p = rows[r].committed;
-      ranges[3 * r] = full ? full_row_table[r] : sliding_row_table[r];
+      ranges[3 * r] = full ? table_index.full[r] : table_index.sliding[r];
       ranges[3 * r + 1] = full ? 0 : std::max(0, p - window);
       ranges[3 * r + 2] = p;
     }

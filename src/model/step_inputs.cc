@@ -30,6 +30,20 @@ std::vector<int32_t> stage_block_tables(StagedInputs& in, std::span<const std::v
   return row_table;
 }
 
+GroupTableIndices stage_group_block_tables(StagedInputs& in, std::span<const BlockTables* const> row_tables,
+                                           KvGroup sliding_group, TensorView* full_view, TensorView* sliding_view) {
+  auto group_tables = [&](KvGroup g) {
+    std::vector<const std::vector<int32_t>*> tables(row_tables.size());
+    for (size_t r = 0; r < row_tables.size(); ++r) tables[r] = &(*row_tables[r])[g];
+    return tables;
+  };
+  GroupTableIndices out;
+  out.full = stage_block_tables(in, group_tables(KvGroup::full), full_view);
+  out.sliding = sliding_group == KvGroup::full ? out.full
+                                               : stage_block_tables(in, group_tables(sliding_group), sliding_view);
+  return out;
+}
+
 void upload_floats(Tensor& dst, const std::vector<float>& values) {
   TensorView& v = dst.resize(DType::F32, {static_cast<int64_t>(values.size())});
   upload_to(dst.backend(), values.data(), v);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backend/staged_inputs.h"
+#include "model/kv_cache.h"
 
 namespace tandem {
 
@@ -13,6 +14,16 @@ namespace tandem {
 // returns, per row, its table's index.
 std::vector<int32_t> stage_block_tables(StagedInputs& in, std::span<const std::vector<int32_t>* const> row_tables,
                                         TensorView* view);
+
+// Both KV groups' tables of a step's rows (row_tables[r]: row r's sequence), staged by
+// stage_block_tables into *full_view and *sliding_view, with each row's table index per group. When
+// the sliding layers read the full group (`sliding_group` full: no sliding layers of their own) the
+// sliding indices are the full ones and nothing more is staged.
+struct GroupTableIndices {
+  std::vector<int32_t> full, sliding;
+};
+GroupTableIndices stage_group_block_tables(StagedInputs& in, std::span<const BlockTables* const> row_tables,
+                                           KvGroup sliding_group, TensorView* full_view, TensorView* sliding_view);
 
 // Uploads host floats into a backend tensor [n] (RoPE frequencies and other load-time constants).
 void upload_floats(Tensor& dst, const std::vector<float>& values);
