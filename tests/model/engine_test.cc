@@ -37,6 +37,14 @@ std::vector<Result> run_all(Engine& engine, const std::vector<Request>& requests
   return results;
 }
 
+// The gemma4-moe fixture's MTP drafter at k = 3 for `target`; sets config.num_speculative_tokens to match.
+std::unique_ptr<Proposer> moe_mtp_proposer(Gemma4Model& target, EngineConfig& config) {
+  SpeculativeConfig spec = parse_speculative_config(
+      "{\"model\": \"" + testing::fixtures_dir() + "/gemma4-moe-assistant\", \"num_speculative_tokens\": 3}");
+  config.num_speculative_tokens = 3;
+  return make_proposer(spec, target);
+}
+
 std::vector<Request> mixed_requests() {
   std::vector<Request> requests;
   for (int i = 0; i < 12; ++i) {
@@ -59,13 +67,7 @@ TEST_P(BatchInvariance, OutputsDoNotDependOnTheBatch) {
     config.max_model_len = 128;
     config.kv_cache_bytes = 8 << 20;
     config.max_num_batched_tokens = max_batched_tokens;
-    std::unique_ptr<Proposer> proposer;
-    if (speculative) {
-      SpeculativeConfig spec =
-          parse_speculative_config("{\"model\": \"" + dir + "gemma4-moe-assistant\", \"num_speculative_tokens\": 3}");
-      proposer = make_proposer(spec, *target);
-      config.num_speculative_tokens = 3;
-    }
+    std::unique_ptr<Proposer> proposer = speculative ? moe_mtp_proposer(*target, config) : nullptr;
     return std::make_unique<Engine>(*target, std::move(proposer), config);
   };
   const auto requests = mixed_requests();
@@ -211,13 +213,7 @@ TEST(Engine, SlidingLayersKeepOnlyTheWindow) {
     config.max_num_batched_tokens = 64;
     config.block_size = 4;
     config.kv_cache_bytes = 8 << 20;
-    std::unique_ptr<Proposer> proposer;
-    if (speculative) {
-      SpeculativeConfig spec =
-          parse_speculative_config("{\"model\": \"" + dir + "gemma4-moe-assistant\", \"num_speculative_tokens\": 3}");
-      proposer = make_proposer(spec, *target);
-      config.num_speculative_tokens = 3;
-    }
+    std::unique_ptr<Proposer> proposer = speculative ? moe_mtp_proposer(*target, config) : nullptr;
     Engine engine(*target, std::move(proposer), config);
     const KvCache& kv = engine.kv_cache();
     // The sliding group got its working set: per sequence ceil(10 / 4) + ceil((k + 1) / 4) + 2 blocks, + 64 / 4.
@@ -253,13 +249,7 @@ TEST(Engine, HostWaitsOncePerStepPlusOncePerDraftRound) {
     EngineConfig config;
     config.max_model_len = 128;
     config.kv_cache_bytes = 8 << 20;
-    std::unique_ptr<Proposer> proposer;
-    if (speculative) {
-      SpeculativeConfig spec =
-          parse_speculative_config("{\"model\": \"" + dir + "gemma4-moe-assistant\", \"num_speculative_tokens\": 3}");
-      proposer = make_proposer(spec, *target);
-      config.num_speculative_tokens = 3;
-    }
+    std::unique_ptr<Proposer> proposer = speculative ? moe_mtp_proposer(*target, config) : nullptr;
     Engine engine(*target, std::move(proposer), config);
     const uint64_t before = backend->host_syncs();
     const auto out = run_all(engine, {r});
