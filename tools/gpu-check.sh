@@ -126,10 +126,12 @@ if want bench; then
   # The decode and verify k=2 steps again with every op issued from the host (no CUDA graphs).
   "$T" bench step bench/configs/gemma4-26b-a4b --load-format dummy --device cuda --tokens 1,3 --context 512 \
     --enforce-eager --json-file "$OUT/step-26b-eager.json" 2>&1 | tee "$LOGS/step-26b-eager.txt"
-  # The same decode / verify steps with every kernel an ordinary stream-ordered launch (no
-  # programmatic dependent launch), for the A/B in docs/PERF.md.
-  TANDEM_CUDA_PDL=0 "$T" bench step bench/configs/gemma4-26b-a4b --load-format dummy --device cuda --tokens 1,2,3,4,5 \
-    --context 512 --json-file "$OUT/step-26b-nopdl.json" 2>&1 | tee "$LOGS/step-26b-nopdl.txt"
+  # Decode, verify and prefill-sized steps with bf16 weights on the tensor cores and, for the A/B in
+  # docs/PERF.md, on the CUDA cores (TANDEM_CUDA_MMA=0).
+  for mma in 1 0; do
+    TANDEM_CUDA_MMA=$mma "$T" bench step bench/configs/gemma4-26b-a4b --load-format dummy --device cuda \
+      --tokens 1,3,5,9,17,128 --context 512 --json-file "$OUT/step-26b-mma$mma.json" 2>&1 | tee "$LOGS/step-26b-mma$mma.txt"
+  done
   stamp "bench vision (26B vision tower, one image)"
   "$T" bench vision bench/configs/gemma4-26b-a4b-vision --load-format dummy --device cuda 2>&1 | tee "$LOGS/vision.txt"
   stamp "bench sweep (bundled pair)"

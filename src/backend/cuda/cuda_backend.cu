@@ -59,6 +59,8 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   sm_count_ = prop.multiProcessorCount;
   const char* pdl = std::getenv("TANDEM_CUDA_PDL");
   pdl_ = prop.major >= 9 && !(pdl && std::string(pdl) == "0");
+  const char* mma = std::getenv("TANDEM_CUDA_MMA");
+  mma_ = prop.major >= 8 && !(mma && std::string(mma) == "0");
   TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 }
 

@@ -371,6 +371,13 @@ class CudaBackend final : public Backend {
  private:
   // Makes this backend's GPU current on the calling thread (cheap when it already is).
   void use_device() const;
+  // x [rows, K] (row stride ldx) split into bf16 parts in mma_x_, the tensor-core kernels' x operand
+  // (mma_rows.cuh); returns the split buffer.
+  const uint16_t* split_x_for_mma(const float* x, int64_t ldx, int64_t rows, int64_t K);
+  // matmul / matmul_gelu_glu (up non-null) on the tensor cores: x [T, K] (row stride ldx) times bf16
+  // w [N, K] (mma_rows.cuh).
+  void launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
+                         TensorView& y, int64_t T, int64_t N);
   // rms_norm (add false) and rms_norm_add (add true): out (+)= RMS(in) · weight.
   void launch_rms_norm(const TensorView& in, const TensorView* weight, float eps, TensorView& out, const char* op,
                        bool add);
@@ -392,12 +399,15 @@ class CudaBackend final : public Backend {
   // x gathered into an act-order quantized weight's column order (matmul: [T, K]; moe_experts: one
   // row per routed pair).
   Buffer permuted_x_;
+  // x split into bf16 parts for the tensor-core kernels.
+  Buffer mma_x_;
   // matmul_gelu_glu's up projection when it cannot fuse.
   Buffer glu_up_;
   // attention's split path: per (row, head, chunk) softmax states.
   Buffer attn_chunks_;
   int64_t sm_count_ = 0;
   bool pdl_ = false;  // programmatic dependent launch (sm_90+)
+  bool mma_ = false;  // bf16 weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
 };
 
 }  // namespace tandem

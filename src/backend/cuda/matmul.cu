@@ -9,6 +9,7 @@
 // order of an output element (see warp_dot in cuda_common.cuh) depends only on K and the weight
 // row, never on T or the other rows, which lossless speculative decoding under batching relies on.
 // At T = 1 it is bandwidth-bound; at large T it is FFMA-bound (no tensor cores in this pass).
+#include "backend/cuda/mma_rows.cuh"
 #include "backend/cuda/weight_rows.cuh"
 
 namespace tandem {
@@ -84,6 +85,57 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
     }
 }
 
+// xs[p, r, k] = part p of x[r, k] (split_x3): the x operand of the tensor-core kernels.
+__global__ void mma_split_x_kernel(const float* __restrict__ x, int64_t ldx, int64_t rows, int64_t K,
+                                   uint16_t* __restrict__ xs) {
+  begin_kernel();
+  const int64_t n = rows * K;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint16_t part[kMmaParts];
+    split_x3(x[(i / K) * ldx + i % K], part);
+#pragma unroll
+    for (int p = 0; p < kMmaParts; ++p) xs[p * n + i] = part[p];
+  }
+}
+
+// y[T, N] = x · wᵀ for bf16 w on the tensor cores (mma_rows.cuh), x split into xs: a CTA per 16
+// columns and TILES tiles of 8 rows. GLU: out = gelu_tanh(x · gateᵀ) · (x · upᵀ) with the same sums
+// (the same bits as two such matmuls and gelu_tanh_mul).
+template <int TILES, bool GLU>
+__global__ void __launch_bounds__(kMmaWarps * 32)
+    matmul_mma_kernel(const uint16_t* __restrict__ xs, const uint16_t* __restrict__ w, const uint16_t* __restrict__ up,
+                      int64_t K, float* __restrict__ y, int64_t ldy, int64_t T, int64_t N) {
+  begin_kernel();
+  constexpr int NT = GLU ? 2 : 1;
+  __shared__ MmaReduceSmem<NT, TILES> sm;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * TILES * kMmaTile;
+  const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
+  const uint16_t* sets[NT];
+  sets[0] = w;
+  if constexpr (GLU) sets[NT - 1] = up;
+  const uint4 *wa[NT], *wb[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    wa[j] = reinterpret_cast<const uint4*>(sets[j] + na * K);
+    wb[j] = reinterpret_cast<const uint4*>(sets[j] + nb * K);
+  }
+  const uint4* xr[TILES];
+#pragma unroll
+  for (int i = 0; i < TILES; ++i) {
+    const int64_t r = t0 + i * kMmaTile + g;
+    xr[i] = r < T ? reinterpret_cast<const uint4*>(xs + r * K) : nullptr;
+  }
+  float c[TILES][NT][4];
+  mma_rows_partial<NT, TILES>(wa, wb, K / 8, xr, T * K / 8, warp, lane, c);
+  mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
+    const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
+    if (tr < T && nc < N) y[tr * ldy + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
+  });
+}
+
 // dst[t, j] = x[t, perm[j]]: x in an act-order quantized weight's column order.
 __global__ void permute_cols_kernel(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ perm,
                                     int64_t T, int64_t K, float* __restrict__ dst) {
@@ -97,6 +149,33 @@ __global__ void permute_cols_kernel(const float* __restrict__ x, int64_t ldx, co
 }
 
 }  // namespace
+
+const uint16_t* CudaBackend::split_x_for_mma(const float* x, int64_t ldx, int64_t rows, int64_t K) {
+  ensure(mma_x_, std::max<int64_t>(kMmaParts * rows * K, 1) * sizeof(uint16_t));
+  auto* xs = static_cast<uint16_t*>(mma_x_.data());
+  const int64_t blocks = std::min<int64_t>((rows * K + 255) / 256, 65536);
+  if (rows * K > 0)
+    launch("mma_split_x_kernel", mma_split_x_kernel, static_cast<unsigned>(blocks), 256, 0, x, ldx, rows, K, xs);
+  return xs;
+}
+
+void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
+                                    TensorView& y, int64_t T, int64_t N) {
+  const int tiles = mma_tiles_for(T);
+  const int64_t per_cta = int64_t{tiles} * kMmaTile;
+  const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), static_cast<unsigned>((T + per_cta - 1) / per_cta));
+  if ((T + per_cta - 1) / per_cta > 65535) fail("matmul: {} rows is more than one launch takes", T);
+  const uint16_t* xs = split_x_for_mma(x, ldx, T, K);
+  auto go = [&]<int TILES, bool GLU>() {
+    launch("matmul_mma_kernel", matmul_mma_kernel<TILES, GLU>, grid, kMmaWarps * 32, 0, xs, w.as<uint16_t>(),
+           up ? up->as<uint16_t>() : nullptr, K, y.as<float>(), y.stride(), T, N);
+  };
+  switch (tiles) {
+    case 1: up ? go.template operator()<1, true>() : go.template operator()<1, false>(); break;
+    case 2: up ? go.template operator()<2, true>() : go.template operator()<2, false>(); break;
+    default: up ? go.template operator()<4, true>() : go.template operator()<4, false>(); break;
+  }
+}
 
 void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y) {
   const auto [T, N, K] = check_matmul(x, w, y);
@@ -113,6 +192,10 @@ void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y
     launch("permute_cols_kernel", permute_cols_kernel, static_cast<unsigned>(blocks), 256, 0, xp, ldx,
            w.quant->k_perm.as<int32_t>(), T, K, px);
     xp = px, ldx = K;
+  }
+  if (mma_ && mma_rows_fit(w, K)) {
+    launch_matmul_mma(xp, ldx, w, nullptr, K, y, T, N);
+    return;
   }
   const bool x_aligned = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
   dispatch_weight_rows(w, K, x_aligned, matmul_tile_rows(T), [&]<int MT>(const auto& rows) {
@@ -139,6 +222,10 @@ void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, c
     matmul(x, gate, out);
     matmul(x, up, u);
     gelu_tanh_mul(out, u, out);
+    return;
+  }
+  if (mma_ && mma_rows_fit(gate, K)) {  // up has gate's layout (same_rows_layout)
+    launch_matmul_mma(x.as<float>(), x.stride(), gate, &up, K, out, T, I);
     return;
   }
   const bool x_aligned = reinterpret_cast<uint64_t>(x.data) % 16 == 0 && x.stride() % 4 == 0;

@@ -15,6 +15,7 @@
 // Every value of a row thus goes through the same reduction order whatever else is in the batch.
 #include <climits>
 
+#include "backend/cuda/mma_rows.cuh"
 #include "backend/cuda/weight_rows.cuh"
 
 namespace tandem {
@@ -227,6 +228,49 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
   }
 }
 
+// The two kernels above for bf16 weights on the tensor cores (mma_rows.cuh), x split into xs ([rows, K]
+// per part): a CTA takes one expert and 16 columns (gate_up: 16 gate rows and their 16 up rows), and
+// that expert's rows in tiles of 8.
+// gate_up (DOWN false): act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]);
+// down (DOWN true): out[pos, n] = down[e][n] · act[pos] (xs = act split, k = 0, N = H rows per expert).
+template <int TILES, bool DOWN>
+__global__ void __launch_bounds__(kMmaWarps * 32)
+    moe_mma_kernel(const uint16_t* __restrict__ xs, int64_t x_rows, const uint16_t* __restrict__ w, int64_t K,
+                   int64_t N, int k, const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
+                   const int32_t* __restrict__ active, int E, float* __restrict__ y) {
+  begin_kernel();
+  constexpr int NT = DOWN ? 1 : 2;
+  __shared__ MmaReduceSmem<NT, TILES> sm;
+  if (static_cast<int>(blockIdx.y) >= active[E]) return;
+  const int e = active[blockIdx.y];
+  const int32_t begin = offsets[e], end = offsets[e + 1];
+  if (begin >= end) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
+  const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
+  const int64_t first_row = static_cast<int64_t>(e) * NT * N;  // gate_up: [E, 2I, H]; down: [E, H, I]
+  const uint4 *wa[NT], *wb[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    wa[j] = reinterpret_cast<const uint4*>(w + (first_row + j * N + na) * K);
+    wb[j] = reinterpret_cast<const uint4*>(w + (first_row + j * N + nb) * K);
+  }
+  for (int32_t r0 = begin; r0 < end; r0 += TILES * kMmaTile) {
+    const uint4* xr[TILES];
+#pragma unroll
+    for (int i = 0; i < TILES; ++i) {
+      const int32_t pos = r0 + i * kMmaTile + g;
+      xr[i] = pos < end ? reinterpret_cast<const uint4*>(xs + (k ? sorted[pos] / k : pos) * K) : nullptr;
+    }
+    float c[TILES][NT][4];
+    mma_rows_partial<NT, TILES>(wa, wb, K / 8, xr, x_rows * K / 8, warp, lane, c);
+    mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
+      const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
+      if (pos < end && nc < N) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
+    });
+  }
+}
+
 // dst[pos, j] = src[row(pos), perm[e, j]] for the pairs of each active expert e, with row(pos) =
 // sorted[pos] / k (the routed token) or, with k == 0, pos: a row in expert e's act-order column order.
 __global__ void moe_permute_kernel(const float* __restrict__ src, int64_t ld, int k, const int32_t* __restrict__ perm,
@@ -339,11 +383,30 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
       const int64_t per_cta = kMatmulWarps * rows_per_warp;
       return dim3(static_cast<unsigned>((cols + per_cta - 1) / per_cta), active_rows);
     };
-    dispatch_weight_rows(gate_up, H, gu_xvec, mt, [&]<int MT>(const auto& rows) {
-      using Rows = std::decay_t<decltype(rows)>;
-      launch("moe_gate_up_kernel", moe_gate_up_kernel<Rows, MT>, grid_over(I, gate_up_columns_per_warp(Rows::kRows)),
-             kMatmulWarps * 32, 0, xp, ldx, rows, I, x_k, offsets, sorted, active, static_cast<int>(E), act);
-    });
+    // bf16 experts on the tensor cores: a CTA per 16 columns of one expert, x split first.
+    auto mma = [&]<bool DOWN>(const float* xs, int64_t ld, int64_t x_rows, const TensorView& w, int64_t K, int64_t N,
+                              int xk, float* dst) {
+      const uint16_t* split = split_x_for_mma(xs, ld, x_rows, K);
+      const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), active_rows);
+      auto go = [&]<int TILES>() {
+        launch("moe_mma_kernel", moe_mma_kernel<TILES, DOWN>, grid, kMmaWarps * 32, 0, split, x_rows, w.as<uint16_t>(),
+               K, N, xk, offsets, sorted, active, static_cast<int>(E), dst);
+      };
+      switch (mma_tiles_for(T)) {  // an expert has at most T rows
+        case 1: go.template operator()<1>(); break;
+        case 2: go.template operator()<2>(); break;
+        default: go.template operator()<4>(); break;
+      }
+    };
+    if (mma_ && mma_rows_fit(gate_up, H)) {
+      mma.template operator()<false>(xp, ldx, x_k ? T : P, gate_up, H, I, x_k, act);
+    } else {
+      dispatch_weight_rows(gate_up, H, gu_xvec, mt, [&]<int MT>(const auto& rows) {
+        using Rows = std::decay_t<decltype(rows)>;
+        launch("moe_gate_up_kernel", moe_gate_up_kernel<Rows, MT>, grid_over(I, gate_up_columns_per_warp(Rows::kRows)),
+               kMatmulWarps * 32, 0, xp, ldx, rows, I, x_k, offsets, sorted, active, static_cast<int>(E), act);
+      });
+    }
 
     const float* ap = act;
     if (dn_perm) {
@@ -352,11 +415,15 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
       ap = px;
     }
     const bool dn_xvec = I % 4 == 0;  // act rows are I floats from a 256-byte aligned buffer
-    dispatch_weight_rows(down, I, dn_xvec, mt, [&]<int MT>(const auto& rows) {
-      using Rows = std::decay_t<decltype(rows)>;
-      launch("moe_down_kernel", moe_down_kernel<Rows, MT>, grid_over(H, Rows::kRows), kMatmulWarps * 32, 0, ap, rows, I,
-             H, offsets, active, static_cast<int>(E), out);
-    });
+    if (mma_ && mma_rows_fit(down, I)) {
+      mma.template operator()<true>(ap, I, P, down, I, H, 0, out);
+    } else {
+      dispatch_weight_rows(down, I, dn_xvec, mt, [&]<int MT>(const auto& rows) {
+        using Rows = std::decay_t<decltype(rows)>;
+        launch("moe_down_kernel", moe_down_kernel<Rows, MT>, grid_over(H, Rows::kRows), kMatmulWarps * 32, 0, ap, rows,
+               I, H, offsets, active, static_cast<int>(E), out);
+      });
+    }
   } else if (P > 0) {  // I == 0: every expert outputs zeros
     TANDEM_CUDA_CHECK(cudaMemsetAsync(out, 0, P * H * sizeof(float), stream_));
   }

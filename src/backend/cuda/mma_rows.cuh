@@ -1,0 +1,168 @@
+// Private to the CUDA backend: bf16 weight rows times f32 activations on the tensor cores
+// (mma.sync m16n8k16, f32 accumulation), the path matmul, matmul_gelu_glu and moe_experts take for
+// bf16 weights whose rows are 16-byte aligned with K a multiple of 8 (mma_rows_fit).
+//
+// Why: the CUDA-core kernels (weight_rows.cuh) cost one FMA per weight per row of x, so a verify
+// block of 5 rows costs 1.4× a decode step and a prefill chunk is FMA-bound. One MMA multiplies 16
+// weight rows with a tile of 8 x rows over 16 k: up to 8 rows of x cost what one costs.
+//
+// Precision: the tensor cores take bf16 operands. The weights are bf16 already; each f32 x value is
+// split into three bf16 parts and each step runs three MMAs into the same f32 accumulators. Products
+// of bf16 values are exact, so the result is an f32 dot product in another summation order than the
+// CUDA-core kernels', not a bf16 one. x is split once per op, before the MMA kernel (split_x3 in
+// mma_split_x_kernel): part p of row r at xs[(p · rows + r) · K + k]. Truncating instead of rounding
+// makes the split exact: hi holds x's top 8 significant bits, mid the next 8 of what is left, lo the
+// rest (at most 8 bits), so x = hi + mid + lo exactly for every finite x whose parts stay normal.
+//
+// Layout: the MMA's A operand is 16 weight rows, its B operand 8 x rows (tokens), so a decode or
+// verify step of up to 8 rows is one pass. A CTA of kMmaWarps warps owns 16 weight rows of NT row sets
+// (1 for a matmul, 2 for a gate and an up set) and TILES tiles of 8 x rows. K is cut into blocks of
+// 32; warp w takes blocks w, w + kMmaWarps, ... (split-K: a decode-sized matmul still has every SM
+// streaming), and in a block lane (g = lane / 4, t = lane % 4) loads the 16-byte chunk [8t, 8t + 8)
+// of weight rows g and g + 8 and of x row g's three parts. The sum over k is order-free, so k is
+// relabelled to fit the fragments: MMA step s ∈ {0, 1} of a block takes chunk elements 8t + 4s +
+// {0, 1} as the fragment's k = 2t, 2t + 1 and 8t + 4s + {2, 3} as k = 2t + 8, 2t + 9 (each chunk's
+// words 2s and 2s + 1), for the weights and the x parts alike. The warps' partial sums are then added
+// in warp order through shared memory (mma_reduce_warps).
+//
+// Batch invariance: an output element's sums run over the same blocks, steps and parts in the same
+// order whatever the other rows of the tile are (an MMA computes each column of its tile on its own),
+// and the path is chosen by the weight alone, so a row's result never depends on the batch.
+#pragma once
+#include "backend/cuda/cuda_common.cuh"
+
+namespace tandem {
+namespace cu {
+
+constexpr int kMmaWarps = 8;  // warps of a CTA, splitting K between them
+constexpr int kMmaRows = 16;  // weight rows of a CTA (per row set)
+constexpr int kMmaTile = 8;   // x rows per MMA tile
+constexpr int kMmaParts = 3;  // bf16 parts of an x value
+
+// Whether weight w (rows of K elements) takes the tensor-core path: a choice made by the weight
+// alone, so that a given weight gives the same bits for any batch.
+inline bool mma_rows_fit(const TensorView& w, int64_t K) {
+  return !w.quant && w.dtype == DType::BF16 && K % 8 == 0 && reinterpret_cast<uint64_t>(w.data) % 16 == 0;
+}
+
+// Tiles of 8 x rows per CTA for a step whose weights see at most `rows` x rows: one weight pass for a
+// decode or verify step, 32 rows per weight pass for prefill.
+inline int mma_tiles_for(int64_t rows) { return rows <= kMmaTile ? 1 : rows <= 2 * kMmaTile ? 2 : 4; }
+
+// Part p (0: hi, 1: mid, 2: lo) of each of x's values as bf16 bits: see the head of this file.
+__device__ __forceinline__ void split_x3(float x, uint16_t (&part)[kMmaParts]) {
+#pragma unroll
+  for (int p = 0; p < kMmaParts; ++p) {
+    const uint32_t u = __float_as_uint(x);
+    part[p] = static_cast<uint16_t>(u >> 16);
+    x -= __uint_as_float(u & 0xFFFF0000u);  // exact: the bits below the part
+  }
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
+// x rows 2t and 2t + 1 of tile i) over its K blocks. wa[j] / wb[j]: weight rows g and g + 8 of set j
+// as 16-byte chunks (K / 8 of them); x[i]: x row g of tile i in the split buffer (part p at
+// x[i] + p · part_stride), or null past the step's rows (reads as zeros). Warp w takes blocks w,
+// w + kMmaWarps, ... (the CTA's warps walk each row together), the weight chunks of U blocks loaded
+// before the first is used; which blocks a warp sums, in which order, depends on K alone.
+template <int NT, int TILES>
+__device__ __forceinline__ void mma_rows_partial(const uint4* const (&wa)[NT], const uint4* const (&wb)[NT],
+                                                 int64_t n_chunks, const uint4* const (&x)[TILES],
+                                                 int64_t part_stride, int warp, int lane, float (&c)[TILES][NT][4]) {
+  constexpr int U = NT * TILES >= 8 ? 2 : 4;  // blocks whose weight chunks are loaded before the first is used
+  const int t = lane % 4;
+  const int64_t n_blocks = (n_chunks + 3) / 4;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int i = 0; i < TILES; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) c[i][j][r] = 0.0f;
+  for (int64_t kb0 = warp; kb0 < n_blocks; kb0 += int64_t{kMmaWarps} * U) {
+    uint4 a[U][NT], b[U][NT];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        a[u][j] = ch < n_chunks ? __ldg(wa[j] + ch) : zero;
+        b[u][j] = ch < n_chunks ? __ldg(wb[j] + ch) : zero;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t kb = kb0 + kMmaWarps * u;
+      if (kb >= n_blocks) break;  // the same for the whole warp
+      const int64_t ch = kb * 4 + t;
+      const bool in = ch < n_chunks;
+#pragma unroll
+      for (int i = 0; i < TILES; ++i) {
+        uint4 xv[kMmaParts];
+#pragma unroll
+        for (int p = 0; p < kMmaParts; ++p) xv[p] = in && x[i] ? x[i][p * part_stride + ch] : zero;
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+#pragma unroll
+          for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int p = 0; p < kMmaParts; ++p)
+              mma_bf16(c[i][j], word_of(a[u][j], 2 * s), word_of(b[u][j], 2 * s), word_of(a[u][j], 2 * s + 1),
+                       word_of(b[u][j], 2 * s + 1), word_of(xv[p], 2 * s), word_of(xv[p], 2 * s + 1));
+      }
+    }
+  }
+}
+
+// Shared memory for mma_reduce_warps: every warp's fragments.
+template <int NT, int TILES>
+struct MmaReduceSmem {
+  float v[kMmaWarps][TILES][NT][32][4];
+};
+
+// Adds the warps' partials in warp order and calls out(tile, x_row, w_row, sums[NT]) for each of the
+// TILES · 8 x rows and 16 weight rows of the CTA (x_row: within the tile; w_row: within the 16;
+// sums[j] of row set j). Every thread of the CTA must call it; it synchronises the CTA before and
+// after.
+template <int NT, int TILES, class Out>
+__device__ __forceinline__ void mma_reduce_warps(const float (&c)[TILES][NT][4], MmaReduceSmem<NT, TILES>& sm,
+                                                 int warp, int lane, Out&& out) {
+#pragma unroll
+  for (int i = 0; i < TILES; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) sm.v[warp][i][j][lane][r] = c[i][j][r];
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < TILES * 32 * 4; idx += kMmaWarps * 32) {
+    const int i = idx / 128, l = idx / 4 % 32, r = idx % 4;
+    float sums[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      float s = 0.0f;
+#pragma unroll
+      for (int v = 0; v < kMmaWarps; ++v) s += sm.v[v][i][j][l][r];
+      sums[j] = s;
+    }
+    out(i, 2 * (l % 4) + (r & 1), l / 4 + (r >= 2 ? 8 : 0), sums);
+  }
+  __syncthreads();
+}
+
+}  // namespace cu
+}  // namespace tandem
