@@ -23,6 +23,7 @@
 #include <memory>
 #include <string>
 
+#include "backend/communicator.h"
 #include "backend/tensor.h"
 
 namespace tandem {
@@ -161,6 +162,14 @@ class Backend {
   // weights [T,k] F32 as moe_route writes them.
   virtual void moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
                            const TensorView& gate_up, const TensorView& down, TensorView& y) = 0;
+
+  // --- Tensor parallelism ---
+  // This rank's communicator (nullptr, the default: a single rank). The backend does not own it.
+  // Throws tandem::Error where the backend cannot all-reduce over it.
+  virtual void set_communicator(Communicator* comm) = 0;
+  // x[R, C] F32 (contiguous) ← the sum of every rank's x, in rank order (the same bits on every rank):
+  // the partial outputs of a row-parallel projection made whole. The identity on a single rank.
+  virtual void all_reduce(TensorView& x) = 0;
 
   // --- Selection ---
   // out[r] = labels[r, j*] where j* = argmax_j x[r, j] (x [R,N] F32; labels [R,N] I32, or nullptr

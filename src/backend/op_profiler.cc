@@ -69,6 +69,8 @@ class OpProfiler final : public Backend {
                    const TensorView& d, TensorView& y) override {
     timed("moe_experts", [&] { be_->moe_experts(x, i, w, gu, d, y); });
   }
+  void set_communicator(Communicator* comm) override { be_->set_communicator(comm); }
+  void all_reduce(TensorView& x) override { timed("all_reduce", [&] { be_->all_reduce(x); }); }
   void argmax_rows(const TensorView& x, const TensorView* l, TensorView& o) override {
     timed("argmax_rows", [&] { be_->argmax_rows(x, l, o); });
   }

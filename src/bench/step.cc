@@ -11,6 +11,7 @@
 #include "model/gemma4.h"
 #include "model/gemma4_assistant.h"
 #include "model/kv_cache.h"
+#include "model/tensor_parallel_group.h"
 #include "spec/speculative_config.h"
 #include "util/error.h"
 
@@ -70,13 +71,15 @@ StepReport run_step_bench(const StepOptions& o) {
   const DType kv_dtype = o.kv_dtype == "bf16" || (o.kv_dtype == "auto" && !be->is_host()) ? DType::BF16 : DType::F32;
   if (o.kv_dtype != "auto" && o.kv_dtype != "bf16" && o.kv_dtype != "f32")
     fail("--kv-cache-dtype must be auto, bf16 or f32, got \"{}\"", o.kv_dtype);
-  auto target = Gemma4Model::load(o.model, *be, o.format, o.quantization);
-  const ModelConfig& c = target->config();
+  TensorParallelGroup group(*be, load_model_config(o.model), o.tensor_parallel_size, o.threads, o.format,
+                           o.quantization);
+  Gemma4Model& target = group.rank(0);
+  const ModelConfig& c = target.config();
   std::unique_ptr<Gemma4Assistant> drafter;
   if (!o.speculative_config.empty()) {
     SpeculativeConfig spec = parse_speculative_config(o.speculative_config);
     if (spec.model.empty()) fail("bench step: --speculative-config needs a drafter \"model\"");
-    drafter = Gemma4Assistant::load(spec.model, *target, o.format, spec.quantization);
+    drafter = Gemma4Assistant::load(spec.model, target, o.format, spec.quantization);
     drafter->position_convention = spec.draft_position;
     report.drafter = spec.model;
   }
@@ -86,14 +89,14 @@ StepReport run_step_bench(const StepOptions& o) {
   const int max_tokens = *std::max_element(o.tokens.begin(), o.tokens.end());
   const int32_t block = 16, per_seq = (o.context + max_tokens + block) / block + 1;
   const int64_t blocks = static_cast<int64_t>(per_seq) * o.batch;
-  KvCache kv(*be, c, {blocks, blocks}, block, kv_dtype);
+  KvCache kv(*be, target.rank_config(), {blocks, blocks}, block, kv_dtype);
   std::vector<BlockTables> tables(o.batch);
   ForwardBatch batch;
   for (int s = 0; s < o.batch; ++s) {
     TANDEM_CHECK(kv.reserve(tables[s], 0, o.context + max_tokens));
     for (int i = 0; i < o.context; ++i) batch.add((i * 7919 + 13 * s + 1) % c.vocab_size, i, &tables[s], i == o.context - 1);
   }
-  if (o.context > 0) target->run(batch, kv, false);
+  if (o.context > 0) target.run(batch, kv, false);
 
   Tensor greedy(*be);
   for (int n : o.tokens) {
@@ -103,9 +106,9 @@ StepReport run_step_bench(const StepOptions& o) {
       for (int i = 0; i < n; ++i) batch.add((i * 31 + 5 * s + 7) % c.vocab_size, o.context + i, &tables[s], true);
     // Which experts the rows were routed to (measured once, outside the timing).
     std::vector<std::vector<int32_t>> routing;
-    target->record_routing(&routing);
-    target->run(batch, kv, true);
-    target->record_routing(nullptr);
+    target.record_routing(&routing);
+    target.run(batch, kv, true);
+    target.record_routing(nullptr);
     std::vector<int> experts(c.n_layers, 0);
     for (size_t i = 0; i < routing.size(); ++i)
       experts[i] = static_cast<int>(std::set<int32_t>(routing[i].begin(), routing[i].end()).size());
@@ -115,7 +118,7 @@ StepReport run_step_bench(const StepOptions& o) {
     // A step as the engine runs it: forward, greedy argmax of every row, one download.
     op_times.clear();
     row.median_ms = median_ms(o.reps, [&] {
-      const ForwardOutput out = target->run(batch, kv, true);
+      const ForwardOutput out = target.run(batch, kv, true);
       TensorView& ids = greedy.resize(DType::I32, {out.logits.rows()});
       be->argmax_rows(out.logits, nullptr, ids);
       to_host(*be, ids);
@@ -126,8 +129,8 @@ StepReport run_step_bench(const StepOptions& o) {
       std::sort(report.op_profile.begin(), report.op_profile.end(),
                 [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
     }
-    row.weight_bytes = static_cast<double>(target->step_weight_bytes(experts));
-    row.kv_bytes = kv_read_bytes(c, o.batch, o.context + n, n - 1, kv_dtype);
+    row.weight_bytes = static_cast<double>(target.step_weight_bytes(experts));
+    row.kv_bytes = kv_read_bytes(target.rank_config(), o.batch, o.context + n, n - 1, kv_dtype);
     double sum = 0;
     for (int e : experts) sum += e;
     row.experts_per_layer = c.moe ? sum / c.n_layers : 0;
@@ -157,9 +160,9 @@ StepReport run_step_bench(const StepOptions& o) {
       to_host(*be, drafts);
     });
     row.weight_bytes = static_cast<double>(drafter->step_weight_bytes());
-    // Its layers read the target's last sliding and full layers' KV.
+    // Its layers read the target's last sliding and full layers' KV (rank 0's KV heads).
     double kv_bytes = 0;
-    for (const LayerSpec& l : dc.layers) {
+    for (const LayerSpec& l : shard_config(dc, o.tensor_parallel_size).layers) {
       const int keys = l.type == LayerType::full ? o.context : std::min(o.context, dc.sliding_window);
       kv_bytes += 2.0 * keys * l.n_kv_heads * l.head_dim * dtype_size(kv_dtype) * o.batch;
     }

@@ -20,6 +20,8 @@ struct StepOptions {
   bool enforce_eager = false;  // no CUDA graphs
   std::string kv_dtype = "auto";  // auto: bf16 on GPUs, f32 on the CPU
   int threads = 0;
+  // Ranks (the CPU backend: threads of this process, each of `threads` threads); bytes are rank 0's.
+  int tensor_parallel_size = 1;
   std::vector<int> tokens = {1, 2, 3, 4, 5};
   int batch = 1;
   int context = 512;

@@ -495,6 +495,8 @@ const RegisterCommand bench_command(
       step->add_flag("--enforce-eager", st->options.enforce_eager, kEagerHelp);
       step->add_option("--kv-cache-dtype", st->options.kv_dtype, "auto (bf16 on GPUs, f32 on CPU), bf16 or f32");
       step->add_option("--threads", st->options.threads, "CPU threads (0: all cores)");
+      step->add_option("--tensor-parallel-size", st->options.tensor_parallel_size, kTensorParallelHelp)
+          ->check(CLI::PositiveNumber);
       step->add_option("--tokens", st->tokens, "Query tokens per sequence, comma-separated")->capture_default_str();
       step->add_option("--batch", st->options.batch, "Sequences per step")->check(CLI::Range(1, 4096));
       step->add_option("--context", st->options.context, "Cached tokens per sequence")->check(CLI::Range(0, 1 << 20));

@@ -9,6 +9,7 @@
 #include "engine/engine.h"
 #include "engine/image_prompt.h"
 #include "model/gemma4_vision.h"
+#include "model/tensor_parallel_group.h"
 #include "spec/speculative_config.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
@@ -27,6 +28,7 @@ struct GenerateOptions {
   int top_k = 0;
   int64_t seed = -1;
   int threads = 0;
+  int tensor_parallel_size = 1;
   std::string device = "auto";
   std::string kv_cache_dtype = "auto";
   bool enforce_eager = false;
@@ -36,8 +38,10 @@ struct GenerateOptions {
 void run_generate(const GenerateOptions& o) {
   auto backend = make_logged_backend(o.device, o.threads, o.enforce_eager);
   const std::string model_dir = o.model.empty() ? bundled_model_dir() : o.model;
-  auto target = Gemma4Model::load(model_dir, *backend, parse_load_format(o.load_format), o.quantization.parse());
-  apply_image_attention(o.image_attention, *target);
+  TensorParallelGroup group(*backend, load_model_config(model_dir), o.tensor_parallel_size, o.threads,
+                           parse_load_format(o.load_format), o.quantization.parse());
+  Gemma4Model& target = group.rank(0);
+  apply_image_attention(o.image_attention, target);
   std::optional<Tokenizer> tokenizer;
   if (!o.prompt.empty()) tokenizer = Tokenizer::load(model_dir);
   std::unique_ptr<Proposer> proposer;
@@ -46,7 +50,7 @@ void run_generate(const GenerateOptions& o) {
     SpeculativeConfig spec = parse_speculative_config(o.speculative_config);
     if (!o.draft_position.empty()) spec.draft_position = parse_draft_position(o.draft_position);
     spec.load_format = parse_load_format(o.load_format);
-    proposer = make_proposer(spec, *target);
+    proposer = make_proposer(spec, target);
     config.num_speculative_tokens = spec.num_speculative_tokens;
   }
   Request request;
@@ -54,7 +58,7 @@ void run_generate(const GenerateOptions& o) {
   request.prompt = tokenizer ? tokenizer->encode(o.prompt, /*add_special_tokens=*/true) : parse_ids(o.ids);
   // Images: each image_token_id of the prompt expands to <|image> + N placeholders + <image|>.
   std::unique_ptr<Gemma4Vision> vision;
-  const ModelConfig& c = target->config();
+  const ModelConfig& c = target.config();
   std::vector<std::shared_ptr<const vision::PatchImage>> images;
   if (!o.images.empty()) {
     const int budget = image_soft_token_budget(c, o.max_soft_tokens);
@@ -77,11 +81,11 @@ void run_generate(const GenerateOptions& o) {
   config.max_num_batched_tokens = std::max(512, config.max_model_len);
   config.kv_dtype = parse_kv_cache_dtype(o.kv_cache_dtype, *backend);
   // One sequence: every position on full layers, the window (and a step) on sliding layers.
-  const KvSizing sizing = kv_sizing(target->config(), config.block_size, config.kv_dtype);
+  const KvSizing sizing = kv_sizing(target.rank_config(), config.block_size, config.kv_dtype);
   config.kv_cache_bytes = sizing.bytes(sizing.blocks_for(
       1, config.max_model_len + config.num_speculative_tokens + 1,
       sizing.sliding_working_set(1, config.max_num_batched_tokens, config.num_speculative_tokens)));
-  Engine engine(*target, std::move(proposer), config);
+  Engine engine(target, std::move(proposer), config);
   engine.set_vision(vision.get());
   int round = 0;
   if (o.trace_spec)
@@ -171,6 +175,8 @@ const RegisterCommand generate_command("generate", "Generate from a prompt (gree
   app.add_option("--device", o->device, kDeviceHelp);
   app.add_flag("--enforce-eager", o->enforce_eager, kEagerHelp);
   app.add_option("--threads", o->threads, "CPU threads (0: all cores)");
+  app.add_option("--tensor-parallel-size", o->tensor_parallel_size, kTensorParallelHelp)
+      ->check(CLI::PositiveNumber);
   app.add_option("--kv-cache-dtype", o->kv_cache_dtype, kKvDtypeHelp);
   app.callback([o] { run_generate(*o); });
 });

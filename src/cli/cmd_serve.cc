@@ -31,6 +31,7 @@
 #include "engine/engine.h"
 #include "engine/image_prompt.h"
 #include "model/gemma4_vision.h"
+#include "model/tensor_parallel_group.h"
 #include "model/config.h"
 #include "server/adapters.h"
 #include "server/api_error.h"
@@ -60,6 +61,7 @@ struct ServeOptions {
   std::string speculative_config;
   std::string api_key;
   int threads = 0;
+  int tensor_parallel_size = 1;
   std::string device = "auto";
   bool enforce_eager = false;
   std::string kv_cache_memory;
@@ -482,8 +484,10 @@ void run_serve(ServeOptions o) {
          "(other processes hold the rest); use --gpu-memory-utilization {:.2f} or less",
          o.gpu_memory_utilization, o.gpu_memory_utilization * gpu_total / gib, gpu_total / gib, gpu_free / gib,
          std::floor(100.0 * gpu_free / gpu_total) / 100.0);
-  auto target = Gemma4Model::load(model_dir, *backend, LoadFormat::safetensors, o.quantization.parse());
-  apply_image_attention(o.image_attention, *target);
+  TensorParallelGroup group(*backend, mc, o.tensor_parallel_size, o.threads, LoadFormat::safetensors,
+                           o.quantization.parse());
+  Gemma4Model& target = group.rank(0);
+  apply_image_attention(o.image_attention, target);
   std::unique_ptr<Gemma4Vision> vision;
   if (images) {
     vision = Gemma4Vision::load(mc, *backend);
@@ -491,9 +495,9 @@ void run_serve(ServeOptions o) {
               "--max-num-batched-tokens {}), at most {} per prompt; image-block attention on {} layers",
               vision->parameter_count() / 1e6, vision->weight_bytes() >> 20, image_tokens, o.max_num_batched_tokens,
               image_flags.max_images,
-              target->config().image_bidirectional_sliding && target->config().image_bidirectional_full ? "all"
-              : target->config().image_bidirectional_sliding                                       ? "sliding"
-              : target->config().image_bidirectional_full                                          ? "full"
+              target.config().image_bidirectional_sliding && target.config().image_bidirectional_full ? "all"
+              : target.config().image_bidirectional_sliding                                       ? "sliding"
+              : target.config().image_bidirectional_full                                          ? "full"
                                                                                                     : "no");
   } else if (mc.vision) {
     log::info("images: off ({})", mc.takes_images() ? "--limit-mm-per-prompt allows none"
@@ -501,13 +505,13 @@ void run_serve(ServeOptions o) {
   }
   // The engine stops on the model's EOS ids; the server reads them (stop tokens are not text) and
   // compiles structured outputs over the model's logits width with them.
-  codec.set_model(target->config().vocab_size, target->config().eos_ids);
+  codec.set_model(target.config().vocab_size, target.config().eos_ids);
 
   std::unique_ptr<Proposer> proposer;
   std::string spec_desc = "off";
   if (spec) {
     // Speculative proposer from src/spec (vLLM's --speculative-config JSON).
-    proposer = make_proposer(*spec, *target);
+    proposer = make_proposer(*spec, target);
     config.num_speculative_tokens = spec->num_speculative_tokens;
     spec_desc = fmt::format("{} k={}{}", spec->method, spec->num_speculative_tokens,
                             spec->model.empty() ? "" : " drafter " + spec->model);
@@ -519,7 +523,7 @@ void run_serve(ServeOptions o) {
   config.kv_dtype = parse_kv_cache_dtype(o.kv_cache_dtype, *backend);
   // Full layers keep every position; sliding layers only the window of each running sequence (the
   // engine's split of the cache, kv_cache.h).
-  const KvSizing sizing = kv_sizing(mc, config.block_size, config.kv_dtype);
+  const KvSizing sizing = kv_sizing(target.rank_config(), config.block_size, config.kv_dtype);
   const int k = config.num_speculative_tokens;
   const int64_t sliding_cap =
       sizing.sliding_working_set(config.max_num_seqs, config.max_num_batched_tokens, k);
@@ -559,9 +563,14 @@ void run_serve(ServeOptions o) {
   } else {
     const int64_t avail = mem_available_bytes();
     kv_bytes = std::min<int64_t>(4ll << 30, kv_bytes_for(config.max_num_seqs));
-    if (avail > 0) kv_bytes = std::min<int64_t>(kv_bytes, avail / 4);
+    // Every rank of a tensor-parallel group holds a cache of this size (of its own KV heads).
+    if (avail > 0) kv_bytes = std::min<int64_t>(kv_bytes, avail / 4 / o.tensor_parallel_size);
     kv_bytes = std::max<int64_t>(kv_bytes, one_sequence);
-    kv_source = "system memory (min of 4 GiB, 25% of available, max-num-seqs full-length sequences)";
+    kv_source = o.tensor_parallel_size > 1
+                    ? fmt::format("system memory (min of 4 GiB, 25% of available over {} ranks, max-num-seqs "
+                                  "full-length sequences; per rank)",
+                                  o.tensor_parallel_size)
+                    : "system memory (min of 4 GiB, 25% of available, max-num-seqs full-length sequences)";
   }
   config.kv_cache_bytes = kv_bytes;
 
@@ -597,7 +606,7 @@ void run_serve(ServeOptions o) {
               config.max_num_batched_tokens);
   log::info("prefix caching {}", config.enable_prefix_caching ? "on (--no-enable-prefix-caching turns it off)" : "off");
 
-  Engine engine(*target, std::move(proposer), config);
+  Engine engine(target, std::move(proposer), config);
   engine.set_vision(vision.get());
   engine.start();
   service.attach(engine);
@@ -663,6 +672,8 @@ const RegisterCommand serve_command(
       o->quantization.add_to(app);
       app.add_flag("--enforce-eager", o->enforce_eager, kEagerHelp);
       app.add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+      app.add_option("--tensor-parallel-size", o->tensor_parallel_size, kTensorParallelHelp)
+          ->check(CLI::PositiveNumber);
       app.add_option("--kv-cache-memory", o->kv_cache_memory, "KV cache size in bytes (suffixes KiB/MiB/GiB allowed)");
       app.add_option("--kv-cache-gb", o->kv_cache_gb, "KV cache size in GiB")->check(CLI::PositiveNumber);
       app.add_option("--kv-cache-dtype", o->kv_cache_dtype, kKvDtypeHelp);

@@ -84,6 +84,9 @@ inline constexpr const char* kDeviceHelp = "cpu, cuda, cuda:N or auto (cuda when
 // to 1e-2 relative L2 from transformers, see docs/PERF.md), "bf16" or "f32".
 DType parse_kv_cache_dtype(const std::string& text, const Backend& backend);
 inline constexpr const char* kKvDtypeHelp = "auto (bf16 on GPUs, f32 on the CPU), bf16 or f32";
+inline constexpr const char* kTensorParallelHelp =
+    "Ranks to split the model across (vLLM's tensor parallelism); the CPU backend runs them as threads of this "
+    "process, each with --threads threads";
 inline constexpr const char* kEagerHelp = "Issue every op of every step instead of replaying recorded CUDA graphs";
 
 }  // namespace tandem::cli

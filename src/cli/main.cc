@@ -1,6 +1,8 @@
 // tandem: one binary, many subcommands (serve, generate, bench, plan, inspect, logits, tokenize, ...).
 #include <algorithm>
 #include <cstdio>
+#include <string_view>
+#include <vector>
 
 #include "cli/command.h"
 #include "util/error.h"
@@ -22,8 +24,13 @@ int main(int argc, char** argv) {
   std::sort(commands.begin(), commands.end(),
             [](const cli::Command& a, const cli::Command& b) { return a.name < b.name; });
   for (auto& c : commands) c.setup(*app.add_subcommand(c.name, c.description));
+  // vLLM's -tp, which CLI11 (one-letter short options only) cannot declare: the option it stands for.
+  static char tensor_parallel_size[] = "--tensor-parallel-size";
+  std::vector<char*> args(argv, argv + argc);
+  for (char*& a : args)
+    if (std::string_view(a) == "-tp") a = tensor_parallel_size;
   try {
-    app.parse(argc, argv);
+    app.parse(argc, args.data());
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const Error& e) {

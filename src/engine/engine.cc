@@ -111,7 +111,7 @@ Engine::Engine(Gemma4Model& target, std::unique_ptr<Proposer> proposer, EngineCo
       tokens_(target.backend()), sample_inputs_(target.backend()), sample_drafts_(target.backend()) {
   if (!proposer_) config_.num_speculative_tokens = 0;
   // The sliding group gets what max_num_seqs sequences can hold at once; the full group the rest.
-  const KvSizing sizing = kv_sizing(target.config(), config_.block_size, config_.kv_dtype);
+  const KvSizing sizing = kv_sizing(target.rank_config(), config_.block_size, config_.kv_dtype);
   const KvBlocks blocks = sizing.split(
       config_.kv_cache_bytes,
       sizing.sliding_working_set(config_.max_num_seqs, config_.max_num_batched_tokens, config_.num_speculative_tokens));
@@ -121,7 +121,7 @@ Engine::Engine(Gemma4Model& target, std::unique_ptr<Proposer> proposer, EngineCo
     fail("the KV cache ({} MiB) holds {} tokens, fewer than one sequence of --max-model-len {} needs; "
          "raise the KV cache size or lower --max-model-len",
          config_.kv_cache_bytes >> 20, blocks.full * config_.block_size, config_.max_model_len);
-  kv_ = std::make_unique<KvCache>(target.backend(), target.config(), blocks, config_.block_size, config_.kv_dtype);
+  kv_ = std::make_unique<KvCache>(target.backend(), target.rank_config(), blocks, config_.block_size, config_.kv_dtype);
   hidden_states_.resize(DType::F32, {config_.max_num_seqs, target.config().hidden});
   for (int32_t r = config_.max_num_seqs - 1; r >= 0; --r) free_state_rows_.push_back(r);
   stats_.spec.accepted_per_position.assign(config_.num_speculative_tokens, 0);

@@ -6,20 +6,21 @@
 #include <unordered_map>
 
 #include "model/step_inputs.h"
+#include "model/tensor_parallel_group.h"
 #include "util/error.h"
 
 namespace tandem {
 
 std::unique_ptr<Gemma4Model> Gemma4Model::load(const std::string& dir, Backend& backend, LoadFormat format,
-                                               const OnlineQuant& online) {
-  return load(load_model_config(dir), backend, format, online);
+                                               const OnlineQuant& online, const Shard& shard) {
+  return load(load_model_config(dir), backend, format, online, shard);
 }
 
 std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& backend, LoadFormat format,
-                                               const OnlineQuant& online) {
+                                               const OnlineQuant& online, const Shard& shard) {
   if (c.is_assistant())
     fail("{} is a gemma4_assistant drafter; it needs a target (pass it in --speculative-config)", c.dir);
-  std::unique_ptr<Gemma4Model> m(new Gemma4Model(c, backend));
+  std::unique_ptr<Gemma4Model> m(new Gemma4Model(c, shard, backend));
   m->weights_ = Weights::open(c.dir, format, backend, c.quant, online);
   Weights& w = m->weights_;
   const std::string& p = c.weight_prefix;
@@ -37,7 +38,7 @@ std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& ba
   if (!head && w.online().quantizes("lm_head")) head = w.quantized_copy(p + "embed_tokens.weight", m->embed_tokens_);
   m->lm_head_ = head ? *head : m->embed_tokens_;
   for (int i = 0; i < c.n_layers; ++i)
-    m->layers_.push_back(Gemma4LayerWeights::bind(w, c, i, p + "layers." + std::to_string(i) + "."));
+    m->layers_.push_back(Gemma4LayerWeights::bind(w, c, i, p + "layers." + std::to_string(i) + ".", shard));
   if (c.ple_dim) {
     const int64_t LP = static_cast<int64_t>(c.n_layers) * c.ple_dim;
     m->ple_table_ = w.get(p + "embed_tokens_per_layer.weight", {c.ple_vocab, LP});
@@ -91,6 +92,13 @@ int64_t Gemma4Model::step_weight_bytes(std::span<const int> experts_per_layer) c
   return bytes;
 }
 
+void Gemma4Model::set_image_attention(bool sliding, bool full) {
+  for (int r = 0; r < (group_ ? group_->size() : 1); ++r) {
+    ModelConfig& c = group_ ? group_->rank(r).config_ : config_;
+    c.image_bidirectional_sliding = sliding, c.image_bidirectional_full = full;
+  }
+}
+
 void Gemma4Model::embed(const TensorView& ids, TensorView& out) { be_.embed(ids, embed_tokens_, embed_scale_, out); }
 
 void Gemma4Model::lm_head(const TensorView& hidden, TensorView& logits) {
@@ -106,6 +114,17 @@ void Gemma4Model::forward(const ForwardBatch& batch, KvCache& kv, HostTensor* hi
 }
 
 ForwardOutput Gemma4Model::run(const ForwardBatch& batch, KvCache& kv, bool want_logits) {
+  if (!group_) return run_rank(batch, kv, want_logits);
+  group_->follow(kv);
+  ForwardOutput out;  // rank 0's; every rank's holds the same values
+  group_->run([&](int r) {
+    const ForwardOutput o = group_->rank(r).run_rank(batch, r == 0 ? kv : group_->cache(r), want_logits);
+    if (r == 0) out = o;
+  });
+  return out;
+}
+
+ForwardOutput Gemma4Model::run_rank(const ForwardBatch& batch, KvCache& kv, bool want_logits) {
   const ModelConfig& c = config_;
   const int64_t T = batch.size(), H = c.hidden, R = static_cast<int64_t>(batch.output_rows.size());
   TANDEM_CHECK(T > 0 && batch.positions.size() == static_cast<size_t>(T) &&
@@ -227,7 +246,7 @@ void Gemma4Model::issue_layers(int64_t T, const ForwardOutput& out) {
   }
 
   for (int i = 0; i < c.n_layers; ++i) {
-    const LayerSpec& spec = c.layers[i];
+    const LayerSpec& spec = rank_config_.layers[i];  // this rank's heads and widths
     const bool full = spec.type == LayerType::full;
     TensorView ple_view;
     Gemma4LayerInputs in;
@@ -241,7 +260,7 @@ void Gemma4Model::issue_layers(int64_t T, const ForwardOutput& out) {
       ple_view.row_stride = L * P;
       in.ple_input = &ple_view;
     }
-    gemma4_layer_forward(be_, c, spec, layers_[i], in, x, scratch_);
+    gemma4_layer_forward(be_, rank_config_, spec, layers_[i], in, x, scratch_);
     if (routing_record_ && c.moe) {
       const HostTensor ids = to_host(be_, scratch_.expert_ids);
       routing_record_->emplace_back(ids.view().as<int32_t>(), ids.view().as<int32_t>() + ids.view().numel());

@@ -61,20 +61,33 @@ struct ForwardOutput {
   TensorView logits;  // [R, V] soft-capped logits (no data unless asked for)
 };
 
+class TensorParallelGroup;
+
 class Gemma4Model {
  public:
   // online: --quantization (and --quantize-lm-head), applied at load to a bf16 checkpoint.
+  // shard: the tensor-parallel rank this model is (its slice of the weights is all it loads); the
+  // backend must then hold that rank's communicator, and every rank runs each step
+  // (TensorParallelGroup). The default, rank 0 of 1, is the whole model.
   static std::unique_ptr<Gemma4Model> load(const std::string& dir, Backend& backend,
-                                           LoadFormat format = LoadFormat::safetensors, const OnlineQuant& online = {});
+                                           LoadFormat format = LoadFormat::safetensors, const OnlineQuant& online = {},
+                                           const Shard& shard = {});
   static std::unique_ptr<Gemma4Model> load(const ModelConfig& config, Backend& backend, LoadFormat format,
-                                           const OnlineQuant& online = {});
+                                           const OnlineQuant& online = {}, const Shard& shard = {});
 
   const ModelConfig& config() const { return config_; }
+  // The shapes this rank computes with (shard_config): what its KV cache is sized by.
+  const ModelConfig& rank_config() const { return rank_config_; }
+  const Shard& shard() const { return shard_; }
+  // The group this model is rank 0 of (it then leads the other ranks through each step), or nullptr.
+  TensorParallelGroup* group() const { return group_; }
   Backend& backend() { return be_; }
 
   // Runs every row (writing its K/V into `kv` at its position; the row sees keys [0 or window
   // start, position] of its sequence), with one upload of the step's inputs and no host round trip.
   // Returns the output rows' final-normed hidden states and, if want_logits, their logits.
+  // On rank 0 of a TensorParallelGroup: every rank runs the step, rank r over its own storage of
+  // kv's blocks (TensorParallelGroup::cache); kv (sized by rank_config()) is rank 0's.
   ForwardOutput run(const ForwardBatch& batch, KvCache& kv, bool want_logits);
   // run(), then copies to the host (tools and tests): hidden [R, H], and logits [R, V] if non-null.
   void forward(const ForwardBatch& batch, KvCache& kv, HostTensor* hidden, HostTensor* logits);
@@ -95,23 +108,28 @@ class Gemma4Model {
 
   // Which layer types let an image-block row see the rest of its block (defaults from the config:
   // transformers' behaviour; `tandem --image-attention` changes it).
-  void set_image_attention(bool sliding, bool full) {
-    config_.image_bidirectional_sliding = sliding, config_.image_bidirectional_full = full;
-  }
+  // (On rank 0 of a group: every rank's.)
+  void set_image_attention(bool sliding, bool full);
 
   int64_t parameter_count() const { return parameters_; }
   int64_t active_parameter_count() const { return active_parameters_; }
   int64_t weight_bytes() const { return weight_bytes_; }
 
  private:
-  Gemma4Model(const ModelConfig& c, Backend& be)
-      : config_(c), be_(be), inputs_(be), x_(be), hidden_(be), logits_(be), ple_tokens_(be), ple_inputs_(be),
+  Gemma4Model(const ModelConfig& c, const Shard& shard, Backend& be)
+      : config_(c), rank_config_(shard_config(c, shard.size)), shard_(shard), be_(be), inputs_(be), x_(be),
+        hidden_(be), logits_(be), ple_tokens_(be), ple_inputs_(be),
         scratch_(be), inv_freq_sliding_(be), inv_freq_full_(be) {}
+  friend class TensorParallelGroup;
   void count_parameters();
+  // run() of this rank alone.
+  ForwardOutput run_rank(const ForwardBatch& batch, KvCache& kv, bool want_logits);
   // The recorded part of run(): embedding, layers, final norm and head of the staged step.
   void issue_layers(int64_t T, const ForwardOutput& out);
 
-  ModelConfig config_;
+  ModelConfig config_, rank_config_;
+  Shard shard_;
+  TensorParallelGroup* group_ = nullptr;
   Backend& be_;
   Weights weights_;
   TensorView embed_tokens_, final_norm_, lm_head_;

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "model/step_inputs.h"
+#include "model/tensor_parallel_group.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -26,8 +27,8 @@ std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, G
   // layers: the drafter's sliding layers may look no further back.
   const bool sliding = std::any_of(c.layers.begin(), c.layers.end(), [](const LayerSpec& l) { return l.type == LayerType::sliding; });
   if (sliding && c.sliding_window > t.sliding_window) mismatch("sliding_window", c.sliding_window, t.sliding_window);
-  std::unique_ptr<Gemma4Assistant> a(new Gemma4Assistant(c, target));
   // Each drafter layer reads the last KV-owning target layer of its own attention type.
+  std::vector<int> target_layers;
   for (int i = 0; i < c.n_layers; ++i) {
     const LayerSpec& l = c.layers[i];
     const int src = t.last_kv_layer(l.type);
@@ -39,13 +40,26 @@ std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, G
       mismatch(fmt::format("head_dim of {} layers", layer_type_name(l.type)), l.head_dim, tl.head_dim);
     if (l.n_kv_heads != tl.n_kv_heads)
       mismatch(fmt::format("KV heads of {} layers", layer_type_name(l.type)), l.n_kv_heads, tl.n_kv_heads);
-    a->target_layers_.push_back(src);
+    target_layers.push_back(src);
     log::info("drafter layer {} ({}) reads target layer {} KV", i, layer_type_name(l.type), src);
   }
   if (online.lm_head && c.ordered_embeddings)
     fail("drafter {}: quantize_lm_head needs the full head; this drafter scores centroids, then gathers rows of "
          "its bf16 table",
          dir);
+  std::unique_ptr<Gemma4Assistant> a = load_rank(c, target, target_layers, format, online);
+  if (TensorParallelGroup* group = target.group())
+    for (int r = 1; r < group->size(); ++r)
+      a->peers_.push_back(load_rank(c, group->rank(r), target_layers, format, online));
+  return a;
+}
+
+std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load_rank(const ModelConfig& c, Gemma4Model& target,
+                                                             const std::vector<int>& target_layers,
+                                                             LoadFormat format, const OnlineQuant& online) {
+  const std::string& dir = c.dir;
+  std::unique_ptr<Gemma4Assistant> a(new Gemma4Assistant(c, target));
+  a->target_layers_ = target_layers;
   a->weights_ = Weights::open(dir, format, target.backend(), c.quant, online);
   Weights& w = a->weights_;
   const int64_t V = c.vocab_size, H = c.hidden, B = c.backbone_hidden;
@@ -78,7 +92,8 @@ std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, G
     upload_to(target.backend(), ordering.data(), t);
   }
   for (int i = 0; i < c.n_layers; ++i)
-    a->layers_.push_back(Gemma4LayerWeights::bind(w, c, i, "model.layers." + std::to_string(i) + "."));
+    a->layers_.push_back(
+        Gemma4LayerWeights::bind(w, c, i, "model.layers." + std::to_string(i) + ".", target.shard()));
   for (LayerType type : {LayerType::sliding, LayerType::full}) {
     auto l = std::find_if(c.layers.begin(), c.layers.end(), [&](const LayerSpec& s) { return s.type == type; });
     if (l != c.layers.end())
@@ -102,6 +117,14 @@ int64_t Gemma4Assistant::step_weight_bytes() const {
 }
 
 void Gemma4Assistant::begin_round(std::span<const AssistantRow> rows, const KvCache& target_kv) {
+  begin_round_rank(rows, target_kv);
+  if (peers_.empty()) return;
+  TensorParallelGroup& group = *target_.group();
+  group.follow(target_kv);
+  for (int r = 1; r < group.size(); ++r) peers_[r - 1]->begin_round_rank(rows, group.cache(r));
+}
+
+void Gemma4Assistant::begin_round_rank(std::span<const AssistantRow> rows, const KvCache& target_kv) {
   const int64_t R = static_cast<int64_t>(rows.size());
   target_kv_ = &target_kv;
   inputs_.clear();
@@ -135,6 +158,24 @@ void Gemma4Assistant::begin_round(std::span<const AssistantRow> rows, const KvCa
 }
 
 void Gemma4Assistant::draft(const TensorView& tokens, TensorView& state, TensorView& spare, TensorView& drafts) {
+  if (peers_.empty()) return draft_rank(tokens, state, spare, drafts);
+  // The other ranks start from copies of rank 0's tokens and states (host memory: a CPU group) and
+  // write states and drafts of their own.
+  for (const std::unique_ptr<Gemma4Assistant>& a : peers_) {
+    upload_to(a->target_.backend(), tokens.data, a->round_tokens_.resize(DType::I32, {tokens.numel()}));
+    upload_to(a->target_.backend(), state.data, a->round_state_.resize(DType::F32, {state.rows(), state.cols()}));
+    a->round_spare_.resize(DType::F32, {spare.rows(), spare.cols()});
+    a->round_drafts_.resize(DType::I32, {drafts.rows(), drafts.cols()});
+  }
+  target_.group()->run([&](int r) {
+    if (r == 0) return draft_rank(tokens, state, spare, drafts);
+    Gemma4Assistant& a = *peers_[r - 1];
+    a.draft_rank(a.round_tokens_, a.round_state_.view(), a.round_spare_.view(), a.round_drafts_.view());
+  });
+}
+
+void Gemma4Assistant::draft_rank(const TensorView& tokens, TensorView& state, TensorView& spare,
+                                 TensorView& drafts) {
   const int64_t k = drafts.rows(), R = drafts.cols();
   TANDEM_CHECK(tokens.numel() == R && state.rows() == R && spare.rows() == R && target_kv_);
   // Every input of the k steps is in backend memory at an address that is stable for this shape.
@@ -147,7 +188,7 @@ void Gemma4Assistant::draft(const TensorView& tokens, TensorView& state, TensorV
     TensorView *in = &state, *out = &spare;
     for (int64_t j = 0; j < k; ++j) {
       TensorView row_drafts(DType::I32, drafts.as<int32_t>() + j * R, {R});
-      step(step_tokens, *in, *out, row_drafts);
+      step_rank(step_tokens, *in, *out, row_drafts, nullptr);
       step_tokens = row_drafts;  // step j+1 feeds each row its own draft and projected state
       std::swap(in, out);
     }
@@ -156,6 +197,12 @@ void Gemma4Assistant::draft(const TensorView& tokens, TensorView& state, TensorV
 
 void Gemma4Assistant::step(const TensorView& tokens, const TensorView& hidden, TensorView& next_hidden,
                            TensorView& drafts, HostTensor* logits) {
+  if (!peers_.empty()) fail("a tensor-parallel drafter drafts whole rounds only (draft())");
+  step_rank(tokens, hidden, next_hidden, drafts, logits);
+}
+
+void Gemma4Assistant::step_rank(const TensorView& tokens, const TensorView& hidden, TensorView& next_hidden,
+                                TensorView& drafts, HostTensor* logits) {
   Backend& be = target_.backend();
   const ModelConfig& c = config_;
   const int64_t R = tokens.numel(), H = c.hidden, B = c.backbone_hidden, V = c.vocab_size;
@@ -178,7 +225,7 @@ void Gemma4Assistant::step(const TensorView& tokens, const TensorView& hidden, T
     in.rows = full ? &rows_full_ : &rows_sliding_;
     in.kv = &target_kv_->layer(target_layers_[i]);
     in.inv_freq = full ? &inv_freq_full_.view() : &inv_freq_sliding_.view();
-    gemma4_layer_forward(be, c, c.layers[i], layers_[i], in, x, scratch_);
+    gemma4_layer_forward(be, rank_config_, rank_config_.layers[i], layers_[i], in, x, scratch_);
   }
   TensorView& normed = normed_.resize(DType::F32, {R, H});
   be.rms_norm(x, &final_norm_, eps, normed);

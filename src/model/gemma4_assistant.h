@@ -39,6 +39,9 @@ class Gemma4Assistant {
   // both directories. Logs which target layer each drafter layer reads.
   // online: speculative_config's "quantization" (and "quantize_lm_head": a quantized copy of the tied
   // table for the head matmul), applied at load to a bf16 drafter.
+  // A target that leads a TensorParallelGroup gets a drafter sharded alike (its layers read each
+  // rank's KV heads, so it cannot be replicated): one per rank, this one leading the others through
+  // begin_round() and draft().
   static std::unique_ptr<Gemma4Assistant> load(const std::string& dir, Gemma4Model& target,
                                                LoadFormat format = LoadFormat::safetensors,
                                                const OnlineQuant& online = {});
@@ -50,6 +53,7 @@ class Gemma4Assistant {
   // Plans a round for these rows over the target's cache: positions and key ranges are fixed for all
   // of its steps, so they are uploaded once here.
   void begin_round(std::span<const AssistantRow> rows, const KvCache& target_kv);
+  // (step() is one rank's: a tensor-parallel drafter refuses it; its rounds go through draft().)
   // One draft step for every row of the round, all in backend memory: from tokens [R] I32 and
   // states hidden [R, B], writes next_hidden [R, B] = post_projection output (the state of the next
   // step) and drafts [R] I32, the greedy token of each row. No host round trip, so a round's k steps
@@ -72,13 +76,29 @@ class Gemma4Assistant {
 
  private:
   Gemma4Assistant(const ModelConfig& c, Gemma4Model& t)
-      : config_(c), target_(t), token_ordering_(t.backend()), inv_freq_sliding_(t.backend()),
+      : config_(c), rank_config_(shard_config(c, t.shard().size)), target_(t), round_tokens_(t.backend()),
+        round_state_(t.backend()), round_spare_(t.backend()), round_drafts_(t.backend()),
+        token_ordering_(t.backend()), inv_freq_sliding_(t.backend()),
         inv_freq_full_(t.backend()), inputs_(t.backend()), input_(t.backend()), x_(t.backend()),
         normed_(t.backend()), head_logits_(t.backend()), cluster_scores_(t.backend()), clusters_(t.backend()), candidates_(t.backend()),
         gathered_(t.backend()), scratch_(t.backend()) {}
 
-  ModelConfig config_;
+  // One rank's drafter for target (that rank's model).
+  // (target_layers: as target_layers_.)
+  static std::unique_ptr<Gemma4Assistant> load_rank(const ModelConfig& c, Gemma4Model& target,
+                                                    const std::vector<int>& target_layers, LoadFormat format,
+                                                    const OnlineQuant& online);
+  void begin_round_rank(std::span<const AssistantRow> rows, const KvCache& target_kv);
+  void draft_rank(const TensorView& tokens, TensorView& state, TensorView& spare, TensorView& drafts);
+  void step_rank(const TensorView& tokens, const TensorView& hidden, TensorView& next_hidden, TensorView& drafts,
+                 HostTensor* logits);
+
+  ModelConfig config_, rank_config_;  // rank_config_: this rank's heads and widths (shard_config)
   Gemma4Model& target_;
+  // Ranks 1… of a tensor-parallel drafter (on rank 0 only), and, on those, their own copies of a
+  // round's inputs and outputs (every rank writes its states and drafts).
+  std::vector<std::unique_ptr<Gemma4Assistant>> peers_;
+  Tensor round_tokens_, round_state_, round_spare_, round_drafts_;
   Weights weights_;
   TensorView embed_, final_norm_, pre_projection_, post_projection_, centroids_;
   TensorView head_;  // the full head's weight: embed_, or its quantized copy

@@ -13,8 +13,8 @@ float embedding_scale(int width, DType table_dtype) {
   return s;
 }
 
-Gemma4LayerWeights Gemma4LayerWeights::bind(Weights& w, const ModelConfig& c, int layer,
-                                            const std::string& p) {
+Gemma4LayerWeights Gemma4LayerWeights::bind(Weights& w, const ModelConfig& c, int layer, const std::string& p,
+                                            const Shard& shard) {
   const LayerSpec& l = c.layers[layer];
   const int64_t H = c.hidden, d = l.head_dim, nh = c.n_heads, nkv = l.n_kv_heads, I = l.intermediate;
   Gemma4LayerWeights lw;
@@ -22,17 +22,18 @@ Gemma4LayerWeights Gemma4LayerWeights::bind(Weights& w, const ModelConfig& c, in
   lw.post_attention_norm = w.get(p + "post_attention_layernorm.weight", {H});
   lw.pre_ffn_norm = w.get(p + "pre_feedforward_layernorm.weight", {H});
   lw.post_ffn_norm = w.get(p + "post_feedforward_layernorm.weight", {H});
-  lw.q_proj = w.linear(p + "self_attn.q_proj", nh * d, H);
+  // Column-parallel (heads, MLP columns): dim 0 of [out, in]; row-parallel (o_proj, down_proj): dim 1.
+  lw.q_proj = w.linear(p + "self_attn.q_proj", nh * d, H, shard.along(0));
   lw.q_norm = w.get(p + "self_attn.q_norm.weight", {d});
-  lw.o_proj = w.linear(p + "self_attn.o_proj", H, nh * d);
+  lw.o_proj = w.linear(p + "self_attn.o_proj", H, nh * d, shard.along(1));
   if (l.owns_kv()) {
-    lw.k_proj = w.linear(p + "self_attn.k_proj", nkv * d, H);
+    lw.k_proj = w.linear(p + "self_attn.k_proj", nkv * d, H, shard.kv_heads(l.n_kv_heads));
     lw.k_norm = w.get(p + "self_attn.k_norm.weight", {d});
-    if (!l.k_eq_v) lw.v_proj = w.linear(p + "self_attn.v_proj", nkv * d, H);
+    if (!l.k_eq_v) lw.v_proj = w.linear(p + "self_attn.v_proj", nkv * d, H, shard.kv_heads(l.n_kv_heads));
   }
-  lw.gate_proj = w.linear(p + "mlp.gate_proj", I, H);
-  lw.up_proj = w.linear(p + "mlp.up_proj", I, H);
-  lw.down_proj = w.linear(p + "mlp.down_proj", H, I);
+  lw.gate_proj = w.linear(p + "mlp.gate_proj", I, H, shard.along(0));
+  lw.up_proj = w.linear(p + "mlp.up_proj", I, H, shard.along(0));
+  lw.down_proj = w.linear(p + "mlp.down_proj", H, I, shard.along(1));
   if (c.moe) {
     const int64_t E = c.num_experts, Ie = c.moe_intermediate;
     lw.post_ffn_norm_1 = w.get(p + "post_feedforward_layernorm_1.weight", {H});
@@ -48,14 +49,16 @@ Gemma4LayerWeights Gemma4LayerWeights::bind(Weights& w, const ModelConfig& c, in
     };
     lw.per_expert_scale = either("router.per_expert_scale", "moe.per_expert_scale", {E});
     // Experts: the fused bf16 parameters, or a quantized checkpoint's fused or per-expert linears.
-    auto experts = [&](const std::string& fused, const std::vector<std::string>& parts, int64_t N, int64_t K) {
+    // Each expert's Ie columns split like the dense MLP's: gate_up's gate rows and its up rows alike.
+    auto experts = [&](const std::string& fused, const std::vector<std::string>& parts, int64_t N, int64_t K,
+                       const Split& split) {
       for (const char* dir : {"experts", "moe"})
-        if (auto v = w.find_experts(p + dir, fused, parts, E, N, K)) return *v;
+        if (auto v = w.find_experts(p + dir, fused, parts, E, N, K, split)) return *v;
       fail("checkpoint {} has neither {} nor {} (expected shape {})", w.path(), p + "experts." + fused,
            p + "moe." + fused, shape_string({E, N, K}));
     };
-    lw.experts_gate_up = experts("gate_up_proj", {"gate_proj", "up_proj"}, 2 * Ie, H);
-    lw.experts_down = experts("down_proj", {"down_proj"}, H, Ie);
+    lw.experts_gate_up = experts("gate_up_proj", {"gate_proj", "up_proj"}, 2 * Ie, H, shard.along(1, 2));
+    lw.experts_down = experts("down_proj", {"down_proj"}, H, Ie, shard.along(2));
   }
   if (c.ple_dim) {
     const int64_t P = c.ple_dim;
@@ -111,7 +114,8 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
   s.attn.resize(DType::F32, {T, nh * d});
   be.attention(q3, *in.kv, *in.rows, /*scale=*/1.0f, s.attn.view());
   s.proj.resize(DType::F32, {T, H});
-  be.matmul(s.attn, w.o_proj, s.proj.view());
+  be.matmul(s.attn, w.o_proj, s.proj.view());  // this rank's heads' share of the projection
+  be.all_reduce(s.proj.view());
   be.rms_norm_add(s.proj, &w.post_attention_norm, eps, x);
 
   // Feed-forward: dense GeGLU MLP, plus (MoE models) routed experts reading h1 in parallel.
@@ -121,7 +125,8 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
   s.gate.resize(DType::F32, {T, I});
   be.matmul_gelu_glu(s.ffn_in, w.gate_proj, w.up_proj, s.gate.view());
   s.ffn_out.resize(DType::F32, {T, H});
-  be.matmul(s.gate, w.down_proj, s.ffn_out.view());
+  be.matmul(s.gate, w.down_proj, s.ffn_out.view());  // this rank's columns' share
+  be.all_reduce(s.ffn_out.view());
   if (c.moe) {
     be.rms_norm(s.ffn_out, &w.post_ffn_norm_1, eps, s.ffn_out.view());
     // Router input: RMS0(h1) ⊙ scale · H^-½ (h1 itself, not an FFN norm's output).
@@ -136,6 +141,7 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());
     s.moe_out.resize(DType::F32, {T, H});
     be.moe_experts(s.moe_in, s.expert_ids, s.expert_weights, w.experts_gate_up, w.experts_down, s.moe_out.view());
+    be.all_reduce(s.moe_out.view());  // every expert's share of this rank's columns
     be.rms_norm_add(s.moe_out, &w.post_ffn_norm_2, eps, s.ffn_out.view());
   }
   be.rms_norm_add(s.ffn_out, &w.post_ffn_norm, eps, x);

@@ -7,6 +7,7 @@
 
 #include "backend/backend.h"
 #include "model/config.h"
+#include "model/tensor_parallel.h"
 #include "model/weights.h"
 
 namespace tandem {
@@ -23,8 +24,11 @@ struct Gemma4LayerWeights {
   TensorView ple_gate, ple_projection, ple_post_norm;
   float layer_scalar = 1.0f;
 
-  // prefix: e.g. "model.language_model.layers.3."
-  static Gemma4LayerWeights bind(Weights& w, const ModelConfig& c, int layer, const std::string& prefix);
+  // prefix: e.g. "model.language_model.layers.3.". c: the checkpoint's config (not the shard's);
+  // shard: which slice of the heads, MLP and expert columns to bind (norms, router, per-layer
+  // embeddings: all of them).
+  static Gemma4LayerWeights bind(Weights& w, const ModelConfig& c, int layer, const std::string& prefix,
+                                 const Shard& shard = {});
   // Every weight tensor of the layer (absent ones have no data).
   std::vector<const TensorView*> tensors() const;
 };
@@ -48,7 +52,8 @@ struct Gemma4LayerInputs {
   const TensorView* ple_input = nullptr;  // [T, ple_dim] per-layer input, or nullptr
 };
 
-// x [T, H] ← layer(x), in place.
+// x [T, H] ← layer(x), in place. c: the shard's config (shard_config), whose head counts and widths
+// are those of the weights bound for it; the row-parallel projections' partial sums are all-reduced.
 void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& spec,
                           const Gemma4LayerWeights& w, const Gemma4LayerInputs& in, TensorView& x,
                           Gemma4Scratch& s);

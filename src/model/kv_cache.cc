@@ -120,7 +120,7 @@ int32_t KvCache::Pool::take(uint64_t h) {
 }
 
 KvCache::KvCache(Backend& be, const ModelConfig& config, KvBlocks blocks, int32_t block_size, DType dtype)
-    : block_size_(block_size) {
+    : block_size_(block_size), dtype_(dtype) {
   const KvSizing sizing = kv_sizing(config, block_size, dtype);
   keep_ = sizing.keep;
   full_block_bytes_ = sizing.full_block_bytes, sliding_block_bytes_ = sizing.sliding_block_bytes;

@@ -73,6 +73,7 @@ class KvCache {
   KvCache(Backend& be, const ModelConfig& config, KvBlocks blocks, int32_t block_size, DType dtype = DType::F32);
 
   int32_t block_size() const { return block_size_; }
+  DType dtype() const { return dtype_; }
   bool has_sliding() const { return keep_ > 0; }
   int32_t keep() const { return keep_; }  // as KvSizing::keep
   // The group whose tables layers of type t read (full when the model has no sliding group).
@@ -138,6 +139,7 @@ class KvCache {
   int64_t first_kept_block(int64_t next) const { return std::max<int64_t>(0, next - keep_) / block_size_; }
 
   int32_t block_size_;
+  DType dtype_;
   int32_t keep_ = 0;
   int64_t bytes_ = 0, full_block_bytes_ = 0, sliding_block_bytes_ = 0;
   std::vector<Buffer> storage_;  // K then V per owning layer

@@ -10,6 +10,40 @@
 #include "util/log.h"
 
 namespace tandem {
+namespace {
+
+TensorView view_of(DType dtype, void* data, const std::vector<int64_t>& shape) {
+  TensorView v(dtype, data, {1});
+  v.ndim = static_cast<int>(shape.size());
+  for (size_t i = 0; i < shape.size(); ++i) v.shape[i] = shape[i];
+  return v;
+}
+
+// A split tensor as [outer, blocks, parts, run]: each of its outer × blocks runs of `run` elements is
+// contiguous in the whole tensor. Fails where the dim does not divide.
+struct SliceRuns {
+  int64_t outer = 1, blocks = 1, parts = 1, run = 1;
+};
+SliceRuns slice_runs(const std::string& name, const std::vector<int64_t>& shape, const Split& s) {
+  TANDEM_CHECK(s.dim >= 0 && static_cast<size_t>(s.dim) < shape.size() && s.index >= 0 && s.index < s.parts);
+  const int64_t D = shape[s.dim];
+  if (D % (s.blocks * s.parts) != 0)
+    fail("tensor {} (shape {}) cannot be split {} ways along dim {}", name, shape_string(shape), s.parts * s.blocks,
+         s.dim);
+  SliceRuns r{1, s.blocks, s.parts, D / s.blocks / s.parts};
+  for (int i = 0; i < s.dim; ++i) r.outer *= shape[i];
+  for (size_t i = static_cast<size_t>(s.dim) + 1; i < shape.size(); ++i) r.run *= shape[i];
+  return r;
+}
+
+std::vector<int64_t> sliced_shape(const std::string& name, std::vector<int64_t> shape, const Split& s) {
+  if (s.whole()) return shape;
+  slice_runs(name, shape, s);  // checks that it divides
+  shape[s.dim] /= s.parts;
+  return shape;
+}
+
+}  // namespace
 
 Weights Weights::open(const std::string& dir, LoadFormat format, Backend& be, const QuantConfig& quant,
                       const OnlineQuant& online) {
@@ -30,17 +64,45 @@ Weights Weights::open(const std::string& dir, LoadFormat format, Backend& be, co
 
 const TensorInfo* Weights::info(const std::string& name) const { return store_ ? store_->find(name) : nullptr; }
 
-std::optional<TensorView> Weights::find(const std::string& name, const std::vector<int64_t>& shape) {
+TensorView Weights::upload_slice(const void* full, DType dtype, const std::vector<int64_t>& shape, const Split& split) {
+  const SliceRuns r = slice_runs("", shape, split);
+  const size_t run_bytes = static_cast<size_t>(r.run) * dtype_size(dtype);
+  std::vector<uint8_t> host(static_cast<size_t>(r.outer * r.blocks) * run_bytes);
+  const auto* src = static_cast<const uint8_t*>(full);
+  for (int64_t o = 0, i = 0; o < r.outer; ++o)
+    for (int64_t b = 0; b < r.blocks; ++b, ++i)
+      std::memcpy(host.data() + i * run_bytes,
+                  src + static_cast<size_t>((o * r.blocks + b) * r.parts + split.index) * run_bytes, run_bytes);
+  auto buffer = std::make_shared<Buffer>(*be_, host.size());
+  be_->upload(buffer->data(), host.data(), host.size());
+  TensorView v = view_of(dtype, buffer->data(), sliced_shape("", shape, split));
+  owned_.push_back(std::move(buffer));
+  return v;
+}
+
+void Weights::check_unquantized_split(const std::string& module, const Split& split) const {
+  if (!split.whole() && (online_.quantizes(module) || quant_.quantizes(module)))
+    fail("{}: tensor parallelism slices unquantized weights only for now, and {} is quantized ({}); run it with "
+         "--tensor-parallel-size 1",
+         path_, module, online_.quantizes(module) ? online_.describe() : quant_.describe());
+}
+
+std::optional<TensorView> Weights::find(const std::string& name, const std::vector<int64_t>& shape,
+                                        const Split& split) {
   if (format_ == LoadFormat::meta) {  // bf16, as published checkpoints store these weights
-    TensorView v(DType::BF16, nullptr, {1});
-    v.ndim = static_cast<int>(shape.size());
-    for (size_t i = 0; i < shape.size(); ++i) v.shape[i] = shape[i];
+    TensorView v = view_of(DType::BF16, nullptr, sliced_shape(name, shape, split));
     bound_bytes_ += static_cast<int64_t>(v.nbytes());
     return v;
   }
-  if (format_ == LoadFormat::dummy) {
+  if (format_ == LoadFormat::dummy) {  // a rank's slice of the very tensor an unsplit load generates
     auto [v, buffer] = generate_dummy(name, shape);
-    owned_.push_back(std::move(buffer));
+    if (!split.whole()) {
+      std::vector<uint8_t> host(v.nbytes());
+      be_->download(host.data(), v.data, host.size());
+      v = upload_slice(host.data(), v.dtype, shape, split);
+    } else {
+      owned_.push_back(std::move(buffer));
+    }
     bound_bytes_ += static_cast<int64_t>(v.nbytes());
     return v;
   }
@@ -51,6 +113,19 @@ std::optional<TensorView> Weights::find(const std::string& name, const std::vect
     fail("tensor {} in {} has shape {}, expected {}", name, t->file, t->shape_string(), shape_string(shape));
   if (t->dtype != DType::F32 && t->dtype != DType::BF16 && t->dtype != DType::F16 && t->dtype != DType::F8_E4M3)
     fail("tensor {} in {} has dtype {}, which tandem cannot compute with", name, t->file, dtype_name(t->dtype));
+  if (!split.whole()) {
+    const SliceRuns r = slice_runs(name, shape, split);
+    TensorView v;
+    if (be_->is_host() && r.outer * r.blocks == 1) {  // one run: the slice is read in place
+      v = view_of(t->dtype, const_cast<uint8_t*>(static_cast<const uint8_t*>(t->data)) +
+                                static_cast<size_t>(split.index * r.run) * dtype_size(t->dtype),
+                  sliced_shape(name, shape, split));
+    } else {
+      v = upload_slice(t->data, t->dtype, shape, split);
+    }
+    bound_bytes_ += static_cast<int64_t>(v.nbytes());
+    return v;
+  }
   TensorView v;
   v.dtype = t->dtype;
   v.data = const_cast<void*>(t->data);
@@ -197,7 +272,9 @@ TensorView Weights::quantized_copy(const std::string& name, const TensorView& bo
   return bind_quant(quantize_weight(online_, bound.dtype, data, N, K, name), {N, K});
 }
 
-TensorView Weights::linear(const std::string& module, int64_t N, int64_t K) {
+TensorView Weights::linear(const std::string& module, int64_t N, int64_t K, const Split& split) {
+  check_unquantized_split(module, split);
+  if (!split.whole()) return get(module + ".weight", {N, K}, split);
   if (online_.quantizes(module)) return quantize_tensor(module + ".weight", {N, K});
   if (!quant_.quantizes(module)) return get(module + ".weight", {N, K});
   if (format_ == LoadFormat::meta) return meta_quant({N, K});
@@ -210,8 +287,10 @@ TensorView Weights::linear(const std::string& module, int64_t N, int64_t K) {
 
 std::optional<TensorView> Weights::find_experts(const std::string& dir, const std::string& fused,
                                                 const std::vector<std::string>& parts, int64_t E, int64_t N,
-                                                int64_t K) {
+                                                int64_t K, const Split& split) {
   const std::string first = dir + ".0." + parts.front();
+  check_unquantized_split(first, split);
+  if (!split.whole()) return find(dir + "." + fused, {E, N, K}, split);
   if (online_.quantizes(first)) {
     if (format_ == LoadFormat::safetensors && !store_->find(dir + "." + fused)) return std::nullopt;
     return quantize_tensor(dir + "." + fused, {E, N, K});
@@ -248,8 +327,8 @@ std::optional<TensorView> Weights::find_experts(const std::string& dir, const st
   return bind_quant(all, {E, N, K});
 }
 
-TensorView Weights::get(const std::string& name, const std::vector<int64_t>& shape) {
-  if (auto v = find(name, shape)) return *v;
+TensorView Weights::get(const std::string& name, const std::vector<int64_t>& shape, const Split& split) {
+  if (auto v = find(name, shape, split)) return *v;
   fail("checkpoint {} has no tensor {} (expected shape {})", path_, name, shape_string(shape));
 }
 

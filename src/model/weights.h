@@ -20,6 +20,15 @@ namespace tandem {
 // meta: shapes only, no data and no memory (what a config.json alone implies: `tandem plan`).
 enum class LoadFormat { safetensors, dummy, meta };
 
+// The part of a checkpoint tensor one tensor-parallel rank binds: slice `index` of `parts` equal
+// slices of dim `dim`, that dim read as `blocks` equal blocks sliced alike (the experts' fused
+// gate_up: its gate rows and its up rows). parts 1: the whole tensor.
+struct Split {
+  int dim = 0;
+  int64_t index = 0, parts = 1, blocks = 1;
+  bool whole() const { return parts == 1; }
+};
+
 class Weights {
  public:
   // quant: the checkpoint's quantization_config (none for a plain checkpoint); with dummy / meta it
@@ -31,13 +40,17 @@ class Weights {
 
   // The tensor `name` with exactly `shape`; throws tandem::Error naming the file and tensor if it is
   // missing or has another shape.
-  TensorView get(const std::string& name, const std::vector<int64_t>& shape);
+  // With a split, `shape` is still the checkpoint's and the view is the rank's slice of it: read from
+  // the mapped file, in place where the slice is contiguous on a host backend, else copied (only the
+  // slice) into backend memory.
+  TensorView get(const std::string& name, const std::vector<int64_t>& shape, const Split& split = {});
   // As get(), but returns nullopt when absent (optional tensors such as lm_head.weight).
-  std::optional<TensorView> find(const std::string& name, const std::vector<int64_t>& shape);
+  std::optional<TensorView> find(const std::string& name, const std::vector<int64_t>& shape,
+                                 const Split& split = {});
   // The weight of linear layer `module` ([N, K], PyTorch [out, in]): quantized (TensorView::quant)
   // when the checkpoint's quantization config or --quantization covers the module, else
-  // module + ".weight" as get() binds it.
-  TensorView linear(const std::string& module, int64_t N, int64_t K);
+  // module + ".weight" as get() binds it. A split of a quantized weight is refused (not yet done).
+  TensorView linear(const std::string& module, int64_t N, int64_t K, const Split& split = {});
   // A quantized copy ([N, K], --quantization's format) of the bf16 tensor `name` already bound as
   // `bound` (a tied embedding serving as the head: the lookup keeps the bf16 table).
   TensorView quantized_copy(const std::string& name, const TensorView& bound);
@@ -46,7 +59,8 @@ class Weights {
   // quantized checkpoint, the per-expert linears dir.e.part for each e and part, whose rows are
   // stacked in the order of `parts` (gate then up). nullopt when neither is present.
   std::optional<TensorView> find_experts(const std::string& dir, const std::string& fused,
-                                         const std::vector<std::string>& parts, int64_t E, int64_t N, int64_t K);
+                                         const std::vector<std::string>& parts, int64_t E, int64_t N, int64_t K,
+                                         const Split& split = {});
   const QuantConfig& quant() const { return quant_; }
   const OnlineQuant& online() const { return online_; }
   // Any shape; for tensors whose shape is read from the checkpoint (e.g. layer_scalar [1]).
@@ -77,6 +91,10 @@ class Weights {
   std::pair<TensorView, std::shared_ptr<Buffer>> generate_dummy(const std::string& name,
                                                                const std::vector<int64_t>& shape);
   uint64_t next_seed();
+  // The split slice of a whole tensor `full` (host memory, of `shape`) copied into backend memory.
+  TensorView upload_slice(const void* full, DType dtype, const std::vector<int64_t>& shape, const Split& split);
+  // Refuses a split of a quantized weight.
+  void check_unquantized_split(const std::string& module, const Split& split) const;
 
   QuantConfig quant_;
   OnlineQuant online_;

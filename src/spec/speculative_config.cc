@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "model/tensor_parallel_group.h"
 #include "spec/draft_model_proposer.h"
 #include "spec/mtp_proposer.h"
 #include "spec/ngram_proposer.h"
@@ -98,6 +99,10 @@ std::unique_ptr<Proposer> make_proposer(SpeculativeConfig& config, Gemma4Model& 
   if (drafter.vocab_size != target.config().vocab_size)
     fail("drafter {} does not fit target {}: vocab_size is {} in the drafter but {} in the target", config.model,
          target.config().dir, drafter.vocab_size, target.config().vocab_size);
+  if (target.group())
+    fail("--speculative-config: method draft_model does not run with --tensor-parallel-size {} yet (mtp, whose "
+         "drafter is sharded with the target, and ngram do)",
+         target.group()->size());
   return std::make_unique<DraftModelProposer>(
       Gemma4Model::load(drafter, target.backend(), config.load_format, config.quantization));
 }

@@ -240,6 +240,14 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void set_communicator(Communicator* comm) override { comm_ = comm; }
+
+  void all_reduce(TensorView& x) override {
+    check_f32_2d(x, "all_reduce x");
+    if (x.stride() != x.cols()) fail("all_reduce: x must be contiguous (row stride {}, {} columns)", x.stride(), x.cols());
+    if (comm_ && comm_->size() > 1) comm_->all_reduce_sum(x.as<float>(), static_cast<size_t>(x.numel()));
+  }
+
   void argmax_rows(const TensorView& x, const TensorView* labels, TensorView& out) override {
     check_f32_2d(x, "argmax_rows x");
     const int64_t R = x.rows(), N = x.cols();
@@ -872,6 +880,7 @@ class CpuBackend final : public Backend {
   }
 
   ThreadPool pool_;
+  Communicator* comm_ = nullptr;
   uint64_t host_syncs_ = 0;
   HostTensor glu_up_;  // matmul_gelu_glu's up projection
   std::vector<float> norm_weight_, rope_cos_, rope_sin_, std_bias_, std_scale_;

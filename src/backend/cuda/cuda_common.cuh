@@ -347,6 +347,8 @@ class CudaBackend final : public Backend {
                  TensorView& weights) override;
   void moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights, const TensorView& gate_up,
                    const TensorView& down, TensorView& y) override;
+  void set_communicator(Communicator* comm) override;
+  void all_reduce(TensorView& x) override;
   void argmax_rows(const TensorView& x, const TensorView* labels, TensorView& out) override;
   void topk_rows(const TensorView& x, TensorView& out) override;
   void sample_rows(const TensorView& logits, const TensorView& params, const TensorView& uniforms,
