@@ -421,6 +421,7 @@ bool Engine::step() {
   for (size_t i = 0; i < drafts.size(); ++i) drafts_to_host |= drafts[i].device_count > 0 && drafting[i]->matcher;
   if (drafts_to_host) {
     const HostTensor ids = to_host(be, device->ids);
+    proposer_->drafts_arrived({ids.view().as<int32_t>(), static_cast<size_t>(ids.view().numel())});
     for (DraftRequest& d : drafts) {
       if (d.device_count > 0) d.drafts = host_drafts(*device, ids.view().as<int32_t>(), d.device_index, d.device_count);
       d.device_count = 0;
@@ -597,6 +598,7 @@ bool Engine::step() {
   const double forward_seconds = now_seconds() - t_fwd0;
   // Device drafts on the host: cut at the first stop id (as a host proposer cuts them), and each
   // such round's RNG advanced by the rows it keeps only.
+  if (N > 0) proposer_->drafts_arrived({backend_tokens.view().as<int32_t>() + n_rows, static_cast<size_t>(N)});
   for (Span& span : spans) {
     if (!span.device_drafts) continue;
     const int32_t* device_ids = backend_tokens.view().as<int32_t>() + n_rows;

@@ -55,6 +55,9 @@ class Proposer {
   // Where requests with a device_count find their drafts after propose(); null when drafts are always
   // returned on the host.
   virtual const DeviceDrafts* device_drafts() const { return nullptr; }
+  // The host copy of device_drafts()->ids, once the engine has it (with the verify's sampled ids, or
+  // before the verify when a grammar needs the drafts): for a proposer that keeps what it drafted.
+  virtual void drafts_arrived(std::span<const int32_t> ids) {}
   // A sequence finished or was aborted: drop any state kept for it.
   virtual void release(uint64_t seq_id) {}
 };
