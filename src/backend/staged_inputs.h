@@ -49,4 +49,23 @@ class StagedInputs {
   std::vector<std::pair<TensorView*, size_t>> entries_;
 };
 
+// Ids planned on the host except some entries that only backend memory holds (drafts a proposer left
+// there for the verify step): out [n] I32 = combined[index[i]], where combined [n + N] I32 holds the n
+// staged host entries followed by room for `device` [N] I32, which is written there first (through
+// `map` [V, 1] I32, as map[device], when given). Two ops and no host wait, so a recorded step can
+// include them.
+inline void merge_device_ids(Backend& be, const TensorView& combined, const TensorView& device, const TensorView* map,
+                             const TensorView& index, TensorView& out) {
+  const int64_t n = out.numel(), N = device.numel();
+  TensorView tail(DType::I32, combined.as<int32_t>() + n, {N, 1});
+  if (map) {
+    be.gather_rows(*map, device.reshaped({N}), tail);
+  } else {
+    TensorView flat = tail.reshaped({1, N});
+    be.copy(device.reshaped({1, N}), flat);
+  }
+  TensorView dst = out.reshaped({n, 1});
+  be.gather_rows(combined.reshaped({n + N, 1}), index, dst);
+}
+
 }  // namespace tandem

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <numeric>
 
+#include "backend/staged_inputs.h"
 #include "engine/sampler.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -108,7 +110,8 @@ void Engine::commit_grammar(Sequence& s, const GrammarRound& round, const std::v
 
 Engine::Engine(Gemma4Model& target, std::unique_ptr<Proposer> proposer, EngineConfig config)
     : target_(target), proposer_(std::move(proposer)), config_(config), hidden_states_(target.backend()),
-      tokens_(target.backend()), sample_inputs_(target.backend()), sample_drafts_(target.backend()) {
+      tokens_(target.backend()), sample_inputs_(target.backend()), sample_drafts_(target.backend()),
+      sample_drafts_merged_(target.backend()) {
   if (!proposer_) config_.num_speculative_tokens = 0;
   // The sliding group gets what max_num_seqs sequences can hold at once; the full group the rest.
   const KvSizing sizing = kv_sizing(target.rank_config(), config_.block_size, config_.kv_dtype);
@@ -409,6 +412,21 @@ bool Engine::step() {
     drafting.push_back(&s);
   }
   if (!drafts.empty()) proposer_->propose(drafts, *kv_);
+  // Drafts left in backend memory go into the verify batch there and reach the host with its sampled
+  // ids, except in a step where a sequence with a grammar drafted: check_drafts needs them before the
+  // verify, so they come to the host now (one more wait, as with a proposer that drafts on the host).
+  Backend& be = target_.backend();
+  const DeviceDrafts* device = proposer_ ? proposer_->device_drafts() : nullptr;
+  bool drafts_to_host = false;
+  for (size_t i = 0; i < drafts.size(); ++i) drafts_to_host |= drafts[i].device_count > 0 && drafting[i]->matcher;
+  if (drafts_to_host) {
+    const HostTensor ids = to_host(be, device->ids);
+    proposer_->drafts_arrived({ids.view().as<int32_t>(), static_cast<size_t>(ids.view().numel())});
+    for (DraftRequest& d : drafts) {
+      if (d.device_count > 0) d.drafts = host_drafts(*device, ids.view().as<int32_t>(), d.device_index, d.device_count);
+      d.device_count = 0;
+    }
+  }
   const double draft_seconds = now_seconds() - t_draft0;
 
   // 3. One ragged target batch: decode / verify rows first, then prefill chunks within budget.
@@ -420,6 +438,13 @@ bool Engine::step() {
     bool outputs;  // the chunk reaches the last token, so its last row(s) produce logits
     int32_t prompt_lp_rows = 0;  // leading output rows that only serve prompt_logprobs
     GrammarRound grammar = {};   // structured outputs: the token mask of each output row
+    // Drafts still in backend memory: how many rows of the batch take them (from element
+    // device_index of device->ids on), and the RNG's position before their rows drew uniforms.
+    // `drafts` holds them once they reach the host, cut at the first stop id.
+    int device_drafts = 0;
+    int32_t device_index = 0;
+    std::mt19937_64 rng_before{};
+    int draft_rows() const { return device_drafts > 0 ? device_drafts : static_cast<int>(drafts.size()); }
   };
   std::vector<Span> spans;
   int budget = config_.max_num_batched_tokens;
@@ -435,11 +460,18 @@ bool Engine::step() {
       continue;
     }
     Span span{&s, batch.size(), 0, {}, true};
-    if (next_draft < drafting.size() && drafting[next_draft] == &s) span.drafts = drafts[next_draft++].drafts;
+    if (has_drafts) {
+      const DraftRequest& d = drafts[next_draft++];
+      span.drafts = d.drafts, span.device_drafts = d.device_count, span.device_index = d.device_index;
+    }
     if (s.matcher) span.grammar = check_drafts(s, span.drafts);
     const int32_t p = s.computed;
     batch.add(s.tokens.back(), p, &s.tables, true);
     for (size_t i = 0; i < span.drafts.size(); ++i) batch.add(span.drafts[i], p + 1 + static_cast<int32_t>(i), &s.tables, true);
+    for (int j = 0; j < span.device_drafts; ++j) {
+      batch.device_tokens = device->ids;
+      batch.add_device(span.device_index + j * device->stride, p + 1 + j, &s.tables, true);
+    }
     span.n_rows = batch.size() - span.first_row;
     budget -= span.n_rows;
     spans.push_back(std::move(span));
@@ -491,14 +523,15 @@ bool Engine::step() {
   if (spans.empty()) return true;  // everything is waiting on KV room; the next step retries
 
   const double t_fwd0 = now_seconds();
-  Backend& be = target_.backend();
   const ForwardOutput fwd = target_.run(batch, *kv_, true);
   // Rows whose sampler leaves the logits as they are (no grammar, penalties, bias,
   // allowed_token_ids or min_tokens mask) and that want no logprobs or prompt logprobs are sampled on
   // the backend (argmax_rows when all of them are greedy, else sample_rows), and only their token ids
   // cross to the host. The logits of the whole batch come to the host only when some other row
   // needs them there. Prompt-logprob rows are output rows even in chunks that do not reach the
-  // prompt's end. Every output row draws its two uniforms first, whichever path samples it.
+  // prompt's end. Every output row draws its two uniforms first, whichever path samples it. Device
+  // drafts come back in the same download as the sampled ids (after them), the one wait of the round;
+  // rows past a stop id they contain are verified but ignored (rows after a row never change it).
   auto on_backend = [](const Span& span) {
     if (span.prompt_lp_rows > 0) return false;
     const Sampler& sampler = span.seq->sampler;
@@ -506,7 +539,11 @@ bool Engine::step() {
   };
   const int64_t n_rows = fwd.logits.data ? fwd.logits.rows() : 0;
   std::vector<float> sample_inputs(n_rows * 6, 0.0f);  // rows no sampled span owns stay greedy
-  std::vector<int32_t> sample_drafts(n_rows, -1);
+  const int64_t N = batch.device_rows.empty() ? 0 : device->ids.numel();
+  // [n_rows + N] each row's draft (-1: none), the device drafts' room, then [n_rows] the index that
+  // merges them (merge_device_ids).
+  std::vector<int32_t> sample_drafts(2 * n_rows + N, -1);
+  std::iota(sample_drafts.begin() + n_rows + N, sample_drafts.end(), 0);
   bool any_backend = false, any_sampled = false, any_host = false;
   for (int64_t row = 0; Span& span : spans) {
     row += span.prompt_lp_rows;
@@ -515,35 +552,61 @@ bool Engine::step() {
     const bool backend_rows = on_backend(span);
     any_backend |= backend_rows, any_host |= !backend_rows;
     any_sampled |= backend_rows && !s.sampler.params().greedy();
-    const int n_out = static_cast<int>(span.drafts.size()) + 1;
+    const int n_out = span.draft_rows() + 1;
+    if (span.device_drafts) span.rng_before = s.sampler.rng_position();
     for (int i = 0; i < n_out; ++i, ++row) {
       const sampling::RowParams p = s.sampler.row_params();
       const auto u = s.sampler.uniforms();
       float* in = &sample_inputs[row * 6];
       in[0] = p.temperature, in[1] = p.top_k, in[2] = p.top_p, in[3] = p.min_p, in[4] = u[0], in[5] = u[1];
       if (i < static_cast<int>(span.drafts.size())) sample_drafts[row] = span.drafts[i];
+      if (i < span.device_drafts)
+        sample_drafts[n_rows + N + row] = static_cast<int32_t>(n_rows + span.device_index + i * device->stride);
     }
   }
   any_host |= std::any_of(spans.begin(), spans.end(), [](const Span& span) { return span.prompt_lp_rows > 0; });
-  HostTensor logits, backend_tokens;
-  if (n_rows > 0 && any_backend) {
-    TensorView& out = tokens_.resize(DType::I32, {n_rows});
-    if (!any_sampled) {
+  HostTensor logits, backend_tokens;  // backend_tokens: [n_rows] sampled ids, then the N device drafts
+  if (n_rows > 0 && (any_backend || N > 0)) {
+    TensorView& result = tokens_.resize(DType::I32, {n_rows + N});
+    TensorView out(DType::I32, result.data, {n_rows});
+    if (any_backend && !any_sampled) {
       be.argmax_rows(fwd.logits, nullptr, out);
-    } else {
+    } else if (any_backend) {
       TensorView& in = sample_inputs_.resize(DType::F32, {n_rows, 6});
-      TensorView& drafts = sample_drafts_.resize(DType::I32, {n_rows});
+      TensorView& staged = sample_drafts_.resize(DType::I32, {2 * n_rows + N});
       upload_to(be, sample_inputs.data(), in);
-      upload_to(be, sample_drafts.data(), drafts);
+      upload_to(be, sample_drafts.data(), staged);
+      TensorView drafts(DType::I32, staged.data, {n_rows});
+      if (N > 0) {  // the rows of device drafts take them here
+        drafts = TensorView(DType::I32, sample_drafts_merged_.resize(DType::I32, {n_rows}).data, {n_rows});
+        const TensorView combined(DType::I32, staged.data, {n_rows + N});
+        const TensorView index(DType::I32, staged.as<int32_t>() + n_rows + N, {n_rows});
+        merge_device_ids(be, combined, device->ids, nullptr, index, drafts);
+      }
       TensorView params(DType::F32, in.data, {n_rows, sampling::kParamCols});
       TensorView uniforms(DType::F32, in.as<float>() + sampling::kParamCols, {n_rows, sampling::kUniforms});
       params.row_stride = uniforms.row_stride = 6;
       be.sample_rows(fwd.logits, params, uniforms, drafts, out);
     }
-    backend_tokens = to_host(be, out);
+    if (N > 0) {
+      TensorView tail(DType::I32, result.as<int32_t>() + n_rows, {1, N});
+      be.copy(device->ids.reshaped({1, N}), tail);
+    }
+    backend_tokens = to_host(be, result);
   }
   if (n_rows > 0 && any_host) logits = to_host(be, fwd.logits);
   const double forward_seconds = now_seconds() - t_fwd0;
+  // Device drafts on the host: cut at the first stop id (as a host proposer cuts them), and each
+  // such round's RNG advanced by the rows it keeps only.
+  if (N > 0) proposer_->drafts_arrived({backend_tokens.view().as<int32_t>() + n_rows, static_cast<size_t>(N)});
+  for (Span& span : spans) {
+    if (!span.device_drafts) continue;
+    const int32_t* device_ids = backend_tokens.view().as<int32_t>() + n_rows;
+    span.drafts = host_drafts(*device, device_ids, span.device_index, span.device_drafts);
+    Sampler& sampler = span.seq->sampler;
+    sampler.set_rng_position(span.rng_before);
+    for (size_t i = 0; i <= span.drafts.size(); ++i) sampler.uniforms();
+  }
 
   // 4. Accept / sample, emit, retire.
   int out_row = 0;  // index into the output rows (hidden / logits)
@@ -565,9 +628,9 @@ bool Engine::step() {
       commit_kv(s);
       continue;
     }
-    const int n_out = span.drafts.empty() ? 1 : static_cast<int>(span.drafts.size()) + 1;
+    const int n_out = static_cast<int>(span.drafts.size()) + 1;  // the rows that count: drafts cut at a stop id
     const int row0 = out_row;
-    out_row += n_out;
+    out_row += span.draft_rows() + 1;
     auto row_logits = [&](int i) { return std::span<const float>(logits.f32() + static_cast<int64_t>(row0 + i) * V, V); };
     auto row_mask = [&](int i) { return span.grammar.mask(i); };
 

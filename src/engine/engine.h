@@ -140,9 +140,11 @@ class Engine {
   std::unique_ptr<KvCache> kv_;
   Tensor hidden_states_;                  // [max_num_seqs, H] each running sequence's drafter input
   std::vector<int32_t> free_state_rows_;  // rows of hidden_states_ not held by a running sequence
-  Tensor tokens_;                         // [R] I32 the token the backend picked for each output row
+  Tensor tokens_;                         // [R + N] I32 the token the backend picked for each output row,
+                                          // then the step's N device drafts (one download)
   Tensor sample_inputs_;                  // [R, 6] F32 sample_rows' params (4 columns) and uniforms (2)
-  Tensor sample_drafts_;                  // [R] I32 sample_rows' drafts
+  Tensor sample_drafts_;                  // [2R + N] I32 sample_rows' drafts as staged (Engine::step)
+  Tensor sample_drafts_merged_;           // [R] I32 sample_rows' drafts with the device drafts in
   // Encoder cache (vLLM's): features of recent images by pixel hash, most recently used first,
   // trimmed to max_num_batched_tokens rows between steps (never while a step holds views of it).
   struct EncodedImage {

@@ -52,6 +52,11 @@ class Sampler {
   // then depends only on the request's own rows, so a seeded request gives the same tokens
   // whatever else is in the batch and whichever path runs it.
   std::array<float, sampling::kUniforms> uniforms();
+  // The RNG's position, and a return to it. A round whose device drafts are cut at a stop id on the
+  // host after every draft row drew its uniforms returns there and draws again for the rows it
+  // keeps, so the RNG advances as if the cut drafts had never been drafted.
+  const std::mt19937_64& rng_position() const { return rng_; }
+  void set_rng_position(const std::mt19937_64& position) { rng_ = position; }
   // The token of one output row, on the host: penalize(), then backend/sampling.h with `u` (the
   // row's uniforms()). With a draft (>= 0), the draft itself when accepted (speculative rejection
   // sampling against a greedy, i.e. one-hot, draft: the result is distributed exactly as the

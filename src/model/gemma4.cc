@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <unordered_map>
 
 #include "model/step_inputs.h"
@@ -10,6 +11,17 @@
 #include "util/error.h"
 
 namespace tandem {
+namespace {
+// transformers' Gemma4Model looks video and audio placeholders up as the pad token (their rows would
+// take encoder features; tandem takes neither modality, so a generated one stays a pad).
+int32_t embedding_id(const ModelConfig& c, int32_t id) {
+  return id == c.video_token_id || id == c.audio_token_id ? c.pad_id : id;
+}
+// The per-layer table has ple_vocab rows; other ids (and the placeholders) take the pad's.
+int32_t ple_id(const ModelConfig& c, int32_t id) {
+  return id < c.ple_vocab && id != c.video_token_id && id != c.audio_token_id ? id : c.pad_id;
+}
+}  // namespace
 
 std::unique_ptr<Gemma4Model> Gemma4Model::load(const std::string& dir, Backend& backend, LoadFormat format,
                                                const OnlineQuant& online, const Shard& shard) {
@@ -52,6 +64,13 @@ std::unique_ptr<Gemma4Model> Gemma4Model::load(const ModelConfig& c, Backend& ba
     if (l != c.layers.end())
       upload_floats(type == LayerType::full ? m->inv_freq_full_ : m->inv_freq_sliding_,
                     rope_inv_freq(c.rope(type), l->head_dim));
+  }
+  std::vector<int32_t> map(V);
+  for (int32_t id = 0; id < V; ++id) map[id] = embedding_id(c, id);
+  upload_to(backend, map.data(), m->token_map_.resize(DType::I32, {V, 1}));
+  if (c.ple_dim) {
+    for (int32_t id = 0; id < V; ++id) map[id] = ple_id(c, id);
+    upload_to(backend, map.data(), m->ple_map_.resize(DType::I32, {V, 1}));
   }
   m->weight_bytes_ = w.bound_bytes();
   m->count_parameters();
@@ -155,12 +174,20 @@ ForwardOutput Gemma4Model::run_rank(const ForwardBatch& batch, KvCache& kv, bool
   const KvGroup sliding_group = kv.group(LayerType::sliding);
   const GroupTableIndices table_index = stage_group_block_tables(inputs_, batch.tables, sliding_group,
                                                                 &rows_full_.block_tables, &rows_sliding_.block_tables);
-  // transformers' Gemma4Model looks video and audio placeholders up as the pad token (their rows
-  // would take encoder features; tandem takes neither modality, so a generated one stays a pad).
-  std::span<int32_t> tokens = inputs_.add<int32_t>(&tokens_, DType::I32, {T});
-  for (int64_t t = 0; t < T; ++t) {
-    const int32_t id = batch.tokens[t];
-    tokens[t] = id == c.video_token_id || id == c.audio_token_id ? c.pad_id : id;
+  // Rows whose token is in backend memory: their ids are staged after the host rows' and merged in
+  // the step (merge_device_ids); the host entries of those rows are placeholders.
+  const int64_t N = batch.device_rows.empty() ? 0 : batch.device_tokens.numel();
+  device_tokens_ = N ? batch.device_tokens : TensorView();
+  std::span<int32_t> tokens = inputs_.add<int32_t>(N ? &combined_tokens_ : &tokens_, DType::I32, {T + N});
+  for (int64_t t = 0; t < T; ++t) tokens[t] = embedding_id(c, batch.tokens[t]);
+  if (N) {
+    TANDEM_CHECK(batch.device_tokens.dtype == DType::I32 && batch.device_tokens.row_stride == 0);
+    std::span<int32_t> index = inputs_.add<int32_t>(&token_index_, DType::I32, {T});
+    std::iota(index.begin(), index.end(), 0);
+    for (const ForwardBatch::DeviceToken& d : batch.device_rows) {
+      TANDEM_CHECK(d.row >= 0 && d.row < T && d.index >= 0 && d.index < N);
+      index[d.row] = static_cast<int32_t>(T + d.index);
+    }
   }
   std::ranges::copy(batch.positions, inputs_.add<int32_t>(&positions_, DType::I32, {T}).begin());
   // Causal (and windowed on sliding layers); a row inside an image block also sees the block's
@@ -191,11 +218,8 @@ ForwardOutput Gemma4Model::run_rank(const ForwardBatch& batch, KvCache& kv, bool
   }
   std::ranges::copy(batch.output_rows, inputs_.add<int32_t>(&output_rows_, DType::I32, {R}).begin());
   if (c.ple_dim) {
-    std::span<int32_t> ple_ids = inputs_.add<int32_t>(&ple_ids_, DType::I32, {T});
-    for (int64_t t = 0; t < T; ++t) {
-      const int32_t id = batch.tokens[t];
-      ple_ids[t] = id < c.ple_vocab && id != c.video_token_id && id != c.audio_token_id ? id : c.pad_id;
-    }
+    std::span<int32_t> ple_ids = inputs_.add<int32_t>(N ? &combined_ple_ids_ : &ple_ids_, DType::I32, {T + N});
+    for (int64_t t = 0; t < T; ++t) ple_ids[t] = ple_id(c, batch.tokens[t]);
     for (const EmbedOverride& e : batch.embeds)  // image rows take the pad token's per-layer embedding
       std::fill_n(ple_ids.begin() + e.row, e.features.rows(), c.pad_id);
   }
@@ -216,7 +240,9 @@ ForwardOutput Gemma4Model::run_rank(const ForwardBatch& batch, KvCache& kv, bool
                                    rows_full_.block_tables.dim(0),
                                    rows_full_.block_tables.dim(1),
                                    rows_sliding_.block_tables.dim(1),
-                                   reinterpret_cast<intptr_t>(kv.layer(0).k)};
+                                   reinterpret_cast<intptr_t>(kv.layer(0).k),
+                                   N,
+                                   reinterpret_cast<intptr_t>(device_tokens_.data)};
   // Steps with image rows run directly: their features live wherever the encoder put them.
   recordings_.run(be_, shape, T, /*record=*/!routing_record_ && batch.embeds.empty(), [&] { issue_layers(T, out); });
   return out;
@@ -225,6 +251,14 @@ ForwardOutput Gemma4Model::run_rank(const ForwardBatch& batch, KvCache& kv, bool
 void Gemma4Model::issue_layers(int64_t T, const ForwardOutput& out) {
   const ModelConfig& c = config_;
   const int64_t H = c.hidden, L = c.n_layers, P = c.ple_dim;
+  if (device_tokens_.data) {  // rows whose token is a draft in backend memory: ids [T] merged here
+    tokens_ = merged_tokens_.resize(DType::I32, {T});
+    merge_device_ids(be_, combined_tokens_, device_tokens_, &token_map_.view(), token_index_, tokens_);
+    if (P) {
+      ple_ids_ = merged_ple_ids_.resize(DType::I32, {T});
+      merge_device_ids(be_, combined_ple_ids_, device_tokens_, &ple_map_.view(), token_index_, ple_ids_);
+    }
+  }
   TensorView& x = x_.resize(DType::F32, {T, H});  // [T, H] residual stream
   embed(tokens_, x);
   for (const EmbedOverride& e : *embeds_) {  // image rows: the projected vision features, unscaled

@@ -35,8 +35,24 @@ struct ForwardBatch {
   // rows of such a block are in the same batch.
   std::vector<int32_t> block_end;
   std::vector<EmbedOverride> embeds;
+  // Rows whose token id is only in backend memory (drafts a proposer left there, so the verify step
+  // needs no host round trip): row `row` takes device_tokens[index]; its `tokens` entry is a
+  // placeholder. The model copies them on the backend inside the step.
+  struct DeviceToken {
+    int32_t row = 0, index = 0;
+  };
+  TensorView device_tokens;  // [N] I32, backend memory (dense)
+  std::vector<DeviceToken> device_rows;
 
-  void clear() { tokens.clear(), positions.clear(), tables.clear(), output_rows.clear(), block_end.clear(), embeds.clear(); }
+  void clear() {
+    tokens.clear(), positions.clear(), tables.clear(), output_rows.clear(), block_end.clear(), embeds.clear();
+    device_tokens = {}, device_rows.clear();
+  }
+  // A row whose token is device_tokens[index].
+  void add_device(int32_t index, int32_t position, const BlockTables* table, bool output) {
+    device_rows.push_back({size(), index});
+    add(0, position, table, output);
+  }
   void add(int32_t token, int32_t position, const BlockTables* table, bool output, int32_t image_block_end = 0) {
     if (output) output_rows.push_back(static_cast<int32_t>(tokens.size()));
     tokens.push_back(token), positions.push_back(position), tables.push_back(table), block_end.push_back(image_block_end);
@@ -117,8 +133,9 @@ class Gemma4Model {
 
  private:
   Gemma4Model(const ModelConfig& c, const Shard& shard, Backend& be)
-      : config_(c), rank_config_(shard_config(c, shard.size)), shard_(shard), be_(be), inputs_(be), x_(be),
-        hidden_(be), logits_(be), ple_tokens_(be), ple_inputs_(be),
+      : config_(c), rank_config_(shard_config(c, shard.size)), shard_(shard), be_(be), token_map_(be), ple_map_(be),
+        inputs_(be), merged_tokens_(be), merged_ple_ids_(be), x_(be), hidden_(be), logits_(be), ple_tokens_(be),
+        ple_inputs_(be),
         scratch_(be), inv_freq_sliding_(be), inv_freq_full_(be) {}
   friend class TensorParallelGroup;
   void count_parameters();
@@ -141,10 +158,17 @@ class Gemma4Model {
   int64_t parameters_ = 0, active_parameters_ = 0, weight_bytes_ = 0;
   bool own_head_ = false;  // an untied lm_head.weight (not the embedding, nor a quantized copy of it)
   std::vector<std::vector<int32_t>>* routing_record_ = nullptr;
+  // [V, 1] I32: the id each token is looked up as, in the embedding and the per-layer table (what
+  // run() applies on the host), for rows whose token is in backend memory.
+  Tensor token_map_, ple_map_;
 
   // Per-step inputs (views into one uploaded buffer) and scratch, all in backend memory.
   StagedInputs inputs_;
   TensorView tokens_, positions_, slots_full_, slots_sliding_, output_rows_, ple_ids_;
+  // A step with device token rows: the staged [T + N] host ids (tail filled on the backend), the
+  // [T] index that merges them, the batch's device tokens, and the merged ids tokens_ / ple_ids_ view.
+  TensorView combined_tokens_, combined_ple_ids_, token_index_, device_tokens_;
+  Tensor merged_tokens_, merged_ple_ids_;
   AttentionRows rows_sliding_, rows_full_;
   Tensor x_, hidden_, logits_, ple_tokens_, ple_inputs_;
   Gemma4Scratch scratch_;

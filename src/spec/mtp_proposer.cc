@@ -1,26 +1,30 @@
 #include "spec/mtp_proposer.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace tandem {
 
 MtpProposer::MtpProposer(std::unique_ptr<Gemma4Assistant> assistant, std::vector<int> stop_ids)
     : assistant_(std::move(assistant)),
-      stop_ids_(std::move(stop_ids)),
       tokens_(assistant_->backend()),
       hidden_a_(assistant_->backend()),
       hidden_b_(assistant_->backend()),
-      drafts_(assistant_->backend()) {}
+      drafts_(assistant_->backend()) {
+  device_.stop_ids = std::move(stop_ids);
+}
 
 void MtpProposer::propose(std::span<DraftRequest> requests, const KvCache& target_kv) {
   // Every drafting row runs all k_max steps of the round (a fixed shape; rows that need fewer drafts
-  // or draft a stop token are trimmed afterwards), so the steps queue on the backend back to back and
-  // the drafts come back with a single download.
+  // take the first k, and a row's drafts are cut at a stop token once on the host), so the steps
+  // queue on the backend back to back. The drafts stay there: the engine's verify step reads them and
+  // they come back with its result.
   std::vector<DraftRequest*> active;
   std::vector<AssistantRow> rows;
   int k_max = 0;
   for (DraftRequest& r : requests) {
     r.drafts.clear();
+    r.device_count = 0;
     if (r.k <= 0 || !r.target_hidden.data) continue;
     active.push_back(&r);
     rows.push_back({r.committed, r.tables});
@@ -41,15 +45,10 @@ void MtpProposer::propose(std::span<DraftRequest> requests, const KvCache& targe
   TensorView& spare = hidden_b_.resize(DType::F32, {R, B});
   TensorView& drafts = drafts_.resize(DType::I32, {k_max, R});
   assistant_->draft(tokens_.view(), state, spare, drafts);
-  const HostTensor host = to_host(be, drafts);
-  for (int64_t a = 0; a < R; ++a) {
-    DraftRequest& r = *active[a];
-    for (int j = 0; j < r.k; ++j) {
-      const int32_t token = host.view().as<int32_t>()[j * R + a];
-      r.drafts.push_back(token);
-      if (std::find(stop_ids_.begin(), stop_ids_.end(), token) != stop_ids_.end()) break;
-    }
-  }
+  device_.ids = drafts.reshaped({k_max * R});
+  device_.stride = static_cast<int32_t>(R);
+  for (int64_t a = 0; a < R; ++a)
+    active[a]->device_count = active[a]->k, active[a]->device_index = static_cast<int32_t>(a);
 }
 
 }  // namespace tandem

@@ -12,14 +12,16 @@ class MtpProposer : public Proposer {
  public:
   MtpProposer(std::unique_ptr<Gemma4Assistant> assistant, std::vector<int> stop_ids);
   std::string method() const override { return "mtp"; }
+  // Leaves the drafts in backend memory (DraftRequest::device_count; device_drafts()).
   void propose(std::span<DraftRequest> requests, const KvCache& target_kv) override;
+  const DeviceDrafts* device_drafts() const override { return &device_; }
   Gemma4Assistant& assistant() { return *assistant_; }
 
  private:
   std::unique_ptr<Gemma4Assistant> assistant_;
-  std::vector<int> stop_ids_;  // a row stops drafting once it drafts one of these (target EOS ids)
   // Backend memory: the round's tokens and states per step (ping-pong) and the drafts [k, R].
   Tensor tokens_, hidden_a_, hidden_b_, drafts_;
+  DeviceDrafts device_;  // views drafts_; its stop ids are the target's EOS ids
 };
 
 }  // namespace tandem

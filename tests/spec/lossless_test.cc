@@ -3,10 +3,13 @@
 // wrap the window many times. Also checks the counters' invariants.
 #include <gtest/gtest.h>
 
+#include <map>
 #include <numeric>
 
 #include "../model/fixtures.h"
 #include "engine/engine.h"
+#include "model/gemma4_assistant.h"
+#include "spec/mtp_proposer.h"
 #include "spec/speculative_config.h"
 
 namespace tandem {
@@ -112,6 +115,118 @@ TEST(SpecCounters, TotalsEqualTheSumOverRounds) {
   EXPECT_EQ(s.accepted_per_position, per_position);
   EXPECT_GT(s.draft_seconds, 0.0);
   EXPECT_GT(s.verify_seconds, 0.0);
+}
+
+// The reference for device drafts: the same proposer with its drafts brought to the host right after
+// propose() and cut there (the path a grammar's check_drafts takes), so the verify batch and the
+// acceptance see host drafts.
+class HostDrafts : public Proposer {
+ public:
+  HostDrafts(std::unique_ptr<Proposer> inner, Backend& be) : inner_(std::move(inner)), be_(be) {}
+  std::string method() const override { return inner_->method(); }
+  void propose(std::span<DraftRequest> requests, const KvCache& target_kv) override {
+    inner_->propose(requests, target_kv);
+    const DeviceDrafts* device = inner_->device_drafts();
+    ASSERT_NE(device, nullptr);
+    const HostTensor ids = to_host(be_, device->ids);
+    for (DraftRequest& r : requests) {
+      if (r.device_count) r.drafts = host_drafts(*device, ids.view().as<int32_t>(), r.device_index, r.device_count);
+      r.device_count = 0;
+    }
+  }
+
+ private:
+  std::unique_ptr<Proposer> inner_;
+  Backend& be_;
+};
+
+// MTP drafts stay in backend memory and reach the host with the verify result; a round whose drafts
+// contain a stop id is cut there on the host exactly as when the drafts come to the host first: the
+// same outputs, rounds, counters and (seeded, host-sampled) tokens, and greedy still equals plain.
+TEST(DeviceDrafts, CutAtAStopIdAsOnTheHost) {
+  const std::string dir = testing::fixtures_dir() + "/";
+  auto backend = testing::test_backend(2);
+  auto target = Gemma4Model::load(dir + "gemma4-moe", *backend);
+  const WeightStore golden = WeightStore::open(dir + "gemma4-moe/golden.safetensors");
+  constexpr int k = 4;
+  EngineConfig config;
+  config.max_model_len = 128;
+  config.kv_cache_bytes = 4 << 20;
+  config.num_speculative_tokens = k;
+  auto mtp = [&](std::vector<int> stop_ids) {
+    return std::make_unique<MtpProposer>(Gemma4Assistant::load(dir + "gemma4-moe-assistant", *target),
+                                         std::move(stop_ids));
+  };
+  struct Round {
+    uint64_t seq;
+    std::vector<int32_t> drafts;
+    int accepted;
+    bool operator==(const Round&) const = default;
+  };
+  struct Run {
+    std::vector<std::vector<int32_t>> outputs;
+    std::vector<Round> rounds;
+    SpecStats stats;
+  };
+  auto run = [&](std::unique_ptr<Proposer> proposer, bool sampled) {
+    Engine engine(*target, std::move(proposer), config);
+    Run r;
+    engine.spec_trace = [&](uint64_t seq, const std::vector<int32_t>& d, int a) { r.rounds.push_back({seq, d, a}); };
+    std::vector<Request> requests;
+    for (int p = 0; p < 3; ++p) {
+      Request q;
+      q.prompt = testing::tensor_values<int32_t>(golden, "ids." + std::to_string(p));
+      q.max_tokens = 30;
+      q.ignore_eos = true;
+      q.sampling.temperature = sampled ? 1.0f : 0.0f;
+      q.sampling.seed = 7 + p;
+      if (sampled) q.sampling.top_logprobs = 0;  // sampled on the host, from the logits
+      requests.push_back(q);
+    }
+    r.outputs.resize(requests.size());
+    for (size_t i = 0; i < requests.size(); ++i)
+      engine.submit(requests[i], [&r, i](const RequestOutput& o) {
+        r.outputs[i].insert(r.outputs[i].end(), o.tokens.begin(), o.tokens.end());
+      });
+    engine.run_until_idle();
+    r.stats = engine.stats().spec;
+    return r;
+  };
+  // The token drafted most often before a round's last draft: as a stop id it cuts rounds short.
+  std::map<int32_t, int> early;
+  for (const Round& round : run(mtp({}), false).rounds)
+    for (size_t i = 0; i + 1 < round.drafts.size(); ++i) ++early[round.drafts[i]];
+  ASSERT_FALSE(early.empty());
+  const int32_t stop =
+      std::max_element(early.begin(), early.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+
+  EngineConfig plain_config = config;
+  plain_config.num_speculative_tokens = 0;
+  Engine plain(*target, nullptr, plain_config);
+  for (const bool sampled : {false, true}) {
+    SCOPED_TRACE(sampled ? "sampled" : "greedy");
+    const Run device = run(mtp({stop}), sampled);
+    const Run host = run(std::make_unique<HostDrafts>(mtp({stop}), *backend), sampled);
+    EXPECT_EQ(device.outputs, host.outputs);
+    EXPECT_EQ(device.rounds, host.rounds);
+    EXPECT_EQ(device.stats.num_drafts, host.stats.num_drafts);
+    EXPECT_EQ(device.stats.num_draft_tokens, host.stats.num_draft_tokens);
+    EXPECT_EQ(device.stats.num_accepted_tokens, host.stats.num_accepted_tokens);
+    EXPECT_EQ(device.stats.accepted_per_position, host.stats.accepted_per_position);
+    int cut = 0;  // rounds that end at the stop id before drafting k
+    for (const Round& round : device.rounds) {
+      const auto at = std::find(round.drafts.begin(), round.drafts.end(), stop);
+      EXPECT_TRUE(at == round.drafts.end() || at + 1 == round.drafts.end());
+      cut += at != round.drafts.end() && round.drafts.size() < static_cast<size_t>(k);
+    }
+    EXPECT_GT(cut, 0);
+    if (!sampled) {
+      for (int p = 0; p < 3; ++p) {
+        const auto prompt = testing::tensor_values<int32_t>(golden, "ids." + std::to_string(p));
+        EXPECT_EQ(device.outputs[p], testing::greedy_generate(plain, prompt, 30));
+      }
+    }
+  }
 }
 
 }  // namespace
