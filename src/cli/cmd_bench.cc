@@ -192,9 +192,8 @@ struct SweepCli {
   std::vector<std::string> labels;
   PromptOptions prompt;
   OutputOptions out;
-  int iterations = 5, warmup = 1, max_tokens = 200, threads = 0;
-  std::string device = "auto";
-  bool enforce_eager = false;
+  int iterations = 5, warmup = 1, max_tokens = 200;
+  BackendOptions backend;
   int64_t seed = 42;
   float temperature = 0.0f;
   bool settings_from_restarts = false, no_ignore_eos = false, quiet = false, interleave = false;
@@ -249,9 +248,9 @@ void run_sweep(const SweepCli& c) {
     t.model_dir = c.model.empty() ? bundled_model_dir() : c.model;
     t.draft_dir = c.draft.empty() && c.method != "ngram" ? bundled_drafter_dir() : c.draft;
     t.method = c.method;
-    t.threads = c.threads;
-    t.device = c.device;
-    t.enforce_eager = c.enforce_eager;
+    t.threads = c.backend.threads;
+    t.device = c.backend.device;
+    t.enforce_eager = c.backend.enforce_eager;
     t.quantization = c.quantization.parse();
     if (!c.prompt.prompt_ids.empty()) {
       t.prompt_ids = parse_ids(c.prompt.prompt_ids);
@@ -309,6 +308,7 @@ void run_merge(const MergeCli& c) {
 
 struct StepCli {
   bench::StepOptions options;
+  BackendOptions backend;
   std::string tokens = "1,2,3,4,5";
   std::string load_format = "safetensors";
   QuantizationOptions quantization;
@@ -320,6 +320,9 @@ void run_step_cmd(StepCli& c) {
   c.options.tokens = parse_int_list(c.tokens, "--tokens");
   c.options.format = parse_load_format(c.load_format);
   c.options.quantization = c.quantization.parse();
+  c.options.device = c.backend.device, c.options.threads = c.backend.threads;
+  c.options.enforce_eager = c.backend.enforce_eager, c.options.kv_dtype = c.backend.kv_cache_dtype;
+  c.options.tensor_parallel_size = c.backend.tensor_parallel_size;
   const bench::StepReport report = bench::run_step_bench(c.options);
   if (c.json_stdout) {
     std::printf("%s\n", report.to_json().dump(2).c_str());
@@ -340,13 +343,14 @@ struct LatencyCli {
 
 // tandem bench vision: the vision tower's encode time for one image (preprocessing timed apart).
 struct VisionCli {
-  std::string model, image, load_format = "safetensors", device = "auto";
-  int max_soft_tokens = 0, reps = 3, threads = 0, width = 1024, height = 768;
+  std::string model, image, load_format = "safetensors";
+  BackendOptions backend;
+  int max_soft_tokens = 0, reps = 3, width = 1024, height = 768;
   bool json = false, profile_ops = false;
 };
 
 void run_vision_cmd(const VisionCli& c) {
-  auto backend = make_logged_backend(c.device, c.threads);
+  auto backend = c.backend.make_backend();
   std::map<std::string, OpTime> op_times;
   if (c.profile_ops) backend = make_op_profiler(std::move(backend), &op_times);
   const ModelConfig config = load_model_config(c.model);
@@ -463,9 +467,7 @@ const RegisterCommand bench_command(
       sweep->add_option("--max-tokens", s->max_tokens, "Tokens per request (EOS ignored)")->capture_default_str();
       sweep->add_option("--seed", s->seed, "Sampling seed (-1: none)")->capture_default_str();
       sweep->add_option("--temperature", s->temperature, "0 = greedy")->capture_default_str();
-      sweep->add_option("--threads", s->threads, "CPU threads for the in-process engine (0: all cores)");
-      sweep->add_option("--device", s->device, kDeviceHelp);
-      sweep->add_flag("--enforce-eager", s->enforce_eager, kEagerHelp);
+      s->backend.add_to(*sweep, BackendOptions::kEager);  // the in-process engine's
       s->quantization.add_to(*sweep);
       sweep->add_option("--endpoint", s->endpoint, "http://HOST:PORT of an OpenAI-compatible server");
       sweep->add_option("--api-key", s->api_key, "Bearer token for --endpoint");
@@ -491,12 +493,7 @@ const RegisterCommand bench_command(
       step->add_option("--speculative-config", st->options.speculative_config, "Drafter, vLLM-style JSON with \"model\"");
       step->add_option("--load-format", st->load_format, "safetensors, or dummy (random weights for the config)");
       st->quantization.add_to(*step);
-      step->add_option("--device", st->options.device, kDeviceHelp);
-      step->add_flag("--enforce-eager", st->options.enforce_eager, kEagerHelp);
-      step->add_option("--kv-cache-dtype", st->options.kv_dtype, "auto (bf16 on GPUs, f32 on CPU), bf16 or f32");
-      step->add_option("--threads", st->options.threads, "CPU threads (0: all cores)");
-      step->add_option("--tensor-parallel-size", st->options.tensor_parallel_size, kTensorParallelHelp)
-          ->check(CLI::PositiveNumber);
+      st->backend.add_to(*step, BackendOptions::kSteps);
       step->add_option("--tokens", st->tokens, "Query tokens per sequence, comma-separated")->capture_default_str();
       step->add_option("--batch", st->options.batch, "Sequences per step")->check(CLI::Range(1, 4096));
       step->add_option("--context", st->options.context, "Cached tokens per sequence")->check(CLI::Range(0, 1 << 20));
@@ -523,8 +520,7 @@ const RegisterCommand bench_command(
       vis->add_option("--height", v->height, "Synthetic image height")->check(CLI::Range(1, 1 << 14));
       vis->add_option("--max-soft-tokens", v->max_soft_tokens, "70, 140, 280, 560 or 1120 (default: the model's)");
       vis->add_option("--reps", v->reps, "Timed repetitions (median)")->check(CLI::Range(1, 1000));
-      vis->add_option("--device", v->device, kDeviceHelp);
-      vis->add_option("--threads", v->threads, "CPU threads (0: all cores)");
+      v->backend.add_to(*vis, 0);
       vis->add_flag("--json", v->json, "Print JSON");
       vis->add_flag("--profile-ops", v->profile_ops, "Also time each op (waiting for each; slows the encode down)");
       vis->callback([v] { run_vision_cmd(*v); });

@@ -27,18 +27,14 @@ struct GenerateOptions {
   float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
   int top_k = 0;
   int64_t seed = -1;
-  int threads = 0;
-  int tensor_parallel_size = 1;
-  std::string device = "auto";
-  std::string kv_cache_dtype = "auto";
-  bool enforce_eager = false;
+  BackendOptions backend;
   QuantizationOptions quantization;
 };
 
 void run_generate(const GenerateOptions& o) {
-  auto backend = make_logged_backend(o.device, o.threads, o.enforce_eager);
+  auto backend = o.backend.make_backend();
   const std::string model_dir = o.model.empty() ? bundled_model_dir() : o.model;
-  TensorParallelGroup group(*backend, load_model_config(model_dir), o.tensor_parallel_size, o.threads,
+  TensorParallelGroup group(*backend, load_model_config(model_dir), o.backend.tensor_parallel_size, o.backend.threads,
                            parse_load_format(o.load_format), o.quantization.parse());
   Gemma4Model& target = group.rank(0);
   apply_image_attention(o.image_attention, target);
@@ -79,7 +75,7 @@ void run_generate(const GenerateOptions& o) {
   config.max_num_seqs = 1;
   config.max_model_len = static_cast<int>(request.prompt.size()) + o.max_tokens + 1;
   config.max_num_batched_tokens = std::max(512, config.max_model_len);
-  config.kv_dtype = parse_kv_cache_dtype(o.kv_cache_dtype, *backend);
+  config.kv_dtype = parse_kv_cache_dtype(o.backend.kv_cache_dtype, *backend);
   // One sequence: every position on full layers, the window (and a step) on sliding layers.
   const KvSizing sizing = kv_sizing(target.rank_config(), config.block_size, config.kv_dtype);
   config.kv_cache_bytes = sizing.bytes(sizing.blocks_for(
@@ -172,12 +168,7 @@ const RegisterCommand generate_command("generate", "Generate from a prompt (gree
   app.add_option("--top-k", o->top_k)->check(CLI::NonNegativeNumber);
   app.add_option("--min-p", o->min_p)->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", o->seed, "Sampling seed");
-  app.add_option("--device", o->device, kDeviceHelp);
-  app.add_flag("--enforce-eager", o->enforce_eager, kEagerHelp);
-  app.add_option("--threads", o->threads, "CPU threads (0: all cores)");
-  app.add_option("--tensor-parallel-size", o->tensor_parallel_size, kTensorParallelHelp)
-      ->check(CLI::PositiveNumber);
-  app.add_option("--kv-cache-dtype", o->kv_cache_dtype, kKvDtypeHelp);
+  o->backend.add_to(app, BackendOptions::kSteps);
   app.callback([o] { run_generate(*o); });
 });
 

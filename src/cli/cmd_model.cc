@@ -18,13 +18,12 @@ struct LogitsOptions {
   int max_soft_tokens = 0;
   std::string image_attention = "auto";
   bool all_positions = false;
-  int threads = 0;
-  std::string device = "auto";
+  BackendOptions backend;
   QuantizationOptions quantization;
 };
 
 void run_logits(const LogitsOptions& o) {
-  auto backend = make_logged_backend(o.device, o.threads);
+  auto backend = o.backend.make_backend();
   auto model = Gemma4Model::load(o.model.empty() ? bundled_model_dir() : o.model, *backend, LoadFormat::safetensors,
                                  o.quantization.parse());
   apply_image_attention(o.image_attention, *model);
@@ -85,8 +84,7 @@ const RegisterCommand logits_command("logits", "Print the logits of a prompt (JS
                  "Soft tokens per image: 70, 140, 280, 560 or 1120 (default: the model's, 280)");
   app.add_option("--image-attention", o->image_attention, kImageAttentionHelp);
   app.add_flag("--all-positions", o->all_positions, "Logits of every position, not only the last");
-  app.add_option("--device", o->device, kDeviceHelp);
-  app.add_option("--threads", o->threads, "CPU threads (0: all cores)");
+  o->backend.add_to(app, 0);
   app.callback([o] { run_logits(*o); });
 });
 

@@ -60,13 +60,9 @@ struct ServeOptions {
   std::string dtype = "auto";
   std::string speculative_config;
   std::string api_key;
-  int threads = 0;
-  int tensor_parallel_size = 1;
-  std::string device = "auto";
-  bool enforce_eager = false;
+  BackendOptions backend;
   std::string kv_cache_memory;
   double kv_cache_gb = 0;
-  std::string kv_cache_dtype = "auto";
   std::string tokenizer;
   std::string chat_template;
   int max_body_mb = 0;  // 0: from --max-model-len (see below)
@@ -472,7 +468,7 @@ void run_serve(ServeOptions o) {
   if (!o.tool_call_parser.empty()) need_tokens("--tool-call-parser", o.tool_call_parser, {"<|tool_call>", "<tool_call|>", "<|\"|>"});
   if (!o.reasoning_parser.empty()) need_tokens("--reasoning-parser", o.reasoning_parser, {"<|channel>", "<channel|>"});
 
-  auto backend = make_logged_backend(o.device, o.threads, o.enforce_eager);
+  auto backend = o.backend.make_backend();
   const bool gpu = !backend->is_host();
   size_t gpu_free = 0, gpu_total = 0;
   backend->memory_info(&gpu_free, &gpu_total);
@@ -484,7 +480,7 @@ void run_serve(ServeOptions o) {
          "(other processes hold the rest); use --gpu-memory-utilization {:.2f} or less",
          o.gpu_memory_utilization, o.gpu_memory_utilization * gpu_total / gib, gpu_total / gib, gpu_free / gib,
          std::floor(100.0 * gpu_free / gpu_total) / 100.0);
-  TensorParallelGroup group(*backend, mc, o.tensor_parallel_size, o.threads, LoadFormat::safetensors,
+  TensorParallelGroup group(*backend, mc, o.backend.tensor_parallel_size, o.backend.threads, LoadFormat::safetensors,
                            o.quantization.parse());
   Gemma4Model& target = group.rank(0);
   apply_image_attention(o.image_attention, target);
@@ -520,7 +516,7 @@ void run_serve(ServeOptions o) {
   // KV cache: explicit size; on a GPU what --gpu-memory-utilization leaves after the weights and the
   // activations of the largest step; on the CPU min(4 GiB, 25% of available memory, what
   // max_num_seqs full-length sequences need). --kv-cache-dtype: bf16 on GPUs, f32 on the CPU by default.
-  config.kv_dtype = parse_kv_cache_dtype(o.kv_cache_dtype, *backend);
+  config.kv_dtype = parse_kv_cache_dtype(o.backend.kv_cache_dtype, *backend);
   // Full layers keep every position; sliding layers only the window of each running sequence (the
   // engine's split of the cache, kv_cache.h).
   const KvSizing sizing = kv_sizing(target.rank_config(), config.block_size, config.kv_dtype);
@@ -564,12 +560,12 @@ void run_serve(ServeOptions o) {
     const int64_t avail = mem_available_bytes();
     kv_bytes = std::min<int64_t>(4ll << 30, kv_bytes_for(config.max_num_seqs));
     // Every rank of a tensor-parallel group holds a cache of this size (of its own KV heads).
-    if (avail > 0) kv_bytes = std::min<int64_t>(kv_bytes, avail / 4 / o.tensor_parallel_size);
+    if (avail > 0) kv_bytes = std::min<int64_t>(kv_bytes, avail / 4 / o.backend.tensor_parallel_size);
     kv_bytes = std::max<int64_t>(kv_bytes, one_sequence);
-    kv_source = o.tensor_parallel_size > 1
+    kv_source = o.backend.tensor_parallel_size > 1
                     ? fmt::format("system memory (min of 4 GiB, 25% of available over {} ranks, max-num-seqs "
                                   "full-length sequences; per rank)",
-                                  o.tensor_parallel_size)
+                                  o.backend.tensor_parallel_size)
                     : "system memory (min of 4 GiB, 25% of available, max-num-seqs full-length sequences)";
   }
   config.kv_cache_bytes = kv_bytes;
@@ -668,15 +664,10 @@ const RegisterCommand serve_command(
       app.add_option("--allowed-methods", o->allowed_methods, "CORS: JSON list of allowed methods (default [\"*\"])");
       app.add_option("--allowed-headers", o->allowed_headers, "CORS: JSON list of allowed headers (default [\"*\"])");
       app.add_flag("--allow-credentials", o->allow_credentials, "CORS: allow credentials");
-      app.add_option("--device", o->device, kDeviceHelp);
       o->quantization.add_to(app);
-      app.add_flag("--enforce-eager", o->enforce_eager, kEagerHelp);
-      app.add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
-      app.add_option("--tensor-parallel-size", o->tensor_parallel_size, kTensorParallelHelp)
-          ->check(CLI::PositiveNumber);
+      o->backend.add_to(app, BackendOptions::kSteps);
       app.add_option("--kv-cache-memory", o->kv_cache_memory, "KV cache size in bytes (suffixes KiB/MiB/GiB allowed)");
       app.add_option("--kv-cache-gb", o->kv_cache_gb, "KV cache size in GiB")->check(CLI::PositiveNumber);
-      app.add_option("--kv-cache-dtype", o->kv_cache_dtype, kKvDtypeHelp);
       app.add_option("--tokenizer", o->tokenizer, "Tokenizer directory (default: the model's)");
       app.add_option("--chat-template", o->chat_template, "Jinja chat template file (default: the model's)");
       app.add_option("--max-body-mb", o->max_body_mb,

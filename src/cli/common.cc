@@ -62,6 +62,20 @@ void QuantizationOptions::add_to(CLI::App& app) {
                "lookup keeps the bf16 table");
 }
 
+void BackendOptions::add_to(CLI::App& app, unsigned flags) {
+  app.add_option("--device", device, "cpu, cuda, cuda:N or auto (cuda when a GPU is present)");
+  app.add_option("--threads", threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  if (flags & kEager)
+    app.add_flag("--enforce-eager", enforce_eager, "Issue every op of every step instead of replaying recorded CUDA graphs");
+  if (flags & kKvCacheDtype)
+    app.add_option("--kv-cache-dtype", kv_cache_dtype, "auto (bf16 on GPUs, f32 on the CPU), bf16 or f32");
+  if (flags & kTensorParallel)
+    app.add_option("--tensor-parallel-size", tensor_parallel_size,
+                   "Ranks to split the model across (vLLM's tensor parallelism); the CPU backend runs them as threads "
+                   "of this process, each with --threads threads")
+        ->check(CLI::PositiveNumber);
+}
+
 OnlineQuant QuantizationOptions::parse() const { return parse_online_quant(method, lm_head, "--quantization"); }
 
 LoadFormat parse_load_format(const std::string& name) {
@@ -114,8 +128,8 @@ DType parse_kv_cache_dtype(const std::string& text, const Backend& backend) {
   fail("--kv-cache-dtype must be auto, bf16 or f32, got \"{}\"", text);
 }
 
-std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads, bool enforce_eager) {
-  auto be = make_backend(device, threads);
+std::unique_ptr<Backend> BackendOptions::make_backend() const {
+  auto be = tandem::make_backend(device, threads);
   be->set_recording(!enforce_eager);
   log::info("backend: {}", be->name());
   return be;

@@ -76,17 +76,22 @@ inline constexpr const char* kImageAttentionHelp =
     "use_bidirectional_attention is \"vision\"), sliding, full, all or none";
 void apply_image_attention(const std::string& mode, Gemma4Model& model);
 
-// The backend for --device (cpu, cuda, cuda:N, auto) with `threads` CPU threads (0: all cores), logged.
-std::unique_ptr<Backend> make_logged_backend(const std::string& device, int threads, bool enforce_eager = false);
-inline constexpr const char* kDeviceHelp = "cpu, cuda, cuda:N or auto (cuda when a GPU is present)";
-
 // --kv-cache-dtype: "auto" (bf16 on GPUs; f32 on the CPU, where bf16 keys and values move logits by up
 // to 1e-2 relative L2 from transformers, see docs/PERF.md), "bf16" or "f32".
 DType parse_kv_cache_dtype(const std::string& text, const Backend& backend);
-inline constexpr const char* kKvDtypeHelp = "auto (bf16 on GPUs, f32 on the CPU), bf16 or f32";
-inline constexpr const char* kTensorParallelHelp =
-    "Ranks to split the model across (vLLM's tensor parallelism); the CPU backend runs them as threads of this "
-    "process, each with --threads threads";
-inline constexpr const char* kEagerHelp = "Issue every op of every step instead of replaying recorded CUDA graphs";
+
+// The backend flags of the commands that run a model: --device and --threads always, and those of the
+// `flags` a command has a use for (engine steps: all of them).
+struct BackendOptions {
+  std::string device = "auto";
+  int threads = 0;
+  bool enforce_eager = false;
+  std::string kv_cache_dtype = "auto";
+  int tensor_parallel_size = 1;
+  enum Flags : unsigned { kEager = 1, kKvCacheDtype = 2, kTensorParallel = 4, kSteps = 7 };
+  void add_to(CLI::App& app, unsigned flags);
+  // The backend for --device (cpu, cuda, cuda:N, auto) with `threads` CPU threads (0: all cores), logged.
+  std::unique_ptr<Backend> make_backend() const;
+};
 
 }  // namespace tandem::cli
