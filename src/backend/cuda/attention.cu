@@ -376,7 +376,7 @@ void CudaBackend::kv_write(const TensorView& k, const TensorView& v, const KvLay
   check_heads(v, T, n_kv, d, "kv_write v");
   use_device();
   const int64_t n = T * n_kv * d, n_slots = static_cast<int64_t>(layer.num_blocks) * layer.block_size;
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
+  const unsigned grid = grid_for(n);
   if (layer.dtype == DType::F32)
     launch("kv_write_kernel", kv_write_kernel<0>, grid, 256, 0, head_view(k, T), head_view(v, T), slots.as<int64_t>(),
            layer.k, layer.v, T, n_kv, d, n_slots);

@@ -42,12 +42,6 @@ __global__ void fill_dummy_kernel(uint16_t* __restrict__ p, int64_t ld, int64_t 
     p[(i / cols) * ld + i % cols] = dummy_bf16(seed, static_cast<uint64_t>(i), center, half_width);
 }
 
-// Grid size for a grid-stride elementwise loop of n items with 256-thread blocks.
-unsigned grid_for(int64_t n) {
-  const int64_t blocks = (n + 255) / 256;
-  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
-}
-
 }  // namespace
 
 CudaBackend::CudaBackend(int device) : device_(device) {

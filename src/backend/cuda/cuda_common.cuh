@@ -292,6 +292,12 @@ __device__ __forceinline__ void begin_kernel() {
 #endif
 }
 
+// Grid size for a grid-stride loop of n items with 256-thread blocks (at least one block).
+inline unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + 255) / 256;
+  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
 // Rows per M-tile of the matmul kernels (at most) and warps (= output columns) per CTA.
 constexpr int kMatmulRows = 8;
 constexpr int kMatmulWarps = 8;

@@ -13,11 +13,6 @@ using namespace cu;
 
 namespace {
 
-unsigned grid_for(int64_t n) {
-  const int64_t blocks = (n + 255) / 256;
-  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
-}
-
 template <typename F>
 __device__ __forceinline__ void for_each_elem(int64_t rows, int64_t cols, F&& f) {
   const int64_t n = rows * cols;

@@ -153,9 +153,7 @@ __global__ void permute_cols_kernel(const float* __restrict__ x, int64_t ldx, co
 const uint16_t* CudaBackend::split_x_for_mma(const float* x, int64_t ldx, int64_t rows, int64_t K) {
   ensure(mma_x_, std::max<int64_t>(kMmaParts * rows * K, 1) * sizeof(uint16_t));
   auto* xs = static_cast<uint16_t*>(mma_x_.data());
-  const int64_t blocks = std::min<int64_t>((rows * K + 255) / 256, 65536);
-  if (rows * K > 0)
-    launch("mma_split_x_kernel", mma_split_x_kernel, static_cast<unsigned>(blocks), 256, 0, x, ldx, rows, K, xs);
+  if (rows * K > 0) launch("mma_split_x_kernel", mma_split_x_kernel, grid_for(rows * K), 256, 0, x, ldx, rows, K, xs);
   return xs;
 }
 
@@ -188,8 +186,7 @@ void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y
   if (w.quant && w.quant->k_perm.data) {  // act order: gather x into the weight's column order first
     ensure(permuted_x_, T * K * sizeof(float));
     auto* px = static_cast<float*>(permuted_x_.data());
-    const int64_t blocks = std::min<int64_t>((T * K + 255) / 256, 65536);
-    launch("permute_cols_kernel", permute_cols_kernel, static_cast<unsigned>(blocks), 256, 0, xp, ldx,
+    launch("permute_cols_kernel", permute_cols_kernel, grid_for(T * K), 256, 0, xp, ldx,
            w.quant->k_perm.as<int32_t>(), T, K, px);
     xp = px, ldx = K;
   }

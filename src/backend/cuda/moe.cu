@@ -305,11 +305,6 @@ __global__ void moe_combine_kernel(const float* __restrict__ out, const int32_t*
   }
 }
 
-unsigned grid_for(int64_t n) {
-  const int64_t blocks = (n + 255) / 256;
-  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
-}
-
 }  // namespace
 
 void CudaBackend::moe_route(const TensorView& logits, const TensorView* per_expert_scale, TensorView& ids,

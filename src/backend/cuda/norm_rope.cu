@@ -19,12 +19,6 @@ using namespace cu;
 
 namespace {
 
-
-unsigned grid_for(int64_t n) {
-  const int64_t blocks = (n + 255) / 256;
-  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
-}
-
 __global__ void embed_kernel(const int32_t* __restrict__ ids, const void* __restrict__ table, int wt, int64_t ld_table,
                              int64_t V, float scale, Mat y) {
   begin_kernel();
