@@ -468,10 +468,9 @@ bool Engine::step() {
     const int32_t p = s.computed;
     batch.add(s.tokens.back(), p, &s.tables, true);
     for (size_t i = 0; i < span.drafts.size(); ++i) batch.add(span.drafts[i], p + 1 + static_cast<int32_t>(i), &s.tables, true);
-    for (int j = 0; j < span.device_drafts; ++j) {
-      batch.device_tokens = device->ids;
+    if (span.device_drafts) batch.device_tokens = device->ids;
+    for (int j = 0; j < span.device_drafts; ++j)
       batch.add_device(span.device_index + j * device->stride, p + 1 + j, &s.tables, true);
-    }
     span.n_rows = batch.size() - span.first_row;
     budget -= span.n_rows;
     spans.push_back(std::move(span));
