@@ -58,8 +58,8 @@ if want test; then
   done
 fi
 
-# The e2e suite's Node.js travels in two parts (.e2e/part-aa, .e2e/part-ab: tools/fetch-gpu-deps.sh) in
-# consecutive calls to a warm machine; each call keeps the parts it brought in /tmp until both are there.
+# The e2e suite's Node.js travels in three parts (.e2e/part-aa, -ab, -ac: tools/fetch-gpu-deps.sh) in
+# consecutive calls to a warm machine; each call keeps the part it brought in /tmp until all are there.
 mkdir -p /tmp/tandem-e2e
 for f in .e2e/part-*; do [ -f "$f" ] && cp "$f" /tmp/tandem-e2e/; done
 if want e2e; then
@@ -75,7 +75,7 @@ if want e2e; then
       >"$LOGS/e2e-cuda.log" 2>&1 || { grep -E "^not ok|Error" "$LOGS/e2e-cuda.log" | head -30; echo "e2e on cuda FAILED"; }
     grep -E "^# (tests|pass|fail|skipped)" "$LOGS/e2e-cuda.log"
   else
-    echo "e2e skipped: Node.js is incomplete here (carry .e2e/part-aa and .e2e/part-ab in consecutive calls)"
+    echo "e2e skipped: Node.js is incomplete here (carry .e2e/part-aa, -ab and -ac in consecutive calls)"
   fi
 fi
 
