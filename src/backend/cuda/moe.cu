@@ -228,14 +228,14 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
   }
 }
 
-// The two kernels above for bf16 weights on the tensor cores (mma_rows.cuh), x split into xs ([rows, K]
-// per part): a CTA takes one expert and 16 columns (gate_up: 16 gate rows and their 16 up rows), and
-// that expert's rows in tiles of 8.
+// The two kernels above for bf16 weights on the tensor cores (mma_rows.cuh), x rows 16-byte aligned
+// (mma_x_rows): a CTA takes one expert and 16 columns (gate_up: 16 gate rows and their 16 up rows),
+// and that expert's rows in tiles of 8.
 // gate_up (DOWN false): act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]);
-// down (DOWN true): out[pos, n] = down[e][n] · act[pos] (xs = act split, k = 0, N = H rows per expert).
+// down (DOWN true): out[pos, n] = down[e][n] · act[pos] (x = act, k = 0, N = H rows per expert).
 template <int TILES, bool DOWN>
 __global__ void __launch_bounds__(kMmaWarps * 32)
-    moe_mma_kernel(const uint16_t* __restrict__ xs, int64_t x_rows, const uint16_t* __restrict__ w, int64_t K,
+    moe_mma_kernel(const float* __restrict__ x, int64_t ldx, const uint16_t* __restrict__ w, int64_t K,
                    int64_t N, int k, const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
                    const int32_t* __restrict__ active, int E, float* __restrict__ y) {
   begin_kernel();
@@ -256,14 +256,14 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     wb[j] = reinterpret_cast<const uint4*>(w + (first_row + j * N + nb) * K);
   }
   for (int32_t r0 = begin; r0 < end; r0 += TILES * kMmaTile) {
-    const uint4* xr[TILES];
+    const float* xr[TILES];
 #pragma unroll
     for (int i = 0; i < TILES; ++i) {
       const int32_t pos = r0 + i * kMmaTile + g;
-      xr[i] = pos < end ? reinterpret_cast<const uint4*>(xs + (k ? sorted[pos] / k : pos) * K) : nullptr;
+      xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
     }
     float c[TILES][NT][4];
-    mma_rows_partial<NT, TILES>(wa, wb, K / 8, xr, x_rows * K / 8, warp, lane, c);
+    mma_rows_partial<NT, TILES>(wa, wb, K / 8, xr, warp, lane, c);
     mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
       const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
       if (pos < end && nc < N) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
@@ -381,10 +381,10 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     // bf16 experts on the tensor cores: a CTA per 16 columns of one expert, x split first.
     auto mma = [&]<bool DOWN>(const float* xs, int64_t ld, int64_t x_rows, const TensorView& w, int64_t K, int64_t N,
                               int xk, float* dst) {
-      const uint16_t* split = split_x_for_mma(xs, ld, x_rows, K);
+      const auto [xa, lda] = mma_x_rows(xs, ld, x_rows, K);
       const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), active_rows);
       auto go = [&]<int TILES>() {
-        launch("moe_mma_kernel", moe_mma_kernel<TILES, DOWN>, grid, kMmaWarps * 32, 0, split, x_rows, w.as<uint16_t>(),
+        launch("moe_mma_kernel", moe_mma_kernel<TILES, DOWN>, grid, kMmaWarps * 32, 0, xa, lda, w.as<uint16_t>(),
                K, N, xk, offsets, sorted, active, static_cast<int>(E), dst);
       };
       switch (mma_tiles_for(T)) {  // an expert has at most T rows
