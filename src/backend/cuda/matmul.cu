@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
 // matmul_mma_kernel for quantized weights (mma_quant.cuh): the same CTA shape, y = x · wᵀ or, GLU,
 // gelu_tanh(x · wᵀ) · (x · upᵀ) with the sums of two such matmuls.
 template <QuantCode CODE, int TILES, bool GLU>
-__global__ void __launch_bounds__(kMmaWarps * 32)
+__global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode: two CTAs per SM
     matmul_mma_quant_kernel(const uint16_t* __restrict__ xs, MmaQuantWeight w, MmaQuantWeight up, int64_t K,
                             float* __restrict__ y, int64_t ldy, int64_t T, int64_t N) {
   begin_kernel();

@@ -274,7 +274,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
 
 // moe_mma_kernel for quantized experts (mma_quant.cuh): the same CTA shape and outputs.
 template <QuantCode CODE, int TILES, bool DOWN>
-__global__ void __launch_bounds__(kMmaWarps * 32, 1)
+__global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode: two CTAs per SM
     moe_mma_quant_kernel(const uint16_t* __restrict__ xs, int64_t x_rows, MmaQuantWeight w, int64_t K, int64_t N, int k,
                          const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
                          const int32_t* __restrict__ active, int E, float* __restrict__ y) {
