@@ -74,6 +74,15 @@ TEST(MmaQuantDecode, FloatCodesEveryValue) {
     for (int pos = 0; pos < 4; ++pos) check_word<QuantCode::kF8E4M3>((0x38u * 0x01010101u & ~(255u << (8 * pos))) | (b << (8 * pos)), 0);
 }
 
+// One lane's side of a stage. Not inlined: g++ 12.2's loop vectorizer (-O2 -march=x86-64-v3)
+// miscompiles the selects of the four-lane loops below when it sees them (clang and -O1 do not).
+[[gnu::noinline]] void lane_pick(const uint32_t (&w)[4], int t, int m, uint32_t (&s)[2]) {
+  cu::quad_pick(w, t, m, s[0], s[1]);
+}
+[[gnu::noinline]] void lane_put(uint32_t (&w)[4], int t, int m, const uint32_t (&r)[2]) {
+  cu::quad_put(w, t, m, r[0], r[1]);
+}
+
 // Four lanes whose words are (chunk t, word i) = 16t + i end, after both stages, with lane t holding
 // in slot j chunk j's word t: 16j + t.
 TEST(MmaQuantDecode, QuadTransposeHandsLaneTWordTOfEveryChunk) {
@@ -82,8 +91,8 @@ TEST(MmaQuantDecode, QuadTransposeHandsLaneTWordTOfEveryChunk) {
     for (int i = 0; i < 4; ++i) w[t][i] = 16u * t + i;
   for (int m : {2, 1}) {
     uint32_t s[4][2];
-    for (int t = 0; t < 4; ++t) cu::quad_pick(w[t], t, m, s[t][0], s[t][1]);
-    for (int t = 0; t < 4; ++t) cu::quad_put(w[t], t, m, s[t ^ m][0], s[t ^ m][1]);  // __shfl_xor_sync(·, m)
+    for (int t = 0; t < 4; ++t) lane_pick(w[t], t, m, s[t]);
+    for (int t = 0; t < 4; ++t) lane_put(w[t], t, m, s[t ^ m]);  // what __shfl_xor_sync(·, m) delivers
   }
   for (int t = 0; t < 4; ++t)
     for (int j = 0; j < 4; ++j) EXPECT_EQ(w[t][j], 16u * j + t) << "lane " << t << " slot " << j;
