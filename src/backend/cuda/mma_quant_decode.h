@@ -23,6 +23,11 @@
 #else
 #define TANDEM_QHD inline
 #endif
+#if defined(__CUDA_ARCH__)
+#define TANDEM_QUNROLL _Pragma("unroll")
+#else
+#define TANDEM_QUNROLL  // host code (the unit test) needs no unroll hint
+#endif
 
 namespace tandem {
 namespace cu {
@@ -95,7 +100,7 @@ TANDEM_QHD void decode_word(uint32_t w, uint32_t zero_key, uint32_t (&pair)[kQua
     // nibbles and or-ed into bf16 0x4300 (128, whose last mantissa bit is 1) that is 128 + code per
     // half; minus 128 + z, exact.
     const uint32_t w4 = w >> 4;
-#pragma unroll
+TANDEM_QUNROLL
     for (int i = 0; i < 4; ++i) {
       const uint32_t p = (qperm(w, w4, static_cast<uint32_t>(i | (4 + i) << 8)) & 0x000F000Fu) | 0x43004300u;
       pair[i] = bf16x2_sub_exact(p, zero_key);
@@ -103,7 +108,7 @@ TANDEM_QHD void decode_word(uint32_t w, uint32_t zero_key, uint32_t (&pair)[kQua
   } else if constexpr (CODE == QuantCode::kU8) {
     // Byte b into f32 0x4B0000bb = 2^23 + b, minus 2^23 + z: b − z exactly.
     const float off = qfloat(zero_key);
-#pragma unroll
+TANDEM_QUNROLL
     for (int i = 0; i < 2; ++i) {
       const float lo = qfloat(qperm(w, 0x4B000000u, 0x7440u + 2 * i)) - off;
       const float hi = qfloat(qperm(w, 0x4B000000u, 0x7440u + 2 * i + 1)) - off;
@@ -113,23 +118,23 @@ TANDEM_QHD void decode_word(uint32_t w, uint32_t zero_key, uint32_t (&pair)[kQua
     // s ee m → f32 bits 31 and 24..22, read as 2^(e − 127) · 1.m (or the subnormal m · 2^-127);
     // times 2^126 that is the E2M1 value.
     float v[8];
-#pragma unroll
+TANDEM_QUNROLL
     for (int j = 0; j < 8; ++j) {
       const uint32_t n = w >> (4 * j);
       v[j] = qfloat(((n & 8u) << 28) | ((n & 7u) << 22)) * 0x1p126f;
     }
-#pragma unroll
+TANDEM_QUNROLL
     for (int i = 0; i < 4; ++i) pair[i] = bf16_pair_of_exact(v[2 * i], v[2 * i + 1]);
   } else {
     // s eeee mmm → f32 bits 31 and 26..20, times 2^120 (as weight_rows.cuh's e4m3_value; the NaN
     // codes, which quantizers never write, read ±480 as there and on the CPU).
     float v[4];
-#pragma unroll
+TANDEM_QUNROLL
     for (int j = 0; j < 4; ++j) {
       const uint32_t b = w >> (8 * j);
       v[j] = qfloat(((b & 0x80u) << 24) | ((b & 0x7Fu) << 20)) * 0x1p120f;
     }
-#pragma unroll
+TANDEM_QUNROLL
     for (int i = 0; i < 2; ++i) pair[i] = bf16_pair_of_exact(v[2 * i], v[2 * i + 1]);
   }
 }
