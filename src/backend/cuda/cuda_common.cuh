@@ -387,6 +387,9 @@ class CudaBackend final : public Backend {
   // w [N, K] (mma_rows.cuh).
   void launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
                          TensorView& y, int64_t T, int64_t N);
+  // The same for quantized w (and up) that mma_quant_fit accepts (mma_quant.cuh).
+  void launch_matmul_mma_quant(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
+                               TensorView& y, int64_t T, int64_t N);
   // rms_norm (add false) and rms_norm_add (add true): out (+)= RMS(in) · weight.
   void launch_rms_norm(const TensorView& in, const TensorView* weight, float eps, TensorView& out, const char* op,
                        bool add);
@@ -416,7 +419,7 @@ class CudaBackend final : public Backend {
   Buffer attn_chunks_;
   int64_t sm_count_ = 0;
   bool pdl_ = false;  // programmatic dependent launch (sm_90+)
-  bool mma_ = false;  // bf16 weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
+  bool mma_ = false;  // bf16 and quantized weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
 };
 
 }  // namespace tandem

@@ -9,6 +9,7 @@
 // order of an output element (see warp_dot in cuda_common.cuh) depends only on K and the weight
 // row, never on T or the other rows, which lossless speculative decoding under batching relies on.
 // At T = 1 it is bandwidth-bound; at large T it is FFMA-bound (no tensor cores in this pass).
+#include "backend/cuda/mma_quant.cuh"
 #include "backend/cuda/mma_rows.cuh"
 #include "backend/cuda/weight_rows.cuh"
 
@@ -133,6 +134,39 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   });
 }
 
+// matmul_mma_kernel for quantized weights (mma_quant.cuh): the same CTA shape, y = x · wᵀ or, GLU,
+// gelu_tanh(x · wᵀ) · (x · upᵀ) with the sums of two such matmuls.
+template <QuantCode CODE, int TILES, bool GLU>
+__global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode: two CTAs per SM
+    matmul_mma_quant_kernel(const uint16_t* __restrict__ xs, MmaQuantWeight w, MmaQuantWeight up, int64_t K,
+                            float* __restrict__ y, int64_t ldy, int64_t T, int64_t N) {
+  begin_kernel();
+  constexpr int NT = GLU ? 2 : 1;
+  __shared__ MmaReduceSmem<NT, TILES> sm;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * TILES * kMmaTile;
+  const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
+  MmaQuantWeight sets[NT];
+  sets[0] = w;
+  if constexpr (GLU) sets[NT - 1] = up;
+  int64_t rows[NT][2];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) rows[j][0] = na, rows[j][1] = nb;
+  const uint16_t* xr[TILES];
+#pragma unroll
+  for (int i = 0; i < TILES; ++i) {
+    const int64_t r = t0 + i * kMmaTile + g;
+    xr[i] = r < T ? xs + r * K : nullptr;
+  }
+  float c[TILES][NT][4];
+  mma_quant_partial<CODE, NT, TILES>(sets, rows, K / kQuantChunkCodes<CODE>, xr, T * K, warp, lane, c);
+  mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
+    const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
+    if (tr < T && nc < N) y[tr * ldy + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
+  });
+}
+
 // dst[t, j] = x[t, perm[j]]: x in an act-order quantized weight's column order.
 __global__ void permute_cols_kernel(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ perm,
                                     int64_t T, int64_t K, float* __restrict__ dst) {
@@ -173,6 +207,24 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
   }
 }
 
+void CudaBackend::launch_matmul_mma_quant(const float* x, int64_t ldx, const TensorView& w, const TensorView* up,
+                                          int64_t K, TensorView& y, int64_t T, int64_t N) {
+  const int tiles = mma_quant_tiles_for(T);
+  const int64_t per_cta = int64_t{tiles} * kMmaTile;
+  const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), static_cast<unsigned>((T + per_cta - 1) / per_cta));
+  if ((T + per_cta - 1) / per_cta > 65535) fail("matmul: {} rows is more than one launch takes", T);
+  const uint16_t* xs = split_x_for_mma(x, ldx, T, K);
+  const MmaQuantWeight qw = mma_quant_weight(w, K), qu = up ? mma_quant_weight(*up, K) : qw;
+  with_quant_code(w.quant->code, [&]<QuantCode CODE>() {
+    auto go = [&]<int TILES, bool GLU>() {
+      launch("matmul_mma_quant_kernel", matmul_mma_quant_kernel<CODE, TILES, GLU>, grid, kMmaWarps * 32, 0, xs, qw, qu,
+             K, y.as<float>(), y.stride(), T, N);
+    };
+    if (tiles == 1) up ? go.template operator()<1, true>() : go.template operator()<1, false>();
+    else up ? go.template operator()<4, true>() : go.template operator()<4, false>();
+  });
+}
+
 void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y) {
   const auto [T, N, K] = check_matmul(x, w, y);
   use_device();
@@ -190,6 +242,10 @@ void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y
   }
   if (mma_ && mma_rows_fit(w, K)) {
     launch_matmul_mma(xp, ldx, w, nullptr, K, y, T, N);
+    return;
+  }
+  if (mma_ && mma_quant_fit(w, K)) {
+    launch_matmul_mma_quant(xp, ldx, w, nullptr, K, y, T, N);
     return;
   }
   const bool x_aligned = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
@@ -211,6 +267,10 @@ void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, c
   check_matmul(x, up, out);
   use_device();
   if (T == 0 || I == 0) return;
+  if (mma_ && mma_quant_glu_fit(gate, up, K)) {
+    launch_matmul_mma_quant(x.as<float>(), x.stride(), gate, &up, K, out, T, I);
+    return;
+  }
   if (!same_rows_layout(gate, up)) {  // quantized, or two different layouts: the three ops
     ensure(glu_up_, T * I * sizeof(float));
     TensorView u(DType::F32, glu_up_.data(), {T, I});
