@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
 // gelu_tanh(x · wᵀ) · (x · upᵀ) with the sums of two such matmuls.
 template <QuantCode CODE, int TILES, bool GLU>
 __global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode: two CTAs per SM
-    matmul_mma_quant_kernel(const uint16_t* __restrict__ xs, MmaQuantWeight w, MmaQuantWeight up, int64_t K,
+    matmul_mma_quant_kernel(const float* __restrict__ x, int64_t ldx, MmaQuantWeight w, MmaQuantWeight up, int64_t K,
                             float* __restrict__ y, int64_t ldy, int64_t T, int64_t N) {
   begin_kernel();
   constexpr int NT = GLU ? 2 : 1;
@@ -153,14 +153,14 @@ __global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode
   int64_t rows[NT][2];
 #pragma unroll
   for (int j = 0; j < NT; ++j) rows[j][0] = na, rows[j][1] = nb;
-  const uint16_t* xr[TILES];
+  const float* xr[TILES];
 #pragma unroll
   for (int i = 0; i < TILES; ++i) {
     const int64_t r = t0 + i * kMmaTile + g;
-    xr[i] = r < T ? xs + r * K : nullptr;
+    xr[i] = r < T ? x + r * ldx : nullptr;
   }
   float c[TILES][NT][4];
-  mma_quant_partial<CODE, NT, TILES>(sets, rows, K / kQuantChunkCodes<CODE>, xr, T * K, warp, lane, c);
+  mma_quant_partial<CODE, NT, TILES>(sets, rows, K / kQuantChunkCodes<CODE>, xr, warp, lane, c);
   mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
     const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
     if (tr < T && nc < N) y[tr * ldy + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
@@ -213,12 +213,12 @@ void CudaBackend::launch_matmul_mma_quant(const float* x, int64_t ldx, const Ten
   const int64_t per_cta = int64_t{tiles} * kMmaTile;
   const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), static_cast<unsigned>((T + per_cta - 1) / per_cta));
   if ((T + per_cta - 1) / per_cta > 65535) fail("matmul: {} rows is more than one launch takes", T);
-  const uint16_t* xs = split_x_for_mma(x, ldx, T, K);
+  const auto [xa, lda] = mma_x_rows(x, ldx, T, K);
   const MmaQuantWeight qw = mma_quant_weight(w, K), qu = up ? mma_quant_weight(*up, K) : qw;
   with_quant_code(w.quant->code, [&]<QuantCode CODE>() {
     auto go = [&]<int TILES, bool GLU>() {
-      launch("matmul_mma_quant_kernel", matmul_mma_quant_kernel<CODE, TILES, GLU>, grid, kMmaWarps * 32, 0, xs, qw, qu,
-             K, y.as<float>(), y.stride(), T, N);
+      launch("matmul_mma_quant_kernel", matmul_mma_quant_kernel<CODE, TILES, GLU>, grid, kMmaWarps * 32, 0, xa, lda, qw,
+             qu, K, y.as<float>(), y.stride(), T, N);
     };
     if (tiles == 1) up ? go.template operator()<1, true>() : go.template operator()<1, false>();
     else up ? go.template operator()<4, true>() : go.template operator()<4, false>();

@@ -3,8 +3,8 @@
 // quantized weights mma_quant_fit accepts (the others keep weight_rows.cuh's QuantRows).
 //
 // It is mma_rows.cuh's scheme with codes instead of bf16 weights: the MMA's A operand is 16 weight
-// rows, its B operand a tile of 8 x rows split exactly into three bf16 parts (split_x_for_mma, the
-// same buffer), mma.sync m16n8k16 with f32 accumulators, K split between the CTA's kMmaWarps warps and
+// rows, its B operand a tile of 8 x rows read as f32 and split exactly into three bf16 parts in
+// registers (split_x8), mma.sync m16n8k16 with f32 accumulators, K split between the CTA's kMmaWarps warps and
 // their partials added in warp order (mma_reduce_warps). What differs:
 //
 // Codes. A row's codes are read in 16-byte chunks (32 four-bit or 16 eight-bit codes). Warp w takes
@@ -103,12 +103,11 @@ void with_quant_code(QuantCode code, F&& f) {
 // This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
 // x rows 2t and 2t + 1 of tile i) over its K blocks. w[j]: set j's weight; row[j][0] / row[j][1]: the
 // weight rows this lane's g and g + 8 stand for; n_chunks = K / kQuantChunkCodes; x[i]: x row g of tile
-// i in the split buffer (part p at x[i] + p · part_stride), or null past the step's rows (reads as
-// zeros). Which blocks a warp sums, in which order, depends on K alone.
+// i as f32 (16-byte aligned), or null past the step's rows (reads as zeros). Which blocks a warp sums, in which order, depends on K alone.
 template <QuantCode CODE, int NT, int TILES>
 __device__ __forceinline__ void mma_quant_partial(const MmaQuantWeight (&w)[NT], const int64_t (&row)[NT][2],
-                                                  int64_t n_chunks, const uint16_t* const (&x)[TILES],
-                                                  int64_t part_stride, int warp, int lane, float (&c)[TILES][NT][4]) {
+                                                  int64_t n_chunks, const float* const (&x)[TILES], int warp,
+                                                  int lane, float (&c)[TILES][NT][4]) {
   constexpr int C = kQuantChunkCodes<CODE>;
   constexpr int WC = kQuantWordCodes<CODE>;          // codes per word: a lane's share of a chunk
   constexpr int STEPS = WC / 4;                      // MMA steps per chunk (4 codes of a row per lane each)
@@ -198,14 +197,15 @@ __device__ __forceinline__ void mma_quant_partial(const MmaQuantWeight (&w)[NT],
 #pragma unroll
         for (int i = 0; i < TILES; ++i) {
           uint32_t xw[kMmaParts][2 * STEPS];
+          {  // x row g at codes k0 .. k0 + 4 · STEPS − 1, split into its three bf16 parts
+            const float4* xr = reinterpret_cast<const float4*>(x[i] + k0);
+            const float4 zero_f4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            uint4 part[kMmaParts];
+            split_x8(x[i] ? xr[0] : zero_f4, STEPS == 2 && x[i] ? xr[1] : zero_f4, part);
 #pragma unroll
-          for (int p = 0; p < kMmaParts; ++p) {
-            if constexpr (STEPS == 2) {
-              const uint4 v = x[i] ? *reinterpret_cast<const uint4*>(x[i] + p * part_stride + k0) : zero4;
-              xw[p][0] = v.x, xw[p][1] = v.y, xw[p][2] = v.z, xw[p][3] = v.w;
-            } else {
-              const uint2 v = x[i] ? *reinterpret_cast<const uint2*>(x[i] + p * part_stride + k0) : make_uint2(0, 0);
-              xw[p][0] = v.x, xw[p][1] = v.y;
+            for (int p = 0; p < kMmaParts; ++p) {
+              xw[p][0] = part[p].x, xw[p][1] = part[p].y;
+              if constexpr (STEPS == 2) xw[p][2] = part[p].z, xw[p][3] = part[p].w;
             }
           }
 #pragma unroll

@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
 // moe_mma_kernel for quantized experts (mma_quant.cuh): the same CTA shape and outputs.
 template <QuantCode CODE, int TILES, bool DOWN>
 __global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode: two CTAs per SM
-    moe_mma_quant_kernel(const uint16_t* __restrict__ xs, int64_t x_rows, MmaQuantWeight w, int64_t K, int64_t N, int k,
+    moe_mma_quant_kernel(const float* __restrict__ x, int64_t ldx, MmaQuantWeight w, int64_t K, int64_t N, int k,
                          const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
                          const int32_t* __restrict__ active, int E, float* __restrict__ y) {
   begin_kernel();
@@ -294,14 +294,14 @@ __global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode
 #pragma unroll
   for (int j = 0; j < NT; ++j) sets[j] = w, rows[j][0] = first_row + j * N + na, rows[j][1] = first_row + j * N + nb;
   for (int32_t r0 = begin; r0 < end; r0 += TILES * kMmaTile) {
-    const uint16_t* xr[TILES];
+    const float* xr[TILES];
 #pragma unroll
     for (int i = 0; i < TILES; ++i) {
       const int32_t pos = r0 + i * kMmaTile + g;
-      xr[i] = pos < end ? xs + (k ? sorted[pos] / k : pos) * K : nullptr;
+      xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
     }
     float c[TILES][NT][4];
-    mma_quant_partial<CODE, NT, TILES>(sets, rows, K / kQuantChunkCodes<CODE>, xr, x_rows * K, warp, lane, c);
+    mma_quant_partial<CODE, NT, TILES>(sets, rows, K / kQuantChunkCodes<CODE>, xr, warp, lane, c);
     mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
       const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
       if (pos < end && nc < N) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
@@ -309,18 +309,18 @@ __global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode
   }
 }
 
-// Launches moe_mma_quant_kernel over the active experts (grid rows) for quantized w, x split into xs
-// (x_rows rows of K); T bounds an expert's rows.
+// Launches moe_mma_quant_kernel over the active experts (grid rows) for quantized w, x rows of K at
+// stride ldx (16-byte aligned: mma_x_rows); T bounds an expert's rows.
 template <bool DOWN>
-void launch_moe_mma_quant(CudaBackend& be, const uint16_t* xs, int64_t x_rows, const TensorView& w, int64_t K,
+void launch_moe_mma_quant(CudaBackend& be, const float* x, int64_t ldx, const TensorView& w, int64_t K,
                           int64_t N, int xk, int64_t T, const int32_t* offsets, const int32_t* sorted,
                           const int32_t* active, int E, unsigned active_rows, float* dst) {
   const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), active_rows);
   const MmaQuantWeight qw = mma_quant_weight(w, K);
   with_quant_code(w.quant->code, [&]<QuantCode CODE>() {
     auto go = [&]<int TILES>() {
-      be.launch("moe_mma_quant_kernel", moe_mma_quant_kernel<CODE, TILES, DOWN>, grid, kMmaWarps * 32, 0, xs, x_rows,
-                qw, K, N, xk, offsets, sorted, active, E, dst);
+      be.launch("moe_mma_quant_kernel", moe_mma_quant_kernel<CODE, TILES, DOWN>, grid, kMmaWarps * 32, 0, x, ldx, qw,
+                K, N, xk, offsets, sorted, active, E, dst);
     };
     if (mma_quant_tiles_for(T) == 1) go.template operator()<1>();
     else go.template operator()<4>();
@@ -452,9 +452,9 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     if (mma_ && mma_rows_fit(gate_up, H)) {
       mma.template operator()<false>(xp, ldx, x_k ? T : P, gate_up, H, I, x_k, act);
     } else if (mma_ && mma_quant_fit(gate_up, H)) {
-      const int64_t x_rows = x_k ? T : P;
-      launch_moe_mma_quant<false>(*this, split_x_for_mma(xp, ldx, x_rows, H), x_rows, gate_up, H, I, x_k, T, offsets,
-                                  sorted, active, static_cast<int>(E), active_rows, act);
+      const auto [xa, lda] = mma_x_rows(xp, ldx, x_k ? T : P, H);
+      launch_moe_mma_quant<false>(*this, xa, lda, gate_up, H, I, x_k, T, offsets, sorted, active, static_cast<int>(E),
+                                  active_rows, act);
     } else {
       dispatch_weight_rows(gate_up, H, gu_xvec, mt, [&]<int MT>(const auto& rows) {
         using Rows = std::decay_t<decltype(rows)>;
@@ -473,8 +473,9 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     if (mma_ && mma_rows_fit(down, I)) {
       mma.template operator()<true>(ap, I, P, down, I, H, 0, out);
     } else if (mma_ && mma_quant_fit(down, I)) {
-      launch_moe_mma_quant<true>(*this, split_x_for_mma(ap, I, P, I), P, down, I, H, 0, T, offsets, sorted, active,
-                                 static_cast<int>(E), active_rows, out);
+      const auto [xa, lda] = mma_x_rows(ap, I, P, I);
+      launch_moe_mma_quant<true>(*this, xa, lda, down, I, H, 0, T, offsets, sorted, active, static_cast<int>(E),
+                                 active_rows, out);
     } else {
       dispatch_weight_rows(down, I, dn_xvec, mt, [&]<int MT>(const auto& rows) {
         using Rows = std::decay_t<decltype(rows)>;
