@@ -434,10 +434,10 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
       const int64_t per_cta = kMatmulWarps * rows_per_warp;
       return dim3(static_cast<unsigned>((cols + per_cta - 1) / per_cta), active_rows);
     };
-    // bf16 experts on the tensor cores: a CTA per 16 columns of one expert, x split first.
-    auto mma = [&]<bool DOWN>(const float* xs, int64_t ld, int64_t x_rows, const TensorView& w, int64_t K, int64_t N,
+    // bf16 experts on the tensor cores: a CTA per 16 columns of one expert.
+    auto mma = [&]<bool DOWN>(const float* x, int64_t ld, int64_t x_rows, const TensorView& w, int64_t K, int64_t N,
                               int xk, float* dst) {
-      const auto [xa, lda] = mma_x_rows(xs, ld, x_rows, K);
+      const auto [xa, lda] = mma_x_rows(x, ld, x_rows, K);
       const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), active_rows);
       auto go = [&]<int TILES>() {
         launch("moe_mma_kernel", moe_mma_kernel<TILES, DOWN>, grid, kMmaWarps * 32, 0, xa, lda, w.as<uint16_t>(),
