@@ -97,9 +97,9 @@ __global__ void pack_rows_kernel(const float* __restrict__ x, int64_t ldx, int64
     dst[i] = x[(i / K) * ldx + i % K];
 }
 
-// y[T, N] = x · wᵀ for bf16 w on the tensor cores (mma_rows.cuh), x rows 16-byte aligned (mma_x_rows):
-// a CTA per 16 columns and TILES tiles of 8 rows. GLU: out = gelu_tanh(x · gateᵀ) · (x · upᵀ) with the same sums
-// (the same bits as two such matmuls and gelu_tanh_mul).
+// y[T, N] = x · wᵀ for bf16 w on the tensor cores (mma_rows.cuh), x rows 16-byte aligned
+// (mma_x_rows): a CTA per 16 columns and TILES tiles of 8 rows. GLU: out = gelu_tanh(x · gateᵀ) ·
+// (x · upᵀ) with the same sums (the same bits as two such matmuls and gelu_tanh_mul).
 template <int TILES, bool GLU>
 __global__ void __launch_bounds__(kMmaWarps * 32)
     matmul_mma_kernel(const float* __restrict__ x, int64_t ldx, const uint16_t* __restrict__ w,
