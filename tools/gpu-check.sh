@@ -123,6 +123,9 @@ if want bench; then
   "$T" bench step bench/configs/gemma4-26b-a4b-w4a16 --load-format dummy --device cuda --tokens 1,2,3,4,5 --context 512 \
     --speculative-config '{"model":"bench/configs/gemma4-26b-a4b-assistant","num_speculative_tokens":4}' \
     --json-file "$OUT/step-26b-w4a16.json" 2>&1 | tee "$LOGS/step-26b-w4a16.txt"
+  # The FP8-Dynamic format (compressed-tensors float-quantized, per-channel E4M3), run as W8A16.
+  "$T" bench step bench/configs/gemma4-26b-a4b-fp8 --load-format dummy --device cuda --tokens 1,2,3,4,5 --context 512 \
+    --json-file "$OUT/step-26b-fp8.json" 2>&1 | tee "$LOGS/step-26b-fp8.txt"
   # The decode and verify k=2 steps again with every op issued from the host (no CUDA graphs).
   "$T" bench step bench/configs/gemma4-26b-a4b --load-format dummy --device cuda --tokens 1,3 --context 512 \
     --enforce-eager --json-file "$OUT/step-26b-eager.json" 2>&1 | tee "$LOGS/step-26b-eager.txt"

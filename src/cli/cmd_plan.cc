@@ -216,7 +216,13 @@ void run_plan(const PlanOptions& o) {
   std::printf("  budget         %s (%s)\n", mib(budget).c_str(), o.memory.empty() ? "MemAvailable" : "--memory");
   std::printf("  needed         %s for --max-num-seqs %d full-length sequences: %s\n", mib(needed).c_str(),
               o.max_num_seqs, fits ? "fits" : "does NOT fit");
-  if (!fits)
+  if (!fits && seqs_that_fit == 0 && len_that_fits == 0)  // no --max-num-seqs / --max-model-len helps
+    std::printf("  to fit         no sequence fits: the weights%s take %s, %s; a smaller weight format or more memory\n",
+                drafter_weights || vision_activations ? " (with the drafter and image activations)" : "",
+                mib(weights + drafter_weights + vision_activations).c_str(),
+                for_kv <= 0 ? "more than the budget"
+                            : ("leaving " + mib(for_kv) + " for the KV cache, less than one sequence needs").c_str());
+  else if (!fits)
     std::printf("  to fit         --max-num-seqs %lld at this length, or --max-model-len %lld for %d sequences "
                 "(requests beyond the KV cache wait instead of failing)\n",
                 static_cast<long long>(seqs_that_fit), static_cast<long long>(len_that_fits), o.max_num_seqs);

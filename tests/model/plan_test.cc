@@ -70,6 +70,20 @@ TEST(Plan, WorksFromConfigJsonAlone) {
   EXPECT_EQ(moe["kv_sliding_positions_kept"], 1025);
   EXPECT_EQ(moe["kv_sliding_bytes_per_sequence"], 68 * 16 * 25 * 8192);
   EXPECT_FALSE(moe["fits"]);  // 47 GiB of bf16 weights on a 24 GiB card
+  // No sequence count or length helps then, and the text says so instead of suggesting zeros.
+  std::string text;
+  EXPECT_EQ(testing::run_command(std::string(TANDEM_BINARY) + " plan " + std::string(TANDEM_SOURCE_DIR) +
+                                     "/bench/configs/gemma4-26b-a4b --device cuda --memory 24GiB 2>/dev/null",
+                                 &text),
+            0);
+  EXPECT_NE(text.find("to fit         no sequence fits: the weights take 48128.4 MiB, more than the budget"),
+            std::string::npos)
+      << text;
+  // FP8-Dynamic (E4M3 linears with per-channel bf16 scales, the embedding / head and router bf16):
+  // about half the bf16 bytes.
+  const double fp8 = plan_config("gemma4-26b-a4b-fp8", "--device cuda")["weights_bytes"].get<int64_t>();
+  EXPECT_GT(fp8, 0.45 * moe["weights_bytes"].get<double>());
+  EXPECT_LT(fp8, 0.55 * moe["weights_bytes"].get<double>());
   EXPECT_EQ(plan_config("gemma4-31b", "")["weights_bytes"].get<int64_t>(), 2 * 30'697'345'340ll);
 }
 
