@@ -331,7 +331,8 @@ class CpuBackend final : public Backend {
     const bool same_format =
         gate.dtype == up.dtype && !gate.quant == !up.quant &&
         (!gate.quant || (gate.quant->code == up.quant->code && gate.quant->group == up.quant->group &&
-                         !gate.quant->k_perm.data && !up.quant->k_perm.data));
+                         !gate.quant->zeros.data == !up.quant->zeros.data && !gate.quant->k_perm.data &&
+                         !up.quant->k_perm.data));
     if (!same_format) {  // run them one after the other
       run_matmul(ag);
       run_matmul(au);
@@ -798,7 +799,14 @@ class CpuBackend final : public Backend {
       a.x = x_perm.data();
       a.ldx = a.K;
     }
-    if (a.wtype == DType::BF16 && !a.q && isa == CpuIsa::kAvx512Bf16) {
+    if (a.q && isa == CpuIsa::kAvx512Bf16 && cpu::quant_uses_bf16(*a.q, a.K)) {
+      const int64_t block = cpu::quant_bf16_block(a.q->code), Kp = (a.K + block - 1) / block * block;
+      scratch.x_split.resize(a.T * 2 * Kp);
+      cpu::split_x_bf16_quant(a.x, a.ldx, a.T, a.K, a.q->code, scratch.x_split.data());
+      a.xs = scratch.x_split.data();
+      a.ldxs = 2 * Kp;
+      tile = cpu::matmul_tile_avx512_bf16;
+    } else if (a.wtype == DType::BF16 && !a.q && isa == CpuIsa::kAvx512Bf16) {
       scratch.x_split.resize(a.T * 2 * a.K);
       cpu::split_x_bf16(a.x, a.ldx, a.T, a.K, scratch.x_split.data());
       a.xs = scratch.x_split.data();
