@@ -100,15 +100,15 @@ void matmul_tile_avx512_bf16(const MatmulArgs& a, int64_t n0, int64_t n1, int64_
 
 // Whether matmul_tile_avx512_bf16 takes quantized weights q with rows of K codes: every code type
 // without zeros and the integer codes with zeros, when one group covers the row or the group is a
-// power of two that covers whole blocks of quant_bf16_block(code) codes or (4-bit codes) lanes of 4
-// codes of one block (groups of 16 and 32, 16 only without zeros). Other weights go to the exact
+// power of two covering whole blocks of quant_bf16_block(code) codes (with zeros) or, for 4-bit
+// codes without zeros, whole lanes of 8 codes (groups of 16 to 64). Other weights go to the exact
 // avx512 kernels.
 bool quant_uses_bf16(const QuantParams& q, int64_t K);
-// Codes per block of the quantized avx512-bf16 kernel: 64 for 4-bit codes, 32 for 8-bit ones.
+// Codes per block of the quantized avx512-bf16 kernel: 128 for 4-bit codes, 32 for 8-bit ones.
 int64_t quant_bf16_block(QuantCode code);
 // split_x_bf16 for quantized weights with `code`: row t (2·Kp bf16, Kp = K rounded up to
-// quant_bf16_block(code)) = hi[Kp] then lo[Kp], zero past K; for 4-bit codes each block of 64
-// elements holds its even-indexed elements, then its odd-indexed ones (the order the kernel decodes
+// quant_bf16_block(code)) = hi[Kp] then lo[Kp], zero past K; for 4-bit codes each block of 128
+// elements holds those with index ≡ 0 (mod 4), then ≡ 1, ≡ 2 and ≡ 3 (the order the kernel decodes
 // a block's nibbles in).
 void split_x_bf16_quant(const float* x, int64_t ldx, int64_t T, int64_t K, QuantCode code, uint16_t* out);
 

@@ -110,27 +110,29 @@ inline void split16(__m512 v, uint16_t* hi, uint16_t* lo) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf)));
 }
 
-// --- Quantized weights. The kernel walks each row in blocks of 32 bytes of codes (quant_bf16_block:
-// 64 4-bit or 32 8-bit codes), the last one loaded under a mask (x is zero past K, see
+// --- Quantized weights. The kernel walks each row in blocks of codes (block_codes: 128 4-bit codes
+// in 64 bytes, 32 8-bit codes in 32 bytes), the last one loaded under a mask (x is zero past K, see
 // split_x_bf16_quant), and decodes a block to bf16 words:
-// - 4-bit codes: the bytes zero-extended to 32 words; their low nibbles (elements 2j: vector A) and
-//   high nibbles (elements 2j + 1: vector B) index a 32-word table of value(c) - zero (vpermw). Words
-//   16..31 of A and B hold elements 32..63, whose group may differ from that of elements 0..31 when
-//   the group is 32, so their indices get bit 4 set and the table's upper half is that group's.
+// - 4-bit codes: the 64 bytes read as 32 words, word j holding elements 4j..4j+3 in its four nibbles;
+//   the word and the word shifted right by 4, 8 and 12 index a table of value(c) - zero (vpermw, which
+//   reads the low 5 bits: the table's two 16-word halves are equal, so bit 4 does not matter), giving
+//   four vectors of the elements 4j + s, s = 0..3. x is packed to match: per block of 128 elements,
+//   those with index ≡ 0 (mod 4), then ≡ 1, ≡ 2, ≡ 3. One table per block (a group with zeros covers
+//   whole blocks: quant_uses_bf16).
 // - 8-bit integers: widened to 32-bit, minus the zero, converted to f32 and then to bf16 (exact).
 // - E4M3: the sign-extended byte shifted left by 7 and masked is the f16 pattern of the value · 2^-8
 //   (normal and subnormal codes alike, which bf16 has no room for), converted to f32 and then to bf16;
 //   the 2^8 goes into the scale.
-// A block's words are dotted with x's hi and lo terms into one f32 partial p (lane i sums elements
-// 4i..4i+3 of a 4-bit block, 2i and 2i + 1 of an 8-bit one), and acc += p · scale with the scale of
-// each lane's group. Two accumulators per output, alternating by block, keep the FMA latency off the
-// critical path; the sequence of operations of an output depends only on its weight row and its row
-// of x.
-
-constexpr int64_t kQuantBlockBytes = 32;
+// The words are dotted with x's hi and lo terms into f32 partials p (lane i sums elements 8i..8i+7
+// of a 4-bit block, 2i and 2i + 1 of an 8-bit one), and acc += p · scale with the scale of each lane's
+// group. A 4-bit block's hi and lo partials go to two accumulators; 8-bit blocks sum both terms and
+// alternate between two accumulators. Either way two FMA chains per output, and the sequence of
+// operations of an output depends only on its weight row and its row of x.
 
 template <QuantCode C>
-constexpr int64_t block_codes() { return kQuantBlockBytes * 8 / quant_code_bits(C); }
+constexpr int64_t block_bytes() { return quant_code_bits(C) == 4 ? 64 : 32; }
+template <QuantCode C>
+constexpr int64_t block_codes() { return block_bytes<C>() * 8 / quant_code_bits(C); }
 
 // Rows of x per tile of R weight rows: two accumulators per output, at most kMaxQuantAcc.
 constexpr int kMaxQuantAcc = 8;
@@ -170,38 +172,41 @@ inline void row_scales(const QuantParams& q, int64_t row, int64_t n_groups, floa
       break;
     }
   }
-  std::fill(out + n_groups, out + n_groups + 16, 0.0f);
+  _mm512_storeu_ps(out + n_groups, _mm512_setzero_ps());
 }
 
-// value(c) - zlo for c < 16 in words 0..15, value(c) - zhi in words 16..31, as bf16 (4-bit codes).
+inline __m512bh load_bh(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+
+// value(c) - zero for c < 16, in both 16-word halves, as bf16 (4-bit codes).
 template <QuantCode C>
-inline __m512i nibble_table(float zlo, float zhi) {
+inline __m512i nibble_table(float zero) {
   const __m512 v = C == QuantCode::kU4 ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
                                        : _mm512_loadu_ps(kE2M1ToF32.data());
-  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(v, _mm512_set1_ps(zhi)), _mm512_sub_ps(v, _mm512_set1_ps(zlo)));
+  const __m512 d = _mm512_sub_ps(v, _mm512_set1_ps(zero));
+  return (__m512i)_mm512_cvtne2ps_pbh(d, d);
 }
 
 // y[t·ldy + r] = Σ_j W[n + r, j] · x[t][j] for r < R, t < TT; xs as split_x_bf16_quant writes it.
 template <QuantCode C, int R, int TT>
 inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float* y) {
   constexpr bool kNibbles = quant_code_bits(C) == 4;
-  constexpr int64_t kCodes = block_codes<C>();
+  constexpr int64_t kCodes = block_codes<C>(), kBytes = block_bytes<C>();
   const QuantParams& q = *a.q;
   const int64_t K = a.K, G = q.group, n_groups = q.groups(K);
   const int64_t Kp = (K + kCodes - 1) / kCodes * kCodes, blocks = Kp / kCodes;
   const int64_t row_bytes = K * quant_code_bits(C) / 8;
-  const int64_t tail_bytes = row_bytes - (blocks - 1) * kQuantBlockBytes;  // of the last block, 1..32
-  const __mmask32 tail_mask = static_cast<__mmask32>((uint64_t{1} << tail_bytes) - 1);
+  const int64_t tail_bytes = row_bytes - (blocks - 1) * kBytes;  // of the last block, 1..kBytes
+  const __mmask64 tail_mask = tail_bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << tail_bytes) - 1;
   const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
   const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
   // The group of element k is k >> g_shift (G is a power of two or covers the row: quant_uses_bf16),
   // a shift instead of a division per block.
   const int g_shift = G >= K ? 62 : std::countr_zero(static_cast<uint64_t>(G));
-  // Lanes of a block in different groups (4-bit codes, groups of 16 or 32): lane i's group is
-  // 4i / G blocks after the block's first.
+  // Lanes of a 4-bit block in different groups (groups of 16 to 64): lane i's group is 8i / G
+  // groups after the block's first.
   const bool lane_groups = kNibbles && G < kCodes && G < K;
-  const __m512i lane_group = _mm512_srlv_epi32(_mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2),
-                                               _mm512_set1_epi32(g_shift));
+  const __m512i lane_group = _mm512_srlv_epi32(_mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 3),
+                                               _mm512_set1_epi32(std::min(g_shift, 31)));
   // The scales are a second stream, a few lines per row that the weight rows' prefetch does not
   // cover: fetch those of a row about kPrefetchBytes of codes ahead.
   {
@@ -215,13 +220,12 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float
   scale_buf.resize(R * lds);
   for (int r = 0; r < R; ++r) row_scales<C>(q, n + r, n_groups, scale_buf.data() + r * lds);
   auto zero_of = [&](int r, int64_t g) -> int {
-    return zeros ? zeros[(n + r) * n_groups + std::min(g, n_groups - 1)] : quant_default_zero(C);
+    return zeros ? zeros[(n + r) * n_groups + g] : quant_default_zero(C);
   };
   __m512i table[R];
   int64_t table_group[R];
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) table[r] = nibble_table<C>(zero_of(r, 0), zero_of(r, 0)), table_group[r] = 0;
-  const __m512i upper_words = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(16), 1);
+  for (int r = 0; r < R; ++r) table[r] = nibble_table<C>(zero_of(r, 0)), table_group[r] = 0;
   __m512 acc[R][TT][2];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -229,46 +233,42 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float
     for (int t = 0; t < TT; ++t) acc[r][t][0] = acc[r][t][1] = _mm512_setzero_ps();
 
   auto block = [&](int64_t u, bool tail, int parity) __attribute__((always_inline)) {
-    const int64_t k = u * kCodes;
+    const int64_t k = u * kCodes, g = k >> g_shift;
     __m512 sv[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const float* s = scale_buf.data() + r * lds;
-      sv[r] = lane_groups ? _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(s + (k >> g_shift)))
-                          : _mm512_set1_ps(s[k >> g_shift]);
+      sv[r] = lane_groups ? _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(s + g)) : _mm512_set1_ps(s[g]);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const uint8_t* wr = w + r * row_bytes + u * kQuantBlockBytes;
+      const uint8_t* wr = w + r * row_bytes + u * kBytes;
       _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes, _MM_HINT_T0);
-      const __m256i b = tail ? _mm256_maskz_loadu_epi8(tail_mask, wr) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
       if constexpr (kNibbles) {
-        if (zeros && G < K) {  // the block's two halves' groups
-          const int64_t g = k >> g_shift;
-          if (g != table_group[r] || G == 32) {
-            table[r] = nibble_table<C>(zero_of(r, g), zero_of(r, (k + 32) >> g_shift));
-            table_group[r] = g;
-          }
-        }
-        const __m512i wd = _mm512_cvtepu8_epi16(b);
-        const __m512i ia = _mm512_ternarylogic_epi32(wd, _mm512_set1_epi16(0x0F), upper_words, 0xEA);  // (wd & 15) | upper
-        const __m512i ib = _mm512_or_si512(_mm512_srli_epi16(wd, 4), upper_words);
-        const __m512bh wa = (__m512bh)_mm512_permutexvar_epi16(ia, table[r]);
-        const __m512bh wb = (__m512bh)_mm512_permutexvar_epi16(ib, table[r]);
+        if (zeros && g != table_group[r]) table[r] = nibble_table<C>(zero_of(r, g)), table_group[r] = g;
+        const __m512i wd = tail ? _mm512_maskz_loadu_epi8(tail_mask, wr) : _mm512_loadu_si512(wr);
+        const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(wd, table[r]);
+        const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 4), table[r]);
+        const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 8), table[r]);
+        const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 12), table[r]);
 #pragma GCC unroll 16
         for (int t = 0; t < TT; ++t) {
           const uint16_t* xh = xs + t * a.ldxs + k;
           const uint16_t* xl = xh + Kp;
-          __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), wa, (__m512bh)_mm512_loadu_si512(xh));
-          p = _mm512_dpbf16_ps(p, wa, (__m512bh)_mm512_loadu_si512(xl));
-          p = _mm512_dpbf16_ps(p, wb, (__m512bh)_mm512_loadu_si512(xh + 32));
-          p = _mm512_dpbf16_ps(p, wb, (__m512bh)_mm512_loadu_si512(xl + 32));
-          acc[r][t][parity] = _mm512_fmadd_ps(p, sv[r], acc[r][t][parity]);
+          __m512 ph = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, load_bh(xh));
+          __m512 pl = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, load_bh(xl));
+          ph = _mm512_dpbf16_ps(ph, w1, load_bh(xh + 32)), pl = _mm512_dpbf16_ps(pl, w1, load_bh(xl + 32));
+          ph = _mm512_dpbf16_ps(ph, w2, load_bh(xh + 64)), pl = _mm512_dpbf16_ps(pl, w2, load_bh(xl + 64));
+          ph = _mm512_dpbf16_ps(ph, w3, load_bh(xh + 96)), pl = _mm512_dpbf16_ps(pl, w3, load_bh(xl + 96));
+          acc[r][t][0] = _mm512_fmadd_ps(ph, sv[r], acc[r][t][0]);
+          acc[r][t][1] = _mm512_fmadd_ps(pl, sv[r], acc[r][t][1]);
         }
       } else {
+        const __m256i b = tail ? _mm256_maskz_loadu_epi8(static_cast<__mmask32>(tail_mask), wr)
+                               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
         __m512bh wv;
         if constexpr (C == QuantCode::kU8) {
-          const __m512i z = _mm512_set1_epi32(zero_of(r, k >> g_shift));
+          const __m512i z = _mm512_set1_epi32(zero_of(r, g));
           const __m512i lo = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(b)), z);
           const __m512i hi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(b, 1)), z);
           wv = _mm512_cvtne2ps_pbh(_mm512_cvtepi32_ps(hi), _mm512_cvtepi32_ps(lo));
@@ -290,7 +290,7 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float
   int64_t u = 0;
   for (; u + 2 < blocks; u += 2) block(u, false, 0), block(u + 1, false, 1);
   if (u + 1 < blocks) block(u++, false, 0);
-  const bool tail = tail_bytes < kQuantBlockBytes;
+  const bool tail = tail_bytes < kBytes;
   if (u % 2 == 0) {
     tail ? block(u, true, 0) : block(u, false, 0);
   } else {
@@ -358,39 +358,27 @@ bool quant_uses_bf16(const QuantParams& q, int64_t K) {
   if (zeros && (q.code == QuantCode::kE2M1 || q.code == QuantCode::kF8E4M3)) return false;
   if (G >= K) return true;
   if (!std::has_single_bit(static_cast<uint64_t>(G))) return false;
-  if (quant_code_bits(q.code) == 8) return G >= 32;  // whole blocks per group
-  return G >= 32 || (G == 16 && !zeros);  // whole blocks per group, or lanes per group
+  if (quant_code_bits(q.code) == 8) return G >= 32;   // whole blocks per group
+  return zeros ? G >= 128 : G >= 16;  // whole blocks per group, or whole lanes (8 codes) per group
 }
 
-int64_t quant_bf16_block(QuantCode code) { return quant_code_bits(code) == 4 ? 64 : 32; }
+int64_t quant_bf16_block(QuantCode code) { return quant_code_bits(code) == 4 ? 128 : 32; }
 
 void split_x_bf16_quant(const float* x, int64_t ldx, int64_t T, int64_t K, QuantCode code, uint16_t* out) {
   const int64_t B = quant_bf16_block(code), Kp = (K + B - 1) / B * B;
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   for (int64_t t = 0; t < T; ++t) {
     const float* src = x + t * ldx;
     uint16_t* hi = out + t * 2 * Kp;
     uint16_t* lo = hi + Kp;
     for (int64_t k = 0; k < Kp; k += B) {
-      alignas(64) float last[64];
-      const float* p = src + k;
-      if (k + B > K) {  // the last block: zeros past K
-        std::fill(last, last + 64, 0.0f);
-        std::copy(src + k, src + K, last);
-        p = last;
-      }
-      if (B == 64) {  // even-indexed elements, then odd-indexed (the 4-bit decode's order)
-        const __m512 v0 = _mm512_loadu_ps(p), v1 = _mm512_loadu_ps(p + 16), v2 = _mm512_loadu_ps(p + 32),
-                     v3 = _mm512_loadu_ps(p + 48);
-        split16(_mm512_permutex2var_ps(v0, even, v1), hi + k, lo + k);
-        split16(_mm512_permutex2var_ps(v2, even, v3), hi + k + 16, lo + k + 16);
-        split16(_mm512_permutex2var_ps(v0, odd, v1), hi + k + 32, lo + k + 32);
-        split16(_mm512_permutex2var_ps(v2, odd, v3), hi + k + 48, lo + k + 48);
+      alignas(64) float block[128];
+      const int64_t n = std::min(B, K - k);
+      if (B == 128) {  // index ≡ 0, 1, 2, 3 (mod 4): the 4-bit decode's order
+        for (int64_t i = 0; i < 128; ++i) block[(i % 4) * 32 + i / 4] = i < n ? src[k + i] : 0.0f;
       } else {
-        split16(_mm512_loadu_ps(p), hi + k, lo + k);
-        split16(_mm512_loadu_ps(p + 16), hi + k + 16, lo + k + 16);
+        std::fill(std::copy(src + k, src + k + n, block), block + B, 0.0f);
       }
+      for (int64_t i = 0; i < B; i += kLanes) split16(_mm512_load_ps(block + i), hi + k + i, lo + k + i);
     }
   }
 }
