@@ -808,10 +808,10 @@ class CpuBackend final : public Backend {
       a.ldx = a.K;
     }
     if (a.q && isa == CpuIsa::kAvx512Bf16 && cpu::quant_uses_bf16(*a.q, a.K)) {
-      const int64_t block = cpu::quant_bf16_block(a.q->code), Kp = (a.K + block - 1) / block * block;
+      const int64_t Kp = (a.K + cpu::kQuantBf16Block - 1) / cpu::kQuantBf16Block * cpu::kQuantBf16Block;
       scratch.x_split.resize(a.T * 2 * Kp + 32);
       uint16_t* xs = align64(scratch.x_split.data());
-      cpu::split_x_bf16_quant(a.x, a.ldx, a.T, a.K, a.q->code, xs);
+      cpu::split_x_bf16_quant(a.x, a.ldx, a.T, a.K, xs);
       a.xs = xs;
       a.ldxs = 2 * Kp;
       tile = cpu::matmul_tile_avx512_bf16;

@@ -5,10 +5,13 @@
 // - BF16 weights: against the exact f32 kernels this reads each weight once and needs no widening,
 //   about 1.5x the throughput when the weights are in cache, with logits within the golden tests'
 //   1e-4 of transformers (docs/PERF.md).
-// - Quantized weights (QuantParams): value(code) - zero is an exact bf16 value for every code type
-//   (an integer of at most 8 significant bits, an E2M1 value, or an E4M3 value), so the codes are
-//   decoded straight to bf16 words, dotted with hi and lo per block of codes, and the block's f32
-//   partial is multiplied by its group's scale: acc += scale · Σ (value - zero) · (hi + lo).
+// - 4-bit quantized weights (QuantParams, int4 and E2M1): value(code) - zero is an exact bf16 value
+//   (an integer of at most 8 significant bits, or an E2M1 value), so the codes are decoded straight
+//   to bf16 words by a table lookup, dotted with hi and lo per block of codes, and the block's f32
+//   partials are multiplied by their groups' scales: acc += scale · Σ (value - zero) · (hi + lo).
+//   8-bit codes stay on the exact avx512 kernels: their decode is cheap there, and with two
+//   vdpbf16ps and a scale FMA per 32 weights and row of x this path was up to 2x slower than those
+//   kernels for 4 rows of x (docs/PERF.md).
 //
 // Like matmul_avx512.cc, every header comes before the target pragma and everything after it has
 // internal linkage or runs only when cpu_isa() is kAvx512Bf16.
@@ -110,65 +113,48 @@ inline void split16(__m512 v, uint16_t* hi, uint16_t* lo) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf)));
 }
 
-// --- Quantized weights. The kernel walks each row in blocks of codes (block_codes: 128 4-bit codes
-// in 64 bytes, 32 8-bit codes in 32 bytes), the last one loaded under a mask (x is zero past K, see
-// split_x_bf16_quant), and decodes a block to bf16 words:
-// - 4-bit codes: the 64 bytes read as 32 words, word j holding elements 4j..4j+3 in its four nibbles;
-//   the word and the word shifted right by 4, 8 and 12 index a table of value(c) - zero (vpermw, which
-//   reads the low 5 bits: the table's two 16-word halves are equal, so bit 4 does not matter), giving
-//   four vectors of the elements 4j + s, s = 0..3. x is packed to match: per block of 128 elements,
-//   those with index ≡ 0 (mod 4), then ≡ 1, ≡ 2, ≡ 3. One table per block (a group with zeros covers
-//   whole blocks: quant_uses_bf16).
-// - 8-bit integers: widened to 32-bit, minus the zero, converted to f32 and then to bf16 (exact).
-// - E4M3: the sign-extended byte shifted left by 7 and masked is the f16 pattern of the value · 2^-8
-//   (normal and subnormal codes alike, which bf16 has no room for), converted to f32 and then to bf16;
-//   the 2^8 goes into the scale.
-// The words are dotted with x's hi and lo terms into f32 partials p (lane i sums elements 8i..8i+7
-// of a 4-bit block, 2i and 2i + 1 of an 8-bit one), and acc += p · scale with the scale of each lane's
-// group. A 4-bit block's hi and lo partials go to two accumulators; 8-bit blocks sum both terms and
-// alternate between two accumulators. Either way two FMA chains per output, and the sequence of
-// operations of an output depends only on its weight row and its row of x.
+// --- 4-bit quantized weights. The kernel walks each row in blocks of 128 codes (64 bytes), the last
+// one loaded under a mask (x is zero past K, see split_x_bf16_quant). The 64 bytes, read as 32 words,
+// hold elements 4j..4j+3 in the four nibbles of word j; the word and the word shifted right by 4, 8
+// and 12 index a table of value(c) - zero (vpermw, which reads the low 5 bits: the table's two
+// 16-word halves are equal, so bit 4 does not matter), giving four vectors of bf16 weights, the
+// elements 4j + s for s = 0..3. x is packed to match: per block of 128 elements, those with index
+// ≡ 0 (mod 4), then ≡ 1, ≡ 2, ≡ 3. One table per block (a group with zeros covers whole blocks:
+// quant_uses_bf16). The four vectors are dotted with x's hi terms into one f32 partial and with its lo
+// terms into another (lane i sums elements 8i..8i+7), and each partial is added to its accumulator
+// times the scale of each lane's group: two FMA chains per output, and the sequence of operations of
+// an output depends only on its weight row and its row of x.
 
-template <QuantCode C>
-constexpr int64_t block_bytes() { return quant_code_bits(C) == 4 ? 64 : 32; }
-template <QuantCode C>
-constexpr int64_t block_codes() { return block_bytes<C>() * 8 / quant_code_bits(C); }
+constexpr int64_t kBlockBytes = 64, kBlockCodes = kQuantBf16Block;
 
 // Rows of x per tile of R weight rows: two accumulators per output, at most kMaxQuantAcc.
 constexpr int kMaxQuantAcc = 8;
 
-// The E4M3 decode's factor (see above), 1 for the other codes.
-template <QuantCode C>
-constexpr float scale_factor() { return C == QuantCode::kF8E4M3 ? 256.0f : 1.0f; }
-
-// The scales of row `row` as f32 times scale_factor, n_groups of them, then 16 zeros (read by the
-// lane pattern of the last block).
-template <QuantCode C>
+// The scales of row `row` as f32, n_groups of them, then 16 zeros (read by the lane pattern of the
+// last block).
 inline void row_scales(const QuantParams& q, int64_t row, int64_t n_groups, float* out) {
   const int64_t base = row * n_groups;
-  const __m512 f = _mm512_set1_ps(scale_factor<C>());
   int64_t g = 0;
   switch (q.scales.dtype) {
     case DType::BF16: {
       const uint16_t* s = static_cast<const uint16_t*>(q.scales.data) + base;
       for (; g + 16 <= n_groups; g += 16) {
         const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + g)));
-        _mm512_storeu_ps(out + g, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(u, 16)), f));
+        _mm512_storeu_ps(out + g, _mm512_castsi512_ps(_mm512_slli_epi32(u, 16)));
       }
-      for (; g < n_groups; ++g) out[g] = bf16_to_f32(s[g]) * scale_factor<C>();
+      for (; g < n_groups; ++g) out[g] = bf16_to_f32(s[g]);
       break;
     }
     case DType::F16: {
       const uint16_t* s = static_cast<const uint16_t*>(q.scales.data) + base;
       for (; g + 16 <= n_groups; g += 16)
-        _mm512_storeu_ps(out + g, _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + g))), f));
-      for (; g < n_groups; ++g) out[g] = f16_to_f32(s[g]) * scale_factor<C>();
+        _mm512_storeu_ps(out + g, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + g))));
+      for (; g < n_groups; ++g) out[g] = f16_to_f32(s[g]);
       break;
     }
     default: {
       const float* s = static_cast<const float*>(q.scales.data) + base;
-      for (; g + 16 <= n_groups; g += 16) _mm512_storeu_ps(out + g, _mm512_mul_ps(_mm512_loadu_ps(s + g), f));
-      for (; g < n_groups; ++g) out[g] = s[g] * scale_factor<C>();
+      std::copy(s, s + n_groups, out);
       break;
     }
   }
@@ -189,22 +175,20 @@ inline __m512i nibble_table(float zero) {
 // y[t·ldy + r] = Σ_j W[n + r, j] · x[t][j] for r < R, t < TT; xs as split_x_bf16_quant writes it.
 template <QuantCode C, int R, int TT>
 inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float* y) {
-  constexpr bool kNibbles = quant_code_bits(C) == 4;
-  constexpr int64_t kCodes = block_codes<C>(), kBytes = block_bytes<C>();
   const QuantParams& q = *a.q;
   const int64_t K = a.K, G = q.group, n_groups = q.groups(K);
-  const int64_t Kp = (K + kCodes - 1) / kCodes * kCodes, blocks = Kp / kCodes;
-  const int64_t row_bytes = K * quant_code_bits(C) / 8;
-  const int64_t tail_bytes = row_bytes - (blocks - 1) * kBytes;  // of the last block, 1..kBytes
+  const int64_t Kp = (K + kBlockCodes - 1) / kBlockCodes * kBlockCodes, blocks = Kp / kBlockCodes;
+  const int64_t row_bytes = K / 2;
+  const int64_t tail_bytes = row_bytes - (blocks - 1) * kBlockBytes;  // of the last block, 1..64
   const __mmask64 tail_mask = tail_bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << tail_bytes) - 1;
   const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
   const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
   // The group of element k is k >> g_shift (G is a power of two or covers the row: quant_uses_bf16),
   // a shift instead of a division per block.
   const int g_shift = G >= K ? 62 : std::countr_zero(static_cast<uint64_t>(G));
-  // Lanes of a 4-bit block in different groups (groups of 16 to 64): lane i's group is 8i / G
-  // groups after the block's first.
-  const bool lane_groups = kNibbles && G < kCodes && G < K;
+  // Lanes of a block in different groups (groups of 16 to 64): lane i's group is 8i / G groups after
+  // the block's first.
+  const bool lane_groups = G < kBlockCodes && G < K;
   const __m512i lane_group = _mm512_srlv_epi32(_mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 3),
                                                _mm512_set1_epi32(std::min(g_shift, 31)));
   // The scales are a second stream, a few lines per row that the weight rows' prefetch does not
@@ -218,7 +202,7 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float
   thread_local std::vector<float> scale_buf;
   const int64_t lds = n_groups + 16;
   scale_buf.resize(R * lds);
-  for (int r = 0; r < R; ++r) row_scales<C>(q, n + r, n_groups, scale_buf.data() + r * lds);
+  for (int r = 0; r < R; ++r) row_scales(q, n + r, n_groups, scale_buf.data() + r * lds);
   auto zero_of = [&](int r, int64_t g) -> int {
     return zeros ? zeros[(n + r) * n_groups + g] : quant_default_zero(C);
   };
@@ -226,14 +210,14 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float
   int64_t table_group[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) table[r] = nibble_table<C>(zero_of(r, 0)), table_group[r] = 0;
-  __m512 acc[R][TT][2];
+  __m512 acc[R][TT];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int t = 0; t < TT; ++t) acc[r][t][0] = acc[r][t][1] = _mm512_setzero_ps();
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
 
-  auto block = [&](int64_t u, bool tail, int parity) __attribute__((always_inline)) {
-    const int64_t k = u * kCodes, g = k >> g_shift;
+  auto block = [&](int64_t u, bool tail) __attribute__((always_inline)) {
+    const int64_t k = u * kBlockCodes, g = k >> g_shift;
     __m512 sv[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
@@ -242,67 +226,37 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const uint8_t* wr = w + r * row_bytes + u * kBytes;
+      const uint8_t* wr = w + r * row_bytes + u * kBlockBytes;
       _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes, _MM_HINT_T0);
-      if constexpr (kNibbles) {
-        if (zeros && g != table_group[r]) table[r] = nibble_table<C>(zero_of(r, g)), table_group[r] = g;
-        const __m512i wd = tail ? _mm512_maskz_loadu_epi8(tail_mask, wr) : _mm512_loadu_si512(wr);
-        const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(wd, table[r]);
-        const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 4), table[r]);
-        const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 8), table[r]);
-        const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 12), table[r]);
+      if (zeros && g != table_group[r]) table[r] = nibble_table<C>(zero_of(r, g)), table_group[r] = g;
+      const __m512i wd = tail ? _mm512_maskz_loadu_epi8(tail_mask, wr) : _mm512_loadu_si512(wr);
+      const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(wd, table[r]);
+      const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 4), table[r]);
+      const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 8), table[r]);
+      const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 12), table[r]);
 #pragma GCC unroll 16
-        for (int t = 0; t < TT; ++t) {
-          const uint16_t* xh = xs + t * a.ldxs + k;
-          const uint16_t* xl = xh + Kp;
-          __m512 ph = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, load_bh(xh));
-          __m512 pl = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, load_bh(xl));
-          ph = _mm512_dpbf16_ps(ph, w1, load_bh(xh + 32)), pl = _mm512_dpbf16_ps(pl, w1, load_bh(xl + 32));
-          ph = _mm512_dpbf16_ps(ph, w2, load_bh(xh + 64)), pl = _mm512_dpbf16_ps(pl, w2, load_bh(xl + 64));
-          ph = _mm512_dpbf16_ps(ph, w3, load_bh(xh + 96)), pl = _mm512_dpbf16_ps(pl, w3, load_bh(xl + 96));
-          acc[r][t][0] = _mm512_fmadd_ps(ph, sv[r], acc[r][t][0]);
-          acc[r][t][1] = _mm512_fmadd_ps(pl, sv[r], acc[r][t][1]);
-        }
-      } else {
-        const __m256i b = tail ? _mm256_maskz_loadu_epi8(static_cast<__mmask32>(tail_mask), wr)
-                               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
-        __m512bh wv;
-        if constexpr (C == QuantCode::kU8) {
-          const __m512i z = _mm512_set1_epi32(zero_of(r, g));
-          const __m512i lo = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(b)), z);
-          const __m512i hi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(b, 1)), z);
-          wv = _mm512_cvtne2ps_pbh(_mm512_cvtepi32_ps(hi), _mm512_cvtepi32_ps(lo));
-        } else {  // E4M3
-          const __m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7), _mm512_set1_epi16(static_cast<short>(0xBF80)));
-          wv = _mm512_cvtne2ps_pbh(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), _mm512_cvtph_ps(_mm512_castsi512_si256(h)));
-        }
-#pragma GCC unroll 16
-        for (int t = 0; t < TT; ++t) {
-          const uint16_t* xh = xs + t * a.ldxs + k;
-          __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), wv, (__m512bh)_mm512_loadu_si512(xh));
-          p = _mm512_dpbf16_ps(p, wv, (__m512bh)_mm512_loadu_si512(xh + Kp));
-          acc[r][t][parity] = _mm512_fmadd_ps(p, sv[r], acc[r][t][parity]);
-        }
+      for (int t = 0; t < TT; ++t) {
+        const uint16_t* xh = xs + t * a.ldxs + k;
+        const uint16_t* xl = xh + Kp;
+        __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, load_bh(xh));
+        p = _mm512_dpbf16_ps(p, w0, load_bh(xl));
+        p = _mm512_dpbf16_ps(p, w1, load_bh(xh + 32)), p = _mm512_dpbf16_ps(p, w1, load_bh(xl + 32));
+        p = _mm512_dpbf16_ps(p, w2, load_bh(xh + 64)), p = _mm512_dpbf16_ps(p, w2, load_bh(xl + 64));
+        p = _mm512_dpbf16_ps(p, w3, load_bh(xh + 96)), p = _mm512_dpbf16_ps(p, w3, load_bh(xl + 96));
+        acc[r][t] = _mm512_fmadd_ps(p, sv[r], acc[r][t]);
       }
     }
   };
-  // Literal parities and tail flags, so that the accumulators stay in registers.
   int64_t u = 0;
-  for (; u + 2 < blocks; u += 2) block(u, false, 0), block(u + 1, false, 1);
-  if (u + 1 < blocks) block(u++, false, 0);
-  const bool tail = tail_bytes < kBytes;
-  if (u % 2 == 0) {
-    tail ? block(u, true, 0) : block(u, false, 0);
-  } else {
-    tail ? block(u, true, 1) : block(u, false, 1);
-  }
+  for (; u + 1 < blocks; ++u) block(u, false);
+  tail_bytes < kBlockBytes ? block(u, true) : block(u, false);
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][t][0], acc[r][t][1]));
+    for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
 template <QuantCode C, int R, int TT>
 inline void tile_quant_fit(const MatmulArgs& a, int64_t n, const uint16_t* xs, float* y) {
-  if constexpr (TT > 1 && 2 * R * TT > kMaxQuantAcc) {
+  if constexpr (TT > 1 && R * TT > kMaxQuantAcc) {
     constexpr int kHead = TT / 2;
     tile_quant_fit<C, R, kHead>(a, n, xs, y);
     tile_quant_fit<C, R, TT - kHead>(a, n, xs + kHead * a.ldxs, y + kHead * a.ldy);
@@ -356,29 +310,23 @@ bool quant_uses_bf16(const QuantParams& q, int64_t K) {
   const bool zeros = q.zeros.data != nullptr;
   // For the float codes value - zero need not be a bf16 value; no format stores zeros for them.
   if (zeros && (q.code == QuantCode::kE2M1 || q.code == QuantCode::kF8E4M3)) return false;
+  if (quant_code_bits(q.code) != 4) return false;
   if (G >= K) return true;
   if (!std::has_single_bit(static_cast<uint64_t>(G))) return false;
-  if (quant_code_bits(q.code) == 8) return G >= 32;   // whole blocks per group
-  return zeros ? G >= 128 : G >= 16;  // whole blocks per group, or whole lanes (8 codes) per group
+  return zeros ? G >= kBlockCodes : G >= 16;  // whole blocks per group, or whole lanes (8 codes) per group
 }
 
-int64_t quant_bf16_block(QuantCode code) { return quant_code_bits(code) == 4 ? 128 : 32; }
-
-void split_x_bf16_quant(const float* x, int64_t ldx, int64_t T, int64_t K, QuantCode code, uint16_t* out) {
-  const int64_t B = quant_bf16_block(code), Kp = (K + B - 1) / B * B;
+void split_x_bf16_quant(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out) {
+  const int64_t Kp = (K + kBlockCodes - 1) / kBlockCodes * kBlockCodes;
   for (int64_t t = 0; t < T; ++t) {
     const float* src = x + t * ldx;
     uint16_t* hi = out + t * 2 * Kp;
     uint16_t* lo = hi + Kp;
-    for (int64_t k = 0; k < Kp; k += B) {
-      alignas(64) float block[128];
-      const int64_t n = std::min(B, K - k);
-      if (B == 128) {  // index ≡ 0, 1, 2, 3 (mod 4): the 4-bit decode's order
-        for (int64_t i = 0; i < 128; ++i) block[(i % 4) * 32 + i / 4] = i < n ? src[k + i] : 0.0f;
-      } else {
-        std::fill(std::copy(src + k, src + k + n, block), block + B, 0.0f);
-      }
-      for (int64_t i = 0; i < B; i += kLanes) split16(_mm512_load_ps(block + i), hi + k + i, lo + k + i);
+    for (int64_t k = 0; k < Kp; k += kBlockCodes) {
+      alignas(64) float block[kBlockCodes];  // index ≡ 0, 1, 2, 3 (mod 4): the decode's order
+      const int64_t n = std::min(kBlockCodes, K - k);
+      for (int64_t i = 0; i < kBlockCodes; ++i) block[(i % 4) * 32 + i / 4] = i < n ? src[k + i] : 0.0f;
+      for (int64_t i = 0; i < kBlockCodes; i += kLanes) split16(_mm512_load_ps(block + i), hi + k + i, lo + k + i);
     }
   }
 }
@@ -387,14 +335,9 @@ void split_x_bf16_quant(const float* x, int64_t ldx, int64_t T, int64_t K, Quant
 // of x share each group of 4 weight rows from L1 (four rows of dot products in flight also hide the
 // latency of vdpbf16ps, which bounds a single row at T = 2..4).
 void matmul_tile_avx512_bf16(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-  if (a.q) {
-    switch (a.q->code) {
-      case QuantCode::kU4: return matmul_tile_quant<QuantCode::kU4>(a, n0, n1, t0, t1);
-      case QuantCode::kU8: return matmul_tile_quant<QuantCode::kU8>(a, n0, n1, t0, t1);
-      case QuantCode::kE2M1: return matmul_tile_quant<QuantCode::kE2M1>(a, n0, n1, t0, t1);
-      case QuantCode::kF8E4M3: return matmul_tile_quant<QuantCode::kF8E4M3>(a, n0, n1, t0, t1);
-    }
-  }
+  if (a.q)  // quant_uses_bf16: 4-bit codes only
+    return a.q->code == QuantCode::kU4 ? matmul_tile_quant<QuantCode::kU4>(a, n0, n1, t0, t1)
+                                       : matmul_tile_quant<QuantCode::kE2M1>(a, n0, n1, t0, t1);
   const uint16_t* w = static_cast<const uint16_t*>(a.w);
   int64_t n = n0;
   if (t1 - t0 > 1)
