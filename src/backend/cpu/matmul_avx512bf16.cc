@@ -130,35 +130,29 @@ constexpr int64_t kBlockBytes = 64, kBlockCodes = kQuantBf16Block;
 // Rows of x per tile of R weight rows: two accumulators per output, at most kMaxQuantAcc.
 constexpr int kMaxQuantAcc = 8;
 
-// The scales of row `row` as f32, n_groups of them, then 16 zeros (read by the lane pattern of the
-// last block).
+// The scales of row `row` as f32, n_groups of them, then zeros up to the next multiple of 16 and 16
+// more (read by the lane pattern of the last block): out holds scale_stride(n_groups) floats. Masked
+// loads, so that rows of a few groups (short rows, per-channel scales) cost one vector each.
+inline int64_t scale_stride(int64_t n_groups) { return (n_groups + 15) / 16 * 16 + 16; }
 inline void row_scales(const QuantParams& q, int64_t row, int64_t n_groups, float* out) {
   const int64_t base = row * n_groups;
   int64_t g = 0;
-  switch (q.scales.dtype) {
-    case DType::BF16: {
-      const uint16_t* s = static_cast<const uint16_t*>(q.scales.data) + base;
-      for (; g + 16 <= n_groups; g += 16) {
-        const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + g)));
-        _mm512_storeu_ps(out + g, _mm512_castsi512_ps(_mm512_slli_epi32(u, 16)));
-      }
-      for (; g < n_groups; ++g) out[g] = bf16_to_f32(s[g]);
-      break;
+  for (; g < n_groups; g += 16) {
+    const __mmask16 m = n_groups - g >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n_groups - g)) - 1);
+    __m512 v;
+    switch (q.scales.dtype) {
+      case DType::BF16:
+        v = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(q.scales.data) + base + g)), 16));
+        break;
+      case DType::F16:
+        v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(q.scales.data) + base + g));
+        break;
+      default: v = _mm512_maskz_loadu_ps(m, static_cast<const float*>(q.scales.data) + base + g); break;
     }
-    case DType::F16: {
-      const uint16_t* s = static_cast<const uint16_t*>(q.scales.data) + base;
-      for (; g + 16 <= n_groups; g += 16)
-        _mm512_storeu_ps(out + g, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + g))));
-      for (; g < n_groups; ++g) out[g] = f16_to_f32(s[g]);
-      break;
-    }
-    default: {
-      const float* s = static_cast<const float*>(q.scales.data) + base;
-      std::copy(s, s + n_groups, out);
-      break;
-    }
+    _mm512_storeu_ps(out + g, v);
   }
-  _mm512_storeu_ps(out + n_groups, _mm512_setzero_ps());
+  _mm512_storeu_ps(out + g, _mm512_setzero_ps());
 }
 
 inline __m512bh load_bh(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
@@ -172,36 +166,46 @@ inline __m512i nibble_table(float zero) {
   return (__m512i)_mm512_cvtne2ps_pbh(d, d);
 }
 
-// y[t·ldy + r] = Σ_j W[n + r, j] · x[t][j] for r < R, t < TT; xs as split_x_bf16_quant writes it.
-template <QuantCode C, int R, int TT>
-inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float* y) {
-  const QuantParams& q = *a.q;
-  const int64_t K = a.K, G = q.group, n_groups = q.groups(K);
-  const int64_t Kp = (K + kBlockCodes - 1) / kBlockCodes * kBlockCodes, blocks = Kp / kBlockCodes;
-  const int64_t row_bytes = K / 2;
-  const int64_t tail_bytes = row_bytes - (blocks - 1) * kBlockBytes;  // of the last block, 1..64
-  const __mmask64 tail_mask = tail_bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << tail_bytes) - 1;
-  const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
-  const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
+// What every row of a weight shares, worked out once per tile of rows (short rows are common: the
+// bundled model's are 128 bytes, two blocks).
+struct QuantRows {
+  explicit QuantRows(const MatmulArgs& a)
+      : q(*a.q), K(a.K), G(q.group), n_groups(q.groups(K)), Kp((K + kBlockCodes - 1) / kBlockCodes * kBlockCodes),
+        blocks(Kp / kBlockCodes), row_bytes(K / 2), tail_bytes(row_bytes - (blocks - 1) * kBlockBytes),
+        tail_mask(tail_bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << tail_bytes) - 1),
+        g_shift(G >= K ? 62 : std::countr_zero(static_cast<uint64_t>(G))), lane_groups(G < kBlockCodes && G < K),
+        lane_group(_mm512_srlv_epi32(_mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 3),
+                                     _mm512_set1_epi32(std::min(g_shift, 31)))),
+        scale_row_bytes(n_groups * static_cast<int64_t>(dtype_size(q.scales.dtype))),
+        rows_ahead((kPrefetchBytes + row_bytes - 1) / row_bytes), lds(scale_stride(n_groups)) {}
+  const QuantParams& q;
+  const int64_t K, G, n_groups, Kp, blocks, row_bytes;
+  const int64_t tail_bytes;  // of the last block, 1..64
+  const __mmask64 tail_mask;
   // The group of element k is k >> g_shift (G is a power of two or covers the row: quant_uses_bf16),
   // a shift instead of a division per block.
-  const int g_shift = G >= K ? 62 : std::countr_zero(static_cast<uint64_t>(G));
-  // Lanes of a block in different groups (groups of 16 to 64): lane i's group is 8i / G groups after
-  // the block's first.
-  const bool lane_groups = G < kBlockCodes && G < K;
-  const __m512i lane_group = _mm512_srlv_epi32(_mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 3),
-                                               _mm512_set1_epi32(std::min(g_shift, 31)));
+  const int g_shift;
+  // Lanes of a block in different groups (groups of 16 to 64): lane i's group is lane_group[i] groups
+  // after the block's first (8i / G).
+  const bool lane_groups;
+  const __m512i lane_group;
+  const int64_t scale_row_bytes, rows_ahead, lds;
+};
+
+// y[t·ldy + r] = Σ_j W[n + r, j] · x[t][j] for r < R, t < TT; xs as split_x_bf16_quant writes it.
+template <QuantCode C, int R, int TT>
+inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const uint16_t* xs, float* y) {
+  const QuantParams& q = L.q;
+  const int64_t Kp = L.Kp, row_bytes = L.row_bytes, n_groups = L.n_groups, lds = L.lds;
+  const int g_shift = L.g_shift;
+  const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
+  const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
   // The scales are a second stream, a few lines per row that the weight rows' prefetch does not
   // cover: fetch those of a row about kPrefetchBytes of codes ahead.
-  {
-    const int64_t scale_row_bytes = n_groups * static_cast<int64_t>(dtype_size(q.scales.dtype));
-    const int64_t ahead = R + (kPrefetchBytes + row_bytes - 1) / row_bytes;
-    const uintptr_t p = reinterpret_cast<uintptr_t>(q.scales.data) + (n + ahead) * scale_row_bytes;
-    for (int64_t b = 0; b < R * scale_row_bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T0);
-  }
+  const uintptr_t scales_ahead = reinterpret_cast<uintptr_t>(q.scales.data) + (n + R + L.rows_ahead) * L.scale_row_bytes;
+  for (int64_t b = 0; b < R * L.scale_row_bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(scales_ahead + b), _MM_HINT_T0);
   thread_local std::vector<float> scale_buf;
-  const int64_t lds = n_groups + 16;
-  scale_buf.resize(R * lds);
+  if (static_cast<int64_t>(scale_buf.size()) < R * lds) scale_buf.resize(R * lds);
   for (int r = 0; r < R; ++r) row_scales(q, n + r, n_groups, scale_buf.data() + r * lds);
   auto zero_of = [&](int r, int64_t g) -> int {
     return zeros ? zeros[(n + r) * n_groups + g] : quant_default_zero(C);
@@ -222,14 +226,14 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const float* s = scale_buf.data() + r * lds;
-      sv[r] = lane_groups ? _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(s + g)) : _mm512_set1_ps(s[g]);
+      sv[r] = L.lane_groups ? _mm512_permutexvar_ps(L.lane_group, _mm512_loadu_ps(s + g)) : _mm512_set1_ps(s[g]);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const uint8_t* wr = w + r * row_bytes + u * kBlockBytes;
       _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes, _MM_HINT_T0);
       if (zeros && g != table_group[r]) table[r] = nibble_table<C>(zero_of(r, g)), table_group[r] = g;
-      const __m512i wd = tail ? _mm512_maskz_loadu_epi8(tail_mask, wr) : _mm512_loadu_si512(wr);
+      const __m512i wd = tail ? _mm512_maskz_loadu_epi8(L.tail_mask, wr) : _mm512_loadu_si512(wr);
       const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(wd, table[r]);
       const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 4), table[r]);
       const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 8), table[r]);
@@ -248,33 +252,33 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const uint16_t* xs, float
     }
   };
   int64_t u = 0;
-  for (; u + 1 < blocks; ++u) block(u, false);
-  tail_bytes < kBlockBytes ? block(u, true) : block(u, false);
+  for (; u + 1 < L.blocks; ++u) block(u, false);
+  L.tail_bytes < kBlockBytes ? block(u, true) : block(u, false);
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
 template <QuantCode C, int R, int TT>
-inline void tile_quant_fit(const MatmulArgs& a, int64_t n, const uint16_t* xs, float* y) {
+inline void tile_quant_fit(const MatmulArgs& a, const QuantRows& L, int64_t n, const uint16_t* xs, float* y) {
   if constexpr (TT > 1 && R * TT > kMaxQuantAcc) {
     constexpr int kHead = TT / 2;
-    tile_quant_fit<C, R, kHead>(a, n, xs, y);
-    tile_quant_fit<C, R, TT - kHead>(a, n, xs + kHead * a.ldxs, y + kHead * a.ldy);
+    tile_quant_fit<C, R, kHead>(a, L, n, xs, y);
+    tile_quant_fit<C, R, TT - kHead>(a, L, n, xs + kHead * a.ldxs, y + kHead * a.ldy);
   } else {
-    tile_quant<C, R, TT>(a, n, xs, y);
+    tile_quant<C, R, TT>(a, L, n, xs, y);
   }
 }
 
 template <QuantCode C, int R>
-void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
+void rows_block_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, int64_t t0, int64_t t1) {
   int64_t t = t0;
-  for (; t + 4 <= t1; t += 4) tile_quant_fit<C, R, 4>(a, n, a.xs + t * a.ldxs, a.y + t * a.ldy + n);
+  for (; t + 4 <= t1; t += 4) tile_quant_fit<C, R, 4>(a, L, n, a.xs + t * a.ldxs, a.y + t * a.ldy + n);
   const uint16_t* xs = a.xs + t * a.ldxs;
   float* y = a.y + t * a.ldy + n;
   switch (t1 - t) {
-    case 3: tile_quant_fit<C, R, 3>(a, n, xs, y); break;
-    case 2: tile_quant_fit<C, R, 2>(a, n, xs, y); break;
-    case 1: tile_quant_fit<C, R, 1>(a, n, xs, y); break;
+    case 3: tile_quant_fit<C, R, 3>(a, L, n, xs, y); break;
+    case 2: tile_quant_fit<C, R, 2>(a, L, n, xs, y); break;
+    case 1: tile_quant_fit<C, R, 1>(a, L, n, xs, y); break;
     default: break;
   }
 }
@@ -283,10 +287,11 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
 // rows from L1.
 template <QuantCode C>
 void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  const QuantRows L(a);
   int64_t n = n0;
   if (t1 - t0 > 1)
-    for (; n + 2 <= n1; n += 2) rows_block_quant<C, 2>(a, n, t0, t1);
-  for (; n < n1; ++n) rows_block_quant<C, 1>(a, n, t0, t1);
+    for (; n + 2 <= n1; n += 2) rows_block_quant<C, 2>(a, L, n, t0, t1);
+  for (; n < n1; ++n) rows_block_quant<C, 1>(a, L, n, t0, t1);
 }
 
 }  // namespace
