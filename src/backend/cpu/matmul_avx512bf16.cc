@@ -10,8 +10,10 @@
 //   to bf16 words by a table lookup, dotted with hi and lo per block of codes, and the block's f32
 //   partials are multiplied by their groups' scales: acc += scale · Σ (value - zero) · (hi + lo).
 //   8-bit codes stay on the exact avx512 kernels: their decode is cheap there, and with two
-//   vdpbf16ps and a scale FMA per 32 weights and row of x this path was up to 2x slower than those
-//   kernels for 4 rows of x (docs/PERF.md).
+//   vdpbf16ps and a scale FMA per 32 weights and row of x this path took about 1.9x their time for
+//   4 rows of x (docs/PERF.md). Prefill with 4-bit codes is 7-8 % slower here than on the exact
+//   kernels (multiply-bound: vdpbf16ps issues slower than f32 FMAs), and the family cannot switch
+//   kernels by row count without making a row's bits depend on its batch.
 //
 // Like matmul_avx512.cc, every header comes before the target pragma and everything after it has
 // internal linkage or runs only when cpu_isa() is kAvx512Bf16.
