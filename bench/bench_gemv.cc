@@ -140,8 +140,13 @@ struct WeightSet {
 
 // Best over passes (each pass one call per copy) of weight bytes / time, for T rows of x.
 double gemv_gbps(Backend& be, const WeightSet& w, int64_t T, double seconds_budget) {
-  std::vector<float> x(T * w.shape.K, 0.5f), y(T * w.shape.N);
-  TensorView xv(DType::F32, x.data(), {T, w.shape.K}), yv(DType::F32, y.data(), {T, w.shape.N});
+  // x 64-byte aligned, as the engine's activations are (HostTensor): the exact kernels read x in
+  // place, and vector loads that straddle cache lines would make the figures depend on the heap.
+  auto xmem = alloc(T * w.shape.K * sizeof(float));
+  float* x = reinterpret_cast<float*>(xmem.get());
+  std::fill(x, x + T * w.shape.K, 0.5f);
+  std::vector<float> y(T * w.shape.N);
+  TensorView xv(DType::F32, x, {T, w.shape.K}), yv(DType::F32, y.data(), {T, w.shape.N});
   for (int c = 0; c < w.copies; ++c) be.matmul(xv, w.view(c), yv);  // warm-up
   double best = 0;
   const auto start = Clock::now();
