@@ -13,11 +13,12 @@ apt-get download nlohmann-json3-dev libcli11-dev libfmt-dev libfmt9 libgtest-dev
 
 # Node.js and the e2e suite's modules for `gpu-check.sh e2e` (the GPU machine has no Node.js): this
 # machine's node binary, stripped (it links only libc / libstdc++), and tests/e2e's node_modules
-# without the browser modules, as one xz archive in .e2e/ split in two parts. The working tree plus
-# .deps/ leaves room for only a few MiB more under the device tool's 64 MiB carry limit, so the parts
-# travel in two consecutive calls (docs/GPU.md): part-aa with the build, part-ab with the e2e run.
+# without the browser modules, as one xz archive in .e2e/ split in three parts. The working tree
+# (~50 MB) leaves about 17 MB under the device tool's 64 MiB carry limit: .deps/ travels with the
+# build, each part in a call of its own (docs/GPU.md).
 cd ..
-if [ ! -f .e2e/part-ab ]; then
+if [ ! -f .e2e/part-ac ]; then
+  rm -f .e2e/part-*
   mkdir -p .e2e/stage/bin
   strip -o .e2e/stage/bin/node "$(readlink -f "$(command -v node)")"
   (cd tests/e2e && npm install --no-audit --no-fund --silent >/dev/null)
@@ -25,7 +26,5 @@ if [ ! -f .e2e/part-ab ]; then
     --exclude='node_modules/devtools-protocol' node_modules | tar -C .e2e/stage -xf -
   tar -C .e2e/stage -cf - bin node_modules | xz -T0 -9e >.e2e/node-e2e.tar.xz
   rm -rf .e2e/stage
-  # part-aa rides with .deps/ (~9.6 MB), part-ab alone: each call stays under 64 MiB with the tree.
-  (cd .e2e && head -c 7600000 node-e2e.tar.xz >part-aa && tail -c +7600001 node-e2e.tar.xz >part-ab &&
-    rm node-e2e.tar.xz)
+  (cd .e2e && split -n 3 node-e2e.tar.xz part- && rm node-e2e.tar.xz)  # part-aa, part-ab, part-ac
 fi

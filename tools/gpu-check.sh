@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|all]...   (default: all)
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all]...   (default: all)
 # The GPU machine reaches no package registry, so the Debian build dependencies travel as .deb files
 # in .deps/ (tools/fetch-gpu-deps.sh, here) and are unpacked into a private prefix there.
 # The step and sweep results go to $OUT (or out/ when unset), every log into $OUT/logs.tar.gz (the
@@ -58,8 +58,8 @@ if want test; then
   done
 fi
 
-# The e2e suite's Node.js travels in two parts (.e2e/part-aa, .e2e/part-ab: tools/fetch-gpu-deps.sh) in
-# consecutive calls to a warm machine; each call keeps the parts it brought in /tmp until both are there.
+# The e2e suite's Node.js travels in three parts (.e2e/part-aa, -ab, -ac: tools/fetch-gpu-deps.sh) in
+# consecutive calls to a warm machine; each call keeps the part it brought in /tmp until all are there.
 mkdir -p /tmp/tandem-e2e
 for f in .e2e/part-*; do [ -f "$f" ] && cp "$f" /tmp/tandem-e2e/; done
 if want e2e; then
@@ -75,7 +75,7 @@ if want e2e; then
       >"$LOGS/e2e-cuda.log" 2>&1 || { grep -E "^not ok|Error" "$LOGS/e2e-cuda.log" | head -30; echo "e2e on cuda FAILED"; }
     grep -E "^# (tests|pass|fail|skipped)" "$LOGS/e2e-cuda.log"
   else
-    echo "e2e skipped: Node.js is incomplete here (carry .e2e/part-aa and .e2e/part-ab in consecutive calls)"
+    echo "e2e skipped: Node.js is incomplete here (carry .e2e/part-aa, -ab and -ac in consecutive calls)"
   fi
 fi
 
@@ -137,5 +137,24 @@ if want bench; then
   stamp "bench sweep (bundled pair)"
   "$T" bench sweep --device cuda --num-speculative-tokens 0,1,2,3 --iterations 5 --max-tokens 200 --interleave \
     --quiet --csv "$OUT/sweep-gpu.csv" 2>&1 | tail -8
+fi
+if want throughput; then
+  # Serving throughput: `tandem bench latency` against `tandem serve` with the full 26B-A4B on random
+  # weights (a tokenizer padded to its 262144 ids, so every sampled id streams text), without and with
+  # the drafter (random weights: its drafts are almost never accepted, so this is speculation's cost).
+  stamp "serving throughput (26B-A4B, random weights)"
+  T="$BUILD/tandem"
+  python3 tools/extend_tokenizer.py models/tandem-code-demo /tmp/tandem-tok-262k 262144
+  for spec in off k2; do
+    args=()
+    [ $spec = k2 ] && args=(--speculative-config '{"model":"bench/configs/gemma4-26b-a4b-assistant","num_speculative_tokens":2}')
+    "$T" serve bench/configs/gemma4-26b-a4b --load-format dummy --tokenizer /tmp/tandem-tok-262k --device cuda \
+      --port 8413 --max-num-seqs 64 "${args[@]}" >"$LOGS/throughput-serve-$spec.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 240); do curl -sf localhost:8413/v1/models >/dev/null && break; sleep 1; done
+    "$T" bench latency --endpoint http://127.0.0.1:8413 --concurrency 1,4,16,64 --duration 12s --max-tokens 128 \
+      --quiet --csv "$OUT/throughput-26b-$spec.csv" 2>&1 | tail -6
+    kill -TERM $pid; wait $pid || true
+  done
 fi
 stamp "done"

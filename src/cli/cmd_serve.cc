@@ -4,7 +4,7 @@
 //     --[no-]enable-prefix-caching (on by default) --enable-chunked-prefill --dtype auto
 //     --speculative-config JSON --api-key KEY (or $VLLM_API_KEY) --allowed-origins JSON ...
 //     --device cpu|cuda|cuda:N|auto --threads N --kv-cache-memory BYTES | --kv-cache-gb GB
-//     --kv-cache-dtype auto|bf16|f32
+//     --kv-cache-dtype auto|bf16|f32 --load-format safetensors|dummy (with --tokenizer DIR)
 //     --enable-auto-tool-choice --tool-call-parser gemma4 --reasoning-parser gemma4 --no-web-ui
 // Without MODEL_DIR it serves the bundled model with its drafter (speculation on, k = 2).
 #include <pthread.h>
@@ -64,6 +64,7 @@ struct ServeOptions {
   std::string kv_cache_memory;
   double kv_cache_gb = 0;
   std::string tokenizer;
+  std::string load_format = "safetensors";
   std::string chat_template;
   int max_body_mb = 0;  // 0: from --max-model-len (see below)
   bool disable_log_requests = false, disable_log_stats = false;
@@ -390,6 +391,10 @@ void run_serve(ServeOptions o) {
   }
   const std::string tokenizer_dir = o.tokenizer.empty() ? model_dir : o.tokenizer;
   if (!std::filesystem::is_directory(tokenizer_dir)) fail("--tokenizer: directory {} does not exist", tokenizer_dir);
+  const LoadFormat load_format = parse_load_format(o.load_format);
+  // A benchmark config directory holds config.json alone: random weights need a tokenizer from elsewhere.
+  if (load_format == LoadFormat::dummy && !std::filesystem::exists(std::filesystem::path(tokenizer_dir) / "tokenizer.json"))
+    fail("--load-format dummy: {} has no tokenizer.json; give one with --tokenizer DIR", tokenizer_dir);
   if (!o.kv_cache_memory.empty()) parse_bytes("--kv-cache-memory", o.kv_cache_memory);
   if (o.api_key.empty())
     if (const char* env = std::getenv("VLLM_API_KEY"); env && *env) o.api_key = env;  // as vLLM
@@ -480,13 +485,13 @@ void run_serve(ServeOptions o) {
          "(other processes hold the rest); use --gpu-memory-utilization {:.2f} or less",
          o.gpu_memory_utilization, o.gpu_memory_utilization * gpu_total / gib, gpu_total / gib, gpu_free / gib,
          std::floor(100.0 * gpu_free / gpu_total) / 100.0);
-  TensorParallelGroup group(*backend, mc, o.backend.tensor_parallel_size, o.backend.threads, LoadFormat::safetensors,
+  TensorParallelGroup group(*backend, mc, o.backend.tensor_parallel_size, o.backend.threads, load_format,
                            o.quantization.parse());
   Gemma4Model& target = group.rank(0);
   apply_image_attention(o.image_attention, target);
   std::unique_ptr<Gemma4Vision> vision;
   if (images) {
-    vision = Gemma4Vision::load(mc, *backend);
+    vision = Gemma4Vision::load(mc, *backend, load_format);
     log::info("images: vision tower loaded ({:.1f} M parameters, {} MiB); {} soft tokens per image (of a step's "
               "--max-num-batched-tokens {}), at most {} per prompt; image-block attention on {} layers",
               vision->parameter_count() / 1e6, vision->weight_bytes() >> 20, image_tokens, o.max_num_batched_tokens,
@@ -507,6 +512,7 @@ void run_serve(ServeOptions o) {
   std::string spec_desc = "off";
   if (spec) {
     // Speculative proposer from src/spec (vLLM's --speculative-config JSON).
+    spec->load_format = load_format;
     proposer = make_proposer(*spec, target);
     config.num_speculative_tokens = spec->num_speculative_tokens;
     spec_desc = fmt::format("{} k={}{}", spec->method, spec->num_speculative_tokens,
@@ -669,6 +675,9 @@ const RegisterCommand serve_command(
       app.add_option("--kv-cache-memory", o->kv_cache_memory, "KV cache size in bytes (suffixes KiB/MiB/GiB allowed)");
       app.add_option("--kv-cache-gb", o->kv_cache_gb, "KV cache size in GiB")->check(CLI::PositiveNumber);
       app.add_option("--tokenizer", o->tokenizer, "Tokenizer directory (default: the model's)");
+      app.add_option("--load-format", o->load_format,
+                     "safetensors, or dummy (random weights for the config and the drafter's; benchmarks; needs "
+                     "--tokenizer when the directory has no tokenizer.json)");
       app.add_option("--chat-template", o->chat_template, "Jinja chat template file (default: the model's)");
       app.add_option("--max-body-mb", o->max_body_mb,
                      "Largest request body in MiB, 413 beyond (default: 128 bytes per token of --max-model-len, "

@@ -1,11 +1,11 @@
 // matmul and moe_experts with quantized weights (QuantParams) against dequantize-then-float64, on
 // the odd shapes of Gemma 4 26B-A4B (K = 704 and 2112, N not a multiple of the kernels' row tile,
-// groups of 32 and of 128, which leaves a short last group on those K; K = 704 and 2112 also end in
-// half a block of the avx512-bf16 int4 kernel, K = 256 in a whole one, K = 200 in a short group), for
-// every code type, with and without zero points and an act-order permutation, on every kernel family
-// the CPU has, and for batch invariance on each; and the CUDA
-// backend's kernels against the CPU's on the same weights, and for batch invariance (skipped without
-// a CUDA GPU).
+// groups of 32 and of 128, which leaves a short last group on those K, and per channel; K = 704 and
+// 2112 also end in half a block of the avx512-bf16 int4 kernel, K = 256 in a whole one, K = 200 in a
+// short group), for every code type, with and without zero points and an act-order permutation, on
+// every kernel family the CPU has, and for batch invariance on each; and the CUDA backend's kernels
+// (tensor-core and CUDA-core) against the CPU's on the same weights for matmul, matmul_gelu_glu and
+// moe_experts, and for batch invariance (skipped without a CUDA GPU).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -118,12 +118,24 @@ const QuantCase kCases[] = {
     {QuantCode::kE2M1, 16, false, false, DType::F32},  // NVFP4
     {QuantCode::kF8E4M3, 704, false, false, DType::BF16},  // per channel on K = 704
     {QuantCode::kF8E4M3, 32, false, false, DType::F32},
+    {QuantCode::kE2M1, 32, false, false, DType::BF16},     // FP4 in groups the tensor-core path takes
+    {QuantCode::kU4, 2112, true, false, DType::BF16},      // per channel on K = 2112, asymmetric
+    {QuantCode::kU8, 704, false, true, DType::F32},        // per channel on K = 704, act order
     {QuantCode::kU4, 16, false, false, DType::F16},    // avx512-bf16: two groups per lane pattern step
     {QuantCode::kU4, 64, false, true, DType::BF16},    // avx512-bf16: two groups per block
     {QuantCode::kU4, 128, true, true, DType::F16},     // avx512-bf16: zeros, one table per block
-    {QuantCode::kU4, 704, true, false, DType::BF16},   // one group per row on K = 704 (3 on 2112)
+    {QuantCode::kU4, 704, true, false, DType::BF16},   // per channel on K = 704: one group per row
     {QuantCode::kE2M1, 32, false, true, DType::BF16},
 };
+
+// Per-channel cases (group > 128) are written for one K only.
+bool channel_elsewhere(const QuantCase& c, int64_t K) { return c.group > 128 && c.group != K; }
+
+// The case with per-channel groups made to fit rows of K (the MoE tests' two weights differ in K).
+QuantCase for_rows_of(QuantCase c, int64_t K) {
+  if (c.group > 128) c.group = K;
+  return c;
+}
 
 TEST(QuantMatmul, OddShapesAllCodesAllIsas) {
   auto be = make_cpu_backend(2);
@@ -132,7 +144,7 @@ TEST(QuantMatmul, OddShapesAllCodesAllIsas) {
     ForceIsa force(isa);
     for (const QuantCase& c : kCases)
       for (int64_t K : {200, 256, 704, 2112}) {
-        if (c.code == QuantCode::kF8E4M3 && c.group == 704 && K != 704) continue;
+        if (channel_elsewhere(c, K)) continue;
         const int64_t N = 37 + rng.index(100);
         QuantWeight w = make_quant(c, 1, N, K, rng);
         for (int64_t T : {1, 2, 3, 5, 9, 16}) {
@@ -190,7 +202,7 @@ TEST(QuantMatmul, CpuIsBatchInvariant) {
       ForceIsa force(isa);
       for (const QuantCase& c : kCases)
         for (int64_t K : {704, 2112}) {
-          if (c.code == QuantCode::kF8E4M3 && c.group == 704 && K != 704) continue;
+          if (channel_elsewhere(c, K)) continue;
           QuantWeight w = make_quant(c, 1, N, K, rng);
           std::vector<float> x = rng.normals(T * K), all(T * N), part(T * N);
           TensorView xv(DType::F32, x.data(), {T, K}), av(DType::F32, all.data(), {T, N});
@@ -291,8 +303,10 @@ double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
   return std::sqrt(num / den);
 }
 
-// K = 704 / 2112 take the 16-byte path, K = 200 (4-bit: not a multiple of 32 codes) and the NVFP4
-// group of 16 with K = 712 exercise the scalar path's odd shapes too.
+// K = 704 / 2112 take the tensor-core path (mma_quant.cuh) where the group allows it and the 16-byte
+// CUDA-core path otherwise (the NVFP4 group of 16); K = 200 (not a multiple of 32 four-bit or 16
+// eight-bit codes) exercises the scalar path's odd shapes. T = 1 .. 8 rows are one x tile of the
+// tensor-core kernels, 9 .. 40 their prefill tiles (40: a second CTA row).
 TEST(QuantMatmul, CudaMatchesCpu) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
   ExactCpuKernels exact;
@@ -301,12 +315,12 @@ TEST(QuantMatmul, CudaMatchesCpu) {
   Rng rng(21);
   for (const QuantCase& c : kCases)
     for (int64_t K : {200, 704, 2112}) {
-      if (c.code == QuantCode::kF8E4M3 && c.group == 704 && K != 704) continue;
+      if (channel_elsewhere(c, K)) continue;
       const int64_t N = 37 + rng.index(100);
       QuantWeight w = make_quant(c, 1, N, K, rng);
       DeviceQuant d(*gpu);
       const TensorView wd = d.weight(w);
-      for (int64_t T : {1, 2, 3, 5, 8, 17}) {
+      for (int64_t T : {1, 2, 3, 5, 8, 9, 17, 40}) {
         SCOPED_TRACE(::testing::Message() << describe(c) << " T=" << T << " N=" << N << " K=" << K);
         const int64_t ldx = T % 2 ? K + 3 : K;  // odd rows: an unaligned stride (the scalar x loads)
         std::vector<float> x = rng.normals(T * ldx), y(T * N);
@@ -329,11 +343,10 @@ TEST(QuantMatmul, CudaMoeExpertsMatchCpu) {
   Rng rng(22);
   const int64_t E = 8, H = 128, I = 704, k = 2;
   for (const QuantCase& c : kCases) {
-    if (c.code == QuantCode::kF8E4M3 && c.group == 704) continue;  // per channel: groups of K = 704 only fit down
-    QuantWeight gu = make_quant(c, E, 2 * I, H, rng), dn = make_quant(c, E, H, I, rng);
+    QuantWeight gu = make_quant(for_rows_of(c, H), E, 2 * I, H, rng), dn = make_quant(for_rows_of(c, I), E, H, I, rng);
     DeviceQuant d(*gpu);
     const TensorView gud = d.weight(gu), dnd = d.weight(dn);
-    for (int64_t T : {1, 3, 9}) {
+    for (int64_t T : {1, 3, 5, 9, 17, 40}) {
       SCOPED_TRACE(::testing::Message() << describe(c) << " T=" << T);
       std::vector<float> x = rng.normals(T * H, 0.05f), wts(T * k), y(T * H);
       std::vector<int32_t> ids(T * k);
@@ -351,14 +364,50 @@ TEST(QuantMatmul, CudaMoeExpertsMatchCpu) {
   }
 }
 
+// The fused GeGLU with quantized gate and up against the CPU, and bit-identical to the CUDA backend's
+// own matmul, matmul, gelu_tanh_mul (the fused tensor-core kernel must sum exactly as the matmul one).
+TEST(QuantMatmul, CudaGeluGluMatchesCpuAndItsComposition) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
+  ExactCpuKernels exact;
+  auto cpu = make_cpu_backend(2);
+  auto gpu = make_backend("cuda");
+  Rng rng(24);
+  for (const QuantCase& c : kCases)
+    for (int64_t K : {704, 2112}) {
+      if (channel_elsewhere(c, K)) continue;
+      const int64_t I = 37 + rng.index(100);
+      QuantWeight g = make_quant(c, 1, I, K, rng), u = make_quant(c, 1, I, K, rng);
+      DeviceQuant d(*gpu);
+      const TensorView gd = d.weight(g), ud = d.weight(u);
+      for (int64_t T : {1, 3, 5, 9, 17, 40}) {
+        SCOPED_TRACE(::testing::Message() << describe(c) << " T=" << T << " I=" << I << " K=" << K);
+        std::vector<float> x = rng.normals(T * K, 0.1f), y(T * I);
+        TensorView xv(DType::F32, x.data(), {T, K}), yv(DType::F32, y.data(), {T, I});
+        cpu->matmul_gelu_glu(xv, g.view, u.view, yv);
+        const TensorView xd = d.data(x, DType::F32, {T, K});
+        TensorView yd = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
+        gpu->matmul_gelu_glu(xd, gd, ud, yd);
+        const std::vector<float> fused = d.get<float>(yd, T * I);
+        EXPECT_LT(rel_l2(fused, y), 1e-5);
+        TensorView gate = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
+        TensorView up = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
+        gpu->matmul(xd, gd, gate);
+        gpu->matmul(xd, ud, up);
+        gpu->gelu_tanh_mul(gate, up, gate);
+        EXPECT_EQ(std::memcmp(fused.data(), d.get<float>(gate, T * I).data(), T * I * 4), 0);
+      }
+    }
+}
+
 // A row's result is bit-identical alone and inside batches of any size (greedy losslessness of
 // speculative decoding under batching relies on it), for matmul and moe_experts.
 TEST(QuantMatmul, CudaIsBatchInvariant) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
   auto gpu = make_backend("cuda");
   Rng rng(23);
-  const int64_t T = 24, K = 704, N = 77, E = 4, I = 704, k = 2;
-  for (const QuantCase& c : {kCases[0], kCases[2], kCases[4], kCases[6]}) {
+  const int64_t T = 40, K = 704, N = 77, E = 4, I = 704, k = 2;
+  for (const QuantCase& c : kCases) {
+    if (channel_elsewhere(c, K)) continue;
     SCOPED_TRACE(describe(c));
     DeviceQuant d(*gpu);
     QuantWeight w = make_quant(c, 1, N, K, rng), gu = make_quant(c, E, 2 * I, K, rng), dn = make_quant(c, E, K, I, rng);
@@ -379,7 +428,7 @@ TEST(QuantMatmul, CudaIsBatchInvariant) {
     };
     std::vector<std::vector<float>> alone;
     for (int64_t r = 0; r < T; ++r) alone.push_back(run(r, 1));
-    for (int64_t n : {2, 3, 5, 8, 9, 24}) {
+    for (int64_t n : {2, 3, 5, 8, 9, 17, 24, 40}) {
       const int64_t s = (n * 5) % (T - n + 1);
       const std::vector<float> batch = run(s, n);
       for (int64_t i = 0; i < n; ++i) {

@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startServer, BINARY } from './server.mjs';
@@ -120,5 +120,39 @@ test('bench latency: streaming percentiles per concurrency level, bounded', () =
     assert.ok(Number(r.ttft_ms_p50) > 0);
     assert.ok(Number(r.ttft_ms_p50) <= Number(r.ttft_ms_p99));
     assert.ok(Number(r.throughput_tok_s) > 0);
+  }
+});
+
+// Serving benchmarks of full-size configs run on random weights: `serve CONFIG_DIR --load-format dummy`
+// with the tokenizer from elsewhere, the drafter's config likewise. Here the MoE fixture's geometry
+// (with the bundled tokenizer's vocabulary) and its assistant.
+test('serve --load-format dummy: a config directory alone serves with a drafter; without a tokenizer, a clear error', async () => {
+  const fixtures = new URL('../fixtures/', import.meta.url).pathname;
+  const tokenizer = new URL('../../models/tandem-code-demo', import.meta.url).pathname;
+  for (const [name, src] of [['target', 'gemma4-moe'], ['draft', 'gemma4-moe-assistant']]) {
+    mkdirSync(join(dir, name));
+    const config = JSON.parse(readFileSync(join(fixtures, src, 'config.json'), 'utf8'));
+    config.text_config.vocab_size = 8192;
+    if (config.text_config.vocab_size_per_layer_input) config.text_config.vocab_size_per_layer_input = 8192;
+    writeFileSync(join(dir, name, 'config.json'), JSON.stringify(config));
+  }
+  const refused = spawnSync(BINARY, ['serve', join(dir, 'target'), '--load-format', 'dummy', '--port', '0'],
+    { encoding: 'utf8', timeout: 60000 });
+  assert.notEqual(refused.status, 0);
+  assert.match(refused.stderr, /--load-format dummy: .* has no tokenizer\.json; give one with --tokenizer DIR/);
+
+  const dummy = await startServer([join(dir, 'target'), '--load-format', 'dummy', '--tokenizer', tokenizer,
+    '--max-model-len', '256', '--disable-log-stats', '--speculative-config',
+    JSON.stringify({ model: join(dir, 'draft'), num_speculative_tokens: 2 })]);
+  try {
+    const csv = join(dir, 'dummy-lat.csv');
+    bench(['latency', '--endpoint', dummy.url, '--concurrency', '1,2', '--duration', '20s', '--max-requests', '2',
+      '--max-tokens', '8', '--csv', csv]);
+    for (const r of readCsv(csv)) {
+      assert.equal(Number(r.errors), 0);
+      assert.equal(Number(r.completion_tokens), 16);
+    }
+  } finally {
+    assert.equal(await dummy.stop(), 0);
   }
 });

@@ -379,13 +379,17 @@ class CudaBackend final : public Backend {
  private:
   // Makes this backend's GPU current on the calling thread (cheap when it already is).
   void use_device() const;
-  // x [rows, K] (row stride ldx) split into bf16 parts in mma_x_, the tensor-core kernels' x operand
-  // (mma_rows.cuh); returns the split buffer.
-  const uint16_t* split_x_for_mma(const float* x, int64_t ldx, int64_t rows, int64_t K);
+  // x [rows, K] (row stride ldx) as the tensor-core kernels read it (mma_rows.cuh): rows of f32 at a
+  // 16-byte aligned address and stride; x itself when it is, else a packed copy in mma_x_. Returns
+  // the rows and their stride.
+  std::pair<const float*, int64_t> mma_x_rows(const float* x, int64_t ldx, int64_t rows, int64_t K);
   // matmul / matmul_gelu_glu (up non-null) on the tensor cores: x [T, K] (row stride ldx) times bf16
   // w [N, K] (mma_rows.cuh).
   void launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
                          TensorView& y, int64_t T, int64_t N);
+  // The same for quantized w (and up) that mma_quant_fit accepts (mma_quant.cuh).
+  void launch_matmul_mma_quant(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
+                               TensorView& y, int64_t T, int64_t N);
   // rms_norm (add false) and rms_norm_add (add true): out (+)= RMS(in) · weight.
   void launch_rms_norm(const TensorView& in, const TensorView* weight, float eps, TensorView& out, const char* op,
                        bool add);
@@ -407,7 +411,7 @@ class CudaBackend final : public Backend {
   // x gathered into an act-order quantized weight's column order (matmul: [T, K]; moe_experts: one
   // row per routed pair).
   Buffer permuted_x_;
-  // x split into bf16 parts for the tensor-core kernels.
+  // x rows packed for the tensor-core kernels when a view's rows are not 16-byte aligned.
   Buffer mma_x_;
   // matmul_gelu_glu's up projection when it cannot fuse.
   Buffer glu_up_;
@@ -415,7 +419,7 @@ class CudaBackend final : public Backend {
   Buffer attn_chunks_;
   int64_t sm_count_ = 0;
   bool pdl_ = false;  // programmatic dependent launch (sm_90+)
-  bool mma_ = false;  // bf16 weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
+  bool mma_ = false;  // bf16 and quantized weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
 };
 
 }  // namespace tandem

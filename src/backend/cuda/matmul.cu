@@ -9,6 +9,7 @@
 // order of an output element (see warp_dot in cuda_common.cuh) depends only on K and the weight
 // row, never on T or the other rows, which lossless speculative decoding under batching relies on.
 // At T = 1 it is bandwidth-bound; at large T it is FFMA-bound (no tensor cores in this pass).
+#include "backend/cuda/mma_quant.cuh"
 #include "backend/cuda/mma_rows.cuh"
 #include "backend/cuda/weight_rows.cuh"
 
@@ -85,27 +86,24 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
     }
 }
 
-// xs[p, r, k] = part p of x[r, k] (split_x3): the x operand of the tensor-core kernels.
-__global__ void mma_split_x_kernel(const float* __restrict__ x, int64_t ldx, int64_t rows, int64_t K,
-                                   uint16_t* __restrict__ xs) {
+// dst[r, k] = x[r, k]: x rows packed at a 16-byte aligned stride, for the tensor-core kernels' float4
+// loads when a view's rows are not (mma_x_rows).
+__global__ void pack_rows_kernel(const float* __restrict__ x, int64_t ldx, int64_t rows, int64_t K,
+                                 float* __restrict__ dst) {
   begin_kernel();
   const int64_t n = rows * K;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint16_t part[kMmaParts];
-    split_x3(x[(i / K) * ldx + i % K], part);
-#pragma unroll
-    for (int p = 0; p < kMmaParts; ++p) xs[p * n + i] = part[p];
-  }
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = x[(i / K) * ldx + i % K];
 }
 
-// y[T, N] = x · wᵀ for bf16 w on the tensor cores (mma_rows.cuh), x split into xs: a CTA per 16
-// columns and TILES tiles of 8 rows. GLU: out = gelu_tanh(x · gateᵀ) · (x · upᵀ) with the same sums
-// (the same bits as two such matmuls and gelu_tanh_mul).
+// y[T, N] = x · wᵀ for bf16 w on the tensor cores (mma_rows.cuh), x rows 16-byte aligned
+// (mma_x_rows): a CTA per 16 columns and TILES tiles of 8 rows. GLU: out = gelu_tanh(x · gateᵀ) ·
+// (x · upᵀ) with the same sums (the same bits as two such matmuls and gelu_tanh_mul).
 template <int TILES, bool GLU>
 __global__ void __launch_bounds__(kMmaWarps * 32)
-    matmul_mma_kernel(const uint16_t* __restrict__ xs, const uint16_t* __restrict__ w, const uint16_t* __restrict__ up,
-                      int64_t K, float* __restrict__ y, int64_t ldy, int64_t T, int64_t N) {
+    matmul_mma_kernel(const float* __restrict__ x, int64_t ldx, const uint16_t* __restrict__ w,
+                      const uint16_t* __restrict__ up, int64_t K, float* __restrict__ y, int64_t ldy, int64_t T, int64_t N) {
   begin_kernel();
   constexpr int NT = GLU ? 2 : 1;
   __shared__ MmaReduceSmem<NT, TILES> sm;
@@ -122,14 +120,47 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     wa[j] = reinterpret_cast<const uint4*>(sets[j] + na * K);
     wb[j] = reinterpret_cast<const uint4*>(sets[j] + nb * K);
   }
-  const uint4* xr[TILES];
+  const float* xr[TILES];
 #pragma unroll
   for (int i = 0; i < TILES; ++i) {
     const int64_t r = t0 + i * kMmaTile + g;
-    xr[i] = r < T ? reinterpret_cast<const uint4*>(xs + r * K) : nullptr;
+    xr[i] = r < T ? x + r * ldx : nullptr;
   }
   float c[TILES][NT][4];
-  mma_rows_partial<NT, TILES>(wa, wb, K / 8, xr, T * K / 8, warp, lane, c);
+  mma_rows_partial<NT, TILES>(wa, wb, K / 8, xr, warp, lane, c);
+  mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
+    const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
+    if (tr < T && nc < N) y[tr * ldy + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
+  });
+}
+
+// matmul_mma_kernel for quantized weights (mma_quant.cuh): the same CTA shape, y = x · wᵀ or, GLU,
+// gelu_tanh(x · wᵀ) · (x · upᵀ) with the sums of two such matmuls.
+template <QuantCode CODE, int TILES, bool GLU>
+__global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode: two CTAs per SM
+    matmul_mma_quant_kernel(const float* __restrict__ x, int64_t ldx, MmaQuantWeight w, MmaQuantWeight up, int64_t K,
+                            float* __restrict__ y, int64_t ldy, int64_t T, int64_t N) {
+  begin_kernel();
+  constexpr int NT = GLU ? 2 : 1;
+  __shared__ MmaReduceSmem<NT, TILES> sm;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * TILES * kMmaTile;
+  const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
+  MmaQuantWeight sets[NT];
+  sets[0] = w;
+  if constexpr (GLU) sets[NT - 1] = up;
+  int64_t rows[NT][2];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) rows[j][0] = na, rows[j][1] = nb;
+  const float* xr[TILES];
+#pragma unroll
+  for (int i = 0; i < TILES; ++i) {
+    const int64_t r = t0 + i * kMmaTile + g;
+    xr[i] = r < T ? x + r * ldx : nullptr;
+  }
+  float c[TILES][NT][4];
+  mma_quant_partial<CODE, NT, TILES>(sets, rows, K / kQuantChunkCodes<CODE>, xr, warp, lane, c);
   mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
     const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
     if (tr < T && nc < N) y[tr * ldy + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
@@ -150,11 +181,12 @@ __global__ void permute_cols_kernel(const float* __restrict__ x, int64_t ldx, co
 
 }  // namespace
 
-const uint16_t* CudaBackend::split_x_for_mma(const float* x, int64_t ldx, int64_t rows, int64_t K) {
-  ensure(mma_x_, std::max<int64_t>(kMmaParts * rows * K, 1) * sizeof(uint16_t));
-  auto* xs = static_cast<uint16_t*>(mma_x_.data());
-  if (rows * K > 0) launch("mma_split_x_kernel", mma_split_x_kernel, grid_for(rows * K), 256, 0, x, ldx, rows, K, xs);
-  return xs;
+std::pair<const float*, int64_t> CudaBackend::mma_x_rows(const float* x, int64_t ldx, int64_t rows, int64_t K) {
+  if (reinterpret_cast<uint64_t>(x) % 16 == 0 && ldx % 4 == 0) return {x, ldx};
+  ensure(mma_x_, std::max<int64_t>(rows * K, 1) * sizeof(float));
+  auto* packed = static_cast<float*>(mma_x_.data());
+  if (rows * K > 0) launch("pack_rows_kernel", pack_rows_kernel, grid_for(rows * K), 256, 0, x, ldx, rows, K, packed);
+  return {packed, K};  // K % 8 == 0 (mma_rows_fit)
 }
 
 void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
@@ -163,9 +195,9 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
   const int64_t per_cta = int64_t{tiles} * kMmaTile;
   const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), static_cast<unsigned>((T + per_cta - 1) / per_cta));
   if ((T + per_cta - 1) / per_cta > 65535) fail("matmul: {} rows is more than one launch takes", T);
-  const uint16_t* xs = split_x_for_mma(x, ldx, T, K);
+  const auto [xa, lda] = mma_x_rows(x, ldx, T, K);
   auto go = [&]<int TILES, bool GLU>() {
-    launch("matmul_mma_kernel", matmul_mma_kernel<TILES, GLU>, grid, kMmaWarps * 32, 0, xs, w.as<uint16_t>(),
+    launch("matmul_mma_kernel", matmul_mma_kernel<TILES, GLU>, grid, kMmaWarps * 32, 0, xa, lda, w.as<uint16_t>(),
            up ? up->as<uint16_t>() : nullptr, K, y.as<float>(), y.stride(), T, N);
   };
   switch (tiles) {
@@ -173,6 +205,24 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
     case 2: up ? go.template operator()<2, true>() : go.template operator()<2, false>(); break;
     default: up ? go.template operator()<4, true>() : go.template operator()<4, false>(); break;
   }
+}
+
+void CudaBackend::launch_matmul_mma_quant(const float* x, int64_t ldx, const TensorView& w, const TensorView* up,
+                                          int64_t K, TensorView& y, int64_t T, int64_t N) {
+  const int tiles = mma_quant_tiles_for(T);
+  const int64_t per_cta = int64_t{tiles} * kMmaTile;
+  const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), static_cast<unsigned>((T + per_cta - 1) / per_cta));
+  if ((T + per_cta - 1) / per_cta > 65535) fail("matmul: {} rows is more than one launch takes", T);
+  const auto [xa, lda] = mma_x_rows(x, ldx, T, K);
+  const MmaQuantWeight qw = mma_quant_weight(w, K), qu = up ? mma_quant_weight(*up, K) : qw;
+  with_quant_code(w.quant->code, [&]<QuantCode CODE>() {
+    auto go = [&]<int TILES, bool GLU>() {
+      launch("matmul_mma_quant_kernel", matmul_mma_quant_kernel<CODE, TILES, GLU>, grid, kMmaWarps * 32, 0, xa, lda, qw,
+             qu, K, y.as<float>(), y.stride(), T, N);
+    };
+    if (tiles == 1) up ? go.template operator()<1, true>() : go.template operator()<1, false>();
+    else up ? go.template operator()<4, true>() : go.template operator()<4, false>();
+  });
 }
 
 void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y) {
@@ -194,6 +244,10 @@ void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y
     launch_matmul_mma(xp, ldx, w, nullptr, K, y, T, N);
     return;
   }
+  if (mma_ && mma_quant_fit(w, K)) {
+    launch_matmul_mma_quant(xp, ldx, w, nullptr, K, y, T, N);
+    return;
+  }
   const bool x_aligned = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
   dispatch_weight_rows(w, K, x_aligned, matmul_tile_rows(T), [&]<int MT>(const auto& rows) {
     using Rows = std::decay_t<decltype(rows)>;
@@ -213,6 +267,10 @@ void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, c
   check_matmul(x, up, out);
   use_device();
   if (T == 0 || I == 0) return;
+  if (mma_ && mma_quant_glu_fit(gate, up, K)) {
+    launch_matmul_mma_quant(x.as<float>(), x.stride(), gate, &up, K, out, T, I);
+    return;
+  }
   if (!same_rows_layout(gate, up)) {  // quantized, or two different layouts: the three ops
     ensure(glu_up_, T * I * sizeof(float));
     TensorView u(DType::F32, glu_up_.data(), {T, I});

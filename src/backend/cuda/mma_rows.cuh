@@ -9,21 +9,30 @@
 // Precision: the tensor cores take bf16 operands. The weights are bf16 already; each f32 x value is
 // split into three bf16 parts and each step runs three MMAs into the same f32 accumulators. Products
 // of bf16 values are exact, so the result is an f32 dot product in another summation order than the
-// CUDA-core kernels', not a bf16 one. x is split once per op, before the MMA kernel (split_x3 in
-// mma_split_x_kernel): part p of row r at xs[(p · rows + r) · K + k]. Truncating instead of rounding
-// makes the split exact: hi holds x's top 8 significant bits, mid the next 8 of what is left, lo the
-// rest (at most 8 bits), so x = hi + mid + lo exactly for every finite x whose parts stay normal.
+// CUDA-core kernels', not a bf16 one. Each lane splits the f32 x values it loads in registers
+// (split_x8), so the kernels read x as f32 rows and no op needs a separate splitting pass. Truncating
+// instead of rounding makes the split exact: hi holds x's top 8 significant bits, mid the next 8 of
+// what is left, lo the rest (at most 8 bits), so x = hi + mid + lo exactly for every finite x whose
+// parts stay normal.
 //
 // Layout: the MMA's A operand is 16 weight rows, its B operand 8 x rows (tokens), so a decode or
 // verify step of up to 8 rows is one pass. A CTA of kMmaWarps warps owns 16 weight rows of NT row sets
 // (1 for a matmul, 2 for a gate and an up set) and TILES tiles of 8 x rows. K is cut into blocks of
 // 32; warp w takes blocks w, w + kMmaWarps, ... (split-K: a decode-sized matmul still has every SM
 // streaming), and in a block lane (g = lane / 4, t = lane % 4) loads the 16-byte chunk [8t, 8t + 8)
-// of weight rows g and g + 8 and of x row g's three parts. The sum over k is order-free, so k is
+// of weight rows g and g + 8 and the same 8 f32 values of x row g. The sum over k is order-free, so k is
 // relabelled to fit the fragments: MMA step s ∈ {0, 1} of a block takes chunk elements 8t + 4s +
 // {0, 1} as the fragment's k = 2t, 2t + 1 and 8t + 4s + {2, 3} as k = 2t + 8, 2t + 9 (each chunk's
 // words 2s and 2s + 1), for the weights and the x parts alike. The warps' partial sums are then added
 // in warp order through shared memory (mma_reduce_warps).
+//
+// Streaming: at decode sizes the kernels are a read of the weights, and three things decide how
+// close to the copy bandwidth they come (the kernel alone in a microbenchmark on the H200,
+// 2026-12-02, 31B shapes at T = 1: 2.1–2.6 TB/s before, 3.1–3.8 TB/s after; docs/PERF.md): every
+// load of U blocks (weights and x) is issued before the first MMA; the weight loads ask L2 for the
+// whole 256-byte segment around them (`ld.global.nc.L2::256B`: the 64-byte pieces a warp reads of 16
+// rows become full DRAM bursts, and the CTA's other warps find the rest in L2); and x is split in
+// registers instead of read as three bf16 parts that a kernel of its own wrote.
 //
 // Batch invariance: an output element's sums run over the same blocks, steps and parts in the same
 // order whatever the other rows of the tile are (an MMA computes each column of its tile on its own),
@@ -49,14 +58,39 @@ inline bool mma_rows_fit(const TensorView& w, int64_t K) {
 // decode or verify step, 32 rows per weight pass for prefill.
 inline int mma_tiles_for(int64_t rows) { return rows <= kMmaTile ? 1 : rows <= 2 * kMmaTile ? 2 : 4; }
 
-// Part p (0: hi, 1: mid, 2: lo) of each of x's values as bf16 bits: see the head of this file.
-__device__ __forceinline__ void split_x3(float x, uint16_t (&part)[kMmaParts]) {
+// The three bf16 parts (0: hi, 1: mid, 2: lo; see the head of this file) of 8 consecutive f32 x
+// values, as the 16-byte chunks the MMA fragments take: word q of part p holds values 2q (low half)
+// and 2q + 1 (high half), as a bf16 row would.
+__device__ __forceinline__ void split_x8(const float4& lo4, const float4& hi4, uint4 (&part)[kMmaParts]) {
+  const float v[8] = {lo4.x, lo4.y, lo4.z, lo4.w, hi4.x, hi4.y, hi4.z, hi4.w};
+  uint32_t w[kMmaParts][4];
 #pragma unroll
-  for (int p = 0; p < kMmaParts; ++p) {
-    const uint32_t u = __float_as_uint(x);
-    part[p] = static_cast<uint16_t>(u >> 16);
-    x -= __uint_as_float(u & 0xFFFF0000u);  // exact: the bits below the part
+  for (int q = 0; q < 4; ++q) {
+    float a = v[2 * q], b = v[2 * q + 1];
+#pragma unroll
+    for (int p = 0; p < kMmaParts; ++p) {
+      const uint32_t ua = __float_as_uint(a), ub = __float_as_uint(b);
+      w[p][q] = (ua >> 16) | (ub & 0xFFFF0000u);
+      a -= __uint_as_float(ua & 0xFFFF0000u);  // exact: the bits below the part
+      b -= __uint_as_float(ub & 0xFFFF0000u);
+    }
   }
+#pragma unroll
+  for (int p = 0; p < kMmaParts; ++p) part[p] = make_uint4(w[p][0], w[p][1], w[p][2], w[p][3]);
+}
+
+// A 16-byte chunk of a weight row, read once (no L1 allocation) with L2 asked for the 256-byte
+// segment around it: the CTA's other warps read the rest of it next.
+__device__ __forceinline__ uint4 load_weight_chunk(const uint4* p) {
+  uint4 v;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+#else
+  v = __ldg(p);
+#endif
+  return v;
 }
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
@@ -76,18 +110,19 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 
 // This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
 // x rows 2t and 2t + 1 of tile i) over its K blocks. wa[j] / wb[j]: weight rows g and g + 8 of set j
-// as 16-byte chunks (K / 8 of them); x[i]: x row g of tile i in the split buffer (part p at
-// x[i] + p · part_stride), or null past the step's rows (reads as zeros). Warp w takes blocks w,
-// w + kMmaWarps, ... (the CTA's warps walk each row together), the weight chunks of U blocks loaded
-// before the first is used; which blocks a warp sums, in which order, depends on K alone.
+// as 16-byte chunks (K / 8 of them); x[i]: x row g of tile i as f32 (16-byte aligned), or null past the
+// step's rows (reads as zeros). Warp w takes blocks w, w + kMmaWarps, ... (the CTA's warps walk each
+// row together), the weight and x chunks of U blocks loaded before the first is used; which blocks a
+// warp sums, in which order, depends on K alone.
 template <int NT, int TILES>
 __device__ __forceinline__ void mma_rows_partial(const uint4* const (&wa)[NT], const uint4* const (&wb)[NT],
-                                                 int64_t n_chunks, const uint4* const (&x)[TILES],
-                                                 int64_t part_stride, int warp, int lane, float (&c)[TILES][NT][4]) {
-  constexpr int U = NT * TILES >= 8 ? 2 : 4;  // blocks whose weight chunks are loaded before the first is used
+                                                 int64_t n_chunks, const float* const (&x)[TILES], int warp, int lane,
+                                                 float (&c)[TILES][NT][4]) {
+  constexpr int U = NT * TILES >= 8 ? 2 : 4;  // blocks whose chunks are loaded before the first is used
   const int t = lane % 4;
   const int64_t n_blocks = (n_chunks + 3) / 4;
   const uint4 zero = make_uint4(0, 0, 0, 0);
+  const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
   for (int i = 0; i < TILES; ++i)
 #pragma unroll
@@ -96,26 +131,30 @@ __device__ __forceinline__ void mma_rows_partial(const uint4* const (&wa)[NT], c
       for (int r = 0; r < 4; ++r) c[i][j][r] = 0.0f;
   for (int64_t kb0 = warp; kb0 < n_blocks; kb0 += int64_t{kMmaWarps} * U) {
     uint4 a[U][NT], b[U][NT];
+    float4 xl[U][TILES], xh[U][TILES];  // x values 8t .. 8t + 3 and 8t + 4 .. 8t + 7 of the block
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
+      const bool in = ch < n_chunks;
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
-        a[u][j] = ch < n_chunks ? __ldg(wa[j] + ch) : zero;
-        b[u][j] = ch < n_chunks ? __ldg(wb[j] + ch) : zero;
+        a[u][j] = in ? load_weight_chunk(wa[j] + ch) : zero;
+        b[u][j] = in ? load_weight_chunk(wb[j] + ch) : zero;
+      }
+#pragma unroll
+      for (int i = 0; i < TILES; ++i) {
+        const float4* xr = reinterpret_cast<const float4*>(x[i]);
+        xl[u][i] = in && xr ? xr[2 * ch] : zero4;
+        xh[u][i] = in && xr ? xr[2 * ch + 1] : zero4;
       }
     }
+    // Blocks past the end multiply zeros: no branch, so the compiler keeps every load in flight.
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t kb = kb0 + kMmaWarps * u;
-      if (kb >= n_blocks) break;  // the same for the whole warp
-      const int64_t ch = kb * 4 + t;
-      const bool in = ch < n_chunks;
 #pragma unroll
       for (int i = 0; i < TILES; ++i) {
         uint4 xv[kMmaParts];
-#pragma unroll
-        for (int p = 0; p < kMmaParts; ++p) xv[p] = in && x[i] ? x[i][p * part_stride + ch] : zero;
+        split_x8(xl[u][i], xh[u][i], xv);
 #pragma unroll
         for (int s = 0; s < 2; ++s)
 #pragma unroll

@@ -15,6 +15,7 @@
 // Every value of a row thus goes through the same reduction order whatever else is in the batch.
 #include <climits>
 
+#include "backend/cuda/mma_quant.cuh"
 #include "backend/cuda/mma_rows.cuh"
 #include "backend/cuda/weight_rows.cuh"
 
@@ -228,14 +229,14 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
   }
 }
 
-// The two kernels above for bf16 weights on the tensor cores (mma_rows.cuh), x split into xs ([rows, K]
-// per part): a CTA takes one expert and 16 columns (gate_up: 16 gate rows and their 16 up rows), and
-// that expert's rows in tiles of 8.
+// The two kernels above for bf16 weights on the tensor cores (mma_rows.cuh), x rows 16-byte aligned
+// (mma_x_rows): a CTA takes one expert and 16 columns (gate_up: 16 gate rows and their 16 up rows),
+// and that expert's rows in tiles of 8.
 // gate_up (DOWN false): act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]);
-// down (DOWN true): out[pos, n] = down[e][n] · act[pos] (xs = act split, k = 0, N = H rows per expert).
+// down (DOWN true): out[pos, n] = down[e][n] · act[pos] (x = act, k = 0, N = H rows per expert).
 template <int TILES, bool DOWN>
 __global__ void __launch_bounds__(kMmaWarps * 32)
-    moe_mma_kernel(const uint16_t* __restrict__ xs, int64_t x_rows, const uint16_t* __restrict__ w, int64_t K,
+    moe_mma_kernel(const float* __restrict__ x, int64_t ldx, const uint16_t* __restrict__ w, int64_t K,
                    int64_t N, int k, const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
                    const int32_t* __restrict__ active, int E, float* __restrict__ y) {
   begin_kernel();
@@ -256,19 +257,74 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     wb[j] = reinterpret_cast<const uint4*>(w + (first_row + j * N + nb) * K);
   }
   for (int32_t r0 = begin; r0 < end; r0 += TILES * kMmaTile) {
-    const uint4* xr[TILES];
+    const float* xr[TILES];
 #pragma unroll
     for (int i = 0; i < TILES; ++i) {
       const int32_t pos = r0 + i * kMmaTile + g;
-      xr[i] = pos < end ? reinterpret_cast<const uint4*>(xs + (k ? sorted[pos] / k : pos) * K) : nullptr;
+      xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
     }
     float c[TILES][NT][4];
-    mma_rows_partial<NT, TILES>(wa, wb, K / 8, xr, x_rows * K / 8, warp, lane, c);
+    mma_rows_partial<NT, TILES>(wa, wb, K / 8, xr, warp, lane, c);
     mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
       const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
       if (pos < end && nc < N) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
     });
   }
+}
+
+// moe_mma_kernel for quantized experts (mma_quant.cuh): the same CTA shape and outputs.
+template <QuantCode CODE, int TILES, bool DOWN>
+__global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode: two CTAs per SM
+    moe_mma_quant_kernel(const float* __restrict__ x, int64_t ldx, MmaQuantWeight w, int64_t K, int64_t N, int k,
+                         const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
+                         const int32_t* __restrict__ active, int E, float* __restrict__ y) {
+  begin_kernel();
+  constexpr int NT = DOWN ? 1 : 2;
+  __shared__ MmaReduceSmem<NT, TILES> sm;
+  if (static_cast<int>(blockIdx.y) >= active[E]) return;
+  const int e = active[blockIdx.y];
+  const int32_t begin = offsets[e], end = offsets[e + 1];
+  if (begin >= end) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
+  const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
+  const int64_t first_row = static_cast<int64_t>(e) * NT * N;  // gate_up: [E, 2I, H]; down: [E, H, I]
+  MmaQuantWeight sets[NT];
+  int64_t rows[NT][2];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) sets[j] = w, rows[j][0] = first_row + j * N + na, rows[j][1] = first_row + j * N + nb;
+  for (int32_t r0 = begin; r0 < end; r0 += TILES * kMmaTile) {
+    const float* xr[TILES];
+#pragma unroll
+    for (int i = 0; i < TILES; ++i) {
+      const int32_t pos = r0 + i * kMmaTile + g;
+      xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
+    }
+    float c[TILES][NT][4];
+    mma_quant_partial<CODE, NT, TILES>(sets, rows, K / kQuantChunkCodes<CODE>, xr, warp, lane, c);
+    mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
+      const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
+      if (pos < end && nc < N) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
+    });
+  }
+}
+
+// Launches moe_mma_quant_kernel over the active experts (grid rows) for quantized w, x rows of K at
+// stride ldx (16-byte aligned: mma_x_rows); T bounds an expert's rows.
+template <bool DOWN>
+void launch_moe_mma_quant(CudaBackend& be, const float* x, int64_t ldx, const TensorView& w, int64_t K,
+                          int64_t N, int xk, int64_t T, const int32_t* offsets, const int32_t* sorted,
+                          const int32_t* active, int E, unsigned active_rows, float* dst) {
+  const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), active_rows);
+  const MmaQuantWeight qw = mma_quant_weight(w, K);
+  with_quant_code(w.quant->code, [&]<QuantCode CODE>() {
+    auto go = [&]<int TILES>() {
+      be.launch("moe_mma_quant_kernel", moe_mma_quant_kernel<CODE, TILES, DOWN>, grid, kMmaWarps * 32, 0, x, ldx, qw,
+                K, N, xk, offsets, sorted, active, E, dst);
+    };
+    if (mma_quant_tiles_for(T) == 1) go.template operator()<1>();
+    else go.template operator()<4>();
+  });
 }
 
 // dst[pos, j] = src[row(pos), perm[e, j]] for the pairs of each active expert e, with row(pos) =
@@ -378,13 +434,13 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
       const int64_t per_cta = kMatmulWarps * rows_per_warp;
       return dim3(static_cast<unsigned>((cols + per_cta - 1) / per_cta), active_rows);
     };
-    // bf16 experts on the tensor cores: a CTA per 16 columns of one expert, x split first.
-    auto mma = [&]<bool DOWN>(const float* xs, int64_t ld, int64_t x_rows, const TensorView& w, int64_t K, int64_t N,
+    // bf16 experts on the tensor cores: a CTA per 16 columns of one expert.
+    auto mma = [&]<bool DOWN>(const float* x, int64_t ld, int64_t x_rows, const TensorView& w, int64_t K, int64_t N,
                               int xk, float* dst) {
-      const uint16_t* split = split_x_for_mma(xs, ld, x_rows, K);
+      const auto [xa, lda] = mma_x_rows(x, ld, x_rows, K);
       const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), active_rows);
       auto go = [&]<int TILES>() {
-        launch("moe_mma_kernel", moe_mma_kernel<TILES, DOWN>, grid, kMmaWarps * 32, 0, split, x_rows, w.as<uint16_t>(),
+        launch("moe_mma_kernel", moe_mma_kernel<TILES, DOWN>, grid, kMmaWarps * 32, 0, xa, lda, w.as<uint16_t>(),
                K, N, xk, offsets, sorted, active, static_cast<int>(E), dst);
       };
       switch (mma_tiles_for(T)) {  // an expert has at most T rows
@@ -395,6 +451,10 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     };
     if (mma_ && mma_rows_fit(gate_up, H)) {
       mma.template operator()<false>(xp, ldx, x_k ? T : P, gate_up, H, I, x_k, act);
+    } else if (mma_ && mma_quant_fit(gate_up, H)) {
+      const auto [xa, lda] = mma_x_rows(xp, ldx, x_k ? T : P, H);
+      launch_moe_mma_quant<false>(*this, xa, lda, gate_up, H, I, x_k, T, offsets, sorted, active, static_cast<int>(E),
+                                  active_rows, act);
     } else {
       dispatch_weight_rows(gate_up, H, gu_xvec, mt, [&]<int MT>(const auto& rows) {
         using Rows = std::decay_t<decltype(rows)>;
@@ -412,6 +472,10 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     const bool dn_xvec = I % 4 == 0;  // act rows are I floats from a 256-byte aligned buffer
     if (mma_ && mma_rows_fit(down, I)) {
       mma.template operator()<true>(ap, I, P, down, I, H, 0, out);
+    } else if (mma_ && mma_quant_fit(down, I)) {
+      const auto [xa, lda] = mma_x_rows(ap, I, P, I);
+      launch_moe_mma_quant<true>(*this, xa, lda, down, I, H, 0, T, offsets, sorted, active, static_cast<int>(E),
+                                 active_rows, out);
     } else {
       dispatch_weight_rows(down, I, dn_xvec, mt, [&]<int MT>(const auto& rows) {
         using Rows = std::decay_t<decltype(rows)>;

@@ -1,0 +1,166 @@
+// Private to the CUDA backend: the register-level pieces of the quantized tensor-core path
+// (mma_quant.cuh) that need no GPU, written once for the device and the host so that a plain C++
+// unit test (tests/backend/mma_quant_decode_test.cc) checks the bit tricks on every code.
+//
+//   decode_word   one 32-bit word of a row's packed codes (8 four-bit or 4 eight-bit codes) to the
+//                 bf16 pairs the MMA's A fragment takes: pair i holds codes 2i (low half) and 2i + 1
+//                 (high half) as value − zero. Every such value is exact in bf16: integer codes
+//                 minus their zero are integers of magnitude at most 15 (4-bit) or 255 (8-bit, 8
+//                 significant bits, bf16 has 8), E2M1 and E4M3 values have at most 2 and 4
+//                 significant bits within bf16's exponent range. So a pair is just the top halves of
+//                 exact f32 values, or built in bf16 directly, with no rounding anywhere.
+//   quad_pick /   one stage of the 4 × 4 word transpose between the four lanes of an MMA quad
+//   quad_put      (lanes 4g .. 4g + 3): lane t starts with the 4 words of code chunk t and ends
+//                 with word t of chunks 0..3 (mma_quant.cuh says why).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "backend/tensor.h"
+
+#if defined(__CUDACC__)
+#define TANDEM_QHD __host__ __device__ __forceinline__
+#else
+#define TANDEM_QHD inline
+#endif
+#if defined(__CUDA_ARCH__)
+#define TANDEM_QUNROLL _Pragma("unroll")
+#else
+#define TANDEM_QUNROLL  // host code (the unit test) needs no unroll hint
+#endif
+
+namespace tandem {
+namespace cu {
+
+// Codes per 32-bit word and bf16 pairs decode_word produces from one.
+template <QuantCode CODE>
+constexpr int kQuantWordCodes = quant_code_bits(CODE) == 4 ? 8 : 4;
+template <QuantCode CODE>
+constexpr int kQuantWordPairs = kQuantWordCodes<CODE> / 2;
+
+// PTX prmt (__byte_perm): result byte n is byte s[4n + 2 .. 4n] of the 8 bytes {b, a} (a the low word).
+TANDEM_QHD uint32_t qperm(uint32_t a, uint32_t b, uint32_t s) {
+#if defined(__CUDA_ARCH__)
+  return __byte_perm(a, b, s);
+#else
+  const uint64_t v = (static_cast<uint64_t>(b) << 32) | a;
+  uint32_t r = 0;
+  for (int n = 0; n < 4; ++n) r |= static_cast<uint32_t>((v >> (8 * ((s >> (4 * n)) & 7))) & 0xFF) << (8 * n);
+  return r;
+#endif
+}
+
+TANDEM_QHD float qfloat(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+TANDEM_QHD uint32_t qbits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+// Two exact f32 values as one bf16 pair (lo in the low half): their top halves.
+TANDEM_QHD uint32_t bf16_pair_of_exact(float lo, float hi) { return qperm(qbits(lo), qbits(hi), 0x7632); }
+
+// a − b on bf16 pairs, for operands whose differences are exact in bf16 (fma.rn.bf16x2 a · 1 − b).
+TANDEM_QHD uint32_t bf16x2_sub_exact(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  uint32_t d;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(0x3F803F80u), "r"(b ^ 0x80008000u));
+  return d;
+#else
+  const float lo = qfloat(a << 16) - qfloat(b << 16), hi = qfloat(a & 0xFFFF0000u) - qfloat(b & 0xFFFF0000u);
+  return bf16_pair_of_exact(lo, hi);
+#endif
+}
+
+// What decode_word subtracts, for zero point z (the integer codes; the float codes have none): for
+// 4-bit codes the bf16 pair (128 + z, 128 + z), for 8-bit ones the f32 bits of 2^23 + z.
+template <QuantCode CODE>
+TANDEM_QHD uint32_t quant_zero_key(uint32_t z) {
+  if constexpr (CODE == QuantCode::kU4) return (0x4300u | z) * 0x10001u;
+  else if constexpr (CODE == QuantCode::kU8) return qbits(8388608.0f + static_cast<float>(z));
+  else return 0;
+}
+
+template <QuantCode CODE>
+TANDEM_QHD void decode_word(uint32_t w, uint32_t zero_key, uint32_t (&pair)[kQuantWordPairs<CODE>]) {
+  if constexpr (CODE == QuantCode::kU4) {
+    // Byte i of w (codes 2i, 2i + 1) into byte 0 and byte i of w >> 4 into byte 2; masked to the low
+    // nibbles and or-ed into bf16 0x4300 (128, whose last mantissa bit is 1) that is 128 + code per
+    // half; minus 128 + z, exact.
+    const uint32_t w4 = w >> 4;
+TANDEM_QUNROLL
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t p = (qperm(w, w4, static_cast<uint32_t>(i | (4 + i) << 8)) & 0x000F000Fu) | 0x43004300u;
+      pair[i] = bf16x2_sub_exact(p, zero_key);
+    }
+  } else if constexpr (CODE == QuantCode::kU8) {
+    // Byte b into f32 0x4B0000bb = 2^23 + b, minus 2^23 + z: b − z exactly.
+    const float off = qfloat(zero_key);
+TANDEM_QUNROLL
+    for (int i = 0; i < 2; ++i) {
+      const float lo = qfloat(qperm(w, 0x4B000000u, 0x7440u + 2 * i)) - off;
+      const float hi = qfloat(qperm(w, 0x4B000000u, 0x7440u + 2 * i + 1)) - off;
+      pair[i] = bf16_pair_of_exact(lo, hi);
+    }
+  } else if constexpr (CODE == QuantCode::kE2M1) {
+    // s ee m → f32 bits 31 and 24..22, read as 2^(e − 127) · 1.m (or the subnormal m · 2^-127);
+    // times 2^126 that is the E2M1 value.
+    float v[8];
+TANDEM_QUNROLL
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t n = w >> (4 * j);
+      v[j] = qfloat(((n & 8u) << 28) | ((n & 7u) << 22)) * 0x1p126f;
+    }
+TANDEM_QUNROLL
+    for (int i = 0; i < 4; ++i) pair[i] = bf16_pair_of_exact(v[2 * i], v[2 * i + 1]);
+  } else {
+    // s eeee mmm → f32 bits 31 and 26..20, times 2^120 (as weight_rows.cuh's e4m3_value; the NaN
+    // codes, which quantizers never write, read ±480 as there and on the CPU).
+    float v[4];
+TANDEM_QUNROLL
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t b = w >> (8 * j);
+      v[j] = qfloat(((b & 0x80u) << 24) | ((b & 0x7Fu) << 20)) * 0x1p120f;
+    }
+TANDEM_QUNROLL
+    for (int i = 0; i < 2; ++i) pair[i] = bf16_pair_of_exact(v[2 * i], v[2 * i + 1]);
+  }
+}
+
+// One stage (m = 2, then m = 1) of the quad transpose: lane t swaps with lane t ^ m the two words
+// whose index differs from t in bit m; quad_pick names what it sends (s0, s1), quad_put stores what
+// it receives from its partner in the same slots. After both stages lane t holds in w[j] the word
+// that lane j held in w[t].
+TANDEM_QHD void quad_pick(const uint32_t (&w)[4], int t, int m, uint32_t& s0, uint32_t& s1) {
+  if (m == 2) {
+    s0 = t & 2 ? w[0] : w[2];
+    s1 = t & 2 ? w[1] : w[3];
+  } else {
+    s0 = t & 1 ? w[0] : w[1];
+    s1 = t & 1 ? w[2] : w[3];
+  }
+}
+TANDEM_QHD void quad_put(uint32_t (&w)[4], int t, int m, uint32_t r0, uint32_t r1) {
+  if (m == 2) {
+    if (t & 2) w[0] = r0, w[1] = r1;
+    else w[2] = r0, w[3] = r1;
+  } else {
+    if (t & 1) w[0] = r0, w[2] = r1;
+    else w[1] = r0, w[3] = r1;
+  }
+}
+
+}  // namespace cu
+}  // namespace tandem
