@@ -1,11 +1,11 @@
 // CPU GEMV vs memory bandwidth: measures this machine's read bandwidth with a multi-threaded
 // sum-reduce over 1 GiB (best of N), then the matmul of the CPU backend for decode-sized row counts
 // with BF16 weights and quantized ones (int4 and int8 group 32 with bf16 scales, as compressed-tensors
-// W4A16 / W8A16 checkpoints store them; FP8 E4M3 with per-channel scales), and prints weight GB/s (codes and
-// scales) as a share of that bandwidth. A decode step is one pass over all weights, so this share is
+// W4A16 / W8A16 checkpoints store them; FP8 E4M3 with per-channel scales; FP4 E2M1 group 16 with f32
+// scales, as tandem stores NVFP4), and prints weight GB/s (codes and scales) as a share of that bandwidth. A decode step is one pass over all weights, so this share is
 // the decode speed relative to the hardware limit.
 //
-//   bench_gemv [--threads N] [--quick] [--only bf16|int4|int8|fp8] [--rows 1,2,4,8] [--shape NxK]
+//   bench_gemv [--threads N] [--quick] [--only bf16|int4|int8|fp8|fp4] [--rows 1,2,4,8] [--shape NxK]
 //
 // Weights are cycled through enough copies to total >= 1 GiB, so each call reads from DRAM rather
 // than from the (large, on server parts) last-level cache, as it does in a real decode step.
@@ -76,12 +76,13 @@ struct Shape {
   int64_t N, K;
 };
 
-enum class Kind { bf16, int4_g32, int8_g32, fp8_channel };
+enum class Kind { bf16, int4_g32, int8_g32, fp8_channel, fp4_g16 };
 const char* kind_name(Kind k) {
   switch (k) {
     case Kind::bf16: return "bf16";
     case Kind::int4_g32: return "int4 g32";
     case Kind::int8_g32: return "int8 g32";
+    case Kind::fp4_g16: return "fp4 g16";
     default: return "fp8 channel";
   }
 }
@@ -90,30 +91,37 @@ const char* kind_flag(Kind k) {
     case Kind::bf16: return "bf16";
     case Kind::int4_g32: return "int4";
     case Kind::int8_g32: return "int8";
+    case Kind::fp4_g16: return "fp4";
     default: return "fp8";
   }
 }
 
 // Weights [N, K] of one kind, cycled through enough copies to total >= 1 GiB. A quantized copy is
-// its codes followed by its bf16 scales.
+// its codes followed by its scales (bf16; f32 for FP4).
 struct WeightSet {
   WeightSet(const Shape& s, Kind k) : shape(s), kind(k) {
-    code_bytes = k == Kind::bf16 ? s.N * s.K * 2 : k == Kind::int4_g32 ? s.N * s.K / 2 : s.N * s.K;
-    const int64_t groups = k == Kind::bf16 ? 0 : k == Kind::fp8_channel ? s.N : s.N * (s.K / 32);
-    bytes = code_bytes + groups * 2;
+    const bool nibbles = k == Kind::int4_g32 || k == Kind::fp4_g16;
+    code_bytes = k == Kind::bf16 ? s.N * s.K * 2 : nibbles ? s.N * s.K / 2 : s.N * s.K;
+    const int64_t group = k == Kind::fp8_channel ? s.K : k == Kind::fp4_g16 ? 16 : 32;
+    const int64_t groups = k == Kind::bf16 ? 0 : s.N * (s.K / group);
+    const DType scale_dtype = k == Kind::fp4_g16 ? DType::F32 : DType::BF16;
+    bytes = code_bytes + groups * dtype_size(scale_dtype);
     copies = static_cast<int>(std::max<size_t>(2, ((size_t{1} << 30) + bytes - 1) / bytes));
     mem = alloc(bytes * copies);
     uint64_t* p = reinterpret_cast<uint64_t*>(mem.get());
-    // Small values in every kind (four bf16 values; int4 codes 0..8; FP8 codes below 2): the data do
-    // not matter for the speed, only that they are finite.
+    // Small values in every kind (four bf16 values; int4 codes 0..8; FP8 codes below 2; f32 scales
+    // about 1.6e-7): the data do not matter for the speed, only that they are finite.
     const uint64_t pattern = k == Kind::bf16 ? 0x3C003C803D003D80ull : 0x3430343034303430ull;
     for (size_t i = 0; i < bytes * copies / 8; ++i) p[i] = pattern;
     params.resize(copies);
     for (int c = 0; c < copies && k != Kind::bf16; ++c) {
       QuantParams& q = params[c];
-      q.code = k == Kind::int4_g32 ? QuantCode::kU4 : k == Kind::int8_g32 ? QuantCode::kU8 : QuantCode::kF8E4M3;
-      q.group = k == Kind::fp8_channel ? s.K : 32;
-      q.scales = TensorView(DType::BF16, mem.get() + bytes * c + code_bytes, {s.N, groups / s.N});
+      q.code = k == Kind::int4_g32  ? QuantCode::kU4
+               : k == Kind::int8_g32 ? QuantCode::kU8
+               : k == Kind::fp4_g16  ? QuantCode::kE2M1
+                                     : QuantCode::kF8E4M3;
+      q.group = group;
+      q.scales = TensorView(scale_dtype, mem.get() + bytes * c + code_bytes, {s.N, groups / s.N});
     }
   }
   TensorView view(int c) const {
@@ -132,8 +140,13 @@ struct WeightSet {
 
 // Best over passes (each pass one call per copy) of weight bytes / time, for T rows of x.
 double gemv_gbps(Backend& be, const WeightSet& w, int64_t T, double seconds_budget) {
-  std::vector<float> x(T * w.shape.K, 0.5f), y(T * w.shape.N);
-  TensorView xv(DType::F32, x.data(), {T, w.shape.K}), yv(DType::F32, y.data(), {T, w.shape.N});
+  // x 64-byte aligned, as the engine's activations are (HostTensor): the exact kernels read x in
+  // place, and vector loads that straddle cache lines would make the figures depend on the heap.
+  auto xmem = alloc(T * w.shape.K * sizeof(float));
+  float* x = reinterpret_cast<float*>(xmem.get());
+  std::fill(x, x + T * w.shape.K, 0.5f);
+  std::vector<float> y(T * w.shape.N);
+  TensorView xv(DType::F32, x, {T, w.shape.K}), yv(DType::F32, y.data(), {T, w.shape.N});
   for (int c = 0; c < w.copies; ++c) be.matmul(xv, w.view(c), yv);  // warm-up
   double best = 0;
   const auto start = Clock::now();
@@ -185,13 +198,13 @@ int run(int argc, char** argv) {
   std::printf("read bandwidth (1 GiB sum-reduce, %d threads, best of %d): %.1f GB/s\n\n", pool_threads,
               quick ? 3 : 10, bw);
   std::printf("%-12s %-28s %-11s %3s %9s %8s\n", "weights", "[N x K]", "isa", "T", "GB/s", "% bw");
-  for (Kind kind : {Kind::bf16, Kind::int4_g32, Kind::int8_g32, Kind::fp8_channel})
+  for (Kind kind : {Kind::bf16, Kind::int4_g32, Kind::int8_g32, Kind::fp8_channel, Kind::fp4_g16})
   for (const Shape& s : shapes) {
     if (!only.empty() && only != kind_flag(kind)) continue;
     const WeightSet w(s, kind);
     std::vector<std::string> isas{"avx2"};
     if (cpu_best_isa() != CpuIsa::kAvx2) isas.push_back("avx512");
-    if (kind == Kind::bf16 && cpu_has_avx512_bf16()) isas.push_back("avx512-bf16");
+    if (cpu_has_avx512_bf16()) isas.push_back("avx512-bf16");
     for (const std::string& isa : isas) {
       cpu_force_isa(isa);
       for (int64_t T : rows) {

@@ -1,9 +1,11 @@
 // matmul and moe_experts with quantized weights (QuantParams) against dequantize-then-float64, on
 // the odd shapes of Gemma 4 26B-A4B (K = 704 and 2112, N not a multiple of the kernels' row tile,
-// groups of 32 and of 128, which leaves a short last group on those K, and per channel), for every
-// code type, with and without zero points and an act-order permutation, on both kernel families; and
-// the CUDA backend's kernels (tensor-core and CUDA-core) against the CPU's on the same weights for
-// matmul, matmul_gelu_glu and moe_experts, and for batch invariance (skipped without a CUDA GPU).
+// groups of 32 and of 128, which leaves a short last group on those K, and per channel; K = 704 and
+// 2112 also end in half a block of the avx512-bf16 int4 kernel, K = 256 in a whole one, K = 200 in a
+// short group), for every code type, with and without zero points and an act-order permutation, on
+// every kernel family the CPU has, and for batch invariance on each; and the CUDA backend's kernels
+// (tensor-core and CUDA-core) against the CPU's on the same weights for matmul, matmul_gelu_glu and
+// moe_experts, and for batch invariance (skipped without a CUDA GPU).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -30,7 +32,7 @@ struct QuantCase {
 // multiplied with the unpermuted x: ref[(e·N + n)·K + k] with k the index into x.
 struct QuantWeight {
   std::vector<uint8_t> codes, zeros;
-  std::vector<uint8_t> scales;  // F32 or BF16 bytes
+  std::vector<uint8_t> scales;  // F32, BF16 or F16 bytes
   std::vector<int32_t> perm;
   std::vector<double> ref;
   QuantParams q;
@@ -47,13 +49,18 @@ QuantWeight make_quant(const QuantCase& c, int64_t experts, int64_t N, int64_t K
     if (c.code == QuantCode::kF8E4M3 && (b & 0x7F) == 0x7F) b &= 0xF0;  // no NaN codes
   }
   std::vector<float> s(rows * G);
-  for (float& f : s) f = (c.scale_dtype == DType::BF16 ? round_to_bf16(rng.uniform(0.01f, 0.1f)) : rng.uniform(0.01f, 0.1f));
   w.scales.resize(s.size() * dtype_size(c.scale_dtype));
   for (size_t i = 0; i < s.size(); ++i) {
     if (c.scale_dtype == DType::BF16) {
-      const uint16_t h = f32_to_bf16(s[i]);
+      const uint16_t h = f32_to_bf16(rng.uniform(0.01f, 0.1f));
+      s[i] = bf16_to_f32(h);
+      std::memcpy(&w.scales[i * 2], &h, 2);
+    } else if (c.scale_dtype == DType::F16) {
+      const uint16_t h = static_cast<uint16_t>(0x2200 + rng.index(0x0C00));  // f16 values in [0.0117, 0.09]
+      s[i] = f16_to_f32(h);
       std::memcpy(&w.scales[i * 2], &h, 2);
     } else {
+      s[i] = rng.uniform(0.01f, 0.1f);
       std::memcpy(&w.scales[i * 4], &s[i], 4);
     }
   }
@@ -114,6 +121,11 @@ const QuantCase kCases[] = {
     {QuantCode::kE2M1, 32, false, false, DType::BF16},     // FP4 in groups the tensor-core path takes
     {QuantCode::kU4, 2112, true, false, DType::BF16},      // per channel on K = 2112, asymmetric
     {QuantCode::kU8, 704, false, true, DType::F32},        // per channel on K = 704, act order
+    {QuantCode::kU4, 16, false, false, DType::F16},    // avx512-bf16: two groups per lane pattern step
+    {QuantCode::kU4, 64, false, true, DType::BF16},    // avx512-bf16: two groups per block
+    {QuantCode::kU4, 128, true, true, DType::F16},     // avx512-bf16: zeros, one table per block
+    {QuantCode::kU4, 704, true, false, DType::BF16},   // per channel on K = 704: one group per row
+    {QuantCode::kE2M1, 32, false, true, DType::BF16},
 };
 
 // Per-channel cases (group > 128) are written for one K only.
@@ -125,17 +137,17 @@ QuantCase for_rows_of(QuantCase c, int64_t K) {
   return c;
 }
 
-TEST(QuantMatmul, OddShapesAllCodesBothIsas) {
+TEST(QuantMatmul, OddShapesAllCodesAllIsas) {
   auto be = make_cpu_backend(2);
   Rng rng(11);
   for (const std::string& isa : available_isas()) {
     ForceIsa force(isa);
     for (const QuantCase& c : kCases)
-      for (int64_t K : {704, 2112}) {
+      for (int64_t K : {200, 256, 704, 2112}) {
         if (channel_elsewhere(c, K)) continue;
         const int64_t N = 37 + rng.index(100);
         QuantWeight w = make_quant(c, 1, N, K, rng);
-        for (int64_t T : {1, 2, 5, 16}) {
+        for (int64_t T : {1, 2, 3, 5, 9, 16}) {
           std::vector<float> x = rng.normals(T * K), y(T * N);
           TensorView xv(DType::F32, x.data(), {T, K}), yv(DType::F32, y.data(), {T, N});
           be->matmul(xv, w.view, yv);
@@ -177,6 +189,58 @@ TEST(QuantMatmul, MoeExpertsMatchDequantizedWeights) {
         ASSERT_NEAR(y_q[i], y_f[i], 1e-4 * (1 + std::abs(y_f[i]))) << isa << " " << describe(c) << " at " << i;
     }
   }
+}
+
+// A row's result is the same bits alone and inside batches of any size, on every kernel family and
+// thread count (greedy speculative decoding under batching relies on it).
+TEST(QuantMatmul, CpuIsBatchInvariant) {
+  Rng rng(14);
+  const int64_t T = 11, N = 77;
+  for (int threads : {1, 2}) {
+    auto be = make_cpu_backend(threads);
+    for (const std::string& isa : available_isas()) {
+      ForceIsa force(isa);
+      for (const QuantCase& c : kCases)
+        for (int64_t K : {704, 2112}) {
+          if (channel_elsewhere(c, K)) continue;
+          QuantWeight w = make_quant(c, 1, N, K, rng);
+          std::vector<float> x = rng.normals(T * K), all(T * N), part(T * N);
+          TensorView xv(DType::F32, x.data(), {T, K}), av(DType::F32, all.data(), {T, N});
+          be->matmul(xv, w.view, av);
+          for (int64_t n : {1, 3, 4, 5, 9}) {
+            const int64_t s = (n * 5) % (T - n + 1);
+            TensorView xp = xv.row_slice(s, s + n), yp(DType::F32, part.data(), {n, N});
+            be->matmul(xp, w.view, yp);
+            ASSERT_EQ(std::memcmp(part.data(), &all[s * N], n * N * 4), 0)
+                << isa << " " << describe(c) << " K=" << K << " rows " << s << ".." << s + n << " threads " << threads;
+          }
+        }
+    }
+  }
+}
+
+// Which weights the avx512-bf16 family's quantized kernel takes (the others run the exact avx512
+// kernels, which the tests above cover too).
+TEST(QuantMatmul, Bf16KernelTakesFourBitCodes) {
+  auto take = [](QuantCode code, int64_t group, bool zeros, int64_t K) {
+    uint8_t z = 0;
+    QuantParams q;
+    q.code = code;
+    q.group = group;
+    if (zeros) q.zeros = TensorView(DType::U8, &z, {1, 1});
+    return cpu::quant_uses_bf16(q, K);
+  };
+  EXPECT_TRUE(take(QuantCode::kU4, 32, false, 2816));
+  EXPECT_TRUE(take(QuantCode::kU4, 16, false, 2816));
+  EXPECT_TRUE(take(QuantCode::kE2M1, 16, false, 2816));
+  EXPECT_TRUE(take(QuantCode::kU4, 128, true, 2816));
+  EXPECT_TRUE(take(QuantCode::kU4, 704, true, 704));    // one group per row
+  EXPECT_FALSE(take(QuantCode::kU4, 32, true, 2816));   // zeros of groups smaller than a block
+  EXPECT_FALSE(take(QuantCode::kU4, 704, false, 2112));  // not a power of two
+  EXPECT_FALSE(take(QuantCode::kU4, 8, false, 2816));
+  EXPECT_FALSE(take(QuantCode::kE2M1, 128, true, 2816));  // value - zero need not be a bf16 value
+  EXPECT_FALSE(take(QuantCode::kU8, 32, false, 2816));
+  EXPECT_FALSE(take(QuantCode::kF8E4M3, 2816, false, 2816));
 }
 
 TEST(QuantMatmul, RefusesInconsistentParams) {

@@ -331,7 +331,8 @@ class CpuBackend final : public Backend {
     const bool same_format =
         gate.dtype == up.dtype && !gate.quant == !up.quant &&
         (!gate.quant || (gate.quant->code == up.quant->code && gate.quant->group == up.quant->group &&
-                         !gate.quant->k_perm.data && !up.quant->k_perm.data));
+                         !gate.quant->zeros.data == !up.quant->zeros.data && !gate.quant->k_perm.data &&
+                         !up.quant->k_perm.data));
     if (!same_format) {  // run them one after the other
       run_matmul(ag);
       run_matmul(au);
@@ -775,6 +776,14 @@ class CpuBackend final : public Backend {
 
   using TileFn = void (*)(const MatmulArgs&, int64_t, int64_t, int64_t, int64_t);
 
+  // p rounded up to a multiple of 64 bytes (the scratch vectors below hold 64 spare bytes). A kernel's
+  // vector loads of x then stay within one cache line each where the row length allows it: loads that
+  // straddle two lines halved the int4 kernel's streaming speed (docs/PERF.md).
+  template <typename T>
+  static T* align64(T* p) {
+    return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
+  }
+
   // Chooses the kernel family for a and rewrites x as that family wants it (permuted for act-order
   // weights, packed even/odd, or split into two bf16 terms), in this thread's scratch: moe_experts runs
   // matmuls on several pool threads at once. The returned args stay valid until the thread's next call.
@@ -798,18 +807,27 @@ class CpuBackend final : public Backend {
       a.x = x_perm.data();
       a.ldx = a.K;
     }
-    if (a.wtype == DType::BF16 && !a.q && isa == CpuIsa::kAvx512Bf16) {
-      scratch.x_split.resize(a.T * 2 * a.K);
-      cpu::split_x_bf16(a.x, a.ldx, a.T, a.K, scratch.x_split.data());
-      a.xs = scratch.x_split.data();
+    if (a.q && isa == CpuIsa::kAvx512Bf16 && cpu::quant_uses_bf16(*a.q, a.K)) {
+      const int64_t Kp = (a.K + cpu::kQuantBf16Block - 1) / cpu::kQuantBf16Block * cpu::kQuantBf16Block;
+      scratch.x_split.resize(a.T * 2 * Kp + 32);
+      uint16_t* xs = align64(scratch.x_split.data());
+      cpu::split_x_bf16_quant(a.x, a.ldx, a.T, a.K, xs);
+      a.xs = xs;
+      a.ldxs = 2 * Kp;
+      tile = cpu::matmul_tile_avx512_bf16;
+    } else if (a.wtype == DType::BF16 && !a.q && isa == CpuIsa::kAvx512Bf16) {
+      scratch.x_split.resize(a.T * 2 * a.K + 32);
+      uint16_t* xs = align64(scratch.x_split.data());
+      cpu::split_x_bf16(a.x, a.ldx, a.T, a.K, xs);
+      a.xs = xs;
       a.ldxs = 2 * a.K;
       tile = cpu::matmul_tile_avx512_bf16;
     } else if ((a.wtype == DType::BF16 && !a.q) || (a.q && cpu::quant_uses_table(*a.q, a.K, avx512 ? 16 : 8))) {
       // T·K floats, negligible next to the N·K weights.
-      scratch.x_packed.resize(a.T * a.K);
-      cpu::pack_x_even_odd(a.x, a.ldx, a.T, a.K, avx512 ? cpu::kBf16BlockAvx512 : cpu::kBf16BlockAvx2,
-                           scratch.x_packed.data());
-      a.x = scratch.x_packed.data();
+      scratch.x_packed.resize(a.T * a.K + 16);
+      float* xp = align64(scratch.x_packed.data());
+      cpu::pack_x_even_odd(a.x, a.ldx, a.T, a.K, avx512 ? cpu::kBf16BlockAvx512 : cpu::kBf16BlockAvx2, xp);
+      a.x = xp;
       a.ldx = a.K;
     }
     return tile;

@@ -9,8 +9,9 @@ namespace tandem {
 enum class CpuIsa {
   kAvx2,        // baseline: 8-lane f32 FMA, F16C
   kAvx512,      // 16-lane f32 FMA (avx512f + avx512bw + avx512vl)
-  kAvx512Bf16,  // kAvx512, with BF16-weight matmuls on vdpbf16ps over activations split into two bf16
-                // terms (avx512_bf16; matmul_avx512bf16.cc says how close to exact that is)
+  kAvx512Bf16,  // kAvx512, with BF16-weight and 4-bit quantized matmuls on vdpbf16ps over activations
+                // split into two bf16 terms (avx512_bf16; matmul_avx512bf16.cc says how close to exact
+                // that is)
 };
 
 std::string_view cpu_isa_name(CpuIsa isa);

@@ -91,10 +91,23 @@ inline bool quant_uses_table(const QuantParams& q, int64_t K, int lanes) {
 void matmul_tile_avx2(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1);
 void matmul_tile_avx512(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1);
 
-// The avx512-bf16 family, for BF16 weights only (matmul_avx512bf16.cc): out row t (2·K bf16) =
+// The avx512-bf16 family, for BF16 and (quant_uses_bf16) 4-bit quantized weights (matmul_avx512bf16.cc);
+// for BF16 weights split_x_bf16 prepares x: out row t (2·K bf16) =
 // hi[K] then lo[K] with hi = bf16(x), lo = bf16(x - hi), both rounded to nearest even; the tile
 // reads a.xs instead of a.x.
 void split_x_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out);
 void matmul_tile_avx512_bf16(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1);
+
+// Whether matmul_tile_avx512_bf16 takes quantized weights q with rows of K codes: 4-bit codes (int4
+// without or with zeros, E2M1 without), when one group covers the row or the group is a power of two
+// covering whole blocks of kQuantBf16Block codes (with zeros) or whole lanes of 8 codes (groups of 16
+// or more, without zeros). Other weights, 8-bit codes among them, go to the exact avx512 kernels.
+bool quant_uses_bf16(const QuantParams& q, int64_t K);
+// Codes per block of the quantized avx512-bf16 kernel.
+inline constexpr int64_t kQuantBf16Block = 128;
+// split_x_bf16 for quant_uses_bf16 weights: row t (2·Kp bf16, Kp = K rounded up to kQuantBf16Block)
+// = hi[Kp] then lo[Kp], zero past K, each block of 128 elements holding those with index ≡ 0 (mod 4),
+// then ≡ 1, ≡ 2 and ≡ 3 (the order the kernel decodes a block's nibbles in).
+void split_x_bf16_quant(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out);
 
 }  // namespace tandem::cpu

@@ -1,16 +1,28 @@
-// BF16-weight matmul with AVX512_BF16 dot products (the avx512-bf16 kernel family). Each activation
-// is split into two bf16 terms, hi = bf16(x) and lo = bf16(x - hi) (both rounded to nearest even), so
-// hi + lo keeps 16 of x's 24 significant bits (|x - hi - lo| <= 2^-17 |x|); vdpbf16ps then multiplies
-// the bf16 weights with each term exactly and accumulates in f32. Against the exact f32 kernels this
-// reads each weight once and needs no widening, about 1.5x the throughput when the weights are in
-// cache, with logits within the golden tests' 1e-4 of transformers (docs/PERF.md).
+// Matmuls with AVX512_BF16 dot products (the avx512-bf16 kernel family). Each activation is split
+// into two bf16 terms, hi = bf16(x) and lo = bf16(x - hi) (both rounded to nearest even), so hi + lo
+// keeps 16 of x's 24 significant bits (|x - hi - lo| <= 2^-17 |x|); vdpbf16ps then multiplies a weight
+// that is an exact bf16 value with each term exactly and accumulates in f32.
+// - BF16 weights: against the exact f32 kernels this reads each weight once and needs no widening,
+//   about 1.5x the throughput when the weights are in cache, with logits within the golden tests'
+//   1e-4 of transformers (docs/PERF.md).
+// - 4-bit quantized weights (QuantParams, int4 and E2M1): value(code) - zero is an exact bf16 value
+//   (an integer of at most 8 significant bits, or an E2M1 value), so the codes are decoded straight
+//   to bf16 words by a table lookup, dotted with hi and lo per block of codes, and the block's f32
+//   partials are multiplied by their groups' scales: acc += scale · Σ (value - zero) · (hi + lo).
+//   8-bit codes stay on the exact avx512 kernels: their decode is cheap there, and with two
+//   vdpbf16ps and a scale FMA per 32 weights and row of x this path took about 1.9x their time for
+//   4 rows of x (docs/PERF.md). Prefill with 4-bit codes is 7-8 % slower here than on the exact
+//   kernels (multiply-bound: vdpbf16ps issues slower than f32 FMAs), and the family cannot switch
+//   kernels by row count without making a row's bits depend on its batch.
 //
 // Like matmul_avx512.cc, every header comes before the target pragma and everything after it has
 // internal linkage or runs only when cpu_isa() is kAvx512Bf16.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
+#include <vector>
 
 #include "backend/cpu/matmul.h"
 #include "util/half.h"
@@ -94,6 +106,196 @@ void rows_block(const uint16_t* w, const MatmulArgs& a, int64_t n, int64_t t0, i
   }
 }
 
+
+// Writes bf16(v) to hi[0..16) and bf16(v - hi) to lo[0..16).
+inline void split16(__m512 v, uint16_t* hi, uint16_t* lo) {
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+  const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi), h);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf)));
+}
+
+// --- 4-bit quantized weights. The kernel walks each row in blocks of 128 codes (64 bytes), the last
+// one loaded under a mask (x is zero past K, see split_x_bf16_quant). The 64 bytes, read as 32 words,
+// hold elements 4j..4j+3 in the four nibbles of word j; the word and the word shifted right by 4, 8
+// and 12 index a table of value(c) - zero (vpermw, which reads the low 5 bits: the table's two
+// 16-word halves are equal, so bit 4 does not matter), giving four vectors of bf16 weights, the
+// elements 4j + s for s = 0..3. x is packed to match: per block of 128 elements, those with index
+// ≡ 0 (mod 4), then ≡ 1, ≡ 2, ≡ 3. One table per block (a group with zeros covers whole blocks:
+// quant_uses_bf16). The four vectors are dotted with x's hi terms into one f32 partial and with its lo
+// terms into another (lane i sums elements 8i..8i+7), and each partial is added to its accumulator
+// times the scale of each lane's group: two FMA chains per output, and the sequence of operations of
+// an output depends only on its weight row and its row of x.
+
+constexpr int64_t kBlockBytes = 64, kBlockCodes = kQuantBf16Block;
+
+// Rows of x per tile of R weight rows: two accumulators per output, at most kMaxQuantAcc.
+constexpr int kMaxQuantAcc = 8;
+
+// The scales of row `row` as f32, n_groups of them, then zeros up to the next multiple of 16 and 16
+// more (read by the lane pattern of the last block): out holds scale_stride(n_groups) floats. Masked
+// loads, so that rows of a few groups (short rows, per-channel scales) cost one vector each.
+inline int64_t scale_stride(int64_t n_groups) { return (n_groups + 15) / 16 * 16 + 16; }
+inline void row_scales(const QuantParams& q, int64_t row, int64_t n_groups, float* out) {
+  const int64_t base = row * n_groups;
+  int64_t g = 0;
+  for (; g < n_groups; g += 16) {
+    const __mmask16 m = n_groups - g >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n_groups - g)) - 1);
+    __m512 v;
+    switch (q.scales.dtype) {
+      case DType::BF16:
+        v = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(q.scales.data) + base + g)), 16));
+        break;
+      case DType::F16:
+        v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(q.scales.data) + base + g));
+        break;
+      default: v = _mm512_maskz_loadu_ps(m, static_cast<const float*>(q.scales.data) + base + g); break;
+    }
+    _mm512_storeu_ps(out + g, v);
+  }
+  _mm512_storeu_ps(out + g, _mm512_setzero_ps());
+}
+
+inline __m512bh load_bh(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+
+// value(c) - zero for c < 16, in both 16-word halves, as bf16 (4-bit codes).
+template <QuantCode C>
+inline __m512i nibble_table(float zero) {
+  const __m512 v = C == QuantCode::kU4 ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+                                       : _mm512_loadu_ps(kE2M1ToF32.data());
+  const __m512 d = _mm512_sub_ps(v, _mm512_set1_ps(zero));
+  return (__m512i)_mm512_cvtne2ps_pbh(d, d);
+}
+
+// What every row of a weight shares, worked out once per tile of rows (short rows are common: the
+// bundled model's are 128 bytes, two blocks).
+struct QuantRows {
+  explicit QuantRows(const MatmulArgs& a)
+      : q(*a.q), K(a.K), G(q.group), n_groups(q.groups(K)), Kp((K + kBlockCodes - 1) / kBlockCodes * kBlockCodes),
+        blocks(Kp / kBlockCodes), row_bytes(K / 2), tail_bytes(row_bytes - (blocks - 1) * kBlockBytes),
+        tail_mask(tail_bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << tail_bytes) - 1),
+        g_shift(G >= K ? 62 : std::countr_zero(static_cast<uint64_t>(G))), lane_groups(G < kBlockCodes && G < K),
+        lane_group(_mm512_srlv_epi32(_mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 3),
+                                     _mm512_set1_epi32(std::min(g_shift, 31)))),
+        scale_row_bytes(n_groups * static_cast<int64_t>(dtype_size(q.scales.dtype))),
+        rows_ahead((kPrefetchBytes + row_bytes - 1) / row_bytes), lds(scale_stride(n_groups)) {}
+  const QuantParams& q;
+  const int64_t K, G, n_groups, Kp, blocks, row_bytes;
+  const int64_t tail_bytes;  // of the last block, 1..64
+  const __mmask64 tail_mask;
+  // The group of element k is k >> g_shift (G is a power of two or covers the row: quant_uses_bf16),
+  // a shift instead of a division per block.
+  const int g_shift;
+  // Lanes of a block in different groups (groups of 16 to 64): lane i's group is lane_group[i] groups
+  // after the block's first (8i / G).
+  const bool lane_groups;
+  const __m512i lane_group;
+  const int64_t scale_row_bytes, rows_ahead, lds;
+};
+
+// y[t·ldy + r] = Σ_j W[n + r, j] · x[t][j] for r < R, t < TT; xs as split_x_bf16_quant writes it.
+template <QuantCode C, int R, int TT>
+inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const uint16_t* xs, float* y) {
+  const QuantParams& q = L.q;
+  const int64_t Kp = L.Kp, row_bytes = L.row_bytes, n_groups = L.n_groups, lds = L.lds;
+  const int g_shift = L.g_shift;
+  const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
+  const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
+  // The scales are a second stream, a few lines per row that the weight rows' prefetch does not
+  // cover: fetch those of a row about kPrefetchBytes of codes ahead.
+  const uintptr_t scales_ahead = reinterpret_cast<uintptr_t>(q.scales.data) + (n + R + L.rows_ahead) * L.scale_row_bytes;
+  for (int64_t b = 0; b < R * L.scale_row_bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(scales_ahead + b), _MM_HINT_T0);
+  thread_local std::vector<float> scale_buf;
+  if (static_cast<int64_t>(scale_buf.size()) < R * lds) scale_buf.resize(R * lds);
+  for (int r = 0; r < R; ++r) row_scales(q, n + r, n_groups, scale_buf.data() + r * lds);
+  auto zero_of = [&](int r, int64_t g) -> int {
+    return zeros ? zeros[(n + r) * n_groups + g] : quant_default_zero(C);
+  };
+  __m512i table[R];
+  int64_t table_group[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) table[r] = nibble_table<C>(zero_of(r, 0)), table_group[r] = 0;
+  __m512 acc[R][TT];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+
+  auto block = [&](int64_t u, bool tail) __attribute__((always_inline)) {
+    const int64_t k = u * kBlockCodes, g = k >> g_shift;
+    __m512 sv[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const float* s = scale_buf.data() + r * lds;
+      sv[r] = L.lane_groups ? _mm512_permutexvar_ps(L.lane_group, _mm512_loadu_ps(s + g)) : _mm512_set1_ps(s[g]);
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* wr = w + r * row_bytes + u * kBlockBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes, _MM_HINT_T0);
+      if (zeros && g != table_group[r]) table[r] = nibble_table<C>(zero_of(r, g)), table_group[r] = g;
+      const __m512i wd = tail ? _mm512_maskz_loadu_epi8(L.tail_mask, wr) : _mm512_loadu_si512(wr);
+      const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(wd, table[r]);
+      const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 4), table[r]);
+      const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 8), table[r]);
+      const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 12), table[r]);
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) {
+        const uint16_t* xh = xs + t * a.ldxs + k;
+        const uint16_t* xl = xh + Kp;
+        __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, load_bh(xh));
+        p = _mm512_dpbf16_ps(p, w0, load_bh(xl));
+        p = _mm512_dpbf16_ps(p, w1, load_bh(xh + 32)), p = _mm512_dpbf16_ps(p, w1, load_bh(xl + 32));
+        p = _mm512_dpbf16_ps(p, w2, load_bh(xh + 64)), p = _mm512_dpbf16_ps(p, w2, load_bh(xl + 64));
+        p = _mm512_dpbf16_ps(p, w3, load_bh(xh + 96)), p = _mm512_dpbf16_ps(p, w3, load_bh(xl + 96));
+        acc[r][t] = _mm512_fmadd_ps(p, sv[r], acc[r][t]);
+      }
+    }
+  };
+  int64_t u = 0;
+  for (; u + 1 < L.blocks; ++u) block(u, false);
+  L.tail_bytes < kBlockBytes ? block(u, true) : block(u, false);
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <QuantCode C, int R, int TT>
+inline void tile_quant_fit(const MatmulArgs& a, const QuantRows& L, int64_t n, const uint16_t* xs, float* y) {
+  if constexpr (TT > 1 && R * TT > kMaxQuantAcc) {
+    constexpr int kHead = TT / 2;
+    tile_quant_fit<C, R, kHead>(a, L, n, xs, y);
+    tile_quant_fit<C, R, TT - kHead>(a, L, n, xs + kHead * a.ldxs, y + kHead * a.ldy);
+  } else {
+    tile_quant<C, R, TT>(a, L, n, xs, y);
+  }
+}
+
+template <QuantCode C, int R>
+void rows_block_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, int64_t t0, int64_t t1) {
+  int64_t t = t0;
+  for (; t + 4 <= t1; t += 4) tile_quant_fit<C, R, 4>(a, L, n, a.xs + t * a.ldxs, a.y + t * a.ldy + n);
+  const uint16_t* xs = a.xs + t * a.ldxs;
+  float* y = a.y + t * a.ldy + n;
+  switch (t1 - t) {
+    case 3: tile_quant_fit<C, R, 3>(a, L, n, xs, y); break;
+    case 2: tile_quant_fit<C, R, 2>(a, L, n, xs, y); break;
+    case 1: tile_quant_fit<C, R, 1>(a, L, n, xs, y); break;
+    default: break;
+  }
+}
+
+// A decode step walks the weight rows one after another; more rows of x share each pair of weight
+// rows from L1.
+template <QuantCode C>
+void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  const QuantRows L(a);
+  int64_t n = n0;
+  if (t1 - t0 > 1)
+    for (; n + 2 <= n1; n += 2) rows_block_quant<C, 2>(a, L, n, t0, t1);
+  for (; n < n1; ++n) rows_block_quant<C, 1>(a, L, n, t0, t1);
+}
+
 }  // namespace
 
 void split_x_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out) {
@@ -102,16 +304,36 @@ void split_x_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* o
     uint16_t* hi = out + t * 2 * K;
     uint16_t* lo = hi + K;
     int64_t k = 0;
-    for (; k + kLanes <= K; k += kLanes) {
-      const __m512 v = _mm512_loadu_ps(src + k);
-      const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
-      const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + k), h);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + k), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf)));
-    }
+    for (; k + kLanes <= K; k += kLanes) split16(_mm512_loadu_ps(src + k), hi + k, lo + k);
     for (; k < K; ++k) {
       hi[k] = f32_to_bf16(src[k]);
       lo[k] = f32_to_bf16(src[k] - bf16_to_f32(hi[k]));
+    }
+  }
+}
+
+bool quant_uses_bf16(const QuantParams& q, int64_t K) {
+  const int64_t G = q.group;
+  const bool zeros = q.zeros.data != nullptr;
+  // For the float codes value - zero need not be a bf16 value; no format stores zeros for them.
+  if (zeros && (q.code == QuantCode::kE2M1 || q.code == QuantCode::kF8E4M3)) return false;
+  if (quant_code_bits(q.code) != 4) return false;
+  if (G >= K) return true;
+  if (!std::has_single_bit(static_cast<uint64_t>(G))) return false;
+  return zeros ? G >= kBlockCodes : G >= 16;  // whole blocks per group, or whole lanes (8 codes) per group
+}
+
+void split_x_bf16_quant(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out) {
+  const int64_t Kp = (K + kBlockCodes - 1) / kBlockCodes * kBlockCodes;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* src = x + t * ldx;
+    uint16_t* hi = out + t * 2 * Kp;
+    uint16_t* lo = hi + Kp;
+    for (int64_t k = 0; k < Kp; k += kBlockCodes) {
+      alignas(64) float block[kBlockCodes];  // index ≡ 0, 1, 2, 3 (mod 4): the decode's order
+      const int64_t n = std::min(kBlockCodes, K - k);
+      for (int64_t i = 0; i < kBlockCodes; ++i) block[(i % 4) * 32 + i / 4] = i < n ? src[k + i] : 0.0f;
+      for (int64_t i = 0; i < kBlockCodes; i += kLanes) split16(_mm512_load_ps(block + i), hi + k + i, lo + k + i);
     }
   }
 }
@@ -120,6 +342,9 @@ void split_x_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* o
 // of x share each group of 4 weight rows from L1 (four rows of dot products in flight also hide the
 // latency of vdpbf16ps, which bounds a single row at T = 2..4).
 void matmul_tile_avx512_bf16(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  if (a.q)  // quant_uses_bf16: 4-bit codes only
+    return a.q->code == QuantCode::kU4 ? matmul_tile_quant<QuantCode::kU4>(a, n0, n1, t0, t1)
+                                       : matmul_tile_quant<QuantCode::kE2M1>(a, n0, n1, t0, t1);
   const uint16_t* w = static_cast<const uint16_t*>(a.w);
   int64_t n = n0;
   if (t1 - t0 > 1)

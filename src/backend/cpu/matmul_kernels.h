@@ -336,13 +336,14 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
   }
 }
 
-// As matmul_tile: a decode step walks the weight rows one after another, more rows of x share each
-// group of 4 weight rows.
+// Groups of 4 weight rows, shared by every row of x from L1. Unlike a BF16 decode step, a quantized
+// one walks four rows at a time too: four independent FMA chains keep the FMA latency off a single row
+// of x (up to 1.7x the streaming speed at T = 1, docs/PERF.md). An output's operations are the same
+// in any tile, so its bits do not depend on the tiling.
 template <class V, QuantCode C>
 void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
   int64_t n = n0;
-  if (t1 - t0 > 1)
-    for (; n + 4 <= n1; n += 4) rows_block_quant<V, C, 4>(a, n, t0, t1);
+  for (; n + 4 <= n1; n += 4) rows_block_quant<V, C, 4>(a, n, t0, t1);
   for (; n < n1; ++n) rows_block_quant<V, C, 1>(a, n, t0, t1);
 }
 
