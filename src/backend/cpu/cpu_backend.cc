@@ -807,20 +807,16 @@ class CpuBackend final : public Backend {
       a.x = x_perm.data();
       a.ldx = a.K;
     }
-    if (a.q && isa == CpuIsa::kAvx512Bf16 && cpu::quant_uses_bf16(*a.q, a.K)) {
-      const int64_t Kp = (a.K + cpu::kQuantBf16Block - 1) / cpu::kQuantBf16Block * cpu::kQuantBf16Block;
+    const bool bf16_quant = a.q && isa == CpuIsa::kAvx512Bf16 && cpu::quant_uses_bf16(*a.q, a.K);
+    if (bf16_quant || (a.wtype == DType::BF16 && !a.q && isa == CpuIsa::kAvx512Bf16)) {
+      // x as its two bf16 terms; quantized rows in whole blocks of codes (split_x_bf16_quant's layout).
+      const int64_t block = bf16_quant ? cpu::kQuantBf16Block : 1;
+      const int64_t Kp = (a.K + block - 1) / block * block;
       scratch.x_split.resize(a.T * 2 * Kp + 32);
       uint16_t* xs = align64(scratch.x_split.data());
-      cpu::split_x_bf16_quant(a.x, a.ldx, a.T, a.K, xs);
+      (bf16_quant ? cpu::split_x_bf16_quant : cpu::split_x_bf16)(a.x, a.ldx, a.T, a.K, xs);
       a.xs = xs;
       a.ldxs = 2 * Kp;
-      tile = cpu::matmul_tile_avx512_bf16;
-    } else if (a.wtype == DType::BF16 && !a.q && isa == CpuIsa::kAvx512Bf16) {
-      scratch.x_split.resize(a.T * 2 * a.K + 32);
-      uint16_t* xs = align64(scratch.x_split.data());
-      cpu::split_x_bf16(a.x, a.ldx, a.T, a.K, xs);
-      a.xs = xs;
-      a.ldxs = 2 * a.K;
       tile = cpu::matmul_tile_avx512_bf16;
     } else if ((a.wtype == DType::BF16 && !a.q) || (a.q && cpu::quant_uses_table(*a.q, a.K, avx512 ? 16 : 8))) {
       // T·K floats, negligible next to the N·K weights.
