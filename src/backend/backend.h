@@ -93,6 +93,17 @@ class Backend {
   // Turns recording on or off (vLLM's --enforce-eager turns it off); on by default where supported.
   virtual void set_recording(bool on) { (void)on; }
 
+  // --- Concurrency ---
+  // Issues the ops of `a`, then those of `b`, where neither reads what the other writes (both may read
+  // what earlier ops wrote): a backend may run the two at the same time (CUDA: `a` on a second stream
+  // forked from the first and joined back, recorded graphs included), so that small ops of one overlap
+  // the other's. Ops issued after it see both results. Neither may call all_reduce, download or
+  // synchronize. The CPU backend runs a, then b.
+  virtual void concurrently(const std::function<void()>& a, const std::function<void()>& b) {
+    a();
+    b();
+  }
+
   // --- Data movement ---
   // dst = src for 2-D views of one dtype (either may have a row stride).
   virtual void copy(const TensorView& src, TensorView& dst) = 0;

@@ -427,8 +427,9 @@ void CudaBackend::attention(const TensorView& q, const KvLayer& layer, const Att
                      a.max_chunks <= 65535;
   a.chunks = nullptr;
   if (split && a.max_chunks > 1) {
-    ensure(attn_chunks_, state_bytes);
-    a.chunks = static_cast<float*>(attn_chunks_.data());
+    Buffer& buf = scratch().attn_chunks;
+    ensure(buf, state_bytes);
+    a.chunks = static_cast<float*>(buf.data());
   }
   switch (d / 32) {
 #define TANDEM_ATTN_CASE(E)                             \

@@ -4,7 +4,9 @@
 // allocation in the hot path, so a decode step can later be captured into a CUDA graph.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <exception>
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_common.cuh"
@@ -55,14 +57,26 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   pdl_ = prop.major >= 9 && !(pdl && std::string(pdl) == "0");
   const char* mma = std::getenv("TANDEM_CUDA_MMA");
   mma_ = prop.major >= 8 && !(mma && std::string(mma) == "0");
+  // Split-K: at most 4 CTAs per SM (a decode-sized tensor-core matmul holds 4–5 per SM, so the split
+  // stays one wave; docs/PERF.md has the sweep), or TANDEM_CUDA_SPLIT_K CTAs per SM.
+  const char* split = std::getenv("TANDEM_CUDA_SPLIT_K");
+  mma_split_ctas_ = (split ? std::max(0L, std::strtol(split, nullptr, 10)) : 4) * sm_count_;
   TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  const char* concurrent = std::getenv("TANDEM_CUDA_CONCURRENT");
+  concurrent_ = !(concurrent && std::string(concurrent) == "0");
+  TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
+  TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
+  TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&join_event_, cudaEventDisableTiming));
 }
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
   cudaStreamSynchronize(stream_);
-  moe_offsets_.reset(), moe_sorted_.reset(), moe_pos_.reset(), moe_act_.reset(), moe_out_.reset();
-  attn_chunks_.reset();
+  cudaStreamSynchronize(side_stream_);
+  for (OpScratch& sc : scratch_) sc = OpScratch{};
+  cudaEventDestroy(fork_event_);
+  cudaEventDestroy(join_event_);
+  cudaStreamDestroy(side_stream_);
   cudaStreamDestroy(stream_);
 }
 
@@ -179,6 +193,35 @@ void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std:
     return;
   }
   TANDEM_CUDA_CHECK(cudaGraphLaunch(r.exec, stream_));
+}
+
+void CudaBackend::concurrently(const std::function<void()>& a, const std::function<void()>& b) {
+  if (lane_ || !concurrent_) {  // nested (the side stream runs both), or turned off
+    a();
+    b();
+    return;
+  }
+  use_device();
+  // Fork: the side stream starts after everything issued so far (in a capture, the event makes it part
+  // of the graph). Join: the main stream's later ops wait for the side's, also when a branch throws.
+  TANDEM_CUDA_CHECK(cudaEventRecord(fork_event_, stream_));
+  TANDEM_CUDA_CHECK(cudaStreamWaitEvent(side_stream_, fork_event_, 0));
+  std::exception_ptr error;
+  lane_ = 1;
+  try {
+    a();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  lane_ = 0;
+  TANDEM_CUDA_CHECK(cudaEventRecord(join_event_, side_stream_));
+  if (!error) try {
+      b();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  TANDEM_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_event_, 0));
+  if (error) std::rethrow_exception(error);
 }
 
 void CudaBackend::memory_info(size_t* free_bytes, size_t* total_bytes) const {

@@ -307,6 +307,23 @@ constexpr int kMatmulWarps = 8;
 // in flight) far above an 8-row tile's; warp_dot's order makes every height give the same bits.
 inline int matmul_tile_rows(int64_t rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : kMatmulRows; }
 
+// Split-K over CTAs: a matmul whose weight has few 16-row tiles for the GPU's SMs (a decode step's
+// [2816, 4096] projection has 176) cuts each row's K blocks between `slices` CTAs, so that enough
+// weight bytes are in flight to reach the copy bandwidth (one CTA per tile leaves most SMs with one
+// CTA, which waits a memory latency per U blocks). Each CTA's sums go to `partials` (per tile, slice
+// and output); the CTA that finishes a tile's last slice (a ticket per tile, counted with atomicAdd)
+// adds the slices' sums in slice order and writes the outputs, then resets the ticket for the next
+// launch (mma_finish, mma_rows.cuh). The slice count is a function of the weight's shape alone
+// (CudaBackend::mma_slices), so an output's sums run in one order whatever the batch, as the unsplit
+// kernels' do.
+constexpr int kMmaMaxSlices = 16;
+
+struct MmaSplit {
+  int slices = 1;
+  float* partials = nullptr;   // [tiles, slices, TILES · 128, NT]
+  unsigned* tickets = nullptr;  // [tiles], zero between launches
+};
+
 }  // namespace cu
 
 // --- The backend ------------------------------------------------------------------------------
@@ -328,6 +345,7 @@ class CudaBackend final : public Backend {
   uint64_t host_syncs() const override { return host_syncs_; }
   void run_recorded(std::unique_ptr<Recording>& recording, const std::function<void()>& issue) override;
   void set_recording(bool on) override { recording_on_ = on; }
+  void concurrently(const std::function<void()>& a, const std::function<void()>& b) override;
 
   void copy(const TensorView& src, TensorView& dst) override;
   void gather_rows(const TensorView& src, const TensorView& ids, TensorView& dst) override;
@@ -371,7 +389,7 @@ class CudaBackend final : public Backend {
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t config{};
-    config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = smem, config.stream = stream_;
+    config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = smem, config.stream = op_stream();
     config.attrs = &attr, config.numAttrs = pdl_ ? 1 : 0;
     cu::check_cuda(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), what, __FILE__, __LINE__);
   }
@@ -383,16 +401,23 @@ class CudaBackend final : public Backend {
   // 16-byte aligned address and stride; x itself when it is, else a packed copy in mma_x_. Returns
   // the rows and their stride.
   std::pair<const float*, int64_t> mma_x_rows(const float* x, int64_t ldx, int64_t rows, int64_t K);
-  // matmul / matmul_gelu_glu (up non-null) on the tensor cores: x [T, K] (row stride ldx) times bf16
-  // w [N, K] (mma_rows.cuh).
+  // matmul / matmul_gelu_glu (up non-null) on the tensor cores: x [T, K] (row stride ldx) times w
+  // [N, K], bf16 (mma_rows_fit) or quantized (mma_quant_fit; up of the same code).
   void launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
                          TensorView& y, int64_t T, int64_t N);
-  // The same for quantized w (and up) that mma_quant_fit accepts (mma_quant.cuh).
-  void launch_matmul_mma_quant(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
-                               TensorView& y, int64_t T, int64_t N);
+  // K slices of a tensor-core matmul over N weight rows of `blocks` K blocks each (cu::MmaSplit): as
+  // many as the launch's row tiles fit in mma_split_ctas_ CTAs, at most one per kMmaWarps blocks
+  // (every warp has a block) and kMmaMaxSlices. A function of the weight's shape (and the GPU) alone,
+  // never of the batch, for batch invariance.
+  int mma_slices(int64_t N, int64_t blocks) const;
+  // The split of a launch of `tiles` output tiles into `slices` (its scratch grown: `floats` partial
+  // sums per tile and slice, a zeroed ticket per tile).
+  cu::MmaSplit mma_split(int64_t tiles, int slices, int64_t floats);
   // rms_norm (add false) and rms_norm_add (add true): out (+)= RMS(in) · weight.
   void launch_rms_norm(const TensorView& in, const TensorView* weight, float eps, TensorView& out, const char* op,
                        bool add);
+  // The stream ops are issued to: the main one, or inside concurrently()'s first branch the side one.
+  cudaStream_t op_stream() const { return lane_ ? side_stream_ : stream_; }
   // Grows a scratch buffer to at least `bytes`. Only reallocates when the size increases, so a step
   // run once at its largest size never allocates again (and can then be captured in a CUDA graph).
   void ensure(Buffer& b, size_t bytes);
@@ -405,21 +430,35 @@ class CudaBackend final : public Backend {
   bool recording_on_ = true;
   bool capturing_ = false;
   uint64_t memory_epoch_ = 0;
-  // moe_experts scratch: offsets [E+1], pairs sorted by expert [T·k], position of each pair in that
-  // order [T·k], activations [T·k, I], expert outputs [T·k, H].
-  Buffer moe_offsets_, moe_sorted_, moe_pos_, moe_act_, moe_out_;
-  // x gathered into an act-order quantized weight's column order (matmul: [T, K]; moe_experts: one
-  // row per routed pair).
-  Buffer permuted_x_;
-  // x rows packed for the tensor-core kernels when a view's rows are not 16-byte aligned.
-  Buffer mma_x_;
-  // matmul_gelu_glu's up projection when it cannot fuse.
-  Buffer glu_up_;
-  // attention's split path: per (row, head, chunk) softmax states.
-  Buffer attn_chunks_;
+  // Scratch of the ops, one set per stream (concurrently() runs ops on two at once).
+  struct OpScratch {
+    // moe_experts: offsets [E+1], pairs sorted by expert [T·k], position of each pair in that order
+    // [T·k], activations [T·k, I], expert outputs [T·k, H].
+    Buffer moe_offsets, moe_sorted, moe_pos, moe_act, moe_out;
+    // x gathered into an act-order quantized weight's column order (matmul: [T, K]; moe_experts: one
+    // row per routed pair).
+    Buffer permuted_x;
+    // x rows packed for the tensor-core kernels when a view's rows are not 16-byte aligned.
+    Buffer mma_x;
+    // matmul_gelu_glu's up projection when it cannot fuse.
+    Buffer glu_up;
+    // Split-K tensor-core matmuls: the slices' partial sums and the tiles' tickets (cu::MmaSplit).
+    Buffer mma_partials, mma_tickets;
+    // attention's split path: per (row, head, chunk) softmax states.
+    Buffer attn_chunks;
+  };
+  OpScratch scratch_[2];
+  int lane_ = 0;  // 1 while concurrently() issues its first branch
+  bool concurrent_ = true;  // concurrently() on two streams (TANDEM_CUDA_CONCURRENT=0: one, for measuring)
+  OpScratch& scratch() { return scratch_[lane_]; }
+  cudaStream_t side_stream_ = nullptr;
+  cudaEvent_t fork_event_ = nullptr, join_event_ = nullptr;
   int64_t sm_count_ = 0;
   bool pdl_ = false;  // programmatic dependent launch (sm_90+)
   bool mma_ = false;  // bf16 and quantized weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
+  // CTAs a split tensor-core matmul may have (mma_slices): 4 per SM, or TANDEM_CUDA_SPLIT_K per SM (0
+  // turns the split off, for measuring).
+  int64_t mma_split_ctas_ = 0;
 };
 
 }  // namespace tandem

@@ -9,6 +9,8 @@
 // order of an output element (see warp_dot in cuda_common.cuh) depends only on K and the weight
 // row, never on T or the other rows, which lossless speculative decoding under batching relies on.
 // At T = 1 it is bandwidth-bound; at large T it is FFMA-bound (no tensor cores in this pass).
+#include <algorithm>
+
 #include "backend/cuda/mma_quant.cuh"
 #include "backend/cuda/mma_rows.cuh"
 #include "backend/cuda/weight_rows.cuh"
@@ -97,13 +99,14 @@ __global__ void pack_rows_kernel(const float* __restrict__ x, int64_t ldx, int64
     dst[i] = x[(i / K) * ldx + i % K];
 }
 
-// y[T, N] = x · wᵀ for bf16 w on the tensor cores (mma_rows.cuh), x rows 16-byte aligned
-// (mma_x_rows): a CTA per 16 columns and TILES tiles of 8 rows. GLU: out = gelu_tanh(x · gateᵀ) ·
+// y[T, N] = x · wᵀ on the tensor cores for weight rows W (MmaBf16Rows or MmaQuantRows, mma_rows.cuh /
+// mma_quant.cuh), x rows 16-byte aligned (mma_x_rows): a CTA per 16 columns, TILES tiles of 8 rows
+// and K slice (grid: column tiles × row tiles × split.slices). GLU: out = gelu_tanh(x · gateᵀ) ·
 // (x · upᵀ) with the same sums (the same bits as two such matmuls and gelu_tanh_mul).
-template <int TILES, bool GLU>
+template <class W, int TILES, bool GLU>
 __global__ void __launch_bounds__(kMmaWarps * 32)
-    matmul_mma_kernel(const float* __restrict__ x, int64_t ldx, const uint16_t* __restrict__ w,
-                      const uint16_t* __restrict__ up, int64_t K, float* __restrict__ y, int64_t ldy, int64_t T, int64_t N) {
+    matmul_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, W up, int64_t K, float* __restrict__ y,
+                      int64_t ldy, int64_t T, int64_t N, MmaSplit split) {
   begin_kernel();
   constexpr int NT = GLU ? 2 : 1;
   __shared__ MmaReduceSmem<NT, TILES> sm;
@@ -111,43 +114,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * TILES * kMmaTile;
   const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
-  const uint16_t* sets[NT];
-  sets[0] = w;
-  if constexpr (GLU) sets[NT - 1] = up;
-  const uint4 *wa[NT], *wb[NT];
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    wa[j] = reinterpret_cast<const uint4*>(sets[j] + na * K);
-    wb[j] = reinterpret_cast<const uint4*>(sets[j] + nb * K);
-  }
-  const float* xr[TILES];
-#pragma unroll
-  for (int i = 0; i < TILES; ++i) {
-    const int64_t r = t0 + i * kMmaTile + g;
-    xr[i] = r < T ? x + r * ldx : nullptr;
-  }
-  float c[TILES][NT][4];
-  mma_rows_partial<NT, TILES>(wa, wb, K / 8, xr, warp, lane, c);
-  mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
-    const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
-    if (tr < T && nc < N) y[tr * ldy + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
-  });
-}
-
-// matmul_mma_kernel for quantized weights (mma_quant.cuh): the same CTA shape, y = x · wᵀ or, GLU,
-// gelu_tanh(x · wᵀ) · (x · upᵀ) with the sums of two such matmuls.
-template <QuantCode CODE, int TILES, bool GLU>
-__global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode: two CTAs per SM
-    matmul_mma_quant_kernel(const float* __restrict__ x, int64_t ldx, MmaQuantWeight w, MmaQuantWeight up, int64_t K,
-                            float* __restrict__ y, int64_t ldy, int64_t T, int64_t N) {
-  begin_kernel();
-  constexpr int NT = GLU ? 2 : 1;
-  __shared__ MmaReduceSmem<NT, TILES> sm;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
-  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * TILES * kMmaTile;
-  const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
-  MmaQuantWeight sets[NT];
+  W sets[NT];
   sets[0] = w;
   if constexpr (GLU) sets[NT - 1] = up;
   int64_t rows[NT][2];
@@ -159,9 +126,13 @@ __global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode
     const int64_t r = t0 + i * kMmaTile + g;
     xr[i] = r < T ? x + r * ldx : nullptr;
   }
+  const int slice = static_cast<int>(blockIdx.z);
+  const int64_t blocks = W::blocks(K);  // slice s sums blocks [blocks · s / slices, blocks · (s + 1) / slices)
   float c[TILES][NT][4];
-  mma_quant_partial<CODE, NT, TILES>(sets, rows, K / kQuantChunkCodes<CODE>, xr, warp, lane, c);
-  mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
+  W::template partial<NT, TILES>(sets, rows, K, xr, blocks * slice / split.slices, blocks * (slice + 1) / split.slices,
+                                 warp, lane, c);
+  const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  mma_finish<NT, TILES>(c, sm, warp, lane, split, tile, slice, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
     const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
     if (tr < T && nc < N) y[tr * ldy + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
   });
@@ -183,45 +154,52 @@ __global__ void permute_cols_kernel(const float* __restrict__ x, int64_t ldx, co
 
 std::pair<const float*, int64_t> CudaBackend::mma_x_rows(const float* x, int64_t ldx, int64_t rows, int64_t K) {
   if (reinterpret_cast<uint64_t>(x) % 16 == 0 && ldx % 4 == 0) return {x, ldx};
-  ensure(mma_x_, std::max<int64_t>(rows * K, 1) * sizeof(float));
-  auto* packed = static_cast<float*>(mma_x_.data());
+  Buffer& buf = scratch().mma_x;
+  ensure(buf, std::max<int64_t>(rows * K, 1) * sizeof(float));
+  auto* packed = static_cast<float*>(buf.data());
   if (rows * K > 0) launch("pack_rows_kernel", pack_rows_kernel, grid_for(rows * K), 256, 0, x, ldx, rows, K, packed);
   return {packed, K};  // K % 8 == 0 (mma_rows_fit)
 }
 
-void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
-                                    TensorView& y, int64_t T, int64_t N) {
-  const int tiles = mma_tiles_for(T);
-  const int64_t per_cta = int64_t{tiles} * kMmaTile;
-  const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), static_cast<unsigned>((T + per_cta - 1) / per_cta));
-  if ((T + per_cta - 1) / per_cta > 65535) fail("matmul: {} rows is more than one launch takes", T);
-  const auto [xa, lda] = mma_x_rows(x, ldx, T, K);
-  auto go = [&]<int TILES, bool GLU>() {
-    launch("matmul_mma_kernel", matmul_mma_kernel<TILES, GLU>, grid, kMmaWarps * 32, 0, xa, lda, w.as<uint16_t>(),
-           up ? up->as<uint16_t>() : nullptr, K, y.as<float>(), y.stride(), T, N);
-  };
-  switch (tiles) {
-    case 1: up ? go.template operator()<1, true>() : go.template operator()<1, false>(); break;
-    case 2: up ? go.template operator()<2, true>() : go.template operator()<2, false>(); break;
-    default: up ? go.template operator()<4, true>() : go.template operator()<4, false>(); break;
-  }
+int CudaBackend::mma_slices(int64_t N, int64_t blocks) const {
+  const int64_t tiles = (N + kMmaRows - 1) / kMmaRows;
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min({mma_split_ctas_ / tiles, blocks / kMmaWarps, int64_t{kMmaMaxSlices}})));
 }
 
-void CudaBackend::launch_matmul_mma_quant(const float* x, int64_t ldx, const TensorView& w, const TensorView* up,
-                                          int64_t K, TensorView& y, int64_t T, int64_t N) {
-  const int tiles = mma_quant_tiles_for(T);
-  const int64_t per_cta = int64_t{tiles} * kMmaTile;
-  const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), static_cast<unsigned>((T + per_cta - 1) / per_cta));
-  if ((T + per_cta - 1) / per_cta > 65535) fail("matmul: {} rows is more than one launch takes", T);
+MmaSplit CudaBackend::mma_split(int64_t tiles, int slices, int64_t floats) {
+  MmaSplit split;
+  split.slices = slices;
+  if (slices == 1) return split;
+  OpScratch& sc = scratch();
+  ensure(sc.mma_partials, tiles * slices * floats * sizeof(float));
+  if (sc.mma_tickets.bytes() < tiles * sizeof(unsigned)) {  // new tickets start at zero
+    ensure(sc.mma_tickets, tiles * sizeof(unsigned));
+    TANDEM_CUDA_CHECK(cudaMemsetAsync(sc.mma_tickets.data(), 0, sc.mma_tickets.bytes(), op_stream()));
+  }
+  split.partials = static_cast<float*>(sc.mma_partials.data());
+  split.tickets = static_cast<unsigned*>(sc.mma_tickets.data());
+  return split;
+}
+
+void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
+                                    TensorView& y, int64_t T, int64_t N) {
   const auto [xa, lda] = mma_x_rows(x, ldx, T, K);
-  const MmaQuantWeight qw = mma_quant_weight(w, K), qu = up ? mma_quant_weight(*up, K) : qw;
-  with_quant_code(w.quant->code, [&]<QuantCode CODE>() {
-    auto go = [&]<int TILES, bool GLU>() {
-      launch("matmul_mma_quant_kernel", matmul_mma_quant_kernel<CODE, TILES, GLU>, grid, kMmaWarps * 32, 0, xa, lda, qw,
-             qu, K, y.as<float>(), y.stride(), T, N);
-    };
-    if (tiles == 1) up ? go.template operator()<1, true>() : go.template operator()<1, false>();
-    else up ? go.template operator()<4, true>() : go.template operator()<4, false>();
+  with_mma_rows(w, K, [&]<class W>(const W& rows) {
+    const W up_rows = up ? mma_rows_of<W>(*up, K) : rows;
+    with_mma_tiles<W>(T, [&]<int TILES>() {
+      const int64_t per_cta = int64_t{TILES} * kMmaTile, n_tiles = (N + kMmaRows - 1) / kMmaRows;
+      const int64_t t_tiles = (T + per_cta - 1) / per_cta;
+      if (t_tiles > 65535) fail("matmul: {} rows is more than one launch takes", T);
+      const MmaSplit split = mma_split(n_tiles * t_tiles, mma_slices(N, W::blocks(K)), TILES * 128 * (up ? 2 : 1));
+      const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(t_tiles), static_cast<unsigned>(split.slices));
+      if (up)
+        launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, true>, grid, kMmaWarps * 32, 0, xa, lda, rows, up_rows, K,
+               y.as<float>(), y.stride(), T, N, split);
+      else
+        launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, false>, grid, kMmaWarps * 32, 0, xa, lda, rows, rows, K,
+               y.as<float>(), y.stride(), T, N, split);
+    });
   });
 }
 
@@ -234,18 +212,15 @@ void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y
   const float* xp = x.as<float>();
   int64_t ldx = x.stride();
   if (w.quant && w.quant->k_perm.data) {  // act order: gather x into the weight's column order first
-    ensure(permuted_x_, T * K * sizeof(float));
-    auto* px = static_cast<float*>(permuted_x_.data());
+    Buffer& buf = scratch().permuted_x;
+    ensure(buf, T * K * sizeof(float));
+    auto* px = static_cast<float*>(buf.data());
     launch("permute_cols_kernel", permute_cols_kernel, grid_for(T * K), 256, 0, xp, ldx,
            w.quant->k_perm.as<int32_t>(), T, K, px);
     xp = px, ldx = K;
   }
-  if (mma_ && mma_rows_fit(w, K)) {
+  if (mma_ && (mma_rows_fit(w, K) || mma_quant_fit(w, K))) {
     launch_matmul_mma(xp, ldx, w, nullptr, K, y, T, N);
-    return;
-  }
-  if (mma_ && mma_quant_fit(w, K)) {
-    launch_matmul_mma_quant(xp, ldx, w, nullptr, K, y, T, N);
     return;
   }
   const bool x_aligned = reinterpret_cast<uint64_t>(xp) % 16 == 0 && ldx % 4 == 0;
@@ -268,12 +243,13 @@ void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, c
   use_device();
   if (T == 0 || I == 0) return;
   if (mma_ && mma_quant_glu_fit(gate, up, K)) {
-    launch_matmul_mma_quant(x.as<float>(), x.stride(), gate, &up, K, out, T, I);
+    launch_matmul_mma(x.as<float>(), x.stride(), gate, &up, K, out, T, I);
     return;
   }
   if (!same_rows_layout(gate, up)) {  // quantized, or two different layouts: the three ops
-    ensure(glu_up_, T * I * sizeof(float));
-    TensorView u(DType::F32, glu_up_.data(), {T, I});
+    Buffer& buf = scratch().glu_up;
+    ensure(buf, T * I * sizeof(float));
+    TensorView u(DType::F32, buf.data(), {T, I});
     matmul(x, gate, out);
     matmul(x, up, u);
     gelu_tanh_mul(out, u, out);

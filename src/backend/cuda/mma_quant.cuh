@@ -4,11 +4,11 @@
 //
 // It is mma_rows.cuh's scheme with codes instead of bf16 weights: the MMA's A operand is 16 weight
 // rows, its B operand a tile of 8 x rows read as f32 and split exactly into three bf16 parts in
-// registers (split_x8), mma.sync m16n8k16 with f32 accumulators, K split between the CTA's kMmaWarps warps and
-// their partials added in warp order (mma_reduce_warps). What differs:
+// registers (split_x8), mma.sync m16n8k16 with f32 accumulators, K split between the CTA's kMmaWarps
+// warps (and a split's CTAs) and their partials added in warp order (mma_finish). What differs:
 //
 // Codes. A row's codes are read in 16-byte chunks (32 four-bit or 16 eight-bit codes). Warp w takes
-// blocks of 4 chunks, w, w + kMmaWarps, ..., and in a block lane (g = lane / 4, t = lane % 4) loads
+// blocks of 4 chunks, w, w + kMmaWarps, ... (of its CTA's slice), and in a block lane (g = lane / 4, t = lane % 4) loads
 // chunk t of weight rows g and g + 8. Decoding in registers (mma_quant_decode.h) turns each code into
 // value − zero exactly in bf16, so the MMA multiplies exact weights with exact x parts.
 //
@@ -36,6 +36,8 @@
 // parts in the same order whatever the other rows of its tile are, and the path is chosen by the
 // weight alone.
 #pragma once
+#include <type_traits>
+
 #include "backend/cuda/mma_quant_decode.h"
 #include "backend/cuda/mma_rows.cuh"
 
@@ -86,8 +88,6 @@ inline MmaQuantWeight mma_quant_weight(const TensorView& w, int64_t K) {
           wtype_of(q.scales.dtype), static_cast<int>(q.group / (128 / quant_code_bits(q.code)))};
 }
 
-// Tiles of 8 x rows per CTA: one weight pass for a decode or verify step, 32 rows per pass beyond.
-inline int mma_quant_tiles_for(int64_t rows) { return rows <= kMmaTile ? 1 : 4; }
 
 // Calls f.template operator()<CODE>() for w's code type.
 template <class F>
@@ -100,132 +100,162 @@ void with_quant_code(QuantCode code, F&& f) {
   }
 }
 
-// This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
-// x rows 2t and 2t + 1 of tile i) over its K blocks. w[j]: set j's weight; row[j][0] / row[j][1]: the
-// weight rows this lane's g and g + 8 stand for; n_chunks = K / kQuantChunkCodes; x[i]: x row g of tile
-// i as f32 (16-byte aligned), or null past the step's rows (reads as zeros). Which blocks a warp sums, in which order, depends on K alone.
-template <QuantCode CODE, int NT, int TILES>
-__device__ __forceinline__ void mma_quant_partial(const MmaQuantWeight (&w)[NT], const int64_t (&row)[NT][2],
-                                                  int64_t n_chunks, const float* const (&x)[TILES], int warp,
-                                                  int lane, float (&c)[TILES][NT][4]) {
-  constexpr int C = kQuantChunkCodes<CODE>;
-  constexpr int WC = kQuantWordCodes<CODE>;          // codes per word: a lane's share of a chunk
-  constexpr int STEPS = WC / 4;                      // MMA steps per chunk (4 codes of a row per lane each)
-  constexpr bool kInt = CODE == QuantCode::kU4 || CODE == QuantCode::kU8;
-  constexpr uint32_t kDefaultZero = kQuantDefaultZero<CODE>;
-  // Blocks whose chunks are loaded before the first is used: 8 chunks of 16 bytes per lane at decode
-  // (TILES = 1), 2 or 4 for prefill tiles, which reuse each weight for 32 x rows and need the registers.
-  constexpr int U = TILES >= 4 ? 1 : NT >= 2 ? 2 : 4;
-  const int t = lane % 4, quad = lane & ~3;
-  const int64_t n_blocks = (n_chunks + 3) / 4;
-  const int64_t row_chunks = n_chunks;  // 16-byte chunks per row
-  const uint4 zero4 = make_uint4(0, 0, 0, 0);
+// Quantized weight rows (mma_quant_fit) as the tensor-core kernels read them: MmaBf16Rows'
+// counterpart (mma_rows.cuh), for code type CODE.
+template <QuantCode CODE>
+struct MmaQuantRows {
+  MmaQuantWeight w;
+  static constexpr int kMidTiles = 4;  // with_mma_tiles: no 16-row tiles (compile time)
+
+  // 64-byte blocks of a row of K codes (4 chunks of 16 bytes): the unit warps take turns over.
+  __host__ __device__ static int64_t blocks(int64_t K) { return (K / kQuantChunkCodes<CODE> + 3) / 4; }
+
+  // This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
+  // x rows 2t and 2t + 1 of tile i) over its K blocks. sets[j]: set j's weight; row[j][0] / row[j][1]:
+  // the weight rows this lane's g and g + 8 stand for; x[i]: x row g of tile i as f32 (16-byte
+  // aligned), or null past the step's rows (reads as zeros). The CTA sums K blocks [kb_begin, kb_end)
+  // (all, or its slice of a split), warp w blocks kb_begin + w, + kMmaWarps, ...: which blocks a warp
+  // sums, in which order, depends on K and the slice alone.
+  template <int NT, int TILES>
+  __device__ __forceinline__ static void partial(const MmaQuantRows (&sets)[NT], const int64_t (&row)[NT][2],
+                                                 int64_t K, const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
+                                                 int warp, int lane, float (&c)[TILES][NT][4]) {
+    constexpr int C = kQuantChunkCodes<CODE>;
+    constexpr int WC = kQuantWordCodes<CODE>;          // codes per word: a lane's share of a chunk
+    constexpr int STEPS = WC / 4;                      // MMA steps per chunk (4 codes of a row per lane each)
+    constexpr bool kInt = CODE == QuantCode::kU4 || CODE == QuantCode::kU8;
+    constexpr uint32_t kDefaultZero = kQuantDefaultZero<CODE>;
+    // Blocks whose chunks are loaded before the first is used: 8 chunks of 16 bytes per lane at decode
+    // (TILES = 1), 2 or 4 for prefill tiles, which reuse each weight for 32 x rows and need the registers.
+    constexpr int U = TILES >= 4 ? 1 : NT >= 2 ? 2 : 4;
+    const int t = lane % 4, quad = lane & ~3;
+    const int64_t n_chunks = K / C, ch_end = kb_end * 4 < n_chunks ? kb_end * 4 : n_chunks;
+    MmaQuantWeight w[NT];
 #pragma unroll
-  for (int i = 0; i < TILES; ++i)
+    for (int j = 0; j < NT; ++j) w[j] = sets[j].w;
+    const uint4 zero4 = make_uint4(0, 0, 0, 0);
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
+    for (int i = 0; i < TILES; ++i)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) c[i][j][r] = 0.0f;
-  const uint4* ca[NT];
-  const uint4* cb[NT];
+      for (int j = 0; j < NT; ++j)
 #pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    ca[j] = reinterpret_cast<const uint4*>(w[j].codes) + row[j][0] * row_chunks;
-    cb[j] = reinterpret_cast<const uint4*>(w[j].codes) + row[j][1] * row_chunks;
-  }
-  for (int64_t kb0 = warp; kb0 < n_blocks; kb0 += int64_t{kMmaWarps} * U) {
-    uint4 ra[U][NT], rb[U][NT];
-    float sa[U][NT], sb[U][NT];
-    uint32_t za[U][NT], zb[U][NT];
+        for (int r = 0; r < 4; ++r) c[i][j][r] = 0.0f;
+    const uint4* ca[NT];
+    const uint4* cb[NT];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
-      const bool in = ch < n_chunks;
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        const int64_t gj = in ? static_cast<uint32_t>(ch) / static_cast<uint32_t>(w[j].chunks_per_group) : 0;
-        ra[u][j] = in ? __ldg(ca[j] + ch) : zero4;
-        rb[u][j] = in ? __ldg(cb[j] + ch) : zero4;
-        sa[u][j] = in ? load_any(w[j].scales, w[j].scale_wt, row[j][0] * w[j].G + gj) : 0.0f;
-        sb[u][j] = in ? load_any(w[j].scales, w[j].scale_wt, row[j][1] * w[j].G + gj) : 0.0f;
-        if constexpr (kInt) {
-          za[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][0] * w[j].G + gj) : kDefaultZero;
-          zb[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][1] * w[j].G + gj) : kDefaultZero;
-        }
-      }
+    for (int j = 0; j < NT; ++j) {
+      ca[j] = reinterpret_cast<const uint4*>(w[j].codes) + row[j][0] * n_chunks;  // 16-byte chunks per row
+      cb[j] = reinterpret_cast<const uint4*>(w[j].codes) + row[j][1] * n_chunks;
     }
+    for (int64_t kb0 = kb_begin + warp; kb0 < kb_end; kb0 += kMmaWarps * U) {
+      uint4 ra[U][NT], rb[U][NT];
+      float sa[U][NT], sb[U][NT];
+      uint32_t za[U][NT], zb[U][NT];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t kb = kb0 + kMmaWarps * u;
-      if (kb >= n_blocks) break;  // the same for the whole warp
-      // The quad transpose: lane t's words become word t of chunks 4kb .. 4kb + 3.
-      uint32_t va[NT][4], vb[NT][4];
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        va[j][0] = ra[u][j].x, va[j][1] = ra[u][j].y, va[j][2] = ra[u][j].z, va[j][3] = ra[u][j].w;
-        vb[j][0] = rb[u][j].x, vb[j][1] = rb[u][j].y, vb[j][2] = rb[u][j].z, vb[j][3] = rb[u][j].w;
-#pragma unroll
-        for (int m = 2; m >= 1; m /= 2) {
-          uint32_t s0, s1;
-          quad_pick(va[j], t, m, s0, s1);
-          quad_put(va[j], t, m, __shfl_xor_sync(0xFFFFFFFFu, s0, m), __shfl_xor_sync(0xFFFFFFFFu, s1, m));
-          quad_pick(vb[j], t, m, s0, s1);
-          quad_put(vb[j], t, m, __shfl_xor_sync(0xFFFFFFFFu, s0, m), __shfl_xor_sync(0xFFFFFFFFu, s1, m));
-        }
-      }
-#pragma unroll
-      for (int jc = 0; jc < 4; ++jc) {
-        const int64_t ch = kb * 4 + jc;
-        if (ch >= n_chunks) break;  // the same for the whole warp
-        // Chunk ch's scales and zeros come from lane jc of the quad, which loaded them.
-        float s_a[NT], s_b[NT];
-        uint32_t da[NT][2 * STEPS], db[NT][2 * STEPS];
+      for (int u = 0; u < U; ++u) {
+        const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
+        const bool in = ch < ch_end;
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
-          s_a[j] = __shfl_sync(0xFFFFFFFFu, sa[u][j], quad | jc);
-          s_b[j] = __shfl_sync(0xFFFFFFFFu, sb[u][j], quad | jc);
-          uint32_t ka = 0, kbz = 0;
+          const int64_t gj = in ? static_cast<uint32_t>(ch) / static_cast<uint32_t>(w[j].chunks_per_group) : 0;
+          ra[u][j] = in ? __ldg(ca[j] + ch) : zero4;
+          rb[u][j] = in ? __ldg(cb[j] + ch) : zero4;
+          sa[u][j] = in ? load_any(w[j].scales, w[j].scale_wt, row[j][0] * w[j].G + gj) : 0.0f;
+          sb[u][j] = in ? load_any(w[j].scales, w[j].scale_wt, row[j][1] * w[j].G + gj) : 0.0f;
           if constexpr (kInt) {
-            const bool own = w[j].zeros != nullptr;  // else every lane holds the default zero
-            ka = quant_zero_key<CODE>(own ? __shfl_sync(0xFFFFFFFFu, za[u][j], quad | jc) : kDefaultZero);
-            kbz = quant_zero_key<CODE>(own ? __shfl_sync(0xFFFFFFFFu, zb[u][j], quad | jc) : kDefaultZero);
+            za[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][0] * w[j].G + gj) : kDefaultZero;
+            zb[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][1] * w[j].G + gj) : kDefaultZero;
           }
-          decode_word<CODE>(va[j][jc], ka, da[j]);
-          decode_word<CODE>(vb[j][jc], kbz, db[j]);
         }
-        const int64_t k0 = ch * C + WC * t;
+      }
 #pragma unroll
-        for (int i = 0; i < TILES; ++i) {
-          uint32_t xw[kMmaParts][2 * STEPS];
-          {  // x row g at codes k0 .. k0 + 4 · STEPS − 1, split into its three bf16 parts
-            const float4* xr = reinterpret_cast<const float4*>(x[i] + k0);
-            const float4 zero_f4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            uint4 part[kMmaParts];
-            split_x8(x[i] ? xr[0] : zero_f4, STEPS == 2 && x[i] ? xr[1] : zero_f4, part);
+      for (int u = 0; u < U; ++u) {
+        const int64_t kb = kb0 + kMmaWarps * u;
+        if (kb >= kb_end) break;  // the same for the whole warp
+        // The quad transpose: lane t's words become word t of chunks 4kb .. 4kb + 3.
+        uint32_t va[NT][4], vb[NT][4];
 #pragma unroll
-            for (int p = 0; p < kMmaParts; ++p) {
-              xw[p][0] = part[p].x, xw[p][1] = part[p].y;
-              if constexpr (STEPS == 2) xw[p][2] = part[p].z, xw[p][3] = part[p].w;
-            }
+        for (int j = 0; j < NT; ++j) {
+          va[j][0] = ra[u][j].x, va[j][1] = ra[u][j].y, va[j][2] = ra[u][j].z, va[j][3] = ra[u][j].w;
+          vb[j][0] = rb[u][j].x, vb[j][1] = rb[u][j].y, vb[j][2] = rb[u][j].z, vb[j][3] = rb[u][j].w;
+#pragma unroll
+          for (int m = 2; m >= 1; m /= 2) {
+            uint32_t s0, s1;
+            quad_pick(va[j], t, m, s0, s1);
+            quad_put(va[j], t, m, __shfl_xor_sync(0xFFFFFFFFu, s0, m), __shfl_xor_sync(0xFFFFFFFFu, s1, m));
+            quad_pick(vb[j], t, m, s0, s1);
+            quad_put(vb[j], t, m, __shfl_xor_sync(0xFFFFFFFFu, s0, m), __shfl_xor_sync(0xFFFFFFFFu, s1, m));
           }
+        }
+#pragma unroll
+        for (int jc = 0; jc < 4; ++jc) {
+          const int64_t ch = kb * 4 + jc;
+          if (ch >= n_chunks) break;  // the same for the whole warp
+          // Chunk ch's scales and zeros come from lane jc of the quad, which loaded them.
+          float s_a[NT], s_b[NT];
+          uint32_t da[NT][2 * STEPS], db[NT][2 * STEPS];
 #pragma unroll
           for (int j = 0; j < NT; ++j) {
-            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            s_a[j] = __shfl_sync(0xFFFFFFFFu, sa[u][j], quad | jc);
+            s_b[j] = __shfl_sync(0xFFFFFFFFu, sb[u][j], quad | jc);
+            uint32_t ka = 0, kbz = 0;
+            if constexpr (kInt) {
+              const bool own = w[j].zeros != nullptr;  // else every lane holds the default zero
+              ka = quant_zero_key<CODE>(own ? __shfl_sync(0xFFFFFFFFu, za[u][j], quad | jc) : kDefaultZero);
+              kbz = quant_zero_key<CODE>(own ? __shfl_sync(0xFFFFFFFFu, zb[u][j], quad | jc) : kDefaultZero);
+            }
+            decode_word<CODE>(va[j][jc], ka, da[j]);
+            decode_word<CODE>(vb[j][jc], kbz, db[j]);
+          }
+          const int64_t k0 = ch * C + WC * t;
 #pragma unroll
-            for (int s = 0; s < STEPS; ++s)
+          for (int i = 0; i < TILES; ++i) {
+            uint32_t xw[kMmaParts][2 * STEPS];
+            {  // x row g at codes k0 .. k0 + 4 · STEPS − 1, split into its three bf16 parts
+              const float4* xr = reinterpret_cast<const float4*>(x[i] + k0);
+              const float4 zero_f4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+              uint4 part[kMmaParts];
+              split_x8(x[i] ? xr[0] : zero_f4, STEPS == 2 && x[i] ? xr[1] : zero_f4, part);
 #pragma unroll
-              for (int p = 0; p < kMmaParts; ++p)
-                mma_bf16(acc, da[j][2 * s], db[j][2 * s], da[j][2 * s + 1], db[j][2 * s + 1], xw[p][2 * s],
-                         xw[p][2 * s + 1]);
-            c[i][j][0] = fmaf(s_a[j], acc[0], c[i][j][0]);  // rows g: x rows 2t, 2t + 1
-            c[i][j][1] = fmaf(s_a[j], acc[1], c[i][j][1]);
-            c[i][j][2] = fmaf(s_b[j], acc[2], c[i][j][2]);  // rows g + 8
-            c[i][j][3] = fmaf(s_b[j], acc[3], c[i][j][3]);
+              for (int p = 0; p < kMmaParts; ++p) {
+                xw[p][0] = part[p].x, xw[p][1] = part[p].y;
+                if constexpr (STEPS == 2) xw[p][2] = part[p].z, xw[p][3] = part[p].w;
+              }
+            }
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+              float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+              for (int s = 0; s < STEPS; ++s)
+#pragma unroll
+                for (int p = 0; p < kMmaParts; ++p)
+                  mma_bf16(acc, da[j][2 * s], db[j][2 * s], da[j][2 * s + 1], db[j][2 * s + 1], xw[p][2 * s],
+                           xw[p][2 * s + 1]);
+              c[i][j][0] = fmaf(s_a[j], acc[0], c[i][j][0]);  // rows g: x rows 2t, 2t + 1
+              c[i][j][1] = fmaf(s_a[j], acc[1], c[i][j][1]);
+              c[i][j][2] = fmaf(s_b[j], acc[2], c[i][j][2]);  // rows g + 8
+              c[i][j][3] = fmaf(s_b[j], acc[3], c[i][j][3]);
+            }
           }
         }
       }
     }
   }
+};
+
+// Weight w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows W.
+template <class W>
+W mma_rows_of(const TensorView& w, int64_t K) {
+  if constexpr (std::is_same_v<W, MmaBf16Rows>) return {w.as<uint16_t>()};
+  else return {mma_quant_weight(w, K)};
+}
+
+// Calls f(rows) with w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows:
+// MmaBf16Rows or MmaQuantRows of its code.
+template <class F>
+void with_mma_rows(const TensorView& w, int64_t K, F&& f) {
+  if (!w.quant) return f(mma_rows_of<MmaBf16Rows>(w, K));
+  with_quant_code(w.quant->code, [&]<QuantCode CODE>() { f(mma_rows_of<MmaQuantRows<CODE>>(w, K)); });
 }
 
 }  // namespace cu

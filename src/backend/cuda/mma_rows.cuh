@@ -18,13 +18,13 @@
 // Layout: the MMA's A operand is 16 weight rows, its B operand 8 x rows (tokens), so a decode or
 // verify step of up to 8 rows is one pass. A CTA of kMmaWarps warps owns 16 weight rows of NT row sets
 // (1 for a matmul, 2 for a gate and an up set) and TILES tiles of 8 x rows. K is cut into blocks of
-// 32; warp w takes blocks w, w + kMmaWarps, ... (split-K: a decode-sized matmul still has every SM
-// streaming), and in a block lane (g = lane / 4, t = lane % 4) loads the 16-byte chunk [8t, 8t + 8)
+// 32; warp w takes blocks w, w + kMmaWarps, ... (split-K inside the CTA; a matmul with few weight
+// rows also splits K between CTAs, cu::MmaSplit), and in a block lane (g = lane / 4, t = lane % 4) loads the 16-byte chunk [8t, 8t + 8)
 // of weight rows g and g + 8 and the same 8 f32 values of x row g. The sum over k is order-free, so k is
 // relabelled to fit the fragments: MMA step s ∈ {0, 1} of a block takes chunk elements 8t + 4s +
 // {0, 1} as the fragment's k = 2t, 2t + 1 and 8t + 4s + {2, 3} as k = 2t + 8, 2t + 9 (each chunk's
 // words 2s and 2s + 1), for the weights and the x parts alike. The warps' partial sums are then added
-// in warp order through shared memory (mma_reduce_warps).
+// in warp order through shared memory, and a split's slices in slice order (mma_finish).
 //
 // Streaming: at decode sizes the kernels are a read of the weights, and three things decide how
 // close to the copy bandwidth they come (the kernel alone in a microbenchmark on the H200,
@@ -55,8 +55,14 @@ inline bool mma_rows_fit(const TensorView& w, int64_t K) {
 }
 
 // Tiles of 8 x rows per CTA for a step whose weights see at most `rows` x rows: one weight pass for a
-// decode or verify step, 32 rows per weight pass for prefill.
-inline int mma_tiles_for(int64_t rows) { return rows <= kMmaTile ? 1 : rows <= 2 * kMmaTile ? 2 : 4; }
+// decode or verify step, 32 rows per weight pass for prefill, and for weight rows W whose kMidTiles is
+// 2, 16 rows in between. Calls f.template operator()<TILES>().
+template <class W, class F>
+void with_mma_tiles(int64_t rows, F&& f) {
+  if (rows <= kMmaTile) f.template operator()<1>();
+  else if (rows <= W::kMidTiles * kMmaTile) f.template operator()<W::kMidTiles>();
+  else f.template operator()<4>();
+}
 
 // The three bf16 parts (0: hi, 1: mid, 2: lo; see the head of this file) of 8 consecutive f32 x
 // values, as the 16-byte chunks the MMA fragments take: word q of part p holds values 2q (low half)
@@ -108,79 +114,108 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-// This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
-// x rows 2t and 2t + 1 of tile i) over its K blocks. wa[j] / wb[j]: weight rows g and g + 8 of set j
-// as 16-byte chunks (K / 8 of them); x[i]: x row g of tile i as f32 (16-byte aligned), or null past the
-// step's rows (reads as zeros). Warp w takes blocks w, w + kMmaWarps, ... (the CTA's warps walk each
-// row together), the weight and x chunks of U blocks loaded before the first is used; which blocks a
-// warp sums, in which order, depends on K alone.
-template <int NT, int TILES>
-__device__ __forceinline__ void mma_rows_partial(const uint4* const (&wa)[NT], const uint4* const (&wb)[NT],
-                                                 int64_t n_chunks, const float* const (&x)[TILES], int warp, int lane,
-                                                 float (&c)[TILES][NT][4]) {
-  constexpr int U = NT * TILES >= 8 ? 2 : 4;  // blocks whose chunks are loaded before the first is used
-  const int t = lane % 4;
-  const int64_t n_blocks = (n_chunks + 3) / 4;
-  const uint4 zero = make_uint4(0, 0, 0, 0);
-  const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+// bf16 weight rows (mma_rows_fit) as the tensor-core kernels read them: row r is K bf16 values at
+// rows + r · K. One of the two weight sources of the kernels (the other: MmaQuantRows, mma_quant.cuh).
+struct MmaBf16Rows {
+  const uint16_t* rows;
+  static constexpr int kMidTiles = 2;  // with_mma_tiles
+
+  // 64-byte blocks of a row of K elements (32 bf16 values): the unit warps take turns over.
+  __host__ __device__ static int64_t blocks(int64_t K) { return (K / 8 + 3) / 4; }
+
+  // This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
+  // x rows 2t and 2t + 1 of tile i) over its K blocks. w[j]: set j's weight; row[j][0] / row[j][1]:
+  // the weight rows lane g's g and g + 8 stand for; x[i]: x row g of tile i as f32 (16-byte aligned),
+  // or null past the step's rows (reads as zeros). The CTA sums K blocks [kb_begin, kb_end) (all of
+  // them, or its slice of a split: cu::MmaSplit); warp w takes blocks kb_begin + w, + kMmaWarps, ...,
+  // the weight and x chunks of U blocks loaded before the first is used. Which blocks a warp sums, in
+  // which order, depends on K and the slice alone.
+  template <int NT, int TILES>
+  __device__ __forceinline__ static void partial(const MmaBf16Rows (&w)[NT], const int64_t (&row)[NT][2], int64_t K,
+                                                 const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
+                                                 int warp, int lane, float (&c)[TILES][NT][4]) {
+    constexpr int U = NT * TILES >= 8 ? 2 : 4;  // blocks whose chunks are loaded before the first is used
+    const int t = lane % 4;
+    const int64_t n_chunks = K / 8, ch_end = kb_end * 4 < n_chunks ? kb_end * 4 : n_chunks;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const uint4 *wa[NT], *wb[NT];
 #pragma unroll
-  for (int i = 0; i < TILES; ++i)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) c[i][j][r] = 0.0f;
-  for (int64_t kb0 = warp; kb0 < n_blocks; kb0 += int64_t{kMmaWarps} * U) {
-    uint4 a[U][NT], b[U][NT];
-    float4 xl[U][TILES], xh[U][TILES];  // x values 8t .. 8t + 3 and 8t + 4 .. 8t + 7 of the block
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
-      const bool in = ch < n_chunks;
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        a[u][j] = in ? load_weight_chunk(wa[j] + ch) : zero;
-        b[u][j] = in ? load_weight_chunk(wb[j] + ch) : zero;
-      }
-#pragma unroll
-      for (int i = 0; i < TILES; ++i) {
-        const float4* xr = reinterpret_cast<const float4*>(x[i]);
-        xl[u][i] = in && xr ? xr[2 * ch] : zero4;
-        xh[u][i] = in && xr ? xr[2 * ch + 1] : zero4;
-      }
+    for (int j = 0; j < NT; ++j) {
+      wa[j] = reinterpret_cast<const uint4*>(w[j].rows + row[j][0] * K);
+      wb[j] = reinterpret_cast<const uint4*>(w[j].rows + row[j][1] * K);
     }
-    // Blocks past the end multiply zeros: no branch, so the compiler keeps every load in flight.
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int i = 0; i < TILES; ++i)
 #pragma unroll
-      for (int i = 0; i < TILES; ++i) {
-        uint4 xv[kMmaParts];
-        split_x8(xl[u][i], xh[u][i], xv);
+      for (int j = 0; j < NT; ++j)
 #pragma unroll
-        for (int s = 0; s < 2; ++s)
+        for (int r = 0; r < 4; ++r) c[i][j][r] = 0.0f;
+    for (int64_t kb0 = kb_begin + warp; kb0 < kb_end; kb0 += kMmaWarps * U) {
+      uint4 a[U][NT], b[U][NT];
+      float4 xl[U][TILES], xh[U][TILES];  // x values 8t .. 8t + 3 and 8t + 4 .. 8t + 7 of the block
 #pragma unroll
-          for (int j = 0; j < NT; ++j)
+      for (int u = 0; u < U; ++u) {
+        const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
+        const bool in = ch < ch_end;
 #pragma unroll
-            for (int p = 0; p < kMmaParts; ++p)
-              mma_bf16(c[i][j], word_of(a[u][j], 2 * s), word_of(b[u][j], 2 * s), word_of(a[u][j], 2 * s + 1),
-                       word_of(b[u][j], 2 * s + 1), word_of(xv[p], 2 * s), word_of(xv[p], 2 * s + 1));
+        for (int j = 0; j < NT; ++j) {
+          a[u][j] = in ? load_weight_chunk(wa[j] + ch) : zero;
+          b[u][j] = in ? load_weight_chunk(wb[j] + ch) : zero;
+        }
+#pragma unroll
+        for (int i = 0; i < TILES; ++i) {
+          const float4* xr = reinterpret_cast<const float4*>(x[i]);
+          xl[u][i] = in && xr ? xr[2 * ch] : zero4;
+          xh[u][i] = in && xr ? xr[2 * ch + 1] : zero4;
+        }
+      }
+      // Blocks past the end multiply zeros: no branch, so the compiler keeps every load in flight.
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int i = 0; i < TILES; ++i) {
+          uint4 xv[kMmaParts];
+          split_x8(xl[u][i], xh[u][i], xv);
+#pragma unroll
+          for (int s = 0; s < 2; ++s)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+              for (int p = 0; p < kMmaParts; ++p)
+                mma_bf16(c[i][j], word_of(a[u][j], 2 * s), word_of(b[u][j], 2 * s), word_of(a[u][j], 2 * s + 1),
+                         word_of(b[u][j], 2 * s + 1), word_of(xv[p], 2 * s), word_of(xv[p], 2 * s + 1));
+        }
       }
     }
   }
-}
+};
 
-// Shared memory for mma_reduce_warps: every warp's fragments.
+// Shared memory for mma_finish: every warp's fragments.
 template <int NT, int TILES>
 struct MmaReduceSmem {
   float v[kMmaWarps][TILES][NT][32][4];
 };
 
-// Adds the warps' partials in warp order and calls out(tile, x_row, w_row, sums[NT]) for each of the
-// TILES · 8 x rows and 16 weight rows of the CTA (x_row: within the tile; w_row: within the 16;
-// sums[j] of row set j). Every thread of the CTA must call it; it synchronises the CTA before and
-// after.
+// Output idx ∈ [0, TILES · 128) of a CTA: tile idx / 128, and in it the x row and the weight row
+// (within the 16) of accumulator register idx % 4 of lane idx / 4 % 32.
+struct MmaOut {
+  int tile, x_row, w_row;
+};
+__device__ __forceinline__ MmaOut mma_out_of(int idx) {
+  const int l = idx / 4 % 32, r = idx % 4;
+  return {idx / 128, 2 * (l % 4) + (r & 1), l / 4 + (r >= 2 ? 8 : 0)};
+}
+
+// Adds the CTA's warps' partials c in warp order and, with a split, the slices' sums in slice order,
+// and calls out(tile, x_row, w_row, sums[NT]) for each of the TILES · 8 x rows and 16 weight rows of
+// the CTA's tile (sums[j] of row set j) — in the CTA that completes the tile. `tile` numbers the
+// CTA's output tile among the launch's, `slice` is its K slice. Every thread of the CTA must call
+// it; it synchronises the CTA before and after.
 template <int NT, int TILES, class Out>
-__device__ __forceinline__ void mma_reduce_warps(const float (&c)[TILES][NT][4], MmaReduceSmem<NT, TILES>& sm,
-                                                 int warp, int lane, Out&& out) {
+__device__ __forceinline__ void mma_finish(const float (&c)[TILES][NT][4], MmaReduceSmem<NT, TILES>& sm, int warp,
+                                           int lane, const MmaSplit& split, int64_t tile, int slice, Out&& out) {
+  constexpr int kOut = TILES * 128;  // a CTA's outputs per row set
 #pragma unroll
   for (int i = 0; i < TILES; ++i)
 #pragma unroll
@@ -188,7 +223,8 @@ __device__ __forceinline__ void mma_reduce_warps(const float (&c)[TILES][NT][4],
 #pragma unroll
       for (int r = 0; r < 4; ++r) sm.v[warp][i][j][lane][r] = c[i][j][r];
   __syncthreads();
-  for (int idx = threadIdx.x; idx < TILES * 32 * 4; idx += kMmaWarps * 32) {
+  float* const part = split.slices > 1 ? split.partials + tile * split.slices * kOut * NT : nullptr;
+  for (int idx = threadIdx.x; idx < kOut; idx += kMmaWarps * 32) {
     const int i = idx / 128, l = idx / 4 % 32, r = idx % 4;
     float sums[NT];
 #pragma unroll
@@ -198,8 +234,38 @@ __device__ __forceinline__ void mma_reduce_warps(const float (&c)[TILES][NT][4],
       for (int v = 0; v < kMmaWarps; ++v) s += sm.v[v][i][j][l][r];
       sums[j] = s;
     }
-    out(i, 2 * (l % 4) + (r & 1), l / 4 + (r >= 2 ? 8 : 0), sums);
+    if (split.slices == 1) {
+      const MmaOut o = mma_out_of(idx);
+      out(o.tile, o.x_row, o.w_row, sums);
+    } else {
+#pragma unroll
+      for (int j = 0; j < NT; ++j) part[(int64_t{slice} * kOut + idx) * NT + j] = sums[j];
+    }
   }
+  if (split.slices == 1) {
+    __syncthreads();
+    return;
+  }
+  // Publish this slice's sums, then take a ticket; the last of the tile's slices adds them all.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(split.tickets + tile, 1u) == static_cast<unsigned>(split.slices - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int idx = threadIdx.x; idx < kOut; idx += kMmaWarps * 32) {
+    float sums[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      float s = 0.0f;
+      for (int sl = 0; sl < split.slices; ++sl) s += __ldcg(part + (int64_t{sl} * kOut + idx) * NT + j);
+      sums[j] = s;
+    }
+    const MmaOut o = mma_out_of(idx);
+    out(o.tile, o.x_row, o.w_row, sums);
+  }
+  if (threadIdx.x == 0) split.tickets[tile] = 0;
   __syncthreads();
 }
 

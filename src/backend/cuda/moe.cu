@@ -229,15 +229,15 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
   }
 }
 
-// The two kernels above for bf16 weights on the tensor cores (mma_rows.cuh), x rows 16-byte aligned
-// (mma_x_rows): a CTA takes one expert and 16 columns (gate_up: 16 gate rows and their 16 up rows),
-// and that expert's rows in tiles of 8.
+// The two kernels above on the tensor cores for weight rows W (MmaBf16Rows or MmaQuantRows,
+// mma_rows.cuh / mma_quant.cuh), x rows 16-byte aligned (mma_x_rows): a CTA takes one expert and 16
+// columns (gate_up: 16 gate rows and their 16 up rows), and that expert's rows in tiles of 8.
 // gate_up (DOWN false): act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]);
 // down (DOWN true): out[pos, n] = down[e][n] · act[pos] (x = act, k = 0, N = H rows per expert).
-template <int TILES, bool DOWN>
+template <class W, int TILES, bool DOWN>
 __global__ void __launch_bounds__(kMmaWarps * 32)
-    moe_mma_kernel(const float* __restrict__ x, int64_t ldx, const uint16_t* __restrict__ w, int64_t K,
-                   int64_t N, int k, const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
+    moe_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, int64_t K, int64_t N, int k,
+                   const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
                    const int32_t* __restrict__ active, int E, float* __restrict__ y) {
   begin_kernel();
   constexpr int NT = DOWN ? 1 : 2;
@@ -250,46 +250,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
   const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
   const int64_t first_row = static_cast<int64_t>(e) * NT * N;  // gate_up: [E, 2I, H]; down: [E, H, I]
-  const uint4 *wa[NT], *wb[NT];
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    wa[j] = reinterpret_cast<const uint4*>(w + (first_row + j * N + na) * K);
-    wb[j] = reinterpret_cast<const uint4*>(w + (first_row + j * N + nb) * K);
-  }
-  for (int32_t r0 = begin; r0 < end; r0 += TILES * kMmaTile) {
-    const float* xr[TILES];
-#pragma unroll
-    for (int i = 0; i < TILES; ++i) {
-      const int32_t pos = r0 + i * kMmaTile + g;
-      xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
-    }
-    float c[TILES][NT][4];
-    mma_rows_partial<NT, TILES>(wa, wb, K / 8, xr, warp, lane, c);
-    mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
-      const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
-      if (pos < end && nc < N) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
-    });
-  }
-}
-
-// moe_mma_kernel for quantized experts (mma_quant.cuh): the same CTA shape and outputs.
-template <QuantCode CODE, int TILES, bool DOWN>
-__global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode: two CTAs per SM
-    moe_mma_quant_kernel(const float* __restrict__ x, int64_t ldx, MmaQuantWeight w, int64_t K, int64_t N, int k,
-                         const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
-                         const int32_t* __restrict__ active, int E, float* __restrict__ y) {
-  begin_kernel();
-  constexpr int NT = DOWN ? 1 : 2;
-  __shared__ MmaReduceSmem<NT, TILES> sm;
-  if (static_cast<int>(blockIdx.y) >= active[E]) return;
-  const int e = active[blockIdx.y];
-  const int32_t begin = offsets[e], end = offsets[e + 1];
-  if (begin >= end) return;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
-  const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
-  const int64_t first_row = static_cast<int64_t>(e) * NT * N;  // gate_up: [E, 2I, H]; down: [E, H, I]
-  MmaQuantWeight sets[NT];
+  W sets[NT];
   int64_t rows[NT][2];
 #pragma unroll
   for (int j = 0; j < NT; ++j) sets[j] = w, rows[j][0] = first_row + j * N + na, rows[j][1] = first_row + j * N + nb;
@@ -301,29 +262,26 @@ __global__ void __launch_bounds__(kMmaWarps * 32, TILES == 1 ? 2 : 1)  // decode
       xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
     }
     float c[TILES][NT][4];
-    mma_quant_partial<CODE, NT, TILES>(sets, rows, K / kQuantChunkCodes<CODE>, xr, warp, lane, c);
-    mma_reduce_warps<NT, TILES>(c, sm, warp, lane, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
+    W::template partial<NT, TILES>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c);
+    mma_finish<NT, TILES>(c, sm, warp, lane, MmaSplit{}, 0, 0, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
       const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
       if (pos < end && nc < N) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
     });
   }
 }
 
-// Launches moe_mma_quant_kernel over the active experts (grid rows) for quantized w, x rows of K at
-// stride ldx (16-byte aligned: mma_x_rows); T bounds an expert's rows.
+// Launches moe_mma_kernel over the active experts (grid rows) for w (mma_rows_fit or mma_quant_fit),
+// x rows of K at stride ldx (16-byte aligned: mma_x_rows); T bounds an expert's rows.
 template <bool DOWN>
-void launch_moe_mma_quant(CudaBackend& be, const float* x, int64_t ldx, const TensorView& w, int64_t K,
-                          int64_t N, int xk, int64_t T, const int32_t* offsets, const int32_t* sorted,
-                          const int32_t* active, int E, unsigned active_rows, float* dst) {
+void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorView& w, int64_t K, int64_t N, int xk,
+                    int64_t T, const int32_t* offsets, const int32_t* sorted, const int32_t* active, int E,
+                    unsigned active_rows, float* dst) {
   const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), active_rows);
-  const MmaQuantWeight qw = mma_quant_weight(w, K);
-  with_quant_code(w.quant->code, [&]<QuantCode CODE>() {
-    auto go = [&]<int TILES>() {
-      be.launch("moe_mma_quant_kernel", moe_mma_quant_kernel<CODE, TILES, DOWN>, grid, kMmaWarps * 32, 0, x, ldx, qw,
-                K, N, xk, offsets, sorted, active, E, dst);
-    };
-    if (mma_quant_tiles_for(T) == 1) go.template operator()<1>();
-    else go.template operator()<4>();
+  with_mma_rows(w, K, [&]<class W>(const W& rows) {
+    with_mma_tiles<W>(T, [&]<int TILES>() {  // an expert has at most T rows
+      be.launch("moe_mma_kernel", moe_mma_kernel<W, TILES, DOWN>, grid, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk,
+                offsets, sorted, active, E, dst);
+    });
   });
 }
 
@@ -395,18 +353,19 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
   use_device();
   const int64_t P = T * k;
   // Scratch grows only when a larger step arrives (see ensure()); steady-state steps allocate nothing.
-  ensure(moe_offsets_, 2 * (E + 1) * sizeof(int32_t));  // offsets, then the active experts
-  ensure(moe_sorted_, std::max<int64_t>(P, 1) * sizeof(int32_t));
-  ensure(moe_pos_, std::max<int64_t>(P, 1) * sizeof(int32_t));
-  ensure(moe_act_, std::max<int64_t>(P * I, 1) * sizeof(float));
-  ensure(moe_out_, std::max<int64_t>(P * H, 1) * sizeof(float));
-  auto* offsets = static_cast<int32_t*>(moe_offsets_.data());
+  OpScratch& sc = scratch();
+  ensure(sc.moe_offsets, 2 * (E + 1) * sizeof(int32_t));  // offsets, then the active experts
+  ensure(sc.moe_sorted, std::max<int64_t>(P, 1) * sizeof(int32_t));
+  ensure(sc.moe_pos, std::max<int64_t>(P, 1) * sizeof(int32_t));
+  ensure(sc.moe_act, std::max<int64_t>(P * I, 1) * sizeof(float));
+  ensure(sc.moe_out, std::max<int64_t>(P * H, 1) * sizeof(float));
+  auto* offsets = static_cast<int32_t*>(sc.moe_offsets.data());
   int32_t* active = offsets + E + 1;
   const unsigned active_rows = static_cast<unsigned>(std::min<int64_t>(E, P));  // experts that can have rows
-  auto* sorted = static_cast<int32_t*>(moe_sorted_.data());
-  auto* pos = static_cast<int32_t*>(moe_pos_.data());
-  auto* act = static_cast<float*>(moe_act_.data());
-  auto* out = static_cast<float*>(moe_out_.data());
+  auto* sorted = static_cast<int32_t*>(sc.moe_sorted.data());
+  auto* pos = static_cast<int32_t*>(sc.moe_pos.data());
+  auto* act = static_cast<float*>(sc.moe_act.data());
+  auto* out = static_cast<float*>(sc.moe_out.data());
 
   launch("moe_group_kernel", moe_group_kernel, 1, 1024, (E + 1) * sizeof(int32_t), ids.as<int32_t>(), ids.stride(),
          static_cast<int>(k), T, static_cast<int>(E), offsets, sorted, pos, active);
@@ -417,8 +376,8 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
     const unsigned perm_blocks = 4;  // column blocks of 256 per active expert in moe_permute_kernel
     const int32_t* gu_perm = gate_up.quant ? gate_up.quant->k_perm.as<int32_t>() : nullptr;
     const int32_t* dn_perm = down.quant ? down.quant->k_perm.as<int32_t>() : nullptr;
-    if (gu_perm || dn_perm) ensure(permuted_x_, P * std::max(H, I) * sizeof(float));
-    auto* px = static_cast<float*>(permuted_x_.data());
+    if (gu_perm || dn_perm) ensure(sc.permuted_x, P * std::max(H, I) * sizeof(float));
+    auto* px = static_cast<float*>(sc.permuted_x.data());
 
     const float* xp = x.as<float>();
     int64_t ldx = x.stride();
@@ -434,27 +393,10 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
       const int64_t per_cta = kMatmulWarps * rows_per_warp;
       return dim3(static_cast<unsigned>((cols + per_cta - 1) / per_cta), active_rows);
     };
-    // bf16 experts on the tensor cores: a CTA per 16 columns of one expert.
-    auto mma = [&]<bool DOWN>(const float* x, int64_t ld, int64_t x_rows, const TensorView& w, int64_t K, int64_t N,
-                              int xk, float* dst) {
-      const auto [xa, lda] = mma_x_rows(x, ld, x_rows, K);
-      const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), active_rows);
-      auto go = [&]<int TILES>() {
-        launch("moe_mma_kernel", moe_mma_kernel<TILES, DOWN>, grid, kMmaWarps * 32, 0, xa, lda, w.as<uint16_t>(),
-               K, N, xk, offsets, sorted, active, static_cast<int>(E), dst);
-      };
-      switch (mma_tiles_for(T)) {  // an expert has at most T rows
-        case 1: go.template operator()<1>(); break;
-        case 2: go.template operator()<2>(); break;
-        default: go.template operator()<4>(); break;
-      }
-    };
-    if (mma_ && mma_rows_fit(gate_up, H)) {
-      mma.template operator()<false>(xp, ldx, x_k ? T : P, gate_up, H, I, x_k, act);
-    } else if (mma_ && mma_quant_fit(gate_up, H)) {
+    if (mma_ && (mma_rows_fit(gate_up, H) || mma_quant_fit(gate_up, H))) {
       const auto [xa, lda] = mma_x_rows(xp, ldx, x_k ? T : P, H);
-      launch_moe_mma_quant<false>(*this, xa, lda, gate_up, H, I, x_k, T, offsets, sorted, active, static_cast<int>(E),
-                                  active_rows, act);
+      launch_moe_mma<false>(*this, xa, lda, gate_up, H, I, x_k, T, offsets, sorted, active, static_cast<int>(E),
+                            active_rows, act);
     } else {
       dispatch_weight_rows(gate_up, H, gu_xvec, mt, [&]<int MT>(const auto& rows) {
         using Rows = std::decay_t<decltype(rows)>;
@@ -470,12 +412,10 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
       ap = px;
     }
     const bool dn_xvec = I % 4 == 0;  // act rows are I floats from a 256-byte aligned buffer
-    if (mma_ && mma_rows_fit(down, I)) {
-      mma.template operator()<true>(ap, I, P, down, I, H, 0, out);
-    } else if (mma_ && mma_quant_fit(down, I)) {
+    if (mma_ && (mma_rows_fit(down, I) || mma_quant_fit(down, I))) {
       const auto [xa, lda] = mma_x_rows(ap, I, P, I);
-      launch_moe_mma_quant<true>(*this, xa, lda, down, I, H, 0, T, offsets, sorted, active, static_cast<int>(E),
-                                 active_rows, out);
+      launch_moe_mma<true>(*this, xa, lda, down, I, H, 0, T, offsets, sorted, active, static_cast<int>(E),
+                           active_rows, out);
     } else {
       dispatch_weight_rows(down, I, dn_xvec, mt, [&]<int MT>(const auto& rows) {
         using Rows = std::decay_t<decltype(rows)>;
@@ -484,7 +424,7 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
       });
     }
   } else if (P > 0) {  // I == 0: every expert outputs zeros
-    TANDEM_CUDA_CHECK(cudaMemsetAsync(out, 0, P * H * sizeof(float), stream_));
+    TANDEM_CUDA_CHECK(cudaMemsetAsync(out, 0, P * H * sizeof(float), op_stream()));
   }
 
   launch("moe_combine_kernel", moe_combine_kernel, grid_for(T * H), 256, 0, out, pos, weights.as<float>(),
