@@ -88,13 +88,10 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
   // Attention: h1 = x + RMS(Attn(RMS(x; input_norm)); post_attention_norm).
   s.normed.resize(DType::F32, {T, H});
   be.rms_norm(x, &w.input_norm, eps, s.normed.view());
+  // The query heads and the layer's own K/V (if any) are independent: a GPU computes them side by side.
   s.q.resize(DType::F32, {T, nh * d});
-  be.matmul(s.normed, w.q_proj, s.q.view());
-  TensorView q_heads = s.q.view().reshaped({T * nh, d});
-  be.rms_norm(q_heads, &w.q_norm, eps, q_heads);
   TensorView q3 = s.q.view().reshaped({T, nh, d});
-  be.rope(q3, *in.positions, *in.inv_freq);
-  if (spec.owns_kv()) {
+  auto kv_branch = [&] {
     s.k.resize(DType::F32, {T, nkv * d});
     s.v.resize(DType::F32, {T, nkv * d});
     be.matmul(s.normed, w.k_proj, s.k.view());
@@ -110,7 +107,15 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     TensorView k3 = s.k.view().reshaped({T, nkv, d});
     be.rope(k3, *in.positions, *in.inv_freq);
     be.kv_write(k3, s.v.view().reshaped({T, nkv, d}), *in.kv, *in.kv_slots);
-  }
+  };
+  auto q_branch = [&] {
+    be.matmul(s.normed, w.q_proj, s.q.view());
+    TensorView q_heads = s.q.view().reshaped({T * nh, d});
+    be.rms_norm(q_heads, &w.q_norm, eps, q_heads);
+    be.rope(q3, *in.positions, *in.inv_freq);
+  };
+  if (spec.owns_kv()) be.concurrently(kv_branch, q_branch);
+  else q_branch();
   s.attn.resize(DType::F32, {T, nh * d});
   be.attention(q3, *in.kv, *in.rows, /*scale=*/1.0f, s.attn.view());
   s.proj.resize(DType::F32, {T, H});
@@ -120,28 +125,37 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
 
   // Feed-forward: dense GeGLU MLP, plus (MoE models) routed experts reading h1 in parallel.
   const int64_t I = spec.intermediate;
-  s.ffn_in.resize(DType::F32, {T, H});
-  be.rms_norm(x, &w.pre_ffn_norm, eps, s.ffn_in.view());
-  s.gate.resize(DType::F32, {T, I});
-  be.matmul_gelu_glu(s.ffn_in, w.gate_proj, w.up_proj, s.gate.view());
-  s.ffn_out.resize(DType::F32, {T, H});
-  be.matmul(s.gate, w.down_proj, s.ffn_out.view());  // this rank's columns' share
-  be.all_reduce(s.ffn_out.view());
-  if (c.moe) {
-    be.rms_norm(s.ffn_out, &w.post_ffn_norm_1, eps, s.ffn_out.view());
-    // Router input: RMS0(h1) ⊙ scale · H^-½ (h1 itself, not an FFN norm's output).
-    s.moe_in.resize(DType::F32, {T, H});
-    be.rms_norm(x, &w.router_scale, eps, s.moe_in.view());
-    be.scale(s.moe_in.view(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(H))));
-    s.router_logits.resize(DType::F32, {T, c.num_experts});
-    be.matmul(s.moe_in, w.router_proj, s.router_logits.view());
-    s.expert_ids.resize(DType::I32, {T, c.top_k_experts});
-    s.expert_weights.resize(DType::F32, {T, c.top_k_experts});
-    be.moe_route(s.router_logits, &w.per_expert_scale, s.expert_ids.view(), s.expert_weights.view());
-    be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());
-    s.moe_out.resize(DType::F32, {T, H});
-    be.moe_experts(s.moe_in, s.expert_ids, s.expert_weights, w.experts_gate_up, w.experts_down, s.moe_out.view());
+  auto dense_mlp = [&] {
+    s.ffn_in.resize(DType::F32, {T, H});
+    be.rms_norm(x, &w.pre_ffn_norm, eps, s.ffn_in.view());
+    s.gate.resize(DType::F32, {T, I});
+    be.matmul_gelu_glu(s.ffn_in, w.gate_proj, w.up_proj, s.gate.view());
+    s.ffn_out.resize(DType::F32, {T, H});
+    be.matmul(s.gate, w.down_proj, s.ffn_out.view());  // this rank's columns' share
+  };
+  if (!c.moe) {
+    dense_mlp();
+    be.all_reduce(s.ffn_out.view());
+  } else {
+    // The routed experts read h1 independently of the dense MLP: a GPU runs the two side by side.
+    auto experts = [&] {
+      // Router input: RMS0(h1) ⊙ scale · H^-½ (h1 itself, not an FFN norm's output).
+      s.moe_in.resize(DType::F32, {T, H});
+      be.rms_norm(x, &w.router_scale, eps, s.moe_in.view());
+      be.scale(s.moe_in.view(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(H))));
+      s.router_logits.resize(DType::F32, {T, c.num_experts});
+      be.matmul(s.moe_in, w.router_proj, s.router_logits.view());
+      s.expert_ids.resize(DType::I32, {T, c.top_k_experts});
+      s.expert_weights.resize(DType::F32, {T, c.top_k_experts});
+      be.moe_route(s.router_logits, &w.per_expert_scale, s.expert_ids.view(), s.expert_weights.view());
+      be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());
+      s.moe_out.resize(DType::F32, {T, H});
+      be.moe_experts(s.moe_in, s.expert_ids, s.expert_weights, w.experts_gate_up, w.experts_down, s.moe_out.view());
+    };
+    be.concurrently(experts, dense_mlp);
+    be.all_reduce(s.ffn_out.view());
     be.all_reduce(s.moe_out.view());  // every expert's share of this rank's columns
+    be.rms_norm(s.ffn_out, &w.post_ffn_norm_1, eps, s.ffn_out.view());
     be.rms_norm_add(s.moe_out, &w.post_ffn_norm_2, eps, s.ffn_out.view());
   }
   be.rms_norm_add(s.ffn_out, &w.post_ffn_norm, eps, x);
