@@ -35,6 +35,12 @@ constexpr int64_t kSerialMacs = 1 << 18;
 // Smallest share of a matmul's weights one task reads: a task's dispatch costs a few hundred
 // nanoseconds (an atomic shared between cores), so a task should stream for much longer.
 constexpr int64_t kMinTaskWeightBytes = 32 * 1024;
+// Rows of x per task of a prefill-sized matmul (for_row_tasks): at least the minimum, so the weights
+// stream past enough rows, and at most the maximum, so those rows of x stay in L2 (64 rows of 2048
+// split values, 512 KiB) while the weights stream past them, as for_tiles' chunks of rows.
+constexpr int64_t kRowTaskMinRows = 32, kRowTaskMaxRows = 64;
+// Tasks per thread a product must make (of at least kRowTaskMinRows rows) to be split by rows of x.
+constexpr int64_t kRowTasksPerThread = 2;
 
 float load_f32(const void* p, DType t, int64_t i) {
   switch (t) {
@@ -339,15 +345,26 @@ class CpuBackend final : public Backend {
       gelu_tanh_mul(out, u, out);
       return;
     }
-    const TileFn tile = prepare_matmul(ag);  // x prepared once, for both weights
-    au.x = ag.x, au.ldx = ag.ldx, au.xs = ag.xs, au.ldxs = ag.ldxs;
-    for_tiles(T, N, 2 * weight_row_bytes(ag), 2 * N * K * T, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-      tile(ag, n0, n1, t0, t1);
-      tile(au, n0, n1, t0, t1);
+    // Gate and up tiles over x prepared once for both weights, then GeGLU on the tile's outputs.
+    auto gate_up = [&](TileFn tile, MatmulArgs& g, MatmulArgs& v, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+      v.x = g.x, v.ldx = g.ldx, v.xs = g.xs, v.ldxs = g.ldxs;
+      tile(g, n0, n1, t0, t1);
+      tile(v, n0, n1, t0, t1);
       for (int64_t t = t0; t < t1; ++t) {
-        float* o = out.row<float>(t);
-        gelu_tanh_mul_row(o + n0, u.row<float>(t) + n0, o + n0, n1 - n0);
+        float* o = g.y + t * g.ldy;
+        gelu_tanh_mul_row(o + n0, v.y + t * v.ldy + n0, o + n0, n1 - n0);
       }
+    };
+    if (for_row_tasks(T, 2 * N * K * T, [&](int64_t t0, int64_t t1) {
+          MatmulArgs g = rows_of(ag, t0, t1), v = rows_of(au, t0, t1);
+          const TileFn tile = prepare_matmul(g);
+          gate_up(tile, g, v, 0, N, 0, t1 - t0);
+        }))
+      return;
+    const TileFn tile = prepare_matmul(ag);
+    for_tiles(T, N, 2 * weight_row_bytes(ag), 2 * N * K * T, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+      MatmulArgs v = au;
+      gate_up(tile, ag, v, n0, n1, t0, t1);
     });
   }
 
@@ -829,6 +846,30 @@ class CpuBackend final : public Backend {
     return tile;
   }
 
+  // a restricted to rows [t0, t1) of x and y.
+  static MatmulArgs rows_of(const MatmulArgs& a, int64_t t0, int64_t t1) {
+    MatmulArgs r = a;
+    r.x += t0 * a.ldx;
+    r.y += t0 * a.ldy;
+    r.T = t1 - t0;
+    return r;
+  }
+
+  // A prefill-sized product (kRowTasksPerThread tasks of at least kRowTaskMinRows rows of x per
+  // thread) runs as fn(t0, t1) over tasks of whole rows of x, every task preparing its own rows of x
+  // and computing all N outputs of them; returns false, running nothing, for smaller products
+  // (for_tiles). Tiles over N, as before, had every thread read all rows of x that the caller had
+  // prepared alone (a serial pass), and write y in tiles whose edges share cache lines. The kernels
+  // compute an output the same way whatever its tile, so the results are those of for_tiles.
+  template <typename F>
+  bool for_row_tasks(int64_t T, int64_t macs, F&& fn) {
+    const int64_t min_tasks = kRowTasksPerThread * pool_.size();
+    if (macs < kSerialMacs || T < kRowTaskMinRows * min_tasks) return false;
+    const int64_t rows = std::min(kRowTaskMaxRows, T / min_tasks), tasks = (T + rows - 1) / rows;
+    pool_.parallel_for(tasks, [&](int64_t i) { fn(i * rows, std::min(T, (i + 1) * rows)); });
+    return true;
+  }
+
   // Runs fn(n0, n1, t0, t1) over tiles of an [T, N] output whose rows of weights are row_bytes long.
   // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
   // dynamic scheduling evens out, each reading at least kMinTaskWeightBytes; rows of x in chunks of 64
@@ -859,6 +900,12 @@ class CpuBackend final : public Backend {
 
   void run_matmul(MatmulArgs a) {
     if (a.T == 0 || a.N == 0) return;
+    if (for_row_tasks(a.T, a.N * a.K * a.T, [&](int64_t t0, int64_t t1) {
+          MatmulArgs r = rows_of(a, t0, t1);
+          const TileFn tile = prepare_matmul(r);
+          tile(r, 0, r.N, 0, r.T);
+        }))
+      return;
     const TileFn tile = prepare_matmul(a);
     for_tiles(a.T, a.N, weight_row_bytes(a), a.N * a.K * a.T,
               [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) { tile(a, n0, n1, t0, t1); });
