@@ -425,25 +425,26 @@ class CpuBackend final : public Backend {
     if (half == 0 || x.numel() % (T * d) != 0) fail("rope: x of {} elements is not {} tokens × heads × {}", x.numel(), T, d);
     const int64_t n_heads = x.numel() / (T * d);
     check_heads(x, T, n_heads, d, "rope x");
-    // Angles as PyTorch computes them: freqs = float(pos) · inv_freq in f32, then cos/sin in f32.
-    rope_cos_.resize(T * half);
-    rope_sin_.resize(T * half);
-    for (int64_t t = 0; t < T; ++t) {
+    // Token by token (in parallel: for a prefill the angles cost more than the rotations), its angles
+    // as PyTorch computes them: freqs = float(pos) · inv_freq in f32, then cos/sin in f32; then every
+    // head of the token.
+    for_rows(T, n_heads * d, [&](int64_t t) {
+      thread_local std::vector<float> angles;  // [cos, sin] × half
+      angles.resize(d);
+      float* c = angles.data();
+      float* s = c + half;
       for (int64_t i = 0; i < half; ++i) {
         const float angle = static_cast<float>(positions[t]) * inv_freq[i];
-        rope_cos_[t * half + i] = std::cos(angle);
-        rope_sin_[t * half + i] = std::sin(angle);
+        c[i] = std::cos(angle);
+        s[i] = std::sin(angle);
       }
-    }
-    for_rows(T * n_heads, d, [&](int64_t th) {
-      const int64_t t = th / n_heads;
-      float* v = head_ptr(x, T, t, th % n_heads, d);
-      const float* c = &rope_cos_[t * half];
-      const float* s = &rope_sin_[t * half];
-      for (int64_t i = 0; i < half; ++i) {
-        const float a = v[i], b = v[i + half];
-        v[i] = a * c[i] - b * s[i];
-        v[i + half] = b * c[i] + a * s[i];
+      for (int64_t h = 0; h < n_heads; ++h) {
+        float* v = head_ptr(x, T, t, h, d);
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = v[i], b = v[i + half];
+          v[i] = a * c[i] - b * s[i];
+          v[i + half] = b * c[i] + a * s[i];
+        }
       }
     });
   }
@@ -724,23 +725,29 @@ class CpuBackend final : public Backend {
       if (expert_ids[i] < 0 || expert_ids[i] >= E) fail("moe_experts: expert id {} outside [0, {})", expert_ids[i], E);
     for (int64_t t = 0; t < T; ++t) std::fill_n(y.row<float>(t), H, 0.0f);
 
-    // Group the (row, slot) pairs by expert so each expert's weights stream from memory once.
+    // Group the (row, slot) pairs by expert so each expert's weights stream from memory once per
+    // chunk of at most kRowTaskMaxRows of its rows (prefill routes hundreds of rows to an expert, and
+    // whole experts, of uneven sizes, balanced badly between threads).
     std::vector<std::vector<int64_t>> routed(E);
     for (int64_t i = 0; i < T * k; ++i) routed[expert_ids[i]].push_back(i);
-    struct Active {
-      int64_t e, out;  // expert, first row of its output in moe_out_
+    struct Chunk {
+      int64_t e, j0, j1, out;  // expert, its routed pairs [j0, j1), first row of their output in moe_out_
     };
-    std::vector<Active> active;
+    std::vector<Chunk> chunks;
     int64_t rows = 0;
     for (int64_t e = 0; e < E; ++e)
-      if (!routed[e].empty()) active.push_back({e, rows}), rows += static_cast<int64_t>(routed[e].size());
+      for (int64_t j0 = 0, n = static_cast<int64_t>(routed[e].size()); j0 < n; j0 += kRowTaskMaxRows) {
+        const int64_t j1 = std::min(n, j0 + kRowTaskMaxRows);
+        chunks.push_back({e, j0, j1, rows});
+        rows += j1 - j0;
+      }
     moe_out_.resize(rows * H);
     const size_t gu_bytes = gate_up.nbytes() / E, dn_bytes = down.nbytes() / E;
-    // Expert a's rows through gate_up, GeGLU and down into its part of moe_out_.
-    auto expert = [&](int64_t a) {
-      const int64_t e = active[a].e;
-      const std::vector<int64_t>& pairs = routed[e];
-      const int64_t n = static_cast<int64_t>(pairs.size());
+    // Chunk c's rows through gate_up, GeGLU and down into its part of moe_out_.
+    auto expert = [&](int64_t c) {
+      const Chunk& ch = chunks[c];
+      const int64_t e = ch.e, n = ch.j1 - ch.j0;
+      const int64_t* pairs = routed[e].data() + ch.j0;
       thread_local std::vector<float> xs, gu, act;
       xs.resize(n * H);
       gu.resize(n * I2);
@@ -750,22 +757,22 @@ class CpuBackend final : public Backend {
       run_matmul({xs.data(), H, static_cast<const char*>(gate_up.data) + e * gu_bytes, gate_up.dtype, gu.data(), I2, n,
                   I2, H, expert_quant(gate_up, e, gu_q)});
       for (int64_t j = 0; j < n; ++j) gelu_tanh_mul_row(&gu[j * I2], &gu[j * I2 + I], &act[j * I], I);
-      run_matmul({act.data(), I, static_cast<const char*>(down.data) + e * dn_bytes, down.dtype,
-                  &moe_out_[active[a].out * H], H, n, H, I, expert_quant(down, e, dn_q)});
+      run_matmul({act.data(), I, static_cast<const char*>(down.data) + e * dn_bytes, down.dtype, &moe_out_[ch.out * H], H,
+                  n, H, I, expert_quant(down, e, dn_q)});
     };
-    // With an expert for every thread, one task per expert (its matmuls then run on that thread) is
-    // one pool round trip instead of two per expert; otherwise the experts' matmuls are split.
+    // With a chunk for every thread, one task per chunk (its matmuls then run on that thread) is one
+    // pool round trip instead of two per chunk; otherwise the chunks' matmuls are split.
     const int64_t macs = rows * (I2 * H + H * I);
-    if (static_cast<int64_t>(active.size()) >= pool_.size() && macs >= kSerialMacs) {
-      pool_.parallel_for(static_cast<int64_t>(active.size()), expert);
+    if (static_cast<int64_t>(chunks.size()) >= pool_.size() && macs >= kSerialMacs) {
+      pool_.parallel_for(static_cast<int64_t>(chunks.size()), expert);
     } else {
-      for (int64_t a = 0; a < static_cast<int64_t>(active.size()); ++a) expert(a);
+      for (int64_t c = 0; c < static_cast<int64_t>(chunks.size()); ++c) expert(c);
     }
     // Weighted sum in expert order, the same whichever path computed the experts.
-    for (const Active& a : active)
-      for (size_t j = 0; j < routed[a.e].size(); ++j) {
-        const int64_t pair = routed[a.e][j];
-        axpy_row(expert_weights[pair], &moe_out_[(a.out + static_cast<int64_t>(j)) * H], y.row<float>(pair / k), H);
+    for (const Chunk& ch : chunks)
+      for (int64_t j = ch.j0; j < ch.j1; ++j) {
+        const int64_t pair = routed[ch.e][j];
+        axpy_row(expert_weights[pair], &moe_out_[(ch.out + j - ch.j0) * H], y.row<float>(pair / k), H);
       }
   }
 
@@ -944,7 +951,7 @@ class CpuBackend final : public Backend {
   Communicator* comm_ = nullptr;
   uint64_t host_syncs_ = 0;
   HostTensor glu_up_;  // matmul_gelu_glu's up projection
-  std::vector<float> norm_weight_, rope_cos_, rope_sin_, std_bias_, std_scale_;
+  std::vector<float> norm_weight_, std_bias_, std_scale_;
   std::vector<float> moe_out_;  // the routed experts' outputs, expert after expert
 };
 
