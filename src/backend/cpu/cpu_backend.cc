@@ -131,6 +131,42 @@ void dot8(const float* q, const KT* const* keys, int64_t n, float* s) {
     for (int i = 0; i < 8; ++i) s[i] += q[k] * to_f32(keys[i][k]);
 }
 
+// GCC 12 flags the deliberately undefined source operand inside its own AVX-512 widening intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// 16 f32, or 16 bf16 as f32, at p.
+__attribute__((target("avx512f"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 load16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+// o[h][c:c+64] = Σ_j p[h][j] · v_j[c:c+64] for the H query heads h, v_j the value row at vcache +
+// offsets[j], summed in key order from zero: per output element the same FMA chain as attention's
+// 8-wide loop, so the same bits, while each load of a value row serves all H heads.
+template <int H, typename VT>
+__attribute__((target("avx512f"))) void values64_avx512(const float* const* p, float* const* o, const VT* vcache,
+                                                         const int64_t* offsets, int64_t len, int64_t c) {
+  __m512 acc[H][4];
+  for (int h = 0; h < H; ++h)
+    for (int i = 0; i < 4; ++i) acc[h][i] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < len; ++j) {
+    const VT* v = vcache + offsets[j] + c;
+    const __m512 v0 = load16(v), v1 = load16(v + 16), v2 = load16(v + 32), v3 = load16(v + 48);
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) {
+      const __m512 pj = _mm512_set1_ps(p[h][j]);
+      acc[h][0] = _mm512_fmadd_ps(pj, v0, acc[h][0]);
+      acc[h][1] = _mm512_fmadd_ps(pj, v1, acc[h][1]);
+      acc[h][2] = _mm512_fmadd_ps(pj, v2, acc[h][2]);
+      acc[h][3] = _mm512_fmadd_ps(pj, v3, acc[h][3]);
+    }
+  }
+  for (int h = 0; h < H; ++h)
+    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(o[h] + c + 16 * i, acc[h][i]);
+}
+#pragma GCC diagnostic pop
+
 // dst[0:n] = src[0:n] rounded to bf16 (nearest even, as torch casts).
 void round_row_bf16(const float* src, uint16_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
@@ -600,6 +636,7 @@ class CpuBackend final : public Backend {
                layer.num_blocks);
     }
     const int64_t group = n_heads / n_kv;
+    const bool avx512 = cpu_isa() != CpuIsa::kAvx2;
     int64_t keys = 0;
     for (const Row& row : row_list) keys += row.kv_end - row.kv_begin;
     // One task per (query row, KV head): the query heads that share a KV head read each key and value
@@ -641,13 +678,35 @@ class CpuBackend final : public Backend {
           for (int i = 0; i < 8; ++i) sg[i] *= scale;
         }
       }
-      // Softmax weights, then out = Σ_j p_j · v_j in key order, 64 output columns in registers at a time.
+      // Softmax weights, then out = Σ_j p_j · v_j in key order, 64 output columns in registers at a time:
+      // with AVX-512 for up to 4 query heads from each load of a value row (values64_avx512), else head
+      // by head; one FMA chain per output element either way, so the same bits.
       for (int64_t g = 0; g < group; ++g) {
         float* p = scores + g * ld;
         const float inv = 1.0f / exp_shifted_sum(p, len, *std::max_element(p, p + len));
         for (int64_t j = 0; j < len; ++j) p[j] *= inv;
+      }
+      const int64_t d64 = d / 64 * 64;
+      if (avx512) {
+        thread_local std::vector<const float*> probs;  // [group] softmax rows
+        probs.resize(group);
+        for (int64_t g = 0; g < group; ++g) probs[g] = scores + g * ld;
+        for (int64_t g = 0; g < group; g += 4)
+          for (int64_t c = 0; c < d64; c += 64) {
+            const float* const* pg = &probs[g];
+            float* const* og = &heads[group + g];
+            switch (std::min<int64_t>(4, group - g)) {
+              case 1: values64_avx512<1>(pg, og, vcache, offsets.data(), len, c); break;
+              case 2: values64_avx512<2>(pg, og, vcache, offsets.data(), len, c); break;
+              case 3: values64_avx512<3>(pg, og, vcache, offsets.data(), len, c); break;
+              default: values64_avx512<4>(pg, og, vcache, offsets.data(), len, c); break;
+            }
+          }
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        const float* p = scores + g * ld;
         float* o = heads[group + g];
-        int64_t c = 0;
+        int64_t c = avx512 ? d64 : 0;
         for (; c + 64 <= d; c += 64) {
           __m256 acc[8];
           for (__m256& a : acc) a = _mm256_setzero_ps();
