@@ -169,6 +169,36 @@ TEST(Attention, RowResultIndependentOfBatch) {
   }
 }
 
+// With AVX-512 the values are summed for several query heads at once, 16 columns per register, and
+// without it head by head, 8 per register: the same FMA chain per output element, so the same bits.
+TEST(Attention, SameBitsOnEveryIsa) {
+  if (cpu_best_isa() == CpuIsa::kAvx2) GTEST_SKIP() << "CPU has no AVX-512";
+  auto be = make_cpu_backend(2);
+  Rng rng(16);
+  const Config configs[] = {{16, 1, 64, 5}, {16, 2, 128, 6}, {8, 1, 96, 4}, {16, 2, 64, 2}, {16, 1, 256, 9}};
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (const Config& c : configs) {
+      Paged p = make_cache(20, c.block_size, c.n_kv, c.d, rng, dtype);
+      std::vector<int32_t> table(20);
+      std::iota(table.begin(), table.end(), 0);
+      std::vector<AttentionRow> rows;
+      for (int32_t end : {1, 9, 77, 160}) rows.push_back({table.data(), 0, end});
+      const int64_t T = rows.size(), width = c.n_heads * c.d;
+      std::vector<float> q = rng.normals(T * width), narrow(T * width), wide(T * width);
+      TensorView qv(DType::F32, q.data(), {T, c.n_heads, c.d});
+      TensorView nv(DType::F32, narrow.data(), {T, width}), wv(DType::F32, wide.data(), {T, width});
+      {
+        ForceIsa force("avx2");
+        attend(*be, qv, p.layer, rows, 0.125f, nv);
+      }
+      {
+        ForceIsa force("avx512");
+        attend(*be, qv, p.layer, rows, 0.125f, wv);
+      }
+      EXPECT_EQ(narrow, wide) << dtype_name(dtype) << " n_kv=" << c.n_kv << " d=" << c.d << " heads=" << c.n_heads;
+    }
+}
+
 TEST(Attention, EmptyRangeGivesZeros) {
   auto be = make_cpu_backend(2);
   Rng rng(11);

@@ -111,14 +111,14 @@ TEST(Matmul, Avx2AndAvx512Agree) {
 }
 
 // matmul_gelu_glu is the composition it replaces: matmul, matmul, gelu_tanh_mul, bit for bit, in
-// every kernel family, on the caller alone and split over the pool.
+// every kernel family, on the caller alone, split over the pool in tiles and by rows of x (prefill).
 TEST(Matmul, GeluGluIsTheComposition) {
   auto be = make_cpu_backend(2);
   Rng rng(31);
   for (const std::string& isa : available_isas()) {
     ForceIsa force(isa);
     for (DType wt : {DType::BF16, DType::F32})
-      for (Case c : {Case{5, 37, 96}, Case{3, 1100, 512}}) {
+      for (Case c : {Case{5, 37, 96}, Case{3, 1100, 512}, Case{150, 40, 96}}) {
         const int64_t T = c.T, I = c.N, K = c.K;
         Stored g = make_stored(wt, I * K, rng), u = make_stored(wt, I * K, rng);
         std::vector<float> x = rng.normals(T * K), fused(T * I), gate(T * I), up(T * I);
@@ -134,25 +134,28 @@ TEST(Matmul, GeluGluIsTheComposition) {
 }
 
 // A row's result is the same bits whatever other rows share its call (speculative verify blocks and
-// batched requests rest on this), in every kernel family, for every weight dtype and thread count.
+// batched requests rest on this), in every kernel family, for every weight dtype and thread count,
+// also in prefill-sized calls (split by rows of x, not into tiles; every 7th row checked).
 TEST(Matmul, RowResultIndependentOfBatch) {
   Rng rng(6);
   for (int threads : {1, 2}) {
     auto be = make_cpu_backend(threads);
     for (const std::string& isa : available_isas()) {
       ForceIsa force(isa);
-      for (DType wt : kWeightDtypes) {
-        const int64_t T = 11, N = 300, K = 2080;
-        Stored w = make_stored(wt, N * K, rng);
-        std::vector<float> x = rng.normals(T * K), all(T * N), one(N);
-        TensorView xv(DType::F32, x.data(), {T, K}), av(DType::F32, all.data(), {T, N});
-        be->matmul(xv, w.view({N, K}), av);
-        for (int64_t t = 0; t < T; ++t) {
-          TensorView x1(DType::F32, &x[t * K], {1, K}), y1(DType::F32, one.data(), {1, N});
-          be->matmul(x1, w.view({N, K}), y1);
-          ASSERT_TRUE(std::equal(one.begin(), one.end(), &all[t * N])) << isa << " " << dtype_name(wt) << " row " << t;
+      for (DType wt : kWeightDtypes)
+        for (const int64_t T : {11, 140}) {
+          const int64_t N = 300, K = 2080;
+          Stored w = make_stored(wt, N * K, rng);
+          std::vector<float> x = rng.normals(T * K), all(T * N), one(N);
+          TensorView xv(DType::F32, x.data(), {T, K}), av(DType::F32, all.data(), {T, N});
+          be->matmul(xv, w.view({N, K}), av);
+          for (int64_t t = 0; t < T; t += T > 11 ? 7 : 1) {
+            TensorView x1(DType::F32, &x[t * K], {1, K}), y1(DType::F32, one.data(), {1, N});
+            be->matmul(x1, w.view({N, K}), y1);
+            ASSERT_TRUE(std::equal(one.begin(), one.end(), &all[t * N]))
+                << isa << " " << dtype_name(wt) << " T=" << T << " row " << t << " threads " << threads;
+          }
         }
-      }
     }
   }
 }

@@ -387,5 +387,36 @@ TEST(MoeExperts, GroupedExpertsMatchPerRowReference) {
   }
 }
 
+// A row's output is the same bits alone and in a prefill-sized batch, whose experts get hundreds of
+// rows each (computed in chunks of rows, over the pool), at any thread count.
+TEST(MoeExperts, RowResultIndependentOfBatch) {
+  Rng rng(29);
+  const int64_t T = 300, H = 64, I = 40, E = 3;
+  const int k = 2;
+  Stored gate_up = make_stored(DType::BF16, E * 2 * I * H, rng, 0.2f);
+  Stored down = make_stored(DType::BF16, E * H * I, rng, 0.2f);
+  std::vector<float> x = rng.normals(T * H), w(T * k);
+  std::vector<int32_t> ids(T * k);
+  for (int64_t t = 0; t < T; ++t) {
+    ids[t * k] = static_cast<int32_t>(t % E), ids[t * k + 1] = static_cast<int32_t>((t / E + 1 + t) % E);
+    if (ids[t * k + 1] == ids[t * k]) ids[t * k + 1] = (ids[t * k] + 1) % E;
+    w[t * k] = rng.uniform(0.1f, 1.0f), w[t * k + 1] = rng.uniform(0.1f, 1.0f);
+  }
+  for (int threads : {1, 2}) {
+    auto be = make_cpu_backend(threads);
+    std::vector<float> all(T * H), one(H);
+    auto run = [&](int64_t t0, int64_t n, float* out) {
+      TensorView yv(DType::F32, out, {n, H});
+      be->moe_experts(TensorView(DType::F32, &x[t0 * H], {n, H}), TensorView(DType::I32, &ids[t0 * k], {n, k}),
+                      TensorView(DType::F32, &w[t0 * k], {n, k}), gate_up.view({E, 2 * I, H}), down.view({E, H, I}), yv);
+    };
+    run(0, T, all.data());
+    for (int64_t t : {0, 1, 64, 150, 299}) {
+      run(t, 1, one.data());
+      ASSERT_TRUE(std::equal(one.begin(), one.end(), &all[t * H])) << "row " << t << " threads " << threads;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tandem::test

@@ -192,29 +192,33 @@ TEST(QuantMatmul, MoeExpertsMatchDequantizedWeights) {
 }
 
 // A row's result is the same bits alone and inside batches of any size, on every kernel family and
-// thread count (greedy speculative decoding under batching relies on it).
+// thread count (greedy speculative decoding under batching relies on it), also in prefill-sized
+// batches (split by rows of x, not into tiles).
 TEST(QuantMatmul, CpuIsBatchInvariant) {
   Rng rng(14);
-  const int64_t T = 11, N = 77;
+  const int64_t N = 77;
   for (int threads : {1, 2}) {
     auto be = make_cpu_backend(threads);
     for (const std::string& isa : available_isas()) {
       ForceIsa force(isa);
       for (const QuantCase& c : kCases)
-        for (int64_t K : {704, 2112}) {
-          if (channel_elsewhere(c, K)) continue;
-          QuantWeight w = make_quant(c, 1, N, K, rng);
-          std::vector<float> x = rng.normals(T * K), all(T * N), part(T * N);
-          TensorView xv(DType::F32, x.data(), {T, K}), av(DType::F32, all.data(), {T, N});
-          be->matmul(xv, w.view, av);
-          for (int64_t n : {1, 3, 4, 5, 9}) {
-            const int64_t s = (n * 5) % (T - n + 1);
-            TensorView xp = xv.row_slice(s, s + n), yp(DType::F32, part.data(), {n, N});
-            be->matmul(xp, w.view, yp);
-            ASSERT_EQ(std::memcmp(part.data(), &all[s * N], n * N * 4), 0)
-                << isa << " " << describe(c) << " K=" << K << " rows " << s << ".." << s + n << " threads " << threads;
+        for (int64_t K : {704, 2112})
+          for (const int64_t T : {11, 140}) {
+            if (channel_elsewhere(c, K)) continue;
+            QuantWeight w = make_quant(c, 1, N, K, rng);
+            std::vector<float> x = rng.normals(T * K), all(T * N), part(T * N);
+            TensorView xv(DType::F32, x.data(), {T, K}), av(DType::F32, all.data(), {T, N});
+            be->matmul(xv, w.view, av);
+            for (int64_t n : {1, 3, 4, 5, 9, 70}) {
+              if (n > T) continue;
+              const int64_t s = (n * 5) % (T - n + 1);
+              TensorView xp = xv.row_slice(s, s + n), yp(DType::F32, part.data(), {n, N});
+              be->matmul(xp, w.view, yp);
+              ASSERT_EQ(std::memcmp(part.data(), &all[s * N], n * N * 4), 0)
+                  << isa << " " << describe(c) << " K=" << K << " T=" << T << " rows " << s << ".." << s + n
+                  << " threads " << threads;
+            }
           }
-        }
     }
   }
 }

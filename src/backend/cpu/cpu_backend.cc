@@ -35,6 +35,12 @@ constexpr int64_t kSerialMacs = 1 << 18;
 // Smallest share of a matmul's weights one task reads: a task's dispatch costs a few hundred
 // nanoseconds (an atomic shared between cores), so a task should stream for much longer.
 constexpr int64_t kMinTaskWeightBytes = 32 * 1024;
+// Rows of x per task of a prefill-sized matmul (for_row_tasks): at least the minimum, so the weights
+// stream past enough rows, and at most the maximum, so those rows of x stay in L2 (64 rows of 2048
+// split values, 512 KiB) while the weights stream past them, as for_tiles' chunks of rows.
+constexpr int64_t kRowTaskMinRows = 32, kRowTaskMaxRows = 64;
+// Tasks per thread a product must make (of at least kRowTaskMinRows rows) to be split by rows of x.
+constexpr int64_t kRowTasksPerThread = 2;
 
 float load_f32(const void* p, DType t, int64_t i) {
   switch (t) {
@@ -124,6 +130,42 @@ void dot8(const float* q, const KT* const* keys, int64_t n, float* s) {
   for (; k < n; ++k)
     for (int i = 0; i < 8; ++i) s[i] += q[k] * to_f32(keys[i][k]);
 }
+
+// GCC 12 flags the deliberately undefined source operand inside its own AVX-512 widening intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// 16 f32, or 16 bf16 as f32, at p.
+__attribute__((target("avx512f"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 load16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+// o[h][c:c+64] = Σ_j p[h][j] · v_j[c:c+64] for the H query heads h, v_j the value row at vcache +
+// offsets[j], summed in key order from zero: per output element the same FMA chain as attention's
+// 8-wide loop, so the same bits, while each load of a value row serves all H heads.
+template <int H, typename VT>
+__attribute__((target("avx512f"))) void values64_avx512(const float* const* p, float* const* o, const VT* vcache,
+                                                         const int64_t* offsets, int64_t len, int64_t c) {
+  __m512 acc[H][4];
+  for (int h = 0; h < H; ++h)
+    for (int i = 0; i < 4; ++i) acc[h][i] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < len; ++j) {
+    const VT* v = vcache + offsets[j] + c;
+    const __m512 v0 = load16(v), v1 = load16(v + 16), v2 = load16(v + 32), v3 = load16(v + 48);
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) {
+      const __m512 pj = _mm512_set1_ps(p[h][j]);
+      acc[h][0] = _mm512_fmadd_ps(pj, v0, acc[h][0]);
+      acc[h][1] = _mm512_fmadd_ps(pj, v1, acc[h][1]);
+      acc[h][2] = _mm512_fmadd_ps(pj, v2, acc[h][2]);
+      acc[h][3] = _mm512_fmadd_ps(pj, v3, acc[h][3]);
+    }
+  }
+  for (int h = 0; h < H; ++h)
+    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(o[h] + c + 16 * i, acc[h][i]);
+}
+#pragma GCC diagnostic pop
 
 // dst[0:n] = src[0:n] rounded to bf16 (nearest even, as torch casts).
 void round_row_bf16(const float* src, uint16_t* dst, int64_t n) {
@@ -339,15 +381,26 @@ class CpuBackend final : public Backend {
       gelu_tanh_mul(out, u, out);
       return;
     }
-    const TileFn tile = prepare_matmul(ag);  // x prepared once, for both weights
-    au.x = ag.x, au.ldx = ag.ldx, au.xs = ag.xs, au.ldxs = ag.ldxs;
-    for_tiles(T, N, 2 * weight_row_bytes(ag), 2 * N * K * T, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-      tile(ag, n0, n1, t0, t1);
-      tile(au, n0, n1, t0, t1);
+    // Gate and up tiles over x prepared once for both weights, then GeGLU on the tile's outputs.
+    auto gate_up = [&](TileFn tile, MatmulArgs& g, MatmulArgs& v, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+      v.x = g.x, v.ldx = g.ldx, v.xs = g.xs, v.ldxs = g.ldxs;
+      tile(g, n0, n1, t0, t1);
+      tile(v, n0, n1, t0, t1);
       for (int64_t t = t0; t < t1; ++t) {
-        float* o = out.row<float>(t);
-        gelu_tanh_mul_row(o + n0, u.row<float>(t) + n0, o + n0, n1 - n0);
+        float* o = g.y + t * g.ldy;
+        gelu_tanh_mul_row(o + n0, v.y + t * v.ldy + n0, o + n0, n1 - n0);
       }
+    };
+    if (for_row_tasks(T, 2 * N * K * T, [&](int64_t t0, int64_t t1) {
+          MatmulArgs g = rows_of(ag, t0, t1), v = rows_of(au, t0, t1);
+          const TileFn tile = prepare_matmul(g);
+          gate_up(tile, g, v, 0, N, 0, t1 - t0);
+        }))
+      return;
+    const TileFn tile = prepare_matmul(ag);
+    for_tiles(T, N, 2 * weight_row_bytes(ag), 2 * N * K * T, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+      MatmulArgs v = au;
+      gate_up(tile, ag, v, n0, n1, t0, t1);
     });
   }
 
@@ -408,25 +461,26 @@ class CpuBackend final : public Backend {
     if (half == 0 || x.numel() % (T * d) != 0) fail("rope: x of {} elements is not {} tokens × heads × {}", x.numel(), T, d);
     const int64_t n_heads = x.numel() / (T * d);
     check_heads(x, T, n_heads, d, "rope x");
-    // Angles as PyTorch computes them: freqs = float(pos) · inv_freq in f32, then cos/sin in f32.
-    rope_cos_.resize(T * half);
-    rope_sin_.resize(T * half);
-    for (int64_t t = 0; t < T; ++t) {
+    // Token by token (in parallel: for a prefill the angles cost more than the rotations), its angles
+    // as PyTorch computes them: freqs = float(pos) · inv_freq in f32, then cos/sin in f32; then every
+    // head of the token.
+    for_rows(T, n_heads * d, [&](int64_t t) {
+      thread_local std::vector<float> angles;  // [cos, sin] × half
+      angles.resize(d);
+      float* c = angles.data();
+      float* s = c + half;
       for (int64_t i = 0; i < half; ++i) {
         const float angle = static_cast<float>(positions[t]) * inv_freq[i];
-        rope_cos_[t * half + i] = std::cos(angle);
-        rope_sin_[t * half + i] = std::sin(angle);
+        c[i] = std::cos(angle);
+        s[i] = std::sin(angle);
       }
-    }
-    for_rows(T * n_heads, d, [&](int64_t th) {
-      const int64_t t = th / n_heads;
-      float* v = head_ptr(x, T, t, th % n_heads, d);
-      const float* c = &rope_cos_[t * half];
-      const float* s = &rope_sin_[t * half];
-      for (int64_t i = 0; i < half; ++i) {
-        const float a = v[i], b = v[i + half];
-        v[i] = a * c[i] - b * s[i];
-        v[i + half] = b * c[i] + a * s[i];
+      for (int64_t h = 0; h < n_heads; ++h) {
+        float* v = head_ptr(x, T, t, h, d);
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = v[i], b = v[i + half];
+          v[i] = a * c[i] - b * s[i];
+          v[i + half] = b * c[i] + a * s[i];
+        }
       }
     });
   }
@@ -582,6 +636,7 @@ class CpuBackend final : public Backend {
                layer.num_blocks);
     }
     const int64_t group = n_heads / n_kv;
+    const bool avx512 = cpu_isa() != CpuIsa::kAvx2;
     int64_t keys = 0;
     for (const Row& row : row_list) keys += row.kv_end - row.kv_begin;
     // One task per (query row, KV head): the query heads that share a KV head read each key and value
@@ -623,13 +678,35 @@ class CpuBackend final : public Backend {
           for (int i = 0; i < 8; ++i) sg[i] *= scale;
         }
       }
-      // Softmax weights, then out = Σ_j p_j · v_j in key order, 64 output columns in registers at a time.
+      // Softmax weights, then out = Σ_j p_j · v_j in key order, 64 output columns in registers at a time:
+      // with AVX-512 for up to 4 query heads from each load of a value row (values64_avx512), else head
+      // by head; one FMA chain per output element either way, so the same bits.
       for (int64_t g = 0; g < group; ++g) {
         float* p = scores + g * ld;
         const float inv = 1.0f / exp_shifted_sum(p, len, *std::max_element(p, p + len));
         for (int64_t j = 0; j < len; ++j) p[j] *= inv;
+      }
+      const int64_t d64 = d / 64 * 64;
+      if (avx512) {
+        thread_local std::vector<const float*> probs;  // [group] softmax rows
+        probs.resize(group);
+        for (int64_t g = 0; g < group; ++g) probs[g] = scores + g * ld;
+        for (int64_t g = 0; g < group; g += 4)
+          for (int64_t c = 0; c < d64; c += 64) {
+            const float* const* pg = &probs[g];
+            float* const* og = &heads[group + g];
+            switch (std::min<int64_t>(4, group - g)) {
+              case 1: values64_avx512<1>(pg, og, vcache, offsets.data(), len, c); break;
+              case 2: values64_avx512<2>(pg, og, vcache, offsets.data(), len, c); break;
+              case 3: values64_avx512<3>(pg, og, vcache, offsets.data(), len, c); break;
+              default: values64_avx512<4>(pg, og, vcache, offsets.data(), len, c); break;
+            }
+          }
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        const float* p = scores + g * ld;
         float* o = heads[group + g];
-        int64_t c = 0;
+        int64_t c = avx512 ? d64 : 0;
         for (; c + 64 <= d; c += 64) {
           __m256 acc[8];
           for (__m256& a : acc) a = _mm256_setzero_ps();
@@ -707,23 +784,29 @@ class CpuBackend final : public Backend {
       if (expert_ids[i] < 0 || expert_ids[i] >= E) fail("moe_experts: expert id {} outside [0, {})", expert_ids[i], E);
     for (int64_t t = 0; t < T; ++t) std::fill_n(y.row<float>(t), H, 0.0f);
 
-    // Group the (row, slot) pairs by expert so each expert's weights stream from memory once.
+    // Group the (row, slot) pairs by expert so each expert's weights stream from memory once per
+    // chunk of at most kRowTaskMaxRows of its rows (prefill routes hundreds of rows to an expert, and
+    // whole experts, of uneven sizes, balanced badly between threads).
     std::vector<std::vector<int64_t>> routed(E);
     for (int64_t i = 0; i < T * k; ++i) routed[expert_ids[i]].push_back(i);
-    struct Active {
-      int64_t e, out;  // expert, first row of its output in moe_out_
+    struct Chunk {
+      int64_t e, j0, j1, out;  // expert, its routed pairs [j0, j1), first row of their output in moe_out_
     };
-    std::vector<Active> active;
+    std::vector<Chunk> chunks;
     int64_t rows = 0;
     for (int64_t e = 0; e < E; ++e)
-      if (!routed[e].empty()) active.push_back({e, rows}), rows += static_cast<int64_t>(routed[e].size());
+      for (int64_t j0 = 0, n = static_cast<int64_t>(routed[e].size()); j0 < n; j0 += kRowTaskMaxRows) {
+        const int64_t j1 = std::min(n, j0 + kRowTaskMaxRows);
+        chunks.push_back({e, j0, j1, rows});
+        rows += j1 - j0;
+      }
     moe_out_.resize(rows * H);
     const size_t gu_bytes = gate_up.nbytes() / E, dn_bytes = down.nbytes() / E;
-    // Expert a's rows through gate_up, GeGLU and down into its part of moe_out_.
-    auto expert = [&](int64_t a) {
-      const int64_t e = active[a].e;
-      const std::vector<int64_t>& pairs = routed[e];
-      const int64_t n = static_cast<int64_t>(pairs.size());
+    // Chunk c's rows through gate_up, GeGLU and down into its part of moe_out_.
+    auto expert = [&](int64_t c) {
+      const Chunk& ch = chunks[c];
+      const int64_t e = ch.e, n = ch.j1 - ch.j0;
+      const int64_t* pairs = routed[e].data() + ch.j0;
       thread_local std::vector<float> xs, gu, act;
       xs.resize(n * H);
       gu.resize(n * I2);
@@ -733,22 +816,22 @@ class CpuBackend final : public Backend {
       run_matmul({xs.data(), H, static_cast<const char*>(gate_up.data) + e * gu_bytes, gate_up.dtype, gu.data(), I2, n,
                   I2, H, expert_quant(gate_up, e, gu_q)});
       for (int64_t j = 0; j < n; ++j) gelu_tanh_mul_row(&gu[j * I2], &gu[j * I2 + I], &act[j * I], I);
-      run_matmul({act.data(), I, static_cast<const char*>(down.data) + e * dn_bytes, down.dtype,
-                  &moe_out_[active[a].out * H], H, n, H, I, expert_quant(down, e, dn_q)});
+      run_matmul({act.data(), I, static_cast<const char*>(down.data) + e * dn_bytes, down.dtype, &moe_out_[ch.out * H], H,
+                  n, H, I, expert_quant(down, e, dn_q)});
     };
-    // With an expert for every thread, one task per expert (its matmuls then run on that thread) is
-    // one pool round trip instead of two per expert; otherwise the experts' matmuls are split.
+    // With a chunk for every thread, one task per chunk (its matmuls then run on that thread) is one
+    // pool round trip instead of two per chunk; otherwise the chunks' matmuls are split.
     const int64_t macs = rows * (I2 * H + H * I);
-    if (static_cast<int64_t>(active.size()) >= pool_.size() && macs >= kSerialMacs) {
-      pool_.parallel_for(static_cast<int64_t>(active.size()), expert);
+    if (static_cast<int64_t>(chunks.size()) >= pool_.size() && macs >= kSerialMacs) {
+      pool_.parallel_for(static_cast<int64_t>(chunks.size()), expert);
     } else {
-      for (int64_t a = 0; a < static_cast<int64_t>(active.size()); ++a) expert(a);
+      for (int64_t c = 0; c < static_cast<int64_t>(chunks.size()); ++c) expert(c);
     }
     // Weighted sum in expert order, the same whichever path computed the experts.
-    for (const Active& a : active)
-      for (size_t j = 0; j < routed[a.e].size(); ++j) {
-        const int64_t pair = routed[a.e][j];
-        axpy_row(expert_weights[pair], &moe_out_[(a.out + static_cast<int64_t>(j)) * H], y.row<float>(pair / k), H);
+    for (const Chunk& ch : chunks)
+      for (int64_t j = ch.j0; j < ch.j1; ++j) {
+        const int64_t pair = routed[ch.e][j];
+        axpy_row(expert_weights[pair], &moe_out_[(ch.out + j - ch.j0) * H], y.row<float>(pair / k), H);
       }
   }
 
@@ -829,6 +912,30 @@ class CpuBackend final : public Backend {
     return tile;
   }
 
+  // a restricted to rows [t0, t1) of x and y.
+  static MatmulArgs rows_of(const MatmulArgs& a, int64_t t0, int64_t t1) {
+    MatmulArgs r = a;
+    r.x += t0 * a.ldx;
+    r.y += t0 * a.ldy;
+    r.T = t1 - t0;
+    return r;
+  }
+
+  // A prefill-sized product (kRowTasksPerThread tasks of at least kRowTaskMinRows rows of x per
+  // thread) runs as fn(t0, t1) over tasks of whole rows of x, every task preparing its own rows of x
+  // and computing all N outputs of them; returns false, running nothing, for smaller products
+  // (for_tiles). Tiles over N, as before, had every thread read all rows of x that the caller had
+  // prepared alone (a serial pass), and write y in tiles whose edges share cache lines. The kernels
+  // compute an output the same way whatever its tile, so the results are those of for_tiles.
+  template <typename F>
+  bool for_row_tasks(int64_t T, int64_t macs, F&& fn) {
+    const int64_t min_tasks = kRowTasksPerThread * pool_.size();
+    if (macs < kSerialMacs || T < kRowTaskMinRows * min_tasks) return false;
+    const int64_t rows = std::min(kRowTaskMaxRows, T / min_tasks), tasks = (T + rows - 1) / rows;
+    pool_.parallel_for(tasks, [&](int64_t i) { fn(i * rows, std::min(T, (i + 1) * rows)); });
+    return true;
+  }
+
   // Runs fn(n0, n1, t0, t1) over tiles of an [T, N] output whose rows of weights are row_bytes long.
   // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
   // dynamic scheduling evens out, each reading at least kMinTaskWeightBytes; rows of x in chunks of 64
@@ -859,6 +966,12 @@ class CpuBackend final : public Backend {
 
   void run_matmul(MatmulArgs a) {
     if (a.T == 0 || a.N == 0) return;
+    if (for_row_tasks(a.T, a.N * a.K * a.T, [&](int64_t t0, int64_t t1) {
+          MatmulArgs r = rows_of(a, t0, t1);
+          const TileFn tile = prepare_matmul(r);
+          tile(r, 0, r.N, 0, r.T);
+        }))
+      return;
     const TileFn tile = prepare_matmul(a);
     for_tiles(a.T, a.N, weight_row_bytes(a), a.N * a.K * a.T,
               [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) { tile(a, n0, n1, t0, t1); });
@@ -897,7 +1010,7 @@ class CpuBackend final : public Backend {
   Communicator* comm_ = nullptr;
   uint64_t host_syncs_ = 0;
   HostTensor glu_up_;  // matmul_gelu_glu's up projection
-  std::vector<float> norm_weight_, rope_cos_, rope_sin_, std_bias_, std_scale_;
+  std::vector<float> norm_weight_, std_bias_, std_scale_;
   std::vector<float> moe_out_;  // the routed experts' outputs, expert after expert
 };
 
