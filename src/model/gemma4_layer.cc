@@ -90,26 +90,20 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
   be.rms_norm(x, &w.input_norm, eps, s.normed.view());
   s.q.resize(DType::F32, {T, nh * d});
   be.matmul(s.normed, w.q_proj, s.q.view());
-  TensorView q_heads = s.q.view().reshaped({T * nh, d});
-  be.rms_norm(q_heads, &w.q_norm, eps, q_heads);
   TensorView q3 = s.q.view().reshaped({T, nh, d});
-  be.rope(q3, *in.positions, *in.inv_freq);
+  be.rms_norm_rope(q3, w.q_norm, eps, *in.positions, *in.inv_freq);  // q [T, nh, d] = RoPE(RMS(q; q_norm))
   if (spec.owns_kv()) {
     s.k.resize(DType::F32, {T, nkv * d});
-    s.v.resize(DType::F32, {T, nkv * d});
     be.matmul(s.normed, w.k_proj, s.k.view());
-    TensorView k_heads = s.k.view().reshaped({T * nkv, d});
-    TensorView v_heads = s.v.view().reshaped({T * nkv, d});
-    if (spec.k_eq_v) {
-      be.rms_norm(k_heads, nullptr, eps, v_heads);  // V = RMS0(raw K projection): no k_norm, no RoPE
-    } else {
+    const TensorView k3 = s.k.view().reshaped({T, nkv, d});  // raw K projection
+    TensorView v3 = k3;  // K=V layers: V is the raw K projection's weightless norm (no k_norm, no RoPE)
+    if (!spec.k_eq_v) {
+      s.v.resize(DType::F32, {T, nkv * d});
       be.matmul(s.normed, w.v_proj, s.v.view());
-      be.rms_norm(v_heads, nullptr, eps, v_heads);
+      v3 = s.v.view().reshaped({T, nkv, d});
     }
-    be.rms_norm(k_heads, &w.k_norm, eps, k_heads);
-    TensorView k3 = s.k.view().reshaped({T, nkv, d});
-    be.rope(k3, *in.positions, *in.inv_freq);
-    be.kv_write(k3, s.v.view().reshaped({T, nkv, d}), *in.kv, *in.kv_slots);
+    // The cache's rows at kv_slots: K [T, nkv, d] = RoPE(RMS(k; k_norm)), V [T, nkv, d] = RMS0(v).
+    be.kv_write_normed(k3, v3, w.k_norm, eps, *in.positions, *in.inv_freq, *in.kv, *in.kv_slots);
   }
   s.attn.resize(DType::F32, {T, nh * d});
   be.attention(q3, *in.kv, *in.rows, /*scale=*/1.0f, s.attn.view());

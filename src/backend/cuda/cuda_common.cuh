@@ -281,7 +281,10 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 // a few microseconds long. Every such kernel must call begin_kernel() in every thread before it
 // reads or writes anything the previous kernels may touch: it waits until the previous kernel has
 // completed and its writes are visible, then lets the next kernel launch. Because every kernel
-// waits, completion stays ordered (kernel n + 1 never overtakes kernel n − 1). Kernels launched with
+// waits, completion stays ordered (kernel n + 1 never overtakes kernel n − 1); so only the kernel just
+// before may still be writing when a kernel starts, and loads of model constants that no step's
+// kernel writes (norm weights, RoPE frequencies: norm_rope_kernel) may be issued before the wait,
+// overlapping that kernel's tail. Kernels launched with
 // <<<>>> are ordinary stream-ordered launches and need nothing. Measured on the H200: −2 % on a
 // 26B-A4B decode step, −0.6 % on the 31B's (asking L2 for the weight rows before the wait cost more
 // than it saved: docs/PERF.md).
@@ -290,6 +293,17 @@ __device__ __forceinline__ void begin_kernel() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// A KV layer the kernels can use: heads, F32 or BF16 memory, 16-byte aligned (kv_write_normed, attention).
+inline void check_kv_layer(const KvLayer& layer, const char* op) {
+  if (layer.n_kv_heads <= 0 || layer.head_dim <= 0 || layer.block_size <= 0 || layer.num_blocks < 0)
+    fail("{}: KV layer has no heads, head_dim or block_size", op);
+  if (layer.dtype != DType::F32 && layer.dtype != DType::BF16)
+    fail("{}: KV dtype {} is not supported by the CUDA backend (F32 or BF16)", op, dtype_name(layer.dtype));
+  if (!layer.k || !layer.v) fail("{}: KV layer has no K/V memory", op);
+  if (reinterpret_cast<uint64_t>(layer.k) % 16 != 0 || reinterpret_cast<uint64_t>(layer.v) % 16 != 0)
+    fail("{}: KV cache memory must be 16-byte aligned", op);
 }
 
 // Grid size for a grid-stride loop of n items with 256-thread blocks (at least one block).
@@ -339,6 +353,8 @@ class CudaBackend final : public Backend {
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override;
   void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) override;
   void rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) override;
+  void rms_norm_rope(TensorView& x, const TensorView& weight, float eps, const TensorView& positions,
+                     const TensorView& inv_freq) override;
   void gelu_tanh_mul(const TensorView& gate, const TensorView& up, TensorView& out) override;
   void add(const TensorView& a, const TensorView& b, TensorView& y) override;
   void axpy(float alpha, const TensorView& x, TensorView& y) override;
@@ -346,7 +362,9 @@ class CudaBackend final : public Backend {
   void softcap(TensorView& x, float cap) override;
   void clamp(TensorView& x, float lo, float hi) override;
   void standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) override;
-  void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slots) override;
+  void kv_write_normed(const TensorView& k, const TensorView& v, const TensorView& k_norm, float eps,
+                       const TensorView& positions, const TensorView& inv_freq, const KvLayer& layer,
+                       const TensorView& slots) override;
   void attention(const TensorView& q, const KvLayer& layer, const AttentionRows& rows, float scale,
                  TensorView& out) override;
   void moe_route(const TensorView& logits, const TensorView* per_expert_scale, TensorView& ids,
