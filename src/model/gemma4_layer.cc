@@ -129,11 +129,12 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     be.scale(s.moe_in.view(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(H))));
     s.router_logits.resize(DType::F32, {T, c.num_experts});
     be.matmul(s.moe_in, w.router_proj, s.router_logits.view());
+    be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());  // the experts' input, in the router input's place
     s.expert_ids.resize(DType::I32, {T, c.top_k_experts});
     s.expert_weights.resize(DType::F32, {T, c.top_k_experts});
-    be.moe_route(s.router_logits, &w.per_expert_scale, s.expert_ids.view(), s.expert_weights.view());
-    be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());
     s.moe_out.resize(DType::F32, {T, H});
+    // Back to back, so a backend may hand moe_route's work on the ids (CUDA: the grouping) to moe_experts.
+    be.moe_route(s.router_logits, &w.per_expert_scale, s.expert_ids.view(), s.expert_weights.view());
     be.moe_experts(s.moe_in, s.expert_ids, s.expert_weights, w.experts_gate_up, w.experts_down, s.moe_out.view());
     be.all_reduce(s.moe_out.view());  // every expert's share of this rank's columns
     be.rms_norm_add(s.moe_out, &w.post_ffn_norm_2, eps, s.ffn_out.view());

@@ -681,6 +681,55 @@ TEST(CudaOps, MoeExperts) {
   }
 }
 
+// moe_experts right after moe_route uses the grouping the route's launch made (one CTA at decode, the
+// last of several CTAs beyond 16 rows): the same bits as moe_experts grouping a copy of the ids
+// itself, and the CPU's values. Ids rewritten between the two (an upload) are grouped afresh.
+TEST(CudaOps, MoeRouteThenExpertsSharesTheGrouping) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(304);
+  const int64_t H = 64, I = 48;
+  for (auto [E, k] : {std::pair<int64_t, int64_t>{16, 4}, {128, 8}, {40, 3}}) {
+    const HT gu = rand_stored(DType::BF16, {E, 2 * I, H}, rng, 0.3f), dn = rand_stored(DType::BF16, {E, H, I}, rng, 0.3f);
+    const HT scale = rand_stored(DType::F32, {E}, rng);
+    for (int64_t T : {1, 3, 8, 16, 17, 33, 300}) {
+      SCOPED_TRACE(::testing::Message() << "E=" << E << " k=" << k << " T=" << T);
+      const HT logits = rand_f32({T, E}, 0, rng, 2.0f), x = rand_f32({T, H}, 0, rng);
+      HT ids = make_ht(DType::I32, {T, k}), w = make_ht(DType::F32, {T, k}), y = make_ht(DType::F32, {T, H});
+      TensorView ic = ids.view(), wc = w.view(), yc = y.view();
+      const TensorView sv = scale.view();
+      b.cpu->moe_route(logits.view(), &sv, ic, wc);
+      b.cpu->moe_experts(x.view(), ic, wc, gu.view(), dn.view(), yc);
+      Dev d(*b.gpu);
+      const TensorView xd = d.up(x), gud = d.up(gu), dnd = d.up(dn), ld = d.up(logits), sd = d.up(scale);
+      TensorView id = d.poisoned(ids), wd = d.poisoned(w), yd = d.poisoned(y), y2d = d.poisoned(y);
+      b.gpu->moe_route(ld, &sd, id, wd);
+      b.gpu->moe_experts(xd, id, wd, gud, dnd, yd);
+      const HT got = d.down(yd, y), got_ids = d.down(id, ids);
+      EXPECT_LT(rel_l2(got, y), 1e-5);
+      b.gpu->moe_experts(xd, d.up(got_ids), d.up(d.down(wd, w)), gud, dnd, y2d);
+      EXPECT_TRUE(same_elements(got, d.down(y2d, y)));
+
+      // Route, overwrite the ids, then the experts: they follow the new ids.
+      std::vector<int64_t> other_ids;
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<int64_t> pool(E);
+        std::iota(pool.begin(), pool.end(), 0);
+        std::shuffle(pool.begin(), pool.end(), rng.gen());
+        other_ids.insert(other_ids.end(), pool.begin(), pool.begin() + k);
+      }
+      const HT other = ints(DType::I32, {T, k}, other_ids);
+      b.gpu->moe_route(ld, &sd, id, wd);
+      b.gpu->upload(id.data, other.bytes.data(), other.bytes.size());
+      b.gpu->moe_experts(xd, id, wd, gud, dnd, yd);
+      HT want = make_ht(DType::F32, {T, H});
+      TensorView wantv = want.view();
+      b.cpu->moe_experts(x.view(), other.view(), d.down(wd, w).view(), gu.view(), dn.view(), wantv);
+      EXPECT_LT(rel_l2(d.down(yd, y), want), 1e-5);
+    }
+  }
+}
+
 TEST(CudaOps, MoeExpertsIsBatchInvariant) {
   REQUIRE_CUDA();
   Backends b;

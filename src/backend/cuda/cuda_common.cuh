@@ -321,6 +321,15 @@ constexpr int kMatmulWarps = 8;
 // in flight) far above an 8-row tile's; warp_dot's order makes every height give the same bits.
 inline int matmul_tile_rows(int64_t rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : kMatmulRows; }
 
+// moe_experts' grouping of the routed (row, slot) pairs by expert (moe.cu): offsets[e] = first
+// position of expert e in the sorted order (offsets[E] = pairs routed), sorted[pos] = pair index
+// t·k + j, pos_of_pair[pair] = pos (-1 for ids outside [0, E)), and active[0..n) the experts that
+// got rows, in index order, with n = active[E]: the expert kernels run one CTA row per active
+// expert (at most T·k of them) instead of one per expert, most of them idle.
+struct MoeGroups {
+  int32_t *offsets, *sorted, *pos_of_pair, *active;
+};
+
 }  // namespace cu
 
 // --- The backend ------------------------------------------------------------------------------
@@ -391,6 +400,7 @@ class CudaBackend final : public Backend {
     cudaLaunchConfig_t config{};
     config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = smem, config.stream = stream_;
     config.attrs = &attr, config.numAttrs = pdl_ ? 1 : 0;
+    ++issued_;
     cu::check_cuda(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), what, __FILE__, __LINE__);
   }
 
@@ -411,6 +421,8 @@ class CudaBackend final : public Backend {
   // rms_norm (add false) and rms_norm_add (add true): out (+)= RMS(in) · weight.
   void launch_rms_norm(const TensorView& in, const TensorView* weight, float eps, TensorView& out, const char* op,
                        bool add);
+  // moe_experts' grouping scratch for P pairs over E experts, grown as needed.
+  cu::MoeGroups moe_groups(int64_t P, int64_t E);
   // Grows a scratch buffer to at least `bytes`. Only reallocates when the size increases, so a step
   // run once at its largest size never allocates again (and can then be captured in a CUDA graph).
   void ensure(Buffer& b, size_t bytes);
@@ -426,6 +438,18 @@ class CudaBackend final : public Backend {
   // moe_experts scratch: offsets [E+1], pairs sorted by expert [T·k], position of each pair in that
   // order [T·k], activations [T·k, I], expert outputs [T·k, H].
   Buffer moe_offsets_, moe_sorted_, moe_pos_, moe_act_, moe_out_;
+  // moe_route's last-CTA counter (zero between launches).
+  Buffer moe_done_;
+  // Kernels, copies, uploads, allocations and frees issued so far; and the ids moe_route last
+  // grouped (into moe_offsets_ / moe_sorted_ / moe_pos_) with the count just after its launch. A
+  // moe_experts on the same ids with the count unchanged (nothing issued since, so nothing can have
+  // written them) uses that grouping instead of launching its own.
+  uint64_t issued_ = 0;
+  struct Routed {
+    const void* ids = nullptr;
+    int64_t ld = 0, T = 0, k = 0, E = 0;
+    uint64_t issued = ~uint64_t{0};
+  } routed_;
   // x gathered into an act-order quantized weight's column order (matmul: [T, K]; moe_experts: one
   // row per routed pair).
   Buffer permuted_x_;
