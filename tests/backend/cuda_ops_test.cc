@@ -1030,11 +1030,15 @@ TEST(CudaOps, ArgmaxRows) {
   REQUIRE_CUDA();
   Backends b;
   Rng rng(601);
-  const std::pair<int64_t, int64_t> shapes[] = {{1, 262144}, {3, 1000}, {17, 37}, {2, 262147}};
+  // One chunk of 4096 columns and several (a CTA each, the row's last one reducing them), with the
+  // row's maximum planted in three chunks so the tie is settled across CTAs.
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 262144}, {3, 1000}, {17, 37}, {2, 262147}, {5, 8193}, {40, 12293}};
   for (auto [R, N] : shapes) {
     for (bool with_labels : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "R=" << R << " N=" << N << " labels=" << with_labels);
-      const HT x = tied_scores(R, N, N % 2 ? N + 1 : 0, rng);
+      HT x = tied_scores(R, N, N % 2 ? N + 1 : 0, rng);
+      for (int64_t r = 0; r < R && N > 4096; ++r)
+        for (int64_t c : {N - 1 - r, N / 2 + r, 4097 + r}) x.at<float>(r, c) = 1000.0f;
       HT labels = make_ht(DType::I32, {R, N});
       for (int64_t r = 0; r < R; ++r)
         for (int64_t c = 0; c < N; ++c) labels.at<int32_t>(r, c) = static_cast<int32_t>(rng.index(1000000));
