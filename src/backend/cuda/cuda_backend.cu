@@ -145,6 +145,7 @@ void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std:
   auto& r = static_cast<CudaRecording&>(*recording);
   if (r.exec && r.epoch == memory_epoch_) {
     TANDEM_CUDA_CHECK(cudaGraphLaunch(r.exec, stream_));
+    ++issued_;
     return;
   }
   if (r.exec) TANDEM_CUDA_CHECK(cudaGraphExecDestroy(r.exec)), r.exec = nullptr;
@@ -180,6 +181,7 @@ void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std:
     return;
   }
   TANDEM_CUDA_CHECK(cudaGraphLaunch(r.exec, stream_));
+  ++issued_;
 }
 
 void CudaBackend::memory_info(size_t* free_bytes, size_t* total_bytes) const {

@@ -443,7 +443,7 @@ class CudaBackend final : public Backend {
   // argmax_rows: each chunk's best value and label [R, chunks], and each row's last-CTA counter
   // (zero between launches).
   Buffer argmax_parts_, argmax_done_;
-  // Kernels, copies, uploads, allocations and frees issued so far; and the ids moe_route last
+  // Kernels, graphs, copies, uploads, allocations and frees issued so far; and the ids moe_route last
   // grouped (into moe_offsets_ / moe_sorted_ / moe_pos_) with the count just after its launch. A
   // moe_experts on the same ids with the count unchanged (nothing issued since, so nothing can have
   // written them) uses that grouping instead of launching its own.
