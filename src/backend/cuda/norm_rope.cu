@@ -127,21 +127,26 @@ struct NormRopeArgs {
 // RoPE), 1 the v row (RMS without weight). KVT -1 writes the src row back in place (the query
 // heads), 0 / 1 write both rows to an F32 / BF16 cache at the token's slot (a slot outside the
 // cache writes nothing). The normed row passes through shared memory to meet each element's RoPE
-// partner, so any d works.
+// partner, so any d works (d <= 8 · blockDim.x, so a thread has at most 4 pairs).
 template <int KVT>
 __global__ void __launch_bounds__(1024) norm_rope_kernel(NormRopeArgs a) {
+  constexpr int kPairs = kHeadPer / 2;  // RoPE pairs per thread: p = threadIdx.x + m · blockDim.x
   __shared__ float s_part[32];
   extern __shared__ float s_row[];  // [d]
   const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, d = a.d, half = d / 2;
   const bool k_row = blockIdx.y == 0;
   // The norm weight and inverse frequencies first: model constants that no kernel writes during a
   // step, so their loads may be in flight while the previous kernel finishes (begin_kernel()).
-  float ww[kHeadPer], freq[kHeadPer];
+  float ww[kHeadPer], freq[kPairs];
 #pragma unroll
   for (int j = 0; j < kHeadPer; ++j) {
     const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
     ww[j] = k_row && i < d ? load_any(a.w, a.wt, i) : 1.0f;
-    freq[j] = k_row && i < d ? a.inv_freq[i < half ? i : i - half] : 0.0f;
+  }
+#pragma unroll
+  for (int m = 0; m < kPairs; ++m) {
+    const int64_t p = threadIdx.x + m * static_cast<int64_t>(blockDim.x);
+    freq[m] = k_row && p < half ? a.inv_freq[p] : 0.0f;
   }
   begin_kernel();
   int64_t slot = 0;
@@ -160,41 +165,39 @@ __global__ void __launch_bounds__(1024) norm_rope_kernel(NormRopeArgs a) {
   const float inv = 1.0f / sqrtf(row_sum_squares<kHeadPer>(v, s_part) / static_cast<float>(d) + a.eps);
 #pragma unroll
   for (int j = 0; j < kHeadPer; ++j) v[j] = k_row ? v[j] * inv * ww[j] : v[j] * inv;
-  if (k_row) {
+  // Element i of the row's output: the head itself (in place: every thread read its elements before
+  // the reduction's barrier or the one below), or the cache row at the token's slot.
+  float* const yr = KVT < 0 ? a.src.head(t, h, d) : nullptr;
+  void* const cache = k_row ? a.kc : a.vc;
+  const int64_t dst = (slot * a.n_heads + h) * d;
+  auto store = [&](int64_t i, float value) {
+    if constexpr (KVT < 0) yr[i] = value;
+    else if constexpr (KVT == 0) static_cast<float*>(cache)[dst + i] = value;
+    else static_cast<uint16_t*>(cache)[dst + i] = f32_to_bf16_bits(value);
+  };
+  if (!k_row) {
 #pragma unroll
     for (int j = 0; j < kHeadPer; ++j) {
       const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
-      if (i < d) s_row[i] = v[j];
+      if (i < d) store(i, v[j]);
     }
-    __syncthreads();
-#pragma unroll
-    for (int j = 0; j < kHeadPer; ++j) {
-      const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
-      if (i < d) {
-        const bool second = i >= half;
-        const int64_t p = second ? i - half : i;
-        const float angle = pos * freq[j];
-        v[j] = rope_rotate(s_row[p], s_row[p + half], cosf(angle), sinf(angle), second);
-      }
-    }
+    return;
   }
-  if constexpr (KVT < 0) {
-    float* yr = a.src.head(t, h, d);
+  // RoPE: the normed row through shared memory, then each pair rotated (one cosf and sinf) by one thread.
 #pragma unroll
-    for (int j = 0; j < kHeadPer; ++j) {
-      const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
-      if (i < d) yr[i] = v[j];
-    }
-  } else {
-    const int64_t dst = (slot * a.n_heads + h) * d;
-    void* cache = k_row ? a.kc : a.vc;
+  for (int j = 0; j < kHeadPer; ++j) {
+    const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+    if (i < d) s_row[i] = v[j];
+  }
+  __syncthreads();
 #pragma unroll
-    for (int j = 0; j < kHeadPer; ++j) {
-      const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
-      if (i < d) {
-        if constexpr (KVT == 0) static_cast<float*>(cache)[dst + i] = v[j];
-        else static_cast<uint16_t*>(cache)[dst + i] = f32_to_bf16_bits(v[j]);
-      }
+  for (int m = 0; m < kPairs; ++m) {
+    const int64_t p = threadIdx.x + m * static_cast<int64_t>(blockDim.x);
+    if (p < half) {
+      const float angle = pos * freq[m];
+      const float c = cosf(angle), sn = sinf(angle), x0 = s_row[p], x1 = s_row[p + half];
+      store(p, rope_rotate(x0, x1, c, sn, false));
+      store(p + half, rope_rotate(x0, x1, c, sn, true));
     }
   }
 }
