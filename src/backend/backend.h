@@ -135,6 +135,11 @@ class Backend {
   // inv_freq[i], i < d/2 (positions [T] I32, inv_freq [d/2] F32; zeros leave a pair unrotated, as
   // proportional RoPE does).
   virtual void rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) = 0;
+  // Attention's query heads: x [T, n_heads, d] ← rope(RMS(x) · weight) head by head, in place (weight
+  // [d] any float dtype; positions and inv_freq as rope's). The same values as rms_norm over the
+  // [T·n_heads, d] rows followed by rope, in one op (a decode step has one per layer).
+  virtual void rms_norm_rope(TensorView& x, const TensorView& weight, float eps, const TensorView& positions,
+                             const TensorView& inv_freq) = 0;
 
   // out[R,I] = gelu_tanh(gate[R,I]) ⊙ up[R,I]   (gate/up may be strided halves of one tensor).
   virtual void gelu_tanh_mul(const TensorView& gate, const TensorView& up, TensorView& out) = 0;
@@ -154,8 +159,14 @@ class Backend {
   // dtype (the vision tower's standardize).
   virtual void standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) = 0;
 
-  // Writes k, v [T, n_kv, d] into the layer's cache at slots[t] (slots [T] I64).
-  virtual void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slots) = 0;
+  // Writes a layer's new keys and values into its cache at slots[t] (slots [T] I64), normed from
+  // the raw projections k, v [T, n_kv, d]: K = rope(RMS(k) · k_norm) (k_norm [d] any float dtype;
+  // positions and inv_freq as rope's), V = RMS(v) without a weight. v may be k itself (K=V layers,
+  // whose V is the raw K projection's weightless norm); neither is written. The same values as
+  // rms_norm and rope into scratch and a plain copy (rounded to nearest even in a BF16 cache), in one op.
+  virtual void kv_write_normed(const TensorView& k, const TensorView& v, const TensorView& k_norm, float eps,
+                               const TensorView& positions, const TensorView& inv_freq, const KvLayer& layer,
+                               const TensorView& slots) = 0;
 
   // out[T, n_heads·d] = softmax(q·Kᵀ · scale) · V per query row t and head h, over the keys that
   // rows allows row t; query head h reads KV head h / (n_heads / n_kv). q [T, n_heads, d].

@@ -45,6 +45,9 @@ class OpProfiler final : public Backend {
     timed("rms_norm_add", [&] { be_->rms_norm_add(y, w, eps, x); });
   }
   void rope(TensorView& x, const TensorView& p, const TensorView& f) override { timed("rope", [&] { be_->rope(x, p, f); }); }
+  void rms_norm_rope(TensorView& x, const TensorView& w, float eps, const TensorView& p, const TensorView& f) override {
+    timed("rms_norm_rope", [&] { be_->rms_norm_rope(x, w, eps, p, f); });
+  }
   void gelu_tanh_mul(const TensorView& g, const TensorView& u, TensorView& o) override {
     timed("gelu_tanh_mul", [&] { be_->gelu_tanh_mul(g, u, o); });
   }
@@ -56,8 +59,9 @@ class OpProfiler final : public Backend {
   void standardize(const TensorView& x, const TensorView& b, const TensorView& s, TensorView& y) override {
     timed("standardize", [&] { be_->standardize(x, b, s, y); });
   }
-  void kv_write(const TensorView& k, const TensorView& v, const KvLayer& l, const TensorView& s) override {
-    timed("kv_write", [&] { be_->kv_write(k, v, l, s); });
+  void kv_write_normed(const TensorView& k, const TensorView& v, const TensorView& n, float eps, const TensorView& p,
+                       const TensorView& f, const KvLayer& l, const TensorView& s) override {
+    timed("kv_write_normed", [&] { be_->kv_write_normed(k, v, n, eps, p, f, l, s); });
   }
   void attention(const TensorView& q, const KvLayer& l, const AttentionRows& r, float s, TensorView& o) override {
     timed(fmt::format("attention d={}", l.head_dim), [&] { be_->attention(q, l, r, s, o); });

@@ -91,28 +91,22 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
   // The query heads and the layer's own K/V (if any) are independent: a GPU computes them side by side.
   s.q.resize(DType::F32, {T, nh * d});
   TensorView q3 = s.q.view().reshaped({T, nh, d});
-  auto kv_branch = [&] {
-    s.k.resize(DType::F32, {T, nkv * d});
-    s.v.resize(DType::F32, {T, nkv * d});
-    be.matmul(s.normed, w.k_proj, s.k.view());
-    TensorView k_heads = s.k.view().reshaped({T * nkv, d});
-    TensorView v_heads = s.v.view().reshaped({T * nkv, d});
-    if (spec.k_eq_v) {
-      be.rms_norm(k_heads, nullptr, eps, v_heads);  // V = RMS0(raw K projection): no k_norm, no RoPE
-    } else {
-      be.matmul(s.normed, w.v_proj, s.v.view());
-      be.rms_norm(v_heads, nullptr, eps, v_heads);
-    }
-    be.rms_norm(k_heads, &w.k_norm, eps, k_heads);
-    TensorView k3 = s.k.view().reshaped({T, nkv, d});
-    be.rope(k3, *in.positions, *in.inv_freq);
-    be.kv_write(k3, s.v.view().reshaped({T, nkv, d}), *in.kv, *in.kv_slots);
-  };
   auto q_branch = [&] {
     be.matmul(s.normed, w.q_proj, s.q.view());
-    TensorView q_heads = s.q.view().reshaped({T * nh, d});
-    be.rms_norm(q_heads, &w.q_norm, eps, q_heads);
-    be.rope(q3, *in.positions, *in.inv_freq);
+    be.rms_norm_rope(q3, w.q_norm, eps, *in.positions, *in.inv_freq);  // q [T, nh, d] = RoPE(RMS(q; q_norm))
+  };
+  auto kv_branch = [&] {
+    s.k.resize(DType::F32, {T, nkv * d});
+    be.matmul(s.normed, w.k_proj, s.k.view());
+    const TensorView k3 = s.k.view().reshaped({T, nkv, d});  // raw K projection
+    TensorView v3 = k3;  // K=V layers: V is the raw K projection's weightless norm (no k_norm, no RoPE)
+    if (!spec.k_eq_v) {
+      s.v.resize(DType::F32, {T, nkv * d});
+      be.matmul(s.normed, w.v_proj, s.v.view());
+      v3 = s.v.view().reshaped({T, nkv, d});
+    }
+    // The cache's rows at kv_slots: K [T, nkv, d] = RoPE(RMS(k; k_norm)), V [T, nkv, d] = RMS0(v).
+    be.kv_write_normed(k3, v3, w.k_norm, eps, *in.positions, *in.inv_freq, *in.kv, *in.kv_slots);
   };
   if (spec.owns_kv()) be.concurrently(kv_branch, q_branch);
   else q_branch();
@@ -145,11 +139,12 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
       be.scale(s.moe_in.view(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(H))));
       s.router_logits.resize(DType::F32, {T, c.num_experts});
       be.matmul(s.moe_in, w.router_proj, s.router_logits.view());
+      be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());  // the experts' input, in the router input's place
       s.expert_ids.resize(DType::I32, {T, c.top_k_experts});
       s.expert_weights.resize(DType::F32, {T, c.top_k_experts});
-      be.moe_route(s.router_logits, &w.per_expert_scale, s.expert_ids.view(), s.expert_weights.view());
-      be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());
       s.moe_out.resize(DType::F32, {T, H});
+      // Back to back, so a backend may hand moe_route's work on the ids (CUDA: the grouping) to moe_experts.
+      be.moe_route(s.router_logits, &w.per_expert_scale, s.expert_ids.view(), s.expert_weights.view());
       be.moe_experts(s.moe_in, s.expert_ids, s.expert_weights, w.experts_gate_up, w.experts_down, s.moe_out.view());
     };
     be.concurrently(experts, dense_mlp);

@@ -265,35 +265,5 @@ TEST(Attention, StridedQueryAndOutput) {
   }
 }
 
-TEST(KvWrite, WritesEachTokenToItsSlot) {
-  auto be = make_cpu_backend(2);
-  Rng rng(14);
-  const int32_t n_kv = 2, d = 32;
-  std::vector<float> kc(6 * 4 * n_kv * d, 0.0f), vc(kc.size(), 0.0f);
-  const KvLayer layer{kc.data(), vc.data(), DType::F32, 6, 4, n_kv, d};
-  int64_t slots[] = {21, 0, 7};
-  std::vector<float> k = rng.normals(3 * n_kv * d), v = rng.normals(3 * n_kv * d);
-  TensorView kv(DType::F32, k.data(), {3, n_kv, d}), vv(DType::F32, v.data(), {3, n_kv * d});
-  be->kv_write(kv, vv, layer, TensorView(DType::I64, slots, {3}));
-  std::vector<float> k_ref(kc.size(), 0.0f), v_ref(kc.size(), 0.0f);
-  for (int t = 0; t < 3; ++t) {
-    std::copy_n(&k[t * n_kv * d], n_kv * d, &k_ref[slots[t] * n_kv * d]);
-    std::copy_n(&v[t * n_kv * d], n_kv * d, &v_ref[slots[t] * n_kv * d]);
-  }
-  EXPECT_EQ(kc, k_ref);
-  EXPECT_EQ(vc, v_ref);
-  int64_t bad[] = {24, 0, 1};
-  EXPECT_THROW(be->kv_write(kv, vv, layer, TensorView(DType::I64, bad, {3})), Error);
-
-  // A BF16 cache holds each element rounded to nearest even.
-  std::vector<uint16_t> kc16(kc.size(), 0), vc16(kc.size(), 0);
-  const KvLayer layer16{kc16.data(), vc16.data(), DType::BF16, 6, 4, n_kv, d};
-  be->kv_write(kv, vv, layer16, TensorView(DType::I64, slots, {3}));
-  for (size_t i = 0; i < kc.size(); ++i) {
-    ASSERT_EQ(kc16[i], f32_to_bf16(k_ref[i])) << i;
-    ASSERT_EQ(vc16[i], f32_to_bf16(v_ref[i])) << i;
-  }
-}
-
 }  // namespace
 }  // namespace tandem::test

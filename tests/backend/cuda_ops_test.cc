@@ -483,45 +483,110 @@ TEST(CudaOps, AttentionIsBatchInvariant) {
   }
 }
 
-TEST(CudaOps, KvWriteF32AndBf16) {
+// x [T, W] (any view) copied into a dense [T, W] tensor.
+HT dense_rows(const HT& x, int64_t T, int64_t W) {
+  HT h = make_ht(DType::F32, {T, W});
+  const TensorView v = x.view();
+  for (int64_t t = 0; t < T; ++t) std::memcpy(&h.at<float>(t, 0), v.as<float>() + t * x.stride() * (x.rows() / T), W * 4);
+  return h;
+}
+
+// The fused heads ops against the CPU backend, and bitwise against the CUDA backend's own rms_norm
+// and rope (then a plain copy into the cache, bf16-rounded for BF16): odd head counts, head_dim 256
+// (a sliding layer's shape) and 512 (a full K=V layer's), caches of different block sizes,
+// scattered slots and positions.
+TEST(CudaOps, RmsNormRopeAndKvWriteNormed) {
   REQUIRE_CUDA();
   Backends b;
   Rng rng(203);
-  const AttnCase c{64, 2, 4, 16};
-  for (DType kvt : {DType::F32, DType::BF16}) {
-    for (int64_t T : {1, 5, 17}) {
-      SCOPED_TRACE(::testing::Message() << dtype_name(kvt) << " T=" << T);
-      PagedCache cache(c, kvt, 4, rng);
-      const int64_t W = c.n_kv * c.d, n_slots = cache.num_blocks * c.bs;
-      std::vector<int64_t> slots(n_slots);
-      std::iota(slots.begin(), slots.end(), 0);
-      std::shuffle(slots.begin(), slots.end(), rng.gen());
-      slots.resize(T);
-      const HT sl = ints(DType::I64, {T}, slots);
-      const HT k = rand_f32({T, W}, W + 3, rng), v = rand_f32({T, W}, 0, rng);
-      // Expected cache: the old contents with each token's heads at its slot (bf16-rounded for BF16).
-      HT want_k = cache.kg, want_v = cache.vg;
-      for (int64_t t = 0; t < T; ++t) {
-        for (int64_t i = 0; i < W; ++i) {
-          const int64_t dst = slots[t] * W + i;
-          if (kvt == DType::F32) {
-            want_k.at<float>(0, dst) = k.at<float>(t, i), want_v.at<float>(0, dst) = v.at<float>(t, i);
-          } else {
-            want_k.at<uint16_t>(0, dst) = f32_to_bf16(k.at<float>(t, i));
-            want_v.at<uint16_t>(0, dst) = f32_to_bf16(v.at<float>(t, i));
+  struct Case {
+    AttnCase attn;  // d, n_kv, n_heads, block size
+    bool k_eq_v;
+  };
+  const Case cases[] = {{{256, 3, 5, 16}, false}, {{512, 1, 3, 8}, true}, {{256, 5, 5, 4}, true}, {{64, 2, 7, 16}, false}};
+  for (const Case& cs : cases) {
+    const AttnCase& c = cs.attn;
+    for (DType kvt : {DType::F32, DType::BF16}) {
+      for (int64_t T : {1, 3, 17}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(kvt) << " d=" << c.d << " kv=" << c.n_kv << " heads="
+                                          << c.n_heads << " k_eq_v=" << cs.k_eq_v << " T=" << T);
+        const int64_t d = c.d, half = d / 2, Wq = c.n_heads * d, W = c.n_kv * d;
+        PagedCache cache(c, kvt, 4, rng);
+        const int64_t n_slots = cache.num_blocks * c.bs;
+        std::vector<int64_t> slots(n_slots), pos(T);
+        std::iota(slots.begin(), slots.end(), 0);
+        std::shuffle(slots.begin(), slots.end(), rng.gen());
+        slots.resize(T);
+        for (auto& p : pos) p = rng.index(100000);
+        const HT sl = ints(DType::I64, {T}, slots), positions = ints(DType::I32, {T}, pos);
+        HT inv = make_ht(DType::F32, {half});
+        for (int64_t i = 0; i < half; ++i)
+          inv.at<float>(0, i) = i % 7 == 3 ? 0.0f : std::pow(10000.0f, -2.0f * i / d);  // zeros: unrotated pairs
+        const HT qn = rand_stored(DType::BF16, {d}, rng), kn = rand_stored(DType::BF16, {d}, rng);
+        const HT q = T % 2 ? rand_f32({T, Wq}, Wq + 5, rng, 2.0f) : rand_f32({T, c.n_heads, d}, 0, rng, 2.0f);
+        const HT k = rand_f32({T, W}, W + 3, rng, 2.0f), v = rand_f32({T, c.n_kv, d}, 0, rng, 2.0f);
+        const HT& vin = cs.k_eq_v ? k : v;
+        Dev dev(*b.gpu);
+        const TensorView pd = dev.up(positions), fd = dev.up(inv), qnd = dev.up(qn), knd = dev.up(kn);
+        auto rows = [](const TensorView& t, int64_t n, int64_t w) { return TensorView(DType::F32, t.data, {n, w}); };
+
+        // Query heads: against the CPU, and the GPU's rms_norm over [T·heads, d] rows then rope.
+        TensorView qd = dev.up(q);
+        b.gpu->rms_norm_rope(qd, qnd, 1e-6f, pd, fd);
+        const HT q_got = dense_rows(dev.down(qd, q), T, Wq);
+        HT q_cpu = q;
+        TensorView qc = q_cpu.view();
+        b.cpu->rms_norm_rope(qc, qn.view(), 1e-6f, positions.view(), inv.view());
+        EXPECT_LT(rel_l2(q_got, dense_rows(q_cpu, T, Wq)), 1e-5);
+        HT q_ref = dense_rows(q, T, Wq);
+        TensorView qr = dev.up(q_ref), qr_rows = rows(qr, T * c.n_heads, d), qr_heads = rows(qr, T, Wq);
+        b.gpu->rms_norm(qr_rows, &qnd, 1e-6f, qr_rows);
+        b.gpu->rope(qr_heads, pd, fd);
+        EXPECT_TRUE(same_elements(q_got, dev.down(qr, q_ref)));
+
+        // K and V into the cache.
+        const TensorView kd = dev.up(k), vd = cs.k_eq_v ? kd : dev.up(v);
+        const TensorView kcd = dev.up(cache.kg), vcd = dev.up(cache.vg);
+        b.gpu->kv_write_normed(kd, vd, knd, 1e-6f, pd, fd, cache.layer(c, kvt, kcd.data, vcd.data), dev.up(sl));
+        const HT kc_got = dev.down(kcd, cache.kg), vc_got = dev.down(vcd, cache.vg);
+        EXPECT_TRUE(same_elements(dev.down(kd, k), k));  // inputs untouched
+        HT k_ref = dense_rows(k, T, W), v_ref = dense_rows(vin, T, W);
+        TensorView kr = dev.up(k_ref), vr = dev.up(v_ref), kr_rows = rows(kr, T * c.n_kv, d),
+                   vr_rows = rows(vr, T * c.n_kv, d), kr_heads = rows(kr, T, W);
+        b.gpu->rms_norm(vr_rows, nullptr, 1e-6f, vr_rows);
+        b.gpu->rms_norm(kr_rows, &knd, 1e-6f, kr_rows);
+        b.gpu->rope(kr_heads, pd, fd);
+        k_ref = dev.down(kr, k_ref), v_ref = dev.down(vr, v_ref);
+        HT kc_want = cache.kg, vc_want = cache.vg;
+        for (int64_t t = 0; t < T; ++t) {
+          for (int64_t i = 0; i < W; ++i) {
+            const int64_t dst = slots[t] * W + i;
+            if (kvt == DType::F32) {
+              kc_want.at<float>(0, dst) = k_ref.at<float>(t, i), vc_want.at<float>(0, dst) = v_ref.at<float>(t, i);
+            } else {
+              kc_want.at<uint16_t>(0, dst) = f32_to_bf16(k_ref.at<float>(t, i));
+              vc_want.at<uint16_t>(0, dst) = f32_to_bf16(v_ref.at<float>(t, i));
+            }
           }
         }
-      }
-      Dev d(*b.gpu);
-      const TensorView kd = d.up(cache.kg), vd = d.up(cache.vg);
-      b.gpu->kv_write(d.up(k), d.up(v), cache.layer(c, kvt, kd.data, vd.data), d.up(sl));
-      EXPECT_TRUE(same_elements(d.down(kd, cache.kg), want_k));
-      EXPECT_TRUE(same_elements(d.down(vd, cache.vg), want_v));
-      if (kvt == DType::F32) {  // and the CPU backend agrees
-        HT ck = cache.k32, cv = cache.v32;
-        b.cpu->kv_write(k.view(), v.view(), cache.layer(c, DType::F32, ck.bytes.data(), cv.bytes.data()), sl.view());
-        EXPECT_TRUE(same_elements(ck, want_k));
-        EXPECT_TRUE(same_elements(cv, want_v));
+        EXPECT_TRUE(same_elements(kc_got, kc_want));
+        EXPECT_TRUE(same_elements(vc_got, vc_want));
+
+        // The CPU backend's cache rows, within rounding (a bf16 rounding may flip where the f32s differ).
+        HT kc_cpu = cache.kg, vc_cpu = cache.vg;
+        b.cpu->kv_write_normed(k.view(), vin.view(), kn.view(), 1e-6f, positions.view(), inv.view(),
+                               cache.layer(c, kvt, kc_cpu.bytes.data(), vc_cpu.bytes.data()), sl.view());
+        auto slot_rows = [&](const HT& cache_ht) {
+          HT h = make_ht(DType::F32, {T, W});
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t i = 0; i < W; ++i)
+              h.at<float>(t, i) = kvt == DType::F32 ? cache_ht.at<float>(0, slots[t] * W + i)
+                                                    : bf16_to_f32(cache_ht.at<uint16_t>(0, slots[t] * W + i));
+          return h;
+        };
+        const double tol = kvt == DType::F32 ? 1e-5 : 1e-2;
+        EXPECT_LT(rel_l2(slot_rows(kc_got), slot_rows(kc_cpu)), tol);
+        EXPECT_LT(rel_l2(slot_rows(vc_got), slot_rows(vc_cpu)), tol);
       }
     }
   }
@@ -612,6 +677,55 @@ TEST(CudaOps, MoeExperts) {
         b.gpu->moe_experts(d.up(x), d.up(ids), d.up(w), d.up(gu), d.up(dn), yd);
         EXPECT_LT(rel_l2(d.down(yd, y), y), 1e-5);
       }
+    }
+  }
+}
+
+// moe_experts right after moe_route uses the grouping the route's launch made (one CTA at decode, the
+// last of several CTAs beyond 16 rows): the same bits as moe_experts grouping a copy of the ids
+// itself, and the CPU's values. Ids rewritten between the two (an upload) are grouped afresh.
+TEST(CudaOps, MoeRouteThenExpertsSharesTheGrouping) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(304);
+  const int64_t H = 64, I = 48;
+  for (auto [E, k] : {std::pair<int64_t, int64_t>{16, 4}, {128, 8}, {40, 3}}) {
+    const HT gu = rand_stored(DType::BF16, {E, 2 * I, H}, rng, 0.3f), dn = rand_stored(DType::BF16, {E, H, I}, rng, 0.3f);
+    const HT scale = rand_stored(DType::F32, {E}, rng);
+    for (int64_t T : {1, 3, 8, 16, 17, 33, 300}) {
+      SCOPED_TRACE(::testing::Message() << "E=" << E << " k=" << k << " T=" << T);
+      const HT logits = rand_f32({T, E}, 0, rng, 2.0f), x = rand_f32({T, H}, 0, rng);
+      HT ids = make_ht(DType::I32, {T, k}), w = make_ht(DType::F32, {T, k}), y = make_ht(DType::F32, {T, H});
+      TensorView ic = ids.view(), wc = w.view(), yc = y.view();
+      const TensorView sv = scale.view();
+      b.cpu->moe_route(logits.view(), &sv, ic, wc);
+      b.cpu->moe_experts(x.view(), ic, wc, gu.view(), dn.view(), yc);
+      Dev d(*b.gpu);
+      const TensorView xd = d.up(x), gud = d.up(gu), dnd = d.up(dn), ld = d.up(logits), sd = d.up(scale);
+      TensorView id = d.poisoned(ids), wd = d.poisoned(w), yd = d.poisoned(y), y2d = d.poisoned(y);
+      b.gpu->moe_route(ld, &sd, id, wd);
+      b.gpu->moe_experts(xd, id, wd, gud, dnd, yd);
+      const HT got = d.down(yd, y), got_ids = d.down(id, ids);
+      EXPECT_LT(rel_l2(got, y), 1e-5);
+      b.gpu->moe_experts(xd, d.up(got_ids), d.up(d.down(wd, w)), gud, dnd, y2d);
+      EXPECT_TRUE(same_elements(got, d.down(y2d, y)));
+
+      // Route, overwrite the ids, then the experts: they follow the new ids.
+      std::vector<int64_t> other_ids;
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<int64_t> pool(E);
+        std::iota(pool.begin(), pool.end(), 0);
+        std::shuffle(pool.begin(), pool.end(), rng.gen());
+        other_ids.insert(other_ids.end(), pool.begin(), pool.begin() + k);
+      }
+      const HT other = ints(DType::I32, {T, k}, other_ids);
+      b.gpu->moe_route(ld, &sd, id, wd);
+      b.gpu->upload(id.data, other.bytes.data(), other.bytes.size());
+      b.gpu->moe_experts(xd, id, wd, gud, dnd, yd);
+      HT want = make_ht(DType::F32, {T, H});
+      TensorView wantv = want.view();
+      b.cpu->moe_experts(x.view(), other.view(), d.down(wd, w).view(), gu.view(), dn.view(), wantv);
+      EXPECT_LT(rel_l2(d.down(yd, y), want), 1e-5);
     }
   }
 }
@@ -916,11 +1030,15 @@ TEST(CudaOps, ArgmaxRows) {
   REQUIRE_CUDA();
   Backends b;
   Rng rng(601);
-  const std::pair<int64_t, int64_t> shapes[] = {{1, 262144}, {3, 1000}, {17, 37}, {2, 262147}};
+  // One chunk of 4096 columns and several (a CTA each, the row's last one reducing them), with the
+  // row's maximum planted in three chunks so the tie is settled across CTAs.
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 262144}, {3, 1000}, {17, 37}, {2, 262147}, {5, 8193}, {40, 12293}};
   for (auto [R, N] : shapes) {
     for (bool with_labels : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "R=" << R << " N=" << N << " labels=" << with_labels);
-      const HT x = tied_scores(R, N, N % 2 ? N + 1 : 0, rng);
+      HT x = tied_scores(R, N, N % 2 ? N + 1 : 0, rng);
+      for (int64_t r = 0; r < R && N > 4096; ++r)
+        for (int64_t c : {N - 1 - r, N / 2 + r, 4097 + r}) x.at<float>(r, c) = 1000.0f;
       HT labels = make_ht(DType::I32, {R, N});
       for (int64_t r = 0; r < R; ++r)
         for (int64_t c = 0; c < N; ++c) labels.at<int32_t>(r, c) = static_cast<int32_t>(rng.index(1000000));
@@ -1058,13 +1176,15 @@ TEST(CudaOps, BadDeviceIndicesAreHarmless) {
       EXPECT_EQ(out.at<float>(2, i), 0.0f);
     }
   }
-  {  // kv_write: a slot outside the cache is skipped; moe_experts: an expert outside [0, E) adds nothing
+  {  // kv_write_normed: a slot outside the cache is skipped; moe_experts: an expert outside [0, E) adds nothing
     const AttnCase c{32, 1, 1, 8};
     PagedCache cache(c, DType::F32, 2, rng);
-    const HT k = rand_f32({1, 32}, 0, rng);
+    const HT k = rand_f32({1, 32}, 0, rng), norm = rand_stored(DType::F32, {32}, rng);
     const TensorView kd = d.up(cache.kg), vd = d.up(cache.vg), kk = d.up(k);
-    b.gpu->kv_write(kk, kk, cache.layer(c, DType::F32, kd.data, vd.data), d.up(ints(DType::I64, {1}, {1 << 20})));
+    b.gpu->kv_write_normed(kk, kk, d.up(norm), 1e-6f, d.up(ints(DType::I32, {1}, {5})), d.up(rand_f32({16}, 0, rng)),
+                           cache.layer(c, DType::F32, kd.data, vd.data), d.up(ints(DType::I64, {1}, {1 << 20})));
     EXPECT_TRUE(same_elements(d.down(kd, cache.kg), cache.kg));
+    EXPECT_TRUE(same_elements(d.down(vd, cache.vg), cache.vg));
 
     const int64_t E = 4, H = 16, I = 8;
     const HT gu = rand_stored(DType::BF16, {E, 2 * I, H}, rng), dn = rand_stored(DType::BF16, {E, H, I}, rng);

@@ -1,9 +1,11 @@
-// The non-matmul ops against float64 references. Tolerances (stated per test) are relative to the
-// scale of the result; they are a few f32 ulps of headroom, far below what a wrong formula gives.
+// The non-matmul ops against float64 references, and the fused heads ops (rms_norm_rope,
+// kv_write_normed) bitwise against the ops they fuse. Tolerances (stated per test) are relative to
+// the scale of the result; they are a few f32 ulps of headroom, far below what a wrong formula gives.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "backend_test_util.h"
@@ -133,6 +135,132 @@ TEST(Rope, StridedTwoDimensionalView) {
         ASSERT_NEAR(x[base + i], x0[base + i] * std::cos(angle) - x0[base + i + d / 2] * std::sin(angle), 1e-5);
       }
     for (int64_t i = H * d; i < ld; ++i) ASSERT_EQ(x[t * ld + i], x0[t * ld + i]);
+  }
+}
+
+// Rotate-half inverse frequencies for head_dim d, a few of them zero (proportional RoPE's unrotated pairs).
+std::vector<float> test_inv_freq(int64_t d) {
+  std::vector<float> f(d / 2);
+  for (int64_t i = 0; i < d / 2; ++i) f[i] = i % 7 == 3 ? 0.0f : std::pow(10000.0f, -2.0f * i / d);
+  return f;
+}
+
+// The fused query-heads op gives bitwise what rms_norm over the head rows and then rope give, for
+// every weight dtype, odd head counts, strided rows and positions that are not contiguous.
+TEST(RmsNormRope, BitwiseRmsNormThenRope) {
+  auto be = make_cpu_backend(2);
+  Rng rng(24);
+  for (int64_t d : {2, 6, 256, 512}) {
+    for (int64_t H : {1, 3, 5}) {
+      for (int64_t T : {1, 3, 17}) {
+        for (DType wt : kWeightDtypes) {
+          SCOPED_TRACE(::testing::Message() << "d=" << d << " H=" << H << " T=" << T << " " << dtype_name(wt));
+          Stored w = make_stored(wt, d, rng);
+          const TensorView wv = w.view({d});
+          std::vector<float> inv_freq = test_inv_freq(d);
+          std::vector<int32_t> positions(T);
+          for (int32_t& p : positions) p = static_cast<int32_t>(rng.index(200000));
+          const TensorView pv(DType::I32, positions.data(), {T}), fv(DType::F32, inv_freq.data(), {d / 2});
+          const int64_t ld = H * d + 3;  // q as a strided [T, H·d] view
+          const std::vector<float> x0 = rng.normals(T * ld, 3.0f);
+          std::vector<float> fused = x0, dense(T * H * d);
+          TensorView xv(DType::F32, fused.data(), {T, H * d});
+          xv.row_stride = ld;
+          be->rms_norm_rope(xv, wv, 1e-6f, pv, fv);
+          for (int64_t t = 0; t < T; ++t) std::copy_n(&x0[t * ld], H * d, &dense[t * H * d]);
+          TensorView rows(DType::F32, dense.data(), {T * H, d}), heads(DType::F32, dense.data(), {T, H, d});
+          be->rms_norm(rows, &wv, 1e-6f, rows);
+          be->rope(heads, pv, fv);
+          for (int64_t t = 0; t < T; ++t) {
+            ASSERT_EQ(0, std::memcmp(&fused[t * ld], &dense[t * H * d], H * d * sizeof(float))) << "token " << t;
+            for (int64_t i = H * d; i < ld; ++i) ASSERT_EQ(fused[t * ld + i], x0[t * ld + i]) << "gap written";
+          }
+        }
+      }
+    }
+  }
+}
+
+// kv_write_normed puts bitwise rms_norm(k; k_norm) + rope and rms_norm(v) into each token's slot
+// (bf16-rounded in a BF16 cache), V from K itself on K=V layers, leaves every other slot and its
+// inputs alone, and refuses a slot outside the cache.
+TEST(KvWriteNormed, BitwiseNormsRopeAndCopyIntoSlots) {
+  auto be = make_cpu_backend(2);
+  Rng rng(25);
+  struct Case {
+    int64_t d, n_kv, num_blocks, bs;
+  };
+  // A sliding layer's shape (head_dim 256, several KV heads) and a full one's (512, few heads), odd counts.
+  for (const Case c : {Case{256, 3, 7, 4}, Case{512, 1, 5, 16}, Case{6, 5, 3, 2}}) {
+    for (int64_t T : {1, 3, 17}) {
+      if (T > c.num_blocks * c.bs) continue;
+      for (bool k_eq_v : {false, true}) {
+        for (DType kvt : {DType::F32, DType::BF16}) {
+          SCOPED_TRACE(::testing::Message() << "d=" << c.d << " n_kv=" << c.n_kv << " T=" << T << " k_eq_v=" << k_eq_v
+                                            << " " << dtype_name(kvt));
+          const int64_t d = c.d, W = c.n_kv * d, n_slots = c.num_blocks * c.bs;
+          Stored kn = make_stored(DType::BF16, d, rng);
+          const TensorView knv = kn.view({d});
+          std::vector<float> inv_freq = test_inv_freq(d);
+          std::vector<int32_t> positions(T);
+          for (int32_t& p : positions) p = static_cast<int32_t>(rng.index(200000));
+          std::vector<int64_t> slots(n_slots);
+          std::iota(slots.begin(), slots.end(), 0);
+          std::shuffle(slots.begin(), slots.end(), rng.gen());
+          slots.resize(T);
+          const TensorView pv(DType::I32, positions.data(), {T}), fv(DType::F32, inv_freq.data(), {d / 2}),
+              sv(DType::I64, slots.data(), {T});
+          const int64_t ld = W + 5;  // k as a strided [T, n_kv·d] view, v dense [T, n_kv, d]
+          const std::vector<float> k0 = rng.normals(T * ld, 2.0f), v0 = rng.normals(T * W, 2.0f);
+          std::vector<float> k = k0, v = v0;
+          TensorView kv(DType::F32, k.data(), {T, W}), vv(DType::F32, v.data(), {T, c.n_kv, d});
+          kv.row_stride = ld;
+          const size_t es = dtype_size(kvt), cache_bytes = n_slots * W * es;
+          std::vector<uint8_t> kc(cache_bytes), vc(cache_bytes);
+          for (uint8_t& b : kc) b = static_cast<uint8_t>(rng.index(256));
+          for (uint8_t& b : vc) b = static_cast<uint8_t>(rng.index(256));
+          std::vector<uint8_t> want_k = kc, want_v = vc;
+          const KvLayer layer{kc.data(), vc.data(), kvt, static_cast<int32_t>(c.num_blocks), static_cast<int32_t>(c.bs),
+                              static_cast<int32_t>(c.n_kv), static_cast<int32_t>(d)};
+          be->kv_write_normed(kv, k_eq_v ? kv : vv, knv, 1e-6f, pv, fv, layer, sv);
+          EXPECT_EQ(k, k0);
+          EXPECT_EQ(v, v0);
+
+          // The unfused ops on dense copies, then a plain copy into the slots.
+          std::vector<float> kr(T * W), vr(T * W);
+          for (int64_t t = 0; t < T; ++t) {
+            std::copy_n(&k0[t * ld], W, &kr[t * W]);
+            if (k_eq_v) std::copy_n(&k0[t * ld], W, &vr[t * W]);
+          }
+          if (!k_eq_v) vr = v0;
+          TensorView krows(DType::F32, kr.data(), {T * c.n_kv, d}), vrows(DType::F32, vr.data(), {T * c.n_kv, d}),
+              kheads(DType::F32, kr.data(), {T, c.n_kv, d});
+          be->rms_norm(vrows, nullptr, 1e-6f, vrows);
+          be->rms_norm(krows, &knv, 1e-6f, krows);
+          be->rope(kheads, pv, fv);
+          for (int64_t t = 0; t < T; ++t) {
+            for (int64_t i = 0; i < W; ++i) {
+              const int64_t dst = (slots[t] * W + i) * es;
+              if (kvt == DType::F32) {
+                std::memcpy(&want_k[dst], &kr[t * W + i], 4);
+                std::memcpy(&want_v[dst], &vr[t * W + i], 4);
+              } else {
+                const uint16_t kb = f32_to_bf16(kr[t * W + i]), vb = f32_to_bf16(vr[t * W + i]);
+                std::memcpy(&want_k[dst], &kb, 2);
+                std::memcpy(&want_v[dst], &vb, 2);
+              }
+            }
+          }
+          EXPECT_TRUE(kc == want_k);
+          EXPECT_TRUE(vc == want_v);
+
+          std::vector<int64_t> bad = slots;
+          bad[T - 1] = n_slots;
+          EXPECT_THROW(be->kv_write_normed(kv, vv, knv, 1e-6f, pv, fv, layer, TensorView(DType::I64, bad.data(), {T})),
+                       Error);
+        }
+      }
+    }
   }
 }
 

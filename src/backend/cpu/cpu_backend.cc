@@ -223,6 +223,33 @@ const I* check_ints(const TensorView& v, DType t, int64_t n, const char* what) {
   return static_cast<const I*>(v.data);
 }
 
+// y[0:D] = x · (mean(x²) + eps)^-½ · w (w nullptr: weightless; F32, BF16 or F16), or with add
+// y += that; y may be x. The one RMSNorm of rms_norm, rms_norm_add and the fused ops.
+void rms_norm_row(const float* xr, const void* w, DType wt, float eps, int64_t D, bool add, float* yr) {
+  const float inv = 1.0f / std::sqrt(dot(xr, xr, D) / static_cast<float>(D) + eps);
+  // y = (x · inv) · w, rounded as the scalar expression would be (then + y with add).
+  const __m256 vinv = _mm256_set1_ps(inv);
+  int64_t i = 0;
+  for (; i + 8 <= D; i += 8) {
+    const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv);
+    const __m256 n = w ? _mm256_mul_ps(v, load8_f32(w, wt, i)) : v;
+    _mm256_storeu_ps(yr + i, add ? _mm256_add_ps(_mm256_loadu_ps(yr + i), n) : n);
+  }
+  for (; i < D; ++i) {
+    const float n = w ? xr[i] * inv * load_f32(w, wt, i) : xr[i] * inv;
+    yr[i] = add ? yr[i] + n : n;
+  }
+}
+
+// Rotate-half RoPE of one head v[0:2·half]: pairs (i, i + half) rotated by (c[i], s[i]).
+void rope_row(float* v, const float* c, const float* s, int64_t half) {
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = v[i], b = v[i + half];
+    v[i] = a * c[i] - b * s[i];
+    v[i + half] = b * c[i] + a * s[i];
+  }
+}
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) : pool_(threads) {}
@@ -419,69 +446,41 @@ class CpuBackend final : public Backend {
     check_f32_2d(out, "rms_norm output");
     check_same_shape(in, out, op);
     const int64_t D = in.cols();
-    const void* w = nullptr;
-    DType wt = DType::F32;
-    if (weight) {
-      if (!is_float_dtype(weight->dtype) || weight->numel() != D) fail("{}: weight must be a float tensor of {} elements", op, D);
-      w = weight->data;
-      wt = weight->dtype;
-      if (wt != DType::F32 && wt != DType::BF16 && wt != DType::F16) {  // read through load8_f32 as f32
-        norm_weight_.resize(D);
-        convert_row(weight->data, weight->dtype, D, norm_weight_.data());
-        w = norm_weight_.data();
-        wt = DType::F32;
-      }
-    }
-    for_rows(in.rows(), D, [&](int64_t r) {
-      const float* xr = in.row<float>(r);
-      float* yr = out.row<float>(r);
-      const float inv = 1.0f / std::sqrt(dot(xr, xr, D) / static_cast<float>(D) + eps);
-      // out = (x · inv) · w, rounded as the scalar expression would be (then + out with add).
-      const __m256 vinv = _mm256_set1_ps(inv);
-      int64_t i = 0;
-      for (; i + 8 <= D; i += 8) {
-        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv);
-        const __m256 n = w ? _mm256_mul_ps(v, load8_f32(w, wt, i)) : v;
-        _mm256_storeu_ps(yr + i, add ? _mm256_add_ps(_mm256_loadu_ps(yr + i), n) : n);
-      }
-      for (; i < D; ++i) {
-        const float n = w ? xr[i] * inv * load_f32(w, wt, i) : xr[i] * inv;
-        yr[i] = add ? yr[i] + n : n;
-      }
-    });
+    const auto [w, wt] = norm_weight(weight, D, op);
+    for_rows(in.rows(), D, [&](int64_t r) { rms_norm_row(in.row<float>(r), w, wt, eps, D, add, out.row<float>(r)); });
   }
 
   void rope(TensorView& x, const TensorView& pos_view, const TensorView& freq_view) override {
-    const int64_t T = pos_view.numel(), half = freq_view.numel(), d = 2 * half;
+    const auto [T, half] = rope_angles(pos_view, freq_view, "rope");
     if (T == 0) return;
-    const int32_t* positions = check_ints<int32_t>(pos_view, DType::I32, T, "rope positions");
-    if (freq_view.dtype != DType::F32) fail("rope: inv_freq must be F32");
-    const float* inv_freq = freq_view.as<float>();
+    const int64_t d = 2 * half;
     check_f32_2d(x, "rope x");
     if (half == 0 || x.numel() % (T * d) != 0) fail("rope: x of {} elements is not {} tokens × heads × {}", x.numel(), T, d);
     const int64_t n_heads = x.numel() / (T * d);
     check_heads(x, T, n_heads, d, "rope x");
-    // Token by token (in parallel: for a prefill the angles cost more than the rotations), its angles
-    // as PyTorch computes them: freqs = float(pos) · inv_freq in f32, then cos/sin in f32; then every
-    // head of the token.
-    for_rows(T, n_heads * d, [&](int64_t t) {
-      thread_local std::vector<float> angles;  // [cos, sin] × half
-      angles.resize(d);
-      float* c = angles.data();
-      float* s = c + half;
-      for (int64_t i = 0; i < half; ++i) {
-        const float angle = static_cast<float>(positions[t]) * inv_freq[i];
-        c[i] = std::cos(angle);
-        s[i] = std::sin(angle);
-      }
-      for (int64_t h = 0; h < n_heads; ++h) {
-        float* v = head_ptr(x, T, t, h, d);
-        for (int64_t i = 0; i < half; ++i) {
-          const float a = v[i], b = v[i + half];
-          v[i] = a * c[i] - b * s[i];
-          v[i + half] = b * c[i] + a * s[i];
-        }
-      }
+    for_rows(T * n_heads, d, [&](int64_t th) {
+      const int64_t t = th / n_heads;
+      rope_row(head_ptr(x, T, t, th % n_heads, d), &rope_cos_[t * half], &rope_sin_[t * half], half);
+    });
+  }
+
+  // Head by head, rms_norm_row then rope_row: the arithmetic of rms_norm and rope, in one pass.
+  void rms_norm_rope(TensorView& x, const TensorView& weight, float eps, const TensorView& pos_view,
+                     const TensorView& freq_view) override {
+    const auto [T, half] = rope_angles(pos_view, freq_view, "rms_norm_rope");
+    if (T == 0) return;
+    const int64_t d = 2 * half;
+    check_f32_2d(x, "rms_norm_rope x");
+    if (half == 0 || x.numel() % (T * d) != 0)
+      fail("rms_norm_rope: x of {} elements is not {} tokens × heads × {}", x.numel(), T, d);
+    const int64_t n_heads = x.numel() / (T * d);
+    check_heads(x, T, n_heads, d, "rms_norm_rope x");
+    const auto [w, wt] = norm_weight(&weight, d, "rms_norm_rope");
+    for_rows(T * n_heads, d, [&](int64_t th) {
+      const int64_t t = th / n_heads;
+      float* v = head_ptr(x, T, t, th % n_heads, d);
+      rms_norm_row(v, w, wt, eps, d, /*add=*/false, v);
+      rope_row(v, &rope_cos_[t * half], &rope_sin_[t * half], half);
     });
   }
 
@@ -577,28 +576,40 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slot_view) override {
-    const int64_t T = slot_view.numel(), n_kv = layer.n_kv_heads, d = layer.head_dim;
+  // Head by head into a scratch row: K through rms_norm_row and rope_row, V through rms_norm_row,
+  // then stored as a plain write would (rounded to nearest even for a BF16 cache).
+  void kv_write_normed(const TensorView& k, const TensorView& v, const TensorView& k_norm, float eps,
+                       const TensorView& pos_view, const TensorView& freq_view, const KvLayer& layer,
+                       const TensorView& slot_view) override {
+    const int64_t T = slot_view.numel(), n_kv = layer.n_kv_heads, d = layer.head_dim, half = d / 2;
     if (T == 0) return;
-    const int64_t* slots = check_ints<int64_t>(slot_view, DType::I64, T, "kv_write slots");
-    check_kv_dtype(layer, "kv_write");
-    check_heads(k, T, n_kv, d, "kv_write k");
-    check_heads(v, T, n_kv, d, "kv_write v");
+    const int64_t* slots = check_ints<int64_t>(slot_view, DType::I64, T, "kv_write_normed slots");
+    check_kv_dtype(layer, "kv_write_normed");
+    check_heads(k, T, n_kv, d, "kv_write_normed k");
+    check_heads(v, T, n_kv, d, "kv_write_normed v");
+    if (pos_view.numel() != T) fail("kv_write_normed: {} positions for {} slots", pos_view.numel(), T);
+    if (freq_view.numel() != half || d % 2 != 0)
+      fail("kv_write_normed: inv_freq has {} elements, head_dim {} needs {}", freq_view.numel(), d, half);
+    rope_angles(pos_view, freq_view, "kv_write_normed");
+    const auto [w, wt] = norm_weight(&k_norm, d, "kv_write_normed");
     const int64_t n_slots = static_cast<int64_t>(layer.num_blocks) * layer.block_size;
     for (int64_t t = 0; t < T; ++t)
-      if (slots[t] < 0 || slots[t] >= n_slots) fail("kv_write: slot {} is outside the cache's {} slots", slots[t], n_slots);
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t h = 0; h < n_kv; ++h) {
-        const int64_t dst = (slots[t] * n_kv + h) * d;
-        if (layer.dtype == DType::BF16) {
-          round_row_bf16(head_ptr(k, T, t, h, d), static_cast<uint16_t*>(layer.k) + dst, d);
-          round_row_bf16(head_ptr(v, T, t, h, d), static_cast<uint16_t*>(layer.v) + dst, d);
-        } else {
-          std::copy_n(head_ptr(k, T, t, h, d), d, static_cast<float*>(layer.k) + dst);
-          std::copy_n(head_ptr(v, T, t, h, d), d, static_cast<float*>(layer.v) + dst);
-        }
-      }
-    }
+      if (slots[t] < 0 || slots[t] >= n_slots)
+        fail("kv_write_normed: slot {} is outside the cache's {} slots", slots[t], n_slots);
+    for_rows(T * n_kv, 2 * d, [&](int64_t th) {
+      const int64_t t = th / n_kv, h = th % n_kv, dst = (slots[t] * n_kv + h) * d;
+      thread_local std::vector<float> row;
+      row.resize(d);
+      auto store = [&](void* cache) {
+        if (layer.dtype == DType::BF16) round_row_bf16(row.data(), static_cast<uint16_t*>(cache) + dst, d);
+        else std::copy_n(row.data(), d, static_cast<float*>(cache) + dst);
+      };
+      rms_norm_row(head_ptr(k, T, t, h, d), w, wt, eps, d, /*add=*/false, row.data());
+      rope_row(row.data(), &rope_cos_[t * half], &rope_sin_[t * half], half);
+      store(layer.k);
+      rms_norm_row(head_ptr(v, T, t, h, d), nullptr, DType::F32, eps, d, /*add=*/false, row.data());
+      store(layer.v);
+    });
   }
 
   void attention(const TensorView& q, const KvLayer& layer, const AttentionRows& rows, float scale,
@@ -841,6 +852,39 @@ class CpuBackend final : public Backend {
       fail("{}: the CPU backend keeps its KV cache in F32 or BF16, not {}", op, dtype_name(layer.dtype));
   }
 
+  // A norm weight of D elements as rms_norm_row reads it: F32, BF16 and F16 in place, others
+  // converted to F32 once (into norm_weight_); {nullptr, F32} without a weight.
+  std::pair<const void*, DType> norm_weight(const TensorView* weight, int64_t D, const char* op) {
+    if (!weight) return {nullptr, DType::F32};
+    if (!is_float_dtype(weight->dtype) || weight->numel() != D) fail("{}: weight must be a float tensor of {} elements", op, D);
+    if (weight->dtype == DType::F32 || weight->dtype == DType::BF16 || weight->dtype == DType::F16)
+      return {weight->data, weight->dtype};
+    norm_weight_.resize(D);
+    convert_row(weight->data, weight->dtype, D, norm_weight_.data());
+    return {norm_weight_.data(), DType::F32};
+  }
+
+  // RoPE's angles for positions [T] I32 and inv_freq [half] F32 into rope_cos_ / rope_sin_ [T, half],
+  // as PyTorch computes them: float(pos) · inv_freq in f32, then cos and sin in f32. Returns {T, half}.
+  std::pair<int64_t, int64_t> rope_angles(const TensorView& pos_view, const TensorView& freq_view, const char* op) {
+    const int64_t T = pos_view.numel(), half = freq_view.numel();
+    if (T == 0) return {0, half};
+    const int32_t* positions = check_ints<int32_t>(pos_view, DType::I32, T, "rope positions");
+    if (freq_view.dtype != DType::F32) fail("{}: inv_freq must be F32", op);
+    const float* inv_freq = freq_view.as<float>();
+    rope_cos_.resize(T * half);
+    rope_sin_.resize(T * half);
+    // Token by token in parallel: for a prefill the angles cost more than the rotations.
+    for_rows(T, 8 * half, [&](int64_t t) {
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+        rope_cos_[t * half + i] = std::cos(angle);
+        rope_sin_[t * half + i] = std::sin(angle);
+      }
+    });
+    return {T, half};
+  }
+
   // Expert e's part of the stacked weight w [E, N, K] as a 2-D quantized weight in `out`, or nullptr
   // when w is not quantized.
   static const QuantParams* expert_quant(const TensorView& w, int64_t e, QuantParams& out) {
@@ -1010,7 +1054,7 @@ class CpuBackend final : public Backend {
   Communicator* comm_ = nullptr;
   uint64_t host_syncs_ = 0;
   HostTensor glu_up_;  // matmul_gelu_glu's up projection
-  std::vector<float> norm_weight_, std_bias_, std_scale_;
+  std::vector<float> norm_weight_, rope_cos_, rope_sin_, std_bias_, std_scale_;
   std::vector<float> moe_out_;  // the routed experts' outputs, expert after expert
 };
 

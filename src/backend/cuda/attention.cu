@@ -1,5 +1,5 @@
-// Paged KV cache ops: kv_write (scatter new K/V rows into their slots, F32 or BF16 with round to
-// nearest even) and attention (softmax(q·Kᵀ·scale)·V over each query row's key range).
+// Paged attention: softmax(q·Kᵀ·scale)·V over each query row's key range of the KV cache (which
+// kv_write_normed, in norm_rope.cu, fills).
 //
 // attention: one CTA of 16 warps per (query row, query head) (a decode step has only n_heads rows of
 // work per layer, so each CTA must spread its keys wide). Lane l holds the d/32 consecutive
@@ -30,28 +30,6 @@ constexpr int kMaxHeadDim = 512;
 // one SM), and its chunk states fit this workspace.
 constexpr int64_t kSplitRowsPerSm = 2;
 constexpr size_t kMaxChunkStateBytes = size_t(256) << 20;
-
-template <int KVT>  // 0: F32, 1: BF16
-__global__ void kv_write_kernel(HeadView k, HeadView v, const int64_t* __restrict__ slots, void* kc, void* vc,
-                                int64_t T, int64_t n_kv, int64_t d, int64_t n_slots) {
-  begin_kernel();
-  const int64_t n = T * n_kv * d;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = i / (n_kv * d), h = (i / d) % n_kv, e = i % d;
-    const int64_t slot = slots[t];
-    if (slot < 0 || slot >= n_slots) continue;
-    const int64_t dst = (slot * n_kv + h) * d + e;
-    const float kv = k.head(t, h, d)[e], vv = v.head(t, h, d)[e];
-    if constexpr (KVT == 0) {
-      static_cast<float*>(kc)[dst] = kv;
-      static_cast<float*>(vc)[dst] = vv;
-    } else {
-      static_cast<uint16_t*>(kc)[dst] = f32_to_bf16_bits(kv);
-      static_cast<uint16_t*>(vc)[dst] = f32_to_bf16_bits(vv);
-    }
-  }
-}
 
 // out[0:EPL] = elements [off, off + EPL) of a K or V cache (16-byte aligned base), widened to f32.
 template <int EPL, int KVT>
@@ -354,36 +332,7 @@ void launch_attention(CudaBackend& be, const AttnArgs& a, bool bf16, int64_t row
               a);
 }
 
-void check_layer(const KvLayer& layer, const char* op) {
-  if (layer.n_kv_heads <= 0 || layer.head_dim <= 0 || layer.block_size <= 0 || layer.num_blocks < 0)
-    fail("{}: KV layer has no heads, head_dim or block_size", op);
-  if (layer.dtype != DType::F32 && layer.dtype != DType::BF16)
-    fail("{}: KV dtype {} is not supported by the CUDA backend (F32 or BF16)", op, dtype_name(layer.dtype));
-  if (!layer.k || !layer.v) fail("{}: KV layer has no K/V memory", op);
-  if (reinterpret_cast<uint64_t>(layer.k) % 16 != 0 || reinterpret_cast<uint64_t>(layer.v) % 16 != 0)
-    fail("{}: KV cache memory must be 16-byte aligned", op);
-}
-
 }  // namespace
-
-void CudaBackend::kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slots) {
-  check_2d(slots, DType::I64, "kv_write slots");
-  if (slots.rows() != 1 && slots.stride() != slots.cols()) fail("kv_write: slots must be dense");
-  const int64_t T = slots.numel(), n_kv = layer.n_kv_heads, d = layer.head_dim;
-  if (T == 0) return;
-  check_layer(layer, "kv_write");
-  check_heads(k, T, n_kv, d, "kv_write k");
-  check_heads(v, T, n_kv, d, "kv_write v");
-  use_device();
-  const int64_t n = T * n_kv * d, n_slots = static_cast<int64_t>(layer.num_blocks) * layer.block_size;
-  const unsigned grid = grid_for(n);
-  if (layer.dtype == DType::F32)
-    launch("kv_write_kernel", kv_write_kernel<0>, grid, 256, 0, head_view(k, T), head_view(v, T), slots.as<int64_t>(),
-           layer.k, layer.v, T, n_kv, d, n_slots);
-  else
-    launch("kv_write_kernel", kv_write_kernel<1>, grid, 256, 0, head_view(k, T), head_view(v, T), slots.as<int64_t>(),
-           layer.k, layer.v, T, n_kv, d, n_slots);
-}
 
 void CudaBackend::attention(const TensorView& q, const KvLayer& layer, const AttentionRows& rows, float scale,
                             TensorView& out) {
@@ -392,7 +341,7 @@ void CudaBackend::attention(const TensorView& q, const KvLayer& layer, const Att
   const int64_t T = rows.ranges.rows(), n_kv = layer.n_kv_heads, d = layer.head_dim;
   if (T == 0) return;
   check_2d(rows.block_tables, DType::I32, "attention block_tables");
-  check_layer(layer, "attention");
+  check_kv_layer(layer, "attention");
   if (d % 32 != 0 || d > kMaxHeadDim)
     fail("attention: head_dim {} is not supported by the CUDA backend (a multiple of 32 up to {})", d, kMaxHeadDim);
   const int64_t n_heads = check_attention_heads(q, out, T, n_kv, d);

@@ -95,7 +95,7 @@ void CudaBackend::ensure(Buffer& b, size_t bytes) {
 
 void* CudaBackend::alloc(size_t bytes) {
   use_device();
-  ++memory_epoch_;
+  ++memory_epoch_, ++issued_;
   void* p = nullptr;
   const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
   if (e != cudaSuccess) {
@@ -112,7 +112,7 @@ void CudaBackend::free(void* p) {
   if (!p) return;
   use_device();
   if (capturing_) fail("free() while recording a CUDA graph (a step changed its buffers without a warm-up run)");
-  ++memory_epoch_;
+  ++memory_epoch_, ++issued_;
   TANDEM_CUDA_CHECK(cudaFree(p));
 }
 
@@ -121,6 +121,7 @@ void CudaBackend::upload(void* dst, const void* host_src, size_t bytes) {
   use_device();
   if (capturing_) fail("upload() inside a recorded step: a step's inputs are uploaded before it runs");
   TANDEM_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+  ++issued_;
 }
 
 void CudaBackend::download(void* host_dst, const void* src, size_t bytes) {
@@ -158,6 +159,7 @@ void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std:
   auto& r = static_cast<CudaRecording&>(*recording);
   if (r.exec && r.epoch == memory_epoch_) {
     TANDEM_CUDA_CHECK(cudaGraphLaunch(r.exec, stream_));
+    ++issued_;
     return;
   }
   if (r.exec) TANDEM_CUDA_CHECK(cudaGraphExecDestroy(r.exec)), r.exec = nullptr;
@@ -193,6 +195,7 @@ void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std:
     return;
   }
   TANDEM_CUDA_CHECK(cudaGraphLaunch(r.exec, stream_));
+  ++issued_;
 }
 
 void CudaBackend::concurrently(const std::function<void()>& a, const std::function<void()>& b) {
@@ -240,6 +243,7 @@ void CudaBackend::copy(const TensorView& src, TensorView& dst) {
   const size_t es = dtype_size(src.dtype);
   TANDEM_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dst.stride() * es, src.data, src.stride() * es, src.cols() * es,
                                       src.rows(), cudaMemcpyDeviceToDevice, stream_));
+  ++issued_;
 }
 
 void CudaBackend::gather_rows(const TensorView& src, const TensorView& ids, TensorView& dst) {

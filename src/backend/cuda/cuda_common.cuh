@@ -281,7 +281,10 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 // a few microseconds long. Every such kernel must call begin_kernel() in every thread before it
 // reads or writes anything the previous kernels may touch: it waits until the previous kernel has
 // completed and its writes are visible, then lets the next kernel launch. Because every kernel
-// waits, completion stays ordered (kernel n + 1 never overtakes kernel n − 1). Kernels launched with
+// waits, completion stays ordered (kernel n + 1 never overtakes kernel n − 1); so only the kernel just
+// before may still be writing when a kernel starts, and loads of model constants that no step's
+// kernel writes (norm weights, RoPE frequencies: norm_rope_kernel) may be issued before the wait,
+// overlapping that kernel's tail. Kernels launched with
 // <<<>>> are ordinary stream-ordered launches and need nothing. Measured on the H200: −2 % on a
 // 26B-A4B decode step, −0.6 % on the 31B's (asking L2 for the weight rows before the wait cost more
 // than it saved: docs/PERF.md).
@@ -290,6 +293,17 @@ __device__ __forceinline__ void begin_kernel() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// A KV layer the kernels can use: heads, F32 or BF16 memory, 16-byte aligned (kv_write_normed, attention).
+inline void check_kv_layer(const KvLayer& layer, const char* op) {
+  if (layer.n_kv_heads <= 0 || layer.head_dim <= 0 || layer.block_size <= 0 || layer.num_blocks < 0)
+    fail("{}: KV layer has no heads, head_dim or block_size", op);
+  if (layer.dtype != DType::F32 && layer.dtype != DType::BF16)
+    fail("{}: KV dtype {} is not supported by the CUDA backend (F32 or BF16)", op, dtype_name(layer.dtype));
+  if (!layer.k || !layer.v) fail("{}: KV layer has no K/V memory", op);
+  if (reinterpret_cast<uint64_t>(layer.k) % 16 != 0 || reinterpret_cast<uint64_t>(layer.v) % 16 != 0)
+    fail("{}: KV cache memory must be 16-byte aligned", op);
 }
 
 // Grid size for a grid-stride loop of n items with 256-thread blocks (at least one block).
@@ -322,6 +336,15 @@ struct MmaSplit {
   int slices = 1;
   float* partials = nullptr;   // [tiles, slices, TILES · 128, NT]
   unsigned* tickets = nullptr;  // [tiles], zero between launches
+};
+
+// moe_experts' grouping of the routed (row, slot) pairs by expert (moe.cu): offsets[e] = first
+// position of expert e in the sorted order (offsets[E] = pairs routed), sorted[pos] = pair index
+// t·k + j, pos_of_pair[pair] = pos (-1 for ids outside [0, E)), and active[0..n) the experts that
+// got rows, in index order, with n = active[E]: the expert kernels run one CTA row per active
+// expert (at most T·k of them) instead of one per expert, most of them idle.
+struct MoeGroups {
+  int32_t *offsets, *sorted, *pos_of_pair, *active;
 };
 
 }  // namespace cu
@@ -357,6 +380,8 @@ class CudaBackend final : public Backend {
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override;
   void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) override;
   void rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) override;
+  void rms_norm_rope(TensorView& x, const TensorView& weight, float eps, const TensorView& positions,
+                     const TensorView& inv_freq) override;
   void gelu_tanh_mul(const TensorView& gate, const TensorView& up, TensorView& out) override;
   void add(const TensorView& a, const TensorView& b, TensorView& y) override;
   void axpy(float alpha, const TensorView& x, TensorView& y) override;
@@ -364,7 +389,9 @@ class CudaBackend final : public Backend {
   void softcap(TensorView& x, float cap) override;
   void clamp(TensorView& x, float lo, float hi) override;
   void standardize(const TensorView& x, const TensorView& bias, const TensorView& scale, TensorView& y) override;
-  void kv_write(const TensorView& k, const TensorView& v, const KvLayer& layer, const TensorView& slots) override;
+  void kv_write_normed(const TensorView& k, const TensorView& v, const TensorView& k_norm, float eps,
+                       const TensorView& positions, const TensorView& inv_freq, const KvLayer& layer,
+                       const TensorView& slots) override;
   void attention(const TensorView& q, const KvLayer& layer, const AttentionRows& rows, float scale,
                  TensorView& out) override;
   void moe_route(const TensorView& logits, const TensorView* per_expert_scale, TensorView& ids,
@@ -391,6 +418,7 @@ class CudaBackend final : public Backend {
     cudaLaunchConfig_t config{};
     config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = smem, config.stream = op_stream();
     config.attrs = &attr, config.numAttrs = pdl_ ? 1 : 0;
+    ++issued_;
     cu::check_cuda(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), what, __FILE__, __LINE__);
   }
 
@@ -398,7 +426,7 @@ class CudaBackend final : public Backend {
   // Makes this backend's GPU current on the calling thread (cheap when it already is).
   void use_device() const;
   // x [rows, K] (row stride ldx) as the tensor-core kernels read it (mma_rows.cuh): rows of f32 at a
-  // 16-byte aligned address and stride; x itself when it is, else a packed copy in mma_x_. Returns
+  // 16-byte aligned address and stride; x itself when it is, else a packed copy in the op scratch. Returns
   // the rows and their stride.
   std::pair<const float*, int64_t> mma_x_rows(const float* x, int64_t ldx, int64_t rows, int64_t K);
   // matmul / matmul_gelu_glu (up non-null) on the tensor cores: x [T, K] (row stride ldx) times w
@@ -418,6 +446,8 @@ class CudaBackend final : public Backend {
                        bool add);
   // The stream ops are issued to: the main one, or inside concurrently()'s first branch the side one.
   cudaStream_t op_stream() const { return lane_ ? side_stream_ : stream_; }
+  // moe_experts' grouping scratch for P pairs over E experts, grown as needed.
+  cu::MoeGroups moe_groups(int64_t P, int64_t E);
   // Grows a scratch buffer to at least `bytes`. Only reallocates when the size increases, so a step
   // run once at its largest size never allocates again (and can then be captured in a CUDA graph).
   void ensure(Buffer& b, size_t bytes);
@@ -446,8 +476,23 @@ class CudaBackend final : public Backend {
     Buffer mma_partials, mma_tickets;
     // attention's split path: per (row, head, chunk) softmax states.
     Buffer attn_chunks;
+    // moe_route's last-CTA counter (zero between launches).
+    Buffer moe_done;
+    // argmax_rows: each chunk's best value and label [R, chunks], and each row's last-CTA counter
+    // (zero between launches).
+    Buffer argmax_parts, argmax_done;
+    // The ids moe_route last grouped (into moe_offsets / moe_sorted / moe_pos) with issued_ just after
+    // its launch. A moe_experts on the same ids with issued_ unchanged (nothing issued since, so
+    // nothing can have written them) uses that grouping instead of launching its own.
+    struct Routed {
+      const void* ids = nullptr;
+      int64_t ld = 0, T = 0, k = 0, E = 0;
+      uint64_t issued = ~uint64_t{0};
+    } routed;
   };
   OpScratch scratch_[2];
+  // Kernels, graphs, copies, uploads, allocations and frees issued so far (on either stream).
+  uint64_t issued_ = 0;
   int lane_ = 0;  // 1 while concurrently() issues its first branch
   bool concurrent_ = true;  // concurrently() on two streams (TANDEM_CUDA_CONCURRENT=0: one, for measuring)
   OpScratch& scratch() { return scratch_[lane_]; }

@@ -2,9 +2,14 @@
 //
 // moe_route: one warp per row. Softmax over E in f32 (expf), then k rounds of a warp argmax that
 // take the next element in (probability desc, index asc) order after the previous pick — no
-// per-row storage, so any E works — then renormalise and scale, as the CPU backend does.
+// per-row storage, so any E works — then renormalise and scale, as the CPU backend does. The same
+// launch then groups the routed pairs by expert for moe_experts (step 1 below): CTAs of 16 warps
+// route 16 rows each, and the last CTA to finish (a counter; the only CTA at decode) groups all of
+// them. moe_experts issued right after it on the same ids uses that grouping instead of launching
+// its own, which takes one dependent kernel out of every MoE layer.
 //
-// moe_experts runs entirely on the device in four launches, with no host look at the ids:
+// moe_experts runs entirely on the device in four launches (three right after moe_route), with no
+// host look at the ids:
 //   1. group: one CTA sorts the T·k (row, slot) pairs by expert with a counting sort (a warp per
 //      expert counts and then places its pairs with ballots, in pair order: stable, deterministic);
 //   2. gate_up: grid (I/8 column tiles, E); a CTA takes one expert and 8 columns, warps loop over
@@ -25,15 +30,13 @@ using namespace cu;
 
 namespace {
 
-constexpr int kRouteWarps = 4;
+constexpr int kRouteWarps = 16;  // rows per moe_route CTA; its last CTA groups with all 16 warps
+constexpr int kMaxExperts = 8192;
 
-__global__ void __launch_bounds__(kRouteWarps * 32)
-    moe_route_kernel(Mat logits, const void* __restrict__ scale, int scale_wt, int32_t* __restrict__ ids,
-                     int64_t ids_ld, float* __restrict__ wts, int64_t w_ld, int k) {
-  begin_kernel();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * kRouteWarps + warp;
-  if (t >= logits.rows) return;
+// Routes row t of logits with one warp (lane = this thread's lane): ids[t, 0:k] and wts[t, 0:k].
+__device__ __forceinline__ void route_row(const Mat& logits, int64_t t, const void* __restrict__ scale, int scale_wt,
+                          int32_t* __restrict__ ids, int64_t ids_ld, float* __restrict__ wts, int64_t w_ld, int k,
+                          int lane) {
   const int64_t E = logits.cols;
   const float* l = logits.p + t * logits.ld;
   float mx = -INFINITY;
@@ -74,19 +77,12 @@ __global__ void __launch_bounds__(kRouteWarps * 32)
   }
 }
 
-// One CTA: offsets[e] = first position of expert e in the sorted order (offsets[E] = pairs routed),
-// sorted[pos] = pair index t·k + j, pos_of_pair[pair] = pos (-1 for ids outside [0, E)), and
-// active[0..n) the experts that got rows, in index order, with n = active[E]: the expert kernels run
-// one CTA row per active expert (at most T·k of them) instead of one per expert, most of them idle.
-__global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld, int k, int64_t T, int E,
-                                 int32_t* __restrict__ offsets, int32_t* __restrict__ sorted,
-                                 int32_t* __restrict__ pos_of_pair, int32_t* __restrict__ active) {
-  begin_kernel();
-  extern __shared__ int32_t s_start[];  // [E]
-  const int64_t P = T * k;
+// Groups the P pairs (id_of(p): pair p's expert, -1 for p >= P) by expert, with the whole CTA;
+// s_start: E ints of shared memory.
+template <class IdOf>
+__device__ __forceinline__ void group_pairs(IdOf id_of, int64_t P, int E, int32_t* s_start, const MoeGroups& g) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
-  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) pos_of_pair[p] = -1;
-  auto id_of = [&](int64_t p) { return p < P ? ids[(p / k) * ids_ld + p % k] : -1; };
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) g.pos_of_pair[p] = -1;
   for (int e = warp; e < E; e += n_warps) {
     int count = 0;
     for (int64_t base = 0; base < P; base += 32) count += __popc(__ballot_sync(0xFFFFFFFFu, id_of(base + lane) == e));
@@ -106,13 +102,13 @@ __global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld
       }
       const uint32_t nonempty = __ballot_sync(0xFFFFFFFFu, c > 0);
       if (e < E) {
-        s_start[e] = off + incl - c, offsets[e] = off + incl - c;
-        if (c > 0) active[n_active + __popc(nonempty & ((1u << lane) - 1u))] = e;
+        s_start[e] = off + incl - c, g.offsets[e] = off + incl - c;
+        if (c > 0) g.active[n_active + __popc(nonempty & ((1u << lane) - 1u))] = e;
       }
       off += __shfl_sync(0xFFFFFFFFu, incl, 31);
       n_active += __popc(nonempty);
     }
-    if (lane == 0) offsets[E] = off, active[E] = n_active;
+    if (lane == 0) g.offsets[E] = off, g.active[E] = n_active;
   }
   __syncthreads();
   const uint32_t lanes_below = (1u << lane) - 1u;
@@ -124,12 +120,55 @@ __global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld
       const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, mine);
       if (mine) {
         const int32_t r = pos + __popc(ballot & lanes_below);
-        sorted[r] = static_cast<int32_t>(p);
-        pos_of_pair[p] = r;
+        g.sorted[r] = static_cast<int32_t>(p);
+        g.pos_of_pair[p] = r;
       }
       pos += __popc(ballot);
     }
   }
+}
+
+// moe_route: warp w of CTA b routes row 16·b + w; then the last CTA to finish (counted in *done,
+// which it resets for the next launch) groups all T·k pairs into g. Each CTA makes its ids visible
+// device-wide before it counts itself done, and the last one reads the others' past its L1.
+__global__ void __launch_bounds__(kRouteWarps * 32)
+    moe_route_kernel(Mat logits, const void* __restrict__ scale, int scale_wt, int32_t* __restrict__ ids,
+                     int64_t ids_ld, float* __restrict__ wts, int64_t w_ld, int k, MoeGroups g,
+                     unsigned* __restrict__ done) {
+  begin_kernel();
+  extern __shared__ int32_t s_start[];  // [E]
+  __shared__ bool s_last;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t T = logits.rows, t = static_cast<int64_t>(blockIdx.x) * kRouteWarps + warp;
+  if (t < T) route_row(logits, t, scale, scale_wt, ids, ids_ld, wts, w_ld, k, lane);
+  const bool alone = gridDim.x == 1;
+  if (!alone) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    if (threadIdx.x == 0) *done = 0;
+  }
+  __syncthreads();
+  const int64_t P = T * k;
+  group_pairs(
+      [&](int64_t p) -> int32_t {
+        if (p >= P) return -1;
+        const int32_t* id = ids + (p / k) * ids_ld + p % k;
+        return alone ? *id : __ldcg(id);
+      },
+      P, static_cast<int>(logits.cols), s_start, g);
+}
+
+// moe_experts' own grouping (ids it was not handed by the moe_route just before it): one CTA.
+__global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld, int k, int64_t T, int E,
+                                 MoeGroups g) {
+  begin_kernel();
+  extern __shared__ int32_t s_start[];  // [E]
+  const int64_t P = T * k;
+  group_pairs([&](int64_t p) { return p < P ? ids[(p / k) * ids_ld + p % k] : -1; }, P, E, s_start, g);
 }
 
 // Output columns of moe_gate_up_kernel per warp: a gate row and an up row each.
@@ -321,6 +360,17 @@ __global__ void moe_combine_kernel(const float* __restrict__ out, const int32_t*
 
 }  // namespace
 
+// The grouping scratch for T·k pairs over E experts (moe_route and moe_experts).
+MoeGroups CudaBackend::moe_groups(int64_t P, int64_t E) {
+  OpScratch& sc = scratch();
+  ensure(sc.moe_offsets, 2 * (E + 1) * sizeof(int32_t));  // offsets, then the active experts
+  ensure(sc.moe_sorted, std::max<int64_t>(P, 1) * sizeof(int32_t));
+  ensure(sc.moe_pos, std::max<int64_t>(P, 1) * sizeof(int32_t));
+  auto* offsets = static_cast<int32_t*>(sc.moe_offsets.data());
+  return {offsets, static_cast<int32_t*>(sc.moe_sorted.data()), static_cast<int32_t*>(sc.moe_pos.data()),
+          offsets + E + 1};
+}
+
 void CudaBackend::moe_route(const TensorView& logits, const TensorView* per_expert_scale, TensorView& ids,
                             TensorView& weights) {
   check_f32_2d(logits, "moe_route logits");
@@ -328,47 +378,57 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView* per_expe
   check_f32_2d(weights, "moe_route weights");
   const int64_t T = logits.rows(), E = logits.cols(), k = ids.cols();
   if (k <= 0 || k > E) fail("moe_route: k = {} must be in [1, {}]", k, E);
+  if (E > kMaxExperts) fail("moe_route: {} experts is more than the CUDA backend supports ({})", E, kMaxExperts);
   if (ids.rows() != T || weights.rows() != T || weights.cols() != k)
     fail("moe_route: ids [{}, {}] and weights [{}, {}] must both be [{}, {}]", ids.rows(), ids.cols(),
          weights.rows(), weights.cols(), T, k);
+  if (T * k > 0x7FFFFFFF / 2) fail("moe_route: {} rows × {} experts is too many", T, k);
   if (per_expert_scale && (per_expert_scale->numel() != E || !is_float_dtype(per_expert_scale->dtype)))
     fail("moe_route: per_expert_scale must be a float tensor of {} elements", E);
   if (per_expert_scale && per_expert_scale->rows() != 1 && per_expert_scale->stride() != per_expert_scale->cols())
     fail("moe_route: per_expert_scale must be dense");
   if (T == 0) return;
   use_device();
+  const MoeGroups g = moe_groups(T * k, E);
+  OpScratch& sc = scratch();
+  if (!sc.moe_done.data()) {  // the last-CTA counter starts at zero; each launch leaves it there
+    ensure(sc.moe_done, sizeof(unsigned));
+    TANDEM_CUDA_CHECK(cudaMemsetAsync(sc.moe_done.data(), 0, sizeof(unsigned), op_stream()));
+  }
   const unsigned grid = static_cast<unsigned>((T + kRouteWarps - 1) / kRouteWarps);
-  launch("moe_route_kernel", moe_route_kernel, grid, kRouteWarps * 32, 0, mat(logits),
+  launch("moe_route_kernel", moe_route_kernel, grid, kRouteWarps * 32, E * sizeof(int32_t), mat(logits),
          per_expert_scale ? per_expert_scale->data : nullptr, per_expert_scale ? wtype_of(per_expert_scale->dtype) : 0,
-         ids.as<int32_t>(), ids.stride(), weights.as<float>(), weights.stride(), static_cast<int>(k));
+         ids.as<int32_t>(), ids.stride(), weights.as<float>(), weights.stride(), static_cast<int>(k), g,
+         static_cast<unsigned*>(sc.moe_done.data()));
+  sc.routed = {ids.data, ids.stride(), T, k, E, issued_};
 }
 
 void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
                               const TensorView& gate_up, const TensorView& down, TensorView& y) {
   const MoeDims dims = check_moe_experts(x, ids, weights, gate_up, down, y);
   const int64_t T = dims.T, H = dims.H, E = dims.E, I = dims.I, k = dims.k;
-  if (E <= 0 || E > 8192) fail("moe_experts: {} experts is outside what the CUDA backend supports (1..8192)", E);
+  if (E <= 0 || E > kMaxExperts)
+    fail("moe_experts: {} experts is outside what the CUDA backend supports (1..{})", E, kMaxExperts);
   if (T * k > 0x7FFFFFFF / 2) fail("moe_experts: {} rows × {} experts is too many", T, k);
   if (T == 0 || H == 0) return;
   use_device();
   const int64_t P = T * k;
+  // The moe_route issued just before, with nothing between, grouped exactly these ids already.
+  const OpScratch::Routed& r = scratch().routed;
+  const bool grouped = r.issued == issued_ && r.ids == ids.data && r.ld == ids.stride() && r.T == T && r.k == k && r.E == E;
   // Scratch grows only when a larger step arrives (see ensure()); steady-state steps allocate nothing.
   OpScratch& sc = scratch();
-  ensure(sc.moe_offsets, 2 * (E + 1) * sizeof(int32_t));  // offsets, then the active experts
-  ensure(sc.moe_sorted, std::max<int64_t>(P, 1) * sizeof(int32_t));
-  ensure(sc.moe_pos, std::max<int64_t>(P, 1) * sizeof(int32_t));
+  const MoeGroups g = moe_groups(P, E);
   ensure(sc.moe_act, std::max<int64_t>(P * I, 1) * sizeof(float));
   ensure(sc.moe_out, std::max<int64_t>(P * H, 1) * sizeof(float));
-  auto* offsets = static_cast<int32_t*>(sc.moe_offsets.data());
-  int32_t* active = offsets + E + 1;
+  int32_t *offsets = g.offsets, *active = g.active, *sorted = g.sorted, *pos = g.pos_of_pair;
   const unsigned active_rows = static_cast<unsigned>(std::min<int64_t>(E, P));  // experts that can have rows
-  auto* sorted = static_cast<int32_t*>(sc.moe_sorted.data());
-  auto* pos = static_cast<int32_t*>(sc.moe_pos.data());
   auto* act = static_cast<float*>(sc.moe_act.data());
   auto* out = static_cast<float*>(sc.moe_out.data());
 
-  launch("moe_group_kernel", moe_group_kernel, 1, 1024, (E + 1) * sizeof(int32_t), ids.as<int32_t>(), ids.stride(),
-         static_cast<int>(k), T, static_cast<int>(E), offsets, sorted, pos, active);
+  if (!grouped)
+    launch("moe_group_kernel", moe_group_kernel, 1, 1024, E * sizeof(int32_t), ids.as<int32_t>(), ids.stride(),
+           static_cast<int>(k), T, static_cast<int>(E), g);
 
   if (P > 0 && I > 0) {
     // An expert has at most T rows (a row picks it once), which bounds the tile height.

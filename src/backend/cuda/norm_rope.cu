@@ -1,14 +1,20 @@
 // Per-token ops around attention: embed (table rows × scale), rms_norm (and rms_norm_add, the
-// residual form) and rope.
+// residual form), rope, and the fused heads ops rms_norm_rope (query heads, in place) and
+// kv_write_normed (new K and V rows normed, K rotated, into the paged cache).
 //
 // rms_norm is one CTA per row, sized so that each thread holds at most PER elements of the row in
 // registers: the row is read once, with every load issued before the first use (a loop that summed
 // as it loaded would wait one memory latency per element a thread owns), reduced across the CTA,
-// scaled and written (x and y may alias). embed and rope
-// are grid-stride elementwise kernels over (token, element) and (token, head, pair). Math follows
-// the CPU backend: 1/sqrtf (IEEE), angle = float(pos) · inv_freq in f32 then cosf/sinf (the
-// accurate library versions, not the __cosf/__sinf intrinsics). Device ids outside the table give
-// a zero row instead of a read out of bounds.
+// scaled and written (x and y may alias). embed and rope are grid-stride elementwise kernels over
+// (token, element) and (token, head, pair). Math follows the CPU backend: 1/sqrtf (IEEE), angle =
+// float(pos) · inv_freq in f32 then cosf/sinf (the accurate library versions, not the
+// __cosf/__sinf intrinsics). Device ids outside the table give a zero row instead of a read out of
+// bounds.
+//
+// The fused heads ops run one CTA per head row with rms_norm's thread count and element layout and
+// its reduction (row_sum_squares), and RoPE's pair rotation (rope_rotate), so their values are
+// bitwise those of rms_norm, then rope, then a plain copy: a decode layer's six small kernels (two
+// RoPEs, three head norms, the KV write) become two.
 #include <algorithm>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -31,6 +37,32 @@ __global__ void embed_kernel(const int32_t* __restrict__ ids, const void* __rest
   }
 }
 
+// Σ v[j]² of a row whose element threadIdx.x + j · blockDim.x each thread holds in v[j], in one
+// fixed order: each thread's elements in j order, a butterfly within each warp, then the warps in
+// order (through s_part, 32 floats of shared memory). Every thread gets the sum.
+template <int PER>
+__device__ __forceinline__ float row_sum_squares(const float (&v)[PER], float* s_part) {
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) ss = fmaf(v[j], v[j], ss);
+  ss = warp_sum(ss);
+  const int warps = blockDim.x / 32;
+  if (warps > 1) {
+    if (threadIdx.x % 32 == 0) s_part[threadIdx.x / 32] = ss;
+    __syncthreads();
+    ss = 0.0f;
+    for (int i = 0; i < warps; ++i) ss += s_part[i];
+  }
+  return ss;
+}
+
+// Rotate-half RoPE of the pair (a, b) = (x[i], x[i + half]) by an angle with cosine c and sine s:
+// first the new x[i], then the new x[i + half]. One expression for rope and the fused ops (so the
+// compiler contracts them into the same FMAs).
+__device__ __forceinline__ float rope_rotate(float a, float b, float c, float s, bool second) {
+  return second ? b * c + a * s : a * c - b * s;
+}
+
 // y = RMS(x) · w, or with ADD y += RMS(x) · w (rms_norm_add).
 template <int PER, bool ADD>
 __global__ void __launch_bounds__(1024) rms_norm_kernel(Mat x, const void* w, int wt, float eps, Mat y) {
@@ -46,18 +78,7 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(Mat x, const void* w, in
     v[j] = i < D ? xr[i] : 0.0f;
     ww[j] = w && i < D ? load_any(w, wt, i) : 1.0f;
   }
-  float ss = 0.0f;
-#pragma unroll
-  for (int j = 0; j < PER; ++j) ss = fmaf(v[j], v[j], ss);
-  ss = warp_sum(ss);
-  const int warps = blockDim.x / 32;
-  if (warps > 1) {
-    if (threadIdx.x % 32 == 0) s_part[threadIdx.x / 32] = ss;
-    __syncthreads();
-    ss = 0.0f;
-    for (int i = 0; i < warps; ++i) ss += s_part[i];
-  }
-  const float inv = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+  const float inv = 1.0f / sqrtf(row_sum_squares<PER>(v, s_part) / static_cast<float>(D) + eps);
 #pragma unroll
   for (int j = 0; j < PER; ++j) {
     const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
@@ -79,9 +100,112 @@ __global__ void rope_kernel(HeadView x, const int32_t* __restrict__ positions, c
     const float c = cosf(angle), s = sinf(angle);
     float* v = x.head(t, h, d);
     const float a = v[j], b = v[j + half];
-    v[j] = a * c - b * s;
-    v[j + half] = b * c + a * s;
+    v[j] = rope_rotate(a, b, c, s, false);
+    v[j + half] = rope_rotate(a, b, c, s, true);
   }
+}
+
+// Elements per thread of the fused heads kernels (rms_norm's PER for rows of up to 8192).
+constexpr int kHeadPer = 8;
+
+// The rows of one norm_rope_kernel launch: T tokens of n_heads head rows of d elements.
+struct NormRopeArgs {
+  HeadView src;            // rows normed with w and rotated: q (rms_norm_rope) or k (kv_write_normed)
+  HeadView v;              // kv_write_normed: the rows normed without a weight (V; may be src)
+  int64_t n_heads, d;
+  const void* w;           // [d] norm weight of the src rows, dtype wt
+  int wt;
+  float eps;
+  const int32_t* positions;  // [T]
+  const float* inv_freq;     // [d / 2]
+  const int64_t* slots;      // kv_write_normed: [T] cache slot of each token (of n_slots)
+  int64_t n_slots;
+  void *kc, *vc;             // kv_write_normed: K and V cache memory
+};
+
+// One CTA per head row: blockIdx.x = t · n_heads + h; blockIdx.y = 0 the src row (RMS with w, then
+// RoPE), 1 the v row (RMS without weight). KVT -1 writes the src row back in place (the query
+// heads), 0 / 1 write both rows to an F32 / BF16 cache at the token's slot (a slot outside the
+// cache writes nothing). The normed row passes through shared memory to meet each element's RoPE
+// partner, so any d works (d <= 8 · blockDim.x, so a thread has at most 4 pairs).
+template <int KVT>
+__global__ void __launch_bounds__(1024) norm_rope_kernel(NormRopeArgs a) {
+  constexpr int kPairs = kHeadPer / 2;  // RoPE pairs per thread: p = threadIdx.x + m · blockDim.x
+  __shared__ float s_part[32];
+  extern __shared__ float s_row[];  // [d]
+  const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, d = a.d, half = d / 2;
+  const bool k_row = blockIdx.y == 0;
+  // The norm weight and inverse frequencies first: model constants that no kernel writes during a
+  // step, so their loads may be in flight while the previous kernel finishes (begin_kernel()).
+  float ww[kHeadPer], freq[kPairs];
+#pragma unroll
+  for (int j = 0; j < kHeadPer; ++j) {
+    const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+    ww[j] = k_row && i < d ? load_any(a.w, a.wt, i) : 1.0f;
+  }
+#pragma unroll
+  for (int m = 0; m < kPairs; ++m) {
+    const int64_t p = threadIdx.x + m * static_cast<int64_t>(blockDim.x);
+    freq[m] = k_row && p < half ? a.inv_freq[p] : 0.0f;
+  }
+  begin_kernel();
+  int64_t slot = 0;
+  if constexpr (KVT >= 0) {
+    slot = a.slots[t];
+    if (slot < 0 || slot >= a.n_slots) return;  // the whole CTA, before any barrier
+  }
+  const float pos = static_cast<float>(a.positions[t]);
+  const float* xr = (k_row ? a.src : a.v).head(t, h, d);
+  float v[kHeadPer];
+#pragma unroll
+  for (int j = 0; j < kHeadPer; ++j) {
+    const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+    v[j] = i < d ? xr[i] : 0.0f;
+  }
+  const float inv = 1.0f / sqrtf(row_sum_squares<kHeadPer>(v, s_part) / static_cast<float>(d) + a.eps);
+#pragma unroll
+  for (int j = 0; j < kHeadPer; ++j) v[j] = k_row ? v[j] * inv * ww[j] : v[j] * inv;
+  // Element i of the row's output: the head itself (in place: every thread read its elements before
+  // the reduction's barrier or the one below), or the cache row at the token's slot.
+  float* const yr = KVT < 0 ? a.src.head(t, h, d) : nullptr;
+  void* const cache = k_row ? a.kc : a.vc;
+  const int64_t dst = (slot * a.n_heads + h) * d;
+  auto store = [&](int64_t i, float value) {
+    if constexpr (KVT < 0) yr[i] = value;
+    else if constexpr (KVT == 0) static_cast<float*>(cache)[dst + i] = value;
+    else static_cast<uint16_t*>(cache)[dst + i] = f32_to_bf16_bits(value);
+  };
+  if (!k_row) {
+#pragma unroll
+    for (int j = 0; j < kHeadPer; ++j) {
+      const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+      if (i < d) store(i, v[j]);
+    }
+    return;
+  }
+  // RoPE: the normed row through shared memory, then each pair rotated (one cosf and sinf) by one thread.
+#pragma unroll
+  for (int j = 0; j < kHeadPer; ++j) {
+    const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+    if (i < d) s_row[i] = v[j];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int m = 0; m < kPairs; ++m) {
+    const int64_t p = threadIdx.x + m * static_cast<int64_t>(blockDim.x);
+    if (p < half) {
+      const float angle = pos * freq[m];
+      const float c = cosf(angle), sn = sinf(angle), x0 = s_row[p], x1 = s_row[p + half];
+      store(p, rope_rotate(x0, x1, c, sn, false));
+      store(p + half, rope_rotate(x0, x1, c, sn, true));
+    }
+  }
+}
+
+// Threads per row of rms_norm_kernel (PER 8 or 32 elements a thread) and norm_rope_kernel (8): a
+// multiple of 32 giving each at most PER elements.
+unsigned row_threads(int64_t D, int per) {
+  return static_cast<unsigned>(std::max<int64_t>(32, (D + per * 32 - 1) / (per * 32) * 32));
 }
 
 }  // namespace
@@ -119,10 +243,10 @@ void CudaBackend::launch_rms_norm(const TensorView& in, const TensorView* weight
   }
   if (in.rows() == 0 || D == 0) return;
   if (in.rows() > 0x7FFFFFFF) fail("{}: {} rows is too many for one launch", op, in.rows());
-  // Threads per row: a multiple of 32 giving each at most 8 elements (32 beyond 8192 columns).
+  // At most 8 elements a thread (32 beyond 8192 columns).
   const int per = D <= 8 * 1024 ? 8 : 32;
   if (D > per * 1024) fail("{}: rows of {} elements are longer than the CUDA backend's {}", op, D, 32 * 1024);
-  const unsigned threads = static_cast<unsigned>(std::max<int64_t>(32, (D + per * 32 - 1) / (per * 32) * 32));
+  const unsigned threads = row_threads(D, per);
   use_device();
   const void* wp = weight ? weight->data : nullptr;
   const int wt = weight ? wtype_of(weight->dtype) : 0;
@@ -148,6 +272,71 @@ void CudaBackend::rope(TensorView& x, const TensorView& positions, const TensorV
   use_device();
   launch("rope_kernel", rope_kernel, grid_for(T * n_heads * half), 256, 0, head_view(x, T), positions.as<int32_t>(),
          inv_freq.as<float>(), T, n_heads, half);
+}
+
+// The rope arguments of the fused heads ops: positions [T] I32 and inv_freq [d / 2] F32, dense.
+void check_head_rope(const TensorView& positions, const TensorView& inv_freq, int64_t T, int64_t d, const char* op) {
+  check_2d(positions, DType::I32, "positions");
+  check_f32_2d(inv_freq, "inv_freq");
+  if (positions.numel() != T || (positions.rows() != 1 && positions.stride() != positions.cols()))
+    fail("{}: positions must be {} dense I32 values", op, T);
+  if (d % 2 != 0 || inv_freq.numel() != d / 2 || (inv_freq.rows() != 1 && inv_freq.stride() != inv_freq.cols()))
+    fail("{}: inv_freq must be {} dense F32 values for head_dim {}", op, d / 2, d);
+  if (d > kHeadPer * 1024) fail("{}: head_dim {} is longer than the CUDA backend's {}", op, d, kHeadPer * 1024);
+}
+
+void check_norm_weight(const TensorView& w, int64_t d, const char* op) {
+  if (!is_float_dtype(w.dtype) || w.numel() != d || (w.rows() != 1 && w.stride() != w.cols()))
+    fail("{}: the norm weight must be a dense float tensor of {} elements", op, d);
+}
+
+void CudaBackend::rms_norm_rope(TensorView& x, const TensorView& weight, float eps, const TensorView& positions,
+                                const TensorView& inv_freq) {
+  const int64_t T = positions.numel(), d = 2 * inv_freq.numel();
+  if (T == 0) return;
+  check_head_rope(positions, inv_freq, T, d, "rms_norm_rope");
+  check_f32_2d(x, "rms_norm_rope x");
+  if (d == 0 || x.numel() % (T * d) != 0) fail("rms_norm_rope: x of {} elements is not {} tokens × heads × {}", x.numel(), T, d);
+  const int64_t n_heads = x.numel() / (T * d);
+  check_heads(x, T, n_heads, d, "rms_norm_rope x");
+  check_norm_weight(weight, d, "rms_norm_rope");
+  if (T * n_heads > 0x7FFFFFFF) fail("rms_norm_rope: {} head rows are too many for one launch", T * n_heads);
+  use_device();
+  NormRopeArgs a{};
+  a.src = a.v = head_view(x, T);
+  a.n_heads = n_heads, a.d = d;
+  a.w = weight.data, a.wt = wtype_of(weight.dtype), a.eps = eps;
+  a.positions = positions.as<int32_t>(), a.inv_freq = inv_freq.as<float>();
+  launch("norm_rope_kernel", norm_rope_kernel<-1>, static_cast<unsigned>(T * n_heads), row_threads(d, kHeadPer),
+         d * sizeof(float), a);
+}
+
+void CudaBackend::kv_write_normed(const TensorView& k, const TensorView& v, const TensorView& k_norm, float eps,
+                                  const TensorView& positions, const TensorView& inv_freq, const KvLayer& layer,
+                                  const TensorView& slots) {
+  check_2d(slots, DType::I64, "kv_write_normed slots");
+  if (slots.rows() != 1 && slots.stride() != slots.cols()) fail("kv_write_normed: slots must be dense");
+  const int64_t T = slots.numel(), n_kv = layer.n_kv_heads, d = layer.head_dim;
+  if (T == 0) return;
+  check_kv_layer(layer, "kv_write_normed");
+  check_head_rope(positions, inv_freq, T, d, "kv_write_normed");
+  check_heads(k, T, n_kv, d, "kv_write_normed k");
+  check_heads(v, T, n_kv, d, "kv_write_normed v");
+  check_norm_weight(k_norm, d, "kv_write_normed");
+  if (T * n_kv > 0x7FFFFFFF) fail("kv_write_normed: {} head rows are too many for one launch", T * n_kv);
+  use_device();
+  NormRopeArgs a{};
+  a.src = head_view(k, T), a.v = head_view(v, T);
+  a.n_heads = n_kv, a.d = d;
+  a.w = k_norm.data, a.wt = wtype_of(k_norm.dtype), a.eps = eps;
+  a.positions = positions.as<int32_t>(), a.inv_freq = inv_freq.as<float>();
+  a.slots = slots.as<int64_t>(), a.n_slots = static_cast<int64_t>(layer.num_blocks) * layer.block_size;
+  a.kc = layer.k, a.vc = layer.v;
+  const dim3 grid(static_cast<unsigned>(T * n_kv), 2);  // y: the K row, the V row
+  if (layer.dtype == DType::F32)
+    launch("norm_rope_kernel", norm_rope_kernel<0>, grid, row_threads(d, kHeadPer), d * sizeof(float), a);
+  else
+    launch("norm_rope_kernel", norm_rope_kernel<1>, grid, row_threads(d, kHeadPer), d * sizeof(float), a);
 }
 
 }  // namespace tandem

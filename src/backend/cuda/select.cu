@@ -1,12 +1,16 @@
 // Row-wise selection over f32 scores: argmax_rows (greedy sampling over the vocabulary, optionally
 // through a label map) and topk_rows (k <= 64 candidates for tree drafting).
 //
-// One 1024-thread CTA per row. A thread scans its strided share of the row (16-byte loads, several in
-// flight, so one SM streams a 262144-column row at a good fraction of its bandwidth), then the CTA
-// reduces (value, label) pairs under the strict order "larger value, then lower label" — a total
-// order, so the winner does not depend on the scan or reduction order. topk_rows runs k such passes,
-// each taking the best element that comes after the previous pick in that order (no scratch
-// storage; the row stays in L2 between passes). NaNs never win.
+// Both reduce (value, label) pairs under the strict order "larger value, then lower label" — a
+// total order, so the winner does not depend on the scan or reduction order. NaNs never win.
+//
+// argmax_rows: a row is cut into chunks of kArgmaxChunk columns, one 256-thread CTA each (a
+// 262144-column row is 64 CTAs streaming 16 KB each with every load in flight at once, not one SM
+// streaming 1 MB); each CTA writes its chunk's best, and the last CTA of the row to finish (a
+// per-row counter it resets for the next launch) reduces those and writes the row's result.
+// topk_rows: one 1024-thread CTA per row runs k scans, each taking the best element that comes
+// after the previous pick in that order (no scratch storage; the row stays in L2 between passes).
+// A thread scans its strided share of its columns with 16-byte loads, several in flight.
 #include <climits>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -45,38 +49,67 @@ __device__ void block_best(float& v, int& l) {
   }
 }
 
-// Calls f(value, column) for every column of row xr (length N), each exactly once.
+// Calls f(value, column) for every column j in [c0, c1) of row xr, each exactly once (c0 a
+// multiple of 4, so VEC's 16-byte loads stay aligned).
 template <bool VEC, typename F>
-__device__ __forceinline__ void scan_row(const float* xr, int64_t N, F&& f) {
-  int64_t tail = 0;
+__device__ __forceinline__ void scan_row(const float* xr, int64_t c0, int64_t c1, F&& f) {
+  int64_t tail = c0;
   if constexpr (VEC) {
-    const int64_t N4 = N / 4;
+    const int64_t q1 = c1 / 4;
     const float4* p = reinterpret_cast<const float4*>(xr);
 #pragma unroll 4
-    for (int64_t c = threadIdx.x; c < N4; c += blockDim.x) {
+    for (int64_t c = c0 / 4 + threadIdx.x; c < q1; c += blockDim.x) {
       const float4 q = p[c];
       f(q.x, 4 * c), f(q.y, 4 * c + 1), f(q.z, 4 * c + 2), f(q.w, 4 * c + 3);
     }
-    tail = N4 * 4;
+    tail = q1 * 4;
   }
 #pragma unroll 4
-  for (int64_t j = tail + threadIdx.x; j < N; j += blockDim.x) f(xr[j], j);
+  for (int64_t j = tail + threadIdx.x; j < c1; j += blockDim.x) f(xr[j], j);
 }
 
+constexpr int kArgmaxThreads = 256;
+constexpr int64_t kArgmaxChunk = 4096;  // columns per CTA: 4 float4 loads per thread, all in flight
+
+// CTA blockIdx.x = r · chunks + c scans chunk c of row r. With several chunks, each writes its best
+// to part_v / part_l [R, chunks] and counts itself done in done[r]; the last reduces the row.
 template <bool VEC>
-__global__ void __launch_bounds__(kSelectThreads)
-    argmax_kernel(Mat x, const int32_t* __restrict__ labels, int64_t lab_ld, int32_t* __restrict__ out) {
+__global__ void __launch_bounds__(kArgmaxThreads)
+    argmax_kernel(Mat x, const int32_t* __restrict__ labels, int64_t lab_ld, int32_t* __restrict__ out, int chunks,
+                  float* __restrict__ part_v, int* __restrict__ part_l, unsigned* __restrict__ done) {
   begin_kernel();
-  const int64_t r = blockIdx.x;
+  __shared__ bool s_last;
+  const int64_t r = blockIdx.x / chunks, c = blockIdx.x % chunks;
   const float* xr = x.p + r * x.ld;
   const int32_t* lr = labels ? labels + r * lab_ld : nullptr;
   float bv = -INFINITY;
   int bl = INT_MAX;
-  scan_row<VEC>(xr, x.cols, [&](float v, int64_t j) {
+  const int64_t c1 = (c + 1) * kArgmaxChunk < x.cols ? (c + 1) * kArgmaxChunk : x.cols;
+  scan_row<VEC>(xr, c * kArgmaxChunk, c1, [&](float v, int64_t j) {
     const int l = lr ? lr[j] : static_cast<int>(j);
     if (better(v, l, bv, bl)) bv = v, bl = l;
   });
   block_best(bv, bl);
+  if (chunks > 1) {
+    float* pv = part_v + r * chunks;
+    int* pl = part_l + r * chunks;
+    if (threadIdx.x == 0) {
+      pv[c] = bv, pl[c] = bl;
+      __threadfence();  // the chunk's best is visible device-wide before it counts as done
+      s_last = atomicAdd(done + r, 1u) == static_cast<unsigned>(chunks - 1);
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    bv = -INFINITY, bl = INT_MAX;
+    for (int i = threadIdx.x; i < chunks; i += blockDim.x) {
+      const float v = __ldcg(pv + i);  // past L1: other CTAs wrote them
+      const int l = __ldcg(pl + i);
+      if (better(v, l, bv, bl)) bv = v, bl = l;
+    }
+    block_best(bv, bl);
+    if (threadIdx.x == 0) done[r] = 0;
+  }
   if (threadIdx.x == 0) out[r] = bl != INT_MAX ? bl : (lr ? lr[0] : 0);  // INT_MAX only for an all-NaN row
 }
 
@@ -91,7 +124,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   for (int i = 0; i < k; ++i) {
     float bv = -INFINITY;
     int bl = INT_MAX;
-    scan_row<VEC>(xr, x.cols, [&](float v, int64_t j) {
+    scan_row<VEC>(xr, 0, x.cols, [&](float v, int64_t j) {
       const int l = static_cast<int>(j);
       if (better(pv, pl, v, l) && better(v, l, bv, bl)) bv = v, bl = l;
     });
@@ -118,16 +151,33 @@ void CudaBackend::argmax_rows(const TensorView& x, const TensorView* labels, Ten
   if (R == 0) return;
   if (N == 0) fail("argmax_rows: rows are empty");
   if (N > INT_MAX || R > 0x7FFFFFFF) fail("argmax_rows: [{}, {}] is too large", R, N);
+  const int64_t chunks = (N + kArgmaxChunk - 1) / kArgmaxChunk;
+  if (R * chunks > 0x7FFFFFFF) fail("argmax_rows: [{}, {}] is too large", R, N);
   use_device();
+  float* part_v = nullptr;
+  int* part_l = nullptr;
+  unsigned* done = nullptr;
+  if (chunks > 1) {  // per-chunk bests, then the per-row counters (zeroed when they grow)
+    OpScratch& sc = scratch();
+    ensure(sc.argmax_parts, R * chunks * (sizeof(float) + sizeof(int)));
+    part_v = static_cast<float*>(sc.argmax_parts.data());
+    part_l = reinterpret_cast<int*>(part_v + R * chunks);
+    if (sc.argmax_done.bytes() < R * sizeof(unsigned)) {
+      ensure(sc.argmax_done, R * sizeof(unsigned));
+      TANDEM_CUDA_CHECK(cudaMemsetAsync(sc.argmax_done.data(), 0, sc.argmax_done.bytes(), op_stream()));
+    }
+    done = static_cast<unsigned*>(sc.argmax_done.data());
+  }
   const bool vec = reinterpret_cast<uint64_t>(x.data) % 16 == 0 && x.stride() % 4 == 0;
   const int32_t* lp = labels ? labels->as<int32_t>() : nullptr;
   const int64_t lld = labels ? labels->stride() : 0;
+  const unsigned grid = static_cast<unsigned>(R * chunks);
   if (vec)
-    launch("argmax_kernel", argmax_kernel<true>, static_cast<unsigned>(R), kSelectThreads, 0, mat(x), lp, lld,
-           out.as<int32_t>());
+    launch("argmax_kernel", argmax_kernel<true>, grid, kArgmaxThreads, 0, mat(x), lp, lld, out.as<int32_t>(),
+           static_cast<int>(chunks), part_v, part_l, done);
   else
-    launch("argmax_kernel", argmax_kernel<false>, static_cast<unsigned>(R), kSelectThreads, 0, mat(x), lp, lld,
-           out.as<int32_t>());
+    launch("argmax_kernel", argmax_kernel<false>, grid, kArgmaxThreads, 0, mat(x), lp, lld, out.as<int32_t>(),
+           static_cast<int>(chunks), part_v, part_l, done);
 }
 
 void CudaBackend::topk_rows(const TensorView& x, TensorView& out) {
