@@ -357,6 +357,31 @@ TEST(CudaOps, MatmulIsBatchInvariant) {
   }
 }
 
+// A prefill-sized batch through a split tensor-core matmul (cu::MmaSplit): 33 row tiles of K = 2112 split K,
+// and the partial sums of 2100 rows are more than one launch's scratch, so the batch runs as several
+// launches; every row must still get the bits it gets alone.
+TEST(CudaOps, MatmulLongSplitBatchIsBatchInvariant) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(103);
+  const int64_t T = 2100, K = 2112, N = 517;
+  const HT x = rand_f32({T, K}, 0, rng), w = rand_stored(DType::BF16, {N, K}, rng, 0.5f);
+  Dev d(*b.gpu);
+  const TensorView xd = d.up(x), wd = d.up(w);
+  HT y = make_ht(DType::F32, {T, N});
+  TensorView yd = d.poisoned(y);
+  b.gpu->matmul(xd, wd, yd);
+  y = d.down(yd, y);
+  for (int64_t r : {int64_t{0}, int64_t{1}, int64_t{991}, int64_t{992}, int64_t{1023}, int64_t{1024}, int64_t{1500},
+                    int64_t{2047}, int64_t{2048}, int64_t{2099}}) {
+    HT alone = make_ht(DType::F32, {1, N});
+    TensorView ad = d.poisoned(alone);
+    b.gpu->matmul(xd.row_slice(r, r + 1), wd, ad);
+    alone = d.down(ad, alone);
+    EXPECT_TRUE(same_rows(alone, 0, y, r, 1)) << "row " << r;
+  }
+}
+
 // --- Attention ----------------------------------------------------------------------------------
 
 struct AttnCase {

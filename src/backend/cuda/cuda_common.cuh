@@ -331,6 +331,8 @@ inline int matmul_tile_rows(int64_t rows) { return rows <= 1 ? 1 : rows <= 2 ? 2
 // (CudaBackend::mma_slices), so an output's sums run in one order whatever the batch, as the unsplit
 // kernels' do.
 constexpr int kMmaMaxSlices = 16;
+// The most partial-sum scratch one split launch uses: longer batches run as several launches.
+constexpr int64_t kMmaSplitScratchBytes = int64_t{16} << 20;
 
 struct MmaSplit {
   int slices = 1;

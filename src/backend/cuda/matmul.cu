@@ -190,15 +190,27 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
     with_mma_tiles<W>(T, [&]<int TILES>() {
       const int64_t per_cta = int64_t{TILES} * kMmaTile, n_tiles = (N + kMmaRows - 1) / kMmaRows;
       const int64_t t_tiles = (T + per_cta - 1) / per_cta;
-      if (t_tiles > 65535) fail("matmul: {} rows is more than one launch takes", T);
-      const MmaSplit split = mma_split(n_tiles * t_tiles, mma_slices(N, W::blocks(K)), TILES * 128 * (up ? 2 : 1));
-      const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(t_tiles), static_cast<unsigned>(split.slices));
-      if (up)
-        launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, true>, grid, kMmaWarps * 32, 0, xa, lda, rows, up_rows, K,
-               y.as<float>(), y.stride(), T, N, split);
-      else
-        launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, false>, grid, kMmaWarps * 32, 0, xa, lda, rows, rows, K,
-               y.as<float>(), y.stride(), T, N, split);
+      const int slices = mma_slices(N, W::blocks(K));
+      const int64_t floats = TILES * 128 * (up ? 2 : 1);  // partial sums per tile and slice
+      // A split's partial sums grow with the rows (a long prompt's prefill): launches over at most
+      // kMmaSplitScratchBytes of them, one after the other. A row's sums are the same in any launch.
+      const int64_t per_launch = std::min<int64_t>(
+          65535, slices == 1 ? t_tiles
+                             : std::max<int64_t>(1, kMmaSplitScratchBytes / (n_tiles * slices * floats * 4)));
+      for (int64_t tt0 = 0; tt0 < t_tiles; tt0 += per_launch) {
+        const int64_t tt = std::min(per_launch, t_tiles - tt0), r0 = tt0 * per_cta;
+        const int64_t n_rows = std::min(T - r0, tt * per_cta);
+        const MmaSplit split = mma_split(n_tiles * tt, slices, floats);
+        const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(tt), static_cast<unsigned>(slices));
+        const float* xr = xa + r0 * lda;
+        float* yr = y.as<float>() + r0 * y.stride();
+        if (up)
+          launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, true>, grid, kMmaWarps * 32, 0, xr, lda, rows, up_rows,
+                 K, yr, y.stride(), n_rows, N, split);
+        else
+          launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, false>, grid, kMmaWarps * 32, 0, xr, lda, rows, rows, K,
+                 yr, y.stride(), n_rows, N, split);
+      }
     });
   });
 }
