@@ -453,11 +453,7 @@ class CpuBackend final : public Backend {
   void rope(TensorView& x, const TensorView& pos_view, const TensorView& freq_view) override {
     const auto [T, half] = rope_angles(pos_view, freq_view, "rope");
     if (T == 0) return;
-    const int64_t d = 2 * half;
-    check_f32_2d(x, "rope x");
-    if (half == 0 || x.numel() % (T * d) != 0) fail("rope: x of {} elements is not {} tokens × heads × {}", x.numel(), T, d);
-    const int64_t n_heads = x.numel() / (T * d);
-    check_heads(x, T, n_heads, d, "rope x");
+    const int64_t d = 2 * half, n_heads = rope_heads(x, T, half, "rope");
     for_rows(T * n_heads, d, [&](int64_t th) {
       const int64_t t = th / n_heads;
       rope_row(head_ptr(x, T, t, th % n_heads, d), &rope_cos_[t * half], &rope_sin_[t * half], half);
@@ -469,12 +465,7 @@ class CpuBackend final : public Backend {
                      const TensorView& freq_view) override {
     const auto [T, half] = rope_angles(pos_view, freq_view, "rms_norm_rope");
     if (T == 0) return;
-    const int64_t d = 2 * half;
-    check_f32_2d(x, "rms_norm_rope x");
-    if (half == 0 || x.numel() % (T * d) != 0)
-      fail("rms_norm_rope: x of {} elements is not {} tokens × heads × {}", x.numel(), T, d);
-    const int64_t n_heads = x.numel() / (T * d);
-    check_heads(x, T, n_heads, d, "rms_norm_rope x");
+    const int64_t d = 2 * half, n_heads = rope_heads(x, T, half, "rms_norm_rope");
     const auto [w, wt] = norm_weight(&weight, d, "rms_norm_rope");
     for_rows(T * n_heads, d, [&](int64_t th) {
       const int64_t t = th / n_heads;
@@ -862,6 +853,19 @@ class CpuBackend final : public Backend {
     norm_weight_.resize(D);
     convert_row(weight->data, weight->dtype, D, norm_weight_.data());
     return {norm_weight_.data(), DType::F32};
+  }
+
+  // The heads of x as a RoPE op (`op`: rope, rms_norm_rope) takes it: F32 [T, heads, 2·half], each
+  // head's elements contiguous. Returns the head count.
+  static int64_t rope_heads(const TensorView& x, int64_t T, int64_t half, const char* op) {
+    const int64_t d = 2 * half;
+    const std::string name = std::string(op) + " x";
+    check_f32_2d(x, name.c_str());
+    if (half == 0 || x.numel() % (T * d) != 0)
+      fail("{}: x of {} elements is not {} tokens × heads × {}", op, x.numel(), T, d);
+    const int64_t n_heads = x.numel() / (T * d);
+    check_heads(x, T, n_heads, d, name.c_str());
+    return n_heads;
   }
 
   // RoPE's angles for positions [T] I32 and inv_freq [half] F32 into rope_cos_ / rope_sin_ [T, half],
