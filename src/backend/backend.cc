@@ -10,6 +10,15 @@
 
 namespace tandem {
 
+void Backend::rms_norms(std::span<const RmsNormStep> steps, float eps) {
+  for (const RmsNormStep& st : steps) {
+    if (!st.in || !st.out) fail("rms_norms: a step has no input or no output");
+    if (st.add) rms_norm_add(*st.in, st.weight, eps, *st.out);
+    else rms_norm(*st.in, st.weight, eps, *st.out);
+    if (st.scale != 1.0f) scale(*st.out, st.scale);
+  }
+}
+
 HostTensor to_host(Backend& be, const TensorView& t) {
   HostTensor h;
   h.resize(t.dtype, {t.rows(), t.cols()});

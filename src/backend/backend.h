@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "backend/communicator.h"
@@ -50,6 +51,16 @@ struct AttentionRows {
   // No row's range is longer than this (a sliding window); 0: only the table's width bounds them.
   // Lets a backend size its launch without looking at the ranges.
   int64_t max_keys = 0;
+};
+
+// One step of Backend::rms_norms over [R, D] F32 rows: out = RMS(in) · weight, or with `add`
+// out += RMS(in) · weight; then, when scale ≠ 1, out *= scale (a separate rounding, as scale() does).
+struct RmsNormStep {
+  const TensorView* in = nullptr;
+  const TensorView* weight = nullptr;  // [D] any float dtype, or nullptr for the weightless norm
+  TensorView* out = nullptr;           // may be in itself
+  bool add = false;
+  float scale = 1.0f;
 };
 
 // What Backend::run_recorded keeps between calls for one step shape (a CUDA graph on the CUDA backend).
@@ -130,6 +141,13 @@ class Backend {
   // The sandwich norm's residual step: x += y · (mean(y²) + eps)^-½ · w, row-wise (y, x [R,D]; y is
   // not written). One op instead of rms_norm + add: a decode step has three per layer.
   virtual void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) = 0;
+
+  // The steps in order, over views of one shape [R, D], each pair of them either the same view or not
+  // overlapping: the same values as issuing rms_norm / rms_norm_add and scale step by step, which is
+  // what this default does. A backend may run the chain in one pass (CUDA: one launch, a row's values
+  // kept in registers from step to step): a sandwich-norm layer's residual add and the norms that
+  // read its result, a dozen small kernels a decode layer, become two.
+  virtual void rms_norms(std::span<const RmsNormStep> steps, float eps);
 
   // In-place rotate-half RoPE on x [T, n_heads, d]: pairs (i, i + d/2) rotated by positions[t] ·
   // inv_freq[i], i < d/2 (positions [T] I32, inv_freq [d/2] F32; zeros leave a pair unrotated, as

@@ -45,6 +45,9 @@ class OpProfiler final : public Backend {
     timed("rms_norm_add", [&] { be_->rms_norm_add(y, w, eps, x); });
   }
   void rope(TensorView& x, const TensorView& p, const TensorView& f) override { timed("rope", [&] { be_->rope(x, p, f); }); }
+  void rms_norms(std::span<const RmsNormStep> steps, float eps) override {
+    timed("rms_norms", [&] { be_->rms_norms(steps, eps); });
+  }
   void rms_norm_rope(TensorView& x, const TensorView& w, float eps, const TensorView& p, const TensorView& f) override {
     timed("rms_norm_rope", [&] { be_->rms_norm_rope(x, w, eps, p, f); });
   }

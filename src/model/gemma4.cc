@@ -294,6 +294,9 @@ void Gemma4Model::issue_layers(int64_t T, const ForwardOutput& out) {
       ple_view.row_stride = L * P;
       in.ple_input = &ple_view;
     }
+    // Each layer leaves the next one's normed input in scratch_.normed.
+    in.input_normed = i > 0;
+    in.out_norm = i + 1 < c.n_layers ? &layers_[i + 1].input_norm : nullptr;
     gemma4_layer_forward(be_, rank_config_, spec, layers_[i], in, x, scratch_);
     if (routing_record_ && c.moe) {
       const HostTensor ids = to_host(be_, scratch_.expert_ids);

@@ -206,7 +206,6 @@ void Gemma4Assistant::step_rank(const TensorView& tokens, const TensorView& hidd
   Backend& be = target_.backend();
   const ModelConfig& c = config_;
   const int64_t R = tokens.numel(), H = c.hidden, B = c.backbone_hidden, V = c.vocab_size;
-  const float eps = static_cast<float>(c.rms_eps);
   TANDEM_CHECK(target_kv_ && positions_.numel() == R && hidden.rows() == R && next_hidden.rows() == R);
 
   // input [R, 2B] = [target embedding(token) ; hidden] (embedding first).
@@ -225,10 +224,12 @@ void Gemma4Assistant::step_rank(const TensorView& tokens, const TensorView& hidd
     in.rows = full ? &rows_full_ : &rows_sliding_;
     in.kv = &target_kv_->layer(target_layers_[i]);
     in.inv_freq = full ? &inv_freq_full_.view() : &inv_freq_sliding_.view();
+    // Each layer leaves the next one's normed input (the last: the final norm's output) in scratch_.normed.
+    in.input_normed = i > 0;
+    in.out_norm = i + 1 < c.n_layers ? &layers_[i + 1].input_norm : &final_norm_;
     gemma4_layer_forward(be, rank_config_, rank_config_.layers[i], layers_[i], in, x, scratch_);
   }
-  TensorView& normed = normed_.resize(DType::F32, {R, H});
-  be.rms_norm(x, &final_norm_, eps, normed);
+  const TensorView& normed = scratch_.normed.view();  // [R, H] = RMS(x; final_norm)
   be.matmul(normed, post_projection_, next_hidden);
 
   if (!c.ordered_embeddings) {

@@ -80,7 +80,7 @@ class Gemma4Assistant {
         round_state_(t.backend()), round_spare_(t.backend()), round_drafts_(t.backend()),
         token_ordering_(t.backend()), inv_freq_sliding_(t.backend()),
         inv_freq_full_(t.backend()), inputs_(t.backend()), input_(t.backend()), x_(t.backend()),
-        normed_(t.backend()), head_logits_(t.backend()), cluster_scores_(t.backend()), clusters_(t.backend()), candidates_(t.backend()),
+        head_logits_(t.backend()), cluster_scores_(t.backend()), clusters_(t.backend()), candidates_(t.backend()),
         gathered_(t.backend()), scratch_(t.backend()) {}
 
   // One rank's drafter for target (that rank's model).
@@ -112,7 +112,7 @@ class Gemma4Assistant {
   StagedInputs inputs_;
   TensorView positions_;
   AttentionRows rows_sliding_, rows_full_;
-  Tensor input_, x_, normed_, head_logits_, cluster_scores_, clusters_, candidates_, gathered_;
+  Tensor input_, x_, head_logits_, cluster_scores_, clusters_, candidates_, gathered_;
   Gemma4Scratch scratch_;
   StepRecordings recordings_;
 };

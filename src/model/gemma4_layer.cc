@@ -1,6 +1,7 @@
 #include "model/gemma4_layer.h"
 
 #include <cmath>
+#include <vector>
 
 #include "util/half.h"
 
@@ -87,7 +88,7 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
 
   // Attention: h1 = x + RMS(Attn(RMS(x; input_norm)); post_attention_norm).
   s.normed.resize(DType::F32, {T, H});
-  be.rms_norm(x, &w.input_norm, eps, s.normed.view());
+  if (!in.input_normed) be.rms_norm(x, &w.input_norm, eps, s.normed.view());
   // The query heads and the layer's own K/V (if any) are independent: a GPU computes them side by side.
   s.q.resize(DType::F32, {T, nh * d});
   TensorView q3 = s.q.view().reshaped({T, nh, d});
@@ -115,31 +116,42 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
   s.proj.resize(DType::F32, {T, H});
   be.matmul(s.attn, w.o_proj, s.proj.view());  // this rank's heads' share of the projection
   be.all_reduce(s.proj.view());
-  be.rms_norm_add(s.proj, &w.post_attention_norm, eps, x);
 
-  // Feed-forward: dense GeGLU MLP, plus (MoE models) routed experts reading h1 in parallel.
+  // Feed-forward: dense GeGLU MLP, plus (MoE models) routed experts reading h1 in parallel. The
+  // residual add and every norm that reads its result h1 are one op (a backend may run them in one pass).
   const int64_t I = spec.intermediate;
+  s.ffn_in.resize(DType::F32, {T, H});
+  std::vector<RmsNormStep> h1_norms = {
+      {&s.proj.view(), &w.post_attention_norm, &x, /*add=*/true},  // h1 = x + RMS(proj; post_attention_norm)
+      {&x, &w.pre_ffn_norm, &s.ffn_in.view()},                     // ffn_in [T, H] = RMS(h1; pre_ffn_norm)
+  };
+  if (c.moe) {
+    s.router_in.resize(DType::F32, {T, H});
+    s.moe_in.resize(DType::F32, {T, H});
+    // Router input [T, H]: RMS0(h1) ⊙ scale · H^-½ (h1 itself, not an FFN norm's output); the experts'
+    // input [T, H]: RMS(h1; pre_ffn_norm_2).
+    const float router_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(H)));
+    h1_norms.push_back({&x, &w.router_scale, &s.router_in.view(), false, router_scale});
+    h1_norms.push_back({&x, &w.pre_ffn_norm_2, &s.moe_in.view()});
+  }
+  be.rms_norms(h1_norms, eps);
   auto dense_mlp = [&] {
-    s.ffn_in.resize(DType::F32, {T, H});
-    be.rms_norm(x, &w.pre_ffn_norm, eps, s.ffn_in.view());
     s.gate.resize(DType::F32, {T, I});
     be.matmul_gelu_glu(s.ffn_in, w.gate_proj, w.up_proj, s.gate.view());
     s.ffn_out.resize(DType::F32, {T, H});
     be.matmul(s.gate, w.down_proj, s.ffn_out.view());  // this rank's columns' share
   };
+  // The tail: x += RMS(ffn; post_ffn_norm) (then · layer_scalar, unless the per-layer embedding comes
+  // first), with ffn = RMS(dense; post_ffn_norm_1) + RMS(experts; post_ffn_norm_2) on MoE models.
+  std::vector<RmsNormStep> tail;
   if (!c.moe) {
     dense_mlp();
     be.all_reduce(s.ffn_out.view());
   } else {
     // The routed experts read h1 independently of the dense MLP: a GPU runs the two side by side.
     auto experts = [&] {
-      // Router input: RMS0(h1) ⊙ scale · H^-½ (h1 itself, not an FFN norm's output).
-      s.moe_in.resize(DType::F32, {T, H});
-      be.rms_norm(x, &w.router_scale, eps, s.moe_in.view());
-      be.scale(s.moe_in.view(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(H))));
       s.router_logits.resize(DType::F32, {T, c.num_experts});
-      be.matmul(s.moe_in, w.router_proj, s.router_logits.view());
-      be.rms_norm(x, &w.pre_ffn_norm_2, eps, s.moe_in.view());  // the experts' input, in the router input's place
+      be.matmul(s.router_in, w.router_proj, s.router_logits.view());
       s.expert_ids.resize(DType::I32, {T, c.top_k_experts});
       s.expert_weights.resize(DType::F32, {T, c.top_k_experts});
       s.moe_out.resize(DType::F32, {T, H});
@@ -150,20 +162,23 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     be.concurrently(experts, dense_mlp);
     be.all_reduce(s.ffn_out.view());
     be.all_reduce(s.moe_out.view());  // every expert's share of this rank's columns
-    be.rms_norm(s.ffn_out, &w.post_ffn_norm_1, eps, s.ffn_out.view());
-    be.rms_norm_add(s.moe_out, &w.post_ffn_norm_2, eps, s.ffn_out.view());
+    tail.push_back({&s.ffn_out.view(), &w.post_ffn_norm_1, &s.ffn_out.view()});
+    tail.push_back({&s.moe_out.view(), &w.post_ffn_norm_2, &s.ffn_out.view(), /*add=*/true});
   }
-  be.rms_norm_add(s.ffn_out, &w.post_ffn_norm, eps, x);
-
-  // Per-layer embedding residual (E2B/E4B): x += RMS(W_proj (gelu(W_gate x) ⊙ p); norm).
+  tail.push_back({&s.ffn_out.view(), &w.post_ffn_norm, &x, /*add=*/true});
+  const RmsNormStep out_norm{&x, in.out_norm, &s.normed.view()};  // s.normed [T, H] = RMS(x_out; out_norm)
   if (in.ple_input) {
+    be.rms_norms(tail, eps);
+    // Per-layer embedding residual (E2B/E4B): x += RMS(W_proj (gelu(W_gate x) ⊙ p); norm).
     s.ple.resize(DType::F32, {T, c.ple_dim});
     be.matmul(x, w.ple_gate, s.ple.view());
     be.gelu_tanh_mul(s.ple, *in.ple_input, s.ple.view());
     be.matmul(s.ple, w.ple_projection, s.proj.view());
-    be.rms_norm_add(s.proj, &w.ple_post_norm, eps, x);
+    tail = {{&s.proj.view(), &w.ple_post_norm, &x, /*add=*/true}};
   }
-  if (w.layer_scalar != 1.0f) be.scale(x, w.layer_scalar);
+  tail.back().scale = w.layer_scalar;  // x · layer_scalar last
+  if (in.out_norm) tail.push_back(out_norm);
+  be.rms_norms(tail, eps);
 }
 
 }  // namespace tandem

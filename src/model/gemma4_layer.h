@@ -37,8 +37,8 @@ struct Gemma4LayerWeights {
 struct Gemma4Scratch {
   explicit Gemma4Scratch(Backend& be)
       : normed(be), q(be), k(be), v(be), attn(be), proj(be), ffn_in(be), gate(be), ffn_out(be),
-        moe_in(be), moe_out(be), router_logits(be), ple(be), expert_ids(be), expert_weights(be) {}
-  Tensor normed, q, k, v, attn, proj, ffn_in, gate, ffn_out, moe_in, moe_out, router_logits, ple;
+        router_in(be), moe_in(be), moe_out(be), router_logits(be), ple(be), expert_ids(be), expert_weights(be) {}
+  Tensor normed, q, k, v, attn, proj, ffn_in, gate, ffn_out, router_in, moe_in, moe_out, router_logits, ple;
   Tensor expert_ids, expert_weights;  // [T, top_k] I32 / F32
 };
 
@@ -50,6 +50,12 @@ struct Gemma4LayerInputs {
   const KvLayer* kv = nullptr;            // this layer's cache (the source layer's if shared)
   const TensorView* inv_freq = nullptr;   // [head_dim / 2] F32 RoPE inverse frequencies for this layer's type
   const TensorView* ple_input = nullptr;  // [T, ple_dim] per-layer input, or nullptr
+  // The norm that whatever reads the layer's output applies first (the next layer's input norm, the
+  // drafter's final norm), or nullptr: the layer's last norm op then also leaves RMS(x_out; out_norm)
+  // in s.normed, one kernel fewer a layer. input_normed: s.normed already holds RMS(x; input_norm)
+  // (the previous layer's out_norm was this layer's input norm).
+  const TensorView* out_norm = nullptr;
+  bool input_normed = false;
 };
 
 // x [T, H] ← layer(x), in place. c: the shard's config (shard_config), whose head counts and widths

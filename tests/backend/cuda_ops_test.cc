@@ -861,6 +861,73 @@ TEST(CudaOps, RmsNormAdd) {
   }
 }
 
+// rms_norms: a chain in one launch (rows kept in registers from step to step) gives bitwise the
+// values of its steps as separate launches (the base Backend::rms_norms), and the CPU's within
+// rounding: the sandwich layer's two chains, one longer than a launch takes, and views that overlap
+// without being the same (run step by step).
+TEST(CudaOps, RmsNormsChain) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(404);
+  // Views (by index): 0 x (strided), 1 a, 2 f, 3 m, 4..6 outputs, 7 and 8 rows 1.. and 0.. of one buffer.
+  struct S { int in, w, out; bool add; float scale; };
+  const std::vector<std::vector<S>> chains = {
+      {{1, 0, 0, true, 1}, {0, 1, 4, false, 1}, {0, 2, 5, false, 0.37f}, {0, 3, 6, false, 1}},
+      {{2, 0, 2, false, 1}, {3, 1, 2, true, 1}, {2, 2, 0, true, 1.25f}, {0, -1, 4, false, 1}},
+      {{1, 0, 0, true, 1}, {0, 1, 4, false, 1}, {0, 2, 5, false, 0.5f}, {5, 3, 5, false, 1},
+       {4, -1, 6, true, 1}, {6, 1, 0, true, 2}, {0, 2, 1, false, 1}, {1, 3, 0, true, 1}},
+      {{0, 0, 7, false, 1}, {8, 1, 4, false, 1}, {7, 2, 0, true, 1}},
+  };
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 2816}, {3, 5376}, {5, 37}, {2, 10000}, {4, 300}};
+  for (auto [R, D] : shapes) {
+    for (size_t ci = 0; ci < chains.size(); ++ci) {
+      for (int wi = 1; wi <= 4; ++wi) {  // each weight dtype
+        SCOPED_TRACE(::testing::Message() << "R=" << R << " D=" << D << " chain=" << ci << " weight=" << wi);
+        std::vector<HT> host = {rand_f32({R, D}, D + 5, rng), rand_f32({R, D}, 0, rng, 2.0f),
+                                rand_f32({R, D}, 0, rng), rand_f32({R, D}, 0, rng, 0.5f),
+                                rand_f32({R, D}, 0, rng), rand_f32({R, D}, 0, rng), rand_f32({R, D}, 0, rng)};
+        const HT shared = rand_f32({R + 1, D}, 0, rng);
+        std::vector<HT> w;
+        for (int i = 0; i < 4; ++i) w.push_back(rand_stored(kWeightDtypes[wi - 1], {D}, rng));
+        // Views 7 and 8 over `shared`: rows 1..R and rows 0..R-1.
+        auto run = [&](Backend& be, std::vector<TensorView> v, const std::vector<TensorView>& wv, bool split) {
+          TensorView rows_from_1 = v[7];
+          rows_from_1.shape[0] = R, rows_from_1.data = static_cast<float*>(v[7].data) + D;
+          TensorView rows_from_0 = v[7];
+          rows_from_0.shape[0] = R;
+          v[7] = rows_from_1, v.push_back(rows_from_0);
+          std::vector<RmsNormStep> steps;
+          for (const S& st : chains[ci]) steps.push_back({&v[st.in], st.w >= 0 ? &wv[st.w] : nullptr, &v[st.out], st.add, st.scale});
+          if (split) be.Backend::rms_norms(steps, 1e-6f);
+          else be.rms_norms(steps, 1e-6f);
+          return v;
+        };
+        std::vector<HT> cpu = host;
+        cpu.push_back(shared);
+        std::vector<TensorView> cv, wc;
+        for (HT& h : cpu) cv.push_back(h.view());
+        for (HT& h : w) wc.push_back(h.view());
+        run(*b.cpu, cv, wc, false);
+        std::vector<HT> got[2];
+        for (bool split : {false, true}) {
+          Dev d(*b.gpu);
+          std::vector<TensorView> dv, wd;
+          for (const HT& h : host) dv.push_back(d.up(h));
+          dv.push_back(d.up(shared));
+          for (const HT& h : w) wd.push_back(d.up(h));
+          run(*b.gpu, dv, wd, split);
+          for (size_t i = 0; i < cpu.size(); ++i) got[split].push_back(d.down(dv[i], cpu[i]));
+        }
+        for (size_t i = 0; i < cpu.size(); ++i) {
+          SCOPED_TRACE(::testing::Message() << "view " << i);
+          EXPECT_LT(rel_l2(got[0][i], cpu[i]), 1e-5);
+          EXPECT_TRUE(same_elements(got[0][i], got[1][i]));
+        }
+      }
+    }
+  }
+}
+
 TEST(CudaOps, Rope) {
   REQUIRE_CUDA();
   Backends b;

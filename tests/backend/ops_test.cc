@@ -84,6 +84,43 @@ TEST(RmsNorm, AddResidualForm) {
   }
 }
 
+// rms_norms: a chain (residual add, in-place norm, a norm of the new residual with a scale) against
+// float64 steps, each step reading what the one before it wrote.
+TEST(RmsNorm, ChainOfSteps) {
+  auto be = make_cpu_backend(2);
+  Rng rng(22);
+  const int64_t R = 3;
+  for (int64_t D : {5, 256, 2816}) {
+    Stored w0 = make_stored(DType::BF16, D, rng), w1 = make_stored(DType::F32, D, rng);
+    const TensorView wv0 = w0.view({D}), wv1 = w1.view({D});
+    std::vector<float> x = rng.normals(R * D, 1.0f), a = rng.normals(R * D, 3.0f), y(R * D);
+    std::vector<double> xr(x.begin(), x.end()), ar(a.begin(), a.end()), yr(R * D);
+    TensorView xv(DType::F32, x.data(), {R, D}), av(DType::F32, a.data(), {R, D}), yv(DType::F32, y.data(), {R, D});
+    const RmsNormStep steps[] = {
+        {&av, &wv0, &av},                        // a = RMS(a; w0)
+        {&av, nullptr, &xv, true},               // x += RMS(a)
+        {&xv, &wv1, &yv, false, 0.25f},          // y = RMS(x; w1) · 0.25
+    };
+    be->rms_norms(steps, 1e-6f);
+    auto norm = [&](const std::vector<double>& in, const Stored* w, int64_t r, int64_t i) {
+      double ss = 0;
+      for (int64_t j = 0; j < D; ++j) ss += in[r * D + j] * in[r * D + j];
+      return in[r * D + i] / std::sqrt(ss / D + 1e-6) * (w ? w->values[i] : 1.0);
+    };
+    for (int64_t r = 0; r < R; ++r) {
+      std::vector<double> an(R * D, 0.0);
+      for (int64_t i = 0; i < D; ++i) an[r * D + i] = norm(ar, &w0, r, i);
+      for (int64_t i = 0; i < D; ++i) xr[r * D + i] += norm(an, nullptr, r, i);
+      for (int64_t i = 0; i < D; ++i) yr[r * D + i] = norm(xr, &w1, r, i) * 0.25;
+      for (int64_t i = 0; i < D; ++i) {
+        ASSERT_NEAR(a[r * D + i], an[r * D + i], 2e-6 * std::abs(an[r * D + i]) + 1e-7) << "D=" << D;
+        ASSERT_NEAR(x[r * D + i], xr[r * D + i], 1e-5 * (std::abs(xr[r * D + i]) + 1.0)) << "D=" << D;
+        ASSERT_NEAR(y[r * D + i], yr[r * D + i], 1e-5 * (std::abs(yr[r * D + i]) + 0.1)) << "D=" << D;
+      }
+    }
+  }
+}
+
 TEST(Rope, RotateHalfMatchesPytorchAngles) {
   // PyTorch: freqs = pos · inv_freq in f32, cos/sin of that f32 angle; the reference takes the same
   // f32 angle and evaluates cos/sin in f64. Bound: 2e-6 · max|x| (f32 cos/sin are within 1 ulp).

@@ -381,6 +381,7 @@ class CudaBackend final : public Backend {
   void embed(const TensorView& ids, const TensorView& table, float scale, TensorView& y) override;
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override;
   void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) override;
+  void rms_norms(std::span<const RmsNormStep> steps, float eps) override;
   void rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) override;
   void rms_norm_rope(TensorView& x, const TensorView& weight, float eps, const TensorView& positions,
                      const TensorView& inv_freq) override;
@@ -443,9 +444,8 @@ class CudaBackend final : public Backend {
   // The split of a launch of `tiles` output tiles into `slices` (its scratch grown: `floats` partial
   // sums per tile and slice, a zeroed ticket per tile).
   cu::MmaSplit mma_split(int64_t tiles, int slices, int64_t floats);
-  // rms_norm (add false) and rms_norm_add (add true): out (+)= RMS(in) · weight.
-  void launch_rms_norm(const TensorView& in, const TensorView* weight, float eps, TensorView& out, const char* op,
-                       bool add);
+  // rms_norms, and rms_norm / rms_norm_add as chains of one step (op: the name errors give).
+  void launch_rms_norms(std::span<const RmsNormStep> steps, float eps, const char* op);
   // The stream ops are issued to: the main one, or inside concurrently()'s first branch the side one.
   cudaStream_t op_stream() const { return lane_ ? side_stream_ : stream_; }
   // moe_experts' grouping scratch for P pairs over E experts, grown as needed.

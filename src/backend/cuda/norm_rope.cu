@@ -1,15 +1,15 @@
-// Per-token ops around attention: embed (table rows × scale), rms_norm (and rms_norm_add, the
-// residual form), rope, and the fused heads ops rms_norm_rope (query heads, in place) and
-// kv_write_normed (new K and V rows normed, K rotated, into the paged cache).
+// Per-token ops around attention: embed (table rows × scale), rms_norms (a chain of row norms, the
+// residual adds among them; rms_norm and rms_norm_add are chains of one step), rope, and the fused
+// heads ops rms_norm_rope (query heads, in place) and kv_write_normed (new K and V rows normed, K
+// rotated, into the paged cache).
 //
-// rms_norm is one CTA per row, sized so that each thread holds at most PER elements of the row in
-// registers: the row is read once, with every load issued before the first use (a loop that summed
-// as it loaded would wait one memory latency per element a thread owns), reduced across the CTA,
-// scaled and written (x and y may alias). embed and rope are grid-stride elementwise kernels over
-// (token, element) and (token, head, pair). Math follows the CPU backend: 1/sqrtf (IEEE), angle =
-// float(pos) · inv_freq in f32 then cosf/sinf (the accurate library versions, not the
-// __cosf/__sinf intrinsics). Device ids outside the table give a zero row instead of a read out of
-// bounds.
+// rms_norms is one CTA per row, sized so that each thread holds at most PER elements of the row in
+// registers: each step's row is read once (or taken from the registers an earlier step left it in),
+// reduced across the CTA, scaled and written (in and out may alias). embed and rope are grid-stride
+// elementwise kernels over (token, element) and (token, head, pair). Math follows the CPU backend:
+// 1/sqrtf (IEEE), angle = float(pos) · inv_freq in f32 then cosf/sinf (the accurate library
+// versions, not the __cosf/__sinf intrinsics). Device ids outside the table give a zero row instead
+// of a read out of bounds.
 //
 // The fused heads ops run one CTA per head row with rms_norm's thread count and element layout and
 // its reduction (row_sum_squares), and RoPE's pair rotation (rope_rotate), so their values are
@@ -63,28 +63,77 @@ __device__ __forceinline__ float rope_rotate(float a, float b, float c, float s,
   return second ? b * c + a * s : a * c - b * s;
 }
 
-// y = RMS(x) · w, or with ADD y += RMS(x) · w (rms_norm_add).
-template <int PER, bool ADD>
-__global__ void __launch_bounds__(1024) rms_norm_kernel(Mat x, const void* w, int wt, float eps, Mat y) {
-  begin_kernel();
-  __shared__ float s_part[32];
-  const int64_t r = blockIdx.x, D = x.cols;
-  const float* xr = x.p + r * x.ld;
-  float* yr = y.p + r * y.ld;
-  float v[PER], ww[PER];
+// The most steps one rms_norms launch takes (a longer chain runs as several launches), and the most
+// threads of its CTAs: at most 512 leaves a thread the registers for four rows of PER elements (the
+// kept row, the step's input, weight and previous output) without spilling.
+constexpr int kMaxNormSteps = 6;
+constexpr int kNormThreads = 512;
+
+// One step of rms_norms_kernel (RmsNormStep). in_regs / old_regs: the step's input rows / (add) its
+// output's previous values are the rows the kernel kept from an earlier step (keep), in registers,
+// not read back from memory.
+struct NormStepArgs {
+  Mat in, out;
+  const void* w;  // [D] norm weight of dtype wt, or nullptr
+  int wt;
+  float scale;
+  bool add, in_regs, old_regs, keep;
+};
+struct NormChainArgs {
+  NormStepArgs step[kMaxNormSteps];
+  int n;  // steps, 1..kMaxNormSteps
+  float eps;
+};
+
+// The steps of rms_norms, one CTA per row: step s computes out = RMS(in) · w (+ out with add), then
+// · scale, each a separate rounding (__fmul_rn / __fadd_rn: never contracted into an FMA, as on the
+// CPU). Every step's element i is handled by the same thread, so a step reads what an earlier one
+// wrote without a barrier; the reductions alternate between two s_part buffers, since a step's
+// barrier is the only one between its writes and the previous step's reads.
+template <int PER>
+__global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a) {
+  const int64_t r = blockIdx.x, D = a.step[0].in.cols;
+  // The norm weights are model constants that no kernel writes during a step: the first CTA asks L2
+  // for them before the wait, so each step's weight loads meet L2 rather than DRAM.
+  if (blockIdx.x == 0) {
 #pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
-    v[j] = i < D ? xr[i] : 0.0f;
-    ww[j] = w && i < D ? load_any(w, wt, i) : 1.0f;
+    for (int s = 0; s < kMaxNormSteps; ++s) {
+      if (s >= a.n) break;
+      const char* w = static_cast<const char*>(a.step[s].w);
+      const int64_t bytes = D * (a.step[s].wt == kF32 ? 4 : a.step[s].wt == kF8 ? 1 : 2);
+      for (int64_t o = threadIdx.x * 128; w && o < bytes; o += blockDim.x * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(w + o));
+    }
   }
-  const float inv = 1.0f / sqrtf(row_sum_squares<PER>(v, s_part) / static_cast<float>(D) + eps);
+  begin_kernel();
+  __shared__ float s_part[2][32];
+  float kept[PER] = {};
 #pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
-    if (i < D) {
-      const float n = w ? v[j] * inv * ww[j] : v[j] * inv;
-      yr[i] = ADD ? yr[i] + n : n;
+  for (int s = 0; s < kMaxNormSteps; ++s) {
+    if (s >= a.n) break;
+    const NormStepArgs& st = a.step[s];
+    const float* xr = st.in.p + r * st.in.ld;
+    float* yr = st.out.p + r * st.out.ld;
+    // Every load of the step before the first use (a loop that summed as it loaded would wait one
+    // memory latency per element a thread owns).
+    float v[PER], ww[PER], old[PER];
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+      ww[j] = st.w && i < D ? load_any(st.w, st.wt, i) : 1.0f;
+      v[j] = st.in_regs ? kept[j] : i < D ? xr[i] : 0.0f;
+      old[j] = !st.add ? 0.0f : st.old_regs ? kept[j] : i < D ? yr[i] : 0.0f;
+    }
+    const float inv = 1.0f / sqrtf(row_sum_squares<PER>(v, s_part[s % 2]) / static_cast<float>(D) + a.eps);
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+      float y = __fmul_rn(v[j], inv);
+      if (st.w) y = __fmul_rn(y, ww[j]);
+      if (st.add) y = __fadd_rn(old[j], y);
+      if (st.scale != 1.0f) y = __fmul_rn(y, st.scale);
+      if (i < D) yr[i] = y;
+      if (st.keep) kept[j] = y;
     }
   }
 }
@@ -202,7 +251,7 @@ __global__ void __launch_bounds__(1024) norm_rope_kernel(NormRopeArgs a) {
   }
 }
 
-// Threads per row of rms_norm_kernel (PER 8 or 32 elements a thread) and norm_rope_kernel (8): a
+// Threads per row of rms_norms_kernel (PER 8, 16 or 64 elements a thread) and norm_rope_kernel (8): a
 // multiple of 32 giving each at most PER elements.
 unsigned row_threads(int64_t D, int per) {
   return static_cast<unsigned>(std::max<int64_t>(32, (D + per * 32 - 1) / (per * 32) * 32));
@@ -224,38 +273,78 @@ void CudaBackend::embed(const TensorView& ids, const TensorView& table, float sc
 }
 
 void CudaBackend::rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) {
-  launch_rms_norm(x, weight, eps, y, "rms_norm", /*add=*/false);
+  const RmsNormStep step{&x, weight, &y};
+  launch_rms_norms({&step, 1}, eps, "rms_norm");
 }
 
 void CudaBackend::rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) {
-  launch_rms_norm(y, weight, eps, x, "rms_norm_add", /*add=*/true);
+  const RmsNormStep step{&y, weight, &x, /*add=*/true};
+  launch_rms_norms({&step, 1}, eps, "rms_norm_add");
 }
 
-void CudaBackend::launch_rms_norm(const TensorView& in, const TensorView* weight, float eps, TensorView& out,
-                                  const char* op, bool add) {
-  check_f32_2d(in, "rms_norm input");
-  check_f32_2d(out, "rms_norm output");
-  check_same_shape(in, out, op);
-  const int64_t D = in.cols();
-  if (weight) {
-    if (!is_float_dtype(weight->dtype) || weight->numel() != D) fail("{}: weight must be a float tensor of {} elements", op, D);
-    if (weight->rows() != 1 && weight->stride() != weight->cols()) fail("{}: weight must be dense", op);
+void CudaBackend::rms_norms(std::span<const RmsNormStep> steps, float eps) { launch_rms_norms(steps, eps, "rms_norms"); }
+
+void CudaBackend::launch_rms_norms(std::span<const RmsNormStep> steps, float eps, const char* op) {
+  if (steps.empty()) return;
+  for (const RmsNormStep& st : steps)
+    if (!st.in || !st.out) fail("{}: a step has no input or no output", op);
+  const TensorView& first = *steps[0].in;
+  for (const RmsNormStep& st : steps) {
+    check_f32_2d(*st.in, "rms_norm input");
+    check_f32_2d(*st.out, "rms_norm output");
+    check_same_shape(*st.in, *st.out, op);
+    check_same_shape(first, *st.in, op);
+    if (const TensorView* w = st.weight) {
+      if (!is_float_dtype(w->dtype) || w->numel() != first.cols())
+        fail("{}: weight must be a float tensor of {} elements", op, first.cols());
+      if (w->rows() != 1 && w->stride() != w->cols()) fail("{}: weight must be dense", op);
+    }
   }
-  if (in.rows() == 0 || D == 0) return;
-  if (in.rows() > 0x7FFFFFFF) fail("{}: {} rows is too many for one launch", op, in.rows());
-  // At most 8 elements a thread (32 beyond 8192 columns).
-  const int per = D <= 8 * 1024 ? 8 : 32;
-  if (D > per * 1024) fail("{}: rows of {} elements are longer than the CUDA backend's {}", op, D, 32 * 1024);
-  const unsigned threads = row_threads(D, per);
-  use_device();
-  const void* wp = weight ? weight->data : nullptr;
-  const int wt = weight ? wtype_of(weight->dtype) : 0;
-  const unsigned rows = static_cast<unsigned>(in.rows());
-  auto go = [&]<int PER, bool ADD>() {
-    launch("rms_norm_kernel", rms_norm_kernel<PER, ADD>, rows, threads, 0, mat(in), wp, wt, eps, mat(out));
+  const int64_t R = first.rows(), D = first.cols();
+  if (R == 0 || D == 0) return;
+  if (R > 0x7FFFFFFF) fail("{}: {} rows is too many for one launch", op, R);
+  // At most 8 elements a thread (16 beyond 4096 columns, 64 beyond 8192).
+  const int per = D <= 8 * kNormThreads ? 8 : D <= 16 * kNormThreads ? 16 : 64;
+  if (D > per * kNormThreads) fail("{}: rows of {} elements are longer than the CUDA backend's {}", op, D, 64 * kNormThreads);
+  // Views of one chain are the same view or apart; otherwise each step is a launch of its own, in order.
+  auto same = [](const TensorView* a, const TensorView* b) { return a->data == b->data && a->stride() == b->stride(); };
+  auto apart = [&](const TensorView* a, const TensorView* b) {
+    const auto* pa = static_cast<const char*>(a->data);
+    const auto* pb = static_cast<const char*>(b->data);
+    const int64_t extent = ((R - 1) * a->stride() + D) * 4, extent_b = ((R - 1) * b->stride() + D) * 4;
+    return pa + extent <= pb || pb + extent_b <= pa;
   };
-  if (per == 8) add ? go.template operator()<8, true>() : go.template operator()<8, false>();
-  else add ? go.template operator()<32, true>() : go.template operator()<32, false>();
+  std::vector<const TensorView*> views;
+  for (const RmsNormStep& st : steps) views.push_back(st.in), views.push_back(st.out);
+  bool chained = true;
+  for (size_t i = 0; i < views.size(); ++i)
+    for (size_t j = 0; j < i; ++j) chained = chained && (same(views[i], views[j]) || apart(views[i], views[j]));
+  const size_t per_launch = chained ? kMaxNormSteps : 1;
+  use_device();
+  for (size_t begin = 0; begin < steps.size(); begin += per_launch) {
+    NormChainArgs a{};
+    a.n = static_cast<int>(std::min(per_launch, steps.size() - begin));
+    a.eps = eps;
+    const TensorView* kept = nullptr;  // the view whose rows the kernel holds after the steps so far
+    for (int s = 0; s < a.n; ++s) {
+      const RmsNormStep& st = steps[begin + s];
+      NormStepArgs& k = a.step[s];
+      k.in = mat(*st.in), k.out = mat(*st.out);
+      k.w = st.weight ? st.weight->data : nullptr;
+      k.wt = st.weight ? wtype_of(st.weight->dtype) : 0;
+      k.scale = st.scale, k.add = st.add;
+      k.in_regs = kept && same(kept, st.in);
+      k.old_regs = st.add && kept && same(kept, st.out);
+      // Keep the output when it is the residual (add, in place) or replaces the kept rows; a norm
+      // into another view leaves the kept rows (apart from it) as they are.
+      k.keep = st.add || same(st.in, st.out) || (kept && same(kept, st.out));
+      if (k.keep) kept = st.out;
+    }
+    const unsigned threads = row_threads(D, per), rows = static_cast<unsigned>(R);
+    if (per == 8) launch("rms_norms_kernel", rms_norms_kernel<8>, rows, threads, 0, a);
+    else if (per == 16) launch("rms_norms_kernel", rms_norms_kernel<16>, rows, threads, 0, a);
+    else launch("rms_norms_kernel", rms_norms_kernel<64>, rows, threads, 0, a);
+  }
 }
 
 void CudaBackend::rope(TensorView& x, const TensorView& positions, const TensorView& inv_freq) {
