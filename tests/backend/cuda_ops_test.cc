@@ -627,8 +627,14 @@ TEST(CudaOps, MoeRoute) {
     int64_t T, E, k;
     bool ties;
   };
-  const Case cases[] = {{1, 16, 4, false}, {5, 16, 4, false}, {17, 16, 4, true}, {64, 16, 4, false},
-                        {9, 128, 8, false}, {3, 40, 3, true},  {33, 16, 16, true}};
+  // Probabilities in registers (E <= 128, E <= 512) or recomputed (E > 512); k past a warp's 32 lanes;
+  // one CTA (T <= 16) or several; the grouping's ids in shared memory or, past its budget, global
+  // (T·k = 12000 over 64 experts, 16384 over 1024).
+  const Case cases[] = {{1, 16, 4, false},    {5, 16, 4, false},    {17, 16, 4, true},     {64, 16, 4, false},
+                        {9, 128, 8, false},   {3, 40, 3, true},     {33, 16, 16, true},    {1, 128, 8, false},
+                        {4, 128, 8, true},    {1, 128, 1, false},   {2, 128, 128, true},   {300, 128, 8, false},
+                        {1, 129, 8, true},    {3, 300, 40, true},   {1, 512, 512, false},  {17, 513, 8, true},
+                        {17, 2000, 64, false}, {300, 64, 40, false}, {16, 1024, 1024, false}};
   for (const Case& c : cases) {
     for (int sc = 0; sc < 3; ++sc) {  // no scale, F32, BF16
       SCOPED_TRACE(::testing::Message() << "T=" << c.T << " E=" << c.E << " k=" << c.k << " scale=" << sc
@@ -653,6 +659,22 @@ TEST(CudaOps, MoeRoute) {
       EXPECT_TRUE(same_elements(d.down(id, ids), ids));
       EXPECT_LT(rel_l2(d.down(wd, w), w), 1e-5);
     }
+  }
+  // A row with NaN logits has no order to follow; its ids still name experts.
+  for (const int64_t E : {16, 300, 600}) {
+    SCOPED_TRACE(::testing::Message() << "NaN row, E=" << E);
+    HT logits = rand_f32({3, E}, 0, rng, 2.0f);
+    logits.at<float>(1, E / 2) = std::nanf("");
+    HT ids = make_ht(DType::I32, {3, 4}), w = make_ht(DType::F32, {3, 4});
+    Dev d(*b.gpu);
+    TensorView id = d.poisoned(ids), wd = d.poisoned(w);
+    b.gpu->moe_route(d.up(logits), nullptr, id, wd);
+    ids = d.down(id, ids);
+    for (int64_t t = 0; t < 3; ++t)
+      for (int64_t j = 0; j < 4; ++j) {
+        EXPECT_GE(ids.at<int32_t>(t, j), 0);
+        EXPECT_LT(ids.at<int32_t>(t, j), E);
+      }
   }
 }
 
@@ -714,7 +736,8 @@ TEST(CudaOps, MoeRouteThenExpertsSharesTheGrouping) {
   Backends b;
   Rng rng(304);
   const int64_t H = 64, I = 48;
-  for (auto [E, k] : {std::pair<int64_t, int64_t>{16, 4}, {128, 8}, {40, 3}}) {
+  // {64, 40} at T = 300: 12000 pairs, grouped from global memory (past the shared-memory budget).
+  for (auto [E, k] : {std::pair<int64_t, int64_t>{16, 4}, {128, 8}, {40, 3}, {300, 8}, {64, 40}}) {
     const HT gu = rand_stored(DType::BF16, {E, 2 * I, H}, rng, 0.3f), dn = rand_stored(DType::BF16, {E, H, I}, rng, 0.3f);
     const HT scale = rand_stored(DType::F32, {E}, rng);
     for (int64_t T : {1, 3, 8, 16, 17, 33, 300}) {

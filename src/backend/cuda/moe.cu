@@ -1,17 +1,31 @@
 // Mixture-of-experts ops: moe_route (softmax router + top-k) and moe_experts (the routed FFN).
 //
-// moe_route: one warp per row. Softmax over E in f32 (expf), then k rounds of a warp argmax that
-// take the next element in (probability desc, index asc) order after the previous pick — no
-// per-row storage, so any E works — then renormalise and scale, as the CPU backend does. The same
-// launch then groups the routed pairs by expert for moe_experts (step 1 below): CTAs of 16 warps
-// route 16 rows each, and the last CTA to finish (a counter; the only CTA at decode) groups all of
-// them. moe_experts issued right after it on the same ids uses that grouping instead of launching
+// moe_route: one warp per row. Softmax over E in f32 (expf), then k rounds that each take the next
+// element in (probability desc, index asc) order, then renormalise and scale, as the CPU backend
+// does. The row's probabilities stay in registers (E / 32 per lane, for E up to 512; past that they
+// are recomputed from the logits, the same expression, when needed). Each lane keeps its own best
+// element not yet picked as a key (float bits of p, + 1: p >= 0, so they order as unsigned; 0: none),
+// and a round is two warp reductions (redux.sync: the largest key, then the lowest index holding it)
+// after which only the lane that was picked from looks for its next element. Pick j stays in lane
+// j's registers (picks past 32 go through ids/wts, read back by the lane that wrote them) until the
+// k picks are renormalised in parallel; with the probabilities in registers the expert scales are
+// loaded with the logits too. At decode (E = 128, k = 8) a row is thus one round of loads, two
+// reductions for the softmax and 2·k single-instruction reductions, where each of the k rounds used
+// to recompute expf over the row and reduce it with a chain of 10 shuffles. The results are the
+// same bits: the same expressions in the same order pick the same elements.
+//
+// The same launch then groups the routed pairs by expert for moe_experts (step 1 below): CTAs of 16
+// warps route 16 rows each, and the last CTA to finish (a counter; the only CTA at decode) groups all
+// of them. moe_experts issued right after it on the same ids uses that grouping instead of launching
 // its own, which takes one dependent kernel out of every MoE layer.
 //
 // moe_experts runs entirely on the device in four launches (three right after moe_route), with no
 // host look at the ids:
-//   1. group: one CTA sorts the T·k (row, slot) pairs by expert with a counting sort (a warp per
-//      expert counts and then places its pairs with ballots, in pair order: stable, deterministic);
+//   1. group: one CTA sorts the T·k (row, slot) pairs by expert with a counting sort: the ids staged
+//      in shared memory when they fit (at decode the routing warps write them there), else read
+//      from global memory; counts by shared-memory atomics (one pass over the pairs), one warp's scan
+//      (a run of experts per lane), then a warp per non-empty expert places its pairs with ballots in
+//      pair order (stable, deterministic), stopping once it placed its count;
 //   2. gate_up: grid (I/8 column tiles, E); a CTA takes one expert and 8 columns, warps loop over
 //      that expert's rows in M-tiles of up to 8 (experts with no rows exit at once), computing the gate
 //      and up columns with the matmul's warp_dot and writing gelu_tanh(g)·u;
@@ -32,116 +46,189 @@ namespace {
 
 constexpr int kRouteWarps = 16;  // rows per moe_route CTA; its last CTA groups with all 16 warps
 constexpr int kMaxExperts = 8192;
+// Dynamic shared memory of a grouping: s_start [E + 1], then the pairs' ids when they fit
+// (with the kernels' few static bytes, under the 48 KiB a launch gets without opting in).
+constexpr int64_t kGroupSmemBytes = 40 * 1024;
 
-// Routes row t of logits with one warp (lane = this thread's lane): ids[t, 0:k] and wts[t, 0:k].
-__device__ __forceinline__ void route_row(const Mat& logits, int64_t t, const void* __restrict__ scale, int scale_wt,
-                          int32_t* __restrict__ ids, int64_t ids_ld, float* __restrict__ wts, int64_t w_ld, int k,
-                          int lane) {
-  const int64_t E = logits.cols;
-  const float* l = logits.p + t * logits.ld;
+struct GroupSmem {
+  size_t bytes;
+  bool staged;  // the T·k ids are staged in shared memory after s_start
+};
+GroupSmem group_smem(int64_t P, int64_t E) {
+  const bool staged = (E + 1 + P) * static_cast<int64_t>(sizeof(int32_t)) <= kGroupSmemBytes;
+  return {static_cast<size_t>(E + 1 + (staged ? P : 0)) * sizeof(int32_t), staged};
+}
+
+// Routes one row of E logits l with one warp (lane = this thread's lane): ids[0:k] and wts[0:k],
+// and s_ids[0:k] (shared memory) unless null. N > 0: the row's probabilities are held in registers,
+// N per lane (E <= 32·N); N == 0: recomputed from l when a lane looks for its next element.
+template <int N>
+__device__ __forceinline__ void route_row(const float* __restrict__ l, int E, const void* __restrict__ scale,
+                                          int scale_wt, int32_t* __restrict__ ids, float* __restrict__ wts, int k,
+                                          int32_t* s_ids, int lane) {
+  constexpr int R = N > 0 ? N : 1;
+  float v[R], sc[R];  // N > 0: element lane + 32·i's logit, then its probability; its scale
   float mx = -INFINITY;
-  for (int64_t e = lane; e < E; e += 32) mx = fmaxf(mx, l[e]);
-  mx = warp_max(mx);
-  float sum = 0.0f;
-  for (int64_t e = lane; e < E; e += 32) sum += expf(l[e] - mx);
-  sum = warp_sum(sum);
-
-  float prev_p = INFINITY, top_sum = 0.0f;
-  int prev_e = -1;
-  for (int j = 0; j < k; ++j) {
-    float bp = -INFINITY;
-    int be = INT_MAX;
-    for (int64_t e = lane; e < E; e += 32) {
-      const float p = expf(l[e] - mx) / sum;
-      const bool after_prev = p < prev_p || (p == prev_p && e > prev_e);
-      if (after_prev && (p > bp || (p == bp && e < be))) bp = p, be = static_cast<int>(e);
+  if constexpr (N > 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const int e = lane + 32 * i;
+      v[i] = e < E ? l[e] : 0.0f;
+      sc[i] = scale && e < E ? load_any(scale, scale_wt, e) : 1.0f;
     }
 #pragma unroll
-    for (int o = 16; o > 0; o /= 2) {
-      const float op = __shfl_xor_sync(0xFFFFFFFFu, bp, o);
-      const int oe = __shfl_xor_sync(0xFFFFFFFFu, be, o);
-      if (op > bp || (op == bp && oe < be)) bp = op, be = oe;
-    }
-    if (be == INT_MAX) be = 0;  // only when the logits hold NaN; keep ids in range
-    if (lane == 0) ids[t * ids_ld + j] = be, wts[t * w_ld + j] = bp;
-    top_sum += bp;
-    prev_p = bp, prev_e = be;
+    for (int i = 0; i < N; ++i)
+      if (lane + 32 * i < E) mx = fmaxf(mx, v[i]);
+  } else {
+    sc[0] = 1.0f;  // unused
+    for (int e = lane; e < E; e += 32) mx = fmaxf(mx, l[e]);
   }
-  // Renormalise and scale the k picks in parallel, one lane each (a serial loop would wait for two
-  // dependent loads per pick).
-  __syncwarp();
+  mx = warp_max(mx);
+  float sum = 0.0f;
+  if constexpr (N > 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      if (lane + 32 * i < E) sum += v[i] = expf(v[i] - mx);
+  } else {
+    for (int e = lane; e < E; e += 32) sum += expf(l[e] - mx);
+  }
+  sum = warp_sum(sum);
+  if constexpr (N > 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] /= sum;  // p = expf(l - mx) / sum, as recomputed below for N == 0
+  }
+
+  // This lane's next element in pick order after (pp, pe): key = bits(p) + 1 (0: none; NaN p, from
+  // NaN or infinite logits, is never picked), its index be and scale bs (sc[0] when none: lane 0 then
+  // holds the scale of expert 0, the id a row of NaN gets).
+  unsigned key = 0;
+  int be = INT_MAX;
+  float bs = sc[0];
+  auto next_after = [&](float pp, int pe) {
+    key = 0, be = INT_MAX, bs = sc[0];
+    auto consider = [&](float p, int e, float s) {
+      const unsigned kp = __float_as_uint(p) + 1u;
+      if ((p < pp || (p == pp && e > pe)) && kp > key) key = kp, be = e, bs = s;  // ties: the lower index
+    };
+    if constexpr (N > 0) {
+#pragma unroll
+      for (int i = 0; i < N; ++i)
+        if (lane + 32 * i < E) consider(v[i], lane + 32 * i, sc[i]);
+    } else {
+      for (int e = lane; e < E; e += 32) consider(expf(l[e] - mx) / sum, e, 1.0f);
+    }
+  };
+  next_after(INFINITY, -1);
+
+  float top_sum = 0.0f, my_p = 0.0f, my_s = 1.0f;
+  int my_e = 0;
+  for (int j = 0; j < k; ++j) {
+    const unsigned top = __reduce_max_sync(0xFFFFFFFFu, key);
+    const unsigned low = __reduce_min_sync(0xFFFFFFFFu, key == top ? static_cast<unsigned>(be) : UINT_MAX);
+    const int e = top ? static_cast<int>(low) : 0;  // 0 only when the logits hold NaN; keep ids in range
+    const float p = top ? __uint_as_float(top - 1u) : -INFINITY;
+    float s = 1.0f;
+    if constexpr (N > 0) s = __shfl_sync(0xFFFFFFFFu, bs, e % 32);  // lane e % 32 holds expert e
+    top_sum += p;
+    if (lane == j % 32) {
+      if (j < 32) my_e = e, my_p = p, my_s = s;
+      else ids[j] = e, wts[j] = p;
+    }
+    if (key != 0 && be == e) next_after(p, e);  // this lane's element was picked
+  }
+  // Renormalise and scale the k picks in parallel, pick j in lane j % 32.
   for (int j = lane; j < k; j += 32) {
-    const int e = ids[t * ids_ld + j];
-    const float s = scale ? load_any(scale, scale_wt, e) : 1.0f;
-    wts[t * w_ld + j] = wts[t * w_ld + j] / top_sum * s;
+    const bool kept = j < 32;
+    const int e = kept ? my_e : ids[j];
+    const float p = kept ? my_p : wts[j];
+    const float s = N > 0 && kept ? my_s : scale ? load_any(scale, scale_wt, e) : 1.0f;
+    ids[j] = e, wts[j] = p / top_sum * s;
+    if (s_ids) s_ids[j] = e;
   }
 }
 
-// Groups the P pairs (id_of(p): pair p's expert, -1 for p >= P) by expert, with the whole CTA;
-// s_start: E ints of shared memory.
+// Groups the P pairs (id_of(p): pair p's expert, -1 for p >= P; ids outside [0, E) are left out,
+// pos_of_pair -1) by expert, with the whole CTA. Before it: s_start (E + 1 ints of shared memory)
+// zeroed, the ids readable through id_of, and a barrier.
 template <class IdOf>
 __device__ __forceinline__ void group_pairs(IdOf id_of, int64_t P, int E, int32_t* s_start, const MoeGroups& g) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
-  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) g.pos_of_pair[p] = -1;
-  for (int e = warp; e < E; e += n_warps) {
-    int count = 0;
-    for (int64_t base = 0; base < P; base += 32) count += __popc(__ballot_sync(0xFFFFFFFFu, id_of(base + lane) == e));
-    if (lane == 0) s_start[e] = count;
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
+    g.pos_of_pair[p] = -1;
+    const int32_t e = id_of(p);
+    if (static_cast<uint32_t>(e) < static_cast<uint32_t>(E)) atomicAdd(&s_start[e], 1);  // counts: order-free
   }
   __syncthreads();
-  if (warp == 0) {  // exclusive scan of the counts (and of the non-empty experts), 32 experts at a time
-    int32_t off = 0, n_active = 0;
-    for (int e0 = 0; e0 < E; e0 += 32) {
-      const int e = e0 + lane;
-      const int32_t c = e < E ? s_start[e] : 0;
-      int32_t incl = c;
+  if (warp == 0) {  // exclusive scans of the counts and of the non-empty experts; lane l takes a run of experts
+    const int per = (E + 31) / 32, e0 = min(lane * per, E), e1 = min(e0 + per, E);
+    int32_t n = 0, a = 0;
+    for (int e = e0; e < e1; ++e) n += s_start[e], a += s_start[e] > 0;
+    int32_t n_incl = n, a_incl = a;
 #pragma unroll
-      for (int o = 1; o < 32; o *= 2) {
-        const int32_t n = __shfl_up_sync(0xFFFFFFFFu, incl, o);
-        if (lane >= o) incl += n;
-      }
-      const uint32_t nonempty = __ballot_sync(0xFFFFFFFFu, c > 0);
-      if (e < E) {
-        s_start[e] = off + incl - c, g.offsets[e] = off + incl - c;
-        if (c > 0) g.active[n_active + __popc(nonempty & ((1u << lane) - 1u))] = e;
-      }
-      off += __shfl_sync(0xFFFFFFFFu, incl, 31);
-      n_active += __popc(nonempty);
+    for (int o = 1; o < 32; o *= 2) {
+      const int32_t nn = __shfl_up_sync(0xFFFFFFFFu, n_incl, o), na = __shfl_up_sync(0xFFFFFFFFu, a_incl, o);
+      if (lane >= o) n_incl += nn, a_incl += na;
     }
-    if (lane == 0) g.offsets[E] = off, g.active[E] = n_active;
+    int32_t off = n_incl - n, act = a_incl - a;
+    for (int e = e0; e < e1; ++e) {
+      const int32_t c = s_start[e];
+      s_start[e] = off, g.offsets[e] = off;
+      if (c > 0) g.active[act++] = e;
+      off += c;
+    }
+    if (lane == 31) s_start[E] = off, g.offsets[E] = off, g.active[E] = act;  // the totals
   }
   __syncthreads();
+  // Warp w places experts w, w + n_warps, ...: 32 of them at a time, skipping the empty ones.
   const uint32_t lanes_below = (1u << lane) - 1u;
-  for (int e = warp; e < E; e += n_warps) {
-    int32_t pos = s_start[e];
-    for (int64_t base = 0; base < P; base += 32) {
-      const int64_t p = base + lane;
-      const bool mine = id_of(p) == e;
-      const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, mine);
-      if (mine) {
-        const int32_t r = pos + __popc(ballot & lanes_below);
-        g.sorted[r] = static_cast<int32_t>(p);
-        g.pos_of_pair[p] = r;
+  for (int e0 = warp; e0 < E; e0 += 32 * n_warps) {
+    const int el = e0 + lane * n_warps;
+    uint32_t todo = __ballot_sync(0xFFFFFFFFu, el < E && s_start[el + 1] > s_start[el]);
+    while (todo) {
+      const int e = e0 + (__ffs(todo) - 1) * n_warps;
+      todo &= todo - 1;
+      int32_t pos = s_start[e];
+      const int32_t end = s_start[e + 1];
+      for (int64_t base = 0; pos < end && base < P; base += 32) {
+        const int64_t p = base + lane;
+        const bool mine = id_of(p) == e;
+        const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, mine);
+        if (mine) {
+          const int32_t r = pos + __popc(ballot & lanes_below);
+          g.sorted[r] = static_cast<int32_t>(p);
+          g.pos_of_pair[p] = r;
+        }
+        pos += __popc(ballot);
       }
-      pos += __popc(ballot);
     }
   }
 }
 
 // moe_route: warp w of CTA b routes row 16·b + w; then the last CTA to finish (counted in *done,
 // which it resets for the next launch) groups all T·k pairs into g. Each CTA makes its ids visible
-// device-wide before it counts itself done, and the last one reads the others' past its L1.
-__global__ void __launch_bounds__(kRouteWarps * 32)
+// device-wide before it counts itself done, and the last one reads the others' past its L1. With
+// `staged` (group_smem) the grouping reads the ids from shared memory: written there by the routing
+// warps when the launch is one CTA, else copied there once by the last CTA.
+// (Minimum 1 CTA per SM: at most 128 of them, for 2048 rows, and aiming at 3 had ptxas spill.)
+template <int N>
+__global__ void __launch_bounds__(kRouteWarps * 32, 1)
     moe_route_kernel(Mat logits, const void* __restrict__ scale, int scale_wt, int32_t* __restrict__ ids,
-                     int64_t ids_ld, float* __restrict__ wts, int64_t w_ld, int k, MoeGroups g,
+                     int64_t ids_ld, float* __restrict__ wts, int64_t w_ld, int k, bool staged, MoeGroups g,
                      unsigned* __restrict__ done) {
-  begin_kernel();
-  extern __shared__ int32_t s_start[];  // [E]
+  extern __shared__ int32_t s_group[];  // s_start [E + 1], then with `staged` the ids of the T·k pairs
   __shared__ bool s_last;
+  const int E = static_cast<int>(logits.cols);
+  int32_t* s_start = s_group;
+  int32_t* s_ids = staged ? s_group + E + 1 : nullptr;
+  for (int e = threadIdx.x; e <= E; e += blockDim.x) s_start[e] = 0;  // shared memory: before the wait
+  begin_kernel();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t T = logits.rows, t = static_cast<int64_t>(blockIdx.x) * kRouteWarps + warp;
-  if (t < T) route_row(logits, t, scale, scale_wt, ids, ids_ld, wts, w_ld, k, lane);
   const bool alone = gridDim.x == 1;
+  if (t < T)
+    route_row<N>(logits.p + t * logits.ld, E, scale, scale_wt, ids + t * ids_ld, wts + t * w_ld, k,
+                 alone && staged ? s_ids + t * k : nullptr, lane);
+  const int64_t P = T * k;
   if (!alone) {
     __threadfence();
     __syncthreads();
@@ -150,25 +237,39 @@ __global__ void __launch_bounds__(kRouteWarps * 32)
     if (!s_last) return;
     __threadfence();
     if (threadIdx.x == 0) *done = 0;
+    if (staged)
+      for (int64_t p = threadIdx.x; p < P; p += blockDim.x) s_ids[p] = __ldcg(ids + (p / k) * ids_ld + p % k);
   }
   __syncthreads();
-  const int64_t P = T * k;
   group_pairs(
       [&](int64_t p) -> int32_t {
         if (p >= P) return -1;
+        if (staged) return s_ids[p];
         const int32_t* id = ids + (p / k) * ids_ld + p % k;
         return alone ? *id : __ldcg(id);
       },
-      P, static_cast<int>(logits.cols), s_start, g);
+      P, E, s_start, g);
 }
 
-// moe_experts' own grouping (ids it was not handed by the moe_route just before it): one CTA.
+// moe_experts' own grouping (ids it was not handed by the moe_route just before it): one CTA,
+// shared memory as group_smem says.
 __global__ void moe_group_kernel(const int32_t* __restrict__ ids, int64_t ids_ld, int k, int64_t T, int E,
-                                 MoeGroups g) {
+                                 bool staged, MoeGroups g) {
+  extern __shared__ int32_t s_group[];  // s_start [E + 1], then with `staged` the ids of the T·k pairs
+  int32_t* s_start = s_group;
+  int32_t* s_ids = s_group + E + 1;
+  for (int e = threadIdx.x; e <= E; e += blockDim.x) s_start[e] = 0;
   begin_kernel();
-  extern __shared__ int32_t s_start[];  // [E]
   const int64_t P = T * k;
-  group_pairs([&](int64_t p) { return p < P ? ids[(p / k) * ids_ld + p % k] : -1; }, P, E, s_start, g);
+  if (staged)
+    for (int64_t p = threadIdx.x; p < P; p += blockDim.x) s_ids[p] = ids[(p / k) * ids_ld + p % k];
+  __syncthreads();
+  group_pairs(
+      [&](int64_t p) -> int32_t {
+        if (p >= P) return -1;
+        return staged ? s_ids[p] : ids[(p / k) * ids_ld + p % k];
+      },
+      P, E, s_start, g);
 }
 
 // Output columns of moe_gate_up_kernel per warp: a gate row and an up row each.
@@ -396,10 +497,17 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView* per_expe
     TANDEM_CUDA_CHECK(cudaMemsetAsync(sc.moe_done.data(), 0, sizeof(unsigned), op_stream()));
   }
   const unsigned grid = static_cast<unsigned>((T + kRouteWarps - 1) / kRouteWarps);
-  launch("moe_route_kernel", moe_route_kernel, grid, kRouteWarps * 32, E * sizeof(int32_t), mat(logits),
-         per_expert_scale ? per_expert_scale->data : nullptr, per_expert_scale ? wtype_of(per_expert_scale->dtype) : 0,
-         ids.as<int32_t>(), ids.stride(), weights.as<float>(), weights.stride(), static_cast<int>(k), g,
-         static_cast<unsigned*>(sc.moe_done.data()));
+  const GroupSmem smem = group_smem(T * k, E);
+  auto route = [&]<int N>() {  // N probabilities per lane in registers (route_row); 0: recomputed
+    launch("moe_route_kernel", moe_route_kernel<N>, grid, kRouteWarps * 32, smem.bytes, mat(logits),
+           per_expert_scale ? per_expert_scale->data : nullptr,
+           per_expert_scale ? wtype_of(per_expert_scale->dtype) : 0, ids.as<int32_t>(), ids.stride(),
+           weights.as<float>(), weights.stride(), static_cast<int>(k), smem.staged, g,
+           static_cast<unsigned*>(sc.moe_done.data()));
+  };
+  if (E <= 32 * 4) route.template operator()<4>();
+  else if (E <= 32 * 16) route.template operator()<16>();
+  else route.template operator()<0>();
   sc.routed = {ids.data, ids.stride(), T, k, E, issued_};
 }
 
@@ -426,9 +534,11 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
   auto* act = static_cast<float*>(sc.moe_act.data());
   auto* out = static_cast<float*>(sc.moe_out.data());
 
-  if (!grouped)
-    launch("moe_group_kernel", moe_group_kernel, 1, 1024, E * sizeof(int32_t), ids.as<int32_t>(), ids.stride(),
-           static_cast<int>(k), T, static_cast<int>(E), g);
+  if (!grouped) {
+    const GroupSmem smem = group_smem(P, E);
+    launch("moe_group_kernel", moe_group_kernel, 1, 1024, smem.bytes, ids.as<int32_t>(), ids.stride(),
+           static_cast<int>(k), T, static_cast<int>(E), smem.staged, g);
+  }
 
   if (P > 0 && I > 0) {
     // An expert has at most T rows (a row picks it once), which bounds the tile height.
