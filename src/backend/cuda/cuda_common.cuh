@@ -86,6 +86,9 @@ inline int wtype_of(DType t) {
   }
 }
 
+// Bytes of one element of WType wt.
+__host__ __device__ constexpr int wtype_bytes(int wt) { return wt == kF32 ? 4 : wt == kF8 ? 1 : 2; }
+
 __device__ __forceinline__ float bf16_bits_to_f32(uint32_t h) { return __uint_as_float(h << 16); }
 __device__ __forceinline__ float f16_bits_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 // OCP FP8 E4M3, exactly as util/half.h (finite only; 0x7F / 0xFF are NaN).
@@ -121,11 +124,6 @@ __device__ __forceinline__ float load_any(const void* p, int wt, int64_t i) {
     case kF16: return load_elem<kF16>(p, i);
     default: return load_elem<kF8>(p, i);
   }
-}
-
-template <int WT>
-__host__ __device__ constexpr int64_t welem_bytes() {
-  return WT == kF32 ? 4 : WT == kF8 ? 1 : 2;
 }
 
 // Eight consecutive weights loaded with 16-byte (F32: two, F8: one 8-byte) loads, decoded later so
@@ -293,6 +291,14 @@ __device__ __forceinline__ void begin_kernel() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// Asks L2 for the `bytes` bytes at p, one 128-byte line per thread in turn (thread of threads), without
+// waiting for them: a later load of them meets L2 instead of DRAM.
+__device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes, int thread, int threads) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = int64_t{thread} * 128; o < bytes; o += int64_t{threads} * 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
 }
 
 // A KV layer the kernels can use: heads, F32 or BF16 memory, 16-byte aligned (kv_write_normed, attention).

@@ -99,10 +99,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a
 #pragma unroll
     for (int s = 0; s < kMaxNormSteps; ++s) {
       if (s >= a.n) break;
-      const char* w = static_cast<const char*>(a.step[s].w);
-      const int64_t bytes = D * (a.step[s].wt == kF32 ? 4 : a.step[s].wt == kF8 ? 1 : 2);
-      for (int64_t o = threadIdx.x * 128; w && o < bytes; o += blockDim.x * 128)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(w + o));
+      if (a.step[s].w) prefetch_l2(a.step[s].w, D * wtype_bytes(a.step[s].wt), threadIdx.x, blockDim.x);
     }
   }
   begin_kernel();

@@ -29,7 +29,7 @@ struct FloatRows {
   template <int MT>
   __device__ __forceinline__ void dot(const int64_t (&r)[kRows], const float* const (&xr)[MT], int nrows,
                                       float (&acc)[kRows][MT], int lane) const {
-    warp_dot<WT, VEC, XVEC, MT>(static_cast<const char*>(w) + r[0] * K * welem_bytes<WT>(), K, xr, nrows, acc[0], lane);
+    warp_dot<WT, VEC, XVEC, MT>(static_cast<const char*>(w) + r[0] * K * wtype_bytes(WT), K, xr, nrows, acc[0], lane);
   }
 };
 
