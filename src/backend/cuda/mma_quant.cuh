@@ -110,14 +110,6 @@ struct MmaQuantRows {
   // 64-byte blocks of a row of K codes (4 chunks of 16 bytes): the unit warps take turns over.
   __host__ __device__ static int64_t blocks(int64_t K) { return (K / kQuantChunkCodes<CODE> + 3) / 4; }
 
-  // Asks L2 for weight rows [row0, row0 + n): their codes, scales and zeros (prefetch_l2 by thread of threads).
-  __device__ __forceinline__ void prefetch(int64_t row0, int64_t n, int64_t K, int thread, int threads) const {
-    const int64_t row_bytes = K / kQuantChunkCodes<CODE> * 16, scale_bytes = wtype_bytes(w.scale_wt);
-    prefetch_l2(w.codes + row0 * row_bytes, n * row_bytes, thread, threads);
-    prefetch_l2(static_cast<const char*>(w.scales) + row0 * w.G * scale_bytes, n * w.G * scale_bytes, thread, threads);
-    if (w.zeros) prefetch_l2(w.zeros + row0 * w.G, n * w.G, thread, threads);
-  }
-
   // This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
   // x rows 2t and 2t + 1 of tile i) over its K blocks. sets[j]: set j's weight; row[j][0] / row[j][1]:
   // the weight rows this lane's g and g + 8 stand for; x[i]: x row g of tile i as f32 (16-byte

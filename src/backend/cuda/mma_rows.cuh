@@ -123,11 +123,6 @@ struct MmaBf16Rows {
   // 64-byte blocks of a row of K elements (32 bf16 values): the unit warps take turns over.
   __host__ __device__ static int64_t blocks(int64_t K) { return (K / 8 + 3) / 4; }
 
-  // Asks L2 for weight rows [row0, row0 + n) (prefetch_l2 by thread of threads).
-  __device__ __forceinline__ void prefetch(int64_t row0, int64_t n, int64_t K, int thread, int threads) const {
-    prefetch_l2(rows + row0 * K, n * K * 2, thread, threads);
-  }
-
   // This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
   // x rows 2t and 2t + 1 of tile i) over its K blocks. w[j]: set j's weight; row[j][0] / row[j][1]:
   // the weight rows lane g's g and g + 8 stand for; x[i]: x row g of tile i as f32 (16-byte aligned),

@@ -382,19 +382,14 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   begin_kernel();
   constexpr int NT = DOWN ? 1 : 2;
   __shared__ MmaReduceSmem<NT, TILES> sm;
-  const int n_active = active[E], e = active[blockIdx.y];  // both loads in flight at once
-  if (static_cast<int>(blockIdx.y) >= n_active) return;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
-  const int64_t first_row = static_cast<int64_t>(e) * NT * N;  // gate_up: [E, 2I, H]; down: [E, H, I]
-  // The CTA's weight rows are known from here, its x rows two dependent loads away (the expert's
-  // offsets, then the routed rows): L2 fetches the weights meanwhile.
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-    w.prefetch(first_row + j * N + n0, (N - n0 < kMmaRows ? N - n0 : kMmaRows), K, threadIdx.x, blockDim.x);
+  if (static_cast<int>(blockIdx.y) >= active[E]) return;
+  const int e = active[blockIdx.y];
   const int32_t begin = offsets[e], end = offsets[e + 1];
   if (begin >= end) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
   const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
+  const int64_t first_row = static_cast<int64_t>(e) * NT * N;  // gate_up: [E, 2I, H]; down: [E, H, I]
   W sets[NT];
   int64_t rows[NT][2];
 #pragma unroll
