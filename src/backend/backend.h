@@ -132,6 +132,14 @@ class Backend {
   // any weight dtype (quantized too). The same values as matmul, matmul and gelu_tanh_mul, in one op.
   virtual void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) = 0;
 
+  // y1[T,N1] = x · w1ᵀ and y2[T,N2] = x · w2ᵀ: two projections of one x (a layer's K and V). The same
+  // values as the two matmuls, which is what this default issues; a backend may run them as one launch.
+  virtual void matmul_pair(const TensorView& x, const TensorView& w1, TensorView& y1, const TensorView& w2,
+                           TensorView& y2) {
+    matmul(x, w1, y1);
+    matmul(x, w2, y2);
+  }
+
   // y[T,H] = table[ids[t], :] · scale   (ids [T] I32, table [V,H] in any float dtype).
   virtual void embed(const TensorView& ids, const TensorView& table, float scale, TensorView& y) = 0;
 

@@ -98,12 +98,13 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
   };
   auto kv_branch = [&] {
     s.k.resize(DType::F32, {T, nkv * d});
-    be.matmul(s.normed, w.k_proj, s.k.view());
     const TensorView k3 = s.k.view().reshaped({T, nkv, d});  // raw K projection
     TensorView v3 = k3;  // K=V layers: V is the raw K projection's weightless norm (no k_norm, no RoPE)
-    if (!spec.k_eq_v) {
+    if (spec.k_eq_v) {
+      be.matmul(s.normed, w.k_proj, s.k.view());
+    } else {
       s.v.resize(DType::F32, {T, nkv * d});
-      be.matmul(s.normed, w.v_proj, s.v.view());
+      be.matmul_pair(s.normed, w.k_proj, s.k.view(), w.v_proj, s.v.view());
       v3 = s.v.view().reshaped({T, nkv, d});
     }
     // The cache's rows at kv_slots: K [T, nkv, d] = RoPE(RMS(k; k_norm)), V [T, nkv, d] = RMS0(v).

@@ -91,6 +91,7 @@ struct AttnArgs {
   int64_t max_chunks;  // chunks per row the launch covers (split path: gridDim.y)
   float scale;
   float* chunks;  // split path: per (row, head, chunk) state [m, l, acc[D]]
+  unsigned* tickets;  // split path: per (row, head) count of its chunks done (zero between launches)
 };
 
 // The row's usable key range: [kv_begin, kv_begin + len) of block-table row `table`.
@@ -251,14 +252,38 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttnArgs a) 
   write_out<D, PER>(a, t, h, l, acc);
 }
 
-// Split path, step 1: one CTA per (row, head, chunk) (flash-decoding: a decode step has only
-// n_heads rows of work per layer). A row of one chunk writes its output; longer rows leave their
-// chunk states for attention_combine_kernel.
+// Split path: folds the row's n chunk states in chunk order and writes its output (the CTA that
+// finished the row's last chunk; the other chunks' states come from L2, past this SM's L1).
+template <int D, int PER>
+__device__ __forceinline__ void combine_chunks(const AttnArgs& a, int64_t t, int64_t h, int64_t n) {
+  const float* st = a.chunks + (t * a.n_heads + h) * a.max_chunks * (D + 2);
+  float m = -INFINITY, l = 0.0f, acc[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) acc[j] = 0.0f;
+  for (int64_t c = 0; c < n; ++c, st += D + 2) {
+    const float mc = __ldcg(st), lc = __ldcg(st + 1);
+    float mm = m, ll = l;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int i = threadIdx.x + j * kAttnWarps * 32;
+      mm = m, ll = l;
+      fold(mm, ll, acc[j], mc, lc, i < D ? __ldcg(st + 2 + i) : 0.0f);
+    }
+    m = mm, l = ll;
+  }
+  write_out<D, PER>(a, t, h, l, acc);
+}
+
+// Split path: one CTA per (row, head, chunk) (flash-decoding: a decode step has only n_heads rows of
+// work per layer). A row of one chunk writes its output; a longer row's chunks leave their states,
+// and the last of them to finish (a ticket per (row, head), counted with atomicAdd and reset for the
+// next launch) folds them all: no second launch.
 template <int EPL, int KVT>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_chunk_kernel(AttnArgs a) {
   begin_kernel();
   constexpr int D = 32 * EPL, PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
   __shared__ ChunkSmem<D> sm;
+  __shared__ bool last;
   const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, c = blockIdx.y;
   const RowRange r = row_range(a, t);
   const int64_t n = chunks_of(r.len);
@@ -284,32 +309,15 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_chunk_kernel(AttnAr
     const int i = threadIdx.x + j * kAttnWarps * 32;
     if (i < D) st[2 + i] = ac[j];
   }
-}
-
-// Split path, step 2: folds a row's chunk states in chunk order (rows of more than one chunk).
-template <int D>
-__global__ void __launch_bounds__(kAttnWarps * 32) attention_combine_kernel(AttnArgs a) {
-  begin_kernel();
-  constexpr int PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
-  const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads;
-  const int64_t n = chunks_of(row_range(a, t).len);
-  if (n <= 1) return;
-  const float* st = a.chunks + (t * a.n_heads + h) * a.max_chunks * (D + 2);
-  float m = -INFINITY, l = 0.0f, acc[PER];
-#pragma unroll
-  for (int j = 0; j < PER; ++j) acc[j] = 0.0f;
-  for (int64_t c = 0; c < n; ++c, st += D + 2) {
-    const float mc = st[0], lc = st[1];
-    float mm = m, ll = l;
-#pragma unroll
-    for (int j = 0; j < PER; ++j) {
-      const int i = threadIdx.x + j * kAttnWarps * 32;
-      mm = m, ll = l;
-      fold(mm, ll, acc[j], mc, lc, i < D ? st[2 + i] : 0.0f);
-    }
-    m = mm, l = ll;
-  }
-  write_out<D, PER>(a, t, h, l, acc);
+  // Publish this chunk's state, then take the row's ticket.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(a.tickets + blockIdx.x, 1u) == static_cast<unsigned>(n - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  combine_chunks<D, PER>(a, t, h, n);
+  if (threadIdx.x == 0) a.tickets[blockIdx.x] = 0;
 }
 
 template <int EPL>
@@ -327,9 +335,6 @@ void launch_attention(CudaBackend& be, const AttnArgs& a, bool bf16, int64_t row
     be.launch("attention_chunk_kernel", attention_chunk_kernel<EPL, 1>, grid, threads, 0, a);
   else
     be.launch("attention_chunk_kernel", attention_chunk_kernel<EPL, 0>, grid, threads, 0, a);
-  if (a.max_chunks > 1)
-    be.launch("attention_combine_kernel", attention_combine_kernel<32 * EPL>, static_cast<unsigned>(rows), threads, 0,
-              a);
 }
 
 }  // namespace
@@ -375,10 +380,16 @@ void CudaBackend::attention(const TensorView& q, const KvLayer& layer, const Att
   const bool split = blocks < kSplitRowsPerSm * sm_count_ && state_bytes <= kMaxChunkStateBytes &&
                      a.max_chunks <= 65535;
   a.chunks = nullptr;
+  a.tickets = nullptr;
   if (split && a.max_chunks > 1) {
-    Buffer& buf = scratch().attn_chunks;
-    ensure(buf, state_bytes);
-    a.chunks = static_cast<float*>(buf.data());
+    OpScratch& sc = scratch();
+    ensure(sc.attn_chunks, state_bytes);
+    a.chunks = static_cast<float*>(sc.attn_chunks.data());
+    if (sc.attn_tickets.bytes() < blocks * sizeof(unsigned)) {  // new tickets start at zero
+      ensure(sc.attn_tickets, blocks * sizeof(unsigned));
+      TANDEM_CUDA_CHECK(cudaMemsetAsync(sc.attn_tickets.data(), 0, sc.attn_tickets.bytes(), op_stream()));
+    }
+    a.tickets = static_cast<unsigned*>(sc.attn_tickets.data());
   }
   switch (d / 32) {
 #define TANDEM_ATTN_CASE(E)                             \

@@ -384,6 +384,8 @@ class CudaBackend final : public Backend {
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override;
   void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) override;
+  void matmul_pair(const TensorView& x, const TensorView& w1, TensorView& y1, const TensorView& w2,
+                   TensorView& y2) override;
   void embed(const TensorView& ids, const TensorView& table, float scale, TensorView& y) override;
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override;
   void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) override;
@@ -438,10 +440,11 @@ class CudaBackend final : public Backend {
   // 16-byte aligned address and stride; x itself when it is, else a packed copy in the op scratch. Returns
   // the rows and their stride.
   std::pair<const float*, int64_t> mma_x_rows(const float* x, int64_t ldx, int64_t rows, int64_t K);
-  // matmul / matmul_gelu_glu (up non-null) on the tensor cores: x [T, K] (row stride ldx) times w
-  // [N, K], bf16 (mma_rows_fit) or quantized (mma_quant_fit; up of the same code).
+  // matmul, matmul_gelu_glu (up non-null) and matmul_pair (up and y2 non-null: y2 = x · upᵀ) on the
+  // tensor cores: x [T, K] (row stride ldx) times w [N, K], bf16 (mma_rows_fit) or quantized
+  // (mma_quant_fit; up of the same code).
   void launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
-                         TensorView& y, int64_t T, int64_t N);
+                         TensorView& y, int64_t T, int64_t N, TensorView* y2 = nullptr);
   // K slices of a tensor-core matmul over N weight rows of `blocks` K blocks each (cu::MmaSplit): as
   // many as the launch's row tiles fit in mma_split_ctas_ CTAs, at most one per kMmaWarps blocks
   // (every warp has a block) and kMmaMaxSlices. A function of the weight's shape (and the GPU) alone,
@@ -482,8 +485,9 @@ class CudaBackend final : public Backend {
     Buffer glu_up;
     // Split-K tensor-core matmuls: the slices' partial sums and the tiles' tickets (cu::MmaSplit).
     Buffer mma_partials, mma_tickets;
-    // attention's split path: per (row, head, chunk) softmax states.
-    Buffer attn_chunks;
+    // attention's split path: per (row, head, chunk) softmax states, and each (row, head)'s ticket
+    // (zero between launches).
+    Buffer attn_chunks, attn_tickets;
     // moe_route's last-CTA counter (zero between launches).
     Buffer moe_done;
     // argmax_rows: each chunk's best value and label [R, chunks], and each row's last-CTA counter

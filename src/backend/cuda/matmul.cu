@@ -101,22 +101,29 @@ __global__ void pack_rows_kernel(const float* __restrict__ x, int64_t ldx, int64
 
 // y[T, N] = x · wᵀ on the tensor cores for weight rows W (MmaBf16Rows or MmaQuantRows, mma_rows.cuh /
 // mma_quant.cuh), x rows 16-byte aligned (mma_x_rows): a CTA per 16 columns, TILES tiles of 8 rows
-// and K slice (grid: column tiles × row tiles × split.slices). GLU: out = gelu_tanh(x · gateᵀ) ·
-// (x · upᵀ) with the same sums (the same bits as two such matmuls and gelu_tanh_mul).
-template <class W, int TILES, bool GLU>
+// and K slice (grid: column tiles × row tiles × split.slices). kGlu: y = gelu_tanh(x · wᵀ) · (x · upᵀ)
+// with the same sums (the same bits as two such matmuls and gelu_tanh_mul). kPair: the first half of
+// the column tiles write y = x · wᵀ, the second half y2 = x · upᵀ (two projections of one x, each the
+// same bits as its own launch).
+enum class MmaEpilogue { kPlain, kGlu, kPair };
+template <class W, int TILES, MmaEpilogue EPI>
 __global__ void __launch_bounds__(kMmaWarps * 32)
     matmul_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, W up, int64_t K, float* __restrict__ y,
-                      int64_t ldy, int64_t T, int64_t N, MmaSplit split) {
+                      int64_t ldy, float* __restrict__ y2, int64_t ldy2, int64_t T, int64_t N, MmaSplit split) {
   begin_kernel();
+  constexpr bool GLU = EPI == MmaEpilogue::kGlu;
   constexpr int NT = GLU ? 2 : 1;
   __shared__ MmaReduceSmem<NT, TILES> sm;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
+  const bool second = EPI == MmaEpilogue::kPair && blockIdx.x >= gridDim.x / 2;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x - (second ? gridDim.x / 2 : 0)) * kMmaRows;
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * TILES * kMmaTile;
   const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
   W sets[NT];
-  sets[0] = w;
+  sets[0] = second ? up : w;
   if constexpr (GLU) sets[NT - 1] = up;
+  float* const out = second ? y2 : y;
+  const int64_t ld_out = second ? ldy2 : ldy;
   int64_t rows[NT][2];
 #pragma unroll
   for (int j = 0; j < NT; ++j) rows[j][0] = na, rows[j][1] = nb;
@@ -134,7 +141,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
   mma_finish<NT, TILES>(c, sm, warp, lane, split, tile, slice, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
     const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
-    if (tr < T && nc < N) y[tr * ldy + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
+    if (tr < T && nc < N) out[tr * ld_out + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
   });
 }
 
@@ -183,33 +190,38 @@ MmaSplit CudaBackend::mma_split(int64_t tiles, int slices, int64_t floats) {
 }
 
 void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
-                                    TensorView& y, int64_t T, int64_t N) {
+                                    TensorView& y, int64_t T, int64_t N, TensorView* y2) {
   const auto [xa, lda] = mma_x_rows(x, ldx, T, K);
+  const MmaEpilogue epi = !up ? MmaEpilogue::kPlain : y2 ? MmaEpilogue::kPair : MmaEpilogue::kGlu;
   with_mma_rows(w, K, [&]<class W>(const W& rows) {
     const W up_rows = up ? mma_rows_of<W>(*up, K) : rows;
     with_mma_tiles<W>(T, [&]<int TILES>() {
       const int64_t per_cta = int64_t{TILES} * kMmaTile, n_tiles = (N + kMmaRows - 1) / kMmaRows;
+      const int64_t w_tiles = epi == MmaEpilogue::kPair ? 2 * n_tiles : n_tiles;  // column tiles of the launch
       const int64_t t_tiles = (T + per_cta - 1) / per_cta;
       const int slices = mma_slices(N, W::blocks(K));
-      const int64_t floats = TILES * 128 * (up ? 2 : 1);  // partial sums per tile and slice
+      const int64_t floats = TILES * 128 * (epi == MmaEpilogue::kGlu ? 2 : 1);  // partial sums per tile and slice
       // A split's partial sums grow with the rows (a long prompt's prefill): launches over at most
       // kMmaSplitScratchBytes of them, one after the other. A row's sums are the same in any launch.
       const int64_t per_launch = std::min<int64_t>(
           65535, slices == 1 ? t_tiles
-                             : std::max<int64_t>(1, kMmaSplitScratchBytes / (n_tiles * slices * floats * 4)));
+                             : std::max<int64_t>(1, kMmaSplitScratchBytes / (w_tiles * slices * floats * 4)));
       for (int64_t tt0 = 0; tt0 < t_tiles; tt0 += per_launch) {
         const int64_t tt = std::min(per_launch, t_tiles - tt0), r0 = tt0 * per_cta;
         const int64_t n_rows = std::min(T - r0, tt * per_cta);
-        const MmaSplit split = mma_split(n_tiles * tt, slices, floats);
-        const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(tt), static_cast<unsigned>(slices));
+        const MmaSplit split = mma_split(w_tiles * tt, slices, floats);
+        const dim3 grid(static_cast<unsigned>(w_tiles), static_cast<unsigned>(tt), static_cast<unsigned>(slices));
         const float* xr = xa + r0 * lda;
         float* yr = y.as<float>() + r0 * y.stride();
-        if (up)
-          launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, true>, grid, kMmaWarps * 32, 0, xr, lda, rows, up_rows,
-                 K, yr, y.stride(), n_rows, N, split);
-        else
-          launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, false>, grid, kMmaWarps * 32, 0, xr, lda, rows, rows, K,
-                 yr, y.stride(), n_rows, N, split);
+        float* y2r = y2 ? y2->as<float>() + r0 * y2->stride() : nullptr;
+        const int64_t ld2 = y2 ? y2->stride() : 0;
+        auto go = [&]<MmaEpilogue EPI>() {
+          launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, EPI>, grid, kMmaWarps * 32, 0, xr, lda, rows, up_rows,
+                 K, yr, y.stride(), y2r, ld2, n_rows, N, split);
+        };
+        if (epi == MmaEpilogue::kGlu) go.template operator()<MmaEpilogue::kGlu>();
+        else if (epi == MmaEpilogue::kPair) go.template operator()<MmaEpilogue::kPair>();
+        else go.template operator()<MmaEpilogue::kPlain>();
       }
     });
   });
@@ -248,6 +260,23 @@ void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y
 }  // namespace tandem
 
 namespace tandem {
+
+void CudaBackend::matmul_pair(const TensorView& x, const TensorView& w1, TensorView& y1, const TensorView& w2,
+                              TensorView& y2) {
+  const auto [T, N, K] = check_matmul(x, w1, y1);
+  const auto [T2, N2, K2] = check_matmul(x, w2, y2);
+  // One launch where both weights take one tensor-core kernel with one x (no act-order permutation)
+  // and one column count (so one split); otherwise the two matmuls.
+  const bool bf16_pair = mma_rows_fit(w1, K) && mma_rows_fit(w2, K);
+  if (!mma_ || N != N2 || !(bf16_pair || mma_quant_glu_fit(w1, w2, K))) {
+    matmul(x, w1, y1);
+    matmul(x, w2, y2);
+    return;
+  }
+  use_device();
+  if (T == 0 || N == 0) return;
+  launch_matmul_mma(x.as<float>(), x.stride(), w1, &w2, K, y1, T, N, &y2);
+}
 
 void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) {
   const auto [T, I, K] = check_matmul(x, gate, out);
