@@ -40,6 +40,29 @@ constexpr int kLanes = 16;           // f32 accumulator lanes; one load holds 2 
 constexpr int kMaxAcc = 16;          // accumulators next to the operands in 32 zmm registers
 constexpr int kPrefetchBytes = 2048;  // as the exact kernels (matmul_kernels.h)
 
+// The lane sums of v[0..8), each added in the order of _mm512_reduce_add_ps (GCC's: the upper 256
+// bits onto the lower, then the upper 128 onto the lower, then lanes {2, 3} onto {0, 1}, then lane 1
+// onto lane 0), so every sum has the same bits; the eight reductions share their shuffles and adds
+// (15 adds instead of 32, a fraction of the shuffles), which at the short rows of a small model
+// (K = 128 or 256: 4 or 8 steps of the k loop per tile) took a large share of a tile's time.
+inline __m256 reduce8(const __m512 v[8]) {
+  // Lanes 0-7 of f[i]: v[2i]'s upper 256 bits + lower; lanes 8-15: the same of v[2i + 1].
+  __m512 f[4];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)
+    f[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44));
+  // Quarter q of g[j]: v[4j + q]'s 128-bit fold (upper 128 of the 256 above + lower).
+  __m512 g[2];
+#pragma GCC unroll 2
+  for (int j = 0; j < 2; ++j)
+    g[j] = _mm512_add_ps(_mm512_shuffle_f32x4(f[2 * j], f[2 * j + 1], 0xDD), _mm512_shuffle_f32x4(f[2 * j], f[2 * j + 1], 0x88));
+  // Quarter q: {a0 + a2, a1 + a3, b0 + b2, b1 + b3} with a = v[q], b = v[4 + q].
+  const __m512 h = _mm512_add_ps(_mm512_shuffle_ps(g[0], g[1], 0x44), _mm512_shuffle_ps(g[0], g[1], 0xEE));
+  // Quarter q: {sum v[q], sum v[4 + q], ...}: element 0 plus element 1 of each pair above.
+  const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(h, h, 0x88), _mm512_shuffle_ps(h, h, 0xDD));
+  return _mm512_castps512_ps256(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), s));
+}
+
 // y[t·ldy + r] = Σ_k w[r·K + k] · (hi + lo)[t][k] for r < R, t < TT. Every output has two
 // accumulators, one per term, added at the end: the same operations for any R and TT, so a row's
 // result never depends on which rows of x were batched with it.
@@ -67,6 +90,19 @@ inline void tile(const uint16_t* w, int64_t K, const uint16_t* xs, int64_t ldxs,
         acc_hi[r][t] = _mm512_dpbf16_ps(acc_hi[r][t], wv, xh[t]);
         acc_lo[r][t] = _mm512_dpbf16_ps(acc_lo[r][t], wv, xl[t]);
       }
+    }
+  }
+  if constexpr (R == 4 && TT == 2) {
+    if (k == K) {  // no tail: the eight sums at once (reduce8), bit for bit what the loop below gives
+      __m512 v[8];
+#pragma GCC unroll 8
+      for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) v[t * R + r] = _mm512_add_ps(acc_hi[r][t], acc_lo[r][t]);
+      const __m256 sums = reduce8(v);
+      _mm_storeu_ps(y, _mm256_castps256_ps128(sums));
+      _mm_storeu_ps(y + ldy, _mm256_extractf128_ps(sums, 1));
+      return;
     }
   }
   for (int r = 0; r < R; ++r) {
