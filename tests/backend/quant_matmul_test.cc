@@ -369,8 +369,10 @@ TEST(QuantMatmul, CudaMoeExpertsMatchCpu) {
 }
 
 // The fused GeGLU with quantized gate and up against the CPU, and bit-identical to the CUDA backend's
-// own matmul, matmul, gelu_tanh_mul (the fused tensor-core kernel must sum exactly as the matmul one).
-TEST(QuantMatmul, CudaGeluGluMatchesCpuAndItsComposition) {
+// own matmul, matmul, gelu_tanh_mul (the fused tensor-core kernel must sum exactly as the matmul one);
+// matmul_pair of the same two weights (one code: one launch of the tensor-core kernel where it
+// applies) bit-identical to those two matmuls.
+TEST(QuantMatmul, CudaGeluGluAndPairMatchTheirComposition) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
   ExactCpuKernels exact;
   auto cpu = make_cpu_backend(2);
@@ -397,35 +399,13 @@ TEST(QuantMatmul, CudaGeluGluMatchesCpuAndItsComposition) {
         TensorView up = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
         gpu->matmul(xd, gd, gate);
         gpu->matmul(xd, ud, up);
+        TensorView pair_gate = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
+        TensorView pair_up = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
+        gpu->matmul_pair(xd, gd, pair_gate, ud, pair_up);
+        EXPECT_EQ(std::memcmp(d.get<float>(pair_gate, T * I).data(), d.get<float>(gate, T * I).data(), T * I * 4), 0);
+        EXPECT_EQ(std::memcmp(d.get<float>(pair_up, T * I).data(), d.get<float>(up, T * I).data(), T * I * 4), 0);
         gpu->gelu_tanh_mul(gate, up, gate);
         EXPECT_EQ(std::memcmp(fused.data(), d.get<float>(gate, T * I).data(), T * I * 4), 0);
-      }
-    }
-}
-
-// matmul_pair with two quantized weights of one code (one launch of the tensor-core kernel where it
-// applies): bit-identical to the CUDA backend's own two matmuls.
-TEST(QuantMatmul, CudaPairIsItsTwoMatmuls) {
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
-  auto gpu = make_backend("cuda");
-  Rng rng(25);
-  for (const QuantCase& c : kCases)
-    for (int64_t K : {704, 2112}) {
-      if (channel_elsewhere(c, K)) continue;
-      const int64_t N = 37 + rng.index(100);
-      QuantWeight w1 = make_quant(c, 1, N, K, rng), w2 = make_quant(c, 1, N, K, rng);
-      DeviceQuant d(*gpu);
-      const TensorView w1d = d.weight(w1), w2d = d.weight(w2);
-      for (int64_t T : {1, 3, 9, 40}) {
-        SCOPED_TRACE(::testing::Message() << describe(c) << " T=" << T << " N=" << N << " K=" << K);
-        const TensorView xd = d.data(rng.normals(T * K, 0.1f), DType::F32, {T, K});
-        auto nans = [&] { return d.data(std::vector<float>(T * N, NAN), DType::F32, {T, N}); };
-        TensorView y1 = nans(), y2 = nans(), r1 = nans(), r2 = nans();
-        gpu->matmul_pair(xd, w1d, y1, w2d, y2);
-        gpu->matmul(xd, w1d, r1);
-        gpu->matmul(xd, w2d, r2);
-        EXPECT_EQ(std::memcmp(d.get<float>(y1, T * N).data(), d.get<float>(r1, T * N).data(), T * N * 4), 0);
-        EXPECT_EQ(std::memcmp(d.get<float>(y2, T * N).data(), d.get<float>(r2, T * N).data(), T * N * 4), 0);
       }
     }
 }
