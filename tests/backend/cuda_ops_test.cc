@@ -755,6 +755,28 @@ TEST(CudaOps, MoeExperts) {
   }
 }
 
+// A one-token step takes the kernels' one-row path (OneRowX), a row of an expert at a time: an expert
+// listed twice for the token must count twice, as on the CPU.
+TEST(CudaOps, MoeExpertsOneTokenWithARepeatedExpert) {
+  REQUIRE_CUDA();
+  Backends b;
+  Rng rng(304);
+  const int64_t E = 8, k = 4, H = 64, I = 48;
+  for (DType wt : {DType::BF16, DType::F32}) {
+    SCOPED_TRACE(dtype_name(wt));
+    const HT gu = rand_stored(wt, {E, 2 * I, H}, rng, 0.3f), dn = rand_stored(wt, {E, H, I}, rng, 0.3f);
+    const HT x = rand_f32({1, H}, 0, rng), ids = ints(DType::I32, {1, k}, {5, 2, 5, 5});
+    const HT w = random_route_weights(1, k, rng);
+    HT y = make_ht(DType::F32, {1, H});
+    TensorView yc = y.view();
+    b.cpu->moe_experts(x.view(), ids.view(), w.view(), gu.view(), dn.view(), yc);
+    Dev d(*b.gpu);
+    TensorView yd = d.poisoned(y);
+    b.gpu->moe_experts(d.up(x), d.up(ids), d.up(w), d.up(gu), d.up(dn), yd);
+    EXPECT_LT(rel_l2(d.down(yd, y), y), 1e-5);
+  }
+}
+
 // moe_experts right after moe_route uses the grouping the route's launch made (one CTA at decode, the
 // last of several CTAs beyond 16 rows): the same bits as moe_experts grouping a copy of the ids
 // itself, and the CPU's values. Ids rewritten between the two (an upload) are grouped afresh.

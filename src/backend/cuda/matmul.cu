@@ -104,9 +104,9 @@ __global__ void pack_rows_kernel(const float* __restrict__ x, int64_t ldx, int64
 // and K slice (grid: column tiles × row tiles × split.slices). kGlu: y = gelu_tanh(x · wᵀ) · (x · upᵀ)
 // with the same sums (the same bits as two such matmuls and gelu_tanh_mul). kPair: the first half of
 // the column tiles write y = x · wᵀ, the second half y2 = x · upᵀ (two projections of one x, each the
-// same bits as its own launch).
+// same bits as its own launch). ONE_ROW: T is 1, and every lane takes that row (OneRowX, mma_rows.cuh).
 enum class MmaEpilogue { kPlain, kGlu, kPair };
-template <class W, int TILES, MmaEpilogue EPI>
+template <class W, int TILES, MmaEpilogue EPI, bool ONE_ROW>
 __global__ void __launch_bounds__(kMmaWarps * 32)
     matmul_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, W up, int64_t K, float* __restrict__ y,
                       int64_t ldy, float* __restrict__ y2, int64_t ldy2, int64_t T, int64_t N, MmaSplit split) {
@@ -130,13 +130,13 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   const float* xr[TILES];
 #pragma unroll
   for (int i = 0; i < TILES; ++i) {
-    const int64_t r = t0 + i * kMmaTile + g;
+    const int64_t r = t0 + i * kMmaTile + (ONE_ROW ? 0 : g);
     xr[i] = r < T ? x + r * ldx : nullptr;
   }
   const int slice = static_cast<int>(blockIdx.z);
   const int64_t blocks = W::blocks(K);  // slice s sums blocks [blocks · s / slices, blocks · (s + 1) / slices)
   float c[TILES][NT][4];
-  W::template partial<NT, TILES>(sets, rows, K, xr, blocks * slice / split.slices, blocks * (slice + 1) / split.slices,
+  W::template partial<NT, TILES, ONE_ROW>(sets, rows, K, xr, blocks * slice / split.slices, blocks * (slice + 1) / split.slices,
                                  warp, lane, c);
   const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
   mma_finish<NT, TILES>(c, sm, warp, lane, split, tile, slice, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
@@ -216,8 +216,14 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
         float* y2r = y2 ? y2->as<float>() + r0 * y2->stride() : nullptr;
         const int64_t ld2 = y2 ? y2->stride() : 0;
         auto go = [&]<MmaEpilogue EPI>() {
-          launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, EPI>, grid, kMmaWarps * 32, 0, xr, lda, rows, up_rows,
-                 K, yr, y.stride(), y2r, ld2, n_rows, N, split);
+          if constexpr (TILES == 1)
+            if (n_rows == 1) {
+              launch("matmul_mma_kernel", matmul_mma_kernel<W, 1, EPI, true>, grid, kMmaWarps * 32, 0, xr, lda, rows,
+                     up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, split);
+              return;
+            }
+          launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, EPI, false>, grid, kMmaWarps * 32, 0, xr, lda, rows,
+                 up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, split);
         };
         if (epi == MmaEpilogue::kGlu) go.template operator()<MmaEpilogue::kGlu>();
         else if (epi == MmaEpilogue::kPair) go.template operator()<MmaEpilogue::kPair>();

@@ -36,6 +36,7 @@
 // parts in the same order whatever the other rows of its tile are, and the path is chosen by the
 // weight alone.
 #pragma once
+#include <bit>
 #include <type_traits>
 
 #include "backend/cuda/mma_quant_decode.h"
@@ -53,6 +54,7 @@ struct MmaQuantWeight {
   int64_t G;              // groups per row
   int scale_wt;           // WType of the scales
   int chunks_per_group;   // group / (codes per 16-byte chunk)
+  int group_shift;        // log2(chunks_per_group) where that is a power of two (a shift, not a division), else -1
 };
 
 template <QuantCode CODE>
@@ -84,8 +86,10 @@ inline bool mma_quant_glu_fit(const TensorView& gate, const TensorView& up, int6
 
 inline MmaQuantWeight mma_quant_weight(const TensorView& w, int64_t K) {
   const QuantParams& q = *w.quant;
+  const int chunks = static_cast<int>(q.group / (128 / quant_code_bits(q.code)));
+  const int shift = (chunks & (chunks - 1)) == 0 ? std::countr_zero(static_cast<unsigned>(chunks)) : -1;
   return {static_cast<const uint8_t*>(w.data), q.scales.data, static_cast<const uint8_t*>(q.zeros.data), q.groups(K),
-          wtype_of(q.scales.dtype), static_cast<int>(q.group / (128 / quant_code_bits(q.code)))};
+          wtype_of(q.scales.dtype), chunks, shift};
 }
 
 
@@ -115,8 +119,9 @@ struct MmaQuantRows {
   // the weight rows this lane's g and g + 8 stand for; x[i]: x row g of tile i as f32 (16-byte
   // aligned), or null past the step's rows (reads as zeros). The CTA sums K blocks [kb_begin, kb_end)
   // (all, or its slice of a split), warp w blocks kb_begin + w, + kMmaWarps, ...: which blocks a warp
-  // sums, in which order, depends on K and the slice alone.
-  template <int NT, int TILES>
+  // sums, in which order, depends on K and the slice alone. ONE_ROW (TILES 1): x[0] is the step's only
+  // x row in every lane (OneRowX, mma_rows.cuh).
+  template <int NT, int TILES, bool ONE_ROW = false>
   __device__ __forceinline__ static void partial(const MmaQuantRows (&sets)[NT], const int64_t (&row)[NT][2],
                                                  int64_t K, const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
                                                  int warp, int lane, float (&c)[TILES][NT][4]) {
@@ -128,6 +133,9 @@ struct MmaQuantRows {
     // Blocks whose chunks are loaded before the first is used: 8 chunks of 16 bytes per lane at decode
     // (TILES = 1), 2 or 4 for prefill tiles, which reuse each weight for 32 x rows and need the registers.
     constexpr int U = TILES >= 4 ? 1 : NT >= 2 ? 2 : 4;
+    static_assert(!ONE_ROW || TILES == 1);
+    using X1 = OneRowX<ONE_ROW ? U : 4, 4 * C>;  // a block is 4 chunks of C codes
+    __shared__ __align__(16) typename X1::Words one_row_x[ONE_ROW ? kMmaWarps : 1];
     const int t = lane % 4, quad = lane & ~3;
     const int64_t n_chunks = K / C, ch_end = kb_end * 4 < n_chunks ? kb_end * 4 : n_chunks;
     MmaQuantWeight w[NT];
@@ -151,15 +159,20 @@ struct MmaQuantRows {
       uint4 ra[U][NT], rb[U][NT];
       float sa[U][NT], sb[U][NT];
       uint32_t za[U][NT], zb[U][NT];
+      X1 x1;
+      if constexpr (ONE_ROW) x1.load(x[0], kb0, ch_end * C, lane);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
         const bool in = ch < ch_end;
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
-          const int64_t gj = in ? static_cast<uint32_t>(ch) / static_cast<uint32_t>(w[j].chunks_per_group) : 0;
-          ra[u][j] = in ? __ldg(ca[j] + ch) : zero4;
-          rb[u][j] = in ? __ldg(cb[j] + ch) : zero4;
+          const uint32_t ch32 = static_cast<uint32_t>(ch);
+          const int64_t gj = !in                    ? 0
+                             : w[j].group_shift >= 0 ? ch32 >> w[j].group_shift
+                                                     : ch32 / static_cast<uint32_t>(w[j].chunks_per_group);
+          ra[u][j] = in ? load_weight_chunk(ca[j] + ch) : zero4;
+          rb[u][j] = in ? load_weight_chunk(cb[j] + ch) : zero4;
           sa[u][j] = in ? load_any(w[j].scales, w[j].scale_wt, row[j][0] * w[j].G + gj) : 0.0f;
           sb[u][j] = in ? load_any(w[j].scales, w[j].scale_wt, row[j][1] * w[j].G + gj) : 0.0f;
           if constexpr (kInt) {
@@ -167,6 +180,10 @@ struct MmaQuantRows {
             zb[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][1] * w[j].G + gj) : kDefaultZero;
           }
         }
+      }
+      if constexpr (ONE_ROW) {
+        x1.stash(one_row_x[warp], lane);
+        __syncwarp();
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -211,7 +228,19 @@ struct MmaQuantRows {
 #pragma unroll
           for (int i = 0; i < TILES; ++i) {
             uint32_t xw[kMmaParts][2 * STEPS];
-            {  // x row g at codes k0 .. k0 + 4 · STEPS − 1, split into its three bf16 parts
+            if constexpr (ONE_ROW) {  // the parts of block u's values jc · C + WC · t .. + 4 · STEPS − 1
+              const int word = (u * 4 * C + jc * C + WC * t) / 2;
+#pragma unroll
+              for (int p = 0; p < kMmaParts; ++p) {
+                if constexpr (STEPS == 2) {
+                  const uint4 v = *reinterpret_cast<const uint4*>(&one_row_x[warp][p][word]);
+                  xw[p][0] = v.x, xw[p][1] = v.y, xw[p][2] = v.z, xw[p][3] = v.w;
+                } else {
+                  const uint2 v = *reinterpret_cast<const uint2*>(&one_row_x[warp][p][word]);
+                  xw[p][0] = v.x, xw[p][1] = v.y;
+                }
+              }
+            } else {  // x row g at codes k0 .. k0 + 4 · STEPS − 1, split into its three bf16 parts
               const float4* xr = reinterpret_cast<const float4*>(x[i] + k0);
               const float4 zero_f4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
               uint4 part[kMmaParts];
@@ -239,6 +268,7 @@ struct MmaQuantRows {
           }
         }
       }
+      if constexpr (ONE_ROW) __syncwarp();  // every lane has read the parts before the next stash
     }
   }
 };

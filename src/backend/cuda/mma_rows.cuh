@@ -64,14 +64,13 @@ void with_mma_tiles(int64_t rows, F&& f) {
   else f.template operator()<4>();
 }
 
-// The three bf16 parts (0: hi, 1: mid, 2: lo; see the head of this file) of 8 consecutive f32 x
-// values, as the 16-byte chunks the MMA fragments take: word q of part p holds values 2q (low half)
-// and 2q + 1 (high half), as a bf16 row would.
-__device__ __forceinline__ void split_x8(const float4& lo4, const float4& hi4, uint4 (&part)[kMmaParts]) {
-  const float v[8] = {lo4.x, lo4.y, lo4.z, lo4.w, hi4.x, hi4.y, hi4.z, hi4.w};
-  uint32_t w[kMmaParts][4];
+// The three bf16 parts (0: hi, 1: mid, 2: lo; see the head of this file) of 4 consecutive f32 x
+// values: word q of part p holds values 2q (low half) and 2q + 1 (high half), as a bf16 row would.
+__device__ __forceinline__ void split_x4(const float4& v4, uint2 (&part)[kMmaParts]) {
+  const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+  uint32_t w[kMmaParts][2];
 #pragma unroll
-  for (int q = 0; q < 4; ++q) {
+  for (int q = 0; q < 2; ++q) {
     float a = v[2 * q], b = v[2 * q + 1];
 #pragma unroll
     for (int p = 0; p < kMmaParts; ++p) {
@@ -82,8 +81,61 @@ __device__ __forceinline__ void split_x8(const float4& lo4, const float4& hi4, u
     }
   }
 #pragma unroll
-  for (int p = 0; p < kMmaParts; ++p) part[p] = make_uint4(w[p][0], w[p][1], w[p][2], w[p][3]);
+  for (int p = 0; p < kMmaParts; ++p) part[p] = make_uint2(w[p][0], w[p][1]);
 }
+
+// The same for 8 consecutive values, as the 16-byte chunks the MMA fragments take.
+__device__ __forceinline__ void split_x8(const float4& lo4, const float4& hi4, uint4 (&part)[kMmaParts]) {
+  uint2 lo[kMmaParts], hi[kMmaParts];
+  split_x4(lo4, lo);
+  split_x4(hi4, hi);
+#pragma unroll
+  for (int p = 0; p < kMmaParts; ++p) part[p] = make_uint4(lo[p].x, lo[p].y, hi[p].x, hi[p].y);
+}
+
+// A step of one x row (decode): its x parts split once per warp instead of once per lane.
+//
+// With several x rows, lane (g, t) loads and splits the values of x row g its MMA fragments take.
+// With one row, the eight lanes g of a quad position t would all split the same values, and at
+// decode sizes that splitting was most of a quantized kernel's instructions (a 16-byte chunk of
+// four-bit codes needs 32 x values split). So the warp's 32 lanes split the x values of the U
+// blocks it loads at once between them (4 values a lane per 128), store the parts in the warp's
+// shared memory, and each lane reads back the words of its fragments, the same in every lane g: the
+// MMA's other 7 columns repeat column 0, whose sums are what they would be with zero columns (an
+// MMA computes each column on its own). The parts are the same bits whoever splits them, so a row's
+// result is the same as in a batch.
+//
+// Values: the U blocks kb0 + kMmaWarps · u of VB values each (block u's value o at index u · VB + o,
+// x position (kb0 + kMmaWarps · u) · VB + o); lane L holds indices 4 (32 f + L) .. + 3.
+template <int U, int VB>
+struct OneRowX {
+  static constexpr int kValues = U * VB, kLoads = kValues / 128;
+  static_assert(kValues % 128 == 0 && VB % 4 == 0, "whole float4 per lane");
+  using Words = uint32_t[kMmaParts][kValues / 2];  // word i of part p: values 2i, 2i + 1
+  float4 v[kLoads];
+
+  // Loads this lane's values of the warp's U blocks from x (16-byte aligned); zeros at x positions
+  // k_end and beyond (a multiple of 4: a float4 lies wholly before or after it).
+  __device__ __forceinline__ void load(const float* x, int64_t kb0, int64_t k_end, int lane) {
+#pragma unroll
+    for (int f = 0; f < kLoads; ++f) {
+      const int i = 4 * (32 * f + lane);
+      const int64_t k = (kb0 + kMmaWarps * (i / VB)) * VB + i % VB;
+      v[f] = k < k_end ? *reinterpret_cast<const float4*>(x + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
+  // Splits them and stores their parts' words in the warp's `words`; the caller then __syncwarp()s
+  // before reading, and again before the next store.
+  __device__ __forceinline__ void stash(Words& words, int lane) const {
+#pragma unroll
+    for (int f = 0; f < kLoads; ++f) {
+      uint2 part[kMmaParts];
+      split_x4(v[f], part);
+#pragma unroll
+      for (int p = 0; p < kMmaParts; ++p) *reinterpret_cast<uint2*>(&words[p][2 * (32 * f + lane)]) = part[p];
+    }
+  }
+};
 
 // A 16-byte chunk of a weight row, read once (no L1 allocation) with L2 asked for the 256-byte
 // segment around it: the CTA's other warps read the rest of it next.
@@ -129,12 +181,16 @@ struct MmaBf16Rows {
   // or null past the step's rows (reads as zeros). The CTA sums K blocks [kb_begin, kb_end) (all of
   // them, or its slice of a split: cu::MmaSplit); warp w takes blocks kb_begin + w, + kMmaWarps, ...,
   // the weight and x chunks of U blocks loaded before the first is used. Which blocks a warp sums, in
-  // which order, depends on K and the slice alone.
-  template <int NT, int TILES>
+  // which order, depends on K and the slice alone. ONE_ROW (TILES 1): x[0] is the step's only x row
+  // in every lane (OneRowX).
+  template <int NT, int TILES, bool ONE_ROW = false>
   __device__ __forceinline__ static void partial(const MmaBf16Rows (&w)[NT], const int64_t (&row)[NT][2], int64_t K,
                                                  const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
                                                  int warp, int lane, float (&c)[TILES][NT][4]) {
+    static_assert(!ONE_ROW || TILES == 1);
     constexpr int U = NT * TILES >= 8 ? 2 : 4;  // blocks whose chunks are loaded before the first is used
+    using X1 = OneRowX<ONE_ROW ? U : 4, 32>;
+    __shared__ __align__(16) typename X1::Words one_row_x[ONE_ROW ? kMmaWarps : 1];
     const int t = lane % 4;
     const int64_t n_chunks = K / 8, ch_end = kb_end * 4 < n_chunks ? kb_end * 4 : n_chunks;
     const uint4 zero = make_uint4(0, 0, 0, 0);
@@ -154,6 +210,8 @@ struct MmaBf16Rows {
     for (int64_t kb0 = kb_begin + warp; kb0 < kb_end; kb0 += kMmaWarps * U) {
       uint4 a[U][NT], b[U][NT];
       float4 xl[U][TILES], xh[U][TILES];  // x values 8t .. 8t + 3 and 8t + 4 .. 8t + 7 of the block
+      X1 x1;
+      if constexpr (ONE_ROW) x1.load(x[0], kb0, ch_end * 8, lane);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
@@ -164,11 +222,15 @@ struct MmaBf16Rows {
           b[u][j] = in ? load_weight_chunk(wb[j] + ch) : zero;
         }
 #pragma unroll
-        for (int i = 0; i < TILES; ++i) {
+        for (int i = 0; i < TILES && !ONE_ROW; ++i) {
           const float4* xr = reinterpret_cast<const float4*>(x[i]);
           xl[u][i] = in && xr ? xr[2 * ch] : zero4;
           xh[u][i] = in && xr ? xr[2 * ch + 1] : zero4;
         }
+      }
+      if constexpr (ONE_ROW) {
+        x1.stash(one_row_x[warp], lane);
+        __syncwarp();
       }
       // Blocks past the end multiply zeros: no branch, so the compiler keeps every load in flight.
 #pragma unroll
@@ -176,7 +238,12 @@ struct MmaBf16Rows {
 #pragma unroll
         for (int i = 0; i < TILES; ++i) {
           uint4 xv[kMmaParts];
-          split_x8(xl[u][i], xh[u][i], xv);
+          if constexpr (ONE_ROW) {  // values 32u + 8t .. + 7
+#pragma unroll
+            for (int p = 0; p < kMmaParts; ++p) xv[p] = *reinterpret_cast<const uint4*>(&one_row_x[warp][p][16 * u + 4 * t]);
+          } else {
+            split_x8(xl[u][i], xh[u][i], xv);
+          }
 #pragma unroll
           for (int s = 0; s < 2; ++s)
 #pragma unroll
@@ -187,6 +254,7 @@ struct MmaBf16Rows {
                          word_of(b[u][j], 2 * s + 1), word_of(xv[p], 2 * s), word_of(xv[p], 2 * s + 1));
         }
       }
+      if constexpr (ONE_ROW) __syncwarp();  // every lane has read the parts before the next stash
     }
   }
 };

@@ -374,7 +374,9 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 // columns (gate_up: 16 gate rows and their 16 up rows), and that expert's rows in tiles of 8.
 // gate_up (DOWN false): act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]);
 // down (DOWN true): out[pos, n] = down[e][n] · act[pos] (x = act, k = 0, N = H rows per expert).
-template <class W, int TILES, bool DOWN>
+// ONE_ROW (a one-token step, whose k experts are distinct when routed): a row at a time, taken by
+// every lane (OneRowX, mma_rows.cuh); an expert listed twice for the token costs a second pass.
+template <class W, int TILES, bool DOWN, bool ONE_ROW>
 __global__ void __launch_bounds__(kMmaWarps * 32)
     moe_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, int64_t K, int64_t N, int k,
                    const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
@@ -394,18 +396,18 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   int64_t rows[NT][2];
 #pragma unroll
   for (int j = 0; j < NT; ++j) sets[j] = w, rows[j][0] = first_row + j * N + na, rows[j][1] = first_row + j * N + nb;
-  for (int32_t r0 = begin; r0 < end; r0 += TILES * kMmaTile) {
+  for (int32_t r0 = begin; r0 < end; r0 += ONE_ROW ? 1 : TILES * kMmaTile) {
     const float* xr[TILES];
 #pragma unroll
     for (int i = 0; i < TILES; ++i) {
-      const int32_t pos = r0 + i * kMmaTile + g;
+      const int32_t pos = r0 + i * kMmaTile + (ONE_ROW ? 0 : g);
       xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
     }
     float c[TILES][NT][4];
-    W::template partial<NT, TILES>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c);
+    W::template partial<NT, TILES, ONE_ROW>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c);
     mma_finish<NT, TILES>(c, sm, warp, lane, MmaSplit{}, 0, 0, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
       const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
-      if (pos < end && nc < N) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
+      if (pos < end && nc < N && !(ONE_ROW && x_row > 0)) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
     });
   }
 }
@@ -418,9 +420,14 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
                     unsigned active_rows, float* dst) {
   const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), active_rows);
   with_mma_rows(w, K, [&]<class W>(const W& rows) {
-    with_mma_tiles<W>(T, [&]<int TILES>() {  // an expert has at most T rows
-      be.launch("moe_mma_kernel", moe_mma_kernel<W, TILES, DOWN>, grid, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk,
+    if (T == 1) {
+      be.launch("moe_mma_kernel", moe_mma_kernel<W, 1, DOWN, true>, grid, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk,
                 offsets, sorted, active, E, dst);
+      return;
+    }
+    with_mma_tiles<W>(T, [&]<int TILES>() {  // an expert has at most T rows
+      be.launch("moe_mma_kernel", moe_mma_kernel<W, TILES, DOWN, false>, grid, kMmaWarps * 32, 0, x, ldx, rows, K, N,
+                xk, offsets, sorted, active, E, dst);
     });
   });
 }
