@@ -1,7 +1,8 @@
 // The quantized tensor-core path's register tricks (src/backend/cuda/mma_quant_decode.h), run on the
-// host: every code word of every code type decodes to the exact bf16 values of value − zero, for
-// every zero point, and the quad transpose hands lane t word t of every lane's chunk. The same
-// functions run on the GPU (__host__ __device__), so this holds the bit tricks without a GPU.
+// host: every code word of every code type decodes to the exact bf16 values of value − zero (each
+// pair holding the codes quant_pair_code names), for every zero point, and the quad transpose hands
+// lane t word t of every lane's chunk. The same functions run on the GPU (__host__ __device__), so
+// this holds the bit tricks without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -38,9 +39,10 @@ void check_word(uint32_t w, int z) {
   for (int i = 0; i < kQuantWordPairs<CODE>; ++i)
     for (int h = 0; h < 2; ++h) {
       const float got = bf16_to_f32(static_cast<uint16_t>(pair[i] >> (16 * h)));
-      ASSERT_EQ(got, reference<CODE>(w, 2 * i + h, z))
+      const int code = cu::quant_pair_code<CODE>(i, h);
+      ASSERT_EQ(got, reference<CODE>(w, code, z))
           << "code type " << static_cast<int>(CODE) << " word " << std::hex << w << std::dec << " zero " << z
-          << " code " << 2 * i + h;
+          << " code " << code;
     }
 }
 

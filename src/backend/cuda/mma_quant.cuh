@@ -23,14 +23,14 @@
 // row and block, and the quad passes them round with __shfl_sync.
 //
 // k labels. Lane t's word t of chunk j holds the codes n = W · t + {0 .. W − 1} of the chunk (W codes
-// per word: 8 four-bit, 4 eight-bit), i.e. k0 = j_chunk · C + W · t onwards. MMA step s (four-bit: s =
-// 0, 1; eight-bit: s = 0) gives fragment k labels 2t, 2t + 1 to codes k0 + 4s + {0, 1} (decode pair 2s)
-// and labels 2t + 8, 2t + 9 to codes k0 + 4s + {2, 3} (pair 2s + 1), for rows g (a0, a2) and g + 8 (a1,
-// a3) alike, and the B fragment of lane (g, t) reads x row g's parts at the same k: b0 = x[k0 + 4s +
-// {0, 1}], b1 = x[k0 + 4s + {2, 3}], which are words 2s and 2s + 1 of the x vector loaded at k0 (a
-// 16-byte load for four-bit codes, 8 bytes for eight-bit). The labels of a step depend on t alone,
-// never on g, as the MMA needs (A's row g and B's column g' meet at the same label in lanes (g, t) and
-// (g', t)), and over the four lanes they cover distinct k.
+// per word: 8 four-bit, 4 eight-bit), i.e. k0 = j_chunk · C + W · t onwards, and decode_word makes
+// pair i of codes c(i, 0), c(i, 1) (quant_pair_code: k0 + 2i + {0, 1}, or for four-bit integer codes
+// k0 + i + {0, 4}). MMA step s (four-bit: s = 0, 1; eight-bit: s = 0) gives fragment k labels 2t, 2t +
+// 1 to pair 2s's codes and labels 2t + 8, 2t + 9 to pair 2s + 1's, for rows g (a0, a2) and g + 8 (a1,
+// a3) alike, and the B fragment of lane (g, t) reads x row g's parts at the same codes: b0 and b1 are
+// words 2s and 2s + 1 of the x values at k0 split in the same pairing (split_x8, OneRowX). The labels
+// of a step depend on t alone, never on g, as the MMA needs (A's row g and B's column g' meet at the
+// same label in lanes (g, t) and (g', t)), and over the four lanes they cover distinct k.
 //
 // Batch invariance: as in mma_rows.cuh, an output's sums run over the same blocks, chunks, steps and
 // parts in the same order whatever the other rows of its tile are, and the path is chosen by the
@@ -134,7 +134,8 @@ struct MmaQuantRows {
     // (TILES = 1), 2 or 4 for prefill tiles, which reuse each weight for 32 x rows and need the registers.
     constexpr int U = TILES >= 4 ? 1 : NT >= 2 ? 2 : 4;
     static_assert(!ONE_ROW || TILES == 1);
-    using X1 = OneRowX<ONE_ROW ? U : 4, 4 * C>;  // a block is 4 chunks of C codes
+    constexpr bool kNibblePairs = CODE == QuantCode::kU4;  // decode_word's pair order (quant_pair_code)
+    using X1 = OneRowX<ONE_ROW ? U : 4, 4 * C, kNibblePairs>;  // a block is 4 chunks of C codes
     __shared__ __align__(16) typename X1::Words one_row_x[ONE_ROW ? kMmaWarps : 1];
     const int t = lane % 4, quad = lane & ~3;
     const int64_t n_chunks = K / C, ch_end = kb_end * 4 < n_chunks ? kb_end * 4 : n_chunks;
@@ -217,9 +218,13 @@ struct MmaQuantRows {
             s_b[j] = __shfl_sync(0xFFFFFFFFu, sb[u][j], quad | jc);
             uint32_t ka = 0, kbz = 0;
             if constexpr (kInt) {
-              const bool own = w[j].zeros != nullptr;  // else every lane holds the default zero
-              ka = quant_zero_key<CODE>(own ? __shfl_sync(0xFFFFFFFFu, za[u][j], quad | jc) : kDefaultZero);
-              kbz = quant_zero_key<CODE>(own ? __shfl_sync(0xFFFFFFFFu, zb[u][j], quad | jc) : kDefaultZero);
+              const uint32_t kDefaultKey = quant_zero_key<CODE>(kDefaultZero);  // folded at compile time
+              if (w[j].zeros) {  // else every chunk has the default zero
+                ka = quant_zero_key<CODE>(__shfl_sync(0xFFFFFFFFu, za[u][j], quad | jc));
+                kbz = quant_zero_key<CODE>(__shfl_sync(0xFFFFFFFFu, zb[u][j], quad | jc));
+              } else {
+                ka = kbz = kDefaultKey;
+              }
             }
             decode_word<CODE>(va[j][jc], ka, da[j]);
             decode_word<CODE>(vb[j][jc], kbz, db[j]);
@@ -244,7 +249,7 @@ struct MmaQuantRows {
               const float4* xr = reinterpret_cast<const float4*>(x[i] + k0);
               const float4 zero_f4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
               uint4 part[kMmaParts];
-              split_x8(x[i] ? xr[0] : zero_f4, STEPS == 2 && x[i] ? xr[1] : zero_f4, part);
+              split_x8<kNibblePairs>(x[i] ? xr[0] : zero_f4, STEPS == 2 && x[i] ? xr[1] : zero_f4, part);
 #pragma unroll
               for (int p = 0; p < kMmaParts; ++p) {
                 xw[p][0] = part[p].x, xw[p][1] = part[p].y;

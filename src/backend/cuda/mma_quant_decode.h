@@ -3,8 +3,8 @@
 // unit test (tests/backend/mma_quant_decode_test.cc) checks the bit tricks on every code.
 //
 //   decode_word   one 32-bit word of a row's packed codes (8 four-bit or 4 eight-bit codes) to the
-//                 bf16 pairs the MMA's A fragment takes: pair i holds codes 2i (low half) and 2i + 1
-//                 (high half) as value − zero. Every such value is exact in bf16: integer codes
+//                 bf16 pairs the MMA's A fragment takes: pair i holds codes quant_pair_code(i, 0)
+//                 (low half) and quant_pair_code(i, 1) (high half) as value − zero. Every such value is exact in bf16: integer codes
 //                 minus their zero are integers of magnitude at most 15 (4-bit) or 255 (8-bit, 8
 //                 significant bits, bf16 has 8), E2M1 and E4M3 values have at most 2 and 4
 //                 significant bits within bf16's exponent range. So a pair is just the top halves of
@@ -31,6 +31,27 @@
 
 namespace tandem {
 namespace cu {
+
+// The code (of the word's codes, LSB first) that half h (0: low, 1: high) of decode_word's pair i
+// holds: codes i and i + 4 for four-bit integer codes, whose nibbles i and i + 4 sit 16 bits apart
+// (one shift and one lop3 make a pair; the MMA's k labels are free, and x is paired the same way:
+// mma_rows.cuh, split_x8), codes 2i and 2i + 1 for the others.
+template <QuantCode CODE>
+constexpr int quant_pair_code(int i, int h) {
+  return CODE == QuantCode::kU4 ? i + 4 * h : 2 * i + h;
+}
+
+// (a & 0x000F000F) | c: the low nibble of each half, or-ed into c, in one lop3 (with c an immediate
+// the compiler emits two logic instructions).
+TANDEM_QHD uint32_t low_nibbles_or(uint32_t a, uint32_t c) {
+#if defined(__CUDA_ARCH__)
+  uint32_t d;
+  asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xEA;" : "=r"(d) : "r"(a), "r"(c));  // 0xEA: (a & b) | c
+  return d;
+#else
+  return (a & 0x000F000Fu) | c;
+#endif
+}
 
 // Codes per 32-bit word and bf16 pairs decode_word produces from one.
 template <QuantCode CODE>
@@ -96,15 +117,11 @@ TANDEM_QHD uint32_t quant_zero_key(uint32_t z) {
 template <QuantCode CODE>
 TANDEM_QHD void decode_word(uint32_t w, uint32_t zero_key, uint32_t (&pair)[kQuantWordPairs<CODE>]) {
   if constexpr (CODE == QuantCode::kU4) {
-    // Byte i of w (codes 2i, 2i + 1) into byte 0 and byte i of w >> 4 into byte 2; masked to the low
-    // nibbles and or-ed into bf16 0x4300 (128, whose last mantissa bit is 1) that is 128 + code per
-    // half; minus 128 + z, exact.
-    const uint32_t w4 = w >> 4;
+    // Nibbles i and i + 4 of w are the low nibbles of the halves of w >> 4i; or-ed into bf16 0x4300
+    // (128, whose last mantissa bit is 1) that is 128 + code per half; minus 128 + z, exact.
+    const uint32_t magic = 0x43004300u;
 TANDEM_QUNROLL
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t p = (qperm(w, w4, static_cast<uint32_t>(i | (4 + i) << 8)) & 0x000F000Fu) | 0x43004300u;
-      pair[i] = bf16x2_sub_exact(p, zero_key);
-    }
+    for (int i = 0; i < 4; ++i) pair[i] = bf16x2_sub_exact(low_nibbles_or(w >> (4 * i), magic), zero_key);
   } else if constexpr (CODE == QuantCode::kU8) {
     // Byte b into f32 0x4B0000bb = 2^23 + b, minus 2^23 + z: b − z exactly.
     const float off = qfloat(zero_key);

@@ -10,7 +10,8 @@
 // split into three bf16 parts and each step runs three MMAs into the same f32 accumulators. Products
 // of bf16 values are exact, so the result is an f32 dot product in another summation order than the
 // CUDA-core kernels', not a bf16 one. Each lane splits the f32 x values it loads in registers
-// (split_x8), so the kernels read x as f32 rows and no op needs a separate splitting pass. Truncating
+// (split_x8; in a one-row step the warp splits them once and shares the parts: OneRowX), so the kernels
+// read x as f32 rows and no op needs a separate splitting pass. Truncating
 // instead of rounding makes the split exact: hi holds x's top 8 significant bits, mid the next 8 of
 // what is left, lo the rest (at most 8 bits), so x = hi + mid + lo exactly for every finite x whose
 // parts stay normal.
@@ -64,33 +65,38 @@ void with_mma_tiles(int64_t rows, F&& f) {
   else f.template operator()<4>();
 }
 
-// The three bf16 parts (0: hi, 1: mid, 2: lo; see the head of this file) of 4 consecutive f32 x
-// values: word q of part p holds values 2q (low half) and 2q + 1 (high half), as a bf16 row would.
-__device__ __forceinline__ void split_x4(const float4& v4, uint2 (&part)[kMmaParts]) {
-  const float v[4] = {v4.x, v4.y, v4.z, v4.w};
-  uint32_t w[kMmaParts][2];
+// The three bf16 parts (0: hi, 1: mid, 2: lo; see the head of this file) of the f32 x values a and b,
+// as one word per part: a in the low half, b in the high half, as a bf16 row holds two neighbours.
+__device__ __forceinline__ void split_pair(float a, float b, uint32_t (&word)[kMmaParts]) {
 #pragma unroll
-  for (int q = 0; q < 2; ++q) {
-    float a = v[2 * q], b = v[2 * q + 1];
-#pragma unroll
-    for (int p = 0; p < kMmaParts; ++p) {
-      const uint32_t ua = __float_as_uint(a), ub = __float_as_uint(b);
-      w[p][q] = (ua >> 16) | (ub & 0xFFFF0000u);
-      a -= __uint_as_float(ua & 0xFFFF0000u);  // exact: the bits below the part
-      b -= __uint_as_float(ub & 0xFFFF0000u);
-    }
+  for (int p = 0; p < kMmaParts; ++p) {
+    const uint32_t ua = __float_as_uint(a), ub = __float_as_uint(b);
+    word[p] = (ua >> 16) | (ub & 0xFFFF0000u);
+    a -= __uint_as_float(ua & 0xFFFF0000u);  // exact: the bits below the part
+    b -= __uint_as_float(ub & 0xFFFF0000u);
   }
-#pragma unroll
-  for (int p = 0; p < kMmaParts; ++p) part[p] = make_uint2(w[p][0], w[p][1]);
 }
 
-// The same for 8 consecutive values, as the 16-byte chunks the MMA fragments take.
-__device__ __forceinline__ void split_x8(const float4& lo4, const float4& hi4, uint4 (&part)[kMmaParts]) {
-  uint2 lo[kMmaParts], hi[kMmaParts];
-  split_x4(lo4, lo);
-  split_x4(hi4, hi);
+// 4 consecutive x values as 2 words per part: word q holds values 2q and 2q + 1.
+__device__ __forceinline__ void split_x4(const float4& v4, uint2 (&part)[kMmaParts]) {
+  uint32_t w0[kMmaParts], w1[kMmaParts];
+  split_pair(v4.x, v4.y, w0);
+  split_pair(v4.z, v4.w, w1);
 #pragma unroll
-  for (int p = 0; p < kMmaParts; ++p) part[p] = make_uint4(lo[p].x, lo[p].y, hi[p].x, hi[p].y);
+  for (int p = 0; p < kMmaParts; ++p) part[p] = make_uint2(w0[p], w1[p]);
+}
+
+// 8 consecutive x values (lo4 then hi4) as the 16-byte chunks the MMA fragments take: 4 words per
+// part, word q holding values 2q and 2q + 1, or with NIBBLE_PAIRS values q and q + 4 (the order in
+// which four-bit integer codes decode: mma_quant_decode.h, quant_pair_code).
+template <bool NIBBLE_PAIRS = false>
+__device__ __forceinline__ void split_x8(const float4& lo4, const float4& hi4, uint4 (&part)[kMmaParts]) {
+  const float v[8] = {lo4.x, lo4.y, lo4.z, lo4.w, hi4.x, hi4.y, hi4.z, hi4.w};
+  uint32_t w[4][kMmaParts];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) split_pair(NIBBLE_PAIRS ? v[q] : v[2 * q], NIBBLE_PAIRS ? v[q + 4] : v[2 * q + 1], w[q]);
+#pragma unroll
+  for (int p = 0; p < kMmaParts; ++p) part[p] = make_uint4(w[0][p], w[1][p], w[2][p], w[3][p]);
 }
 
 // A step of one x row (decode): its x parts split once per warp instead of once per lane.
@@ -99,40 +105,51 @@ __device__ __forceinline__ void split_x8(const float4& lo4, const float4& hi4, u
 // With one row, the eight lanes g of a quad position t would all split the same values, and at
 // decode sizes that splitting was most of a quantized kernel's instructions (a 16-byte chunk of
 // four-bit codes needs 32 x values split). So the warp's 32 lanes split the x values of the U
-// blocks it loads at once between them (4 values a lane per 128), store the parts in the warp's
-// shared memory, and each lane reads back the words of its fragments, the same in every lane g: the
-// MMA's other 7 columns repeat column 0, whose sums are what they would be with zero columns (an
-// MMA computes each column on its own). The parts are the same bits whoever splits them, so a row's
-// result is the same as in a batch.
+// blocks it loads at once between them, store the parts in the warp's shared memory, and each lane
+// reads back the words of its fragments, the same in every lane g: the MMA's other 7 columns repeat
+// column 0, whose sums are what they would be with zero columns (an MMA computes each column on its
+// own). The parts are the same bits whoever splits them, so a row's result is the same as in a batch.
 //
 // Values: the U blocks kb0 + kMmaWarps · u of VB values each (block u's value o at index u · VB + o,
-// x position (kb0 + kMmaWarps · u) · VB + o); lane L holds indices 4 (32 f + L) .. + 3.
-template <int U, int VB>
+// x position (kb0 + kMmaWarps · u) · VB + o). A lane takes units of 4 values (indices 4 (32 f + L) ..
+// + 3 for lane L), or with NIBBLE_PAIRS of 8 (split_x8's pairing), and stores word i of part p (values
+// 2i and 2i + 1, or the NIBBLE_PAIRS pair of that place) at words[p][i].
+template <int U, int VB, bool NIBBLE_PAIRS = false>
 struct OneRowX {
-  static constexpr int kValues = U * VB, kLoads = kValues / 128;
-  static_assert(kValues % 128 == 0 && VB % 4 == 0, "whole float4 per lane");
-  using Words = uint32_t[kMmaParts][kValues / 2];  // word i of part p: values 2i, 2i + 1
-  float4 v[kLoads];
+  static constexpr int kUnit = NIBBLE_PAIRS ? 8 : 4, kValues = U * VB, kUnits = kValues / (32 * kUnit);
+  static_assert(kValues % (32 * kUnit) == 0 && VB % kUnit == 0, "whole units per lane");
+  using Words = uint32_t[kMmaParts][kValues / 2];
+  float4 v[kUnits][kUnit / 4];
 
   // Loads this lane's values of the warp's U blocks from x (16-byte aligned); zeros at x positions
-  // k_end and beyond (a multiple of 4: a float4 lies wholly before or after it).
+  // k_end and beyond (a multiple of the unit: a unit lies wholly before or after it).
   __device__ __forceinline__ void load(const float* x, int64_t kb0, int64_t k_end, int lane) {
 #pragma unroll
-    for (int f = 0; f < kLoads; ++f) {
-      const int i = 4 * (32 * f + lane);
+    for (int f = 0; f < kUnits; ++f) {
+      const int i = kUnit * (32 * f + lane);
       const int64_t k = (kb0 + kMmaWarps * (i / VB)) * VB + i % VB;
-      v[f] = k < k_end ? *reinterpret_cast<const float4*>(x + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int h = 0; h < kUnit / 4; ++h)
+        v[f][h] = k < k_end ? *reinterpret_cast<const float4*>(x + k + 4 * h) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
   }
   // Splits them and stores their parts' words in the warp's `words`; the caller then __syncwarp()s
   // before reading, and again before the next store.
   __device__ __forceinline__ void stash(Words& words, int lane) const {
 #pragma unroll
-    for (int f = 0; f < kLoads; ++f) {
-      uint2 part[kMmaParts];
-      split_x4(v[f], part);
+    for (int f = 0; f < kUnits; ++f) {
+      const int w0 = kUnit / 2 * (32 * f + lane);
+      if constexpr (NIBBLE_PAIRS) {
+        uint4 part[kMmaParts];
+        split_x8<true>(v[f][0], v[f][1], part);
 #pragma unroll
-      for (int p = 0; p < kMmaParts; ++p) *reinterpret_cast<uint2*>(&words[p][2 * (32 * f + lane)]) = part[p];
+        for (int p = 0; p < kMmaParts; ++p) *reinterpret_cast<uint4*>(&words[p][w0]) = part[p];
+      } else {
+        uint2 part[kMmaParts];
+        split_x4(v[f][0], part);
+#pragma unroll
+        for (int p = 0; p < kMmaParts; ++p) *reinterpret_cast<uint2*>(&words[p][w0]) = part[p];
+      }
     }
   }
 };
