@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   }
   const int slice = static_cast<int>(blockIdx.z);
   const int64_t blocks = W::blocks(K);  // slice s sums blocks [blocks · s / slices, blocks · (s + 1) / slices)
-  float c[TILES][NT][4];
+  float c[TILES][NT][4] = {};
   W::template partial<NT, TILES, ONE_ROW>(sets, rows, K, xr, blocks * slice / split.slices, blocks * (slice + 1) / split.slices,
                                  warp, lane, c);
   const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;

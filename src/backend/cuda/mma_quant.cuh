@@ -114,13 +114,13 @@ struct MmaQuantRows {
   // 64-byte blocks of a row of K codes (4 chunks of 16 bytes): the unit warps take turns over.
   __host__ __device__ static int64_t blocks(int64_t K) { return (K / kQuantChunkCodes<CODE> + 3) / 4; }
 
-  // This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
-  // x rows 2t and 2t + 1 of tile i) over its K blocks. sets[j]: set j's weight; row[j][0] / row[j][1]:
-  // the weight rows this lane's g and g + 8 stand for; x[i]: x row g of tile i as f32 (16-byte
-  // aligned), or null past the step's rows (reads as zeros). The CTA sums K blocks [kb_begin, kb_end)
-  // (all, or its slice of a split), warp w blocks kb_begin + w, + kMmaWarps, ...: which blocks a warp
-  // sums, in which order, depends on K and the slice alone. ONE_ROW (TILES 1): x[0] is the step's only
-  // x row in every lane (OneRowX, mma_rows.cuh).
+  // Adds this warp's partial sums over its K blocks to c[i][j], which the caller zeroes (the MMA
+  // accumulator fragment: weight rows g and g + 8 of set j, x rows 2t and 2t + 1 of tile i). sets[j]:
+  // set j's weight; row[j][0] / row[j][1]: the weight rows this lane's g and g + 8 stand for; x[i]: x
+  // row g of tile i as f32 (16-byte aligned), or null past the step's rows (reads as zeros). The CTA
+  // sums K blocks [kb_begin, kb_end) (all, or its slice of a split), warp w blocks kb_begin + w, +
+  // kMmaWarps, ...: which blocks a warp sums, in which order, depends on K and the slice alone.
+  // ONE_ROW (TILES 1): x[0] is the step's only x row in every lane (OneRowX, mma_rows.cuh).
   template <int NT, int TILES, bool ONE_ROW = false>
   __device__ __forceinline__ static void partial(const MmaQuantRows (&sets)[NT], const int64_t (&row)[NT][2],
                                                  int64_t K, const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
@@ -143,12 +143,6 @@ struct MmaQuantRows {
 #pragma unroll
     for (int j = 0; j < NT; ++j) w[j] = sets[j].w;
     const uint4 zero4 = make_uint4(0, 0, 0, 0);
-#pragma unroll
-    for (int i = 0; i < TILES; ++i)
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) c[i][j][r] = 0.0f;
     const uint4* ca[NT];
     const uint4* cb[NT];
 #pragma unroll

@@ -192,14 +192,14 @@ struct MmaBf16Rows {
   // 64-byte blocks of a row of K elements (32 bf16 values): the unit warps take turns over.
   __host__ __device__ static int64_t blocks(int64_t K) { return (K / 8 + 3) / 4; }
 
-  // This warp's partial sums c[i][j] (the MMA accumulator fragment: weight rows g and g + 8 of set j,
-  // x rows 2t and 2t + 1 of tile i) over its K blocks. w[j]: set j's weight; row[j][0] / row[j][1]:
-  // the weight rows lane g's g and g + 8 stand for; x[i]: x row g of tile i as f32 (16-byte aligned),
-  // or null past the step's rows (reads as zeros). The CTA sums K blocks [kb_begin, kb_end) (all of
-  // them, or its slice of a split: cu::MmaSplit); warp w takes blocks kb_begin + w, + kMmaWarps, ...,
-  // the weight and x chunks of U blocks loaded before the first is used. Which blocks a warp sums, in
-  // which order, depends on K and the slice alone. ONE_ROW (TILES 1): x[0] is the step's only x row
-  // in every lane (OneRowX).
+  // Adds this warp's partial sums over its K blocks to c[i][j], which the caller zeroes (the MMA
+  // accumulator fragment: weight rows g and g + 8 of set j, x rows 2t and 2t + 1 of tile i). w[j]: set
+  // j's weight; row[j][0] / row[j][1]: the weight rows lane g's g and g + 8 stand for; x[i]: x row g of
+  // tile i as f32 (16-byte aligned), or null past the step's rows (reads as zeros). The CTA sums K
+  // blocks [kb_begin, kb_end) (all of them, or its slice of a split: cu::MmaSplit); warp w takes blocks
+  // kb_begin + w, + kMmaWarps, ..., the weight and x chunks of U blocks loaded before the first is used.
+  // Which blocks a warp sums, in which order, depends on K and the slice alone. ONE_ROW (TILES 1): x[0]
+  // is the step's only x row in every lane (OneRowX).
   template <int NT, int TILES, bool ONE_ROW = false>
   __device__ __forceinline__ static void partial(const MmaBf16Rows (&w)[NT], const int64_t (&row)[NT][2], int64_t K,
                                                  const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
@@ -218,12 +218,6 @@ struct MmaBf16Rows {
       wa[j] = reinterpret_cast<const uint4*>(w[j].rows + row[j][0] * K);
       wb[j] = reinterpret_cast<const uint4*>(w[j].rows + row[j][1] * K);
     }
-#pragma unroll
-    for (int i = 0; i < TILES; ++i)
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) c[i][j][r] = 0.0f;
     for (int64_t kb0 = kb_begin + warp; kb0 < kb_end; kb0 += kMmaWarps * U) {
       uint4 a[U][NT], b[U][NT];
       float4 xl[U][TILES], xh[U][TILES];  // x values 8t .. 8t + 3 and 8t + 4 .. 8t + 7 of the block

@@ -403,7 +403,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
       const int32_t pos = r0 + i * kMmaTile + (ONE_ROW ? 0 : g);
       xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
     }
-    float c[TILES][NT][4];
+    float c[TILES][NT][4] = {};
     W::template partial<NT, TILES, ONE_ROW>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c);
     mma_finish<NT, TILES>(c, sm, warp, lane, MmaSplit{}, 0, 0, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
       const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
