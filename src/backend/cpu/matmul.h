@@ -79,11 +79,13 @@ inline void pack_x_even_odd(const float* x, int64_t ldx, int64_t T, int64_t K, i
   }
 }
 
-// Whether the quantized kernels with `lanes` f32 lanes take their 16-entry table path for q and K
-// (4-bit codes, AVX-512, groups and rows of whole 32-element blocks); x must then be packed with
-// pack_x_even_odd for block kBf16BlockAvx512, as for BF16 weights.
+// Whether the quantized kernels with `lanes` f32 lanes (8: AVX2, 16: AVX-512) take their even/odd
+// path for q and K (4-bit codes, groups and rows of whole blocks of 2·lanes codes); x must then be
+// packed with pack_x_even_odd for the family's block (2·lanes: kBf16BlockAvx2 / kBf16BlockAvx512), as
+// for BF16 weights.
 inline bool quant_uses_table(const QuantParams& q, int64_t K, int lanes) {
-  return quant_code_bits(q.code) == 4 && lanes == 16 && q.group % 32 == 0 && K % 32 == 0;
+  return quant_code_bits(q.code) == 4 && (lanes == 8 || lanes == 16) && q.group % (2 * lanes) == 0 &&
+         K % (2 * lanes) == 0;
 }
 
 // Computes y[t0:t1, n0:n1]. Each weight row is read once from memory and reused for all rows t of

@@ -57,7 +57,18 @@ struct V {
   static I or_(I a, I b) { return _mm256_or_si256(a, b); }
   static F as_float(I v) { return _mm256_castsi256_ps(v); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
-  static F lut16(I idx, const float* table) { return _mm256_i32gather_ps(table, idx, 4); }
+  struct Table {
+    F lo, hi;  // entries 0..7 and 8..15
+  };
+  static Table scaled_table(const float* values, float s, float zs) {
+    return {fma(load(values), set1(s), set1(zs)), fma(load(values + 8), set1(s), set1(zs))};
+  }
+  // table[idx & 15]: each half permuted by the index's low 3 bits, bit 3 (moved to the sign) picks the half.
+  static F lut(I idx, const Table& table) {
+    const F lo = _mm256_permutevar8x32_ps(table.lo, idx), hi = _mm256_permutevar8x32_ps(table.hi, idx);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+  }
+  static F lut16(I idx, const float* table) { return lut(idx, Table{load(table), load(table + 8)}); }
 };
 
 #include "backend/cpu/matmul_kernels.h"

@@ -56,7 +56,9 @@ struct V {
   static I shl(I v, int n) { return _mm512_slli_epi32(v, n); }
   static I shr(I v, int n) { return _mm512_srli_epi32(v, n); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
-  static F lut(I idx, F table) { return _mm512_permutexvar_ps(idx, table); }
+  using Table = F;
+  static Table scaled_table(const float* values, float s, float zs) { return fma(load(values), set1(s), set1(zs)); }
+  static F lut(I idx, const Table& table) { return _mm512_permutexvar_ps(idx, table); }
   static I or_(I a, I b) { return _mm512_or_si512(a, b); }
   static F as_float(I v) { return _mm512_castsi512_ps(v); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }

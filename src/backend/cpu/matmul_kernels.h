@@ -10,7 +10,9 @@
 //   bytes(const uint8_t* p) -> I: the kLanes bytes p[0 .. kLanes) zero-extended
 //   cvt(I) -> F, lut16(I, const float* table) -> F: table[i] per lane (i < 16)
 //   and_(I, int), shl(I, int), shr(I, int), or_(I, I), as_float(I) (bit cast), mul(F, F), set1(float)
-//   store(float*, F); with 16 lanes also lut(I idx, F table) -> F: table[idx & 15] per lane
+//   store(float*, F)
+//   Table (16 f32 values), scaled_table(const float* values, float s, float zs) -> Table: values[i] · s +
+//     zs for i < 16 (one FMA each); lut(I idx, const Table&) -> F: table[idx & 15] per lane
 //   load_bf16_pairs(const bf16_t* p, F& even, F& odd): 2·kLanes bf16 from p as f32, even-indexed
 //     elements in `even`, odd-indexed in `odd` (one load and one shift or mask each: no widening)
 // Weights are widened to f32 in registers and multiplied with f32 x, so the result is exact f32
@@ -224,10 +226,14 @@ inline void group_scales(const QuantParams& q, int64_t n, int64_t n_groups, floa
 
 // y[t·ldy + r] = Σ_j W[n + r, j] · x[t·ldx + j] for r < R, t < TT.
 //
-// 4-bit codes on AVX-512 (quant_uses_table): per group and row a 16-lane register holds the
-// dequantized value of each code, value(c) · s + zs, formed by the same FMA as below; a permute by
-// the low or high nibbles of 16 bytes then yields the even- and odd-indexed weights of a 32-element
-// block, which meet x packed even/odd. Three vector instructions per 16 weights instead of eight.
+// 4-bit codes (quant_uses_table): the low and high nibbles of kLanes bytes are the even- and
+// odd-indexed codes of a block of 2·kLanes, which meet x packed even/odd (pack_x_even_odd). Per group and
+// row a table holds the dequantized value of each of the 16 codes, value(c) · s + zs (the same FMA as
+// below), and a lookup by nibble yields the weights. AVX-512: a 16-lane register and one permute, and
+// the even and odd products in two accumulators per output. AVX2: one accumulator per output (16
+// registers hold no more for 4 rows); int4 codes are converted and scaled as below instead of looked
+// up (a lookup permutes across the two 128-bit halves: two permutes and a blend, which on AMD Zen 3
+// ran no faster than the generic path, docs/PERF.md), E2M1 codes through a table of two halves.
 template <class V, QuantCode C, int R, int TT>
 inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y) {
   using F = typename V::F;
@@ -246,39 +252,51 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[r][t] = acc_o[r][t] = V::zero();
-  if constexpr (quant_code_bits(C) == 4 && V::kLanes == 16) {
+  if constexpr (quant_code_bits(C) == 4) {
     if (quant_uses_table(q, K, V::kLanes)) {
+      constexpr bool kTwoAcc = V::kLanes == 16;
+      constexpr bool kConvert = V::kLanes == 8 && C == QuantCode::kU4;
       alignas(64) float values[16];
       for (int c = 0; c < 16; ++c) values[c] = C == QuantCode::kU4 ? static_cast<float>(c) : kE2M1ToF32[c];
-      const F vals = V::load(values);
       for (int64_t g = 0; g < n_groups; ++g) {
-        F table[R];
+        typename V::Table table[R];
+        F sv[R], zv[R];
 #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) table[r] = V::fma(vals, V::set1(s[r * n_groups + g]), V::set1(zs[r * n_groups + g]));
-        for (int64_t k = g * G, k1 = std::min(K, k + G); k < k1; k += 32) {
+        for (int r = 0; r < R; ++r) {
+          if constexpr (kConvert) sv[r] = V::set1(s[r * n_groups + g]), zv[r] = V::set1(zs[r * n_groups + g]);
+          else table[r] = V::scaled_table(values, s[r * n_groups + g], zs[r * n_groups + g]);
+        }
+        for (int64_t k = g * G, k1 = std::min(K, k + G); k < k1; k += 2 * V::kLanes) {
           F xe[TT], xo[TT];
 #pragma GCC unroll 16
           for (int t = 0; t < TT; ++t) {
             xe[t] = V::load(x + t * a.ldx + k);
-            xo[t] = V::load(x + t * a.ldx + k + 16);
+            xo[t] = V::load(x + t * a.ldx + k + V::kLanes);
           }
 #pragma GCC unroll 16
           for (int r = 0; r < R; ++r) {
             const uint8_t* wr = w + r * row_bytes + k / 2;
             _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes, _MM_HINT_T0);
             const auto codes = V::bytes(wr);
-            const F we = V::lut(codes, table[r]);
-            const F wo = V::lut(V::shr(codes, 4), table[r]);
+            F we, wo;
+            if constexpr (kConvert) {
+              we = V::fma(V::cvt(V::and_(codes, 15)), sv[r], zv[r]);
+              wo = V::fma(V::cvt(V::shr(codes, 4)), sv[r], zv[r]);
+            } else {
+              we = V::lut(codes, table[r]);
+              wo = V::lut(V::shr(codes, 4), table[r]);
+            }
 #pragma GCC unroll 16
             for (int t = 0; t < TT; ++t) {
               acc[r][t] = V::fma(we, xe[t], acc[r][t]);
-              acc_o[r][t] = V::fma(wo, xo[t], acc_o[r][t]);
+              if constexpr (kTwoAcc) acc_o[r][t] = V::fma(wo, xo[t], acc_o[r][t]);
+              else acc[r][t] = V::fma(wo, xo[t], acc[r][t]);
             }
           }
         }
       }
       for (int r = 0; r < R; ++r)
-        for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = V::sum(V::add(acc[r][t], acc_o[r][t]));
+        for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = V::sum(kTwoAcc ? V::add(acc[r][t], acc_o[r][t]) : acc[r][t]);
       return;
     }
   }
@@ -311,7 +329,7 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
 // tile_quant over TT rows of x, split until the accumulators fit in registers.
 template <class V, QuantCode C, int R, int TT>
 inline void tile_quant_fit(const MatmulArgs& a, int64_t n, const float* x, float* y) {
-  // Two accumulators per output on the table path (even and odd weights), one otherwise.
+  // Two accumulators per output on AVX-512's table path (even and odd weights), one otherwise.
   constexpr int kAccPerOutput = quant_code_bits(C) == 4 && V::kLanes == 16 ? 2 : 1;
   if constexpr (TT > 1 && R * TT * kAccPerOutput > V::kMaxAcc) {
     constexpr int kHead = TT / 2;
