@@ -224,6 +224,16 @@ inline void group_scales(const QuantParams& q, int64_t n, int64_t n_groups, floa
   }
 }
 
+// Accumulators per output on the generic quantized path: chunk i of a group's whole chunks of kLanes
+// codes goes to accumulator i % kQuantChains (a group's last chunks, fewer than kQuantChains, to
+// accumulator 0), so a single weight row is not bound by the FMA latency. 8-bit codes on AVX2 take two
+// and walk one weight row at a time; everything else one, with four weight rows per tile as the four
+// independent chains (on AMD Zen 3 one row with two chains per output ran 1.1-1.6x faster than four
+// rows with one at T = 1, 4 and 16, docs/PERF.md). A function of the kernel family and code alone, so an
+// output's bits do not depend on its tile.
+template <class V, QuantCode C>
+inline constexpr int kQuantChains = V::kLanes == 8 && quant_code_bits(C) == 8 ? 2 : 1;
+
 // y[t·ldy + r] = Σ_j W[n + r, j] · x[t·ldx + j] for r < R, t < TT.
 //
 // 4-bit codes (quant_uses_table): the low and high nibbles of kLanes bytes are the even- and
@@ -246,14 +256,13 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
   float* const s = scale_buf.data();
   float* const zs = s + R * n_groups;
   group_scales<V, C, R>(q, n, n_groups, s, zs);
-  F acc[R][TT], acc_o[R][TT];
-  float rest[R][TT] = {};
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int t = 0; t < TT; ++t) acc[r][t] = acc_o[r][t] = V::zero();
   if constexpr (quant_code_bits(C) == 4) {
     if (quant_uses_table(q, K, V::kLanes)) {
+      F acc[R][TT], acc_o[R][TT];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+        for (int t = 0; t < TT; ++t) acc[r][t] = acc_o[r][t] = V::zero();
       constexpr bool kTwoAcc = V::kLanes == 16;
       constexpr bool kConvert = V::kLanes == 8 && C == QuantCode::kU4;
       alignas(64) float values[16];
@@ -300,10 +309,19 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
       return;
     }
   }
+  constexpr int kChains = kQuantChains<V, C>;
+  F chain[R][TT][kChains];
+  float rest[R][TT] = {};
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 16
+      for (int c = 0; c < kChains; ++c) chain[r][t][c] = V::zero();
   for (int64_t g = 0; g < n_groups; ++g) {
     const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
-    int64_t k = k0;
-    for (; k + V::kLanes <= k1; k += V::kLanes) {
+    // The kLanes codes at k of every row, into accumulator c of each output.
+    const auto chunk = [&](int64_t k, int c) __attribute__((always_inline)) {
       F xv[TT];
 #pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) xv[t] = V::load(x + t * a.ldx + k);
@@ -313,9 +331,14 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
         _mm_prefetch(reinterpret_cast<const char*>(wr + k * quant_code_bits(C) / 8) + kPrefetchBytes, _MM_HINT_T0);
         const F wv = V::fma(code_values<V, C>(wr, k), V::set1(s[r * n_groups + g]), V::set1(zs[r * n_groups + g]));
 #pragma GCC unroll 16
-        for (int t = 0; t < TT; ++t) acc[r][t] = V::fma(wv, xv[t], acc[r][t]);
+        for (int t = 0; t < TT; ++t) chain[r][t][c] = V::fma(wv, xv[t], chain[r][t][c]);
       }
-    }
+    };
+    int64_t k = k0;
+    for (; k + kChains * V::kLanes <= k1; k += kChains * V::kLanes)
+#pragma GCC unroll 16
+      for (int c = 0; c < kChains; ++c) chunk(k + c * V::kLanes, c);
+    for (; k + V::kLanes <= k1; k += V::kLanes) chunk(k, 0);
     for (; k < k1; ++k)
       for (int r = 0; r < R; ++r) {
         const float wk = code_value<C>(w + r * row_bytes, k) * s[r * n_groups + g] + zs[r * n_groups + g];
@@ -323,14 +346,19 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
       }
   }
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = V::sum(acc[r][t]) + rest[r][t];
+    for (int t = 0; t < TT; ++t) {
+      F sum = chain[r][t][0];
+      for (int c = 1; c < kChains; ++c) sum = V::add(sum, chain[r][t][c]);
+      y[t * a.ldy + r] = V::sum(sum) + rest[r][t];
+    }
 }
 
 // tile_quant over TT rows of x, split until the accumulators fit in registers.
 template <class V, QuantCode C, int R, int TT>
 inline void tile_quant_fit(const MatmulArgs& a, int64_t n, const float* x, float* y) {
-  // Two accumulators per output on AVX-512's table path (even and odd weights), one otherwise.
-  constexpr int kAccPerOutput = quant_code_bits(C) == 4 && V::kLanes == 16 ? 2 : 1;
+  // Two accumulators per output on AVX-512's table path (even and odd weights), kQuantChains on the
+  // generic path.
+  constexpr int kAccPerOutput = quant_code_bits(C) == 4 && V::kLanes == 16 ? 2 : kQuantChains<V, C>;
   if constexpr (TT > 1 && R * TT * kAccPerOutput > V::kMaxAcc) {
     constexpr int kHead = TT / 2;
     tile_quant_fit<V, C, R, kHead>(a, n, x, y);
@@ -354,14 +382,16 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
   }
 }
 
-// Groups of 4 weight rows, shared by every row of x from L1. Unlike a BF16 decode step, a quantized
-// one walks four rows at a time too: four independent FMA chains keep the FMA latency off a single row
-// of x (up to 1.7x the streaming speed at T = 1, docs/PERF.md). An output's operations are the same
-// in any tile, so its bits do not depend on the tiling.
+// Groups of weight rows, shared by every row of x from L1. Unlike a BF16 decode step, a quantized one
+// walks four rows at a time where its outputs have one accumulator each: four independent FMA chains
+// keep the FMA latency off a single row of x (up to 1.7x the streaming speed at T = 1, docs/PERF.md);
+// where they have several (kQuantChains), one row at a time. An output's operations are the same in
+// any tile, so its bits do not depend on the tiling.
 template <class V, QuantCode C>
 void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  constexpr int R = kQuantChains<V, C> > 1 ? 1 : 4;
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows_block_quant<V, C, 4>(a, n, t0, t1);
+  for (; n + R <= n1; n += R) rows_block_quant<V, C, R>(a, n, t0, t1);
   for (; n < n1; ++n) rows_block_quant<V, C, 1>(a, n, t0, t1);
 }
 
