@@ -228,7 +228,7 @@ inline void group_scales(const QuantParams& q, int64_t n, int64_t n_groups, floa
 // codes goes to accumulator i % kQuantChains (a group's last chunks, fewer than kQuantChains, to
 // accumulator 0), so a single weight row is not bound by the FMA latency. 8-bit codes on AVX2 take two
 // and walk one weight row at a time; everything else one, with four weight rows per tile as the four
-// independent chains (on AMD Zen 3 one row with two chains per output ran 1.1-1.6x faster than four
+// independent chains (on AMD Zen 3 one row with two chains per output ran 1.0-2.2x as fast as four
 // rows with one at T = 1, 4 and 16, docs/PERF.md). A function of the kernel family and code alone, so an
 // output's bits do not depend on its tile.
 template <class V, QuantCode C>
