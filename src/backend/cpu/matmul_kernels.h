@@ -234,6 +234,18 @@ inline void group_scales(const QuantParams& q, int64_t n, int64_t n_groups, floa
 template <class V, QuantCode C>
 inline constexpr int kQuantChains = V::kLanes == 8 && quant_code_bits(C) == 8 ? 2 : 1;
 
+// y[t·ldy + r] = the sum of output (r, t)'s accumulators in order, plus rest[r][t] when given.
+template <class V, int R, int TT, int kChains>
+inline void store_chains(const typename V::F (&chain)[R][TT][kChains], float* y, int64_t ldy,
+                         const float (*rest)[TT] = nullptr) {
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) {
+      typename V::F sum = chain[r][t][0];
+      for (int c = 1; c < kChains; ++c) sum = V::add(sum, chain[r][t][c]);
+      y[t * ldy + r] = rest ? V::sum(sum) + rest[r][t] : V::sum(sum);
+    }
+}
+
 // y[t·ldy + r] = Σ_j W[n + r, j] · x[t·ldx + j] for r < R, t < TT.
 //
 // 4-bit codes (quant_uses_table): the low and high nibbles of kLanes bytes are the even- and
@@ -258,12 +270,8 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
   group_scales<V, C, R>(q, n, n_groups, s, zs);
   if constexpr (quant_code_bits(C) == 4) {
     if (quant_uses_table(q, K, V::kLanes)) {
-      F acc[R][TT], acc_o[R][TT];
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-        for (int t = 0; t < TT; ++t) acc[r][t] = acc_o[r][t] = V::zero();
-      constexpr bool kTwoAcc = V::kLanes == 16;
+      constexpr int kOdd = V::kLanes == 16 ? 1 : 0;  // the odd products' accumulator
+      F chain[R][TT][kOdd + 1] = {};
       constexpr bool kConvert = V::kLanes == 8 && C == QuantCode::kU4;
       alignas(64) float values[16];
       for (int c = 0; c < 16; ++c) values[c] = C == QuantCode::kU4 ? static_cast<float>(c) : kE2M1ToF32[c];
@@ -297,27 +305,19 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
             }
 #pragma GCC unroll 16
             for (int t = 0; t < TT; ++t) {
-              acc[r][t] = V::fma(we, xe[t], acc[r][t]);
-              if constexpr (kTwoAcc) acc_o[r][t] = V::fma(wo, xo[t], acc_o[r][t]);
-              else acc[r][t] = V::fma(wo, xo[t], acc[r][t]);
+              chain[r][t][0] = V::fma(we, xe[t], chain[r][t][0]);
+              chain[r][t][kOdd] = V::fma(wo, xo[t], chain[r][t][kOdd]);
             }
           }
         }
       }
-      for (int r = 0; r < R; ++r)
-        for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = V::sum(kTwoAcc ? V::add(acc[r][t], acc_o[r][t]) : acc[r][t]);
+      store_chains<V>(chain, y, a.ldy);
       return;
     }
   }
   constexpr int kChains = kQuantChains<V, C>;
-  F chain[R][TT][kChains];
+  F chain[R][TT][kChains] = {};
   float rest[R][TT] = {};
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int t = 0; t < TT; ++t)
-#pragma GCC unroll 16
-      for (int c = 0; c < kChains; ++c) chain[r][t][c] = V::zero();
   for (int64_t g = 0; g < n_groups; ++g) {
     const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
     // The kLanes codes at k of every row, into accumulator c of each output.
@@ -345,12 +345,7 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
         for (int t = 0; t < TT; ++t) rest[r][t] += wk * x[t * a.ldx + k];
       }
   }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < TT; ++t) {
-      F sum = chain[r][t][0];
-      for (int c = 1; c < kChains; ++c) sum = V::add(sum, chain[r][t][c]);
-      y[t * a.ldy + r] = V::sum(sum) + rest[r][t];
-    }
+  store_chains<V>(chain, y, a.ldy, rest);
 }
 
 // tile_quant over TT rows of x, split until the accumulators fit in registers.
