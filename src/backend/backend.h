@@ -123,6 +123,10 @@ class Backend {
   // Fills a BF16 tensor with seeded values center ± half_width, the same on every backend
   // (element i depends only on seed and i): the weights of --load-format dummy.
   virtual void fill_dummy(TensorView& t, uint64_t seed, float center, float half_width) = 0;
+  // Called once on each quantized weight whose codes, scales and zeros are in this backend's memory,
+  // before any op reads it: a backend may rewrite the codes in place into the order its kernels read
+  // (the CUDA backend's tensor-core path: mma_quant.cuh). Afterwards only this backend's ops read them.
+  virtual void prepare_quant(const TensorView& w) { (void)w; }
 
   // --- Layers ---
   // y[T,N] = x[T,K] · w[N,K]ᵀ.   w: F32/BF16/F16/F8_E4M3, x and y: F32 (y may have a row stride).

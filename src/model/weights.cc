@@ -193,6 +193,7 @@ TensorView Weights::bind_quant(const HostQuantWeight& h, std::initializer_list<i
                            {static_cast<int64_t>(h.k_perm.size()) / h.K, h.K});
   TensorView v(DType::U8, place(h.codes.data(), h.codes.size()), shape);
   v.quant = q.get();
+  be_->prepare_quant(v);
   quant_params_.push_back(std::move(q));
   bound_bytes_ += static_cast<int64_t>(h.bytes());
   return v;

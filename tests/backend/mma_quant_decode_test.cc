@@ -1,11 +1,12 @@
 // The quantized tensor-core path's register tricks (src/backend/cuda/mma_quant_decode.h), run on the
 // host: every code word of every code type decodes to the exact bf16 values of value − zero (each
-// pair holding the codes quant_pair_code names), for every zero point, and the quad transpose hands
-// lane t word t of every lane's chunk. The same functions run on the GPU (__host__ __device__), so
-// this holds the bit tricks without a GPU.
+// pair holding the codes quant_pair_code names), for every zero point, and the block layout puts
+// lane t's words side by side. The same functions run on the GPU (__host__ __device__), so this holds
+// the bit tricks without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include "backend/cpu/matmul.h"
 #include "backend/cuda/mma_quant_decode.h"
@@ -76,28 +77,20 @@ TEST(MmaQuantDecode, FloatCodesEveryValue) {
     for (int pos = 0; pos < 4; ++pos) check_word<QuantCode::kF8E4M3>((0x38u * 0x01010101u & ~(255u << (8 * pos))) | (b << (8 * pos)), 0);
 }
 
-// One lane's side of a stage. Not inlined: g++ 12.2's loop vectorizer (-O2 -march=x86-64-v3)
-// miscompiles the selects of the four-lane loops below when it sees them (clang and -O1 do not).
-[[gnu::noinline]] void lane_pick(const uint32_t (&w)[4], int t, int m, uint32_t (&s)[2]) {
-  cu::quad_pick(w, t, m, s[0], s[1]);
-}
-[[gnu::noinline]] void lane_put(uint32_t (&w)[4], int t, int m, const uint32_t (&r)[2]) {
-  cu::quad_put(w, t, m, r[0], r[1]);
-}
-
-// Four lanes whose words are (chunk t, word i) = 16t + i end, after both stages, with lane t holding
-// in slot j chunk j's word t: 16j + t.
-TEST(MmaQuantDecode, QuadTransposeHandsLaneTWordTOfEveryChunk) {
-  uint32_t w[4][4];
-  for (int t = 0; t < 4; ++t)
-    for (int i = 0; i < 4; ++i) w[t][i] = 16u * t + i;
-  for (int m : {2, 1}) {
-    uint32_t s[4][2];
-    for (int t = 0; t < 4; ++t) lane_pick(w[t], t, m, s[t]);
-    for (int t = 0; t < 4; ++t) lane_put(w[t], t, m, s[t ^ m]);  // what __shfl_xor_sync(·, m) delivers
+// In a block of nc chunks laid out by quant_block_slot, every word has one slot, and lane t's nc
+// slots t · nc .. t · nc + nc − 1 hold word t of chunks 0 .. nc − 1 in chunk order.
+TEST(MmaQuantDecode, BlockLayoutPutsLaneTWordTOfEveryChunkSideBySide) {
+  for (int nc = 1; nc <= 4; ++nc) {
+    std::vector<int> slot_of(4 * nc, -1);
+    for (int jc = 0; jc < nc; ++jc)
+      for (int w = 0; w < 4; ++w) {
+        const int s = cu::quant_block_slot(jc, w, nc);
+        ASSERT_TRUE(s >= 0 && s < 4 * nc && slot_of[s] < 0) << "nc " << nc << " chunk " << jc << " word " << w;
+        slot_of[s] = 4 * jc + w;  // the word's place in the row as the checkpoint packs it
+      }
+    for (int t = 0; t < 4; ++t)
+      for (int jc = 0; jc < nc; ++jc) EXPECT_EQ(slot_of[t * nc + jc], 4 * jc + t) << "nc " << nc << " lane " << t;
   }
-  for (int t = 0; t < 4; ++t)
-    for (int j = 0; j < 4; ++j) EXPECT_EQ(w[t][j], 16u * j + t) << "lane " << t << " slot " << j;
 }
 
 }  // namespace

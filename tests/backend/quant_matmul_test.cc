@@ -261,7 +261,8 @@ TEST(QuantMatmul, RefusesInconsistentParams) {
 
 // --- CUDA ---------------------------------------------------------------------------------------
 
-// Device copies of a quantized weight (its codes, scales, zeros and permutation) and of f32 data.
+// Device copies of a quantized weight (its codes, scales, zeros and permutation, prepared as a
+// loaded weight is: Backend::prepare_quant) and of f32 data.
 class DeviceQuant {
  public:
   explicit DeviceQuant(Backend& be) : be_(be) {}
@@ -273,6 +274,7 @@ class DeviceQuant {
     TensorView v = w.view;
     v.data = put(w.codes.data(), w.codes.size());
     v.quant = q.get();
+    be_.prepare_quant(v);
     params_.push_back(std::move(q));
     return v;
   }

@@ -126,6 +126,23 @@ __device__ __forceinline__ float load_any(const void* p, int wt, int64_t i) {
   }
 }
 
+// Two elements ia and ib of quantized weights' scales (F32, BF16 or F16: QuantParams), or zeros when
+// !in: one branch on the width for both instead of load_any's switch for each, which the quantized
+// tensor-core kernels paid in every block they load.
+__device__ __forceinline__ void load_scale_pair(const void* p, int wt, int64_t ia, int64_t ib, bool in, float& a,
+                                                float& b) {
+  if (!in) {
+    a = b = 0.0f;
+  } else if (wt == kF32) {
+    a = __ldg(static_cast<const float*>(p) + ia), b = __ldg(static_cast<const float*>(p) + ib);
+  } else {
+    const auto* h = static_cast<const unsigned short*>(p);
+    const uint16_t ua = __ldg(h + ia), ub = __ldg(h + ib);
+    a = wt == kBF16 ? bf16_bits_to_f32(ua) : f16_bits_to_f32(ua);
+    b = wt == kBF16 ? bf16_bits_to_f32(ub) : f16_bits_to_f32(ub);
+  }
+}
+
 // Eight consecutive weights loaded with 16-byte (F32: two, F8: one 8-byte) loads, decoded later so
 // several chunks can be in flight at once.
 template <int WT>
@@ -381,6 +398,7 @@ class CudaBackend final : public Backend {
   void copy(const TensorView& src, TensorView& dst) override;
   void gather_rows(const TensorView& src, const TensorView& ids, TensorView& dst) override;
   void fill_dummy(TensorView& t, uint64_t seed, float center, float half_width) override;
+  void prepare_quant(const TensorView& w) override;
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override;
   void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) override;

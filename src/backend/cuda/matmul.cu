@@ -157,7 +157,40 @@ __global__ void permute_cols_kernel(const float* __restrict__ x, int64_t ldx, co
   }
 }
 
+// Rewrites the codes of rows [rows, n_chunks 16-byte chunks] in place into the block layout of the
+// quantized tensor-core path (mma_quant.cuh; word w of chunk jc of a block of nc chunks moves to slot
+// quant_block_slot(jc, w, nc)): one thread per block.
+__global__ void quant_block_layout_kernel(uint32_t* __restrict__ codes, int64_t rows, int64_t n_chunks) {
+  begin_kernel();
+  const int64_t per_row = (n_chunks + 3) / 4, n = rows * per_row;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t kb = i % per_row;
+    const int nc = static_cast<int>(n_chunks - 4 * kb < 4 ? n_chunks - 4 * kb : 4);
+    uint32_t* block = codes + ((i / per_row) * n_chunks + 4 * kb) * 4;
+    uint32_t v[16];
+#pragma unroll
+    for (int q = 0; q < 16; ++q) v[q] = q < 4 * nc ? block[q] : 0u;
+#pragma unroll
+    for (int jc = 0; jc < 4; ++jc)
+#pragma unroll
+      for (int w = 0; w < 4; ++w)
+        if (jc < nc) block[quant_block_slot(jc, w, nc)] = v[4 * jc + w];
+  }
+}
+
 }  // namespace
+
+void CudaBackend::prepare_quant(const TensorView& w) {
+  const int64_t K = w.cols();
+  if (!w.quant || !mma_ || !mma_quant_fit(w, K)) return;  // the CUDA-core kernels read the packed order
+  use_device();
+  const int64_t n_chunks = K / (128 / quant_code_bits(w.quant->code));
+  const int64_t rows = w.rows();
+  if (rows > 0)
+    launch("quant_block_layout_kernel", quant_block_layout_kernel, grid_for(rows * ((n_chunks + 3) / 4)), 256, 0,
+           static_cast<uint32_t*>(w.data), rows, n_chunks);
+}
 
 std::pair<const float*, int64_t> CudaBackend::mma_x_rows(const float* x, int64_t ldx, int64_t rows, int64_t K) {
   if (reinterpret_cast<uint64_t>(x) % 16 == 0 && ldx % 4 == 0) return {x, ldx};

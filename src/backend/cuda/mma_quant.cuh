@@ -7,34 +7,39 @@
 // registers (split_x8), mma.sync m16n8k16 with f32 accumulators, K split between the CTA's kMmaWarps
 // warps (and a split's CTAs) and their partials added in warp order (mma_finish). What differs:
 //
-// Codes. A row's codes are read in 16-byte chunks (32 four-bit or 16 eight-bit codes). Warp w takes
-// blocks of 4 chunks, w, w + kMmaWarps, ... (of its CTA's slice), and in a block lane (g = lane / 4, t = lane % 4) loads
-// chunk t of weight rows g and g + 8. Decoding in registers (mma_quant_decode.h) turns each code into
-// value − zero exactly in bf16, so the MMA multiplies exact weights with exact x parts.
+// Codes and scale groups. A row's codes are 16-byte chunks (32 four-bit or 16 eight-bit codes) in
+// blocks of 4 chunks; warp w takes blocks w, w + kMmaWarps, ... (of its CTA's slice). An MMA sums over
+// the 16 k of its step, which come from all four lanes t of a quad, and all of them must share one
+// scale, so a step must lie in one chunk (and a chunk lies in one group: mma_quant_fit). Chunk j's MMA
+// steps therefore take word t of chunk j in lane t, and the backend stores each block so that lane t's
+// words (word t of each of the block's chunks) lie side by side: it rewrites a weight's codes once
+// after loading (CudaBackend::prepare_quant, the slots of mma_quant_decode.h's quant_block_slot), and
+// lane (g = lane / 4, t = lane % 4) reads its words of weight rows g and g + 8 with one 16-byte load
+// each. Decoding in registers (mma_quant_decode.h) turns each code into value − zero exactly in bf16,
+// so the MMA multiplies exact weights with exact x parts. Each lane loads the scale (and zero) of
+// chunk t of the block, once per row, and the quad passes them round with __shfl_sync.
 //
-// Scale groups. An MMA sums over the 16 k of its step, which come from all four lanes t of a quad, and
-// all of them must share one scale. So the quad first transposes its words (quad_pick / quad_put, two
-// __shfl_xor_sync stages): lane t then holds word t of each of the block's chunks, and chunk j's MMA
-// steps take word t of chunk j in lane t: every step lies in one chunk, and a chunk in one group
-// (mma_quant_fit: the group is a multiple of the chunk). Each chunk's steps accumulate into fresh f32
-// accumulators p, and then c += scale · p per weight row (one f32 FMA per accumulator): the result is
-// an f32 dot product of the dequantized weights, differing from the CPU's (which forms value · scale
-// per element) by f32 rounding only. Each lane loads the scale (and zero) of its own chunk, once per
-// row and block, and the quad passes them round with __shfl_sync.
+// Sums. Each chunk's steps accumulate one f32 sum per x part (hi, mid, lo) from zero, and then c +=
+// scale · ((hi + mid) + lo) per weight row and x row (one f32 FMA per accumulator): the result is an
+// f32 dot product of the dequantized weights, differing from the CPU's (which forms value · scale per
+// element) by f32 rounding only. With several x rows, x row r is column r of a tile and each part
+// takes its own MMA; with one (ONE_ROW: decode, the drafter), column g takes part g % 3 of that row, so
+// one MMA per step forms all three part sums (columns 0 and 1 in lane t = 0, column 2 in lane t = 1,
+// which passes it over): a third of the MMAs, and the same sums in the same order.
 //
 // k labels. Lane t's word t of chunk j holds the codes n = W · t + {0 .. W − 1} of the chunk (W codes
 // per word: 8 four-bit, 4 eight-bit), i.e. k0 = j_chunk · C + W · t onwards, and decode_word makes
 // pair i of codes c(i, 0), c(i, 1) (quant_pair_code: k0 + 2i + {0, 1}, or for four-bit integer codes
 // k0 + i + {0, 4}). MMA step s (four-bit: s = 0, 1; eight-bit: s = 0) gives fragment k labels 2t, 2t +
 // 1 to pair 2s's codes and labels 2t + 8, 2t + 9 to pair 2s + 1's, for rows g (a0, a2) and g + 8 (a1,
-// a3) alike, and the B fragment of lane (g, t) reads x row g's parts at the same codes: b0 and b1 are
+// a3) alike, and the B fragment of lane (g, t) reads x's parts at the same codes: b0 and b1 are
 // words 2s and 2s + 1 of the x values at k0 split in the same pairing (split_x8, OneRowX). The labels
 // of a step depend on t alone, never on g, as the MMA needs (A's row g and B's column g' meet at the
 // same label in lanes (g, t) and (g', t)), and over the four lanes they cover distinct k.
 //
 // Batch invariance: as in mma_rows.cuh, an output's sums run over the same blocks, chunks, steps and
-// parts in the same order whatever the other rows of its tile are, and the path is chosen by the
-// weight alone.
+// parts in the same order whatever the other rows of its tile are (an MMA computes each column on its
+// own, whichever column it is), and the path is chosen by the weight alone.
 #pragma once
 #include <bit>
 #include <type_traits>
@@ -65,14 +70,14 @@ constexpr uint32_t kQuantDefaultZero = static_cast<uint32_t>(quant_default_zero(
 // Whether quantized weight w (rows of K elements) takes the tensor-core path: its rows are whole
 // 16-byte chunks (K a multiple of 32 four-bit or 16 eight-bit codes, codes 16-byte aligned), every
 // chunk lies in one scale group (the group a multiple of the chunk; a channel-wise group of K is), and
-// float codes carry no zeros. A choice by the weight alone, so a weight gives the same bits at any
-// batch size.
+// float codes carry no zeros (and a row has under 2^30 chunks: the kernels index them in 32 bits). A
+// choice by the weight alone, so a weight gives the same bits at any batch size.
 inline bool mma_quant_fit(const TensorView& w, int64_t K) {
   if (!w.quant) return false;
   const QuantParams& q = *w.quant;
   const int64_t chunk = 128 / quant_code_bits(q.code);
   const bool float_code = q.code == QuantCode::kE2M1 || q.code == QuantCode::kF8E4M3;
-  return K > 0 && K % chunk == 0 && K / chunk <= 0x7FFFFFFF && q.group > 0 && q.group % chunk == 0 &&
+  return K > 0 && K % chunk == 0 && K / chunk <= 0x3FFFFFFF && q.group > 0 && q.group % chunk == 0 &&
          q.group / chunk <= 0x7FFFFFFF &&
          !(float_code && q.zeros.data) && reinterpret_cast<uint64_t>(w.data) % 16 == 0;
 }
@@ -102,6 +107,17 @@ void with_quant_code(QuantCode code, F&& f) {
     case QuantCode::kE2M1: f.template operator()<QuantCode::kE2M1>(); break;
     case QuantCode::kF8E4M3: f.template operator()<QuantCode::kF8E4M3>(); break;
   }
+}
+
+// Lane t's words of a block of nc chunks in the block layout (quant_block_slot): word t of chunks 0 ..
+// nc − 1, zeros for the others (a block past the end: nc = 0). A whole block is one 16-byte load.
+__device__ __forceinline__ uint4 load_quant_block(const uint32_t* block, int nc, int t) {
+  if (nc == 4) return load_weight_chunk(reinterpret_cast<const uint4*>(block) + t);
+  uint4 v = make_uint4(0, 0, 0, 0);
+  if (nc > 0) v.x = __ldg(block + nc * t);
+  if (nc > 1) v.y = __ldg(block + nc * t + 1);
+  if (nc > 2) v.z = __ldg(block + nc * t + 2);
+  return v;
 }
 
 // Quantized weight rows (mma_quant_fit) as the tensor-core kernels read them: MmaBf16Rows'
@@ -137,39 +153,44 @@ struct MmaQuantRows {
     constexpr bool kNibblePairs = CODE == QuantCode::kU4;  // decode_word's pair order (quant_pair_code)
     using X1 = OneRowX<ONE_ROW ? U : 4, 4 * C, kNibblePairs>;  // a block is 4 chunks of C codes
     __shared__ __align__(16) typename X1::Words one_row_x[ONE_ROW ? kMmaWarps : 1];
-    const int t = lane % 4, quad = lane & ~3;
-    const int64_t n_chunks = K / C, ch_end = kb_end * 4 < n_chunks ? kb_end * 4 : n_chunks;
+    const int t = lane % 4, g = lane / 4, quad = lane & ~3;
+    // Chunk and block numbers within a row fit an int (mma_quant_fit): 32-bit index arithmetic.
+    const int n_chunks = static_cast<int>(K / C);
+    const int kb_first = static_cast<int>(kb_begin), kb_last = static_cast<int>(kb_end);
+    const int ch_end = kb_last * 4 < n_chunks ? kb_last * 4 : n_chunks;
     MmaQuantWeight w[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) w[j] = sets[j].w;
-    const uint4 zero4 = make_uint4(0, 0, 0, 0);
-    const uint4* ca[NT];
-    const uint4* cb[NT];
+    const uint32_t* ca[NT];
+    const uint32_t* cb[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      ca[j] = reinterpret_cast<const uint4*>(w[j].codes) + row[j][0] * n_chunks;  // 16-byte chunks per row
-      cb[j] = reinterpret_cast<const uint4*>(w[j].codes) + row[j][1] * n_chunks;
+      ca[j] = reinterpret_cast<const uint32_t*>(w[j].codes) + row[j][0] * n_chunks * 4;  // 4 words per chunk
+      cb[j] = reinterpret_cast<const uint32_t*>(w[j].codes) + row[j][1] * n_chunks * 4;
     }
-    for (int64_t kb0 = kb_begin + warp; kb0 < kb_end; kb0 += kMmaWarps * U) {
+    for (int kb0 = kb_first + warp; kb0 < kb_last; kb0 += kMmaWarps * U) {
       uint4 ra[U][NT], rb[U][NT];
       float sa[U][NT], sb[U][NT];
       uint32_t za[U][NT], zb[U][NT];
+      int nc[U];  // chunks of block u (0 past the slice)
       X1 x1;
-      if constexpr (ONE_ROW) x1.load(x[0], kb0, ch_end * C, lane);
+      if constexpr (ONE_ROW) x1.load(x[0], kb0, int64_t{ch_end} * C, lane);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
+        const int kb = kb0 + kMmaWarps * u;
+        const int ch = kb * 4 + t;  // the chunk whose scales (and zeros) this lane loads
         const bool in = ch < ch_end;
+        nc[u] = kb < kb_last ? (n_chunks - 4 * kb < 4 ? n_chunks - 4 * kb : 4) : 0;
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
           const uint32_t ch32 = static_cast<uint32_t>(ch);
           const int64_t gj = !in                    ? 0
                              : w[j].group_shift >= 0 ? ch32 >> w[j].group_shift
                                                      : ch32 / static_cast<uint32_t>(w[j].chunks_per_group);
-          ra[u][j] = in ? load_weight_chunk(ca[j] + ch) : zero4;
-          rb[u][j] = in ? load_weight_chunk(cb[j] + ch) : zero4;
-          sa[u][j] = in ? load_any(w[j].scales, w[j].scale_wt, row[j][0] * w[j].G + gj) : 0.0f;
-          sb[u][j] = in ? load_any(w[j].scales, w[j].scale_wt, row[j][1] * w[j].G + gj) : 0.0f;
+          ra[u][j] = load_quant_block(ca[j] + 16 * kb, nc[u], t);
+          rb[u][j] = load_quant_block(cb[j] + 16 * kb, nc[u], t);
+          load_scale_pair(w[j].scales, w[j].scale_wt, row[j][0] * w[j].G + gj, row[j][1] * w[j].G + gj, in,
+                          sa[u][j], sb[u][j]);
           if constexpr (kInt) {
             za[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][0] * w[j].G + gj) : kDefaultZero;
             zb[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][1] * w[j].G + gj) : kDefaultZero;
@@ -182,27 +203,12 @@ struct MmaQuantRows {
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int64_t kb = kb0 + kMmaWarps * u;
-        if (kb >= kb_end) break;  // the same for the whole warp
-        // The quad transpose: lane t's words become word t of chunks 4kb .. 4kb + 3.
-        uint32_t va[NT][4], vb[NT][4];
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          va[j][0] = ra[u][j].x, va[j][1] = ra[u][j].y, va[j][2] = ra[u][j].z, va[j][3] = ra[u][j].w;
-          vb[j][0] = rb[u][j].x, vb[j][1] = rb[u][j].y, vb[j][2] = rb[u][j].z, vb[j][3] = rb[u][j].w;
-#pragma unroll
-          for (int m = 2; m >= 1; m /= 2) {
-            uint32_t s0, s1;
-            quad_pick(va[j], t, m, s0, s1);
-            quad_put(va[j], t, m, __shfl_xor_sync(0xFFFFFFFFu, s0, m), __shfl_xor_sync(0xFFFFFFFFu, s1, m));
-            quad_pick(vb[j], t, m, s0, s1);
-            quad_put(vb[j], t, m, __shfl_xor_sync(0xFFFFFFFFu, s0, m), __shfl_xor_sync(0xFFFFFFFFu, s1, m));
-          }
-        }
+        if (nc[u] == 0) break;  // past the slice: the same for the whole warp
+        const int kb = kb0 + kMmaWarps * u;
 #pragma unroll
         for (int jc = 0; jc < 4; ++jc) {
-          const int64_t ch = kb * 4 + jc;
-          if (ch >= n_chunks) break;  // the same for the whole warp
+          if (jc >= nc[u]) break;  // past the row's last chunk
+          const int ch = kb * 4 + jc;
           // Chunk ch's scales and zeros come from lane jc of the quad, which loaded them.
           float s_a[NT], s_b[NT];
           uint32_t da[NT][2 * STEPS], db[NT][2 * STEPS];
@@ -220,49 +226,54 @@ struct MmaQuantRows {
                 ka = kbz = kDefaultKey;
               }
             }
-            decode_word<CODE>(va[j][jc], ka, da[j]);
-            decode_word<CODE>(vb[j][jc], kbz, db[j]);
+            decode_word<CODE>(word_of(ra[u][j], jc), ka, da[j]);  // word t of chunk ch (the block layout)
+            decode_word<CODE>(word_of(rb[u][j], jc), kbz, db[j]);
           }
-          const int64_t k0 = ch * C + WC * t;
-#pragma unroll
-          for (int i = 0; i < TILES; ++i) {
-            uint32_t xw[kMmaParts][2 * STEPS];
-            if constexpr (ONE_ROW) {  // the parts of block u's values jc · C + WC · t .. + 4 · STEPS − 1
-              const int word = (u * 4 * C + jc * C + WC * t) / 2;
-#pragma unroll
-              for (int p = 0; p < kMmaParts; ++p) {
-                if constexpr (STEPS == 2) {
-                  const uint4 v = *reinterpret_cast<const uint4*>(&one_row_x[warp][p][word]);
-                  xw[p][0] = v.x, xw[p][1] = v.y, xw[p][2] = v.z, xw[p][3] = v.w;
-                } else {
-                  const uint2 v = *reinterpret_cast<const uint2*>(&one_row_x[warp][p][word]);
-                  xw[p][0] = v.x, xw[p][1] = v.y;
-                }
-              }
-            } else {  // x row g at codes k0 .. k0 + 4 · STEPS − 1, split into its three bf16 parts
-              const float4* xr = reinterpret_cast<const float4*>(x[i] + k0);
-              const float4 zero_f4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-              uint4 part[kMmaParts];
-              split_x8<kNibblePairs>(x[i] ? xr[0] : zero_f4, STEPS == 2 && x[i] ? xr[1] : zero_f4, part);
-#pragma unroll
-              for (int p = 0; p < kMmaParts; ++p) {
-                xw[p][0] = part[p].x, xw[p][1] = part[p].y;
-                if constexpr (STEPS == 2) xw[p][2] = part[p].z, xw[p][3] = part[p].w;
-              }
+          const int64_t k0 = int64_t{ch} * C + WC * t;
+          if constexpr (ONE_ROW) {
+            // Column g of the MMA takes part g % 3 of the row's x values jc · C + WC · t .. + 4 · STEPS − 1
+            // of block u, so one MMA per step forms all three parts' sums: lane t = 0 gets columns 0
+            // (hi) and 1 (mid), lane t = 1 column 2 (lo), and the other columns are never read.
+            uint32_t xw[2 * STEPS];
+            const uint32_t* xp = &one_row_x[warp][g % kMmaParts][(u * 4 * C + jc * C + WC * t) / 2];
+            if constexpr (STEPS == 2) {
+              const uint4 v = *reinterpret_cast<const uint4*>(xp);
+              xw[0] = v.x, xw[1] = v.y, xw[2] = v.z, xw[3] = v.w;
+            } else {
+              const uint2 v = *reinterpret_cast<const uint2*>(xp);
+              xw[0] = v.x, xw[1] = v.y;
             }
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
               float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
               for (int s = 0; s < STEPS; ++s)
+                mma_bf16(acc, da[j][2 * s], db[j][2 * s], da[j][2 * s + 1], db[j][2 * s + 1], xw[2 * s], xw[2 * s + 1]);
+              const float lo_a = __shfl_down_sync(0xFFFFFFFFu, acc[0], 1), lo_b = __shfl_down_sync(0xFFFFFFFFu, acc[2], 1);
+              c[0][j][0] = fmaf(s_a[j], (acc[0] + acc[1]) + lo_a, c[0][j][0]);  // row g, x row 0 (lane t = 0)
+              c[0][j][2] = fmaf(s_b[j], (acc[2] + acc[3]) + lo_b, c[0][j][2]);  // row g + 8
+            }
+          } else {
 #pragma unroll
-                for (int p = 0; p < kMmaParts; ++p)
-                  mma_bf16(acc, da[j][2 * s], db[j][2 * s], da[j][2 * s + 1], db[j][2 * s + 1], xw[p][2 * s],
-                           xw[p][2 * s + 1]);
-              c[i][j][0] = fmaf(s_a[j], acc[0], c[i][j][0]);  // rows g: x rows 2t, 2t + 1
-              c[i][j][1] = fmaf(s_a[j], acc[1], c[i][j][1]);
-              c[i][j][2] = fmaf(s_b[j], acc[2], c[i][j][2]);  // rows g + 8
-              c[i][j][3] = fmaf(s_b[j], acc[3], c[i][j][3]);
+            for (int i = 0; i < TILES; ++i) {
+              // x row g at codes k0 .. k0 + 4 · STEPS − 1, split into its three bf16 parts
+              const float4* xr = reinterpret_cast<const float4*>(x[i] + k0);
+              const float4 zero_f4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+              uint4 part[kMmaParts];
+              split_x8<kNibblePairs>(x[i] ? xr[0] : zero_f4, STEPS == 2 && x[i] ? xr[1] : zero_f4, part);
+#pragma unroll
+              for (int j = 0; j < NT; ++j) {
+                float acc[kMmaParts][4] = {};
+#pragma unroll
+                for (int s = 0; s < STEPS; ++s)
+#pragma unroll
+                  for (int p = 0; p < kMmaParts; ++p)
+                    mma_bf16(acc[p], da[j][2 * s], db[j][2 * s], da[j][2 * s + 1], db[j][2 * s + 1],
+                             word_of(part[p], 2 * s), word_of(part[p], 2 * s + 1));
+                const float sr[4] = {s_a[j], s_a[j], s_b[j], s_b[j]};  // rows g (x rows 2t, 2t + 1), g + 8
+#pragma unroll
+                for (int e = 0; e < 4; ++e) c[i][j][e] = fmaf(sr[e], (acc[0][e] + acc[1][e]) + acc[2][e], c[i][j][e]);
+              }
             }
           }
         }

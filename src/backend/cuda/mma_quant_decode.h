@@ -9,9 +9,8 @@
 //                 significant bits, bf16 has 8), E2M1 and E4M3 values have at most 2 and 4
 //                 significant bits within bf16's exponent range. So a pair is just the top halves of
 //                 exact f32 values, or built in bf16 directly, with no rounding anywhere.
-//   quad_pick /   one stage of the 4 × 4 word transpose between the four lanes of an MMA quad
-//   quad_put      (lanes 4g .. 4g + 3): lane t starts with the 4 words of code chunk t and ends
-//                 with word t of chunks 0..3 (mma_quant.cuh says why).
+//   quant_block_slot  where a block of a row's chunks keeps each word, so that each lane of an MMA
+//                     quad loads its fragments' words with one load (mma_quant.cuh says why).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -93,23 +92,24 @@ TANDEM_QHD uint32_t qbits(float f) {
 // Two exact f32 values as one bf16 pair (lo in the low half): their top halves.
 TANDEM_QHD uint32_t bf16_pair_of_exact(float lo, float hi) { return qperm(qbits(lo), qbits(hi), 0x7632); }
 
-// a − b on bf16 pairs, for operands whose differences are exact in bf16 (fma.rn.bf16x2 a · 1 − b).
-TANDEM_QHD uint32_t bf16x2_sub_exact(uint32_t a, uint32_t b) {
+// a + b on bf16 pairs, for operands whose sums are exact in bf16 (fma.rn.bf16x2 a · 1 + b).
+TANDEM_QHD uint32_t bf16x2_add_exact(uint32_t a, uint32_t b) {
 #if defined(__CUDA_ARCH__)
   uint32_t d;
-  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(0x3F803F80u), "r"(b ^ 0x80008000u));
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(0x3F803F80u), "r"(b));
   return d;
 #else
-  const float lo = qfloat(a << 16) - qfloat(b << 16), hi = qfloat(a & 0xFFFF0000u) - qfloat(b & 0xFFFF0000u);
+  const float lo = qfloat(a << 16) + qfloat(b << 16), hi = qfloat(a & 0xFFFF0000u) + qfloat(b & 0xFFFF0000u);
   return bf16_pair_of_exact(lo, hi);
 #endif
 }
 
-// What decode_word subtracts, for zero point z (the integer codes; the float codes have none): for
-// 4-bit codes the bf16 pair (128 + z, 128 + z), for 8-bit ones the f32 bits of 2^23 + z.
+// What decode_word takes away, for zero point z (the integer codes; the float codes have none): for
+// 4-bit codes the bf16 pair (−(128 + z), −(128 + z)), which it adds, for 8-bit ones the f32 bits of
+// 2^23 + z, which it subtracts. A constant for the default zero, one or and one multiply for another.
 template <QuantCode CODE>
 TANDEM_QHD uint32_t quant_zero_key(uint32_t z) {
-  if constexpr (CODE == QuantCode::kU4) return (0x4300u | z) * 0x10001u;
+  if constexpr (CODE == QuantCode::kU4) return (0xC300u | z) * 0x10001u;
   else if constexpr (CODE == QuantCode::kU8) return qbits(8388608.0f + static_cast<float>(z));
   else return 0;
 }
@@ -118,10 +118,10 @@ template <QuantCode CODE>
 TANDEM_QHD void decode_word(uint32_t w, uint32_t zero_key, uint32_t (&pair)[kQuantWordPairs<CODE>]) {
   if constexpr (CODE == QuantCode::kU4) {
     // Nibbles i and i + 4 of w are the low nibbles of the halves of w >> 4i; or-ed into bf16 0x4300
-    // (128, whose last mantissa bit is 1) that is 128 + code per half; minus 128 + z, exact.
+    // (128, whose last mantissa bit is 1) that is 128 + code per half; plus −(128 + z), exact.
     const uint32_t magic = 0x43004300u;
 TANDEM_QUNROLL
-    for (int i = 0; i < 4; ++i) pair[i] = bf16x2_sub_exact(low_nibbles_or(w >> (4 * i), magic), zero_key);
+    for (int i = 0; i < 4; ++i) pair[i] = bf16x2_add_exact(low_nibbles_or(w >> (4 * i), magic), zero_key);
   } else if constexpr (CODE == QuantCode::kU8) {
     // Byte b into f32 0x4B0000bb = 2^23 + b, minus 2^23 + z: b − z exactly.
     const float off = qfloat(zero_key);
@@ -156,28 +156,12 @@ TANDEM_QUNROLL
   }
 }
 
-// One stage (m = 2, then m = 1) of the quad transpose: lane t swaps with lane t ^ m the two words
-// whose index differs from t in bit m; quad_pick names what it sends (s0, s1), quad_put stores what
-// it receives from its partner in the same slots. After both stages lane t holds in w[j] the word
-// that lane j held in w[t].
-TANDEM_QHD void quad_pick(const uint32_t (&w)[4], int t, int m, uint32_t& s0, uint32_t& s1) {
-  if (m == 2) {
-    s0 = t & 2 ? w[0] : w[2];
-    s1 = t & 2 ? w[1] : w[3];
-  } else {
-    s0 = t & 1 ? w[0] : w[1];
-    s1 = t & 1 ? w[2] : w[3];
-  }
-}
-TANDEM_QHD void quad_put(uint32_t (&w)[4], int t, int m, uint32_t r0, uint32_t r1) {
-  if (m == 2) {
-    if (t & 2) w[0] = r0, w[1] = r1;
-    else w[2] = r0, w[3] = r1;
-  } else {
-    if (t & 1) w[0] = r0, w[2] = r1;
-    else w[1] = r0, w[3] = r1;
-  }
-}
+// The block layout (CudaBackend::prepare_quant): a row's codes come in blocks of 4 chunks of 16
+// bytes (the last block of a row may hold nc < 4), and an MMA step needs lane t of a quad to hold
+// word t of one chunk. So within each block, word w of chunk jc is stored at word slot
+// quant_block_slot(jc, w, nc) = nc · w + jc of the block: lane t's words, word t of chunks 0 .. nc − 1,
+// lie side by side (one 16-byte load in a whole block), and a row keeps its length.
+TANDEM_QHD int quant_block_slot(int jc, int w, int nc) { return nc * w + jc; }
 
 }  // namespace cu
 }  // namespace tandem
