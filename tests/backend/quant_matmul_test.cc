@@ -341,6 +341,37 @@ TEST(QuantMatmul, CudaMatchesCpu) {
     }
 }
 
+// E4M3 codes at the edges of the format, which random codes hardly weigh in a sum: only subnormals
+// (0x01 .. 0x07, their negatives), zeros of both signs and the largest values, so a GPU decode that
+// flushed subnormals or lost a sign would miss the CPU's result by far more than the tolerance. Per
+// channel and in groups of 32 (both take the tensor-core path), T = 1 and 3.
+TEST(QuantMatmul, CudaFp8EdgeCodesMatchCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
+  ExactCpuKernels exact;
+  auto cpu = make_cpu_backend(2);
+  auto gpu = make_backend("cuda");
+  Rng rng(25);
+  const uint8_t edge[] = {0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x81, 0x82, 0x83,
+                          0x84, 0x85, 0x86, 0x87, 0x00, 0x80, 0x7E, 0xFE, 0x08, 0x88};
+  const int64_t K = 704, N = 53;
+  for (int64_t group : {K, int64_t{32}})
+    for (int subnormal_only : {1, 0}) {
+      QuantWeight w = make_quant({QuantCode::kF8E4M3, group, false, false, DType::BF16}, 1, N, K, rng);
+      for (uint8_t& b : w.codes) b = edge[rng.index(subnormal_only ? 14 : std::size(edge))];
+      DeviceQuant d(*gpu);
+      const TensorView wd = d.weight(w);
+      for (int64_t T : {1, 3}) {
+        SCOPED_TRACE(::testing::Message() << "group " << group << " subnormals only " << subnormal_only << " T=" << T);
+        std::vector<float> x = rng.normals(T * K), y(T * N);
+        TensorView xv(DType::F32, x.data(), {T, K}), yv(DType::F32, y.data(), {T, N});
+        cpu->matmul(xv, w.view, yv);
+        TensorView yd = d.data(std::vector<float>(T * N, NAN), DType::F32, {T, N});
+        gpu->matmul(d.data(x, DType::F32, {T, K}), wd, yd);
+        EXPECT_LT(rel_l2(d.get<float>(yd, T * N), y), 1e-5);
+      }
+    }
+}
+
 TEST(QuantMatmul, CudaMoeExpertsMatchCpu) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
   ExactCpuKernels exact;

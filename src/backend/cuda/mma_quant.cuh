@@ -231,8 +231,8 @@ struct MmaQuantRows {
           }
           const int64_t k0 = int64_t{ch} * C + WC * t;
           if constexpr (ONE_ROW) {
-            // Column g of the MMA takes part g % 3 of the row's x values jc · C + WC · t .. + 4 · STEPS − 1
-            // of block u, so one MMA per step forms all three parts' sums: lane t = 0 gets columns 0
+            // Column g of the MMA takes part g % 3 of the row's x values jc · C + WC · t .. + 4 · STEPS
+            // − 1 of block u, so one MMA per step forms all three parts' sums: lane t = 0 gets columns 0
             // (hi) and 1 (mid), lane t = 1 column 2 (lo), and the other columns are never read.
             uint32_t xw[2 * STEPS];
             const uint32_t* xp = &one_row_x[warp][g % kMmaParts][(u * 4 * C + jc * C + WC * t) / 2];
@@ -248,8 +248,10 @@ struct MmaQuantRows {
               float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
               for (int s = 0; s < STEPS; ++s)
-                mma_bf16(acc, da[j][2 * s], db[j][2 * s], da[j][2 * s + 1], db[j][2 * s + 1], xw[2 * s], xw[2 * s + 1]);
-              const float lo_a = __shfl_down_sync(0xFFFFFFFFu, acc[0], 1), lo_b = __shfl_down_sync(0xFFFFFFFFu, acc[2], 1);
+                mma_bf16(acc, da[j][2 * s], db[j][2 * s], da[j][2 * s + 1], db[j][2 * s + 1], xw[2 * s],
+                         xw[2 * s + 1]);
+              const float lo_a = __shfl_down_sync(0xFFFFFFFFu, acc[0], 1);
+              const float lo_b = __shfl_down_sync(0xFFFFFFFFu, acc[2], 1);
               c[0][j][0] = fmaf(s_a[j], (acc[0] + acc[1]) + lo_a, c[0][j][0]);  // row g, x row 0 (lane t = 0)
               c[0][j][2] = fmaf(s_b[j], (acc[2] + acc[3]) + lo_b, c[0][j][2]);  // row g + 8
             }

@@ -58,14 +58,21 @@ constexpr int kQuantWordCodes = quant_code_bits(CODE) == 4 ? 8 : 4;
 template <QuantCode CODE>
 constexpr int kQuantWordPairs = kQuantWordCodes<CODE> / 2;
 
-// PTX prmt (__byte_perm): result byte n is byte s[4n + 2 .. 4n] of the 8 bytes {b, a} (a the low word).
+// PTX prmt: result byte n is byte s[4n + 2 .. 4n] of the 8 bytes {b, a} (a the low word), or with
+// bit 4n + 3 of s set that byte's sign bit copied into all 8 bits (prmt's default mode; CUDA's
+// __byte_perm documents only the byte number, so the device path says prmt itself).
 TANDEM_QHD uint32_t qperm(uint32_t a, uint32_t b, uint32_t s) {
 #if defined(__CUDA_ARCH__)
-  return __byte_perm(a, b, s);
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(s));
+  return d;
 #else
   const uint64_t v = (static_cast<uint64_t>(b) << 32) | a;
   uint32_t r = 0;
-  for (int n = 0; n < 4; ++n) r |= static_cast<uint32_t>((v >> (8 * ((s >> (4 * n)) & 7))) & 0xFF) << (8 * n);
+  for (int n = 0; n < 4; ++n) {
+    const uint32_t sel = (s >> (4 * n)) & 15, byte = static_cast<uint32_t>(v >> (8 * (sel & 7))) & 0xFF;
+    r |= (sel & 8 ? (byte & 0x80 ? 0xFFu : 0u) : byte) << (8 * n);
+  }
   return r;
 #endif
 }
@@ -92,17 +99,22 @@ TANDEM_QHD uint32_t qbits(float f) {
 // Two exact f32 values as one bf16 pair (lo in the low half): their top halves.
 TANDEM_QHD uint32_t bf16_pair_of_exact(float lo, float hi) { return qperm(qbits(lo), qbits(hi), 0x7632); }
 
-// a + b on bf16 pairs, for operands whose sums are exact in bf16 (fma.rn.bf16x2 a · 1 + b).
-TANDEM_QHD uint32_t bf16x2_add_exact(uint32_t a, uint32_t b) {
+// a · b + c on bf16 pairs, for operands whose results are exact in bf16 (fma.rn.bf16x2, which keeps
+// subnormal operands: PTX has no flush-to-zero for bf16).
+TANDEM_QHD uint32_t bf16x2_fma_exact(uint32_t a, uint32_t b, uint32_t c) {
 #if defined(__CUDA_ARCH__)
   uint32_t d;
-  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(0x3F803F80u), "r"(b));
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
   return d;
 #else
-  const float lo = qfloat(a << 16) + qfloat(b << 16), hi = qfloat(a & 0xFFFF0000u) + qfloat(b & 0xFFFF0000u);
-  return bf16_pair_of_exact(lo, hi);
+  auto lo = [](uint32_t u) { return qfloat(u << 16); };
+  auto hi = [](uint32_t u) { return qfloat(u & 0xFFFF0000u); };
+  return bf16_pair_of_exact(lo(a) * lo(b) + lo(c), hi(a) * hi(b) + hi(c));
 #endif
 }
+
+// a + b on bf16 pairs, for operands whose sums are exact in bf16 (a · 1 + b).
+TANDEM_QHD uint32_t bf16x2_add_exact(uint32_t a, uint32_t b) { return bf16x2_fma_exact(a, 0x3F803F80u, b); }
 
 // What decode_word takes away, for zero point z (the integer codes; the float codes have none): for
 // 4-bit codes the bf16 pair (−(128 + z), −(128 + z)), which it adds, for 8-bit ones the f32 bits of
@@ -143,16 +155,16 @@ TANDEM_QUNROLL
 TANDEM_QUNROLL
     for (int i = 0; i < 4; ++i) pair[i] = bf16_pair_of_exact(v[2 * i], v[2 * i + 1]);
   } else {
-    // s eeee mmm → f32 bits 31 and 26..20, times 2^120 (as weight_rows.cuh's e4m3_value; the NaN
-    // codes, which quantizers never write, read ±480 as there and on the CPU).
-    float v[4];
+    // Bytes 2i and 2i + 1 (s eeee mmm) each into the low byte of a half, its sign copied into the
+    // high byte (one prmt); shifted left 4 and masked, a half is s 0000 eeee mmm 0000: the bf16 of
+    // 2^(e − 127) · 1.mmm (or the subnormal 0.mmm · 2^-126), and times 2^120 the E4M3 value, exact
+    // (fma with −0, which keeps a zero's sign). The NaN codes, which quantizers never write, read ±480
+    // as in weight_rows.cuh's e4m3_value and on the CPU.
 TANDEM_QUNROLL
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t b = w >> (8 * j);
-      v[j] = qfloat(((b & 0x80u) << 24) | ((b & 0x7Fu) << 20)) * 0x1p120f;
+    for (int i = 0; i < 2; ++i) {
+      const uint32_t h = qperm(w, 0, i == 0 ? 0x9180u : 0xB3A2u);
+      pair[i] = bf16x2_fma_exact((h << 4) & 0x87F087F0u, 0x7B807B80u, 0x80008000u);
     }
-TANDEM_QUNROLL
-    for (int i = 0; i < 2; ++i) pair[i] = bf16_pair_of_exact(v[2 * i], v[2 * i + 1]);
   }
 }
 
