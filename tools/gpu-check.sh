@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all]...   (default: all)
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|sass]...   (default: all)
+# (sass, never part of all: the SASS listings of the matmul and MoE kernels, for tools/sass_loop.py.)
 # The GPU machine reaches no package registry, so the Debian build dependencies travel as .deb files
 # in .deps/ (tools/fetch-gpu-deps.sh, here) and are unpacked into a private prefix there.
 # The step and sweep results go to $OUT (or out/ when unset), every log into $OUT/logs.tar.gz (the
@@ -158,6 +159,13 @@ if want throughput; then
     "$T" bench latency --endpoint http://127.0.0.1:8413 --concurrency 1,4,16,64 --duration 12s --max-tokens 128 \
       --quiet --csv "$OUT/throughput-26b-$spec.csv" 2>&1 | tail -6
     kill -TERM $pid; wait $pid || true
+  done
+fi
+if [[ " ${phases[*]} " == *" sass "* ]]; then
+  # The development machine has no cuobjdump: the listings travel back gzipped (~6 MB each).
+  stamp "sass"
+  for f in matmul moe; do
+    cuobjdump -sass "$(find "$BUILD" -name "$f.cu.o" | head -1)" | gzip -6 >"$OUT/$f.sass.gz"
   done
 fi
 stamp "done"
