@@ -309,6 +309,21 @@ double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
   return std::sqrt(num / den);
 }
 
+// matmul of x [T, K] (row stride ldx) with quantized weight w on the CPU and on the GPU (wd: w's copy
+// in d, the GPU's output poisoned with NaN first): the relative L2 distance of the GPU's result.
+double matmul_gpu_vs_cpu(Backend& cpu, Backend& gpu, DeviceQuant& d, const QuantWeight& w, const TensorView& wd,
+                         std::vector<float> x, int64_t T, int64_t ldx) {
+  const int64_t N = w.view.dim(0), K = w.view.cols();
+  std::vector<float> y(T * N);
+  TensorView xv(DType::F32, x.data(), {T, K}), yv(DType::F32, y.data(), {T, N});
+  xv.row_stride = ldx;
+  cpu.matmul(xv, w.view, yv);
+  TensorView xd = d.data(x, DType::F32, {T, K}), yd = d.data(std::vector<float>(T * N, NAN), DType::F32, {T, N});
+  xd.row_stride = ldx;
+  gpu.matmul(xd, wd, yd);
+  return rel_l2(d.get<float>(yd, T * N), y);
+}
+
 // K = 704 / 2112 take the tensor-core path (mma_quant.cuh) where the group allows it and the 16-byte
 // CUDA-core path otherwise (the NVFP4 group of 16); K = 200 (not a multiple of 32 four-bit or 16
 // eight-bit codes) exercises the scalar path's odd shapes. T = 1 .. 8 rows are one x tile of the
@@ -329,14 +344,7 @@ TEST(QuantMatmul, CudaMatchesCpu) {
       for (int64_t T : {1, 2, 3, 5, 8, 9, 17, 40}) {
         SCOPED_TRACE(::testing::Message() << describe(c) << " T=" << T << " N=" << N << " K=" << K);
         const int64_t ldx = T % 2 ? K + 3 : K;  // odd rows: an unaligned stride (the scalar x loads)
-        std::vector<float> x = rng.normals(T * ldx), y(T * N);
-        TensorView xv(DType::F32, x.data(), {T, K}), yv(DType::F32, y.data(), {T, N});
-        xv.row_stride = ldx;
-        cpu->matmul(xv, w.view, yv);
-        TensorView xd = d.data(x, DType::F32, {T, K}), yd = d.data(std::vector<float>(T * N, NAN), DType::F32, {T, N});
-        xd.row_stride = ldx;
-        gpu->matmul(xd, wd, yd);
-        EXPECT_LT(rel_l2(d.get<float>(yd, T * N), y), 1e-5);
+        EXPECT_LT(matmul_gpu_vs_cpu(*cpu, *gpu, d, w, wd, rng.normals(T * ldx), T, ldx), 1e-5);
       }
     }
 }
@@ -362,12 +370,7 @@ TEST(QuantMatmul, CudaFp8EdgeCodesMatchCpu) {
       const TensorView wd = d.weight(w);
       for (int64_t T : {1, 3}) {
         SCOPED_TRACE(::testing::Message() << "group " << group << " subnormals only " << subnormal_only << " T=" << T);
-        std::vector<float> x = rng.normals(T * K), y(T * N);
-        TensorView xv(DType::F32, x.data(), {T, K}), yv(DType::F32, y.data(), {T, N});
-        cpu->matmul(xv, w.view, yv);
-        TensorView yd = d.data(std::vector<float>(T * N, NAN), DType::F32, {T, N});
-        gpu->matmul(d.data(x, DType::F32, {T, K}), wd, yd);
-        EXPECT_LT(rel_l2(d.get<float>(yd, T * N), y), 1e-5);
+        EXPECT_LT(matmul_gpu_vs_cpu(*cpu, *gpu, d, w, wd, rng.normals(T * K), T, K), 1e-5);
       }
     }
 }
