@@ -126,6 +126,32 @@ __device__ __forceinline__ float load_any(const void* p, int wt, int64_t i) {
   }
 }
 
+// v[j] = element i0 + j · stride of a runtime-dtype array of n >= 1 elements as f32 for j < PER, or
+// `pad` where that index is n or more: one branch on the dtype for all PER elements, and every load
+// unconditional (an index past the end reads element n − 1), so all PER are in flight together.
+// (load_any per element converts inside its switch's case, so each load waits out its memory latency
+// before the next one issues: a norm kernel's weight row cost PER latencies in a row that way.)
+template <int PER>
+__device__ __forceinline__ void load_any_strided(const void* p, int wt, int64_t i0, int64_t stride, int64_t n,
+                                                 float pad, float (&v)[PER]) {
+  auto load = [&]<int WT>() {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t i = i0 + j * stride;
+      v[j] = load_elem<WT>(p, i < n ? i : n - 1);
+    }
+#pragma unroll
+    for (int j = 0; j < PER; ++j)
+      if (i0 + j * stride >= n) v[j] = pad;
+  };
+  switch (wt) {
+    case kF32: load.template operator()<kF32>(); break;
+    case kBF16: load.template operator()<kBF16>(); break;
+    case kF16: load.template operator()<kF16>(); break;
+    default: load.template operator()<kF8>(); break;
+  }
+}
+
 // Two elements ia and ib of quantized weights' scales (F32, BF16 or F16: QuantParams), or zeros when
 // !in: one branch on the width for both instead of load_any's switch for each, which the quantized
 // tensor-core kernels paid in every block they load.

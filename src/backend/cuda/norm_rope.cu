@@ -114,10 +114,10 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a
     // Every load of the step before the first use (a loop that summed as it loaded would wait one
     // memory latency per element a thread owns).
     float v[PER], ww[PER], old[PER];
+    if (st.w) load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, ww);
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
       const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
-      ww[j] = st.w && i < D ? load_any(st.w, st.wt, i) : 1.0f;
       v[j] = st.in_regs ? kept[j] : i < D ? xr[i] : 0.0f;
       old[j] = !st.add ? 0.0f : st.old_regs ? kept[j] : i < D ? yr[i] : 0.0f;
     }
@@ -183,12 +183,8 @@ __global__ void __launch_bounds__(1024) norm_rope_kernel(NormRopeArgs a) {
   const bool k_row = blockIdx.y == 0;
   // The norm weight and inverse frequencies first: model constants that no kernel writes during a
   // step, so their loads may be in flight while the previous kernel finishes (begin_kernel()).
-  float ww[kHeadPer], freq[kPairs];
-#pragma unroll
-  for (int j = 0; j < kHeadPer; ++j) {
-    const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
-    ww[j] = k_row && i < d ? load_any(a.w, a.wt, i) : 1.0f;
-  }
+  float ww[kHeadPer], freq[kPairs];  // ww: read for the src rows only
+  if (k_row) load_any_strided<kHeadPer>(a.w, a.wt, threadIdx.x, blockDim.x, d, 1.0f, ww);
 #pragma unroll
   for (int m = 0; m < kPairs; ++m) {
     const int64_t p = threadIdx.x + m * static_cast<int64_t>(blockDim.x);
