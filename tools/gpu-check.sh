@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|sass]...   (default: all)
-# (sass, never part of all: the SASS listings of the matmul and MoE kernels, for tools/sass_loop.py.)
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|sass|ncu]...   (default: all)
+# (never part of all: sass, the SASS listings of the matmul and MoE kernels, for tools/sass_loop.py; ncu,
+# Nsight Compute's per-kernel times of 26B-A4B decode steps, for tools/ncu_kernels.py.)
 # The GPU machine reaches no package registry, so the Debian build dependencies travel as .deb files
 # in .deps/ (tools/fetch-gpu-deps.sh, here) and are unpacked into a private prefix there.
 # The step and sweep results go to $OUT (or out/ when unset), every log into $OUT/logs.tar.gz (the
@@ -166,6 +167,17 @@ if [[ " ${phases[*]} " == *" sass "* ]]; then
   stamp "sass"
   for f in matmul moe; do
     cuobjdump -sass "$(find "$BUILD" -name "$f.cu.o" | head -1)" | gzip -6 >"$OUT/$f.sass.gz"
+  done
+fi
+if [[ " ${phases[*]} " == *" ncu "* ]]; then
+  # Every kernel of a run (load, bandwidth probe, three steps) alone, cold caches, unmodified clocks
+  # (docs/GPU.md): about 80 s per config. Eager launches, so a kernel is one launch, not a graph node.
+  stamp "ncu"
+  for cfg in gemma4-26b-a4b gemma4-26b-a4b-w4a16; do
+    ncu --clock-control none --csv --page raw \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__registers_per_thread \
+      "$BUILD/tandem" bench step bench/configs/$cfg --load-format dummy --device cuda --tokens 1 --context 512 --reps 1 \
+      --enforce-eager 2>"$LOGS/ncu-$cfg.log" | gzip -6 >"$OUT/ncu-$cfg.csv.gz"
   done
 fi
 stamp "done"
