@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|sass|ncu]...   (default: all)
-# (never part of all: sass, the SASS listings of the matmul and MoE kernels, for tools/sass_loop.py; ncu,
-# Nsight Compute's per-kernel times of 26B-A4B decode steps, for tools/ncu_kernels.py.)
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|sass|ncu]...   (default: all)
+# (never part of all: steps, two rounds of the decode and verify steps of the 26B-A4B in bf16, W4A16
+# and FP8 and the 31B's decode, for quick A/B calls; sass, the SASS listings of the matmul and MoE
+# kernels, for tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
+# tools/ncu_kernels.py.)
 # The GPU machine reaches no package registry, so the Debian build dependencies travel as .deb files
 # in .deps/ (tools/fetch-gpu-deps.sh, here) and are unpacked into a private prefix there.
 # The step and sweep results go to $OUT (or out/ when unset), every log into $OUT/logs.tar.gz (the
@@ -160,6 +162,19 @@ if want throughput; then
     "$T" bench latency --endpoint http://127.0.0.1:8413 --concurrency 1,4,16,64 --duration 12s --max-tokens 128 \
       --quiet --csv "$OUT/throughput-26b-$spec.csv" 2>&1 | tail -6
     kill -TERM $pid; wait $pid || true
+  done
+fi
+if [[ " ${phases[*]} " == *" steps "* ]]; then
+  # Environment switches (TANDEM_CUDA_*) pass through: `tools/gpu-check.sh steps && TANDEM_CUDA_X=0
+  # tools/gpu-check.sh steps` is an A/B in one call. Only the table rows and the copy bandwidth print.
+  stamp "steps"
+  for round in 1 2; do
+    for run in "gemma4-26b-a4b 1,3" "gemma4-26b-a4b-w4a16 1,3" "gemma4-26b-a4b-fp8 1,3" "gemma4-31b 1"; do
+      set -- $run
+      echo "$1 (round $round)"
+      "$BUILD/tandem" bench step bench/configs/$1 --load-format dummy --device cuda --tokens $2 --context 512 2>&1 |
+        grep -E "^\| target|copy bandwidth" | tee -a "$LOGS/steps.txt" || echo "(no step rows: $1 failed)"
+    done
   done
 fi
 if [[ " ${phases[*]} " == *" sass "* ]]; then
