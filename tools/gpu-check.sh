@@ -21,6 +21,7 @@ DEPS=/tmp/tandem-deps
 phases=("$@")
 [ ${#phases[@]} -eq 0 ] && phases=(all)
 want() { for p in "${phases[@]}"; do [ "$p" = "$1" ] || [ "$p" = all ] && return 0; done; return 1; }
+named() { for p in "${phases[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }  # phases outside all
 stamp() { echo "[$(date +%T)] $*"; }
 
 if [ -d .deps ]; then
@@ -164,7 +165,7 @@ if want throughput; then
     kill -TERM $pid; wait $pid || true
   done
 fi
-if [[ " ${phases[*]} " == *" steps "* ]]; then
+if named steps; then
   # Environment switches (TANDEM_CUDA_*) pass through: `tools/gpu-check.sh steps && TANDEM_CUDA_X=0
   # tools/gpu-check.sh steps` is an A/B in one call. Only the table rows and the copy bandwidth print.
   stamp "steps"
@@ -177,14 +178,14 @@ if [[ " ${phases[*]} " == *" steps "* ]]; then
     done
   done
 fi
-if [[ " ${phases[*]} " == *" sass "* ]]; then
+if named sass; then
   # The development machine has no cuobjdump: the listings travel back gzipped (~6 MB each).
   stamp "sass"
   for f in matmul moe; do
     cuobjdump -sass "$(find "$BUILD" -name "$f.cu.o" | head -1)" | gzip -6 >"$OUT/$f.sass.gz"
   done
 fi
-if [[ " ${phases[*]} " == *" ncu "* ]]; then
+if named ncu; then
   # Every kernel of a run (load, bandwidth probe, three steps) alone, cold caches, unmodified clocks
   # (docs/GPU.md): about 80 s per config. Eager launches, so a kernel is one launch, not a graph node.
   stamp "ncu"
