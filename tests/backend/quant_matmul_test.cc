@@ -5,11 +5,13 @@
 // short group), for every code type, with and without zero points and an act-order permutation, on
 // every kernel family the CPU has, and for batch invariance on each; and the CUDA backend's kernels
 // (tensor-core and CUDA-core) against the CPU's on the same weights for matmul, matmul_gelu_glu and
-// moe_experts, and for batch invariance (skipped without a CUDA GPU).
+// moe_experts, for batch invariance, and for the same bits from the one-row kernels' wide CTAs
+// (skipped without a CUDA GPU).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -482,6 +484,97 @@ TEST(QuantMatmul, CudaIsBatchInvariant) {
         const bool same = std::memcmp(&batch[i * N], alone[s + i].data(), N * 4) == 0 &&
                           std::memcmp(&batch[n * N + i * K], alone[s + i].data() + N, K * 4) == 0;
         EXPECT_TRUE(same) << "row " << s + i << " in a batch of " << n;
+      }
+    }
+  }
+}
+
+// Steps of up to 8 rows over many weight rows per SM take wide CTAs (mma_wide_ctas, mma_quant.cuh: a
+// CTA per 4 row tiles, or 2 with gate and up rows, each warp standing for several of a tile's virtual
+// warps). On the H200 (132 SMs) the int4 cases below take them at one row for every op by the cost
+// model's count: the matmul's 1024 row tiles, the GeGLU's 512, the pair's 2 × 512, the MoE down
+// projection's 4 experts × 128 tiles (config a) and its gate_up's 4 × 128 (config b). Their outputs,
+// one row and three, must be the bits of the CTA per row tile (a backend made with TANDEM_CUDA_WIDE=0)
+// and a row's the same alone and in the batch.
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+TEST(QuantMatmul, CudaWideCtasKeepTheBits) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
+  auto gpu = make_backend("cuda");
+  setenv("TANDEM_CUDA_WIDE", "0", 1);
+  auto narrow = make_backend("cuda");
+  unsetenv("TANDEM_CUDA_WIDE");
+  Rng rng(29);
+  const int64_t T = 3, N = 16384, NG = 8192, K = 704, E = 4, k = 4;
+  struct MoeShape {
+    int64_t H, I;
+  };
+  const MoeShape moe_shapes[] = {{2048, 704}, {1024, 2048}};
+  for (const QuantCase& c : kCases) {
+    if (c.perm || c.group > 32) continue;  // the decode formats, without an act-order gather
+    SCOPED_TRACE(describe(c));
+    QuantWeight w = make_quant(c, 1, N, K, rng), g = make_quant(c, 1, NG, K, rng), u = make_quant(c, 1, NG, K, rng);
+    std::vector<float> x = rng.normals(T * K, 0.05f);
+    // Each op's outputs for rows [r0, r0 + n) of x on backend `be`, one vector.
+    auto dense = [&](Backend& be, int64_t r0, int64_t n) {
+      DeviceQuant d(be);
+      const TensorView wd = d.weight(w), gd = d.weight(g), ud = d.weight(u);
+      const TensorView xd = d.data(x, DType::F32, {T, K}).row_slice(r0, r0 + n);
+      TensorView y = d.data(std::vector<float>(n * N, NAN), DType::F32, {n, N});
+      TensorView glu = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
+      TensorView y1 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
+      TensorView y2 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
+      be.matmul(xd, wd, y);
+      be.matmul_gelu_glu(xd, gd, ud, glu);
+      be.matmul_pair(xd, gd, y1, ud, y2);
+      std::vector<float> out = d.get<float>(y, n * N);
+      for (const TensorView* v : {&glu, &y1, &y2}) {
+        const std::vector<float> o = d.get<float>(*v, n * NG);
+        out.insert(out.end(), o.begin(), o.end());
+      }
+      return out;
+    };
+    auto rows_of = [](const std::vector<float>& all, int64_t n, int64_t i, std::initializer_list<int64_t> widths) {
+      std::vector<float> row;  // row i of each n-row output, in order
+      int64_t at = 0;
+      for (int64_t width : widths) {
+        row.insert(row.end(), all.begin() + at + i * width, all.begin() + at + (i + 1) * width);
+        at += n * width;
+      }
+      return row;
+    };
+    const std::vector<float> batch = dense(*gpu, 0, T);
+    EXPECT_TRUE(same_bits(batch, dense(*narrow, 0, T))) << "dense ops, " << T << " rows";
+    for (int64_t r = 0; r < T; ++r) {
+      const std::vector<float> wide = dense(*gpu, r, 1), tile = dense(*narrow, r, 1);
+      EXPECT_TRUE(same_bits(wide, tile)) << "dense ops, row " << r;
+      EXPECT_TRUE(same_bits(wide, rows_of(batch, T, r, {N, NG, NG, NG}))) << "dense ops, row " << r << " in a batch";
+    }
+    for (const MoeShape& m : moe_shapes) {
+      SCOPED_TRACE(::testing::Message() << "moe H=" << m.H << " I=" << m.I);
+      QuantWeight gu = make_quant(c, E, 2 * m.I, m.H, rng), dn = make_quant(c, E, m.H, m.I, rng);
+      std::vector<float> xm = rng.normals(T * m.H, 0.05f), wts(T * k);
+      std::vector<int32_t> ids(T * k);
+      for (int64_t i = 0; i < T * k; ++i) ids[i] = static_cast<int32_t>(i % k), wts[i] = rng.uniform(0, 1);
+      auto moe = [&](Backend& be, int64_t r0, int64_t n) {
+        DeviceQuant d(be);
+        const TensorView gud = d.weight(gu), dnd = d.weight(dn);
+        const TensorView xd = d.data(xm, DType::F32, {T, m.H}).row_slice(r0, r0 + n);
+        const TensorView idd = d.data(ids, DType::I32, {T, k}).row_slice(r0, r0 + n);
+        const TensorView wtd = d.data(wts, DType::F32, {T, k}).row_slice(r0, r0 + n);
+        TensorView y = d.data(std::vector<float>(n * m.H, NAN), DType::F32, {n, m.H});
+        be.moe_experts(xd, idd, wtd, gud, dnd, y);
+        return d.get<float>(y, n * m.H);
+      };
+      const std::vector<float> moe_batch = moe(*gpu, 0, T);
+      EXPECT_TRUE(same_bits(moe_batch, moe(*narrow, 0, T))) << "moe_experts, " << T << " rows";
+      for (int64_t r = 0; r < T; ++r) {
+        const std::vector<float> wide = moe(*gpu, r, 1), tile = moe(*narrow, r, 1);
+        EXPECT_TRUE(same_bits(wide, tile)) << "moe_experts, row " << r;
+        EXPECT_EQ(std::memcmp(wide.data(), moe_batch.data() + r * m.H, m.H * 4), 0)
+            << "moe_experts, row " << r << " in a batch";
       }
     }
   }

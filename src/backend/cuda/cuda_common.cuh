@@ -461,6 +461,10 @@ class CudaBackend final : public Backend {
                    const TensorView& drafts, TensorView& out) override;
 
   cudaStream_t stream() const { return stream_; }
+  int sm_count() const { return static_cast<int>(sm_count_); }  // the GPU's multiprocessors
+  // Whether quantized launches of one x tile may take wide CTAs (mma_wide_ctas; TANDEM_CUDA_WIDE=0
+  // turns them off, for measuring: the bits are the same either way).
+  bool wide_ctas() const { return wide_ctas_; }
 
   // Launches kernel<<<grid, block, smem>>>(args...) on this backend's stream, as a programmatic
   // dependent launch where the GPU supports it (begin_kernel(); TANDEM_CUDA_PDL=0 turns it off, for
@@ -557,6 +561,7 @@ class CudaBackend final : public Backend {
   int64_t sm_count_ = 0;
   bool pdl_ = false;  // programmatic dependent launch (sm_90+)
   bool mma_ = false;  // bf16 and quantized weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
+  bool wide_ctas_ = true;
   // CTAs a split tensor-core matmul may have (mma_slices): 4 per SM, or TANDEM_CUDA_SPLIT_K per SM (0
   // turns the split off, for measuring).
   int64_t mma_split_ctas_ = 0;

@@ -105,20 +105,23 @@ __global__ void pack_rows_kernel(const float* __restrict__ x, int64_t ldx, int64
 // with the same sums (the same bits as two such matmuls and gelu_tanh_mul). kPair: the first half of
 // the column tiles write y = x · wᵀ, the second half y2 = x · upᵀ (two projections of one x, each the
 // same bits as its own launch). ONE_ROW: T is 1, and every lane takes that row (OneRowX, mma_rows.cuh).
+// VPW > 1 (quantized rows, TILES 1): a CTA takes VPW tiles of 16 columns, each warp VPW virtual warps of
+// one (mma_quant.cuh).
 enum class MmaEpilogue { kPlain, kGlu, kPair };
-template <class W, int TILES, MmaEpilogue EPI, bool ONE_ROW>
+template <class W, int TILES, MmaEpilogue EPI, bool ONE_ROW, int VPW = 1>
 __global__ void __launch_bounds__(kMmaWarps * 32)
     matmul_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, W up, int64_t K, float* __restrict__ y,
                       int64_t ldy, float* __restrict__ y2, int64_t ldy2, int64_t T, int64_t N, MmaSplit split) {
   begin_kernel();
   constexpr bool GLU = EPI == MmaEpilogue::kGlu;
   constexpr int NT = GLU ? 2 : 1;
-  __shared__ MmaReduceSmem<NT, TILES> sm;
+  __shared__ MmaReduceSmem<NT, TILES, VPW> sm;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
   const bool second = EPI == MmaEpilogue::kPair && blockIdx.x >= gridDim.x / 2;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x - (second ? gridDim.x / 2 : 0)) * kMmaRows;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x - (second ? gridDim.x / 2 : 0)) * kMmaRows * VPW;
+  const int64_t nw = VPW == 1 ? n0 : n0 + warp / (kMmaWarps / VPW) * kMmaRows;  // the warp's row tile
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * TILES * kMmaTile;
-  const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
+  const int64_t na = nw + g < N ? nw + g : N - 1, nb = nw + g + 8 < N ? nw + g + 8 : N - 1;  // tails recompute
   W sets[NT];
   sets[0] = second ? up : w;
   if constexpr (GLU) sets[NT - 1] = up;
@@ -135,11 +138,11 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   }
   const int slice = static_cast<int>(blockIdx.z);
   const int64_t blocks = W::blocks(K);  // slice s sums blocks [blocks · s / slices, blocks · (s + 1) / slices)
-  float c[TILES][NT][4] = {};
-  W::template partial<NT, TILES, ONE_ROW>(sets, rows, K, xr, blocks * slice / split.slices, blocks * (slice + 1) / split.slices,
-                                 warp, lane, c);
+  float c[VPW * TILES][NT][4] = {};
+  W::template partial<NT, TILES, ONE_ROW, VPW>(sets, rows, K, xr, blocks * slice / split.slices,
+                                               blocks * (slice + 1) / split.slices, warp, lane, c);
   const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
-  mma_finish<NT, TILES>(c, sm, warp, lane, split, tile, slice, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
+  mma_finish<NT, TILES, VPW>(c, sm, warp, lane, split, tile, slice, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
     const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
     if (tr < T && nc < N) out[tr * ld_out + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
   });
@@ -242,21 +245,40 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
       for (int64_t tt0 = 0; tt0 < t_tiles; tt0 += per_launch) {
         const int64_t tt = std::min(per_launch, t_tiles - tt0), r0 = tt0 * per_cta;
         const int64_t n_rows = std::min(T - r0, tt * per_cta);
-        const MmaSplit split = mma_split(w_tiles * tt, slices, floats);
-        const dim3 grid(static_cast<unsigned>(w_tiles), static_cast<unsigned>(tt), static_cast<unsigned>(slices));
         const float* xr = xa + r0 * lda;
         float* yr = y.as<float>() + r0 * y.stride();
         float* y2r = y2 ? y2->as<float>() + r0 * y2->stride() : nullptr;
         const int64_t ld2 = y2 ? y2->stride() : 0;
         auto go = [&]<MmaEpilogue EPI>() {
-          if constexpr (TILES == 1)
-            if (n_rows == 1) {
-              launch("matmul_mma_kernel", matmul_mma_kernel<W, 1, EPI, true>, grid, kMmaWarps * 32, 0, xr, lda, rows,
-                     up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, split);
-              return;
-            }
-          launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, EPI, false>, grid, kMmaWarps * 32, 0, xr, lda, rows,
-                 up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, split);
+          if constexpr (TILES == 1) {
+            // One x tile (decode, verify): a CTA per VPW row tiles (mma_wide_ctas), with the column
+            // CTAs, split and kernel of that VPW; one row takes the ONE_ROW kernels.
+            auto tile = [&]<bool ONE>() {
+              constexpr int kWide = kMmaWideVpw<W, EPI == MmaEpilogue::kGlu ? 2 : 1>;
+              constexpr auto narrow = matmul_mma_kernel<W, 1, EPI, ONE, 1>;
+              constexpr auto wide = matmul_mma_kernel<W, 1, EPI, ONE, kWide>;
+              auto with_vpw = [&]<int VPW, auto KERNEL>() {
+                const int64_t col_ctas = (n_tiles + VPW - 1) / VPW * (w_tiles / n_tiles);
+                const MmaSplit s = mma_split(col_ctas, slices, VPW * floats);
+                launch("matmul_mma_kernel", KERNEL,
+                       dim3(static_cast<unsigned>(col_ctas), 1, static_cast<unsigned>(slices)), kMmaWarps * 32, 0, xr,
+                       lda, rows, up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, s);
+              };
+              const int64_t slice_blocks = (W::blocks(K) + slices - 1) / slices;
+              if (wide_ctas_ && mma_wide_ctas(n_tiles, slices * (w_tiles / n_tiles), slice_blocks, kWide, kWide,
+                                              mma_ctas_per_sm<narrow>(), mma_ctas_per_sm<wide>(), sm_count()))
+                with_vpw.template operator()<kWide, wide>();
+              else
+                with_vpw.template operator()<1, narrow>();
+            };
+            if (n_rows == 1) tile.template operator()<true>();
+            else tile.template operator()<false>();
+          } else {
+            const MmaSplit split = mma_split(w_tiles * tt, slices, floats);
+            const dim3 grid(static_cast<unsigned>(w_tiles), static_cast<unsigned>(tt), static_cast<unsigned>(slices));
+            launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, EPI, false>, grid, kMmaWarps * 32, 0, xr, lda, rows,
+                   up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, split);
+          }
         };
         if (epi == MmaEpilogue::kGlu) go.template operator()<MmaEpilogue::kGlu>();
         else if (epi == MmaEpilogue::kPair) go.template operator()<MmaEpilogue::kPair>();

@@ -41,6 +41,7 @@
 // parts in the same order whatever the other rows of its tile are (an MMA computes each column on its
 // own, whichever column it is), and the path is chosen by the weight alone.
 #pragma once
+#include <algorithm>
 #include <bit>
 #include <type_traits>
 
@@ -130,6 +131,11 @@ struct MmaQuantRows {
   // 64-byte blocks of a row of K codes (4 chunks of 16 bytes): the unit warps take turns over.
   __host__ __device__ static int64_t blocks(int64_t K) { return (K / kQuantChunkCodes<CODE> + 3) / 4; }
 
+  // Blocks a warp loads before the first is used: 8 chunks of 16 bytes per lane at decode (TILES = 1),
+  // 2 or 4 for prefill tiles, which reuse each weight for 32 x rows and need the registers. The most
+  // virtual warps a one-row warp may stand for (partial's VPW).
+  __host__ __device__ static constexpr int load_depth(int NT, int TILES) { return TILES >= 4 ? 1 : NT >= 2 ? 2 : 4; }
+
   // Adds this warp's partial sums over its K blocks to c[i][j], which the caller zeroes (the MMA
   // accumulator fragment: weight rows g and g + 8 of set j, x rows 2t and 2t + 1 of tile i). sets[j]:
   // set j's weight; row[j][0] / row[j][1]: the weight rows this lane's g and g + 8 stand for; x[i]: x
@@ -137,21 +143,29 @@ struct MmaQuantRows {
   // sums K blocks [kb_begin, kb_end) (all, or its slice of a split), warp w blocks kb_begin + w, +
   // kMmaWarps, ...: which blocks a warp sums, in which order, depends on K and the slice alone.
   // ONE_ROW (TILES 1): x[0] is the step's only x row in every lane (OneRowX, mma_rows.cuh).
-  template <int NT, int TILES, bool ONE_ROW = false>
+  //
+  // VPW > 1 (TILES 1 only): the warp stands for VPW of its row tile's kMmaWarps virtual warps, v0 =
+  // (warp % (kMmaWarps / VPW)) · VPW onwards, and keeps each one's sums apart in c[v − v0]: virtual
+  // warp v takes the blocks warp v would, in the same order, so after mma_finish adds the virtual
+  // warps in order an output has the same bits as with VPW 1. It loads as many blocks at once as a
+  // VPW 1 warp (U0 below), VPW neighbouring blocks at a time, so a CTA covers VPW row tiles and a
+  // step with few weight rows per SM needs VPW times fewer CTAs for the same blocks in flight.
+  template <int NT, int TILES, bool ONE_ROW = false, int VPW = 1>
   __device__ __forceinline__ static void partial(const MmaQuantRows (&sets)[NT], const int64_t (&row)[NT][2],
                                                  int64_t K, const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
-                                                 int warp, int lane, float (&c)[TILES][NT][4]) {
+                                                 int warp, int lane, float (&c)[VPW * TILES][NT][4]) {
     constexpr int C = kQuantChunkCodes<CODE>;
     constexpr int WC = kQuantWordCodes<CODE>;          // codes per word: a lane's share of a chunk
     constexpr int STEPS = WC / 4;                      // MMA steps per chunk (4 codes of a row per lane each)
     constexpr bool kInt = CODE == QuantCode::kU4 || CODE == QuantCode::kU8;
     constexpr uint32_t kDefaultZero = kQuantDefaultZero<CODE>;
-    // Blocks whose chunks are loaded before the first is used: 8 chunks of 16 bytes per lane at decode
-    // (TILES = 1), 2 or 4 for prefill tiles, which reuse each weight for 32 x rows and need the registers.
-    constexpr int U = TILES >= 4 ? 1 : NT >= 2 ? 2 : 4;
+    // U0 blocks loaded before the first is used (load_depth); with VPW virtual warps U0 / VPW blocks of
+    // each: block u of an iteration is virtual warp v0 + u % VPW's (u / VPW)-th of the iteration.
+    constexpr int U0 = load_depth(NT, TILES), U = U0 / VPW;
     static_assert(!ONE_ROW || TILES == 1);
+    static_assert(VPW == 1 || (TILES == 1 && U0 % VPW == 0 && kMmaWarps % VPW == 0));
     constexpr bool kNibblePairs = CODE == QuantCode::kU4;  // decode_word's pair order (quant_pair_code)
-    using X1 = OneRowX<ONE_ROW ? U : 4, 4 * C, kNibblePairs>;  // a block is 4 chunks of C codes
+    using X1 = OneRowX<ONE_ROW ? U0 : 4, 4 * C, kNibblePairs, VPW>;  // a block is 4 chunks of C codes
     __shared__ __align__(16) typename X1::Words one_row_x[ONE_ROW ? kMmaWarps : 1];
     const int t = lane % 4, g = lane / 4, quad = lane & ~3;
     // Chunk and block numbers within a row fit an int (mma_quant_fit): 32-bit index arithmetic.
@@ -168,16 +182,17 @@ struct MmaQuantRows {
       ca[j] = reinterpret_cast<const uint32_t*>(w[j].codes) + row[j][0] * n_chunks * 4;  // 4 words per chunk
       cb[j] = reinterpret_cast<const uint32_t*>(w[j].codes) + row[j][1] * n_chunks * 4;
     }
-    for (int kb0 = kb_first + warp; kb0 < kb_last; kb0 += kMmaWarps * U) {
-      uint4 ra[U][NT], rb[U][NT];
-      float sa[U][NT], sb[U][NT];
-      uint32_t za[U][NT], zb[U][NT];
-      int nc[U];  // chunks of block u (0 past the slice)
+    const int v0 = VPW == 1 ? warp : warp % (kMmaWarps / VPW) * VPW;  // (VPW 1: the warp itself)
+    for (int kb0 = kb_first + v0; kb0 < kb_last; kb0 += kMmaWarps * U) {
+      uint4 ra[U0][NT], rb[U0][NT];
+      float sa[U0][NT], sb[U0][NT];
+      uint32_t za[U0][NT], zb[U0][NT];
+      int nc[U0];  // chunks of block u (0 past the slice)
       X1 x1;
       if constexpr (ONE_ROW) x1.load(x[0], kb0, int64_t{ch_end} * C, lane);
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int kb = kb0 + kMmaWarps * u;
+      for (int u = 0; u < U0; ++u) {
+        const int kb = kb0 + u % VPW + kMmaWarps * (u / VPW);
         const int ch = kb * 4 + t;  // the chunk whose scales (and zeros) this lane loads
         const bool in = ch < ch_end;
         nc[u] = kb < kb_last ? (n_chunks - 4 * kb < 4 ? n_chunks - 4 * kb : 4) : 0;
@@ -202,9 +217,9 @@ struct MmaQuantRows {
         __syncwarp();
       }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (nc[u] == 0) break;  // past the slice: the same for the whole warp
-        const int kb = kb0 + kMmaWarps * u;
+      for (int u = 0; u < U0; ++u) {
+        if (nc[u] == 0) break;  // past the slice (so are the blocks after it): the same for the whole warp
+        const int kb = kb0 + u % VPW + kMmaWarps * (u / VPW);
 #pragma unroll
         for (int jc = 0; jc < 4; ++jc) {
           if (jc >= nc[u]) break;  // past the row's last chunk
@@ -252,8 +267,9 @@ struct MmaQuantRows {
                          xw[2 * s + 1]);
               const float lo_a = __shfl_down_sync(0xFFFFFFFFu, acc[0], 1);
               const float lo_b = __shfl_down_sync(0xFFFFFFFFu, acc[2], 1);
-              c[0][j][0] = fmaf(s_a[j], (acc[0] + acc[1]) + lo_a, c[0][j][0]);  // row g, x row 0 (lane t = 0)
-              c[0][j][2] = fmaf(s_b[j], (acc[2] + acc[3]) + lo_b, c[0][j][2]);  // row g + 8
+              float (&cv)[NT][4] = c[u % VPW];  // block u's virtual warp (VPW 1: the warp's own sums)
+              cv[j][0] = fmaf(s_a[j], (acc[0] + acc[1]) + lo_a, cv[j][0]);  // row g, x row 0 (lane t = 0)
+              cv[j][2] = fmaf(s_b[j], (acc[2] + acc[3]) + lo_b, cv[j][2]);  // row g + 8
             }
           } else {
 #pragma unroll
@@ -274,7 +290,10 @@ struct MmaQuantRows {
                              word_of(part[p], 2 * s), word_of(part[p], 2 * s + 1));
                 const float sr[4] = {s_a[j], s_a[j], s_b[j], s_b[j]};  // rows g (x rows 2t, 2t + 1), g + 8
 #pragma unroll
-                for (int e = 0; e < 4; ++e) c[i][j][e] = fmaf(sr[e], (acc[0][e] + acc[1][e]) + acc[2][e], c[i][j][e]);
+                for (int e = 0; e < 4; ++e) {
+                  float& ce = c[u % VPW * TILES + i][j][e];  // block u's virtual warp (VPW 1: c[i])
+                  ce = fmaf(sr[e], (acc[0][e] + acc[1][e]) + acc[2][e], ce);
+                }
               }
             }
           }
@@ -284,6 +303,41 @@ struct MmaQuantRows {
     }
   }
 };
+
+// The virtual warps per warp (partial's VPW) a launch of one x tile (at most 8 rows) over weight rows
+// W with NT row sets may use besides 1: the quantized rows' load depth; bf16 rows take 1 only.
+template <class W, int NT>
+constexpr int kMmaWideVpw = 1;
+template <QuantCode CODE, int NT>
+constexpr int kMmaWideVpw<MmaQuantRows<CODE>, NT> = MmaQuantRows<CODE>::load_depth(NT, 1);
+
+// CTAs of KERNEL (kMmaWarps warps, no dynamic shared memory) that one SM holds at once; asked once.
+template <auto KERNEL>
+int mma_ctas_per_sm() {
+  static const int n = [] {
+    int ctas = 0;
+    TANDEM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, KERNEL, kMmaWarps * 32, 0));
+    return std::max(ctas, 1);
+  }();
+  return n;
+}
+
+// Whether a launch of one x tile (decode, verify) takes wide CTAs (VPW = wide virtual warps per warp, a
+// CTA per `wide` row tiles) rather than a CTA per row tile: whichever makes its warps wait for fewer rounds of loads —
+// their loop's iterations (a virtual warp has ⌈blocks / kMmaWarps⌉ of a slice's `blocks` K blocks,
+// and a warp loads `depth` blocks at once) times the waves of CTAs (`col_tiles` row tiles per slice,
+// `other` slices and experts; `per_sm` CTAs an SM holds, of `sms`). At decode sizes a layer's
+// weight is a few waves of short CTAs, each a DRAM latency long; wide CTAs have each warp keep as
+// many blocks in flight and cover the same weight in a fraction of the waves. The bits are the same.
+inline bool mma_wide_ctas(int64_t col_tiles, int64_t other, int64_t blocks, int depth, int wide, int per_sm_narrow,
+                             int per_sm_wide, int sms) {
+  auto rounds = [&](int vpw, int per_sm) {
+    const int64_t ctas = (col_tiles + vpw - 1) / vpw * other, resident = int64_t{per_sm} * sms;
+    const int64_t per_warp = (blocks + kMmaWarps - 1) / kMmaWarps, per_iteration = depth / vpw;
+    return (ctas + resident - 1) / resident * ((per_warp + per_iteration - 1) / per_iteration);
+  };
+  return wide > 1 && rounds(wide, per_sm_wide) < rounds(1, per_sm_narrow);
+}
 
 // Weight w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows W.
 template <class W>

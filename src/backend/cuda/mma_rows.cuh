@@ -45,7 +45,7 @@ namespace tandem {
 namespace cu {
 
 constexpr int kMmaWarps = 8;  // warps of a CTA, splitting K between them
-constexpr int kMmaRows = 16;  // weight rows of a CTA (per row set)
+constexpr int kMmaRows = 16;  // weight rows of a row tile (per row set): a CTA has one, or VPW (mma_quant.cuh)
 constexpr int kMmaTile = 8;   // x rows per MMA tile
 constexpr int kMmaParts = 3;  // bf16 parts of an x value
 
@@ -110,11 +110,12 @@ __device__ __forceinline__ void split_x8(const float4& lo4, const float4& hi4, u
 // column 0, whose sums are what they would be with zero columns (an MMA computes each column on its
 // own). The parts are the same bits whoever splits them, so a row's result is the same as in a batch.
 //
-// Values: the U blocks kb0 + kMmaWarps · u of VB values each (block u's value o at index u · VB + o,
-// x position (kb0 + kMmaWarps · u) · VB + o). A lane takes units of 4 values (indices 4 (32 f + L) ..
-// + 3 for lane L), or with NIBBLE_PAIRS of 8 (split_x8's pairing), and stores word i of part p (values
-// 2i and 2i + 1, or the NIBBLE_PAIRS pair of that place) at words[p][i].
-template <int U, int VB, bool NIBBLE_PAIRS = false>
+// Values: U blocks of VB values each, block q's value o at index q · VB + o. Block q is x's block
+// kb0 + kMmaWarps · q (x position (kb0 + kMmaWarps · q) · VB + o), or for a warp that stands for VPW
+// virtual warps (mma_quant.cuh) kb0 + q % VPW + kMmaWarps · (q / VPW). A lane takes units of 4 values
+// (indices 4 (32 f + L) .. + 3 for lane L), or with NIBBLE_PAIRS of 8 (split_x8's pairing), and stores
+// word i of part p (values 2i and 2i + 1, or the NIBBLE_PAIRS pair of that place) at words[p][i].
+template <int U, int VB, bool NIBBLE_PAIRS = false, int VPW = 1>
 struct OneRowX {
   static constexpr int kUnit = NIBBLE_PAIRS ? 8 : 4, kValues = U * VB, kUnits = kValues / (32 * kUnit);
   static_assert(kValues % (32 * kUnit) == 0 && VB % kUnit == 0, "whole units per lane");
@@ -126,8 +127,8 @@ struct OneRowX {
   __device__ __forceinline__ void load(const float* x, int64_t kb0, int64_t k_end, int lane) {
 #pragma unroll
     for (int f = 0; f < kUnits; ++f) {
-      const int i = kUnit * (32 * f + lane);
-      const int64_t k = (kb0 + kMmaWarps * (i / VB)) * VB + i % VB;
+      const int i = kUnit * (32 * f + lane), q = i / VB;
+      const int64_t k = (kb0 + q % VPW + kMmaWarps * (q / VPW)) * VB + i % VB;
 #pragma unroll
       for (int h = 0; h < kUnit / 4; ++h)
         v[f][h] = k < k_end ? *reinterpret_cast<const float4*>(x + k + 4 * h) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -199,12 +200,14 @@ struct MmaBf16Rows {
   // blocks [kb_begin, kb_end) (all of them, or its slice of a split: cu::MmaSplit); warp w takes blocks
   // kb_begin + w, + kMmaWarps, ..., the weight and x chunks of U blocks loaded before the first is used.
   // Which blocks a warp sums, in which order, depends on K and the slice alone. ONE_ROW (TILES 1): x[0]
-  // is the step's only x row in every lane (OneRowX).
-  template <int NT, int TILES, bool ONE_ROW = false>
+  // is the step's only x row in every lane (OneRowX). (VPW: virtual warps per warp, which only the
+  // quantized rows implement so far: mma_quant.cuh.)
+  template <int NT, int TILES, bool ONE_ROW = false, int VPW = 1>
   __device__ __forceinline__ static void partial(const MmaBf16Rows (&w)[NT], const int64_t (&row)[NT][2], int64_t K,
                                                  const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
-                                                 int warp, int lane, float (&c)[TILES][NT][4]) {
+                                                 int warp, int lane, float (&c)[VPW * TILES][NT][4]) {
     static_assert(!ONE_ROW || TILES == 1);
+    static_assert(VPW == 1);
     constexpr int U = NT * TILES >= 8 ? 2 : 4;  // blocks whose chunks are loaded before the first is used
     using X1 = OneRowX<ONE_ROW ? U : 4, 32>;
     __shared__ __align__(16) typename X1::Words one_row_x[ONE_ROW ? kMmaWarps : 1];
@@ -270,10 +273,10 @@ struct MmaBf16Rows {
   }
 };
 
-// Shared memory for mma_finish: every warp's fragments.
-template <int NT, int TILES>
+// Shared memory for mma_finish: every (virtual) warp's fragments, per row tile of the CTA.
+template <int NT, int TILES, int VPW = 1>
 struct MmaReduceSmem {
-  float v[kMmaWarps][TILES][NT][32][4];
+  float v[VPW][kMmaWarps][TILES][NT][32][4];
 };
 
 // Output idx ∈ [0, TILES · 128) of a CTA: tile idx / 128, and in it the x row and the weight row
@@ -287,35 +290,49 @@ __device__ __forceinline__ MmaOut mma_out_of(int idx) {
 }
 
 // Adds the CTA's warps' partials c in warp order and, with a split, the slices' sums in slice order,
-// and calls out(tile, x_row, w_row, sums[NT]) for each of the TILES · 8 x rows and 16 weight rows of
-// the CTA's tile (sums[j] of row set j) — in the CTA that completes the tile. `tile` numbers the
+// and calls out(tile, x_row, w_row, sums[NT]) for each of the TILES · 8 x rows and 16 · VPW weight rows
+// of the CTA's tile (sums[j] of row set j) — in the CTA that completes the tile. `tile` numbers the
 // CTA's output tile among the launch's, `slice` is its K slice. Every thread of the CTA must call
-// it; it synchronises the CTA before and after.
-template <int NT, int TILES, class Out>
-__device__ __forceinline__ void mma_finish(const float (&c)[TILES][NT][4], MmaReduceSmem<NT, TILES>& sm, int warp,
-                                           int lane, const MmaSplit& split, int64_t tile, int slice, Out&& out) {
-  constexpr int kOut = TILES * 128;  // a CTA's outputs per row set
+// it; it synchronises the CTA before and after. VPW > 1 (partial's virtual warps): the CTA holds VPW
+// row tiles of 16 weight rows, warp w the virtual warps v0 .. v0 + VPW − 1 of tile w / (kMmaWarps /
+// VPW) in c[0 .. VPW − 1], and each tile's kMmaWarps virtual warps are added in order, as warps are.
+template <int NT, int TILES, int VPW = 1, class Out>
+__device__ __forceinline__ void mma_finish(const float (&c)[VPW * TILES][NT][4], MmaReduceSmem<NT, TILES, VPW>& sm,
+                                           int warp, int lane, const MmaSplit& split, int64_t tile, int slice,
+                                           Out&& out) {
+  constexpr int kTileOut = TILES * 128, kOut = VPW * kTileOut;  // a CTA's outputs per row set
+  // The warp's row tile and first virtual warp (VPW 1: tile 0, the warp itself).
+  const int rt = VPW == 1 ? 0 : warp / (kMmaWarps / VPW), v0 = VPW == 1 ? warp : warp % (kMmaWarps / VPW) * VPW;
 #pragma unroll
-  for (int i = 0; i < TILES; ++i)
+  for (int dv = 0; dv < VPW; ++dv)
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
+    for (int i = 0; i < TILES; ++i)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) sm.v[warp][i][j][lane][r] = c[i][j][r];
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) sm.v[rt][v0 + dv][i][j][lane][r] = c[dv * TILES + i][j][r];
   __syncthreads();
   float* const part = split.slices > 1 ? split.partials + tile * split.slices * kOut * NT : nullptr;
+  // Output idx of the CTA: row tile idx / kTileOut, and idx % kTileOut within it (mma_out_of; with one
+  // row tile, spelt so that the compiler sees the 0 and idx it is).
+  auto tile_of = [](int idx) { return VPW == 1 ? 0 : idx / kTileOut; };
+  auto in_tile = [](int idx) { return VPW == 1 ? idx : idx % kTileOut; };
+  auto emit = [&](int idx, const float (&sums)[NT]) {
+    const MmaOut o = mma_out_of(in_tile(idx));
+    out(o.tile, o.x_row, tile_of(idx) * kMmaRows + o.w_row, sums);
+  };
   for (int idx = threadIdx.x; idx < kOut; idx += kMmaWarps * 32) {
-    const int i = idx / 128, l = idx / 4 % 32, r = idx % 4;
+    const int t = tile_of(idx), i = in_tile(idx) / 128, l = idx / 4 % 32, r = idx % 4;
     float sums[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       float s = 0.0f;
 #pragma unroll
-      for (int v = 0; v < kMmaWarps; ++v) s += sm.v[v][i][j][l][r];
+      for (int v = 0; v < kMmaWarps; ++v) s += sm.v[t][v][i][j][l][r];
       sums[j] = s;
     }
     if (split.slices == 1) {
-      const MmaOut o = mma_out_of(idx);
-      out(o.tile, o.x_row, o.w_row, sums);
+      emit(idx, sums);
     } else {
 #pragma unroll
       for (int j = 0; j < NT; ++j) part[(int64_t{slice} * kOut + idx) * NT + j] = sums[j];
@@ -341,8 +358,7 @@ __device__ __forceinline__ void mma_finish(const float (&c)[TILES][NT][4], MmaRe
       for (int sl = 0; sl < split.slices; ++sl) s += __ldcg(part + (int64_t{sl} * kOut + idx) * NT + j);
       sums[j] = s;
     }
-    const MmaOut o = mma_out_of(idx);
-    out(o.tile, o.x_row, o.w_row, sums);
+    emit(idx, sums);
   }
   if (threadIdx.x == 0) split.tickets[tile] = 0;
   __syncthreads();

@@ -376,22 +376,24 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 // gate_up (DOWN false): act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]);
 // down (DOWN true): out[pos, n] = down[e][n] · act[pos] (x = act, k = 0, N = H rows per expert).
 // ONE_ROW (a one-token step, whose k experts are distinct when routed): a row at a time, taken by
-// every lane (OneRowX, mma_rows.cuh); an expert listed twice for the token costs a second pass.
-template <class W, int TILES, bool DOWN, bool ONE_ROW>
+// every lane (OneRowX, mma_rows.cuh); an expert listed twice for the token costs a second pass. VPW > 1
+// (quantized rows, TILES 1): a CTA takes VPW tiles of 16 columns, each warp VPW virtual warps of one.
+template <class W, int TILES, bool DOWN, bool ONE_ROW, int VPW = 1>
 __global__ void __launch_bounds__(kMmaWarps * 32)
     moe_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, int64_t K, int64_t N, int k,
                    const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
                    const int32_t* __restrict__ active, int E, float* __restrict__ y) {
   begin_kernel();
   constexpr int NT = DOWN ? 1 : 2;
-  __shared__ MmaReduceSmem<NT, TILES> sm;
+  __shared__ MmaReduceSmem<NT, TILES, VPW> sm;
   if (static_cast<int>(blockIdx.y) >= active[E]) return;
   const int e = active[blockIdx.y];
   const int32_t begin = offsets[e], end = offsets[e + 1];
   if (begin >= end) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
-  const int64_t na = n0 + g < N ? n0 + g : N - 1, nb = n0 + g + 8 < N ? n0 + g + 8 : N - 1;  // tails recompute
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows * VPW;
+  const int64_t nw = VPW == 1 ? n0 : n0 + warp / (kMmaWarps / VPW) * kMmaRows;  // the warp's row tile
+  const int64_t na = nw + g < N ? nw + g : N - 1, nb = nw + g + 8 < N ? nw + g + 8 : N - 1;  // tails recompute
   const int64_t first_row = static_cast<int64_t>(e) * NT * N;  // gate_up: [E, 2I, H]; down: [E, H, I]
   W sets[NT];
   int64_t rows[NT][2];
@@ -404,9 +406,9 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
       const int32_t pos = r0 + i * kMmaTile + (ONE_ROW ? 0 : g);
       xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
     }
-    float c[TILES][NT][4] = {};
-    W::template partial<NT, TILES, ONE_ROW>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c);
-    mma_finish<NT, TILES>(c, sm, warp, lane, MmaSplit{}, 0, 0, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
+    float c[VPW * TILES][NT][4] = {};
+    W::template partial<NT, TILES, ONE_ROW, VPW>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c);
+    mma_finish<NT, TILES, VPW>(c, sm, warp, lane, MmaSplit{}, 0, 0, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
       const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
       if (pos < end && nc < N && !(ONE_ROW && x_row > 0)) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
     });
@@ -419,16 +421,34 @@ template <bool DOWN>
 void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorView& w, int64_t K, int64_t N, int xk,
                     int64_t T, const int32_t* offsets, const int32_t* sorted, const int32_t* active, int E,
                     unsigned active_rows, float* dst) {
-  const dim3 grid(static_cast<unsigned>((N + kMmaRows - 1) / kMmaRows), active_rows);
+  const int64_t n_tiles = (N + kMmaRows - 1) / kMmaRows;
+  const dim3 grid(static_cast<unsigned>(n_tiles), active_rows);
   with_mma_rows(w, K, [&]<class W>(const W& rows) {
-    if (T == 1) {
-      be.launch("moe_mma_kernel", moe_mma_kernel<W, 1, DOWN, true>, grid, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk,
-                offsets, sorted, active, E, dst);
-      return;
-    }
     with_mma_tiles<W>(T, [&]<int TILES>() {  // an expert has at most T rows
-      be.launch("moe_mma_kernel", moe_mma_kernel<W, TILES, DOWN, false>, grid, kMmaWarps * 32, 0, x, ldx, rows, K, N,
-                xk, offsets, sorted, active, E, dst);
+      if constexpr (TILES == 1) {
+        // One x tile (decode, verify): a CTA per VPW row tiles (mma_wide_ctas); one token takes the
+        // ONE_ROW kernels.
+        auto tile = [&]<bool ONE>() {
+          constexpr int kWide = kMmaWideVpw<W, DOWN ? 1 : 2>;
+          constexpr auto narrow = moe_mma_kernel<W, 1, DOWN, ONE, 1>;
+          constexpr auto wide = moe_mma_kernel<W, 1, DOWN, ONE, kWide>;
+          auto with_vpw = [&]<int VPW, auto KERNEL>() {
+            const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
+            be.launch("moe_mma_kernel", KERNEL, g, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted, active,
+                      E, dst);
+          };
+          if (be.wide_ctas() && mma_wide_ctas(n_tiles, active_rows, W::blocks(K), kWide, kWide,
+                                              mma_ctas_per_sm<narrow>(), mma_ctas_per_sm<wide>(), be.sm_count()))
+            with_vpw.template operator()<kWide, wide>();
+          else
+            with_vpw.template operator()<1, narrow>();
+        };
+        if (T == 1) tile.template operator()<true>();
+        else tile.template operator()<false>();
+      } else {
+        be.launch("moe_mma_kernel", moe_mma_kernel<W, TILES, DOWN, false>, grid, kMmaWarps * 32, 0, x, ldx, rows, K,
+                  N, xk, offsets, sorted, active, E, dst);
+      }
     });
   });
 }
