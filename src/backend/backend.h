@@ -125,7 +125,9 @@ class Backend {
   virtual void fill_dummy(TensorView& t, uint64_t seed, float center, float half_width) = 0;
   // Called once on each quantized weight whose codes, scales and zeros are in this backend's memory,
   // before any op reads it: a backend may rewrite the codes in place into the order its kernels read
-  // (the CUDA backend's tensor-core path: mma_quant.cuh). Afterwards only this backend's ops read them.
+  // (the CUDA backend's tensor-core path: mma_quant.cuh). Afterwards only this backend's ops read them,
+  // and nothing writes them: a backend may treat them as constants (the CUDA matmuls load them before
+  // waiting for the previous kernel).
   virtual void prepare_quant(const TensorView& w) { (void)w; }
 
   // --- Layers ---

@@ -59,6 +59,8 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   mma_ = prop.major >= 8 && !(mma && std::string(mma) == "0");
   const char* wide = std::getenv("TANDEM_CUDA_WIDE");
   wide_ctas_ = !(wide && std::string(wide) == "0");
+  const char* early = std::getenv("TANDEM_CUDA_EARLY");
+  early_loads_ = !(early && std::string(early) == "0");
   // Split-K: at most 4 CTAs per SM (a decode-sized tensor-core matmul holds 4–5 per SM, so the split
   // stays one wave; docs/PERF.md has the sweep), or TANDEM_CUDA_SPLIT_K CTAs per SM.
   const char* split = std::getenv("TANDEM_CUDA_SPLIT_K");

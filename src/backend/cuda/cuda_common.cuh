@@ -562,6 +562,9 @@ class CudaBackend final : public Backend {
   bool pdl_ = false;  // programmatic dependent launch (sm_90+)
   bool mma_ = false;  // bf16 and quantized weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
   bool wide_ctas_ = true;
+  // Whether the quantized matmuls load their first weight blocks before they wait for the previous
+  // kernel (partial's early; TANDEM_CUDA_EARLY=0 turns it off, for measuring).
+  bool early_loads_ = true;
   // CTAs a split tensor-core matmul may have (mma_slices): 4 per SM, or TANDEM_CUDA_SPLIT_K per SM (0
   // turns the split off, for measuring).
   int64_t mma_split_ctas_ = 0;

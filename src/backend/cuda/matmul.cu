@@ -106,13 +106,18 @@ __global__ void pack_rows_kernel(const float* __restrict__ x, int64_t ldx, int64
 // the column tiles write y = x · wᵀ, the second half y2 = x · upᵀ (two projections of one x, each the
 // same bits as its own launch). ONE_ROW: T is 1, and every lane takes that row (OneRowX, mma_rows.cuh).
 // VPW > 1 (quantized rows, TILES 1): a CTA takes VPW tiles of 16 columns, each warp VPW virtual warps of
-// one (mma_quant.cuh).
+// one (mma_quant.cuh). early: w and up are model constants, so their first loads may come before the
+// wait for the previous kernel (partial's early). x is the previous kernel's output, so it is not
+// __restrict__: a const __restrict__ parameter is read through the read-only path (ld.global.nc), which
+// promises that the data does not change while the kernel runs, so its loads may be scheduled ahead of
+// the wait. (With early loads and x __restrict__, the 8-bit golden tests' decode steps on CUDA diverged.)
 enum class MmaEpilogue { kPlain, kGlu, kPair };
 template <class W, int TILES, MmaEpilogue EPI, bool ONE_ROW, int VPW = 1>
 __global__ void __launch_bounds__(kMmaWarps * 32)
-    matmul_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, W up, int64_t K, float* __restrict__ y,
-                      int64_t ldy, float* __restrict__ y2, int64_t ldy2, int64_t T, int64_t N, MmaSplit split) {
-  begin_kernel();
+    matmul_mma_kernel(const float* x, int64_t ldx, W w, W up, int64_t K, float* __restrict__ y,
+                      int64_t ldy, float* __restrict__ y2, int64_t ldy2, int64_t T, int64_t N, MmaSplit split,
+                      bool early) {
+  if (!early) begin_kernel();
   constexpr bool GLU = EPI == MmaEpilogue::kGlu;
   constexpr int NT = GLU ? 2 : 1;
   __shared__ MmaReduceSmem<NT, TILES, VPW> sm;
@@ -140,7 +145,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   const int64_t blocks = W::blocks(K);  // slice s sums blocks [blocks · s / slices, blocks · (s + 1) / slices)
   float c[VPW * TILES][NT][4] = {};
   W::template partial<NT, TILES, ONE_ROW, VPW>(sets, rows, K, xr, blocks * slice / split.slices,
-                                               blocks * (slice + 1) / split.slices, warp, lane, c);
+                                               blocks * (slice + 1) / split.slices, warp, lane, c, early);
   const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
   mma_finish<NT, TILES, VPW>(c, sm, warp, lane, split, tile, slice, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
     const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
@@ -193,6 +198,9 @@ void CudaBackend::prepare_quant(const TensorView& w) {
   if (rows > 0)
     launch("quant_block_layout_kernel", quant_block_layout_kernel, grid_for(rows * ((n_chunks + 3) / 4)), 256, 0,
            static_cast<uint32_t*>(w.data), rows, n_chunks);
+  // The matmul kernels read quantized weights before they wait for the kernel before them (early): the
+  // rewrite must be complete before any of them is launched.
+  synchronize();
 }
 
 std::pair<const float*, int64_t> CudaBackend::mma_x_rows(const float* x, int64_t ldx, int64_t rows, int64_t K) {
@@ -228,6 +236,9 @@ MmaSplit CudaBackend::mma_split(int64_t tiles, int slices, int64_t floats) {
 void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
                                     TensorView& y, int64_t T, int64_t N, TensorView* y2) {
   const auto [xa, lda] = mma_x_rows(x, ldx, T, K);
+  // Quantized weights are model constants (QuantParams); bf16 ones may be rows the previous kernel
+  // gathered (the drafter's candidate embeddings), so only the former load before the wait.
+  const bool early = w.quant && early_loads_;
   const MmaEpilogue epi = !up ? MmaEpilogue::kPlain : y2 ? MmaEpilogue::kPair : MmaEpilogue::kGlu;
   with_mma_rows(w, K, [&]<class W>(const W& rows) {
     const W up_rows = up ? mma_rows_of<W>(*up, K) : rows;
@@ -262,7 +273,7 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
                 const MmaSplit s = mma_split(col_ctas, slices, VPW * floats);
                 launch("matmul_mma_kernel", KERNEL,
                        dim3(static_cast<unsigned>(col_ctas), 1, static_cast<unsigned>(slices)), kMmaWarps * 32, 0, xr,
-                       lda, rows, up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, s);
+                       lda, rows, up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, s, early);
               };
               const int64_t slice_blocks = (W::blocks(K) + slices - 1) / slices;
               if (wide_ctas_ && mma_wide_ctas(n_tiles, slices * (w_tiles / n_tiles), slice_blocks, kWide, kWide,
@@ -277,7 +288,7 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
             const MmaSplit split = mma_split(w_tiles * tt, slices, floats);
             const dim3 grid(static_cast<unsigned>(w_tiles), static_cast<unsigned>(tt), static_cast<unsigned>(slices));
             launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, EPI, false>, grid, kMmaWarps * 32, 0, xr, lda, rows,
-                   up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, split);
+                   up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, split, early);
           }
         };
         if (epi == MmaEpilogue::kGlu) go.template operator()<MmaEpilogue::kGlu>();

@@ -144,6 +144,11 @@ struct MmaQuantRows {
   // kMmaWarps, ...: which blocks a warp sums, in which order, depends on K and the slice alone.
   // ONE_ROW (TILES 1): x[0] is the step's only x row in every lane (OneRowX, mma_rows.cuh).
   //
+  // early: the kernel has not called begin_kernel() yet; partial calls it once the warp's first blocks
+  // of weights, scales and zeros are in flight, before it reads x, and in any case before it returns.
+  // A quantized weight is a model constant that no step's kernel writes (prepare_quant waits for its
+  // rewrite), so its first loads may overlap the previous kernel's tail.
+  //
   // VPW > 1 (TILES 1 only): the warp stands for VPW of its row tile's kMmaWarps virtual warps, v0 =
   // (warp % (kMmaWarps / VPW)) · VPW onwards, and keeps each one's sums apart in c[v − v0]: virtual
   // warp v takes the blocks warp v would, in the same order, so after mma_finish adds the virtual
@@ -153,7 +158,8 @@ struct MmaQuantRows {
   template <int NT, int TILES, bool ONE_ROW = false, int VPW = 1>
   __device__ __forceinline__ static void partial(const MmaQuantRows (&sets)[NT], const int64_t (&row)[NT][2],
                                                  int64_t K, const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
-                                                 int warp, int lane, float (&c)[VPW * TILES][NT][4]) {
+                                                 int warp, int lane, float (&c)[VPW * TILES][NT][4],
+                                                 bool early = false) {
     constexpr int C = kQuantChunkCodes<CODE>;
     constexpr int WC = kQuantWordCodes<CODE>;          // codes per word: a lane's share of a chunk
     constexpr int STEPS = WC / 4;                      // MMA steps per chunk (4 codes of a row per lane each)
@@ -188,8 +194,6 @@ struct MmaQuantRows {
       float sa[U0][NT], sb[U0][NT];
       uint32_t za[U0][NT], zb[U0][NT];
       int nc[U0];  // chunks of block u (0 past the slice)
-      X1 x1;
-      if constexpr (ONE_ROW) x1.load(x[0], kb0, int64_t{ch_end} * C, lane);
 #pragma unroll
       for (int u = 0; u < U0; ++u) {
         const int kb = kb0 + u % VPW + kMmaWarps * (u / VPW);
@@ -212,7 +216,10 @@ struct MmaQuantRows {
           }
         }
       }
+      if (early) begin_kernel(), early = false;  // x is the previous kernel's output
+      X1 x1;
       if constexpr (ONE_ROW) {
+        x1.load(x[0], kb0, int64_t{ch_end} * C, lane);
         x1.stash(one_row_x[warp], lane);
         __syncwarp();
       }
@@ -301,6 +308,7 @@ struct MmaQuantRows {
       }
       if constexpr (ONE_ROW) __syncwarp();  // every lane has read the parts before the next stash
     }
+    if (early) begin_kernel();  // a warp without blocks
   }
 };
 

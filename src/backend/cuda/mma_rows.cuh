@@ -201,11 +201,15 @@ struct MmaBf16Rows {
   // kb_begin + w, + kMmaWarps, ..., the weight and x chunks of U blocks loaded before the first is used.
   // Which blocks a warp sums, in which order, depends on K and the slice alone. ONE_ROW (TILES 1): x[0]
   // is the step's only x row in every lane (OneRowX). (VPW: virtual warps per warp, which only the
-  // quantized rows implement so far: mma_quant.cuh.)
+  // quantized rows implement so far: mma_quant.cuh.) early: the kernel has not called begin_kernel()
+  // yet, and the weights are constants no kernel writes (the caller knows: a loaded model's weights,
+  // not rows gathered by the previous kernel); partial calls it once the warp's first weight chunks
+  // are in flight, before it reads x, and in any case before it returns.
   template <int NT, int TILES, bool ONE_ROW = false, int VPW = 1>
   __device__ __forceinline__ static void partial(const MmaBf16Rows (&w)[NT], const int64_t (&row)[NT][2], int64_t K,
                                                  const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
-                                                 int warp, int lane, float (&c)[VPW * TILES][NT][4]) {
+                                                 int warp, int lane, float (&c)[VPW * TILES][NT][4],
+                                                 bool early = false) {
     static_assert(!ONE_ROW || TILES == 1);
     static_assert(VPW == 1);
     constexpr int U = NT * TILES >= 8 ? 2 : 4;  // blocks whose chunks are loaded before the first is used
@@ -224,8 +228,6 @@ struct MmaBf16Rows {
     for (int64_t kb0 = kb_begin + warp; kb0 < kb_end; kb0 += kMmaWarps * U) {
       uint4 a[U][NT], b[U][NT];
       float4 xl[U][TILES], xh[U][TILES];  // x values 8t .. 8t + 3 and 8t + 4 .. 8t + 7 of the block
-      X1 x1;
-      if constexpr (ONE_ROW) x1.load(x[0], kb0, ch_end * 8, lane);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
@@ -235,6 +237,14 @@ struct MmaBf16Rows {
           a[u][j] = in ? load_weight_chunk(wa[j] + ch) : zero;
           b[u][j] = in ? load_weight_chunk(wb[j] + ch) : zero;
         }
+      }
+      if (early) begin_kernel(), early = false;  // x is the previous kernel's output
+      X1 x1;
+      if constexpr (ONE_ROW) x1.load(x[0], kb0, ch_end * 8, lane);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
+        const bool in = ch < ch_end;
 #pragma unroll
         for (int i = 0; i < TILES && !ONE_ROW; ++i) {
           const float4* xr = reinterpret_cast<const float4*>(x[i]);
@@ -270,6 +280,7 @@ struct MmaBf16Rows {
       }
       if constexpr (ONE_ROW) __syncwarp();  // every lane has read the parts before the next stash
     }
+    if (early) begin_kernel();  // a warp without blocks
   }
 };
 
