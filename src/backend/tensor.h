@@ -24,6 +24,10 @@ struct TensorView {
   // Set on quantized weights only: then dtype is U8, data holds the packed codes, shape is the
   // logical [N, K] (or [E, N, K]) and *quant says how codes decode (see QuantParams).
   const QuantParams* quant = nullptr;
+  // Set on a loaded model's weights (model/weights.h): their data is complete when the view is made
+  // and no kernel writes it afterwards, so a backend may read it before the ops issued just before
+  // have finished (the CUDA matmuls' early weight loads). Rows gathered at run time are not constant.
+  bool constant = false;
 
   TensorView() = default;
   TensorView(DType t, void* p, std::initializer_list<int64_t> dims) : dtype(t), data(p) {
@@ -52,6 +56,7 @@ struct TensorView {
   TensorView reshaped(std::initializer_list<int64_t> dims) const {
     TensorView v(dtype, data, dims);
     TANDEM_CHECK(row_stride == 0 && v.numel() == numel());
+    v.constant = constant;
     return v;
   }
   // Rows [begin, end) of the 2-D view.

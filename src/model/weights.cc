@@ -89,6 +89,13 @@ void Weights::check_unquantized_split(const std::string& module, const Split& sp
 
 std::optional<TensorView> Weights::find(const std::string& name, const std::vector<int64_t>& shape,
                                         const Split& split) {
+  std::optional<TensorView> v = bind_tensor(name, shape, split);
+  if (v) v->constant = true;
+  return v;
+}
+
+std::optional<TensorView> Weights::bind_tensor(const std::string& name, const std::vector<int64_t>& shape,
+                                               const Split& split) {
   if (format_ == LoadFormat::meta) {  // bf16, as published checkpoints store these weights
     TensorView v = view_of(DType::BF16, nullptr, sliced_shape(name, shape, split));
     bound_bytes_ += static_cast<int64_t>(v.nbytes());
@@ -163,6 +170,7 @@ std::pair<TensorView, std::shared_ptr<Buffer>> Weights::generate_dummy(const std
   auto buffer = std::make_shared<Buffer>(*be_, v.nbytes());
   v.data = buffer->data();
   be_->fill_dummy(v, next_seed(), near_one ? 1.0f : 0.0f, near_one ? 0.1f : 0.05f);
+  be_->synchronize();  // a constant view's data is complete when it is bound (TensorView::constant)
   return {v, std::move(buffer)};
 }
 

@@ -44,7 +44,9 @@ class Weights {
   // the mapped file, in place where the slice is contiguous on a host backend, else copied (only the
   // slice) into backend memory.
   TensorView get(const std::string& name, const std::vector<int64_t>& shape, const Split& split = {});
-  // As get(), but returns nullopt when absent (optional tensors such as lm_head.weight).
+  // As get(), but returns nullopt when absent (optional tensors such as lm_head.weight). Views of
+  // unquantized tensors are marked constant (TensorView::constant); quantized weights are constants
+  // by the backend's contract (Backend::prepare_quant).
   std::optional<TensorView> find(const std::string& name, const std::vector<int64_t>& shape,
                                  const Split& split = {});
   // The weight of linear layer `module` ([N, K], PyTorch [out, in]): quantized (TensorView::quant)
@@ -87,6 +89,8 @@ class Weights {
   // The bf16 tensor `name` [rows, K] quantized on the host (read from the mapped file, or generated
   // as --load-format dummy would and dropped once quantized), bound with `shape`.
   TensorView quantize_tensor(const std::string& name, std::initializer_list<int64_t> shape);
+  // find() before its view is marked constant.
+  std::optional<TensorView> bind_tensor(const std::string& name, const std::vector<int64_t>& shape, const Split& split);
   // Seeded dummy values of `name` in backend memory (what find() binds for --load-format dummy).
   std::pair<TensorView, std::shared_ptr<Buffer>> generate_dummy(const std::string& name,
                                                                const std::vector<int64_t>& shape);

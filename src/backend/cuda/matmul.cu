@@ -236,9 +236,11 @@ MmaSplit CudaBackend::mma_split(int64_t tiles, int slices, int64_t floats) {
 void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
                                     TensorView& y, int64_t T, int64_t N, TensorView* y2) {
   const auto [xa, lda] = mma_x_rows(x, ldx, T, K);
-  // Quantized weights are model constants (QuantParams); bf16 ones may be rows the previous kernel
-  // gathered (the drafter's candidate embeddings), so only the former load before the wait.
-  const bool early = w.quant && early_loads_;
+  // Quantized weights are model constants (Backend::prepare_quant), bf16 ones where the view says so
+  // (TensorView::constant; not the drafter's candidate rows, which the previous kernel gathers): only
+  // constants are loaded before the wait.
+  auto constant = [](const TensorView& t) { return t.quant || t.constant; };
+  const bool early = early_loads_ && constant(w) && (!up || constant(*up));
   const MmaEpilogue epi = !up ? MmaEpilogue::kPlain : y2 ? MmaEpilogue::kPair : MmaEpilogue::kGlu;
   with_mma_rows(w, K, [&]<class W>(const W& rows) {
     const W up_rows = up ? mma_rows_of<W>(*up, K) : rows;
