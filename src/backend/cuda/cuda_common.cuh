@@ -324,11 +324,14 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 // completed and its writes are visible, then lets the next kernel launch. Because every kernel
 // waits, completion stays ordered (kernel n + 1 never overtakes kernel n − 1); so only the kernel just
 // before may still be writing when a kernel starts, and loads of model constants that no step's
-// kernel writes (norm weights, RoPE frequencies: norm_rope_kernel) may be issued before the wait,
-// overlapping that kernel's tail. Kernels launched with
-// <<<>>> are ordinary stream-ordered launches and need nothing. Measured on the H200: −2 % on a
-// 26B-A4B decode step, −0.6 % on the 31B's (asking L2 for the weight rows before the wait cost more
-// than it saved: docs/PERF.md).
+// kernel writes (norm weights, RoPE frequencies: norm_rope_kernel; a matmul's first weight blocks:
+// the tensor-core partials' early) may be issued before the wait, overlapping that kernel's tail. A
+// kernel that loads before its wait reads the previous kernel's output through ordinary loads, not the
+// read-only path of a const __restrict__ parameter, whose loads may be scheduled ahead of the wait (with
+// it, the 8-bit golden tests diverged on CUDA: matmul_mma_kernel). Kernels launched with <<<>>> are ordinary
+// stream-ordered launches and need nothing. Measured on the H200: −2 % on a 26B-A4B decode step, −0.6 %
+// on the 31B's (asking L2 for the weight rows before the wait cost more than it saved; loading a warp's
+// first weight blocks before it saves a round trip per matmul: docs/PERF.md).
 __device__ __forceinline__ void begin_kernel() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
