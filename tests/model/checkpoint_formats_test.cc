@@ -8,6 +8,7 @@
 
 #include "fixtures.h"
 #include "model/gemma4.h"
+#include "model/weights.h"
 #include "util/half.h"
 
 namespace tandem {
@@ -81,6 +82,22 @@ TEST(CheckpointFormats, ShardedMixedDtypesAndLegacyExpertNames) {
   // Same values, widened exactly: only the summation order inside kernels may differ by dtype.
   EXPECT_LT(testing::relative_l2(b.data(), a.data(), a.size()), 1e-6);
   fs::remove_all(dir);
+}
+
+// Every weight view the loader binds is marked constant (TensorView::constant: a backend may read it
+// before the ops issued just before it have finished), views derived from it keep the mark, and
+// activations and gathered rows do not have it.
+TEST(CheckpointFormats, LoadedWeightsAreMarkedConstant) {
+  auto backend = testing::test_backend(2);
+  for (const LoadFormat format : {LoadFormat::safetensors, LoadFormat::dummy}) {
+    SCOPED_TRACE(format == LoadFormat::dummy ? "dummy" : "safetensors");
+    Weights w = Weights::open(testing::fixtures_dir() + "/gemma4-moe", format, *backend);
+    const TensorView embed = w.get("model.language_model.embed_tokens.weight", {512, 64});
+    EXPECT_TRUE(embed.constant);
+    EXPECT_TRUE(embed.reshaped({512 * 64}).constant);
+    EXPECT_TRUE(embed.row_slice(3, 9).constant);
+  }
+  EXPECT_FALSE(TensorView(DType::F32, nullptr, {4, 4}).constant);
 }
 
 }  // namespace
