@@ -267,22 +267,19 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
             // One x tile (decode, verify): a CTA per VPW row tiles (mma_wide_ctas), with the column
             // CTAs, split and kernel of that VPW; one row takes the ONE_ROW kernels.
             auto tile = [&]<bool ONE>() {
-              constexpr int kWide = kMmaWideVpw<W, EPI == MmaEpilogue::kGlu ? 2 : 1>;
-              constexpr auto narrow = matmul_mma_kernel<W, 1, EPI, ONE, 1>;
-              constexpr auto wide = matmul_mma_kernel<W, 1, EPI, ONE, kWide>;
-              auto with_vpw = [&]<int VPW, auto KERNEL>() {
-                const int64_t col_ctas = (n_tiles + VPW - 1) / VPW * (w_tiles / n_tiles);
-                const MmaSplit s = mma_split(col_ctas, slices, VPW * floats);
-                launch("matmul_mma_kernel", KERNEL,
-                       dim3(static_cast<unsigned>(col_ctas), 1, static_cast<unsigned>(slices)), kMmaWarps * 32, 0, xr,
-                       lda, rows, up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, s, early);
-              };
+              constexpr int NT = EPI == MmaEpilogue::kGlu ? 2 : 1;
               const int64_t slice_blocks = (W::blocks(K) + slices - 1) / slices;
-              if (wide_ctas_ && mma_wide_ctas(n_tiles, slices * (w_tiles / n_tiles), slice_blocks, kWide, kWide,
-                                              mma_ctas_per_sm<narrow>(), mma_ctas_per_sm<wide>(), sm_count()))
-                with_vpw.template operator()<kWide, wide>();
-              else
-                with_vpw.template operator()<1, narrow>();
+              constexpr auto narrow = matmul_mma_kernel<W, 1, EPI, ONE, 1>;
+              constexpr auto wide = matmul_mma_kernel<W, 1, EPI, ONE, kMmaWideVpw<W, NT>>;
+              with_mma_width<W, NT, narrow, wide>(
+                  wide_ctas_, n_tiles, slices * (w_tiles / n_tiles), slice_blocks, sm_count(),
+                  [&]<int VPW, auto KERNEL>() {
+                    const int64_t col_ctas = (n_tiles + VPW - 1) / VPW * (w_tiles / n_tiles);
+                    const MmaSplit s = mma_split(col_ctas, slices, VPW * floats);
+                    launch("matmul_mma_kernel", KERNEL,
+                           dim3(static_cast<unsigned>(col_ctas), 1, static_cast<unsigned>(slices)), kMmaWarps * 32, 0,
+                           xr, lda, rows, up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, s, early);
+                  });
             };
             if (n_rows == 1) tile.template operator()<true>();
             else tile.template operator()<false>();

@@ -330,21 +330,34 @@ int mma_ctas_per_sm() {
   return n;
 }
 
-// Whether a launch of one x tile (decode, verify) takes wide CTAs (VPW = wide virtual warps per warp, a
-// CTA per `wide` row tiles) rather than a CTA per row tile: whichever makes its warps wait for fewer rounds of loads —
-// their loop's iterations (a virtual warp has ⌈blocks / kMmaWarps⌉ of a slice's `blocks` K blocks,
-// and a warp loads `depth` blocks at once) times the waves of CTAs (`col_tiles` row tiles per slice,
-// `other` slices and experts; `per_sm` CTAs an SM holds, of `sms`). At decode sizes a layer's
-// weight is a few waves of short CTAs, each a DRAM latency long; wide CTAs have each warp keep as
-// many blocks in flight and cover the same weight in a fraction of the waves. The bits are the same.
-inline bool mma_wide_ctas(int64_t col_tiles, int64_t other, int64_t blocks, int depth, int wide, int per_sm_narrow,
-                             int per_sm_wide, int sms) {
+// Whether a launch of one x tile (decode, verify) takes wide CTAs (`wide` virtual warps per warp, a CTA
+// per `wide` row tiles) rather than a CTA per row tile: whichever makes its warps wait for fewer rounds of
+// loads — their loop's iterations (a virtual warp has ⌈blocks / kMmaWarps⌉ of a slice's `blocks` K
+// blocks, and a warp loads `wide` blocks at once: kMmaWideVpw is the load depth) times the waves of CTAs
+// (`col_tiles` row tiles per slice, `other` slices and experts; `per_sm` CTAs an SM holds, of `sms`). At
+// decode sizes a layer's weight is a few waves of short CTAs, each a DRAM latency long; wide CTAs have
+// each warp keep as many blocks in flight and cover the same weight in a fraction of the waves. The bits
+// are the same.
+inline bool mma_wide_ctas(int64_t col_tiles, int64_t other, int64_t blocks, int wide, int per_sm_narrow,
+                          int per_sm_wide, int sms) {
   auto rounds = [&](int vpw, int per_sm) {
     const int64_t ctas = (col_tiles + vpw - 1) / vpw * other, resident = int64_t{per_sm} * sms;
-    const int64_t per_warp = (blocks + kMmaWarps - 1) / kMmaWarps, per_iteration = depth / vpw;
+    const int64_t per_warp = (blocks + kMmaWarps - 1) / kMmaWarps, per_iteration = wide / vpw;
     return (ctas + resident - 1) / resident * ((per_warp + per_iteration - 1) / per_iteration);
   };
   return wide > 1 && rounds(wide, per_sm_wide) < rounds(1, per_sm_narrow);
+}
+
+// Calls f.template operator()<VPW, KERNEL>() for a launch of one x tile over weight rows W with NT row
+// sets: the wide kernel WIDE (VPW = kMmaWideVpw) where `allowed` (CudaBackend::wide_ctas) and
+// mma_wide_ctas says so, else NARROW (VPW 1) — the two instantiations of one kernel template.
+template <class W, int NT, auto NARROW, auto WIDE, class F>
+void with_mma_width(bool allowed, int64_t col_tiles, int64_t other, int64_t blocks, int sms, F&& f) {
+  constexpr int kWide = kMmaWideVpw<W, NT>;
+  if (allowed && mma_wide_ctas(col_tiles, other, blocks, kWide, mma_ctas_per_sm<NARROW>(), mma_ctas_per_sm<WIDE>(), sms))
+    f.template operator()<kWide, WIDE>();
+  else
+    f.template operator()<1, NARROW>();
 }
 
 // Weight w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows W.

@@ -429,19 +429,15 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
         // One x tile (decode, verify): a CTA per VPW row tiles (mma_wide_ctas); one token takes the
         // ONE_ROW kernels.
         auto tile = [&]<bool ONE>() {
-          constexpr int kWide = kMmaWideVpw<W, DOWN ? 1 : 2>;
+          constexpr int NT = DOWN ? 1 : 2;
           constexpr auto narrow = moe_mma_kernel<W, 1, DOWN, ONE, 1>;
-          constexpr auto wide = moe_mma_kernel<W, 1, DOWN, ONE, kWide>;
-          auto with_vpw = [&]<int VPW, auto KERNEL>() {
-            const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
-            be.launch("moe_mma_kernel", KERNEL, g, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted, active,
-                      E, dst);
-          };
-          if (be.wide_ctas() && mma_wide_ctas(n_tiles, active_rows, W::blocks(K), kWide, kWide,
-                                              mma_ctas_per_sm<narrow>(), mma_ctas_per_sm<wide>(), be.sm_count()))
-            with_vpw.template operator()<kWide, wide>();
-          else
-            with_vpw.template operator()<1, narrow>();
+          constexpr auto wide = moe_mma_kernel<W, 1, DOWN, ONE, kMmaWideVpw<W, NT>>;
+          with_mma_width<W, NT, narrow, wide>(
+              be.wide_ctas(), n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
+                const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
+                be.launch("moe_mma_kernel", KERNEL, g, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted,
+                          active, E, dst);
+              });
         };
         if (T == 1) tile.template operator()<true>();
         else tile.template operator()<false>();
