@@ -495,7 +495,8 @@ TEST(QuantMatmul, CudaIsBatchInvariant) {
 // model's count: the matmul's 1024 row tiles, the GeGLU's 512, the pair's 2 × 512, the MoE down
 // projection's 4 experts × 128 tiles (config a) and its gate_up's 4 × 128 (config b). Their outputs,
 // one row and three, must be the bits of the CTA per row tile (a backend made with TANDEM_CUDA_WIDE=0)
-// and a row's the same alone and in the batch.
+// and a row's the same alone and in the batch. In the three-row MoE batch two experts have all three
+// rows (a tile) and six have one each (the one-row path that a single row's step takes too).
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
@@ -507,7 +508,7 @@ TEST(QuantMatmul, CudaWideCtasKeepTheBits) {
   auto narrow = make_backend("cuda");
   unsetenv("TANDEM_CUDA_WIDE");
   Rng rng(29);
-  const int64_t T = 3, N = 16384, NG = 8192, K = 704, E = 4, k = 4;
+  const int64_t T = 3, N = 16384, NG = 8192, K = 704, E = 8, k = 4;
   struct MoeShape {
     int64_t H, I;
   };
@@ -557,7 +558,13 @@ TEST(QuantMatmul, CudaWideCtasKeepTheBits) {
       QuantWeight gu = make_quant(c, E, 2 * m.I, m.H, rng), dn = make_quant(c, E, m.H, m.I, rng);
       std::vector<float> xm = rng.normals(T * m.H, 0.05f), wts(T * k);
       std::vector<int32_t> ids(T * k);
-      for (int64_t i = 0; i < T * k; ++i) ids[i] = static_cast<int32_t>(i % k), wts[i] = rng.uniform(0, 1);
+      // Row t picks experts 0 and 1 (three rows each: a tile) and 2 + 2t, 3 + 2t (one row each: the
+      // one-row path of a multi-row step).
+      for (int64_t i = 0; i < T * k; ++i) {
+        const int64_t t = i / k, j = i % k;
+        ids[i] = static_cast<int32_t>(j < 2 ? j : 2 * t + j);
+        wts[i] = rng.uniform(0, 1);
+      }
       auto moe = [&](Backend& be, int64_t r0, int64_t n) {
         DeviceQuant d(be);
         const TensorView gud = d.weight(gu), dnd = d.weight(dn);

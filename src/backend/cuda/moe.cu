@@ -376,8 +376,11 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 // gate_up (DOWN false): act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]);
 // down (DOWN true): out[pos, n] = down[e][n] · act[pos] (x = act, k = 0, N = H rows per expert).
 // ONE_ROW (a one-token step, whose k experts are distinct when routed): a row at a time, taken by
-// every lane (OneRowX, mma_rows.cuh); an expert listed twice for the token costs a second pass. VPW > 1
-// (quantized rows, TILES 1): a CTA takes VPW tiles of 16 columns, each warp VPW virtual warps of one.
+// every lane (OneRowX, mma_rows.cuh); an expert listed twice for the token costs a second pass. In a
+// step of a few rows (TILES 1: verify), an expert with only one of them (most of them, at k = 8 of 128)
+// takes that path too: a third of the MMAs and x split once per warp, not per lane, with the same sums
+// as a tile's (OneRowX), so the same bits. VPW > 1 (quantized rows, TILES 1): a CTA takes VPW tiles of
+// 16 columns, each warp VPW virtual warps of one.
 template <class W, int TILES, bool DOWN, bool ONE_ROW, int VPW = 1>
 __global__ void __launch_bounds__(kMmaWarps * 32)
     moe_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, int64_t K, int64_t N, int k,
@@ -399,20 +402,25 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   int64_t rows[NT][2];
 #pragma unroll
   for (int j = 0; j < NT; ++j) sets[j] = w, rows[j][0] = first_row + j * N + na, rows[j][1] = first_row + j * N + nb;
-  for (int32_t r0 = begin; r0 < end; r0 += ONE_ROW ? 1 : TILES * kMmaTile) {
+  // The expert's rows from r0 on: a tile of them, or with ONE only row r0.
+  auto pass = [&]<bool ONE>(int32_t r0) {
     const float* xr[TILES];
 #pragma unroll
     for (int i = 0; i < TILES; ++i) {
-      const int32_t pos = r0 + i * kMmaTile + (ONE_ROW ? 0 : g);
+      const int32_t pos = r0 + i * kMmaTile + (ONE ? 0 : g);
       xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
     }
     float c[VPW * TILES][NT][4] = {};
-    W::template partial<NT, TILES, ONE_ROW, VPW>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c);
+    W::template partial<NT, TILES, ONE, VPW>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c);
     mma_finish<NT, TILES, VPW>(c, sm, warp, lane, MmaSplit{}, 0, 0, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
       const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
-      if (pos < end && nc < N && !(ONE_ROW && x_row > 0)) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
+      if (pos < end && nc < N && !(ONE && x_row > 0)) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
     });
+  };
+  if constexpr (TILES == 1 && !ONE_ROW) {
+    if (end - begin == 1) return pass.template operator()<true>(begin);
   }
+  for (int32_t r0 = begin; r0 < end; r0 += ONE_ROW ? 1 : TILES * kMmaTile) pass.template operator()<ONE_ROW>(r0);
 }
 
 // Launches moe_mma_kernel over the active experts (grid rows) for w (mma_rows_fit or mma_quant_fit),
