@@ -339,6 +339,17 @@ __device__ __forceinline__ void begin_kernel() {
 #endif
 }
 
+// p as a pointer the compiler knows nothing about: loads through it are ordinary ones, never the
+// read-only path it infers for a const __restrict__ kernel parameter, whose loads may be scheduled
+// ahead of griddepcontrol.wait. For a kernel that reads its predecessor's output after loading
+// constants before the wait (moe_mma_kernel's early) without changing the code of its other
+// instantiations.
+template <typename T>
+__device__ __forceinline__ const T* read_after_wait(const T* p) {
+  asm("" : "+l"(p));
+  return p;
+}
+
 // Asks L2 for the `bytes` bytes at p, one 128-byte line per thread in turn (thread of threads), without
 // waiting for them: a later load of them meets L2 instead of DRAM.
 __device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes, int thread, int threads) {
@@ -468,6 +479,9 @@ class CudaBackend final : public Backend {
   // Whether quantized launches of one x tile may take wide CTAs (mma_wide_ctas; TANDEM_CUDA_WIDE=0
   // turns them off, for measuring: the bits are the same either way).
   bool wide_ctas() const { return wide_ctas_; }
+  // Whether the tensor-core matmuls over constant weights load their first blocks before they wait for
+  // the previous kernel (partial's early; TANDEM_CUDA_EARLY=0 turns it off, for measuring).
+  bool early_loads() const { return early_loads_; }
 
   // Launches kernel<<<grid, block, smem>>>(args...) on this backend's stream, as a programmatic
   // dependent launch where the GPU supports it (begin_kernel(); TANDEM_CUDA_PDL=0 turns it off, for
@@ -565,9 +579,7 @@ class CudaBackend final : public Backend {
   bool pdl_ = false;  // programmatic dependent launch (sm_90+)
   bool mma_ = false;  // bf16 and quantized weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
   bool wide_ctas_ = true;
-  // Whether the quantized matmuls load their first weight blocks before they wait for the previous
-  // kernel (partial's early; TANDEM_CUDA_EARLY=0 turns it off, for measuring).
-  bool early_loads_ = true;
+  bool early_loads_ = true;  // early_loads()
   // CTAs a split tensor-core matmul may have (mma_slices): 4 per SM, or TANDEM_CUDA_SPLIT_K per SM (0
   // turns the split off, for measuring).
   int64_t mma_split_ctas_ = 0;

@@ -381,18 +381,33 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 // takes that path too: a third of the MMAs and x split once per warp, not per lane, with the same sums
 // as a tile's (OneRowX), so the same bits. VPW > 1 (quantized rows, TILES 1): a CTA takes VPW tiles of
 // 16 columns, each warp VPW virtual warps of one.
+//
+// early (the down projection of a one-tile step over quantized weights): the grouping (offsets, active)
+// is the routing's, two or more kernels back, which has completed when this kernel's CTAs start (the
+// gate_up kernel between lets them launch only after its own wait); so the CTA reads it (from L2, past
+// its SM's L1) and its expert's first weight blocks before waiting for the gate_up kernel, whose output
+// x is (partial's early). x is then read through an opaque copy of its pointer, not the read-only path
+// of a const __restrict__ parameter (read_after_wait).
 template <class W, int TILES, bool DOWN, bool ONE_ROW, int VPW = 1>
 __global__ void __launch_bounds__(kMmaWarps * 32)
     moe_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, int64_t K, int64_t N, int k,
                    const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
-                   const int32_t* __restrict__ active, int E, float* __restrict__ y) {
-  begin_kernel();
+                   const int32_t* __restrict__ active, int E, float* __restrict__ y, bool early) {
+  // Only one-tile steps over quantized rows (decode, verify): elsewhere the flag is the constant false, so
+  // gate_up, prefill and bf16 kernels keep their registers (a runtime flag took the bf16 down kernel of a
+  // decode step from 62 to 72, three CTAs an SM instead of four).
+  early = DOWN && TILES == 1 && !std::is_same_v<W, MmaBf16Rows> && early;
+  if (!early) begin_kernel();
+  const float* const xs = early ? read_after_wait(x) : x;
   constexpr int NT = DOWN ? 1 : 2;
   __shared__ MmaReduceSmem<NT, TILES, VPW> sm;
-  if (static_cast<int>(blockIdx.y) >= active[E]) return;
-  const int e = active[blockIdx.y];
-  const int32_t begin = offsets[e], end = offsets[e + 1];
-  if (begin >= end) return;
+  // A CTA without rows still waits, so that every kernel completes after the one before it.
+  // The grouping: read from L2 before the wait (early), else through the read-only path.
+  auto grouping = [&](const int32_t* p) { return early ? __ldcg(p) : *p; };
+  if (static_cast<int>(blockIdx.y) >= grouping(active + E)) return early ? begin_kernel() : void();
+  const int e = grouping(active + blockIdx.y);
+  const int32_t begin = grouping(offsets + e), end = grouping(offsets + e + 1);
+  if (begin >= end) return early ? begin_kernel() : void();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaRows * VPW;
   const int64_t nw = VPW == 1 ? n0 : n0 + warp / (kMmaWarps / VPW) * kMmaRows;  // the warp's row tile
@@ -402,16 +417,18 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   int64_t rows[NT][2];
 #pragma unroll
   for (int j = 0; j < NT; ++j) sets[j] = w, rows[j][0] = first_row + j * N + na, rows[j][1] = first_row + j * N + nb;
-  // The expert's rows from r0 on: a tile of them, or with ONE only row r0.
+  // The expert's rows from r0 on: a tile of them, or with ONE only row r0. The first pass waits for the
+  // previous kernel after its first weight loads (early).
   auto pass = [&]<bool ONE>(int32_t r0) {
     const float* xr[TILES];
 #pragma unroll
     for (int i = 0; i < TILES; ++i) {
       const int32_t pos = r0 + i * kMmaTile + (ONE ? 0 : g);
-      xr[i] = pos < end ? x + (k ? sorted[pos] / k : pos) * ldx : nullptr;
+      xr[i] = pos < end ? xs + (k ? sorted[pos] / k : pos) * ldx : nullptr;
     }
     float c[VPW * TILES][NT][4] = {};
-    W::template partial<NT, TILES, ONE, VPW>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c);
+    W::template partial<NT, TILES, ONE, VPW>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c, early);
+    early = false;
     mma_finish<NT, TILES, VPW>(c, sm, warp, lane, MmaSplit{}, 0, 0, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
       const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
       if (pos < end && nc < N && !(ONE && x_row > 0)) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
@@ -431,6 +448,9 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
                     unsigned active_rows, float* dst) {
   const int64_t n_tiles = (N + kMmaRows - 1) / kMmaRows;
   const dim3 grid(static_cast<unsigned>(n_tiles), active_rows);
+  // The down projection's quantized weights and grouping may be read before the wait (moe_mma_kernel's
+  // early; quantized weights are constants: Backend::prepare_quant).
+  const bool early = DOWN && be.early_loads();
   with_mma_rows(w, K, [&]<class W>(const W& rows) {
     with_mma_tiles<W>(T, [&]<int TILES>() {  // an expert has at most T rows
       if constexpr (TILES == 1) {
@@ -444,14 +464,14 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
               be.wide_ctas(), n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
                 const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
                 be.launch("moe_mma_kernel", KERNEL, g, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted,
-                          active, E, dst);
+                          active, E, dst, early);
               });
         };
         if (T == 1) tile.template operator()<true>();
         else tile.template operator()<false>();
       } else {
         be.launch("moe_mma_kernel", moe_mma_kernel<W, TILES, DOWN, false>, grid, kMmaWarps * 32, 0, x, ldx, rows, K,
-                  N, xk, offsets, sorted, active, E, dst);
+                  N, xk, offsets, sorted, active, E, dst, early);
       }
     });
   });
