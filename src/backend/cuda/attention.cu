@@ -283,7 +283,6 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_chunk_kernel(AttnAr
   begin_kernel();
   constexpr int D = 32 * EPL, PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
   __shared__ ChunkSmem<D> sm;
-  __shared__ bool last;
   const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, c = blockIdx.y;
   const RowRange r = row_range(a, t);
   const int64_t n = chunks_of(r.len);
@@ -310,14 +309,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_chunk_kernel(AttnAr
     if (i < D) st[2 + i] = ac[j];
   }
   // Publish this chunk's state, then take the row's ticket.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(a.tickets + blockIdx.x, 1u) == static_cast<unsigned>(n - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  combine_chunks<D, PER>(a, t, h, n);
-  if (threadIdx.x == 0) a.tickets[blockIdx.x] = 0;
+  if (last_cta_of(a.tickets + blockIdx.x, static_cast<unsigned>(n))) combine_chunks<D, PER>(a, t, h, n);
 }
 
 template <int EPL>

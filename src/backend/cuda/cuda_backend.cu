@@ -61,6 +61,8 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   wide_ctas_ = !(wide && std::string(wide) == "0");
   const char* early = std::getenv("TANDEM_CUDA_EARLY");
   early_loads_ = !(early && std::string(early) == "0");
+  const char* repeat = std::getenv("TANDEM_CUDA_REPEAT");
+  repeat_ = repeat ? repeat : "";
   // Split-K: at most 4 CTAs per SM (a decode-sized tensor-core matmul holds 4–5 per SM, so the split
   // stays one wave; docs/PERF.md has the sweep), or TANDEM_CUDA_SPLIT_K CTAs per SM.
   const char* split = std::getenv("TANDEM_CUDA_SPLIT_K");

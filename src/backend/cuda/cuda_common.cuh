@@ -339,6 +339,24 @@ __device__ __forceinline__ void begin_kernel() {
 #endif
 }
 
+// Whether this CTA is the last of the `n` CTAs that count themselves on *ticket (a launch's CTAs that
+// each leave part of a result, the last of which finishes it: split-K slices, attention chunks, the
+// routing's rows, argmax chunks). Every thread of the CTA calls it after its writes, which it makes
+// visible device-wide before the CTA counts itself; the last CTA resets the ticket for the next launch
+// and then reads the others' writes past its L1 (__ldcg). Synchronises the CTA.
+__device__ __forceinline__ bool last_cta_of(unsigned* ticket, unsigned n) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(ticket, 1u) == n - 1;
+    if (last) *ticket = 0;  // every CTA has counted itself
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
 // p as a pointer the compiler knows nothing about: loads through it are ordinary ones, never the
 // read-only path it infers for a const __restrict__ kernel parameter, whose loads may be scheduled
 // ahead of griddepcontrol.wait. For a kernel that reads its predecessor's output after loading
@@ -495,6 +513,8 @@ class CudaBackend final : public Backend {
     config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = smem, config.stream = op_stream();
     config.attrs = &attr, config.numAttrs = pdl_ ? 1 : 0;
     ++issued_;
+    if (!repeat_.empty() && repeat_ == what)
+      cu::check_cuda(cudaLaunchKernelEx(&config, kernel, args...), what, __FILE__, __LINE__);
     cu::check_cuda(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), what, __FILE__, __LINE__);
   }
 
@@ -580,6 +600,10 @@ class CudaBackend final : public Backend {
   bool mma_ = false;  // bf16 and quantized weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
   bool wide_ctas_ = true;
   bool early_loads_ = true;  // early_loads()
+  // TANDEM_CUDA_REPEAT: the name (launch's `what`) of a kernel issued twice in a row wherever it is
+  // issued, or empty. For measuring what a kernel costs inside a recorded step (the step's time grows
+  // by it); the outputs of a kernel that reads what it writes (a residual add) then differ.
+  std::string repeat_;
   // CTAs a split tensor-core matmul may have (mma_slices): 4 per SM, or TANDEM_CUDA_SPLIT_K per SM (0
   // turns the split off, for measuring).
   int64_t mma_split_ctas_ = 0;

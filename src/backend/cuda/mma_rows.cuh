@@ -354,13 +354,7 @@ __device__ __forceinline__ void mma_finish(const float (&c)[VPW * TILES][NT][4],
     return;
   }
   // Publish this slice's sums, then take a ticket; the last of the tile's slices adds them all.
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(split.tickets + tile, 1u) == static_cast<unsigned>(split.slices - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_cta_of(split.tickets + tile, static_cast<unsigned>(split.slices))) return;
   for (int idx = threadIdx.x; idx < kOut; idx += kMmaWarps * 32) {
     float sums[NT];
 #pragma unroll
@@ -371,7 +365,6 @@ __device__ __forceinline__ void mma_finish(const float (&c)[VPW * TILES][NT][4],
     }
     emit(idx, sums);
   }
-  if (threadIdx.x == 0) split.tickets[tile] = 0;
   __syncthreads();
 }
 

@@ -217,7 +217,6 @@ __global__ void __launch_bounds__(kRouteWarps * 32, 1)
                      int64_t ids_ld, float* __restrict__ wts, int64_t w_ld, int k, bool staged, MoeGroups g,
                      unsigned* __restrict__ done) {
   extern __shared__ int32_t s_group[];  // s_start [E + 1], then with `staged` the ids of the T·k pairs
-  __shared__ bool s_last;
   const int E = static_cast<int>(logits.cols);
   int32_t* s_start = s_group;
   int32_t* s_ids = staged ? s_group + E + 1 : nullptr;
@@ -231,13 +230,7 @@ __global__ void __launch_bounds__(kRouteWarps * 32, 1)
                  alone && staged ? s_ids + t * k : nullptr, lane);
   const int64_t P = T * k;
   if (!alone) {
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(done, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
-    if (threadIdx.x == 0) *done = 0;
+    if (!last_cta_of(done, gridDim.x)) return;
     if (staged)
       for (int64_t p = threadIdx.x; p < P; p += blockDim.x) s_ids[p] = __ldcg(ids + (p / k) * ids_ld + p % k);
   }
@@ -463,15 +456,15 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
           with_mma_width<W, NT, narrow, wide>(
               be.wide_ctas(), n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
                 const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
-                be.launch("moe_mma_kernel", KERNEL, g, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted,
-                          active, E, dst, early);
+                be.launch(DOWN ? "moe_mma_kernel (down)" : "moe_mma_kernel (gate_up)", KERNEL, g, kMmaWarps * 32, 0,
+                          x, ldx, rows, K, N, xk, offsets, sorted, active, E, dst, early);
               });
         };
         if (T == 1) tile.template operator()<true>();
         else tile.template operator()<false>();
       } else {
-        be.launch("moe_mma_kernel", moe_mma_kernel<W, TILES, DOWN, false>, grid, kMmaWarps * 32, 0, x, ldx, rows, K,
-                  N, xk, offsets, sorted, active, E, dst, early);
+        be.launch(DOWN ? "moe_mma_kernel (down)" : "moe_mma_kernel (gate_up)", moe_mma_kernel<W, TILES, DOWN, false>,
+                  grid, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted, active, E, dst, early);
       }
     });
   });

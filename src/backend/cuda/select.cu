@@ -78,7 +78,6 @@ __global__ void __launch_bounds__(kArgmaxThreads)
     argmax_kernel(Mat x, const int32_t* __restrict__ labels, int64_t lab_ld, int32_t* __restrict__ out, int chunks,
                   float* __restrict__ part_v, int* __restrict__ part_l, unsigned* __restrict__ done) {
   begin_kernel();
-  __shared__ bool s_last;
   const int64_t r = blockIdx.x / chunks, c = blockIdx.x % chunks;
   const float* xr = x.p + r * x.ld;
   const int32_t* lr = labels ? labels + r * lab_ld : nullptr;
@@ -93,14 +92,8 @@ __global__ void __launch_bounds__(kArgmaxThreads)
   if (chunks > 1) {
     float* pv = part_v + r * chunks;
     int* pl = part_l + r * chunks;
-    if (threadIdx.x == 0) {
-      pv[c] = bv, pl[c] = bl;
-      __threadfence();  // the chunk's best is visible device-wide before it counts as done
-      s_last = atomicAdd(done + r, 1u) == static_cast<unsigned>(chunks - 1);
-    }
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
+    if (threadIdx.x == 0) pv[c] = bv, pl[c] = bl;
+    if (!last_cta_of(done + r, static_cast<unsigned>(chunks))) return;
     bv = -INFINITY, bl = INT_MAX;
     for (int i = threadIdx.x; i < chunks; i += blockDim.x) {
       const float v = __ldcg(pv + i);  // past L1: other CTAs wrote them
@@ -108,7 +101,6 @@ __global__ void __launch_bounds__(kArgmaxThreads)
       if (better(v, l, bv, bl)) bv = v, bl = l;
     }
     block_best(bv, bl);
-    if (threadIdx.x == 0) done[r] = 0;
   }
   if (threadIdx.x == 0) out[r] = bl != INT_MAX ? bl : (lr ? lr[0] : 0);  // INT_MAX only for an all-NaN row
 }
