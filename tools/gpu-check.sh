@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|sass|ncu]...   (default: all)
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|sass|ncu]...   (default: all)
 # (never part of all: steps, two rounds of the decode and verify steps of the 26B-A4B in bf16, W4A16
-# and FP8 and the 31B's decode, for quick A/B calls; sass, the SASS listings of the matmul and MoE
-# kernels, for tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
+# and FP8 and the 31B's decode, for quick A/B calls; costs, what each kernel adds to those steps when
+# issued twice (TANDEM_CUDA_REPEAT); sass, the SASS listings of the matmul and MoE kernels, for
+# tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
 # tools/ncu_kernels.py.)
 # The GPU machine reaches no package registry, so the Debian build dependencies travel as .deb files
 # in .deps/ (tools/fetch-gpu-deps.sh, here) and are unpacked into a private prefix there.
@@ -177,6 +178,30 @@ if named steps; then
         grep -E "^\| target|copy bandwidth" | tee -a "$LOGS/steps.txt" || echo "(no step rows: $1 failed)"
     done
   done
+fi
+if named costs; then
+  # What each kernel costs inside a recorded step: the 26B-A4B W4A16 and bf16 steps (T = 1, 3) once as
+  # they are and once per kernel with TANDEM_CUDA_REPEAT issuing that kernel twice (docs/GPU.md,
+  # "Measuring switches"); prints the step's growth per kernel, and the experts per layer, which a
+  # repeated kernel that adds into its output can change (compare them with the first row).
+  stamp "costs"
+  for cfg in gemma4-26b-a4b-w4a16 gemma4-26b-a4b; do
+    for k in "" matmul_mma_kernel norm_rope_kernel attention_chunk_kernel rms_norms_kernel moe_route_kernel \
+             "moe_mma_kernel (gate_up)" "moe_mma_kernel (down)" moe_combine_kernel; do
+      TANDEM_CUDA_REPEAT="$k" "$BUILD/tandem" bench step bench/configs/$cfg --load-format dummy --device cuda \
+        --tokens 1,3 --context 512 2>&1 | grep -E "^\| target" | sed "s/^/$cfg|${k:-none}/" ||
+        echo "(no step rows: $cfg with ${k:-no} kernel repeated failed)" >&2
+    done
+  done | tee "$LOGS/costs.txt" | python3 -c '
+import sys
+base = {}
+for line in sys.stdin:
+    cfg, kernel, _, tokens, ms, _, experts = line.split("|")[:7]
+    key = (cfg, tokens.strip())
+    if kernel == "none": base[key] = float(ms)
+    delta = float(ms) - base.get(key, float(ms))
+    print(f"{cfg:22} T={tokens.strip():2} {kernel:26} {float(ms):7.3f} ms  {delta:+7.3f}  experts {experts.strip()}")
+'
 fi
 if named sass; then
   # The development machine has no cuobjdump: the listings travel back gzipped (~6 MB each).
