@@ -444,6 +444,8 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
   // The down projection's quantized weights and grouping may be read before the wait (moe_mma_kernel's
   // early; quantized weights are constants: Backend::prepare_quant).
   const bool early = DOWN && be.early_loads();
+  // The launches' name (errors, TANDEM_CUDA_REPEAT) tells the two projections apart.
+  constexpr const char* kName = DOWN ? "moe_mma_kernel (down)" : "moe_mma_kernel (gate_up)";
   with_mma_rows(w, K, [&]<class W>(const W& rows) {
     with_mma_tiles<W>(T, [&]<int TILES>() {  // an expert has at most T rows
       if constexpr (TILES == 1) {
@@ -456,15 +458,15 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
           with_mma_width<W, NT, narrow, wide>(
               be.wide_ctas(), n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
                 const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
-                be.launch(DOWN ? "moe_mma_kernel (down)" : "moe_mma_kernel (gate_up)", KERNEL, g, kMmaWarps * 32, 0,
-                          x, ldx, rows, K, N, xk, offsets, sorted, active, E, dst, early);
+                be.launch(kName, KERNEL, g, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted, active, E,
+                          dst, early);
               });
         };
         if (T == 1) tile.template operator()<true>();
         else tile.template operator()<false>();
       } else {
-        be.launch(DOWN ? "moe_mma_kernel (down)" : "moe_mma_kernel (gate_up)", moe_mma_kernel<W, TILES, DOWN, false>,
-                  grid, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted, active, E, dst, early);
+        be.launch(kName, moe_mma_kernel<W, TILES, DOWN, false>, grid, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk,
+                  offsets, sorted, active, E, dst, early);
       }
     });
   });
