@@ -90,17 +90,24 @@ struct NormChainArgs {
 // CPU). Every step's element i is handled by the same thread, so a step reads what an earlier one
 // wrote without a barrier; the reductions alternate between two s_part buffers, since a step's
 // barrier is the only one between its writes and the previous step's reads.
-template <int PER>
+template <int PER, bool WEIGHTS_IN_REGS>
 __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a) {
   const int64_t r = blockIdx.x, D = a.step[0].in.cols;
-  // The norm weights are model constants that no kernel writes during a step: the first CTA asks L2
-  // for them before the wait, so each step's weight loads meet L2 rather than DRAM.
-  if (blockIdx.x == 0) {
+  // The norm weights are model constants that no kernel writes during a step, so they are read before
+  // the wait, overlapping the previous kernel's tail. With WEIGHTS_IN_REGS every step's weights go to
+  // registers at once: loaded in the step, they would wait an L2 round trip after the previous step's
+  // stores (which, for all the compiler knows, may alias them), once per step of the chain. Otherwise
+  // the first CTA asks L2 for them, so that each step's loads meet L2 rather than DRAM.
+  constexpr bool kWeightsInRegs = WEIGHTS_IN_REGS;
+  static_assert(!WEIGHTS_IN_REGS || PER == 8, "a thread's registers hold every step's weights at 8 elements");
+  float w_regs[kWeightsInRegs ? kMaxNormSteps : 1][PER];
 #pragma unroll
-    for (int s = 0; s < kMaxNormSteps; ++s) {
-      if (s >= a.n) break;
-      if (a.step[s].w) prefetch_l2(a.step[s].w, D * wtype_bytes(a.step[s].wt), threadIdx.x, blockDim.x);
-    }
+  for (int s = 0; s < kMaxNormSteps; ++s) {
+    if (s >= a.n) break;
+    const NormStepArgs& st = a.step[s];
+    if (!st.w) continue;
+    if constexpr (kWeightsInRegs) load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, w_regs[s]);
+    else if (blockIdx.x == 0) prefetch_l2(st.w, D * wtype_bytes(st.wt), threadIdx.x, blockDim.x);
   }
   begin_kernel();
   __shared__ float s_part[2][32];
@@ -113,8 +120,9 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a
     float* yr = st.out.p + r * st.out.ld;
     // Every load of the step before the first use (a loop that summed as it loaded would wait one
     // memory latency per element a thread owns).
-    float v[PER], ww[PER], old[PER];
-    if (st.w) load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, ww);
+    float v[PER], w_step[PER], old[PER];
+    if (!kWeightsInRegs && st.w) load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, w_step);
+    const float (&ww)[PER] = kWeightsInRegs ? w_regs[kWeightsInRegs ? s : 0] : w_step;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
       const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
@@ -334,9 +342,14 @@ void CudaBackend::launch_rms_norms(std::span<const RmsNormStep> steps, float eps
       if (k.keep) kept = st.out;
     }
     const unsigned threads = row_threads(D, per), rows = static_cast<unsigned>(R);
-    if (per == 8) launch("rms_norms_kernel", rms_norms_kernel<8>, rows, threads, 0, a);
-    else if (per == 16) launch("rms_norms_kernel", rms_norms_kernel<16>, rows, threads, 0, a);
-    else launch("rms_norms_kernel", rms_norms_kernel<64>, rows, threads, 0, a);
+    // Every step's weights in registers (rms_norms_kernel's WEIGHTS_IN_REGS) where a thread has 8 elements
+    // and the rows fit one wave: the registers cost the kernel half its CTAs per SM, which only a launch
+    // of more rows than SMs (prefill) would miss.
+    if (per == 8 && rows <= static_cast<unsigned>(sm_count_))
+      launch("rms_norms_kernel", rms_norms_kernel<8, true>, rows, threads, 0, a);
+    else if (per == 8) launch("rms_norms_kernel", rms_norms_kernel<8, false>, rows, threads, 0, a);
+    else if (per == 16) launch("rms_norms_kernel", rms_norms_kernel<16, false>, rows, threads, 0, a);
+    else launch("rms_norms_kernel", rms_norms_kernel<64, false>, rows, threads, 0, a);
   }
 }
 
