@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|sass|ncu]...   (default: all)
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|sass|ncu]...   (default: all)
 # (never part of all: steps, two rounds of the decode and verify steps of the 26B-A4B in bf16, W4A16
 # and FP8 and the 31B's decode, for quick A/B calls; costs, what each kernel adds to those steps when
-# issued twice (TANDEM_CUDA_REPEAT); sass, the SASS listings of the matmul and MoE kernels, for
-# tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
+# issued twice (TANDEM_CUDA_REPEAT); ab, the working tree's steps against AB_REF's (default main),
+# interleaved, both binaries from one build directory; sass, the SASS listings of the matmul and MoE
+# kernels, for tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
 # tools/ncu_kernels.py.)
 # The GPU machine reaches no package registry, so the Debian build dependencies travel as .deb files
 # in .deps/ (tools/fetch-gpu-deps.sh, here) and are unpacked into a private prefix there.
@@ -202,6 +203,43 @@ for line in sys.stdin:
     delta = float(ms) - base.get(key, float(ms))
     print(f"{cfg:22} T={tokens.strip():2} {kernel:26} {float(ms):7.3f} ms  {delta:+7.3f}  experts {experts.strip()}")
 '
+fi
+if named ab; then
+  # The working tree against AB_REF in one call, without a second build directory: the files under src/
+  # that differ from AB_REF are swapped for AB_REF's and `tandem` rebuilt (only what they touch), then
+  # restored and rebuilt again. The two binaries then take turns, two rounds of each AB_RUNS entry
+  # (config:tokens:context), so both see the same machine; the table rows go to $OUT/ab.txt.
+  ref=${AB_REF:-main}
+  stamp "ab: working tree against $ref"
+  git rev-parse -q --verify "$ref^{commit}" >/dev/null || { echo "ab: $ref is no commit here"; exit 1; }
+  rm -f /tmp/tandem-new /tmp/tandem-ref
+  mapfile -t changed < <(git diff --name-only "$ref" -- src)
+  for f in "${changed[@]}"; do
+    if ! git cat-file -e "$ref:$f" 2>/dev/null || [ ! -f "$f" ]; then
+      echo "ab: $f exists on one side only (build two trees instead)"
+      exit 1
+    fi
+  done
+  [ ${#changed[@]} -gt 0 ] || echo "ab: no file under src/ differs from $ref"
+  ninja -C "$BUILD" tandem >"$LOGS/ab-build-new.log" 2>&1 && cp "$BUILD/tandem" /tmp/tandem-new
+  kept=$(mktemp -d)
+  for f in "${changed[@]}"; do
+    mkdir -p "$kept/$(dirname "$f")" && cp -p "$f" "$kept/$f" && git show "$ref:$f" >"$f"
+  done
+  ninja -C "$BUILD" tandem >"$LOGS/ab-build-ref.log" 2>&1 && cp "$BUILD/tandem" /tmp/tandem-ref
+  for f in "${changed[@]}"; do cp "$kept/$f" "$f"; done
+  ninja -C "$BUILD" tandem >>"$LOGS/ab-build-new.log" 2>&1  # the build directory matches the tree again
+  [ -x /tmp/tandem-new ] && [ -x /tmp/tandem-ref ] || { echo "ab: a build failed (logs.tar.gz: ab-build-*.log)"; exit 1; }
+  for round in 1 2; do
+    for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1,3:512 gemma4-26b-a4b:1,3:512 gemma4-26b-a4b-w4a16:1,3:32768}; do
+      IFS=: read -r cfg tokens context <<<"$run"
+      for side in ref new; do
+        /tmp/tandem-$side bench step bench/configs/$cfg --load-format dummy --device cuda --tokens "$tokens" \
+          --context "$context" 2>&1 | grep -E "^\| target" | sed "s/^/$side $cfg context $context round $round /" |
+          tee -a "$OUT/ab.txt" || echo "(no step rows: $side $cfg failed)"
+      done
+    done
+  done
 fi
 if named sass; then
   # The development machine has no cuobjdump: the listings travel back gzipped (~6 MB each).
