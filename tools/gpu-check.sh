@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|sass|ncu]...   (default: all)
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|sass|ncu|ncu-attention]...
+#   (default: all)
 # (never part of all: steps, two rounds of the decode and verify steps of the 26B-A4B in bf16, W4A16
 # and FP8 and the 31B's decode, for quick A/B calls; costs, what each kernel adds to those steps when
 # issued twice (TANDEM_CUDA_REPEAT); ab, the working tree's steps against AB_REF's (default main),
 # interleaved, both binaries from one build directory; sass, the SASS listings of the matmul and MoE
 # kernels, for tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
-# tools/ncu_kernels.py.)
+# tools/ncu_kernels.py; ncu-attention, Nsight Compute's sections for a few attention launches over a long
+# context.)
 # The GPU machine reaches no package registry, so the Debian build dependencies travel as .deb files
 # in .deps/ (tools/fetch-gpu-deps.sh, here) and are unpacked into a private prefix there.
 # The step and sweep results go to $OUT (or out/ when unset), every log into $OUT/logs.tar.gz (the
@@ -258,5 +260,16 @@ if named ncu; then
       "$BUILD/tandem" bench step bench/configs/$cfg --load-format dummy --device cuda --tokens 1 --context 512 --reps 1 \
       --enforce-eager 2>"$LOGS/ncu-$cfg.log" | gzip -6 >"$OUT/ncu-$cfg.csv.gz"
   done
+fi
+if named ncu-attention; then
+  # Where an attention launch's time goes over a long context: speed of light, memory, occupancy and
+  # warp states of the second step's first 6 attention launches (5 sliding layers and a full one) of a
+  # W4A16 26B-A4B decode over NCU_CONTEXT (default 32768) cached tokens, as text.
+  stamp "ncu-attention"
+  ncu --clock-control none --kernel-name regex:attention --launch-skip 30 --launch-count 6 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+    "$BUILD/tandem" bench step bench/configs/gemma4-26b-a4b-w4a16 --load-format dummy --device cuda --tokens 1 \
+    --context "${NCU_CONTEXT:-32768}" --reps 1 --enforce-eager >"$OUT/ncu-attention.txt" 2>"$LOGS/ncu-attention.log" ||
+    { tail -5 "$LOGS/ncu-attention.log"; echo "ncu-attention failed"; }
 fi
 stamp "done"
