@@ -98,15 +98,14 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a
   // registers at once: loaded in the step, they would wait an L2 round trip after the previous step's
   // stores (which, for all the compiler knows, may alias them), once per step of the chain. Otherwise
   // the first CTA asks L2 for them, so that each step's loads meet L2 rather than DRAM.
-  constexpr bool kWeightsInRegs = WEIGHTS_IN_REGS;
   static_assert(!WEIGHTS_IN_REGS || PER == 8, "a thread's registers hold every step's weights at 8 elements");
-  float w_regs[kWeightsInRegs ? kMaxNormSteps : 1][PER];
+  float w_regs[WEIGHTS_IN_REGS ? kMaxNormSteps : 1][PER];
 #pragma unroll
   for (int s = 0; s < kMaxNormSteps; ++s) {
     if (s >= a.n) break;
     const NormStepArgs& st = a.step[s];
     if (!st.w) continue;
-    if constexpr (kWeightsInRegs) load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, w_regs[s]);
+    if constexpr (WEIGHTS_IN_REGS) load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, w_regs[s]);
     else if (blockIdx.x == 0) prefetch_l2(st.w, D * wtype_bytes(st.wt), threadIdx.x, blockDim.x);
   }
   begin_kernel();
@@ -121,8 +120,8 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a
     // Every load of the step before the first use (a loop that summed as it loaded would wait one
     // memory latency per element a thread owns).
     float v[PER], w_step[PER], old[PER];
-    if (!kWeightsInRegs && st.w) load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, w_step);
-    const float (&ww)[PER] = kWeightsInRegs ? w_regs[kWeightsInRegs ? s : 0] : w_step;
+    if (!WEIGHTS_IN_REGS && st.w) load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, w_step);
+    const float (&ww)[PER] = WEIGHTS_IN_REGS ? w_regs[WEIGHTS_IN_REGS ? s : 0] : w_step;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
       const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
