@@ -27,6 +27,11 @@ phases=("$@")
 want() { for p in "${phases[@]}"; do [ "$p" = "$1" ] || [ "$p" = all ] && return 0; done; return 1; }
 named() { for p in "${phases[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }  # phases outside all
 stamp() { echo "[$(date +%T)] $*"; }
+# bench_step BINARY CONFIG TOKENS CONTEXT [ARGS...]: `tandem bench step` of bench/configs/CONFIG on random
+# weights on the GPU, output and errors together (each phase keeps the lines it wants).
+bench_step() {
+  "$1" bench step "bench/configs/$2" --load-format dummy --device cuda --tokens "$3" --context "$4" "${@:5}" 2>&1
+}
 
 if [ -d .deps ]; then
   for f in .deps/*.deb; do dpkg -x "$f" "$DEPS"; done
@@ -122,27 +127,26 @@ fi
 if want bench; then
   stamp "bench step"
   T="$BUILD/tandem"
-  "$T" bench step bench/configs/gemma4-26b-a4b --load-format dummy --device cuda --tokens 1,2,3,4,5 --context 512 \
-    --speculative-config '{"model":"bench/configs/gemma4-26b-a4b-assistant","num_speculative_tokens":4}' --json-file "$OUT/step-26b.json" 2>&1 |
+  bench_step "$T" gemma4-26b-a4b 1,2,3,4,5 512 \
+    --speculative-config '{"model":"bench/configs/gemma4-26b-a4b-assistant","num_speculative_tokens":4}' --json-file "$OUT/step-26b.json" |
     tee "$LOGS/step-26b.txt"
-  "$T" bench step bench/configs/gemma4-31b --load-format dummy --device cuda --tokens 1,2,3,4,5 --context 512 \
-    --speculative-config '{"model":"bench/configs/gemma4-31b-assistant","num_speculative_tokens":4}' --json-file "$OUT/step-31b.json" 2>&1 |
+  bench_step "$T" gemma4-31b 1,2,3,4,5 512 \
+    --speculative-config '{"model":"bench/configs/gemma4-31b-assistant","num_speculative_tokens":4}' --json-file "$OUT/step-31b.json" |
     tee "$LOGS/step-31b.txt"
   # The report's checkpoint format: int4 (compressed-tensors W4A16, group 32) experts and attention.
-  "$T" bench step bench/configs/gemma4-26b-a4b-w4a16 --load-format dummy --device cuda --tokens 1,2,3,4,5 --context 512 \
-    --speculative-config '{"model":"bench/configs/gemma4-26b-a4b-assistant","num_speculative_tokens":4}' \
-    --json-file "$OUT/step-26b-w4a16.json" 2>&1 | tee "$LOGS/step-26b-w4a16.txt"
+  bench_step "$T" gemma4-26b-a4b-w4a16 1,2,3,4,5 512 \
+    --speculative-config '{"model":"bench/configs/gemma4-26b-a4b-assistant","num_speculative_tokens":4}' --json-file "$OUT/step-26b-w4a16.json" |
+    tee "$LOGS/step-26b-w4a16.txt"
   # The FP8-Dynamic format (compressed-tensors float-quantized, per-channel E4M3), run as W8A16.
-  "$T" bench step bench/configs/gemma4-26b-a4b-fp8 --load-format dummy --device cuda --tokens 1,2,3,4,5 --context 512 \
-    --json-file "$OUT/step-26b-fp8.json" 2>&1 | tee "$LOGS/step-26b-fp8.txt"
+  bench_step "$T" gemma4-26b-a4b-fp8 1,2,3,4,5 512 --json-file "$OUT/step-26b-fp8.json" | tee "$LOGS/step-26b-fp8.txt"
   # The decode and verify k=2 steps again with every op issued from the host (no CUDA graphs).
-  "$T" bench step bench/configs/gemma4-26b-a4b --load-format dummy --device cuda --tokens 1,3 --context 512 \
-    --enforce-eager --json-file "$OUT/step-26b-eager.json" 2>&1 | tee "$LOGS/step-26b-eager.txt"
+  bench_step "$T" gemma4-26b-a4b 1,3 512 --enforce-eager --json-file "$OUT/step-26b-eager.json" |
+    tee "$LOGS/step-26b-eager.txt"
   # Decode, verify and prefill-sized steps with bf16 weights on the tensor cores and, for the A/B in
   # docs/PERF.md, on the CUDA cores (TANDEM_CUDA_MMA=0).
   for mma in 1 0; do
-    TANDEM_CUDA_MMA=$mma "$T" bench step bench/configs/gemma4-26b-a4b --load-format dummy --device cuda \
-      --tokens 1,3,5,9,17,128 --context 512 --json-file "$OUT/step-26b-mma$mma.json" 2>&1 | tee "$LOGS/step-26b-mma$mma.txt"
+    TANDEM_CUDA_MMA=$mma bench_step "$T" gemma4-26b-a4b 1,3,5,9,17,128 512 --json-file "$OUT/step-26b-mma$mma.json" |
+      tee "$LOGS/step-26b-mma$mma.txt"
   done
   stamp "bench vision (26B vision tower, one image)"
   "$T" bench vision bench/configs/gemma4-26b-a4b-vision --load-format dummy --device cuda 2>&1 | tee "$LOGS/vision.txt"
@@ -177,8 +181,8 @@ if named steps; then
     for run in "gemma4-26b-a4b 1,3" "gemma4-26b-a4b-w4a16 1,3" "gemma4-26b-a4b-fp8 1,3" "gemma4-31b 1"; do
       set -- $run
       echo "$1 (round $round)"
-      "$BUILD/tandem" bench step bench/configs/$1 --load-format dummy --device cuda --tokens $2 --context 512 2>&1 |
-        grep -E "^\| target|copy bandwidth" | tee -a "$LOGS/steps.txt" || echo "(no step rows: $1 failed)"
+      bench_step "$BUILD/tandem" "$1" "$2" 512 | grep -E "^\| target|copy bandwidth" | tee -a "$LOGS/steps.txt" ||
+        echo "(no step rows: $1 failed)"
     done
   done
 fi
@@ -191,8 +195,8 @@ if named costs; then
   for cfg in gemma4-26b-a4b-w4a16 gemma4-26b-a4b; do
     for k in "" matmul_mma_kernel norm_rope_kernel attention_chunk_kernel rms_norms_kernel moe_route_kernel \
              "moe_mma_kernel (gate_up)" "moe_mma_kernel (down)" moe_combine_kernel; do
-      TANDEM_CUDA_REPEAT="$k" "$BUILD/tandem" bench step bench/configs/$cfg --load-format dummy --device cuda \
-        --tokens 1,3 --context 512 2>&1 | grep -E "^\| target" | sed "s/^/$cfg|${k:-none}/" ||
+      TANDEM_CUDA_REPEAT="$k" bench_step "$BUILD/tandem" "$cfg" 1,3 512 | grep -E "^\| target" |
+        sed "s/^/$cfg|${k:-none}/" ||
         echo "(no step rows: $cfg with ${k:-no} kernel repeated failed)" >&2
     done
   done | tee "$LOGS/costs.txt" | python3 -c '
@@ -236,9 +240,9 @@ if named ab; then
     for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1,3:512 gemma4-26b-a4b:1,3:512 gemma4-26b-a4b-w4a16:1,3:32768}; do
       IFS=: read -r cfg tokens context <<<"$run"
       for side in ref new; do
-        /tmp/tandem-$side bench step bench/configs/$cfg --load-format dummy --device cuda --tokens "$tokens" \
-          --context "$context" 2>&1 | grep -E "^\| target" | sed "s/^/$side $cfg context $context round $round /" |
-          tee -a "$OUT/ab.txt" || echo "(no step rows: $side $cfg failed)"
+        bench_step "/tmp/tandem-$side" "$cfg" "$tokens" "$context" | grep -E "^\| target" |
+          sed "s/^/$side $cfg context $context round $round /" | tee -a "$OUT/ab.txt" ||
+          echo "(no step rows: $side $cfg failed)"
       done
     done
   done
