@@ -236,6 +236,8 @@ if named ab; then
   for f in "${changed[@]}"; do cp "$kept/$f" "$f"; done
   ninja -C "$BUILD" tandem >>"$LOGS/ab-build-new.log" 2>&1  # the build directory matches the tree again
   [ -x /tmp/tandem-new ] && [ -x /tmp/tandem-ref ] || { echo "ab: a build failed (logs.tar.gz: ab-build-*.log)"; exit 1; }
+  # A changed header that every .cu file includes rebuilds the whole CUDA backend twice here (minutes).
+  stamp "ab: both binaries built (${#changed[@]} files swapped)"
   for round in 1 2; do
     for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1,3:512 gemma4-26b-a4b:1,3:512 gemma4-26b-a4b-w4a16:1,3:32768}; do
       IFS=: read -r cfg tokens context <<<"$run"
