@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|sass|ncu|ncu-attention]...
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|switches|sass|ncu|ncu-attention]...
 #   (default: all)
 # (never part of all: steps, two rounds of the decode and verify steps of the 26B-A4B in bf16, W4A16
 # and FP8 and the 31B's decode, for quick A/B calls; costs, what each kernel adds to those steps when
 # issued twice (TANDEM_CUDA_REPEAT); ab, the working tree's steps against AB_REF's (default main),
-# interleaved, both binaries from one build directory; sass, the SASS listings of the matmul and MoE
+# interleaved, both binaries from one build directory; switches, the same steps under each setting of
+# measuring switches in SWITCHES, interleaved; sass, the SASS listings of the matmul and MoE
 # kernels, for tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
 # tools/ncu_kernels.py; ncu-attention, Nsight Compute's sections for a few attention launches over a long
 # context.)
@@ -54,7 +55,9 @@ if want build; then
   # No web page: the device machine cannot reach the npm registry that its build needs.
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DTANDEM_WEB_UI=OFF \
     >"$LOGS/configure.log" 2>&1 || { tail -40 "$LOGS/configure.log"; exit 1; }
-  ninja -C "$BUILD" >"$LOGS/build.log" 2>&1 || { grep -E "error|Error" "$LOGS/build.log" | head -40; exit 1; }
+  # BUILD_TARGETS (default: all) narrows the build, e.g. to test_backend for a call with little device time.
+  # shellcheck disable=SC2086
+  ninja -C "$BUILD" ${BUILD_TARGETS:-} >"$LOGS/build.log" 2>&1 || { grep -E "error|Error" "$LOGS/build.log" | head -40; exit 1; }
   stamp "built"
 fi
 
@@ -245,6 +248,27 @@ if named ab; then
         bench_step "/tmp/tandem-$side" "$cfg" "$tokens" "$context" | grep -E "^\| target" |
           sed "s/^/$side $cfg context $context round $round /" | tee -a "$OUT/ab.txt" ||
           echo "(no step rows: $side $cfg failed)"
+      done
+    done
+  done
+fi
+if named switches; then
+  # One binary under several settings of the measuring switches (docs/GPU.md): SWITCHES is a list of
+  # settings separated by ";", each "NAME=VALUE ..." or "-" (none); ROUNDS (default 2) rounds of each
+  # AB_RUNS entry (config:tokens:context), the settings taking turns; the table rows go to
+  # $OUT/switches.txt.
+  stamp "switches"
+  IFS=';' read -ra settings <<<"${SWITCHES:--}"
+  for round in $(seq "${ROUNDS:-2}"); do
+    for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1,3:512}; do
+      IFS=: read -r cfg tokens context <<<"$run"
+      for setting in "${settings[@]}"; do
+        read -ra vars <<<"$setting"
+        [ "${vars[0]:-}" = - ] && vars=()
+        env "${vars[@]}" "$BUILD/tandem" bench step "bench/configs/$cfg" --load-format dummy --device cuda \
+          --tokens "$tokens" --context "$context" 2>&1 | grep -E "^\| target" |
+          sed "s/^/[$setting] $cfg context $context round $round /" | tee -a "$OUT/switches.txt" ||
+          echo "(no step rows: $cfg under $setting failed)"
       done
     done
   done
