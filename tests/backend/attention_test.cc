@@ -140,6 +140,8 @@ TEST(Attention, BlockSizesGqaRatiosHeadDims) {
   const Config configs[] = {
       {1, 1, 32, 1},  {16, 2, 32, 4}, {16, 1, 256, 8}, {32, 4, 256, 4},
       {7, 2, 512, 8}, {64, 1, 512, 2}, {16, 8, 32, 8},
+      // Head dims with a tail past the 64-column blocks: 8 columns at a time, then one by one.
+      {16, 1, 72, 4}, {8, 2, 40, 4}, {16, 1, 70, 2},
   };
   for (DType dtype : {DType::F32, DType::BF16})
     for (const Config& c : configs) check_attention(c, rng, dtype);
@@ -156,7 +158,10 @@ TEST(Attention, RowResultIndependentOfBatch) {
     std::vector<int32_t> table(40);
     std::iota(table.begin(), table.end(), 0);
     std::vector<AttentionRow> rows;
-    for (int32_t end : {3, 40, 200, 640}) rows.push_back({table.data(), 0, end});
+    // Rows that attend the same keys share a task (up to 32 of them): 35 such rows, then two.
+    for (int32_t end : {3, 40}) rows.push_back({table.data(), 0, end});
+    for (int i = 0; i < 35; ++i) rows.push_back({table.data(), 0, 200});
+    for (int i = 0; i < 2; ++i) rows.push_back({table.data(), 0, 640});
     const int64_t T = rows.size();
     std::vector<float> q = rng.normals(T * n_heads * d), all(T * n_heads * d), one(n_heads * d);
     TensorView qv(DType::F32, q.data(), {T, n_heads, d}), av(DType::F32, all.data(), {T, n_heads * d});
@@ -175,7 +180,8 @@ TEST(Attention, SameBitsOnEveryIsa) {
   if (cpu_best_isa() == CpuIsa::kAvx2) GTEST_SKIP() << "CPU has no AVX-512";
   auto be = make_cpu_backend(2);
   Rng rng(16);
-  const Config configs[] = {{16, 1, 64, 5}, {16, 2, 128, 6}, {8, 1, 96, 4}, {16, 2, 64, 2}, {16, 1, 256, 9}};
+  const Config configs[] = {{16, 1, 64, 5}, {16, 2, 128, 6}, {8, 1, 96, 4}, {16, 2, 64, 2}, {16, 1, 256, 9},
+                            {16, 1, 72, 4}, {8, 1, 36, 2}, {16, 1, 70, 2}};
   for (DType dtype : {DType::F32, DType::BF16})
     for (const Config& c : configs) {
       Paged p = make_cache(20, c.block_size, c.n_kv, c.d, rng, dtype);
