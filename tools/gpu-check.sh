@@ -265,9 +265,9 @@ if named switches; then
       for setting in "${settings[@]}"; do
         read -ra vars <<<"$setting"
         [ "${vars[0]:-}" = - ] && vars=()
-        env "${vars[@]}" "$BUILD/tandem" bench step "bench/configs/$cfg" --load-format dummy --device cuda \
-          --tokens "$tokens" --context "$context" 2>&1 | grep -E "^\| target" |
-          sed "s/^/[$setting] $cfg context $context round $round /" | tee -a "$OUT/switches.txt" ||
+        # The setting's variables exported in a subshell, for bench_step (a function, which env cannot run).
+        ( [ ${#vars[@]} -eq 0 ] || export "${vars[@]}"; bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" ) |
+          grep -E "^\| target" | sed "s/^/[$setting] $cfg context $context round $round /" | tee -a "$OUT/switches.txt" ||
           echo "(no step rows: $cfg under $setting failed)"
       done
     done
