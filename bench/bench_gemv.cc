@@ -6,9 +6,12 @@
 // the decode speed relative to the hardware limit.
 //
 //   bench_gemv [--threads N] [--quick] [--only bf16|int4|int8|fp8|fp4] [--rows 1,2,4,8] [--shape NxK]
+//              [--isa avx2|avx512|avx512-bf16] [--cache-resident]
 //
 // Weights are cycled through enough copies to total >= 1 GiB, so each call reads from DRAM rather
 // than from the (large, on server parts) last-level cache, as it does in a real decode step.
+// --cache-resident cycles two copies instead: with a shape that fits the cache (e.g. 256x1024) the
+// figure is the kernel's compute rate, the ceiling its DRAM rate cannot pass.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -99,14 +102,14 @@ const char* kind_flag(Kind k) {
 // Weights [N, K] of one kind, cycled through enough copies to total >= 1 GiB. A quantized copy is
 // its codes followed by its scales (bf16; f32 for FP4).
 struct WeightSet {
-  WeightSet(const Shape& s, Kind k) : shape(s), kind(k) {
+  WeightSet(const Shape& s, Kind k, bool cache_resident) : shape(s), kind(k) {
     const bool nibbles = k == Kind::int4_g32 || k == Kind::fp4_g16;
     code_bytes = k == Kind::bf16 ? s.N * s.K * 2 : nibbles ? s.N * s.K / 2 : s.N * s.K;
     const int64_t group = k == Kind::fp8_channel ? s.K : k == Kind::fp4_g16 ? 16 : 32;
     const int64_t groups = k == Kind::bf16 ? 0 : s.N * (s.K / group);
     const DType scale_dtype = k == Kind::fp4_g16 ? DType::F32 : DType::BF16;
     bytes = code_bytes + groups * dtype_size(scale_dtype);
-    copies = static_cast<int>(std::max<size_t>(2, ((size_t{1} << 30) + bytes - 1) / bytes));
+    copies = cache_resident ? 2 : static_cast<int>(std::max<size_t>(2, ((size_t{1} << 30) + bytes - 1) / bytes));
     mem = alloc(bytes * copies);
     uint64_t* p = reinterpret_cast<uint64_t*>(mem.get());
     // Small values in every kind (four bf16 values; int4 codes 0..8; FP8 codes below 2; f32 scales
@@ -160,8 +163,8 @@ double gemv_gbps(Backend& be, const WeightSet& w, int64_t T, double seconds_budg
 
 int run(int argc, char** argv) {
   int threads = 0;
-  bool quick = false;
-  std::string only;
+  bool quick = false, cache_resident = false;
+  std::string only, only_isa;
   std::vector<int64_t> rows{1, 2, 4, 8};
   std::vector<Shape> shapes{
       {"2816x2816 (square)", 2816, 2816},
@@ -173,6 +176,10 @@ int run(int argc, char** argv) {
       threads = std::atoi(argv[++i]);
     } else if (!std::strcmp(argv[i], "--quick")) {
       quick = true;
+    } else if (!std::strcmp(argv[i], "--cache-resident")) {
+      cache_resident = true;
+    } else if (!std::strcmp(argv[i], "--isa") && i + 1 < argc) {
+      only_isa = argv[++i];
     } else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) {
       only = argv[++i];
     } else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) {
@@ -201,11 +208,12 @@ int run(int argc, char** argv) {
   for (Kind kind : {Kind::bf16, Kind::int4_g32, Kind::int8_g32, Kind::fp8_channel, Kind::fp4_g16})
   for (const Shape& s : shapes) {
     if (!only.empty() && only != kind_flag(kind)) continue;
-    const WeightSet w(s, kind);
+    const WeightSet w(s, kind, cache_resident);
     std::vector<std::string> isas{"avx2"};
     if (cpu_best_isa() != CpuIsa::kAvx2) isas.push_back("avx512");
     if (cpu_has_avx512_bf16()) isas.push_back("avx512-bf16");
     for (const std::string& isa : isas) {
+      if (!only_isa.empty() && isa != only_isa) continue;
       cpu_force_isa(isa);
       for (int64_t T : rows) {
         const double gbps = gemv_gbps(*be, w, T, quick ? 0.3 : 1.5);
