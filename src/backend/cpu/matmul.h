@@ -1,6 +1,8 @@
 // Matmul kernels of the CPU backend, one family per ISA (matmul_avx2.cc, matmul_avx512.cc). The
 // backend splits y into tiles and hands each tile to the kernel of the active ISA.
 #pragma once
+#include <xmmintrin.h>
+
 #include <array>
 #include <cstdint>
 #include <limits>
@@ -39,6 +41,28 @@ inline constexpr std::array<float, 256> kF8E4M3ToF32 = make_f8e4m3_table();
 // FP4 E2M1 -> f32 for the 16 codes (bit 3 is the sign).
 inline constexpr std::array<float, 16> kE2M1ToF32 = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                                                      -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+// How far ahead the kernels fetch the weight bytes they will read, and into which cache. Lines are
+// fetched far enough ahead to be in flight before the loads need them, whatever the out-of-order window
+// covers; runs past a row's end land in the next rows, which are read next anyway: the near fetch,
+// kPrefetchBytes into L1. A tile that walks R weight rows in step reads, after a row's end, row + R,
+// R·row_bytes further on, so the near fetch reaches the later rows of the next tile only a few blocks
+// before they are read once a tile is longer than kPrefetchBytes. Quantized tiles of several weight rows
+// against one row of x (a decode step, bound by memory) therefore take the far fetch into L2,
+// far_prefetch_bytes ahead (at least one tile): always in the avx512-bf16 int4 kernel (row pairs), and
+// where the tile is longer than kPrefetchBytes in the exact kernels (four rows), whose slower 4-bit paths
+// lost up to 11 % with it on shorter tiles. On Zen 4 this took 8-bit decode GEMVs from 7-9 to 15 GB/s at
+// one thread (docs/PERF.md, "CPU GEMV vs memory bandwidth"). The dense kernels keep the near fetch (a
+// BF16 decode step walks one row; F32 / F16 / F8 weight tiles are not measured).
+inline constexpr int kPrefetchBytes = 2048;
+inline constexpr int64_t kDecodePrefetchBytes = 8192;
+inline int64_t far_prefetch_bytes(int64_t tile_bytes) { return tile_bytes > kDecodePrefetchBytes ? tile_bytes : kDecodePrefetchBytes; }
+// Fetches the line at p, into L2 for the far fetch and L1 for the near one.
+template <bool kFar>
+inline void prefetch_weight_line(const void* p) {
+  if constexpr (kFar) _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
+  else _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
+}
 
 // y[T,N] = x[T,K] · w[N,K]ᵀ with row strides ldx, ldy (w is dense). For BF16 weights x must be
 // packed with pack_x_even_odd for the kernel family's block (kBf16BlockAvx2 / kBf16BlockAvx512), or,

@@ -38,8 +38,6 @@ namespace {
 
 constexpr int kLanes = 16;           // f32 accumulator lanes; one load holds 2 · kLanes bf16
 constexpr int kMaxAcc = 16;          // accumulators next to the operands in 32 zmm registers
-constexpr int kPrefetchBytes = 2048;  // as the exact kernels (matmul_kernels.h)
-constexpr int kDecodePrefetchBytes = 8192;  // one row of x, quantized weights: QuantPrefetch
 
 // The lane sums of v[0..8), each added in the order of _mm512_reduce_add_ps (GCC's: the upper 256
 // bits onto the lower, then the upper 128 onto the lower, then lanes {2, 3} onto {0, 1}, then lane 1
@@ -216,7 +214,8 @@ struct QuantRows {
         lane_group(_mm512_srlv_epi32(_mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 3),
                                      _mm512_set1_epi32(std::min(g_shift, 31)))),
         scale_row_bytes(n_groups * static_cast<int64_t>(dtype_size(q.scales.dtype))),
-        rows_ahead{(kPrefetchBytes + row_bytes - 1) / row_bytes, (kDecodePrefetchBytes + row_bytes - 1) / row_bytes},
+        far_ahead(far_prefetch_bytes(2 * row_bytes)),
+        rows_ahead{(kPrefetchBytes + row_bytes - 1) / row_bytes, (far_ahead + row_bytes - 1) / row_bytes},
         lds(scale_stride(n_groups)) {}
   const QuantParams& q;
   const int64_t K, G, n_groups, Kp, blocks, row_bytes;
@@ -230,21 +229,9 @@ struct QuantRows {
   const bool lane_groups;
   const __m512i lane_group;
   const int64_t scale_row_bytes;
-  const int64_t rows_ahead[2];  // weight rows in kPrefetchBytes, kDecodePrefetchBytes of codes
+  const int64_t far_ahead;      // the far fetch's distance for row pairs (matmul.h)
+  const int64_t rows_ahead[2];  // weight rows in kPrefetchBytes, far_ahead of codes
   const int64_t lds;
-};
-
-// How far ahead a tile of TT rows of x fetches its codes, and into which cache. One row of x (a
-// decode step) is bound by memory: its codes are fetched 8 KiB ahead into L2. With row pairs,
-// 2 KiB ahead into L1 left rows of 2048 codes or more slower than one row at a time (Zen 4, one
-// thread: 11-12 against 14.5 GB/s), 8 KiB into L2 made them faster (16 GB/s; docs/PERF.md). More
-// rows of x are bound by arithmetic and keep the near fetch into L1.
-template <int TT>
-struct QuantPrefetch {
-  static constexpr bool kDecode = TT == 1;
-  static constexpr int kBytes = kDecode ? kDecodePrefetchBytes : kPrefetchBytes;
-  static constexpr int kRowsAheadIndex = kDecode ? 1 : 0;
-  static void fetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), kDecode ? _MM_HINT_T1 : _MM_HINT_T0); }
 };
 
 // y[t·ldy + r] = Σ_j W[n + r, j] · x[t][j] for r < R, t < TT; xs as split_x_bf16_quant writes it.
@@ -255,12 +242,12 @@ inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const
   const int g_shift = L.g_shift;
   const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
   const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
-  using Prefetch = QuantPrefetch<TT>;
+  constexpr bool kFar = R > 1 && TT == 1;  // the far fetch for row pairs at one row of x (matmul.h)
+  const int64_t ahead = kFar ? L.far_ahead : kPrefetchBytes;
   // The scales are a second stream, a few lines per row that the weight rows' prefetch does not
   // cover: fetch those of a row about as far ahead as the codes.
-  const uintptr_t scales_ahead =
-      reinterpret_cast<uintptr_t>(q.scales.data) + (n + R + L.rows_ahead[Prefetch::kRowsAheadIndex]) * L.scale_row_bytes;
-  for (int64_t b = 0; b < R * L.scale_row_bytes; b += 64) Prefetch::fetch(reinterpret_cast<const char*>(scales_ahead + b));
+  const uintptr_t scales_ahead = reinterpret_cast<uintptr_t>(q.scales.data) + (n + R + L.rows_ahead[kFar]) * L.scale_row_bytes;
+  for (int64_t b = 0; b < R * L.scale_row_bytes; b += 64) prefetch_weight_line<kFar>(reinterpret_cast<const char*>(scales_ahead + b));
   thread_local std::vector<float> scale_buf;
   if (static_cast<int64_t>(scale_buf.size()) < R * lds) scale_buf.resize(R * lds);
   for (int r = 0; r < R; ++r) row_scales(q, n + r, n_groups, scale_buf.data() + r * lds);
@@ -288,7 +275,7 @@ inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const uint8_t* wr = w + r * row_bytes + u * kBlockBytes;
-      Prefetch::fetch(wr + Prefetch::kBytes);
+      prefetch_weight_line<kFar>(wr + ahead);
       if (zeros && g != table_group[r]) table[r] = nibble_table<C>(zero_of(r, g)), table_group[r] = g;
       const __m512i wd = tail ? _mm512_maskz_loadu_epi8(L.tail_mask, wr) : _mm512_loadu_si512(wr);
       const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(wd, table[r]);

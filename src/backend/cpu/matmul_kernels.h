@@ -24,11 +24,6 @@ inline float to_f32(bf16_t v) { return bf16_to_f32(v.bits); }
 inline float to_f32(f16_t v) { return f16_to_f32(v.bits); }
 inline float to_f32(f8e4m3_t v) { return kF8E4M3ToF32[v.bits]; }
 
-// How far ahead each weight row stream is prefetched: far enough that the lines are in flight before
-// the loads need them, whatever the out-of-order window covers. Runs past a row's end land in the
-// next rows, which are read next anyway.
-constexpr int kPrefetchBytes = 2048;
-
 // y[t·ldy + r] = Σ_k w[r·K + k] · x[t·ldx + k] for r < R, t < TT: R weight rows against TT x rows,
 // R·TT accumulators, each weight vector loaded once and used TT times.
 template <class V, typename WT, int R, int TT>
@@ -256,13 +251,15 @@ inline void store_chains(const typename V::F (&chain)[R][TT][kChains], float* y,
 // registers hold no more for 4 rows); int4 codes are converted and scaled as below instead of looked
 // up (a lookup permutes across the two 128-bit halves: two permutes and a blend, which on AMD Zen 3
 // ran no faster than the generic path, docs/PERF.md), E2M1 codes through a table of two halves.
-template <class V, QuantCode C, int R, int TT>
+// kFar: the far fetch (matmul.h).
+template <class V, QuantCode C, int R, int TT, bool kFar>
 inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y) {
   using F = typename V::F;
   const QuantParams& q = *a.q;
   const int64_t K = a.K, G = q.group, n_groups = q.groups(K);
   const int64_t row_bytes = K * quant_code_bits(C) / 8;
   const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
+  const int64_t ahead = kFar ? far_prefetch_bytes(R * row_bytes) : kPrefetchBytes;
   thread_local std::vector<float> scale_buf;
   scale_buf.resize(2 * R * n_groups);
   float* const s = scale_buf.data();
@@ -293,7 +290,7 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
 #pragma GCC unroll 16
           for (int r = 0; r < R; ++r) {
             const uint8_t* wr = w + r * row_bytes + k / 2;
-            _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes, _MM_HINT_T0);
+            prefetch_weight_line<kFar>(wr + ahead);
             const auto codes = V::bytes(wr);
             F we, wo;
             if constexpr (kConvert) {
@@ -328,7 +325,7 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const uint8_t* wr = w + r * row_bytes;
-        _mm_prefetch(reinterpret_cast<const char*>(wr + k * quant_code_bits(C) / 8) + kPrefetchBytes, _MM_HINT_T0);
+        prefetch_weight_line<kFar>(wr + k * quant_code_bits(C) / 8 + ahead);
         const F wv = V::fma(code_values<V, C>(wr, k), V::set1(s[r * n_groups + g]), V::set1(zs[r * n_groups + g]));
 #pragma GCC unroll 16
         for (int t = 0; t < TT; ++t) chain[r][t][c] = V::fma(wv, xv[t], chain[r][t][c]);
@@ -349,7 +346,7 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
 }
 
 // tile_quant over TT rows of x, split until the accumulators fit in registers.
-template <class V, QuantCode C, int R, int TT>
+template <class V, QuantCode C, int R, int TT, bool kFar = false>
 inline void tile_quant_fit(const MatmulArgs& a, int64_t n, const float* x, float* y) {
   // Two accumulators per output on AVX-512's table path (even and odd weights), kQuantChains on the
   // generic path.
@@ -359,12 +356,13 @@ inline void tile_quant_fit(const MatmulArgs& a, int64_t n, const float* x, float
     tile_quant_fit<V, C, R, kHead>(a, n, x, y);
     tile_quant_fit<V, C, R, TT - kHead>(a, n, x + kHead * a.ldx, y + kHead * a.ldy);
   } else {
-    tile_quant<V, C, R, TT>(a, n, x, y);
+    tile_quant<V, C, R, TT, kFar>(a, n, x, y);
   }
 }
 
+// far: the far fetch for a single row of x (matmul.h).
 template <class V, QuantCode C, int R>
-void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
+void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, bool far) {
   int64_t t = t0;
   for (; t + 4 <= t1; t += 4) tile_quant_fit<V, C, R, 4>(a, n, a.x + t * a.ldx, a.y + t * a.ldy + n);
   const float* x = a.x + t * a.ldx;
@@ -372,7 +370,7 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
   switch (t1 - t) {
     case 3: tile_quant_fit<V, C, R, 3>(a, n, x, y); break;
     case 2: tile_quant_fit<V, C, R, 2>(a, n, x, y); break;
-    case 1: tile_quant_fit<V, C, R, 1>(a, n, x, y); break;
+    case 1: far ? tile_quant_fit<V, C, R, 1, true>(a, n, x, y) : tile_quant_fit<V, C, R, 1>(a, n, x, y); break;
     default: break;
   }
 }
@@ -385,9 +383,10 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
 template <class V, QuantCode C>
 void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
   constexpr int R = kQuantChains<V, C> > 1 ? 1 : 4;
+  const bool far = R > 1 && R * a.K * quant_code_bits(C) / 8 > kPrefetchBytes;
   int64_t n = n0;
-  for (; n + R <= n1; n += R) rows_block_quant<V, C, R>(a, n, t0, t1);
-  for (; n < n1; ++n) rows_block_quant<V, C, 1>(a, n, t0, t1);
+  for (; n + R <= n1; n += R) rows_block_quant<V, C, R>(a, n, t0, t1, far);
+  for (; n < n1; ++n) rows_block_quant<V, C, 1>(a, n, t0, t1, false);
 }
 
 inline void matmul_tile_any(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
