@@ -51,7 +51,7 @@ inline constexpr std::array<float, 16> kE2M1ToF32 = {0.0f,  0.5f,  1.0f,  1.5f, 
 // against one row of x (a decode step, bound by memory) therefore take the far fetch into L2,
 // far_prefetch_bytes ahead (at least one tile): always in the avx512-bf16 int4 kernel (row pairs), and
 // where the tile is longer than kPrefetchBytes in the exact kernels (four rows), whose slower 4-bit paths
-// lost up to 11 % with it on shorter tiles. On Zen 4 this took 8-bit decode GEMVs from 7-9 to 15 GB/s at
+// lost up to 12 % with it on shorter tiles. On Zen 4 this took 8-bit decode GEMVs from 7-9 to 15 GB/s at
 // one thread (docs/PERF.md, "CPU GEMV vs memory bandwidth"). The dense kernels keep the near fetch (a
 // BF16 decode step walks one row; F32 / F16 / F8 weight tiles are not measured).
 inline constexpr int kPrefetchBytes = 2048;
