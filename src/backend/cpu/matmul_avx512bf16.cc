@@ -65,8 +65,9 @@ inline __m256 reduce8(const __m512 v[8]) {
 // y[t·ldy + r] = Σ_k w[r·K + k] · (hi + lo)[t][k] for r < R, t < TT. Every output has two
 // accumulators, one per term, added at the end: the same operations for any R and TT, so a row's
 // result never depends on which rows of x were batched with it.
-template <int R, int TT>
+template <int R, int TT, bool kFar = false>
 inline void tile(const uint16_t* w, int64_t K, const uint16_t* xs, int64_t ldxs, float* y, int64_t ldy) {
+  const int64_t ahead = kFar ? far_prefetch_bytes(2 * K) : kPrefetchBytes;
   __m512 acc_hi[R][TT], acc_lo[R][TT];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -82,7 +83,7 @@ inline void tile(const uint16_t* w, int64_t K, const uint16_t* xs, int64_t ldxs,
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + kPrefetchBytes, _MM_HINT_T0);
+      prefetch_weight_line<kFar>(reinterpret_cast<const char*>(w + r * K + k) + ahead);
       const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * K + k);
 #pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) {
@@ -136,7 +137,12 @@ void rows_block(const uint16_t* w, const MatmulArgs& a, int64_t n, int64_t t0, i
   switch (t1 - t) {
     case 3: tile_fit<R, 3>(w, a.K, xs, a.ldxs, y, a.ldy); break;
     case 2: tile_fit<R, 2>(w, a.K, xs, a.ldxs, y, a.ldy); break;
-    case 1: tile_fit<R, 1>(w, a.K, xs, a.ldxs, y, a.ldy); break;
+    case 1:
+      // A decode step's weight rows longer than the near fetch take the far one (matmul.h).
+      if constexpr (R == 1)
+        if (2 * a.K > kPrefetchBytes) return tile<1, 1, true>(w, a.K, xs, a.ldxs, y, a.ldy);
+      tile_fit<R, 1>(w, a.K, xs, a.ldxs, y, a.ldy);
+      break;
     default: break;
   }
 }
