@@ -52,10 +52,11 @@ inline constexpr std::array<float, 16> kE2M1ToF32 = {0.0f,  0.5f,  1.0f,  1.5f, 
 // far_prefetch_bytes ahead (at least one tile): always in the avx512-bf16 int4 kernel (row pairs), and
 // where the tile is longer than kPrefetchBytes in the exact kernels (four rows), whose slower 4-bit paths
 // lost up to 12 % with it on shorter tiles. On Zen 4 this took 8-bit decode GEMVs from 7-9 to 15 GB/s at
-// one thread (docs/PERF.md, "CPU GEMV vs memory bandwidth"). The avx512-bf16 kernel's BF16 decode step,
-// one weight row at a time, takes the far fetch too where a row is longer than kPrefetchBytes (21.7 to 26
-// GB/s at one thread on rows of 2816); the exact kernels' dense weights keep the near fetch (not measured
-// with the far one).
+// one thread (docs/PERF.md, "CPU GEMV vs memory bandwidth"). A BF16 decode step, one weight row at a
+// time, takes the far fetch too where a row is longer than kPrefetchBytes (one thread, rows of 2816: 21
+// to 25 GB/s on the avx512-bf16 kernel, 19 to 24 on the exact AVX-512 one, 25 to 27 on AVX2). Quantized
+// rows walked one at a time (AVX2's 8-bit codes) keep the near fetch: the far one was 5-6 % slower on
+// rows of 2816 bytes. F32 / F16 / F8 weights keep the near fetch (not measured with the far one).
 inline constexpr int kPrefetchBytes = 2048;
 inline constexpr int64_t kDecodePrefetchBytes = 8192;
 inline int64_t far_prefetch_bytes(int64_t tile_bytes) { return tile_bytes > kDecodePrefetchBytes ? tile_bytes : kDecodePrefetchBytes; }

@@ -67,8 +67,10 @@ inline void tile(const WT* w, int64_t K, const float* x, int64_t ldx, float* y, 
 // decode step (T = 1) can walk the weight rows one after another (R = 1), the access pattern the
 // hardware prefetchers follow best. Every output is the same sequence of operations whatever R and
 // TT are, so a row's result never depends on which rows of x were batched with it.
-template <class V, int R, int TT>
+// kFar: the far fetch (matmul.h).
+template <class V, int R, int TT, bool kFar = false>
 inline void tile_bf16(const bf16_t* w, int64_t K, const float* x, int64_t ldx, float* y, int64_t ldy) {
+  const int64_t ahead = kFar ? far_prefetch_bytes(2 * R * K) : kPrefetchBytes;
   using F = typename V::F;
   constexpr int kBlock = 2 * V::kLanes;
   F acc_e[R][TT], acc_o[R][TT];
@@ -86,7 +88,7 @@ inline void tile_bf16(const bf16_t* w, int64_t K, const float* x, int64_t ldx, f
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + kPrefetchBytes, _MM_HINT_T0);
+      prefetch_weight_line<kFar>(reinterpret_cast<const char*>(w + r * K + k) + ahead);
       F we, wo;
       V::load_bf16_pairs(w + r * K + k, we, wo);
 #pragma GCC unroll 16
@@ -108,7 +110,7 @@ inline void tile_bf16(const bf16_t* w, int64_t K, const float* x, int64_t ldx, f
 // Same as tile, splitting the rows of x until the R·TT accumulators fit in registers (each part
 // re-reads the R weight rows from L1, which is cheap; splitting R instead would re-read x and, for
 // BF16, keep more x vectors live than there are registers on AVX2).
-template <class V, typename WT, int R, int TT>
+template <class V, typename WT, int R, int TT, bool kFar = false>
 inline void tile_fit(const WT* w, int64_t K, const float* x, int64_t ldx, float* y, int64_t ldy) {
   constexpr int kAccPerOutput = std::is_same_v<WT, bf16_t> ? 2 : 1;
   if constexpr (TT > 1 && R * TT * kAccPerOutput > V::kMaxAcc) {
@@ -116,15 +118,16 @@ inline void tile_fit(const WT* w, int64_t K, const float* x, int64_t ldx, float*
     tile_fit<V, WT, R, kHead>(w, K, x, ldx, y, ldy);
     tile_fit<V, WT, R, TT - kHead>(w, K, x + kHead * ldx, ldx, y + kHead * ldy, ldy);
   } else if constexpr (std::is_same_v<WT, bf16_t>) {
-    tile_bf16<V, R, TT>(w, K, x, ldx, y, ldy);
+    tile_bf16<V, R, TT, kFar>(w, K, x, ldx, y, ldy);
   } else {
     tile<V, WT, R, TT>(w, K, x, ldx, y, ldy);
   }
 }
 
 // R weight rows against x rows [t0, t1), in groups of up to 4 rows of x.
+// far: the far fetch for a single row of x (matmul.h; BF16 only).
 template <class V, typename WT, int R>
-void rows_block(const WT* w, const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1) {
+void rows_block(const WT* w, const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, bool far = false) {
   const int64_t K = a.K;
   int64_t t = t0;
   for (; t + 4 <= t1; t += 4) tile_fit<V, WT, R, 4>(w, K, a.x + t * a.ldx, a.ldx, a.y + t * a.ldy + n, a.ldy);
@@ -133,7 +136,7 @@ void rows_block(const WT* w, const MatmulArgs& a, int64_t n, int64_t t0, int64_t
   switch (t1 - t) {
     case 3: tile_fit<V, WT, R, 3>(w, K, x, a.ldx, y, a.ldy); break;
     case 2: tile_fit<V, WT, R, 2>(w, K, x, a.ldx, y, a.ldy); break;
-    case 1: tile_fit<V, WT, R, 1>(w, K, x, a.ldx, y, a.ldy); break;
+    case 1: far ? tile_fit<V, WT, R, 1, true>(w, K, x, a.ldx, y, a.ldy) : tile_fit<V, WT, R, 1>(w, K, x, a.ldx, y, a.ldy); break;
     default: break;
   }
 }
@@ -149,7 +152,9 @@ void matmul_tile(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_
   int64_t n = n0;
   if (!std::is_same_v<WT, bf16_t> || t1 - t0 > 1)
     for (; n + R <= n1; n += R) rows_block<V, WT, R>(w + n * a.K, a, n, t0, t1);
-  for (; n < n1; ++n) rows_block<V, WT, 1>(w + n * a.K, a, n, t0, t1);
+  // A BF16 decode step's rows longer than the near fetch take the far one (matmul.h).
+  const bool far = std::is_same_v<WT, bf16_t> && 2 * a.K > kPrefetchBytes;
+  for (; n < n1; ++n) rows_block<V, WT, 1>(w + n * a.K, a, n, t0, t1, far);
 }
 
 // --- Quantized weights (QuantParams): w = (value(code) - zero) · scale, formed in registers as one
