@@ -136,7 +136,11 @@ void rows_block(const WT* w, const MatmulArgs& a, int64_t n, int64_t t0, int64_t
   switch (t1 - t) {
     case 3: tile_fit<V, WT, R, 3>(w, K, x, a.ldx, y, a.ldy); break;
     case 2: tile_fit<V, WT, R, 2>(w, K, x, a.ldx, y, a.ldy); break;
-    case 1: far ? tile_fit<V, WT, R, 1, true>(w, K, x, a.ldx, y, a.ldy) : tile_fit<V, WT, R, 1>(w, K, x, a.ldx, y, a.ldy); break;
+    case 1:
+      if constexpr (std::is_same_v<WT, bf16_t> && R == 1)
+        if (far) return tile_fit<V, WT, R, 1, true>(w, K, x, a.ldx, y, a.ldy);
+      tile_fit<V, WT, R, 1>(w, K, x, a.ldx, y, a.ldy);
+      break;
     default: break;
   }
 }
@@ -375,7 +379,11 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, bo
   switch (t1 - t) {
     case 3: tile_quant_fit<V, C, R, 3>(a, n, x, y); break;
     case 2: tile_quant_fit<V, C, R, 2>(a, n, x, y); break;
-    case 1: far ? tile_quant_fit<V, C, R, 1, true>(a, n, x, y) : tile_quant_fit<V, C, R, 1>(a, n, x, y); break;
+    case 1:
+      if constexpr (R > 1)
+        if (far) return tile_quant_fit<V, C, R, 1, true>(a, n, x, y);
+      tile_quant_fit<V, C, R, 1>(a, n, x, y);
+      break;
     default: break;
   }
 }
