@@ -49,7 +49,7 @@ inline constexpr std::array<float, 16> kE2M1ToF32 = {0.0f,  0.5f,  1.0f,  1.5f, 
 // R·row_bytes further on, so the near fetch reaches the later rows of the next tile only a few blocks
 // before they are read once a tile is longer than kPrefetchBytes. Quantized tiles of several weight rows
 // against one row of x (a decode step, bound by memory) therefore take the far fetch into L2,
-// far_prefetch_bytes ahead (at least one tile): always in the avx512-bf16 int4 kernel (row pairs), and
+// prefetch_distance ahead (at least one tile): always in the avx512-bf16 int4 kernel (row pairs), and
 // where the tile is longer than kPrefetchBytes in the exact kernels (four rows), whose slower 4-bit paths
 // lost up to 12 % with it on shorter tiles. On Zen 4 this took 8-bit decode GEMVs from 7-9 to 15 GB/s at
 // one thread (docs/PERF.md, "CPU GEMV vs memory bandwidth"). A BF16 decode step, one weight row at a
@@ -59,7 +59,15 @@ inline constexpr std::array<float, 16> kE2M1ToF32 = {0.0f,  0.5f,  1.0f,  1.5f, 
 // rows of 2816 bytes. F32 / F16 / F8 weights keep the near fetch (not measured with the far one).
 inline constexpr int kPrefetchBytes = 2048;
 inline constexpr int64_t kDecodePrefetchBytes = 8192;
-inline int64_t far_prefetch_bytes(int64_t tile_bytes) { return tile_bytes > kDecodePrefetchBytes ? tile_bytes : kDecodePrefetchBytes; }
+// Whether a tile whose rows, walked in step at one row of x, span tile_bytes takes the far fetch.
+inline bool takes_far_fetch(int64_t tile_bytes) { return tile_bytes > kPrefetchBytes; }
+// How far past its reads a tile of tile_bytes fetches: kPrefetchBytes, or for the far fetch
+// kDecodePrefetchBytes and at least one tile.
+template <bool kFar>
+inline int64_t prefetch_distance(int64_t tile_bytes) {
+  if constexpr (!kFar) return kPrefetchBytes;
+  return tile_bytes > kDecodePrefetchBytes ? tile_bytes : kDecodePrefetchBytes;
+}
 // Fetches the line at p, into L2 for the far fetch and L1 for the near one.
 template <bool kFar>
 inline void prefetch_weight_line(const void* p) {

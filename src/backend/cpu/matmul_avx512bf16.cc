@@ -67,7 +67,7 @@ inline __m256 reduce8(const __m512 v[8]) {
 // result never depends on which rows of x were batched with it.
 template <int R, int TT, bool kFar = false>
 inline void tile(const uint16_t* w, int64_t K, const uint16_t* xs, int64_t ldxs, float* y, int64_t ldy) {
-  const int64_t ahead = kFar ? far_prefetch_bytes(2 * K) : kPrefetchBytes;
+  const int64_t ahead = prefetch_distance<kFar>(2 * R * K);
   __m512 acc_hi[R][TT], acc_lo[R][TT];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -140,7 +140,7 @@ void rows_block(const uint16_t* w, const MatmulArgs& a, int64_t n, int64_t t0, i
     case 1:
       // A decode step's weight rows longer than the near fetch take the far one (matmul.h).
       if constexpr (R == 1)
-        if (2 * a.K > kPrefetchBytes) return tile<1, 1, true>(w, a.K, xs, a.ldxs, y, a.ldy);
+        if (takes_far_fetch(2 * a.K)) return tile<1, 1, true>(w, a.K, xs, a.ldxs, y, a.ldy);
       tile_fit<R, 1>(w, a.K, xs, a.ldxs, y, a.ldy);
       break;
     default: break;
@@ -220,7 +220,7 @@ struct QuantRows {
         lane_group(_mm512_srlv_epi32(_mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 3),
                                      _mm512_set1_epi32(std::min(g_shift, 31)))),
         scale_row_bytes(n_groups * static_cast<int64_t>(dtype_size(q.scales.dtype))),
-        far_ahead(far_prefetch_bytes(2 * row_bytes)),
+        far_ahead(prefetch_distance<true>(2 * row_bytes)),
         rows_ahead{(kPrefetchBytes + row_bytes - 1) / row_bytes, (far_ahead + row_bytes - 1) / row_bytes},
         lds(scale_stride(n_groups)) {}
   const QuantParams& q;

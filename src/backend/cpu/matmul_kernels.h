@@ -70,7 +70,7 @@ inline void tile(const WT* w, int64_t K, const float* x, int64_t ldx, float* y, 
 // kFar: the far fetch (matmul.h).
 template <class V, int R, int TT, bool kFar = false>
 inline void tile_bf16(const bf16_t* w, int64_t K, const float* x, int64_t ldx, float* y, int64_t ldy) {
-  const int64_t ahead = kFar ? far_prefetch_bytes(2 * R * K) : kPrefetchBytes;
+  const int64_t ahead = prefetch_distance<kFar>(2 * R * K);
   using F = typename V::F;
   constexpr int kBlock = 2 * V::kLanes;
   F acc_e[R][TT], acc_o[R][TT];
@@ -157,7 +157,7 @@ void matmul_tile(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_
   if (!std::is_same_v<WT, bf16_t> || t1 - t0 > 1)
     for (; n + R <= n1; n += R) rows_block<V, WT, R>(w + n * a.K, a, n, t0, t1);
   // A BF16 decode step's rows longer than the near fetch take the far one (matmul.h).
-  const bool far = std::is_same_v<WT, bf16_t> && 2 * a.K > kPrefetchBytes;
+  const bool far = std::is_same_v<WT, bf16_t> && takes_far_fetch(2 * a.K);
   for (; n < n1; ++n) rows_block<V, WT, 1>(w + n * a.K, a, n, t0, t1, far);
 }
 
@@ -268,7 +268,7 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
   const int64_t K = a.K, G = q.group, n_groups = q.groups(K);
   const int64_t row_bytes = K * quant_code_bits(C) / 8;
   const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
-  const int64_t ahead = kFar ? far_prefetch_bytes(R * row_bytes) : kPrefetchBytes;
+  const int64_t ahead = prefetch_distance<kFar>(R * row_bytes);
   thread_local std::vector<float> scale_buf;
   scale_buf.resize(2 * R * n_groups);
   float* const s = scale_buf.data();
@@ -396,7 +396,7 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, bo
 template <class V, QuantCode C>
 void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
   constexpr int R = kQuantChains<V, C> > 1 ? 1 : 4;
-  const bool far = R > 1 && R * a.K * quant_code_bits(C) / 8 > kPrefetchBytes;
+  const bool far = R > 1 && takes_far_fetch(R * a.K * quant_code_bits(C) / 8);
   int64_t n = n0;
   for (; n + R <= n1; n += R) rows_block_quant<V, C, R>(a, n, t0, t1, far);
   for (; n < n1; ++n) rows_block_quant<V, C, 1>(a, n, t0, t1, false);
