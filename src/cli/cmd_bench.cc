@@ -266,8 +266,8 @@ void run_sweep(const SweepCli& c) {
                               load_average()));
     results = bench::run_inprocess_sweep(o, t, progress, &meta);
   } else {
-    if (c.quantization.parse().active())
-      fail("--quantization applies to the in-process engine; start the server with it instead");
+    if (c.quantization.parse().any())
+      fail("--quantization and --quantize-lm-head apply to the in-process engine; start the server with it instead");
     bench::EndpointTarget t;
     t.url = c.endpoint;
     t.model = c.model.empty() ? first_served_model(c.endpoint, c.api_key) : c.model;

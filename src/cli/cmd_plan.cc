@@ -38,7 +38,7 @@ bool has_safetensors(const std::string& dir) {
 // what its tensors take as loaded (bf16; quantized linears in the form the loader keeps them), from
 // the same shapes the loader binds.
 int64_t checkpoint_bytes(const std::string& dir, const OnlineQuant& online = {}) {
-  if (!has_safetensors(dir) || online.active()) {
+  if (!has_safetensors(dir) || online.any()) {
     auto backend = make_cpu_backend(1);
     return Gemma4Model::load(dir, *backend, LoadFormat::meta, online)->weight_bytes();
   }
@@ -49,7 +49,7 @@ int64_t checkpoint_bytes(const std::string& dir, const OnlineQuant& online = {})
 }
 
 int64_t drafter_bytes(const std::string& dir, const std::string& target_dir, const OnlineQuant& online) {
-  if (has_safetensors(dir) && !online.active()) return checkpoint_bytes(dir);
+  if (has_safetensors(dir) && !online.any()) return checkpoint_bytes(dir);
   auto backend = make_cpu_backend(1);
   auto target = Gemma4Model::load(target_dir, *backend, LoadFormat::meta);
   return Gemma4Assistant::load(dir, *target, LoadFormat::meta, online)->weight_bytes();
@@ -74,7 +74,7 @@ void run_plan(const PlanOptions& o) {
   const ModelConfig target = load_model_config(dir);
   if (target.is_assistant()) fail("{} is a drafter; plan its target and pass the drafter in --speculative-config", dir);
   const OnlineQuant online = o.quantization.parse();
-  const bool counted = !has_safetensors(dir) || online.active();  // weights from config.json's shapes
+  const bool counted = !has_safetensors(dir) || online.any();  // weights from config.json's shapes
   int64_t weights = checkpoint_bytes(dir, online);
   // Images: the tower's weights (in the checkpoint's bytes already when its safetensors are here),
   // what encoding one image takes, and whether one image's soft tokens fit a step.
@@ -178,7 +178,7 @@ void run_plan(const PlanOptions& o) {
   }
   std::printf("%s (%s)\n", dir.c_str(), target.model_type.c_str());
   const std::string from_config =
-      online.active()          ? "as loaded: " + online.describe() + " (--quantization), the rest as stored"
+      online.any()             ? "as loaded: " + online.describe() + ", the rest as stored"
       : target.quant.quantized() ? "from config.json (no safetensors here): " + target.quant.describe() + ", the rest bf16"
                                  : "bf16 from config.json (no safetensors here)";
   std::printf("  weights        %s, %s\n", mib(weights).c_str(),

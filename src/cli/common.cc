@@ -58,8 +58,9 @@ void QuantizationOptions::add_to(CLI::App& app) {
                  "int4 or int8 (symmetric, group 128), fp8 (E4M3, per channel); refused for a quantized checkpoint")
       ->capture_default_str();
   app.add_flag("--quantize-lm-head", lm_head,
-               "With --quantization: give the head matmul a quantized copy of the (tied) head; the embedding "
-               "lookup keeps the bf16 table");
+               "Give the head matmul a quantized copy of the (tied) head, in --quantization's format, or without "
+               "one in int8 (symmetric, group 128), e.g. for a checkpoint quantized already; the embedding lookup "
+               "keeps the bf16 table");
 }
 
 void BackendOptions::add_to(CLI::App& app, unsigned flags) {

@@ -12,9 +12,14 @@
 namespace tandem {
 
 bool OnlineQuant::quantizes(const std::string& module) const {
-  if (!active()) return false;
   if (module == "lm_head") return lm_head;
-  return module.find("layers.") != std::string::npos && module.find(".router.") == std::string::npos;
+  return active() && module.find("layers.") != std::string::npos && module.find(".router.") == std::string::npos;
+}
+
+OnlineQuant OnlineQuant::head() const {
+  OnlineQuant h = *this;
+  if (!h.active()) h.method = Method::int8;
+  return h;
 }
 
 QuantCode OnlineQuant::code() const {
@@ -24,7 +29,7 @@ QuantCode OnlineQuant::code() const {
 std::string OnlineQuant::describe() const {
   const std::string head = lm_head ? ", lm_head quantized" : ", lm_head as stored";
   switch (method) {
-    case Method::none: return "none";
+    case Method::none: return lm_head ? fmt::format("online int8 symmetric group {}, lm_head only", group) : "none";
     case Method::int4: return fmt::format("online int4 symmetric group {}{}", group, head);
     case Method::int8: return fmt::format("online int8 symmetric group {}{}", group, head);
     case Method::fp8: return "online fp8 e4m3 per channel (W8A16)" + head;
@@ -38,7 +43,6 @@ OnlineQuant parse_online_quant(const std::string& name, bool lm_head, const std:
   else if (name == "int8") q.method = OnlineQuant::Method::int8;
   else if (name == "fp8") q.method = OnlineQuant::Method::fp8;
   else if (name != "none" && !name.empty()) fail("{} must be none, int4, int8 or fp8, got \"{}\"", flag, name);
-  if (lm_head && !q.active()) fail("quantizing the lm_head needs {} int4, int8 or fp8", flag);
   q.lm_head = lm_head;
   return q;
 }

@@ -24,13 +24,21 @@ struct OnlineQuant {
   // GPTQ's and AutoAWQ's), one bf16 scale per 64 bytes of int4 codes (3 % more bytes where group 32
   // costs 12.5 %), and a multiple of 32 so the CPU's packed int4 kernels apply.
   int64_t group = 128;
-  bool lm_head = false;  // also give the head matmul a quantized copy of the head (--quantize-lm-head)
+  // Give the head matmul a quantized copy of the head (--quantize-lm-head), in `method`, or in int8
+  // when method is none: a checkpoint quantized already (whose tied head published checkpoints keep
+  // in bf16, ~45 % of a 26B-A4B int4 decode step's bytes), or a bf16 one whose layers stay bf16.
+  bool lm_head = false;
 
+  // Whether the decoder layers' linears are quantized.
   bool active() const { return method != Method::none; }
+  // Whether anything is: the layers' linears or the head.
+  bool any() const { return active() || lm_head; }
   // Whether linear `module` is quantized: every linear of a decoder layer ("...layers.N....") except
-  // the MoE router, and "lm_head" when lm_head is set. Norms, embeddings and the model-level
-  // projections stay as stored.
+  // the MoE router when active(), and "lm_head" when lm_head is set. Norms, embeddings and the
+  // model-level projections stay as stored.
   bool quantizes(const std::string& module) const;
+  // How the head is quantized (lm_head set): method, or int8 when method is none.
+  OnlineQuant head() const;
   QuantCode code() const;
   int64_t group_for(int64_t K) const { return method == Method::fp8 ? K : group; }
   // "int4 symmetric group 128, lm_head quantized", for logs, inspect and plan.

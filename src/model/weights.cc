@@ -51,7 +51,7 @@ Weights Weights::open(const std::string& dir, LoadFormat format, Backend& be, co
     fail("{} is already quantized ({}); --quantization quantizes bf16 / f16 / f32 checkpoints only (drop it, or "
          "use the unquantized checkpoint)",
          dir, quant.describe());
-  if (online.active()) log::info("{}: quantizing at load, {}", dir, online.describe());
+  if (online.any()) log::info("{}: quantizing at load, {}", dir, online.describe());
   Weights w;
   w.be_ = &be;
   w.quant_ = quant;
@@ -237,25 +237,25 @@ TensorView Weights::meta_quant(std::initializer_list<int64_t> shape) {
                     quant_.method == QuantConfig::Method::ct_nvfp4 ? DType::F32 : DType::BF16, zeros, quant_.actorder);
 }
 
-TensorView Weights::meta_online(std::initializer_list<int64_t> shape) {
-  return meta_quant(shape, online_.code(), online_.group_for(*(shape.end() - 1)), DType::BF16, false, false);
+TensorView Weights::meta_online(const OnlineQuant& q, std::initializer_list<int64_t> shape) {
+  return meta_quant(shape, q.code(), q.group_for(*(shape.end() - 1)), DType::BF16, false, false);
 }
 
-TensorView Weights::quantize_tensor(const std::string& name, std::initializer_list<int64_t> shape) {
-  if (format_ == LoadFormat::meta) return meta_online(shape);
+TensorView Weights::quantize_tensor(const OnlineQuant& q, const std::string& name, std::initializer_list<int64_t> shape) {
+  if (format_ == LoadFormat::meta) return meta_online(q, shape);
   const std::vector<int64_t> dims(shape);
   const int64_t K = dims.back(), rows = TensorView(DType::U8, nullptr, shape).rows();
   if (format_ == LoadFormat::dummy) {  // generated in backend memory, read back, dropped once quantized
     auto [v, buffer] = generate_dummy(name, dims);
     std::vector<uint8_t> host(v.nbytes());
     be_->download(host.data(), v.data, host.size());
-    return bind_quant(quantize_weight(online_, v.dtype, host.data(), rows, K, name), shape);
+    return bind_quant(quantize_weight(q, v.dtype, host.data(), rows, K, name), shape);
   }
   const TensorInfo* t = store_->find(name);
   if (!t) fail("checkpoint {} has no tensor {} (expected shape {})", path_, name, shape_string(dims));
   if (t->shape != dims)
     fail("tensor {} in {} has shape {}, expected {}", name, t->file, t->shape_string(), shape_string(dims));
-  TensorView v = bind_quant(quantize_weight(online_, t->dtype, t->data, rows, K, name), shape);
+  TensorView v = bind_quant(quantize_weight(q, t->dtype, t->data, rows, K, name), shape);
   // The bf16 bytes are not read again: let their pages go rather than keep the model mapped twice
   // (file-backed and unmodified, so this only drops this process's copies).
   static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
@@ -266,9 +266,10 @@ TensorView Weights::quantize_tensor(const std::string& name, std::initializer_li
 }
 
 TensorView Weights::quantized_copy(const std::string& name, const TensorView& bound) {
-  TANDEM_CHECK(online_.active() && bound.ndim == 2 && !bound.quant);
+  TANDEM_CHECK(online_.lm_head && bound.ndim == 2 && !bound.quant);
+  const OnlineQuant q = online_.head();
   const int64_t N = bound.dim(0), K = bound.dim(1);
-  if (format_ == LoadFormat::meta) return meta_online({N, K});
+  if (format_ == LoadFormat::meta) return meta_online(q, {N, K});
   std::vector<uint8_t> host;
   const void* data = nullptr;
   if (const TensorInfo* t = store_ ? store_->find(name) : nullptr) {
@@ -278,13 +279,18 @@ TensorView Weights::quantized_copy(const std::string& name, const TensorView& bo
     be_->download(host.data(), bound.data, host.size());
     data = host.data();
   }
-  return bind_quant(quantize_weight(online_, bound.dtype, data, N, K, name), {N, K});
+  return bind_quant(quantize_weight(q, bound.dtype, data, N, K, name), {N, K});
 }
 
 TensorView Weights::linear(const std::string& module, int64_t N, int64_t K, const Split& split) {
   check_unquantized_split(module, split);
   if (!split.whole()) return get(module + ".weight", {N, K}, split);
-  if (online_.quantizes(module)) return quantize_tensor(module + ".weight", {N, K});
+  if (online_.quantizes(module)) {
+    if (quant_.quantizes(module))  // the head: --quantize-lm-head on a checkpoint whose head is quantized
+      fail("{}: {} is quantized in the checkpoint already ({}); drop --quantize-lm-head", path_, module,
+           quant_.describe());
+    return quantize_tensor(module == "lm_head" ? online_.head() : online_, module + ".weight", {N, K});
+  }
   if (!quant_.quantizes(module)) return get(module + ".weight", {N, K});
   if (format_ == LoadFormat::meta) return meta_quant({N, K});
   if (format_ == LoadFormat::dummy) return bind_quant(dummy_quant_weight(quant_, N, K, next_seed()), {N, K});
@@ -302,7 +308,7 @@ std::optional<TensorView> Weights::find_experts(const std::string& dir, const st
   if (!split.whole()) return find(dir + "." + fused, {E, N, K}, split);
   if (online_.quantizes(first)) {
     if (format_ == LoadFormat::safetensors && !store_->find(dir + "." + fused)) return std::nullopt;
-    return quantize_tensor(dir + "." + fused, {E, N, K});
+    return quantize_tensor(online_, dir + "." + fused, {E, N, K});
   }
   if (!quant_.quantizes(first)) return find(dir + "." + fused, {E, N, K});
   if (format_ == LoadFormat::meta) return meta_quant({E, N, K});

@@ -33,8 +33,8 @@ class Weights {
  public:
   // quant: the checkpoint's quantization_config (none for a plain checkpoint); with dummy / meta it
   // decides what the generated or counted linear weights look like. online: --quantization, which
-  // quantizes the linears it covers at load (dummy: generates them, then quantizes them); refused
-  // for a checkpoint that is already quantized.
+  // quantizes the linears it covers at load (dummy: generates them, then quantizes them), refused
+  // for a checkpoint that is already quantized; and --quantize-lm-head, which any checkpoint takes.
   static Weights open(const std::string& dir, LoadFormat format, Backend& be, const QuantConfig& quant = {},
                       const OnlineQuant& online = {});
 
@@ -53,8 +53,8 @@ class Weights {
   // when the checkpoint's quantization config or --quantization covers the module, else
   // module + ".weight" as get() binds it. A split of a quantized weight is refused (not yet done).
   TensorView linear(const std::string& module, int64_t N, int64_t K, const Split& split = {});
-  // A quantized copy ([N, K], --quantization's format) of the bf16 tensor `name` already bound as
-  // `bound` (a tied embedding serving as the head: the lookup keeps the bf16 table).
+  // A quantized copy ([N, K], in online().head()'s format) of the bf16 tensor `name` already bound
+  // as `bound` (a tied embedding serving as the head: the lookup keeps the bf16 table).
   TensorView quantized_copy(const std::string& name, const TensorView& bound);
   // Stacked expert weights [E, N, K] under `dir` (e.g. "...layers.0.experts"): the fused parameter
   // dir.fused (bf16, or quantized with compressed-tensors suffixes fused + "_packed", ...), or, for a
@@ -85,10 +85,10 @@ class Weights {
   TensorView meta_quant(std::initializer_list<int64_t> shape, QuantCode code, int64_t group, DType scale_dtype,
                         bool zeros, bool k_perm);
   TensorView meta_quant(std::initializer_list<int64_t> shape);         // in the checkpoint's format
-  TensorView meta_online(std::initializer_list<int64_t> shape);        // in --quantization's format
-  // The bf16 tensor `name` [rows, K] quantized on the host (read from the mapped file, or generated
-  // as --load-format dummy would and dropped once quantized), bound with `shape`.
-  TensorView quantize_tensor(const std::string& name, std::initializer_list<int64_t> shape);
+  TensorView meta_online(const OnlineQuant& q, std::initializer_list<int64_t> shape);  // in q's format
+  // The bf16 tensor `name` [rows, K] quantized on the host as q says (read from the mapped file, or
+  // generated as --load-format dummy would and dropped once quantized), bound with `shape`.
+  TensorView quantize_tensor(const OnlineQuant& q, const std::string& name, std::initializer_list<int64_t> shape);
   // find() before its view is marked constant.
   std::optional<TensorView> bind_tensor(const std::string& name, const std::vector<int64_t>& shape, const Split& split);
   // Seeded dummy values of `name` in backend memory (what find() binds for --load-format dummy).

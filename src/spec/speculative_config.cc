@@ -65,7 +65,7 @@ SpeculativeConfig parse_speculative_config(const std::string& text) {
   c.quantization = parse_online_quant(quant, j.value("quantize_lm_head", false),
                                       "--speculative-config \"quantization\"");
   if (c.method == "ngram") {
-    if (c.quantization.active()) fail("--speculative-config: method ngram has no drafter to quantize");
+    if (c.quantization.any()) fail("--speculative-config: method ngram has no drafter to quantize");
     c.prompt_lookup_max = get_int("prompt_lookup_max", 0);
     c.prompt_lookup_min = get_int("prompt_lookup_min", c.prompt_lookup_max);
     if (c.prompt_lookup_max < 1) fail("--speculative-config: ngram needs prompt_lookup_max >= 1");

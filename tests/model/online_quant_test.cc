@@ -140,13 +140,22 @@ TEST(OnlineQuant, WhichModules) {
   EXPECT_FALSE(q.quantizes("lm_head"));
   EXPECT_TRUE(quant(OnlineQuant::Method::int4, 128, true).quantizes("lm_head"));
   EXPECT_FALSE(OnlineQuant{}.quantizes("model.language_model.layers.3.self_attn.q_proj"));
+  // --quantize-lm-head alone: the head only, in int8 group 128.
+  const OnlineQuant head_only = quant(OnlineQuant::Method::none, 128, true);
+  EXPECT_FALSE(head_only.active());
+  EXPECT_TRUE(head_only.any());
+  EXPECT_TRUE(head_only.quantizes("lm_head"));
+  EXPECT_FALSE(head_only.quantizes("model.language_model.layers.3.self_attn.q_proj"));
+  EXPECT_EQ(head_only.head().method, OnlineQuant::Method::int8);
+  EXPECT_EQ(quant(OnlineQuant::Method::fp8, 128, true).head().method, OnlineQuant::Method::fp8);
+  EXPECT_FALSE(OnlineQuant{}.any());
 }
 
 TEST(OnlineQuant, ParseAndRefuse) {
   EXPECT_EQ(parse_online_quant("int4", false, "--quantization").method, OnlineQuant::Method::int4);
   EXPECT_EQ(parse_online_quant("none", false, "--quantization").method, OnlineQuant::Method::none);
   EXPECT_THROW(parse_online_quant("int3", false, "--quantization"), Error);
-  EXPECT_THROW(parse_online_quant("none", true, "--quantization"), Error);  // a quantized head needs a format
+  EXPECT_TRUE(parse_online_quant("none", true, "--quantization").lm_head);  // the head alone, in int8
   const std::vector<float> odd(3, 1.f);
   EXPECT_THROW(quantize_weight(quant(OnlineQuant::Method::int4), DType::F32, odd.data(), 1, 3, "w"), Error);
   const std::vector<int32_t> ints(4, 1);
@@ -266,6 +275,32 @@ TEST(OnlineQuantModel, RefusesAQuantizedCheckpoint) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("already quantized"), std::string::npos) << e.what();
   }
+}
+
+// --quantize-lm-head on a published-format int4 checkpoint (bf16 tied head): an int8 copy of the
+// head, everything before the head unchanged, the logits near the bf16 head's.
+TEST(OnlineQuantModel, HeadCopyOfAQuantizedCheckpoint) {
+  testing::ExactCpuKernels exact;
+  auto backend = testing::test_backend(2);
+  const std::string dir = testing::quant_fixtures_dir() + "/ct-int4-sym-g32";
+  auto stored = Gemma4Model::load(dir, *backend);
+  auto copy = Gemma4Model::load(dir, *backend, LoadFormat::safetensors, quant(OnlineQuant::Method::none, 128, true));
+  auto meta = Gemma4Model::load(dir, *backend, LoadFormat::meta, quant(OnlineQuant::Method::none, 128, true));
+  const ModelConfig& c = stored->config();
+  const int64_t V = c.vocab_size, H = c.hidden;
+  EXPECT_EQ(copy->weight_bytes() - stored->weight_bytes(), V * H + V * ((H + 127) / 128) * 2);
+  EXPECT_EQ(meta->weight_bytes(), copy->weight_bytes());
+  const WeightStore golden = WeightStore::open(dir + "/golden.safetensors");
+  const auto ids = testing::tensor_values<int32_t>(golden, "ids.2");
+  HostTensor h0, l0, h1, l1;
+  forward_all(*stored, ids, h0, l0);
+  forward_all(*copy, ids, h1, l1);
+  ASSERT_EQ(h0.view().numel(), h1.view().numel());
+  EXPECT_EQ(std::memcmp(h0.f32(), h1.f32(), h0.view().nbytes()), 0);
+  const double drift = testing::relative_l2(l1.f32(), l0.f32(), l0.view().numel());
+  std::printf("[measured] int8 head copy of an int4 checkpoint: logits relative L2 %.4g vs its bf16 head\n", drift);
+  EXPECT_GT(drift, 0.0);
+  EXPECT_LT(drift, 0.01);
 }
 
 TEST(OnlineQuantModel, DummyWeightsAreGeneratedThenQuantizedAndPlanCountsThem) {

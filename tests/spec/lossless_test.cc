@@ -80,9 +80,15 @@ const Case kCases[] = {
     {"gemma4-moe", "{\"method\": \"draft_model\", \"model\": \"%DIR%gemma4-e2b\", \"num_speculative_tokens\": %K%, "
                    "\"quantization\": \"fp8\"}",
      "fp8", false},
+    // A published-format int4 checkpoint (compressed-tensors W4A16 g32, bf16 tied head) with the bf16
+    // MTP drafter, as stored and with an int8 copy of its head (--quantize-lm-head alone).
+    {"quant/ct-int4-sym-g32", "{\"model\": \"%DIR%gemma4-moe-assistant\", \"num_speculative_tokens\": %K%}"},
+    {"quant/ct-int4-sym-g32", "{\"model\": \"%DIR%gemma4-moe-assistant\", \"num_speculative_tokens\": %K%}", "none",
+     true},
 };
 const char* const kCaseNames[] = {"mtp_dense",        "mtp_centroid",          "mtp_hf_position", "draft_model", "ngram",
-                                  "mtp_int4_target", "draft_model_fp8_target"};
+                                  "mtp_int4_target", "draft_model_fp8_target", "mtp_ct_int4_target",
+                                  "mtp_ct_int4_target_head_copy"};
 
 INSTANTIATE_TEST_SUITE_P(Proposers, Lossless, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(kCaseNames[info.index]); });
