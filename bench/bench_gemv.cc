@@ -3,7 +3,8 @@
 // with BF16 weights and quantized ones (int4 and int8 group 32 with bf16 scales, as compressed-tensors
 // W4A16 / W8A16 checkpoints store them; FP8 E4M3 with per-channel scales; FP4 E2M1 group 16 with f32
 // scales, as tandem stores NVFP4), and prints weight GB/s (codes and scales) as a share of that bandwidth. A decode step is one pass over all weights, so this share is
-// the decode speed relative to the hardware limit.
+// the decode speed relative to the hardware limit. The last column, multiply-adds per second, is the
+// figure for many rows of x (--rows 64: a prefill task's rows), where arithmetic bounds the product.
 //
 //   bench_gemv [--threads N] [--quick] [--only bf16|int4|int8|fp8|fp4] [--rows 1,2,4,8] [--shape NxK]
 //              [--isa avx2|avx512|avx512-bf16] [--cache-resident]
@@ -204,7 +205,7 @@ int run(int argc, char** argv) {
   std::printf("backend: %s\n", be->name().c_str());
   std::printf("read bandwidth (1 GiB sum-reduce, %d threads, best of %d): %.1f GB/s\n\n", pool_threads,
               quick ? 3 : 10, bw);
-  std::printf("%-12s %-28s %-11s %3s %9s %8s\n", "weights", "[N x K]", "isa", "T", "GB/s", "% bw");
+  std::printf("%-12s %-28s %-11s %3s %9s %8s %9s\n", "weights", "[N x K]", "isa", "T", "GB/s", "% bw", "GMAC/s");
   for (Kind kind : {Kind::bf16, Kind::int4_g32, Kind::int8_g32, Kind::fp8_channel, Kind::fp4_g16})
   for (const Shape& s : shapes) {
     if (!only.empty() && only != kind_flag(kind)) continue;
@@ -217,8 +218,11 @@ int run(int argc, char** argv) {
       cpu_force_isa(isa);
       for (int64_t T : rows) {
         const double gbps = gemv_gbps(*be, w, T, quick ? 0.3 : 1.5);
-        std::printf("%-12s %-28s %-11s %3ld %9.1f %7.0f%%\n", kind_name(kind), s.what, isa.c_str(),
-                    static_cast<long>(T), gbps, 100 * gbps / bw);
+        // Multiply-adds per second: weights streamed per second times the rows of x (what bounds
+        // a prefill-sized product, where the weights come from cache).
+        const double gmacs = gbps * static_cast<double>(s.N * s.K) / static_cast<double>(w.bytes) * T;
+        std::printf("%-12s %-28s %-11s %3ld %9.1f %7.0f%% %9.1f\n", kind_name(kind), s.what, isa.c_str(),
+                    static_cast<long>(T), gbps, 100 * gbps / bw, gmacs);
         std::fflush(stdout);
       }
     }

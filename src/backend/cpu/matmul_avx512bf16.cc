@@ -11,9 +11,10 @@
 //   partials are multiplied by their groups' scales: acc += scale · Σ (value - zero) · (hi + lo).
 //   8-bit codes stay on the exact avx512 kernels: their decode is cheap there, and with two
 //   vdpbf16ps and a scale FMA per 32 weights and row of x this path took about 1.9x their time for
-//   4 rows of x (docs/PERF.md). Prefill with 4-bit codes is 7-8 % slower here than on the exact
-//   kernels (multiply-bound: vdpbf16ps issues slower than f32 FMAs), and the family cannot switch
-//   kernels by row count without making a row's bits depend on its batch.
+//   4 rows of x (docs/PERF.md). From kDecodedMinRows rows of x (prefill) a tile of weight rows is
+//   decoded once and every row of x dotted with it, by the same operations per output as a decode
+//   step's (a kernel switched by row count must not change a row's bits): at 64 rows on Zen 4,
+//   0.87-0.97x the multiply-add rate of BF16 weights (docs/PERF.md).
 //
 // Like matmul_avx512.cc, every header comes before the target pragma and everything after it has
 // internal linkage or runs only when cpu_isa() is kAvx512Bf16.
@@ -240,14 +241,55 @@ struct QuantRows {
   const int64_t lds;
 };
 
+// The scale of each lane's group in a block whose first code is in group g (s: the row's scales as
+// row_scales gives them).
+inline __m512 block_scales(const QuantRows& L, const float* s, int64_t g) {
+  return L.lane_groups ? _mm512_permutexvar_ps(L.lane_group, _mm512_loadu_ps(s + g)) : _mm512_set1_ps(s[g]);
+}
+
+// The 64 code bytes of a block (wd) as its four vectors of bf16 weights, value(code) - zero through
+// the table of its group.
+inline void decode_codes(__m512i wd, __m512i table, __m512bh w[4]) {
+  w[0] = (__m512bh)_mm512_permutexvar_epi16(wd, table);
+  w[1] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 4), table);
+  w[2] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 8), table);
+  w[3] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 12), table);
+}
+
+// The 64 code bytes at p, the last block's under its mask.
+inline __m512i load_codes(const QuantRows& L, const uint8_t* p, bool tail) {
+  return tail ? _mm512_maskz_loadu_epi8(L.tail_mask, p) : _mm512_loadu_si512(p);
+}
+
+// A block's 128 products with one row of x (its hi terms at xh, lo terms at xl) as 16 lane partials:
+// the one sequence of vdpbf16ps every output goes through, on either path below.
+inline __m512 block_dot(const __m512bh w[4], const uint16_t* xh, const uint16_t* xl) {
+  __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), w[0], load_bh(xh));
+  p = _mm512_dpbf16_ps(p, w[0], load_bh(xl));
+  p = _mm512_dpbf16_ps(p, w[1], load_bh(xh + 32)), p = _mm512_dpbf16_ps(p, w[1], load_bh(xl + 32));
+  p = _mm512_dpbf16_ps(p, w[2], load_bh(xh + 64)), p = _mm512_dpbf16_ps(p, w[2], load_bh(xl + 64));
+  p = _mm512_dpbf16_ps(p, w[3], load_bh(xh + 96)), p = _mm512_dpbf16_ps(p, w[3], load_bh(xl + 96));
+  return p;
+}
+
+// The table of value(c) - zero of group g of a row (its zeros, or none).
+template <QuantCode C>
+inline __m512i group_table(const uint8_t* zeros, int64_t g) {
+  return nibble_table<C>(zeros ? zeros[g] : quant_default_zero(C));
+}
+
+// The zeros of row `row` (nullptr without zeros).
+inline const uint8_t* row_zeros(const QuantRows& L, int64_t row) {
+  const uint8_t* zeros = static_cast<const uint8_t*>(L.q.zeros.data);
+  return zeros ? zeros + row * L.n_groups : nullptr;
+}
+
 // y[t·ldy + r] = Σ_j W[n + r, j] · x[t][j] for r < R, t < TT; xs as split_x_bf16_quant writes it.
 template <QuantCode C, int R, int TT>
 inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const uint16_t* xs, float* y) {
   const QuantParams& q = L.q;
   const int64_t Kp = L.Kp, row_bytes = L.row_bytes, n_groups = L.n_groups, lds = L.lds;
-  const int g_shift = L.g_shift;
   const uint8_t* w = static_cast<const uint8_t*>(a.w) + n * row_bytes;
-  const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
   constexpr bool kFar = R > 1 && TT == 1;  // the far fetch for row pairs at one row of x (matmul.h)
   const int64_t ahead = kFar ? L.far_ahead : kPrefetchBytes;
   // The scales are a second stream, a few lines per row that the weight rows' prefetch does not
@@ -257,13 +299,11 @@ inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const
   thread_local std::vector<float> scale_buf;
   if (static_cast<int64_t>(scale_buf.size()) < R * lds) scale_buf.resize(R * lds);
   for (int r = 0; r < R; ++r) row_scales(q, n + r, n_groups, scale_buf.data() + r * lds);
-  auto zero_of = [&](int r, int64_t g) -> int {
-    return zeros ? zeros[(n + r) * n_groups + g] : quant_default_zero(C);
-  };
+  const uint8_t* zeros = static_cast<const uint8_t*>(q.zeros.data);
   __m512i table[R];
   int64_t table_group[R];
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) table[r] = nibble_table<C>(zero_of(r, 0)), table_group[r] = 0;
+  for (int r = 0; r < R; ++r) table[r] = group_table<C>(row_zeros(L, n + r), 0), table_group[r] = 0;
   __m512 acc[R][TT];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -271,33 +311,21 @@ inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
 
   auto block = [&](int64_t u, bool tail) __attribute__((always_inline)) {
-    const int64_t k = u * kBlockCodes, g = k >> g_shift;
+    const int64_t k = u * kBlockCodes, g = k >> L.g_shift;
     __m512 sv[R];
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const float* s = scale_buf.data() + r * lds;
-      sv[r] = L.lane_groups ? _mm512_permutexvar_ps(L.lane_group, _mm512_loadu_ps(s + g)) : _mm512_set1_ps(s[g]);
-    }
+    for (int r = 0; r < R; ++r) sv[r] = block_scales(L, scale_buf.data() + r * lds, g);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const uint8_t* wr = w + r * row_bytes + u * kBlockBytes;
       prefetch_weight_line<kFar>(wr + ahead);
-      if (zeros && g != table_group[r]) table[r] = nibble_table<C>(zero_of(r, g)), table_group[r] = g;
-      const __m512i wd = tail ? _mm512_maskz_loadu_epi8(L.tail_mask, wr) : _mm512_loadu_si512(wr);
-      const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(wd, table[r]);
-      const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 4), table[r]);
-      const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 8), table[r]);
-      const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(wd, 12), table[r]);
+      if (zeros && g != table_group[r]) table[r] = group_table<C>(row_zeros(L, n + r), g), table_group[r] = g;
+      __m512bh wv[4];
+      decode_codes(load_codes(L, wr, tail), table[r], wv);
 #pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) {
         const uint16_t* xh = xs + t * a.ldxs + k;
-        const uint16_t* xl = xh + Kp;
-        __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, load_bh(xh));
-        p = _mm512_dpbf16_ps(p, w0, load_bh(xl));
-        p = _mm512_dpbf16_ps(p, w1, load_bh(xh + 32)), p = _mm512_dpbf16_ps(p, w1, load_bh(xl + 32));
-        p = _mm512_dpbf16_ps(p, w2, load_bh(xh + 64)), p = _mm512_dpbf16_ps(p, w2, load_bh(xl + 64));
-        p = _mm512_dpbf16_ps(p, w3, load_bh(xh + 96)), p = _mm512_dpbf16_ps(p, w3, load_bh(xl + 96));
-        acc[r][t] = _mm512_fmadd_ps(p, sv[r], acc[r][t]);
+        acc[r][t] = _mm512_fmadd_ps(block_dot(wv, xh, xh + Kp), sv[r], acc[r][t]);
       }
     }
   };
@@ -333,6 +361,102 @@ void rows_block_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, int64_
   }
 }
 
+// --- Many rows of x (prefill, verify blocks of several sequences): a tile of weight rows is decoded
+// once into its bf16 vectors and lane scales, and every row of x is dotted with those, instead of
+// decoding the tile again for every four rows of x (a load, three shifts and four vpermw per block and
+// weight row, against eight vdpbf16ps per block and row of x). Each output goes through the very
+// operations of tile_quant (block_dot, then one FMA by its scales, block after block; its accumulator
+// waits in memory between chunks of blocks), so its bits do not depend on which path its batch took.
+
+// Plain words, stored and loaded with unaligned moves (the buffer is 64-byte aligned by hand).
+struct DecodedBlock {
+  uint16_t w[4][32];
+  float s[16];
+};
+
+// Rows of x from which the decoded path is taken.
+constexpr int64_t kDecodedMinRows = 16;
+// Weight rows decoded at a time, each row of x dotted with all of them (one load of x for R rows).
+constexpr int kDecodedRows = 4;
+// Bytes of decoded blocks at a time: the rows are decoded a chunk of blocks at a time, so that the
+// chunk stays in L1 (32 KiB on Zen 4, next to a row of x's chunk) while every row of x passes.
+constexpr int64_t kDecodedChunkBytes = 16 * 1024;
+
+// Blocks [u0, u1) of rows [n, n + R) of the weight, decoded: out[r · (u1 - u0) + u - u0] is block u
+// of row n + r.
+template <QuantCode C>
+void decode_rows(const MatmulArgs& a, const QuantRows& L, int64_t n, int R, int64_t u0, int64_t u1, DecodedBlock* out) {
+  thread_local std::vector<float> scale_buf;
+  if (static_cast<int64_t>(scale_buf.size()) < L.lds) scale_buf.resize(L.lds);
+  for (int r = 0; r < R; ++r) {
+    const uint8_t* wr = static_cast<const uint8_t*>(a.w) + (n + r) * L.row_bytes;
+    row_scales(L.q, n + r, L.n_groups, scale_buf.data());
+    const uint8_t* zeros = row_zeros(L, n + r);
+    int64_t table_group = (u0 * kBlockCodes) >> L.g_shift;
+    __m512i table = group_table<C>(zeros, table_group);
+    DecodedBlock* d = out + r * (u1 - u0) - u0;
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t g = (u * kBlockCodes) >> L.g_shift;
+      if (zeros && g != table_group) table = group_table<C>(zeros, g), table_group = g;
+      __m512bh wv[4];
+      decode_codes(load_codes(L, wr + u * kBlockBytes, u + 1 == L.blocks && L.tail_bytes < kBlockBytes), table, wv);
+      for (int i = 0; i < 4; ++i) _mm512_storeu_si512(d[u].w[i], (__m512i)wv[i]);
+      _mm512_storeu_ps(d[u].s, block_scales(L, scale_buf.data(), g));
+    }
+  }
+}
+
+// One row of x (xh: its hi terms at the chunk's first block) against R decoded rows of `blocks`
+// blocks: acc (R vectors) carried in from the previous chunk unless first, and stored for the next
+// chunk unless last, when the sums go to y[0..R).
+template <int R>
+inline void row_decoded(const DecodedBlock* d, int64_t blocks, const uint16_t* xh, int64_t Kp, float* acc, bool first,
+                        bool last, float* y) {
+  __m512 sum[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) sum[r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + 16 * r);
+  for (int64_t u = 0; u < blocks; ++u, xh += kBlockCodes) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const DecodedBlock& b = d[r * blocks + u];
+      const __m512bh wv[4] = {load_bh(b.w[0]), load_bh(b.w[1]), load_bh(b.w[2]), load_bh(b.w[3])};
+      sum[r] = _mm512_fmadd_ps(block_dot(wv, xh, xh + Kp), _mm512_loadu_ps(b.s), sum[r]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    if (last) y[r] = _mm512_reduce_add_ps(sum[r]);
+    else _mm512_storeu_ps(acc + 16 * r, sum[r]);
+  }
+}
+
+// Rows [n, n + R) of the weight against rows [t0, t1) of x, a chunk of blocks at a time.
+template <QuantCode C, int R>
+void rows_decoded(const MatmulArgs& a, const QuantRows& L, int64_t n, int64_t t0, int64_t t1, DecodedBlock* d,
+                  float* acc) {
+  const int64_t chunk = std::max<int64_t>(1, kDecodedChunkBytes / (R * static_cast<int64_t>(sizeof(DecodedBlock))));
+  for (int64_t u0 = 0; u0 < L.blocks; u0 += chunk) {
+    const int64_t u1 = std::min(L.blocks, u0 + chunk);
+    decode_rows<C>(a, L, n, R, u0, u1, d);
+    for (int64_t t = t0; t < t1; ++t)
+      row_decoded<R>(d, u1 - u0, a.xs + t * a.ldxs + u0 * kBlockCodes, L.Kp, acc + (t - t0) * 16 * R, u0 == 0,
+                     u1 == L.blocks, a.y + t * a.ldy + n);
+  }
+}
+
+template <QuantCode C>
+void matmul_decoded(const MatmulArgs& a, const QuantRows& L, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  thread_local std::vector<uint8_t> raw;
+  const int64_t chunk_bytes = std::max<int64_t>(kDecodedChunkBytes, kDecodedRows * sizeof(DecodedBlock));
+  raw.resize(chunk_bytes + (t1 - t0) * kDecodedRows * 64 + 64);
+  uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw.data()) + 63) & ~uintptr_t{63});
+  DecodedBlock* d = reinterpret_cast<DecodedBlock*>(base);
+  float* acc = reinterpret_cast<float*>(base + chunk_bytes);
+  int64_t n = n0;
+  for (; n + kDecodedRows <= n1; n += kDecodedRows) rows_decoded<C, kDecodedRows>(a, L, n, t0, t1, d, acc);
+  for (; n < n1; ++n) rows_decoded<C, 1>(a, L, n, t0, t1, d, acc);
+}
+
 // Weight rows in pairs: the rows of x share each pair from L1, and a decode step (one row of x) reads
 // each x vector once for both rows and has two independent chains of vdpbf16ps in flight (Zen 4, one
 // thread, cache-resident: 1.14-1.19x the rate of one row at a time). An output's operations are the
@@ -340,6 +464,7 @@ void rows_block_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, int64_
 template <QuantCode C>
 void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
   const QuantRows L(a);
+  if (t1 - t0 >= kDecodedMinRows) return matmul_decoded<C>(a, L, n0, n1, t0, t1);
   int64_t n = n0;
   for (; n + 2 <= n1; n += 2) rows_block_quant<C, 2>(a, L, n, t0, t1);
   for (; n < n1; ++n) rows_block_quant<C, 1>(a, L, n, t0, t1);

@@ -388,6 +388,132 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, bo
   }
 }
 
+// --- Many rows of x on the generic path (prefill, verify blocks of several sequences): a tile of
+// weight rows is decoded once into its f32 weights, value(code) · s + zs as tile_quant forms them, and
+// every row of x is multiplied with those, instead of decoding the tile again for every four rows of
+// x. Each output goes through the very operations of tile_quant (the same FMA into the same chain per
+// chunk of kLanes codes, chunk after chunk; the chains wait in memory between chunks of K), so its
+// bits do not depend on which path its batch took. Taken where every group is whole vectors (then
+// tile_quant has no scalar rest).
+
+// Rows of x from which the decoded path is taken.
+inline constexpr int64_t kDecodedMinRows = 24;
+// Weight rows decoded at a time: 4, or 2 where outputs have two chains (AVX2's 8-bit codes), so that
+// the tile still takes two rows of x.
+template <int kChains>
+inline constexpr int kDecodedRows = 4 / kChains;
+// Bytes of decoded weights at a time: the rows are decoded a chunk of K at a time, so that the chunk
+// stays in L1 while every row of x passes.
+inline constexpr int64_t kDecodedChunkBytes = 16 * 1024;
+
+// Whether the decoded path takes q: the generic path's weights whose groups (the last one of a row
+// too) are whole runs of kChains chunks of kLanes codes, so that tile_quant sends chunk j of every
+// group to chain j % kChains and leaves no scalar rest.
+template <class V, QuantCode C>
+inline bool quant_takes_decoded(const QuantParams& q, int64_t K) {
+  constexpr int64_t run = kQuantChains<V, C> * V::kLanes;
+  return !(quant_code_bits(C) == 4 && quant_uses_table(q, K, V::kLanes)) && K % run == 0 &&
+         (q.group >= K || q.group % run == 0);
+}
+
+// Columns [k0, k1) of rows [n, n + R) of the weight as f32: out[r · (k1 - k0) + k - k0].
+template <class V, QuantCode C>
+void decode_rows_f32(const MatmulArgs& a, int64_t n, int R, int64_t k0, int64_t k1, float* out) {
+  const QuantParams& q = *a.q;
+  const int64_t K = a.K, G = q.group, n_groups = q.groups(K), row_bytes = K * quant_code_bits(C) / 8;
+  thread_local std::vector<float> scale_buf;
+  scale_buf.resize(2 * n_groups);
+  for (int r = 0; r < R; ++r) {
+    group_scales<V, C, 1>(q, n + r, n_groups, scale_buf.data(), scale_buf.data() + n_groups);
+    const uint8_t* wr = static_cast<const uint8_t*>(a.w) + (n + r) * row_bytes;
+    float* o = out + r * (k1 - k0) - k0;
+    for (int64_t k = k0; k < k1; k += V::kLanes) {
+      const int64_t g = k / G;
+      V::store(o + k, V::fma(code_values<V, C>(wr, k), V::set1(scale_buf[g]), V::set1(scale_buf[n_groups + g])));
+    }
+  }
+}
+
+// Rows of x [t, t + TT) (x: their columns from k0) against R decoded rows w of k1 - k0 columns. k0
+// and k1 - k0 are whole runs of kChains chunks (quant_takes_decoded), so chunk c of every run goes to
+// chain c. The chains (R·TT·kChains vectors at `chains`) are carried in from the previous chunk of K
+// unless first, and stored for the next unless last, when the sums go to y.
+template <class V, int kChains, int R, int TT>
+inline void tile_decoded(const float* w, int64_t k0, int64_t k1, const MatmulArgs& a, const float* x, float* chains,
+                         bool first, bool last, float* y) {
+  using F = typename V::F;
+  const int64_t span = k1 - k0;
+  F chain[R][TT][kChains];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 16
+      for (int c = 0; c < kChains; ++c)
+        chain[r][t][c] = first ? V::zero() : V::load(chains + ((r * TT + t) * kChains + c) * V::kLanes);
+  for (int64_t k = k0; k < k1; k += kChains * V::kLanes)
+#pragma GCC unroll 16
+    for (int c = 0; c < kChains; ++c) {
+      const int64_t kc = k - k0 + c * V::kLanes;
+      F xv[TT];
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) xv[t] = V::load(x + t * a.ldx + kc);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const F wv = V::load(w + r * span + kc);
+#pragma GCC unroll 16
+        for (int t = 0; t < TT; ++t) chain[r][t][c] = V::fma(wv, xv[t], chain[r][t][c]);
+      }
+    }
+  if (last) {
+    const float rest[R][TT] = {};  // tile_quant's scalar rest, empty here: added all the same (+0.0f)
+    return store_chains<V>(chain, y, a.ldy, rest);
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 16
+      for (int c = 0; c < kChains; ++c) V::store(chains + ((r * TT + t) * kChains + c) * V::kLanes, chain[r][t][c]);
+}
+
+// Rows [n, n + R) of the weight against rows [t0, t1) of x, a chunk of K at a time.
+template <class V, QuantCode C, int R>
+void rows_decoded(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, float* w, float* chains) {
+  constexpr int kChains = kQuantChains<V, C>;
+  constexpr int TT = std::max(1, V::kMaxAcc / (kDecodedRows<kChains> * kChains));
+  constexpr int64_t run = kChains * V::kLanes;
+  const int64_t span = std::max<int64_t>(run, kDecodedChunkBytes / (R * 4) / run * run);
+  for (int64_t k0 = 0; k0 < a.K; k0 += span) {
+    const int64_t k1 = std::min(a.K, k0 + span);
+    const bool first = k0 == 0, last = k1 == a.K;
+    decode_rows_f32<V, C>(a, n, R, k0, k1, w);
+    int64_t t = t0;
+    auto tile = [&](auto rows) {
+      constexpr int kRows = decltype(rows)::value;
+      tile_decoded<V, kChains, R, kRows>(w, k0, k1, a, a.x + t * a.ldx + k0, chains + (t - t0) * R * kChains * V::kLanes,
+                                         first, last, a.y + t * a.ldy + n);
+      t += kRows;
+    };
+    while (t + TT <= t1) tile(std::integral_constant<int, TT>{});
+    while (t < t1) tile(std::integral_constant<int, 1>{});
+  }
+}
+
+template <class V, QuantCode C>
+void matmul_decoded(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  constexpr int kChains = kQuantChains<V, C>;
+  thread_local std::vector<float> buf;
+  constexpr int R = kDecodedRows<kChains>;
+  const int64_t w_floats = std::max<int64_t>(kDecodedChunkBytes / 4, R * kChains * V::kLanes) + 16;
+  buf.resize(w_floats + (t1 - t0) * R * kChains * V::kLanes + 32);
+  float* w = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
+  float* chains = w + w_floats;
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) rows_decoded<V, C, R>(a, n, t0, t1, w, chains);
+  for (; n < n1; ++n) rows_decoded<V, C, 1>(a, n, t0, t1, w, chains);
+}
+
 // Groups of weight rows, shared by every row of x from L1. Unlike a BF16 decode step, a quantized one
 // walks four rows at a time where its outputs have one accumulator each: four independent FMA chains
 // keep the FMA latency off a single row of x (up to 1.7x the streaming speed at T = 1, docs/PERF.md);
@@ -395,6 +521,7 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, bo
 // any tile, so its bits do not depend on the tiling.
 template <class V, QuantCode C>
 void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  if (t1 - t0 >= kDecodedMinRows && quant_takes_decoded<V, C>(*a.q, a.K)) return matmul_decoded<V, C>(a, n0, n1, t0, t1);
   constexpr int R = kQuantChains<V, C> > 1 ? 1 : 4;
   const bool far = R > 1 && takes_far_fetch(R * a.K * quant_code_bits(C) / 8);
   int64_t n = n0;
