@@ -245,8 +245,12 @@ function main() {
     { key: 'tandem bf16', run: (m, th, ids, n) => tandemRun(m, th, ids, n) },
     { key: 'llama.cpp BF16', run: (m, th, ids, n) => llamaRun(llama, m.gguf.bf16, th, ids, n) },
     { key: 'tandem int8', run: (m, th, ids, n) => tandemRun(m, th, ids, n, [], m.ct[8]) },
+    // The same checkpoint with an int8 copy of its bf16 tied head (--quantize-lm-head), as llama.cpp
+    // quantizes the head (Q8_0 for Q8_0, Q6_K for Q4_0).
+    { key: 'tandem int8 + head', run: (m, th, ids, n) => tandemRun(m, th, ids, n, ['--quantize-lm-head'], m.ct[8]) },
     { key: 'llama.cpp Q8_0', run: (m, th, ids, n) => llamaRun(llama, m.gguf.q8_0, th, ids, n) },
     { key: 'tandem int4', run: (m, th, ids, n) => tandemRun(m, th, ids, n, [], m.ct[4]) },
+    { key: 'tandem int4 + head', run: (m, th, ids, n) => tandemRun(m, th, ids, n, ['--quantize-lm-head'], m.ct[4]) },
     { key: 'llama.cpp Q4_0', run: (m, th, ids, n) => llamaRun(llama, m.gguf.q4_0, th, ids, n) },
   ];
   const res = {};  // `${model}|${threads}|${mode}|${engine}` -> [values]
@@ -320,7 +324,8 @@ function report({ llama, models, res, ids, loads, spec, started }) {
   lines.push(`Load average (1 min) over the runs: min ${Math.min(...loads).toFixed(2)}, median ${median(loads).toFixed(2)}, max ${Math.max(...loads).toFixed(2)}${opts.priority ? '; every timed run at raised priority (--priority: own autogroup and nice -10)' : ''}.`);
   lines.push(`Medians of ${opts.rounds} interleaved rounds. Decode: ${opts.decodeTokens} greedy tokens after a 32-token prompt, tokens / second after the first token. Prefill: a ${opts.prefillTokens}-token prompt, prompt tokens / time to the first token.`);
   lines.push('');
-  const heads = ['tandem bf16', 'llama.cpp BF16', 'tandem int8', 'llama.cpp Q8_0', 'tandem int4', 'llama.cpp Q4_0'];
+  const heads = ['tandem bf16', 'llama.cpp BF16', 'tandem int8', 'tandem int8 + head', 'llama.cpp Q8_0', 'tandem int4',
+                 'tandem int4 + head', 'llama.cpp Q4_0'];
   for (const mode of ['decode', 'prefill']) {
     lines.push(`| ${mode} tok/s | ${heads.join(' | ')} |`);
     lines.push(`|---|${heads.map(() => '---:').join('|')}|`);
