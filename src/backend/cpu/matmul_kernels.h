@@ -250,6 +250,34 @@ inline void store_chains(const typename V::F (&chain)[R][TT][kChains], float* y,
     }
 }
 
+// The 4-bit codes' values before scaling.
+inline constexpr std::array<float, 16> kU4Values = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+// The table path's weights of one group of a weight row (tile_quant, 4-bit codes): value(c) · s + zs
+// for the 16 codes as a lookup table, or, for AVX2's int4 codes (converted, not looked up), s and zs.
+template <class V, QuantCode C>
+struct TableGroup {
+  static constexpr bool kConvert = V::kLanes == 8 && C == QuantCode::kU4;
+  typename V::Table table;
+  typename V::F sv, zv;
+  TableGroup() = default;
+  TableGroup(float s, float zs) {
+    if constexpr (kConvert) sv = V::set1(s), zv = V::set1(zs);
+    else table = V::scaled_table(C == QuantCode::kU4 ? kU4Values.data() : kE2M1ToF32.data(), s, zs);
+  }
+  // The weights of the 2·kLanes codes in `codes` (kLanes bytes): even-indexed ones (low nibbles) in
+  // we, odd-indexed ones in wo.
+  void weights(typename V::I codes, typename V::F& we, typename V::F& wo) const {
+    if constexpr (kConvert) {
+      we = V::fma(V::cvt(V::and_(codes, 15)), sv, zv);
+      wo = V::fma(V::cvt(V::shr(codes, 4)), sv, zv);
+    } else {
+      we = V::lut(codes, table);
+      wo = V::lut(V::shr(codes, 4), table);
+    }
+  }
+};
+
 // y[t·ldy + r] = Σ_j W[n + r, j] · x[t·ldx + j] for r < R, t < TT.
 //
 // 4-bit codes (quant_uses_table): the low and high nibbles of kLanes bytes are the even- and
@@ -278,17 +306,10 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
     if (quant_uses_table(q, K, V::kLanes)) {
       constexpr int kOdd = V::kLanes == 16 ? 1 : 0;  // the odd products' accumulator
       F chain[R][TT][kOdd + 1] = {};
-      constexpr bool kConvert = V::kLanes == 8 && C == QuantCode::kU4;
-      alignas(64) float values[16];
-      for (int c = 0; c < 16; ++c) values[c] = C == QuantCode::kU4 ? static_cast<float>(c) : kE2M1ToF32[c];
       for (int64_t g = 0; g < n_groups; ++g) {
-        typename V::Table table[R];
-        F sv[R], zv[R];
+        TableGroup<V, C> group[R];
 #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-          if constexpr (kConvert) sv[r] = V::set1(s[r * n_groups + g]), zv[r] = V::set1(zs[r * n_groups + g]);
-          else table[r] = V::scaled_table(values, s[r * n_groups + g], zs[r * n_groups + g]);
-        }
+        for (int r = 0; r < R; ++r) group[r] = TableGroup<V, C>(s[r * n_groups + g], zs[r * n_groups + g]);
         for (int64_t k = g * G, k1 = std::min(K, k + G); k < k1; k += 2 * V::kLanes) {
           F xe[TT], xo[TT];
 #pragma GCC unroll 16
@@ -300,15 +321,8 @@ inline void tile_quant(const MatmulArgs& a, int64_t n, const float* x, float* y)
           for (int r = 0; r < R; ++r) {
             const uint8_t* wr = w + r * row_bytes + k / 2;
             prefetch_weight_line<kFar>(wr + ahead);
-            const auto codes = V::bytes(wr);
             F we, wo;
-            if constexpr (kConvert) {
-              we = V::fma(V::cvt(V::and_(codes, 15)), sv[r], zv[r]);
-              wo = V::fma(V::cvt(V::shr(codes, 4)), sv[r], zv[r]);
-            } else {
-              we = V::lut(codes, table[r]);
-              wo = V::lut(V::shr(codes, 4), table[r]);
-            }
+            group[r].weights(V::bytes(wr), we, wo);
 #pragma GCC unroll 16
             for (int t = 0; t < TT; ++t) {
               chain[r][t][0] = V::fma(we, xe[t], chain[r][t][0]);
@@ -388,60 +402,86 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, bo
   }
 }
 
-// --- Many rows of x on the generic path (prefill, verify blocks of several sequences): a tile of
-// weight rows is decoded once into its f32 weights, value(code) · s + zs as tile_quant forms them, and
-// every row of x is multiplied with those, instead of decoding the tile again for every four rows of
-// x. Each output goes through the very operations of tile_quant (the same FMA into the same chain per
-// chunk of kLanes codes, chunk after chunk; the chains wait in memory between chunks of K), so its
-// bits do not depend on which path its batch took. Taken where every group is whole vectors (then
-// tile_quant has no scalar rest).
+// --- Many rows of x (prefill, verify blocks of several sequences): a tile of weight rows is decoded
+// once into its f32 weights, as tile_quant forms them, and every row of x is multiplied with those,
+// instead of decoding the tile again for every four rows of x. Each output goes through the very
+// operations of tile_quant (the same FMA into the same chain per chunk of kLanes codes, chunk after
+// chunk; the chains wait in memory between chunks of K), so its bits do not depend on which path its
+// batch took. Taken on the table path (4-bit codes, quant_uses_table: weights stored even-indexed
+// then odd-indexed per block of 2·kLanes codes, as x is packed) and on the generic path where every
+// group is whole runs of chunks (then tile_quant has no scalar rest).
 
 // Rows of x from which the decoded path is taken.
 inline constexpr int64_t kDecodedMinRows = 24;
-// Weight rows decoded at a time: 4, or 2 where outputs have two chains (AVX2's 8-bit codes), so that
-// the tile still takes two rows of x.
-template <int kChains>
-inline constexpr int kDecodedRows = 4 / kChains;
+// Weight rows decoded at a time (also where outputs have two chains and a tile then takes one row of x
+// on AVX2: faster than two rows of each, measured, docs/PERF.md).
+inline constexpr int kDecodedRows = 4;
 // Bytes of decoded weights at a time: the rows are decoded a chunk of K at a time, so that the chunk
 // stays in L1 while every row of x passes.
 inline constexpr int64_t kDecodedChunkBytes = 16 * 1024;
 
-// Whether the decoded path takes q: the generic path's weights whose groups (the last one of a row
-// too) are whole runs of kChains chunks of kLanes codes, so that tile_quant sends chunk j of every
-// group to chain j % kChains and leaves no scalar rest.
+// How the decoded path runs a weight: on the table path (kTable) or the generic one. Outputs have
+// kChains chains; chunk c of every run of kRun codes goes to chain c (the table path: the even- and
+// odd-indexed weights of a block, on AVX-512 into two chains, on AVX2 both into one; the generic path:
+// kQuantChains chunks of kLanes), and a chunk of K is whole runs.
+template <class V, QuantCode C, bool kTable>
+struct DecodedLayout {
+  static constexpr int kChains = kTable ? (V::kLanes == 16 ? 2 : 1) : kQuantChains<V, C>;
+  static constexpr int64_t kRun = kTable ? 2 * V::kLanes : kChains * V::kLanes;
+  static constexpr bool kRest = !kTable;  // tile_quant adds a (here empty) scalar rest on the generic path
+};
+
+// Whether the generic path's weight q fits the decoded path: its groups (the last one of a row too)
+// are whole runs, so that tile_quant sends chunk j of every group to chain j % kChains and leaves no
+// scalar rest.
 template <class V, QuantCode C>
-inline bool quant_takes_decoded(const QuantParams& q, int64_t K) {
-  constexpr int64_t run = kQuantChains<V, C> * V::kLanes;
-  return !(quant_code_bits(C) == 4 && quant_uses_table(q, K, V::kLanes)) && K % run == 0 &&
-         (q.group >= K || q.group % run == 0);
+inline bool generic_takes_decoded(const QuantParams& q, int64_t K) {
+  constexpr int64_t run = DecodedLayout<V, C, false>::kRun;
+  return K % run == 0 && (q.group >= K || q.group % run == 0);
 }
 
-// Columns [k0, k1) of rows [n, n + R) of the weight as f32: out[r · (k1 - k0) + k - k0].
-template <class V, QuantCode C>
+// Columns [k0, k1) (whole runs) of rows [n, n + R) of the weight as f32, as tile_quant forms them:
+// out[r · (k1 - k0) + k - k0].
+template <class V, QuantCode C, bool kTable>
 void decode_rows_f32(const MatmulArgs& a, int64_t n, int R, int64_t k0, int64_t k1, float* out) {
   const QuantParams& q = *a.q;
   const int64_t K = a.K, G = q.group, n_groups = q.groups(K), row_bytes = K * quant_code_bits(C) / 8;
   thread_local std::vector<float> scale_buf;
   scale_buf.resize(2 * n_groups);
+  const float* s = scale_buf.data();
+  const float* zs = s + n_groups;
   for (int r = 0; r < R; ++r) {
     group_scales<V, C, 1>(q, n + r, n_groups, scale_buf.data(), scale_buf.data() + n_groups);
     const uint8_t* wr = static_cast<const uint8_t*>(a.w) + (n + r) * row_bytes;
     float* o = out + r * (k1 - k0) - k0;
-    for (int64_t k = k0; k < k1; k += V::kLanes) {
-      const int64_t g = k / G;
-      V::store(o + k, V::fma(code_values<V, C>(wr, k), V::set1(scale_buf[g]), V::set1(scale_buf[n_groups + g])));
+    if constexpr (kTable) {
+      TableGroup<V, C> group;
+      for (int64_t k = k0, g = -1; k < k1; k += 2 * V::kLanes) {
+        if (k / G != g) g = k / G, group = TableGroup<V, C>(s[g], zs[g]);
+        typename V::F we, wo;
+        group.weights(V::bytes(wr + k / 2), we, wo);
+        V::store(o + k, we);
+        V::store(o + k + V::kLanes, wo);
+      }
+    } else {
+      for (int64_t k = k0; k < k1; k += V::kLanes) {
+        const int64_t g = k / G;
+        V::store(o + k, V::fma(code_values<V, C>(wr, k), V::set1(s[g]), V::set1(zs[g])));
+      }
     }
   }
 }
 
-// Rows of x [t, t + TT) (x: their columns from k0) against R decoded rows w of k1 - k0 columns. k0
-// and k1 - k0 are whole runs of kChains chunks (quant_takes_decoded), so chunk c of every run goes to
-// chain c. The chains (R·TT·kChains vectors at `chains`) are carried in from the previous chunk of K
-// unless first, and stored for the next unless last, when the sums go to y.
-template <class V, int kChains, int R, int TT>
+// Rows of x [t, t + TT) (x: their columns from k0) against R decoded rows w of k1 - k0 columns, L a
+// DecodedLayout. The chains (R·TT·kChains vectors at `chains`) are carried in from the previous chunk
+// of K unless first, and stored for the next unless last, when the sums go to y (with the generic
+// path's empty scalar rest added, as tile_quant adds it).
+template <class V, class L, int R, int TT>
 inline void tile_decoded(const float* w, int64_t k0, int64_t k1, const MatmulArgs& a, const float* x, float* chains,
                          bool first, bool last, float* y) {
   using F = typename V::F;
+  constexpr int kChains = L::kChains;
+  constexpr int kChunks = L::kRun / V::kLanes;
   const int64_t span = k1 - k0;
   F chain[R][TT][kChains];
 #pragma GCC unroll 16
@@ -451,10 +491,11 @@ inline void tile_decoded(const float* w, int64_t k0, int64_t k1, const MatmulArg
 #pragma GCC unroll 16
       for (int c = 0; c < kChains; ++c)
         chain[r][t][c] = first ? V::zero() : V::load(chains + ((r * TT + t) * kChains + c) * V::kLanes);
-  for (int64_t k = k0; k < k1; k += kChains * V::kLanes)
+  for (int64_t k = k0; k < k1; k += L::kRun)
 #pragma GCC unroll 16
-    for (int c = 0; c < kChains; ++c) {
-      const int64_t kc = k - k0 + c * V::kLanes;
+    for (int i = 0; i < kChunks; ++i) {
+      const int c = i % kChains;
+      const int64_t kc = k - k0 + i * V::kLanes;
       F xv[TT];
 #pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) xv[t] = V::load(x + t * a.ldx + kc);
@@ -466,8 +507,11 @@ inline void tile_decoded(const float* w, int64_t k0, int64_t k1, const MatmulArg
       }
     }
   if (last) {
-    const float rest[R][TT] = {};  // tile_quant's scalar rest, empty here: added all the same (+0.0f)
-    return store_chains<V>(chain, y, a.ldy, rest);
+    if constexpr (L::kRest) {
+      const float rest[R][TT] = {};  // the generic path's scalar rest, empty here: added all the same (+0.0f)
+      return store_chains<V>(chain, y, a.ldy, rest);
+    }
+    return store_chains<V>(chain, y, a.ldy);
   }
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -478,21 +522,21 @@ inline void tile_decoded(const float* w, int64_t k0, int64_t k1, const MatmulArg
 }
 
 // Rows [n, n + R) of the weight against rows [t0, t1) of x, a chunk of K at a time.
-template <class V, QuantCode C, int R>
+template <class V, QuantCode C, bool kTable, int R>
 void rows_decoded(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, float* w, float* chains) {
-  constexpr int kChains = kQuantChains<V, C>;
-  constexpr int TT = std::max(1, V::kMaxAcc / (kDecodedRows<kChains> * kChains));
-  constexpr int64_t run = kChains * V::kLanes;
-  const int64_t span = std::max<int64_t>(run, kDecodedChunkBytes / (R * 4) / run * run);
+  using L = DecodedLayout<V, C, kTable>;
+  constexpr int kChains = L::kChains;
+  constexpr int TT = std::max(1, V::kMaxAcc / (kDecodedRows * kChains));
+  const int64_t span = std::max<int64_t>(L::kRun, kDecodedChunkBytes / (R * 4) / L::kRun * L::kRun);
   for (int64_t k0 = 0; k0 < a.K; k0 += span) {
     const int64_t k1 = std::min(a.K, k0 + span);
     const bool first = k0 == 0, last = k1 == a.K;
-    decode_rows_f32<V, C>(a, n, R, k0, k1, w);
+    decode_rows_f32<V, C, kTable>(a, n, R, k0, k1, w);
     int64_t t = t0;
     auto tile = [&](auto rows) {
       constexpr int kRows = decltype(rows)::value;
-      tile_decoded<V, kChains, R, kRows>(w, k0, k1, a, a.x + t * a.ldx + k0, chains + (t - t0) * R * kChains * V::kLanes,
-                                         first, last, a.y + t * a.ldy + n);
+      tile_decoded<V, L, R, kRows>(w, k0, k1, a, a.x + t * a.ldx + k0, chains + (t - t0) * R * kChains * V::kLanes, first,
+                                   last, a.y + t * a.ldy + n);
       t += kRows;
     };
     while (t + TT <= t1) tile(std::integral_constant<int, TT>{});
@@ -500,18 +544,18 @@ void rows_decoded(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, float*
   }
 }
 
-template <class V, QuantCode C>
+template <class V, QuantCode C, bool kTable>
 void matmul_decoded(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-  constexpr int kChains = kQuantChains<V, C>;
+  constexpr int kChains = DecodedLayout<V, C, kTable>::kChains;
   thread_local std::vector<float> buf;
-  constexpr int R = kDecodedRows<kChains>;
+  constexpr int R = kDecodedRows;
   const int64_t w_floats = std::max<int64_t>(kDecodedChunkBytes / 4, R * kChains * V::kLanes) + 16;
   buf.resize(w_floats + (t1 - t0) * R * kChains * V::kLanes + 32);
   float* w = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
   float* chains = w + w_floats;
   int64_t n = n0;
-  for (; n + R <= n1; n += R) rows_decoded<V, C, R>(a, n, t0, t1, w, chains);
-  for (; n < n1; ++n) rows_decoded<V, C, 1>(a, n, t0, t1, w, chains);
+  for (; n + R <= n1; n += R) rows_decoded<V, C, kTable, R>(a, n, t0, t1, w, chains);
+  for (; n < n1; ++n) rows_decoded<V, C, kTable, 1>(a, n, t0, t1, w, chains);
 }
 
 // Groups of weight rows, shared by every row of x from L1. Unlike a BF16 decode step, a quantized one
@@ -521,7 +565,11 @@ void matmul_decoded(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int
 // any tile, so its bits do not depend on the tiling.
 template <class V, QuantCode C>
 void matmul_tile_quant(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-  if (t1 - t0 >= kDecodedMinRows && quant_takes_decoded<V, C>(*a.q, a.K)) return matmul_decoded<V, C>(a, n0, n1, t0, t1);
+  if (t1 - t0 >= kDecodedMinRows) {
+    if constexpr (quant_code_bits(C) == 4)
+      if (quant_uses_table(*a.q, a.K, V::kLanes)) return matmul_decoded<V, C, true>(a, n0, n1, t0, t1);
+    if (generic_takes_decoded<V, C>(*a.q, a.K)) return matmul_decoded<V, C, false>(a, n0, n1, t0, t1);
+  }
   constexpr int R = kQuantChains<V, C> > 1 ? 1 : 4;
   const bool far = R > 1 && takes_far_fetch(R * a.K * quant_code_bits(C) / 8);
   int64_t n = n0;
