@@ -177,10 +177,13 @@ void run_plan(const PlanOptions& o) {
     return;
   }
   std::printf("%s (%s)\n", dir.c_str(), target.model_type.c_str());
-  const std::string from_config =
-      online.any()             ? "as loaded: " + online.describe() + ", the rest as stored"
-      : target.quant.quantized() ? "from config.json (no safetensors here): " + target.quant.describe() + ", the rest bf16"
-                                 : "bf16 from config.json (no safetensors here)";
+  // How the counted weights are stored: the checkpoint's own format (from config.json where no
+  // safetensors are here), then what --quantization / --quantize-lm-head change at load.
+  const std::string stored = !has_safetensors(dir) ? (target.quant.quantized() ? "from config.json (no safetensors here): " +
+                                                                                     target.quant.describe() + ", the rest bf16"
+                                                                               : "bf16 from config.json (no safetensors here)")
+                                                   : "the rest as stored";
+  const std::string from_config = online.any() ? "as loaded: " + online.describe() + "; " + stored : stored;
   std::printf("  weights        %s, %s\n", mib(weights).c_str(),
               counted ? from_config.c_str()
               : o.device == "cuda"        ? "uploaded to the GPU in their stored dtype"
