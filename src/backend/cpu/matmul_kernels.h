@@ -455,8 +455,9 @@ void decode_rows_f32(const MatmulArgs& a, int64_t n, int R, int64_t k0, int64_t 
     const uint8_t* wr = static_cast<const uint8_t*>(a.w) + (n + r) * row_bytes;
     float* o = out + r * (k1 - k0) - k0;
     if constexpr (kTable) {
-      TableGroup<V, C> group;
-      for (int64_t k = k0, g = -1; k < k1; k += 2 * V::kLanes) {
+      int64_t g = k0 / G;
+      TableGroup<V, C> group(s[g], zs[g]);
+      for (int64_t k = k0; k < k1; k += 2 * V::kLanes) {
         if (k / G != g) g = k / G, group = TableGroup<V, C>(s[g], zs[g]);
         typename V::F we, wo;
         group.weights(V::bytes(wr + k / 2), we, wo);
