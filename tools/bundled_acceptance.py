@@ -5,7 +5,9 @@ in models/tandem-code-demo/golden.safetensors (ids.0..2; held-out files, see DAT
 Runs `tandem generate` per prompt, k and temperature; sums vLLM-style counters over prompts and
 seeds and prints a Markdown table. Usage: tools/bundled_acceptance.py [build/tandem] [--tokens 200]
 [--ks 1,2,3] [--quantization int4|int8|fp8 [--quantize-lm-head]] [--drafter-quantization int4|int8|fp8
-[--drafter-quantize-lm-head]] (the target's and the drafter's quantization at load).
+[--drafter-quantize-lm-head]] (the target's and the drafter's quantization at load) [--target DIR] (another
+checkpoint of the bundled model's weights as the target, e.g. bench/peers' compressed-tensors int4 one; the
+prompts stay the bundled model's).
 """
 import json
 import struct
@@ -21,7 +23,7 @@ def option(name, default):
 
 tokens = int(option("--tokens", 200))
 ks = [int(k) for k in option("--ks", "1,2,3").split(",")]
-target_flags = ["--quantization", option("--quantization", "none")]
+target_flags = ["--quantization", option("--quantization", "none")] if "--quantization" in sys.argv else []
 if "--quantize-lm-head" in sys.argv:
     target_flags.append("--quantize-lm-head")
 drafter_quant = {}
@@ -29,6 +31,7 @@ if "--drafter-quantization" in sys.argv:
     drafter_quant["quantization"] = option("--drafter-quantization", None)
     drafter_quant["quantize_lm_head"] = "--drafter-quantize-lm-head" in sys.argv
 model = "models/tandem-code-demo"
+target = option("--target", model)
 drafter = "models/tandem-code-demo-assistant"
 
 
@@ -54,7 +57,7 @@ for temperature, seeds in ((0.0, [0]), (0.7, [1, 2, 3])):
         per_pos = [0] * k
         for ids in prompts(f"{model}/golden.safetensors"):
             for seed in seeds:
-                cmd = [tandem, "generate", "--model", model, "--ids", ",".join(map(str, ids)), "--max-tokens", str(tokens),
+                cmd = [tandem, "generate", "--model", target, "--ids", ",".join(map(str, ids)), "--max-tokens", str(tokens),
                        "--ignore-eos", "--json", "--temperature", str(temperature), "--seed", str(seed),
                        "--speculative-config", json.dumps({"model": drafter, "num_speculative_tokens": k, **drafter_quant})
                        ] + target_flags
