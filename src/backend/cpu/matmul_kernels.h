@@ -547,11 +547,13 @@ void rows_decoded(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, float*
 
 template <class V, QuantCode C, bool kTable>
 void matmul_decoded(const MatmulArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-  constexpr int kChains = DecodedLayout<V, C, kTable>::kChains;
-  thread_local std::vector<float> buf;
+  using L = DecodedLayout<V, C, kTable>;
   constexpr int R = kDecodedRows;
-  const int64_t w_floats = std::max<int64_t>(kDecodedChunkBytes / 4, R * kChains * V::kLanes) + 16;
-  buf.resize(w_floats + (t1 - t0) * R * kChains * V::kLanes + 32);
+  // A chunk of decoded rows (rows_decoded: at most kDecodedChunkBytes, at least one run per row), then
+  // the chains of every output, behind a 64-byte aligned start.
+  const int64_t w_floats = std::max<int64_t>(kDecodedChunkBytes / 4, R * L::kRun);
+  thread_local std::vector<float> buf;
+  buf.resize(w_floats + (t1 - t0) * R * L::kChains * V::kLanes + 16);
   float* w = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
   float* chains = w + w_floats;
   int64_t n = n0;
