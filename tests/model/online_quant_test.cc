@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include "engine/engine.h"
@@ -222,6 +223,23 @@ Drift measure(OnlineQuant::Method method, bool lm_head) {
   return d;
 }
 
+// `copy` is `plain` with an int8 group-128 copy of its tied head: V·H int8 codes and V·H/128 bf16
+// scales more than the table alone, everything before the head identical over `ids`, the logits
+// changed by the copy. Returns their relative L2 against plain's.
+double check_int8_head_copy(Gemma4Model& plain, Gemma4Model& copy, const std::vector<int32_t>& ids) {
+  const ModelConfig& c = plain.config();
+  const int64_t V = c.vocab_size, H = c.hidden;
+  EXPECT_EQ(copy.weight_bytes() - plain.weight_bytes(), V * H + V * ((H + 127) / 128) * 2);
+  HostTensor h0, l0, h1, l1;
+  forward_all(plain, ids, h0, l0);
+  forward_all(copy, ids, h1, l1);
+  EXPECT_EQ(h0.view().numel(), h1.view().numel());
+  if (h0.view().numel() != h1.view().numel()) return std::numeric_limits<double>::infinity();
+  EXPECT_EQ(std::memcmp(h0.f32(), h1.f32(), h0.view().nbytes()), 0);  // everything before the head: identical
+  EXPECT_NE(std::memcmp(l0.f32(), l1.f32(), l0.view().nbytes()), 0);  // the head itself: its int8 copy
+  return testing::relative_l2(l1.f32(), l0.f32(), l0.view().numel());
+}
+
 // Bounds: the figures measured on the CPU (docs/PERF.md, "Online quantization": int8 1.2e-2, fp8
 // 3.3e-2, int4 1.2e-1) with about 1.5x headroom for other kernel families; greedy agreement is
 // asserted where it held in full (int8, fp8: all 192 tokens; int4 parts after 6).
@@ -249,19 +267,8 @@ TEST(OnlineQuantModel, QuantizedHeadChangesOnlyTheHead) {
   auto body = Gemma4Model::load(kModel, *backend, LoadFormat::safetensors, quant(OnlineQuant::Method::int8));
   auto head = Gemma4Model::load(kModel, *backend, LoadFormat::safetensors, quant(OnlineQuant::Method::int8, 128, true));
   EXPECT_EQ(head->parameter_count(), body->parameter_count());  // a copy of the tied table, not a new parameter
-  // The copy: V·H int8 codes and V·H/128 bf16 scales more than the tied bf16 table alone.
-  const ModelConfig& c = body->config();
-  const int64_t V = c.vocab_size, H = c.hidden;
-  EXPECT_EQ(head->weight_bytes() - body->weight_bytes(), V * H + V * ((H + 127) / 128) * 2);
   const WeightStore golden = WeightStore::open(kModel + "/golden.safetensors");
-  const auto ids = testing::tensor_values<int32_t>(golden, "ids.0");
-  HostTensor h0, l0, h1, l1;
-  forward_all(*body, ids, h0, l0);
-  forward_all(*head, ids, h1, l1);
-  ASSERT_EQ(h0.view().numel(), h1.view().numel());
-  EXPECT_EQ(std::memcmp(h0.f32(), h1.f32(), h0.view().nbytes()), 0);  // everything before the head: identical
-  EXPECT_NE(std::memcmp(l0.f32(), l1.f32(), l0.view().nbytes()), 0);  // the head itself: its int8 copy
-  const double head_drift = testing::relative_l2(l1.f32(), l0.f32(), l0.view().numel());
+  const double head_drift = check_int8_head_copy(*body, *head, testing::tensor_values<int32_t>(golden, "ids.0"));
   std::printf("[measured] int8 head copy: logits relative L2 %.4g vs the bf16 head (same int8 body)\n", head_drift);
   EXPECT_LT(head_drift, 0.01);
 }
@@ -286,18 +293,9 @@ TEST(OnlineQuantModel, HeadCopyOfAQuantizedCheckpoint) {
   auto stored = Gemma4Model::load(dir, *backend);
   auto copy = Gemma4Model::load(dir, *backend, LoadFormat::safetensors, quant(OnlineQuant::Method::none, 128, true));
   auto meta = Gemma4Model::load(dir, *backend, LoadFormat::meta, quant(OnlineQuant::Method::none, 128, true));
-  const ModelConfig& c = stored->config();
-  const int64_t V = c.vocab_size, H = c.hidden;
-  EXPECT_EQ(copy->weight_bytes() - stored->weight_bytes(), V * H + V * ((H + 127) / 128) * 2);
   EXPECT_EQ(meta->weight_bytes(), copy->weight_bytes());
   const WeightStore golden = WeightStore::open(dir + "/golden.safetensors");
-  const auto ids = testing::tensor_values<int32_t>(golden, "ids.2");
-  HostTensor h0, l0, h1, l1;
-  forward_all(*stored, ids, h0, l0);
-  forward_all(*copy, ids, h1, l1);
-  ASSERT_EQ(h0.view().numel(), h1.view().numel());
-  EXPECT_EQ(std::memcmp(h0.f32(), h1.f32(), h0.view().nbytes()), 0);
-  const double drift = testing::relative_l2(l1.f32(), l0.f32(), l0.view().numel());
+  const double drift = check_int8_head_copy(*stored, *copy, testing::tensor_values<int32_t>(golden, "ids.2"));
   std::printf("[measured] int8 head copy of an int4 checkpoint: logits relative L2 %.4g vs its bf16 head\n", drift);
   EXPECT_GT(drift, 0.0);
   EXPECT_LT(drift, 0.01);
