@@ -27,12 +27,13 @@ QuantCode OnlineQuant::code() const {
 }
 
 std::string OnlineQuant::describe() const {
-  const std::string head = lm_head ? ", lm_head quantized" : ", lm_head as stored";
-  switch (method) {
-    case Method::none: return lm_head ? fmt::format("online int8 symmetric group {}, lm_head only", group) : "none";
-    case Method::int4: return fmt::format("online int4 symmetric group {}{}", group, head);
-    case Method::int8: return fmt::format("online int8 symmetric group {}{}", group, head);
-    case Method::fp8: return "online fp8 e4m3 per channel (W8A16)" + head;
+  if (!any()) return "none";
+  const std::string covers = !active() ? ", lm_head only" : lm_head ? ", lm_head quantized" : ", lm_head as stored";
+  switch (head().method) {  // the layers' method, or the head's where only the head is quantized
+    case Method::int4: return fmt::format("online int4 symmetric group {}{}", group, covers);
+    case Method::int8: return fmt::format("online int8 symmetric group {}{}", group, covers);
+    case Method::fp8: return "online fp8 e4m3 per channel (W8A16)" + covers;
+    case Method::none: break;
   }
   return "?";
 }

@@ -39,6 +39,8 @@ struct OnlineQuant {
   bool quantizes(const std::string& module) const;
   // How the head is quantized (lm_head set): method, or int8 when method is none.
   OnlineQuant head() const;
+  // How module `module` (quantizes(module)) is quantized: head() for "lm_head", else this.
+  OnlineQuant for_module(const std::string& module) const { return module == "lm_head" ? head() : *this; }
   QuantCode code() const;
   int64_t group_for(int64_t K) const { return method == Method::fp8 ? K : group; }
   // "int4 symmetric group 128, lm_head quantized", for logs, inspect and plan.

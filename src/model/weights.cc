@@ -266,8 +266,8 @@ TensorView Weights::quantize_tensor(const OnlineQuant& q, const std::string& nam
 }
 
 TensorView Weights::quantized_copy(const std::string& name, const TensorView& bound) {
-  TANDEM_CHECK(online_.lm_head && bound.ndim == 2 && !bound.quant);
-  const OnlineQuant q = online_.head();
+  TANDEM_CHECK(online_.quantizes("lm_head") && bound.ndim == 2 && !bound.quant);
+  const OnlineQuant q = online_.for_module("lm_head");
   const int64_t N = bound.dim(0), K = bound.dim(1);
   if (format_ == LoadFormat::meta) return meta_online(q, {N, K});
   std::vector<uint8_t> host;
@@ -289,7 +289,7 @@ TensorView Weights::linear(const std::string& module, int64_t N, int64_t K, cons
     if (quant_.quantizes(module))  // the head: --quantize-lm-head on a checkpoint whose head is quantized
       fail("{}: {} is quantized in the checkpoint already ({}); drop --quantize-lm-head", path_, module,
            quant_.describe());
-    return quantize_tensor(module == "lm_head" ? online_.head() : online_, module + ".weight", {N, K});
+    return quantize_tensor(online_.for_module(module), module + ".weight", {N, K});
   }
   if (!quant_.quantizes(module)) return get(module + ".weight", {N, K});
   if (format_ == LoadFormat::meta) return meta_quant({N, K});
@@ -308,7 +308,7 @@ std::optional<TensorView> Weights::find_experts(const std::string& dir, const st
   if (!split.whole()) return find(dir + "." + fused, {E, N, K}, split);
   if (online_.quantizes(first)) {
     if (format_ == LoadFormat::safetensors && !store_->find(dir + "." + fused)) return std::nullopt;
-    return quantize_tensor(online_, dir + "." + fused, {E, N, K});
+    return quantize_tensor(online_.for_module(first), dir + "." + fused, {E, N, K});
   }
   if (!quant_.quantizes(first)) return find(dir + "." + fused, {E, N, K});
   if (format_ == LoadFormat::meta) return meta_quant({E, N, K});
