@@ -74,7 +74,8 @@ void run_plan(const PlanOptions& o) {
   const ModelConfig target = load_model_config(dir);
   if (target.is_assistant()) fail("{} is a drafter; plan its target and pass the drafter in --speculative-config", dir);
   const OnlineQuant online = o.quantization.parse();
-  const bool counted = !has_safetensors(dir) || online.any();  // weights from config.json's shapes
+  const bool stored_here = has_safetensors(dir);
+  const bool counted = !stored_here || online.any();  // weights from config.json's shapes
   int64_t weights = checkpoint_bytes(dir, online);
   // Images: the tower's weights (in the checkpoint's bytes already when its safetensors are here),
   // what encoding one image takes, and whether one image's soft tokens fit a step.
@@ -179,10 +180,10 @@ void run_plan(const PlanOptions& o) {
   std::printf("%s (%s)\n", dir.c_str(), target.model_type.c_str());
   // How the counted weights are stored: the checkpoint's own format (from config.json where no
   // safetensors are here), then what --quantization / --quantize-lm-head change at load.
-  const std::string stored = !has_safetensors(dir) ? (target.quant.quantized() ? "from config.json (no safetensors here): " +
-                                                                                     target.quant.describe() + ", the rest bf16"
-                                                                               : "bf16 from config.json (no safetensors here)")
-                                                   : "the rest as stored";
+  const std::string stored = stored_here                ? "the rest as stored"
+                             : target.quant.quantized() ? "from config.json (no safetensors here): " +
+                                                              target.quant.describe() + ", the rest bf16"
+                                                        : "bf16 from config.json (no safetensors here)";
   const std::string from_config = online.any() ? "as loaded: " + online.describe() + "; " + stored : stored;
   std::printf("  weights        %s, %s\n", mib(weights).c_str(),
               counted ? from_config.c_str()
