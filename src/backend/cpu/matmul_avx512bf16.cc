@@ -374,13 +374,9 @@ struct DecodedBlock {
   float s[16];
 };
 
-// Rows of x from which the decoded path is taken.
+// Rows of x from which the decoded path is taken; each row of x is dotted with all kDecodedRows
+// (matmul.h) decoded weight rows, one load of x for them all.
 constexpr int64_t kDecodedMinRows = 16;
-// Weight rows decoded at a time, each row of x dotted with all of them (one load of x for R rows).
-constexpr int kDecodedRows = 4;
-// Bytes of decoded blocks at a time: the rows are decoded a chunk of blocks at a time, so that the
-// chunk stays in L1 (32 KiB on Zen 4, next to a row of x's chunk) while every row of x passes.
-constexpr int64_t kDecodedChunkBytes = 16 * 1024;
 
 // Blocks [u0, u1) of rows [n, n + R) of the weight, decoded: out[r · (u1 - u0) + u - u0] is block u
 // of row n + r.

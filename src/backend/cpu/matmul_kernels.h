@@ -411,14 +411,10 @@ void rows_block_quant(const MatmulArgs& a, int64_t n, int64_t t0, int64_t t1, bo
 // then odd-indexed per block of 2·kLanes codes, as x is packed) and on the generic path where every
 // group is whole runs of chunks (then tile_quant has no scalar rest).
 
-// Rows of x from which the decoded path is taken.
+// Rows of x from which the decoded path is taken. kDecodedRows (matmul.h) weight rows at a time also
+// where outputs have two chains and a tile then takes one row of x on AVX2: faster than two weight
+// rows against two rows of x, measured (docs/PERF.md).
 inline constexpr int64_t kDecodedMinRows = 24;
-// Weight rows decoded at a time (also where outputs have two chains and a tile then takes one row of x
-// on AVX2: faster than two rows of each, measured, docs/PERF.md).
-inline constexpr int kDecodedRows = 4;
-// Bytes of decoded weights at a time: the rows are decoded a chunk of K at a time, so that the chunk
-// stays in L1 while every row of x passes.
-inline constexpr int64_t kDecodedChunkBytes = 16 * 1024;
 
 // How the decoded path runs a weight: on the table path (kTable) or the generic one. Outputs have
 // kChains chains; chunk c of every run of kRun codes goes to chain c (the table path: the even- and
