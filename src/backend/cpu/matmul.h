@@ -68,19 +68,20 @@ inline int64_t prefetch_distance(int64_t tile_bytes) {
   if constexpr (!kFar) return kPrefetchBytes;
   return tile_bytes > kDecodePrefetchBytes ? tile_bytes : kDecodePrefetchBytes;
 }
-// Quantized products of many rows of x (both kernel families' decoded paths, from their own
-// kDecodedMinRows rows): kDecodedRows weight rows are decoded at a time, a chunk of K of at most
-// kDecodedChunkBytes decoded bytes at a time, so that the chunk stays in L1 (32 KiB on Zen 4) next to
-// a row of x's chunk while every row of x passes; four rows beat two and eight, and 16 KiB beat 8
-// and 24 (docs/PERF.md, "CPU GEMV vs memory bandwidth").
-inline constexpr int kDecodedRows = 4;
-inline constexpr int64_t kDecodedChunkBytes = 16 * 1024;
 // Fetches the line at p, into L2 for the far fetch and L1 for the near one.
 template <bool kFar>
 inline void prefetch_weight_line(const void* p) {
   if constexpr (kFar) _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
   else _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
 }
+
+// Quantized products of many rows of x (both kernel families' decoded paths, from their own
+// kDecodedMinRows rows): kDecodedRows weight rows are decoded at a time, a chunk of K of at most
+// kDecodedChunkBytes decoded bytes at a time, so that the chunk stays in L1 (32 KiB on Zen 4) next to
+// a row of x's chunk while every row of x passes. Two rows were slower, eight and chunks of 8 or 24
+// KiB no faster (docs/PERF.md, "CPU GEMV vs memory bandwidth").
+inline constexpr int kDecodedRows = 4;
+inline constexpr int64_t kDecodedChunkBytes = 16 * 1024;
 
 // y[T,N] = x[T,K] · w[N,K]ᵀ with row strides ldx, ldy (w is dense). For BF16 weights x must be
 // packed with pack_x_even_odd for the kernel family's block (kBf16BlockAvx2 / kBf16BlockAvx512), or,
