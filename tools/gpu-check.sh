@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|switches|sass|ncu|ncu-attention]...
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|switches|sass|ncu|ncu-attention|ncu-source]...
 #   (default: all)
 # (never part of all: steps, two rounds of the decode and verify steps of the 26B-A4B in bf16, W4A16
 # and FP8 and the 31B's decode, for quick A/B calls; costs, what each kernel adds to those steps when
@@ -10,7 +10,7 @@
 # measuring switches in SWITCHES, interleaved; sass, the SASS listings of the matmul and MoE
 # kernels, for tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
 # tools/ncu_kernels.py; ncu-attention, Nsight Compute's sections for a few attention launches over a long
-# context.)
+# context; ncu-source, where the warps of chosen kernels of a decode step wait, per SASS instruction.)
 # The GPU machine reaches no package registry, so the Debian build dependencies travel as .deb files
 # in .deps/ (tools/fetch-gpu-deps.sh, here) and are unpacked into a private prefix there.
 # The step and sweep results go to $OUT (or out/ when unset), every log into $OUT/logs.tar.gz (the
@@ -301,5 +301,24 @@ if named ncu-attention; then
     "$BUILD/tandem" bench step bench/configs/gemma4-26b-a4b-w4a16 --load-format dummy --device cuda --tokens 1 \
     --context "${NCU_CONTEXT:-32768}" --reps 1 --enforce-eager >"$OUT/ncu-attention.txt" 2>"$LOGS/ncu-attention.log" ||
     { tail -5 "$LOGS/ncu-attention.log"; echo "ncu-attention failed"; }
+fi
+if named ncu-source; then
+  # Where the warps of NCU_KERNEL's launches (a regex over kernel names; NCU_SKIP launches skipped, then
+  # NCU_COUNT profiled) wait in a decode step of NCU_CONFIG (default the W4A16 26B-A4B) over NCU_CONTEXT
+  # (default 512) cached tokens: warp-stall samples per SASS instruction (the source page as CSV, gzipped)
+  # and the speed-of-light, occupancy, launch and warp-state sections (text). Caches are left as the
+  # previous kernel leaves them (--cache-control none), as inside a step; launches are eager.
+  stamp "ncu-source"
+  rep=$(mktemp -d)/source
+  ncu --clock-control none --cache-control none --kernel-name "regex:${NCU_KERNEL:-matmul_mma|moe_mma|attention|rms_norms}" \
+    --launch-skip "${NCU_SKIP:-28}" --launch-count "${NCU_COUNT:-14}" --warp-sampling-interval 0 \
+    --section SourceCounters --section WarpStateStats --section SpeedOfLight --section Occupancy --section LaunchStats \
+    -o "$rep" -f "$BUILD/tandem" bench step "bench/configs/${NCU_CONFIG:-gemma4-26b-a4b-w4a16}" --load-format dummy \
+    --device cuda --tokens 1 --context "${NCU_CONTEXT:-512}" --reps 1 --enforce-eager >"$LOGS/ncu-source.log" 2>&1 ||
+    { tail -5 "$LOGS/ncu-source.log"; echo "ncu-source failed"; }
+  if [ -f "$rep.ncu-rep" ]; then
+    ncu -i "$rep.ncu-rep" --page details >"$OUT/ncu-source-details.txt" 2>&1
+    ncu -i "$rep.ncu-rep" --page source --print-source sass --csv 2>&1 | gzip -6 >"$OUT/ncu-source.csv.gz"
+  fi
 fi
 stamp "done"
