@@ -507,9 +507,11 @@ TEST(CudaOps, AttentionIsBatchInvariant) {
   Backends b;
   Rng rng(202);
   const AttnCase c{128, 2, 8, 16};
-  const int64_t T = 64, W = c.n_heads * c.d, max_blocks = 40;
-  for (DType kvt : {DType::F32, DType::BF16}) {
-    SCOPED_TRACE(dtype_name(kvt));
+  const int64_t T = 64, W = c.n_heads * c.d;
+  // Rows of up to 10 and up to 25 chunks of 64 keys: a split row's last CTA folds its chunk states
+  // in batches (kFoldBatch in attention.cu), here one to four of them, the last one partial.
+  for (const auto& [kvt, max_blocks] : {std::pair{DType::F32, 40}, std::pair{DType::BF16, 40}, std::pair{DType::BF16, 100}}) {
+    SCOPED_TRACE(::testing::Message() << dtype_name(kvt) << " keys up to " << max_blocks * c.bs);
     PagedCache cache(c, kvt, max_blocks, rng);
     const HT q = rand_f32({T, W}, 0, rng);
     const HT ranges = random_ranges(T, cache.S, max_blocks * c.bs, rng);

@@ -252,6 +252,11 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttnArgs a) 
   write_out<D, PER>(a, t, h, l, acc);
 }
 
+// Chunk states combine_chunks loads at once: the loads of a batch are in flight together, so a row of
+// n chunks waits ⌈n / kFoldBatch⌉ L2 round trips instead of n (a full layer's row over 32768 keys has
+// 512 chunks).
+constexpr int kFoldBatch = 8;
+
 // Split path: folds the row's n chunk states in chunk order and writes its output (the CTA that
 // finished the row's last chunk; the other chunks' states come from L2, past this SM's L1).
 template <int D, int PER>
@@ -260,16 +265,27 @@ __device__ __forceinline__ void combine_chunks(const AttnArgs& a, int64_t t, int
   float m = -INFINITY, l = 0.0f, acc[PER];
 #pragma unroll
   for (int j = 0; j < PER; ++j) acc[j] = 0.0f;
-  for (int64_t c = 0; c < n; ++c, st += D + 2) {
-    const float mc = __ldcg(st), lc = __ldcg(st + 1);
-    float mm = m, ll = l;
+  for (int64_t c0 = 0; c0 < n; c0 += kFoldBatch, st += kFoldBatch * (D + 2)) {
+    float mcs[kFoldBatch], lcs[kFoldBatch], vs[kFoldBatch][PER];
 #pragma unroll
-    for (int j = 0; j < PER; ++j) {
-      const int i = threadIdx.x + j * kAttnWarps * 32;
-      mm = m, ll = l;
-      fold(mm, ll, acc[j], mc, lc, i < D ? __ldcg(st + 2 + i) : 0.0f);
+    for (int b = 0; b < kFoldBatch; ++b) {
+      const float* sb = st + b * (D + 2);
+      const bool in = c0 + b < n;
+      mcs[b] = in ? __ldcg(sb) : 0.0f, lcs[b] = in ? __ldcg(sb + 1) : 0.0f;
+#pragma unroll
+      for (int j = 0; j < PER; ++j) {
+        const int i = threadIdx.x + j * kAttnWarps * 32;
+        vs[b][j] = in && i < D ? __ldcg(sb + 2 + i) : 0.0f;
+      }
     }
-    m = mm, l = ll;
+#pragma unroll
+    for (int b = 0; b < kFoldBatch; ++b) {
+      if (c0 + b >= n) break;
+      float mm = m, ll = l;
+#pragma unroll
+      for (int j = 0; j < PER; ++j) mm = m, ll = l, fold(mm, ll, acc[j], mcs[b], lcs[b], vs[b][j]);
+      m = mm, l = ll;
+    }
   }
   write_out<D, PER>(a, t, h, l, acc);
 }
