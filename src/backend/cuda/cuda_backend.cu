@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <exception>
+#include <vector>
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_common.cuh"
@@ -67,9 +68,13 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   // stays one wave; docs/PERF.md has the sweep), or TANDEM_CUDA_SPLIT_K CTAs per SM.
   const char* split = std::getenv("TANDEM_CUDA_SPLIT_K");
   mma_split_ctas_ = (split ? std::max(0L, std::strtol(split, nullptr, 10)) : 4) * sm_count_;
+  const char* min_rows = std::getenv("TANDEM_CUDA_MMA_MIN_ROWS");
+  mma_min_rows_ = min_rows ? std::max(0L, std::strtol(min_rows, nullptr, 10)) : 0;
   TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   const char* concurrent = std::getenv("TANDEM_CUDA_CONCURRENT");
   concurrent_ = !(concurrent && std::string(concurrent) == "0");
+  const char* cross_pdl = std::getenv("TANDEM_CUDA_CROSS_PDL");
+  cross_pdl_ = cross_pdl && std::string(cross_pdl) == "1";
   TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
   TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
   TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&join_event_, cudaEventDisableTiming));
@@ -156,6 +161,41 @@ struct CudaRecording final : Recording {
   }
 };
 
+// A captured step's ordinary edges between two kernels made programmatic. Within one stream a
+// launch() is captured with a programmatic edge from the kernel before it, so it may start while that
+// kernel ends and wait in begin_kernel(); a fork or join of concurrently() is an event between the two
+// streams, captured as an ordinary edge, and the kernel after it is launched only once the kernel
+// before it has completed. Every kernel of the backend begins with begin_kernel(), whose wait covers
+// all of its programmatic predecessors, so across the streams the same early launch is as safe.
+// Edges from or to other nodes (copies, memsets) stay ordinary.
+cudaError_t programmatic_joins(cudaGraph_t graph) {
+  size_t n = 0;
+  cudaError_t e = cudaGraphGetEdges(graph, nullptr, nullptr, nullptr, &n);
+  if (e == cudaErrorLossyQuery) e = cudaSuccess;  // some edges are programmatic already: n is set
+  if (e != cudaSuccess || n == 0) return e;
+  std::vector<cudaGraphNode_t> from(n), to(n);
+  std::vector<cudaGraphEdgeData> data(n);
+  if ((e = cudaGraphGetEdges(graph, from.data(), to.data(), data.data(), &n)) != cudaSuccess) return e;
+  auto kernel = [](cudaGraphNode_t node) {
+    cudaGraphNodeType type{};
+    return cudaGraphNodeGetType(node, &type) == cudaSuccess && type == cudaGraphNodeTypeKernel;
+  };
+  std::vector<cudaGraphNode_t> join_from, join_to;
+  for (size_t i = 0; i < n; ++i)
+    if (data[i].type == cudaGraphDependencyTypeDefault && data[i].from_port == 0 && kernel(from[i]) && kernel(to[i]))
+      join_from.push_back(from[i]), join_to.push_back(to[i]);
+  if (join_from.empty()) return cudaSuccess;
+  const std::vector<cudaGraphEdgeData> ordinary(join_from.size());  // zeroed: the default edge
+  cudaGraphEdgeData programmatic{};
+  programmatic.from_port = cudaGraphKernelNodePortProgrammatic;
+  programmatic.type = cudaGraphDependencyTypeProgrammatic;
+  const std::vector<cudaGraphEdgeData> early(join_from.size(), programmatic);
+  e = cudaGraphRemoveDependencies(graph, join_from.data(), join_to.data(), ordinary.data(), join_from.size());
+  if (e == cudaSuccess)
+    e = cudaGraphAddDependencies(graph, join_from.data(), join_to.data(), early.data(), join_from.size());
+  return e;
+}
+
 }  // namespace
 
 void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std::function<void()>& issue) {
@@ -191,7 +231,14 @@ void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std:
   }
   capturing_ = false;
   cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+  const bool joins = e == cudaSuccess && pdl_ && cross_pdl_ && concurrent_;
+  if (joins) e = programmatic_joins(graph);
   if (e == cudaSuccess) e = cudaGraphInstantiate(&r.exec, graph, 0);
+  if (e != cudaSuccess && joins) {  // the next capture keeps the ordinary edges
+    fmt::print(stderr, "tandem: a CUDA graph with programmatic joins failed ({}); recording ordinary joins\n",
+               cudaGetErrorString(e));
+    cross_pdl_ = false;
+  }
   if (graph) cudaGraphDestroy(graph);
   if (e != cudaSuccess || r.epoch != memory_epoch_) {  // e.g. an allocation while capturing
     cudaGetLastError();

@@ -610,7 +610,7 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
       const int64_t per_cta = kMatmulWarps * rows_per_warp;
       return dim3(static_cast<unsigned>((cols + per_cta - 1) / per_cta), active_rows);
     };
-    if (mma_ && (mma_rows_fit(gate_up, H) || mma_quant_fit(gate_up, H))) {
+    if (mma_takes(gate_up, H)) {
       const auto [xa, lda] = mma_x_rows(xp, ldx, x_k ? T : P, H);
       launch_moe_mma<false>(*this, xa, lda, gate_up, H, I, x_k, T, offsets, sorted, active, static_cast<int>(E),
                             active_rows, act);
@@ -629,7 +629,7 @@ void CudaBackend::moe_experts(const TensorView& x, const TensorView& ids, const 
       ap = px;
     }
     const bool dn_xvec = I % 4 == 0;  // act rows are I floats from a 256-byte aligned buffer
-    if (mma_ && (mma_rows_fit(down, I) || mma_quant_fit(down, I))) {
+    if (mma_takes(down, I)) {
       const auto [xa, lda] = mma_x_rows(ap, I, P, I);
       launch_moe_mma<true>(*this, xa, lda, down, I, H, 0, T, offsets, sorted, active, static_cast<int>(E),
                            active_rows, out);
