@@ -68,13 +68,11 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   // stays one wave; docs/PERF.md has the sweep), or TANDEM_CUDA_SPLIT_K CTAs per SM.
   const char* split = std::getenv("TANDEM_CUDA_SPLIT_K");
   mma_split_ctas_ = (split ? std::max(0L, std::strtol(split, nullptr, 10)) : 4) * sm_count_;
-  const char* min_rows = std::getenv("TANDEM_CUDA_MMA_MIN_ROWS");
-  mma_min_rows_ = min_rows ? std::max(0L, std::strtol(min_rows, nullptr, 10)) : 0;
   TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   const char* concurrent = std::getenv("TANDEM_CUDA_CONCURRENT");
   concurrent_ = !(concurrent && std::string(concurrent) == "0");
   const char* cross_pdl = std::getenv("TANDEM_CUDA_CROSS_PDL");
-  cross_pdl_ = cross_pdl && std::string(cross_pdl) == "1";
+  cross_pdl_ = !(cross_pdl && std::string(cross_pdl) == "0");
   TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
   TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
   TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&join_event_, cudaEventDisableTiming));

@@ -592,9 +592,9 @@ class CudaBackend final : public Backend {
   uint64_t issued_ = 0;
   int lane_ = 0;  // 1 while concurrently() issues its first branch
   bool concurrent_ = true;  // concurrently() on two streams (TANDEM_CUDA_CONCURRENT=0: one, for measuring)
-  // A recorded step's forks and joins as programmatic edges (programmatic_joins in cuda_backend.cu), with
-  // TANDEM_CUDA_CROSS_PDL=1: not yet measured on a GPU, so off unless asked for.
-  bool cross_pdl_ = false;
+  // A recorded step's forks and joins as programmatic edges (programmatic_joins in cuda_backend.cu;
+  // TANDEM_CUDA_CROSS_PDL=0 keeps them ordinary edges, for measuring).
+  bool cross_pdl_ = true;
   OpScratch& scratch() { return scratch_[lane_]; }
   cudaStream_t side_stream_ = nullptr;
   cudaEvent_t fork_event_ = nullptr, join_event_ = nullptr;
@@ -610,9 +610,7 @@ class CudaBackend final : public Backend {
   // CTAs a split tensor-core matmul may have (mma_slices): 4 per SM, or TANDEM_CUDA_SPLIT_K per SM (0
   // turns the split off, for measuring).
   int64_t mma_split_ctas_ = 0;
-  // Weights of fewer rows take the CUDA-core kernels (TANDEM_CUDA_MMA_MIN_ROWS; 0: none, for measuring).
-  int64_t mma_min_rows_ = 0;
-  // Whether a linear weight takes the tensor-core kernels: a choice by the weight alone (batch invariance).
+  // Whether a weight takes the tensor-core kernels: a choice by the weight alone (batch invariance).
   bool mma_takes(const TensorView& w, int64_t K) const;
 };
 

@@ -190,7 +190,7 @@ __global__ void quant_block_layout_kernel(uint32_t* __restrict__ codes, int64_t 
 }  // namespace
 
 bool CudaBackend::mma_takes(const TensorView& w, int64_t K) const {
-  return mma_ && w.rows() >= mma_min_rows_ && (mma_rows_fit(w, K) || mma_quant_fit(w, K));
+  return mma_ && (mma_rows_fit(w, K) || mma_quant_fit(w, K));
 }
 
 void CudaBackend::prepare_quant(const TensorView& w) {
@@ -343,7 +343,7 @@ void CudaBackend::matmul_pair(const TensorView& x, const TensorView& w1, TensorV
   // One launch where both weights take one tensor-core kernel with one x (no act-order permutation)
   // and one column count (so one split); otherwise the two matmuls.
   const bool bf16_pair = mma_rows_fit(w1, K) && mma_rows_fit(w2, K);
-  if (!mma_takes(w1, K) || !mma_takes(w2, K) || N != N2 || !(bf16_pair || mma_quant_glu_fit(w1, w2, K))) {
+  if (!mma_ || N != N2 || !(bf16_pair || mma_quant_glu_fit(w1, w2, K))) {
     matmul(x, w1, y1);
     matmul(x, w2, y2);
     return;
@@ -358,7 +358,7 @@ void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, c
   check_matmul(x, up, out);
   use_device();
   if (T == 0 || I == 0) return;
-  if (mma_takes(gate, K) && mma_takes(up, K) && mma_quant_glu_fit(gate, up, K)) {
+  if (mma_ && mma_quant_glu_fit(gate, up, K)) {
     launch_matmul_mma(x.as<float>(), x.stride(), gate, &up, K, out, T, I);
     return;
   }
@@ -371,7 +371,7 @@ void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, c
     gelu_tanh_mul(out, u, out);
     return;
   }
-  if (mma_takes(gate, K) && mma_rows_fit(gate, K)) {  // up has gate's layout (same_rows_layout)
+  if (mma_ && mma_rows_fit(gate, K)) {  // up has gate's layout (same_rows_layout)
     launch_matmul_mma(x.as<float>(), x.stride(), gate, &up, K, out, T, I);
     return;
   }
