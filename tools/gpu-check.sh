@@ -305,16 +305,18 @@ fi
 if named ncu-source; then
   # Where the warps of NCU_KERNEL's launches (a regex over kernel names; NCU_SKIP launches skipped, then
   # NCU_COUNT profiled) wait in a decode step of NCU_CONFIG (default the W4A16 26B-A4B) over NCU_CONTEXT
-  # (default 512) cached tokens: warp-stall samples per SASS instruction (the source page as CSV, gzipped)
+  # (default 512) cached tokens, with NCU_ARGS added to bench step's arguments (e.g. --quantize-lm-head):
+  # warp-stall samples per SASS instruction (the source page as CSV, gzipped)
   # and the speed-of-light, occupancy, launch and warp-state sections (text). Caches are left as the
   # previous kernel leaves them (--cache-control none), as inside a step; launches are eager.
   stamp "ncu-source"
   rep=$(mktemp -d)/source
+  # shellcheck disable=SC2086
   ncu --clock-control none --cache-control none --kernel-name "regex:${NCU_KERNEL:-matmul_mma|moe_mma|attention|rms_norms}" \
     --launch-skip "${NCU_SKIP:-28}" --launch-count "${NCU_COUNT:-14}" --warp-sampling-interval 0 \
     --section SourceCounters --section WarpStateStats --section SpeedOfLight --section Occupancy --section LaunchStats \
     -o "$rep" -f "$BUILD/tandem" bench step "bench/configs/${NCU_CONFIG:-gemma4-26b-a4b-w4a16}" --load-format dummy \
-    --device cuda --tokens 1 --context "${NCU_CONTEXT:-512}" --reps 1 --enforce-eager >"$LOGS/ncu-source.log" 2>&1 ||
+    --device cuda --tokens 1 --context "${NCU_CONTEXT:-512}" --reps 1 --enforce-eager ${NCU_ARGS:-} >"$LOGS/ncu-source.log" 2>&1 ||
     { tail -5 "$LOGS/ncu-source.log"; echo "ncu-source failed"; }
   if [ -f "$rep.ncu-rep" ]; then
     ncu -i "$rep.ncu-rep" --page details >"$OUT/ncu-source-details.txt" 2>&1
