@@ -306,7 +306,7 @@ if named ncu-source; then
   # Where the warps of NCU_KERNEL's launches (a regex over kernel names; NCU_SKIP launches skipped, then
   # NCU_COUNT profiled) wait in a decode step of NCU_CONFIG (default the W4A16 26B-A4B) over NCU_CONTEXT
   # (default 512) cached tokens, with NCU_ARGS added to bench step's arguments (e.g. --quantize-lm-head):
-  # warp-stall samples per SASS instruction (the source page as CSV, gzipped)
+  # warp-stall samples per SASS instruction (the source page as CSV, gzipped; tools/ncu_source.py reads it)
   # and the speed-of-light, occupancy, launch and warp-state sections (text). Caches are left as the
   # previous kernel leaves them (--cache-control none), as inside a step; launches are eager.
   stamp "ncu-source"

@@ -323,7 +323,8 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 // reads or writes anything the previous kernels may touch: it waits until the previous kernel has
 // completed and its writes are visible, then lets the next kernel launch. Because every kernel
 // waits, completion stays ordered (kernel n + 1 never overtakes kernel n − 1); so only the kernel just
-// before may still be writing when a kernel starts, and loads of model constants that no step's
+// before (at a join of concurrently()'s streams, the last kernel of each branch: programmatic_joins) may
+// still be writing when a kernel starts, and loads of model constants that no step's
 // kernel writes (norm weights, RoPE frequencies: norm_rope_kernel; a matmul's first weight blocks:
 // the tensor-core partials' early) may be issued before the wait, overlapping that kernel's tail. A
 // kernel that loads before its wait reads the previous kernel's output through ordinary loads, not the
