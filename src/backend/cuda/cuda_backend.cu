@@ -12,6 +12,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/dummy_values.h"
+#include "util/log.h"
 
 namespace tandem {
 
@@ -233,8 +234,7 @@ void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std:
   if (joins) e = programmatic_joins(graph);
   if (e == cudaSuccess) e = cudaGraphInstantiate(&r.exec, graph, 0);
   if (e != cudaSuccess && joins) {  // the next capture keeps the ordinary edges
-    fmt::print(stderr, "tandem: a CUDA graph with programmatic joins failed ({}); recording ordinary joins\n",
-               cudaGetErrorString(e));
+    log::warn("a CUDA graph with programmatic joins failed ({}); recording ordinary joins", cudaGetErrorString(e));
     cross_pdl_ = false;
   }
   if (graph) cudaGraphDestroy(graph);
