@@ -217,7 +217,9 @@ if named ab; then
   # The working tree against AB_REF in one call, without a second build directory: the files under src/
   # that differ from AB_REF are swapped for AB_REF's and `tandem` rebuilt (only what they touch), then
   # restored and rebuilt again. The two binaries then take turns, two rounds of each AB_RUNS entry
-  # (config:tokens:context), so both see the same machine; the table rows go to $OUT/ab.txt.
+  # (config:tokens:context, or config:tokens:context:flags with more `bench step` flags joined by "+",
+  # e.g. gemma4-26b-a4b-w4a16:1,3:512:--quantize-lm-head), so both see the same machine; the table rows
+  # go to $OUT/ab.txt.
   ref=${AB_REF:-main}
   stamp "ab: working tree against $ref"
   git rev-parse -q --verify "$ref^{commit}" >/dev/null || { echo "ab: $ref is no commit here"; exit 1; }
@@ -243,10 +245,11 @@ if named ab; then
   stamp "ab: both binaries built (${#changed[@]} files swapped)"
   for round in 1 2; do
     for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1,3:512 gemma4-26b-a4b:1,3:512 gemma4-26b-a4b-w4a16:1,3:32768}; do
-      IFS=: read -r cfg tokens context <<<"$run"
+      IFS=: read -r cfg tokens context flags <<<"$run"
+      read -ra extra <<<"${flags//+/ }"
       for side in ref new; do
-        bench_step "/tmp/tandem-$side" "$cfg" "$tokens" "$context" | grep -E "^\| target" |
-          sed "s/^/$side $cfg context $context round $round /" | tee -a "$OUT/ab.txt" ||
+        bench_step "/tmp/tandem-$side" "$cfg" "$tokens" "$context" "${extra[@]}" | grep -E "^\| target" |
+          awk -v p="$side $cfg${flags:+ $flags} context $context round $round " '{print p $0}' | tee -a "$OUT/ab.txt" ||
           echo "(no step rows: $side $cfg failed)"
       done
     done
@@ -255,19 +258,21 @@ fi
 if named switches; then
   # One binary under several settings of the measuring switches (docs/GPU.md): SWITCHES is a list of
   # settings separated by ";", each "NAME=VALUE ..." or "-" (none); ROUNDS (default 2) rounds of each
-  # AB_RUNS entry (config:tokens:context), the settings taking turns; the table rows go to
+  # AB_RUNS entry (config:tokens:context[:flags], as for ab), the settings taking turns; the table rows go to
   # $OUT/switches.txt.
   stamp "switches"
   IFS=';' read -ra settings <<<"${SWITCHES:--}"
   for round in $(seq "${ROUNDS:-2}"); do
     for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1,3:512}; do
-      IFS=: read -r cfg tokens context <<<"$run"
+      IFS=: read -r cfg tokens context flags <<<"$run"
+      read -ra extra <<<"${flags//+/ }"
       for setting in "${settings[@]}"; do
         read -ra vars <<<"$setting"
         [ "${vars[0]:-}" = - ] && vars=()
         # The setting's variables exported in a subshell, for bench_step (a function, which env cannot run).
-        ( [ ${#vars[@]} -eq 0 ] || export "${vars[@]}"; bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" ) |
-          grep -E "^\| target" | sed "s/^/[$setting] $cfg context $context round $round /" | tee -a "$OUT/switches.txt" ||
+        ( [ ${#vars[@]} -eq 0 ] || export "${vars[@]}"; bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" ) |
+          grep -E "^\| target" | awk -v p="[$setting] $cfg${flags:+ $flags} context $context round $round " '{print p $0}' |
+          tee -a "$OUT/switches.txt" ||
           echo "(no step rows: $cfg under $setting failed)"
       done
     done
