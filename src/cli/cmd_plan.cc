@@ -87,10 +87,7 @@ void run_plan(const PlanOptions& o) {
     const VisionConfig& v = *target.vision;
     const int soft = image_soft_token_budget(target, o.max_soft_tokens);
     const int64_t patches = int64_t{soft} * v.pooling_kernel * v.pooling_kernel;
-    const int64_t padded = (v.head_dim + 31) / 32 * 32;
-    vision_activations = 4 * (patches * (3LL * v.patch_size * v.patch_size + 9LL * v.hidden + 3LL * v.n_heads * v.head_dim +
-                                         4LL * v.n_heads * padded + 2LL * v.intermediate) +
-                              int64_t{o.max_num_batched_tokens} * target.hidden);
+    vision_activations = vision_activation_bytes(target, soft, o.max_num_batched_tokens);
     if (counted) weights += tower->weight_bytes();
     vision_json = {{"weights_bytes", tower->weight_bytes()},
                    {"parameters", tower->parameter_count()},
@@ -138,9 +135,15 @@ void run_plan(const PlanOptions& o) {
       sizing.bytes(sizing.blocks_for(1, positions, sizing.sliding_working_set(1, 0, k))) + drafter_kv_per_token * positions;
   const int64_t step_bytes = sizing.bytes({0, sizing.sliding_working_set(0, o.max_num_batched_tokens, k)});
   const int64_t kv_needed = kv_bytes(o.max_num_seqs, positions);
+  // On a GPU serve keeps the activations of its largest step out of the KV cache (the logits of up to
+  // max_num_seqs verify blocks of k + 1 rows), and gives the cache all the rest of its budget.
+  const int64_t logit_rows = std::min<int64_t>(o.max_num_batched_tokens, int64_t{o.max_num_seqs} * (k + 1));
+  const int64_t step_activations =
+      o.device == "cuda" ? activation_bytes(target, o.max_num_batched_tokens, logit_rows) : 0;
   const int64_t budget = o.memory.empty() ? mem_available_bytes() : parse_bytes("--memory", o.memory);
-  const int64_t needed = weights + drafter_weights + vision_activations + kv_needed;
-  const int64_t for_kv = budget - weights - drafter_weights - vision_activations;
+  const int64_t not_kv = weights + drafter_weights + vision_activations + step_activations;
+  const int64_t needed = not_kv + kv_needed;
+  const int64_t for_kv = budget - not_kv;
   const int64_t seqs_that_fit =
       for_kv > 0 ? largest(for_kv / std::max<int64_t>(1, full_per_token * positions) + 1,
                            [&](int64_t n) { return kv_bytes(n, positions) <= for_kv; })
@@ -169,7 +172,9 @@ void run_plan(const PlanOptions& o) {
                       {"max_num_seqs", o.max_num_seqs},
                       {"budget_bytes", budget},
                       {"needed_bytes", needed},
+                      {"activation_bytes", step_activations},
                       {"fits", fits},
+                      {"bytes_left", budget - needed},
                       {"sequences_that_fit", seqs_that_fit},
                       {"max_model_len_that_fits", len_that_fits}};
   if (target.takes_images()) j["vision"] = vision_json;
@@ -217,9 +222,24 @@ void run_plan(const PlanOptions& o) {
     std::printf("                 (vLLM's encoder budget for Gemma 4 also counts a video, 32 frames x (70 + 2 + 6) = 2496 "
                 "tokens, and so refuses --max-num-batched-tokens below 2496; tandem takes no video)\n");
   }
+  if (step_activations)
+    std::printf("  activations    %s for a step of --max-num-batched-tokens %d rows with the logits of %lld rows (kept out of "
+                "the KV cache, as serve does on a GPU)\n",
+                mib(step_activations).c_str(), o.max_num_batched_tokens, static_cast<long long>(logit_rows));
   std::printf("  budget         %s (%s)\n", mib(budget).c_str(), o.memory.empty() ? "MemAvailable" : "--memory");
   std::printf("  needed         %s for --max-num-seqs %d full-length sequences: %s\n", mib(needed).c_str(),
               o.max_num_seqs, fits ? "fits" : "does NOT fit");
+  if (fits) {
+    // What the rest would hold, within the model's own context length.
+    const int64_t model_len = target.max_position > 0 ? target.max_position : 0;
+    const bool capped = model_len > 0 && len_that_fits > model_len;
+    std::printf("  left           %s: room for --max-num-seqs %lld at this length, or --max-model-len %lld%s for %d "
+                "sequences%s\n",
+                mib(budget - needed).c_str(), static_cast<long long>(seqs_that_fit),
+                static_cast<long long>(capped ? model_len : len_that_fits),
+                capped ? " (the model's max_position_embeddings)" : "", o.max_num_seqs,
+                o.device == "cuda" ? " (serve on a GPU gives it all to the KV cache)" : "");
+  }
   if (!fits && seqs_that_fit == 0 && len_that_fits == 0)  // no --max-num-seqs / --max-model-len helps
     std::printf("  to fit         no sequence fits: the weights%s take %s, %s; a smaller weight format or more memory\n",
                 drafter_weights || vision_activations ? " (with the drafter and image activations)" : "",

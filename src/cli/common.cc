@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -120,6 +121,23 @@ int64_t mem_available_bytes() {
   while (f >> key >> kb >> unit)
     if (key == "MemAvailable:") return kb * 1024;
   return 0;
+}
+
+int64_t activation_bytes(const ModelConfig& c, int64_t tokens, int64_t outputs) {
+  int64_t widest = 0;
+  for (const LayerSpec& l : c.layers)
+    widest = std::max<int64_t>(widest, std::max<int64_t>(2 * l.intermediate, int64_t{c.n_heads} * l.head_dim));
+  const int64_t moe = c.moe ? 2 * int64_t{c.moe_intermediate} * c.top_k_experts + c.num_experts : 0;
+  const int64_t per_row = 8 * int64_t{c.hidden} + 3 * widest + 2 * moe;
+  return 4 * (tokens * per_row + 2 * outputs * int64_t{c.vocab_size}) + (512ll << 20);
+}
+
+int64_t vision_activation_bytes(const ModelConfig& c, int64_t soft_tokens, int64_t step_tokens) {
+  const VisionConfig& v = *c.vision;
+  const int64_t n = soft_tokens * v.pooling_kernel * v.pooling_kernel, padded = (v.head_dim + 31) / 32 * 32;
+  const int64_t per_patch = 3LL * v.patch_size * v.patch_size + 9LL * v.hidden + 3LL * v.n_heads * v.head_dim +
+                            4LL * v.n_heads * padded + 2LL * v.intermediate;
+  return 4 * (n * per_patch + step_tokens * c.hidden);
 }
 
 DType parse_kv_cache_dtype(const std::string& text, const Backend& backend) {

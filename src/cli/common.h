@@ -66,6 +66,16 @@ int64_t parse_bytes(const std::string& flag, const std::string& text);
 // MemAvailable of /proc/meminfo (0 if unknown).
 int64_t mem_available_bytes();
 
+// Backend memory the activations of a step of `tokens` rows with `outputs` output rows take (the
+// model's scratch, logits and the drafter's, and 512 MiB for the backend's own workspaces): what serve
+// keeps out of the KV cache on a GPU, and what `tandem plan --device cuda` counts.
+int64_t activation_bytes(const ModelConfig& c, int64_t tokens, int64_t outputs);
+// Backend memory the vision tower needs besides its weights: the activations of encoding one image
+// of `soft_tokens` (pool² · soft_tokens patches; q, k, v, attention, MLP and residual buffers, the
+// heads padded to a multiple of 32 for the CUDA kernel) and the encoder cache (a step's rows of
+// features).
+int64_t vision_activation_bytes(const ModelConfig& c, int64_t soft_tokens, int64_t step_tokens);
+
 // The bytes of a file; throws tandem::Error naming it when it cannot be read.
 std::vector<uint8_t> read_file_bytes(const std::string& path);
 

@@ -32,6 +32,17 @@ TEST(Plan, CountsWeightsAndKvAndSaysWhatFits) {
   EXPECT_EQ(small["kv_bytes_needed"], 28 * 16 * (1024 + 2048));
   EXPECT_GT(small["weights_bytes"].get<int64_t>(), 0);
   EXPECT_TRUE(small["fits"]);
+  // On the CPU no step activations are counted (serve sizes the CPU's KV cache on its own terms).
+  EXPECT_EQ(small["activation_bytes"], 0);
+  EXPECT_EQ(small["bytes_left"].get<int64_t>(), (16 << 20) - small["needed_bytes"].get<int64_t>());
+  // The text says what the rest would hold, a length no longer than the model's own (1024 here).
+  std::string text;
+  EXPECT_EQ(testing::run_command(std::string(TANDEM_BINARY) + " plan " + testing::fixtures_dir() +
+                                     "/gemma4-moe --max-model-len 100 --memory 1GiB 2>/dev/null",
+                                 &text),
+            0);
+  EXPECT_NE(text.find("--max-model-len 1024 (the model's max_position_embeddings) for 64 sequences"), std::string::npos)
+      << text;
   const auto big = plan("--max-model-len 4096 --max-num-seqs 256 --memory 16MiB");
   EXPECT_FALSE(big["fits"]);
   // 4097 positions: 257 full blocks per sequence; 4 sliding blocks per sequence + 128 for a step.
@@ -103,6 +114,18 @@ TEST(Plan, CountsPackedBytesOfAnInt4Checkpoint) {
   EXPECT_GT(weights, 15'000'000'000ll);
   EXPECT_LT(weights, 15'600'000'000ll);
   EXPECT_TRUE(p["fits"]) << out;
+  // On a GPU serve keeps a step's activations out of the KV cache, and so does the plan: a 2048-row step
+  // (per row 4 · (8 · 2816 + 3 · 16 · 512 + 2 · (2 · 704 · 8 + 128)) bytes) with the logits of 4 × 3 rows
+  // (twice, target and drafter, 262144 f32 each), plus 512 MiB of workspace.
+  EXPECT_EQ(p["activation_bytes"].get<int64_t>(),
+            4 * (2048ll * (8 * 2816 + 3 * 16 * 512 + 2 * (2 * 704 * 8 + 128)) + 2 * 12ll * 262144) + (512ll << 20));
+  EXPECT_EQ(p["needed_bytes"].get<int64_t>(), weights + p["drafter_weights_bytes"].get<int64_t>() +
+                                                  p["activation_bytes"].get<int64_t>() +
+                                                  p["kv_bytes_needed"].get<int64_t>());
+  // What is left goes to the KV cache: more sequences of this length, or longer ones.
+  EXPECT_EQ(p["bytes_left"].get<int64_t>(), (24ll << 30) - p["needed_bytes"].get<int64_t>());
+  EXPECT_GT(p["sequences_that_fit"].get<int64_t>(), 4);
+  EXPECT_GT(p["max_model_len_that_fits"].get<int64_t>(), 8192);
 }
 
 }  // namespace
