@@ -8,6 +8,7 @@
 #include <set>
 
 #include "backend/op_profiler.h"
+#include "model/byte_model.h"
 #include "model/gemma4.h"
 #include "model/gemma4_assistant.h"
 #include "model/kv_cache.h"
@@ -45,16 +46,6 @@ double copy_bandwidth(Backend& be) {
     be.synchronize();
   });
   return 2.0 * static_cast<double>(n) / (ms * 1e-3) / 1e9;
-}
-
-// KV bytes a row set reads: per layer, the union of its sequences' key ranges × K and V.
-double kv_read_bytes(const ModelConfig& c, int batch, int context_keys, int window_extra, DType kv_dtype) {
-  double bytes = 0;
-  for (const LayerSpec& l : c.layers) {
-    const int keys = l.type == LayerType::full ? context_keys : std::min(context_keys, c.sliding_window + window_extra);
-    bytes += 2.0 * keys * l.n_kv_heads * l.head_dim * dtype_size(kv_dtype);
-  }
-  return bytes * batch;
 }
 
 }  // namespace
@@ -161,12 +152,7 @@ StepReport run_step_bench(const StepOptions& o) {
     });
     row.weight_bytes = static_cast<double>(drafter->step_weight_bytes());
     // Its layers read the target's last sliding and full layers' KV (rank 0's KV heads).
-    double kv_bytes = 0;
-    for (const LayerSpec& l : shard_config(dc, o.tensor_parallel_size).layers) {
-      const int keys = l.type == LayerType::full ? o.context : std::min(o.context, dc.sliding_window);
-      kv_bytes += 2.0 * keys * l.n_kv_heads * l.head_dim * dtype_size(kv_dtype) * o.batch;
-    }
-    row.kv_bytes = kv_bytes;
+    row.kv_bytes = drafter_kv_read_bytes(shard_config(dc, o.tensor_parallel_size), o.batch, o.context, kv_dtype);
     report.rows.push_back(row);
   }
   return report;

@@ -15,6 +15,7 @@
 #include "model/gemma4_assistant.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/byte_model.h"
 #include "spec/speculative_config.h"
 
 namespace tandem::cli {
@@ -24,6 +25,9 @@ struct PlanOptions {
   std::string model, speculative_config, memory, device = "cpu";
   int max_model_len = 8192, max_num_seqs = 64;
   int max_num_batched_tokens = 2048, max_soft_tokens = 0;
+  int context = 512;                // cached tokens per sequence for the byte model's steps
+  double bandwidth_gbps = 0;        // for the roofline's times (0: bytes and ratios only)
+  std::vector<double> acceptance;   // draft acceptance rates at k = 1, 2, ... (or one for every k)
   bool json = false;
   QuantizationOptions quantization;
 };
@@ -69,6 +73,115 @@ int64_t largest(int64_t hi, F fits) {
   return lo;
 }
 
+// The byte model of a batch-1 step (bench/byte_model.h) at --context cached tokens: what a decode step, a
+// verify block of k + 1 rows and a draft step read (the experts as uniform routing spreads k + 1 rows),
+// the roofline's times at --bandwidth, and the speedups --acceptance implies when every step takes its
+// bytes' time. The weights are the loader's views without data (LoadFormat::meta), in the format the
+// run would keep them.
+nlohmann::json byte_model(const PlanOptions& o, const std::string& dir, const OnlineQuant& online,
+                          const ModelConfig& target, const SpeculativeConfig& spec, const std::string& method, int k,
+                          DType kv_dtype) {
+  if (!o.acceptance.empty() && method == "none")
+    fail("--acceptance needs --speculative-config (the drafter whose steps a round pays for)");
+  if (static_cast<int>(o.acceptance.size()) > kMaxSpeculativeTokens)
+    fail("--acceptance: at most {} rates (k = 1 to {})", kMaxSpeculativeTokens, kMaxSpeculativeTokens);
+  auto backend = make_cpu_backend(1);
+  const auto model = Gemma4Model::load(dir, *backend, LoadFormat::meta, online);
+  // A step's bytes are linear in the experts a layer touches: those of no expert, plus per expert.
+  auto weights_of = [](const Gemma4Model& m) {
+    const std::vector<int> none(m.config().n_layers, 0), one(m.config().n_layers, 1);
+    const double base = static_cast<double>(m.step_weight_bytes(none));
+    return std::pair{base, static_cast<double>(m.step_weight_bytes(one)) - base};
+  };
+  const auto [base, per_expert] = weights_of(*model);
+  auto experts = [](const ModelConfig& c, int rows) {
+    return c.moe ? expected_experts(c.num_experts, c.top_k_experts, rows) : 0.0;
+  };
+  auto target_step = [&](int rows) {
+    return base + experts(target, rows) * per_expert +
+           kv_read_bytes(target, 1, o.context + rows, rows - 1, kv_dtype);
+  };
+  const double decode = target_step(1);
+  double draft = 0;  // n-gram drafts read nothing on the device
+  if (method == "mtp") {
+    const auto assistant = Gemma4Assistant::load(spec.model, *model, LoadFormat::meta, spec.quantization);
+    draft = static_cast<double>(assistant->step_weight_bytes()) +
+            drafter_kv_read_bytes(assistant->config(), 1, o.context, kv_dtype);
+  } else if (method == "draft_model") {
+    const auto drafter = Gemma4Model::load(spec.model, *backend, LoadFormat::meta, spec.quantization);
+    const auto [d_base, d_per_expert] = weights_of(*drafter);
+    const ModelConfig& dc = drafter->config();
+    draft = d_base + experts(dc, 1) * d_per_expert + kv_read_bytes(dc, 1, o.context + 1, 0, kv_dtype);
+  }
+  nlohmann::json j = {{"context", o.context},
+                      {"kv_dtype", kv_dtype == DType::BF16 ? "bf16" : "f32"},
+                      {"decode_bytes", decode},
+                      {"decode_experts_per_layer", experts(target, 1)},
+                      {"num_experts", target.moe ? target.num_experts : 0},
+                      {"draft_bytes", draft}};
+  if (o.bandwidth_gbps > 0) {
+    const double ms = decode / (o.bandwidth_gbps * 1e9) * 1e3;
+    j["bandwidth_gbps"] = o.bandwidth_gbps;
+    j["decode_ms"] = ms;
+    j["decode_tokens_per_second"] = 1e3 / ms;
+  }
+  if (method == "none") return j;
+  // Rows k = 1 .. n of --acceptance, or the speculative config's k at its one rate; without rates, the
+  // config's k and the rate at which a round pays for itself.
+  const int first = o.acceptance.empty() ? k : 1;
+  const int last = o.acceptance.size() > 1 ? static_cast<int>(o.acceptance.size()) : k;
+  nlohmann::json rounds = nlohmann::json::array();
+  for (int kk = first; kk <= last; ++kk) {
+    const double verify = target_step(kk + 1);
+    nlohmann::json r = {{"k", kk},
+                        {"verify_bytes", verify},
+                        {"verify_experts_per_layer", experts(target, kk + 1)},
+                        {"round_bytes", verify + kk * draft},
+                        // A round pays at the roofline once 1 + k · a tokens outweigh its bytes in decode steps.
+                        {"break_even_acceptance", ((verify + kk * draft) / decode - 1.0) / kk}};
+    if (!o.acceptance.empty()) {
+      const double a = o.acceptance.size() == 1 ? o.acceptance[0] : o.acceptance[kk - 1];
+      const SpeculationEstimate e = estimate_speculation(kk, a, decode, verify, draft);
+      r["acceptance"] = a;
+      r["tokens_per_round"] = e.tokens_per_round;
+      r["speedup"] = e.speedup;
+    }
+    rounds.push_back(r);
+  }
+  j["speculation"] = rounds;
+  return j;
+}
+
+void print_byte_model(const nlohmann::json& j, const std::string& method) {
+  const int E = j["num_experts"];
+  auto experts = [&](double e) { return E > 0 ? fmt::format(", {:.1f} of {} experts a layer", e, E) : std::string(); };
+  const std::string draft = method == "none"    ? ""
+                            : method == "ngram" ? "; n-gram drafts read nothing on the device"
+                                                : fmt::format("; a draft step {:.2f} GB", j["draft_bytes"].get<double>() / 1e9);
+  std::printf("  byte model     batch 1 at --context %d (%s KV): a decode step reads %.2f GB%s%s\n", j["context"].get<int>(),
+              j["kv_dtype"].get<std::string>().c_str(), j["decode_bytes"].get<double>() / 1e9,
+              experts(j["decode_experts_per_layer"]).c_str(), draft.c_str());
+  if (j.contains("bandwidth_gbps"))
+    std::printf("  roofline       decode %.3f ms, %.0f tok/s at --bandwidth %.0f GB/s\n", j["decode_ms"].get<double>(),
+                j["decode_tokens_per_second"].get<double>(), j["bandwidth_gbps"].get<double>());
+  if (!j.contains("speculation")) return;
+  const char* label = "  speculation    ";
+  for (const auto& r : j["speculation"]) {
+    const double round_steps = r["round_bytes"].get<double>() / j["decode_bytes"].get<double>();
+    std::string line = fmt::format("k = {}: the verify block reads {:.2f} GB{}, a round {:.2f} decode steps' bytes",
+                                   r["k"].get<int>(), r["verify_bytes"].get<double>() / 1e9,
+                                   experts(r["verify_experts_per_layer"]), round_steps);
+    if (r.contains("speedup"))
+      line += fmt::format("; at acceptance {:.1f} %, {:.2f} tokens a round: {:.2f}x at the roofline",
+                          100 * r["acceptance"].get<double>(), r["tokens_per_round"].get<double>(),
+                          r["speedup"].get<double>());
+    else
+      line += fmt::format("; it pays above acceptance {:.1f} %", 100 * r["break_even_acceptance"].get<double>());
+    std::printf("%s%s\n", label, line.c_str());
+    label = "                 ";
+  }
+}
+
 void run_plan(const PlanOptions& o) {
   const std::string dir = o.model.empty() ? bundled_model_dir() : o.model;
   const ModelConfig target = load_model_config(dir);
@@ -102,8 +215,9 @@ void run_plan(const PlanOptions& o) {
   int64_t drafter_weights = 0, drafter_kv_per_token = 0;
   int k = 0;
   std::string method = "none";
+  SpeculativeConfig spec;
   if (!o.speculative_config.empty()) {
-    const SpeculativeConfig spec = parse_speculative_config(o.speculative_config);
+    spec = parse_speculative_config(o.speculative_config);
     k = spec.num_speculative_tokens;
     method = spec.method;
     if (!spec.model.empty()) {
@@ -154,6 +268,8 @@ void run_plan(const PlanOptions& o) {
                                             k - 1)
                  : 0;
   const bool fits = needed <= budget;
+  const nlohmann::json bytes_json = byte_model(o, dir, online, target, spec, method, k,
+                                               kv_elem == 2 ? DType::BF16 : DType::F32);
 
   nlohmann::json j = {{"model", dir},
                       {"weights_bytes", weights},
@@ -176,7 +292,8 @@ void run_plan(const PlanOptions& o) {
                       {"fits", fits},
                       {"bytes_left", budget - needed},
                       {"sequences_that_fit", seqs_that_fit},
-                      {"max_model_len_that_fits", len_that_fits}};
+                      {"max_model_len_that_fits", len_that_fits},
+                      {"byte_model", bytes_json}};
   if (target.takes_images()) j["vision"] = vision_json;
   if (o.json) {
     std::printf("%s\n", j.dump(2).c_str());
@@ -250,6 +367,7 @@ void run_plan(const PlanOptions& o) {
     std::printf("  to fit         --max-num-seqs %lld at this length, or --max-model-len %lld for %d sequences "
                 "(requests beyond the KV cache wait instead of failing)\n",
                 static_cast<long long>(seqs_that_fit), static_cast<long long>(len_that_fits), o.max_num_seqs);
+  print_byte_model(bytes_json, method);
 }
 
 const RegisterCommand plan_command("plan", "What fits in memory and why (weights, KV cache, sequences)", [](CLI::App& app) {
@@ -264,6 +382,17 @@ const RegisterCommand plan_command("plan", "What fits in memory and why (weights
   app.add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "Rows per engine step, as for serve")
       ->check(CLI::Range(1, 1 << 24));
   app.add_option("--max-soft-tokens", o->max_soft_tokens, "Soft tokens per image (70, 140, 280, 560, 1120; default 280)");
+  app.add_option("--context", o->context, "Cached tokens per sequence for the byte model's steps (default 512, as bench step)")
+      ->check(CLI::Range(0, 1 << 24));
+  app.add_option("--bandwidth", o->bandwidth_gbps,
+                 "Memory bandwidth in GB/s for the roofline's step times and decode tok/s (bench step prints the "
+                 "device's copy bandwidth)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--acceptance", o->acceptance,
+                 "Draft acceptance rates (accepted / drafted, as vLLM counts) at k = 1, 2, ..., comma-separated, "
+                 "or one rate for every k up to the speculative config's: the speedups they imply at the roofline")
+      ->delimiter(',')
+      ->check(CLI::Range(0.0, 1.0));
   app.add_flag("--json", o->json, "Print JSON");
   app.callback([o] { run_plan(*o); });
 });

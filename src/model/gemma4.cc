@@ -100,7 +100,7 @@ int64_t Gemma4Model::step_weight_bytes(std::span<const int> experts_per_layer) c
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Gemma4LayerWeights& l = layers_[i];
     for (const TensorView* t : l.tensors())
-      if (t->data && t != &l.experts_gate_up && t != &l.experts_down) bytes += static_cast<int64_t>(stored_bytes(*t));
+      if (t->ndim > 0 && t != &l.experts_gate_up && t != &l.experts_down) bytes += static_cast<int64_t>(stored_bytes(*t));
     if (config_.moe) {
       const int64_t per_expert = static_cast<int64_t>(stored_bytes(l.experts_gate_up) + stored_bytes(l.experts_down)) /
                                  config_.num_experts;

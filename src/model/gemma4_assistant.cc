@@ -109,7 +109,7 @@ int64_t Gemma4Assistant::step_weight_bytes() const {
                                        stored_bytes(post_projection_));
   for (const Gemma4LayerWeights& l : layers_)
     for (const TensorView* t : l.tensors())
-      if (t->data) bytes += static_cast<int64_t>(stored_bytes(*t));
+      if (t->ndim > 0) bytes += static_cast<int64_t>(stored_bytes(*t));
   if (!c.ordered_embeddings) return bytes + static_cast<int64_t>(stored_bytes(head_));
   const int64_t row_bytes = static_cast<int64_t>(embed_.nbytes()) / c.vocab_size;
   return bytes + static_cast<int64_t>(centroids_.nbytes()) +

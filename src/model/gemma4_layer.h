@@ -29,7 +29,8 @@ struct Gemma4LayerWeights {
   // embeddings: all of them).
   static Gemma4LayerWeights bind(Weights& w, const ModelConfig& c, int layer, const std::string& prefix,
                                  const Shard& shard = {});
-  // Every weight tensor of the layer (absent ones have no data).
+  // Every weight tensor of the layer: absent ones are empty views (ndim 0); present ones have a shape,
+  // and data unless the load was LoadFormat::meta.
   std::vector<const TensorView*> tensors() const;
 };
 

@@ -3,15 +3,19 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/byte_model.h"
 #include "fixtures.h"
+#include "model/gemma4.h"
+#include "model/gemma4_assistant.h"
 
 namespace tandem {
 namespace {
 
 nlohmann::json plan(const std::string& args) {
   std::string out;
+  // In a subshell whose stderr (the load log) is dropped: run_command takes both streams.
   const std::string cmd = std::string(TANDEM_BINARY) + " plan " + testing::fixtures_dir() + "/gemma4-moe --json " + args;
-  EXPECT_EQ(testing::run_command(cmd + " 2>/dev/null", &out), 0) << out;
+  EXPECT_EQ(testing::run_command("(" + cmd + " 2>/dev/null)", &out), 0) << out;
   return nlohmann::json::parse(out);
 }
 
@@ -126,6 +130,59 @@ TEST(Plan, CountsPackedBytesOfAnInt4Checkpoint) {
   EXPECT_EQ(p["bytes_left"].get<int64_t>(), (24ll << 30) - p["needed_bytes"].get<int64_t>());
   EXPECT_GT(p["sequences_that_fit"].get<int64_t>(), 4);
   EXPECT_GT(p["max_model_len_that_fits"].get<int64_t>(), 8192);
+}
+
+TEST(Plan, PredictsStepBytesAndSpeedupsFromTheByteModel) {
+  // The byte model of a loaded model (what bench step sets beside its times) and plan's, from the same
+  // shapes without data, agree: a decode row touches top_k experts a layer, so plan's decode bytes are
+  // the loaded fixture's step bytes with 2 of 8 experts in every layer, plus the KV of --context 40 + 1
+  // keys (f32 on the CPU).
+  const std::string fixtures = testing::fixtures_dir();
+  const auto p = plan("--device cpu --memory 1GiB --context 40 --bandwidth 100 --acceptance 0.75,0.5 "
+                      "--speculative-config '{\"model\": \"" + fixtures + "/gemma4-moe-assistant\", "
+                      "\"num_speculative_tokens\": 2}'");
+  const auto& b = p["byte_model"];
+  auto backend = make_cpu_backend(1);
+  auto model = Gemma4Model::load(fixtures + "/gemma4-moe", *backend);
+  const ModelConfig& c = model->config();
+  const double kv = kv_read_bytes(c, 1, 41, 0, DType::F32);
+  EXPECT_DOUBLE_EQ(b["decode_bytes"].get<double>(),
+                   static_cast<double>(model->step_weight_bytes(std::vector<int>(c.n_layers, c.top_k_experts))) + kv);
+  EXPECT_DOUBLE_EQ(b["decode_experts_per_layer"].get<double>(), 2.0);
+  auto assistant = Gemma4Assistant::load(fixtures + "/gemma4-moe-assistant", *model);
+  EXPECT_DOUBLE_EQ(b["draft_bytes"].get<double>(),
+                   static_cast<double>(assistant->step_weight_bytes()) +
+                       drafter_kv_read_bytes(assistant->config(), 1, 40, DType::F32));
+  // The roofline at --bandwidth 100 GB/s.
+  EXPECT_DOUBLE_EQ(b["decode_ms"].get<double>(), b["decode_bytes"].get<double>() / 100e9 * 1e3);
+  // k = 1 and 2 at 75 % and 50 %: verify blocks of 2 and 3 rows touch 8 · (1 − (6/8)^rows) experts a layer
+  // (3.5 and 4.625); 1 + k · a tokens a round; the speedup is tokens × decode bytes / round bytes.
+  const auto& rounds = b["speculation"];
+  ASSERT_EQ(rounds.size(), 2u);
+  const double decode = b["decode_bytes"].get<double>(), draft = b["draft_bytes"].get<double>();
+  const double acceptance[2] = {0.75, 0.5}, experts[2] = {3.5, 4.625};
+  for (int k = 1; k <= 2; ++k) {
+    const auto& r = rounds[k - 1];
+    EXPECT_EQ(r["k"], k);
+    EXPECT_DOUBLE_EQ(r["verify_experts_per_layer"].get<double>(), experts[k - 1]);
+    const double verify = r["verify_bytes"].get<double>();
+    EXPECT_GT(verify, decode);
+    EXPECT_DOUBLE_EQ(r["tokens_per_round"].get<double>(), 1 + k * acceptance[k - 1]);
+    EXPECT_DOUBLE_EQ(r["speedup"].get<double>(), (1 + k * acceptance[k - 1]) * decode / (verify + k * draft));
+  }
+  // Without rates: the config's k and the acceptance at which its round pays for itself.
+  const auto q = plan("--memory 1GiB --speculative-config '{\"model\": \"" + fixtures +
+                      "/gemma4-moe-assistant\", \"num_speculative_tokens\": 2}'");
+  const auto& only = q["byte_model"]["speculation"];
+  ASSERT_EQ(only.size(), 1u);
+  EXPECT_EQ(only[0]["k"], 2);
+  EXPECT_DOUBLE_EQ(only[0]["break_even_acceptance"].get<double>(),
+                   (only[0]["round_bytes"].get<double>() / q["byte_model"]["decode_bytes"].get<double>() - 1) / 2);
+  // Rates need a drafter to pay for.
+  std::string out;
+  EXPECT_NE(testing::run_command(std::string(TANDEM_BINARY) + " plan " + fixtures + "/gemma4-moe --acceptance 0.5 2>&1", &out),
+            0);
+  EXPECT_NE(out.find("--acceptance needs --speculative-config"), std::string::npos) << out;
 }
 
 }  // namespace
