@@ -152,7 +152,7 @@ StepReport run_step_bench(const StepOptions& o) {
     });
     row.weight_bytes = static_cast<double>(drafter->step_weight_bytes());
     // Its layers read the target's last sliding and full layers' KV (rank 0's KV heads).
-    row.kv_bytes = drafter_kv_read_bytes(shard_config(dc, o.tensor_parallel_size), o.batch, o.context, kv_dtype);
+    row.kv_bytes = kv_read_bytes(shard_config(dc, o.tensor_parallel_size), o.batch, o.context, 0, kv_dtype);
     report.rows.push_back(row);
   }
   return report;

@@ -106,7 +106,7 @@ nlohmann::json byte_model(const PlanOptions& o, const std::string& dir, const On
   if (method == "mtp") {
     const auto assistant = Gemma4Assistant::load(spec.model, *model, LoadFormat::meta, spec.quantization);
     draft = static_cast<double>(assistant->step_weight_bytes()) +
-            drafter_kv_read_bytes(assistant->config(), 1, o.context, kv_dtype);
+            kv_read_bytes(assistant->config(), 1, o.context, 0, kv_dtype);
   } else if (method == "draft_model") {
     const auto drafter = Gemma4Model::load(spec.model, *backend, LoadFormat::meta, spec.quantization);
     const auto [d_base, d_per_expert] = weights_of(*drafter);

@@ -20,15 +20,6 @@ double kv_read_bytes(const ModelConfig& c, int batch, int context_keys, int wind
   return bytes * batch;
 }
 
-double drafter_kv_read_bytes(const ModelConfig& drafter, int batch, int context, DType kv_dtype) {
-  double bytes = 0;
-  for (const LayerSpec& l : drafter.layers) {
-    const int keys = l.type == LayerType::full ? context : std::min(context, drafter.sliding_window);
-    bytes += 2.0 * keys * l.n_kv_heads * l.head_dim * dtype_size(kv_dtype);
-  }
-  return bytes * batch;
-}
-
 SpeculationEstimate estimate_speculation(int k, double acceptance, double decode_bytes, double verify_bytes,
                                          double draft_bytes) {
   SpeculationEstimate e;

@@ -14,12 +14,9 @@ namespace tandem {
 double expected_experts(int num_experts, int top_k, int rows);
 
 // KV bytes a step of `batch` sequences reads: per layer, the keys of each sequence (context_keys on
-// full layers; on sliding ones the window plus window_extra, the step's other rows) × K and V.
+// full layers; on sliding ones the window plus window_extra, the step's other rows) × K and V. For an
+// MTP assistant's step, its config with window_extra 0: its layers read the target's KV of their type.
 double kv_read_bytes(const ModelConfig& c, int batch, int context_keys, int window_extra, DType kv_dtype);
-
-// KV bytes one drafter step reads: an MTP assistant's layers read the target's KV of their type,
-// `context` keys on full layers, at most the window on sliding ones.
-double drafter_kv_read_bytes(const ModelConfig& drafter, int batch, int context, DType kv_dtype);
 
 // What speculation with k drafts a round yields at a draft acceptance rate (accepted / drafted, vLLM's
 // metric): tokens a round, 1 + k · acceptance; and the speedup over plain decoding when every step

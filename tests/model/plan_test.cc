@@ -152,7 +152,7 @@ TEST(Plan, PredictsStepBytesAndSpeedupsFromTheByteModel) {
   auto assistant = Gemma4Assistant::load(fixtures + "/gemma4-moe-assistant", *model);
   EXPECT_DOUBLE_EQ(b["draft_bytes"].get<double>(),
                    static_cast<double>(assistant->step_weight_bytes()) +
-                       drafter_kv_read_bytes(assistant->config(), 1, 40, DType::F32));
+                       kv_read_bytes(assistant->config(), 1, 40, 0, DType::F32));
   // The roofline at --bandwidth 100 GB/s.
   EXPECT_DOUBLE_EQ(b["decode_ms"].get<double>(), b["decode_bytes"].get<double>() / 100e9 * 1e3);
   // k = 1 and 2 at 75 % and 50 %: verify blocks of 2 and 3 rows touch 8 · (1 − (6/8)^rows) experts a layer
