@@ -73,7 +73,7 @@ int64_t largest(int64_t hi, F fits) {
   return lo;
 }
 
-// The byte model of a batch-1 step (bench/byte_model.h) at --context cached tokens: what a decode step, a
+// The byte model of a batch-1 step (model/byte_model.h) at --context cached tokens: what a decode step, a
 // verify block of k + 1 rows and a draft step read (the experts as uniform routing spreads k + 1 rows),
 // the roofline's times at --bandwidth, and the speedups --acceptance implies when every step takes its
 // bytes' time. The weights are the loader's views without data (LoadFormat::meta), in the format the
@@ -251,7 +251,7 @@ void run_plan(const PlanOptions& o) {
   const int64_t kv_needed = kv_bytes(o.max_num_seqs, positions);
   // On a GPU serve keeps the activations of its largest step out of the KV cache (the logits of up to
   // max_num_seqs verify blocks of k + 1 rows), and gives the cache all the rest of its budget.
-  const int64_t logit_rows = std::min<int64_t>(o.max_num_batched_tokens, int64_t{o.max_num_seqs} * (k + 1));
+  const int64_t logit_rows = step_logit_rows(o.max_num_batched_tokens, o.max_num_seqs, k);
   const int64_t step_activations =
       o.device == "cuda" ? activation_bytes(target, o.max_num_batched_tokens, logit_rows) : 0;
   const int64_t budget = o.memory.empty() ? mem_available_bytes() : parse_bytes("--memory", o.memory);

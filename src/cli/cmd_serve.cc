@@ -520,8 +520,8 @@ void run_serve(ServeOptions o) {
     size_t free_now = 0, total = 0;
     backend->memory_info(&free_now, &total);
     const int64_t used = static_cast<int64_t>(gpu_free) - static_cast<int64_t>(free_now);  // weights so far
-    const int64_t rows = std::min<int64_t>(config.max_num_batched_tokens,
-                                           int64_t{config.max_num_seqs} * (config.num_speculative_tokens + 1));
+    const int64_t rows =
+        step_logit_rows(config.max_num_batched_tokens, config.max_num_seqs, config.num_speculative_tokens);
     const int64_t activations = activation_bytes(mc, config.max_num_batched_tokens, rows) +
                                 (images ? vision_activation_bytes(mc, image_tokens, config.max_num_batched_tokens) : 0);
     const int64_t budget = static_cast<int64_t>(o.gpu_memory_utilization * static_cast<double>(total));

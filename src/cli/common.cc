@@ -132,6 +132,10 @@ int64_t activation_bytes(const ModelConfig& c, int64_t tokens, int64_t outputs) 
   return 4 * (tokens * per_row + 2 * outputs * int64_t{c.vocab_size}) + (512ll << 20);
 }
 
+int64_t step_logit_rows(int64_t max_num_batched_tokens, int64_t max_num_seqs, int k) {
+  return std::min(max_num_batched_tokens, max_num_seqs * (k + 1));
+}
+
 int64_t vision_activation_bytes(const ModelConfig& c, int64_t soft_tokens, int64_t step_tokens) {
   const VisionConfig& v = *c.vision;
   const int64_t n = soft_tokens * v.pooling_kernel * v.pooling_kernel, padded = (v.head_dim + 31) / 32 * 32;

@@ -70,6 +70,9 @@ int64_t mem_available_bytes();
 // model's scratch, logits and the drafter's, and 512 MiB for the backend's own workspaces): what serve
 // keeps out of the KV cache on a GPU, and what `tandem plan --device cuda` counts.
 int64_t activation_bytes(const ModelConfig& c, int64_t tokens, int64_t outputs);
+// The output rows of the largest step serve sizes for: up to max_num_seqs verify blocks of k + 1 rows,
+// at most max_num_batched_tokens.
+int64_t step_logit_rows(int64_t max_num_batched_tokens, int64_t max_num_seqs, int k);
 // Backend memory the vision tower needs besides its weights: the activations of encoding one image
 // of `soft_tokens` (pool² · soft_tokens patches; q, k, v, attention, MLP and residual buffers, the
 // heads padded to a multiple of 32 for the CUDA kernel) and the encoder cache (a step's rows of

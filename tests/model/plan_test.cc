@@ -3,8 +3,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/byte_model.h"
 #include "fixtures.h"
+#include "model/byte_model.h"
 #include "model/gemma4.h"
 #include "model/gemma4_assistant.h"
 
