@@ -218,8 +218,9 @@ if named ab; then
   # that differ from AB_REF are swapped for AB_REF's and `tandem` rebuilt (only what they touch), then
   # restored and rebuilt again. The two binaries then take turns, two rounds of each AB_RUNS entry
   # (config:tokens:context, or config:tokens:context:flags with more `bench step` flags joined by "+",
-  # e.g. gemma4-26b-a4b-w4a16:1,3:512:--quantize-lm-head), so both see the same machine; the table rows
-  # go to $OUT/ab.txt.
+  # e.g. gemma4-26b-a4b-w4a16:1,3:512:--quantize-lm-head; flags may hold colons, so a --speculative-config
+  # JSON without spaces adds the drafter step's row), so both see the same machine; the table rows go to
+  # $OUT/ab.txt.
   ref=${AB_REF:-main}
   stamp "ab: working tree against $ref"
   git rev-parse -q --verify "$ref^{commit}" >/dev/null || { echo "ab: $ref is no commit here"; exit 1; }
@@ -248,7 +249,7 @@ if named ab; then
       IFS=: read -r cfg tokens context flags <<<"$run"
       read -ra extra <<<"${flags//+/ }"
       for side in ref new; do
-        bench_step "/tmp/tandem-$side" "$cfg" "$tokens" "$context" "${extra[@]}" | grep -E "^\| target" |
+        bench_step "/tmp/tandem-$side" "$cfg" "$tokens" "$context" "${extra[@]}" | grep -E "^\| (target|drafter)" |
           awk -v p="$side $cfg${flags:+ $flags} context $context round $round " '{print p $0}' | tee -a "$OUT/ab.txt" ||
           echo "(no step rows: $side $cfg failed)"
       done
@@ -271,7 +272,7 @@ if named switches; then
         [ "${vars[0]:-}" = - ] && vars=()
         # The setting's variables exported in a subshell, for bench_step (a function, which env cannot run).
         ( [ ${#vars[@]} -eq 0 ] || export "${vars[@]}"; bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" ) |
-          grep -E "^\| target" | awk -v p="[$setting] $cfg${flags:+ $flags} context $context round $round " '{print p $0}' |
+          grep -E "^\| (target|drafter)" | awk -v p="[$setting] $cfg${flags:+ $flags} context $context round $round " '{print p $0}' |
           tee -a "$OUT/switches.txt" ||
           echo "(no step rows: $cfg under $setting failed)"
       done
