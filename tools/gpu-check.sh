@@ -33,6 +33,9 @@ stamp() { echo "[$(date +%T)] $*"; }
 bench_step() {
   "$1" bench step "bench/configs/$2" --load-format dummy --device cuda --tokens "$3" --context "$4" "${@:5}" 2>&1
 }
+# step_rows: the step table's rows of bench_step's output (the target's steps, and the drafter's with a
+# --speculative-config), which ab and switches keep.
+step_rows() { grep -E "^\| (target|drafter)"; }
 
 if [ -d .deps ]; then
   for f in .deps/*.deb; do dpkg -x "$f" "$DEPS"; done
@@ -249,7 +252,7 @@ if named ab; then
       IFS=: read -r cfg tokens context flags <<<"$run"
       read -ra extra <<<"${flags//+/ }"
       for side in ref new; do
-        bench_step "/tmp/tandem-$side" "$cfg" "$tokens" "$context" "${extra[@]}" | grep -E "^\| (target|drafter)" |
+        bench_step "/tmp/tandem-$side" "$cfg" "$tokens" "$context" "${extra[@]}" | step_rows |
           awk -v p="$side $cfg${flags:+ $flags} context $context round $round " '{print p $0}' | tee -a "$OUT/ab.txt" ||
           echo "(no step rows: $side $cfg failed)"
       done
@@ -272,7 +275,7 @@ if named switches; then
         [ "${vars[0]:-}" = - ] && vars=()
         # The setting's variables exported in a subshell, for bench_step (a function, which env cannot run).
         ( [ ${#vars[@]} -eq 0 ] || export "${vars[@]}"; bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" ) |
-          grep -E "^\| (target|drafter)" | awk -v p="[$setting] $cfg${flags:+ $flags} context $context round $round " '{print p $0}' |
+          step_rows | awk -v p="[$setting] $cfg${flags:+ $flags} context $context round $round " '{print p $0}' |
           tee -a "$OUT/switches.txt" ||
           echo "(no step rows: $cfg under $setting failed)"
       done
