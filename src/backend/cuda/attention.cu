@@ -79,6 +79,45 @@ __device__ __forceinline__ void load_part(const void* base, int64_t off, float (
   }
 }
 
+// A lane's EPL elements of one K or V row as loaded: bf16 values two to a word, still in the cache's
+// encoding and widened to f32 only where used, so that a warp's keys' parts can be in flight together
+// in half the registers widened copies would take; f32 words for an f32 cache (and a bf16 one with odd
+// EPL, widened as loaded).
+template <int EPL, int KVT>
+struct RawPart {
+  static constexpr bool kPairs = KVT == 1 && EPL % 2 == 0;
+  static constexpr int kWords = kPairs ? EPL / 2 : EPL;
+  uint32_t w[kWords];
+  __device__ __forceinline__ float operator[](int i) const {
+    if constexpr (kPairs) return __uint_as_float(i % 2 == 0 ? w[i / 2] << 16 : w[i / 2] & 0xFFFF0000u);
+    else return __uint_as_float(w[i]);
+  }
+};
+
+// Issues the loads of elements [off, off + EPL) of a K or V cache (16-byte aligned base) into raw,
+// with load_part's access widths, so that widening raw gives load_part's values bit for bit.
+template <int EPL, int KVT>
+__device__ __forceinline__ void load_raw(const void* base, int64_t off, RawPart<EPL, KVT>& raw) {
+  if constexpr (!RawPart<EPL, KVT>::kPairs) {
+    float f[EPL];
+    load_part<EPL, KVT>(base, off, f);
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) raw.w[i] = __float_as_uint(f[i]);
+  } else {
+    const uint16_t* p = static_cast<const uint16_t*>(base) + off;
+    if constexpr (EPL % 8 == 0) {
+#pragma unroll
+      for (int i = 0; i < EPL; i += 8) {
+        const uint4 r = *reinterpret_cast<const uint4*>(p + i);
+        raw.w[i / 2] = r.x, raw.w[i / 2 + 1] = r.y, raw.w[i / 2 + 2] = r.z, raw.w[i / 2 + 3] = r.w;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < EPL; i += 2) raw.w[i / 2] = *reinterpret_cast<const uint32_t*>(p + i);
+    }
+  }
+}
+
 struct AttnArgs {
   HeadView q, out;
   const void* k;
@@ -135,7 +174,13 @@ struct ChunkSmem {
 // (max, sum, Σ p·v), and the 16 warp states are merged in warp order. On return (after a barrier)
 // the chunk's max is *mc, its sum *lc, and thread i's share of Σ p·v is in ac[i] for elements
 // i = threadIdx.x + j·blockDim.x.
-template <int EPL, int KVT>
+//
+// The warp's loads go in batches of KEYS_IN_FLIGHT keys (1, 2 or 4), each batch's loads issued before
+// any of them is used: the four keys' block-table entries, then a batch's K row parts, then a batch's V
+// row parts (the first batch's before the scores' shuffles and expf, which its round trip overlaps).
+// A batch thus costs one memory round trip for its keys instead of one per key; a larger batch holds
+// more row parts in registers. The arithmetic is the same in every case (same bits).
+template <int EPL, int KVT, int KEYS_IN_FLIGHT>
 __device__ __forceinline__ void chunk_state(const AttnArgs& a, const RowRange& r, int64_t c, int64_t kvh,
                                             const float (&q)[EPL], ChunkSmem<32 * EPL>& sm, float& mc, float& lc,
                                             float (&ac)[(32 * EPL + kAttnWarps * 32 - 1) / (kAttnWarps * 32)]) {
@@ -143,26 +188,42 @@ __device__ __forceinline__ void chunk_state(const AttnArgs& a, const RowRange& r
   constexpr int KG = kKeysPerGroup;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t head_off = kvh * D + lane * EPL;
-  int64_t row[KG];  // element offset of the key's (slot, kv head) row part, or -1
-  float s[KG];
+  int32_t blk[KG];
 #pragma unroll
   for (int u = 0; u < KG; ++u) {
-    row[u] = -1;
     const int64_t j = c * kChunkKeys + warp * KG + u;
-    if (j < r.len) {
-      const int64_t pos = r.kv_begin + j;
-      const int32_t blk = r.bt[pos / a.bs];
-      if (blk >= 0 && blk < a.num_blocks) row[u] = ((blk * a.bs + pos % a.bs) * a.n_kv) * D + head_off;
-    }
-    float part = 0.0f;
-    if (row[u] >= 0) {
-      float kf[EPL];
-      load_part<EPL, KVT>(a.k, row[u], kf);
-#pragma unroll
-      for (int i = 0; i < EPL; ++i) part = fmaf(q[i], kf[i], part);
-    }
-    s[u] = part;
+    blk[u] = j < r.len ? r.bt[(r.kv_begin + j) / a.bs] : -1;
   }
+  int64_t row[KG];  // element offset of the key's (slot, kv head) row part, or -1
+#pragma unroll
+  for (int u = 0; u < KG; ++u) {
+    const int64_t pos = r.kv_begin + c * kChunkKeys + warp * KG + u;
+    row[u] = blk[u] >= 0 && blk[u] < a.num_blocks ? ((blk[u] * a.bs + pos % a.bs) * a.n_kv) * D + head_off : -1;
+  }
+  using Part = RawPart<EPL, KVT>;
+  constexpr int G = KEYS_IN_FLIGHT;
+  static_assert(KG % G == 0, "the group's keys go in equal batches");
+  float s[KG];
+#pragma unroll
+  for (int u0 = 0; u0 < KG; u0 += G) {
+    Part kp[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+      if (row[u0 + g] >= 0) load_raw<EPL, KVT>(a.k, row[u0 + g], kp[g]);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float part = 0.0f;
+      if (row[u0 + g] >= 0) {
+#pragma unroll
+        for (int i = 0; i < EPL; ++i) part = fmaf(q[i], kp[g][i], part);
+      }
+      s[u0 + g] = part;
+    }
+  }
+  Part vp[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+    if (row[g] >= 0) load_raw<EPL, KVT>(a.v, row[g], vp[g]);
   float m = -INFINITY;
 #pragma unroll
   for (int u = 0; u < KG; ++u) {
@@ -173,14 +234,20 @@ __device__ __forceinline__ void chunk_state(const AttnArgs& a, const RowRange& r
 #pragma unroll
   for (int i = 0; i < EPL; ++i) acc[i] = 0.0f;
 #pragma unroll
-  for (int u = 0; u < KG; ++u) {
-    if (row[u] < 0) continue;
-    const float p = expf(s[u] - m);
-    l += p;
-    float vf[EPL];
-    load_part<EPL, KVT>(a.v, row[u], vf);
+  for (int u0 = 0; u0 < KG; u0 += G) {
+    if (u0 > 0) {
 #pragma unroll
-    for (int i = 0; i < EPL; ++i) acc[i] = fmaf(p, vf[i], acc[i]);
+      for (int g = 0; g < G; ++g)
+        if (row[u0 + g] >= 0) load_raw<EPL, KVT>(a.v, row[u0 + g], vp[g]);
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (row[u0 + g] < 0) continue;
+      const float p = expf(s[u0 + g] - m);
+      l += p;
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) acc[i] = fmaf(p, vp[g][i], acc[i]);
+    }
   }
   __syncthreads();  // the previous chunk's readers are done with sm
   if (lane == 0) sm.m[warp] = m, sm.l[warp] = l;
@@ -228,7 +295,9 @@ __device__ __forceinline__ void write_out(const AttnArgs& a, int64_t t, int64_t 
   }
 }
 
-// Whole-row path: one CTA per (row, head) folds its chunks in order.
+// Whole-row path: one CTA per (row, head) folds its chunks in order. It runs where a launch has at
+// least two such CTAs an SM, whose warps hide each other's round trips, so it loads one key at a time:
+// batches would cost it registers (ptxas: 64 → 96 at head dim 256 with a bf16 cache), and with them half its CTAs an SM.
 template <int EPL, int KVT>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttnArgs a) {
   begin_kernel();
@@ -243,7 +312,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttnArgs a) 
   for (int j = 0; j < PER; ++j) acc[j] = 0.0f;
   for (int64_t c = 0; c < chunks_of(r.len); ++c) {
     float mc, lc, ac[PER];
-    chunk_state<EPL, KVT>(a, r, c, h / a.group, q, sm, mc, lc, ac);
+    chunk_state<EPL, KVT, 1>(a, r, c, h / a.group, q, sm, mc, lc, ac);
     float mm = m, ll = l;
 #pragma unroll
     for (int j = 0; j < PER; ++j) mm = m, ll = l, fold(mm, ll, acc[j], mc, lc, ac[j]);
@@ -290,6 +359,15 @@ __device__ __forceinline__ void combine_chunks(const AttnArgs& a, int64_t t, int
   write_out<D, PER>(a, t, h, l, acc);
 }
 
+// Keys a split-path warp loads together (chunk_state): all four where a key's row part is at most 4
+// words (bf16 rows of up to 256 elements), fewer for longer parts, so that the kernel keeps within the
+// 64 registers a thread that let two of its CTAs share an SM (ptxas, sm_90: 50 at head dim 256 and 64
+// at 512 with a bf16 cache).
+template <int EPL, int KVT>
+constexpr int kChunkKeysInFlight = RawPart<EPL, KVT>::kWords <= 4   ? kKeysPerGroup
+                                   : RawPart<EPL, KVT>::kWords <= 8 ? kKeysPerGroup / 2
+                                                                    : 1;
+
 // Split path: one CTA per (row, head, chunk) (flash-decoding: a decode step has only n_heads rows of
 // work per layer). A row of one chunk writes its output; a longer row's chunks leave their states,
 // and the last of them to finish (a ticket per (row, head), counted with atomicAdd and reset for the
@@ -306,7 +384,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_chunk_kernel(AttnAr
   float q[EPL];
   load_q(a, t, h, q);
   float mc = -INFINITY, lc = 0.0f, ac[PER];
-  if (n > 0) chunk_state<EPL, KVT>(a, r, c, h / a.group, q, sm, mc, lc, ac);
+  if (n > 0) chunk_state<EPL, KVT, kChunkKeysInFlight<EPL, KVT>>(a, r, c, h / a.group, q, sm, mc, lc, ac);
   if (n <= 1) {  // the whole row: fold into the empty state, as the whole-row path does
     float m = -INFINITY, l = 0.0f, acc[PER];
 #pragma unroll
