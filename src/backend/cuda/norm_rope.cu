@@ -39,7 +39,9 @@ __global__ void embed_kernel(const int32_t* __restrict__ ids, const void* __rest
 
 // Σ v[j]² of a row whose element threadIdx.x + j · blockDim.x each thread holds in v[j], in one
 // fixed order: each thread's elements in j order, a butterfly within each warp, then the warps in
-// order (through s_part, 32 floats of shared memory). Every thread gets the sum.
+// order (through s_part, 32 floats of shared memory, 16-byte aligned). Every thread gets the sum.
+// The warps' sums are read four at a time (one 16-byte load each): a chain of one shared-memory load
+// per warp, each waiting for the one before, cost a CTA of 16 warps hundreds of cycles a reduction.
 template <int PER>
 __device__ __forceinline__ float row_sum_squares(const float (&v)[PER], float* s_part) {
   float ss = 0.0f;
@@ -51,7 +53,15 @@ __device__ __forceinline__ float row_sum_squares(const float (&v)[PER], float* s
     if (threadIdx.x % 32 == 0) s_part[threadIdx.x / 32] = ss;
     __syncthreads();
     ss = 0.0f;
-    for (int i = 0; i < warps; ++i) ss += s_part[i];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      if (4 * i >= warps) break;
+      const float4 part = reinterpret_cast<const float4*>(s_part)[i];
+      const float p[4] = {part.x, part.y, part.z, part.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (4 * i + e < warps) ss += p[e];
+    }
   }
   return ss;
 }
@@ -71,13 +81,15 @@ constexpr int kNormThreads = 512;
 
 // One step of rms_norms_kernel (RmsNormStep). in_regs / old_regs: the step's input rows / (add) its
 // output's previous values are the rows the kernel kept from an earlier step (keep), in registers,
-// not read back from memory.
+// not read back from memory. same_sum: the step's input is the rows the step before it normed, left
+// unchanged by it (the three norms of a MoE layer's h1), so it reuses that step's scale factor, the
+// same value, instead of reducing the row again.
 struct NormStepArgs {
   Mat in, out;
   const void* w;  // [D] norm weight of dtype wt, or nullptr
   int wt;
   float scale;
-  bool add, in_regs, old_regs, keep;
+  bool add, in_regs, old_regs, keep, same_sum;
 };
 struct NormChainArgs {
   NormStepArgs step[kMaxNormSteps];
@@ -88,8 +100,8 @@ struct NormChainArgs {
 // The steps of rms_norms, one CTA per row: step s computes out = RMS(in) · w (+ out with add), then
 // · scale, each a separate rounding (__fmul_rn / __fadd_rn: never contracted into an FMA, as on the
 // CPU). Every step's element i is handled by the same thread, so a step reads what an earlier one
-// wrote without a barrier; the reductions alternate between two s_part buffers, since a step's
-// barrier is the only one between its writes and the previous step's reads.
+// wrote without a barrier; the reductions alternate between two s_part buffers, since a reduction's
+// barrier is the only one between its writes and the previous reduction's reads.
 template <int PER, bool WEIGHTS_IN_REGS>
 __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a) {
   const int64_t r = blockIdx.x, D = a.step[0].in.cols;
@@ -109,8 +121,9 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a
     else if (blockIdx.x == 0) prefetch_l2(st.w, D * wtype_bytes(st.wt), threadIdx.x, blockDim.x);
   }
   begin_kernel();
-  __shared__ float s_part[2][32];
-  float kept[PER] = {};
+  __shared__ __align__(16) float s_part[2][32];
+  float kept[PER] = {}, inv = 0.0f;
+  int reductions = 0;
 #pragma unroll
   for (int s = 0; s < kMaxNormSteps; ++s) {
     if (s >= a.n) break;
@@ -128,7 +141,9 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a
       v[j] = st.in_regs ? kept[j] : i < D ? xr[i] : 0.0f;
       old[j] = !st.add ? 0.0f : st.old_regs ? kept[j] : i < D ? yr[i] : 0.0f;
     }
-    const float inv = 1.0f / sqrtf(row_sum_squares<PER>(v, s_part[s % 2]) / static_cast<float>(D) + a.eps);
+    // (Only the one-wave kernel reuses: in rms_norms_kernel<16, false> the branch cost 100 bytes of spills.)
+    if (!(WEIGHTS_IN_REGS && st.same_sum))
+      inv = 1.0f / sqrtf(row_sum_squares<PER>(v, s_part[reductions++ % 2]) / static_cast<float>(D) + a.eps);
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
       const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
@@ -184,7 +199,7 @@ struct NormRopeArgs {
 template <int KVT>
 __global__ void __launch_bounds__(1024) norm_rope_kernel(NormRopeArgs a) {
   constexpr int kPairs = kHeadPer / 2;  // RoPE pairs per thread: p = threadIdx.x + m · blockDim.x
-  __shared__ float s_part[32];
+  __shared__ __align__(16) float s_part[32];
   extern __shared__ float s_row[];  // [d]
   const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, d = a.d, half = d / 2;
   const bool k_row = blockIdx.y == 0;
@@ -335,6 +350,7 @@ void CudaBackend::launch_rms_norms(std::span<const RmsNormStep> steps, float eps
       k.scale = st.scale, k.add = st.add;
       k.in_regs = kept && same(kept, st.in);
       k.old_regs = st.add && kept && same(kept, st.out);
+      k.same_sum = s > 0 && k.in_regs && a.step[s - 1].in_regs && !a.step[s - 1].keep;
       // Keep the output when it is the residual (add, in place) or replaces the kept rows; a norm
       // into another view leaves the kept rows (apart from it) as they are.
       k.keep = st.add || same(st.in, st.out) || (kept && same(kept, st.out));
