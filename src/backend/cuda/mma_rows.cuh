@@ -115,20 +115,11 @@ __device__ __forceinline__ void split_x8(const float4& lo4, const float4& hi4, u
 // virtual warps (mma_quant.cuh) kb0 + q % VPW + kMmaWarps · (q / VPW). A lane takes units of 4 values
 // (indices 4 (32 f + L) .. + 3 for lane L), or with NIBBLE_PAIRS of 8 (split_x8's pairing), and stores
 // word i of part p (values 2i and 2i + 1, or the NIBBLE_PAIRS pair of that place) at words[p][i].
-//
-// The parts' rows are kPartPad words longer than their values: the quantized kernels' lanes g read
-// part g % 3 at the same place, so with rows a multiple of 32 words apart the three parts' words sat
-// in the same banks (a 3-way conflict, Nsight Compute on the int8 head launch: two thirds of its
-// shared-memory wavefronts excess). 8 words more put part p 8p banks further on: the 8-bit codes'
-// reads (8 words of each part) then touch 24 distinct banks, the 4-bit codes' (16 words) need two
-// wavefronts for their 192 bytes instead of three.
 template <int U, int VB, bool NIBBLE_PAIRS = false, int VPW = 1>
 struct OneRowX {
   static constexpr int kUnit = NIBBLE_PAIRS ? 8 : 4, kValues = U * VB, kUnits = kValues / (32 * kUnit);
-  static constexpr int kPartPad = 8;
   static_assert(kValues % (32 * kUnit) == 0 && VB % kUnit == 0, "whole units per lane");
-  static_assert((kValues / 2) % 32 == 0, "part rows a multiple of 32 words before the pad");
-  using Words = uint32_t[kMmaParts][kValues / 2 + kPartPad];
+  using Words = uint32_t[kMmaParts][kValues / 2];
   float4 v[kUnits][kUnit / 4];
 
   // Loads this lane's values of the warp's U blocks from x (16-byte aligned); zeros at x positions
