@@ -318,11 +318,15 @@ if named ncu-source; then
   # warp-stall samples per SASS instruction (the source page as CSV, gzipped; tools/ncu_source.py reads it)
   # and the speed-of-light, occupancy, launch and warp-state sections (text). Caches are left as the
   # previous kernel leaves them (--cache-control none), as inside a step; launches are eager.
+  # NCU_SKIP has no default: the launches before a decode step (the load's and the context's prefill) depend
+  # on the config, the context and the code; docs/GPU.md (twenty-fifth session) gives the counts and how to
+  # recount them from the ncu phase's CSV.
+  [ -n "${NCU_SKIP:-}" ] || { echo "ncu-source: set NCU_SKIP (docs/GPU.md)"; exit 1; }
   stamp "ncu-source"
   rep=$(mktemp -d)/source
   # shellcheck disable=SC2086
   ncu --clock-control none --cache-control none --kernel-name "regex:${NCU_KERNEL:-matmul_mma|moe_mma|attention|rms_norms}" \
-    --launch-skip "${NCU_SKIP:-28}" --launch-count "${NCU_COUNT:-14}" --warp-sampling-interval 0 \
+    --launch-skip "$NCU_SKIP" --launch-count "${NCU_COUNT:-14}" --warp-sampling-interval 0 \
     --section SourceCounters --section WarpStateStats --section SpeedOfLight --section Occupancy --section LaunchStats \
     -o "$rep" -f "$BUILD/tandem" bench step "bench/configs/${NCU_CONFIG:-gemma4-26b-a4b-w4a16}" --load-format dummy \
     --device cuda --tokens 1 --context "${NCU_CONTEXT:-512}" --reps 1 --enforce-eager ${NCU_ARGS:-} >"$LOGS/ncu-source.log" 2>&1 ||
