@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|switches|sass|ncu|ncu-attention|ncu-source]...
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|switches|trace|sass|ncu|ncu-attention|ncu-source]...
 #   (default: all)
 # (never part of all: steps, two rounds of the decode and verify steps of the 26B-A4B in bf16, W4A16
 # and FP8 and the 31B's decode, for quick A/B calls; costs, what each kernel adds to those steps when
 # issued twice (TANDEM_CUDA_REPEAT); ab, the working tree's steps against AB_REF's (default main),
 # interleaved, both binaries from one build directory; switches, the same steps under each setting of
-# measuring switches in SWITCHES, interleaved; sass, the SASS listings of the matmul and MoE
+# measuring switches in SWITCHES, interleaved; trace, every kernel's time inside replayed steps (CUPTI,
+# tools/kernel_trace.py); sass, the SASS listings of the matmul and MoE
 # kernels, for tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
 # tools/ncu_kernels.py; ncu-attention, Nsight Compute's sections for a few attention launches over a long
 # context; ncu-source, where the warps of chosen kernels of a decode step wait, per SASS instruction.)
@@ -287,6 +288,32 @@ if named sass; then
   stamp "sass"
   for f in matmul moe; do
     cuobjdump -sass "$(find "$BUILD" -name "$f.cu.o" | head -1)" | gzip -6 >"$OUT/$f.sass.gz"
+  done
+fi
+if named trace; then
+  # Every kernel's start and end inside the replayed steps of each TRACE_RUNS entry (config:tokens:context
+  # or config:tokens:context:flags, as AB_RUNS; default the 26B-A4B decode in W4A16 and bf16 over 512
+  # tokens), recorded by tools/kernel_trace.cc (a CUPTI injection library) and summarised by
+  # tools/kernel_trace.py into $OUT/trace-N.txt (the runs gzipped beside it). Each entry also runs without
+  # the library first: the two step times say what the tracing itself costs.
+  stamp "trace"
+  ninja -C "$BUILD" tandem tandem_kernel_trace >"$LOGS/trace-build.log" 2>&1 ||
+    { tail -20 "$LOGS/trace-build.log"; echo "trace: build failed"; exit 1; }
+  i=0
+  for run in ${TRACE_RUNS:-gemma4-26b-a4b-w4a16:1:512 gemma4-26b-a4b:1:512}; do
+    IFS=: read -r cfg tokens context flags <<<"$run"
+    read -ra extra <<<"${flags//+/ }"
+    i=$((i + 1))
+    bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" | step_rows | sed "s/^/untraced $cfg /"
+    CUDA_INJECTION64_PATH="$PWD/$BUILD/libtandem_kernel_trace.so" KERNEL_TRACE_FILE="$LOGS/trace-$i.csv" \
+      bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" | grep -E "^\| (target|drafter)|kernel_trace" |
+      sed "s/^/traced $cfg /"
+    if [ -f "$LOGS/trace-$i.csv" ]; then
+      echo "$run" >"$OUT/trace-$i.txt"
+      python3 tools/kernel_trace.py "$LOGS/trace-$i.csv" >>"$OUT/trace-$i.txt" 2>&1 || echo "trace: kernel_trace.py failed"
+      head -40 "$OUT/trace-$i.txt"
+      gzip -c "$LOGS/trace-$i.csv" >"$OUT/trace-$i.csv.gz"
+    fi
   done
 fi
 if named ncu; then
