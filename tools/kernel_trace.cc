@@ -24,7 +24,7 @@ namespace {
 
 struct KernelRun {
   uint64_t start, end;  // ns
-  uint32_t stream, graph, correlation;  // correlation: the launch's API call (for a graph's kernels, the graph launch)
+  uint32_t stream, graph, correlation;  // correlation: the launching API call's (kept for reference)
   uint64_t graph_node;
   int32_t grid[3], block;
   std::string name;  // mangled

@@ -45,20 +45,28 @@ def load(path):
     for r in csv.DictReader(io.StringIO(text)):
         runs.append({
             "start": int(r["start_ns"]), "end": int(r["end_ns"]), "stream": int(r["stream"]),
-            "graph": int(r["graph"]), "node": int(r["graph_node"]), "corr": int(r["correlation"]),
+            "graph": int(r["graph"]), "node": int(r["graph_node"]),
             "grid": f"({r['grid_x']}, {r['grid_y']}, {r['grid_z']})", "name": short_name(r["name"])})
     return runs
 
 
 def replays_by_graph(runs):
-    """graph id -> its replays (lists of kernel runs, by start), kernels of one graph launch together."""
-    launches = collections.defaultdict(list)
+    """graph id -> its replays (lists of kernel runs, by start): a graph's runs in order of start, a new
+    replay wherever a node comes again (each node runs once a replay; replays of one graph do not overlap)."""
+    by_graph = collections.defaultdict(list)
     for k in runs:
         if k["graph"]:
-            launches[(k["graph"], k["corr"])].append(k)
-    graphs = collections.defaultdict(list)
-    for (graph, _), ks in sorted(launches.items(), key=lambda kv: min(k["start"] for k in kv[1])):
-        graphs[graph].append(sorted(ks, key=lambda k: k["start"]))
+            by_graph[k["graph"]].append(k)
+    graphs = {}
+    for graph, ks in sorted(by_graph.items(), key=lambda kv: min(k["start"] for k in kv[1])):
+        reps, seen = [], set()
+        for k in sorted(ks, key=lambda k: k["start"]):
+            if not reps or k["node"] in seen:
+                reps.append([])
+                seen = set()
+            reps[-1].append(k)
+            seen.add(k["node"])
+        graphs[graph] = reps
     return graphs
 
 
