@@ -304,10 +304,11 @@ if named trace; then
     IFS=: read -r cfg tokens context flags <<<"$run"
     read -ra extra <<<"${flags//+/ }"
     i=$((i + 1))
-    bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" | step_rows | sed "s/^/untraced $cfg /"
+    bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" | step_rows | sed "s/^/untraced $cfg /" ||
+      echo "(no step rows: untraced $cfg failed)"
     CUDA_INJECTION64_PATH="$PWD/$BUILD/libtandem_kernel_trace.so" KERNEL_TRACE_FILE="$LOGS/trace-$i.csv" \
       bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" | grep -E "^\| (target|drafter)|kernel_trace" |
-      sed "s/^/traced $cfg /"
+      sed "s/^/traced $cfg /" || echo "(no step rows: traced $cfg failed)"
     if [ -f "$LOGS/trace-$i.csv" ]; then
       echo "$run" >"$OUT/trace-$i.txt"
       python3 tools/kernel_trace.py "$LOGS/trace-$i.csv" >>"$OUT/trace-$i.txt" 2>&1 || echo "trace: kernel_trace.py failed"
