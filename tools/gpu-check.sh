@@ -34,9 +34,9 @@ stamp() { echo "[$(date +%T)] $*"; }
 bench_step() {
   "$1" bench step "bench/configs/$2" --load-format dummy --device cuda --tokens "$3" --context "$4" "${@:5}" 2>&1
 }
-# step_rows: the step table's rows of bench_step's output (the target's steps, and the drafter's with a
-# --speculative-config), which ab and switches keep.
-step_rows() { grep -E "^\| (target|drafter)"; }
+# step_rows [PATTERN]: the step table's rows of bench_step's output (the target's steps, and the drafter's
+# with a --speculative-config), which ab, switches and trace keep, and the lines matching PATTERN too.
+step_rows() { grep -E "^\| (target|drafter)${1:+|$1}"; }
 
 if [ -d .deps ]; then
   for f in .deps/*.deb; do dpkg -x "$f" "$DEPS"; done
@@ -307,7 +307,7 @@ if named trace; then
     bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" | step_rows | sed "s/^/untraced $cfg /" ||
       echo "(no step rows: untraced $cfg failed)"
     CUDA_INJECTION64_PATH="$PWD/$BUILD/libtandem_kernel_trace.so" KERNEL_TRACE_FILE="$LOGS/trace-$i.csv" \
-      bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" | grep -E "^\| (target|drafter)|kernel_trace" |
+      bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" | step_rows "^kernel_trace" |
       sed "s/^/traced $cfg /" || echo "(no step rows: traced $cfg failed)"
     if [ -f "$LOGS/trace-$i.csv" ]; then
       echo "$run" >"$OUT/trace-$i.txt"

@@ -19,7 +19,6 @@ import argparse
 import collections
 import csv
 import gzip
-import io
 import re
 import statistics
 
@@ -39,15 +38,11 @@ def short_name(name):
 
 def load(path):
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as f:
-        text = f.read()
-    runs = []
-    for r in csv.DictReader(io.StringIO(text)):
-        runs.append({
-            "start": int(r["start_ns"]), "end": int(r["end_ns"]), "stream": int(r["stream"]),
-            "graph": int(r["graph"]), "node": int(r["graph_node"]),
-            "grid": f"({r['grid_x']}, {r['grid_y']}, {r['grid_z']})", "name": short_name(r["name"])})
-    return runs
+    with opener(path, "rt", newline="") as f:
+        return [{"start": int(r["start_ns"]), "end": int(r["end_ns"]), "stream": int(r["stream"]),
+                 "graph": int(r["graph"]), "node": int(r["graph_node"]),
+                 "grid": f"({r['grid_x']}, {r['grid_y']}, {r['grid_z']})", "name": short_name(r["name"])}
+                for r in csv.DictReader(f)]
 
 
 def replays_by_graph(runs):
@@ -88,8 +83,8 @@ def charges(replay):
     """node -> the time from the end before this kernel's (or the replay's start) to its end."""
     t_prev, out = replay[0]["start"], {}
     for k in sorted(replay, key=lambda k: k["end"]):
-        out[k["node"]] = max(0, k["end"] - t_prev)
-        t_prev = max(t_prev, k["end"])
+        out[k["node"]] = k["end"] - t_prev  # ends ascend, and none precedes the replay's first start
+        t_prev = k["end"]
     return out
 
 
