@@ -489,7 +489,7 @@ TEST(QuantMatmul, CudaIsBatchInvariant) {
   }
 }
 
-// Steps of up to 8 rows over many weight rows per SM take wide CTAs (mma_wide_ctas, mma_quant.cuh: a
+// Steps of up to 8 rows over many weight rows per SM take wide CTAs (with_mma_width, mma_quant.cuh: a
 // CTA per 4 row tiles, or 2 with gate and up rows, each warp standing for several of a tile's virtual
 // warps). On the H200 (132 SMs) the int4 cases below take them at one row for every op by the cost
 // model's count: the matmul's 1024 row tiles, the GeGLU's 512, the pair's 2 × 512, the MoE down
@@ -583,6 +583,51 @@ TEST(QuantMatmul, CudaWideCtasKeepTheBits) {
         EXPECT_EQ(std::memcmp(wide.data(), moe_batch.data() + r * m.H, m.H * 4), 0)
             << "moe_experts, row " << r << " in a batch";
       }
+    }
+  }
+}
+
+// CTAs of half the wide width (VPW 2, with_mma_width): the 26B-A4B sliding layers' K + V pair (two
+// [2048, 2816] weights) at one row takes them in int4 on a 132-SM GPU by the cost model's count (2
+// slices: 512 CTAs of VPW 1 are two waves of 264, 128 of VPW 4 two loop iterations, 256 of VPW 2 one of
+// each). Whatever width each format's launch takes, the bits must be those of the CTA per row tile
+// (TANDEM_CUDA_WIDE=0) and of the rule before the half width (TANDEM_CUDA_WIDE=4), alone and in a batch.
+TEST(QuantMatmul, CudaHalfWideCtasKeepTheBits) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
+  auto gpu = make_backend("cuda");
+  setenv("TANDEM_CUDA_WIDE", "0", 1);
+  auto narrow = make_backend("cuda");
+  setenv("TANDEM_CUDA_WIDE", "4", 1);
+  auto before = make_backend("cuda");
+  unsetenv("TANDEM_CUDA_WIDE");
+  Rng rng(31);
+  const int64_t T = 3, N = 2048, K = 2816;
+  for (const QuantCase& c : kCases) {
+    if (c.perm || c.group > 32) continue;  // the decode formats, without an act-order gather
+    SCOPED_TRACE(describe(c));
+    QuantWeight wk = make_quant(c, 1, N, K, rng), wv = make_quant(c, 1, N, K, rng);
+    std::vector<float> x = rng.normals(T * K, 0.05f);
+    auto pair = [&](Backend& be, int64_t r0, int64_t n) {  // K then V of rows [r0, r0 + n)
+      DeviceQuant d(be);
+      const TensorView kd = d.weight(wk), vd = d.weight(wv);
+      const TensorView xd = d.data(x, DType::F32, {T, K}).row_slice(r0, r0 + n);
+      TensorView yk = d.data(std::vector<float>(n * N, NAN), DType::F32, {n, N});
+      TensorView yv = d.data(std::vector<float>(n * N, NAN), DType::F32, {n, N});
+      be.matmul_pair(xd, kd, yk, vd, yv);
+      std::vector<float> out = d.get<float>(yk, n * N);
+      const std::vector<float> v = d.get<float>(yv, n * N);
+      out.insert(out.end(), v.begin(), v.end());
+      return out;
+    };
+    const std::vector<float> batch = pair(*gpu, 0, T);
+    EXPECT_TRUE(same_bits(batch, pair(*narrow, 0, T))) << T << " rows";
+    EXPECT_TRUE(same_bits(batch, pair(*before, 0, T))) << T << " rows";
+    for (int64_t r = 0; r < T; ++r) {
+      const std::vector<float> one = pair(*gpu, r, 1);
+      EXPECT_TRUE(same_bits(one, pair(*narrow, r, 1))) << "row " << r;
+      EXPECT_TRUE(same_bits(one, pair(*before, r, 1))) << "row " << r;
+      EXPECT_EQ(std::memcmp(one.data(), batch.data() + r * N, N * 4), 0) << "K row " << r << " in a batch";
+      EXPECT_EQ(std::memcmp(one.data() + N, batch.data() + (T + r) * N, N * 4), 0) << "V row " << r << " in a batch";
     }
   }
 }

@@ -495,9 +495,11 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream() const { return stream_; }
   int sm_count() const { return static_cast<int>(sm_count_); }  // the GPU's multiprocessors
-  // Whether quantized launches of one x tile may take wide CTAs (mma_wide_ctas; TANDEM_CUDA_WIDE=0
-  // turns them off, for measuring: the bits are the same either way).
+  // Whether quantized launches of one x tile may take wide CTAs (with_mma_width; TANDEM_CUDA_WIDE=0
+  // turns them off, for measuring: the bits are the same either way), and the matmuls' CTAs of half
+  // that width too (TANDEM_CUDA_WIDE=4: only the full width, the rule before them).
   bool wide_ctas() const { return wide_ctas_; }
+  bool half_wide_ctas() const { return half_wide_ctas_; }
   // Whether the tensor-core matmuls over constant weights load their first blocks before they wait for
   // the previous kernel (partial's early; TANDEM_CUDA_EARLY=0 turns it off, for measuring).
   bool early_loads() const { return early_loads_; }
@@ -604,6 +606,7 @@ class CudaBackend final : public Backend {
   bool pdl_ = false;  // programmatic dependent launch (sm_90+)
   bool mma_ = false;  // bf16 and quantized weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
   bool wide_ctas_ = true;
+  bool half_wide_ctas_ = true;
   bool early_loads_ = true;  // early_loads()
   // TANDEM_CUDA_REPEAT: the name (launch's `what`) of a kernel issued twice in a row wherever it is
   // issued, or empty. For measuring what a kernel costs inside a recorded step (the step's time grows

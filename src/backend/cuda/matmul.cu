@@ -273,15 +273,17 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
         const int64_t ld2 = y2 ? y2->stride() : 0;
         auto go = [&]<MmaEpilogue EPI>() {
           if constexpr (TILES == 1) {
-            // One x tile (decode, verify): a CTA per VPW row tiles (mma_wide_ctas), with the column
+            // One x tile (decode, verify): a CTA per VPW row tiles (with_mma_width), with the column
             // CTAs, split and kernel of that VPW; one row takes the ONE_ROW kernels.
             auto tile = [&]<bool ONE>() {
               constexpr int NT = EPI == MmaEpilogue::kGlu ? 2 : 1;
               const int64_t slice_blocks = (W::blocks(K) + slices - 1) / slices;
+              constexpr int kWide = kMmaWideVpw<W, NT>;
               constexpr auto narrow = matmul_mma_kernel<W, 1, EPI, ONE, 1>;
-              constexpr auto wide = matmul_mma_kernel<W, 1, EPI, ONE, kMmaWideVpw<W, NT>>;
-              with_mma_width<W, NT, narrow, wide>(
-                  wide_ctas_, n_tiles, slices * (w_tiles / n_tiles), slice_blocks, sm_count(),
+              constexpr auto wide = matmul_mma_kernel<W, 1, EPI, ONE, kWide>;
+              constexpr auto half = matmul_mma_kernel<W, 1, EPI, ONE, (kWide > 2 ? 2 : kWide)>;
+              with_mma_width<W, NT, narrow, wide, half>(
+                  wide_ctas_, half_wide_ctas_, n_tiles, slices * (w_tiles / n_tiles), slice_blocks, sm_count(),
                   [&]<int VPW, auto KERNEL>() {
                     const int64_t col_ctas = (n_tiles + VPW - 1) / VPW * (w_tiles / n_tiles);
                     const MmaSplit s = mma_split(col_ctas, slices, VPW * floats);

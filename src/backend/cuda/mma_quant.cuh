@@ -330,34 +330,38 @@ int mma_ctas_per_sm() {
   return n;
 }
 
-// Whether a launch of one x tile (decode, verify) takes wide CTAs (`wide` virtual warps per warp, a CTA
-// per `wide` row tiles) rather than a CTA per row tile: whichever makes its warps wait for fewer rounds of
-// loads — their loop's iterations (a virtual warp has ⌈blocks / kMmaWarps⌉ of a slice's `blocks` K
-// blocks, and a warp loads `wide` blocks at once: kMmaWideVpw is the load depth) times the waves of CTAs
-// (`col_tiles` row tiles per slice, `other` slices and experts; `per_sm` CTAs an SM holds, of `sms`). At
-// decode sizes a layer's weight is a few waves of short CTAs, each a DRAM latency long; wide CTAs have
-// each warp keep as many blocks in flight and cover the same weight in a fraction of the waves. The bits
-// are the same.
-inline bool mma_wide_ctas(int64_t col_tiles, int64_t other, int64_t blocks, int wide, int per_sm_narrow,
-                          int per_sm_wide, int sms) {
-  auto rounds = [&](int vpw, int per_sm) {
-    const int64_t ctas = (col_tiles + vpw - 1) / vpw * other, resident = int64_t{per_sm} * sms;
-    const int64_t per_warp = (blocks + kMmaWarps - 1) / kMmaWarps, per_iteration = wide / vpw;
-    return (ctas + resident - 1) / resident * ((per_warp + per_iteration - 1) / per_iteration);
-  };
-  return wide > 1 && rounds(wide, per_sm_wide) < rounds(1, per_sm_narrow);
+// The rounds of loads the warps of a launch of one x tile (decode, verify) wait for with `vpw` virtual
+// warps per warp (a CTA per `vpw` row tiles): their loop's iterations (a virtual warp has ⌈blocks /
+// kMmaWarps⌉ of a slice's `blocks` K blocks, and a warp loads `depth` blocks at once, depth / vpw of each
+// virtual warp: kMmaWideVpw is the load depth) times the waves of CTAs (`col_tiles` row tiles per slice,
+// `other` slices and experts; `per_sm` CTAs an SM holds, of `sms`). At decode sizes a layer's weight is a
+// few waves of short CTAs, each a DRAM latency long; wider CTAs keep as many blocks in flight a warp and
+// cover the same weight in fewer waves, at more decode work a warp. The bits are the same at any vpw.
+inline int64_t mma_width_rounds(int64_t col_tiles, int64_t other, int64_t blocks, int depth, int vpw, int per_sm,
+                                int sms) {
+  const int64_t ctas = (col_tiles + vpw - 1) / vpw * other, resident = int64_t{per_sm} * sms;
+  const int64_t per_warp = (blocks + kMmaWarps - 1) / kMmaWarps, per_iteration = depth / vpw;
+  return (ctas + resident - 1) / resident * ((per_warp + per_iteration - 1) / per_iteration);
 }
 
 // Calls f.template operator()<VPW, KERNEL>() for a launch of one x tile over weight rows W with NT row
-// sets: the wide kernel WIDE (VPW = kMmaWideVpw) where `allowed` (CudaBackend::wide_ctas) and
-// mma_wide_ctas says so, else NARROW (VPW 1) — the two instantiations of one kernel template.
-template <class W, int NT, auto NARROW, auto WIDE, class F>
-void with_mma_width(bool allowed, int64_t col_tiles, int64_t other, int64_t blocks, int sms, F&& f) {
+// sets, with the instantiation of one kernel template whose width waits for the fewest rounds
+// (mma_width_rounds): NARROW (VPW 1), WIDE (VPW = kMmaWideVpw, where `wide`: CudaBackend::wide_ctas) or
+// HALF (VPW 2, between the two, where `half` too and the caller passes it: CudaBackend::half_wide_ctas).
+// Ties go to WIDE, then NARROW (HALF is taken only where it waits for fewer rounds than both).
+template <class W, int NT, auto NARROW, auto WIDE, auto HALF = nullptr, class F>
+void with_mma_width(bool wide, bool half, int64_t col_tiles, int64_t other, int64_t blocks, int sms, F&& f) {
   constexpr int kWide = kMmaWideVpw<W, NT>;
-  if (allowed && mma_wide_ctas(col_tiles, other, blocks, kWide, mma_ctas_per_sm<NARROW>(), mma_ctas_per_sm<WIDE>(), sms))
-    f.template operator()<kWide, WIDE>();
-  else
-    f.template operator()<1, NARROW>();
+  constexpr bool kHasHalf = !std::is_same_v<decltype(HALF), std::nullptr_t> && kWide > 2;
+  auto rounds = [&](int vpw, int per_sm) { return mma_width_rounds(col_tiles, other, blocks, kWide, vpw, per_sm, sms); };
+  const int64_t r_narrow = rounds(1, mma_ctas_per_sm<NARROW>());
+  const int64_t r_wide = wide && kWide > 1 ? rounds(kWide, mma_ctas_per_sm<WIDE>()) : r_narrow;
+  if constexpr (kHasHalf) {
+    if (wide && half && rounds(2, mma_ctas_per_sm<HALF>()) < std::min(r_narrow, r_wide))
+      return f.template operator()<2, HALF>();
+  }
+  if (r_wide < r_narrow) f.template operator()<kWide, WIDE>();
+  else f.template operator()<1, NARROW>();
 }
 
 // Weight w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows W.

@@ -449,14 +449,14 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
   with_mma_rows(w, K, [&]<class W>(const W& rows) {
     with_mma_tiles<W>(T, [&]<int TILES>() {  // an expert has at most T rows
       if constexpr (TILES == 1) {
-        // One x tile (decode, verify): a CTA per VPW row tiles (mma_wide_ctas); one token takes the
+        // One x tile (decode, verify): a CTA per VPW row tiles (with_mma_width); one token takes the
         // ONE_ROW kernels.
         auto tile = [&]<bool ONE>() {
           constexpr int NT = DOWN ? 1 : 2;
           constexpr auto narrow = moe_mma_kernel<W, 1, DOWN, ONE, 1>;
           constexpr auto wide = moe_mma_kernel<W, 1, DOWN, ONE, kMmaWideVpw<W, NT>>;
-          with_mma_width<W, NT, narrow, wide>(
-              be.wide_ctas(), n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
+          with_mma_width<W, NT, narrow, wide>(  // no VPW 2 instantiations: measure the matmuls' first
+              be.wide_ctas(), false, n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
                 const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
                 be.launch(kName, KERNEL, g, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted, active, E,
                           dst, early);
