@@ -75,7 +75,8 @@ __device__ __forceinline__ float rope_rotate(float a, float b, float c, float s,
 
 // The most steps one rms_norms launch takes (a longer chain runs as several launches), and the most
 // threads of its CTAs: at most 512 leaves a thread the registers for four rows of PER elements (the
-// kept row, the step's input, weight and previous output) without spilling.
+// kept row, the step's input, weight and previous output; at 8 elements a fifth, the next step's
+// weights) without spilling.
 constexpr int kMaxNormSteps = 6;
 constexpr int kNormThreads = 512;
 
@@ -102,57 +103,61 @@ struct NormChainArgs {
 // CPU). Every step's element i is handled by the same thread, so a step reads what an earlier one
 // wrote without a barrier; the reductions alternate between two s_part buffers, since a reduction's
 // barrier is the only one between its writes and the previous reduction's reads.
-template <int PER, bool WEIGHTS_IN_REGS>
-__global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(NormChainArgs a) {
-  const int64_t r = blockIdx.x, D = a.step[0].in.cols;
-  // The norm weights are model constants that no kernel writes during a step, so they are read before
-  // the wait, overlapping the previous kernel's tail. With WEIGHTS_IN_REGS every step's weights go to
-  // registers at once: loaded in the step, they would wait an L2 round trip after the previous step's
-  // stores (which, for all the compiler knows, may alias them), once per step of the chain. Otherwise
-  // the first CTA asks L2 for them, so that each step's loads meet L2 rather than DRAM.
-  static_assert(!WEIGHTS_IN_REGS || PER == 8, "a thread's registers hold every step's weights at 8 elements");
-  float w_regs[WEIGHTS_IN_REGS ? kMaxNormSteps : 1][PER];
-#pragma unroll
-  for (int s = 0; s < kMaxNormSteps; ++s) {
-    if (s >= a.n) break;
-    const NormStepArgs& st = a.step[s];
-    if (!st.w) continue;
-    if constexpr (WEIGHTS_IN_REGS) load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, w_regs[s]);
-    else if (blockIdx.x == 0) prefetch_l2(st.w, D * wtype_bytes(st.wt), threadIdx.x, blockDim.x);
-  }
+//
+// The steps are a rolled loop over the chain's arguments, not unrolled per step: a launch runs its
+// code once, so each instruction has to be fetched when first reached, and the unrolled chain (5688
+// SASS instructions for six steps) spent much of its time waiting for them (Nsight Compute on an H100:
+// 11–13 µs a launch, a quarter to a third of its warp samples "no instruction"; docs/PERF.md). At 8
+// elements a thread each step's weights are loaded during the step before (the first step's before the
+// wait: model constants that no kernel writes during a step), ahead of that step's stores, which for
+// all the compiler knows may alias them; at 16 and 64 a fifth row of registers would spill, so a step
+// loads its own. The first CTA asks L2 for every step's weights before the wait.
+template <int PER>
+__global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(const __grid_constant__ NormChainArgs a) {
+  constexpr bool kNextWeights = PER == 8;
+  const int64_t r = blockIdx.x;
+  const int D = static_cast<int>(a.step[0].in.cols);  // at most 64 · kNormThreads (launch_rms_norms)
+  float w_cur[PER] = {};
+  if (kNextWeights && a.step[0].w) load_any_strided<PER>(a.step[0].w, a.step[0].wt, threadIdx.x, blockDim.x, D, 1.0f, w_cur);
+  if (blockIdx.x == 0)
+    for (int s = kNextWeights ? 1 : 0; s < a.n; ++s)
+      if (a.step[s].w) prefetch_l2(a.step[s].w, D * wtype_bytes(a.step[s].wt), threadIdx.x, blockDim.x);
   begin_kernel();
   __shared__ __align__(16) float s_part[2][32];
   float kept[PER] = {}, inv = 0.0f;
   int reductions = 0;
-#pragma unroll
-  for (int s = 0; s < kMaxNormSteps; ++s) {
-    if (s >= a.n) break;
+#pragma unroll 1
+  for (int s = 0; s < a.n; ++s) {
     const NormStepArgs& st = a.step[s];
     const float* xr = st.in.p + r * st.in.ld;
     float* yr = st.out.p + r * st.out.ld;
     // Every load of the step before the first use (a loop that summed as it loaded would wait one
-    // memory latency per element a thread owns).
-    float v[PER], w_step[PER], old[PER];
-    if (!WEIGHTS_IN_REGS && st.w) load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, w_step);
-    const float (&ww)[PER] = WEIGHTS_IN_REGS ? w_regs[WEIGHTS_IN_REGS ? s : 0] : w_step;
+    // memory latency per element a thread owns), with the weights.
+    float v[PER], old[PER], w_next[kNextWeights ? PER : 1] = {};
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-      const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+      const int i = threadIdx.x + j * blockDim.x;
       v[j] = st.in_regs ? kept[j] : i < D ? xr[i] : 0.0f;
       old[j] = !st.add ? 0.0f : st.old_regs ? kept[j] : i < D ? yr[i] : 0.0f;
     }
-    // (Only the one-wave kernel reuses: in rms_norms_kernel<16, false> the branch cost 100 bytes of spills.)
-    if (!(WEIGHTS_IN_REGS && st.same_sum))
+    if constexpr (kNextWeights) {
+      if (s + 1 < a.n && a.step[s + 1].w)
+        load_any_strided<PER>(a.step[s + 1].w, a.step[s + 1].wt, threadIdx.x, blockDim.x, D, 1.0f, w_next);
+    } else if (st.w) {
+      load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, w_cur);
+    }
+    if (!st.same_sum)
       inv = 1.0f / sqrtf(row_sum_squares<PER>(v, s_part[reductions++ % 2]) / static_cast<float>(D) + a.eps);
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-      const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+      const int i = threadIdx.x + j * blockDim.x;
       float y = __fmul_rn(v[j], inv);
-      if (st.w) y = __fmul_rn(y, ww[j]);
+      if (st.w) y = __fmul_rn(y, w_cur[j]);
       if (st.add) y = __fadd_rn(old[j], y);
       if (st.scale != 1.0f) y = __fmul_rn(y, st.scale);
       if (i < D) yr[i] = y;
       if (st.keep) kept[j] = y;
+      if constexpr (kNextWeights) w_cur[j] = w_next[j];
     }
   }
 }
@@ -357,14 +362,9 @@ void CudaBackend::launch_rms_norms(std::span<const RmsNormStep> steps, float eps
       if (k.keep) kept = st.out;
     }
     const unsigned threads = row_threads(D, per), rows = static_cast<unsigned>(R);
-    // Every step's weights in registers (rms_norms_kernel's WEIGHTS_IN_REGS) where a thread has 8 elements
-    // and the rows fit one wave: the registers cost the kernel half its CTAs per SM, which only a launch
-    // of more rows than SMs (prefill) would miss.
-    if (per == 8 && rows <= static_cast<unsigned>(sm_count_))
-      launch("rms_norms_kernel", rms_norms_kernel<8, true>, rows, threads, 0, a);
-    else if (per == 8) launch("rms_norms_kernel", rms_norms_kernel<8, false>, rows, threads, 0, a);
-    else if (per == 16) launch("rms_norms_kernel", rms_norms_kernel<16, false>, rows, threads, 0, a);
-    else launch("rms_norms_kernel", rms_norms_kernel<64, false>, rows, threads, 0, a);
+    if (per == 8) launch("rms_norms_kernel", rms_norms_kernel<8>, rows, threads, 0, a);
+    else if (per == 16) launch("rms_norms_kernel", rms_norms_kernel<16>, rows, threads, 0, a);
+    else launch("rms_norms_kernel", rms_norms_kernel<64>, rows, threads, 0, a);
   }
 }
 
