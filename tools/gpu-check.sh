@@ -38,6 +38,21 @@ bench_step() {
 # with a --speculative-config), which ab, switches and trace keep, and the lines matching PATTERN too.
 step_rows() { grep -E "^\| (target|drafter)${1:+|$1}"; }
 
+# sources_by_content: touches the sources whose content differs from what they held at the last build in
+# $BUILD (checksums in $BUILD/.source-sums), then records the current ones; every phase calls it before
+# ninja. A warm device machine keeps the build directory between calls, and a file of this tree may come
+# back with new content but an older mtime: in the twenty-sixth session (docs/GPU.md) five sources
+# reverted to older content were not rebuilt and the step runs used the previous call's binary.
+sources_by_content() {
+  local sums="$BUILD/.source-sums" now
+  [ -d "$BUILD" ] || return 0
+  now=$(git ls-files -co --exclude-standard -z -- src tests tools bench cmake CMakeLists.txt | xargs -0 sha1sum)
+  if [ -f "$sums" ]; then
+    diff <(echo "$now") "$sums" | sed -n 's/^< [0-9a-f]*  //p' | while IFS= read -r f; do touch -- "$f"; done
+  fi
+  echo "$now" >"$sums"
+}
+
 if [ -d .deps ]; then
   for f in .deps/*.deb; do dpkg -x "$f" "$DEPS"; done
 fi
@@ -61,6 +76,7 @@ if want build; then
     >"$LOGS/configure.log" 2>&1 || { tail -40 "$LOGS/configure.log"; exit 1; }
   # BUILD_TARGETS (default: all) narrows the build, e.g. to test_backend for a call with little device time.
   # shellcheck disable=SC2086
+  sources_by_content
   ninja -C "$BUILD" ${BUILD_TARGETS:-} >"$LOGS/build.log" 2>&1 || { grep -E "error|Error" "$LOGS/build.log" | head -40; exit 1; }
   stamp "built"
 fi
@@ -237,13 +253,16 @@ if named ab; then
     fi
   done
   [ ${#changed[@]} -gt 0 ] || echo "ab: no file under src/ differs from $ref"
+  sources_by_content
   ninja -C "$BUILD" tandem >"$LOGS/ab-build-new.log" 2>&1 && cp "$BUILD/tandem" /tmp/tandem-new
   kept=$(mktemp -d)
   for f in "${changed[@]}"; do
     mkdir -p "$kept/$(dirname "$f")" && cp -p "$f" "$kept/$f" && git show "$ref:$f" >"$f"
   done
+  sources_by_content
   ninja -C "$BUILD" tandem >"$LOGS/ab-build-ref.log" 2>&1 && cp "$BUILD/tandem" /tmp/tandem-ref
   for f in "${changed[@]}"; do cp "$kept/$f" "$f"; done
+  sources_by_content
   ninja -C "$BUILD" tandem >>"$LOGS/ab-build-new.log" 2>&1  # the build directory matches the tree again
   [ -x /tmp/tandem-new ] && [ -x /tmp/tandem-ref ] || { echo "ab: a build failed (logs.tar.gz: ab-build-*.log)"; exit 1; }
   # A changed header that every .cu file includes rebuilds the whole CUDA backend twice here (minutes).
@@ -297,6 +316,7 @@ if named trace; then
   # tools/kernel_trace.py into $OUT/trace-N.txt (the runs gzipped beside it). Each entry also runs without
   # the library first: the two step times say what the tracing itself costs.
   stamp "trace"
+  sources_by_content
   ninja -C "$BUILD" tandem tandem_kernel_trace >"$LOGS/trace-build.log" 2>&1 ||
     { tail -20 "$LOGS/trace-build.log"; echo "trace: build failed"; exit 1; }
   i=0
