@@ -109,8 +109,7 @@ class Backend {
   // what earlier ops wrote): a backend may run the two at the same time (CUDA: `a` on a second stream
   // forked from the first and joined back, recorded graphs included), so that small ops of one overlap
   // the other's. Ops issued after it see both results. Neither may call all_reduce, download or
-  // synchronize. Give the branch expected to take longer as `a`: a backend may favour it when both
-  // compete (CUDA: its stream's higher priority). The CPU backend runs a, then b.
+  // synchronize. The CPU backend runs a, then b.
   virtual void concurrently(const std::function<void()>& a, const std::function<void()>& b) {
     a();
     b();

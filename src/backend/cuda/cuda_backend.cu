@@ -74,20 +74,7 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   concurrent_ = !(concurrent && std::string(concurrent) == "0");
   const char* cross_pdl = std::getenv("TANDEM_CUDA_CROSS_PDL");
   cross_pdl_ = !(cross_pdl && std::string(cross_pdl) == "0");
-  // The side stream at the device's highest priority (TANDEM_CUDA_SIDE_PRIORITY=0: the default one).
-  // concurrently()'s callers give first the branch they expect to take longer (Gemma 4: the experts beside
-  // the dense MLP; K/V beside q, which ends last in the sliding layers). With programmatic launch both
-  // branches' first kernels become ready together, and the main branch's CTAs, issued first, may take
-  // every SM's registers, so that the side branch's first kernel waits for them to finish (in the
-  // twenty-sixth session's trace the router matmul started 3 µs after the norm before it, while the dense
-  // GeGLU's 264 CTAs, two an SM by registers, held every SM: docs/PERF.md); at the higher priority its
-  // CTAs go first. Recorded steps keep the priority per
-  // kernel node (capture copies the stream's; run_recorded instantiates with node priorities).
-  const char* side_priority = std::getenv("TANDEM_CUDA_SIDE_PRIORITY");
-  side_priority_ = !(side_priority && std::string(side_priority) == "0");
-  int least = 0, greatest = 0;
-  TANDEM_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  TANDEM_CUDA_CHECK(cudaStreamCreateWithPriority(&side_stream_, cudaStreamNonBlocking, side_priority_ ? greatest : least));
+  TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
   TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
   TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&join_event_, cudaEventDisableTiming));
 }
@@ -245,7 +232,7 @@ void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std:
   cudaError_t e = cudaStreamEndCapture(stream_, &graph);
   const bool joins = e == cudaSuccess && pdl_ && cross_pdl_ && concurrent_;
   if (joins) e = programmatic_joins(graph);
-  if (e == cudaSuccess) e = cudaGraphInstantiate(&r.exec, graph, side_priority_ ? cudaGraphInstantiateFlagUseNodePriority : 0);
+  if (e == cudaSuccess) e = cudaGraphInstantiate(&r.exec, graph, 0);
   if (e != cudaSuccess && joins) {  // the next capture keeps the ordinary edges
     log::warn("a CUDA graph with programmatic joins failed ({}); recording ordinary joins", cudaGetErrorString(e));
     cross_pdl_ = false;

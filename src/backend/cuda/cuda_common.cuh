@@ -599,9 +599,6 @@ class CudaBackend final : public Backend {
   // A recorded step's forks and joins as programmatic edges (programmatic_joins in cuda_backend.cu;
   // TANDEM_CUDA_CROSS_PDL=0 keeps them ordinary edges, for measuring).
   bool cross_pdl_ = true;
-  // concurrently()'s side stream at the highest priority (TANDEM_CUDA_SIDE_PRIORITY=0: the default, for
-  // measuring).
-  bool side_priority_ = true;
   OpScratch& scratch() { return scratch_[lane_]; }
   cudaStream_t side_stream_ = nullptr;
   cudaEvent_t fork_event_ = nullptr, join_event_ = nullptr;
