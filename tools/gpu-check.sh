@@ -39,10 +39,11 @@ bench_step() {
 step_rows() { grep -E "^\| (target|drafter)${1:+|$1}"; }
 
 # sources_by_content: touches the sources whose content differs from what they held at the last build in
-# $BUILD (checksums in $BUILD/.source-sums), then records the current ones; every phase calls it before
-# ninja. A warm device machine keeps the build directory between calls, and a file of this tree may come
-# back with new content but an older mtime: in the twenty-sixth session (docs/GPU.md) five sources
-# reverted to older content were not rebuilt and the step runs used the previous call's binary.
+# $BUILD (checksums in $BUILD/.source-sums), then records the current ones; each phase that builds calls
+# it before its first ninja (ab's swaps and restores write their files anew, so ninja sees those). A warm
+# device machine keeps the build directory between calls, and a file of this tree may come back with new
+# content but an older mtime: in the twenty-sixth session (docs/GPU.md) five sources reverted to older
+# content were not rebuilt and the step runs used the previous call's binary.
 sources_by_content() {
   local sums="$BUILD/.source-sums" now
   [ -d "$BUILD" ] || return 0
@@ -74,9 +75,9 @@ if want build; then
   # No web page: the device machine cannot reach the npm registry that its build needs.
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DTANDEM_WEB_UI=OFF \
     >"$LOGS/configure.log" 2>&1 || { tail -40 "$LOGS/configure.log"; exit 1; }
+  sources_by_content
   # BUILD_TARGETS (default: all) narrows the build, e.g. to test_backend for a call with little device time.
   # shellcheck disable=SC2086
-  sources_by_content
   ninja -C "$BUILD" ${BUILD_TARGETS:-} >"$LOGS/build.log" 2>&1 || { grep -E "error|Error" "$LOGS/build.log" | head -40; exit 1; }
   stamp "built"
 fi
@@ -259,10 +260,8 @@ if named ab; then
   for f in "${changed[@]}"; do
     mkdir -p "$kept/$(dirname "$f")" && cp -p "$f" "$kept/$f" && git show "$ref:$f" >"$f"
   done
-  sources_by_content
   ninja -C "$BUILD" tandem >"$LOGS/ab-build-ref.log" 2>&1 && cp "$BUILD/tandem" /tmp/tandem-ref
   for f in "${changed[@]}"; do cp "$kept/$f" "$f"; done
-  sources_by_content
   ninja -C "$BUILD" tandem >>"$LOGS/ab-build-new.log" 2>&1  # the build directory matches the tree again
   [ -x /tmp/tandem-new ] && [ -x /tmp/tandem-ref ] || { echo "ab: a build failed (logs.tar.gz: ab-build-*.log)"; exit 1; }
   # A changed header that every .cu file includes rebuilds the whole CUDA backend twice here (minutes).
