@@ -27,7 +27,6 @@ def ptx_of(cu, build):
     if cmd is None:
         sys.exit(f"ptx_mix: no compile command for {cu} in {build}")
     args = shlex.split(cmd)
-    out = tempfile.NamedTemporaryFile(suffix=".ptx", delete=False).name
     kept, skip = [], 0
     for a in args:
         if skip:
@@ -39,8 +38,11 @@ def ptx_of(cu, build):
             skip = 1
             continue
         kept.append("-ptx" if a == "-c" else a)
-    subprocess.run(kept + ["-o", out], check=True, cwd=build)
-    return open(out).read()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/{cu}.ptx"
+        subprocess.run(kept + ["-o", out], check=True, cwd=build)
+        with open(out) as f:
+            return f.read()
 
 
 def kernels(ptx):
