@@ -105,11 +105,13 @@ class Backend {
   virtual void set_recording(bool on) { (void)on; }
 
   // --- Concurrency ---
-  // Issues the ops of `a`, then those of `b`, where neither reads what the other writes (both may read
-  // what earlier ops wrote): a backend may run the two at the same time (CUDA: `a` on a second stream
-  // forked from the first and joined back, recorded graphs included), so that small ops of one overlap
-  // the other's. Ops issued after it see both results. Neither may call all_reduce, download or
-  // synchronize. The CPU backend runs a, then b.
+  // Issues the ops of `a` and those of `b`, where neither reads what the other writes (both may read
+  // what earlier ops wrote): a backend may run the two at the same time (CUDA: one of them on a second
+  // stream forked from the first and joined back, recorded graphs included), so that small ops of one
+  // overlap the other's. Ops issued after it see both results. Neither may call all_reduce, download or
+  // synchronize. Give the branch on the step's critical path (the one expected to take longer) as `a`:
+  // a backend may favour it when both compete (CUDA: `a` stays on the backend's stream, whose kernels
+  // launch early and at the higher priority). The CPU backend runs a, then b.
   virtual void concurrently(const std::function<void()>& a, const std::function<void()>& b) {
     a();
     b();

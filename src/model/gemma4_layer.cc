@@ -110,6 +110,8 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     // The cache's rows at kv_slots: K [T, nkv, d] = RoPE(RMS(k; k_norm)), V [T, nkv, d] = RMS0(v).
     be.kv_write_normed(k3, v3, w.k_norm, eps, *in.positions, *in.inv_freq, *in.kv, *in.kv_slots);
   };
+  // K/V first, as concurrently()'s favoured branch: its rows feed the cache that attention reads
+  // (26B-A4B's sliding layers: as many K and V rows as query rows, the K + V pair the slower kernel).
   if (spec.owns_kv()) be.concurrently(kv_branch, q_branch);
   else q_branch();
   s.attn.resize(DType::F32, {T, nh * d});
@@ -149,7 +151,9 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     dense_mlp();
     be.all_reduce(s.ffn_out.view());
   } else {
-    // The routed experts read h1 independently of the dense MLP: a GPU runs the two side by side.
+    // The routed experts read h1 independently of the dense MLP: a GPU runs the two side by side, the
+    // experts (the router, the routing, then the experts' projections: the longer chain) as
+    // concurrently()'s favoured first branch.
     auto experts = [&] {
       s.router_logits.resize(DType::F32, {T, c.num_experts});
       be.matmul(s.router_in, w.router_proj, s.router_logits.view());

@@ -599,6 +599,10 @@ class CudaBackend final : public Backend {
   // A recorded step's forks and joins as programmatic edges (programmatic_joins in cuda_backend.cu;
   // TANDEM_CUDA_CROSS_PDL=0 keeps them ordinary edges, for measuring).
   bool cross_pdl_ = true;
+  // The backend's stream at the highest priority, concurrently()'s side stream at the lowest, and
+  // concurrently()'s favoured branch on the backend's stream (TANDEM_CUDA_PRIORITY=0: both streams at the
+  // default, the favoured branch on the side stream; for measuring).
+  bool priorities_ = true;
   OpScratch& scratch() { return scratch_[lane_]; }
   cudaStream_t side_stream_ = nullptr;
   cudaEvent_t fork_event_ = nullptr, join_event_ = nullptr;
