@@ -85,6 +85,8 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   int least = 0, greatest = 0;
   TANDEM_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
   TANDEM_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, priorities_ ? greatest : least));
+  const char* group = std::getenv("TANDEM_CUDA_GROUP");
+  group_launches_ = !(group && std::string(group) == "0");
   const char* concurrent = std::getenv("TANDEM_CUDA_CONCURRENT");
   concurrent_ = !(concurrent && std::string(concurrent) == "0");
   const char* cross_pdl = std::getenv("TANDEM_CUDA_CROSS_PDL");

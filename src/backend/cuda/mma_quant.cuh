@@ -91,6 +91,12 @@ inline bool mma_quant_glu_fit(const TensorView& gate, const TensorView& up, int6
          !gate.quant->zeros.data == !up.quant->zeros.data && !gate.quant->k_perm.data && !up.quant->k_perm.data;
 }
 
+// Whether weights a and b can share one tensor-core launch of one x (CudaBackend::matmuls): both bf16
+// (mma_rows_fit) or both quantized alike (mma_quant_glu_fit).
+inline bool mma_same_kind(const TensorView& a, const TensorView& b, int64_t K) {
+  return (mma_rows_fit(a, K) && mma_rows_fit(b, K)) || mma_quant_glu_fit(a, b, K);
+}
+
 inline MmaQuantWeight mma_quant_weight(const TensorView& w, int64_t K) {
   const QuantParams& q = *w.quant;
   const int chunks = static_cast<int>(q.group / (128 / quant_code_bits(q.code)));
@@ -355,14 +361,14 @@ inline int64_t mma_width_rounds(int64_t col_tiles, int64_t other, int64_t blocks
 
 // Calls f.template operator()<VPW, KERNEL>() for a launch of one x tile over weight rows W with NT row
 // sets, with the instantiation of one kernel template whose width waits for the fewest rounds
-// (mma_width_rounds): NARROW (VPW 1), WIDE (VPW = kMmaWideVpw, where `wide`: CudaBackend::wide_ctas) or
-// HALF (VPW 2, between the two, where `half` too and the caller passes it: CudaBackend::half_wide_ctas).
-// Ties go to WIDE, then NARROW (HALF is taken only where it waits for fewer rounds than both).
-template <class W, int NT, auto NARROW, auto WIDE, auto HALF = nullptr, class F>
-void with_mma_width(bool wide, bool half, int64_t col_tiles, int64_t other, int64_t blocks, int sms, F&& f) {
+// (rounds(vpw, per_sm): the launch's rounds at width vpw with per_sm CTAs an SM): NARROW (VPW 1), WIDE
+// (VPW = kMmaWideVpw, where `wide`: CudaBackend::wide_ctas) or HALF (VPW 2, between the two, where
+// `half` too and the caller passes it: CudaBackend::half_wide_ctas). Ties go to WIDE, then NARROW (HALF
+// is taken only where it waits for fewer rounds than both).
+template <class W, int NT, auto NARROW, auto WIDE, auto HALF = nullptr, class Rounds, class F>
+void with_mma_width_by(bool wide, bool half, Rounds&& rounds, F&& f) {
   constexpr int kWide = kMmaWideVpw<W, NT>;
   constexpr bool kHasHalf = !std::is_same_v<decltype(HALF), std::nullptr_t> && kWide > 2;
-  auto rounds = [&](int vpw, int per_sm) { return mma_width_rounds(col_tiles, other, blocks, kWide, vpw, per_sm, sms); };
   const int64_t r_narrow = rounds(1, mma_ctas_per_sm<NARROW>());
   const int64_t r_wide = wide && kWide > 1 ? rounds(kWide, mma_ctas_per_sm<WIDE>()) : r_narrow;
   if constexpr (kHasHalf) {
@@ -371,6 +377,18 @@ void with_mma_width(bool wide, bool half, int64_t col_tiles, int64_t other, int6
   }
   if (r_wide < r_narrow) f.template operator()<kWide, WIDE>();
   else f.template operator()<1, NARROW>();
+}
+
+// with_mma_width_by for a launch of col_tiles column tiles times `other` (slices, experts), each CTA's
+// K range `blocks` blocks long (mma_width_rounds).
+template <class W, int NT, auto NARROW, auto WIDE, auto HALF = nullptr, class F>
+void with_mma_width(bool wide, bool half, int64_t col_tiles, int64_t other, int64_t blocks, int sms, F&& f) {
+  with_mma_width_by<W, NT, NARROW, WIDE, HALF>(
+      wide, half,
+      [&](int vpw, int per_sm) {
+        return mma_width_rounds(col_tiles, other, blocks, kMmaWideVpw<W, NT>, vpw, per_sm, sms);
+      },
+      f);
 }
 
 // Weight w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows W.
