@@ -235,6 +235,11 @@ __global__ void quant_block_layout_kernel(uint32_t* __restrict__ codes, int64_t 
   }
 }
 
+// Whether weight w is a model constant, whose first blocks a matmul may load before its wait for the
+// previous kernel (early): quantized weights are (Backend::prepare_quant), bf16 ones where the view says
+// so (TensorView::constant; not the drafter's candidate rows, which the previous kernel gathers).
+bool model_constant(const TensorView& w) { return w.quant || w.constant; }
+
 }  // namespace
 
 bool CudaBackend::mma_takes(const TensorView& w, int64_t K) const {
@@ -309,11 +314,7 @@ int CudaBackend::mma_weight_slices(int64_t N, int64_t K) const {
 void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
                                     TensorView& y, int64_t T, int64_t N) {
   const auto [xa, lda] = mma_x_rows(x, ldx, T, K);
-  // Quantized weights are model constants (Backend::prepare_quant), bf16 ones where the view says so
-  // (TensorView::constant; not the drafter's candidate rows, which the previous kernel gathers): only
-  // constants are loaded before the wait.
-  auto constant = [](const TensorView& t) { return t.quant || t.constant; };
-  const bool early = early_loads_ && constant(w) && (!up || constant(*up));
+  const bool early = early_loads_ && model_constant(w) && (!up || model_constant(*up));
   with_mma_rows(w, K, [&]<class W>(const W& rows) {
     const W up_rows = up ? mma_rows_of<W>(*up, K) : rows;
     with_mma_tiles<W>(T, [&]<int TILES>() {
@@ -342,8 +343,9 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
               constexpr auto narrow = matmul_mma_kernel<W, 1, GLU, ONE, 1>;
               constexpr auto wide = matmul_mma_kernel<W, 1, GLU, ONE, kWide>;
               constexpr auto half = matmul_mma_kernel<W, 1, GLU, ONE, (kWide > 2 ? 2 : kWide)>;
+              const MmaWidthPart part{n_tiles, slices, slice_blocks};
               with_mma_width<W, NT, narrow, wide, half>(
-                  wide_ctas_, half_wide_ctas_, n_tiles, slices, slice_blocks, sm_count(), [&]<int VPW, auto KERNEL>() {
+                  wide_ctas_, half_wide_ctas_, {&part, 1}, sm_count(), [&]<int VPW, auto KERNEL>() {
                     const int64_t col_ctas = (n_tiles + VPW - 1) / VPW;
                     const MmaSplit s = mma_split(col_ctas, slices, VPW * floats);
                     launch("matmul_mma_kernel", KERNEL,
@@ -370,50 +372,37 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
 void CudaBackend::launch_matmul_group(const TensorView& x, std::span<const Projection> ps) {
   const int64_t T = x.rows(), K = x.cols();
   const auto [xa, lda] = mma_x_rows(x.as<float>(), x.stride(), T, K);
-  bool early = early_loads_;  // as launch_matmul_mma: only model constants before the wait
-  for (const Projection& p : ps) early = early && (p.w->quant || p.w->constant);
+  bool early = early_loads_;
+  for (const Projection& p : ps) early = early && model_constant(*p.w);
   with_mma_rows(*ps[0].w, K, [&]<class W>(const W&) {
     const int n = static_cast<int>(ps.size());
-    int64_t n_tiles[kMmaMaxGroup], slice_blocks[kMmaMaxGroup];
-    int slices[kMmaMaxGroup];
+    MmaWidthPart parts[kMmaMaxGroup];  // each weight's row tiles, slices and a slice's K blocks
     for (int i = 0; i < n; ++i) {
-      n_tiles[i] = (ps[i].w->rows() + kMmaRows - 1) / kMmaRows;
-      slices[i] = mma_weight_slices<W>(ps[i].w->rows(), K);
-      slice_blocks[i] = (W::blocks(K) + slices[i] - 1) / slices[i];
+      const int slices = mma_weight_slices<W>(ps[i].w->rows(), K);
+      parts[i] = {(ps[i].w->rows() + kMmaRows - 1) / kMmaRows, slices, (W::blocks(K) + slices - 1) / slices};
     }
-    // Rounds at width vpw (mma_width_rounds over the whole launch): waves of all the parts' CTAs, times
-    // the iterations of the longest slice.
-    auto rounds = [&](int vpw, int per_sm) {
-      const int depth = kMmaWideVpw<W, 1>, per_iteration = std::max(depth / vpw, 1);
-      int64_t ctas = 0, iterations = 0;
-      for (int i = 0; i < n; ++i) {
-        ctas += (n_tiles[i] + vpw - 1) / vpw * slices[i];
-        const int64_t per_warp = (slice_blocks[i] + kMmaWarps - 1) / kMmaWarps;
-        iterations = std::max(iterations, (per_warp + per_iteration - 1) / per_iteration);
-      }
-      const int64_t resident = int64_t{per_sm} * sm_count();
-      return (ctas + resident - 1) / resident * iterations;
-    };
     auto group = [&]<bool ONE>() {
       constexpr int kWide = kMmaWideVpw<W, 1>;
       constexpr auto narrow = matmul_group_kernel<W, ONE, 1>;
       constexpr auto wide = matmul_group_kernel<W, ONE, kWide>;
       constexpr auto half = matmul_group_kernel<W, ONE, (kWide > 2 ? 2 : kWide)>;
-      with_mma_width_by<W, 1, narrow, wide, half>(wide_ctas_, half_wide_ctas_, rounds, [&]<int VPW, auto KERNEL>() {
+      const std::span<const MmaWidthPart> width_parts(parts, static_cast<size_t>(n));
+      with_mma_width<W, 1, narrow, wide, half>(wide_ctas_, half_wide_ctas_, width_parts, sm_count(), [&]<int VPW, auto KERNEL>() {
         MmaGroup<W> g{};
         g.n = n;
         MmaSplitShape shapes[kMmaMaxGroup];
         MmaSplit splits[kMmaMaxGroup];
         int ctas = 0;
         for (int i = 0; i < n; ++i) {
-          const int64_t col_ctas = (n_tiles[i] + VPW - 1) / VPW;
-          shapes[i] = {col_ctas, slices[i], int64_t{VPW} * 128};
+          const int slices = static_cast<int>(parts[i].other);
+          const int64_t col_ctas = (parts[i].col_tiles + VPW - 1) / VPW;
+          shapes[i] = {col_ctas, slices, int64_t{VPW} * 128};
           g.part[i].w = mma_rows_of<W>(*ps[i].w, K);
           g.part[i].y = ps[i].y->as<float>();
           g.part[i].ldy = ps[i].y->stride();
           g.part[i].N = ps[i].w->rows();
           g.part[i].first_cta = ctas;
-          ctas += static_cast<int>(col_ctas * slices[i]);
+          ctas += static_cast<int>(col_ctas * slices);
         }
         mma_splits({shapes, static_cast<size_t>(n)}, {splits, static_cast<size_t>(n)});
         for (int i = 0; i < n; ++i) g.part[i].split = splits[i];
@@ -463,7 +452,8 @@ void CudaBackend::matmuls(const TensorView& x, std::span<const Projection> ps) {
   const int64_t T = x.rows(), K = x.cols();
   // One launch where the weights take one tensor-core kernel with one x (mma_same_kind: no act-order
   // permutation) and x is one tile (decode, verify); otherwise the matmuls, with the same sums.
-  bool one_launch = mma_ && group_launches_ && ps.size() >= 2 && ps.size() <= static_cast<size_t>(kMmaMaxGroup) && T <= kMmaTile;
+  bool one_launch =
+      mma_ && group_launches_ && ps.size() >= 2 && ps.size() <= static_cast<size_t>(kMmaMaxGroup) && T <= kMmaTile;
   for (const Projection& p : ps) {
     if (!p.w || !p.y) fail("matmuls: a projection has no weight or no output");
     const MatmulDims dims = check_matmul(x, *p.w, *p.y);

@@ -43,6 +43,7 @@
 #pragma once
 #include <algorithm>
 #include <bit>
+#include <span>
 #include <type_traits>
 
 #include "backend/cuda/mma_quant_decode.h"
@@ -345,30 +346,42 @@ int mma_ctas_per_sm() {
   return n;
 }
 
+// A part of a launch of one x tile, for mma_width_rounds: `col_tiles` row tiles per slice times `other`
+// (slices, experts) CTAs at VPW 1, each summing `blocks` K blocks. A matmul is one part; matmuls' group
+// launch has one per weight.
+struct MmaWidthPart {
+  int64_t col_tiles, other, blocks;
+};
+
 // The rounds of loads the warps of a launch of one x tile (decode, verify) wait for with `vpw` virtual
-// warps per warp (a CTA per `vpw` row tiles): their loop's iterations (a virtual warp has ⌈blocks /
-// kMmaWarps⌉ of a slice's `blocks` K blocks, and a warp loads `depth` blocks at once, depth / vpw of each
-// virtual warp: kMmaWideVpw is the load depth) times the waves of CTAs (`col_tiles` row tiles per slice,
-// `other` slices and experts; `per_sm` CTAs an SM holds, of `sms`). At decode sizes a layer's weight is a
-// few waves of short CTAs, each a DRAM latency long; wider CTAs keep as many blocks in flight a warp and
-// cover the same weight in fewer waves, at more decode work a warp. The bits are the same at any vpw.
-inline int64_t mma_width_rounds(int64_t col_tiles, int64_t other, int64_t blocks, int depth, int vpw, int per_sm,
-                                int sms) {
-  const int64_t ctas = (col_tiles + vpw - 1) / vpw * other, resident = int64_t{per_sm} * sms;
-  const int64_t per_warp = (blocks + kMmaWarps - 1) / kMmaWarps, per_iteration = depth / vpw;
-  return (ctas + resident - 1) / resident * ((per_warp + per_iteration - 1) / per_iteration);
+// warps per warp (a CTA per `vpw` row tiles): the iterations of its longest loop (a virtual warp has
+// ⌈blocks / kMmaWarps⌉ of its part's `blocks` K blocks, and a warp loads `depth` blocks at once, depth /
+// vpw of each virtual warp: kMmaWideVpw is the load depth) times the waves of all the parts' CTAs
+// (`per_sm` CTAs an SM holds, of `sms`). At decode sizes a layer's weight is a few waves of short CTAs,
+// each a DRAM latency long; wider CTAs keep as many blocks in flight a warp and cover the same weight in
+// fewer waves, at more decode work a warp. The bits are the same at any vpw.
+inline int64_t mma_width_rounds(std::span<const MmaWidthPart> parts, int depth, int vpw, int per_sm, int sms) {
+  const int64_t per_iteration = depth / vpw, resident = int64_t{per_sm} * sms;
+  int64_t ctas = 0, iterations = 0;
+  for (const MmaWidthPart& p : parts) {
+    ctas += (p.col_tiles + vpw - 1) / vpw * p.other;
+    const int64_t per_warp = (p.blocks + kMmaWarps - 1) / kMmaWarps;
+    iterations = std::max(iterations, (per_warp + per_iteration - 1) / per_iteration);
+  }
+  return (ctas + resident - 1) / resident * iterations;
 }
 
 // Calls f.template operator()<VPW, KERNEL>() for a launch of one x tile over weight rows W with NT row
-// sets, with the instantiation of one kernel template whose width waits for the fewest rounds
-// (rounds(vpw, per_sm): the launch's rounds at width vpw with per_sm CTAs an SM): NARROW (VPW 1), WIDE
-// (VPW = kMmaWideVpw, where `wide`: CudaBackend::wide_ctas) or HALF (VPW 2, between the two, where
-// `half` too and the caller passes it: CudaBackend::half_wide_ctas). Ties go to WIDE, then NARROW (HALF
-// is taken only where it waits for fewer rounds than both).
-template <class W, int NT, auto NARROW, auto WIDE, auto HALF = nullptr, class Rounds, class F>
-void with_mma_width_by(bool wide, bool half, Rounds&& rounds, F&& f) {
+// sets (its parts, mma_width_rounds), with the instantiation of one kernel template whose width waits
+// for the fewest rounds: NARROW (VPW 1), WIDE (VPW = kMmaWideVpw, where `wide`: CudaBackend::wide_ctas)
+// or HALF (VPW 2, between the two, where `half` too and the caller passes it:
+// CudaBackend::half_wide_ctas). Ties go to WIDE, then NARROW (HALF is taken only where it waits for
+// fewer rounds than both).
+template <class W, int NT, auto NARROW, auto WIDE, auto HALF = nullptr, class F>
+void with_mma_width(bool wide, bool half, std::span<const MmaWidthPart> parts, int sms, F&& f) {
   constexpr int kWide = kMmaWideVpw<W, NT>;
   constexpr bool kHasHalf = !std::is_same_v<decltype(HALF), std::nullptr_t> && kWide > 2;
+  auto rounds = [&](int vpw, int per_sm) { return mma_width_rounds(parts, kWide, vpw, per_sm, sms); };
   const int64_t r_narrow = rounds(1, mma_ctas_per_sm<NARROW>());
   const int64_t r_wide = wide && kWide > 1 ? rounds(kWide, mma_ctas_per_sm<WIDE>()) : r_narrow;
   if constexpr (kHasHalf) {
@@ -377,18 +390,6 @@ void with_mma_width_by(bool wide, bool half, Rounds&& rounds, F&& f) {
   }
   if (r_wide < r_narrow) f.template operator()<kWide, WIDE>();
   else f.template operator()<1, NARROW>();
-}
-
-// with_mma_width_by for a launch of col_tiles column tiles times `other` (slices, experts), each CTA's
-// K range `blocks` blocks long (mma_width_rounds).
-template <class W, int NT, auto NARROW, auto WIDE, auto HALF = nullptr, class F>
-void with_mma_width(bool wide, bool half, int64_t col_tiles, int64_t other, int64_t blocks, int sms, F&& f) {
-  with_mma_width_by<W, NT, NARROW, WIDE, HALF>(
-      wide, half,
-      [&](int vpw, int per_sm) {
-        return mma_width_rounds(col_tiles, other, blocks, kMmaWideVpw<W, NT>, vpw, per_sm, sms);
-      },
-      f);
 }
 
 // Weight w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows W.
