@@ -63,12 +63,6 @@ struct RmsNormStep {
   float scale = 1.0f;
 };
 
-// One projection of Backend::matmuls: y = x · wᵀ.
-struct Projection {
-  const TensorView* w = nullptr;
-  TensorView* y = nullptr;
-};
-
 // What Backend::run_recorded keeps between calls for one step shape (a CUDA graph on the CUDA backend).
 struct Recording {
   virtual ~Recording() = default;
@@ -111,13 +105,11 @@ class Backend {
   virtual void set_recording(bool on) { (void)on; }
 
   // --- Concurrency ---
-  // Issues the ops of `a` and those of `b`, where neither reads what the other writes (both may read
-  // what earlier ops wrote): a backend may run the two at the same time (CUDA: one of them on a second
-  // stream forked from the first and joined back, recorded graphs included), so that small ops of one
-  // overlap the other's. Ops issued after it see both results. Neither may call all_reduce, download or
-  // synchronize. Give the branch on the step's critical path (the one expected to take longer) as `a`:
-  // a backend may favour it when both compete (CUDA: `a` stays on the backend's stream, whose kernels
-  // launch early and at the higher priority). The CPU backend runs a, then b.
+  // Issues the ops of `a`, then those of `b`, where neither reads what the other writes (both may read
+  // what earlier ops wrote): a backend may run the two at the same time (CUDA: `a` on a second stream
+  // forked from the first and joined back, recorded graphs included), so that small ops of one overlap
+  // the other's. Ops issued after it see both results. Neither may call all_reduce, download or
+  // synchronize. The CPU backend runs a, then b.
   virtual void concurrently(const std::function<void()>& a, const std::function<void()>& b) {
     a();
     b();
@@ -146,10 +138,12 @@ class Backend {
   // any weight dtype (quantized too). The same values as matmul, matmul and gelu_tanh_mul, in one op.
   virtual void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) = 0;
 
-  // y_i[T,N_i] = x · w_iᵀ for each projection of one x (a layer's K, V and query heads). The same values
-  // as the matmuls, which is what this default issues; a backend may run them as one launch.
-  virtual void matmuls(const TensorView& x, std::span<const Projection> projections) {
-    for (const Projection& p : projections) matmul(x, *p.w, *p.y);
+  // y1[T,N1] = x · w1ᵀ and y2[T,N2] = x · w2ᵀ: two projections of one x (a layer's K and V). The same
+  // values as the two matmuls, which is what this default issues; a backend may run them as one launch.
+  virtual void matmul_pair(const TensorView& x, const TensorView& w1, TensorView& y1, const TensorView& w2,
+                           TensorView& y2) {
+    matmul(x, w1, y1);
+    matmul(x, w2, y2);
   }
 
   // y[T,H] = table[ids[t], :] · scale   (ids [T] I32, table [V,H] in any float dtype).

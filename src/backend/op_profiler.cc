@@ -31,11 +31,10 @@ class OpProfiler final : public Backend {
     // Split by weight shape: the head, the experts and the projections behave differently.
     timed(fmt::format("matmul [{}, {}] x {} rows", w.dim(0), w.dim(1), x.rows()), [&] { be_->matmul(x, w, y); });
   }
-  void matmuls(const TensorView& x, std::span<const Projection> ps) override {
-    std::string rows;
-    for (const Projection& p : ps) rows += fmt::format("{}{}", rows.empty() ? "" : " + ", p.w->dim(0));
-    timed(fmt::format("matmuls [{}, {}] x {} rows", rows, ps.empty() ? 0 : ps[0].w->dim(1), x.rows()),
-          [&] { be_->matmuls(x, ps); });
+  void matmul_pair(const TensorView& x, const TensorView& w1, TensorView& y1, const TensorView& w2,
+                   TensorView& y2) override {
+    timed(fmt::format("matmul_pair 2 x [{}, {}] x {} rows", w1.dim(0), w1.dim(1), x.rows()),
+          [&] { be_->matmul_pair(x, w1, y1, w2, y2); });
   }
   void matmul_gelu_glu(const TensorView& x, const TensorView& g, const TensorView& u, TensorView& o) override {
     timed(fmt::format("matmul_gelu_glu [{}, {}] x {} rows", g.dim(0), g.dim(1), x.rows()),

@@ -89,38 +89,29 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
   // Attention: h1 = x + RMS(Attn(RMS(x; input_norm)); post_attention_norm).
   s.normed.resize(DType::F32, {T, H});
   if (!in.input_normed) be.rms_norm(x, &w.input_norm, eps, s.normed.view());
-  // The projections of one x, as one op (a GPU runs them as one launch): the layer's own K and V (if
-  // any; K=V layers have no V projection), then the query heads.
+  // The query heads and the layer's own K/V (if any) are independent: a GPU computes them side by side.
   s.q.resize(DType::F32, {T, nh * d});
   TensorView q3 = s.q.view().reshaped({T, nh, d});
-  Projection projections[3];
-  int n_projections = 0;
-  if (spec.owns_kv()) {
-    s.k.resize(DType::F32, {T, nkv * d});
-    projections[n_projections++] = {&w.k_proj, &s.k.view()};
-    if (!spec.k_eq_v) {
-      s.v.resize(DType::F32, {T, nkv * d});
-      projections[n_projections++] = {&w.v_proj, &s.v.view()};
-    }
-  }
-  projections[n_projections++] = {&w.q_proj, &s.q.view()};
-  be.matmuls(s.normed, std::span<const Projection>(projections, n_projections));
-  auto q_norm_rope = [&] {
+  auto q_branch = [&] {
+    be.matmul(s.normed, w.q_proj, s.q.view());
     be.rms_norm_rope(q3, w.q_norm, eps, *in.positions, *in.inv_freq);  // q [T, nh, d] = RoPE(RMS(q; q_norm))
   };
-  if (spec.owns_kv()) {
+  auto kv_branch = [&] {
+    s.k.resize(DType::F32, {T, nkv * d});
     const TensorView k3 = s.k.view().reshaped({T, nkv, d});  // raw K projection
-    // K=V layers: V is the raw K projection's weightless norm (no k_norm, no RoPE).
-    const TensorView v3 = spec.k_eq_v ? k3 : s.v.view().reshaped({T, nkv, d});
-    // The cache's rows at kv_slots: K [T, nkv, d] = RoPE(RMS(k; k_norm)), V [T, nkv, d] = RMS0(v); the
-    // K/V write as concurrently()'s favoured branch, since attention reads the cache.
-    auto kv_write = [&] {
-      be.kv_write_normed(k3, v3, w.k_norm, eps, *in.positions, *in.inv_freq, *in.kv, *in.kv_slots);
-    };
-    be.concurrently(kv_write, q_norm_rope);
-  } else {
-    q_norm_rope();
-  }
+    TensorView v3 = k3;  // K=V layers: V is the raw K projection's weightless norm (no k_norm, no RoPE)
+    if (spec.k_eq_v) {
+      be.matmul(s.normed, w.k_proj, s.k.view());
+    } else {
+      s.v.resize(DType::F32, {T, nkv * d});
+      be.matmul_pair(s.normed, w.k_proj, s.k.view(), w.v_proj, s.v.view());
+      v3 = s.v.view().reshaped({T, nkv, d});
+    }
+    // The cache's rows at kv_slots: K [T, nkv, d] = RoPE(RMS(k; k_norm)), V [T, nkv, d] = RMS0(v).
+    be.kv_write_normed(k3, v3, w.k_norm, eps, *in.positions, *in.inv_freq, *in.kv, *in.kv_slots);
+  };
+  if (spec.owns_kv()) be.concurrently(kv_branch, q_branch);
+  else q_branch();
   s.attn.resize(DType::F32, {T, nh * d});
   be.attention(q3, *in.kv, *in.rows, /*scale=*/1.0f, s.attn.view());
   s.proj.resize(DType::F32, {T, H});
@@ -158,9 +149,7 @@ void gemma4_layer_forward(Backend& be, const ModelConfig& c, const LayerSpec& sp
     dense_mlp();
     be.all_reduce(s.ffn_out.view());
   } else {
-    // The routed experts read h1 independently of the dense MLP: a GPU runs the two side by side, the
-    // experts (the router, the routing, then the experts' projections: the longer chain) as
-    // concurrently()'s favoured first branch.
+    // The routed experts read h1 independently of the dense MLP: a GPU runs the two side by side.
     auto experts = [&] {
       s.router_logits.resize(DType::F32, {T, c.num_experts});
       be.matmul(s.router_in, w.router_proj, s.router_logits.view());

@@ -317,39 +317,29 @@ TEST(CudaOps, MatmulGeluGlu) {
   }
 }
 
-// matmuls: bit-identical to its matmuls, one launch (bf16 weights of two or three row counts, strided
-// outputs, one x tile) or one each (longer batches, an F32 weight).
-TEST(CudaOps, MatmulsAreTheirMatmuls) {
+// matmul_pair: bit-identical to two matmuls, one launch (bf16 weights of one shape, strided outputs,
+// decode to prefill rows) or two (shapes that differ, an F32 weight).
+TEST(CudaOps, MatmulPairIsItsTwoMatmuls) {
   REQUIRE_CUDA();
   Backends b;
   Rng rng(105);
-  struct Case { std::vector<int64_t> N; int64_t K; DType dtype; };
-  const Case cases[] = {{{256, 256, 512}, 2816, DType::BF16}, {{37, 37}, 520, DType::BF16},
-                        {{64, 48, 100}, 256, DType::BF16}, {{40, 40}, 96, DType::F32}};
+  struct Case { int64_t N1, N2, K; DType dtype; };
+  const Case cases[] = {{256, 256, 2816, DType::BF16}, {37, 37, 520, DType::BF16}, {64, 48, 256, DType::BF16},
+                        {40, 40, 96, DType::F32}};
   for (const Case& c : cases) {
-    for (int64_t T : {1, 3, 8, 9, 40, 300}) {
-      SCOPED_TRACE(::testing::Message() << "N=" << c.N[0] << "," << c.N[1] << " K=" << c.K << " T=" << T);
-      const HT x = rand_f32({T, c.K}, 0, rng);
+    for (int64_t T : {1, 3, 9, 40, 300}) {
+      SCOPED_TRACE(::testing::Message() << "N=" << c.N1 << "," << c.N2 << " K=" << c.K << " T=" << T);
+      const HT x = rand_f32({T, c.K}, 0, rng), w1 = rand_stored(c.dtype, {c.N1, c.K}, rng, 0.5f),
+               w2 = rand_stored(c.dtype, {c.N2, c.K}, rng, 0.5f);
       Dev d(*b.gpu);
-      const TensorView xd = d.up(x);
-      std::vector<HT> ws, ys;
-      std::vector<TensorView> wd, got, want;
-      for (size_t i = 0; i < c.N.size(); ++i) {
-        ws.push_back(rand_stored(c.dtype, {c.N[i], c.K}, rng, 0.5f));
-        ys.push_back(make_ht(DType::F32, {T, c.N[i]}, i == 0 ? c.N[i] + 3 : 0));
-      }
-      for (size_t i = 0; i < c.N.size(); ++i) {
-        wd.push_back(d.up(ws[i]));
-        got.push_back(d.poisoned(ys[i]));
-        want.push_back(d.poisoned(ys[i]));
-      }
-      std::vector<Projection> ps;
-      for (size_t i = 0; i < c.N.size(); ++i) ps.push_back({&wd[i], &got[i]});
-      b.gpu->matmuls(xd, ps);
-      for (size_t i = 0; i < c.N.size(); ++i) {
-        b.gpu->matmul(xd, wd[i], want[i]);
-        EXPECT_TRUE(same_elements(d.down(got[i], ys[i]), d.down(want[i], ys[i]))) << "projection " << i;
-      }
+      const TensorView xd = d.up(x), w1d = d.up(w1), w2d = d.up(w2);
+      HT y1 = make_ht(DType::F32, {T, c.N1}, c.N1 + 3), y2 = make_ht(DType::F32, {T, c.N2});
+      TensorView p1 = d.poisoned(y1), p2 = d.poisoned(y2), r1 = d.poisoned(y1), r2 = d.poisoned(y2);
+      b.gpu->matmul_pair(xd, w1d, p1, w2d, p2);
+      b.gpu->matmul(xd, w1d, r1);
+      b.gpu->matmul(xd, w2d, r2);
+      EXPECT_TRUE(same_elements(d.down(p1, y1), d.down(r1, y1)));
+      EXPECT_TRUE(same_elements(d.down(p2, y2), d.down(r2, y2)));
     }
   }
 }

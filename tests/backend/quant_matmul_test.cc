@@ -409,9 +409,9 @@ TEST(QuantMatmul, CudaMoeExpertsMatchCpu) {
 
 // The fused GeGLU with quantized gate and up against the CPU, and bit-identical to the CUDA backend's
 // own matmul, matmul, gelu_tanh_mul (the fused tensor-core kernel must sum exactly as the matmul one);
-// matmuls of the same two weights and a third of other rows (one code: one launch of the tensor-core
-// kernel where it applies) bit-identical to those three matmuls.
-TEST(QuantMatmul, CudaGeluGluAndGroupMatchTheirComposition) {
+// matmul_pair of the same two weights (one code: one launch of the tensor-core kernel where it
+// applies) bit-identical to those two matmuls.
+TEST(QuantMatmul, CudaGeluGluAndPairMatchTheirComposition) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
   ExactCpuKernels exact;
   auto cpu = make_cpu_backend(2);
@@ -421,10 +421,9 @@ TEST(QuantMatmul, CudaGeluGluAndGroupMatchTheirComposition) {
     for (int64_t K : {704, 2112}) {
       if (channel_elsewhere(c, K)) continue;
       const int64_t I = 37 + rng.index(100);
-      const int64_t N3 = I + 19;
-      QuantWeight g = make_quant(c, 1, I, K, rng), u = make_quant(c, 1, I, K, rng), w3 = make_quant(c, 1, N3, K, rng);
+      QuantWeight g = make_quant(c, 1, I, K, rng), u = make_quant(c, 1, I, K, rng);
       DeviceQuant d(*gpu);
-      const TensorView gd = d.weight(g), ud = d.weight(u), w3d = d.weight(w3);
+      const TensorView gd = d.weight(g), ud = d.weight(u);
       for (int64_t T : {1, 3, 5, 9, 17, 40}) {
         SCOPED_TRACE(::testing::Message() << describe(c) << " T=" << T << " I=" << I << " K=" << K);
         std::vector<float> x = rng.normals(T * K, 0.1f), y(T * I);
@@ -439,17 +438,11 @@ TEST(QuantMatmul, CudaGeluGluAndGroupMatchTheirComposition) {
         TensorView up = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
         gpu->matmul(xd, gd, gate);
         gpu->matmul(xd, ud, up);
-        TensorView third = d.data(std::vector<float>(T * N3, NAN), DType::F32, {T, N3});
-        gpu->matmul(xd, w3d, third);
-        TensorView group_gate = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
-        TensorView group_up = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
-        TensorView group_third = d.data(std::vector<float>(T * N3, NAN), DType::F32, {T, N3});
-        const Projection ps[] = {{&gd, &group_gate}, {&ud, &group_up}, {&w3d, &group_third}};
-        gpu->matmuls(xd, ps);
-        EXPECT_EQ(std::memcmp(d.get<float>(group_gate, T * I).data(), d.get<float>(gate, T * I).data(), T * I * 4), 0);
-        EXPECT_EQ(std::memcmp(d.get<float>(group_up, T * I).data(), d.get<float>(up, T * I).data(), T * I * 4), 0);
-        EXPECT_EQ(std::memcmp(d.get<float>(group_third, T * N3).data(), d.get<float>(third, T * N3).data(), T * N3 * 4),
-                  0);
+        TensorView pair_gate = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
+        TensorView pair_up = d.data(std::vector<float>(T * I, NAN), DType::F32, {T, I});
+        gpu->matmul_pair(xd, gd, pair_gate, ud, pair_up);
+        EXPECT_EQ(std::memcmp(d.get<float>(pair_gate, T * I).data(), d.get<float>(gate, T * I).data(), T * I * 4), 0);
+        EXPECT_EQ(std::memcmp(d.get<float>(pair_up, T * I).data(), d.get<float>(up, T * I).data(), T * I * 4), 0);
         gpu->gelu_tanh_mul(gate, up, gate);
         EXPECT_EQ(std::memcmp(fused.data(), d.get<float>(gate, T * I).data(), T * I * 4), 0);
       }
@@ -548,8 +541,7 @@ TEST(QuantMatmul, CudaWideCtasKeepTheBits) {
       TensorView y2 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
       be.matmul(xd, wd, y);
       be.matmul_gelu_glu(xd, gd, ud, glu);
-      const Projection ps[] = {{&gd, &y1}, {&ud, &y2}};
-      be.matmuls(xd, ps);
+      be.matmul_pair(xd, gd, y1, ud, y2);
       std::vector<float> out = d.get<float>(y, n * N);
       for (const TensorView* v : {&glu, &y1, &y2}) {
         const std::vector<float> o = d.get<float>(*v, n * NG);
@@ -598,11 +590,11 @@ TEST(QuantMatmul, CudaWideCtasKeepTheBits) {
   }
 }
 
-// CTAs of other widths (VPW 1, 2 or 4, with_mma_width): the 26B-A4B sliding layers' K, V and query
-// projections (two [2048, 2816] weights and a [4096, 2816] one) as one launch, whose width the cost
-// model picks by format and GPU. Whatever width each format's launch takes, the bits must be those of
-// the CTA per row tile (TANDEM_CUDA_WIDE=0) and of the rule without the half width (TANDEM_CUDA_WIDE=4),
-// alone and in a batch.
+// CTAs of half the wide width (VPW 2, with_mma_width): the 26B-A4B sliding layers' K + V pair (two
+// [2048, 2816] weights) at one row takes them in int4 on a 132-SM GPU by the cost model's count (2
+// slices: 512 CTAs of VPW 1 are two waves of 264, 128 of VPW 4 two loop iterations, 256 of VPW 2 one of
+// each). Whatever width each format's launch takes, the bits must be those of the CTA per row tile
+// (TANDEM_CUDA_WIDE=0) and of the rule before the half width (TANDEM_CUDA_WIDE=4), alone and in a batch.
 TEST(QuantMatmul, CudaHalfWideCtasKeepTheBits) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
   auto gpu = make_backend("cuda");
@@ -612,36 +604,32 @@ TEST(QuantMatmul, CudaHalfWideCtasKeepTheBits) {
   auto before = make_backend("cuda");
   unsetenv("TANDEM_CUDA_WIDE");
   Rng rng(31);
-  const int64_t T = 3, N = 2048, NQ = 4096, K = 2816;
+  const int64_t T = 3, N = 2048, K = 2816;
   for (const QuantCase& c : kCases) {
     if (c.perm || c.group > 32) continue;  // the decode formats, without an act-order gather
     SCOPED_TRACE(describe(c));
-    QuantWeight wk = make_quant(c, 1, N, K, rng), wv = make_quant(c, 1, N, K, rng), wq = make_quant(c, 1, NQ, K, rng);
+    QuantWeight wk = make_quant(c, 1, N, K, rng), wv = make_quant(c, 1, N, K, rng);
     std::vector<float> x = rng.normals(T * K, 0.05f);
-    auto projections = [&](Backend& be, int64_t r0, int64_t n) {  // K, V, then q of rows [r0, r0 + n)
+    auto pair = [&](Backend& be, int64_t r0, int64_t n) {  // K then V of rows [r0, r0 + n)
       DeviceQuant d(be);
-      const TensorView kd = d.weight(wk), vd = d.weight(wv), qd = d.weight(wq);
+      const TensorView kd = d.weight(wk), vd = d.weight(wv);
       const TensorView xd = d.data(x, DType::F32, {T, K}).row_slice(r0, r0 + n);
       TensorView yk = d.data(std::vector<float>(n * N, NAN), DType::F32, {n, N});
       TensorView yv = d.data(std::vector<float>(n * N, NAN), DType::F32, {n, N});
-      TensorView yq = d.data(std::vector<float>(n * NQ, NAN), DType::F32, {n, NQ});
-      const Projection ps[] = {{&kd, &yk}, {&vd, &yv}, {&qd, &yq}};
-      be.matmuls(xd, ps);
+      be.matmul_pair(xd, kd, yk, vd, yv);
       std::vector<float> out = d.get<float>(yk, n * N);
-      for (const auto& [y, cols] : {std::pair{&yv, N}, std::pair{&yq, NQ}}) {
-        const std::vector<float> o = d.get<float>(*y, n * cols);
-        out.insert(out.end(), o.begin(), o.end());
-      }
+      const std::vector<float> v = d.get<float>(yv, n * N);
+      out.insert(out.end(), v.begin(), v.end());
       return out;
     };
-    const std::vector<float> batch = projections(*gpu, 0, T);
-    EXPECT_TRUE(same_bits(batch, projections(*narrow, 0, T))) << T << " rows";
-    EXPECT_TRUE(same_bits(batch, projections(*before, 0, T))) << T << " rows";
+    const std::vector<float> batch = pair(*gpu, 0, T);
+    EXPECT_TRUE(same_bits(batch, pair(*narrow, 0, T))) << T << " rows";
+    EXPECT_TRUE(same_bits(batch, pair(*before, 0, T))) << T << " rows";
     for (int64_t r = 0; r < T; ++r) {
-      const std::vector<float> one = projections(*gpu, r, 1);
-      EXPECT_TRUE(same_bits(one, projections(*narrow, r, 1))) << "row " << r;
-      EXPECT_TRUE(same_bits(one, projections(*before, r, 1))) << "row " << r;
-      EXPECT_TRUE(same_bits(one, rows_of(batch, T, r, {N, N, NQ}))) << "K, V and q row " << r << " in a batch";
+      const std::vector<float> one = pair(*gpu, r, 1);
+      EXPECT_TRUE(same_bits(one, pair(*narrow, r, 1))) << "row " << r;
+      EXPECT_TRUE(same_bits(one, pair(*before, r, 1))) << "row " << r;
+      EXPECT_TRUE(same_bits(one, rows_of(batch, T, r, {N, N}))) << "K and V row " << r << " in a batch";
     }
   }
 }

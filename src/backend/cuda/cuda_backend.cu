@@ -69,29 +69,12 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   // Split-K: as many CTAs per SM as the weight's one-row kernel holds (mma_slices), or TANDEM_CUDA_SPLIT_K.
   const char* split = std::getenv("TANDEM_CUDA_SPLIT_K");
   mma_split_per_sm_ = split ? static_cast<int>(std::clamp(std::strtol(split, nullptr, 10), 0L, 64L)) : -1;
-  // The backend's stream at the device's highest priority, concurrently()'s side stream at its lowest,
-  // and concurrently()'s favoured branch (its `a`: the step's critical path) on the backend's stream,
-  // where its kernels are launched early (programmatic dependent launch) and so take the SMs' CTA
-  // slots first, while at the higher priority the CTAs of its later kernels go before those of the
-  // other branch still waiting for a slot. TANDEM_CUDA_PRIORITY=0: both streams at the default priority
-  // and `a` on the side stream, the earlier scheduling. In the twenty-sixth session's trace
-  // (docs/PERF.md) `a` ran on the side stream: the dense GeGLU's 264 early-launched CTAs, two an SM by
-  // registers, held every slot when the norm before them ended, and the experts' router matmul, the side
-  // branch's first kernel, began 3 µs later and ended 10 µs after the norm. Recorded steps keep each
-  // kernel's priority (capture copies its stream's; run_recorded instantiates with node priorities).
-  // Scheduling only: the same bits.
-  const char* priority = std::getenv("TANDEM_CUDA_PRIORITY");
-  priorities_ = !(priority && std::string(priority) == "0");
-  int least = 0, greatest = 0;
-  TANDEM_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  TANDEM_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, priorities_ ? greatest : least));
-  const char* group = std::getenv("TANDEM_CUDA_GROUP");
-  group_launches_ = !(group && std::string(group) == "0");
+  TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   const char* concurrent = std::getenv("TANDEM_CUDA_CONCURRENT");
   concurrent_ = !(concurrent && std::string(concurrent) == "0");
   const char* cross_pdl = std::getenv("TANDEM_CUDA_CROSS_PDL");
   cross_pdl_ = !(cross_pdl && std::string(cross_pdl) == "0");
-  TANDEM_CUDA_CHECK(cudaStreamCreateWithPriority(&side_stream_, cudaStreamNonBlocking, least));
+  TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
   TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
   TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&join_event_, cudaEventDisableTiming));
 }
@@ -249,7 +232,7 @@ void CudaBackend::run_recorded(std::unique_ptr<Recording>& recording, const std:
   cudaError_t e = cudaStreamEndCapture(stream_, &graph);
   const bool joins = e == cudaSuccess && pdl_ && cross_pdl_ && concurrent_;
   if (joins) e = programmatic_joins(graph);
-  if (e == cudaSuccess) e = cudaGraphInstantiate(&r.exec, graph, priorities_ ? cudaGraphInstantiateFlagUseNodePriority : 0);
+  if (e == cudaSuccess) e = cudaGraphInstantiate(&r.exec, graph, 0);
   if (e != cudaSuccess && joins) {  // the next capture keeps the ordinary edges
     log::warn("a CUDA graph with programmatic joins failed ({}); recording ordinary joins", cudaGetErrorString(e));
     cross_pdl_ = false;
@@ -273,10 +256,6 @@ void CudaBackend::concurrently(const std::function<void()>& a, const std::functi
     return;
   }
   use_device();
-  // The favoured branch `a` on the backend's stream (the constructor says why), `b` on the side stream;
-  // TANDEM_CUDA_PRIORITY=0 puts `a` on the side stream instead, as before the priorities.
-  const std::function<void()>& side = priorities_ ? b : a;
-  const std::function<void()>& own = priorities_ ? a : b;
   // Fork: the side stream starts after everything issued so far (in a capture, the event makes it part
   // of the graph). Join: the main stream's later ops wait for the side's, also when a branch throws.
   TANDEM_CUDA_CHECK(cudaEventRecord(fork_event_, stream_));
@@ -284,14 +263,14 @@ void CudaBackend::concurrently(const std::function<void()>& a, const std::functi
   std::exception_ptr error;
   lane_ = 1;
   try {
-    side();
+    a();
   } catch (...) {
     error = std::current_exception();
   }
   lane_ = 0;
   TANDEM_CUDA_CHECK(cudaEventRecord(join_event_, side_stream_));
   if (!error) try {
-      own();
+      b();
     } catch (...) {
       error = std::current_exception();
     }

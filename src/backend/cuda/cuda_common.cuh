@@ -421,12 +421,6 @@ struct MmaSplit {
   float* partials = nullptr;   // [tiles, slices, TILES · 128, NT]
   unsigned* tickets = nullptr;  // [tiles], zero between launches
 };
-// The scratch a split needs: `tiles` output tiles in `slices`, `floats` partial sums per tile and slice.
-struct MmaSplitShape {
-  int64_t tiles;
-  int slices;
-  int64_t floats;
-};
 
 // moe_experts' grouping of the routed (row, slot) pairs by expert (moe.cu): offsets[e] = first
 // position of expert e in the sorted order (offsets[E] = pairs routed), sorted[pos] = pair index
@@ -467,7 +461,8 @@ class CudaBackend final : public Backend {
 
   void matmul(const TensorView& x, const TensorView& w, TensorView& y) override;
   void matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) override;
-  void matmuls(const TensorView& x, std::span<const Projection> projections) override;
+  void matmul_pair(const TensorView& x, const TensorView& w1, TensorView& y1, const TensorView& w2,
+                   TensorView& y2) override;
   void embed(const TensorView& ids, const TensorView& table, float scale, TensorView& y) override;
   void rms_norm(const TensorView& x, const TensorView* weight, float eps, TensorView& y) override;
   void rms_norm_add(const TensorView& y, const TensorView* weight, float eps, TensorView& x) override;
@@ -533,32 +528,20 @@ class CudaBackend final : public Backend {
   // 16-byte aligned address and stride; x itself when it is, else a packed copy in the op scratch. Returns
   // the rows and their stride.
   std::pair<const float*, int64_t> mma_x_rows(const float* x, int64_t ldx, int64_t rows, int64_t K);
-  // matmul and matmul_gelu_glu (up non-null) on the tensor cores: x [T, K] (row stride ldx) times w
-  // [N, K], bf16 (mma_rows_fit) or quantized (mma_quant_fit; up of the same code).
+  // matmul, matmul_gelu_glu (up non-null) and matmul_pair (up and y2 non-null: y2 = x · upᵀ) on the
+  // tensor cores: x [T, K] (row stride ldx) times w [N, K], bf16 (mma_rows_fit) or quantized
+  // (mma_quant_fit; up of the same code).
   void launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
-                         TensorView& y, int64_t T, int64_t N);
-  // matmuls of one x tile (T at most 8 rows) on the tensor cores as one launch: weights of one kind
-  // (mma_group_fit), each with the slices of its own matmul.
-  void launch_matmul_group(const TensorView& x, std::span<const Projection> projections);
+                         TensorView& y, int64_t T, int64_t N, TensorView* y2 = nullptr);
   // K slices of a tensor-core matmul over N weight rows of `blocks` K blocks each (cu::MmaSplit): as
   // many as the weight's row tiles fit in one wave of `per_sm` CTAs an SM (what an SM holds of the
   // weight's one-row matmul kernel; TANDEM_CUDA_SPLIT_K overrides it), at most one per kMmaWarps blocks
   // (every warp has a block) and kMmaMaxSlices. A function of the weight (its shape and format) and the
   // GPU alone, never of the batch or the op, for batch invariance.
   int mma_slices(int64_t N, int64_t blocks, int per_sm) const;
-  // The K slices of every launch of weight rows W over N rows of K elements, whatever T and whichever op
-  // (a group of projections, the GeGLU), so that the weight's sums run in one order everywhere:
-  // mma_slices with the CTAs an SM holds of W's one-row matmul kernel. (The split fills one wave of
-  // that kernel: a quantized one holds 2–3 CTAs an SM where a bf16 one holds 4, and a second wave costs
-  // more than the split gains.)
-  template <class W>
-  int mma_weight_slices(int64_t N, int64_t K) const;
   // The split of a launch of `tiles` output tiles into `slices` (its scratch grown: `floats` partial
   // sums per tile and slice, a zeroed ticket per tile).
   cu::MmaSplit mma_split(int64_t tiles, int slices, int64_t floats);
-  // The splits of a launch's parts, one scratch for all: part i's partial sums and tickets follow part
-  // i − 1's (parts of one slice take none).
-  void mma_splits(std::span<const cu::MmaSplitShape> shapes, std::span<cu::MmaSplit> splits);
   // rms_norms, and rms_norm / rms_norm_add as chains of one step (op: the name errors give).
   void launch_rms_norms(std::span<const RmsNormStep> steps, float eps, const char* op);
   // The stream ops are issued to: the main one, or inside concurrently()'s first branch the side one.
@@ -616,12 +599,6 @@ class CudaBackend final : public Backend {
   // A recorded step's forks and joins as programmatic edges (programmatic_joins in cuda_backend.cu;
   // TANDEM_CUDA_CROSS_PDL=0 keeps them ordinary edges, for measuring).
   bool cross_pdl_ = true;
-  // The backend's stream at the highest priority, concurrently()'s side stream at the lowest, and
-  // concurrently()'s favoured branch on the backend's stream (TANDEM_CUDA_PRIORITY=0: both streams at the
-  // default, the favoured branch on the side stream; for measuring).
-  bool priorities_ = true;
-  // matmuls as one launch where it may (TANDEM_CUDA_GROUP=0: one launch a projection, for measuring).
-  bool group_launches_ = true;
   OpScratch& scratch() { return scratch_[lane_]; }
   cudaStream_t side_stream_ = nullptr;
   cudaEvent_t fork_event_ = nullptr, join_event_ = nullptr;

@@ -99,34 +99,39 @@ __global__ void pack_rows_kernel(const float* __restrict__ x, int64_t ldx, int64
     dst[i] = x[(i / K) * ldx + i % K];
 }
 
-// One CTA's share of y[T, N] = x · wᵀ on the tensor cores for weight rows W (MmaBf16Rows or
-// MmaQuantRows, mma_rows.cuh / mma_quant.cuh), x rows 16-byte aligned (mma_x_rows): the 16 · VPW
-// columns from column tile at.col() · VPW on, the TILES tiles of 8 x rows from row tile at.row_tile()
-// on, and K slice at.slice() of the split, whose tickets and partial sums know the CTA's output as
-// at.tile() (read from the CTA's index where used: values held across the K loop cost registers). GLU: y =
-// gelu_tanh(x · wᵀ) · (x · upᵀ) with the same sums (the same bits as two such matmuls and
-// gelu_tanh_mul). ONE_ROW: T is 1, and every lane takes that row (OneRowX, mma_rows.cuh). VPW > 1
-// (quantized rows, TILES 1): the CTA takes VPW tiles of 16 columns, each warp VPW virtual warps of one
-// (mma_quant.cuh). early: w and up are model constants, so their first loads may come before the wait
-// for the previous kernel (partial's early). x is the previous kernel's output, so it is not
+// y[T, N] = x · wᵀ on the tensor cores for weight rows W (MmaBf16Rows or MmaQuantRows, mma_rows.cuh /
+// mma_quant.cuh), x rows 16-byte aligned (mma_x_rows): a CTA per 16 columns, TILES tiles of 8 rows
+// and K slice (grid: column tiles × row tiles × split.slices). kGlu: y = gelu_tanh(x · wᵀ) · (x · upᵀ)
+// with the same sums (the same bits as two such matmuls and gelu_tanh_mul). kPair: the first half of
+// the column tiles write y = x · wᵀ, the second half y2 = x · upᵀ (two projections of one x, each the
+// same bits as its own launch). ONE_ROW: T is 1, and every lane takes that row (OneRowX, mma_rows.cuh).
+// VPW > 1 (quantized rows, TILES 1): a CTA takes VPW tiles of 16 columns, each warp VPW virtual warps of
+// one (mma_quant.cuh). early: w and up are model constants, so their first loads may come before the
+// wait for the previous kernel (partial's early). x is the previous kernel's output, so it is not
 // __restrict__: a const __restrict__ parameter is read through the read-only path (ld.global.nc), which
 // promises that the data does not change while the kernel runs, so its loads may be scheduled ahead of
 // the wait. (With early loads and x __restrict__, the 8-bit golden tests' decode steps on CUDA diverged.)
-template <class W, int TILES, bool GLU, bool ONE_ROW, int VPW, class At>
-__device__ __forceinline__ void mma_cta(const float* x, int64_t ldx, const W& w, const W& up, int64_t K,
-                                        float* __restrict__ y, int64_t ldy, int64_t T, int64_t N,
-                                        const MmaSplit& split, const At& at, bool early) {
+enum class MmaEpilogue { kPlain, kGlu, kPair };
+template <class W, int TILES, MmaEpilogue EPI, bool ONE_ROW, int VPW = 1>
+__global__ void __launch_bounds__(kMmaWarps * 32)
+    matmul_mma_kernel(const float* x, int64_t ldx, W w, W up, int64_t K, float* __restrict__ y,
+                      int64_t ldy, float* __restrict__ y2, int64_t ldy2, int64_t T, int64_t N, MmaSplit split,
+                      bool early) {
   if (!early) begin_kernel();
+  constexpr bool GLU = EPI == MmaEpilogue::kGlu;
   constexpr int NT = GLU ? 2 : 1;
   __shared__ MmaReduceSmem<NT, TILES, VPW> sm;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
-  const int64_t n0 = at.col() * kMmaRows * VPW;
+  const bool second = EPI == MmaEpilogue::kPair && blockIdx.x >= gridDim.x / 2;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x - (second ? gridDim.x / 2 : 0)) * kMmaRows * VPW;
   const int64_t nw = VPW == 1 ? n0 : n0 + warp / (kMmaWarps / VPW) * kMmaRows;  // the warp's row tile
-  const int64_t t0 = at.row_tile() * TILES * kMmaTile;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * TILES * kMmaTile;
   const int64_t na = nw + g < N ? nw + g : N - 1, nb = nw + g + 8 < N ? nw + g + 8 : N - 1;  // tails recompute
   W sets[NT];
-  sets[0] = w;
+  sets[0] = second ? up : w;
   if constexpr (GLU) sets[NT - 1] = up;
+  float* const out = second ? y2 : y;
+  const int64_t ld_out = second ? ldy2 : ldy;
   int64_t rows[NT][2];
 #pragma unroll
   for (int j = 0; j < NT; ++j) rows[j][0] = na, rows[j][1] = nb;
@@ -136,69 +141,16 @@ __device__ __forceinline__ void mma_cta(const float* x, int64_t ldx, const W& w,
     const int64_t r = t0 + i * kMmaTile + (ONE_ROW ? 0 : g);
     xr[i] = r < T ? x + r * ldx : nullptr;
   }
+  const int slice = static_cast<int>(blockIdx.z);
   const int64_t blocks = W::blocks(K);  // slice s sums blocks [blocks · s / slices, blocks · (s + 1) / slices)
-  const int slice = at.slice();
   float c[VPW * TILES][NT][4] = {};
   W::template partial<NT, TILES, ONE_ROW, VPW>(sets, rows, K, xr, blocks * slice / split.slices,
                                                blocks * (slice + 1) / split.slices, warp, lane, c, early);
-  mma_finish<NT, TILES, VPW>(c, sm, warp, lane, split, at.tile(), slice, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
+  const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  mma_finish<NT, TILES, VPW>(c, sm, warp, lane, split, tile, slice, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
     const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
-    if (tr < T && nc < N) y[tr * ldy + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
+    if (tr < T && nc < N) out[tr * ld_out + nc] = GLU ? gelu_tanh(s[0]) * s[NT - 1] : s[0];
   });
-}
-
-// y[T, N] = x · wᵀ (GLU: the GeGLU of w and up) on the tensor cores: mma_cta for every CTA of a grid of
-// column CTAs × x row tiles × split.slices.
-template <class W, int TILES, bool GLU, bool ONE_ROW, int VPW = 1>
-__global__ void __launch_bounds__(kMmaWarps * 32)
-    matmul_mma_kernel(const float* x, int64_t ldx, W w, W up, int64_t K, float* __restrict__ y, int64_t ldy,
-                      int64_t T, int64_t N, MmaSplit split, bool early) {
-  struct At {  // the grid: column CTAs × x row tiles × slices
-    __device__ int64_t col() const { return blockIdx.x; }
-    __device__ int64_t row_tile() const { return blockIdx.y; }
-    __device__ int slice() const { return static_cast<int>(blockIdx.z); }
-    __device__ int64_t tile() const { return static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x; }
-  };
-  mma_cta<W, TILES, GLU, ONE_ROW, VPW>(x, ldx, w, up, K, y, ldy, T, N, split, At{}, early);
-}
-
-// The projections of one matmul_group_kernel launch: part p's CTAs are [first_cta, first_cta + its
-// column CTAs × slices), the parts in order.
-constexpr int kMmaMaxGroup = 3;
-template <class W>
-struct MmaGroup {
-  struct Part {
-    W w;
-    float* y;
-    int64_t ldy, N;
-    int first_cta;
-    MmaSplit split;
-  } part[kMmaMaxGroup];
-  int n;
-};
-
-// y_p[T, N_p] = x · w_pᵀ for the parts of g, one x tile (T at most 8): CTA b is part p's (b −
-// first_cta) / slices-th column CTA, K slice (b − first_cta) % slices, each part with its own split as
-// its own matmul_mma_kernel launch would take it (the same bits).
-template <class W, bool ONE_ROW, int VPW>
-__global__ void __launch_bounds__(kMmaWarps * 32)
-    matmul_group_kernel(const float* x, int64_t ldx, const __grid_constant__ MmaGroup<W> g, int64_t K, int64_t T,
-                        bool early) {
-  int p = 0;
-#pragma unroll
-  for (int i = 1; i < kMmaMaxGroup; ++i)
-    if (i < g.n && static_cast<int>(blockIdx.x) >= g.part[i].first_cta) p = i;
-  const typename MmaGroup<W>::Part& part = g.part[p];
-  struct At {  // part p's CTAs: column CTAs × slices, the slices of a column CTA together
-    int first, slices;
-    __device__ int local() const { return static_cast<int>(blockIdx.x) - first; }
-    __device__ int64_t col() const { return local() / slices; }
-    __device__ int64_t row_tile() const { return 0; }
-    __device__ int slice() const { return local() % slices; }
-    __device__ int64_t tile() const { return col(); }
-  };
-  mma_cta<W, 1, false, ONE_ROW, VPW>(x, ldx, part.w, part.w, K, part.y, part.ldy, T, part.N, part.split,
-                                     At{part.first_cta, part.split.slices}, early);
 }
 
 // dst[t, j] = x[t, perm[j]]: x in an act-order quantized weight's column order.
@@ -234,11 +186,6 @@ __global__ void quant_block_layout_kernel(uint32_t* __restrict__ codes, int64_t 
         if (jc < nc) block[quant_block_slot(jc, w, nc)] = v[4 * jc + w];
   }
 }
-
-// Whether weight w is a model constant, whose first blocks a matmul may load before its wait for the
-// previous kernel (early): quantized weights are (Backend::prepare_quant), bf16 ones where the view says
-// so (TensorView::constant; not the drafter's candidate rows, which the previous kernel gathers).
-bool model_constant(const TensorView& w) { return w.quant || w.constant; }
 
 }  // namespace
 
@@ -276,141 +223,89 @@ int CudaBackend::mma_slices(int64_t N, int64_t blocks, int per_sm) const {
 }
 
 MmaSplit CudaBackend::mma_split(int64_t tiles, int slices, int64_t floats) {
-  const MmaSplitShape shape{tiles, slices, floats};
   MmaSplit split;
-  mma_splits({&shape, 1}, {&split, 1});
+  split.slices = slices;
+  if (slices == 1) return split;
+  OpScratch& sc = scratch();
+  ensure(sc.mma_partials, tiles * slices * floats * sizeof(float));
+  if (sc.mma_tickets.bytes() < tiles * sizeof(unsigned)) {  // new tickets start at zero
+    ensure(sc.mma_tickets, tiles * sizeof(unsigned));
+    TANDEM_CUDA_CHECK(cudaMemsetAsync(sc.mma_tickets.data(), 0, sc.mma_tickets.bytes(), op_stream()));
+  }
+  split.partials = static_cast<float*>(sc.mma_partials.data());
+  split.tickets = static_cast<unsigned*>(sc.mma_tickets.data());
   return split;
 }
 
-void CudaBackend::mma_splits(std::span<const MmaSplitShape> shapes, std::span<MmaSplit> splits) {
-  int64_t floats = 0, tickets = 0;
-  for (const MmaSplitShape& sh : shapes)
-    if (sh.slices > 1) floats += sh.tiles * sh.slices * sh.floats, tickets += sh.tiles;
-  OpScratch& sc = scratch();
-  if (tickets > 0) {
-    ensure(sc.mma_partials, floats * sizeof(float));
-    if (sc.mma_tickets.bytes() < tickets * sizeof(unsigned)) {  // new tickets start at zero
-      ensure(sc.mma_tickets, tickets * sizeof(unsigned));
-      TANDEM_CUDA_CHECK(cudaMemsetAsync(sc.mma_tickets.data(), 0, sc.mma_tickets.bytes(), op_stream()));
-    }
-  }
-  float* partials = static_cast<float*>(sc.mma_partials.data());
-  unsigned* ticket = static_cast<unsigned*>(sc.mma_tickets.data());
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    const MmaSplitShape& sh = shapes[i];
-    splits[i] = MmaSplit{};
-    splits[i].slices = sh.slices;
-    if (sh.slices == 1) continue;
-    splits[i].partials = partials, splits[i].tickets = ticket;
-    partials += sh.tiles * sh.slices * sh.floats, ticket += sh.tiles;
-  }
-}
-
-template <class W>
-int CudaBackend::mma_weight_slices(int64_t N, int64_t K) const {
-  return mma_slices(N, W::blocks(K), mma_ctas_per_sm<matmul_mma_kernel<W, 1, false, true, 1>>());
-}
-
 void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
-                                    TensorView& y, int64_t T, int64_t N) {
+                                    TensorView& y, int64_t T, int64_t N, TensorView* y2) {
   const auto [xa, lda] = mma_x_rows(x, ldx, T, K);
-  const bool early = early_loads_ && model_constant(w) && (!up || model_constant(*up));
+  // Quantized weights are model constants (Backend::prepare_quant), bf16 ones where the view says so
+  // (TensorView::constant; not the drafter's candidate rows, which the previous kernel gathers): only
+  // constants are loaded before the wait.
+  auto constant = [](const TensorView& t) { return t.quant || t.constant; };
+  const bool early = early_loads_ && constant(w) && (!up || constant(*up));
+  const MmaEpilogue epi = !up ? MmaEpilogue::kPlain : y2 ? MmaEpilogue::kPair : MmaEpilogue::kGlu;
   with_mma_rows(w, K, [&]<class W>(const W& rows) {
     const W up_rows = up ? mma_rows_of<W>(*up, K) : rows;
     with_mma_tiles<W>(T, [&]<int TILES>() {
       const int64_t per_cta = int64_t{TILES} * kMmaTile, n_tiles = (N + kMmaRows - 1) / kMmaRows;
+      const int64_t w_tiles = epi == MmaEpilogue::kPair ? 2 * n_tiles : n_tiles;  // column tiles of the launch
       const int64_t t_tiles = (T + per_cta - 1) / per_cta;
-      const int slices = mma_weight_slices<W>(N, K);
-      const int64_t floats = TILES * 128 * (up ? 2 : 1);  // partial sums per tile and slice
+      // The split fills one wave of a weight's decode matmul (one row, a CTA per row tile): a quantized
+      // one holds 2–3 CTAs an SM where a bf16 one holds 4, and a second wave costs more than the split
+      // gains. Every launch of a weight, whatever T and whichever op (a pair, the GeGLU), takes these
+      // slices, so its sums are in the same order everywhere.
+      const int per_sm = mma_ctas_per_sm<matmul_mma_kernel<W, 1, MmaEpilogue::kPlain, true, 1>>();
+      const int slices = mma_slices(N, W::blocks(K), per_sm);
+      const int64_t floats = TILES * 128 * (epi == MmaEpilogue::kGlu ? 2 : 1);  // partial sums per tile and slice
       // A split's partial sums grow with the rows (a long prompt's prefill): launches over at most
       // kMmaSplitScratchBytes of them, one after the other. A row's sums are the same in any launch.
       const int64_t per_launch = std::min<int64_t>(
           65535, slices == 1 ? t_tiles
-                             : std::max<int64_t>(1, kMmaSplitScratchBytes / (n_tiles * slices * floats * 4)));
+                             : std::max<int64_t>(1, kMmaSplitScratchBytes / (w_tiles * slices * floats * 4)));
       for (int64_t tt0 = 0; tt0 < t_tiles; tt0 += per_launch) {
         const int64_t tt = std::min(per_launch, t_tiles - tt0), r0 = tt0 * per_cta;
         const int64_t n_rows = std::min(T - r0, tt * per_cta);
         const float* xr = xa + r0 * lda;
         float* yr = y.as<float>() + r0 * y.stride();
-        auto go = [&]<bool GLU>() {
+        float* y2r = y2 ? y2->as<float>() + r0 * y2->stride() : nullptr;
+        const int64_t ld2 = y2 ? y2->stride() : 0;
+        auto go = [&]<MmaEpilogue EPI>() {
           if constexpr (TILES == 1) {
             // One x tile (decode, verify): a CTA per VPW row tiles (with_mma_width), with the column
             // CTAs, split and kernel of that VPW; one row takes the ONE_ROW kernels.
             auto tile = [&]<bool ONE>() {
-              constexpr int NT = GLU ? 2 : 1;
+              constexpr int NT = EPI == MmaEpilogue::kGlu ? 2 : 1;
               const int64_t slice_blocks = (W::blocks(K) + slices - 1) / slices;
               constexpr int kWide = kMmaWideVpw<W, NT>;
-              constexpr auto narrow = matmul_mma_kernel<W, 1, GLU, ONE, 1>;
-              constexpr auto wide = matmul_mma_kernel<W, 1, GLU, ONE, kWide>;
-              constexpr auto half = matmul_mma_kernel<W, 1, GLU, ONE, (kWide > 2 ? 2 : kWide)>;
-              const MmaWidthPart part{n_tiles, slices, slice_blocks};
+              constexpr auto narrow = matmul_mma_kernel<W, 1, EPI, ONE, 1>;
+              constexpr auto wide = matmul_mma_kernel<W, 1, EPI, ONE, kWide>;
+              constexpr auto half = matmul_mma_kernel<W, 1, EPI, ONE, (kWide > 2 ? 2 : kWide)>;
               with_mma_width<W, NT, narrow, wide, half>(
-                  wide_ctas_, half_wide_ctas_, {&part, 1}, sm_count(), [&]<int VPW, auto KERNEL>() {
-                    const int64_t col_ctas = (n_tiles + VPW - 1) / VPW;
+                  wide_ctas_, half_wide_ctas_, n_tiles, slices * (w_tiles / n_tiles), slice_blocks, sm_count(),
+                  [&]<int VPW, auto KERNEL>() {
+                    const int64_t col_ctas = (n_tiles + VPW - 1) / VPW * (w_tiles / n_tiles);
                     const MmaSplit s = mma_split(col_ctas, slices, VPW * floats);
                     launch("matmul_mma_kernel", KERNEL,
                            dim3(static_cast<unsigned>(col_ctas), 1, static_cast<unsigned>(slices)), kMmaWarps * 32, 0,
-                           xr, lda, rows, up_rows, K, yr, y.stride(), n_rows, N, s, early);
+                           xr, lda, rows, up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, s, early);
                   });
             };
             if (n_rows == 1) tile.template operator()<true>();
             else tile.template operator()<false>();
           } else {
-            const MmaSplit split = mma_split(n_tiles * tt, slices, floats);
-            const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(tt), static_cast<unsigned>(slices));
-            launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, GLU, false>, grid, kMmaWarps * 32, 0, xr, lda,
-                   rows, up_rows, K, yr, y.stride(), n_rows, N, split, early);
+            const MmaSplit split = mma_split(w_tiles * tt, slices, floats);
+            const dim3 grid(static_cast<unsigned>(w_tiles), static_cast<unsigned>(tt), static_cast<unsigned>(slices));
+            launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, EPI, false>, grid, kMmaWarps * 32, 0, xr, lda, rows,
+                   up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, split, early);
           }
         };
-        if (up) go.template operator()<true>();
-        else go.template operator()<false>();
+        if (epi == MmaEpilogue::kGlu) go.template operator()<MmaEpilogue::kGlu>();
+        else if (epi == MmaEpilogue::kPair) go.template operator()<MmaEpilogue::kPair>();
+        else go.template operator()<MmaEpilogue::kPlain>();
       }
     });
-  });
-}
-
-void CudaBackend::launch_matmul_group(const TensorView& x, std::span<const Projection> ps) {
-  const int64_t T = x.rows(), K = x.cols();
-  const auto [xa, lda] = mma_x_rows(x.as<float>(), x.stride(), T, K);
-  bool early = early_loads_;
-  for (const Projection& p : ps) early = early && model_constant(*p.w);
-  with_mma_rows(*ps[0].w, K, [&]<class W>(const W&) {
-    const int n = static_cast<int>(ps.size());
-    MmaWidthPart parts[kMmaMaxGroup];  // each weight's row tiles, slices and a slice's K blocks
-    for (int i = 0; i < n; ++i) {
-      const int slices = mma_weight_slices<W>(ps[i].w->rows(), K);
-      parts[i] = {(ps[i].w->rows() + kMmaRows - 1) / kMmaRows, slices, (W::blocks(K) + slices - 1) / slices};
-    }
-    auto group = [&]<bool ONE>() {
-      constexpr int kWide = kMmaWideVpw<W, 1>;
-      constexpr auto narrow = matmul_group_kernel<W, ONE, 1>;
-      constexpr auto wide = matmul_group_kernel<W, ONE, kWide>;
-      constexpr auto half = matmul_group_kernel<W, ONE, (kWide > 2 ? 2 : kWide)>;
-      const std::span<const MmaWidthPart> width_parts(parts, static_cast<size_t>(n));
-      with_mma_width<W, 1, narrow, wide, half>(wide_ctas_, half_wide_ctas_, width_parts, sm_count(), [&]<int VPW, auto KERNEL>() {
-        MmaGroup<W> g{};
-        g.n = n;
-        MmaSplitShape shapes[kMmaMaxGroup];
-        MmaSplit splits[kMmaMaxGroup];
-        int ctas = 0;
-        for (int i = 0; i < n; ++i) {
-          const int slices = static_cast<int>(parts[i].other);
-          const int64_t col_ctas = (parts[i].col_tiles + VPW - 1) / VPW;
-          shapes[i] = {col_ctas, slices, int64_t{VPW} * 128};
-          g.part[i].w = mma_rows_of<W>(*ps[i].w, K);
-          g.part[i].y = ps[i].y->as<float>();
-          g.part[i].ldy = ps[i].y->stride();
-          g.part[i].N = ps[i].w->rows();
-          g.part[i].first_cta = ctas;
-          ctas += static_cast<int>(col_ctas * slices);
-        }
-        mma_splits({shapes, static_cast<size_t>(n)}, {splits, static_cast<size_t>(n)});
-        for (int i = 0; i < n; ++i) g.part[i].split = splits[i];
-        launch("matmul_group_kernel", KERNEL, static_cast<unsigned>(ctas), kMmaWarps * 32, 0, xa, lda, g, K, T, early);
-      });
-    };
-    if (T == 1) group.template operator()<true>();
-    else group.template operator()<false>();
   });
 }
 
@@ -448,24 +343,21 @@ void CudaBackend::matmul(const TensorView& x, const TensorView& w, TensorView& y
 
 namespace tandem {
 
-void CudaBackend::matmuls(const TensorView& x, std::span<const Projection> ps) {
-  const int64_t T = x.rows(), K = x.cols();
-  // One launch where the weights take one tensor-core kernel with one x (mma_same_kind: no act-order
-  // permutation) and x is one tile (decode, verify); otherwise the matmuls, with the same sums.
-  bool one_launch =
-      mma_ && group_launches_ && ps.size() >= 2 && ps.size() <= static_cast<size_t>(kMmaMaxGroup) && T <= kMmaTile;
-  for (const Projection& p : ps) {
-    if (!p.w || !p.y) fail("matmuls: a projection has no weight or no output");
-    const MatmulDims dims = check_matmul(x, *p.w, *p.y);
-    one_launch = one_launch && dims.N > 0 && mma_same_kind(*ps[0].w, *p.w, K);
-  }
-  if (!one_launch) {
-    for (const Projection& p : ps) matmul(x, *p.w, *p.y);
+void CudaBackend::matmul_pair(const TensorView& x, const TensorView& w1, TensorView& y1, const TensorView& w2,
+                              TensorView& y2) {
+  const auto [T, N, K] = check_matmul(x, w1, y1);
+  const auto [T2, N2, K2] = check_matmul(x, w2, y2);
+  // One launch where both weights take one tensor-core kernel with one x (no act-order permutation)
+  // and one column count (so one split); otherwise the two matmuls.
+  const bool bf16_pair = mma_rows_fit(w1, K) && mma_rows_fit(w2, K);
+  if (!mma_ || N != N2 || !(bf16_pair || mma_quant_glu_fit(w1, w2, K))) {
+    matmul(x, w1, y1);
+    matmul(x, w2, y2);
     return;
   }
   use_device();
-  if (T == 0) return;
-  launch_matmul_group(x, ps);
+  if (T == 0 || N == 0) return;
+  launch_matmul_mma(x.as<float>(), x.stride(), w1, &w2, K, y1, T, N, &y2);
 }
 
 void CudaBackend::matmul_gelu_glu(const TensorView& x, const TensorView& gate, const TensorView& up, TensorView& out) {

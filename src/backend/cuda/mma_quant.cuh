@@ -43,7 +43,6 @@
 #pragma once
 #include <algorithm>
 #include <bit>
-#include <span>
 #include <type_traits>
 
 #include "backend/cuda/mma_quant_decode.h"
@@ -84,18 +83,11 @@ inline bool mma_quant_fit(const TensorView& w, int64_t K) {
          !(float_code && q.zeros.data) && reinterpret_cast<uint64_t>(w.data) % 16 == 0;
 }
 
-// Whether gate and up can share one fused kernel: both fit, one code type, zero points in both or
-// neither (one MmaQuantRows type reads both), and no act-order permutation (the fused kernel reads
-// one x).
+// Whether gate and up can share one fused kernel: both fit, one code type, and no act-order
+// permutation (the fused kernel reads one x).
 inline bool mma_quant_glu_fit(const TensorView& gate, const TensorView& up, int64_t K) {
   return mma_quant_fit(gate, K) && mma_quant_fit(up, K) && gate.quant->code == up.quant->code &&
-         !gate.quant->zeros.data == !up.quant->zeros.data && !gate.quant->k_perm.data && !up.quant->k_perm.data;
-}
-
-// Whether weights a and b can share one tensor-core launch of one x (CudaBackend::matmuls): both bf16
-// (mma_rows_fit) or both quantized alike (mma_quant_glu_fit).
-inline bool mma_same_kind(const TensorView& a, const TensorView& b, int64_t K) {
-  return (mma_rows_fit(a, K) && mma_rows_fit(b, K)) || mma_quant_glu_fit(a, b, K);
+         !gate.quant->k_perm.data && !up.quant->k_perm.data;
 }
 
 inline MmaQuantWeight mma_quant_weight(const TensorView& w, int64_t K) {
@@ -130,12 +122,9 @@ __device__ __forceinline__ uint4 load_quant_block(const uint32_t* block, int nc,
 }
 
 // Quantized weight rows (mma_quant_fit) as the tensor-core kernels read them: MmaBf16Rows'
-// counterpart (mma_rows.cuh), for code type CODE. ZEROS: the weight has zero points (w.zeros is not
-// null; integer codes only), so a chunk's zero comes from memory; without, every chunk has the code's
-// default zero, a constant the decode folds in (with_mma_rows picks the type by the weight).
-template <QuantCode CODE, bool ZEROS = false>
+// counterpart (mma_rows.cuh), for code type CODE.
+template <QuantCode CODE>
 struct MmaQuantRows {
-  static_assert(!ZEROS || CODE == QuantCode::kU4 || CODE == QuantCode::kU8, "float codes have no zero points");
   MmaQuantWeight w;
   static constexpr int kMidTiles = 4;  // with_mma_tiles: no 16-row tiles (compile time)
 
@@ -174,6 +163,7 @@ struct MmaQuantRows {
     constexpr int C = kQuantChunkCodes<CODE>;
     constexpr int WC = kQuantWordCodes<CODE>;          // codes per word: a lane's share of a chunk
     constexpr int STEPS = WC / 4;                      // MMA steps per chunk (4 codes of a row per lane each)
+    constexpr bool kInt = CODE == QuantCode::kU4 || CODE == QuantCode::kU8;
     constexpr uint32_t kDefaultZero = kQuantDefaultZero<CODE>;
     // U0 blocks loaded before the first is used (load_depth); with VPW virtual warps U0 / VPW blocks of
     // each: block u of an iteration is virtual warp v0 + u % VPW's (u / VPW)-th of the iteration.
@@ -220,9 +210,9 @@ struct MmaQuantRows {
           rb[u][j] = load_quant_block(cb[j] + 16 * kb, nc[u], t);
           load_scale_pair(w[j].scales, w[j].scale_wt, row[j][0] * w[j].G + gj, row[j][1] * w[j].G + gj, in,
                           sa[u][j], sb[u][j]);
-          if constexpr (ZEROS) {
-            za[u][j] = in ? __ldg(w[j].zeros + row[j][0] * w[j].G + gj) : kDefaultZero;
-            zb[u][j] = in ? __ldg(w[j].zeros + row[j][1] * w[j].G + gj) : kDefaultZero;
+          if constexpr (kInt) {
+            za[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][0] * w[j].G + gj) : kDefaultZero;
+            zb[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][1] * w[j].G + gj) : kDefaultZero;
           }
         }
       }
@@ -237,19 +227,9 @@ struct MmaQuantRows {
       for (int u = 0; u < U0; ++u) {
         if (nc[u] == 0) break;  // past the slice (so are the blocks after it): the same for the whole warp
         const int kb = kb0 + u % VPW + kMmaWarps * (u / VPW);
-        // A row's last block may hold fewer than four chunks (nc[u] < 4). Several x rows skip the
-        // chunks past the row's end. One row (decode, the drafter) runs all four without a branch
-        // between them, so the compiler may interleave one chunk's decode with another's MMAs: a
-        // chunk past the end has scale 0, zero code words (load_quant_block) and zero x values
-        // (OneRowX), so its sums are ±0 and each fma below adds +0 · (±0) to an accumulator, which
-        // leaves its bits as they were (an accumulator starts at +0 and never becomes −0: in round to
-        // nearest a zero sum is −0 only when both of its terms are), the bits of the skipping path.
-        // (The skipping path keeps its branch: without it the several-row kernels spill registers.)
 #pragma unroll
         for (int jc = 0; jc < 4; ++jc) {
-          if constexpr (!ONE_ROW) {
-            if (jc >= nc[u]) break;  // past the row's last chunk
-          }
+          if (jc >= nc[u]) break;  // past the row's last chunk
           const int ch = kb * 4 + jc;
           // Chunk ch's scales and zeros come from lane jc of the quad, which loaded them.
           float s_a[NT], s_b[NT];
@@ -258,11 +238,15 @@ struct MmaQuantRows {
           for (int j = 0; j < NT; ++j) {
             s_a[j] = __shfl_sync(0xFFFFFFFFu, sa[u][j], quad | jc);
             s_b[j] = __shfl_sync(0xFFFFFFFFu, sb[u][j], quad | jc);
-            // Without zero points every chunk has the default zero, whose key is a constant.
-            uint32_t ka = quant_zero_key<CODE>(kDefaultZero), kbz = ka;
-            if constexpr (ZEROS) {
-              ka = quant_zero_key<CODE>(__shfl_sync(0xFFFFFFFFu, za[u][j], quad | jc));
-              kbz = quant_zero_key<CODE>(__shfl_sync(0xFFFFFFFFu, zb[u][j], quad | jc));
+            uint32_t ka = 0, kbz = 0;
+            if constexpr (kInt) {
+              const uint32_t kDefaultKey = quant_zero_key<CODE>(kDefaultZero);  // folded at compile time
+              if (w[j].zeros) {  // else every chunk has the default zero
+                ka = quant_zero_key<CODE>(__shfl_sync(0xFFFFFFFFu, za[u][j], quad | jc));
+                kbz = quant_zero_key<CODE>(__shfl_sync(0xFFFFFFFFu, zb[u][j], quad | jc));
+              } else {
+                ka = kbz = kDefaultKey;
+              }
             }
             decode_word<CODE>(word_of(ra[u][j], jc), ka, da[j]);  // word t of chunk ch (the block layout)
             decode_word<CODE>(word_of(rb[u][j], jc), kbz, db[j]);
@@ -332,8 +316,8 @@ struct MmaQuantRows {
 // W with NT row sets may use besides 1: the quantized rows' load depth; bf16 rows take 1 only.
 template <class W, int NT>
 constexpr int kMmaWideVpw = 1;
-template <QuantCode CODE, bool ZEROS, int NT>
-constexpr int kMmaWideVpw<MmaQuantRows<CODE, ZEROS>, NT> = MmaQuantRows<CODE, ZEROS>::load_depth(NT, 1);
+template <QuantCode CODE, int NT>
+constexpr int kMmaWideVpw<MmaQuantRows<CODE>, NT> = MmaQuantRows<CODE>::load_depth(NT, 1);
 
 // CTAs of KERNEL (kMmaWarps warps, no dynamic shared memory) that one SM holds at once; asked once.
 template <auto KERNEL>
@@ -346,42 +330,30 @@ int mma_ctas_per_sm() {
   return n;
 }
 
-// A part of a launch of one x tile, for mma_width_rounds: `col_tiles` row tiles per slice times `other`
-// (slices, experts) CTAs at VPW 1, each summing `blocks` K blocks. A matmul is one part; matmuls' group
-// launch has one per weight.
-struct MmaWidthPart {
-  int64_t col_tiles, other, blocks;
-};
-
 // The rounds of loads the warps of a launch of one x tile (decode, verify) wait for with `vpw` virtual
-// warps per warp (a CTA per `vpw` row tiles): the iterations of its longest loop (a virtual warp has
-// ⌈blocks / kMmaWarps⌉ of its part's `blocks` K blocks, and a warp loads `depth` blocks at once, depth /
-// vpw of each virtual warp: kMmaWideVpw is the load depth) times the waves of all the parts' CTAs
-// (`per_sm` CTAs an SM holds, of `sms`). At decode sizes a layer's weight is a few waves of short CTAs,
-// each a DRAM latency long; wider CTAs keep as many blocks in flight a warp and cover the same weight in
-// fewer waves, at more decode work a warp. The bits are the same at any vpw.
-inline int64_t mma_width_rounds(std::span<const MmaWidthPart> parts, int depth, int vpw, int per_sm, int sms) {
-  const int64_t per_iteration = depth / vpw, resident = int64_t{per_sm} * sms;
-  int64_t ctas = 0, iterations = 0;
-  for (const MmaWidthPart& p : parts) {
-    ctas += (p.col_tiles + vpw - 1) / vpw * p.other;
-    const int64_t per_warp = (p.blocks + kMmaWarps - 1) / kMmaWarps;
-    iterations = std::max(iterations, (per_warp + per_iteration - 1) / per_iteration);
-  }
-  return (ctas + resident - 1) / resident * iterations;
+// warps per warp (a CTA per `vpw` row tiles): their loop's iterations (a virtual warp has ⌈blocks /
+// kMmaWarps⌉ of a slice's `blocks` K blocks, and a warp loads `depth` blocks at once, depth / vpw of each
+// virtual warp: kMmaWideVpw is the load depth) times the waves of CTAs (`col_tiles` row tiles per slice,
+// `other` slices and experts; `per_sm` CTAs an SM holds, of `sms`). At decode sizes a layer's weight is a
+// few waves of short CTAs, each a DRAM latency long; wider CTAs keep as many blocks in flight a warp and
+// cover the same weight in fewer waves, at more decode work a warp. The bits are the same at any vpw.
+inline int64_t mma_width_rounds(int64_t col_tiles, int64_t other, int64_t blocks, int depth, int vpw, int per_sm,
+                                int sms) {
+  const int64_t ctas = (col_tiles + vpw - 1) / vpw * other, resident = int64_t{per_sm} * sms;
+  const int64_t per_warp = (blocks + kMmaWarps - 1) / kMmaWarps, per_iteration = depth / vpw;
+  return (ctas + resident - 1) / resident * ((per_warp + per_iteration - 1) / per_iteration);
 }
 
 // Calls f.template operator()<VPW, KERNEL>() for a launch of one x tile over weight rows W with NT row
-// sets (its parts, mma_width_rounds), with the instantiation of one kernel template whose width waits
-// for the fewest rounds: NARROW (VPW 1), WIDE (VPW = kMmaWideVpw, where `wide`: CudaBackend::wide_ctas)
-// or HALF (VPW 2, between the two, where `half` too and the caller passes it:
-// CudaBackend::half_wide_ctas). Ties go to WIDE, then NARROW (HALF is taken only where it waits for
-// fewer rounds than both).
+// sets, with the instantiation of one kernel template whose width waits for the fewest rounds
+// (mma_width_rounds): NARROW (VPW 1), WIDE (VPW = kMmaWideVpw, where `wide`: CudaBackend::wide_ctas) or
+// HALF (VPW 2, between the two, where `half` too and the caller passes it: CudaBackend::half_wide_ctas).
+// Ties go to WIDE, then NARROW (HALF is taken only where it waits for fewer rounds than both).
 template <class W, int NT, auto NARROW, auto WIDE, auto HALF = nullptr, class F>
-void with_mma_width(bool wide, bool half, std::span<const MmaWidthPart> parts, int sms, F&& f) {
+void with_mma_width(bool wide, bool half, int64_t col_tiles, int64_t other, int64_t blocks, int sms, F&& f) {
   constexpr int kWide = kMmaWideVpw<W, NT>;
   constexpr bool kHasHalf = !std::is_same_v<decltype(HALF), std::nullptr_t> && kWide > 2;
-  auto rounds = [&](int vpw, int per_sm) { return mma_width_rounds(parts, kWide, vpw, per_sm, sms); };
+  auto rounds = [&](int vpw, int per_sm) { return mma_width_rounds(col_tiles, other, blocks, kWide, vpw, per_sm, sms); };
   const int64_t r_narrow = rounds(1, mma_ctas_per_sm<NARROW>());
   const int64_t r_wide = wide && kWide > 1 ? rounds(kWide, mma_ctas_per_sm<WIDE>()) : r_narrow;
   if constexpr (kHasHalf) {
@@ -400,16 +372,11 @@ W mma_rows_of(const TensorView& w, int64_t K) {
 }
 
 // Calls f(rows) with w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows:
-// MmaBf16Rows, or MmaQuantRows of its code, with ZEROS where it has zero points.
+// MmaBf16Rows or MmaQuantRows of its code.
 template <class F>
 void with_mma_rows(const TensorView& w, int64_t K, F&& f) {
   if (!w.quant) return f(mma_rows_of<MmaBf16Rows>(w, K));
-  with_quant_code(w.quant->code, [&]<QuantCode CODE>() {
-    if constexpr (CODE == QuantCode::kU4 || CODE == QuantCode::kU8) {
-      if (w.quant->zeros.data) return f(mma_rows_of<MmaQuantRows<CODE, true>>(w, K));
-    }
-    f(mma_rows_of<MmaQuantRows<CODE>>(w, K));
-  });
+  with_quant_code(w.quant->code, [&]<QuantCode CODE>() { f(mma_rows_of<MmaQuantRows<CODE>>(w, K)); });
 }
 
 }  // namespace cu

@@ -455,9 +455,8 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
           constexpr int NT = DOWN ? 1 : 2;
           constexpr auto narrow = moe_mma_kernel<W, 1, DOWN, ONE, 1>;
           constexpr auto wide = moe_mma_kernel<W, 1, DOWN, ONE, kMmaWideVpw<W, NT>>;
-          const MmaWidthPart part{n_tiles, active_rows, W::blocks(K)};
           with_mma_width<W, NT, narrow, wide>(  // no VPW 2 instantiations: measure the matmuls' first
-              be.wide_ctas(), false, {&part, 1}, be.sm_count(), [&]<int VPW, auto KERNEL>() {
+              be.wide_ctas(), false, n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
                 const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
                 be.launch(kName, KERNEL, g, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted, active, E,
                           dst, early);
