@@ -131,6 +131,8 @@ struct AttnArgs {
   float scale;
   float* chunks;  // split path: per (row, head, chunk) state [m, l, acc[D]]
   unsigned* tickets;  // split path: per (row, head) count of its chunks done (zero between launches)
+  int64_t rows;  // query rows of the launch (T)
+  bool early;    // split path: the step's inputs and the cache's older keys are read before the wait
 };
 
 // The row's usable key range: [kv_begin, kv_begin + len) of block-table row `table`.
@@ -169,21 +171,28 @@ struct ChunkSmem {
   float m[kAttnWarps], l[kAttnWarps];
 };
 
-// The state of chunk c of the row (keys [c·64, c·64 + 64) of its range): warp w scores keys
-// 4w..4w+3 of the chunk (4 independent butterfly sums in flight), takes their softmax state
-// (max, sum, Σ p·v), and the 16 warp states are merged in warp order. On return (after a barrier)
-// the chunk's max is *mc, its sum *lc, and thread i's share of Σ p·v is in ac[i] for elements
-// i = threadIdx.x + j·blockDim.x.
-//
-// The warp's loads go in batches of KEYS_IN_FLIGHT keys (1, 2 or 4), each batch's loads issued before
-// any of them is used: the four keys' block-table entries, then a batch's K row parts, then a batch's V
-// row parts (the first batch's before the scores' shuffles and expf, which its round trip overlaps).
-// A batch thus costs one memory round trip for its keys instead of one per key; a larger batch holds
-// more row parts in registers. The arithmetic is the same in every case (same bits).
-template <int EPL, int KVT, int KEYS_IN_FLIGHT>
-__device__ __forceinline__ void chunk_state(const AttnArgs& a, const RowRange& r, int64_t c, int64_t kvh,
-                                            const float (&q)[EPL], ChunkSmem<32 * EPL>& sm, float& mc, float& lc,
-                                            float (&ac)[(32 * EPL + kAttnWarps * 32 - 1) / (kAttnWarps * 32)]) {
+// A warp's keys of chunk c of the row (keys 4w .. 4w + 3 of the chunk): each key's element offset in
+// the cache (its (slot, kv head) row part for this lane), or -1 where it has none, and the K row parts
+// of a batch of G keys (the first batch's, loaded by chunk_keys and fresh_keys).
+template <int EPL, int KVT, int G>
+struct ChunkKeys {
+  int64_t row[kKeysPerGroup];
+  RawPart<EPL, KVT> kp[G];
+};
+
+// Position in the row's range of key u of warp `warp`'s group in chunk c.
+__device__ __forceinline__ int64_t key_pos(const RowRange& r, int64_t c, int warp, int u) {
+  return r.kv_begin + c * kChunkKeys + warp * kKeysPerGroup + u;
+}
+
+// Fills keys.row and loads the first batch's K row parts of the keys before position fresh_from.
+// Those, the range and the block table may be read before the kernel's wait: the block table and the
+// range are the step's inputs, and keys before a row's last `rows` positions were written by earlier
+// steps (a step writes at most one key per query row of each sequence, all of them at the end of the
+// ranges of that sequence's rows), while the kernel just before may still be writing the step's own.
+template <int EPL, int KVT, int G>
+__device__ __forceinline__ void chunk_keys(const AttnArgs& a, const RowRange& r, int64_t c, int64_t kvh,
+                                           int64_t fresh_from, ChunkKeys<EPL, KVT, G>& keys) {
   constexpr int D = 32 * EPL;
   constexpr int KG = kKeysPerGroup;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -194,22 +203,58 @@ __device__ __forceinline__ void chunk_state(const AttnArgs& a, const RowRange& r
     const int64_t j = c * kChunkKeys + warp * KG + u;
     blk[u] = j < r.len ? r.bt[(r.kv_begin + j) / a.bs] : -1;
   }
-  int64_t row[KG];  // element offset of the key's (slot, kv head) row part, or -1
 #pragma unroll
   for (int u = 0; u < KG; ++u) {
-    const int64_t pos = r.kv_begin + c * kChunkKeys + warp * KG + u;
-    row[u] = blk[u] >= 0 && blk[u] < a.num_blocks ? ((blk[u] * a.bs + pos % a.bs) * a.n_kv) * D + head_off : -1;
+    const int64_t pos = key_pos(r, c, warp, u);
+    keys.row[u] = blk[u] >= 0 && blk[u] < a.num_blocks ? ((blk[u] * a.bs + pos % a.bs) * a.n_kv) * D + head_off : -1;
   }
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+    if (keys.row[g] >= 0 && key_pos(r, c, warp, g) < fresh_from) load_raw<EPL, KVT>(a.k, keys.row[g], keys.kp[g]);
+}
+
+// Loads the first batch's K row parts that chunk_keys left: the keys from position fresh_from on.
+template <int EPL, int KVT, int G>
+__device__ __forceinline__ void fresh_keys(const AttnArgs& a, const RowRange& r, int64_t c, int64_t fresh_from,
+                                           ChunkKeys<EPL, KVT, G>& keys) {
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+    if (keys.row[g] >= 0 && key_pos(r, c, warp, g) >= fresh_from) load_raw<EPL, KVT>(a.k, keys.row[g], keys.kp[g]);
+}
+
+// The state of chunk c of the row (keys [c·64, c·64 + 64) of its range): warp w scores its keys 4w..4w+3
+// of the chunk (`keys`: chunk_keys, then fresh_keys) with 4 independent butterfly sums in flight, takes
+// their softmax state (max, sum, Σ p·v), and the 16 warp states are merged in warp order. On return
+// (after a barrier) the chunk's max is *mc, its sum *lc, and thread i's share of Σ p·v is in ac[i] for
+// elements i = threadIdx.x + j·blockDim.x.
+//
+// The warp's loads go in batches of KEYS_IN_FLIGHT keys (1, 2 or 4), each batch's loads issued before
+// any of them is used: the four keys' block-table entries and the first batch's K row parts (in `keys`),
+// then each later batch's K row parts, then a batch's V row parts (the first batch's before the scores'
+// shuffles and expf, which its round trip overlaps).
+// A batch thus costs one memory round trip for its keys instead of one per key; a larger batch holds
+// more row parts in registers. The arithmetic is the same in every case (same bits).
+template <int EPL, int KVT, int KEYS_IN_FLIGHT>
+__device__ __forceinline__ void chunk_state(const AttnArgs& a, ChunkKeys<EPL, KVT, KEYS_IN_FLIGHT>& keys,
+                                            const float (&q)[EPL], ChunkSmem<32 * EPL>& sm, float& mc, float& lc,
+                                            float (&ac)[(32 * EPL + kAttnWarps * 32 - 1) / (kAttnWarps * 32)]) {
+  constexpr int D = 32 * EPL;
+  constexpr int KG = kKeysPerGroup;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t (&row)[KG] = keys.row;
   using Part = RawPart<EPL, KVT>;
   constexpr int G = KEYS_IN_FLIGHT;
   static_assert(KG % G == 0, "the group's keys go in equal batches");
   float s[KG];
 #pragma unroll
   for (int u0 = 0; u0 < KG; u0 += G) {
-    Part kp[G];
+    Part (&kp)[G] = keys.kp;  // the first batch's were loaded by chunk_keys and fresh_keys
+    if (u0 > 0) {
 #pragma unroll
-    for (int g = 0; g < G; ++g)
-      if (row[u0 + g] >= 0) load_raw<EPL, KVT>(a.k, row[u0 + g], kp[g]);
+      for (int g = 0; g < G; ++g)
+        if (row[u0 + g] >= 0) load_raw<EPL, KVT>(a.k, row[u0 + g], kp[g]);
+    }
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       float part = 0.0f;
@@ -312,7 +357,9 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_kernel(AttnArgs a) 
   for (int j = 0; j < PER; ++j) acc[j] = 0.0f;
   for (int64_t c = 0; c < chunks_of(r.len); ++c) {
     float mc, lc, ac[PER];
-    chunk_state<EPL, KVT, 1>(a, r, c, h / a.group, q, sm, mc, lc, ac);
+    ChunkKeys<EPL, KVT, 1> keys;
+    chunk_keys(a, r, c, h / a.group, INT64_MAX, keys);
+    chunk_state(a, keys, q, sm, mc, lc, ac);
     float mm = m, ll = l;
 #pragma unroll
     for (int j = 0; j < PER; ++j) mm = m, ll = l, fold(mm, ll, acc[j], mc, lc, ac[j]);
@@ -372,19 +419,28 @@ constexpr int kChunkKeysInFlight = RawPart<EPL, KVT>::kWords <= 4   ? kKeysPerGr
 // work per layer). A row of one chunk writes its output; a longer row's chunks leave their states,
 // and the last of them to finish (a ticket per (row, head), counted with atomicAdd and reset for the
 // next launch) folds them all: no second launch.
+//
+// With a.early the CTA reads its row's range, block table and older keys before the wait (chunk_keys), so
+// that only q and the step's own keys wait for the kernels before it.
 template <int EPL, int KVT>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_chunk_kernel(AttnArgs a) {
-  begin_kernel();
+  if (!a.early) begin_kernel();
   constexpr int D = 32 * EPL, PER = (D + kAttnWarps * 32 - 1) / (kAttnWarps * 32);
   __shared__ ChunkSmem<D> sm;
   const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, c = blockIdx.y;
   const RowRange r = row_range(a, t);
   const int64_t n = chunks_of(r.len);
-  if (c >= (n > 0 ? n : 1)) return;
+  if (c >= (n > 0 ? n : 1)) return a.early ? begin_kernel() : void();  // a CTA without keys still waits
+  // Keys from fresh_from on may be the step's own (chunk_keys); without a.early, all are read after the wait.
+  const int64_t fresh_from = a.early ? r.kv_begin + r.len - a.rows : INT64_MAX;
+  ChunkKeys<EPL, KVT, kChunkKeysInFlight<EPL, KVT>> keys;
+  if (n > 0) chunk_keys(a, r, c, h / a.group, fresh_from, keys);
+  if (a.early) begin_kernel();
+  if (n > 0) fresh_keys(a, r, c, fresh_from, keys);
   float q[EPL];
   load_q(a, t, h, q);
   float mc = -INFINITY, lc = 0.0f, ac[PER];
-  if (n > 0) chunk_state<EPL, KVT, kChunkKeysInFlight<EPL, KVT>>(a, r, c, h / a.group, q, sm, mc, lc, ac);
+  if (n > 0) chunk_state(a, keys, q, sm, mc, lc, ac);
   if (n <= 1) {  // the whole row: fold into the empty state, as the whole-row path does
     float m = -INFINITY, l = 0.0f, acc[PER];
 #pragma unroll
@@ -467,6 +523,8 @@ void CudaBackend::attention(const TensorView& q, const KvLayer& layer, const Att
                      a.max_chunks <= 65535;
   a.chunks = nullptr;
   a.tickets = nullptr;
+  a.rows = T;
+  a.early = split && early_loads_;
   if (split && a.max_chunks > 1) {
     OpScratch& sc = scratch();
     ensure(sc.attn_chunks, state_bytes);
