@@ -173,7 +173,7 @@ struct ChunkSmem {
 
 // A warp's keys of chunk c of the row (keys 4w .. 4w + 3 of the chunk): each key's element offset in
 // the cache (its (slot, kv head) row part for this lane), or -1 where it has none, and the K row parts
-// of a batch of G keys (the first batch's, loaded by chunk_keys and fresh_keys).
+// of a batch of G keys (the first batch's, loaded by first_batch).
 template <int EPL, int KVT, int G>
 struct ChunkKeys {
   int64_t row[kKeysPerGroup];
@@ -183,6 +183,19 @@ struct ChunkKeys {
 // Position in the row's range of key u of warp `warp`'s group in chunk c.
 __device__ __forceinline__ int64_t key_pos(const RowRange& r, int64_t c, int warp, int u) {
   return r.kv_begin + c * kChunkKeys + warp * kKeysPerGroup + u;
+}
+
+// Loads the K row parts of the first batch's keys at positions in [from, to): chunk_keys loads those
+// before fresh_from, and the split kernel the rest after its wait.
+template <int EPL, int KVT, int G>
+__device__ __forceinline__ void first_batch(const AttnArgs& a, const RowRange& r, int64_t c, int64_t from, int64_t to,
+                                            ChunkKeys<EPL, KVT, G>& keys) {
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int64_t pos = key_pos(r, c, warp, g);
+    if (keys.row[g] >= 0 && pos >= from && pos < to) load_raw<EPL, KVT>(a.k, keys.row[g], keys.kp[g]);
+  }
 }
 
 // Fills keys.row and loads the first batch's K row parts of the keys before position fresh_from.
@@ -208,23 +221,11 @@ __device__ __forceinline__ void chunk_keys(const AttnArgs& a, const RowRange& r,
     const int64_t pos = key_pos(r, c, warp, u);
     keys.row[u] = blk[u] >= 0 && blk[u] < a.num_blocks ? ((blk[u] * a.bs + pos % a.bs) * a.n_kv) * D + head_off : -1;
   }
-#pragma unroll
-  for (int g = 0; g < G; ++g)
-    if (keys.row[g] >= 0 && key_pos(r, c, warp, g) < fresh_from) load_raw<EPL, KVT>(a.k, keys.row[g], keys.kp[g]);
-}
-
-// Loads the first batch's K row parts that chunk_keys left: the keys from position fresh_from on.
-template <int EPL, int KVT, int G>
-__device__ __forceinline__ void fresh_keys(const AttnArgs& a, const RowRange& r, int64_t c, int64_t fresh_from,
-                                           ChunkKeys<EPL, KVT, G>& keys) {
-  const int warp = threadIdx.x / 32;
-#pragma unroll
-  for (int g = 0; g < G; ++g)
-    if (keys.row[g] >= 0 && key_pos(r, c, warp, g) >= fresh_from) load_raw<EPL, KVT>(a.k, keys.row[g], keys.kp[g]);
+  first_batch(a, r, c, INT64_MIN, fresh_from, keys);
 }
 
 // The state of chunk c of the row (keys [c·64, c·64 + 64) of its range): warp w scores its keys 4w..4w+3
-// of the chunk (`keys`: chunk_keys, then fresh_keys) with 4 independent butterfly sums in flight, takes
+// of the chunk (`keys`: from chunk_keys and first_batch) with 4 independent butterfly sums in flight, takes
 // their softmax state (max, sum, Σ p·v), and the 16 warp states are merged in warp order. On return
 // (after a barrier) the chunk's max is *mc, its sum *lc, and thread i's share of Σ p·v is in ac[i] for
 // elements i = threadIdx.x + j·blockDim.x.
@@ -249,7 +250,7 @@ __device__ __forceinline__ void chunk_state(const AttnArgs& a, ChunkKeys<EPL, KV
   float s[KG];
 #pragma unroll
   for (int u0 = 0; u0 < KG; u0 += G) {
-    Part (&kp)[G] = keys.kp;  // the first batch's were loaded by chunk_keys and fresh_keys
+    Part (&kp)[G] = keys.kp;  // the first batch's were loaded by first_batch
     if (u0 > 0) {
 #pragma unroll
       for (int g = 0; g < G; ++g)
@@ -436,7 +437,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_chunk_kernel(AttnAr
   ChunkKeys<EPL, KVT, kChunkKeysInFlight<EPL, KVT>> keys;
   if (n > 0) chunk_keys(a, r, c, h / a.group, fresh_from, keys);
   if (a.early) begin_kernel();
-  if (n > 0) fresh_keys(a, r, c, fresh_from, keys);
+  if (n > 0) first_batch(a, r, c, fresh_from, INT64_MAX, keys);
   float q[EPL];
   load_q(a, t, h, q);
   float mc = -INFINITY, lc = 0.0f, ac[PER];
