@@ -216,9 +216,9 @@ std::pair<const float*, int64_t> CudaBackend::mma_x_rows(const float* x, int64_t
   return {packed, K};  // K % 8 == 0 (mma_rows_fit)
 }
 
-int CudaBackend::mma_slices(int64_t N, int64_t blocks, int per_sm) const {
+int CudaBackend::mma_slices(int64_t N, int64_t blocks) const {
   const int64_t tiles = (N + kMmaRows - 1) / kMmaRows;
-  const int64_t ctas = int64_t{mma_split_per_sm_ >= 0 ? mma_split_per_sm_ : per_sm} * sm_count();
+  const int64_t ctas = int64_t{mma_split_per_sm_} * sm_count();
   return static_cast<int>(std::max<int64_t>(1, std::min({ctas / tiles, blocks / kMmaWarps, int64_t{kMmaMaxSlices}})));
 }
 
@@ -252,12 +252,9 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
       const int64_t per_cta = int64_t{TILES} * kMmaTile, n_tiles = (N + kMmaRows - 1) / kMmaRows;
       const int64_t w_tiles = epi == MmaEpilogue::kPair ? 2 * n_tiles : n_tiles;  // column tiles of the launch
       const int64_t t_tiles = (T + per_cta - 1) / per_cta;
-      // The split fills one wave of a weight's decode matmul (one row, a CTA per row tile): a quantized
-      // one holds 2–3 CTAs an SM where a bf16 one holds 4, and a second wave costs more than the split
-      // gains. Every launch of a weight, whatever T and whichever op (a pair, the GeGLU), takes these
-      // slices, so its sums are in the same order everywhere.
-      const int per_sm = mma_ctas_per_sm<matmul_mma_kernel<W, 1, MmaEpilogue::kPlain, true, 1>>();
-      const int slices = mma_slices(N, W::blocks(K), per_sm);
+      // Every launch of a weight, whatever T and whichever op (a pair, the GeGLU), takes its slices
+      // (mma_slices), so its sums are in the same order everywhere.
+      const int slices = mma_slices(N, W::blocks(K));
       const int64_t floats = TILES * 128 * (epi == MmaEpilogue::kGlu ? 2 : 1);  // partial sums per tile and slice
       // A split's partial sums grow with the rows (a long prompt's prefill): launches over at most
       // kMmaSplitScratchBytes of them, one after the other. A row's sums are the same in any launch.
