@@ -210,17 +210,17 @@ __device__ __forceinline__ void chunk_keys(const AttnArgs& a, const RowRange& r,
   constexpr int KG = kKeysPerGroup;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t head_off = kvh * D + lane * EPL;
+  int64_t pos[KG];
   int32_t blk[KG];
 #pragma unroll
-  for (int u = 0; u < KG; ++u) {
-    const int64_t j = c * kChunkKeys + warp * KG + u;
-    blk[u] = j < r.len ? r.bt[(r.kv_begin + j) / a.bs] : -1;
+  for (int u = 0; u < KG; ++u) {  // all block-table loads first, in flight together
+    pos[u] = key_pos(r, c, warp, u);
+    blk[u] = pos[u] - r.kv_begin < r.len ? r.bt[pos[u] / a.bs] : -1;
   }
 #pragma unroll
-  for (int u = 0; u < KG; ++u) {
-    const int64_t pos = key_pos(r, c, warp, u);
-    keys.row[u] = blk[u] >= 0 && blk[u] < a.num_blocks ? ((blk[u] * a.bs + pos % a.bs) * a.n_kv) * D + head_off : -1;
-  }
+  for (int u = 0; u < KG; ++u)
+    keys.row[u] =
+        blk[u] >= 0 && blk[u] < a.num_blocks ? ((blk[u] * a.bs + pos[u] % a.bs) * a.n_kv) * D + head_off : -1;
   first_batch(a, r, c, INT64_MIN, fresh_from, keys);
 }
 
