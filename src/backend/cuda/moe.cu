@@ -450,13 +450,16 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
     with_mma_tiles<W>(T, [&]<int TILES>() {  // an expert has at most T rows
       if constexpr (TILES == 1) {
         // One x tile (decode, verify): a CTA per VPW row tiles (with_mma_width); one token takes the
-        // ONE_ROW kernels.
+        // ONE_ROW kernels. The gate_up launch of a step of several tokens takes a CTA per row tile: on an
+        // H100 its wide CTAs, which the rounds of loads favour there, made the W4A16 26B-A4B T = 3 step
+        // 2 % slower (docs/PERF.md, thirty-first session), while a one-token step's are 1.5 % faster.
         auto tile = [&]<bool ONE>() {
           constexpr int NT = DOWN ? 1 : 2;
           constexpr auto narrow = moe_mma_kernel<W, 1, DOWN, ONE, 1>;
           constexpr auto wide = moe_mma_kernel<W, 1, DOWN, ONE, kMmaWideVpw<W, NT>>;
+          const bool wide_ctas = be.wide_ctas() && (DOWN || ONE);
           with_mma_width<W, NT, narrow, wide>(  // no VPW 2 instantiations: measure the matmuls' first
-              be.wide_ctas(), false, n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
+              wide_ctas, false, n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
                 const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
                 be.launch(kName, KERNEL, g, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted, active, E,
                           dst, early);
