@@ -246,6 +246,8 @@ if named ab; then
   ref=${AB_REF:-main}
   stamp "ab: working tree against $ref"
   git rev-parse -q --verify "$ref^{commit}" >/dev/null || { echo "ab: $ref is no commit here"; exit 1; }
+  # A fresh machine has no configured build directory: the build phase (before ab, same call) makes it.
+  [ -f "$BUILD/build.ninja" ] || { echo "ab: $BUILD is not configured here: run the build phase first"; exit 1; }
   rm -f /tmp/tandem-new /tmp/tandem-ref
   mapfile -t changed < <(git diff --name-only "$ref" -- src)
   for f in "${changed[@]}"; do
@@ -263,7 +265,8 @@ if named ab; then
   done
   ninja -C "$BUILD" tandem >"$LOGS/ab-build-ref.log" 2>&1 && cp "$BUILD/tandem" /tmp/tandem-ref
   for f in "${changed[@]}"; do cp "$kept/$f" "$f"; done
-  ninja -C "$BUILD" tandem >>"$LOGS/ab-build-new.log" 2>&1  # the build directory matches the tree again
+  ninja -C "$BUILD" tandem >>"$LOGS/ab-build-new.log" 2>&1 ||  # the build directory matches the tree again
+    echo "ab: rebuilding the working tree's binary failed (logs.tar.gz: ab-build-new.log)"
   [ -x /tmp/tandem-new ] && [ -x /tmp/tandem-ref ] || { echo "ab: a build failed (logs.tar.gz: ab-build-*.log)"; exit 1; }
   # A changed header that every .cu file includes rebuilds the whole CUDA backend twice here (minutes).
   stamp "ab: both binaries built (${#changed[@]} files swapped)"
