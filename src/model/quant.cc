@@ -31,6 +31,22 @@ T field(const json& j, const char* key, const std::string& path, const std::stri
   }
 }
 
+// The list of modules that stay unquantized (key: "ignore" or "modules_to_not_convert"); each "re:"
+// entry is compiled here once, so that a malformed pattern is refused naming the field instead of
+// failing later inside the first lookup.
+std::vector<std::string> ignore_list(const json& qc, const char* key, const std::string& file) {
+  auto list = field<std::vector<std::string>>(qc, key, "", file, {});
+  for (const std::string& pat : list) {
+    if (pat.rfind("re:", 0) != 0) continue;
+    try {
+      std::regex{pat.substr(3)};
+    } catch (const std::regex_error& e) {
+      refuse(file, key, "entry \"" + pat + "\" is not a valid regular expression (" + e.what() + ")");
+    }
+  }
+  return list;
+}
+
 // compressed-tensors: one config group targeting Linear with weight args and no activation
 // quantization we would have to honour (dynamic FP8 / FP4 activations are run as A16: the
 // activation scales only matter for W8A8 / W4A4 kernels).
@@ -93,7 +109,7 @@ void parse_compressed_tensors(const json& qc, const std::string& file, QuantConf
     refuse(file, gpath + "format", "\"" + gformat + "\" is not supported (pack-quantized, float-quantized, "
                                     "nvfp4-pack-quantized)");
   }
-  c.ignore = field<std::vector<std::string>>(qc, "ignore", "", file, {});
+  c.ignore = ignore_list(qc, "ignore", file);
 }
 
 }  // namespace
@@ -114,7 +130,7 @@ QuantConfig parse_quant_config(const json& qc, const std::string& file) {
     if (version != "gemm" && version != "GEMM") refuse(file, "version", "\"" + version + "\" is not supported (gemm)");
     if (!field<bool>(qc, "zero_point", "", file, true)) refuse(file, "zero_point", "false is not supported");
     c.symmetric = false;
-    c.ignore = field<std::vector<std::string>>(qc, "modules_to_not_convert", "", file, {});
+    c.ignore = ignore_list(qc, "modules_to_not_convert", file);
   } else if (method == "gptq") {
     c.method = QuantConfig::Method::gptq;
     c.bits = field<int>(qc, "bits", "", file, 0);
@@ -131,7 +147,7 @@ QuantConfig parse_quant_config(const json& qc, const std::string& file) {
     if (qc.contains("dynamic") && !qc["dynamic"].is_null() && !qc["dynamic"].empty())
       refuse(file, "dynamic", "(per-module overrides) is not supported");
     if (field<bool>(qc, "lm_head", "", file, false)) refuse(file, "lm_head", "true is not supported");
-    c.ignore = field<std::vector<std::string>>(qc, "modules_to_not_convert", "", file, {});
+    c.ignore = ignore_list(qc, "modules_to_not_convert", file);
   } else {
     refuse(file, "quant_method", "\"" + method + "\" is not supported (compressed-tensors, awq, gptq)");
   }

@@ -191,6 +191,10 @@ TEST_F(QuantLoader, UnsupportedConfigsNameTheField) {
   json block = ct;
   block["config_groups"]["group_0"]["weights"]["block_structure"] = {128, 128};
   EXPECT_NE(refusal(block).find("block_structure"), std::string::npos);
+  json bad_regex = ct;
+  bad_regex["ignore"] = {"lm_head", "re:[unclosed"};
+  EXPECT_NE(refusal(bad_regex).find("quantization_config.ignore entry \"re:[unclosed\""), std::string::npos)
+      << refusal(bad_regex);
 }
 
 TEST_F(QuantLoader, IgnoreListExactNamesAndPrefixAnchoredRegexes) {
