@@ -451,17 +451,22 @@ HostQuantWeight read_gptq(const WeightStore& store, const QuantConfig& c, const 
 // for FP8, P itself holding the codes).
 static std::string ct_prefix(const std::string& m, bool fused) { return fused ? m : m + ".weight"; }
 
-bool has_quant_linear(const WeightStore& store, const QuantConfig& c, const std::string& m, bool fused) {
+std::string quant_key_tensor(const QuantConfig& c, const std::string& m, bool fused) {
   const std::string p = ct_prefix(m, fused);
   switch (c.method) {
-    case QuantConfig::Method::none: return false;
-    case QuantConfig::Method::ct_fp8: return store.find(p + "_scale") != nullptr;
+    case QuantConfig::Method::none: return "";
+    case QuantConfig::Method::ct_fp8: return p + "_scale";  // the codes share the bf16 name "weight"
     case QuantConfig::Method::ct_int:
-    case QuantConfig::Method::ct_nvfp4: return store.find(p + "_packed") != nullptr;
+    case QuantConfig::Method::ct_nvfp4: return p + "_packed";
     case QuantConfig::Method::awq:
-    case QuantConfig::Method::gptq: return !fused && store.find(m + ".qweight") != nullptr;
+    case QuantConfig::Method::gptq: return fused ? "" : m + ".qweight";
   }
-  return false;
+  return "";
+}
+
+bool has_quant_linear(const WeightStore& store, const QuantConfig& c, const std::string& m, bool fused) {
+  const std::string key = quant_key_tensor(c, m, fused);
+  return !key.empty() && store.find(key) != nullptr;
 }
 
 HostQuantWeight read_quant_linear(const WeightStore& store, const QuantConfig& c, const std::string& m, int64_t N,

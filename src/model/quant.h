@@ -70,7 +70,10 @@ struct HostQuantWeight {
 HostQuantWeight read_quant_linear(const WeightStore& store, const QuantConfig& config, const std::string& module,
                                   int64_t N, int64_t K, int64_t experts = 1, bool fused = false);
 
-// Whether the store holds `module` in the config's quantized spelling.
+// The tensor whose presence says the store holds `module` in the config's quantized spelling (e.g.
+// module + ".weight_packed"; "" where the format has no such spelling, as 3-D experts in AWQ / GPTQ).
+std::string quant_key_tensor(const QuantConfig& config, const std::string& module, bool fused = false);
+// Whether the store holds that tensor.
 bool has_quant_linear(const WeightStore& store, const QuantConfig& config, const std::string& module,
                       bool fused = false);
 

@@ -295,8 +295,8 @@ TensorView Weights::linear(const std::string& module, int64_t N, int64_t K, cons
   if (format_ == LoadFormat::meta) return meta_quant({N, K});
   if (format_ == LoadFormat::dummy) return bind_quant(dummy_quant_weight(quant_, N, K, next_seed()), {N, K});
   if (!has_quant_linear(*store_, quant_, module))
-    fail("checkpoint {} has no quantized tensors for {} ({}; the module is not in its ignore list)", path_, module,
-         quant_.describe());
+    fail("checkpoint {} has no tensor {} ({}; the module {} is not in its ignore list)", path_,
+         quant_key_tensor(quant_, module), quant_.describe(), module);
   return bind_quant(read_quant_linear(*store_, quant_, module, N, K), {N, K});
 }
 

@@ -131,6 +131,24 @@ TEST(QuantCheckpoint, Int4PerExpertCheckpointMatchesItsDequantizedWeights) {
   const std::vector<float> lq = last_logits(qdir.string(), ids), lf = last_logits(fdir.string(), ids);
   ASSERT_EQ(lq.size(), lf.size());
   EXPECT_LT(testing::relative_l2(lq.data(), lf.data(), lf.size()), 1e-5);
+
+  // A quantized module whose packed codes are missing: the error names the tensor it looked for.
+  const fs::path mdir = root / "missing";
+  fs::create_directories(mdir);
+  const std::string missing = "model.language_model.layers.0.self_attn.q_proj.weight_packed";
+  std::vector<OutTensor> m;
+  for (const OutTensor& t : q)
+    if (t.name != missing) m.push_back(t);
+  ASSERT_EQ(m.size() + 1, q.size());
+  testing::write_safetensors(mdir / "model.safetensors", m);
+  std::ofstream(mdir / "config.json") << config.dump();
+  try {
+    auto backend = make_cpu_backend(1);
+    Gemma4Model::load(mdir.string(), *backend);
+    ADD_FAILURE() << "loaded a checkpoint without " << missing;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("has no tensor " + missing), std::string::npos) << e.what();
+  }
   fs::remove_all(root);
 }
 
