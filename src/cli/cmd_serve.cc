@@ -40,6 +40,7 @@
 #include "server/tool_parser.h"
 #include "spec/speculative_config.h"
 #include "util/error.h"
+#include "util/json_parse.h"
 #include "util/log.h"
 
 namespace tandem::cli {
@@ -90,7 +91,7 @@ ImageFlags parse_image_flags(const ServeOptions& o) {
   auto object = [](const char* flag, const std::string& text) {
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(text);
+      j = parse_json(text);
     } catch (const std::exception& e) {
       fail("{} must be a JSON object: {}", flag, e.what());
     }
@@ -127,7 +128,7 @@ ImageFlags parse_image_flags(const ServeOptions& o) {
 std::vector<std::string> json_string_list(const char* flag, const std::string& text) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(text);
+    j = parse_json(text);
   } catch (const std::exception& e) {
     fail("{} must be a JSON list of strings, e.g. '[\"*\"]': {}", flag, e.what());
   }

@@ -16,6 +16,7 @@
 #include "grammar/grammar.h"
 #include "grammar/text_util.h"
 #include "util/error.h"
+#include "util/json_parse.h"
 
 namespace tandem::grammar {
 namespace {
@@ -506,7 +507,7 @@ Grammar grammar_from_json_schema(const nlohmann::ordered_json& schema, const Jso
 Grammar grammar_from_json_schema(std::string_view schema_json, const JsonSchemaOptions& options) {
   nlohmann::ordered_json schema;
   try {
-    schema = nlohmann::ordered_json::parse(schema_json);
+    schema = parse_json<nlohmann::ordered_json>(schema_json);
   } catch (const nlohmann::json::exception& e) {
     fail("json_schema: the schema is not valid JSON: {}", e.what());
   }

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "util/error.h"
+#include "util/json_parse.h"
 
 namespace tandem {
 
@@ -13,7 +14,7 @@ nlohmann::json read_json_file(const std::string& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   try {
-    return nlohmann::json::parse(buffer.str());
+    return parse_json(buffer.str());
   } catch (const nlohmann::json::parse_error& e) {
     fail("{}: malformed JSON: {}", path, e.what());
   }

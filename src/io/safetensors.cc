@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "util/error.h"
+#include "util/json_parse.h"
 
 namespace tandem {
 namespace fs = std::filesystem;
@@ -61,7 +62,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   }
   json header;
   try {
-    header = json::parse(base + 8, base + 8 + header_len);
+    header = parse_json(base + 8, base + 8 + header_len);
   } catch (const json::exception& e) {
     fail("{}: malformed safetensors header: {}", path, e.what());
   }
@@ -125,7 +126,7 @@ WeightStore WeightStore::open(const std::string& path) {
       json j;
       try {
         std::ifstream in(index);
-        j = json::parse(in);
+        j = parse_json(in);
         for (auto& [name, file] : j.at("weight_map").items()) {
           const std::string f = (fs::path(path) / file.get<std::string>()).string();
           if (std::find(files.begin(), files.end(), f) == files.end()) files.push_back(f);

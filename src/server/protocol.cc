@@ -11,6 +11,7 @@
 #include "server/reasoning_parser.h"
 #include "server/structured_output.h"
 #include "util/error.h"
+#include "util/json_parse.h"
 
 namespace tandem::server {
 namespace {
@@ -416,7 +417,7 @@ json normalize_tool_calls(const json& calls, size_t index) {
       if (a.is_string()) {
         if (!a.get_ref<const std::string&>().empty()) {
           try {
-            args = json::parse(a.get_ref<const std::string&>());
+            args = parse_json(a.get_ref<const std::string&>());
           } catch (const json::parse_error& e) {
             throw bad_request(fmt::format("{}.function.arguments is not valid JSON: {}", where, e.what()), "messages");
           }
@@ -670,7 +671,7 @@ std::string continue_final_message(const json& body, std::string rendered) {
 nlohmann::ordered_json parse_body(const std::string& text) {
   nlohmann::ordered_json body;
   try {
-    body = nlohmann::ordered_json::parse(text);
+    body = parse_json<nlohmann::ordered_json>(text);
   } catch (const json::parse_error& e) {
     throw bad_request(fmt::format("request body is not valid JSON: {}", e.what()));
   } catch (const json::exception& e) {  // e.g. a number that overflows a double (1e400)

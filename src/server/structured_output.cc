@@ -7,6 +7,7 @@
 #include "server/api_error.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/json_parse.h"
 
 namespace tandem::server {
 namespace {
@@ -115,7 +116,7 @@ std::optional<GrammarSpec> parse_structured_output(const json& body) {
       if (flag(so, "disable_additional_properties", where)) {
         json schema;
         try {
-          schema = json::parse(text);
+          schema = parse_json(text);
         } catch (const json::exception& e) {
           throw bad_request(fmt::format("'structured_outputs.json' is not valid JSON: {}", e.what()), where + ".json");
         }

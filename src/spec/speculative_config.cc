@@ -8,6 +8,7 @@
 #include "spec/mtp_proposer.h"
 #include "spec/ngram_proposer.h"
 #include "util/error.h"
+#include "util/json_parse.h"
 #include "util/log.h"
 
 namespace tandem {
@@ -16,7 +17,7 @@ using nlohmann::json;
 SpeculativeConfig parse_speculative_config(const std::string& text) {
   json j;
   try {
-    j = json::parse(text);
+    j = parse_json(text);
   } catch (const json::parse_error& e) {
     fail("--speculative-config is not valid JSON: {}", e.what());
   }

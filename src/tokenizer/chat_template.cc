@@ -1,4 +1,5 @@
 #include "tokenizer/chat_template.h"
+#include "util/json_parse.h"
 
 #include <filesystem>
 #include <fstream>
@@ -101,7 +102,7 @@ ChatTemplateFiles load_chat_template_files(const std::string& path) {
   nlohmann::ordered_json config;
   if (fs::exists(config_path)) {
     try {
-      config = nlohmann::ordered_json::parse(read_file(config_path));
+      config = parse_json<nlohmann::ordered_json>(read_file(config_path));
     } catch (const nlohmann::json::exception& e) {
       fail("{} is not valid JSON ({}): fix or remove it", config_path.string(), e.what());
     }

@@ -26,6 +26,7 @@
 #include "tokenizer/pretokenize_regex.h"
 #include "tokenizer/unicode.h"
 #include "util/error.h"
+#include "util/json_parse.h"
 
 namespace tandem {
 
@@ -1097,7 +1098,7 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
   Impl& t = *impl;
   t.name = name;
   try {
-    json root = json::parse(tokenizer_json);
+    json root = parse_json(tokenizer_json);
     if (!root.is_object()) fail("{}: top level must be a JSON object", name);
     parse_model(t, field(root, "model", name), name);
     if (root.contains("added_tokens")) {
@@ -1119,7 +1120,7 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
     json cfg;
     if (!config_json.empty()) {
       try {
-        cfg = json::parse(config_json);
+        cfg = parse_json(config_json);
       } catch (const json::exception& e) {
         fail("tokenizer_config.json next to {}: invalid JSON: {}", name, e.what());
       }
@@ -1185,7 +1186,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
   fs::path gen = dir / "generation_config.json";
   if (fs::exists(gen, ec)) {
     try {
-      json g = json::parse(read_file(gen));
+      json g = parse_json(read_file(gen));
       auto add = [&](const json& v) {
         if (v.is_number_integer()) {
           int32_t id = v.get<int32_t>();

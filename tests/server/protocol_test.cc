@@ -326,6 +326,22 @@ TEST_F(ProtocolTest, StructuredOutputsStartAfterTheReasoning) {
   EXPECT_EQ(chat(body + "}").sampling.grammar_after_token, -1);
 }
 
+TEST_F(ProtocolTest, DeepNestingIsABadRequestAtTheParse) {
+  // 100000 levels under an unknown key: parsed, then copied, such a body overflowed the stack and took
+  // the server down. It is refused while parsing; nesting up to the limit still parses.
+  const std::string deep = R"({"prompt":"x","foo":)" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  try {
+    parse_body(deep);
+    FAIL() << "no error";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_NE(std::string(e.what()).find("nesting deeper than 512 levels"), std::string::npos) << e.what();
+  }
+  const std::string at_limit = R"({"prompt":"x","foo":)" + std::string(511, '[') + "1" + std::string(511, ']') + "}";
+  EXPECT_NO_THROW(parse_body(at_limit));
+  EXPECT_THROW(parse_body(R"({"prompt":"x","foo":)" + std::string(512, '[') + std::string(512, ']') + "}"), ApiError);
+}
+
 TEST_F(ProtocolTest, NumberOverflowIsABadRequest) {
   try {
     parse_body(R"({"prompt":"x","foo":1e400})");

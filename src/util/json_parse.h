@@ -1,0 +1,31 @@
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <utility>
+
+namespace tandem {
+
+// The most arrays and objects nested in one another that tandem accepts in JSON from outside (request
+// bodies, checkpoint headers and configs). nlohmann::json parses without recursion, but copying,
+// comparing, printing and most walks of a value recurse once a level: a 200 KB request nested 100000
+// deep would overflow the stack of the first code that copies it and take the server down with it.
+inline constexpr int kMaxJsonDepth = 512;
+
+// Json::parse(input...) (a string, a stream or two iterators), refusing a document with more than
+// kMaxJsonDepth nested arrays and objects by Json::parse_error (what any malformed document raises, so
+// callers need no second handler).
+template <class Json = nlohmann::json, class... Input>
+Json parse_json(Input&&... input) {
+  using Event = typename Json::parse_event_t;
+  return Json::parse(std::forward<Input>(input)..., [](int depth, Event event, Json&) {
+    // depth: the containers around the event's place, so a container that starts at depth d is the d + 1-th.
+    if ((event == Event::object_start || event == Event::array_start) && depth >= kMaxJsonDepth)
+      throw Json::parse_error::create(
+          101, 0, "nesting deeper than " + std::to_string(kMaxJsonDepth) + " levels of arrays and objects", nullptr);
+    return true;
+  });
+}
+
+}  // namespace tandem
