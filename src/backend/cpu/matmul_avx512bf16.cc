@@ -264,7 +264,7 @@ inline __m512i load_codes(const QuantRows& L, const uint8_t* p, bool tail) {
 // A block's 128 products with one row of x (its hi terms at xh, lo terms at xl) as 16 lane partials:
 // the one sequence of vdpbf16ps every output goes through, on either path below. Two chains of four
 // (the block's first and second halves), added at the end: one chain of eight waited out eight
-// vdpbf16ps latencies a block, which a decode step's row pair could not cover (Zen 5, one thread:
+// vdpbf16ps latencies a block, which the other chains of a tile did not fully hide (Zen 5, one thread:
 // 2816 × 704 int4 at 4 rows of x 4.6 → 5.3 GB/s, docs/PERF.md).
 inline __m512 block_dot(const __m512bh w[4], const uint16_t* xh, const uint16_t* xl) {
   __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), w[0], load_bh(xh));
