@@ -418,7 +418,7 @@ json normalize_tool_calls(const json& calls, size_t index) {
         if (!a.get_ref<const std::string&>().empty()) {
           try {
             args = parse_json(a.get_ref<const std::string&>());
-          } catch (const json::parse_error& e) {
+          } catch (const json::exception& e) {
             throw bad_request(fmt::format("{}.function.arguments is not valid JSON: {}", where, e.what()), "messages");
           }
           if (!args.is_object())

@@ -18,7 +18,7 @@ SpeculativeConfig parse_speculative_config(const std::string& text) {
   json j;
   try {
     j = parse_json(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail("--speculative-config is not valid JSON: {}", e.what());
   }
   if (!j.is_object()) fail("--speculative-config must be a JSON object");

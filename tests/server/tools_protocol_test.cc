@@ -166,6 +166,8 @@ TEST_F(ToolsProtocolTest, AssistantToolCallArgumentsMustBeJson) {
   std::string e = error(history("{\"city\": \"Paris\""));
   EXPECT_NE(e.find("messages[1].tool_calls[0].function.arguments is not valid JSON"), std::string::npos) << e;
   EXPECT_NE(error(history("[1, 2]")).find("must be a JSON object"), std::string::npos);
+  // A number past a double's range is nlohmann's out_of_range, not parse_error: still the client's fault (400).
+  EXPECT_NE(error(history("{\"a\": 1e400}")).find("function.arguments is not valid JSON"), std::string::npos);
   EXPECT_NE(error(history(42)), "");
   EXPECT_EQ(error(history("{\"city\": \"Paris\"}")), "");
   EXPECT_EQ(error(history("")), "");  // "" and null: {} as vLLM
