@@ -788,12 +788,20 @@ void HttpServer::routes() {
                              "authentication_error", "invalid_api_key"));
     return httplib::Server::HandlerResponse::Handled;
   });
-  svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
-                                                               httplib::Response& res) {
+  svr.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
+                                                                   httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     std::string message;
     const char* type = "invalid_request_error";
+    if (res.status == 404) {  // a path this server answers, asked with another method
+      if (const auto it = methods_by_path_.find(req.path); it != methods_by_path_.end()) {
+        res.status = 405;
+        res.set_header("Allow", it->second);
+        message = fmt::format("Method {} is not allowed for {} (allowed: {})", req.method, req.path, it->second);
+      }
+    }
     switch (res.status) {
+      case 405: break;
       case 404: message = fmt::format("No route for {} {}", req.method, req.path); break;
       case 413: message = "Request body is too large"; break;
       case 400: message = "Malformed HTTP request"; break;
@@ -833,10 +841,29 @@ void HttpServer::routes() {
     };
   };
 
-  svr.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.status = 200; });
-  svr.Get("/version", [](const httplib::Request&, httplib::Response& res) { send_json(res, 200, {{"version", kVersion}}); });
+  // A fixed path: registered (its '.' escaped, as cpp-httplib routes are regular expressions) and its
+  // method noted, so that the path asked with another method is answered 405 with Allow, as vLLM's
+  // server does, rather than 404.
+  auto route = [&](const std::string& method, const std::string& path, httplib::Server::Handler handler) {
+    std::string pattern;
+    for (char ch : path) {
+      if (ch == '.') pattern += '\\';
+      pattern += ch;
+    }
+    if (method == "GET") {
+      svr.Get(pattern, std::move(handler));
+    } else {
+      TANDEM_CHECK(method == "POST");
+      svr.Post(pattern, std::move(handler));
+    }
+    std::string& allowed = methods_by_path_[path];
+    allowed += allowed.empty() ? method : ", " + method;
+  };
 
-  svr.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
+  route("GET", "/health", [](const httplib::Request&, httplib::Response& res) { res.status = 200; });
+  route("GET", "/version", [](const httplib::Request&, httplib::Response& res) { send_json(res, 200, {{"version", kVersion}}); });
+
+  route("GET", "/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
             json data = json::array();
             for (const auto& name : options_.served_model_names)
               data.push_back({{"id", name},
@@ -863,13 +890,13 @@ void HttpServer::routes() {
                            "model_not_found");
           }));
 
-  svr.Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& res) {
+  route("GET", "/metrics", guarded([this](const httplib::Request&, httplib::Response& res) {
             res.set_content(metrics_.render(service_.stats(), options_.served_model_names.front(),
                                             options_.limits.num_speculative_tokens),
                             "text/plain; version=0.0.4; charset=utf-8");
           }));
 
-  svr.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+  route("POST", "/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
              json body = parse_body(req.body);
              resolve_model(body, options_.served_model_names);
              std::vector<int32_t> tokens;
@@ -906,7 +933,7 @@ void HttpServer::routes() {
              send_json(res, 200, out);
            }));
 
-  svr.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+  route("POST", "/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
              json body = parse_body(req.body);
              resolve_model(body, options_.served_model_names);
              if (!body.contains("tokens") || !body["tokens"].is_array())
@@ -988,11 +1015,11 @@ void HttpServer::routes() {
           [run](bool) { run->abort_all(); });
     };
   };
-  svr.Post("/v1/completions", guarded(generate(false)));
-  svr.Post("/v1/chat/completions", guarded(generate(true)));
+  route("POST", "/v1/completions", guarded(generate(false)));
+  route("POST", "/v1/chat/completions", guarded(generate(true)));
 
   if (options_.sweep)
-    svr.Post("/tandem/sweep", guarded([this](const httplib::Request& req, httplib::Response& res) {
+    route("POST", "/tandem/sweep", guarded([this](const httplib::Request& req, httplib::Response& res) {
                send_json(res, 200, options_.sweep(parse_body(req.body)));
              }));
 
@@ -1000,12 +1027,7 @@ void HttpServer::routes() {
   // loads comes from here: the CSP forbids other origins, inline scripts and inline styles.
   if (options_.web_ui)
     for (const WebAsset& a : web_assets()) {
-      std::string pattern;  // cpp-httplib routes are regular expressions
-      for (char ch : a.path) {
-        if (ch == '.') pattern += '\\';
-        pattern += ch;
-      }
-      svr.Get(pattern, [&a](const httplib::Request&, httplib::Response& res) {
+      route("GET", std::string(a.path), [&a](const httplib::Request&, httplib::Response& res) {
         res.set_header("Content-Security-Policy",
                        "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
                        "frame-ancestors 'none'");

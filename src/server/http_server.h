@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,6 +74,9 @@ class HttpServer {
   ServerOptions options_;
   ServerMetrics metrics_;
   std::unique_ptr<httplib::Server> http_;
+  // Each fixed path's methods ("GET", "POST, ..."), filled by routes() before the server listens and read
+  // by the error handler: a known path asked with another method is answered 405 with Allow.
+  std::map<std::string, std::string> methods_by_path_;
   std::atomic<bool> stopping_{false};
   int port_ = 0;
   int listen_socket_ = -1;  // the listening socket, to raise its backlog after bind

@@ -265,6 +265,17 @@ TEST_F(HttpTest, ErrorsAreOpenAiShaped) {
   ASSERT_TRUE(none);
   EXPECT_EQ(none->status, 404);
   EXPECT_TRUE(json::parse(none->body).contains("error"));
+
+  // A path the server answers, asked with another method: 405 with Allow.
+  auto get_chat = c.Get("/v1/chat/completions");
+  ASSERT_TRUE(get_chat);
+  EXPECT_EQ(get_chat->status, 405);
+  EXPECT_EQ(get_chat->get_header_value("Allow"), "POST");
+  EXPECT_NE(json::parse(get_chat->body)["error"]["message"].get<std::string>().find("not allowed"), std::string::npos);
+  auto post_health = c.Post("/health", "{}", "application/json");
+  ASSERT_TRUE(post_health);
+  EXPECT_EQ(post_health->status, 405);
+  EXPECT_EQ(post_health->get_header_value("Allow"), "GET");
 }
 
 // Odd but well-formed-JSON (or not) bodies: always a 4xx with an error object, or a 200; never a
