@@ -672,9 +672,7 @@ nlohmann::ordered_json parse_body(const std::string& text) {
   nlohmann::ordered_json body;
   try {
     body = parse_json<nlohmann::ordered_json>(text);
-  } catch (const json::parse_error& e) {
-    throw bad_request(fmt::format("request body is not valid JSON: {}", e.what()));
-  } catch (const json::exception& e) {  // e.g. a number that overflows a double (1e400)
+  } catch (const json::exception& e) {  // a parse_error, or out_of_range for a number past a double (1e400)
     throw bad_request(fmt::format("request body is not valid JSON: {}", e.what()));
   }
   if (!body.is_object()) throw bad_request("request body must be a JSON object");

@@ -1,9 +1,10 @@
 #include "tokenizer/chat_template.h"
-#include "util/json_parse.h"
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include "util/json_parse.h"
 
 namespace tandem {
 namespace {
