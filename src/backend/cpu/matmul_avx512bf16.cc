@@ -261,18 +261,28 @@ inline __m512i load_codes(const QuantRows& L, const uint8_t* p, bool tail) {
   return tail ? _mm512_maskz_loadu_epi8(L.tail_mask, p) : _mm512_loadu_si512(p);
 }
 
-// A block's 128 products with one row of x (its hi terms at xh, lo terms at xl) as 16 lane partials:
-// the one sequence of vdpbf16ps every output goes through, on either path below. Two chains of four
-// (the block's first and second halves), added at the end: one chain of eight waited out eight
-// vdpbf16ps latencies a block, which the other chains of a tile did not fully hide (Zen 5, one thread:
-// 2816 × 704 int4 at 4 rows of x 4.6 → 5.3 GB/s, docs/PERF.md).
-inline __m512 block_dot(const __m512bh w[4], const uint16_t* xh, const uint16_t* xl) {
-  __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), w[0], load_bh(xh));
-  __m512 b = _mm512_dpbf16_ps(_mm512_setzero_ps(), w[2], load_bh(xh + 64));
-  a = _mm512_dpbf16_ps(a, w[0], load_bh(xl)), b = _mm512_dpbf16_ps(b, w[2], load_bh(xl + 64));
-  a = _mm512_dpbf16_ps(a, w[1], load_bh(xh + 32)), b = _mm512_dpbf16_ps(b, w[3], load_bh(xh + 96));
-  a = _mm512_dpbf16_ps(a, w[1], load_bh(xl + 32)), b = _mm512_dpbf16_ps(b, w[3], load_bh(xl + 96));
-  return _mm512_add_ps(a, b);
+// A block's 128 products with one row of x (its hi terms at xh, lo terms at xl) for each of R weight
+// rows (w[r]: row r's block, decoded) as 16 lane partials each: the one sequence of vdpbf16ps every
+// output goes through, on either path below. Two chains of four per row (the block's first and second
+// halves), added at the end: one chain of eight waited out eight vdpbf16ps latencies a block, which the
+// other chains of a tile did not fully hide (Zen 5, one thread: 2816 × 704 int4 at 4 rows of x 4.6 →
+// 5.3 GB/s, docs/PERF.md). Each x vector is loaded once for all R rows and is dead after them: with
+// the rows as the outer loop, the compiler kept a whole tile's x vectors live across the rows (32 at
+// 4 rows of x) and spilled them to the stack.
+template <int R>
+inline void block_dots(const __m512bh (*w)[4], const uint16_t* xh, const uint16_t* xl, __m512 (&out)[R]) {
+  __m512 a[R], b[R];
+  auto step = [&](__m512* c, int i, const uint16_t* x, bool first) __attribute__((always_inline)) {
+    const __m512bh xv = load_bh(x);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) c[r] = _mm512_dpbf16_ps(first ? _mm512_setzero_ps() : c[r], w[r][i], xv);
+  };
+  step(a, 0, xh, true), step(b, 2, xh + 64, true);
+  step(a, 0, xl, false), step(b, 2, xl + 64, false);
+  step(a, 1, xh + 32, false), step(b, 3, xh + 96, false);
+  step(a, 1, xl + 32, false), step(b, 3, xl + 96, false);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) out[r] = _mm512_add_ps(a[r], b[r]);
 }
 
 // The table of value(c) - zero of group g of a row (its zeros, or none).
@@ -318,17 +328,35 @@ inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const
     __m512 sv[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) sv[r] = block_scales(L, scale_buf.data() + r * lds, g);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
+    __m512bh wv[R][4];
+    auto decode_row = [&](int r) __attribute__((always_inline)) {
       const uint8_t* wr = w + r * row_bytes + u * kBlockBytes;
       prefetch_weight_line<kFar>(wr + ahead);
       if (zeros && g != table_group[r]) table[r] = group_table<C>(row_zeros(L, n + r), g), table_group[r] = g;
-      __m512bh wv[4];
-      decode_codes(load_codes(L, wr, tail), table[r], wv);
+      decode_codes(load_codes(L, wr, tail), table[r], wv[r]);
+    };
+    if constexpr (TT == 1) {
+      // One row of x: each weight row's dots right after its decode (the rows' chains interleaved by
+      // block_dots<R> ran 10-20 % slower at 2816 × 2816 on Zen 5).
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        decode_row(r);
+        __m512 dot[1];
+        block_dots<1>(wv + r, xs + k, xs + k + Kp, dot);
+        acc[r][0] = _mm512_fmadd_ps(dot[0], sv[r], acc[r][0]);
+      }
+    } else {
+      // Several: every weight row decoded, then each row of x against all of them, its vectors loaded
+      // once (Zen 5, 4 rows of x: 1.3-1.6x the rate of the rows-outer order, which spilled them).
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) decode_row(r);
 #pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) {
         const uint16_t* xh = xs + t * a.ldxs + k;
-        acc[r][t] = _mm512_fmadd_ps(block_dot(wv, xh, xh + Kp), sv[r], acc[r][t]);
+        __m512 dot[R];
+        block_dots<R>(wv, xh, xh + Kp, dot);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(dot[r], sv[r], acc[r][t]);
       }
     }
   };
@@ -368,7 +396,7 @@ void rows_block_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, int64_
 // once into its bf16 vectors and lane scales, and every row of x is dotted with those, instead of
 // decoding the tile again for every four rows of x (a load, three shifts and four vpermw per block and
 // weight row, against eight vdpbf16ps per block and row of x). Each output goes through the very
-// operations of tile_quant (block_dot, then one FMA by its scales, block after block; its accumulator
+// operations of tile_quant (block_dots, then one FMA by its scales, block after block; its accumulator
 // waits in memory between chunks of blocks), so its bits do not depend on which path its batch took.
 
 // Plain words, stored and loaded with unaligned moves (the buffer is 64-byte aligned by hand).
@@ -418,8 +446,10 @@ inline void row_decoded(const DecodedBlock* d, int64_t blocks, const uint16_t* x
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const DecodedBlock& b = d[r * blocks + u];
-      const __m512bh wv[4] = {load_bh(b.w[0]), load_bh(b.w[1]), load_bh(b.w[2]), load_bh(b.w[3])};
-      sum[r] = _mm512_fmadd_ps(block_dot(wv, xh, xh + Kp), _mm512_loadu_ps(b.s), sum[r]);
+      const __m512bh wv[1][4] = {{load_bh(b.w[0]), load_bh(b.w[1]), load_bh(b.w[2]), load_bh(b.w[3])}};
+      __m512 dot[1];
+      block_dots<1>(wv, xh, xh + Kp, dot);
+      sum[r] = _mm512_fmadd_ps(dot[0], _mm512_loadu_ps(b.s), sum[r]);
     }
   }
 #pragma GCC unroll 16
