@@ -31,18 +31,20 @@ T field(const json& j, const char* key, const std::string& path, const std::stri
   }
 }
 
-// The list of modules that stay unquantized (key: "ignore" or "modules_to_not_convert"); each "re:"
-// entry is compiled here once, so that a malformed pattern is refused naming the field instead of
-// failing later inside the first lookup.
-std::vector<std::string> ignore_list(const json& qc, const char* key, const std::string& file) {
-  auto list = field<std::vector<std::string>>(qc, key, "", file, {});
-  for (const std::string& pat : list) {
-    if (pat.rfind("re:", 0) != 0) continue;
-    try {
-      std::regex{pat.substr(3)};
-    } catch (const std::regex_error& e) {
-      refuse(file, key, "entry \"" + pat + "\" is not a valid regular expression (" + e.what() + ")");
+// The list of modules that stay unquantized (key: "ignore" or "modules_to_not_convert"), each "re:"
+// entry compiled here, so that a malformed pattern is refused naming the field.
+std::vector<QuantConfig::Ignored> ignore_list(const json& qc, const char* key, const std::string& file) {
+  std::vector<QuantConfig::Ignored> list;
+  for (std::string& entry : field<std::vector<std::string>>(qc, key, "", file, {})) {
+    std::optional<std::regex> regex;
+    if (entry.rfind("re:", 0) == 0) {
+      try {
+        regex.emplace(entry.substr(3));
+      } catch (const std::regex_error& e) {
+        refuse(file, key, "entry \"" + entry + "\" is not a valid regular expression (" + e.what() + ")");
+      }
     }
+    list.push_back({std::move(entry), std::move(regex)});
   }
   return list;
 }
@@ -156,13 +158,13 @@ QuantConfig parse_quant_config(const json& qc, const std::string& file) {
 
 bool QuantConfig::quantizes(const std::string& module) const {
   if (!quantized()) return false;
-  for (const std::string& pat : ignore) {
-    if (pat.rfind("re:", 0) == 0) {
-      if (std::regex_search(module, std::regex(pat.substr(3)), std::regex_constants::match_continuous)) return false;
+  for (const Ignored& ig : ignore) {
+    if (ig.regex) {
+      if (std::regex_search(module, *ig.regex, std::regex_constants::match_continuous)) return false;
     } else if (method == Method::awq || method == Method::gptq) {
       // AutoAWQ / GPTQ list module name parts ("lm_head", "vision_tower"), matched as substrings.
-      if (module.find(pat) != std::string::npos) return false;
-    } else if (module == pat) {
+      if (module.find(ig.entry) != std::string::npos) return false;
+    } else if (module == ig.entry) {
       return false;
     }
   }

@@ -11,6 +11,8 @@
 //   GPTQ (quant_method gptq)             qweight [K/8, N], qzeros (v1: stored zero - 1), scales, g_idx
 #pragma once
 #include <cstdint>
+#include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -29,7 +31,13 @@ struct QuantConfig {
   bool symmetric = true;    // no zero points stored
   bool actorder = false;    // CT actorder "group" / GPTQ desc_act: a g_idx tensor per linear
   bool gptq_v2 = false;     // GPTQ checkpoint_format gptq_v2: zeros stored as is (v1 stores zero - 1)
-  std::vector<std::string> ignore;  // module names (exact) or "re:" regexes (matched from the start)
+  // Modules that stay unquantized: names (exact; AWQ / GPTQ: name parts) or "re:" regexes (matched
+  // from the start), the regexes compiled once at parse (quantizes runs once per module at load).
+  struct Ignored {
+    std::string entry;               // as listed
+    std::optional<std::regex> regex;  // of a "re:" entry
+  };
+  std::vector<Ignored> ignore;
 
   bool quantized() const { return method != Method::none; }
   // Whether linear module `module` (e.g. "model.language_model.layers.0.mlp.down_proj") is stored
