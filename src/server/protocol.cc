@@ -554,7 +554,7 @@ void resolve_tool_choice(const json& body, const Limits& limits, const TextCodec
   } else if (choice == "required") {
     for (const auto& t : body["tools"])
       tools.push_back({{"name", t["function"]["name"]}, {"parameters", tool_parameters_schema(t["function"])}});
-    spec.several = body.value("parallel_tool_calls", true);
+    spec.several = get_bool(body, "parallel_tool_calls", true);
     r.tool_output = ToolOutput::required;
   } else {
     if (!limits.enable_auto_tool_choice || limits.tool_call_parser.empty())

@@ -133,6 +133,10 @@ TEST_F(ToolsProtocolTest, RequiredAndNamedConstrainTheOutputToGemmaToolCalls) {
   ParsedRequest single = chat({{"tools", kTools}, {"tool_choice", "required"}, {"parallel_tool_calls", false}});
   EXPECT_TRUE(accepts(single, time));
   EXPECT_FALSE(accepts(single, time + paris));
+  // null is the default (parallel calls), as for every other field; it was a 500.
+  ParsedRequest null_parallel =
+      chat({{"tools", kTools}, {"tool_choice", "required"}, {"parallel_tool_calls", nullptr}});
+  EXPECT_TRUE(accepts(null_parallel, time + paris));
   // The output of such a request is read by the Gemma 4 parser: whole and streamed, it gives the call.
   auto p = make_forced_tool_output(false, false);
   ToolParseResult parsed = parse_tool_output(*p, "<|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>}<tool_call|>");
