@@ -447,6 +447,11 @@ TEST_F(HttpTest, TokenizeDetokenize) {
   EXPECT_EQ(d["prompt"], "ok");
   json chat = post("/tokenize", {{"messages", {{{"role", "user"}, {"content", "q"}}}}});
   EXPECT_EQ(chat["count"], static_cast<int>(std::string("<bos>user: q\nassistant:").size()) - 4);
+  // A flag of another type is a 400 naming it, on both forms (json::value made it a 500).
+  json flag = post("/tokenize", {{"prompt", "ab"}, {"return_token_strs", 1}}, 400);
+  EXPECT_EQ(flag["error"]["param"], "return_token_strs");
+  flag = post("/tokenize", {{"messages", {{{"role", "user"}, {"content", "q"}}}}, {"add_special_tokens", "yes"}}, 400);
+  EXPECT_EQ(flag["error"]["param"], "add_special_tokens");
 }
 
 TEST_F(HttpTest, ClientDisconnectAbortsStream) {
