@@ -775,7 +775,6 @@ void HttpServer::routes() {
     }
     if (options_.allow_credentials) res.set_header("Access-Control-Allow-Credentials", "true");
   });
-  svr.Options(R"(.*)", [](const httplib::Request&, httplib::Response& res) { res.status = 405; });
 
   svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (req.method == "OPTIONS" && req.has_header("Origin") && req.has_header("Access-Control-Request-Method"))

@@ -276,6 +276,14 @@ TEST_F(HttpTest, ErrorsAreOpenAiShaped) {
   ASSERT_TRUE(post_health);
   EXPECT_EQ(post_health->status, 405);
   EXPECT_EQ(post_health->get_header_value("Allow"), "GET");
+  // OPTIONS that is no CORS preflight is just another method (it was a 405 without message or Allow
+  // on every path).
+  auto options = c.Options("/v1/models");
+  ASSERT_TRUE(options);
+  EXPECT_EQ(options->status, 405);
+  EXPECT_EQ(options->get_header_value("Allow"), "GET");
+  EXPECT_NE(json::parse(options->body)["error"]["message"].get<std::string>().find("not allowed"), std::string::npos);
+  EXPECT_EQ(c.Options("/v1/nothing")->status, 404);
 }
 
 // Odd but well-formed-JSON (or not) bodies: always a 4xx with an error object, or a 200; never a
