@@ -853,7 +853,35 @@ void HttpServer::routes() {
       svr.Get(pattern, std::move(handler));
     } else {
       TANDEM_CHECK(method == "POST");
-      svr.Post(pattern, std::move(handler));
+      // The body is read here rather than by cpp-httplib (0.11.4), which reads a chunked body into
+      // memory past --max-body-mb, however large, and a body without Content-Length until the client
+      // closes: HTTP/1.1 gives such a request no body, and its client, waiting for the answer, sat
+      // through the read timeout.
+      svr.Post(pattern, [this, handler = std::move(handler)](const httplib::Request& req, httplib::Response& res,
+                                                             const httplib::ContentReader& read) {
+        httplib::Request with_body = req;
+        bool too_large = false;
+        // Past the limit the rest is read and dropped, as cpp-httplib does with a Content-Length over
+        // it, so that the connection stays in step.
+        auto append = [&](const char* data, size_t size) {
+          too_large = too_large || with_body.body.size() + size > options_.max_body_bytes;
+          if (!too_large) with_body.body.append(data, size);
+          return true;
+        };
+        if (req.has_header("Content-Length") || lower(req.get_header_value("Transfer-Encoding")) == "chunked") {
+          // A multipart body (no JSON; its parts are dropped) needs the multipart reader.
+          const bool read_all = req.is_multipart_form_data()
+                                    ? read([](const httplib::MultipartFormData&) { return true; },
+                                           [](const char*, size_t) { return true; })
+                                    : read(append);
+          if (!read_all) return;  // cpp-httplib set the status: 413 for a Content-Length over the limit, else 400
+        }
+        if (too_large) {
+          res.status = 413;
+          return;
+        }
+        handler(with_body, res);
+      });
     }
     std::string& allowed = methods_by_path_[path];
     allowed += allowed.empty() ? method : ", " + method;

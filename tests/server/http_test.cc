@@ -1,8 +1,12 @@
 // The HTTP layer against a scripted engine (fakes.h) on a loopback port.
 #include "server/http_server.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <functional>
 #include <thread>
@@ -315,6 +319,47 @@ TEST_F(HttpTest, OddBodiesNeverCrash) {
       }
     }
   }
+  EXPECT_EQ(c.Get("/health")->status, 200);
+}
+
+// A POST with neither Content-Length nor chunked encoding has no body (HTTP/1.1): it is answered at
+// once (cpp-httplib read it until the client closed, so the client waited out the 30 s read
+// timeout). A chunked body is held to the body limit as one with a Content-Length is (cpp-httplib
+// read it whole into memory, however large).
+TEST_F(HttpTest, BodyWithoutLengthAndChunkedBodies) {
+  start();
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  timeval timeout{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  const std::string bare = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(::send(fd, bare.data(), bare.size(), 0), static_cast<ssize_t>(bare.size()));
+  std::string answer;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) answer.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 400", 0), 0u) << answer;
+  EXPECT_NE(answer.find("not valid JSON"), std::string::npos) << answer;
+
+  auto c = client();
+  auto chunked = [&](const std::string& body) {
+    return c.Post("/v1/completions", [body](size_t, httplib::DataSink& sink) {
+      sink.write(body.data(), body.size());
+      sink.done();
+      return true;
+    }, "application/json");
+  };
+  auto small = chunked(json({{"prompt", "SAY:ok|"}, {"max_tokens", 5}}).dump());
+  ASSERT_TRUE(small);
+  EXPECT_EQ(small->status, 200) << small->body;
+  auto big = chunked(json({{"prompt", std::string(100 * 1024, 'x')}}).dump());  // the limit is 64 KiB
+  ASSERT_TRUE(big);
+  EXPECT_EQ(big->status, 413);
+  EXPECT_TRUE(json::parse(big->body).contains("error"));
   EXPECT_EQ(c.Get("/health")->status, 200);
 }
 
