@@ -941,6 +941,8 @@ void HttpServer::routes() {
                } catch (const Error& e) {
                  throw bad_request(fmt::format("the chat template failed: {}", e.what()), "messages");
                }
+               // The prompt a chat request with this body would get (vLLM's /tokenize applies it too).
+               text = continue_final_message(body, std::move(text));
                tokens = codec_.encode(text, flag("add_special_tokens", false));
              } else if (body.contains("prompt") && body["prompt"].is_string()) {
                tokens = codec_.encode(body["prompt"].get<std::string>(), flag("add_special_tokens", true));

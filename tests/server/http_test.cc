@@ -500,6 +500,11 @@ TEST_F(HttpTest, TokenizeDetokenize) {
   EXPECT_EQ(d["prompt"], "ok");
   json chat = post("/tokenize", {{"messages", {{{"role", "user"}, {"content", "q"}}}}});
   EXPECT_EQ(chat["count"], static_cast<int>(std::string("<bos>user: q\nassistant:").size()) - 4);
+  // continue_final_message cuts the rendered chat after the final message, as a chat request does
+  // (it was ignored here).
+  json cont = post("/tokenize", {{"messages", {{{"role", "user"}, {"content", "q"}}, {{"role", "assistant"}, {"content", "a"}}}},
+                                 {"add_generation_prompt", false}, {"continue_final_message", true}});
+  EXPECT_EQ(cont["count"], static_cast<int>(std::string("<bos>user: q\nassistant: a").size()) - 4);
   // A flag of another type is a 400 naming it, on both forms (json::value made it a 500).
   json flag = post("/tokenize", {{"prompt", "ab"}, {"return_token_strs", 1}}, 400);
   EXPECT_EQ(flag["error"]["param"], "return_token_strs");
