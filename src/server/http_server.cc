@@ -780,7 +780,10 @@ void HttpServer::routes() {
     if (req.method == "OPTIONS" && req.has_header("Origin") && req.has_header("Access-Control-Request-Method"))
       return cors_preflight(options_, req, res);
     const bool guarded_path = req.path.rfind("/v1", 0) == 0 || req.path.rfind("/tandem/", 0) == 0;
-    if (options_.api_key.empty() || !guarded_path) return httplib::Server::HandlerResponse::Unhandled;
+    // OPTIONS never needs the key (vLLM's middleware lets every OPTIONS request through): it reads
+    // nothing, and is answered 405 or 404 below.
+    if (options_.api_key.empty() || !guarded_path || req.method == "OPTIONS")
+      return httplib::Server::HandlerResponse::Unhandled;
     const std::string expected = "Bearer " + options_.api_key;
     if (req.get_header_value("Authorization") == expected) return httplib::Server::HandlerResponse::Unhandled;
     send_error(res, ApiError(401, "Invalid or missing API key (send 'Authorization: Bearer <key>').", "",

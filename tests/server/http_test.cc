@@ -376,6 +376,12 @@ TEST_F(HttpTest, ApiKey) {
   EXPECT_EQ(ok->status, 200);
   EXPECT_EQ(c.Get("/health")->status, 200);
   EXPECT_EQ(c.Get("/metrics")->status, 200);
+  // OPTIONS needs no key (as vLLM): a known path is 405 with Allow, an unknown one 404.
+  auto options = c.Options("/v1/models");
+  ASSERT_TRUE(options);
+  EXPECT_EQ(options->status, 405);
+  EXPECT_EQ(options->get_header_value("Allow"), "GET");
+  EXPECT_EQ(c.Options("/v1/nothing")->status, 404);
 }
 
 // Chunks of a stream with the per-request parts (id, created) blanked, for comparing two streams.
