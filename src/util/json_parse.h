@@ -3,6 +3,8 @@
 #include <nlohmann/json.hpp>
 
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <utility>
 
 namespace tandem {
@@ -15,10 +17,18 @@ inline constexpr int kMaxJsonDepth = 512;
 
 // Json::parse(input...) (a string, a stream or two iterators), refusing a document with more than
 // kMaxJsonDepth nested arrays and objects by Json::parse_error (what any malformed document raises, so
-// callers need no second handler).
+// callers need no second handler). Text given as one string is also refused if it holds a NUL byte,
+// which JSON text never does (not whitespace, and escaped inside strings): nlohmann reads a NUL after
+// the value as the end of the input, so `{}` NUL `anything` parsed as `{}`.
 template <class Json = nlohmann::json, class... Input>
 Json parse_json(Input&&... input) {
   using Event = typename Json::parse_event_t;
+  if constexpr (sizeof...(Input) == 1 && (std::is_convertible_v<const Input&, std::string_view> && ...)) {
+    const std::string_view text(input...);
+    if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
+      throw Json::parse_error::create(101, nul + 1, "a NUL byte at byte " + std::to_string(nul + 1) + " of the text",
+                                      nullptr);
+  }
   return Json::parse(std::forward<Input>(input)..., [](int depth, Event event, Json&) {
     // depth: the containers around the event's place, so a container that starts at depth d is the d + 1-th.
     if ((event == Event::object_start || event == Event::array_start) && depth >= kMaxJsonDepth)

@@ -342,6 +342,20 @@ TEST_F(ProtocolTest, DeepNestingIsABadRequestAtTheParse) {
   EXPECT_THROW(parse_body(R"({"prompt":"x","foo":)" + std::string(512, '[') + std::string(512, ']') + "}"), ApiError);
 }
 
+TEST_F(ProtocolTest, NulByteIsABadRequest) {
+  // nlohmann ends the input at a NUL: the garbage after it was never read and the body accepted.
+  for (const std::string body : {std::string("{\"prompt\":\"x\"}\0garbage", 22), std::string("{\"prompt\":\"x\"}\0", 15)}) {
+    try {
+      parse_body(body);
+      FAIL() << "no error";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status(), 400);
+      EXPECT_NE(std::string(e.what()).find("NUL byte at byte 15"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_NO_THROW(parse_body(R"({"prompt":"x\u0000"})"));  // escaped inside a string, as JSON allows
+}
+
 TEST_F(ProtocolTest, NumberOverflowIsABadRequest) {
   try {
     parse_body(R"({"prompt":"x","foo":1e400})");
