@@ -66,7 +66,7 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   early_loads_ = !(early && std::string(early) == "0");
   const char* repeat = std::getenv("TANDEM_CUDA_REPEAT");
   repeat_ = repeat ? repeat : "";
-  // Split-K: one CTA per SM (mma_slices), or TANDEM_CUDA_SPLIT_K.
+  // Split-K: one or two CTAs per SM by the weight's code (mma_slices), or TANDEM_CUDA_SPLIT_K.
   const char* split = std::getenv("TANDEM_CUDA_SPLIT_K");
   if (split) mma_split_per_sm_ = static_cast<int>(std::clamp(std::strtol(split, nullptr, 10), 0L, 64L));
   TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));

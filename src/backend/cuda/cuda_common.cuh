@@ -533,13 +533,16 @@ class CudaBackend final : public Backend {
   // (mma_quant_fit; up of the same code).
   void launch_matmul_mma(const float* x, int64_t ldx, const TensorView& w, const TensorView* up, int64_t K,
                          TensorView& y, int64_t T, int64_t N, TensorView* y2 = nullptr);
-  // K slices of a tensor-core matmul over N weight rows of `blocks` K blocks each (cu::MmaSplit): as
-  // many as the weight's row tiles fit in one CTA an SM (TANDEM_CUDA_SPLIT_K: that many CTAs an SM), at
-  // most one per kMmaWarps blocks (every warp has a block) and kMmaMaxSlices. A function of the weight's
-  // shape and the GPU alone, never of the batch or the op, for batch invariance. One CTA an SM, not the
-  // two (quantized) to four (bf16) the one-row kernels hold: on the H100 (thirtieth session, docs/PERF.md)
-  // filling their occupancy made 26B-A4B decode and verify steps 3–9 % slower.
-  int mma_slices(int64_t N, int64_t blocks) const;
+  // K slices of a tensor-core matmul over N weight rows of `blocks` K blocks each, of codes of
+  // `code_bits` bits (16: bf16) (cu::MmaSplit): as many as the weight's row tiles fit in one CTA an SM,
+  // two for 8-bit codes (TANDEM_CUDA_SPLIT_K: that many CTAs an SM), at most one per kMmaWarps blocks
+  // (every warp has a block) and kMmaMaxSlices. A function of the weight's shape, its code and the GPU
+  // alone, never of the batch or the op, for batch invariance. One CTA an SM, not the two (quantized)
+  // to four (bf16) the one-row kernels hold: on the H100 (thirtieth session, docs/PERF.md) filling their
+  // occupancy made 26B-A4B decode and verify steps 3–9 % slower; FP8 weights, whose decode is the
+  // cheapest per byte, ran their decode step 3–4 % faster at two (thirty-third session; int8 codes,
+  // decoded about as cheaply, take the same rule unmeasured).
+  int mma_slices(int64_t N, int64_t blocks, int code_bits) const;
   // The split of a launch of `tiles` output tiles into `slices` (its scratch grown: `floats` partial
   // sums per tile and slice, a zeroed ticket per tile).
   cu::MmaSplit mma_split(int64_t tiles, int slices, int64_t floats);
@@ -613,9 +616,9 @@ class CudaBackend final : public Backend {
   // issued, or empty. For measuring what a kernel costs inside a recorded step (the step's time grows
   // by it); the outputs of a kernel that reads what it writes (a residual add) then differ.
   std::string repeat_;
-  // The CTAs per SM a split tensor-core matmul may have (mma_slices): 1, or TANDEM_CUDA_SPLIT_K for
-  // measuring (0 turns the split off).
-  int mma_split_per_sm_ = 1;
+  // The CTAs per SM a split tensor-core matmul may have (mma_slices): −1, by the weight's code, or
+  // TANDEM_CUDA_SPLIT_K for measuring (0 turns the split off).
+  int mma_split_per_sm_ = -1;
   // Whether a weight takes the tensor-core kernels: a choice by the weight alone (batch invariance).
   bool mma_takes(const TensorView& w, int64_t K) const;
 };

@@ -216,9 +216,10 @@ std::pair<const float*, int64_t> CudaBackend::mma_x_rows(const float* x, int64_t
   return {packed, K};  // K % 8 == 0 (mma_rows_fit)
 }
 
-int CudaBackend::mma_slices(int64_t N, int64_t blocks) const {
+int CudaBackend::mma_slices(int64_t N, int64_t blocks, int code_bits) const {
   const int64_t tiles = (N + kMmaRows - 1) / kMmaRows;
-  const int64_t ctas = int64_t{mma_split_per_sm_} * sm_count();
+  const int per_sm = mma_split_per_sm_ >= 0 ? mma_split_per_sm_ : code_bits == 8 ? 2 : 1;
+  const int64_t ctas = int64_t{per_sm} * sm_count();
   return static_cast<int>(std::max<int64_t>(1, std::min({ctas / tiles, blocks / kMmaWarps, int64_t{kMmaMaxSlices}})));
 }
 
@@ -254,7 +255,7 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
       const int64_t t_tiles = (T + per_cta - 1) / per_cta;
       // Every launch of a weight, whatever T and whichever op (a pair, the GeGLU), takes its slices
       // (mma_slices), so its sums are in the same order everywhere.
-      const int slices = mma_slices(N, W::blocks(K));
+      const int slices = mma_slices(N, W::blocks(K), w.quant ? quant_code_bits(w.quant->code) : 16);
       const int64_t floats = TILES * 128 * (epi == MmaEpilogue::kGlu ? 2 : 1);  // partial sums per tile and slice
       // A split's partial sums grow with the rows (a long prompt's prefill): launches over at most
       // kMmaSplitScratchBytes of them, one after the other. A row's sums are the same in any launch.
