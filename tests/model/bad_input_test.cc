@@ -43,8 +43,9 @@ class BadInput : public ::testing::Test {
     for (const auto& n : needles) EXPECT_NE(error_line.find(n), std::string::npos) << "missing '" << n << "' in: " << out;
   }
 
-  // Rewrites model.safetensors with `edit` applied to its header (tensor data kept as is).
-  void edit_header(const std::function<void(json&)>& edit) {
+  // Rewrites model.safetensors with `edit` applied to its header and `tail` after it, inside the header's
+  // length (tensor data kept as is).
+  void edit_header(const std::function<void(json&)>& edit, const std::string& tail = "") {
     const fs::path file = dir_ / "model.safetensors";
     std::ifstream in(file, std::ios::binary);
     std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -53,7 +54,7 @@ class BadInput : public ::testing::Test {
     json header = json::parse(bytes.substr(8, n));
     const std::string data = bytes.substr(8 + n);
     edit(header);
-    std::string h = header.dump();
+    std::string h = header.dump() + tail;
     const uint64_t m = h.size();
     std::ofstream out(file, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(&m), 8);
@@ -67,6 +68,12 @@ class BadInput : public ::testing::Test {
 TEST_F(BadInput, TruncatedSafetensors) {
   fs::resize_file(dir_ / "model.safetensors", fs::file_size(dir_ / "model.safetensors") / 2);
   expect_error({"model.safetensors", "truncated"});
+}
+
+TEST_F(BadInput, HeaderWithANulByte) {
+  // nlohmann ends its input at a NUL: the bytes after it were never read and the header accepted.
+  edit_header([](json&) {}, std::string("\0garbage", 8));
+  expect_error({"model.safetensors", "malformed safetensors header", "NUL byte"});
 }
 
 TEST_F(BadInput, HeaderOffsetsPastTheEnd) {
