@@ -349,7 +349,7 @@ TEST_F(ProtocolTest, DeepNestingIsABadRequestAtTheParse) {
 
 TEST_F(ProtocolTest, NulByteIsABadRequest) {
   // nlohmann ends the input at a NUL: the garbage after it was never read and the body accepted.
-  for (const std::string body : {std::string("{\"prompt\":\"x\"}\0garbage", 22), std::string("{\"prompt\":\"x\"}\0", 15)}) {
+  for (const std::string& body : {std::string("{\"prompt\":\"x\"}\0garbage", 22), std::string("{\"prompt\":\"x\"}\0", 15)}) {
     const std::string error = body_error(body);
     EXPECT_NE(error.find("NUL byte at byte 15"), std::string::npos) << error;
   }
