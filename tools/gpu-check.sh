@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|switches|trace|sass|ncu|ncu-attention|ncu-source]...
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|switches|trace|chain|sass|ncu|ncu-attention|ncu-source]...
 #   (default: all)
 # (never part of all: steps, two rounds of the decode and verify steps of the 26B-A4B in bf16, W4A16
 # and FP8 and the 31B's decode, for quick A/B calls; costs, what each kernel adds to those steps when
 # issued twice (TANDEM_CUDA_REPEAT); ab, the working tree's steps against AB_REF's (default main),
 # interleaved, both binaries from one build directory; switches, the same steps under each setting of
 # measuring switches in SWITCHES, interleaved; trace, every kernel's time inside replayed steps (CUPTI,
-# tools/kernel_trace.py); sass, the SASS listings of the matmul and MoE
+# tools/kernel_trace.py); chain, what a kernel of a chain of dependent kernels costs (bench_kernel_chain);
+# sass, the SASS listings of the matmul and MoE
 # kernels, for tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
 # tools/ncu_kernels.py; ncu-attention, Nsight Compute's sections for a few attention launches over a long
 # context; ncu-source, where the warps of chosen kernels of a decode step wait, per SASS instruction.)
@@ -304,6 +305,13 @@ if named switches; then
       done
     done
   done
+fi
+if named chain; then
+  # What one kernel of a chain of dependent kernels costs on this GPU, with and without programmatic
+  # dependent launch, by CTAs and bytes streamed (bench/bench_kernel_chain.cu; BUILD_TARGETS should name
+  # bench_kernel_chain).
+  stamp "chain"
+  "$BUILD/bench_kernel_chain" | tee "$OUT/chain.txt"
 fi
 if named sass; then
   # The development machine has no cuobjdump: the listings travel back gzipped (~6 MB each).
