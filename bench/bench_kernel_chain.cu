@@ -38,9 +38,12 @@ constexpr long long kMaxBytes = 16ll << 20;     // the most a kernel streams
 constexpr long long kChainBytes = 800ll << 20;  // the most a chain streams (fewer kernels for large reads)
 constexpr long long kRegionBytes = 512ll << 20;  // what the kernels of a chain stream through, ≫ L2
 
+// (Before sm_90 there is no programmatic dependent launch, and stream order alone orders the kernels.)
 __device__ __forceinline__ void wait_for_previous() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 }
 
 // out[0, n) from in[0, n) (every CTA reads all of in; CTA 0 writes out), streaming `words` 16-byte
