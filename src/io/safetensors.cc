@@ -8,9 +8,9 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/json_file.h"
 #include "util/error.h"
 #include "util/json_parse.h"
 
@@ -123,10 +123,8 @@ WeightStore WeightStore::open(const std::string& path) {
   if (fs::is_directory(path)) {
     const fs::path index = fs::path(path) / "model.safetensors.index.json";
     if (fs::exists(index)) {
-      json j;
+      const json j = read_json_file(index.string());  // a malformed document: an error naming the file
       try {
-        std::ifstream in(index);
-        j = parse_json(in);
         for (auto& [name, file] : j.at("weight_map").items()) {
           const std::string f = (fs::path(path) / file.get<std::string>()).string();
           if (std::find(files.begin(), files.end(), f) == files.end()) files.push_back(f);

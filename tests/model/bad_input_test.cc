@@ -76,6 +76,18 @@ TEST_F(BadInput, HeaderWithANulByte) {
   expect_error({"model.safetensors", "malformed safetensors header", "NUL byte"});
 }
 
+TEST_F(BadInput, ShardIndexWithANulByte) {
+  // The index of a sharded checkpoint is read whole and refused, not read up to the NUL.
+  const std::string index = json{{"weight_map", json::object()}}.dump();
+  std::ofstream(dir_ / "model.safetensors.index.json", std::ios::binary) << index << std::string("\0garbage", 8);
+  expect_error({"model.safetensors.index.json", "malformed JSON", "NUL byte"});
+}
+
+TEST_F(BadInput, ShardIndexWithoutAWeightMap) {
+  std::ofstream(dir_ / "model.safetensors.index.json") << json{{"metadata", json::object()}}.dump();
+  expect_error({"model.safetensors.index.json", "malformed index"});
+}
+
 TEST_F(BadInput, HeaderOffsetsPastTheEnd) {
   std::string victim;
   edit_header([&](json& h) {
