@@ -34,6 +34,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kEarly = 4;  // 16-byte loads a thread issues before the wait
+constexpr int kMaxFloats = 16 * kThreads;  // the most floats a kernel passes to the next
 constexpr long long kMaxBytes = 16ll << 20;     // the most a kernel streams
 constexpr long long kChainBytes = 800ll << 20;  // the most a chain streams (fewer kernels for large reads)
 constexpr long long kRegionBytes = 512ll << 20;  // what the kernels of a chain stream through, ≫ L2
@@ -63,8 +64,17 @@ __global__ void __launch_bounds__(kThreads) link_kernel(const float* in, float* 
     const uint4 v = __ldg(w + i);
     acc ^= v.x ^ v.y ^ v.z ^ v.w;
   }
+  // The previous kernel's floats, every load issued before the first is used (a thread holds at most
+  // kMaxFloats / kThreads of them, as the ops keep a row in registers).
+  float v[kMaxFloats / kThreads];
+#pragma unroll
+  for (int u = 0; u < kMaxFloats / kThreads; ++u) {
+    const int j = threadIdx.x + u * kThreads;
+    v[u] = j < n ? __ldcg(in + j) : 0.0f;
+  }
   float s = 0.0f;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) s += __ldcg(in + j);
+#pragma unroll
+  for (int u = 0; u < kMaxFloats / kThreads; ++u) s += v[u];
   __shared__ float partial[kThreads / 32];
   for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xFFFFFFFFu, s, o);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = s;
@@ -73,7 +83,11 @@ __global__ void __launch_bounds__(kThreads) link_kernel(const float* in, float* 
   float total = 0.0f;
   for (int k = 0; k < kThreads / 32; ++k) total += partial[k];
   // acc == 0x9E3779B9 is as good as never: the write keeps the streamed loads from being dropped.
-  for (int j = threadIdx.x; j < n; j += blockDim.x) out[j] = 0.5f * __ldcg(in + j) + (acc == 0x9E3779B9u ? total : 0.0f);
+#pragma unroll
+  for (int u = 0; u < kMaxFloats / kThreads; ++u) {
+    const int j = threadIdx.x + u * kThreads;
+    if (j < n) out[j] = 0.5f * v[u] + (acc == 0x9E3779B9u ? total : 0.0f);
+  }
 }
 
 struct Result {
@@ -133,6 +147,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--length")) length = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--floats")) n = std::atoi(argv[i + 1]);
+  }
+  if (n < 0 || n > kMaxFloats) {
+    std::fprintf(stderr, "--floats must be in [0, %d]\n", kMaxFloats);
+    return 2;
   }
   cudaDeviceProp prop{};
   CHECK(cudaGetDeviceProperties(&prop, 0));
