@@ -1,5 +1,7 @@
 // Test doubles for the server: a byte-level "tokenizer" and a scripted engine on its own thread.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -8,11 +10,24 @@
 #include <set>
 #include <thread>
 
+#include "server/api_error.h"
 #include "server/service.h"
 #include "server/structured_output.h"
 #include "util/error.h"
 
 namespace tandem::server::testing {
+
+// The message of the ApiError fn() raises, which must be a 400 ("" if it raises none).
+template <typename F>
+std::string bad_request_message(F&& fn) {
+  try {
+    fn();
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    return e.what();
+  }
+  return "";
+}
 
 // Ids: 0 <pad>, 1 <eos>, 2 <bos>, 3 <|channel>, 4 <channel|>, 5 + byte, then the tool-call markers
 // <|tool_call>, <tool_call|>, <|"|> (special tokens like Gemma 4's).

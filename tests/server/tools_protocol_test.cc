@@ -31,13 +31,7 @@ class ToolsProtocolTest : public ::testing::Test {
   }
   // The 400 message a body gets ("" if accepted).
   std::string error(const json& body) {
-    try {
-      chat(body);
-    } catch (const ApiError& e) {
-      EXPECT_EQ(e.status(), 400);
-      return e.what();
-    }
-    return "";
+    return testing::bad_request_message([&] { chat(body); });
   }
   ByteCodec codec;
   std::vector<std::string> names = {"demo"};
