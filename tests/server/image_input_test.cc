@@ -3,14 +3,16 @@
 // and — with the vision fixture (tests/fixtures/vision) — whole chat requests: placeholder
 // expansion, the per-prompt limit, audio / video parts, literal image tokens, misplaced images.
 // Every failure must be a 400 whose message says what is wrong.
+#include "server/image_input.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 
+#include "fakes.h"
 #include "server/adapters.h"
 #include "server/api_error.h"
-#include "server/image_input.h"
 #include "server/protocol.h"
 #include "vision/image_decode.h"
 
@@ -19,6 +21,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using testing::bad_request_message;
 
 std::string source_dir() { return TANDEM_SOURCE_DIR; }
 
@@ -37,19 +40,6 @@ std::string base64(const std::vector<uint8_t>& b) {
     out += i + 2 < b.size() ? k[v & 63] : '=';
   }
   return out;
-}
-
-// The message of the ApiError `fn` throws (which must be a 400).
-template <typename F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const ApiError& e) {
-    EXPECT_EQ(e.status(), 400);
-    return e.what();
-  }
-  ADD_FAILURE() << "no error";
-  return {};
 }
 
 std::string decode_error(const std::vector<uint8_t>& bytes, vision::DecodeLimits limits = {}) {
@@ -88,28 +78,34 @@ TEST(ImageInput, Base64StandardAndUrlSafe) {
   std::string url_safe = base64(bytes);
   for (char& c : url_safe) c = c == '+' ? '-' : c == '/' ? '_' : c;
   EXPECT_EQ(base64_decode(url_safe), bytes);
-  EXPECT_NE(error_of([] { base64_decode("aGVsbG8*"); }).find("base64 alphabet"), std::string::npos);
-  EXPECT_NE(error_of([] { base64_decode("a"); }).find("impossible length"), std::string::npos);
+  EXPECT_NE(bad_request_message([] { base64_decode("aGVsbG8*"); }).find("base64 alphabet"), std::string::npos);
+  EXPECT_NE(bad_request_message([] { base64_decode("a"); }).find("impossible length"), std::string::npos);
 }
 
 TEST(ImageInput, UrlSourcesAsVllm) {
   ImageOptions o;
   const std::vector<uint8_t> png = file_bytes(source_dir() + "/docs/webui-chat.png");
   EXPECT_EQ(image_url_bytes("data:image/png;base64," + base64(png), o), png);
-  EXPECT_NE(error_of([&] { image_url_bytes("https://example.com/cat.png", o); }).find("does not fetch"), std::string::npos);
-  EXPECT_NE(error_of([&] { image_url_bytes("http://127.0.0.1/cat.png", o); }).find("data: URL"), std::string::npos);
-  EXPECT_NE(error_of([&] { image_url_bytes("data:image/png,rawbytes", o); }).find("must be base64"), std::string::npos);
-  EXPECT_NE(error_of([&] { image_url_bytes("data:text/plain;base64,aGk=", o); }).find("not an image type"),
+  EXPECT_NE(bad_request_message([&] { image_url_bytes("https://example.com/cat.png", o); }).find("does not fetch"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { image_url_bytes("ftp://x/y.png", o); }).find("data: URL"), std::string::npos);
+  EXPECT_NE(bad_request_message([&] { image_url_bytes("http://127.0.0.1/cat.png", o); }).find("data: URL"),
+            std::string::npos);
+  EXPECT_NE(bad_request_message([&] { image_url_bytes("data:image/png,rawbytes", o); }).find("must be base64"),
+            std::string::npos);
+  EXPECT_NE(bad_request_message([&] { image_url_bytes("data:text/plain;base64,aGk=", o); }).find("not an image type"),
+            std::string::npos);
+  EXPECT_NE(bad_request_message([&] { image_url_bytes("ftp://x/y.png", o); }).find("data: URL"), std::string::npos);
   const std::string docs = source_dir() + "/docs";
-  EXPECT_NE(error_of([&] { image_url_bytes("file://" + docs + "/webui-chat.png", o); }).find("--allowed-local-media-path"),
+  EXPECT_NE(bad_request_message([&] {
+              image_url_bytes("file://" + docs + "/webui-chat.png", o);
+            }).find("--allowed-local-media-path"),
             std::string::npos);
   o.allowed_local_media_path = docs;
   EXPECT_EQ(image_url_bytes("file://" + docs + "/webui-chat.png", o), png);
-  EXPECT_NE(error_of([&] { image_url_bytes("file://" + docs + "/../README.md", o); }).find("inside"), std::string::npos);
-  EXPECT_NE(error_of([&] { image_url_bytes("file:///etc/passwd", o); }).find("inside"), std::string::npos);
-  EXPECT_NE(error_of([&] { image_url_bytes("file://" + docs + "/no-such.png", o); }).find("cannot read"),
+  EXPECT_NE(bad_request_message([&] { image_url_bytes("file://" + docs + "/../README.md", o); }).find("inside"),
+            std::string::npos);
+  EXPECT_NE(bad_request_message([&] { image_url_bytes("file:///etc/passwd", o); }).find("inside"), std::string::npos);
+  EXPECT_NE(bad_request_message([&] { image_url_bytes("file://" + docs + "/no-such.png", o); }).find("cannot read"),
             std::string::npos);
 }
 
@@ -180,35 +176,42 @@ TEST_F(ChatImages, ImagePartsExpandToTheProcessorsPlaceholders) {
 
 TEST_F(ChatImages, RefusalsSayWhy) {
   limits_.images.max_images = 1;
-  EXPECT_NE(error_of([&] { chat(user({image_part(), image_part()})); }).find("at most 1 image"), std::string::npos);
-  EXPECT_NE(error_of([&] { chat(user({{{"type", "input_audio"}, {"input_audio", {{"data", "AAAA"}, {"format", "wav"}}}}})); })
-                .find("audio input is not supported"),
+  EXPECT_NE(bad_request_message([&] {
+              chat(user({image_part(), image_part()}));
+            }).find("at most 1 image"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { chat(user({{{"type", "video_url"}, {"video_url", {{"url", "data:video/mp4;base64,AAAA"}}}}})); })
-                .find("video input is not supported"),
+  EXPECT_NE(bad_request_message([&] {
+              chat(user({{{"type", "input_audio"}, {"input_audio", {{"data", "AAAA"}, {"format", "wav"}}}}}));
+            }).find("audio input is not supported"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { chat(user({{{"type", "text"}, {"text", "look: <|image|>"}}})); }).find("placeholders"),
+  EXPECT_NE(bad_request_message([&] {
+              chat(user({{{"type", "video_url"}, {"video_url", {{"url", "data:video/mp4;base64,AAAA"}}}}}));
+            }).find("video input is not supported"),
             std::string::npos);
-  EXPECT_NE(error_of([&] {
-              chat({{"messages", {{{"role", "system"}, {"content", {image_part()}}}, {{"role", "user"}, {"content", "hi"}}}}});
+  EXPECT_NE(bad_request_message([&] {
+              chat(user({{{"type", "text"}, {"text", "look: <|image|>"}}}));
+            }).find("placeholders"),
+            std::string::npos);
+  EXPECT_NE(bad_request_message([&] {
+              chat({{"messages",
+                     {{{"role", "system"}, {"content", {image_part()}}}, {{"role", "user"}, {"content", "hi"}}}}});
             }).find("'system' message"),
             std::string::npos);
-  EXPECT_NE(error_of([&] {
+  EXPECT_NE(bad_request_message([&] {
               chat(user({{{"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64,AAAAAAAA"}}}}}));
             }).find("image 0"),
             std::string::npos);
-  ModelConfig text_only = config_;
   limits_.images.model = nullptr;  // a model without a tower (or images turned off)
-  EXPECT_NE(error_of([&] { chat(user({image_part()})); }).find("does not take images"), std::string::npos);
+  EXPECT_NE(bad_request_message([&] { chat(user({image_part()})); }).find("does not take images"), std::string::npos);
   json body = user({image_part()});
   limits_.images.model = &config_;
   body["truncate_prompt_tokens"] = 10;
-  EXPECT_NE(error_of([&] { chat(body); }).find("truncate_prompt_tokens"), std::string::npos);
+  EXPECT_NE(bad_request_message([&] { chat(body); }).find("truncate_prompt_tokens"), std::string::npos);
 }
 
 TEST_F(ChatImages, HundredImagesAreAClearError) {
   std::vector<json> parts(100, image_part());
-  const std::string e = error_of([&] { chat(user(parts)); });
+  const std::string e = bad_request_message([&] { chat(user(parts)); });
   EXPECT_TRUE(e.find("maximum context length") != std::string::npos || e.find("at most") != std::string::npos) << e;
 }
 
