@@ -929,12 +929,6 @@ void HttpServer::routes() {
   route("POST", "/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
              json body = parse_body(req.body);
              resolve_model(body, options_.served_model_names);
-             auto flag = [&](const char* key, bool fallback) {  // json::value would throw a 500 on another type
-               const auto it = body.find(key);
-               if (it == body.end()) return fallback;
-               if (!it->is_boolean()) throw bad_request(fmt::format("'{}' must be a boolean", key), key);
-               return it->get<bool>();
-             };
              std::vector<int32_t> tokens;
              if (body.contains("messages")) {
                if (!codec_.has_chat_template()) throw bad_request("this model has no chat template", "messages");
@@ -946,14 +940,14 @@ void HttpServer::routes() {
                }
                // The prompt a chat request with this body would get (vLLM's /tokenize applies it too).
                text = continue_final_message(body, std::move(text));
-               tokens = codec_.encode(text, flag("add_special_tokens", false));
+               tokens = codec_.encode(text, get_bool(body, "add_special_tokens", false));
              } else if (body.contains("prompt") && body["prompt"].is_string()) {
-               tokens = codec_.encode(body["prompt"].get<std::string>(), flag("add_special_tokens", true));
+               tokens = codec_.encode(body["prompt"].get<std::string>(), get_bool(body, "add_special_tokens", true));
              } else {
                throw bad_request("'prompt' (a string) or 'messages' is required", "prompt");
              }
              json out = {{"count", tokens.size()}, {"max_model_len", options_.limits.max_model_len}, {"tokens", tokens}};
-             if (flag("return_token_strs", false)) {
+             if (get_bool(body, "return_token_strs", false)) {
                json strs = json::array();
                for (int32_t t : tokens) {
                  int32_t one[1] = {t};

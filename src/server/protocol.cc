@@ -49,13 +49,6 @@ int64_t get_integer(const json& body, const char* key, int64_t fallback) {
   throw bad_request(fmt::format("'{}' must be an integer", key), key);
 }
 
-bool get_bool(const json& body, const char* key, bool fallback) {
-  if (!present(body, key)) return fallback;
-  const json& v = body.at(key);
-  if (!v.is_boolean()) throw bad_request(fmt::format("'{}' must be a boolean", key), key);
-  return v.get<bool>();
-}
-
 void check_range(double v, double lo, double hi, const char* key, const char* what) {
   if (v < lo || v > hi) throw bad_request(fmt::format("'{}' must be {}, got {}", key, what, v), key);
 }
@@ -590,6 +583,14 @@ void constrain_after_reasoning(const TextCodec& codec, ParsedRequest& r) {
 }
 
 }  // namespace
+
+bool get_bool(const json& body, const char* key, bool fallback) {
+  if (!present(body, key)) return fallback;
+  const json& v = body.at(key);
+  if (!v.is_boolean()) throw bad_request(fmt::format("'{}' must be a boolean", key), key);
+  return v.get<bool>();
+}
+
 
 std::vector<std::string> check_fields(const json& body, bool chat) {
   // Output-changing fields tandem does not implement: 400 unless absent, null or the default.

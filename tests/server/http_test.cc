@@ -516,6 +516,10 @@ TEST_F(HttpTest, TokenizeDetokenize) {
   EXPECT_EQ(flag["error"]["param"], "return_token_strs");
   flag = post("/tokenize", {{"messages", {{{"role", "user"}, {"content", "q"}}}}, {"add_special_tokens", "yes"}}, 400);
   EXPECT_EQ(flag["error"]["param"], "add_special_tokens");
+  // null is an unset flag, as in the generation requests: its default.
+  json unset = post("/tokenize", {{"prompt", "ab"}, {"add_special_tokens", nullptr}, {"return_token_strs", nullptr}});
+  EXPECT_EQ(unset["count"], 3);
+  EXPECT_TRUE(unset["token_strs"].is_null());
 }
 
 TEST_F(HttpTest, ClientDisconnectAbortsStream) {
