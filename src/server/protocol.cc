@@ -591,7 +591,6 @@ bool get_bool(const json& body, const char* key, bool fallback) {
   return v.get<bool>();
 }
 
-
 std::vector<std::string> check_fields(const json& body, bool chat) {
   // Output-changing fields tandem does not implement: 400 unless absent, null or the default.
   struct Unsupported {

@@ -107,8 +107,8 @@ std::vector<std::string> check_fields(const nlohmann::json& body, bool chat);
 // non-object.
 nlohmann::ordered_json parse_body(const std::string& text);
 
-// A boolean field of a request body: `fallback` when absent or null (an unset optional field, as vLLM
-// reads it), else a 400 naming the field unless it is a boolean.
+// A boolean field of a request body: `fallback` when absent or null (null is an unset field, as for every
+// field the request parsers read), else a 400 naming the field unless it is a boolean.
 bool get_bool(const nlohmann::json& body, const char* key, bool fallback);
 
 // "model" check shared by every endpoint.
