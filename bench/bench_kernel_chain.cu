@@ -4,12 +4,12 @@
 //
 // Kernel i of a chain waits for kernel i − 1 (the backend's begin_kernel: griddepcontrol.wait under
 // programmatic dependent launch, else stream order), reads the n floats kernel i − 1 wrote (from L2,
-// as the ops read a layer's activations), sums them in each CTA, and its CTA 0 writes n floats for kernel i + 1. With a byte
-// count, its CTAs also stream that many bytes of a constant buffer between them, 16-byte loads, the
-// first four a thread issued before the wait (as the tensor-core matmuls load their first weight
-// blocks early), so the step from the floor to a bandwidth-bound kernel shows. A chain is recorded
-// once as a CUDA graph and replayed (a chain streams at most 800 MB, so large reads make short chains):
-// the median time per kernel, and the streamed bytes per second.
+// as the ops read a layer's activations), sums them in each CTA, and its CTA 0 writes n floats for
+// kernel i + 1. With a byte count, its CTAs also stream that many bytes of a constant buffer between
+// them, 16-byte loads, the first four a thread issued before the wait (as the tensor-core matmuls load
+// their first weight blocks early), so the step from the floor to a bandwidth-bound kernel shows. A
+// chain is recorded once as a CUDA graph and replayed (a chain streams at most 800 MB, so large reads
+// make short chains): the median time per kernel, and the streamed bytes per second.
 //
 //   bench_kernel_chain [--length N] [--floats N]
 #include <algorithm>
