@@ -250,7 +250,9 @@ if named ab; then
   # A fresh machine has no configured build directory: the build phase (before ab, same call) makes it.
   [ -f "$BUILD/build.ninja" ] || { echo "ab: $BUILD is not configured here: run the build phase first"; exit 1; }
   rm -f /tmp/tandem-new /tmp/tandem-ref
-  mapfile -t changed < <(git diff --name-only "$ref" -- src)
+  # Files the device's copy holds untracked (a new file of a branch: the copy's git has only what was
+  # committed where it came from) count too, so a file on one side only stops the phase before a build.
+  mapfile -t changed < <(git diff --name-only "$ref" -- src; git ls-files --others --exclude-standard -- src)
   for f in "${changed[@]}"; do
     if ! git cat-file -e "$ref:$f" 2>/dev/null || [ ! -f "$f" ]; then
       echo "ab: $f exists on one side only (build two trees instead)"
