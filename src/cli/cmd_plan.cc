@@ -38,25 +38,16 @@ bool has_safetensors(const std::string& dir) {
   return false;
 }
 
-// The checkpoint's tensor bytes; with a config.json alone (nothing downloaded yet) or --quantization,
-// what its tensors take as loaded (bf16; quantized linears in the form the loader keeps them), from
-// the same shapes the loader binds.
-int64_t checkpoint_bytes(const std::string& dir, const OnlineQuant& online = {}) {
-  if (!has_safetensors(dir) || online.any()) {
-    auto backend = make_cpu_backend(1);
-    return Gemma4Model::load(dir, *backend, LoadFormat::meta, online)->weight_bytes();
-  }
+// The checkpoint's tensor bytes; with a config.json alone (nothing downloaded yet) or online
+// quantization, what its tensors take as loaded (bf16; quantized linears in the form the loader keeps
+// them): `loaded_bytes`, the weight_bytes() of its model loaded without data (LoadFormat::meta) with
+// `online`, from the same shapes the loader binds.
+int64_t checkpoint_bytes(const std::string& dir, const OnlineQuant& online, int64_t loaded_bytes) {
+  if (!has_safetensors(dir) || online.any()) return loaded_bytes;
   const WeightStore store = WeightStore::open(dir);
   int64_t bytes = 0;
   for (const auto& [name, t] : store.tensors()) bytes += static_cast<int64_t>(t.nbytes);
   return bytes;
-}
-
-int64_t drafter_bytes(const std::string& dir, const std::string& target_dir, const OnlineQuant& online) {
-  if (has_safetensors(dir) && !online.any()) return checkpoint_bytes(dir);
-  auto backend = make_cpu_backend(1);
-  auto target = Gemma4Model::load(target_dir, *backend, LoadFormat::meta);
-  return Gemma4Assistant::load(dir, *target, LoadFormat::meta, online)->weight_bytes();
 }
 
 std::string mib(int64_t bytes) { return fmt::format("{:.1f} MiB", bytes / 1048576.0); }
@@ -77,23 +68,22 @@ int64_t largest(int64_t hi, F fits) {
 // verify block of k + 1 rows and a draft step read (the experts as uniform routing spreads k + 1 rows),
 // the roofline's times at --bandwidth, and the speedups --acceptance implies when every step takes its
 // bytes' time. The weights are the loader's views without data (LoadFormat::meta), in the format the
-// run would keep them.
-nlohmann::json byte_model(const PlanOptions& o, const std::string& dir, const OnlineQuant& online,
-                          const ModelConfig& target, const SpeculativeConfig& spec, const std::string& method, int k,
+// run would keep them: the target's `model` and the drafter's, `assistant` (method mtp) or `draft_model`
+// (method draft_model); n-gram drafts have neither.
+nlohmann::json byte_model(const PlanOptions& o, const Gemma4Model& model, const Gemma4Assistant* assistant,
+                          const Gemma4Model* draft_model, const ModelConfig& target, const std::string& method, int k,
                           DType kv_dtype) {
   if (!o.acceptance.empty() && method == "none")
     fail("--acceptance needs --speculative-config (the drafter whose steps a round pays for)");
   if (static_cast<int>(o.acceptance.size()) > kMaxSpeculativeTokens)
     fail("--acceptance: at most {} rates (k = 1 to {})", kMaxSpeculativeTokens, kMaxSpeculativeTokens);
-  auto backend = make_cpu_backend(1);
-  const auto model = Gemma4Model::load(dir, *backend, LoadFormat::meta, online);
   // A step's bytes are linear in the experts a layer touches: those of no expert, plus per expert.
   auto weights_of = [](const Gemma4Model& m) {
     const std::vector<int> none(m.config().n_layers, 0), one(m.config().n_layers, 1);
     const double base = static_cast<double>(m.step_weight_bytes(none));
     return std::pair{base, static_cast<double>(m.step_weight_bytes(one)) - base};
   };
-  const auto [base, per_expert] = weights_of(*model);
+  const auto [base, per_expert] = weights_of(model);
   auto experts = [](const ModelConfig& c, int rows) {
     return c.moe ? expected_experts(c.num_experts, c.top_k_experts, rows) : 0.0;
   };
@@ -103,14 +93,12 @@ nlohmann::json byte_model(const PlanOptions& o, const std::string& dir, const On
   };
   const double decode = target_step(1);
   double draft = 0;  // n-gram drafts read nothing on the device
-  if (method == "mtp") {
-    const auto assistant = Gemma4Assistant::load(spec.model, *model, LoadFormat::meta, spec.quantization);
+  if (assistant) {
     draft = static_cast<double>(assistant->step_weight_bytes()) +
             kv_read_bytes(assistant->config(), 1, o.context, 0, kv_dtype);
-  } else if (method == "draft_model") {
-    const auto drafter = Gemma4Model::load(spec.model, *backend, LoadFormat::meta, spec.quantization);
-    const auto [d_base, d_per_expert] = weights_of(*drafter);
-    const ModelConfig& dc = drafter->config();
+  } else if (draft_model) {
+    const auto [d_base, d_per_expert] = weights_of(*draft_model);
+    const ModelConfig& dc = draft_model->config();
     draft = d_base + experts(dc, 1) * d_per_expert + kv_read_bytes(dc, 1, o.context + 1, 0, kv_dtype);
   }
   nlohmann::json j = {{"context", o.context},
@@ -189,13 +177,16 @@ void run_plan(const PlanOptions& o) {
   const OnlineQuant online = o.quantization.parse();
   const bool stored_here = has_safetensors(dir);
   const bool counted = !stored_here || online.any();  // weights from config.json's shapes
-  int64_t weights = checkpoint_bytes(dir, online);
+  // Each model is loaded once, without data, in the format the run would keep it (the target here, the
+  // drafter below): the weights' bytes and the byte model both read it.
+  auto backend = make_cpu_backend(1);
+  const auto target_model = Gemma4Model::load(dir, *backend, LoadFormat::meta, online);
+  int64_t weights = checkpoint_bytes(dir, online, target_model->weight_bytes());
   // Images: the tower's weights (in the checkpoint's bytes already when its safetensors are here),
   // what encoding one image takes, and whether one image's soft tokens fit a step.
   nlohmann::json vision_json;
   int64_t vision_activations = 0;
   if (target.takes_images()) {
-    auto backend = make_cpu_backend(1);
     const auto tower = Gemma4Vision::load(target, *backend, LoadFormat::meta);
     const VisionConfig& v = *target.vision;
     const int soft = image_soft_token_budget(target, o.max_soft_tokens);
@@ -215,17 +206,25 @@ void run_plan(const PlanOptions& o) {
   int64_t drafter_weights = 0, drafter_kv_per_token = 0;
   int k = 0;
   std::string method = "none";
-  SpeculativeConfig spec;
+  std::unique_ptr<Gemma4Assistant> assistant;  // method mtp
+  std::unique_ptr<Gemma4Model> draft_model;    // method draft_model
   if (!o.speculative_config.empty()) {
-    spec = parse_speculative_config(o.speculative_config);
+    const SpeculativeConfig spec = parse_speculative_config(o.speculative_config);
     k = spec.num_speculative_tokens;
     method = spec.method;
     if (!spec.model.empty()) {
       const ModelConfig d = load_model_config(spec.model);
-      drafter_weights = d.is_assistant() ? drafter_bytes(spec.model, dir, spec.quantization)
-                                         : checkpoint_bytes(spec.model, spec.quantization);
       if (!d.is_assistant()) drafter_kv_per_token = d.kv_bytes_per_token(4);  // a draft model keeps its own KV
       else method = "mtp";  // reads the target's KV: no cache of its own
+      // An assistant's weights are its own checkpoint's, quantized with spec.quantization; of the target
+      // it reads only the config, backend and shard, which --quantization leaves alone, so the target
+      // loaded above serves it. Method mtp with a draft model's checkpoint fails in this load.
+      if (method == "mtp")
+        assistant = Gemma4Assistant::load(spec.model, *target_model, LoadFormat::meta, spec.quantization);
+      else
+        draft_model = Gemma4Model::load(spec.model, *backend, LoadFormat::meta, spec.quantization);
+      drafter_weights = checkpoint_bytes(spec.model, spec.quantization,
+                                         assistant ? assistant->weight_bytes() : draft_model->weight_bytes());
     }
   }
   // The CPU backend keeps K/V in f32, serve on a GPU in bf16; a verify block needs k more positions
@@ -268,7 +267,7 @@ void run_plan(const PlanOptions& o) {
                                             k - 1)
                  : 0;
   const bool fits = needed <= budget;
-  const nlohmann::json bytes_json = byte_model(o, dir, online, target, spec, method, k,
+  const nlohmann::json bytes_json = byte_model(o, *target_model, assistant.get(), draft_model.get(), target, method, k,
                                                kv_elem == 2 ? DType::BF16 : DType::F32);
 
   nlohmann::json j = {{"model", dir},
