@@ -41,9 +41,7 @@ std::unique_ptr<Gemma4Assistant> Gemma4Assistant::load(const std::string& dir, G
     if (l.n_kv_heads != tl.n_kv_heads)
       mismatch(fmt::format("KV heads of {} layers", layer_type_name(l.type)), l.n_kv_heads, tl.n_kv_heads);
     target_layers.push_back(src);
-    // (Not for a load without data: `tandem plan` makes two of those for its estimates.)
-    if (format != LoadFormat::meta)
-      log::info("drafter layer {} ({}) reads target layer {} KV", i, layer_type_name(l.type), src);
+    log::info("drafter layer {} ({}) reads target layer {} KV", i, layer_type_name(l.type), src);
   }
   if (online.lm_head && c.ordered_embeddings)
     fail("drafter {}: quantize_lm_head needs the full head; this drafter scores centroids, then gathers rows of "
