@@ -65,6 +65,33 @@ TEST(Plan, CountsWeightsAndKvAndSaysWhatFits) {
   EXPECT_GT(spec["drafter_weights_bytes"].get<int64_t>(), 0);
 }
 
+TEST(Plan, LoadsTheTargetAndTheDrafterOnce) {
+  // The weights' bytes and the byte model read the same loads without data, so each model's online
+  // quantization and the assistant's layer mapping are logged once.
+  const std::string fixtures = testing::fixtures_dir();
+  auto log_of = [&](const std::string& drafter) {
+    const std::string cmd = std::string(TANDEM_BINARY) + " plan " + fixtures + "/gemma4-moe --memory 1GiB -q int8 " +
+                            "--speculative-config '{\"model\": \"" + fixtures + "/" + drafter +
+                            "\", \"num_speculative_tokens\": 2, \"quantization\": \"int4\"}'";
+    std::string out;
+    EXPECT_EQ(testing::run_command(cmd, &out), 0) << out;
+    return out;
+  };
+  auto count = [](const std::string& text, const std::string& line) {
+    int n = 0;
+    for (size_t at = text.find(line); at != std::string::npos; at = text.find(line, at + 1)) ++n;
+    return n;
+  };
+  const std::string mtp = log_of("gemma4-moe-assistant");
+  EXPECT_EQ(count(mtp, "gemma4-moe: quantizing at load, online int8"), 1) << mtp;
+  EXPECT_EQ(count(mtp, "gemma4-moe-assistant: quantizing at load, online int4"), 1) << mtp;
+  EXPECT_EQ(count(mtp, "drafter layer 0 (sliding) reads target layer"), 1) << mtp;
+  // A draft model (here the target's own checkpoint) is a model of its own, loaded once too.
+  const std::string draft_model = log_of("gemma4-moe");
+  EXPECT_EQ(count(draft_model, "gemma4-moe: quantizing at load, online int8"), 1) << draft_model;
+  EXPECT_EQ(count(draft_model, "gemma4-moe: quantizing at load, online int4"), 1) << draft_model;
+}
+
 TEST(Plan, WorksFromConfigJsonAlone) {
   // No safetensors: the weights are what the loader's shapes take in bf16, which for the published
   // geometries is exactly 2 bytes × the parameter counts in shared/research/gemma4-target.md §6.2.
