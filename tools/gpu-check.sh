@@ -250,8 +250,9 @@ if named ab; then
   # A fresh machine has no configured build directory: the build phase (before ab, same call) makes it.
   [ -f "$BUILD/build.ninja" ] || { echo "ab: $BUILD is not configured here: run the build phase first"; exit 1; }
   rm -f /tmp/tandem-new /tmp/tandem-ref
-  # Files the device's copy holds untracked (a new file of a branch: the copy's git has only what was
-  # committed where it came from) count too, so a file on one side only stops the phase before a build.
+  # Untracked files count too: the device's copy has this tree but a git history that stops at the commit
+  # the session started from (docs/GPU.md, thirty-sixth session), so a file added since is untracked
+  # there, and a file on one side only must stop the phase before it builds.
   mapfile -t changed < <(git diff --name-only "$ref" -- src; git ls-files --others --exclude-standard -- src)
   for f in "${changed[@]}"; do
     if ! git cat-file -e "$ref:$f" 2>/dev/null || [ ! -f "$f" ]; then
