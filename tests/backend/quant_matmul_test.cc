@@ -478,7 +478,7 @@ TEST(QuantMatmul, CudaIsBatchInvariant) {
     };
     std::vector<std::vector<float>> alone;
     for (int64_t r = 0; r < T; ++r) alone.push_back(run(r, 1));
-    for (int64_t n : {2, 3, 5, 8, 9, 17, 24, 40}) {
+    for (int64_t n : {2, 3, 4, 5, 8, 9, 17, 24, 40}) {
       const int64_t s = (n * 5) % (T - n + 1);
       const std::vector<float> batch = run(s, n);
       for (int64_t i = 0; i < n; ++i) {
@@ -585,6 +585,58 @@ TEST(QuantMatmul, CudaWideCtasKeepTheBits) {
         EXPECT_TRUE(same_bits(wide, tile)) << "moe_experts, row " << r;
         EXPECT_EQ(std::memcmp(wide.data(), moe_batch.data() + r * m.H, m.H * 4), 0)
             << "moe_experts, row " << r << " in a batch";
+      }
+    }
+  }
+}
+
+// A step of 2 .. kFewRows rows has each warp split the x values of all of its rows at once
+// (XSplit::kFewRows, mma_rows.cuh) where a bigger tile has each lane split its own row's. Whatever
+// the split, a row's bits must be those of the per-lane split (a backend made with
+// TANDEM_CUDA_FEW_ROWS=0) and of the row alone, for the dense ops at the widths their launches take
+// (8192 and 16384 weight rows: wide CTAs; 77: narrow, a partial row tile) and K = 704 (a partial last
+// block of four-bit codes).
+TEST(QuantMatmul, CudaFewRowsSplitKeepsTheBits) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
+  auto gpu = make_backend("cuda");
+  setenv("TANDEM_CUDA_FEW_ROWS", "0", 1);
+  auto lanes = make_backend("cuda");
+  unsetenv("TANDEM_CUDA_FEW_ROWS");
+  Rng rng(31);
+  const int64_t T = 4, K = 704;
+  for (const QuantCase& c : kCases) {
+    if (channel_elsewhere(c, K)) continue;
+    for (int64_t N : {int64_t{77}, int64_t{16384}}) {
+      SCOPED_TRACE(::testing::Message() << describe(c) << " N=" << N);
+      const int64_t NG = N / 2 + 1;
+      QuantWeight w = make_quant(c, 1, N, K, rng), g = make_quant(c, 1, NG, K, rng), u = make_quant(c, 1, NG, K, rng);
+      std::vector<float> x = rng.normals(T * K, 0.05f);
+      auto dense = [&](Backend& be, int64_t r0, int64_t n) {
+        DeviceQuant d(be);
+        const TensorView wd = d.weight(w), gd = d.weight(g), ud = d.weight(u);
+        const TensorView xd = d.data(x, DType::F32, {T, K}).row_slice(r0, r0 + n);
+        TensorView y = d.data(std::vector<float>(n * N, NAN), DType::F32, {n, N});
+        TensorView glu = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
+        TensorView y1 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
+        TensorView y2 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
+        be.matmul(xd, wd, y);
+        be.matmul_gelu_glu(xd, gd, ud, glu);
+        be.matmul_pair(xd, gd, y1, ud, y2);
+        std::vector<float> out = d.get<float>(y, n * N);
+        for (const TensorView* v : {&glu, &y1, &y2}) {
+          const std::vector<float> o = d.get<float>(*v, n * NG);
+          out.insert(out.end(), o.begin(), o.end());
+        }
+        return out;
+      };
+      std::vector<std::vector<float>> alone;
+      for (int64_t r = 0; r < T; ++r) alone.push_back(dense(*gpu, r, 1));
+      for (int64_t n = 2; n <= T; ++n) {
+        const std::vector<float> batch = dense(*gpu, T - n, n);
+        EXPECT_TRUE(same_bits(batch, dense(*lanes, T - n, n))) << n << " rows";
+        for (int64_t i = 0; i < n; ++i)
+          EXPECT_TRUE(same_bits(alone[T - n + i], rows_of(batch, n, i, {N, NG, NG, NG})))
+              << "row " << T - n + i << " in a batch of " << n;
       }
     }
   }

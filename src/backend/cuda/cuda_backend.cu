@@ -62,6 +62,8 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   const char* wide = std::getenv("TANDEM_CUDA_WIDE");
   wide_ctas_ = !(wide && std::string(wide) == "0");
   half_wide_ctas_ = wide_ctas_ && !(wide && std::string(wide) == "4");
+  const char* few = std::getenv("TANDEM_CUDA_FEW_ROWS");
+  few_rows_ = !(few && std::string(few) == "0");
   const char* early = std::getenv("TANDEM_CUDA_EARLY");
   early_loads_ = !(early && std::string(early) == "0");
   const char* repeat = std::getenv("TANDEM_CUDA_REPEAT");

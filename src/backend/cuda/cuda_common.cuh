@@ -500,6 +500,10 @@ class CudaBackend final : public Backend {
   // that width too (TANDEM_CUDA_WIDE=4: only the full width, the rule before them).
   bool wide_ctas() const { return wide_ctas_; }
   bool half_wide_ctas() const { return half_wide_ctas_; }
+  // Whether the tensor-core matmuls of a step of 2 .. kFewRows rows have the warp split x for all of its
+  // rows at once (XSplit::kFewRows; TANDEM_CUDA_FEW_ROWS=0: each lane its own, for measuring: the bits
+  // are the same either way).
+  bool few_rows() const { return few_rows_; }
   // Whether the tensor-core matmuls over constant weights load their first blocks before they wait for
   // the previous kernel (partial's early; TANDEM_CUDA_EARLY=0 turns it off, for measuring).
   bool early_loads() const { return early_loads_; }
@@ -611,6 +615,7 @@ class CudaBackend final : public Backend {
   bool mma_ = false;  // bf16 and quantized weights on the tensor cores (sm_80+; TANDEM_CUDA_MMA=0 turns it off, for measuring)
   bool wide_ctas_ = true;
   bool half_wide_ctas_ = true;
+  bool few_rows_ = true;     // few_rows()
   bool early_loads_ = true;  // early_loads()
   // TANDEM_CUDA_REPEAT: the name (launch's `what`) of a kernel issued twice in a row wherever it is
   // issued, or empty. For measuring what a kernel costs inside a recorded step (the step's time grows

@@ -104,7 +104,8 @@ __global__ void pack_rows_kernel(const float* __restrict__ x, int64_t ldx, int64
 // and K slice (grid: column tiles × row tiles × split.slices). kGlu: y = gelu_tanh(x · wᵀ) · (x · upᵀ)
 // with the same sums (the same bits as two such matmuls and gelu_tanh_mul). kPair: the first half of
 // the column tiles write y = x · wᵀ, the second half y2 = x · upᵀ (two projections of one x, each the
-// same bits as its own launch). ONE_ROW: T is 1, and every lane takes that row (OneRowX, mma_rows.cuh).
+// same bits as its own launch). X: how the x values are split (XSplit, mma_rows.cuh); with kOneRow T is 1,
+// and every lane takes that row.
 // VPW > 1 (quantized rows, TILES 1): a CTA takes VPW tiles of 16 columns, each warp VPW virtual warps of
 // one (mma_quant.cuh). early: w and up are model constants, so their first loads may come before the
 // wait for the previous kernel (partial's early). x is the previous kernel's output, so it is not
@@ -112,8 +113,8 @@ __global__ void pack_rows_kernel(const float* __restrict__ x, int64_t ldx, int64
 // promises that the data does not change while the kernel runs, so its loads may be scheduled ahead of
 // the wait. (With early loads and x __restrict__, the 8-bit golden tests' decode steps on CUDA diverged.)
 enum class MmaEpilogue { kPlain, kGlu, kPair };
-template <class W, int TILES, MmaEpilogue EPI, bool ONE_ROW, int VPW = 1>
-__global__ void __launch_bounds__(kMmaWarps * 32)
+template <class W, int TILES, MmaEpilogue EPI, XSplit X, int VPW = 1>
+__global__ void __launch_bounds__(kMmaWarps * 32, (kMmaMinCtas<EPI == MmaEpilogue::kGlu ? 2 : 1, X>))
     matmul_mma_kernel(const float* x, int64_t ldx, W w, W up, int64_t K, float* __restrict__ y,
                       int64_t ldy, float* __restrict__ y2, int64_t ldy2, int64_t T, int64_t N, MmaSplit split,
                       bool early) {
@@ -121,6 +122,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   constexpr bool GLU = EPI == MmaEpilogue::kGlu;
   constexpr int NT = GLU ? 2 : 1;
   __shared__ MmaReduceSmem<NT, TILES, VPW> sm;
+  constexpr int kStash = W::template stash_words<NT, X>();
+  __shared__ __align__(16) uint32_t stash[kMmaWarps][kStash > 0 ? kStash : 1];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
   const bool second = EPI == MmaEpilogue::kPair && blockIdx.x >= gridDim.x / 2;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x - (second ? gridDim.x / 2 : 0)) * kMmaRows * VPW;
@@ -138,14 +141,14 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   const float* xr[TILES];
 #pragma unroll
   for (int i = 0; i < TILES; ++i) {
-    const int64_t r = t0 + i * kMmaTile + (ONE_ROW ? 0 : g);
+    const int64_t r = t0 + i * kMmaTile + (X == XSplit::kOneRow ? 0 : g);
     xr[i] = r < T ? x + r * ldx : nullptr;
   }
   const int slice = static_cast<int>(blockIdx.z);
   const int64_t blocks = W::blocks(K);  // slice s sums blocks [blocks · s / slices, blocks · (s + 1) / slices)
   float c[VPW * TILES][NT][4] = {};
-  W::template partial<NT, TILES, ONE_ROW, VPW>(sets, rows, K, xr, blocks * slice / split.slices,
-                                               blocks * (slice + 1) / split.slices, warp, lane, c, early);
+  W::template partial<NT, TILES, X, VPW>(sets, rows, K, xr, blocks * slice / split.slices,
+                                               blocks * (slice + 1) / split.slices, warp, lane, c, stash[warp], early);
   const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
   mma_finish<NT, TILES, VPW>(c, sm, warp, lane, split, tile, slice, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
     const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;
@@ -272,14 +275,14 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
         auto go = [&]<MmaEpilogue EPI>() {
           if constexpr (TILES == 1) {
             // One x tile (decode, verify): a CTA per VPW row tiles (with_mma_width), with the column
-            // CTAs, split and kernel of that VPW; one row takes the ONE_ROW kernels.
-            auto tile = [&]<bool ONE>() {
+            // CTAs, split and kernel of that VPW, and the kernels of its x split (x_split_of).
+            with_x_split(n_rows, few_rows_, [&]<XSplit X>() {
               constexpr int NT = EPI == MmaEpilogue::kGlu ? 2 : 1;
               const int64_t slice_blocks = (W::blocks(K) + slices - 1) / slices;
               constexpr int kWide = kMmaWideVpw<W, NT>;
-              constexpr auto narrow = matmul_mma_kernel<W, 1, EPI, ONE, 1>;
-              constexpr auto wide = matmul_mma_kernel<W, 1, EPI, ONE, kWide>;
-              constexpr auto half = matmul_mma_kernel<W, 1, EPI, ONE, (kWide > 2 ? 2 : kWide)>;
+              constexpr auto narrow = matmul_mma_kernel<W, 1, EPI, X, 1>;
+              constexpr auto wide = matmul_mma_kernel<W, 1, EPI, X, kWide>;
+              constexpr auto half = matmul_mma_kernel<W, 1, EPI, X, (kWide > 2 ? 2 : kWide)>;
               with_mma_width<W, NT, narrow, wide, half>(
                   wide_ctas_, half_wide_ctas_, n_tiles, slices * (w_tiles / n_tiles), slice_blocks, sm_count(),
                   [&]<int VPW, auto KERNEL>() {
@@ -289,13 +292,11 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
                            dim3(static_cast<unsigned>(col_ctas), 1, static_cast<unsigned>(slices)), kMmaWarps * 32, 0,
                            xr, lda, rows, up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, s, early);
                   });
-            };
-            if (n_rows == 1) tile.template operator()<true>();
-            else tile.template operator()<false>();
+            });
           } else {
             const MmaSplit split = mma_split(w_tiles * tt, slices, floats);
             const dim3 grid(static_cast<unsigned>(w_tiles), static_cast<unsigned>(tt), static_cast<unsigned>(slices));
-            launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, EPI, false>, grid, kMmaWarps * 32, 0, xr, lda, rows,
+            launch("matmul_mma_kernel", matmul_mma_kernel<W, TILES, EPI, XSplit::kLanes>, grid, kMmaWarps * 32, 0, xr, lda, rows,
                    up_rows, K, yr, y.stride(), y2r, ld2, n_rows, N, split, early);
           }
         };

@@ -33,7 +33,7 @@
 // k0 + i + {0, 4}). MMA step s (four-bit: s = 0, 1; eight-bit: s = 0) gives fragment k labels 2t, 2t +
 // 1 to pair 2s's codes and labels 2t + 8, 2t + 9 to pair 2s + 1's, for rows g (a0, a2) and g + 8 (a1,
 // a3) alike, and the B fragment of lane (g, t) reads x's parts at the same codes: b0 and b1 are
-// words 2s and 2s + 1 of the x values at k0 split in the same pairing (split_x8, OneRowX). The labels
+// words 2s and 2s + 1 of the x values at k0 split in the same pairing (split_x8, WarpSplitX). The labels
 // of a step depend on t alone, never on g, as the MMA needs (A's row g and B's column g' meet at the
 // same label in lanes (g, t) and (g', t)), and over the four lanes they cover distinct k.
 //
@@ -136,13 +136,23 @@ struct MmaQuantRows {
   // virtual warps a one-row warp may stand for (partial's VPW).
   __host__ __device__ static constexpr int load_depth(int NT, int TILES) { return TILES >= 4 ? 1 : NT >= 2 ? 2 : 4; }
 
+  // Words of a warp's x stash for partial<NT, 1, X> (stash_words_of: kFewRows stashes a block at a time).
+  template <int NT, XSplit X>
+  __host__ __device__ static constexpr int stash_words() {
+    return stash_words_of(X, load_depth(NT, 1) * 4 * kQuantChunkCodes<CODE>, 4 * kQuantChunkCodes<CODE>);
+  }
+
   // Adds this warp's partial sums over its K blocks to c[i][j], which the caller zeroes (the MMA
   // accumulator fragment: weight rows g and g + 8 of set j, x rows 2t and 2t + 1 of tile i). sets[j]:
   // set j's weight; row[j][0] / row[j][1]: the weight rows this lane's g and g + 8 stand for; x[i]: x
   // row g of tile i as f32 (16-byte aligned), or null past the step's rows (reads as zeros). The CTA
   // sums K blocks [kb_begin, kb_end) (all, or its slice of a split), warp w blocks kb_begin + w, +
   // kMmaWarps, ...: which blocks a warp sums, in which order, depends on K and the slice alone.
-  // ONE_ROW (TILES 1): x[0] is the step's only x row in every lane (OneRowX, mma_rows.cuh).
+  // X (XSplit, mma_rows.cuh): kOneRow (TILES 1): x[0] is the step's only x row in every lane; kFewRows
+  // (TILES 1): the tile has at most kFewRows rows, and the warp splits each block's x values of all of
+  // them at once.
+  //
+  // stash: the warp's stash_words<NT, X>() words of shared memory (16-byte aligned; unused with kLanes).
   //
   // early: the kernel has not called begin_kernel() yet; partial calls it once the warp's first blocks
   // of weights, scales and zeros are in flight, before it reads x, and in any case before it returns.
@@ -155,11 +165,11 @@ struct MmaQuantRows {
   // warps in order an output has the same bits as with VPW 1. It loads as many blocks at once as a
   // VPW 1 warp (U0 below), VPW neighbouring blocks at a time, so a CTA covers VPW row tiles and a
   // step with few weight rows per SM needs VPW times fewer CTAs for the same blocks in flight.
-  template <int NT, int TILES, bool ONE_ROW = false, int VPW = 1>
+  template <int NT, int TILES, XSplit X = XSplit::kLanes, int VPW = 1>
   __device__ __forceinline__ static void partial(const MmaQuantRows (&sets)[NT], const int64_t (&row)[NT][2],
                                                  int64_t K, const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
                                                  int warp, int lane, float (&c)[VPW * TILES][NT][4],
-                                                 bool early = false) {
+                                                 uint32_t* stash, bool early = false) {
     constexpr int C = kQuantChunkCodes<CODE>;
     constexpr int WC = kQuantWordCodes<CODE>;          // codes per word: a lane's share of a chunk
     constexpr int STEPS = WC / 4;                      // MMA steps per chunk (4 codes of a row per lane each)
@@ -168,11 +178,18 @@ struct MmaQuantRows {
     // U0 blocks loaded before the first is used (load_depth); with VPW virtual warps U0 / VPW blocks of
     // each: block u of an iteration is virtual warp v0 + u % VPW's (u / VPW)-th of the iteration.
     constexpr int U0 = load_depth(NT, TILES), U = U0 / VPW;
-    static_assert(!ONE_ROW || TILES == 1);
+    constexpr bool ONE_ROW = X == XSplit::kOneRow, kFew = X == XSplit::kFewRows;
+    static_assert(X == XSplit::kLanes || TILES == 1);
     static_assert(VPW == 1 || (TILES == 1 && U0 % VPW == 0 && kMmaWarps % VPW == 0));
     constexpr bool kNibblePairs = CODE == QuantCode::kU4;  // decode_word's pair order (quant_pair_code)
-    using X1 = OneRowX<ONE_ROW ? U0 : 4, 4 * C, kNibblePairs, VPW>;  // a block is 4 chunks of C codes
-    __shared__ __align__(16) typename X1::Words one_row_x[ONE_ROW ? kMmaWarps : 1];
+    using X1 = WarpSplitX<ONE_ROW ? U0 : 4, 4 * C, kNibblePairs, VPW>;  // a block is 4 chunks of C codes
+    // A few rows: one block's values of each at a time (every block of an iteration would take four
+    // times the shared memory), split and stashed before its chunks are summed.
+    using XF = WarpSplitX<1, 4 * C, kNibblePairs, 1, kFewRows>;
+    static_assert(4 * stash_words<NT, X>() >= (ONE_ROW ? sizeof(typename X1::Words) : kFew ? sizeof(typename XF::Words) : 0));
+    auto& one_row_x = *reinterpret_cast<typename X1::Words*>(stash);
+    auto& few_x = *reinterpret_cast<typename XF::Words*>(stash);
+    const int few_rows = kFew ? tile_rows(x[0]) : 0;
     const int t = lane % 4, g = lane / 4, quad = lane & ~3;
     // Chunk and block numbers within a row fit an int (mma_quant_fit): 32-bit index arithmetic.
     const int n_chunks = static_cast<int>(K / C);
@@ -219,14 +236,21 @@ struct MmaQuantRows {
       if (early) begin_kernel(), early = false;  // x is the previous kernel's output
       X1 x1;
       if constexpr (ONE_ROW) {
-        x1.load(x[0], kb0, int64_t{ch_end} * C, lane);
-        x1.stash(one_row_x[warp], lane);
+        x1.load(x[0], 1, kb0, int64_t{ch_end} * C, lane);
+        x1.stash(one_row_x, lane);
         __syncwarp();
       }
 #pragma unroll
       for (int u = 0; u < U0; ++u) {
         if (nc[u] == 0) break;  // past the slice (so are the blocks after it): the same for the whole warp
         const int kb = kb0 + u % VPW + kMmaWarps * (u / VPW);
+        if constexpr (kFew) {
+          XF xf;
+          xf.load(x[0], few_rows, kb, int64_t{ch_end} * C, lane);
+          __syncwarp();  // every lane has read the previous block's parts
+          xf.stash(few_x, lane);
+          __syncwarp();
+        }
 #pragma unroll
         for (int jc = 0; jc < 4; ++jc) {
           if (jc >= nc[u]) break;  // past the row's last chunk
@@ -257,7 +281,7 @@ struct MmaQuantRows {
             // − 1 of block u, so one MMA per step forms all three parts' sums: lane t = 0 gets columns 0
             // (hi) and 1 (mid), lane t = 1 column 2 (lo), and the other columns are never read.
             uint32_t xw[2 * STEPS];
-            const uint32_t* xp = &one_row_x[warp][g % kMmaParts][(u * 4 * C + jc * C + WC * t) / 2];
+            const uint32_t* xp = &one_row_x[0][g % kMmaParts][(u * 4 * C + jc * C + WC * t) / 2];
             if constexpr (STEPS == 2) {
               const uint4 v = *reinterpret_cast<const uint4*>(xp);
               xw[0] = v.x, xw[1] = v.y, xw[2] = v.z, xw[3] = v.w;
@@ -281,11 +305,27 @@ struct MmaQuantRows {
           } else {
 #pragma unroll
             for (int i = 0; i < TILES; ++i) {
-              // x row g at codes k0 .. k0 + 4 · STEPS − 1, split into its three bf16 parts
-              const float4* xr = reinterpret_cast<const float4*>(x[i] + k0);
-              const float4 zero_f4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+              // x row g at codes k0 .. k0 + 4 · STEPS − 1, split into its three bf16 parts (zeros past
+              // the step's rows): from the warp's stash, or by this lane
               uint4 part[kMmaParts];
-              split_x8<kNibblePairs>(x[i] ? xr[0] : zero_f4, STEPS == 2 && x[i] ? xr[1] : zero_f4, part);
+              if constexpr (kFew) {
+                const int w0 = (jc * C + WC * t) / 2;
+#pragma unroll
+                for (int p = 0; p < kMmaParts; ++p) {
+                  part[p] = make_uint4(0, 0, 0, 0);
+                  if (g >= few_rows) continue;
+                  if constexpr (STEPS == 2) {
+                    part[p] = *reinterpret_cast<const uint4*>(&few_x[g][p][w0]);
+                  } else {
+                    const uint2 v = *reinterpret_cast<const uint2*>(&few_x[g][p][w0]);
+                    part[p].x = v.x, part[p].y = v.y;
+                  }
+                }
+              } else {
+                const float4* xr = reinterpret_cast<const float4*>(x[i] + k0);
+                const float4 zero_f4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                split_x8<kNibblePairs>(x[i] ? xr[0] : zero_f4, STEPS == 2 && x[i] ? xr[1] : zero_f4, part);
+              }
 #pragma unroll
               for (int j = 0; j < NT; ++j) {
                 float acc[kMmaParts][4] = {};

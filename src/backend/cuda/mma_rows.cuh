@@ -10,7 +10,7 @@
 // split into three bf16 parts and each step runs three MMAs into the same f32 accumulators. Products
 // of bf16 values are exact, so the result is an f32 dot product in another summation order than the
 // CUDA-core kernels', not a bf16 one. Each lane splits the f32 x values it loads in registers
-// (split_x8; in a one-row step the warp splits them once and shares the parts: OneRowX), so the kernels
+// (split_x8; in a step of one or a few rows the warp splits them once and shares the parts: WarpSplitX), so the kernels
 // read x as f32 rows and no op needs a separate splitting pass. Truncating
 // instead of rounding makes the split exact: hi holds x's top 8 significant bits, mid the next 8 of
 // what is left, lo the rest (at most 8 bits), so x = hi + mid + lo exactly for every finite x whose
@@ -39,6 +39,8 @@
 // order whatever the other rows of the tile are (an MMA computes each column of its tile on its own),
 // and the path is chosen by the weight alone, so a row's result never depends on the batch.
 #pragma once
+#include <type_traits>
+
 #include "backend/cuda/cuda_common.cuh"
 
 namespace tandem {
@@ -99,39 +101,54 @@ __device__ __forceinline__ void split_x8(const float4& lo4, const float4& hi4, u
   for (int p = 0; p < kMmaParts; ++p) part[p] = make_uint4(w[0][p], w[1][p], w[2][p], w[3][p]);
 }
 
-// A step of one x row (decode): its x parts split once per warp instead of once per lane.
+// A step of one x row (decode) or a few (verify, small batches): its x parts split once per warp
+// instead of once per lane.
 //
-// With several x rows, lane (g, t) loads and splits the values of x row g its MMA fragments take.
-// With one row, the eight lanes g of a quad position t would all split the same values, and at
-// decode sizes that splitting was most of a quantized kernel's instructions (a 16-byte chunk of
-// four-bit codes needs 32 x values split). So the warp's 32 lanes split the x values of the U
-// blocks it loads at once between them, store the parts in the warp's shared memory, and each lane
-// reads back the words of its fragments, the same in every lane g: the MMA's other 7 columns repeat
-// column 0, whose sums are what they would be with zero columns (an MMA computes each column on its
-// own). The parts are the same bits whoever splits them, so a row's result is the same as in a batch.
+// With several x rows, lane (g, t) loads and splits the values of x row g its MMA fragments take, so
+// each 16-byte chunk of a block costs every lane a split, and in a step of T < 8 rows the lanes of
+// rows T .. 7 split zeros. With one row, the eight lanes g of a quad position t would all split the
+// same values, and at decode sizes that splitting was most of a quantized kernel's instructions (a
+// 16-byte chunk of four-bit codes needs 32 x values split). So the warp's 32 lanes split the x values
+// of the blocks it is about to use between them, ROWS rows of them (ROWS 1: every lane's x is the
+// step's row; else lane g's x is row g's, null from row `rows` on), store the parts in the warp's
+// shared memory, and each lane reads back the words of its fragments: with one row the same in every
+// lane g (the MMA's other 7 columns repeat column 0, whose sums are what they would be with zero
+// columns: an MMA computes each column on its own), with several row g's. The parts are the same bits
+// whoever splits them, so a row's result is the same as in a batch.
 //
 // Values: U blocks of VB values each, block q's value o at index q · VB + o. Block q is x's block
 // kb0 + kMmaWarps · q (x position (kb0 + kMmaWarps · q) · VB + o), or for a warp that stands for VPW
-// virtual warps (mma_quant.cuh) kb0 + q % VPW + kMmaWarps · (q / VPW). A lane takes units of 4 values
-// (indices 4 (32 f + L) .. + 3 for lane L), or with NIBBLE_PAIRS of 8 (split_x8's pairing), and stores
-// word i of part p (values 2i and 2i + 1, or the NIBBLE_PAIRS pair of that place) at words[p][i].
-template <int U, int VB, bool NIBBLE_PAIRS = false, int VPW = 1>
-struct OneRowX {
-  static constexpr int kUnit = NIBBLE_PAIRS ? 8 : 4, kValues = U * VB, kUnits = kValues / (32 * kUnit);
-  static_assert(kValues % (32 * kUnit) == 0 && VB % kUnit == 0, "whole units per lane");
-  using Words = uint32_t[kMmaParts][kValues / 2];
+// virtual warps (mma_quant.cuh) kb0 + q % VPW + kMmaWarps · (q / VPW). The lanes take units of 4 values
+// (row r's indices 4 o .. + 3 as unit r · kRowUnits + o, unit i in lane i % 32), or with NIBBLE_PAIRS of
+// 8 (split_x8's pairing), and store word i of part p of row r (values 2i and 2i + 1, or the NIBBLE_PAIRS
+// pair of that place) at words[r][p][i].
+template <int U, int VB, bool NIBBLE_PAIRS = false, int VPW = 1, int ROWS = 1>
+struct WarpSplitX {
+  static constexpr int kUnit = NIBBLE_PAIRS ? 8 : 4, kValues = U * VB, kRowUnits = kValues / kUnit;
+  static constexpr int kUnits = ROWS * kRowUnits / 32;  // per lane
+  static_assert(ROWS * kRowUnits % 32 == 0, "whole units per lane");
+  static_assert(VB % kUnit == 0, "whole units per block");
+  using Words = uint32_t[ROWS][kMmaParts][kValues / 2];
   float4 v[kUnits][kUnit / 4];
+  int rows;  // of the step (at most ROWS): the units of rows past it are neither loaded nor split
 
-  // Loads this lane's values of the warp's U blocks from x (16-byte aligned); zeros at x positions
-  // k_end and beyond (a multiple of the unit: a unit lies wholly before or after it).
-  __device__ __forceinline__ void load(const float* x, int64_t kb0, int64_t k_end, int lane) {
+  // Loads this lane's values of the warp's U blocks from the rows' x (16-byte aligned); zeros at x
+  // positions k_end and beyond (a multiple of the unit: a unit lies wholly before or after it).
+  __device__ __forceinline__ void load(const float* x, int n_rows, int64_t kb0, int64_t k_end, int lane) {
+    rows = n_rows;
 #pragma unroll
     for (int f = 0; f < kUnits; ++f) {
-      const int i = kUnit * (32 * f + lane), q = i / VB;
-      const int64_t k = (kb0 + q % VPW + kMmaWarps * (q / VPW)) * VB + i % VB;
+      if (32 * f >= rows * kRowUnits) break;  // the same in every lane
+      const int i = 32 * f + lane, r = ROWS == 1 ? 0 : i / kRowUnits, o = kUnit * (i % kRowUnits), q = o / VB;
+      // Row r's x is lane 4r's (every lane's with one row).
+      const float* xr = ROWS == 1 ? x
+                                  : reinterpret_cast<const float*>(__shfl_sync(
+                                        0xFFFFFFFFu, reinterpret_cast<unsigned long long>(x), 4 * (r < rows ? r : 0)));
+      const int64_t k = (kb0 + q % VPW + kMmaWarps * (q / VPW)) * VB + o % VB;
 #pragma unroll
       for (int h = 0; h < kUnit / 4; ++h)
-        v[f][h] = k < k_end ? *reinterpret_cast<const float4*>(x + k + 4 * h) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        v[f][h] = r < rows && k < k_end ? *reinterpret_cast<const float4*>(xr + k + 4 * h)
+                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
   }
   // Splits them and stores their parts' words in the warp's `words`; the caller then __syncwarp()s
@@ -139,21 +156,57 @@ struct OneRowX {
   __device__ __forceinline__ void stash(Words& words, int lane) const {
 #pragma unroll
     for (int f = 0; f < kUnits; ++f) {
-      const int w0 = kUnit / 2 * (32 * f + lane);
+      if (32 * f >= rows * kRowUnits) break;
+      const int i = 32 * f + lane, r = ROWS == 1 ? 0 : i / kRowUnits, w0 = kUnit / 2 * (i % kRowUnits);
       if constexpr (NIBBLE_PAIRS) {
         uint4 part[kMmaParts];
         split_x8<true>(v[f][0], v[f][1], part);
 #pragma unroll
-        for (int p = 0; p < kMmaParts; ++p) *reinterpret_cast<uint4*>(&words[p][w0]) = part[p];
+        for (int p = 0; p < kMmaParts; ++p) *reinterpret_cast<uint4*>(&words[r][p][w0]) = part[p];
       } else {
         uint2 part[kMmaParts];
         split_x4(v[f][0], part);
 #pragma unroll
-        for (int p = 0; p < kMmaParts; ++p) *reinterpret_cast<uint2*>(&words[p][w0]) = part[p];
+        for (int p = 0; p < kMmaParts; ++p) *reinterpret_cast<uint2*>(&words[r][p][w0]) = part[p];
       }
     }
   }
 };
+
+// How the kernels split the x values of a tile into their parts (partial's X): each lane its own row's
+// (kLanes: any tile), the warp once for the step's only row, which every lane takes (kOneRow), or the
+// warp once for a tile of at most kFewRows rows (kFewRows: lane g's row g, null from the step's last
+// row on). The two warp splits share its work between the lanes (WarpSplitX); the bits are the same.
+enum class XSplit { kLanes, kOneRow, kFewRows };
+
+// The most rows of a kFewRows tile: 3 KB of shared memory a warp for 128 values of each.
+constexpr int kFewRows = 4;
+
+// The split for a one-tile step of `rows` x rows (at most 8); `few`: kFewRows may be taken
+// (CudaBackend::few_rows).
+inline XSplit x_split_of(int64_t rows, bool few) {
+  return rows == 1 ? XSplit::kOneRow : few && rows <= kFewRows ? XSplit::kFewRows : XSplit::kLanes;
+}
+
+// The x rows of a kFewRows tile (lane g's x: row g, null from the step's last row on), in every lane.
+__device__ __forceinline__ int tile_rows(const float* x) { return __popc(__ballot_sync(0xFFFFFFFFu, x != nullptr)) / 4; }
+
+// Words of shared memory a warp of a one-tile partial with split X stashes x parts in (WarpSplitX): with
+// kOneRow the `iteration` x values a warp loads at once, with kFewRows `few` values of each of kFewRows
+// rows. A kernel declares them (stash_words of its weight rows) and hands each warp its own.
+__host__ __device__ constexpr int stash_words_of(XSplit x, int iteration, int few) {
+  return x == XSplit::kOneRow ? kMmaParts * iteration / 2 : x == XSplit::kFewRows ? kFewRows * kMmaParts * few / 2 : 0;
+}
+
+// Calls f.template operator()<X>() with x_split_of(rows, few).
+template <class F>
+void with_x_split(int64_t rows, bool few, F&& f) {
+  switch (x_split_of(rows, few)) {
+    case XSplit::kOneRow: return f.template operator()<XSplit::kOneRow>();
+    case XSplit::kFewRows: return f.template operator()<XSplit::kFewRows>();
+    case XSplit::kLanes: return f.template operator()<XSplit::kLanes>();
+  }
+}
 
 // A 16-byte chunk of a weight row, read once (no L1 allocation) with L2 asked for the 256-byte
 // segment around it: the CTA's other warps read the rest of it next.
@@ -193,29 +246,43 @@ struct MmaBf16Rows {
   // 64-byte blocks of a row of K elements (32 bf16 values): the unit warps take turns over.
   __host__ __device__ static int64_t blocks(int64_t K) { return (K / 8 + 3) / 4; }
 
+  // Blocks whose chunks a warp loads before the first is used.
+  __host__ __device__ static constexpr int load_blocks(int NT, int TILES) { return NT * TILES >= 8 ? 2 : 4; }
+
+  // Words of a warp's x stash for partial<NT, 1, X> (stash_words_of: kFewRows stashes an iteration too).
+  template <int NT, XSplit X>
+  __host__ __device__ static constexpr int stash_words() { return stash_words_of(X, 32 * load_blocks(NT, 1), 32 * load_blocks(NT, 1)); }
+
   // Adds this warp's partial sums over its K blocks to c[i][j], which the caller zeroes (the MMA
   // accumulator fragment: weight rows g and g + 8 of set j, x rows 2t and 2t + 1 of tile i). w[j]: set
   // j's weight; row[j][0] / row[j][1]: the weight rows lane g's g and g + 8 stand for; x[i]: x row g of
   // tile i as f32 (16-byte aligned), or null past the step's rows (reads as zeros). The CTA sums K
   // blocks [kb_begin, kb_end) (all of them, or its slice of a split: cu::MmaSplit); warp w takes blocks
   // kb_begin + w, + kMmaWarps, ..., the weight and x chunks of U blocks loaded before the first is used.
-  // Which blocks a warp sums, in which order, depends on K and the slice alone. ONE_ROW (TILES 1): x[0]
-  // is the step's only x row in every lane (OneRowX). (VPW: virtual warps per warp, which only the
-  // quantized rows implement so far: mma_quant.cuh.) early: the kernel has not called begin_kernel()
+  // Which blocks a warp sums, in which order, depends on K and the slice alone. X (XSplit): kOneRow
+  // (TILES 1): x[0] is the step's only x row in every lane; kFewRows (TILES 1): the tile has at most
+  // kFewRows rows, whose x parts the warp splits at once. (VPW: virtual warps per warp, which only the
+  // quantized rows implement so far: mma_quant.cuh.) stash: the warp's stash_words<NT, X>() words of
+  // shared memory (16-byte aligned; unused with kLanes). early: the kernel has not called begin_kernel()
   // yet, and the weights are constants no kernel writes (the caller knows: a loaded model's weights,
   // not rows gathered by the previous kernel); partial calls it once the warp's first weight chunks
   // are in flight, before it reads x, and in any case before it returns.
-  template <int NT, int TILES, bool ONE_ROW = false, int VPW = 1>
+  template <int NT, int TILES, XSplit X = XSplit::kLanes, int VPW = 1>
   __device__ __forceinline__ static void partial(const MmaBf16Rows (&w)[NT], const int64_t (&row)[NT][2], int64_t K,
                                                  const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
                                                  int warp, int lane, float (&c)[VPW * TILES][NT][4],
-                                                 bool early = false) {
-    static_assert(!ONE_ROW || TILES == 1);
+                                                 uint32_t* stash, bool early = false) {
+    constexpr bool ONE_ROW = X == XSplit::kOneRow, kFew = X == XSplit::kFewRows;
+    static_assert(X == XSplit::kLanes || TILES == 1);
     static_assert(VPW == 1);
-    constexpr int U = NT * TILES >= 8 ? 2 : 4;  // blocks whose chunks are loaded before the first is used
-    using X1 = OneRowX<ONE_ROW ? U : 4, 32>;
-    __shared__ __align__(16) typename X1::Words one_row_x[ONE_ROW ? kMmaWarps : 1];
-    const int t = lane % 4;
+    constexpr int U = load_blocks(NT, TILES);
+    using X1 = WarpSplitX<ONE_ROW ? U : 4, 32>;
+    using XF = WarpSplitX<kFew ? U : 4, 32, false, 1, kFewRows>;
+    static_assert(4 * stash_words<NT, X>() >= (ONE_ROW ? sizeof(typename X1::Words) : kFew ? sizeof(typename XF::Words) : 0));
+    auto& one_row_x = *reinterpret_cast<typename X1::Words*>(stash);
+    auto& few_x = *reinterpret_cast<typename XF::Words*>(stash);
+    const int few_rows = kFew ? tile_rows(x[0]) : 0;
+    const int t = lane % 4, g = lane / 4;
     const int64_t n_chunks = K / 8, ch_end = kb_end * 4 < n_chunks ? kb_end * 4 : n_chunks;
     const uint4 zero = make_uint4(0, 0, 0, 0);
     const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -240,20 +307,26 @@ struct MmaBf16Rows {
       }
       if (early) begin_kernel(), early = false;  // x is the previous kernel's output
       X1 x1;
-      if constexpr (ONE_ROW) x1.load(x[0], kb0, ch_end * 8, lane);
+      XF xf;
+      if constexpr (ONE_ROW) x1.load(x[0], 1, kb0, ch_end * 8, lane);
+      if constexpr (kFew) xf.load(x[0], few_rows, kb0, ch_end * 8, lane);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
         const bool in = ch < ch_end;
 #pragma unroll
-        for (int i = 0; i < TILES && !ONE_ROW; ++i) {
+        for (int i = 0; i < TILES && X == XSplit::kLanes; ++i) {
           const float4* xr = reinterpret_cast<const float4*>(x[i]);
           xl[u][i] = in && xr ? xr[2 * ch] : zero4;
           xh[u][i] = in && xr ? xr[2 * ch + 1] : zero4;
         }
       }
       if constexpr (ONE_ROW) {
-        x1.stash(one_row_x[warp], lane);
+        x1.stash(one_row_x, lane);
+        __syncwarp();
+      }
+      if constexpr (kFew) {
+        xf.stash(few_x, lane);
         __syncwarp();
       }
       // Blocks past the end multiply zeros: no branch, so the compiler keeps every load in flight.
@@ -264,7 +337,11 @@ struct MmaBf16Rows {
           uint4 xv[kMmaParts];
           if constexpr (ONE_ROW) {  // values 32u + 8t .. + 7
 #pragma unroll
-            for (int p = 0; p < kMmaParts; ++p) xv[p] = *reinterpret_cast<const uint4*>(&one_row_x[warp][p][16 * u + 4 * t]);
+            for (int p = 0; p < kMmaParts; ++p) xv[p] = *reinterpret_cast<const uint4*>(&one_row_x[0][p][16 * u + 4 * t]);
+          } else if constexpr (kFew) {  // row g's (zeros past the step's rows)
+#pragma unroll
+            for (int p = 0; p < kMmaParts; ++p)
+              xv[p] = g < few_rows ? *reinterpret_cast<const uint4*>(&few_x[g][p][16 * u + 4 * t]) : make_uint4(0, 0, 0, 0);
           } else {
             split_x8(xl[u][i], xh[u][i], xv);
           }
@@ -278,11 +355,19 @@ struct MmaBf16Rows {
                          word_of(b[u][j], 2 * s + 1), word_of(xv[p], 2 * s), word_of(xv[p], 2 * s + 1));
         }
       }
-      if constexpr (ONE_ROW) __syncwarp();  // every lane has read the parts before the next stash
+      if constexpr (ONE_ROW || kFew) __syncwarp();  // every lane has read the parts before the next stash
     }
     if (early) begin_kernel();  // a warp without blocks
   }
 };
+
+// The CTAs an SM a one-tile kernel with NT row sets and split X is asked to fit (its __launch_bounds__
+// minimum; 0: none, ptxas's own choice, as for every other kernel). A kFewRows kernel holds its stash's
+// registers besides; left alone, ptxas gave those of one row set 130 to 165 registers on sm_90 (one CTA
+// an SM, where most kLanes kernels get two), and at two CTAs their gate-and-up kernels spilled, so
+// only the one-set kernels are asked for two.
+template <int NT, XSplit X>
+constexpr int kMmaMinCtas = X == XSplit::kFewRows && NT == 1 ? 2 : 0;
 
 // Shared memory for mma_finish: every (virtual) warp's fragments, per row tile of the CTA.
 template <int NT, int TILES, int VPW = 1>

@@ -368,12 +368,13 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 // columns (gate_up: 16 gate rows and their 16 up rows), and that expert's rows in tiles of 8.
 // gate_up (DOWN false): act[pos, c] = gelu_tanh(gate[e][c] · x[row(pos)]) · (up[e][c] · x[row(pos)]);
 // down (DOWN true): out[pos, n] = down[e][n] · act[pos] (x = act, k = 0, N = H rows per expert).
-// ONE_ROW (a one-token step, whose k experts are distinct when routed): a row at a time, taken by
-// every lane (OneRowX, mma_rows.cuh); an expert listed twice for the token costs a second pass. In a
-// step of a few rows (TILES 1: verify), an expert with only one of them (most of them, at k = 8 of 128)
-// takes that path too: a third of the MMAs and x split once per warp, not per lane, with the same sums
-// as a tile's (OneRowX), so the same bits. VPW > 1 (quantized rows, TILES 1): a CTA takes VPW tiles of
-// 16 columns, each warp VPW virtual warps of one.
+// X: how the x values are split (XSplit, mma_rows.cuh). kOneRow (a one-token step, whose k experts are
+// distinct when routed): a row at a time, taken by every lane; an expert listed twice for the token
+// costs a second pass. In a step of a few rows (TILES 1: verify), an expert with only one of them (most
+// of them, at k = 8 of 128) takes that path too: a third of the MMAs and x split once per warp, not per
+// lane, with the same sums as a tile's, so the same bits (the launches take kOneRow and kLanes only:
+// an expert's tile of several rows is rare in a verify step). VPW > 1 (quantized rows, TILES 1): a CTA
+// takes VPW tiles of 16 columns, each warp VPW virtual warps of one.
 //
 // early (the down projection of a one-tile step over quantized weights): the grouping (offsets, active)
 // is the routing's, two or more kernels back, which has completed when this kernel's CTAs start (the
@@ -381,7 +382,7 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 // its SM's L1) and its expert's first weight blocks before waiting for the gate_up kernel, whose output
 // x is (partial's early). x is then read through an opaque copy of its pointer, not the read-only path
 // of a const __restrict__ parameter (read_after_wait).
-template <class W, int TILES, bool DOWN, bool ONE_ROW, int VPW = 1>
+template <class W, int TILES, bool DOWN, XSplit X, int VPW = 1>
 __global__ void __launch_bounds__(kMmaWarps * 32)
     moe_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, int64_t K, int64_t N, int k,
                    const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
@@ -394,6 +395,10 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   const float* const xs = early ? read_after_wait(x) : x;
   constexpr int NT = DOWN ? 1 : 2;
   __shared__ MmaReduceSmem<NT, TILES, VPW> sm;
+  // The warps' x stash, shared by the one-row passes and those of the step's split.
+  constexpr int kOneRowStash = W::template stash_words<NT, XSplit::kOneRow>(), kSplitStash = W::template stash_words<NT, X>();
+  constexpr int kStash = TILES > 1 ? 0 : kOneRowStash > kSplitStash ? kOneRowStash : kSplitStash;
+  __shared__ __align__(16) uint32_t stash[kMmaWarps][kStash > 0 ? kStash : 1];
   // A CTA without rows still waits, so that every kernel completes after the one before it.
   // The grouping: read from L2 before the wait (early), else through the read-only path.
   auto grouping = [&](const int32_t* p) { return early ? __ldcg(p) : *p; };
@@ -412,7 +417,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   for (int j = 0; j < NT; ++j) sets[j] = w, rows[j][0] = first_row + j * N + na, rows[j][1] = first_row + j * N + nb;
   // The expert's rows from r0 on: a tile of them, or with ONE only row r0. The first pass waits for the
   // previous kernel after its first weight loads (early).
-  auto pass = [&]<bool ONE>(int32_t r0) {
+  auto pass = [&]<XSplit P>(int32_t r0) {
+    constexpr bool ONE = P == XSplit::kOneRow;
     const float* xr[TILES];
 #pragma unroll
     for (int i = 0; i < TILES; ++i) {
@@ -420,17 +426,17 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
       xr[i] = pos < end ? xs + (k ? sorted[pos] / k : pos) * ldx : nullptr;
     }
     float c[VPW * TILES][NT][4] = {};
-    W::template partial<NT, TILES, ONE, VPW>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c, early);
+    W::template partial<NT, TILES, P, VPW>(sets, rows, K, xr, 0, W::blocks(K), warp, lane, c, stash[warp], early);
     early = false;
     mma_finish<NT, TILES, VPW>(c, sm, warp, lane, MmaSplit{}, 0, 0, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
       const int64_t pos = r0 + i * kMmaTile + x_row, nc = n0 + w_row;
       if (pos < end && nc < N && !(ONE && x_row > 0)) y[pos * N + nc] = DOWN ? s[0] : gelu_tanh(s[0]) * s[NT - 1];
     });
   };
-  if constexpr (TILES == 1 && !ONE_ROW) {
-    if (end - begin == 1) return pass.template operator()<true>(begin);
+  if constexpr (TILES == 1 && X != XSplit::kOneRow) {
+    if (end - begin == 1) return pass.template operator()<XSplit::kOneRow>(begin);
   }
-  for (int32_t r0 = begin; r0 < end; r0 += ONE_ROW ? 1 : TILES * kMmaTile) pass.template operator()<ONE_ROW>(r0);
+  for (int32_t r0 = begin; r0 < end; r0 += X == XSplit::kOneRow ? 1 : TILES * kMmaTile) pass.template operator()<X>(r0);
 }
 
 // Launches moe_mma_kernel over the active experts (grid rows) for w (mma_rows_fit or mma_quant_fit),
@@ -450,14 +456,14 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
     with_mma_tiles<W>(T, [&]<int TILES>() {  // an expert has at most T rows
       if constexpr (TILES == 1) {
         // One x tile (decode, verify): a CTA per VPW row tiles (with_mma_width); one token takes the
-        // ONE_ROW kernels. The gate_up launch of a step of several tokens takes a CTA per row tile: on an
+        // kOneRow kernels. The gate_up launch of a step of several tokens takes a CTA per row tile: on an
         // H100 its wide CTAs, which the rounds of loads favour there, made the W4A16 26B-A4B T = 3 step
         // 2 % slower (docs/PERF.md, thirty-first session), while a one-token step's are 1.5 % faster.
-        auto tile = [&]<bool ONE>() {
+        auto tile = [&]<XSplit X>() {
           constexpr int NT = DOWN ? 1 : 2;
-          constexpr auto narrow = moe_mma_kernel<W, 1, DOWN, ONE, 1>;
-          constexpr auto wide = moe_mma_kernel<W, 1, DOWN, ONE, kMmaWideVpw<W, NT>>;
-          const bool wide_ctas = be.wide_ctas() && (DOWN || ONE);
+          constexpr auto narrow = moe_mma_kernel<W, 1, DOWN, X, 1>;
+          constexpr auto wide = moe_mma_kernel<W, 1, DOWN, X, kMmaWideVpw<W, NT>>;
+          const bool wide_ctas = be.wide_ctas() && (DOWN || X == XSplit::kOneRow);
           with_mma_width<W, NT, narrow, wide>(  // no VPW 2 instantiations: measure the matmuls' first
               wide_ctas, false, n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
                 const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
@@ -465,10 +471,10 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
                           dst, early);
               });
         };
-        if (T == 1) tile.template operator()<true>();
-        else tile.template operator()<false>();
+        if (T == 1) tile.template operator()<XSplit::kOneRow>();
+        else tile.template operator()<XSplit::kLanes>();
       } else {
-        be.launch(kName, moe_mma_kernel<W, TILES, DOWN, false>, grid, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk,
+        be.launch(kName, moe_mma_kernel<W, TILES, DOWN, XSplit::kLanes>, grid, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk,
                   offsets, sorted, active, E, dst, early);
       }
     });
