@@ -186,7 +186,8 @@ struct MmaQuantRows {
     // A few rows: one block's values of each at a time (every block of an iteration would take four
     // times the shared memory), split and stashed before its chunks are summed.
     using XF = WarpSplitX<1, 4 * C, kNibblePairs, 1, kFewRows>;
-    static_assert(4 * stash_words<NT, X>() >= (ONE_ROW ? sizeof(typename X1::Words) : kFew ? sizeof(typename XF::Words) : 0));
+    static_assert(4 * stash_words<NT, X>() >=
+                  (ONE_ROW ? sizeof(typename X1::Words) : kFew ? sizeof(typename XF::Words) : 0));
     auto& one_row_x = *reinterpret_cast<typename X1::Words*>(stash);
     auto& few_x = *reinterpret_cast<typename XF::Words*>(stash);
     const int few_rows = kFew ? tile_rows(x[0]) : 0;

@@ -10,8 +10,8 @@
 // split into three bf16 parts and each step runs three MMAs into the same f32 accumulators. Products
 // of bf16 values are exact, so the result is an f32 dot product in another summation order than the
 // CUDA-core kernels', not a bf16 one. Each lane splits the f32 x values it loads in registers
-// (split_x8; in a step of one or a few rows the warp splits them once and shares the parts: WarpSplitX), so the kernels
-// read x as f32 rows and no op needs a separate splitting pass. Truncating
+// (split_x8; in a step of one or a few rows the warp splits them once and shares the parts:
+// WarpSplitX), so the kernels read x as f32 rows and no op needs a separate splitting pass. Truncating
 // instead of rounding makes the split exact: hi holds x's top 8 significant bits, mid the next 8 of
 // what is left, lo the rest (at most 8 bits), so x = hi + mid + lo exactly for every finite x whose
 // parts stay normal.
@@ -189,7 +189,9 @@ inline XSplit x_split_of(int64_t rows, bool few) {
 }
 
 // The x rows of a kFewRows tile (lane g's x: row g, null from the step's last row on), in every lane.
-__device__ __forceinline__ int tile_rows(const float* x) { return __popc(__ballot_sync(0xFFFFFFFFu, x != nullptr)) / 4; }
+__device__ __forceinline__ int tile_rows(const float* x) {
+  return __popc(__ballot_sync(0xFFFFFFFFu, x != nullptr)) / 4;
+}
 
 // Words of shared memory a warp of a one-tile partial with split X stashes x parts in (WarpSplitX): with
 // kOneRow the `iteration` x values a warp loads at once, with kFewRows `few` values of each of kFewRows
@@ -251,7 +253,9 @@ struct MmaBf16Rows {
 
   // Words of a warp's x stash for partial<NT, 1, X> (stash_words_of: kFewRows stashes an iteration too).
   template <int NT, XSplit X>
-  __host__ __device__ static constexpr int stash_words() { return stash_words_of(X, 32 * load_blocks(NT, 1), 32 * load_blocks(NT, 1)); }
+  __host__ __device__ static constexpr int stash_words() {
+    return stash_words_of(X, 32 * load_blocks(NT, 1), 32 * load_blocks(NT, 1));
+  }
 
   // Adds this warp's partial sums over its K blocks to c[i][j], which the caller zeroes (the MMA
   // accumulator fragment: weight rows g and g + 8 of set j, x rows 2t and 2t + 1 of tile i). w[j]: set
@@ -278,7 +282,8 @@ struct MmaBf16Rows {
     constexpr int U = load_blocks(NT, TILES);
     using X1 = WarpSplitX<ONE_ROW ? U : 4, 32>;
     using XF = WarpSplitX<kFew ? U : 4, 32, false, 1, kFewRows>;
-    static_assert(4 * stash_words<NT, X>() >= (ONE_ROW ? sizeof(typename X1::Words) : kFew ? sizeof(typename XF::Words) : 0));
+    static_assert(4 * stash_words<NT, X>() >=
+                  (ONE_ROW ? sizeof(typename X1::Words) : kFew ? sizeof(typename XF::Words) : 0));
     auto& one_row_x = *reinterpret_cast<typename X1::Words*>(stash);
     auto& few_x = *reinterpret_cast<typename XF::Words*>(stash);
     const int few_rows = kFew ? tile_rows(x[0]) : 0;
@@ -337,11 +342,13 @@ struct MmaBf16Rows {
           uint4 xv[kMmaParts];
           if constexpr (ONE_ROW) {  // values 32u + 8t .. + 7
 #pragma unroll
-            for (int p = 0; p < kMmaParts; ++p) xv[p] = *reinterpret_cast<const uint4*>(&one_row_x[0][p][16 * u + 4 * t]);
+            for (int p = 0; p < kMmaParts; ++p)
+              xv[p] = *reinterpret_cast<const uint4*>(&one_row_x[0][p][16 * u + 4 * t]);
           } else if constexpr (kFew) {  // row g's (zeros past the step's rows)
 #pragma unroll
             for (int p = 0; p < kMmaParts; ++p)
-              xv[p] = g < few_rows ? *reinterpret_cast<const uint4*>(&few_x[g][p][16 * u + 4 * t]) : make_uint4(0, 0, 0, 0);
+              xv[p] = g < few_rows ? *reinterpret_cast<const uint4*>(&few_x[g][p][16 * u + 4 * t])
+                                   : make_uint4(0, 0, 0, 0);
           } else {
             split_x8(xl[u][i], xh[u][i], xv);
           }
