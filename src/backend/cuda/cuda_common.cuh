@@ -500,9 +500,9 @@ class CudaBackend final : public Backend {
   // that width too (TANDEM_CUDA_WIDE=4: only the full width, the rule before them).
   bool wide_ctas() const { return wide_ctas_; }
   bool half_wide_ctas() const { return half_wide_ctas_; }
-  // Whether the tensor-core matmuls of a step of 2 .. kFewRows rows have the warp split x for all of its
-  // rows at once (XSplit::kFewRows; TANDEM_CUDA_FEW_ROWS=0: each lane its own, for measuring: the bits
-  // are the same either way).
+  // Whether the tensor-core matmuls over quantized weights in a step of 2 .. kFewRows rows have the warp
+  // split x for all of its rows at once (XSplit::kFewRows; TANDEM_CUDA_FEW_ROWS=0: each lane its own,
+  // for measuring: the bits are the same either way).
   bool few_rows() const { return few_rows_; }
   // Whether the tensor-core matmuls over constant weights load their first blocks before they wait for
   // the previous kernel (partial's early; TANDEM_CUDA_EARLY=0 turns it off, for measuring).

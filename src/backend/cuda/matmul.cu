@@ -276,7 +276,8 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
           if constexpr (TILES == 1) {
             // One x tile (decode, verify): a CTA per VPW row tiles (with_mma_width), with the column
             // CTAs, split and kernel of that VPW, and the kernels of its x split (x_split_of).
-            with_x_split(n_rows, few_rows_, [&]<XSplit X>() {
+            // The few-row split only for quantized rows: with bf16 ones it measured slower (mma_rows.cuh).
+            with_x_split<!std::is_same_v<W, MmaBf16Rows>>(n_rows, few_rows_, [&]<XSplit X>() {
               constexpr int NT = EPI == MmaEpilogue::kGlu ? 2 : 1;
               const int64_t slice_blocks = (W::blocks(K) + slices - 1) / slices;
               constexpr int kWide = kMmaWideVpw<W, NT>;

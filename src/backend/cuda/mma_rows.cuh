@@ -10,8 +10,9 @@
 // split into three bf16 parts and each step runs three MMAs into the same f32 accumulators. Products
 // of bf16 values are exact, so the result is an f32 dot product in another summation order than the
 // CUDA-core kernels', not a bf16 one. Each lane splits the f32 x values it loads in registers
-// (split_x8; in a step of one or a few rows the warp splits them once and shares the parts:
-// WarpSplitX), so the kernels read x as f32 rows and no op needs a separate splitting pass. Truncating
+// (split_x8; in a one-row step the warp splits them once and shares the parts: WarpSplitX, which
+// quantized rows use for a few rows too), so the kernels read x as f32 rows and no op needs a separate
+// splitting pass. Truncating
 // instead of rounding makes the split exact: hi holds x's top 8 significant bits, mid the next 8 of
 // what is left, lo the rest (at most 8 bits), so x = hi + mid + lo exactly for every finite x whose
 // parts stay normal.
@@ -174,16 +175,16 @@ struct WarpSplitX {
 };
 
 // How the kernels split the x values of a tile into their parts (partial's X): each lane its own row's
-// (kLanes: any tile), the warp once for the step's only row, which every lane takes (kOneRow), or the
-// warp once for a tile of at most kFewRows rows (kFewRows: lane g's row g, null from the step's last
-// row on). The two warp splits share its work between the lanes (WarpSplitX); the bits are the same.
+// (kLanes: any tile), the warp once for the step's only row, which every lane takes (kOneRow), or, for
+// quantized rows (mma_quant.cuh), the warp once for a tile of at most kFewRows rows (kFewRows: lane g's
+// row g, null from the step's last row on). The two warp splits share its work between the lanes
+// (WarpSplitX); the bits are the same.
 enum class XSplit { kLanes, kOneRow, kFewRows };
 
 // The most rows of a kFewRows tile: 3 KB of shared memory a warp for 128 values of each.
 constexpr int kFewRows = 4;
 
-// The split for a one-tile step of `rows` x rows (at most 8); `few`: kFewRows may be taken
-// (CudaBackend::few_rows).
+// The split for a one-tile step of `rows` x rows (at most 8); `few`: kFewRows may be taken.
 inline XSplit x_split_of(int64_t rows, bool few) {
   return rows == 1 ? XSplit::kOneRow : few && rows <= kFewRows ? XSplit::kFewRows : XSplit::kLanes;
 }
@@ -200,12 +201,15 @@ __host__ __device__ constexpr int stash_words_of(XSplit x, int iteration, int fe
   return x == XSplit::kOneRow ? kMmaParts * iteration / 2 : x == XSplit::kFewRows ? kFewRows * kMmaParts * few / 2 : 0;
 }
 
-// Calls f.template operator()<X>() with x_split_of(rows, few).
-template <class F>
+// Calls f.template operator()<X>() with x_split_of(rows, FEW && few); without FEW, kFewRows is never
+// instantiated.
+template <bool FEW, class F>
 void with_x_split(int64_t rows, bool few, F&& f) {
-  switch (x_split_of(rows, few)) {
+  switch (x_split_of(rows, FEW && few)) {
     case XSplit::kOneRow: return f.template operator()<XSplit::kOneRow>();
-    case XSplit::kFewRows: return f.template operator()<XSplit::kFewRows>();
+    case XSplit::kFewRows:
+      if constexpr (FEW) return f.template operator()<XSplit::kFewRows>();
+      break;
     case XSplit::kLanes: return f.template operator()<XSplit::kLanes>();
   }
 }
@@ -251,10 +255,10 @@ struct MmaBf16Rows {
   // Blocks whose chunks a warp loads before the first is used.
   __host__ __device__ static constexpr int load_blocks(int NT, int TILES) { return NT * TILES >= 8 ? 2 : 4; }
 
-  // Words of a warp's x stash for partial<NT, 1, X> (stash_words_of: kFewRows stashes an iteration too).
+  // Words of a warp's x stash for partial<NT, 1, X> (stash_words_of; no kFewRows split for bf16 rows).
   template <int NT, XSplit X>
   __host__ __device__ static constexpr int stash_words() {
-    return stash_words_of(X, 32 * load_blocks(NT, 1), 32 * load_blocks(NT, 1));
+    return stash_words_of(X, 32 * load_blocks(NT, 1), 0);
   }
 
   // Adds this warp's partial sums over its K blocks to c[i][j], which the caller zeroes (the MMA
@@ -264,8 +268,8 @@ struct MmaBf16Rows {
   // blocks [kb_begin, kb_end) (all of them, or its slice of a split: cu::MmaSplit); warp w takes blocks
   // kb_begin + w, + kMmaWarps, ..., the weight and x chunks of U blocks loaded before the first is used.
   // Which blocks a warp sums, in which order, depends on K and the slice alone. X (XSplit): kOneRow
-  // (TILES 1): x[0] is the step's only x row in every lane; kFewRows (TILES 1): the tile has at most
-  // kFewRows rows, whose x parts the warp splits at once. (VPW: virtual warps per warp, which only the
+  // (TILES 1): x[0] is the step's only x row in every lane; not kFewRows, whose kernels measured 1–2 %
+  // slower than the per-lane split with bf16 rows (docs/PERF.md, thirty-seventh session). (VPW: virtual warps per warp, which only the
   // quantized rows implement so far: mma_quant.cuh.) stash: the warp's stash_words<NT, X>() words of
   // shared memory (16-byte aligned; unused with kLanes). early: the kernel has not called begin_kernel()
   // yet, and the weights are constants no kernel writes (the caller knows: a loaded model's weights,
@@ -276,18 +280,14 @@ struct MmaBf16Rows {
                                                  const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
                                                  int warp, int lane, float (&c)[VPW * TILES][NT][4],
                                                  uint32_t* stash, bool early = false) {
-    constexpr bool ONE_ROW = X == XSplit::kOneRow, kFew = X == XSplit::kFewRows;
-    static_assert(X == XSplit::kLanes || TILES == 1);
+    constexpr bool ONE_ROW = X == XSplit::kOneRow;
+    static_assert(X == XSplit::kLanes || (ONE_ROW && TILES == 1));
     static_assert(VPW == 1);
     constexpr int U = load_blocks(NT, TILES);
     using X1 = WarpSplitX<ONE_ROW ? U : 4, 32>;
-    using XF = WarpSplitX<kFew ? U : 4, 32, false, 1, kFewRows>;
-    static_assert(4 * stash_words<NT, X>() >=
-                  (ONE_ROW ? sizeof(typename X1::Words) : kFew ? sizeof(typename XF::Words) : 0));
+    static_assert(4 * stash_words<NT, X>() >= (ONE_ROW ? sizeof(typename X1::Words) : 0));
     auto& one_row_x = *reinterpret_cast<typename X1::Words*>(stash);
-    auto& few_x = *reinterpret_cast<typename XF::Words*>(stash);
-    const int few_rows = kFew ? tile_rows(x[0]) : 0;
-    const int t = lane % 4, g = lane / 4;
+    const int t = lane % 4;
     const int64_t n_chunks = K / 8, ch_end = kb_end * 4 < n_chunks ? kb_end * 4 : n_chunks;
     const uint4 zero = make_uint4(0, 0, 0, 0);
     const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -312,15 +312,13 @@ struct MmaBf16Rows {
       }
       if (early) begin_kernel(), early = false;  // x is the previous kernel's output
       X1 x1;
-      XF xf;
       if constexpr (ONE_ROW) x1.load(x[0], 1, kb0, ch_end * 8, lane);
-      if constexpr (kFew) xf.load(x[0], few_rows, kb0, ch_end * 8, lane);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t ch = (kb0 + kMmaWarps * u) * 4 + t;
         const bool in = ch < ch_end;
 #pragma unroll
-        for (int i = 0; i < TILES && X == XSplit::kLanes; ++i) {
+        for (int i = 0; i < TILES && !ONE_ROW; ++i) {
           const float4* xr = reinterpret_cast<const float4*>(x[i]);
           xl[u][i] = in && xr ? xr[2 * ch] : zero4;
           xh[u][i] = in && xr ? xr[2 * ch + 1] : zero4;
@@ -328,10 +326,6 @@ struct MmaBf16Rows {
       }
       if constexpr (ONE_ROW) {
         x1.stash(one_row_x, lane);
-        __syncwarp();
-      }
-      if constexpr (kFew) {
-        xf.stash(few_x, lane);
         __syncwarp();
       }
       // Blocks past the end multiply zeros: no branch, so the compiler keeps every load in flight.
@@ -344,11 +338,6 @@ struct MmaBf16Rows {
 #pragma unroll
             for (int p = 0; p < kMmaParts; ++p)
               xv[p] = *reinterpret_cast<const uint4*>(&one_row_x[0][p][16 * u + 4 * t]);
-          } else if constexpr (kFew) {  // row g's (zeros past the step's rows)
-#pragma unroll
-            for (int p = 0; p < kMmaParts; ++p)
-              xv[p] = g < few_rows ? *reinterpret_cast<const uint4*>(&few_x[g][p][16 * u + 4 * t])
-                                   : make_uint4(0, 0, 0, 0);
           } else {
             split_x8(xl[u][i], xh[u][i], xv);
           }
@@ -362,17 +351,17 @@ struct MmaBf16Rows {
                          word_of(b[u][j], 2 * s + 1), word_of(xv[p], 2 * s), word_of(xv[p], 2 * s + 1));
         }
       }
-      if constexpr (ONE_ROW || kFew) __syncwarp();  // every lane has read the parts before the next stash
+      if constexpr (ONE_ROW) __syncwarp();  // every lane has read the parts before the next stash
     }
     if (early) begin_kernel();  // a warp without blocks
   }
 };
 
 // The CTAs an SM a one-tile kernel with NT row sets and split X is asked to fit (its __launch_bounds__
-// minimum; 0: none, ptxas's own choice, as for every other kernel). A kFewRows kernel holds its stash's
-// registers besides; left alone, ptxas gave those of one row set 130 to 165 registers on sm_90 (one CTA
-// an SM, where most kLanes kernels get two), and at two CTAs their gate-and-up kernels spilled, so
-// only the one-set kernels are asked for two.
+// minimum; 0: none, ptxas's own choice, as for every other kernel). A kFewRows kernel (quantized rows)
+// holds its stash's registers besides; left alone, ptxas gave some of those of one row set up to 165
+// registers on sm_90 (one CTA an SM, where the kLanes kernels get two), and at two CTAs their
+// gate-and-up kernels spilled, so only the one-set kernels are asked for two.
 template <int NT, XSplit X>
 constexpr int kMmaMinCtas = X == XSplit::kFewRows && NT == 1 ? 2 : 0;
 
