@@ -269,12 +269,12 @@ struct MmaBf16Rows {
   // kb_begin + w, + kMmaWarps, ..., the weight and x chunks of U blocks loaded before the first is used.
   // Which blocks a warp sums, in which order, depends on K and the slice alone. X (XSplit): kOneRow
   // (TILES 1): x[0] is the step's only x row in every lane; not kFewRows, whose kernels measured 1–2 %
-  // slower than the per-lane split with bf16 rows (docs/PERF.md, thirty-seventh session). (VPW: virtual warps per warp, which only the
-  // quantized rows implement so far: mma_quant.cuh.) stash: the warp's stash_words<NT, X>() words of
-  // shared memory (16-byte aligned; unused with kLanes). early: the kernel has not called begin_kernel()
-  // yet, and the weights are constants no kernel writes (the caller knows: a loaded model's weights,
-  // not rows gathered by the previous kernel); partial calls it once the warp's first weight chunks
-  // are in flight, before it reads x, and in any case before it returns.
+  // slower than the per-lane split with bf16 rows (docs/PERF.md, thirty-seventh session). (VPW: virtual
+  // warps per warp, which only the quantized rows implement so far: mma_quant.cuh.) stash: the warp's
+  // stash_words<NT, X>() words of shared memory (16-byte aligned; unused with kLanes). early: the kernel
+  // has not called begin_kernel() yet, and the weights are constants no kernel writes (the caller knows:
+  // a loaded model's weights, not rows gathered by the previous kernel); partial calls it once the warp's
+  // first weight chunks are in flight, before it reads x, and in any case before it returns.
   template <int NT, int TILES, XSplit X = XSplit::kLanes, int VPW = 1>
   __device__ __forceinline__ static void partial(const MmaBf16Rows (&w)[NT], const int64_t (&row)[NT][2], int64_t K,
                                                  const float* const (&x)[TILES], int64_t kb_begin, int64_t kb_end,
