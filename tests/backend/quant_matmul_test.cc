@@ -513,6 +513,30 @@ std::vector<float> rows_of(const std::vector<float>& all, int64_t n, int64_t i, 
   return row;
 }
 
+// The dense ops' outputs for rows [r0, r0 + n) of x (rows of K, K the weights' width) on backend `be`,
+// one after another in one vector: x · wᵀ ([n, N]), matmul_gelu_glu of g and u ([n, NG]), then
+// matmul_pair of g and u ([n, NG] twice); N and NG are w's and g's rows.
+std::vector<float> dense_ops(Backend& be, const QuantWeight& w, const QuantWeight& g, const QuantWeight& u,
+                             const std::vector<float>& x, int64_t r0, int64_t n) {
+  const int64_t N = w.view.dim(0), NG = g.view.dim(0), K = w.view.cols(), T = static_cast<int64_t>(x.size()) / K;
+  DeviceQuant d(be);
+  const TensorView wd = d.weight(w), gd = d.weight(g), ud = d.weight(u);
+  const TensorView xd = d.data(x, DType::F32, {T, K}).row_slice(r0, r0 + n);
+  TensorView y = d.data(std::vector<float>(n * N, NAN), DType::F32, {n, N});
+  TensorView glu = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
+  TensorView y1 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
+  TensorView y2 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
+  be.matmul(xd, wd, y);
+  be.matmul_gelu_glu(xd, gd, ud, glu);
+  be.matmul_pair(xd, gd, y1, ud, y2);
+  std::vector<float> out = d.get<float>(y, n * N);
+  for (const TensorView* v : {&glu, &y1, &y2}) {
+    const std::vector<float> o = d.get<float>(*v, n * NG);
+    out.insert(out.end(), o.begin(), o.end());
+  }
+  return out;
+}
+
 TEST(QuantMatmul, CudaWideCtasKeepTheBits) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
   auto gpu = make_backend("cuda");
@@ -530,25 +554,7 @@ TEST(QuantMatmul, CudaWideCtasKeepTheBits) {
     SCOPED_TRACE(describe(c));
     QuantWeight w = make_quant(c, 1, N, K, rng), g = make_quant(c, 1, NG, K, rng), u = make_quant(c, 1, NG, K, rng);
     std::vector<float> x = rng.normals(T * K, 0.05f);
-    // Each op's outputs for rows [r0, r0 + n) of x on backend `be`, one vector.
-    auto dense = [&](Backend& be, int64_t r0, int64_t n) {
-      DeviceQuant d(be);
-      const TensorView wd = d.weight(w), gd = d.weight(g), ud = d.weight(u);
-      const TensorView xd = d.data(x, DType::F32, {T, K}).row_slice(r0, r0 + n);
-      TensorView y = d.data(std::vector<float>(n * N, NAN), DType::F32, {n, N});
-      TensorView glu = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
-      TensorView y1 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
-      TensorView y2 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
-      be.matmul(xd, wd, y);
-      be.matmul_gelu_glu(xd, gd, ud, glu);
-      be.matmul_pair(xd, gd, y1, ud, y2);
-      std::vector<float> out = d.get<float>(y, n * N);
-      for (const TensorView* v : {&glu, &y1, &y2}) {
-        const std::vector<float> o = d.get<float>(*v, n * NG);
-        out.insert(out.end(), o.begin(), o.end());
-      }
-      return out;
-    };
+    auto dense = [&](Backend& be, int64_t r0, int64_t n) { return dense_ops(be, w, g, u, x, r0, n); };
     const std::vector<float> batch = dense(*gpu, 0, T);
     EXPECT_TRUE(same_bits(batch, dense(*narrow, 0, T))) << "dense ops, " << T << " rows";
     for (int64_t r = 0; r < T; ++r) {
@@ -611,24 +617,7 @@ TEST(QuantMatmul, CudaFewRowsSplitKeepsTheBits) {
       const int64_t NG = N / 2 + 1;
       QuantWeight w = make_quant(c, 1, N, K, rng), g = make_quant(c, 1, NG, K, rng), u = make_quant(c, 1, NG, K, rng);
       std::vector<float> x = rng.normals(T * K, 0.05f);
-      auto dense = [&](Backend& be, int64_t r0, int64_t n) {
-        DeviceQuant d(be);
-        const TensorView wd = d.weight(w), gd = d.weight(g), ud = d.weight(u);
-        const TensorView xd = d.data(x, DType::F32, {T, K}).row_slice(r0, r0 + n);
-        TensorView y = d.data(std::vector<float>(n * N, NAN), DType::F32, {n, N});
-        TensorView glu = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
-        TensorView y1 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
-        TensorView y2 = d.data(std::vector<float>(n * NG, NAN), DType::F32, {n, NG});
-        be.matmul(xd, wd, y);
-        be.matmul_gelu_glu(xd, gd, ud, glu);
-        be.matmul_pair(xd, gd, y1, ud, y2);
-        std::vector<float> out = d.get<float>(y, n * N);
-        for (const TensorView* v : {&glu, &y1, &y2}) {
-          const std::vector<float> o = d.get<float>(*v, n * NG);
-          out.insert(out.end(), o.begin(), o.end());
-        }
-        return out;
-      };
+      auto dense = [&](Backend& be, int64_t r0, int64_t n) { return dense_ops(be, w, g, u, x, r0, n); };
       std::vector<std::vector<float>> alone;
       for (int64_t r = 0; r < T; ++r) alone.push_back(dense(*gpu, r, 1));
       for (int64_t n = 2; n <= T; ++n) {
