@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, (kMmaMinCtas<EPI == MmaEpilogu
   const int64_t blocks = W::blocks(K);  // slice s sums blocks [blocks · s / slices, blocks · (s + 1) / slices)
   float c[VPW * TILES][NT][4] = {};
   W::template partial<NT, TILES, X, VPW>(sets, rows, K, xr, blocks * slice / split.slices,
-                                               blocks * (slice + 1) / split.slices, warp, lane, c, stash[warp], early);
+                                         blocks * (slice + 1) / split.slices, warp, lane, c, stash[warp], early);
   const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
   mma_finish<NT, TILES, VPW>(c, sm, warp, lane, split, tile, slice, [&](int i, int x_row, int w_row, const float (&s)[NT]) {
     const int64_t tr = t0 + i * kMmaTile + x_row, nc = n0 + w_row;

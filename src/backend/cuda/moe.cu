@@ -396,7 +396,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   constexpr int NT = DOWN ? 1 : 2;
   __shared__ MmaReduceSmem<NT, TILES, VPW> sm;
   // The warps' x stash, shared by the one-row passes and those of the step's split.
-  constexpr int kOneRowStash = W::template stash_words<NT, XSplit::kOneRow>(), kSplitStash = W::template stash_words<NT, X>();
+  constexpr int kOneRowStash = W::template stash_words<NT, XSplit::kOneRow>();
+  constexpr int kSplitStash = W::template stash_words<NT, X>();
   constexpr int kStash = TILES > 1 ? 0 : kOneRowStash > kSplitStash ? kOneRowStash : kSplitStash;
   __shared__ __align__(16) uint32_t stash[kMmaWarps][kStash > 0 ? kStash : 1];
   // A CTA without rows still waits, so that every kernel completes after the one before it.
