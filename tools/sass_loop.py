@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Instruction counts of a CUDA kernel's main loop, from `cuobjdump -sass` output.
 
-The development machine has nvcc but no cuobjdump; `tools/gpu-check.sh sass` writes the listings of the
-matmul and MoE objects to $OUT on the GPU machine (docs/GPU.md). Usage:
+`tools/sass-here.sh FILE.cu OUTDIR` writes a listing on the development machine (nvcc, and a cuobjdump it
+fetches from Debian); `tools/gpu-check.sh sass` writes those of the matmul and MoE objects to $OUT on the GPU
+machine (docs/GPU.md). Usage:
     tools/sass_loop.py LISTING[.gz] PATTERN     PATTERN: a regular expression over mangled kernel names
 For each kernel whose name matches: its instruction count, and for its first loop (the range from the
 target of the first backward branch to that branch) the instruction count and the opcodes, most
