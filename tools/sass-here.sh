@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # SASS of one CUDA source on a machine without a GPU or cuobjdump (the development machine has nvcc
-# alone): compiles FILE.cu for sm_90 with the build's flags into a cubin, with ptxas's register and
-# spill report, and disassembles it with the cuobjdump of Debian's non-free nvidia-cuda-toolkit 11.8
-# (downloaded once, ~84 MB; only cuobjdump and the nvdisasm it runs are kept, in .cache/cuda-11.8/). Usage, from the repository root:
+# alone): compiles FILE.cu into an sm_90 cubin with the flags the CMake build gives its CUDA sources
+# (copied below), with ptxas's register and spill report, and disassembles it with the cuobjdump of
+# Debian's non-free nvidia-cuda-toolkit 11.8 (downloaded once, ~84 MB; only cuobjdump and the nvdisasm
+# it runs are kept, in .cache/cuda-11.8/). Usage, from the repository root:
 #   tools/sass-here.sh src/backend/cuda/matmul.cu OUTDIR
-# writes OUTDIR/NAME.sass (for tools/sass_loop.py) and OUTDIR/NAME.ptxas. About 1.5–6 minutes for
-# matmul.cu on two cores. The listing is that of this compiler's cubin, the same code the device builds.
+# writes OUTDIR/NAME.sass (for tools/sass_loop.py) and OUTDIR/NAME.ptxas; 3–6 minutes for matmul.cu on
+# two cores.
 #
 # CUDA 13 writes cubins in a newer ELF flavour (ABI version 8, the SM number in bits 8-15 of e_flags)
 # that the 11.8 tools refuse ("does not contain Cuda architecture information"); the copy given to
-# cuobjdump carries the older header (OS ABI 0x33, ABI version 7, e_flags 0x5a055a: sm_90 and
-# compute_90 with 64-bit addresses), which is all they read of it.
+# cuobjdump carries the older header (OS ABI 0x33, ABI version 7, e_flags 0x5a055a: sm_90, virtual
+# sm_90, 64-bit addresses, unified texture mode), which is what they check; the code is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=${1:?usage: tools/sass-here.sh FILE.cu OUTDIR}
