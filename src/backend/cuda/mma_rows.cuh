@@ -12,10 +12,9 @@
 // CUDA-core kernels', not a bf16 one. Each lane splits the f32 x values it loads in registers
 // (split_x8; in a one-row step the warp splits them once and shares the parts: WarpSplitX, which
 // quantized rows use for a few rows too), so the kernels read x as f32 rows and no op needs a separate
-// splitting pass. Truncating
-// instead of rounding makes the split exact: hi holds x's top 8 significant bits, mid the next 8 of
-// what is left, lo the rest (at most 8 bits), so x = hi + mid + lo exactly for every finite x whose
-// parts stay normal.
+// splitting pass. Truncating instead of rounding makes the split exact: hi holds x's top 8 significant
+// bits, mid the next 8 of what is left, lo the rest (at most 8 bits), so x = hi + mid + lo exactly for
+// every finite x whose parts stay normal.
 //
 // Layout: the MMA's A operand is 16 weight rows, its B operand 8 x rows (tokens), so a decode or
 // verify step of up to 8 rows is one pass. A CTA of kMmaWarps warps owns 16 weight rows of NT row sets
