@@ -242,9 +242,16 @@ struct QuantRows {
 };
 
 // The scale of each lane's group in a block whose first code is in group g (s: the row's scales as
-// row_scales gives them).
+// row_scales gives them). With several groups a block, the load is the very vector of 16 scales that
+// row_scales stored and that holds the block's groups, and each lane picks its group's from it: a load
+// at s + g spans two of those stores, which a load can take from the store buffer only when it matches
+// one (L2-resident, one thread, Zen 5: 1-4 % faster at one row of x, docs/PERF.md). A block's groups lie
+// in one such vector: there are 128 / G of them, G a power of two from 16 up, starting at a multiple of
+// 128 / G.
 inline __m512 block_scales(const QuantRows& L, const float* s, int64_t g) {
-  return L.lane_groups ? _mm512_permutexvar_ps(L.lane_group, _mm512_loadu_ps(s + g)) : _mm512_set1_ps(s[g]);
+  if (!L.lane_groups) return _mm512_set1_ps(s[g]);
+  const __m512i lanes = _mm512_add_epi32(L.lane_group, _mm512_set1_epi32(static_cast<int>(g & 15)));
+  return _mm512_permutexvar_ps(lanes, _mm512_loadu_ps(s + (g & ~int64_t{15})));
 }
 
 // The 64 code bytes of a block (wd) as its four vectors of bf16 weights, value(code) - zero through
