@@ -6,7 +6,8 @@
 # (never part of all: steps, two rounds of the decode and verify steps of the 26B-A4B in bf16, W4A16
 # and FP8 and the 31B's decode, for quick A/B calls; costs, what each kernel adds to those steps when
 # issued twice (TANDEM_CUDA_REPEAT); ab, the working tree's steps against AB_REF's (default main),
-# interleaved, both binaries from one build directory; switches, the same steps under each setting of
+# interleaved, AB_REF built in a work tree of its own (in the background of the build phase when both are
+# named); switches, the same steps under each setting of
 # measuring switches in SWITCHES, interleaved; trace, every kernel's time inside replayed steps (CUPTI,
 # tools/kernel_trace.py); chain, what a kernel of a chain of dependent kernels costs (bench_kernel_chain);
 # sass, the SASS listings of the matmul and MoE
@@ -41,10 +42,9 @@ step_rows() { grep -E "^\| (target|drafter)${1:+|$1}"; }
 
 # sources_by_content: touches the sources whose content differs from what they held at the last build in
 # $BUILD (checksums in $BUILD/.source-sums), then records the current ones; each phase that builds calls
-# it before its first ninja (ab's swaps and restores write their files anew, so ninja sees those). A warm
-# device machine keeps the build directory between calls, and a file of this tree may come back with new
-# content but an older mtime: in the twenty-sixth session (docs/GPU.md) five sources reverted to older
-# content were not rebuilt and the step runs used the previous call's binary.
+# it before its first ninja. A warm device machine keeps the build directory between calls, and a file of
+# this tree may come back with new content but an older mtime: in the twenty-sixth session (docs/GPU.md)
+# five sources reverted to older content were not rebuilt and the step runs used the previous call's binary.
 sources_by_content() {
   local sums="$BUILD/.source-sums" now
   [ -d "$BUILD" ] || return 0
@@ -70,13 +70,39 @@ if [ -d "$DEPS/usr" ]; then
   export CPATH="$DEPS/usr/include/x86_64-linux-gnu"
 fi
 
+# configure SOURCE_DIR BUILD_DIR: the CMake configuration every build here uses. Only the GPU's own
+# architecture: a full CI build compiles sm_80/89/90 + PTX. No web page: the device machine cannot reach the
+# npm registry that its build needs.
+configure() {
+  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DTANDEM_WEB_UI=OFF
+}
+
+# ab's reference: AB_REF (default main) checked out in a work tree of its own and `tandem` built there, at
+# lower priority. A warm machine keeps the tree and its build directory, so a later call with the same
+# AB_REF builds nothing. The device's copy has this tree but a git history that stops at the commit the
+# session started from (docs/GPU.md, thirty-sixth session), so AB_REF must name that commit or an older one.
+AB_TREE=/tmp/tandem-ab-ref
+build_ab_ref() {
+  local ref=${AB_REF:-main} commit
+  commit=$(git rev-parse -q --verify "$ref^{commit}") || { echo "ab: $ref is no commit here"; return 1; }
+  if [ "$(git -C "$AB_TREE" rev-parse -q --verify HEAD 2>/dev/null)" != "$commit" ]; then
+    git worktree remove --force "$AB_TREE" 2>/dev/null || rm -rf "$AB_TREE"
+    git worktree prune
+    git worktree add --detach "$AB_TREE" "$commit" || return 1
+  fi
+  configure "$AB_TREE" "$AB_TREE/build" && nice -n 10 ninja -C "$AB_TREE/build" tandem
+}
+
 if want build; then
   stamp "configure + build ($(nproc) cores)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$LOGS/gpu.txt"
-  # Only the GPU's own architecture here: a full CI build compiles sm_80/89/90 + PTX.
-  # No web page: the device machine cannot reach the npm registry that its build needs.
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DTANDEM_WEB_UI=OFF \
-    >"$LOGS/configure.log" 2>&1 || { tail -40 "$LOGS/configure.log"; exit 1; }
+  configure . "$BUILD" >"$LOGS/configure.log" 2>&1 || { tail -40 "$LOGS/configure.log"; exit 1; }
+  # With ab named too, AB_REF's build overlaps this one (two binaries in about the time of one: the
+  # fortieth session); ab waits for it.
+  if named ab; then
+    build_ab_ref >"$LOGS/ab-build-ref.log" 2>&1 &
+    ab_ref_build=$!
+  fi
   sources_by_content
   # BUILD_TARGETS (default: all) narrows the build, e.g. to test_backend for a call with little device time.
   # shellcheck disable=SC2086
@@ -237,43 +263,25 @@ for line in sys.stdin:
 '
 fi
 if named ab; then
-  # The working tree against AB_REF in one call, without a second build directory: the files under src/
-  # that differ from AB_REF are swapped for AB_REF's and `tandem` rebuilt (only what they touch), then
-  # restored and rebuilt again. The two binaries then take turns, two rounds of each AB_RUNS entry
-  # (config:tokens:context, or config:tokens:context:flags with more `bench step` flags joined by "+",
-  # e.g. gemma4-26b-a4b-w4a16:1,3:512:--quantize-lm-head; flags may hold colons, so a --speculative-config
-  # JSON without spaces adds the drafter step's row), so both see the same machine; the table rows go to
+  # The working tree against AB_REF in one call: this tree's `tandem` (from $BUILD) and AB_REF's (from its
+  # own work tree, build_ab_ref) take turns, two rounds of each AB_RUNS entry (config:tokens:context, or
+  # config:tokens:context:flags with more `bench step` flags joined by "+", e.g.
+  # gemma4-26b-a4b-w4a16:1,3:512:--quantize-lm-head; flags may hold colons, so a --speculative-config JSON
+  # without spaces adds the drafter step's row), so both see the same machine; the table rows go to
   # $OUT/ab.txt.
-  ref=${AB_REF:-main}
-  stamp "ab: working tree against $ref"
-  git rev-parse -q --verify "$ref^{commit}" >/dev/null || { echo "ab: $ref is no commit here"; exit 1; }
+  stamp "ab: working tree against ${AB_REF:-main}"
   # A fresh machine has no configured build directory: the build phase (before ab, same call) makes it.
   [ -f "$BUILD/build.ninja" ] || { echo "ab: $BUILD is not configured here: run the build phase first"; exit 1; }
   rm -f /tmp/tandem-new /tmp/tandem-ref
-  # Untracked files count too: the device's copy has this tree but a git history that stops at the commit
-  # the session started from (docs/GPU.md, thirty-sixth session), so a file added since is untracked
-  # there, and a file on one side only must stop the phase before it builds.
-  mapfile -t changed < <(git diff --name-only "$ref" -- src; git ls-files --others --exclude-standard -- src)
-  for f in "${changed[@]}"; do
-    if ! git cat-file -e "$ref:$f" 2>/dev/null || [ ! -f "$f" ]; then
-      echo "ab: $f exists on one side only (build two trees instead)"
-      exit 1
-    fi
-  done
-  [ ${#changed[@]} -gt 0 ] || echo "ab: no file under src/ differs from $ref"
   sources_by_content
   ninja -C "$BUILD" tandem >"$LOGS/ab-build-new.log" 2>&1 && cp "$BUILD/tandem" /tmp/tandem-new
-  kept=$(mktemp -d)
-  for f in "${changed[@]}"; do
-    mkdir -p "$kept/$(dirname "$f")" && cp -p "$f" "$kept/$f" && git show "$ref:$f" >"$f"
-  done
-  ninja -C "$BUILD" tandem >"$LOGS/ab-build-ref.log" 2>&1 && cp "$BUILD/tandem" /tmp/tandem-ref
-  for f in "${changed[@]}"; do cp "$kept/$f" "$f"; done
-  ninja -C "$BUILD" tandem >>"$LOGS/ab-build-new.log" 2>&1 ||  # the build directory matches the tree again
-    echo "ab: rebuilding the working tree's binary failed (logs.tar.gz: ab-build-new.log)"
+  if [ -n "${ab_ref_build:-}" ]; then
+    wait "$ab_ref_build"
+  else
+    build_ab_ref >"$LOGS/ab-build-ref.log" 2>&1
+  fi && cp "$AB_TREE/build/tandem" /tmp/tandem-ref
   [ -x /tmp/tandem-new ] && [ -x /tmp/tandem-ref ] || { echo "ab: a build failed (logs.tar.gz: ab-build-*.log)"; exit 1; }
-  # A changed header that every .cu file includes rebuilds the whole CUDA backend twice here (minutes).
-  stamp "ab: both binaries built (${#changed[@]} files swapped)"
+  stamp "ab: both binaries built"
   for round in 1 2; do
     for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1,3:512 gemma4-26b-a4b:1,3:512 gemma4-26b-a4b-w4a16:1,3:32768}; do
       IFS=: read -r cfg tokens context flags <<<"$run"
