@@ -280,7 +280,11 @@ if named ab; then
   else
     build_ab_ref >"$LOGS/ab-build-ref.log" 2>&1
   fi && cp "$AB_TREE/build/tandem" /tmp/tandem-ref
-  [ -x /tmp/tandem-new ] && [ -x /tmp/tandem-ref ] || { echo "ab: a build failed (logs.tar.gz: ab-build-*.log)"; exit 1; }
+  if [ ! -x /tmp/tandem-new ] || [ ! -x /tmp/tandem-ref ]; then
+    tail -5 "$LOGS/ab-build-ref.log"
+    echo "ab: a build failed (logs.tar.gz: ab-build-*.log)"
+    exit 1
+  fi
   stamp "ab: both binaries built"
   for round in 1 2; do
     for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1,3:512 gemma4-26b-a4b:1,3:512 gemma4-26b-a4b-w4a16:1,3:32768}; do
