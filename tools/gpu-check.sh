@@ -280,11 +280,12 @@ if named ab; then
   else
     build_ab_ref >"$LOGS/ab-build-ref.log" 2>&1
   fi && cp "$AB_TREE/build/tandem" /tmp/tandem-ref
-  if [ ! -x /tmp/tandem-new ] || [ ! -x /tmp/tandem-ref ]; then
-    tail -5 "$LOGS/ab-build-ref.log"
-    echo "ab: a build failed (logs.tar.gz: ab-build-*.log)"
+  for side in new ref; do
+    [ -x "/tmp/tandem-$side" ] && continue
+    grep -E "error|Error" "$LOGS/ab-build-$side.log" | head -20 || tail -5 "$LOGS/ab-build-$side.log"
+    echo "ab: the $side binary did not build (logs.tar.gz: ab-build-$side.log)"
     exit 1
-  fi
+  done
   stamp "ab: both binaries built"
   for round in 1 2; do
     for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1,3:512 gemma4-26b-a4b:1,3:512 gemma4-26b-a4b-w4a16:1,3:32768}; do
