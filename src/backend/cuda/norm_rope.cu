@@ -84,13 +84,14 @@ constexpr int kNormThreads = 512;
 // output's previous values are the rows the kernel kept from an earlier step (keep), in registers,
 // not read back from memory. same_sum: the step's input is the rows the step before it normed, left
 // unchanged by it (the three norms of a MoE layer's h1), so it reuses that step's scale factor, the
-// same value, instead of reducing the row again.
+// same value, instead of reducing the row again. ahead: the rows the step reads from memory (in, old)
+// are written by no earlier step of the launch, so the step before loads them with its own.
 struct NormStepArgs {
   Mat in, out;
   const void* w;  // [D] norm weight of dtype wt, or nullptr
   int wt;
   float scale;
-  bool add, in_regs, old_regs, keep, same_sum;
+  bool add, in_regs, old_regs, keep, same_sum, ahead;
 };
 struct NormChainArgs {
   NormStepArgs step[kMaxNormSteps];
@@ -98,66 +99,140 @@ struct NormChainArgs {
   float eps;
 };
 
+// A thread's elements of a row: threadIdx.x + j · blockDim.x for j < n, the row's D elements; col[j]
+// is that column, or D − 1 for the slots past the end, so every load can be unconditional (all of a
+// row's in flight together, no branch an element) and only stores and sums look at n. Computed once
+// a launch: a step's addresses are then one multiply-add an element.
+template <int PER>
+struct RowSlots {
+  unsigned col[PER];
+  int n;
+  __device__ explicit RowSlots(int D) : n(0) {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int i = static_cast<int>(threadIdx.x + j * blockDim.x);
+      col[j] = static_cast<unsigned>(i < D ? i : D - 1);
+      n += i < D;
+    }
+  }
+};
+
+// Row r of m, as a pointer the compiler cannot see into: an element's address is then one multiply-add
+// (IMAD.WIDE) from it, where the compiler otherwise folds row and column into one 64-bit index and
+// spends four instructions on each element's address. (Its loads and stores name the global space,
+// __ldcg / __stcg, since the compiler no longer knows the pointer is global.)
+__device__ __forceinline__ float* row_of(const Mat& m, int64_t r) {
+  float* p = m.p + r * m.ld;
+  asm("" : "+l"(p));
+  return p;
+}
+
+// The rows a step reads from memory, row r: v = in (unless in_regs), old = out's previous values (add
+// and not old_regs), zero in the slots past the row's end. Every load is issued before the first is
+// used, so a row costs one memory round trip.
+template <int PER>
+__device__ __forceinline__ void load_step_rows(const NormStepArgs& st, int64_t r, const RowSlots<PER>& e,
+                                               float (&v)[PER], float (&old)[PER]) {
+  const bool read_in = !st.in_regs, read_old = st.add && !st.old_regs;
+  const float* xr = row_of(st.in, r);
+  const float* yr = row_of(st.out, r);
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    if (read_in) v[j] = __ldcg(xr + e.col[j]);
+    if (read_old) old[j] = __ldcg(yr + e.col[j]);
+  }
+#pragma unroll
+  for (int j = 0; j < PER; ++j)
+    if (j >= e.n) v[j] = old[j] = 0.0f;
+}
+
+// A step's norm weights as f32 (w of dtype wt), 1 in the slots past the row's end: one branch on the
+// dtype for the row.
+template <int PER>
+__device__ __forceinline__ void load_norm_weights(const void* w, int wt, const RowSlots<PER>& e, float (&v)[PER]) {
+  auto load = [&]<int WT>() {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) v[j] = load_elem<WT>(w, e.col[j]);
+  };
+  switch (wt) {
+    case kF32: load.template operator()<kF32>(); break;
+    case kBF16: load.template operator()<kBF16>(); break;
+    case kF16: load.template operator()<kF16>(); break;
+    default: load.template operator()<kF8>(); break;
+  }
+#pragma unroll
+  for (int j = 0; j < PER; ++j)
+    if (j >= e.n) v[j] = 1.0f;
+}
+
 // The steps of rms_norms, one CTA per row: step s computes out = RMS(in) · w (+ out with add), then
 // · scale, each a separate rounding (__fmul_rn / __fadd_rn: never contracted into an FMA, as on the
 // CPU). Every step's element i is handled by the same thread, so a step reads what an earlier one
 // wrote without a barrier; the reductions alternate between two s_part buffers, since a reduction's
 // barrier is the only one between its writes and the previous reduction's reads.
 //
-// The steps are a rolled loop over the chain's arguments, not unrolled per step: a launch runs its
-// code once, so each instruction has to be fetched when first reached, and the unrolled chain (5688
-// SASS instructions for six steps) spent much of its time waiting for them (Nsight Compute on an H100:
-// 11–13 µs a launch, a quarter to a third of its warp samples "no instruction"; docs/PERF.md). At 8
-// elements a thread each step's weights are loaded during the step before (the first step's before the
-// wait: model constants that no kernel writes during a step), ahead of that step's stores, which for
-// all the compiler knows may alias them; at 16 and 64 a fifth row of registers would spill, so a step
-// loads its own. The first CTA asks L2 for every step's weights before the wait.
+// A decode step's chain is one CTA on one SM, whose time is the path its warps run, not bytes: the
+// steps are a rolled loop over the chain's arguments, not unrolled per step (a launch runs its code
+// once, so each instruction has to be fetched when first reached: the unrolled chain of six steps,
+// 5688 SASS instructions, cost 11–13 µs a launch, a quarter to a third of its warp samples "no
+// instruction"; docs/PERF.md), and a step's loads are branch-free (load_step_rows, RowSlots). At 8
+// elements a thread the step before loads each step's weights and, when ahead, its rows, ahead of its
+// own stores, which for all the compiler knows may alias them (a layer-end chain's second and third
+// steps read the experts' output and the residual: their round trips overlap the first step's); the
+// first step's weights before the wait (model constants that no kernel writes during a step). At 16
+// and 64 a step's extra rows would spill, so a step loads its own. The first CTA asks L2 for every
+// step's weights before the wait.
 template <int PER>
 __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(const __grid_constant__ NormChainArgs a) {
-  constexpr bool kNextWeights = PER == 8;
+  constexpr bool kAhead = PER == 8;
   const int64_t r = blockIdx.x;
   const int D = static_cast<int>(a.step[0].in.cols);  // at most 64 · kNormThreads (launch_rms_norms)
+  const RowSlots<PER> e(D);
   float w_cur[PER] = {};
-  if (kNextWeights && a.step[0].w) load_any_strided<PER>(a.step[0].w, a.step[0].wt, threadIdx.x, blockDim.x, D, 1.0f, w_cur);
+  if (kAhead && a.step[0].w) load_norm_weights<PER>(a.step[0].w, a.step[0].wt, e, w_cur);
   if (blockIdx.x == 0)
-    for (int s = kNextWeights ? 1 : 0; s < a.n; ++s)
+    for (int s = kAhead ? 1 : 0; s < a.n; ++s)
       if (a.step[s].w) prefetch_l2(a.step[s].w, D * wtype_bytes(a.step[s].wt), threadIdx.x, blockDim.x);
   begin_kernel();
   __shared__ __align__(16) float s_part[2][32];
-  float kept[PER] = {}, inv = 0.0f;
+  float kept[PER] = {}, v_next[PER] = {}, old_next[PER] = {}, inv = 0.0f;
   int reductions = 0;
 #pragma unroll 1
   for (int s = 0; s < a.n; ++s) {
     const NormStepArgs& st = a.step[s];
-    const float* xr = st.in.p + r * st.in.ld;
-    float* yr = st.out.p + r * st.out.ld;
-    // Every load of the step before the first use (a loop that summed as it loaded would wait one
-    // memory latency per element a thread owns), with the weights.
-    float v[PER], old[PER], w_next[kNextWeights ? PER : 1] = {};
+    float v[PER], old[PER], w_next[PER] = {};
+    if (kAhead && s > 0 && st.ahead) {
+#pragma unroll
+      for (int j = 0; j < PER; ++j) v[j] = v_next[j], old[j] = old_next[j];
+    } else {
+      load_step_rows<PER>(st, r, e, v, old);
+    }
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-      const int i = threadIdx.x + j * blockDim.x;
-      v[j] = st.in_regs ? kept[j] : i < D ? xr[i] : 0.0f;
-      old[j] = !st.add ? 0.0f : st.old_regs ? kept[j] : i < D ? yr[i] : 0.0f;
+      if (st.in_regs) v[j] = kept[j];
+      if (st.old_regs) old[j] = kept[j];
     }
-    if constexpr (kNextWeights) {
-      if (s + 1 < a.n && a.step[s + 1].w)
-        load_any_strided<PER>(a.step[s + 1].w, a.step[s + 1].wt, threadIdx.x, blockDim.x, D, 1.0f, w_next);
+    if constexpr (kAhead) {
+      if (s + 1 < a.n) {
+        const NormStepArgs& next = a.step[s + 1];
+        if (next.w) load_norm_weights<PER>(next.w, next.wt, e, w_next);
+        if (next.ahead) load_step_rows<PER>(next, r, e, v_next, old_next);
+      }
     } else if (st.w) {
-      load_any_strided<PER>(st.w, st.wt, threadIdx.x, blockDim.x, D, 1.0f, w_cur);
+      load_norm_weights<PER>(st.w, st.wt, e, w_cur);
     }
     if (!st.same_sum)
       inv = 1.0f / sqrtf(row_sum_squares<PER>(v, s_part[reductions++ % 2]) / static_cast<float>(D) + a.eps);
+    float* yr = row_of(st.out, r);
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-      const int i = threadIdx.x + j * blockDim.x;
       float y = __fmul_rn(v[j], inv);
       if (st.w) y = __fmul_rn(y, w_cur[j]);
       if (st.add) y = __fadd_rn(old[j], y);
       if (st.scale != 1.0f) y = __fmul_rn(y, st.scale);
-      if (i < D) yr[i] = y;
+      if (j < e.n) __stcg(yr + e.col[j], y);
       if (st.keep) kept[j] = y;
-      if constexpr (kNextWeights) w_cur[j] = w_next[j];
+      if constexpr (kAhead) w_cur[j] = w_next[j];
     }
   }
 }
@@ -356,6 +431,13 @@ void CudaBackend::launch_rms_norms(std::span<const RmsNormStep> steps, float eps
       k.in_regs = kept && same(kept, st.in);
       k.old_regs = st.add && kept && same(kept, st.out);
       k.same_sum = s > 0 && k.in_regs && a.step[s - 1].in_regs && !a.step[s - 1].keep;
+      // Rows read from memory that no earlier step writes: the step before may load them.
+      bool written = false;
+      for (int t = 0; t < s; ++t) {
+        const TensorView* out = steps[begin + t].out;
+        written = written || (!k.in_regs && same(out, st.in)) || (st.add && !k.old_regs && same(out, st.out));
+      }
+      k.ahead = s > 0 && !written;
       // Keep the output when it is the residual (add, in place) or replaces the kept rows; a norm
       // into another view leaves the kept rows (apart from it) as they are.
       k.keep = st.add || same(st.in, st.out) || (kept && same(kept, st.out));
