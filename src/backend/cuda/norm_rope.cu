@@ -80,6 +80,30 @@ __device__ __forceinline__ float rope_rotate(float a, float b, float c, float s,
 constexpr int kMaxNormSteps = 6;
 constexpr int kNormThreads = 512;
 
+// A measuring build (CUDAFLAGS=-DTANDEM_NORM_STAMPS, docs/GPU.md): thread 0 of each one-row rms_norms
+// launch reads the global nanosecond timer when its CTA starts, when the wait returns, after each step's
+// reduction and at each step's end, and prints them with its SM for kStampLaunches launches after
+// kStampSkip (warm-up; a 26B-A4B decode step has 62), lines starting "NORMSTAMP". A step's time inside the
+// chain, which no trace of whole kernels shows (docs/PERF.md, forty-second session).
+#ifdef TANDEM_NORM_STAMPS
+constexpr unsigned kStampSkip = 620, kStampLaunches = 124;
+__device__ unsigned g_norm_stamp_launches;
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ unsigned sm_id() {
+  unsigned v;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(v));
+  return v;
+}
+#define NORM_STAMP(slot) \
+  if (threadIdx.x == 0) s_stamp[slot] = global_ns()
+#else
+#define NORM_STAMP(slot)
+#endif
+
 // One step of rms_norms_kernel (RmsNormStep). in_regs / old_regs: the step's input rows / (add) its
 // output's previous values are the rows the kernel kept from an earlier step (keep), in registers,
 // not read back from memory. same_sum: the step's input is the rows the step before it normed, left
@@ -187,6 +211,10 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(const __grid_co
   constexpr bool kAhead = PER == 8;
   const int64_t r = blockIdx.x;
   const int D = static_cast<int>(a.step[0].in.cols);  // at most 64 · kNormThreads (launch_rms_norms)
+#ifdef TANDEM_NORM_STAMPS
+  __shared__ unsigned long long s_stamp[2 + 2 * kMaxNormSteps];
+#endif
+  NORM_STAMP(0);
   const RowSlots<PER> e(D);
   float w_cur[PER] = {};
   if (kAhead && a.step[0].w) load_norm_weights<PER>(a.step[0].w, a.step[0].wt, e, w_cur);
@@ -194,6 +222,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(const __grid_co
     for (int s = kAhead ? 1 : 0; s < a.n; ++s)
       if (a.step[s].w) prefetch_l2(a.step[s].w, D * wtype_bytes(a.step[s].wt), threadIdx.x, blockDim.x);
   begin_kernel();
+  NORM_STAMP(1);
   __shared__ __align__(16) float s_part[2][32];
   float kept[PER] = {}, v_next[PER] = {}, old_next[PER] = {}, inv = 0.0f;
   int reductions = 0;
@@ -223,6 +252,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(const __grid_co
     }
     if (!st.same_sum)
       inv = 1.0f / sqrtf(row_sum_squares<PER>(v, s_part[reductions++ % 2]) / static_cast<float>(D) + a.eps);
+    NORM_STAMP(2 + 2 * s);
     float* yr = row_of(st.out, r);
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
@@ -234,7 +264,20 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(const __grid_co
       if (st.keep) kept[j] = y;
       if constexpr (kAhead) w_cur[j] = w_next[j];
     }
+    NORM_STAMP(3 + 2 * s);
   }
+#ifdef TANDEM_NORM_STAMPS
+  if (threadIdx.x == 0 && gridDim.x == 1) {
+    const unsigned k = atomicAdd(&g_norm_stamp_launches, 1u) - kStampSkip;
+    unsigned long long step_ns[2 * kMaxNormSteps] = {};  // after the wait: each step's reduction, end
+    for (int i = 0; i < 2 * a.n; ++i) step_ns[i] = s_stamp[2 + i] - s_stamp[1];
+    if (k < kStampLaunches)
+      printf("NORMSTAMP %u steps=%d sm=%u start=%llu wait=%llu | %llu %llu | %llu %llu | %llu %llu | %llu %llu | %llu %llu"
+             " | %llu %llu\n", k + kStampSkip, a.n, sm_id(), s_stamp[0], s_stamp[1] - s_stamp[0],
+             step_ns[0], step_ns[1], step_ns[2], step_ns[3], step_ns[4], step_ns[5], step_ns[6], step_ns[7], step_ns[8],
+             step_ns[9], step_ns[10], step_ns[11]);
+  }
+#endif
 }
 
 __global__ void rope_kernel(HeadView x, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
