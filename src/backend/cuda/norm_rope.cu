@@ -75,8 +75,8 @@ __device__ __forceinline__ float rope_rotate(float a, float b, float c, float s,
 
 // The most steps one rms_norms launch takes (a longer chain runs as several launches), and the most
 // threads of its CTAs: at most 512 leaves a thread the registers for four rows of PER elements (the
-// kept row, the step's input, weight and previous output; at 8 elements a fifth, the next step's
-// weights) without spilling.
+// kept row, the step's input, weight and previous output; at 8 elements three more, the next step's
+// weights and the rows it reads ahead) without spilling.
 constexpr int kMaxNormSteps = 6;
 constexpr int kNormThreads = 512;
 
@@ -98,10 +98,14 @@ __device__ __forceinline__ unsigned sm_id() {
   asm volatile("mov.u32 %0, %%smid;" : "=r"(v));
   return v;
 }
-#define NORM_STAMP(slot) \
-  if (threadIdx.x == 0) s_stamp[slot] = global_ns()
+#define NORM_STAMP(slot)                          \
+  do {                                            \
+    if (threadIdx.x == 0) s_stamp[slot] = global_ns(); \
+  } while (0)
 #else
-#define NORM_STAMP(slot)
+#define NORM_STAMP(slot) \
+  do {                   \
+  } while (0)
 #endif
 
 // One step of rms_norms_kernel (RmsNormStep). in_regs / old_regs: the step's input rows / (add) its
