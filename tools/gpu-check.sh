@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds tandem on the GPU machine and runs every test there with the CUDA backend, then the step
 # benchmarks. Run through the device tool from the repository root (docs/GPU.md):
-#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|switches|trace|chain|sass|ncu|ncu-attention|ncu-source]...
+#   tools/gpu-check.sh [build|test|e2e|serve|bench|throughput|all|steps|costs|ab|switches|stamps|trace|chain|sass|ncu|ncu-attention|ncu-source]...
 #   (default: all)
 # (never part of all: steps, two rounds of the decode and verify steps of the 26B-A4B in bf16, W4A16
 # and FP8 and the 31B's decode, for quick A/B calls; costs, what each kernel adds to those steps when
 # issued twice (TANDEM_CUDA_REPEAT); ab, the working tree's steps against AB_REF's (default main),
 # interleaved, AB_REF built in a work tree of its own (in the background of the build phase when both are
 # named); switches, the same steps under each setting of
-# measuring switches in SWITCHES, interleaved; trace, every kernel's time inside replayed steps (CUPTI,
+# measuring switches in SWITCHES, interleaved; stamps, each step's time inside the rms_norms chains of decode
+# steps, from the measuring build TANDEM_NORM_STAMPS, under each setting in SWITCHES; trace, every kernel's time inside replayed steps (CUPTI,
 # tools/kernel_trace.py); chain, what a kernel of a chain of dependent kernels costs (bench_kernel_chain);
 # sass, the SASS listings of the matmul and MoE
 # kernels, for tools/sass_loop.py; ncu, Nsight Compute's per-kernel times of 26B-A4B decode steps, for
@@ -319,6 +320,33 @@ if named switches; then
           tee -a "$OUT/switches.txt" ||
           echo "(no step rows: $cfg under $setting failed)"
       done
+    done
+  done
+fi
+if named stamps; then
+  # rms_norms' step times (docs/GPU.md, measuring builds): the stamps build in build-stamps (its first
+  # configure with CUDAFLAGS=-DTANDEM_NORM_STAMPS), then one decode step run of each AB_RUNS entry (default the
+  # 26B-A4B in W4A16 over 512 tokens) under each setting in SWITCHES (as for switches); its NORMSTAMP lines
+  # and step row go to $OUT/stamps-N.txt, their summary (tools/norm_stamps.py) to the output.
+  stamp "stamps"
+  [ -f build-stamps/build.ninja ] || CUDAFLAGS=-DTANDEM_NORM_STAMPS configure . build-stamps >"$LOGS/stamps-configure.log" 2>&1 ||
+    { tail -20 "$LOGS/stamps-configure.log"; exit 1; }
+  BUILD=build-stamps sources_by_content
+  ninja -C build-stamps tandem >"$LOGS/stamps-build.log" 2>&1 || { grep -E "error|Error" "$LOGS/stamps-build.log" | head -20; exit 1; }
+  IFS=';' read -ra settings <<<"${SWITCHES:--}"
+  n=0
+  for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1:512}; do
+    IFS=: read -r cfg tokens context flags <<<"$run"
+    read -ra extra <<<"${flags//+/ }"
+    for setting in "${settings[@]}"; do
+      read -ra vars <<<"$setting"
+      [ "${vars[0]:-}" = - ] && vars=()
+      n=$((n + 1))
+      ( [ ${#vars[@]} -eq 0 ] || export "${vars[@]}"; bench_step build-stamps/tandem "$cfg" "$tokens" "$context" "${extra[@]}" ) |
+        step_rows NORMSTAMP >"$OUT/stamps-$n.txt" || true
+      echo "[$setting] $cfg${flags:+ $flags} context $context ($OUT/stamps-$n.txt):"
+      step_rows <"$OUT/stamps-$n.txt" || echo "(no step row)"
+      python3 tools/norm_stamps.py "$OUT/stamps-$n.txt" || true
     done
   done
 fi
