@@ -94,6 +94,14 @@ build_ab_ref() {
   configure "$AB_TREE" "$AB_TREE/build" && nice -n 10 ninja -C "$AB_TREE/build" tandem
 }
 
+# The stamps phase's binary: the measuring build TANDEM_NORM_STAMPS in build-stamps (CUDAFLAGS takes effect at
+# the directory's first configure), at lower priority.
+build_stamps() {
+  [ -f build-stamps/build.ninja ] || CUDAFLAGS=-DTANDEM_NORM_STAMPS configure . build-stamps || return 1
+  BUILD=build-stamps sources_by_content
+  nice -n 10 ninja -C build-stamps tandem
+}
+
 if want build; then
   stamp "configure + build ($(nproc) cores)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$LOGS/gpu.txt"
@@ -103,6 +111,10 @@ if want build; then
   if named ab; then
     build_ab_ref >"$LOGS/ab-build-ref.log" 2>&1 &
     ab_ref_build=$!
+  fi
+  if named stamps; then
+    build_stamps >"$LOGS/stamps-build.log" 2>&1 &
+    stamps_build=$!
   fi
   sources_by_content
   # BUILD_TARGETS (default: all) narrows the build, e.g. to test_backend for a call with little device time.
@@ -324,15 +336,16 @@ if named switches; then
   done
 fi
 if named stamps; then
-  # rms_norms' step times (docs/GPU.md, measuring builds): the stamps build in build-stamps (its first
-  # configure with CUDAFLAGS=-DTANDEM_NORM_STAMPS), then one decode step run of each AB_RUNS entry (default the
+  # rms_norms' step times (docs/GPU.md, measuring builds): build_stamps' binary (built beside the build
+  # phase's when both are named), then one decode step run of each AB_RUNS entry (default the
   # 26B-A4B in W4A16 over 512 tokens) under each setting in SWITCHES (as for switches); its NORMSTAMP lines
   # and step row go to $OUT/stamps-N.txt, their summary (tools/norm_stamps.py) to the output.
   stamp "stamps"
-  [ -f build-stamps/build.ninja ] || CUDAFLAGS=-DTANDEM_NORM_STAMPS configure . build-stamps >"$LOGS/stamps-configure.log" 2>&1 ||
-    { tail -20 "$LOGS/stamps-configure.log"; exit 1; }
-  BUILD=build-stamps sources_by_content
-  ninja -C build-stamps tandem >"$LOGS/stamps-build.log" 2>&1 || { grep -E "error|Error" "$LOGS/stamps-build.log" | head -20; exit 1; }
+  if [ -n "${stamps_build:-}" ]; then
+    wait "$stamps_build"
+  else
+    build_stamps >"$LOGS/stamps-build.log" 2>&1
+  fi || { grep -E "error|Error" "$LOGS/stamps-build.log" | head -20 || tail -5 "$LOGS/stamps-build.log"; exit 1; }
   IFS=';' read -ra settings <<<"${SWITCHES:--}"
   n=0
   for run in ${AB_RUNS:-gemma4-26b-a4b-w4a16:1:512}; do
