@@ -37,6 +37,14 @@ stamp() { echo "[$(date +%T)] $*"; }
 bench_step() {
   "$1" bench step "bench/configs/$2" --load-format dummy --device cuda --tokens "$3" --context "$4" "${@:5}" 2>&1
 }
+# bench_under SETTING BINARY CONFIG TOKENS CONTEXT [ARGS...]: bench_step with one setting of the measuring
+# switches, "NAME=VALUE ..." or "-" (none), exported in a subshell (env cannot run a function).
+bench_under() {
+  local vars
+  read -ra vars <<<"$1"
+  [ "${vars[0]:-}" = - ] && vars=()
+  ( [ ${#vars[@]} -eq 0 ] || export "${vars[@]}"; bench_step "${@:2}" )
+}
 # step_rows [PATTERN]: the step table's rows of bench_step's output (the target's steps, and the drafter's
 # with a --speculative-config), which ab, switches and trace keep, and the lines matching PATTERN too.
 step_rows() { grep -E "^\| (target|drafter)${1:+|$1}"; }
@@ -324,10 +332,7 @@ if named switches; then
       IFS=: read -r cfg tokens context flags <<<"$run"
       read -ra extra <<<"${flags//+/ }"
       for setting in "${settings[@]}"; do
-        read -ra vars <<<"$setting"
-        [ "${vars[0]:-}" = - ] && vars=()
-        # The setting's variables exported in a subshell, for bench_step (a function, which env cannot run).
-        ( [ ${#vars[@]} -eq 0 ] || export "${vars[@]}"; bench_step "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" ) |
+        bench_under "$setting" "$BUILD/tandem" "$cfg" "$tokens" "$context" "${extra[@]}" |
           step_rows | awk -v p="[$setting] $cfg${flags:+ $flags} context $context round $round " '{print p $0}' |
           tee -a "$OUT/switches.txt" ||
           echo "(no step rows: $cfg under $setting failed)"
@@ -352,11 +357,8 @@ if named stamps; then
     IFS=: read -r cfg tokens context flags <<<"$run"
     read -ra extra <<<"${flags//+/ }"
     for setting in "${settings[@]}"; do
-      read -ra vars <<<"$setting"
-      [ "${vars[0]:-}" = - ] && vars=()
       n=$((n + 1))
-      ( [ ${#vars[@]} -eq 0 ] || export "${vars[@]}"; bench_step build-stamps/tandem "$cfg" "$tokens" "$context" "${extra[@]}" ) |
-        step_rows NORMSTAMP >"$OUT/stamps-$n.txt" || true
+      bench_under "$setting" build-stamps/tandem "$cfg" "$tokens" "$context" "${extra[@]}" | step_rows NORMSTAMP >"$OUT/stamps-$n.txt" || true
       echo "[$setting] $cfg${flags:+ $flags} context $context ($OUT/stamps-$n.txt):"
       step_rows <"$OUT/stamps-$n.txt" || echo "(no step row)"
       python3 tools/norm_stamps.py "$OUT/stamps-$n.txt" || true
