@@ -108,12 +108,36 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
+// Element i of an array of WType WT as its raw bits (the f32's, or the 16- or 8-bit code zero-extended),
+// and such bits as f32; load_elem is the two in a row.
+template <int WT>
+__device__ __forceinline__ uint32_t load_elem_bits(const void* p, int64_t i) {
+  if constexpr (WT == kF32) return static_cast<const uint32_t*>(p)[i];
+  else if constexpr (WT == kBF16 || WT == kF16) return static_cast<const uint16_t*>(p)[i];
+  else return static_cast<const uint8_t*>(p)[i];
+}
+template <int WT>
+__device__ __forceinline__ float elem_bits_to_f32(uint32_t b) {
+  if constexpr (WT == kF32) return __uint_as_float(b);
+  else if constexpr (WT == kBF16) return bf16_bits_to_f32(b);
+  else if constexpr (WT == kF16) return f16_bits_to_f32(static_cast<uint16_t>(b));
+  else return f8_bits_to_f32(b);
+}
 template <int WT>
 __device__ __forceinline__ float load_elem(const void* p, int64_t i) {
-  if constexpr (WT == kF32) return static_cast<const float*>(p)[i];
-  else if constexpr (WT == kBF16) return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
-  else if constexpr (WT == kF16) return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
-  else return f8_bits_to_f32(static_cast<const uint8_t*>(p)[i]);
+  return elem_bits_to_f32<WT>(load_elem_bits<WT>(p, i));
+}
+
+// f.template operator()<WT>() for runtime WType wt: one branch (uniform across a launch) for a whole
+// loop of elements instead of one an element.
+template <class F>
+__device__ __forceinline__ void with_wtype(int wt, F&& f) {
+  switch (wt) {
+    case kF32: f.template operator()<kF32>(); break;
+    case kBF16: f.template operator()<kBF16>(); break;
+    case kF16: f.template operator()<kF16>(); break;
+    default: f.template operator()<kF8>(); break;
+  }
 }
 
 // Runtime-dtype element load for the small ops (norm weights, embeddings, expert scales).
@@ -126,30 +150,58 @@ __device__ __forceinline__ float load_any(const void* p, int wt, int64_t i) {
   }
 }
 
-// v[j] = element i0 + j · stride of a runtime-dtype array of n >= 1 elements as f32 for j < PER, or
-// `pad` where that index is n or more: one branch on the dtype for all PER elements, and every load
-// unconditional (an index past the end reads element n − 1), so all PER are in flight together.
-// (load_any per element converts inside its switch's case, so each load waits out its memory latency
-// before the next one issues: a norm kernel's weight row cost PER latencies in a row that way.)
+// A thread's PER elements of an array of n >= 1: indices i0 + j · stride (stride > 0) for j < PER.
+// col[j] is that index, or n − 1 for the slots past the end, so every load can be unconditional (all
+// PER in flight together, no branch an element), and the slots before the end are the first `valid`.
+// Computed once where a kernel reads several arrays of that shape: an element's address is then one
+// multiply-add. Indices fit an int (a row, a norm weight, a per-expert array; not a whole tensor).
 template <int PER>
-__device__ __forceinline__ void load_any_strided(const void* p, int wt, int64_t i0, int64_t stride, int64_t n,
-                                                 float pad, float (&v)[PER]) {
-  auto load = [&]<int WT>() {
+struct StridedSlots {
+  unsigned col[PER];
+  int valid;
+  __device__ StridedSlots(unsigned i0, unsigned stride, int n) : valid(0) {
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-      const int64_t i = i0 + j * stride;
-      v[j] = load_elem<WT>(p, i < n ? i : n - 1);
+      const int i = static_cast<int>(i0 + j * stride);
+      col[j] = static_cast<unsigned>(i < n ? i : n - 1);
+      valid += i < n;
     }
-#pragma unroll
-    for (int j = 0; j < PER; ++j)
-      if (i0 + j * stride >= n) v[j] = pad;
-  };
-  switch (wt) {
-    case kF32: load.template operator()<kF32>(); break;
-    case kBF16: load.template operator()<kBF16>(); break;
-    case kF16: load.template operator()<kF16>(); break;
-    default: load.template operator()<kF8>(); break;
   }
+};
+
+// The raw bits (load_elem_bits) of elements s.col[j] of a runtime-dtype array, all in flight together.
+// Nothing reads them until slots_bits_to_f32 does, so the thread waits for them only there: loads issued
+// a step ahead of their use overlap that step. (Converting inside the dtype's branch, right after the
+// loads, makes the thread wait for them at once; so does any instruction that reads them, a padding
+// select included.)
+template <int PER>
+__device__ __forceinline__ void load_slots_bits(const void* p, int wt, const StridedSlots<PER>& s, uint32_t (&b)[PER]) {
+  with_wtype(wt, [&]<int WT>() {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) b[j] = load_elem_bits<WT>(p, s.col[j]);
+  });
+}
+
+// v[j] = bits b[j] of dtype wt as f32, or `pad` in the slots past the end.
+template <int PER>
+__device__ __forceinline__ void slots_bits_to_f32(int wt, const StridedSlots<PER>& s, const uint32_t (&b)[PER],
+                                                  float pad, float (&v)[PER]) {
+  with_wtype(wt, [&]<int WT>() {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) v[j] = j < s.valid ? elem_bits_to_f32<WT>(b[j]) : pad;
+  });
+}
+
+// v[j] = element s.col[j] of a runtime-dtype array as f32, or `pad` in the slots past the end, for
+// values wanted at once: every load unconditional and in flight together. (load_any per element
+// converts inside its switch's case, so each load waits out its memory latency before the next one
+// issues: a norm kernel's weight row cost PER latencies in a row that way.)
+template <int PER>
+__device__ __forceinline__ void load_any_slots(const void* p, int wt, const StridedSlots<PER>& s, float pad,
+                                               float (&v)[PER]) {
+  uint32_t b[PER];
+  load_slots_bits<PER>(p, wt, s, b);
+  slots_bits_to_f32<PER>(wt, s, b, pad, v);
 }
 
 // Two elements ia and ib of quantized weights' scales (F32, BF16 or F16: QuantParams), or zeros when

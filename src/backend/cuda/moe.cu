@@ -76,7 +76,7 @@ __device__ __forceinline__ void route_row(const float* __restrict__ l, int E, co
       v[i] = e < E ? l[e] : 0.0f;
       if (!scale) sc[i] = 1.0f;
     }
-    if (scale) load_any_strided<N>(scale, scale_wt, lane, 32, E, 1.0f, sc);
+    if (scale) load_any_slots<N>(scale, scale_wt, StridedSlots<N>(lane, 32, E), 1.0f, sc);
 #pragma unroll
     for (int i = 0; i < N; ++i)
       if (lane + 32 * i < E) mx = fmaxf(mx, v[i]);

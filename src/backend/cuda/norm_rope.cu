@@ -37,16 +37,18 @@ __global__ void embed_kernel(const int32_t* __restrict__ ids, const void* __rest
   }
 }
 
-// Σ v[j]² of a row whose element threadIdx.x + j · blockDim.x each thread holds in v[j], in one
-// fixed order: each thread's elements in j order, a butterfly within each warp, then the warps in
-// order (through s_part, 32 floats of shared memory, 16-byte aligned). Every thread gets the sum.
+// Σ v[j]² of a row whose element threadIdx.x + j · blockDim.x each thread holds in v[j] for j < valid
+// (the slots after it are past the row's end and not read), in one fixed order: each thread's elements
+// in j order, a butterfly within each warp, then the warps in order (through s_part, 32 floats of
+// shared memory, 16-byte aligned). Every thread gets the sum.
 // The warps' sums are read four at a time (one 16-byte load each): a chain of one shared-memory load
 // per warp, each waiting for the one before, cost a CTA of 16 warps hundreds of cycles a reduction.
 template <int PER>
-__device__ __forceinline__ float row_sum_squares(const float (&v)[PER], float* s_part) {
+__device__ __forceinline__ float row_sum_squares(const float (&v)[PER], int valid, float* s_part) {
   float ss = 0.0f;
 #pragma unroll
-  for (int j = 0; j < PER; ++j) ss = fmaf(v[j], v[j], ss);
+  for (int j = 0; j < PER; ++j)
+    if (j < valid) ss = fmaf(v[j], v[j], ss);
   ss = warp_sum(ss);
   const int warps = blockDim.x / 32;
   if (warps > 1) {
@@ -127,24 +129,6 @@ struct NormChainArgs {
   float eps;
 };
 
-// A thread's elements of a row: threadIdx.x + j · blockDim.x for j < n, the row's D elements; col[j]
-// is that column, or D − 1 for the slots past the end, so every load can be unconditional (all of a
-// row's in flight together, no branch an element) and only stores and sums look at n. Computed once
-// a launch: a step's addresses are then one multiply-add an element.
-template <int PER>
-struct RowSlots {
-  unsigned col[PER];
-  int n;
-  __device__ explicit RowSlots(int D) : n(0) {
-#pragma unroll
-    for (int j = 0; j < PER; ++j) {
-      const int i = static_cast<int>(threadIdx.x + j * blockDim.x);
-      col[j] = static_cast<unsigned>(i < D ? i : D - 1);
-      n += i < D;
-    }
-  }
-};
-
 // Row r of m, as a pointer the compiler cannot see into: an element's address is then one multiply-add
 // (IMAD.WIDE) from it, where the compiler otherwise folds row and column into one 64-bit index and
 // spends four instructions on each element's address. (Its loads and stores name the global space,
@@ -156,10 +140,12 @@ __device__ __forceinline__ float* row_of(const Mat& m, int64_t r) {
 }
 
 // The rows a step reads from memory, row r: v = in (unless in_regs), old = out's previous values (add
-// and not old_regs), zero in the slots past the row's end. Every load is issued before the first is
-// used, so a row costs one memory round trip.
+// and not old_regs); the slots past the row's end hold its last element again, which no sum reads and
+// no store writes (they are not zeroed here: that select would make the thread wait for the loads at
+// once, and a step loads the next step's rows ahead of their use). Every load is issued before the
+// first is used, so a row costs one memory round trip.
 template <int PER>
-__device__ __forceinline__ void load_step_rows(const NormStepArgs& st, int64_t r, const RowSlots<PER>& e,
+__device__ __forceinline__ void load_step_rows(const NormStepArgs& st, int64_t r, const StridedSlots<PER>& e,
                                                float (&v)[PER], float (&old)[PER]) {
   const bool read_in = !st.in_regs, read_old = st.add && !st.old_regs;
   const float* xr = row_of(st.in, r);
@@ -169,28 +155,6 @@ __device__ __forceinline__ void load_step_rows(const NormStepArgs& st, int64_t r
     if (read_in) v[j] = __ldcg(xr + e.col[j]);
     if (read_old) old[j] = __ldcg(yr + e.col[j]);
   }
-#pragma unroll
-  for (int j = 0; j < PER; ++j)
-    if (j >= e.n) v[j] = old[j] = 0.0f;
-}
-
-// A step's norm weights as f32 (w of dtype wt), 1 in the slots past the row's end: one branch on the
-// dtype for the row.
-template <int PER>
-__device__ __forceinline__ void load_norm_weights(const void* w, int wt, const RowSlots<PER>& e, float (&v)[PER]) {
-  auto load = [&]<int WT>() {
-#pragma unroll
-    for (int j = 0; j < PER; ++j) v[j] = load_elem<WT>(w, e.col[j]);
-  };
-  switch (wt) {
-    case kF32: load.template operator()<kF32>(); break;
-    case kBF16: load.template operator()<kBF16>(); break;
-    case kF16: load.template operator()<kF16>(); break;
-    default: load.template operator()<kF8>(); break;
-  }
-#pragma unroll
-  for (int j = 0; j < PER; ++j)
-    if (j >= e.n) v[j] = 1.0f;
 }
 
 // The steps of rms_norms, one CTA per row: step s computes out = RMS(in) · w (+ out with add), then
@@ -203,11 +167,15 @@ __device__ __forceinline__ void load_norm_weights(const void* w, int wt, const R
 // steps are a rolled loop over the chain's arguments, not unrolled per step (a launch runs its code
 // once, so each instruction has to be fetched when first reached: the unrolled chain of six steps,
 // 5688 SASS instructions, cost 11–13 µs a launch, a quarter to a third of its warp samples "no
-// instruction"; docs/PERF.md), and a step's loads are branch-free (load_step_rows, RowSlots). At 8
+// instruction"; docs/PERF.md), and a step's loads are branch-free (load_step_rows, StridedSlots). At 8
 // elements a thread the step before loads each step's weights and, when ahead, its rows, ahead of its
 // own stores, which for all the compiler knows may alias them (a layer-end chain's second and third
 // steps read the experts' output and the residual: their round trips overlap the first step's); the
-// first step's weights before the wait (model constants that no kernel writes during a step). At 16
+// first step's weights before the wait (model constants that no kernel writes during a step). No
+// instruction reads those loads before the step they are for (weights stay raw bits until after that
+// step's reduction; rows are not padded), so they arrive while the step that loads them reduces and
+// stores: converting or padding them where they were loaded made each step wait for the next one's
+// data before its own reduction (docs/PERF.md, forty-third session). At 16
 // and 64 a step's extra rows would spill, so a step loads its own. The first CTA asks L2 for every
 // step's weights before the wait.
 template <int PER>
@@ -219,9 +187,9 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(const __grid_co
   __shared__ unsigned long long s_stamp[2 + 2 * kMaxNormSteps];
 #endif
   NORM_STAMP(0);
-  const RowSlots<PER> e(D);
-  float w_cur[PER] = {};
-  if (kAhead && a.step[0].w) load_norm_weights<PER>(a.step[0].w, a.step[0].wt, e, w_cur);
+  const StridedSlots<PER> e(threadIdx.x, blockDim.x, D);  // the thread's elements of a row
+  uint32_t w_cur[PER] = {};  // the step's norm weights as raw bits (load_slots_bits), converted after its reduction
+  if (kAhead && a.step[0].w) load_slots_bits<PER>(a.step[0].w, a.step[0].wt, e, w_cur);
   if (blockIdx.x == 0)
     for (int s = kAhead ? 1 : 0; s < a.n; ++s)
       if (a.step[s].w) prefetch_l2(a.step[s].w, D * wtype_bytes(a.step[s].wt), threadIdx.x, blockDim.x);
@@ -233,7 +201,8 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(const __grid_co
 #pragma unroll 1
   for (int s = 0; s < a.n; ++s) {
     const NormStepArgs& st = a.step[s];
-    float v[PER], old[PER], w_next[PER] = {};
+    float v[PER], old[PER];
+    uint32_t w_next[PER] = {};
     if (kAhead && s > 0 && st.ahead) {
 #pragma unroll
       for (int j = 0; j < PER; ++j) v[j] = v_next[j], old[j] = old_next[j];
@@ -248,26 +217,32 @@ __global__ void __launch_bounds__(kNormThreads) rms_norms_kernel(const __grid_co
     if constexpr (kAhead) {
       if (s + 1 < a.n) {
         const NormStepArgs& next = a.step[s + 1];
-        if (next.w) load_norm_weights<PER>(next.w, next.wt, e, w_next);
+        if (next.w) load_slots_bits<PER>(next.w, next.wt, e, w_next);
         if (next.ahead) load_step_rows<PER>(next, r, e, v_next, old_next);
       }
     } else if (st.w) {
-      load_norm_weights<PER>(st.w, st.wt, e, w_cur);
+      load_slots_bits<PER>(st.w, st.wt, e, w_cur);
     }
     if (!st.same_sum)
-      inv = 1.0f / sqrtf(row_sum_squares<PER>(v, s_part[reductions++ % 2]) / static_cast<float>(D) + a.eps);
+      inv = 1.0f / sqrtf(row_sum_squares<PER>(v, e.valid, s_part[reductions++ % 2]) / static_cast<float>(D) + a.eps);
     NORM_STAMP(2 + 2 * s);
+    float w[PER];
+    if (st.w) slots_bits_to_f32<PER>(st.wt, e, w_cur, 1.0f, w);
     float* yr = row_of(st.out, r);
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
       float y = __fmul_rn(v[j], inv);
-      if (st.w) y = __fmul_rn(y, w_cur[j]);
+      if (st.w) y = __fmul_rn(y, w[j]);
       if (st.add) y = __fadd_rn(old[j], y);
       if (st.scale != 1.0f) y = __fmul_rn(y, st.scale);
-      if (j < e.n) __stcg(yr + e.col[j], y);
+      if (j < e.valid) __stcg(yr + e.col[j], y);
       if (st.keep) kept[j] = y;
-      if constexpr (kAhead) w_cur[j] = w_next[j];
     }
+    // After the stores: the move waits for the next step's weights, which have had this step's
+    // reduction and stores to arrive.
+    if constexpr (kAhead)
+#pragma unroll
+      for (int j = 0; j < PER; ++j) w_cur[j] = w_next[j];
     NORM_STAMP(3 + 2 * s);
   }
 #ifdef TANDEM_NORM_STAMPS
@@ -333,7 +308,9 @@ __global__ void __launch_bounds__(1024) norm_rope_kernel(NormRopeArgs a) {
   // The norm weight and inverse frequencies first: model constants that no kernel writes during a
   // step, so their loads may be in flight while the previous kernel finishes (begin_kernel()).
   float ww[kHeadPer], freq[kPairs];  // ww: read for the src rows only
-  if (k_row) load_any_strided<kHeadPer>(a.w, a.wt, threadIdx.x, blockDim.x, d, 1.0f, ww);
+  if (k_row)
+    load_any_slots<kHeadPer>(a.w, a.wt, StridedSlots<kHeadPer>(threadIdx.x, blockDim.x, static_cast<int>(d)), 1.0f,
+                             ww);
 #pragma unroll
   for (int m = 0; m < kPairs; ++m) {
     const int64_t p = threadIdx.x + m * static_cast<int64_t>(blockDim.x);
@@ -353,7 +330,7 @@ __global__ void __launch_bounds__(1024) norm_rope_kernel(NormRopeArgs a) {
     const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
     v[j] = i < d ? xr[i] : 0.0f;
   }
-  const float inv = 1.0f / sqrtf(row_sum_squares<kHeadPer>(v, s_part) / static_cast<float>(d) + a.eps);
+  const float inv = 1.0f / sqrtf(row_sum_squares<kHeadPer>(v, kHeadPer, s_part) / static_cast<float>(d) + a.eps);
 #pragma unroll
   for (int j = 0; j < kHeadPer; ++j) v[j] = k_row ? v[j] * inv * ww[j] : v[j] * inv;
   // Element i of the row's output: the head itself (in place: every thread read its elements before
