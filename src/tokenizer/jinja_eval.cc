@@ -4,6 +4,7 @@
 #include "tokenizer/jinja_eval.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <ctime>
 #include <stdexcept>
@@ -19,6 +20,43 @@ struct Scope {
 using ScopePtr = std::shared_ptr<Scope>;
 
 enum class Flow { Normal, Break, Continue };
+
+// Work units (RenderLimits::max_work) of one statement or expression evaluation, and of comparing one
+// dict key in a (linear) key search.
+constexpr uint64_t kStepCost = 64;
+constexpr uint64_t kKeyCost = 8;
+
+// Substring search. std::string::find compares the whole needle at each position: quadratic for
+// 'aa…ab' in 'aa…a' (and libstdc++'s boyer_moore_searcher takes quadratic time to set up). That is
+// at most 16 compares per position for short needles; long ones go through Knuth-Morris-Pratt.
+size_t find_sub(std::string_view hay, std::string_view needle, size_t from = 0) {
+  if (needle.size() <= 16 || from > hay.size()) return hay.find(needle, from);
+  const size_t m = needle.size();
+  if (m > hay.size() - from) return std::string::npos;
+  std::vector<size_t> border(m + 1, 0);  // border[i]: longest proper border of needle[0, i)
+  for (size_t i = 1, k = 0; i < m; ++i) {
+    while (k > 0 && needle[i] != needle[k]) k = border[k];
+    if (needle[i] == needle[k]) ++k;
+    border[i + 1] = k;
+  }
+  for (size_t i = from, k = 0; i < hay.size(); ++i) {
+    while (k > 0 && hay[i] != needle[k]) k = border[k];
+    if (hay[i] == needle[k]) ++k;
+    if (k == m) return i + 1 - m;
+  }
+  return std::string::npos;
+}
+// Start of the last match: the first match of the reversed needle in the reversed string.
+size_t rfind_sub(std::string_view hay, std::string_view needle) {
+  if (needle.size() <= 16) return hay.rfind(needle);
+  size_t f = find_sub(std::string(hay.rbegin(), hay.rend()), std::string(needle.rbegin(), needle.rend()));
+  return f == std::string::npos ? f : hay.size() - f - needle.size();
+}
+
+// The size limit check shared by the interpreter and the string helpers below.
+void check_size(uint64_t n, size_t max_bytes) {
+  if (n > max_bytes) throw_msg("value exceeds the limit of " + std::to_string(max_bytes) + " bytes");
+}
 
 bool holds_reference(const Value& v) {
   switch (v.kind) {
@@ -128,8 +166,9 @@ std::string py_strip(const std::string& s, const Value* chars, bool left, bool r
   if (!ws) {
     if (!chars->is_string()) throw_msg("strip arg must be None or str");
     set = utf8_decode(chars->s);
+    std::sort(set.begin(), set.end());  // searched per character stripped: a long set is not n*m work
   }
-  auto strip_it = [&](char32_t c) { return ws ? is_py_space(c) : set.find(c) != std::u32string::npos; };
+  auto strip_it = [&](char32_t c) { return ws ? is_py_space(c) : std::binary_search(set.begin(), set.end(), c); };
   size_t b = 0, e = u.size();
   if (left)
     while (b < e && strip_it(u[b])) ++b;
@@ -138,7 +177,10 @@ std::string py_strip(const std::string& s, const Value* chars, bool left, bool r
   return utf8_encode(u.substr(b, e - b));
 }
 
-std::vector<std::string> py_split(const std::string& s, const Value& sep, int64_t maxsplit, bool from_right) {
+// Split and splitlines stop once their parts would weigh more than max_bytes as a list, before a
+// 16 MB string of commas becomes 16M strings.
+std::vector<std::string> py_split(const std::string& s, const Value& sep, int64_t maxsplit, bool from_right,
+                                  size_t max_bytes) {
   std::vector<std::string> parts;
   if (sep.is_none() || sep.is_undefined()) {
     std::u32string u = utf8_decode(s);
@@ -150,6 +192,7 @@ std::vector<std::string> py_split(const std::string& s, const Value& sep, int64_
       size_t st = k;
       while (k < u.size() && !is_py_space(u[k])) ++k;
       words.push_back({st, k});
+      check_size(words.size() * kItemWeight, max_bytes);
     }
     if (maxsplit < 0 || static_cast<size_t>(maxsplit) + 1 >= words.size()) {
       for (auto& w : words) parts.push_back(utf8_encode(u.substr(w.first, w.second - w.first)));
@@ -174,32 +217,28 @@ std::vector<std::string> py_split(const std::string& s, const Value& sep, int64_
   }
   if (!sep.is_string()) throw_msg("must be str or None, not " + type_name(sep));
   if (sep.s.empty()) throw_msg("empty separator");
-  const std::string& d = sep.s;
-  if (!from_right) {
-    size_t start = 0;
-    int64_t n = 0;
-    while (maxsplit < 0 || n < maxsplit) {
-      size_t f = s.find(d, start);
-      if (f == std::string::npos) break;
-      parts.push_back(s.substr(start, f - start));
-      start = f + d.size();
-      ++n;
-    }
-    parts.push_back(s.substr(start));
-  } else {
-    size_t end = s.size();
-    int64_t n = 0;
-    std::vector<std::string> rev;
-    while (maxsplit < 0 || n < maxsplit) {
-      if (end < d.size()) break;
-      size_t f = s.rfind(d, end - d.size());
-      if (f == std::string::npos) break;
-      rev.push_back(s.substr(f + d.size(), end - f - d.size()));
-      end = f;
-      ++n;
-    }
-    rev.push_back(s.substr(0, end));
-    parts.assign(rev.rbegin(), rev.rend());
+  // rsplit is the split of the reversed string, reversed back: one forward search either way.
+  std::string reversed_s, reversed_sep;
+  if (from_right) {
+    reversed_s.assign(s.rbegin(), s.rend());
+    reversed_sep.assign(sep.s.rbegin(), sep.s.rend());
+  }
+  const std::string& hay = from_right ? reversed_s : s;
+  const std::string& d = from_right ? reversed_sep : sep.s;
+  size_t start = 0;
+  int64_t n = 0;
+  while (maxsplit < 0 || n < maxsplit) {
+    size_t f = find_sub(hay, d, start);
+    if (f == std::string::npos) break;
+    parts.push_back(hay.substr(start, f - start));
+    check_size(parts.size() * kItemWeight, max_bytes);
+    start = f + d.size();
+    ++n;
+  }
+  parts.push_back(hay.substr(start));
+  if (from_right) {
+    std::reverse(parts.begin(), parts.end());
+    for (auto& p : parts) std::reverse(p.begin(), p.end());
   }
   return parts;
 }
@@ -220,7 +259,7 @@ std::string html_escape(const std::string& s) {
 }
 
 // Python str.splitlines()
-std::vector<std::string> py_splitlines(const std::string& s, bool keepends) {
+std::vector<std::string> py_splitlines(const std::string& s, bool keepends, size_t max_bytes) {
   std::u32string u = utf8_decode(s);
   std::vector<std::string> out;
   size_t start = 0, k = 0;
@@ -235,6 +274,7 @@ std::vector<std::string> py_splitlines(const std::string& s, bool keepends) {
     size_t eol = k + 1;
     if (c == '\r' && eol < u.size() && u[eol] == '\n') ++eol;
     out.push_back(utf8_encode(u.substr(start, (keepends ? eol : k) - start)));
+    check_size(out.size() * kItemWeight, max_bytes);
     start = k = eol;
   }
   if (start < u.size()) out.push_back(utf8_encode(u.substr(start)));
@@ -280,6 +320,9 @@ class Interp {
         if (kv.first.is_string()) root->vars[kv.first.s] = kv.second;
     std::string out;
     out_ = &out;
+    // Copies of the caller's variables (messages[1:]) must fit even where those outweigh the output.
+    max_value_ = std::max<uint64_t>(lim_.max_output_bytes, weight_of(vars));
+    stack_top_ = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
     exec_body(prog.body, root);
     return out;
   }
@@ -289,27 +332,62 @@ class Interp {
   std::string* out_ = nullptr;
   ScopePtr globals_;
   int64_t iterations_ = 0;
+  uint64_t work_ = 0;
+  uint64_t max_value_ = 0;  // weight_of() limit of any value built
   int macro_depth_ = 0;
   int depth_ = 0;
+  uintptr_t stack_top_ = 0;
 
   struct DepthGuard {
     Interp& in;
     DepthGuard(Interp& i, Pos p) : in(i) {
-      if (++in.depth_ > in.lim_.max_eval_depth) {
-        --in.depth_;
+      in.charge(kStepCost);
+      if (in.depth_ + 1 > in.lim_.max_eval_depth)
         throw_at(p, "template recursion too deep (limit " + std::to_string(in.lim_.max_eval_depth) + ")");
-      }
+      // Frame sizes vary with the build, so the stack in use is checked as well (it grows down).
+      if (in.stack_top_ - reinterpret_cast<uintptr_t>(__builtin_frame_address(0)) > in.lim_.max_stack_bytes)
+        throw_at(p, "template recursion too deep (over " + std::to_string(in.lim_.max_stack_bytes) +
+                        " bytes of stack)");
+      ++in.depth_;
     }
     ~DepthGuard() { --in.depth_; }
   };
 
-  void guard_size(size_t n) const {
-    if (n > lim_.max_output_bytes)
-      throw_msg("rendered output exceeds the limit of " + std::to_string(lim_.max_output_bytes) + " bytes");
+  // See RenderLimits::max_work. work_ never passes max_work, so it cannot overflow.
+  void charge(uint64_t units) {
+    if (units > lim_.max_work - work_)
+      throw_msg("template exceeded the work limit of " + std::to_string(lim_.max_work) +
+                " units (evaluation steps and bytes built or copied)");
+    work_ += units;
   }
+  void guard_size(uint64_t n) const { check_size(n, max_value_); }
   void write(std::string_view s) {
-    guard_size(out_->size() + s.size());
+    if (out_->size() + s.size() > lim_.max_output_bytes)
+      throw_msg("rendered output exceeds the limit of " + std::to_string(lim_.max_output_bytes) + " bytes");
+    charge(s.size());
     out_->append(s);
+  }
+  // Inside the interpreter str() and repr() stop at the size limit (see jinja::repr), and == and <
+  // pay for the key searches of dict equality.
+  std::string to_str(const Value& v) const { return jinja::to_str(v, max_value_); }
+  std::string repr(const Value& v) const { return jinja::repr(v, max_value_); }
+  bool equals(const Value& a, const Value& b) {
+    uint64_t searched = 0;
+    bool r = jinja::equals(a, b, &searched);
+    charge(kKeyCost * searched);
+    return r;
+  }
+  std::optional<bool> less_than(const Value& a, const Value& b) {
+    uint64_t searched = 0;
+    auto r = jinja::less_than(a, b, &searched);
+    charge(kKeyCost * searched);
+    return r;
+  }
+  // Linear key search in a dict or namespace.
+  template <class Key>
+  const Value* find_key(const Value& obj, const Key& key) {
+    charge(kKeyCost * obj.dict->items.size());
+    return obj.dict->find(key);
   }
   void count_iteration() {
     if (++iterations_ > lim_.max_loop_iterations)
@@ -359,6 +437,8 @@ class Interp {
         e.has_pos = true;
       }
       throw;
+    } catch (const std::exception& ex) {  // e.g. the size limit of str() in {{ x }}
+      throw TemplateError{ex.what(), st.pos, true, false};
     }
   }
 
@@ -391,7 +471,9 @@ class Interp {
           if (ns.kind != Kind::Namespace) throw_at(st.pos, "cannot assign attribute on non-namespace object");
           // Namespaces are the only mutable values; keeping namespaces and callables out of their
           // attributes makes reference cycles (leaks, unbounded recursion) impossible.
+          charge(weight_of(v));  // holds_reference() walks v
           if (holds_reference(v)) throw_at(st.pos, "cannot store a namespace or callable in a namespace attribute");
+          charge(kKeyCost * ns.dict->items.size());  // set() searches the attributes
           ns.dict->set(Value::string(st.ns_attr), std::move(v));
         } else {
           assign(scope, st.targets, st.unpack, v, st.pos);
@@ -451,6 +533,7 @@ class Interp {
   }
 
   ValueList iterate(const Value& v) {
+    charge(weight_of(v));
     switch (v.kind) {
       case Kind::Undefined: return {};
       case Kind::List: return *v.list;
@@ -461,8 +544,11 @@ class Interp {
         return keys;
       }
       case Kind::String: {
+        std::u32string u = utf8_decode(v.s);
+        guard_size(u.size() * kItemWeight);  // a list of 16M one-character strings would take GBs
+        charge(u.size() * kItemWeight);
         ValueList chars;
-        for (char32_t c : utf8_decode(v.s)) {
+        for (char32_t c : u) {
           std::string s;
           utf8_append(s, c);
           chars.push_back(Value::string(std::move(s)));
@@ -552,6 +638,7 @@ class Interp {
       throw_msg("macro '" + name + "' takes not more than " + std::to_string(st.targets.size()) +
                 " argument(s)");
     std::vector<bool> bound(st.targets.size(), false);
+    charge(kKeyCost * a.kw.size() * st.targets.size());  // each keyword searches the parameters
     for (size_t k = 0; k < a.pos.size(); ++k) {
       sc->vars[st.targets[k]] = a.pos[k];
       bound[k] = true;
@@ -585,7 +672,9 @@ class Interp {
   Value eval(const Expr& e, const ScopePtr& scope) {
     DepthGuard g(*this, e.pos);
     try {
-      return eval_inner(e, scope);
+      Value r = eval_inner(e, scope);
+      account(e.kind, r);
+      return r;
     } catch (TemplateError& err) {
       if (!err.has_pos) {
         err.pos = e.pos;
@@ -595,6 +684,19 @@ class Interp {
     } catch (const std::exception& ex) {
       throw TemplateError{ex.what(), e.pos, true, false};
     }
+  }
+
+  // Charges an expression's result and bounds the values a template builds. A string is copied
+  // wherever it goes, so every string result costs its size. Lists and dicts are shared: only the
+  // expressions that build them pay, and only those are held to the size limit (the caller's
+  // variables may be larger); name, attribute and item lookups pass them on for free.
+  void account(ExprKind kind, const Value& r) {
+    const bool built = kind != ExprKind::Literal && kind != ExprKind::Name && kind != ExprKind::GetAttr &&
+                       kind != ExprKind::GetItem && kind != ExprKind::And && kind != ExprKind::Or &&
+                       kind != ExprKind::Cond;
+    if (!built && !r.is_string()) return;
+    charge(weight_of(r));
+    if (built) guard_size(weight_of(r));
   }
 
   CallArgs eval_args(const Expr& e, const ScopePtr& scope) {
@@ -620,6 +722,7 @@ class Interp {
           Value key = eval(*e.items[k], scope);
           if (key.kind == Kind::List && !key.tuple) throw_msg("unhashable type: 'list'");
           if (key.kind == Kind::Dict) throw_msg("unhashable type: 'dict'");
+          charge(kKeyCost * d.items.size());  // set() searches the keys: quadratic
           d.set(key, eval(*e.items[k + 1], scope));
         }
         return Value::make_dict(std::move(d));
@@ -731,11 +834,11 @@ class Interp {
           return method(obj, name);
         if (name == "update" || name == "pop" || name == "popitem" || name == "clear" || name == "setdefault")
           return Value::undefined("access to attribute '" + name + "' of 'dict' object is unsafe.");
-        if (const Value* v = obj.dict->find(name)) return *v;
+        if (const Value* v = find_key(obj, name)) return *v;
         return undefined_attr(obj, name);
       }
       case Kind::Namespace: {
-        if (const Value* v = obj.dict->find(name)) return *v;
+        if (const Value* v = find_key(obj, name)) return *v;
         return undefined_attr(obj, name);
       }
       case Kind::String:
@@ -755,7 +858,7 @@ class Interp {
     switch (obj.kind) {
       case Kind::Undefined: undefined_error(obj);
       case Kind::Dict: {
-        if (const Value* v = obj.dict->find(key)) return *v;
+        if (const Value* v = find_key(obj, key)) return *v;
         if (key.is_string()) {
           Value m = get_attr(obj, key.s);
           if (m.kind == Kind::Callable) return m;
@@ -776,6 +879,7 @@ class Interp {
             if (k < 0 || k >= n) return Value::undefined(obj_desc(obj) + " has no element " + std::to_string(idx));
             return (*obj.list)[static_cast<size_t>(k)];
           }
+          charge(obj.s.size());
           std::u32string u = utf8_decode(obj.s);
           int64_t n = static_cast<int64_t>(u.size());
           int64_t k = idx < 0 ? idx + n : idx;
@@ -801,6 +905,7 @@ class Interp {
 
   Value slice(const Value& obj, const Value& start_v, const Value& stop_v, const Value& step_v) {
     if (obj.is_undefined()) undefined_error(obj);
+    charge(weight_of(obj));
     int64_t step = step_v.is_none() ? 1 : slice_index(step_v);
     if (step == 0) throw_msg("slice step cannot be zero");
     if (step == INT64_MIN) step = -INT64_MAX;
@@ -853,14 +958,15 @@ class Interp {
   }
 
   Value repeat(const Value& seq, int64_t n) {
-    if (n < 0) n = 0;
+    const uint64_t w = weight_of(seq);
+    if (n < 0 || w == 0) n = 0;  // '' * 10**15 is '', without 10**15 empty appends
+    if (n > 0 && static_cast<uint64_t>(n) > max_value_ / w) guard_size(UINT64_MAX);
     if (seq.is_string()) {
-      guard_size(static_cast<size_t>(std::min<int64_t>(n, INT32_MAX)) * seq.s.size());
       std::string out;
+      out.reserve(static_cast<size_t>(n) * seq.s.size());
       for (int64_t k = 0; k < n; ++k) out += seq.s;
       return Value::string(std::move(out));
     }
-    guard_size(static_cast<size_t>(std::min<int64_t>(n, INT32_MAX)) * seq.list->size() * 16);
     ValueList out;
     for (int64_t k = 0; k < n; ++k) out.insert(out.end(), seq.list->begin(), seq.list->end());
     return Value::make_list(std::move(out), seq.tuple);
@@ -889,7 +995,7 @@ class Interp {
         return Value::string(a.s + b.s);
       }
       if (a.is_list() && b.is_list() && a.tuple == b.tuple) {
-        guard_size((a.list->size() + b.list->size()) * 16);
+        guard_size(weight_of(a) + weight_of(b));
         ValueList l = *a.list;
         l.insert(l.end(), b.list->begin(), b.list->end());
         return Value::make_list(std::move(l), a.tuple);
@@ -962,6 +1068,7 @@ class Interp {
   }
 
   bool contains(const Value& container, const Value& item) {
+    if (container.kind != Kind::Dict) charge(weight_of(container));
     switch (container.kind) {
       case Kind::Undefined: return false;
       case Kind::String:
@@ -969,17 +1076,18 @@ class Interp {
           if (item.is_undefined()) undefined_error(item);
           throw_msg("'in <string>' requires string as left operand, not " + type_name(item));
         }
-        return container.s.find(item.s) != std::string::npos;
+        return find_sub(container.s, item.s) != std::string::npos;
       case Kind::List:
         for (const auto& x : *container.list)
           if (equals(x, item)) return true;
         return false;
-      case Kind::Dict: return container.dict->find(item) != nullptr;
+      case Kind::Dict: return find_key(container, item) != nullptr;
       default: throw_msg("argument of type '" + type_name(container) + "' is not iterable");
     }
   }
 
   bool compare(const std::string& op, const Value& a, const Value& b) {
+    if (op != "in" && op != "notin") charge(std::min(weight_of(a), weight_of(b)));
     if (op == "==") return equals(a, b);
     if (op == "!=") return !equals(a, b);
     if (op == "in") return contains(b, a);
@@ -1015,11 +1123,12 @@ class Interp {
       }
       if (name == "get") {
         if (a.pos.empty()) throw_msg("get expected at least 1 argument, got 0");
-        const Value* v = obj.dict->find(a.pos[0]);
+        const Value* v = find_key(obj, a.pos[0]);
         return v ? *v : (a.pos.size() > 1 ? a.pos[1] : Value::none());
       }
       if (name == "copy") return Value::make_dict(*obj.dict);
     }
+    charge(weight_of(obj));  // list.count/index and every str method walk the whole value
     if (obj.kind == Kind::List) {
       if (a.pos.empty()) throw_msg(name + "() takes exactly one argument (0 given)");
       if (name == "count") {
@@ -1036,9 +1145,10 @@ class Interp {
     if (name == "split" || name == "rsplit") {
       Value sep = arg_or(a, 0, "sep", Value::none());
       int64_t maxsplit = to_int_arg(arg_or(a, 1, "maxsplit", Value::integer(-1)), "maxsplit");
-      return str_list(py_split(s, sep, maxsplit, name == "rsplit"));
+      return str_list(py_split(s, sep, maxsplit, name == "rsplit", max_value_));
     }
-    if (name == "splitlines") return str_list(py_splitlines(s, arg_or(a, 0, "keepends", Value::boolean(false)).truthy()));
+    if (name == "splitlines")
+      return str_list(py_splitlines(s, arg_or(a, 0, "keepends", Value::boolean(false)).truthy(), max_value_));
     if (name == "strip" || name == "lstrip" || name == "rstrip") {
       const Value* chars = find_arg(a, 0, "chars");
       return Value::string(py_strip(s, chars, name != "rstrip", name != "lstrip"));
@@ -1081,10 +1191,10 @@ class Interp {
       if (name == "count") {
         if (sub.empty()) return Value::integer(static_cast<int64_t>(utf8_length(s) + 1));
         int64_t n = 0;
-        for (size_t p = s.find(sub); p != std::string::npos; p = s.find(sub, p + sub.size())) ++n;
+        for (size_t p = find_sub(s, sub); p != std::string::npos; p = find_sub(s, sub, p + sub.size())) ++n;
         return Value::integer(n);
       }
-      size_t p = name == "rfind" ? s.rfind(sub) : s.find(sub);
+      size_t p = name == "rfind" ? rfind_sub(s, sub) : find_sub(s, sub);
       if (p == std::string::npos) {
         if (name == "index") throw_msg("substring not found");
         return Value::integer(-1);
@@ -1200,7 +1310,7 @@ class Interp {
     size_t pos = 0;
     int64_t n = 0;
     while (count < 0 || n < count) {
-      size_t f = s.find(from, pos);
+      size_t f = find_sub(s, from, pos);
       if (f == std::string::npos) break;
       out.append(s, pos, f - pos);
       out += to;
@@ -1222,7 +1332,7 @@ class Interp {
   }
 
   void install_globals() {
-    add_global("raise_exception", [](CallArgs& a) -> Value {
+    add_global("raise_exception", [this](CallArgs& a) -> Value {
       std::string msg = a.pos.empty() ? std::string() : to_str(a.pos[0]);
       throw TemplateError{msg, {}, false, true};
     });
@@ -1250,13 +1360,15 @@ class Interp {
       if (count > 100000)
         throw_msg("Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
       ValueList l;
-      if (step > 0)
-        for (int64_t k = start; k < stop; k += step) l.push_back(Value::integer(k));
-      else
-        for (int64_t k = start; k > stop; k += step) l.push_back(Value::integer(k));
+      l.reserve(count > 0 ? static_cast<size_t>(count) : 0);
+      // Stop when k + step overflows: near INT64_MAX it wrapped around and the loop never ended.
+      for (int64_t k = start; step > 0 ? k < stop : k > stop;) {
+        l.push_back(Value::integer(k));
+        if (__builtin_add_overflow(k, step, &k)) break;
+      }
       return Value::make_list(std::move(l));
     });
-    auto dict_from = [](CallArgs& a) {
+    auto dict_from = [this](CallArgs& a) {
       ValueDict d;
       if (!a.pos.empty()) {
         if (a.pos.size() > 1) throw_msg("expected at most 1 positional argument");
@@ -1266,6 +1378,7 @@ class Interp {
         } else if (src.kind == Kind::List) {
           for (const auto& p : *src.list) {
             if (p.kind != Kind::List || p.list->size() != 2) throw_msg("dictionary update sequence element has wrong length");
+            charge(kKeyCost * d.items.size());  // set() searches the keys: quadratic
             d.set((*p.list)[0], (*p.list)[1]);
           }
         } else {
@@ -1312,8 +1425,13 @@ class Interp {
   void sort_values(ValueList& items, const std::function<Value(const Value&)>& key, bool reverse) {
     std::vector<std::pair<Value, size_t>> keyed;
     keyed.reserve(items.size());
-    for (size_t k = 0; k < items.size(); ++k) keyed.emplace_back(key(items[k]), k);
-    auto lt = [](const Value& x, const Value& y) {
+    uint64_t key_weight = 0;
+    for (size_t k = 0; k < items.size(); ++k) {
+      keyed.emplace_back(key(items[k]), k);
+      key_weight += kKeyCost + weight_of(keyed.back().first);
+    }
+    charge(key_weight * std::bit_width(items.size()));  // each key takes part in ~log2(n) comparisons
+    auto lt = [this](const Value& x, const Value& y) {
       auto r = less_than(x, y);
       if (!r) throw_msg("'<' not supported between instances of '" + type_name(x) + "' and '" + type_name(y) + "'");
       return *r;
@@ -1359,6 +1477,7 @@ class Interp {
   }
 
   Value apply_filter(const std::string& name, const Value& v, CallArgs& a, const ScopePtr& scope) {
+    if (v.is_string()) charge(v.s.size());  // string filters walk the string; list ones use iterate()
     Value r = apply_filter_inner(name, v, a, scope);
     if (r.is_string()) guard_size(r.s.size());
     return r;
@@ -1415,6 +1534,7 @@ class Interp {
       }
       o.sort_keys = arg_or(a, 99, "sort_keys", Value::boolean(false)).truthy();
       o.ensure_ascii = arg_or(a, 99, "ensure_ascii", Value::boolean(false)).truthy();
+      o.max_bytes = max_value_;
       std::string s = to_json(v, o);
       return Value::string(std::move(s));
     }
@@ -1555,8 +1675,10 @@ class Interp {
       bool cs = arg_or(a, 0, "case_sensitive", Value::boolean(false)).truthy();
       Value attr = arg_or(a, 1, "attribute", Value::none());
       ValueList out, seen;
+      uint64_t seen_weight = 0;
       for (const auto& x : iterate(v)) {
         Value key = sort_key(attr.is_none() ? x : attr_path(x, to_str(attr)), cs);
+        charge(seen_weight);  // compared with every key kept so far: quadratic
         bool dup = false;
         for (const auto& s : seen)
           if (equals(s, key)) {
@@ -1564,6 +1686,7 @@ class Interp {
             break;
           }
         if (dup) continue;
+        seen_weight += kKeyCost + weight_of(key);
         seen.push_back(key);
         out.push_back(x);
       }
@@ -1580,7 +1703,10 @@ class Interp {
     if (name == "sum") {
       Value attr = arg_or(a, 0, "attribute", Value::none());
       Value total = arg_or(a, 1, "start", Value::integer(0));
-      for (const auto& x : iterate(v)) total = binary("+", total, attr.is_none() ? x : attr_path(x, to_str(attr)));
+      for (const auto& x : iterate(v)) {
+        total = binary("+", total, attr.is_none() ? x : attr_path(x, to_str(attr)));
+        charge(weight_of(total));  // summing strings or lists copies the total each time
+      }
       return total;
     }
     if (name == "map") {
@@ -1599,9 +1725,12 @@ class Interp {
       CallArgs fa;
       fa.pos.assign(a.pos.begin() + 1, a.pos.end());
       fa.kw = a.kw;
+      uint64_t args_weight = 0;  // a filter may copy its arguments (replace does), once per item
+      for (const auto& x : fa.pos) args_weight += weight_of(x);
+      for (const auto& kv : fa.kw) args_weight += weight_of(kv.second);
       for (const auto& x : iterate(v)) {
-        CallArgs copy = fa;
-        out.push_back(apply_filter(fname, x, copy, scope));
+        charge(args_weight);
+        out.push_back(apply_filter(fname, x, fa, scope));
       }
       return Value::make_list(std::move(out));
     }
@@ -1610,7 +1739,7 @@ class Interp {
     if (name == "attr") {
       if (a.pos.empty()) throw_msg("attr filter requires a name");
       std::string attr = to_str(a.pos[0]);
-      if (v.kind == Kind::Dict && v.dict->find(attr) && !is_dict_method(attr)) return undefined_attr(v, attr);
+      if (v.kind == Kind::Dict && find_key(v, attr) && !is_dict_method(attr)) return undefined_attr(v, attr);
       return get_attr(v, attr);
     }
     if (name == "indent") {
@@ -1619,7 +1748,7 @@ class Interp {
       bool blank = arg_or(a, 2, "blank", Value::boolean(false)).truthy();
       std::string ind = width.is_string() ? width.s : std::string(static_cast<size_t>(std::clamp<int64_t>(to_int_arg(width, "width"), 0, 1 << 16)), ' ');
       std::string s = to_str(v) + "\n";
-      std::vector<std::string> lines = py_splitlines(s, false);
+      std::vector<std::string> lines = py_splitlines(s, false, max_value_);
       std::string rv;
       if (blank) {
         for (size_t k = 0; k < lines.size(); ++k) {
@@ -1648,7 +1777,8 @@ class Interp {
       int64_t pad = width - n, left = pad / 2 + (pad & width & 1);
       return Value::string(std::string(static_cast<size_t>(left), ' ') + s + std::string(static_cast<size_t>(pad - left), ' '));
     }
-    if (name == "wordcount") return Value::integer(static_cast<int64_t>(py_split(to_str(v), Value::none(), -1, false).size()));
+    if (name == "wordcount")
+      return Value::integer(static_cast<int64_t>(py_split(to_str(v), Value::none(), -1, false, max_value_).size()));
     throw_msg("unknown filter '" + name + "'");
   }
 

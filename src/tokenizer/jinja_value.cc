@@ -64,22 +64,41 @@ Value Value::string(std::string x) {
   v.s = std::move(x);
   return v;
 }
-static uint16_t nest_of_items(const ValueList& items) {
-  int n = 0;
-  for (const auto& x : items) n = std::max<int>(n, x.nest);
+static uint64_t add_weight(uint64_t a, uint64_t b) { return std::min<uint64_t>(a + b, uint64_t{1} << 62); }
+
+uint64_t weight_of(const Value& v) {
+  switch (v.kind) {
+    case Kind::String: return v.s.size();
+    case Kind::List:
+    case Kind::Dict:
+    case Kind::Namespace: return v.weight;
+    default: return 0;
+  }
+}
+
+// Nesting depth and weight of a container with these items.
+static void add_item(int& nest, uint64_t& weight, const Value& x) {
+  nest = std::max<int>(nest, x.nest);
+  weight = add_weight(weight, add_weight(kItemWeight, weight_of(x)));
+}
+static uint16_t checked_nest(int n) {
   if (n + 1 > kMaxNesting) throw std::runtime_error("value nested too deeply");
   return static_cast<uint16_t>(n + 1);
 }
-static uint16_t nest_of_dict(const ValueDict& d) {
+static void set_dict_shape(Value& v, const ValueDict& d) {
   int n = 0;
-  for (const auto& kv : d.items) n = std::max<int>(n, std::max(kv.first.nest, kv.second.nest));
-  if (n + 1 > kMaxNesting) throw std::runtime_error("value nested too deeply");
-  return static_cast<uint16_t>(n + 1);
+  for (const auto& kv : d.items) {
+    add_item(n, v.weight, kv.first);
+    add_item(n, v.weight, kv.second);
+  }
+  v.nest = checked_nest(n);
 }
 
 Value Value::make_list(ValueList x, bool as_tuple) {
   Value v;
-  v.nest = nest_of_items(x);
+  int n = 0;
+  for (const auto& item : x) add_item(n, v.weight, item);
+  v.nest = checked_nest(n);
   v.kind = Kind::List;
   v.tuple = as_tuple;
   v.list = std::make_shared<ValueList>(std::move(x));
@@ -87,14 +106,14 @@ Value Value::make_list(ValueList x, bool as_tuple) {
 }
 Value Value::make_dict(ValueDict d) {
   Value v;
-  v.nest = nest_of_dict(d);
+  set_dict_shape(v, d);
   v.kind = Kind::Dict;
   v.dict = std::make_shared<ValueDict>(std::move(d));
   return v;
 }
 Value Value::make_namespace(ValueDict d) {
   Value v;
-  v.nest = nest_of_dict(d);
+  set_dict_shape(v, d);
   v.kind = Kind::Namespace;
   v.dict = std::make_shared<ValueDict>(std::move(d));
   return v;
@@ -298,45 +317,52 @@ static std::string repr_string(const std::string& s) {
   return out;
 }
 
-std::string repr(const Value& v) {
+[[noreturn]] static void too_large(size_t max_bytes) {
+  throw std::runtime_error("value exceeds the limit of " + std::to_string(max_bytes) + " bytes");
+}
+
+// Appends repr(v) to out. The size check runs per item, so a list holding a namespace many times
+// (the one value whose weight can grow after it is stored) stops at max_bytes, not at its full size.
+static void repr_into(std::string& out, const Value& v, size_t max_bytes) {
   switch (v.kind) {
-    case Kind::String: return repr_string(v.s);
-    case Kind::Undefined: return "Undefined";
+    case Kind::String: out += repr_string(v.s); break;
+    case Kind::Undefined: out += "Undefined"; break;
     case Kind::List: {
-      std::string out = v.tuple ? "(" : "[";
+      out += v.tuple ? "(" : "[";
       for (size_t k = 0; k < v.list->size(); ++k) {
         if (k) out += ", ";
-        out += repr((*v.list)[k]);
+        repr_into(out, (*v.list)[k], max_bytes);
       }
       if (v.tuple && v.list->size() == 1) out += ",";
       out += v.tuple ? ")" : "]";
-      return out;
+      break;
     }
-    case Kind::Dict: {
-      std::string out = "{";
-      bool first = true;
-      for (const auto& kv : v.dict->items) {
-        if (!first) out += ", ";
-        first = false;
-        out += repr(kv.first) + ": " + repr(kv.second);
-      }
-      return out + "}";
-    }
+    case Kind::Dict:
     case Kind::Namespace: {
-      std::string out = "<Namespace {";
+      out += v.kind == Kind::Dict ? "{" : "<Namespace {";
       bool first = true;
       for (const auto& kv : v.dict->items) {
         if (!first) out += ", ";
         first = false;
-        out += repr(kv.first) + ": " + repr(kv.second);
+        repr_into(out, kv.first, max_bytes);
+        out += ": ";
+        repr_into(out, kv.second, max_bytes);
       }
-      return out + "}>";
+      out += v.kind == Kind::Dict ? "}" : "}>";
+      break;
     }
-    default: return to_str(v);
+    default: out += to_str(v); break;
   }
+  if (out.size() > max_bytes) too_large(max_bytes);
 }
 
-std::string to_str(const Value& v) {
+std::string repr(const Value& v, size_t max_bytes) {
+  std::string out;
+  repr_into(out, v, max_bytes);
+  return out;
+}
+
+std::string to_str(const Value& v, size_t max_bytes) {
   switch (v.kind) {
     case Kind::Undefined: return "";
     case Kind::None: return "None";
@@ -345,7 +371,7 @@ std::string to_str(const Value& v) {
     case Kind::Float: return format_float(v.f);
     case Kind::String: return v.s;
     case Kind::Callable: return "<function " + (v.fn ? v.fn->name : std::string("?")) + ">";
-    default: return repr(v);
+    default: return repr(v, max_bytes);
   }
 }
 
@@ -355,7 +381,7 @@ static double as_double(const Value& v) {
 }
 static int64_t as_int(const Value& v) { return v.kind == Kind::Int ? v.i : (v.b ? 1 : 0); }
 
-bool equals(const Value& a, const Value& b) {
+bool equals(const Value& a, const Value& b, uint64_t* searched) {
   if (a.is_number() && b.is_number()) {
     if (a.kind == Kind::Float || b.kind == Kind::Float) return as_double(a) == as_double(b);
     return as_int(a) == as_int(b);
@@ -367,15 +393,23 @@ bool equals(const Value& a, const Value& b) {
     case Kind::String: return a.s == b.s;
     case Kind::List: {
       if (a.tuple != b.tuple || a.list->size() != b.list->size()) return false;
+      if (a.list == b.list) return true;  // the same list: Python, too, compares items by identity first
       for (size_t k = 0; k < a.list->size(); ++k)
-        if (!equals((*a.list)[k], (*b.list)[k])) return false;
+        if (!equals((*a.list)[k], (*b.list)[k], searched)) return false;
       return true;
     }
     case Kind::Dict: {
       if (a.dict->items.size() != b.dict->items.size()) return false;
-      for (const auto& kv : a.dict->items) {
-        const Value* other = b.dict->find(kv.first);
-        if (!other || !equals(kv.second, *other)) return false;
+      if (a.dict == b.dict) return true;
+      for (size_t k = 0; k < a.dict->items.size(); ++k) {
+        const auto& kv = a.dict->items[k];
+        const auto& same_place = b.dict->items[k];  // dicts built alike keep one order: no search
+        const Value* other = &same_place.second;
+        if (!equals(same_place.first, kv.first)) {
+          if (searched) *searched += b.dict->items.size();
+          other = b.dict->find(kv.first);
+        }
+        if (!other || !equals(kv.second, *other, searched)) return false;
       }
       return true;
     }
@@ -385,7 +419,7 @@ bool equals(const Value& a, const Value& b) {
   }
 }
 
-std::optional<bool> less_than(const Value& a, const Value& b) {
+std::optional<bool> less_than(const Value& a, const Value& b, uint64_t* searched) {
   if (a.is_number() && b.is_number()) {
     if (a.kind == Kind::Float || b.kind == Kind::Float) return as_double(a) < as_double(b);
     return as_int(a) < as_int(b);
@@ -396,8 +430,8 @@ std::optional<bool> less_than(const Value& a, const Value& b) {
     for (size_t k = 0; k < n; ++k) {
       const Value& x = (*a.list)[k];
       const Value& y = (*b.list)[k];
-      if (equals(x, y)) continue;
-      return less_than(x, y);
+      if (equals(x, y, searched)) continue;
+      return less_than(x, y, searched);
     }
     return a.list->size() < b.list->size();
   }
@@ -452,16 +486,23 @@ static std::string json_float(double f) {
 }
 
 static void json_dump(std::string& out, const Value& v, const JsonOptions& o, int level) {
+  if (out.size() > o.max_bytes) too_large(o.max_bytes);  // separators and indents written so far
   auto newline = [&](int lvl) {
     out += '\n';
-    for (int k = 0; k < lvl; ++k) out += *o.indent;
+    for (int k = 0; k < lvl; ++k) {
+      out += *o.indent;
+      if (out.size() > o.max_bytes) too_large(o.max_bytes);
+    }
   };
   switch (v.kind) {
     case Kind::None: out += "null"; return;
     case Kind::Bool: out += v.b ? "true" : "false"; return;
     case Kind::Int: out += std::to_string(v.i); return;
     case Kind::Float: out += json_float(v.f); return;
-    case Kind::String: json_string(out, v.s, o.ensure_ascii); return;
+    case Kind::String:
+      json_string(out, v.s, o.ensure_ascii);
+      if (out.size() > o.max_bytes) too_large(o.max_bytes);
+      return;
     case Kind::List: {
       if (v.list->empty()) {
         out += "[]";

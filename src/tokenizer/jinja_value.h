@@ -20,6 +20,8 @@ using ValueList = std::vector<Value>;
 
 // Containers nest at most this deep (keeps repr/json/destruction recursion bounded).
 constexpr int kMaxNesting = 512;
+// Weight of one container item, about the memory a Value takes; see weight_of().
+constexpr uint64_t kItemWeight = 128;
 
 enum class Kind { Undefined, None, Bool, Int, Float, String, List, Dict, Namespace, Callable };
 
@@ -36,6 +38,7 @@ struct Value {
   bool b = false;
   bool tuple = false;  // List shown as a Python tuple (dictsort/items pairs)
   uint16_t nest = 0;   // container nesting depth (bounded by kMaxNesting)
+  uint64_t weight = 0; // List/Dict/Namespace: see weight_of()
   int64_t i = 0;
   double f = 0;
   std::string s;  // String payload; for Undefined: what was looked up (for error messages)
@@ -75,14 +78,25 @@ struct Callable {
   std::function<Value(void* interp, CallArgs& args)> fn;
 };
 
+// Size of a value as a tree, in bytes: string bytes plus kItemWeight per container item, with a
+// list that is shared (`{% set x = [x, x] %}`) counted at every place it occurs, as repr, tojson and
+// == walk it. Saturates at 2^62. A namespace counts what it held when it was created. The
+// interpreter bounds the weight of the values a template builds, so none takes longer than that to
+// print or compare.
+uint64_t weight_of(const Value& v);
+
 // --- Python semantics --------------------------------------------------------------------------
 std::string type_name(const Value& v);        // Python type name: 'str', 'list', 'dict', ...
-std::string to_str(const Value& v);           // str(v); Undefined -> ""
-std::string repr(const Value& v);             // repr(v)
+// str(v) (Undefined -> "") and repr(v); for a container they throw std::runtime_error once the text
+// passes max_bytes.
+std::string to_str(const Value& v, size_t max_bytes = SIZE_MAX);
+std::string repr(const Value& v, size_t max_bytes = SIZE_MAX);
 std::string format_float(double v);           // float.__repr__ (shortest round-trip, Python style)
-bool equals(const Value& a, const Value& b);  // Python ==
+// Python ==. Dict equality searches keys linearly when the two orders differ; `searched` (if given)
+// grows by the keys it scanned, for the interpreter's work budget.
+bool equals(const Value& a, const Value& b, uint64_t* searched = nullptr);
 // Python <; returns nullopt when the types cannot be ordered (TypeError in Python).
-std::optional<bool> less_than(const Value& a, const Value& b);
+std::optional<bool> less_than(const Value& a, const Value& b, uint64_t* searched = nullptr);
 
 struct JsonOptions {
   std::optional<std::string> indent;  // nullopt: single line
@@ -90,6 +104,7 @@ struct JsonOptions {
   std::string key_sep = ": ";
   bool sort_keys = false;
   bool ensure_ascii = false;
+  size_t max_bytes = SIZE_MAX;  // throw std::runtime_error once the text passes this
 };
 // json.dumps; throws std::runtime_error("Object of type X is not JSON serializable").
 std::string to_json(const Value& v, const JsonOptions& opts);

@@ -3,7 +3,8 @@
 # bounded time (default: the tokenizer targets, 30 s each).
 #   tests/fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]      e.g. tests/fuzz/run.sh 30 fuzz_tokenizer_load
 # Targets are linked against src/tokenizer/*.cc and src/util/*.cc only, so no full build is needed.
-# Build output and corpora live in build-fuzz/ (gitignored). Exits non-zero if a target crashes.
+# Build output and corpora live in build-fuzz/ (gitignored). Exits non-zero if a target crashes or
+# spends over 10 s on one input.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 secs="${1:-30}"
@@ -62,8 +63,10 @@ for t in "${targets[@]}"; do
   "$CXX" "${flags[@]}" -fsanitize=fuzzer "$src" "${objs[@]}" -o "$out/$t"
   mkdir -p "$out/corpus/$t"
   echo "== $t: fuzzing for ${secs}s" >&2
-  if ! (cd "$out" && "./$t" -max_total_time="$secs" -max_len=4096 -rss_limit_mb=4096 -print_final_stats=1 \
-          "corpus/$t" 2>&1 | tail -25); then
+  # -timeout=10: an input running over 10 s fails the run and is saved as a timeout-* artifact
+  # (libFuzzer's default, 1200 s, let one slow input hold a CI job for over 20 minutes).
+  if ! (cd "$out" && "./$t" -max_total_time="$secs" -timeout=10 -max_len=4096 -rss_limit_mb=4096 \
+          -print_final_stats=1 "corpus/$t" 2>&1 | tail -25); then
     echo "== $t: FAILED (crash artifacts in $out)" >&2
     status=1
   fi

@@ -181,6 +181,133 @@ TEST(ChatTemplate, LimitsGiveClearErrors) {
   expect_error("{% set ns = namespace(a=1) %}{% set ns.self = ns %}", "cannot store a namespace");
 }
 
+// Templates come with downloaded models: each of these used to run for minutes, hours or forever, or
+// to take gigabytes; now each ends with an error that names the limit.
+TEST(ChatTemplate, HostileTemplatesEndWithClearErrors) {
+  auto expect_error = [](const std::string& src, const std::string& needle, ChatTemplateLimits lim = {}) {
+    SCOPED_TRACE(src.substr(0, 120));
+    auto tmpl = ChatTemplate::parse(src);
+    tmpl.set_limits(lim);
+    try {
+      tmpl.render(ojson::object());
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_EQ(std::string(e.what()).rfind("chat template line ", 0), 0u) << e.what();
+    }
+  };
+  const std::string work = "exceeded the work limit";
+  const std::string size = "exceeds the limit of";
+  ChatTemplateLimits small;  // keeps the test fast; the defaults end the same way, later
+  small.max_work = 1 << 24;
+  // Exponential call trees: the call depth stays under max_macro_depth.
+  expect_error("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}", work);
+  expect_error("{% macro f(n) %}{% if n %}{% call f(n - 1) %}{% endcall %}{% call f(n - 1) %}{% endcall %}"
+               "{% endif %}{% endmacro %}{{ f(60) }}",
+               work, small);
+  // Costly loop bodies under max_loop_iterations.
+  expect_error("{% set s = 'a' * 1000000 %}{% for i in range(100000) %}{% if s %}{% endif %}{% endfor %}", work, small);
+  expect_error("{% for i in range(1000) %}{% for j in range(900) %}{% set x = i + j + i + j %}{% endfor %}{% endfor %}",
+               work, small);
+  expect_error("{% for i in range(100000) %}{% set r = range(100000) %}{% endfor %}", work, small);
+  expect_error("{% set r = range(100000) | list %}{% for i in range(100000) %}{% if -1 in r %}{% endif %}{% endfor %}",
+               work, small);
+  // Quadratic builtins, and a filter mapped with a big argument (copied per item).
+  expect_error("{{ range(100000) | unique | length }}", work, small);
+  expect_error("{% set s = 'x' * 1000000 %}{{ range(100000) | map('replace', s, 'y') | list | length }}", work, small);
+  expect_error("{{ range(100000) | map('string') | sum(start='') | length }}", work, small);
+  // Many variables, each under the size limit, holding big strings.
+  std::string slots = "{% set v0 = 'x' * 1000000 %}";
+  for (int i = 1; i < 40; ++i) slots += "{% set v" + std::to_string(i) + " = v" + std::to_string(i - 1) + " ~ 1 %}";
+  expect_error(slots, work, small);
+  // Dict literals and dict equality (keys in another order) search the keys: quadratic.
+  std::string dict = "{";
+  for (int i = 0; i < 1000; ++i) {
+    dict += "'k";
+    dict += std::to_string(i) + "': 0, ";
+  }
+  dict += "}";
+  expect_error("{% for i in range(1000) %}{% set d = " + dict + " %}{% endfor %}", work, small);
+  expect_error("{% set d = " + dict + " %}{% set e = dict(d.items() | reverse) %}{% for i in range(1000) %}"
+               "{% if d == e %}{% endif %}{% endfor %}",
+               work, small);
+  // Shared sub-lists: 40 doublings build a value of 2^40 items in 40 small lists.
+  std::string dag = "{% set x = [1] %}";
+  for (int i = 0; i < 40; ++i) dag += "{% set x = [x, x] %}";
+  expect_error(dag + "{{ x == x }}", size);
+  expect_error(dag + "{{ x }}", size);
+  expect_error("{% set ns = namespace(x=[1]) %}{% for i in range(60) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}"
+               "{{ ns.x | tojson }}",
+               size);
+  // Lists whose items, not their count, are big; and lists built from the bytes of a string.
+  expect_error("{% set s = 'a' * 1000000 %}{{ ([s] * 100000) | length }}", size);
+  expect_error("{{ ('a' * 10000000) | list | length }}", size);
+  expect_error("{{ (',' * 10000000).split(',') | length }}", size);
+  // Text that grows while it is written: tojson indents, a namespace printed many times.
+  expect_error("{{ range(1000) | list | tojson(indent='x' * 100000) }}", size);
+  expect_error("{% set ns = namespace(a='') %}{% set l = [ns] * 1000 %}{% set ns.a = 'x' * 100000 %}{{ l }}", size);
+  // Deep evaluation (each macro level adds 55 nested negations) stops before the native stack does.
+  expect_error("{% macro f(n) %}{% if n %}{{ " + std::string(55, '-') +
+                   "(f(n - 1) | int) }}{% endif %}{% endmacro %}{{ f(99) }}",
+               "recursion too deep");
+}
+
+TEST(ChatTemplate, DegenerateArgumentsStayFast) {
+  // '' * 10**15 looped 10**15 times, a range stepping past INT64_MAX wrapped around and never ended,
+  // and substring search and strip() took time quadratic in their arguments.
+  auto render = [](const std::string& src) { return ChatTemplate::parse(src).render(ojson::object()); };
+  EXPECT_EQ(render("{{ '' * 1000000000000000 }}|{{ ([] * 1000000000000000) | length }}"), "|0");
+  EXPECT_EQ(render("{{ range(9223372036854775806, 9223372036854775807, 4611686018427387904) | list }}"),
+            "[9223372036854775806]");
+  EXPECT_EQ(render("{% set s = 'a' * 1000000 %}{{ s.find('a' * 100000 ~ 'b') }} {{ s.rfind('b' ~ 'a' * 100000) }} "
+                   "{{ ('a' * 100000 ~ 'b') in s }} {{ s.count('a' * 100000 ~ 'b') }} {{ s.strip('b' * 100000 ~ 'a') }}|"),
+            "-1 -1 False 0 |");
+}
+
+TEST(ChatTemplate, ValueLimitLetsTemplatesCopyTheirVariables) {
+  // messages[1:] of a conversation that outweighs max_output_bytes is fine; doubling it is not.
+  ojson messages = ojson::array();
+  for (int i = 0; i < 100; ++i) messages.push_back({{"role", "user"}, {"content", std::string(100, 'x')}});
+  ChatTemplateLimits lim;
+  lim.max_output_bytes = 1000;
+  auto copy = ChatTemplate::parse("{{ messages[1:] | selectattr('role', 'equalto', 'user') | list | length }}");
+  copy.set_limits(lim);
+  EXPECT_EQ(render_chat(copy, messages), "99");
+  auto grow = ChatTemplate::parse("{{ (messages + messages) | length }}");
+  grow.set_limits(lim);
+  EXPECT_THROW(render_chat(grow, messages), Error);
+}
+
+TEST(ChatTemplate, LongConversationStaysWithinDefaultLimits) {
+  // Gemma 4 with 20 tools and 300 turns of ~2 KB (a 1.2 MB prompt) needs about 12% of max_work.
+  auto tmpl = ChatTemplate::parse(read_text(source_dir() / "tests/tokenizer/templates/gemma4.jinja"));
+  ojson tools = ojson::array();
+  for (int i = 0; i < 20; ++i) {
+    ojson props = ojson::object();
+    for (const char* p : {"p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"})
+      props[p] = {{"type", "string"}, {"description", "a parameter"}, {"enum", {"a", "b"}}};
+    ojson params = {{"type", "object"}, {"properties", props}, {"required", {"p0"}}};
+    ojson function = {{"name", "tool_" + std::to_string(i)}, {"description", "does a thing"}, {"parameters", params}};
+    tools.push_back({{"type", "function"}, {"function", function}});
+  }
+  const ojson call = ojson::parse(R"([{"type": "function", "function": {"name": "tool_1", "arguments": {"p0": "x"}}}])");
+  const ojson response = ojson::parse(R"([{"name": "tool_1", "response": {"ok": true}}])");
+  const std::string text(2000, 'w');
+  ojson messages = ojson::array();
+  messages.push_back({{"role", "system"}, {"content", "Be helpful."}});
+  for (int i = 0; i < 300; ++i) {
+    messages.push_back({{"role", "user"}, {"content", text}});
+    messages.push_back({{"role", "assistant"}, {"content", "<|channel>thought\nhmm<channel|>" + text}, {"tool_calls", call}});
+    messages.push_back({{"role", "tool"}, {"tool_responses", response}});
+  }
+  const ojson options = {{"tools", tools}, {"add_generation_prompt", true}};
+  EXPECT_GT(render_chat(tmpl, messages, options).size(), 1'200'000u);
+  ChatTemplateLimits tight;
+  tight.max_work = ChatTemplateLimits{}.max_work / 4;
+  tmpl.set_limits(tight);
+  EXPECT_NO_THROW(render_chat(tmpl, messages, options));
+}
+
 TEST(ChatTemplate, DeepNestingIsRejectedNotCrashing) {
   std::string deep = "{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}";
   EXPECT_THROW(ChatTemplate::parse(deep), Error);
