@@ -53,11 +53,6 @@ size_t rfind_sub(std::string_view hay, std::string_view needle) {
   return f == std::string::npos ? f : hay.size() - f - needle.size();
 }
 
-// The size limit check shared by the interpreter and the string helpers below.
-void check_size(uint64_t n, size_t max_bytes) {
-  if (n > max_bytes) throw_msg("value exceeds the limit of " + std::to_string(max_bytes) + " bytes");
-}
-
 bool holds_reference(const Value& v) {
   switch (v.kind) {
     case Kind::Namespace:
@@ -1109,6 +1104,30 @@ class Interp {
   }
 
   // ---- methods on str / dict / list ----
+  // The part of s that find, rfind, index, count, startswith and endswith search: s[start:end] for
+  // their optional start and end arguments (code points, clamped like slice bounds), and start, to
+  // turn positions in it back into positions in s. nullopt where start lies past end (or past the
+  // string): Python finds nothing there, not even ''.
+  struct SearchRange {
+    std::string_view text;
+    int64_t start = 0;
+  };
+  static std::optional<SearchRange> search_range(std::string_view s, const CallArgs& a, const std::string& name) {
+    if (a.pos.size() > 3) throw_msg(name + " expected at most 3 arguments, got " + std::to_string(a.pos.size()));
+    if (a.pos.size() < 2) return SearchRange{s, 0};  // the whole string: no code points to count
+    const int64_t len = static_cast<int64_t>(utf8_length(s));
+    auto bound = [&](size_t idx, int64_t absent) {
+      if (idx >= a.pos.size() || a.pos[idx].is_none()) return absent;
+      const int64_t x = slice_index(a.pos[idx]);
+      return x < 0 ? std::max<int64_t>(x + len, 0) : x;
+    };
+    const int64_t start = bound(1, 0);
+    const int64_t end = std::min(bound(2, len), len);
+    if (start > end) return std::nullopt;
+    const size_t from = utf8_offset(s, static_cast<size_t>(start));
+    return SearchRange{s.substr(from, utf8_offset(s, static_cast<size_t>(end)) - from), start};
+  }
+
   Value call_method(const Value& obj, const std::string& name, CallArgs& a) {
     if (obj.kind == Kind::Dict) {
       if (name == "items") {
@@ -1156,9 +1175,9 @@ class Interp {
     if (name == "startswith" || name == "endswith") {
       if (a.pos.empty()) throw_msg(name + " takes at least 1 argument (0 given)");
       const Value& p = a.pos[0];
-      auto test = [&](const std::string& x) {
-        if (x.size() > s.size()) return false;
-        return name == "startswith" ? s.compare(0, x.size(), x) == 0 : s.compare(s.size() - x.size(), x.size(), x) == 0;
+      const auto range = search_range(s, a, name);
+      auto test = [&](std::string_view x) {
+        return range && (name == "startswith" ? range->text.starts_with(x) : range->text.ends_with(x));
       };
       if (p.is_string()) return Value::boolean(test(p.s));
       if (p.kind == Kind::List && p.tuple) {
@@ -1188,18 +1207,22 @@ class Interp {
     if (name == "find" || name == "rfind" || name == "index" || name == "count") {
       if (a.pos.empty() || !a.pos[0].is_string()) throw_msg(name + "() argument must be str");
       const std::string& sub = a.pos[0].s;
+      const auto range = search_range(s, a, name);
       if (name == "count") {
-        if (sub.empty()) return Value::integer(static_cast<int64_t>(utf8_length(s) + 1));
+        if (!range) return Value::integer(0);
+        const std::string_view text = range->text;
+        if (sub.empty()) return Value::integer(static_cast<int64_t>(utf8_length(text) + 1));
         int64_t n = 0;
-        for (size_t p = find_sub(s, sub); p != std::string::npos; p = find_sub(s, sub, p + sub.size())) ++n;
+        for (size_t p = find_sub(text, sub); p != std::string::npos; p = find_sub(text, sub, p + sub.size())) ++n;
         return Value::integer(n);
       }
-      size_t p = name == "rfind" ? rfind_sub(s, sub) : find_sub(s, sub);
+      size_t p = std::string::npos;
+      if (range) p = name == "rfind" ? rfind_sub(range->text, sub) : find_sub(range->text, sub);
       if (p == std::string::npos) {
         if (name == "index") throw_msg("substring not found");
         return Value::integer(-1);
       }
-      return Value::integer(static_cast<int64_t>(utf8_length(s.substr(0, p))));
+      return Value::integer(range->start + static_cast<int64_t>(utf8_length(range->text.substr(0, p))));
     }
     if (name == "join") {
       if (a.pos.empty()) throw_msg("join() takes exactly one argument (0 given)");

@@ -76,6 +76,10 @@ uint64_t weight_of(const Value& v) {
   }
 }
 
+void check_size(uint64_t n, size_t max_bytes) {
+  if (n > max_bytes) throw std::runtime_error("value exceeds the limit of " + std::to_string(max_bytes) + " bytes");
+}
+
 // Nesting depth and weight of a container with these items.
 static void add_item(int& nest, uint64_t& weight, const Value& x) {
   nest = std::max<int>(nest, x.nest);
@@ -142,34 +146,40 @@ bool Value::truthy() const {
 }
 
 // --- UTF-8 -------------------------------------------------------------------------------------
+// Decodes the code point at s[i] into cp and returns the bytes it takes. An invalid or truncated
+// sequence stands for its first byte alone, so every byte string decodes and the code point
+// indices of utf8_decode and utf8_offset agree on it.
+static size_t utf8_decode_at(std::string_view s, size_t i, char32_t& cp) {
+  unsigned char c = static_cast<unsigned char>(s[i]);
+  cp = c;
+  if (c < 0x80) return 1;
+  int n = (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
+  if (n < 0 || i + static_cast<size_t>(n) >= s.size()) return 1;
+  char32_t decoded = c & (0x3F >> n);
+  for (int k = 1; k <= n; ++k) {
+    unsigned char cc = static_cast<unsigned char>(s[i + k]);
+    if ((cc & 0xC0) != 0x80) return 1;
+    decoded = (decoded << 6) | (cc & 0x3F);
+  }
+  cp = decoded;
+  return static_cast<size_t>(n) + 1;
+}
+
 std::u32string utf8_decode(std::string_view s) {
   std::u32string out;
   out.reserve(s.size());
-  size_t i = 0;
-  while (i < s.size()) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      out.push_back(c);
-      ++i;
-      continue;
-    }
-    int n = (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
-    bool ok = n > 0 && i + static_cast<size_t>(n) < s.size();
-    char32_t cp = ok ? (c & (0x3F >> n)) : 0;
-    for (int k = 1; ok && k <= n; ++k) {
-      unsigned char cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) ok = false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    if (!ok) {  // invalid or truncated sequence: keep the byte as a code point
-      out.push_back(c);
-      ++i;
-      continue;
-    }
+  for (size_t i = 0; i < s.size();) {
+    char32_t cp;
+    i += utf8_decode_at(s, i, cp);
     out.push_back(cp);
-    i += n + 1;
   }
   return out;
+}
+
+size_t utf8_offset(std::string_view s, size_t index) {
+  size_t i = 0;
+  for (char32_t cp; index > 0 && i < s.size(); --index) i += utf8_decode_at(s, i, cp);
+  return i;
 }
 
 void utf8_append(std::string& out, char32_t c) {
@@ -317,10 +327,6 @@ static std::string repr_string(const std::string& s) {
   return out;
 }
 
-[[noreturn]] static void too_large(size_t max_bytes) {
-  throw std::runtime_error("value exceeds the limit of " + std::to_string(max_bytes) + " bytes");
-}
-
 // Appends repr(v) to out. The size check runs per item, so a list holding a namespace many times
 // (the one value whose weight can grow after it is stored) stops at max_bytes, not at its full size.
 static void repr_into(std::string& out, const Value& v, size_t max_bytes) {
@@ -353,7 +359,7 @@ static void repr_into(std::string& out, const Value& v, size_t max_bytes) {
     }
     default: out += to_str(v); break;
   }
-  if (out.size() > max_bytes) too_large(max_bytes);
+  check_size(out.size(), max_bytes);
 }
 
 std::string repr(const Value& v, size_t max_bytes) {
@@ -486,12 +492,12 @@ static std::string json_float(double f) {
 }
 
 static void json_dump(std::string& out, const Value& v, const JsonOptions& o, int level) {
-  if (out.size() > o.max_bytes) too_large(o.max_bytes);  // separators and indents written so far
+  check_size(out.size(), o.max_bytes);  // separators and indents written so far
   auto newline = [&](int lvl) {
     out += '\n';
     for (int k = 0; k < lvl; ++k) {
       out += *o.indent;
-      if (out.size() > o.max_bytes) too_large(o.max_bytes);
+      check_size(out.size(), o.max_bytes);
     }
   };
   switch (v.kind) {
@@ -501,7 +507,7 @@ static void json_dump(std::string& out, const Value& v, const JsonOptions& o, in
     case Kind::Float: out += json_float(v.f); return;
     case Kind::String:
       json_string(out, v.s, o.ensure_ascii);
-      if (out.size() > o.max_bytes) too_large(o.max_bytes);
+      check_size(out.size(), o.max_bytes);
       return;
     case Kind::List: {
       if (v.list->empty()) {

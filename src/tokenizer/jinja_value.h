@@ -85,6 +85,12 @@ struct Callable {
 // print or compare.
 uint64_t weight_of(const Value& v);
 
+// The size cap of repr, to_json and the values the interpreter builds: throws
+// std::runtime_error("value exceeds the limit of <max_bytes> bytes") when n passes max_bytes. The
+// interpreter turns it into an error at the expression or statement being evaluated, so every path
+// reports the cap in the same words.
+void check_size(uint64_t n, size_t max_bytes);
+
 // --- Python semantics --------------------------------------------------------------------------
 std::string type_name(const Value& v);        // Python type name: 'str', 'list', 'dict', ...
 // str(v) (Undefined -> "") and repr(v); for a container they throw std::runtime_error once the text
@@ -122,6 +128,8 @@ std::u32string utf8_decode(std::string_view s);
 std::string utf8_encode(std::u32string_view s);
 void utf8_append(std::string& out, char32_t c);
 size_t utf8_length(std::string_view s);
+// Byte offset of the code point at `index` (as utf8_decode counts them); s.size() past the end.
+size_t utf8_offset(std::string_view s, size_t index);
 bool is_py_space(char32_t c);
 
 }  // namespace tandem::jinja

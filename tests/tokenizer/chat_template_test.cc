@@ -252,6 +252,34 @@ TEST(ChatTemplate, HostileTemplatesEndWithClearErrors) {
                "recursion too deep");
 }
 
+// The size cap is checked both while repr/tojson write their text and while the interpreter builds a
+// value; either way the user sees one message, at the expression or statement that went over.
+TEST(ChatTemplate, SizeLimitErrorsNameTheLimitAndPosition) {
+  auto render_error = [](const std::string& src) -> std::string {
+    auto tmpl = ChatTemplate::parse(src);
+    ChatTemplateLimits lim;
+    lim.max_output_bytes = 1000;
+    tmpl.set_limits(lim);
+    try {
+      return "rendered: " + tmpl.render(ojson::object());
+    } catch (const Error& e) {
+      return e.what();
+    }
+  };
+  // tojson's text (the indents) outgrows the cap: reported at the filter.
+  EXPECT_EQ(render_error("ok\n  {{ [1, 2] | tojson(indent='x' * 600) }}"),
+            "chat template line 2, column 15: value exceeds the limit of 1000 bytes");
+  // repr of a list whose escaped string outgrows the cap when {{ }} prints it: reported at the statement.
+  EXPECT_EQ(render_error("{% set s = '\\n' * 600 %}\n{{ [s] }}"),
+            "chat template line 2, column 1: value exceeds the limit of 1000 bytes");
+  // A value built by an expression: split's parts weigh more than the cap.
+  EXPECT_EQ(render_error("\n\n{{ (',' * 900).split(',') | length }}"),
+            "chat template line 3, column 21: value exceeds the limit of 1000 bytes");
+  // A value built by a statement: the for loop's list of a string's characters.
+  EXPECT_EQ(render_error("{% set s = 'x' * 900 %}\n {% for c in s %}{% endfor %}"),
+            "chat template line 2, column 5: value exceeds the limit of 1000 bytes");
+}
+
 TEST(ChatTemplate, DegenerateArgumentsStayFast) {
   // '' * 10**15 looped 10**15 times, a range stepping past INT64_MAX wrapped around and never ended,
   // and substring search and strip() took time quadratic in their arguments.
@@ -262,6 +290,52 @@ TEST(ChatTemplate, DegenerateArgumentsStayFast) {
   EXPECT_EQ(render("{% set s = 'a' * 1000000 %}{{ s.find('a' * 100000 ~ 'b') }} {{ s.rfind('b' ~ 'a' * 100000) }} "
                    "{{ ('a' * 100000 ~ 'b') in s }} {{ s.count('a' * 100000 ~ 'b') }} {{ s.strip('b' * 100000 ~ 'a') }}|"),
             "-1 -1 False 0 |");
+}
+
+// Python's optional start and end of str.find and its siblings: code point bounds clamped like a
+// slice's, positions counted in the whole string. Expected values are CPython's.
+TEST(ChatTemplate, StringSearchMethodsTakeStartAndEnd) {
+  auto render = [](const std::string& src) { return ChatTemplate::parse(src).render(ojson::object()); };
+  EXPECT_EQ(render("{% set s = 'abcabc' %}{{ s.find('c', 3) }} {{ s.find('c', -2) }} {{ s.find('c', 10) }} "
+                   "{{ s.find('', 6) }} {{ s.find('', 7) }} {{ s.find('c', -100) }} {{ s.find('c', 0, 2) }} "
+                   "{{ s.find('b', 1, 2) }} {{ s.find('', 2, 1) }} {{ s.find('c', none, none) }}"),
+            "5 5 -1 6 -1 2 -1 1 -1 2");
+  EXPECT_EQ(render("{% set s = 'abcabc' %}{{ s.rfind('a', 0, 3) }} {{ s.rfind('c', none, -1) }} "
+                   "{{ s.rfind('', 1, 2) }} {{ s.index('b', 2) }} {{ s.count('a', 1) }} {{ s.count('', 2, 4) }} "
+                   "{{ s.count('', 7) }}"),
+            "0 2 2 4 1 3 0");
+  EXPECT_EQ(render("{% set s = 'abcabc' %}{{ s.startswith('ca', 2) }} {{ s.startswith('ab', none, 1) }} "
+                   "{{ s.startswith('', 6) }} {{ s.startswith('', 7) }} {{ s.endswith('ab', 0, -1) }} "
+                   "{{ s.endswith(('x', 'b'), 0, 5) }} {{ s.endswith('', 3, 2) }} {{ s.startswith(('x', 'b'), 1) }}"),
+            "True False True False True True False True");
+  // Bounds and results count code points, not bytes.
+  EXPECT_EQ(render("{% set s = 'héllo wörld' %}{{ s.find('l', 4) }} {{ s.rfind('ö', 0, 8) }} "
+                   "{{ s.count('l', 3, -1) }} {{ s.startswith('ö', 7) }} {{ s.index('d', -1) }}"),
+            "9 7 2 True 10");
+  // Needles over 16 bytes take the Knuth-Morris-Pratt path.
+  EXPECT_EQ(render("{% set n = 'a' * 40 ~ 'b' %}{% set s = n ~ 'x' ~ n ~ 'y' %}{{ s.find(n, 1) }} {{ s.rfind(n, 1) }} "
+                   "{{ s.rfind(n, 0, 83) }} {{ s.rfind(n, 0, 82) }} {{ s.count(n, 1) }} {{ s.count(n, 0, -1) }} "
+                   "{{ s.find(n, 0, 40) }}"),
+            "42 42 42 0 1 2 -1");
+  EXPECT_EQ(render("{% set n = 'a' * 40 ~ 'b' %}{% set s = 'é' * 5 ~ n ~ 'é' ~ n %}{{ s.find(n, 6) }} "
+                   "{{ s.rfind(n, 0, -1) }} {{ s.count(n, -41) }} {{ s.index(n, -41) }}"),
+            "47 5 1 47");
+  auto render_error = [](const std::string& src) -> std::string {
+    try {
+      return "rendered: " + ChatTemplate::parse(src).render(ojson::object());
+    } catch (const Error& e) {
+      return e.what();
+    }
+  };
+  EXPECT_EQ(render_error("{{ 'abc'.find('a', 'x') }}"),
+            "chat template line 1, column 14: slice indices must be integers or None");
+  EXPECT_EQ(render_error("{{ 'abc'.endswith('c', 0, 1.5) }}"),
+            "chat template line 1, column 18: slice indices must be integers or None");
+  EXPECT_EQ(render_error("{{ 'abc'.count('a', 0, 1, 2) }}"),
+            "chat template line 1, column 15: count expected at most 3 arguments, got 4");
+  EXPECT_EQ(render_error("{{ 'abc'.startswith('a', 0, 1, 2) }}"),
+            "chat template line 1, column 20: startswith expected at most 3 arguments, got 4");
+  EXPECT_EQ(render_error("{{ 'abcabc'.index('a', 4) }}"), "chat template line 1, column 18: substring not found");
 }
 
 TEST(ChatTemplate, ValueLimitLetsTemplatesCopyTheirVariables) {
