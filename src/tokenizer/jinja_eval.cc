@@ -1149,14 +1149,24 @@ class Interp {
     }
     charge(weight_of(obj));  // list.count/index and every str method walk the whole value
     if (obj.kind == Kind::List) {
-      if (a.pos.empty()) throw_msg(name + "() takes exactly one argument (0 given)");
+      const std::vector<Value>& items = *obj.list;
       if (name == "count") {
+        if (a.pos.size() != 1) throw_msg("count() takes exactly one argument (" + std::to_string(a.pos.size()) + " given)");
         int64_t n = 0;
-        for (const auto& x : *obj.list) n += equals(x, a.pos[0]);
+        for (const auto& x : items) n += equals(x, a.pos[0]);
         return Value::integer(n);
       }
-      for (size_t k = 0; k < obj.list->size(); ++k)
-        if (equals((*obj.list)[k], a.pos[0])) return Value::integer(static_cast<int64_t>(k));
+      // index(x[, start[, end]]): Python's bounds, clamped like a slice's (negative from the end).
+      if (a.pos.empty()) throw_msg("index expected at least 1 argument, got 0");
+      if (a.pos.size() > 3) throw_msg("index expected at most 3 arguments, got " + std::to_string(a.pos.size()));
+      const int64_t n = static_cast<int64_t>(items.size());
+      auto bound = [&](size_t idx, int64_t absent) {
+        if (idx >= a.pos.size()) return absent;
+        const int64_t x = slice_index(a.pos[idx]);
+        return std::clamp<int64_t>(x < 0 ? x + n : x, 0, n);
+      };
+      for (int64_t k = bound(1, 0), end = bound(2, n); k < end; ++k)
+        if (equals(items[static_cast<size_t>(k)], a.pos[0])) return Value::integer(k);
       throw_msg(repr(a.pos[0]) + " is not in list");
     }
     // str methods

@@ -338,6 +338,29 @@ TEST(ChatTemplate, StringSearchMethodsTakeStartAndEnd) {
   EXPECT_EQ(render_error("{{ 'abcabc'.index('a', 4) }}"), "chat template line 1, column 18: substring not found");
 }
 
+TEST(ChatTemplate, ListIndexTakesStartAndEnd) {
+  auto render = [](const std::string& src) { return ChatTemplate::parse(src).render(ojson::object()); };
+  // Expected values from CPython.
+  EXPECT_EQ(render("{% set l = [1, 2, 1, 2, 1] %}{{ l.index(1) }} {{ l.index(1, 1) }} {{ l.index(2, -2) }} "
+                   "{{ l.index(1, -100) }} {{ l.index(1, 3, 5) }} {{ l.index(2, 0, -1) }} {{ l.count(1) }}"),
+            "0 2 3 0 4 1 3");
+  auto render_error = [](const std::string& src) -> std::string {
+    try {
+      return "rendered: " + ChatTemplate::parse(src).render(ojson::object());
+    } catch (const Error& e) {
+      return e.what();
+    }
+  };
+  EXPECT_EQ(render_error("{{ [1, 2].index(1, 1) }}"), "chat template line 1, column 16: 1 is not in list");
+  EXPECT_EQ(render_error("{{ [1, 2].index(2, 5, 1) }}"), "chat template line 1, column 16: 2 is not in list");
+  EXPECT_EQ(render_error("{{ [1, 2].index(1, 'a') }}"),
+            "chat template line 1, column 16: slice indices must be integers or None");
+  EXPECT_EQ(render_error("{{ [1, 2].index(1, 0, 1, 2) }}"),
+            "chat template line 1, column 16: index expected at most 3 arguments, got 4");
+  EXPECT_EQ(render_error("{{ [1, 2].count(1, 0) }}"),
+            "chat template line 1, column 16: count() takes exactly one argument (2 given)");
+}
+
 TEST(ChatTemplate, ValueLimitLetsTemplatesCopyTheirVariables) {
   // messages[1:] of a conversation that outweighs max_output_bytes is fine; doubling it is not.
   ojson messages = ojson::array();
