@@ -93,5 +93,27 @@ TEST(MmaQuantDecode, BlockLayoutPutsLaneTWordTOfEveryChunkSideBySide) {
   }
 }
 
+// quant_divide against integer division for divisors of every kind (powers of two, 1, odd, a channel-wise
+// group of a row's chunks, the largest) at dividends around each multiple of the divisor and up to 2^31 − 1.
+TEST(MmaQuantDecode, DivisionByAMultiplyAndAShiftIsExact) {
+  std::vector<uint32_t> divisors;
+  for (uint32_t d = 1; d <= 300; ++d) divisors.push_back(d);
+  for (uint32_t d : {352u, 704u, 1023u, 1025u, 65535u, 65536u, 65537u, 1000003u, 0x3FFFFFFFu, 0x40000000u,
+                     0x40000001u, 0x7FFFFFFEu, 0x7FFFFFFFu})
+    divisors.push_back(d);
+  constexpr uint32_t kMax = 0x7FFFFFFFu;
+  for (const uint32_t d : divisors) {
+    const cu::QuantDivisor q = cu::quant_divisor(d);
+    auto check = [&](uint64_t n) {
+      if (n > kMax) return;
+      ASSERT_EQ(cu::quant_divide(static_cast<uint32_t>(n), q), n / d) << n << " / " << d;
+    };
+    for (uint64_t n = 0; n < 4096; ++n) check(n);
+    for (uint64_t k = 1; k <= kMax / d + 1; k = k < 64 ? k + 1 : k * 3 / 2)  // around multiples of d
+      for (int64_t e = -2; e <= 2; ++e) check(k * d + e);
+    for (uint64_t n = kMax - 4096; n <= kMax; ++n) check(n);
+  }
+}
+
 }  // namespace
 }  // namespace tandem::test

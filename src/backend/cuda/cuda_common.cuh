@@ -142,12 +142,9 @@ __device__ __forceinline__ void with_wtype(int wt, F&& f) {
 
 // Runtime-dtype element load for the small ops (norm weights, embeddings, expert scales).
 __device__ __forceinline__ float load_any(const void* p, int wt, int64_t i) {
-  switch (wt) {
-    case kF32: return load_elem<kF32>(p, i);
-    case kBF16: return load_elem<kBF16>(p, i);
-    case kF16: return load_elem<kF16>(p, i);
-    default: return load_elem<kF8>(p, i);
-  }
+  float v;
+  with_wtype(wt, [&]<int WT>() { v = load_elem<WT>(p, i); });
+  return v;
 }
 
 // A thread's PER elements of an array of n >= 1: indices i0 + j · stride (stride > 0) for j < PER.
@@ -205,9 +202,10 @@ __device__ __forceinline__ void load_any_slots(const void* p, int wt, const Stri
 }
 
 // Two elements ia and ib of quantized weights' scales (F32, BF16 or F16: QuantParams), or zeros when
-// !in: one branch on the width for both instead of load_any's switch for each, which the quantized
-// tensor-core kernels paid in every block they load.
-__device__ __forceinline__ void load_scale_pair(const void* p, int wt, int64_t ia, int64_t ib, bool in, float& a,
+// !in (indices of a weight with under 2^32 scales: mma_quant_fit): one branch on the width for both
+// instead of load_any's switch for each, which the quantized tensor-core kernels paid in every block
+// they load.
+__device__ __forceinline__ void load_scale_pair(const void* p, int wt, uint32_t ia, uint32_t ib, bool in, float& a,
                                                 float& b) {
   if (!in) {
     a = b = 0.0f;
@@ -410,6 +408,15 @@ __device__ __forceinline__ bool last_cta_of(unsigned* ticket, unsigned n) {
   return last;
 }
 
+// p as a value the compiler cannot see into. It keeps the pointer itself in registers where it would
+// otherwise rebuild it before every use from a kernel parameter and an offset (a few 64-bit
+// instructions a load), and an element's address is one multiply-add from it.
+template <typename T>
+__device__ __forceinline__ T* kept_pointer(T* p) {
+  asm("" : "+l"(p));
+  return p;
+}
+
 // p as a pointer the compiler knows nothing about: loads through it are ordinary ones, never the
 // read-only path it infers for a const __restrict__ kernel parameter, whose loads may be scheduled
 // ahead of griddepcontrol.wait. For a kernel that reads its predecessor's output after loading
@@ -417,8 +424,7 @@ __device__ __forceinline__ bool last_cta_of(unsigned* ticket, unsigned n) {
 // instantiations.
 template <typename T>
 __device__ __forceinline__ const T* read_after_wait(const T* p) {
-  asm("" : "+l"(p));
-  return p;
+  return kept_pointer(p);
 }
 
 // Asks L2 for the `bytes` bytes at p, one 128-byte line per thread in turn (thread of threads), without

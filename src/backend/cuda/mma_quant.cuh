@@ -57,10 +57,9 @@ struct MmaQuantWeight {
   const uint8_t* codes;   // [rows, K · bits / 8]
   const void* scales;     // [rows, G] of scale_wt
   const uint8_t* zeros;   // [rows, G], or null: the code's default zero
-  int64_t G;              // groups per row
+  uint32_t G;             // groups per row (a scale's index, row · G + group, fits 32 bits: mma_quant_fit)
   int scale_wt;           // WType of the scales
-  int chunks_per_group;   // group / (codes per 16-byte chunk)
-  int group_shift;        // log2(chunks_per_group) where that is a power of two (a shift, not a division), else -1
+  QuantDivisor chunks_per_group;  // group / (codes per 16-byte chunk), as a multiply and a shift
 };
 
 template <QuantCode CODE>
@@ -71,7 +70,8 @@ constexpr uint32_t kQuantDefaultZero = static_cast<uint32_t>(quant_default_zero(
 // Whether quantized weight w (rows of K elements) takes the tensor-core path: its rows are whole
 // 16-byte chunks (K a multiple of 32 four-bit or 16 eight-bit codes, codes 16-byte aligned), every
 // chunk lies in one scale group (the group a multiple of the chunk; a channel-wise group of K is), and
-// float codes carry no zeros (and a row has under 2^30 chunks: the kernels index them in 32 bits). A
+// float codes carry no zeros (and a row has under 2^30 chunks and the weight under 2^32 scales: the
+// kernels index them in 32 bits). A
 // choice by the weight alone, so a weight gives the same bits at any batch size.
 inline bool mma_quant_fit(const TensorView& w, int64_t K) {
   if (!w.quant) return false;
@@ -79,7 +79,7 @@ inline bool mma_quant_fit(const TensorView& w, int64_t K) {
   const int64_t chunk = 128 / quant_code_bits(q.code);
   const bool float_code = q.code == QuantCode::kE2M1 || q.code == QuantCode::kF8E4M3;
   return K > 0 && K % chunk == 0 && K / chunk <= 0x3FFFFFFF && q.group > 0 && q.group % chunk == 0 &&
-         q.group / chunk <= 0x7FFFFFFF &&
+         q.group / chunk <= 0x7FFFFFFF && q.scales.numel() <= 0xFFFFFFFF &&
          !(float_code && q.zeros.data) && reinterpret_cast<uint64_t>(w.data) % 16 == 0;
 }
 
@@ -92,10 +92,9 @@ inline bool mma_quant_glu_fit(const TensorView& gate, const TensorView& up, int6
 
 inline MmaQuantWeight mma_quant_weight(const TensorView& w, int64_t K) {
   const QuantParams& q = *w.quant;
-  const int chunks = static_cast<int>(q.group / (128 / quant_code_bits(q.code)));
-  const int shift = (chunks & (chunks - 1)) == 0 ? std::countr_zero(static_cast<unsigned>(chunks)) : -1;
-  return {static_cast<const uint8_t*>(w.data), q.scales.data, static_cast<const uint8_t*>(q.zeros.data), q.groups(K),
-          wtype_of(q.scales.dtype), chunks, shift};
+  return {static_cast<const uint8_t*>(w.data), q.scales.data, static_cast<const uint8_t*>(q.zeros.data),
+          static_cast<uint32_t>(q.groups(K)), wtype_of(q.scales.dtype),
+          quant_divisor(static_cast<uint32_t>(q.group / (128 / quant_code_bits(q.code))))};
 }
 
 
@@ -110,14 +109,16 @@ void with_quant_code(QuantCode code, F&& f) {
   }
 }
 
-// Lane t's words of a block of nc chunks in the block layout (quant_block_slot): word t of chunks 0 ..
-// nc − 1, zeros for the others (a block past the end: nc = 0). A whole block is one 16-byte load.
-__device__ __forceinline__ uint4 load_quant_block(const uint32_t* block, int nc, int t) {
-  if (nc == 4) return load_weight_chunk(reinterpret_cast<const uint4*>(block) + t);
+// Lane t's words of the block of nc chunks that starts `word` words into a row of codes (quant_block_slot):
+// word t of chunks 0 .. nc − 1, zeros for the others (a block past the end: nc = 0). A whole block is
+// one 16-byte load. Offsets within a row are 32-bit (mma_quant_fit), so each address is one multiply-add.
+__device__ __forceinline__ uint4 load_quant_block(const uint32_t* row, uint32_t word, int nc, int t) {
+  if (nc == 4) return load_weight_chunk(reinterpret_cast<const uint4*>(row + (word + 4u * t)));
   uint4 v = make_uint4(0, 0, 0, 0);
-  if (nc > 0) v.x = __ldg(block + nc * t);
-  if (nc > 1) v.y = __ldg(block + nc * t + 1);
-  if (nc > 2) v.z = __ldg(block + nc * t + 2);
+  const uint32_t lane_word = word + static_cast<uint32_t>(nc * t);
+  if (nc > 0) v.x = __ldg(row + lane_word);
+  if (nc > 1) v.y = __ldg(row + (lane_word + 1u));
+  if (nc > 2) v.z = __ldg(row + (lane_word + 2u));
   return v;
 }
 
@@ -199,12 +200,19 @@ struct MmaQuantRows {
     MmaQuantWeight w[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) w[j] = sets[j].w;
+    // Each row's codes (kept as pointers: kept_pointer) and the index of its first scale (and zero
+    // point), computed once: a block's addresses are then 32-bit offsets from them (mma_quant_fit), one
+    // multiply-add each, where 64-bit row and group arithmetic in every block took about a fifth of a
+    // decode iteration's instructions (docs/PERF.md, forty-fourth session).
     const uint32_t* ca[NT];
     const uint32_t* cb[NT];
+    uint32_t ga[NT], gb[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      ca[j] = reinterpret_cast<const uint32_t*>(w[j].codes) + row[j][0] * n_chunks * 4;  // 4 words per chunk
-      cb[j] = reinterpret_cast<const uint32_t*>(w[j].codes) + row[j][1] * n_chunks * 4;
+      ca[j] = kept_pointer(reinterpret_cast<const uint32_t*>(w[j].codes) + row[j][0] * n_chunks * 4);  // 4 words a chunk
+      cb[j] = kept_pointer(reinterpret_cast<const uint32_t*>(w[j].codes) + row[j][1] * n_chunks * 4);
+      ga[j] = static_cast<uint32_t>(row[j][0]) * w[j].G;
+      gb[j] = static_cast<uint32_t>(row[j][1]) * w[j].G;
     }
     const int v0 = VPW == 1 ? warp : warp % (kMmaWarps / VPW) * VPW;  // (VPW 1: the warp itself)
     for (int kb0 = kb_first + v0; kb0 < kb_last; kb0 += kMmaWarps * U) {
@@ -220,17 +228,14 @@ struct MmaQuantRows {
         nc[u] = kb < kb_last ? (n_chunks - 4 * kb < 4 ? n_chunks - 4 * kb : 4) : 0;
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
-          const uint32_t ch32 = static_cast<uint32_t>(ch);
-          const int64_t gj = !in                    ? 0
-                             : w[j].group_shift >= 0 ? ch32 >> w[j].group_shift
-                                                     : ch32 / static_cast<uint32_t>(w[j].chunks_per_group);
-          ra[u][j] = load_quant_block(ca[j] + 16 * kb, nc[u], t);
-          rb[u][j] = load_quant_block(cb[j] + 16 * kb, nc[u], t);
-          load_scale_pair(w[j].scales, w[j].scale_wt, row[j][0] * w[j].G + gj, row[j][1] * w[j].G + gj, in,
-                          sa[u][j], sb[u][j]);
+          const uint32_t gj = quant_divide(static_cast<uint32_t>(ch), w[j].chunks_per_group);
+          const uint32_t word = 16u * static_cast<uint32_t>(kb);  // words before block kb in a row
+          ra[u][j] = load_quant_block(ca[j], word, nc[u], t);
+          rb[u][j] = load_quant_block(cb[j], word, nc[u], t);
+          load_scale_pair(w[j].scales, w[j].scale_wt, ga[j] + gj, gb[j] + gj, in, sa[u][j], sb[u][j]);
           if constexpr (kInt) {
-            za[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][0] * w[j].G + gj) : kDefaultZero;
-            zb[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + row[j][1] * w[j].G + gj) : kDefaultZero;
+            za[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + (ga[j] + gj)) : kDefaultZero;
+            zb[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + (gb[j] + gj)) : kDefaultZero;
           }
         }
       }

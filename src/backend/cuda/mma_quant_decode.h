@@ -11,7 +11,9 @@
 //                 exact f32 values, or built in bf16 directly, with no rounding anywhere.
 //   quant_block_slot  where a block of a row's chunks keeps each word, so that each lane of an MMA
 //                     quad loads its fragments' words with one load (mma_quant.cuh says why).
+//   quant_divide  a chunk's scale group: division by a launch's constant as a multiply and a shift.
 #pragma once
+#include <bit>
 #include <cstdint>
 #include <cstring>
 
@@ -166,6 +168,26 @@ TANDEM_QUNROLL
       pair[i] = bf16x2_fma_exact((h << 4) & 0x87F087F0u, 0x7B807B80u, 0x80008000u);
     }
   }
+}
+
+// Division by a divisor d (1 <= d < 2^31) fixed for a launch, as a multiply and a shift with no branch
+// on d: n / d == (n · mul) >> shift for every n < 2^31 (quant_divide). For d = 2^p, (1, p); else, with
+// l = ⌈log2 d⌉, mul = ⌈2^(31 + l) / d⌉ (under 2^32, since 2^(l − 1) < d) and shift 31 + l: the round-up
+// method of Granlund and Montgomery for 31-bit dividends. The quantized kernels find a chunk's scale
+// group with it, which a group of any size (a channel-wise group of K chunks too) needs.
+struct QuantDivisor {
+  uint32_t mul;
+  int shift;
+};
+
+inline QuantDivisor quant_divisor(uint32_t d) {
+  if ((d & (d - 1)) == 0) return {1u, std::countr_zero(d)};
+  const int l = 32 - std::countl_zero(d - 1);
+  return {static_cast<uint32_t>(((uint64_t{1} << (31 + l)) + d - 1) / d), 31 + l};
+}
+
+TANDEM_QHD uint32_t quant_divide(uint32_t n, QuantDivisor d) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(n) * d.mul) >> d.shift);
 }
 
 // The block layout (CudaBackend::prepare_quant): a row's codes come in blocks of 4 chunks of 16

@@ -129,15 +129,11 @@ struct NormChainArgs {
   float eps;
 };
 
-// Row r of m, as a pointer the compiler cannot see into: an element's address is then one multiply-add
-// (IMAD.WIDE) from it, where the compiler otherwise folds row and column into one 64-bit index and
-// spends four instructions on each element's address. (Its loads and stores name the global space,
-// __ldcg / __stcg, since the compiler no longer knows the pointer is global.)
-__device__ __forceinline__ float* row_of(const Mat& m, int64_t r) {
-  float* p = m.p + r * m.ld;
-  asm("" : "+l"(p));
-  return p;
-}
+// Row r of m, as a pointer the compiler cannot see into (kept_pointer): an element's address is then one
+// multiply-add (IMAD.WIDE) from it, where the compiler otherwise folds row and column into one 64-bit
+// index and spends four instructions on each element's address. (Its loads and stores name the global
+// space, __ldcg / __stcg, since the compiler no longer knows the pointer is global.)
+__device__ __forceinline__ float* row_of(const Mat& m, int64_t r) { return kept_pointer(m.p + r * m.ld); }
 
 // The rows a step reads from memory, row r: v = in (unless in_regs), old = out's previous values (add
 // and not old_regs); the slots past the row's end hold its last element again, which no sum reads and
