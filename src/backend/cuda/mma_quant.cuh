@@ -71,8 +71,8 @@ constexpr uint32_t kQuantDefaultZero = static_cast<uint32_t>(quant_default_zero(
 // 16-byte chunks (K a multiple of 32 four-bit or 16 eight-bit codes, codes 16-byte aligned), every
 // chunk lies in one scale group (the group a multiple of the chunk; a channel-wise group of K is), and
 // float codes carry no zeros (and a row has under 2^30 chunks and the weight under 2^32 scales: the
-// kernels index them in 32 bits). A
-// choice by the weight alone, so a weight gives the same bits at any batch size.
+// kernels index them in 32 bits). A choice by the weight alone, so a weight gives the same bits at any
+// batch size.
 inline bool mma_quant_fit(const TensorView& w, int64_t K) {
   if (!w.quant) return false;
   const QuantParams& q = *w.quant;
