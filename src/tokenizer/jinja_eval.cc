@@ -1104,6 +1104,20 @@ class Interp {
   }
 
   // ---- methods on str / dict / list ----
+  // Python's optional start and end arguments (a.pos[1], a.pos[2]) of the search methods over len
+  // items: a negative one counts from the end (floored at 0), end is capped at len, start may pass it.
+  // None stands for no bound where none_ok (the str methods; list.index takes integers only).
+  static std::pair<int64_t, int64_t> search_bounds(const CallArgs& a, int64_t len, const std::string& name,
+                                                   bool none_ok) {
+    if (a.pos.size() > 3) throw_msg(name + " expected at most 3 arguments, got " + std::to_string(a.pos.size()));
+    auto bound = [&](size_t idx, int64_t absent) {
+      if (idx >= a.pos.size() || (none_ok && a.pos[idx].is_none())) return absent;
+      const int64_t x = slice_index(a.pos[idx]);
+      return x < 0 ? std::max<int64_t>(x + len, 0) : x;
+    };
+    return {bound(1, 0), std::min(bound(2, len), len)};
+  }
+
   // The part of s that find, rfind, index, count, startswith and endswith search: s[start:end] for
   // their optional start and end arguments (code points, clamped like slice bounds), and start, to
   // turn positions in it back into positions in s. nullopt where start lies past end (or past the
@@ -1113,16 +1127,8 @@ class Interp {
     int64_t start = 0;
   };
   static std::optional<SearchRange> search_range(std::string_view s, const CallArgs& a, const std::string& name) {
-    if (a.pos.size() > 3) throw_msg(name + " expected at most 3 arguments, got " + std::to_string(a.pos.size()));
     if (a.pos.size() < 2) return SearchRange{s, 0};  // the whole string: no code points to count
-    const int64_t len = static_cast<int64_t>(utf8_length(s));
-    auto bound = [&](size_t idx, int64_t absent) {
-      if (idx >= a.pos.size() || a.pos[idx].is_none()) return absent;
-      const int64_t x = slice_index(a.pos[idx]);
-      return x < 0 ? std::max<int64_t>(x + len, 0) : x;
-    };
-    const int64_t start = bound(1, 0);
-    const int64_t end = std::min(bound(2, len), len);
+    const auto [start, end] = search_bounds(a, static_cast<int64_t>(utf8_length(s)), name, /*none_ok=*/true);
     if (start > end) return std::nullopt;
     const size_t from = utf8_offset(s, static_cast<size_t>(start));
     return SearchRange{s.substr(from, utf8_offset(s, static_cast<size_t>(end)) - from), start};
@@ -1156,16 +1162,10 @@ class Interp {
         for (const auto& x : items) n += equals(x, a.pos[0]);
         return Value::integer(n);
       }
-      // index(x[, start[, end]]): Python's bounds, clamped like a slice's (negative from the end).
+      // index(x[, start[, end]])
       if (a.pos.empty()) throw_msg("index expected at least 1 argument, got 0");
-      if (a.pos.size() > 3) throw_msg("index expected at most 3 arguments, got " + std::to_string(a.pos.size()));
-      const int64_t n = static_cast<int64_t>(items.size());
-      auto bound = [&](size_t idx, int64_t absent) {
-        if (idx >= a.pos.size()) return absent;
-        const int64_t x = slice_index(a.pos[idx]);
-        return std::clamp<int64_t>(x < 0 ? x + n : x, 0, n);
-      };
-      for (int64_t k = bound(1, 0), end = bound(2, n); k < end; ++k)
+      const auto [start, end] = search_bounds(a, static_cast<int64_t>(items.size()), "index", /*none_ok=*/false);
+      for (int64_t k = start; k < end; ++k)
         if (equals(items[static_cast<size_t>(k)], a.pos[0])) return Value::integer(k);
       throw_msg(repr(a.pos[0]) + " is not in list");
     }

@@ -23,6 +23,21 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
+// src rendered without variables.
+std::string render(const std::string& src) { return ChatTemplate::parse(src).render(ojson::object()); }
+
+// src rendered without variables under `limits` (the defaults if null), or the error it raised
+// ("chat template line L, column C: ..."), so a test can compare the message and its position.
+std::string render_or_error(const std::string& src, const ChatTemplateLimits* limits = nullptr) {
+  try {
+    auto tmpl = ChatTemplate::parse(src);
+    if (limits) tmpl.set_limits(*limits);
+    return "rendered: " + tmpl.render(ojson::object());
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
 // One golden file: every case rendered through render_chat must equal transformers' output
 // exactly; error cases must throw with transformers' message.
 void check_golden(const std::string& suite, size_t min_cases) {
@@ -255,17 +270,9 @@ TEST(ChatTemplate, HostileTemplatesEndWithClearErrors) {
 // The size cap is checked both while repr/tojson write their text and while the interpreter builds a
 // value; either way the user sees one message, at the expression or statement that went over.
 TEST(ChatTemplate, SizeLimitErrorsNameTheLimitAndPosition) {
-  auto render_error = [](const std::string& src) -> std::string {
-    auto tmpl = ChatTemplate::parse(src);
-    ChatTemplateLimits lim;
-    lim.max_output_bytes = 1000;
-    tmpl.set_limits(lim);
-    try {
-      return "rendered: " + tmpl.render(ojson::object());
-    } catch (const Error& e) {
-      return e.what();
-    }
-  };
+  ChatTemplateLimits lim;
+  lim.max_output_bytes = 1000;
+  auto render_error = [&](const std::string& src) { return render_or_error(src, &lim); };
   // tojson's text (the indents) outgrows the cap: reported at the filter.
   EXPECT_EQ(render_error("ok\n  {{ [1, 2] | tojson(indent='x' * 600) }}"),
             "chat template line 2, column 15: value exceeds the limit of 1000 bytes");
@@ -283,7 +290,6 @@ TEST(ChatTemplate, SizeLimitErrorsNameTheLimitAndPosition) {
 TEST(ChatTemplate, DegenerateArgumentsStayFast) {
   // '' * 10**15 looped 10**15 times, a range stepping past INT64_MAX wrapped around and never ended,
   // and substring search and strip() took time quadratic in their arguments.
-  auto render = [](const std::string& src) { return ChatTemplate::parse(src).render(ojson::object()); };
   EXPECT_EQ(render("{{ '' * 1000000000000000 }}|{{ ([] * 1000000000000000) | length }}"), "|0");
   EXPECT_EQ(render("{{ range(9223372036854775806, 9223372036854775807, 4611686018427387904) | list }}"),
             "[9223372036854775806]");
@@ -295,7 +301,6 @@ TEST(ChatTemplate, DegenerateArgumentsStayFast) {
 // Python's optional start and end of str.find and its siblings: code point bounds clamped like a
 // slice's, positions counted in the whole string. Expected values are CPython's.
 TEST(ChatTemplate, StringSearchMethodsTakeStartAndEnd) {
-  auto render = [](const std::string& src) { return ChatTemplate::parse(src).render(ojson::object()); };
   EXPECT_EQ(render("{% set s = 'abcabc' %}{{ s.find('c', 3) }} {{ s.find('c', -2) }} {{ s.find('c', 10) }} "
                    "{{ s.find('', 6) }} {{ s.find('', 7) }} {{ s.find('c', -100) }} {{ s.find('c', 0, 2) }} "
                    "{{ s.find('b', 1, 2) }} {{ s.find('', 2, 1) }} {{ s.find('c', none, none) }}"),
@@ -320,44 +325,32 @@ TEST(ChatTemplate, StringSearchMethodsTakeStartAndEnd) {
   EXPECT_EQ(render("{% set n = 'a' * 40 ~ 'b' %}{% set s = 'é' * 5 ~ n ~ 'é' ~ n %}{{ s.find(n, 6) }} "
                    "{{ s.rfind(n, 0, -1) }} {{ s.count(n, -41) }} {{ s.index(n, -41) }}"),
             "47 5 1 47");
-  auto render_error = [](const std::string& src) -> std::string {
-    try {
-      return "rendered: " + ChatTemplate::parse(src).render(ojson::object());
-    } catch (const Error& e) {
-      return e.what();
-    }
-  };
-  EXPECT_EQ(render_error("{{ 'abc'.find('a', 'x') }}"),
+  EXPECT_EQ(render_or_error("{{ 'abc'.find('a', 'x') }}"),
             "chat template line 1, column 14: slice indices must be integers or None");
-  EXPECT_EQ(render_error("{{ 'abc'.endswith('c', 0, 1.5) }}"),
+  EXPECT_EQ(render_or_error("{{ 'abc'.endswith('c', 0, 1.5) }}"),
             "chat template line 1, column 18: slice indices must be integers or None");
-  EXPECT_EQ(render_error("{{ 'abc'.count('a', 0, 1, 2) }}"),
+  EXPECT_EQ(render_or_error("{{ 'abc'.count('a', 0, 1, 2) }}"),
             "chat template line 1, column 15: count expected at most 3 arguments, got 4");
-  EXPECT_EQ(render_error("{{ 'abc'.startswith('a', 0, 1, 2) }}"),
+  EXPECT_EQ(render_or_error("{{ 'abc'.startswith('a', 0, 1, 2) }}"),
             "chat template line 1, column 20: startswith expected at most 3 arguments, got 4");
-  EXPECT_EQ(render_error("{{ 'abcabc'.index('a', 4) }}"), "chat template line 1, column 18: substring not found");
+  EXPECT_EQ(render_or_error("{{ 'abcabc'.index('a', 4) }}"), "chat template line 1, column 18: substring not found");
 }
 
 TEST(ChatTemplate, ListIndexTakesStartAndEnd) {
-  auto render = [](const std::string& src) { return ChatTemplate::parse(src).render(ojson::object()); };
   // Expected values from CPython.
   EXPECT_EQ(render("{% set l = [1, 2, 1, 2, 1] %}{{ l.index(1) }} {{ l.index(1, 1) }} {{ l.index(2, -2) }} "
                    "{{ l.index(1, -100) }} {{ l.index(1, 3, 5) }} {{ l.index(2, 0, -1) }} {{ l.count(1) }}"),
             "0 2 3 0 4 1 3");
-  auto render_error = [](const std::string& src) -> std::string {
-    try {
-      return "rendered: " + ChatTemplate::parse(src).render(ojson::object());
-    } catch (const Error& e) {
-      return e.what();
-    }
-  };
-  EXPECT_EQ(render_error("{{ [1, 2].index(1, 1) }}"), "chat template line 1, column 16: 1 is not in list");
-  EXPECT_EQ(render_error("{{ [1, 2].index(2, 5, 1) }}"), "chat template line 1, column 16: 2 is not in list");
-  EXPECT_EQ(render_error("{{ [1, 2].index(1, 'a') }}"),
+  EXPECT_EQ(render_or_error("{{ [1, 2].index(1, 1) }}"), "chat template line 1, column 16: 1 is not in list");
+  EXPECT_EQ(render_or_error("{{ [1, 2].index(2, 5, 1) }}"), "chat template line 1, column 16: 2 is not in list");
+  EXPECT_EQ(render_or_error("{{ [1, 2].index(1, 'a') }}"),
             "chat template line 1, column 16: slice indices must be integers or None");
-  EXPECT_EQ(render_error("{{ [1, 2].index(1, 0, 1, 2) }}"),
+  // list.index takes integer bounds only (str.find's may be None).
+  EXPECT_EQ(render_or_error("{{ [1, 2].index(1, none) }}"),
+            "chat template line 1, column 16: slice indices must be integers or None");
+  EXPECT_EQ(render_or_error("{{ [1, 2].index(1, 0, 1, 2) }}"),
             "chat template line 1, column 16: index expected at most 3 arguments, got 4");
-  EXPECT_EQ(render_error("{{ [1, 2].count(1, 0) }}"),
+  EXPECT_EQ(render_or_error("{{ [1, 2].count(1, 0) }}"),
             "chat template line 1, column 16: count() takes exactly one argument (2 given)");
 }
 
