@@ -382,11 +382,10 @@ __global__ void __launch_bounds__(kMatmulWarps * 32)
 // its SM's L1) and its expert's first weight blocks before waiting for the gate_up kernel, whose output
 // x is (partial's early). x is then read through an opaque copy of its pointer, not the read-only path
 // of a const __restrict__ parameter (read_after_wait).
-template <class W, int TILES, bool DOWN, XSplit X, int VPW = 1>
-__global__ void __launch_bounds__(kMmaWarps * 32)
-    moe_mma_kernel(const float* __restrict__ x, int64_t ldx, W w, int64_t K, int64_t N, int k,
-                   const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
-                   const int32_t* __restrict__ active, int E, float* __restrict__ y, bool early) {
+template <class W, int TILES, bool DOWN, XSplit X, int VPW>
+__device__ __forceinline__ void moe_mma(const float* __restrict__ x, int64_t ldx, W w, int64_t K, int64_t N, int k,
+                                        const int32_t* __restrict__ offsets, const int32_t* __restrict__ sorted,
+                                        const int32_t* __restrict__ active, int E, float* __restrict__ y, bool early) {
   // Only one-tile steps over quantized rows (decode, verify): elsewhere the flag is the constant false, so
   // gate_up, prefill and bf16 kernels keep their registers (a runtime flag took the bf16 down kernel of a
   // decode step from 62 to 72, three CTAs an SM instead of four).
@@ -440,6 +439,38 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   for (int32_t r0 = begin; r0 < end; r0 += X == XSplit::kOneRow ? 1 : TILES * kMmaTile) pass.template operator()<X>(r0);
 }
 
+#define TANDEM_MOE_MMA_PARAMS                                                                                     \
+  const float *__restrict__ x, int64_t ldx, W w, int64_t K, int64_t N, int k, const int32_t *__restrict__ offsets, \
+      const int32_t *__restrict__ sorted, const int32_t *__restrict__ active, int E, float *__restrict__ y, bool early
+template <class W, int TILES, bool DOWN, XSplit X, int VPW = 1>
+__global__ void __launch_bounds__(kMmaWarps * 32) moe_mma_kernel(TANDEM_MOE_MMA_PARAMS) {
+  moe_mma<W, TILES, DOWN, X, VPW>(x, ldx, w, K, N, k, offsets, sorted, active, E, y, early);
+}
+// The same kernel with its registers bounded for three CTAs an SM (ptxas spills what does not fit).
+// launch_moe_mma takes it for the one-token gate_up over int4 codes in narrow CTAs: its 116 registers held
+// it to two CTAs an SM, so at the 26B-A4B's decode with_mma_width counted its 352 CTAs as two waves of two
+// rounds of loads and took the wide CTAs' one wave of three; at three an SM (80 registers, 64 bytes spilled)
+// it is one wave of two, and the W4A16 decode step 1.3 % shorter on an H100 (docs/PERF.md, forty-fifth
+// session). Offered for every narrow launch over quantized rows it measured slower: the W4A16 T = 3 step
+// 5 % (the verify kernels, kLanes, spill 300-700 bytes a thread there) and the FP8 decode 0.9 %.
+// A separate kernel, since a second __launch_bounds__ argument of 1 changes the registers ptxas gives the
+// other instantiations (the FP8 one-token gate_up's 80 → 100).
+template <class W, int TILES, bool DOWN, XSplit X, int VPW = 1>
+__global__ void __launch_bounds__(kMmaWarps * 32, 3) moe_mma_kernel_three_ctas(TANDEM_MOE_MMA_PARAMS) {
+  moe_mma<W, TILES, DOWN, X, VPW>(x, ldx, w, K, N, k, offsets, sorted, active, E, y, early);
+}
+#undef TANDEM_MOE_MMA_PARAMS
+
+// The narrow (VPW 1) one-tile kernel launch_moe_mma takes: moe_mma_kernel_three_ctas for the one-token
+// gate_up over int4 codes, moe_mma_kernel elsewhere.
+template <class W, bool DOWN, XSplit X>
+constexpr auto narrow_moe_mma_kernel() {
+  if constexpr (std::is_same_v<W, MmaQuantRows<QuantCode::kU4>> && !DOWN && X == XSplit::kOneRow)
+    return moe_mma_kernel_three_ctas<W, 1, DOWN, X, 1>;
+  else
+    return moe_mma_kernel<W, 1, DOWN, X, 1>;
+}
+
 // Launches moe_mma_kernel over the active experts (grid rows) for w (mma_rows_fit or mma_quant_fit),
 // x rows of K at stride ldx (16-byte aligned: mma_x_rows); T bounds an expert's rows.
 template <bool DOWN>
@@ -462,10 +493,10 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
         // 2 % slower (docs/PERF.md, thirty-first session), while a one-token step's are 1.5 % faster.
         auto tile = [&]<XSplit X>() {
           constexpr int NT = DOWN ? 1 : 2;
-          constexpr auto narrow = moe_mma_kernel<W, 1, DOWN, X, 1>;
           constexpr auto wide = moe_mma_kernel<W, 1, DOWN, X, kMmaWideVpw<W, NT>>;
           const bool wide_ctas = be.wide_ctas() && (DOWN || X == XSplit::kOneRow);
-          with_mma_width<W, NT, narrow, wide>(  // no VPW 2 instantiations: measure the matmuls' first
+          // No VPW 2 instantiations: measure the matmuls' first.
+          with_mma_width<W, NT, narrow_moe_mma_kernel<W, DOWN, X>(), wide>(
               wide_ctas, false, n_tiles, active_rows, W::blocks(K), be.sm_count(), [&]<int VPW, auto KERNEL>() {
                 const dim3 g(static_cast<unsigned>((n_tiles + VPW - 1) / VPW), active_rows);
                 be.launch(kName, KERNEL, g, kMmaWarps * 32, 0, x, ldx, rows, K, N, xk, offsets, sorted, active, E,
