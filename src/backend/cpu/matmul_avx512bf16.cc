@@ -292,6 +292,29 @@ inline void block_dots(const __m512bh (*w)[4], const uint16_t* xh, const uint16_
   for (int r = 0; r < R; ++r) out[r] = _mm512_add_ps(a[r], b[r]);
 }
 
+// A row's last block when it holds at most 64 codes (K ≡ 1..64 mod 128: an expert's down rows at K =
+// 704, a dense down's at 2112), against one row of x: block_dots<1> on 256-bit vectors. Its codes fill
+// words 0..15 of the block, so every weight vector and x vector is zero in its upper half and
+// block_dots' lanes 8..15 sum +0 (each chain starts from +0, and +0 + ±0 is +0); lanes 0..7 go through
+// the same vdpbf16ps in the same order on 256-bit vectors, so the result has the same bits, at half the
+// cost on a core that runs 512-bit vectors as two halves (Zen 4).
+inline __m512 half_block_dot(const QuantRows& L, const uint8_t* p, __m512i table, const uint16_t* xh,
+                             const uint16_t* xl) {
+  const __m256i wd = _mm256_maskz_loadu_epi8(static_cast<__mmask32>(L.tail_mask), p);
+  const __m256i t = _mm512_castsi512_si256(table);  // vpermw on 16 words reads the code's 4 bits
+  const __m256bh w0 = (__m256bh)_mm256_permutexvar_epi16(wd, t);
+  const __m256bh w1 = (__m256bh)_mm256_permutexvar_epi16(_mm256_srli_epi16(wd, 4), t);
+  const __m256bh w2 = (__m256bh)_mm256_permutexvar_epi16(_mm256_srli_epi16(wd, 8), t);
+  const __m256bh w3 = (__m256bh)_mm256_permutexvar_epi16(_mm256_srli_epi16(wd, 12), t);
+  auto x = [](const uint16_t* q) { return (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)); };
+  __m256 a = _mm256_dpbf16_ps(_mm256_setzero_ps(), w0, x(xh));
+  __m256 b = _mm256_dpbf16_ps(_mm256_setzero_ps(), w2, x(xh + 64));
+  a = _mm256_dpbf16_ps(a, w0, x(xl)), b = _mm256_dpbf16_ps(b, w2, x(xl + 64));
+  a = _mm256_dpbf16_ps(a, w1, x(xh + 32)), b = _mm256_dpbf16_ps(b, w3, x(xh + 96));
+  a = _mm256_dpbf16_ps(a, w1, x(xl + 32)), b = _mm256_dpbf16_ps(b, w3, x(xl + 96));
+  return _mm512_zextps256_ps512(_mm256_add_ps(a, b));
+}
+
 // The table of value(c) - zero of group g of a row (its zeros, or none).
 template <QuantCode C>
 inline __m512i group_table(const uint8_t* zeros, int64_t g) {
@@ -330,16 +353,23 @@ inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
 
-  auto block = [&](int64_t u, bool tail) __attribute__((always_inline)) {
+  // Block u of the tile's rows; tail: the row's last, partial block; HALF: a tail of at most 64 codes
+  // at one row of x (half_block_dot).
+  auto block = [&]<bool HALF = false>(int64_t u, bool tail) __attribute__((always_inline)) {
     const int64_t k = u * kBlockCodes, g = k >> L.g_shift;
     __m512 sv[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) sv[r] = block_scales(L, scale_buf.data() + r * lds, g);
     __m512bh wv[R][4];
-    auto decode_row = [&](int r) __attribute__((always_inline)) {
+    // Row r's block (its far line fetched, its group's table current).
+    auto row_block = [&](int r) __attribute__((always_inline)) {
       const uint8_t* wr = w + r * row_bytes + u * kBlockBytes;
       prefetch_weight_line<kFar>(wr + ahead);
       if (zeros && g != table_group[r]) table[r] = group_table<C>(row_zeros(L, n + r), g), table_group[r] = g;
+      return wr;
+    };
+    auto decode_row = [&](int r) __attribute__((always_inline)) {
+      const uint8_t* wr = row_block(r);  // before table[r] is read: row_block may replace it
       decode_codes(load_codes(L, wr, tail), table[r], wv[r]);
     };
     if constexpr (TT == 1) {
@@ -347,9 +377,14 @@ inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const
       // block_dots<R> ran 10-20 % slower at 2816 × 2816 on Zen 5).
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
-        decode_row(r);
         __m512 dot[1];
-        block_dots<1>(wv + r, xs + k, xs + k + Kp, dot);
+        if constexpr (HALF) {
+          const uint8_t* wr = row_block(r);
+          dot[0] = half_block_dot(L, wr, table[r], xs + k, xs + k + Kp);
+        } else {
+          decode_row(r);
+          block_dots<1>(wv + r, xs + k, xs + k + Kp, dot);
+        }
         acc[r][0] = _mm512_fmadd_ps(dot[0], sv[r], acc[r][0]);
       }
     } else {
@@ -369,7 +404,12 @@ inline void tile_quant(const MatmulArgs& a, const QuantRows& L, int64_t n, const
   };
   int64_t u = 0;
   for (; u + 1 < L.blocks; ++u) block(u, false);
-  L.tail_bytes < kBlockBytes ? block(u, true) : block(u, false);
+  if constexpr (TT == 1) {
+    if (L.tail_bytes <= kBlockBytes / 2) block.template operator()<true>(u, true);
+    else block(u, L.tail_bytes < kBlockBytes);
+  } else {
+    block(u, L.tail_bytes < kBlockBytes);
+  }
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < TT; ++t) y[t * a.ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
