@@ -250,7 +250,7 @@ void CudaBackend::launch_matmul_mma(const float* x, int64_t ldx, const TensorVie
   auto constant = [](const TensorView& t) { return t.quant || t.constant; };
   const bool early = early_loads_ && constant(w) && (!up || constant(*up));
   const MmaEpilogue epi = !up ? MmaEpilogue::kPlain : y2 ? MmaEpilogue::kPair : MmaEpilogue::kGlu;
-  with_mma_rows(w, K, [&]<class W>(const W& rows) {
+  with_mma_rows(w, up, K, [&]<class W>(const W& rows) {
     const W up_rows = up ? mma_rows_of<W>(*up, K) : rows;
     with_mma_tiles<W>(T, [&]<int TILES>() {
       const int64_t per_cta = int64_t{TILES} * kMmaTile, n_tiles = (N + kMmaRows - 1) / kMmaRows;

@@ -123,8 +123,10 @@ __device__ __forceinline__ uint4 load_quant_block(const uint32_t* row, uint32_t 
 }
 
 // Quantized weight rows (mma_quant_fit) as the tensor-core kernels read them: MmaBf16Rows'
-// counterpart (mma_rows.cuh), for code type CODE.
-template <QuantCode CODE>
+// counterpart (mma_rows.cuh), for code type CODE. ZEROS false: integer codes without zero points (every
+// code has the default zero: symmetric int4 checkpoints), so a block loads, shuffles and branches on no
+// zeros; true: w.zeros is read where it is not null (with_mma_rows chooses).
+template <QuantCode CODE, bool ZEROS = true>
 struct MmaQuantRows {
   MmaQuantWeight w;
   static constexpr int kMidTiles = 4;  // with_mma_tiles: no 16-row tiles (compile time)
@@ -175,6 +177,7 @@ struct MmaQuantRows {
     constexpr int WC = kQuantWordCodes<CODE>;          // codes per word: a lane's share of a chunk
     constexpr int STEPS = WC / 4;                      // MMA steps per chunk (4 codes of a row per lane each)
     constexpr bool kInt = CODE == QuantCode::kU4 || CODE == QuantCode::kU8;
+    constexpr bool kZeros = kInt && ZEROS;  // zero points may be read (w.zeros, where not null)
     constexpr uint32_t kDefaultZero = kQuantDefaultZero<CODE>;
     // U0 blocks loaded before the first is used (load_depth); with VPW virtual warps U0 / VPW blocks of
     // each: block u of an iteration is virtual warp v0 + u % VPW's (u / VPW)-th of the iteration.
@@ -233,7 +236,7 @@ struct MmaQuantRows {
           ra[u][j] = load_quant_block(ca[j], word, nc[u], t);
           rb[u][j] = load_quant_block(cb[j], word, nc[u], t);
           load_scale_pair(w[j].scales, w[j].scale_wt, ga[j] + gj, gb[j] + gj, in, sa[u][j], sb[u][j]);
-          if constexpr (kInt) {
+          if constexpr (kZeros) {
             za[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + (ga[j] + gj)) : kDefaultZero;
             zb[u][j] = w[j].zeros && in ? __ldg(w[j].zeros + (gb[j] + gj)) : kDefaultZero;
           }
@@ -271,11 +274,12 @@ struct MmaQuantRows {
             uint32_t ka = 0, kbz = 0;
             if constexpr (kInt) {
               const uint32_t kDefaultKey = quant_zero_key<CODE>(kDefaultZero);  // folded at compile time
-              if (w[j].zeros) {  // else every chunk has the default zero
-                ka = quant_zero_key<CODE>(__shfl_sync(0xFFFFFFFFu, za[u][j], quad | jc));
-                kbz = quant_zero_key<CODE>(__shfl_sync(0xFFFFFFFFu, zb[u][j], quad | jc));
-              } else {
-                ka = kbz = kDefaultKey;
+              ka = kbz = kDefaultKey;  // every chunk has the default zero, unless the weight has zeros
+              if constexpr (kZeros) {
+                if (w[j].zeros) {
+                  ka = quant_zero_key<CODE>(__shfl_sync(0xFFFFFFFFu, za[u][j], quad | jc));
+                  kbz = quant_zero_key<CODE>(__shfl_sync(0xFFFFFFFFu, zb[u][j], quad | jc));
+                }
               }
             }
             decode_word<CODE>(word_of(ra[u][j], jc), ka, da[j]);  // word t of chunk ch (the block layout)
@@ -362,8 +366,8 @@ struct MmaQuantRows {
 // W with NT row sets may use besides 1: the quantized rows' load depth; bf16 rows take 1 only.
 template <class W, int NT>
 constexpr int kMmaWideVpw = 1;
-template <QuantCode CODE, int NT>
-constexpr int kMmaWideVpw<MmaQuantRows<CODE>, NT> = MmaQuantRows<CODE>::load_depth(NT, 1);
+template <QuantCode CODE, bool ZEROS, int NT>
+constexpr int kMmaWideVpw<MmaQuantRows<CODE, ZEROS>, NT> = MmaQuantRows<CODE, ZEROS>::load_depth(NT, 1);
 
 // CTAs of KERNEL (kMmaWarps warps, no dynamic shared memory) that one SM holds at once; asked once.
 template <auto KERNEL>
@@ -418,10 +422,18 @@ W mma_rows_of(const TensorView& w, int64_t K) {
 }
 
 // Calls f(rows) with w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows:
-// MmaBf16Rows or MmaQuantRows of its code.
+// MmaBf16Rows or MmaQuantRows of its code; int4 codes without zero points, in w and in `other` (a
+// second weight the kernel reads as the same type: a pair's second weight, GeGLU's up), as
+// MmaQuantRows<kU4, false>: without the zero loads, shuffles and branches the int4 gate_up and down
+// kernels hold fewer registers (ptxas: the bounded one-token gate_up spills 8 bytes, not 64) and the
+// 26B-A4B W4A16 decode step is 1.2 % faster, T = 3 2.3 % (docs/PERF.md). Only int4, the symmetric
+// checkpoints' code: each further code type would add a set of kernels to compile.
 template <class F>
-void with_mma_rows(const TensorView& w, int64_t K, F&& f) {
+void with_mma_rows(const TensorView& w, const TensorView* other, int64_t K, F&& f) {
   if (!w.quant) return f(mma_rows_of<MmaBf16Rows>(w, K));
+  const bool zeros = w.quant->zeros.data || (other && other->quant && other->quant->zeros.data);
+  if (w.quant->code == QuantCode::kU4 && !zeros)
+    return f(mma_rows_of<MmaQuantRows<QuantCode::kU4, false>>(w, K));
   with_quant_code(w.quant->code, [&]<QuantCode CODE>() { f(mma_rows_of<MmaQuantRows<CODE>>(w, K)); });
 }
 

@@ -449,8 +449,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32) moe_mma_kernel(TANDEM_MOE_MMA_
 // The same kernel with its registers bounded for three CTAs an SM (ptxas spills what does not fit).
 // launch_moe_mma takes it for the one-token gate_up over int4 codes in narrow CTAs: its 116 registers held
 // it to two CTAs an SM, so at the 26B-A4B's decode with_mma_width counted its 352 CTAs as two waves of two
-// rounds of loads and took the wide CTAs' one wave of three; at three an SM (80 registers, 64 bytes spilled)
-// it is one wave of two, and the W4A16 decode step 1.3 % shorter on an H100 (docs/PERF.md, forty-fifth
+// rounds of loads and took the wide CTAs' one wave of three; at three an SM (80 registers; 64 bytes spilled
+// with zero points, 8 without: MmaQuantRows<kU4, false>) it is one wave of two, and the W4A16 decode step 1.3 % shorter on an H100 (docs/PERF.md, forty-fifth
 // session). Offered for every narrow launch over quantized rows it measured slower: the W4A16 T = 3 step
 // 5 % (the int4 verify kernels, kLanes, spill there: about 700 bytes of spill loads in their code) and the
 // FP8 decode 0.9 %.
@@ -466,7 +466,9 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 3) moe_mma_kernel_three_ctas(T
 // gate_up over int4 codes, moe_mma_kernel elsewhere.
 template <class W, bool DOWN, XSplit X>
 constexpr auto narrow_moe_mma_kernel() {
-  if constexpr (std::is_same_v<W, MmaQuantRows<QuantCode::kU4>> && !DOWN && X == XSplit::kOneRow)
+  constexpr bool kInt4 =
+      std::is_same_v<W, MmaQuantRows<QuantCode::kU4, true>> || std::is_same_v<W, MmaQuantRows<QuantCode::kU4, false>>;
+  if constexpr (kInt4 && !DOWN && X == XSplit::kOneRow)
     return moe_mma_kernel_three_ctas<W, 1, DOWN, X, 1>;
   else
     return moe_mma_kernel<W, 1, DOWN, X, 1>;
@@ -485,7 +487,7 @@ void launch_moe_mma(CudaBackend& be, const float* x, int64_t ldx, const TensorVi
   const bool early = DOWN && be.early_loads();
   // The launches' name (errors, TANDEM_CUDA_REPEAT) tells the two projections apart.
   constexpr const char* kName = DOWN ? "moe_mma_kernel (down)" : "moe_mma_kernel (gate_up)";
-  with_mma_rows(w, K, [&]<class W>(const W& rows) {
+  with_mma_rows(w, nullptr, K, [&]<class W>(const W& rows) {
     with_mma_tiles<W>(T, [&]<int TILES>() {  // an expert has at most T rows
       if constexpr (TILES == 1) {
         // One x tile (decode, verify): a CTA per VPW row tiles (with_mma_width); one token takes the
