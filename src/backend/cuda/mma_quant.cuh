@@ -421,13 +421,12 @@ W mma_rows_of(const TensorView& w, int64_t K) {
   else return {mma_quant_weight(w, K)};
 }
 
-// Calls f(rows) with w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows:
-// MmaBf16Rows or MmaQuantRows of its code; int4 codes without zero points, in w and in `other` (a
-// second weight the kernel reads as the same type: a pair's second weight, GeGLU's up), as
-// MmaQuantRows<kU4, false>: without the zero loads, shuffles and branches the int4 gate_up and down
-// kernels hold fewer registers (ptxas: the bounded one-token gate_up spills 8 bytes, not 64) and the
-// 26B-A4B W4A16 decode step is 1.2 % faster, T = 3 2.3 % (docs/PERF.md). Only int4, the symmetric
-// checkpoints' code: each further code type would add a set of kernels to compile.
+// Calls f(rows) with w (mma_rows_fit or mma_quant_fit) as the tensor-core kernels' weight rows: MmaBf16Rows or
+// MmaQuantRows of its code; int4 codes without zero points, in w and in `other` (a second weight the kernel reads as
+// the same type: a pair's second weight, GeGLU's up), as MmaQuantRows<kU4, false>: without the zero loads, shuffles and
+// branches the int4 gate_up and down kernels hold fewer registers (ptxas: the bounded one-token gate_up spills 8 bytes,
+// not 64) and the 26B-A4B W4A16 decode step is 1.2 % faster on an H100, T = 3 2.3 % (docs/PERF.md, forty-sixth
+// session). Only int4, the symmetric checkpoints' code: each further code type would add a set of kernels to compile.
 template <class F>
 void with_mma_rows(const TensorView& w, const TensorView* other, int64_t K, F&& f) {
   if (!w.quant) return f(mma_rows_of<MmaBf16Rows>(w, K));

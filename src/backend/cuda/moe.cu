@@ -446,14 +446,13 @@ template <class W, int TILES, bool DOWN, XSplit X, int VPW = 1>
 __global__ void __launch_bounds__(kMmaWarps * 32) moe_mma_kernel(TANDEM_MOE_MMA_PARAMS) {
   moe_mma<W, TILES, DOWN, X, VPW>(x, ldx, w, K, N, k, offsets, sorted, active, E, y, early);
 }
-// The same kernel with its registers bounded for three CTAs an SM (ptxas spills what does not fit).
-// launch_moe_mma takes it for the one-token gate_up over int4 codes in narrow CTAs: its 116 registers held
-// it to two CTAs an SM, so at the 26B-A4B's decode with_mma_width counted its 352 CTAs as two waves of two
-// rounds of loads and took the wide CTAs' one wave of three; at three an SM (80 registers; 64 bytes spilled
-// with zero points, 8 without: MmaQuantRows<kU4, false>) it is one wave of two, and the W4A16 decode step 1.3 % shorter on an H100 (docs/PERF.md, forty-fifth
-// session). Offered for every narrow launch over quantized rows it measured slower: the W4A16 T = 3 step
-// 5 % (the int4 verify kernels, kLanes, spill there: about 700 bytes of spill loads in their code) and the
-// FP8 decode 0.9 %.
+// The same kernel with its registers bounded for three CTAs an SM (ptxas spills what does not fit). launch_moe_mma
+// takes it for the one-token gate_up over int4 codes in narrow CTAs: its 116 registers held it to two CTAs an SM, so at
+// the 26B-A4B's decode with_mma_width counted its 352 CTAs as two waves of two rounds of loads and took the wide CTAs'
+// one wave of three; at three an SM (80 registers; 64 bytes spilled with zero points, 8 without: MmaQuantRows<kU4,
+// false>) it is one wave of two, and the W4A16 decode step 1.3 % shorter on an H100 (docs/PERF.md, forty-fifth
+// session). Offered for every narrow launch over quantized rows it measured slower: the W4A16 T = 3 step 5 % (the int4
+// verify kernels, kLanes, spill there: about 700 bytes of spill loads in their code) and the FP8 decode 0.9 %.
 // A separate kernel, since a second __launch_bounds__ argument of 1 changes the registers ptxas gives the
 // other instantiations (the FP8 one-token gate_up's 80 → 100).
 template <class W, int TILES, bool DOWN, XSplit X, int VPW = 1>
