@@ -265,8 +265,8 @@ inline __m512 block_scales(const QuantRows& L, const float* s, int64_t g) {
 // block_scales for row `row` read from the stored scales, not from row_scales' buffer: the block's groups
 // (at most 8: G is a power of two from 16 up) loaded under a mask that stops at the row's last group, each
 // lane's picked and widened (bf16 and f16 to f32 exactly: the same values as the buffer's). One row of x
-// (tile_quant at TT = 1) takes it: there the buffer's conversion and its store-to-load round trip were a
-// fifth of a short row's time, and reading the stored scales made 2816 × 704 8 % faster; at 4 rows of x it
+// (tile_quant at TT = 1) takes it: there the buffer's conversion and its store-to-load round trip took about
+// 15 % of a 704-code row's time, and reading the stored scales made 2816 × 704 8 % faster; at 4 rows of x it
 // was 11 % slower (Zen 4, one thread, cache-resident; docs/PERF.md).
 __attribute__((always_inline)) inline __m512 stored_block_scales(const QuantRows& L, int64_t row, int64_t g) {
   const int64_t i = row * L.n_groups + g;
