@@ -262,9 +262,10 @@ inline __m512 block_scales(const QuantRows& L, const float* s, int64_t g) {
   return _mm512_permutexvar_ps(lanes, _mm512_loadu_ps(s + (g & ~int64_t{15})));
 }
 
-// block_scales for row `row` read from the stored scales, not from row_scales' buffer: the block's groups
-// (at most 8: G is a power of two from 16 up) loaded under a mask that stops at the row's last group, each
-// lane's picked and widened (bf16 and f16 to f32 exactly: the same values as the buffer's). One row of x
+// block_scales for row `row` read from the stored scales, not from row_scales' buffer: the block's groups (at
+// most 8: G is a power of two from 16 up) loaded under a mask that stops at the row's last group, each lane's
+// picked and widened (bf16 and f16 to f32 exactly: the same values as the buffer's). A block in one group
+// (!lane_groups) is the same path: block_groups is 1 and every lane's lane_group 0, a broadcast. One row of x
 // (tile_quant at TT = 1) takes it: there the buffer's conversion and its store-to-load round trip took about
 // 15 % of a 704-code row's time, and reading the stored scales made 2816 × 704 8 % faster; at 4 rows of x it
 // was 11 % slower (Zen 4, one thread, cache-resident; docs/PERF.md).
@@ -272,12 +273,6 @@ __attribute__((always_inline)) inline __m512 stored_block_scales(const QuantRows
   const int64_t i = row * L.n_groups + g;
   const void* scales = L.q.scales.data;
   const DType dt = L.q.scales.dtype;
-  if (!L.lane_groups) {
-    const float v = dt == DType::BF16  ? bf16_to_f32(static_cast<const uint16_t*>(scales)[i])
-                    : dt == DType::F16 ? f16_to_f32(static_cast<const uint16_t*>(scales)[i])
-                                       : static_cast<const float*>(scales)[i];
-    return _mm512_set1_ps(v);
-  }
   const __mmask8 m = static_cast<__mmask8>((1u << std::min(L.block_groups, L.n_groups - g)) - 1);
   switch (dt) {
     case DType::BF16: {
