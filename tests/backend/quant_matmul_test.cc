@@ -226,6 +226,30 @@ TEST(QuantMatmul, CpuIsBatchInvariant) {
   }
 }
 
+// The same with as many weight rows as a 26B-A4B expert's down projection (N = 2816, K = 704): there one row
+// of x splits the weights into tasks of 512 rows and a batch of them into tasks of 188 (for_tiles sizes a
+// task by the bytes it streams and the rows of x it serves), so a row's bits must not depend on its task.
+TEST(QuantMatmul, CpuRowIsTheSameInAnyTask) {
+  Rng rng(15);
+  const int64_t N = 2816, K = 704, T = 11;
+  auto be = make_cpu_backend(2);
+  for (const std::string& isa : available_isas()) {
+    ForceIsa force(isa);
+    for (const QuantCase& c : {kCases[0], kCases[1], kCases[4], kCases[6], kCases[8]}) {
+      QuantWeight w = make_quant(c, 1, N, K, rng);
+      std::vector<float> x = rng.normals(T * K), all(T * N), part(T * N);
+      TensorView xv(DType::F32, x.data(), {T, K}), av(DType::F32, all.data(), {T, N});
+      be->matmul(xv, w.view, av);
+      for (int64_t n : {1, 2, 4}) {
+        const int64_t s = 3;
+        TensorView xp = xv.row_slice(s, s + n), yp(DType::F32, part.data(), {n, N});
+        be->matmul(xp, w.view, yp);
+        ASSERT_EQ(std::memcmp(part.data(), &all[s * N], n * N * 4), 0) << isa << " " << describe(c) << " rows " << n;
+      }
+    }
+  }
+}
+
 // Which weights the avx512-bf16 family's quantized kernel takes (the others run the exact avx512
 // kernels, which the tests above cover too).
 TEST(QuantMatmul, Bf16KernelTakesFourBitCodes) {

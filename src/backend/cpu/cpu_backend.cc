@@ -34,9 +34,14 @@ constexpr int64_t kSerialElems = 16 * 1024;
 // Matmuls and attention below this many multiply-adds (~10 us on one core) run on the caller alone:
 // splitting them saves less than the few microseconds two pool round trips cost on a virtual machine.
 constexpr int64_t kSerialMacs = 1 << 18;
-// Smallest share of a matmul's weights one task reads: a task's dispatch costs a few hundred
-// nanoseconds (an atomic shared between cores), so a task should stream for much longer.
-constexpr int64_t kMinTaskWeightBytes = 32 * 1024;
+// Smallest share of a matmul's weights one task reads (unless a thread would then get fewer than two):
+// a task's dispatch costs a few hundred nanoseconds (an atomic shared between cores), and the start of its
+// stream more. At 32 KiB, int4 rows of 704 codes (a 26B-A4B expert's down projection) streamed about 80 %
+// of what 256 KiB tasks do from DRAM on two threads (docs/PERF.md, CPU GEMV).
+constexpr int64_t kMinTaskWeightBytes = 256 * 1024;
+// ... for one row of x; with T rows a byte takes more work (the kernels are bound by their multiplies from
+// about 4 rows on), so a task needs 1 / min(T, kTaskBytesRowsOfX) of it to run as long.
+constexpr int64_t kTaskBytesRowsOfX = 4;
 // Rows of x per task of a prefill-sized matmul (for_row_tasks): at least the minimum, so the weights
 // stream past enough rows, and at most the maximum, so those rows of x stay in L2 (64 rows of 2048
 // split values, 512 KiB) while the weights stream past them, as for_tiles' chunks of rows.
@@ -1033,15 +1038,19 @@ class CpuBackend final : public Backend {
 
   // Runs fn(n0, n1, t0, t1) over tiles of an [T, N] output whose rows of weights are row_bytes long.
   // Columns in blocks of a multiple of 4 (the kernel's row group), about 8 blocks per thread so the
-  // dynamic scheduling evens out, each reading at least kMinTaskWeightBytes; rows of x in chunks of 64
-  // so prefill has tasks and a chunk of x stays in cache while the weight block streams past it. Small
-  // products (under kSerialMacs) run on the caller; the tiles are the same either way, so results do
-  // not depend on the path taken.
+  // dynamic scheduling evens out, but each reading at least its share of kMinTaskWeightBytes while every
+  // thread still gets two blocks, and at most 512 rows; rows of x in chunks of 64 so prefill has tasks
+  // and a chunk of x stays in cache while the weight block streams past it. Small products (under
+  // kSerialMacs) run on the caller. Each output's operations are the same in any block (blocks start at
+  // multiples of 4), so results depend neither on the path taken nor on the blocks' size.
   template <typename F>
   void for_tiles(int64_t T, int64_t N, int64_t row_bytes, int64_t macs, F&& fn) {
-    const int64_t per_thread = (N + 8 * pool_.size() - 1) / (8 * pool_.size());
-    const int64_t min_rows = std::min<int64_t>(512, (kMinTaskWeightBytes / std::max<int64_t>(row_bytes, 1) + 3) / 4 * 4);
-    const int64_t nb = std::clamp<int64_t>((per_thread + 3) / 4 * 4, std::max<int64_t>(min_rows, 4), 512);
+    const int64_t threads = pool_.size();
+    auto rows4 = [](int64_t rows) { return (rows + 3) / 4 * 4; };
+    const int64_t per_thread = (N + 8 * threads - 1) / (8 * threads), two_each = (N + 2 * threads - 1) / (2 * threads);
+    const int64_t min_bytes = kMinTaskWeightBytes / std::clamp<int64_t>(T, 1, kTaskBytesRowsOfX);
+    const int64_t min_rows = std::min({rows4(min_bytes / std::max<int64_t>(row_bytes, 1)), rows4(two_each), int64_t{512}});
+    const int64_t nb = std::clamp<int64_t>(rows4(per_thread), std::max<int64_t>(min_rows, 4), 512);
     const int64_t tb = 64;
     const int64_t n_blocks = (N + nb - 1) / nb, t_blocks = (T + tb - 1) / tb;
     auto run_tile = [&](int64_t i) {
