@@ -34,10 +34,10 @@ constexpr int64_t kSerialElems = 16 * 1024;
 // Matmuls and attention below this many multiply-adds (~10 us on one core) run on the caller alone:
 // splitting them saves less than the few microseconds two pool round trips cost on a virtual machine.
 constexpr int64_t kSerialMacs = 1 << 18;
-// Smallest share of a matmul's weights one task reads (unless a thread would then get fewer than two):
-// a task's dispatch costs a few hundred nanoseconds (an atomic shared between cores), and the start of its
-// stream more. At 32 KiB, int4 rows of 704 codes (a 26B-A4B expert's down projection) streamed about 80 %
-// of what 256 KiB tasks do from DRAM on two threads (docs/PERF.md, CPU GEMV).
+// Smallest share of a matmul's weights one task reads (unless a thread would then get fewer than two).
+// Smaller tasks stream below the bandwidth by more than their dispatch (a few hundred nanoseconds, an
+// atomic shared between cores) explains: in 32 KiB tasks, int4 rows of 704 codes (a 26B-A4B expert's down
+// projection) streamed about 80 % of what 256 KiB tasks do from DRAM on two threads (docs/PERF.md, CPU GEMV).
 constexpr int64_t kMinTaskWeightBytes = 256 * 1024;
 // ... for one row of x; with T rows a byte takes more work (the kernels are bound by their multiplies from
 // about 4 rows on), so a task needs 1 / min(T, kTaskBytesRowsOfX) of it to run as long.
