@@ -227,7 +227,7 @@ TEST(QuantMatmul, CpuIsBatchInvariant) {
 }
 
 // The same with as many weight rows as a 26B-A4B expert's down projection (N = 2816, K = 704): there one row
-// of x splits the weights into tasks of 512 rows and a batch of them into tasks of 188 (for_tiles sizes a
+// of x splits 4-bit weights into tasks of 512 rows and a batch of them into tasks of 188 (for_tiles sizes a
 // task by the bytes it streams and the rows of x it serves), so a row's bits must not depend on its task.
 TEST(QuantMatmul, CpuRowIsTheSameInAnyTask) {
   Rng rng(15);
