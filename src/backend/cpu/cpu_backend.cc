@@ -1049,8 +1049,8 @@ class CpuBackend final : public Backend {
     auto rows4 = [](int64_t rows) { return (rows + 3) / 4 * 4; };
     const int64_t per_thread = (N + 8 * threads - 1) / (8 * threads), two_each = (N + 2 * threads - 1) / (2 * threads);
     const int64_t min_bytes = kMinTaskWeightBytes / std::clamp<int64_t>(T, 1, kTaskBytesRowsOfX);
-    const int64_t min_rows = std::min({rows4(min_bytes / std::max<int64_t>(row_bytes, 1)), rows4(two_each), int64_t{512}});
-    const int64_t nb = std::clamp<int64_t>(rows4(per_thread), std::max<int64_t>(min_rows, 4), 512);
+    const int64_t min_rows = std::min(rows4(min_bytes / std::max<int64_t>(row_bytes, 1)), rows4(two_each));
+    const int64_t nb = std::min<int64_t>(512, std::max({rows4(per_thread), min_rows, int64_t{4}}));
     const int64_t tb = 64;
     const int64_t n_blocks = (N + nb - 1) / nb, t_blocks = (T + tb - 1) / tb;
     auto run_tile = [&](int64_t i) {
