@@ -194,6 +194,22 @@ TEST(QuantMatmul, MoeExpertsMatchDequantizedWeights) {
   }
 }
 
+// Rows s..s+n of x (s = 5n mod (T - n + 1)) through the matmul alone give bitwise the rows of `all`, the
+// product of all T rows of x [T, K] with w [N, K], for each n of `rows` up to T.
+void expect_rows_as_in_batch(Backend& be, const QuantWeight& w, const std::vector<float>& x, const std::vector<float>& all,
+                             int64_t T, int64_t N, int64_t K, std::initializer_list<int64_t> rows,
+                             const std::string& what) {
+  std::vector<float> part(T * N);
+  const TensorView xv(DType::F32, const_cast<float*>(x.data()), {T, K});
+  for (int64_t n : rows) {
+    if (n > T) continue;
+    const int64_t s = (n * 5) % (T - n + 1);
+    TensorView xp = xv.row_slice(s, s + n), yp(DType::F32, part.data(), {n, N});
+    be.matmul(xp, w.view, yp);
+    ASSERT_EQ(std::memcmp(part.data(), &all[s * N], n * N * 4), 0) << what << " rows " << s << ".." << s + n;
+  }
+}
+
 // A row's result is the same bits alone and inside batches of any size, on every kernel family and
 // thread count (greedy speculative decoding under batching relies on it), also in prefill-sized
 // batches (split by rows of x, not into tiles).
@@ -209,18 +225,12 @@ TEST(QuantMatmul, CpuIsBatchInvariant) {
           for (const int64_t T : {11, 140}) {
             if (channel_elsewhere(c, K)) continue;
             QuantWeight w = make_quant(c, 1, N, K, rng);
-            std::vector<float> x = rng.normals(T * K), all(T * N), part(T * N);
+            std::vector<float> x = rng.normals(T * K), all(T * N);
             TensorView xv(DType::F32, x.data(), {T, K}), av(DType::F32, all.data(), {T, N});
             be->matmul(xv, w.view, av);
-            for (int64_t n : {1, 3, 4, 5, 9, 70}) {
-              if (n > T) continue;
-              const int64_t s = (n * 5) % (T - n + 1);
-              TensorView xp = xv.row_slice(s, s + n), yp(DType::F32, part.data(), {n, N});
-              be->matmul(xp, w.view, yp);
-              ASSERT_EQ(std::memcmp(part.data(), &all[s * N], n * N * 4), 0)
-                  << isa << " " << describe(c) << " K=" << K << " T=" << T << " rows " << s << ".." << s + n
-                  << " threads " << threads;
-            }
+            expect_rows_as_in_batch(*be, w, x, all, T, N, K, {1, 3, 4, 5, 9, 70},
+                                    fmt::format("{} {} K={} T={} threads {}", isa, describe(c), K, T, threads));
+            if (HasFatalFailure()) return;
           }
     }
   }
@@ -237,15 +247,11 @@ TEST(QuantMatmul, CpuRowIsTheSameInAnyTask) {
     ForceIsa force(isa);
     for (const QuantCase& c : {kCases[0], kCases[1], kCases[4], kCases[6], kCases[8]}) {
       QuantWeight w = make_quant(c, 1, N, K, rng);
-      std::vector<float> x = rng.normals(T * K), all(T * N), part(T * N);
+      std::vector<float> x = rng.normals(T * K), all(T * N);
       TensorView xv(DType::F32, x.data(), {T, K}), av(DType::F32, all.data(), {T, N});
       be->matmul(xv, w.view, av);
-      for (int64_t n : {1, 2, 4}) {
-        const int64_t s = 3;
-        TensorView xp = xv.row_slice(s, s + n), yp(DType::F32, part.data(), {n, N});
-        be->matmul(xp, w.view, yp);
-        ASSERT_EQ(std::memcmp(part.data(), &all[s * N], n * N * 4), 0) << isa << " " << describe(c) << " rows " << n;
-      }
+      expect_rows_as_in_batch(*be, w, x, all, T, N, K, {1, 2, 4}, isa + " " + describe(c));
+      if (HasFatalFailure()) return;
     }
   }
 }
